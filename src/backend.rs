@@ -1,0 +1,100 @@
+//! Compute backend selection. All model code is generic over `burn::prelude::Backend`; this
+//! module names the concrete backends and picks the device at start-up.
+//!
+//! The CUDA backend (feature `cuda`) panics inside a device thread when no NVIDIA driver is
+//! present, so [`probe`] checks for `libcuda.so.1` first and falls back to the CPU with a
+//! reason the UI and the CLI can show.
+
+/// The default CPU backend (see the README for the measurement behind the choice).
+pub type CpuBackend = burn::backend::NdArray<f32>;
+/// Autodiff wrapper used for fine-tuning on the CPU.
+pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
+
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+#[cfg(feature = "cuda")]
+pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
+
+/// Which backend and device the app or CLI runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+}
+
+/// What was selected and why, for display.
+#[derive(Debug, Clone)]
+pub struct BackendInfo {
+    pub choice: DeviceChoice,
+    /// Short backend name, e.g. "ndarray (CPU)" or "cuda".
+    pub backend: String,
+    /// Human-readable device description.
+    pub device: String,
+    /// Set when a faster backend was compiled in but could not be used.
+    pub fallback_reason: Option<String>,
+}
+
+fn cpu_info(fallback_reason: Option<String>) -> BackendInfo {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let blas = if cfg!(feature = "blas") { " + OpenBLAS" } else { "" };
+    BackendInfo {
+        choice: DeviceChoice::Cpu,
+        backend: format!("ndarray{blas} (CPU)"),
+        device: format!("CPU, {threads} threads"),
+        fallback_reason,
+    }
+}
+
+/// Picks the best available device. `force_cpu` skips the GPU even when one is present.
+pub fn probe(force_cpu: bool) -> BackendInfo {
+    #[cfg(feature = "cuda")]
+    {
+        if !force_cpu {
+            return match cuda_driver_present() {
+                Ok(()) => BackendInfo {
+                    choice: DeviceChoice::Cuda(0),
+                    backend: "cuda".into(),
+                    device: "NVIDIA GPU 0".into(),
+                    fallback_reason: None,
+                },
+                Err(reason) => cpu_info(Some(reason)),
+            };
+        }
+    }
+    let _ = force_cpu;
+    cpu_info(None)
+}
+
+/// Checks that the NVIDIA driver library can be loaded, without touching the device.
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> Result<(), String> {
+    // SAFETY: loading the driver library runs no user code beyond its initialisers, which is
+    // what the CUDA backend does itself moments later.
+    match unsafe { libloading::Library::new("libcuda.so.1") } {
+        Ok(_) => Ok(()),
+        Err(err) => Err(format!(
+            "built with CUDA support but no NVIDIA driver was found ({err}); using the CPU"
+        )),
+    }
+}
+
+/// Runs `$body` with `$B` bound to the selected backend type and `$device` to its device.
+#[macro_export]
+macro_rules! with_backend {
+    ($info:expr, |$B:ident, $device:ident| $body:expr) => {{
+        match &$info.choice {
+            $crate::backend::DeviceChoice::Cpu => {
+                type $B = $crate::backend::CpuBackend;
+                let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::backend::DeviceChoice::Cuda(index) => {
+                type $B = $crate::backend::CudaBackend;
+                let $device = burn::backend::cuda::CudaDevice::new(*index);
+                $body
+            }
+        }
+    }};
+}

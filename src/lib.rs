@@ -1,0 +1,19 @@
+//! MVFA Studio: few-shot medical anomaly detection with MVFA adapters on a CLIP ViT.
+//!
+//! Module map (each owns one thing):
+//! - [`model`]: CLIP towers, tokenizer and prompts, MVFA adapters, scoring, losses.
+//! - [`weights`]: checkpoint loading (safetensors, open_clip and Hugging Face layouts), key remap,
+//!   load reports, adapter checkpoints.
+//! - [`train`]: fine-tuning loop, augmentation, calibration, progress and cancellation.
+//! - [`io`]: DICOM, raster and NIfTI studies, model input, exports.
+//! - [`eval`]: exact ROC AUC and benchmark protocols.
+//! - [`app`]: the egui application.
+//! - [`cli`]: headless commands.
+pub mod app;
+pub mod backend;
+pub mod cli;
+pub mod eval;
+pub mod io;
+pub mod model;
+pub mod train;
+pub mod weights;

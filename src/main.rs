@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    mvfa_studio::cli::main()
+}
