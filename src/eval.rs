@@ -1,1 +1,2 @@
-//! TODO
+//! Evaluation: exact ROC AUC at image and pixel level, benchmark protocols.
+pub mod auc;

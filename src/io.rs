@@ -1,1 +1,4 @@
-//! TODO
+//! Medical image I/O: DICOM, raster and NIfTI studies, windowing, model input, exports, and
+//! dataset layouts. Nothing here does model math.
+pub mod dataset;
+pub mod image;

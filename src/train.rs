@@ -1,1 +1,2 @@
-//! TODO
+//! Fine-tuning: augmentation, training loop, calibration, progress and cancellation.
+pub mod augment;

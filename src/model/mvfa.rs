@@ -1,0 +1,4 @@
+//! MVFA: residual adapters on the CLIP vision tower, scoring (zero- and few-shot), losses.
+pub mod adapter;
+pub mod losses;
+pub mod scoring;
