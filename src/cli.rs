@@ -5,11 +5,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
-mod weights_cmd;
 mod smoke;
+mod weights_cmd;
 
 #[derive(Parser, Debug)]
-#[command(name = "mvfa-studio", version, about = "MVFA Studio: few-shot anomaly detection for medical images")]
+#[command(
+    name = "mvfa-studio",
+    version,
+    about = "MVFA Studio: few-shot anomaly detection for medical images"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
