@@ -266,7 +266,7 @@ impl Bucket {
 /// bucket's list, plus at most the same again of `Vec` growth slack. A bucket whose list
 /// reaches 2^18 entries switches to a dense table of 2^16 `u64` counts (512 KiB), after which
 /// further pixels in that bucket cost nothing. So memory is at most
-/// `min(4 B × pixels, 512 KiB × occupied buckets per class) + 4 MiB` of bucket headers:
+/// `min(4 B × pixels, 512 KiB × occupied buckets per class) + 3 MiB` of bucket headers:
 /// for BrainMRI's 2.1·10^8 pixels at most ~850 MB, typically ~430 MB, against 1.7 GB for an
 /// f64 copy or ~1 GB for scores plus labels. Heavily tied maps (quantised heatmaps) go dense
 /// quickly and use far less.
