@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod inspect;
 mod smoke;
+mod synth_data;
 mod weights_cmd;
 
 #[derive(Parser, Debug)]
@@ -30,6 +31,8 @@ pub enum Command {
     /// Build a CLIP vision tower (full ViT-L/14-336 by default) with random weights and run one
     /// 240 px image end to end, printing tap shapes, wall time and peak memory.
     Smoke(smoke::SmokeArgs),
+    /// Write a small synthetic dataset (textures with blob and streak anomalies, with masks).
+    SynthData(synth_data::SynthDataArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -39,6 +42,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Weights(args) => weights_cmd::run(args),
         Command::Smoke(args) => smoke::run(args),
+        Command::SynthData(args) => synth_data::run(args),
     };
     match result {
         Ok(code) => code,

@@ -103,7 +103,7 @@ fn command_button(ui: &mut egui::Ui, command: Command, commands: &mut Vec<Comman
 
 /// Draws the whole window from `state`; user actions are appended to `commands`.
 pub fn draw(ui: &mut egui::Ui, state: &AppState, commands: &mut Vec<Command>) {
-    egui::Panel::top("menu").show_inside(ui, |ui| {
+    egui::Panel::top("menu").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 command_button(ui, Command::OpenWeights, commands);
@@ -121,10 +121,10 @@ pub fn draw(ui: &mut egui::Ui, state: &AppState, commands: &mut Vec<Command>) {
             });
         });
     });
-    egui::Panel::bottom("status").show_inside(ui, |ui| {
+    egui::Panel::bottom("status").show(ui, |ui| {
         ui.label(state.log.last().map(String::as_str).unwrap_or("Ready"));
     });
-    egui::CentralPanel::default().show_inside(ui, |ui| {
+    egui::CentralPanel::default().show(ui, |ui| {
         ui.heading("MVFA Studio");
         ui.add_space(8.0);
         egui::Grid::new("backend").num_columns(2).show(ui, |ui| {
