@@ -46,12 +46,12 @@ pub enum AdapterCheckpointError {
     #[error("{path} is not an MVFA adapter checkpoint: {reason}")]
     NotMvfa { path: PathBuf, reason: String },
     #[error(
-        "{path}: missing tensor '{key}' (an MVFA checkpoint for this backbone has seg_adapters and det_adapters levels 0..{levels}, each with fc1.0.weight and fc2.0.weight)"
+        "{path}: missing tensor '{key}' (an MVFA checkpoint for this backbone has seg_adapters and det_adapters levels 0 to {last_level}, each with fc1.0.weight and fc2.0.weight)"
     )]
     MissingKey {
         path: PathBuf,
         key: String,
-        levels: usize,
+        last_level: usize,
     },
     #[error("{path}: tensor '{key}' has shape {found:?}, expected {expected:?} ({what})")]
     WrongShape {
@@ -276,9 +276,9 @@ fn build_adapters<B: Backend>(
                     path: path_buf(),
                     key: key.clone(),
                     reason: format!(
-                        "level {level}, but the backbone taps {} levels (0..{})",
+                        "level {level}, but the backbone taps {} levels (0 to {})",
                         cfg.levels,
-                        cfg.levels - 1
+                        cfg.levels.saturating_sub(1)
                     ),
                 });
             }
@@ -302,7 +302,7 @@ fn build_adapters<B: Backend>(
                         .ok_or_else(|| AdapterCheckpointError::MissingKey {
                             path: path_buf(),
                             key: key.clone(),
-                            levels: cfg.levels,
+                            last_level: cfg.levels.saturating_sub(1),
                         })?;
                 if found.shape != expected {
                     return Err(AdapterCheckpointError::WrongShape {

@@ -23,7 +23,10 @@ Outputs:
 - phase_a.safetensors      inputs, intermediate tensors, scores, maps, losses, weights after
                            one Adam step (metadata: sizes, torch version)
 - phase_a_adapters.pth     the random adapters in the reference checkpoint layout
-- tiny_*.pth               W = 4, E = 2 checkpoints for the importer's error tests
+- tiny_*.pth               W = 4, E = 2 checkpoints for the importer's tests (valid, f16,
+                           missing key, wrong shape, five levels, a bare bank state dict,
+                           another model's state dict) and tiny_valid_reference.safetensors
+                           (the valid one's tensors, flat, for checking the import)
 """
 
 import math
@@ -269,6 +272,9 @@ def tiny_files():
     seg, det = make_banks(4, 2, 4)
     good = state_dicts(seg, det)
     torch.save(good, os.path.join(OUT, "tiny_valid.pth"))
+    # The same weights as plain flat safetensors (PyTorch layout), to check the import.
+    flat = {f"{k}.{n}": t.contiguous() for k, sd in good.items() for n, t in sd.items()}
+    save_file(flat, os.path.join(OUT, "tiny_valid_reference.safetensors"))
     torch.save(
         {k: {n: t.half() for n, t in sd.items()} for k, sd in good.items()},
         os.path.join(OUT, "tiny_valid_f16.pth"),
