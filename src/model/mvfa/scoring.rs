@@ -513,6 +513,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn display_resize_is_identity_at_same_size_and_half_pixel_otherwise() {
+        let device = Default::default();
+        let data: Vec<f32> = (0..2 * 6 * 6).map(|i| (i % 13) as f32).collect();
+        let x = Tensor::<B, 3>::from_data(TensorData::new(data.clone(), [2, 6, 6]), &device);
+        assert_eq!(to_vec(resize_map_to_original(x.clone(), 6, 6)), data);
+        // 6 -> 3 rows: half-pixel centres land between source rows 0/1, 2/3, 4/5.
+        let out = to_vec(resize_map_to_original(x, 3, 6));
+        for r in 0..3 {
+            for c in 0..6 {
+                let want = 0.5 * (data[2 * r * 6 + c] + data[(2 * r + 1) * 6 + c]);
+                assert!((out[r * 6 + c] - want).abs() < 1e-5);
+            }
+        }
+    }
+
     fn small_scorer(device: &burn::backend::ndarray::NdArrayDevice) -> Scorer<B> {
         let text = Tensor::<B, 2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], device);
         Scorer::new(
