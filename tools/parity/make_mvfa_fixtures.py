@@ -155,38 +155,25 @@ def state_dicts(seg, det):
     return {"seg_adapters": seg.state_dict(), "det_adapters": det.state_dict()}
 
 
-def phase_a():
-    torch.manual_seed(20240308)
-    seg, det = make_banks(W, E, LEVELS)
-    torch.save(state_dicts(seg, det), os.path.join(OUT, "phase_a_adapters.pth"))
-    initial = {k: v.clone() for k, v in state_dicts(seg, det)["seg_adapters"].items()}
-
-    blocks = [torch.randn(W, W) / math.sqrt(W) for _ in range(N_MATRICES)]
-    x0 = torch.randn(1, TOKENS, W)
-    support = torch.randn(N_SUPPORT, TOKENS, W)
-    text = torch.randn(E, 2)
-    text = text / text.norm(dim=0, keepdim=True)
+def make_mask_u8():
+    """A soft elliptic blob (u8 levels), binarised at 0.5 by the loss like the training loop."""
     yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
     blob = torch.exp(-(((yy - 130) / 40) ** 2 + ((xx - 95) / 55) ** 2))
-    mask_u8 = (blob * 255).round().to(torch.uint8)[None]  # soft mask, [1, S, S]
-    label = torch.tensor([1.0])
+    return (blob * 255).round().to(torch.uint8)[None]  # [1, S, S]
 
-    out = {
-        "x0": x0,
-        "support": support,
-        "text": text,
-        "mask_u8": mask_u8,
-        "label": label,
-    }
-    for b, a in enumerate(blocks):
-        out[f"blocks.{b}"] = a
 
+def reference_outputs(out, forward, query, support, seg, det, text, mask_u8, label):
+    """Everything the Rust side checks, from an adapted forward `forward(images, seg, det)`
+    returning (taps, mixed, seg_tokens, det_tokens) per level. Returns a summary line."""
+    bottleneck = seg[0].fc1[0].weight.shape[0]
+    initial = seg[0].fc1[0].weight.detach().clone()
     # Forward with autograd for the loss and the Adam step.
-    taps, mixed, seg_tok, det_tok = adapted_forward(x0, blocks, seg, det)
+    taps, mixed, seg_tok, det_tok = forward(query, seg, det)
     with torch.no_grad():
-        _, _, sup_seg, sup_det = adapted_forward(support, blocks, seg, det)
-    mem_seg = [t.reshape(-1, E) for t in sup_seg]  # all 290 tokens of every support image
-    mem_det = [t.reshape(-1, E) for t in sup_det]
+        _, _, sup_seg, sup_det = forward(support, seg, det)
+    # All 290 tokens (CLS included) of every support image form the memory bank.
+    mem_seg = [t.reshape(-1, bottleneck) for t in sup_seg]
+    mem_det = [t.reshape(-1, bottleneck) for t in sup_det]
 
     rows = torch.tensor(TOKEN_ROWS)
     mi = torch.tensor(MAP_IDX)
@@ -214,8 +201,8 @@ def phase_a():
             out[f"few_map_{head}"] = ff[:, fi][:, :, fi]
 
     # Losses (spec 5.1), mask binarised at 0.5 like the training loop.
-    mask = mask_u8.float() / 255.0
-    mask = (mask > 0.5).float()
+    mask = mask_u8.to(text.dtype) / 255.0
+    mask = (mask > 0.5).to(text.dtype)
     focal, dice, bce = [], [], []
     for l in range(LEVELS):
         probs = pixel_probs(seg_tok[l], text)
@@ -249,21 +236,116 @@ def phase_a():
         for i, a in enumerate(bank):
             out[f"step.{h}.{i}.fc1"] = a.fc1[0].weight.detach().clone()
             out[f"step.{h}.{i}.fc2"] = a.fc2[0].weight.detach().clone()
-    moved = (out["step.seg.0.fc1"] - initial["0.fc1.0.weight"]).abs().max().item()
+    moved = (seg[0].fc1[0].weight.detach() - initial).abs().max().item()
+    return (f"total loss {total.item():.6f}, seg.0.fc1 moved by {moved:.2e}, "
+            f"params without grad: {no_grad}")
 
-    out = {k: v.contiguous() for k, v in out.items()}
-    meta = {
-        "torch": torch.__version__,
-        "width": str(W),
-        "bottleneck": str(E),
-        "grid": str(GRID),
-        "image_size": str(SIZE),
-        "taps": ",".join(map(str, TAPS)),
-        "params_without_grad": ",".join(no_grad),
-    }
-    save_file(out, os.path.join(OUT, "phase_a.safetensors"), metadata=meta)
-    print(f"phase A: total loss {total.item():.6f}, seg.0.fc1 moved by {moved:.2e}, "
-          f"params without grad: {no_grad}")
+
+def save_outputs(out, name, meta):
+    out = {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in out.items()}
+    meta = dict(meta, torch=torch.__version__, grid=str(GRID), image_size=str(SIZE),
+                taps=",".join(map(str, TAPS)))
+    save_file(out, os.path.join(OUT, name), metadata=meta)
+
+
+def phase_a():
+    torch.manual_seed(20240308)
+    seg, det = make_banks(W, E, LEVELS)
+    torch.save(state_dicts(seg, det), os.path.join(OUT, "phase_a_adapters.pth"))
+
+    blocks = [torch.randn(W, W) / math.sqrt(W) for _ in range(N_MATRICES)]
+    x0 = torch.randn(1, TOKENS, W)
+    support = torch.randn(N_SUPPORT, TOKENS, W)
+    text = torch.randn(E, 2)
+    text = text / text.norm(dim=0, keepdim=True)
+    mask_u8 = make_mask_u8()
+    label = torch.tensor([1.0])
+
+    out = {"x0": x0, "support": support, "text": text, "mask_u8": mask_u8, "label": label}
+    for b, a in enumerate(blocks):
+        out[f"blocks.{b}"] = a
+    summary = reference_outputs(
+        out, lambda x, s, d: adapted_forward(x, blocks, s, d), x0, support, seg, det, text,
+        mask_u8, label)
+    save_outputs(out, "phase_a.safetensors", {"width": str(W), "bottleneck": str(E)})
+    print(f"phase A: {summary}")
+
+
+CLIP_FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures", "clip")
+
+
+def clip_adapted_forward(visual, images, seg, det):
+    """open_clip's vision forward, unrolled, with the MVFA hook after each tapped block
+    (same unrolling as make_clip_fixtures.vision_forward; spec 2)."""
+    x = visual.conv1(images)
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1],
+                                                           dtype=x.dtype)
+    x = torch.cat([cls, x], dim=1)
+    x = x + visual.positional_embedding.to(x.dtype)
+    x = visual.ln_pre(x)
+    taps, mixed, seg_tok, det_tok = [], [], [], []
+    for i, blk in enumerate(visual.transformer.resblocks):
+        x = blk(x)
+        if i + 1 in TAPS:
+            level = TAPS.index(i + 1)
+            h_seg, y_seg = seg[level](x)
+            h_det, y_det = det[level](x)
+            taps.append(x)
+            seg_tok.append(h_seg)
+            det_tok.append(h_det)
+            x = MIX[0] * x + MIX[1] * y_seg + MIX[2] * y_det
+            mixed.append(x)
+    return taps, mixed, seg_tok, det_tok
+
+
+def phase_b():
+    """The real (fixture) CLIP vision tower of tests/fixtures/clip, in float64: open_clip CLIP
+    at 240 px with the position table resized per spec 1.1, erf GELU, random adapters."""
+    from safetensors.torch import load_file
+    from open_clip.model import CLIP
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_clip_fixtures as mcf
+
+    sd = load_file(os.path.join(CLIP_FIXTURES, "open_clip", "open_clip_model.safetensors"))
+    ref = load_file(os.path.join(CLIP_FIXTURES, "reference.safetensors"))
+    model = CLIP(mcf.EMBED_DIM, dict(mcf.VISION, image_size=SIZE), dict(mcf.TEXT),
+                 quick_gelu=False)
+    sd = {k: v.double() for k, v in sd.items()}
+    sd["visual.positional_embedding"] = mcf.resize_pos(sd["visual.positional_embedding"], GRID)
+    model = model.double().eval()
+    model.load_state_dict(sd)
+    visual = model.visual
+    for p in visual.parameters():
+        p.requires_grad_(False)  # frozen backbone, spec 2
+
+    width, bottleneck = mcf.VISION["width"], mcf.EMBED_DIM
+    torch.manual_seed(111)
+    seg, det = make_banks(width, bottleneck, LEVELS)
+    torch.save(state_dicts(seg, det), os.path.join(OUT, "phase_b_adapters.pth"))
+    seg, det = seg.double(), det.double()
+
+    image = ref["image_u8"].double() / 255.0  # [1, 3, 240, 240]
+    # Support "shots": the image mirrored left-right and top-bottom.
+    support = torch.cat([torch.flip(image, dims=[3]), torch.flip(image, dims=[2])])
+    text = ref["text_features_0"].double()  # MVFA text features of the fixture model, [E, 2]
+    mask_u8 = make_mask_u8()
+    label = torch.tensor([1.0], dtype=torch.float64)
+
+    out = {}
+    summary = reference_outputs(
+        out, lambda x, s, d: clip_adapted_forward(visual, x, s, d), image, support, seg, det,
+        text, mask_u8, label)
+    save_outputs(out, "phase_b.safetensors",
+                 {"width": str(width), "bottleneck": str(bottleneck), "dtype": "float64",
+                  "inputs": "tests/fixtures/clip reference.safetensors image_u8 and "
+                            "text_features_0; support = hflip, vflip of the image; "
+                            "mask = phase_a mask_u8"})
+    # Before any hook the first tap is plain CLIP: it must equal the CLIP fixture's tap.
+    err = (out["taps.0"] - ref["tap_2"].double()[:, TOKEN_ROWS]).abs().max().item()
+    assert err < 1e-5, f"unrolled forward differs from the CLIP fixture by {err}"
+    print(f"phase B: {summary}")
 
 
 def tiny_files():
@@ -297,6 +379,10 @@ def tiny_files():
 def main():
     os.makedirs(OUT, exist_ok=True)
     phase_a()
+    if os.path.exists(os.path.join(CLIP_FIXTURES, "reference.safetensors")):
+        phase_b()
+    else:
+        print(f"phase B skipped: no CLIP fixtures under {CLIP_FIXTURES}")
     tiny_files()
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {OUT} ({total / 1e6:.2f} MB)")
