@@ -1,1 +1,576 @@
+//! MVFA adapter checkpoints: our own safetensors files (with a JSON metadata header) and
+//! direct import of the released reference `.pth` files (spec 5.5).
+//!
+//! Tensor names are the reference's in both formats: `seg_adapters.{i}.fc1.0.weight`
+//! (`[bottleneck, width]`), `seg_adapters.{i}.fc2.0.weight` (`[width, bottleneck]`), the same
+//! for `det_adapters`, `i` = level 0..levels-1, PyTorch layout `[out, in]`, f32. A safetensors
+//! file written here therefore loads in Python with
+//! `{k.split('.', 1)[1]: v for k, v in load_file(p).items() if k.startswith('seg_adapters.')}`.
+//!
+//! Our safetensors files carry `__metadata__["mvfa"]` = the JSON of
+//! [`AdapterCheckpointMeta`] (organ word, shots, epochs, backbone identity, calibration...).
 
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn_store::pytorch::PytorchReader;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::model::mvfa::adapter::{Adapter, AdapterBank, MvfaAdapters, MvfaAdaptersConfig};
+
+/// `__metadata__` key holding the JSON of [`AdapterCheckpointMeta`].
+pub const META_KEY: &str = "mvfa";
+/// Value of [`AdapterCheckpointMeta::format`].
+pub const FORMAT_NAME: &str = "mvfa-studio-adapters";
+/// Current [`AdapterCheckpointMeta::format_version`].
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Errors of adapter checkpoint reading and writing; each names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterCheckpointError {
+    #[error("cannot read adapter checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write adapter checkpoint {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("{path} is not a readable PyTorch checkpoint (.pth): {reason}")]
+    NotPytorch { path: PathBuf, reason: String },
+    #[error("{path} is not a safetensors file: {reason}")]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path} is not an MVFA adapter checkpoint: {reason}")]
+    NotMvfa { path: PathBuf, reason: String },
+    #[error(
+        "{path}: missing tensor '{key}' (an MVFA checkpoint for this backbone has seg_adapters and det_adapters levels 0 to {last_level}, each with fc1.0.weight and fc2.0.weight)"
+    )]
+    MissingKey {
+        path: PathBuf,
+        key: String,
+        last_level: usize,
+    },
+    #[error("{path}: tensor '{key}' has shape {found:?}, expected {expected:?} ({what})")]
+    WrongShape {
+        path: PathBuf,
+        key: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+        what: String,
+    },
+    #[error("{path}: unexpected tensor '{key}' ({reason})")]
+    UnexpectedKey {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{path}: tensor '{key}' has dtype {dtype}, expected a floating-point type")]
+    Dtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+    #[error("{path}: invalid MVFA metadata: {reason}")]
+    Metadata { path: PathBuf, reason: String },
+}
+
+type Result<T> = std::result::Result<T, AdapterCheckpointError>;
+
+/// Identity of the backbone the adapters were trained on, so that a checkpoint is not used
+/// with a different tower by mistake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneIdentity {
+    /// Model name, e.g. `ViT-L-14-336`.
+    pub model: String,
+    /// Model input size in pixels (240).
+    pub image_size: usize,
+    /// Vision residual width (1024).
+    pub vision_width: usize,
+    /// Vision blocks (24).
+    pub vision_layers: usize,
+    /// Joint embedding dim = adapter bottleneck (768).
+    pub embed_dim: usize,
+    /// 1-based tapped blocks ([6, 12, 18, 24]).
+    pub tap_blocks: Vec<usize>,
+    /// Leading hex digits of the SHA-256 of the backbone weight file, when known.
+    #[serde(default)]
+    pub weights_sha256_prefix: Option<String>,
+}
+
+/// Mixing ratios the adapters were trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MixingRatios {
+    pub stream: f64,
+    pub seg: f64,
+    pub det: f64,
+}
+
+impl Default for MixingRatios {
+    fn default() -> Self {
+        Self {
+            stream: 0.8,
+            seg: 0.1,
+            det: 0.1,
+        }
+    }
+}
+
+/// Metadata stored in our adapter safetensors files (`__metadata__["mvfa"]`, JSON).
+/// Unknown fields are ignored when reading, missing optional ones default to `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterCheckpointMeta {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] at writing time.
+    pub format_version: u32,
+    /// Organ / object word inserted into the prompts (spec 3.1), e.g. `Brain`.
+    #[serde(default)]
+    pub organ_word: Option<String>,
+    /// Shots per class used for few-shot training (k).
+    #[serde(default)]
+    pub shots: Option<usize>,
+    /// Epochs trained.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// Backbone the adapters belong to.
+    #[serde(default)]
+    pub backbone: Option<BackboneIdentity>,
+    /// Residual mixing used in training.
+    #[serde(default)]
+    pub mixing: MixingRatios,
+    /// Free text on where the weights came from (e.g. "imported from Brain.pth").
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Calibration data (min/max of each branch on a reference set, spec 4.4), filled by
+    /// the calibration code in whatever JSON shape it defines.
+    #[serde(default)]
+    pub calibration: Option<serde_json::Value>,
+    /// Program that wrote the file.
+    #[serde(default)]
+    pub written_by: Option<String>,
+}
+
+impl Default for AdapterCheckpointMeta {
+    fn default() -> Self {
+        Self {
+            format: FORMAT_NAME.to_string(),
+            format_version: FORMAT_VERSION,
+            organ_word: None,
+            shots: None,
+            epochs: None,
+            backbone: None,
+            mixing: MixingRatios::default(),
+            source: None,
+            calibration: None,
+            written_by: Some(format!("mvfa-studio {}", env!("CARGO_PKG_VERSION"))),
+        }
+    }
+}
+
+/// Which file format an adapter checkpoint was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterFileFormat {
+    /// Our safetensors format.
+    Safetensors,
+    /// The reference's PyTorch pickle (`torch.save`).
+    Pytorch,
+}
+
+/// Adapters read from a file of either format.
+#[derive(Debug)]
+pub struct LoadedAdapters<B: Backend> {
+    pub adapters: MvfaAdapters<B>,
+    /// Present for our safetensors files; `None` for imported `.pth` files.
+    pub meta: Option<AdapterCheckpointMeta>,
+    pub format: AdapterFileFormat,
+}
+
+/// Lowercase hex SHA-256 of a file's contents (for [`BackboneIdentity`]).
+pub fn file_sha256_hex(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The checkpoint key of one weight.
+pub fn adapter_key(head: &str, level: usize, fc: usize) -> String {
+    format!("{head}_adapters.{level}.fc{fc}.0.weight")
+}
+
+const HEADS: [&str; 2] = ["seg", "det"];
+
+/// A tensor found in a file: its shape and a way to get its f32 values.
+struct FoundTensor<'a> {
+    shape: Vec<usize>,
+    read: Box<dyn Fn() -> std::result::Result<Vec<f32>, String> + 'a>,
+}
+
+/// Parses `seg_adapters.3.fc1.0.weight` into (head, level, fc).
+fn parse_key(key: &str) -> Option<(usize, usize, usize)> {
+    let (head, rest) = key.split_once("_adapters.")?;
+    let head = HEADS.iter().position(|h| *h == head)?;
+    let (level, rest) = rest.split_once('.')?;
+    let level: usize = level.parse().ok()?;
+    let fc = match rest {
+        "fc1.0.weight" => 1,
+        "fc2.0.weight" => 2,
+        _ => return None,
+    };
+    Some((head, level, fc))
+}
+
+/// Checks the tensor set against the expected layout and builds the adapters.
+fn build_adapters<B: Backend>(
+    path: &Path,
+    tensors: &BTreeMap<String, FoundTensor<'_>>,
+    cfg: &MvfaAdaptersConfig,
+    device: &B::Device,
+) -> Result<MvfaAdapters<B>> {
+    let path_buf = || path.to_path_buf();
+    if !tensors.keys().any(|k| parse_key(k).is_some()) {
+        let sample: Vec<&str> = tensors.keys().take(5).map(String::as_str).collect();
+        let reason = if tensors.is_empty() {
+            "it holds no tensors".to_string()
+        } else if tensors.keys().any(|k| k.ends_with(".fc1.0.weight")) {
+            format!(
+                "its tensors are not under 'seg_adapters' / 'det_adapters' (found e.g. {sample:?})"
+            )
+        } else {
+            format!(
+                "expected tensors 'seg_adapters.{{i}}.fc1.0.weight' ... 'det_adapters.{{i}}.fc2.0.weight', found e.g. {sample:?}"
+            )
+        };
+        return Err(AdapterCheckpointError::NotMvfa {
+            path: path_buf(),
+            reason,
+        });
+    }
+    for key in tensors.keys() {
+        match parse_key(key) {
+            None => {
+                return Err(AdapterCheckpointError::UnexpectedKey {
+                    path: path_buf(),
+                    key: key.clone(),
+                    reason: "not an MVFA adapter weight".into(),
+                });
+            }
+            Some((_, level, _)) if level >= cfg.levels => {
+                return Err(AdapterCheckpointError::UnexpectedKey {
+                    path: path_buf(),
+                    key: key.clone(),
+                    reason: format!(
+                        "level {level}, but the backbone taps {} levels (0 to {})",
+                        cfg.levels,
+                        cfg.levels.saturating_sub(1)
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let (w, e) = (cfg.width, cfg.bottleneck);
+    let mut banks: Vec<AdapterBank<B>> = Vec::with_capacity(2);
+    for head in HEADS {
+        let mut adapters = Vec::with_capacity(cfg.levels);
+        for level in 0..cfg.levels {
+            let mut linears = Vec::with_capacity(2);
+            for (fc, expected, what) in [
+                (1, [e, w], "[bottleneck, width]"),
+                (2, [w, e], "[width, bottleneck]"),
+            ] {
+                let key = adapter_key(head, level, fc);
+                let found =
+                    tensors
+                        .get(&key)
+                        .ok_or_else(|| AdapterCheckpointError::MissingKey {
+                            path: path_buf(),
+                            key: key.clone(),
+                            last_level: cfg.levels.saturating_sub(1),
+                        })?;
+                if found.shape != expected {
+                    return Err(AdapterCheckpointError::WrongShape {
+                        path: path_buf(),
+                        key,
+                        found: found.shape.clone(),
+                        expected: expected.to_vec(),
+                        what: format!("{what} with width {w} and bottleneck {e}"),
+                    });
+                }
+                let values = (found.read)().map_err(|reason| {
+                    if reason.starts_with("dtype ") {
+                        AdapterCheckpointError::Dtype {
+                            path: path_buf(),
+                            key: key.clone(),
+                            dtype: reason.trim_start_matches("dtype ").to_string(),
+                        }
+                    } else {
+                        AdapterCheckpointError::NotPytorch {
+                            path: path_buf(),
+                            reason: format!("reading '{key}': {reason}"),
+                        }
+                    }
+                })?;
+                linears.push(linear_from_torch::<B>(&values, expected, device));
+            }
+            let fc2 = linears.pop().expect("two linears");
+            let fc1 = linears.pop().expect("two linears");
+            adapters.push(Adapter { fc1, fc2 });
+        }
+        banks.push(AdapterBank { adapters });
+    }
+    let det = banks.pop().expect("two banks");
+    let seg = banks.pop().expect("two banks");
+    Ok(MvfaAdapters { seg, det })
+}
+
+/// A bias-free burn `Linear` (`weight [in, out]`) from a PyTorch weight `[out, in]`.
+fn linear_from_torch<B: Backend>(
+    torch_weight: &[f32],
+    [out, inp]: [usize; 2],
+    device: &B::Device,
+) -> Linear<B> {
+    let mut t = vec![0f32; out * inp];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = torch_weight[o * inp + i];
+        }
+    }
+    Linear {
+        weight: Param::from_data(TensorData::new(t, [inp, out]), device),
+        bias: None,
+    }
+}
+
+/// A burn `Linear` weight `[in, out]` as PyTorch `[out, in]` row-major values.
+fn linear_to_torch<B: Backend>(linear: &Linear<B>) -> (Vec<f32>, [usize; 2]) {
+    let [inp, out] = linear.weight.dims();
+    let data = linear.weight.val().into_data().convert::<f32>();
+    let w: Vec<f32> = data.to_vec().expect("f32 after convert");
+    let mut t = vec![0f32; out * inp];
+    for i in 0..inp {
+        for o in 0..out {
+            t[o * inp + i] = w[i * out + o];
+        }
+    }
+    (t, [out, inp])
+}
+
+fn float_data_to_f32(data: TensorData) -> std::result::Result<Vec<f32>, String> {
+    use burn::tensor::DType;
+    match data.dtype {
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => data
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| format!("{e:?}")),
+        other => Err(format!("dtype {other:?}")),
+    }
+}
+
+/// Imports a released MVFA `.pth` (`{'seg_adapters': state_dict, 'det_adapters': state_dict}`,
+/// keys `{i}.fc1.0.weight [bottleneck, width]` and `{i}.fc2.0.weight [width, bottleneck]`),
+/// checking every tensor against `cfg` (levels, width, bottleneck of the backbone).
+pub fn import_mvfa_pth<B: Backend>(
+    path: &Path,
+    cfg: &MvfaAdaptersConfig,
+    device: &B::Device,
+) -> Result<MvfaAdapters<B>> {
+    if !path.exists() {
+        return Err(AdapterCheckpointError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let reader = PytorchReader::new(path).map_err(|e| AdapterCheckpointError::NotPytorch {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tensors: BTreeMap<String, FoundTensor<'_>> = reader
+        .tensors()
+        .iter()
+        .map(|(k, snap)| {
+            let found = FoundTensor {
+                shape: snap.shape.to_vec(),
+                read: Box::new(move || {
+                    let data = snap.to_data().map_err(|e| format!("{e:?}"))?;
+                    float_data_to_f32(data)
+                }),
+            };
+            (k.clone(), found)
+        })
+        .collect();
+    build_adapters(path, &tensors, cfg, device)
+}
+
+fn f32_from_bytes(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    match dtype {
+        Dtype::F32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()),
+        Dtype::F64 => Ok(bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect()),
+        Dtype::F16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        Dtype::BF16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        other => Err(format!("dtype {other:?}")),
+    }
+}
+
+/// Reads our adapter safetensors file: the adapters (checked against `cfg`) and the metadata.
+pub fn load_adapters<B: Backend>(
+    path: &Path,
+    cfg: &MvfaAdaptersConfig,
+    device: &B::Device,
+) -> Result<(MvfaAdapters<B>, AdapterCheckpointMeta)> {
+    let bytes = std::fs::read(path).map_err(|source| AdapterCheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let not_st = |e: safetensors::SafeTensorError| AdapterCheckpointError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(not_st)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(not_st)?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| AdapterCheckpointError::Metadata {
+            path: path.to_path_buf(),
+            reason: format!("no '{META_KEY}' entry in the safetensors __metadata__ header"),
+        })?;
+    let meta: AdapterCheckpointMeta =
+        serde_json::from_str(meta_json).map_err(|e| AdapterCheckpointError::Metadata {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if meta.format != FORMAT_NAME || meta.format_version > FORMAT_VERSION {
+        return Err(AdapterCheckpointError::Metadata {
+            path: path.to_path_buf(),
+            reason: format!(
+                "format '{}' version {} (this program reads '{FORMAT_NAME}' up to version {FORMAT_VERSION})",
+                meta.format, meta.format_version
+            ),
+        });
+    }
+    let views = st.tensors();
+    let tensors: BTreeMap<String, FoundTensor<'_>> = views
+        .iter()
+        .map(|(k, view)| {
+            let found = FoundTensor {
+                shape: view.shape().to_vec(),
+                read: Box::new(move || f32_from_bytes(view.dtype(), view.data())),
+            };
+            (k.clone(), found)
+        })
+        .collect();
+    let adapters = build_adapters(path, &tensors, cfg, device)?;
+    Ok((adapters, meta))
+}
+
+/// Writes adapters and metadata as safetensors (f32, PyTorch layout, reference key names).
+/// Replaces an existing file atomically (written to a sibling temporary file, then renamed).
+pub fn save_adapters<B: Backend>(
+    path: &Path,
+    adapters: &MvfaAdapters<B>,
+    meta: &AdapterCheckpointMeta,
+) -> Result<()> {
+    let write_err = |reason: String| AdapterCheckpointError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut owned: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (head, bank) in HEADS.iter().zip([&adapters.seg, &adapters.det]) {
+        for (level, adapter) in bank.adapters.iter().enumerate() {
+            for (fc, linear) in [(1, &adapter.fc1), (2, &adapter.fc2)] {
+                let (values, shape) = linear_to_torch(linear);
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                owned.push((adapter_key(head, level, fc), bytes, shape.to_vec()));
+            }
+        }
+    }
+    let views = owned
+        .iter()
+        .map(|(k, bytes, shape)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| write_err(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let json = serde_json::to_string(meta).map_err(|e| write_err(e.to_string()))?;
+    let header = HashMap::from([(META_KEY.to_string(), json)]);
+    safetensors::serialize_to_file(views, Some(header), path).map_err(|e| write_err(e.to_string()))
+}
+
+/// Reads an adapter file of either format, telling them apart by content: a ZIP
+/// (`PK\x03\x04`, `torch.save` since PyTorch 1.6) or a raw pickle (`\x80`) is imported as a
+/// reference `.pth`, anything else is read as our safetensors.
+pub fn load_adapter_file<B: Backend>(
+    path: &Path,
+    cfg: &MvfaAdaptersConfig,
+    device: &B::Device,
+) -> Result<LoadedAdapters<B>> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|source| AdapterCheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let is_pth = (n >= 4 && head == *b"PK\x03\x04") || (n >= 1 && head[0] == 0x80);
+    if is_pth {
+        Ok(LoadedAdapters {
+            adapters: import_mvfa_pth(path, cfg, device)?,
+            meta: None,
+            format: AdapterFileFormat::Pytorch,
+        })
+    } else {
+        let (adapters, meta) = load_adapters(path, cfg, device)?;
+        Ok(LoadedAdapters {
+            adapters,
+            meta: Some(meta),
+            format: AdapterFileFormat::Safetensors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reference_keys_only() {
+        assert_eq!(parse_key("seg_adapters.0.fc1.0.weight"), Some((0, 0, 1)));
+        assert_eq!(parse_key("det_adapters.3.fc2.0.weight"), Some((1, 3, 2)));
+        assert_eq!(parse_key("det_adapters.3.fc2.0.bias"), None);
+        assert_eq!(parse_key("0.fc1.0.weight"), None);
+        assert_eq!(parse_key("cls_adapters.0.fc1.0.weight"), None);
+        assert_eq!(parse_key("seg_adapters.x.fc1.0.weight"), None);
+    }
+}

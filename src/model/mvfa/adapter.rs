@@ -1,1 +1,395 @@
+//! MVFA residual adapters (spec section 2) and the adapted forward pass.
+//!
+//! One [`Adapter`] is two bias-free linear layers, each followed by LeakyReLU(0.01):
+//! `h = leaky(W1 x)` (width -> bottleneck, the "tapped feature" compared with text) and
+//! `y = leaky(W2 h)` (bottleneck -> width, the residual contribution). At every tapped level
+//! there is one segmentation ("seg") and one detection ("det") adapter; the two heads live in
+//! separate [`AdapterBank`] modules because training runs one Adam optimiser per head
+//! (spec 5.2) and `GradientsParams::from_module` is taken per bank.
+//!
+//! After the tapped block `l` the residual stream is replaced by
+//! `x <- stream_ratio * x + seg_ratio * y_seg(x) + det_ratio * y_det(x)` (0.8 / 0.1 / 0.1);
+//! the tokens `h_seg`, `h_det` of level `l` are computed from `x` *before* that mixing.
+//!
+//! # Freezing the backbone
+//! Only the adapters are trained. Under an autodiff backend, call `Module::no_grad()` on the
+//! vision tower once after loading it (`let vision = vision.no_grad();`): its parameters then
+//! never get gradients (nothing is stored for them in the backward pass), while gradients still
+//! flow *through* the frozen blocks from later-level losses into earlier-level adapters, as
+//! in the reference. Take gradients with `GradientsParams::from_module(&mut grads, &bank)` per
+//! bank, never over the backbone. `tests/mvfa_parity.rs` checks both properties.
 
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::leaky_relu;
+
+/// LeakyReLU negative slope of the reference adapters (PyTorch's default, spec 2).
+pub const LEAKY_SLOPE: f64 = 0.01;
+
+/// Errors of the adapted forward pass (configuration mismatches between backbone and adapters).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MvfaError {
+    /// The adapter banks and the tapped blocks disagree in number.
+    #[error(
+        "MVFA adapters have {seg} seg / {det} det levels but the backbone taps {taps} blocks {tap_blocks:?}"
+    )]
+    LevelCount {
+        seg: usize,
+        det: usize,
+        taps: usize,
+        tap_blocks: Vec<usize>,
+    },
+    /// The adapters were built for a different residual width than the backbone's.
+    #[error("MVFA adapters expect residual width {adapters}, the backbone has width {backbone}")]
+    Width { adapters: usize, backbone: usize },
+}
+
+/// Configuration of one adapter: `width -> bottleneck -> width`.
+#[derive(Config, Debug)]
+pub struct AdapterConfig {
+    /// Residual-stream width of the vision tower (1024 for ViT-L/14).
+    #[config(default = 1024)]
+    pub width: usize,
+    /// Bottleneck = joint text/image embedding dim (768 for ViT-L/14-336), because the
+    /// bottleneck activations are compared with the text embeddings directly (spec 1.4).
+    #[config(default = 768)]
+    pub bottleneck: usize,
+}
+
+impl AdapterConfig {
+    /// Initialises with PyTorch's `nn.Linear` default: Kaiming-uniform with a = sqrt(5), i.e.
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (burn's `LinearConfig` default is the same law).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Adapter<B> {
+        Adapter {
+            fc1: LinearConfig::new(self.width, self.bottleneck)
+                .with_bias(false)
+                .init(device),
+            fc2: LinearConfig::new(self.bottleneck, self.width)
+                .with_bias(false)
+                .init(device),
+        }
+    }
+}
+
+/// One MVFA adapter. Burn stores `fc1.weight` as `[width, bottleneck]` (`[in, out]`); the
+/// reference checkpoint key `{i}.fc1.0.weight` holds the transpose `[bottleneck, width]`.
+#[derive(Module, Debug)]
+pub struct Adapter<B: Backend> {
+    /// width -> bottleneck, no bias (checkpoint `fc1.0`).
+    pub fc1: Linear<B>,
+    /// bottleneck -> width, no bias (checkpoint `fc2.0`).
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Adapter<B> {
+    /// `x [..., width]` -> `(h [..., bottleneck], y [..., width])`, both after LeakyReLU(0.01).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> (Tensor<B, D>, Tensor<B, D>) {
+        let h = leaky_relu(self.fc1.forward(x), LEAKY_SLOPE);
+        let y = leaky_relu(self.fc2.forward(h.clone()), LEAKY_SLOPE);
+        (h, y)
+    }
+
+    /// Residual width (input of fc1).
+    pub fn width(&self) -> usize {
+        self.fc1.weight.dims()[0]
+    }
+
+    /// Bottleneck width (output of fc1).
+    pub fn bottleneck(&self) -> usize {
+        self.fc1.weight.dims()[1]
+    }
+}
+
+/// The adapters of one head (seg or det), one per tapped level, in level order.
+#[derive(Module, Debug)]
+pub struct AdapterBank<B: Backend> {
+    /// `adapters[l]` serves level `l` (0-based; checkpoint index `{l}`).
+    pub adapters: Vec<Adapter<B>>,
+}
+
+impl<B: Backend> AdapterBank<B> {
+    /// Number of levels.
+    pub fn levels(&self) -> usize {
+        self.adapters.len()
+    }
+}
+
+/// Configuration of the dual-adapter set and its residual mixing (spec 2).
+#[derive(Config, Debug)]
+pub struct MvfaAdaptersConfig {
+    /// Number of tapped levels (4: blocks 6, 12, 18, 24 of ViT-L/14).
+    #[config(default = 4)]
+    pub levels: usize,
+    /// Residual width of the vision tower.
+    #[config(default = 1024)]
+    pub width: usize,
+    /// Adapter bottleneck = joint embedding dim.
+    #[config(default = 768)]
+    pub bottleneck: usize,
+    /// Weight of the unadapted stream in the mixing `x <- a x + b y_seg + c y_det`.
+    #[config(default = 0.8)]
+    pub stream_ratio: f64,
+    /// Weight of the seg adapter's residual output.
+    #[config(default = 0.1)]
+    pub seg_ratio: f64,
+    /// Weight of the det adapter's residual output.
+    #[config(default = 0.1)]
+    pub det_ratio: f64,
+}
+
+impl MvfaAdaptersConfig {
+    /// Fresh adapters with PyTorch's Linear initialisation law.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> MvfaAdapters<B> {
+        let one = AdapterConfig::new()
+            .with_width(self.width)
+            .with_bottleneck(self.bottleneck);
+        let bank = || AdapterBank {
+            adapters: (0..self.levels).map(|_| one.init(device)).collect(),
+        };
+        MvfaAdapters {
+            seg: bank(),
+            det: bank(),
+        }
+    }
+}
+
+/// All MVFA adapters: the seg head and the det head, each a separate module so that each can
+/// get its own optimiser.
+#[derive(Module, Debug)]
+pub struct MvfaAdapters<B: Backend> {
+    /// Segmentation head (pixel maps, focal + dice losses).
+    pub seg: AdapterBank<B>,
+    /// Detection head (image scores, BCE loss).
+    pub det: AdapterBank<B>,
+}
+
+impl<B: Backend> MvfaAdapters<B> {
+    /// Levels of the seg bank (equal to the det bank's for well-formed adapters).
+    pub fn levels(&self) -> usize {
+        self.seg.levels()
+    }
+
+    /// Residual width, or `None` for an empty set.
+    pub fn width(&self) -> Option<usize> {
+        self.seg.adapters.first().map(Adapter::width)
+    }
+
+    /// Bottleneck width, or `None` for an empty set.
+    pub fn bottleneck(&self) -> Option<usize> {
+        self.seg.adapters.first().map(Adapter::bottleneck)
+    }
+
+    /// Convenience for [`forward_adapted`] with this set's two banks.
+    pub fn forward_adapted<V: TappedBackbone<B>>(
+        &self,
+        vision: &V,
+        images: Tensor<B, 4>,
+        cfg: &MvfaAdaptersConfig,
+    ) -> Result<AdaptedFeatures<B>, MvfaError> {
+        forward_adapted(vision, &self.seg, &self.det, images, cfg)
+    }
+}
+
+/// Which adapter head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Head {
+    Seg,
+    Det,
+}
+
+/// A vision tower that can run with a hook after chosen blocks.
+///
+/// Implemented for `crate::model::clip::vision::VisionTransformer` (delegating to its
+/// `forward_tapped`); tests implement it for small stand-in backbones.
+pub trait TappedBackbone<B: Backend> {
+    /// Residual-stream width.
+    fn width(&self) -> usize;
+    /// The 1-based blocks MVFA taps (`[6, 12, 18, 24]` for 24 blocks).
+    fn default_taps(&self) -> Vec<usize>;
+    /// Runs `images [batch, 3, H, W]` through the tower; after block `tap_blocks[i]` the
+    /// stream `x [batch, tokens, width]` is replaced by `hook(i, x)`. Outputs other than the
+    /// stream seen by the hook are not needed by MVFA.
+    fn run_tapped(
+        &self,
+        images: Tensor<B, 4>,
+        tap_blocks: &[usize],
+        hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
+    );
+}
+
+/// Outputs of one level: the two heads' tokens and the mixed stream that feeds the next block.
+#[derive(Debug, Clone)]
+pub struct LevelOutput<B: Backend> {
+    /// `h_seg [batch, tokens, bottleneck]`.
+    pub seg_tokens: Tensor<B, 3>,
+    /// `h_det [batch, tokens, bottleneck]`.
+    pub det_tokens: Tensor<B, 3>,
+    /// `stream_ratio x + seg_ratio y_seg + det_ratio y_det`, `[batch, tokens, width]`.
+    pub mixed: Tensor<B, 3>,
+}
+
+/// Applies one level's adapter pair to the tapped stream `x [batch, tokens, width]`.
+pub fn adapt_level<B: Backend>(
+    seg: &Adapter<B>,
+    det: &Adapter<B>,
+    x: Tensor<B, 3>,
+    cfg: &MvfaAdaptersConfig,
+) -> LevelOutput<B> {
+    let (h_seg, y_seg) = seg.forward(x.clone());
+    let (h_det, y_det) = det.forward(x.clone());
+    let mixed = x.mul_scalar(cfg.stream_ratio)
+        + y_seg.mul_scalar(cfg.seg_ratio)
+        + y_det.mul_scalar(cfg.det_ratio);
+    LevelOutput {
+        seg_tokens: h_seg,
+        det_tokens: h_det,
+        mixed,
+    }
+}
+
+/// The adapted token sets of an image batch, one tensor per level.
+#[derive(Debug, Clone)]
+pub struct AdaptedFeatures<B: Backend> {
+    /// Seg-head bottleneck tokens per level, each `[batch, tokens, bottleneck]` (CLS first).
+    pub seg_tokens: Vec<Tensor<B, 3>>,
+    /// Det-head bottleneck tokens per level, each `[batch, tokens, bottleneck]` (CLS first).
+    pub det_tokens: Vec<Tensor<B, 3>>,
+}
+
+impl<B: Backend> AdaptedFeatures<B> {
+    /// The token sets of one head.
+    pub fn head(&self, head: Head) -> &[Tensor<B, 3>] {
+        match head {
+            Head::Seg => &self.seg_tokens,
+            Head::Det => &self.det_tokens,
+        }
+    }
+}
+
+/// [`AdaptedFeatures`] plus the intermediate streams, for parity checks and inspection.
+#[derive(Debug, Clone)]
+pub struct AdaptedTrace<B: Backend> {
+    pub features: AdaptedFeatures<B>,
+    /// The block outputs at the taps, before mixing, `[batch, tokens, width]` per level.
+    pub taps: Vec<Tensor<B, 3>>,
+    /// The mixed streams that replaced them, `[batch, tokens, width]` per level.
+    pub mixed: Vec<Tensor<B, 3>>,
+}
+
+/// Runs `images [batch, 3, H, W]` (values in [0, 1], no mean/std normalisation, spec 7.1)
+/// through the backbone with the MVFA adapters hooked in after each tapped block.
+///
+/// Returns per level `[batch, tokens, bottleneck]` seg and det tokens (tokens = 1 + grid^2,
+/// CLS first). Batches of any size work; each image is independent.
+pub fn forward_adapted<B: Backend, V: TappedBackbone<B>>(
+    vision: &V,
+    seg: &AdapterBank<B>,
+    det: &AdapterBank<B>,
+    images: Tensor<B, 4>,
+    cfg: &MvfaAdaptersConfig,
+) -> Result<AdaptedFeatures<B>, MvfaError> {
+    forward_adapted_traced(vision, seg, det, images, cfg).map(|t| t.features)
+}
+
+/// [`forward_adapted`] that also returns the taps and mixed streams.
+pub fn forward_adapted_traced<B: Backend, V: TappedBackbone<B>>(
+    vision: &V,
+    seg: &AdapterBank<B>,
+    det: &AdapterBank<B>,
+    images: Tensor<B, 4>,
+    cfg: &MvfaAdaptersConfig,
+) -> Result<AdaptedTrace<B>, MvfaError> {
+    let tap_blocks = vision.default_taps();
+    if seg.levels() != tap_blocks.len() || det.levels() != tap_blocks.len() {
+        return Err(MvfaError::LevelCount {
+            seg: seg.levels(),
+            det: det.levels(),
+            taps: tap_blocks.len(),
+            tap_blocks,
+        });
+    }
+    for adapter in seg.adapters.iter().chain(&det.adapters) {
+        if adapter.width() != vision.width() {
+            return Err(MvfaError::Width {
+                adapters: adapter.width(),
+                backbone: vision.width(),
+            });
+        }
+    }
+    let levels = tap_blocks.len();
+    let mut trace = AdaptedTrace {
+        features: AdaptedFeatures {
+            seg_tokens: Vec::with_capacity(levels),
+            det_tokens: Vec::with_capacity(levels),
+        },
+        taps: Vec::with_capacity(levels),
+        mixed: Vec::with_capacity(levels),
+    };
+    let mut hook = |level: usize, x: Tensor<B, 3>| {
+        let out = adapt_level(&seg.adapters[level], &det.adapters[level], x.clone(), cfg);
+        trace.taps.push(x);
+        trace.features.seg_tokens.push(out.seg_tokens);
+        trace.features.det_tokens.push(out.det_tokens);
+        trace.mixed.push(out.mixed.clone());
+        out.mixed
+    };
+    vision.run_tapped(images, &tap_blocks, &mut hook);
+    Ok(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn init_follows_pytorch_linear_bounds() {
+        let device = Default::default();
+        let a = AdapterConfig::new()
+            .with_width(64)
+            .with_bottleneck(32)
+            .init::<B>(&device);
+        assert_eq!(a.fc1.weight.dims(), [64, 32]);
+        assert_eq!(a.fc2.weight.dims(), [32, 64]);
+        assert!(a.fc1.bias.is_none() && a.fc2.bias.is_none());
+        let max1: f32 = a.fc1.weight.val().abs().max().into_scalar();
+        let max2: f32 = a.fc2.weight.val().abs().max().into_scalar();
+        assert!(
+            max1 <= 1.0 / 8.0 && max1 > 0.1,
+            "fc1 bound 1/sqrt(64): {max1}"
+        );
+        let b2 = 1.0 / 32f32.sqrt();
+        assert!(
+            max2 <= b2 && max2 > 0.8 * b2,
+            "fc2 bound 1/sqrt(32): {max2}"
+        );
+    }
+
+    #[test]
+    fn adapter_forward_is_leaky_two_layer_map() {
+        let device = Default::default();
+        let mut a = AdapterConfig::new()
+            .with_width(2)
+            .with_bottleneck(1)
+            .init::<B>(&device);
+        // fc1: [in=2, out=1] = (1, -1); fc2: [in=1, out=2] = (2, -3).
+        a.fc1.weight =
+            burn::module::Param::from_tensor(Tensor::from_floats([[1.0], [-1.0]], &device));
+        a.fc2.weight =
+            burn::module::Param::from_tensor(Tensor::from_floats([[2.0, -3.0]], &device));
+        let x = Tensor::<B, 2>::from_floats([[3.0, 1.0], [1.0, 3.0]], &device);
+        let (h, y) = a.forward(x);
+        let h: Vec<f32> = h.into_data().to_vec().unwrap();
+        let y: Vec<f32> = y.into_data().to_vec().unwrap();
+        // h = leaky(2) = 2, leaky(-2) = -0.02.
+        assert_eq!(h, vec![2.0, -0.02]);
+        // y row 0 = leaky(4), leaky(-6); row 1 = leaky(-0.04), leaky(0.06).
+        let expect = [4.0, -0.06, -0.0004, 0.06];
+        for (a, b) in y.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-7, "{y:?}");
+        }
+    }
+}
