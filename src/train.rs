@@ -1,3 +1,4 @@
 //! Fine-tuning: augmentation, training loop, calibration, progress and cancellation.
 pub mod augment;
 pub mod synthetic;
+pub mod trainer;

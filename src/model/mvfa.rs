@@ -2,3 +2,5 @@
 pub mod adapter;
 pub mod losses;
 pub mod scoring;
+pub mod calibration;
+pub mod detector;
