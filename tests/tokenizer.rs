@@ -78,6 +78,22 @@ fn bundled_vocabulary_has_clip_layout() {
 }
 
 #[test]
+fn bundled_vocabulary_is_the_recorded_file() {
+    use sha2::{Digest, Sha256};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/bpe_simple_vocab_16e6.txt.gz"
+    );
+    let digest = Sha256::digest(std::fs::read(path).unwrap());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    // The SHA-256 recorded in assets/README.md.
+    assert_eq!(
+        hex,
+        "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+    );
+}
+
+#[test]
 fn odd_inputs_match_open_clip() {
     let mut failures = Vec::new();
     for case in &FIXTURE.cases {
