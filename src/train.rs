@@ -1,4 +1,5 @@
 //! Fine-tuning: augmentation, training loop, calibration, progress and cancellation.
 pub mod augment;
+pub mod fit;
 pub mod synthetic;
 pub mod trainer;

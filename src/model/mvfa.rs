@@ -4,3 +4,4 @@ pub mod losses;
 pub mod scoring;
 pub mod calibration;
 pub mod detector;
+pub mod backbone;

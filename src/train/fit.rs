@@ -1,0 +1,288 @@
+//! From labelled shots to a fitted, calibrated detector: augmentation, fine-tuning (when there
+//! are abnormal shots), the few-shot memory bank and the single-image calibration.
+use std::sync::atomic::AtomicBool;
+
+use burn::module::{AutodiffModule, Module};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
+use crate::model::mvfa::detector::{Detector, TaskKind};
+use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
+use crate::train::augment::{AUGMENT_FACTOR, Planar, augment_group, augment_group_with_masks};
+use crate::train::trainer::{LabelMode, TrainConfig, TrainError, TrainEvent, TrainSample, train};
+
+/// One labelled shot at model resolution.
+#[derive(Debug, Clone)]
+pub struct Shot {
+    /// `[3, S, S]` CHW in [0, 1].
+    pub image: Vec<f32>,
+    /// `[S, S]` lesion mask (1 inside), when painted or imported.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// What the fit does with the labels it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FitMode {
+    /// Abnormal shots, all with masks: focal + dice + BCE.
+    Masks,
+    /// Abnormal shots without (complete) masks: BCE only.
+    ImageLabels,
+    /// Normal shots only: no fine-tuning; the given adapters and the memory bank.
+    NormalOnly,
+}
+
+/// Stages of a fit, for progress displays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FitEvent {
+    Started { mode: FitMode, training_images: usize },
+    Training(TrainEvent),
+    BuildingMemoryBank { images: usize },
+    Calibrating,
+}
+
+/// A finished (or cancelled) fit.
+pub enum FitOutcome<B: Backend> {
+    Fitted {
+        detector: Detector<B, VisionTransformer<B>>,
+        mode: FitMode,
+        /// Mean total loss per epoch (empty without fine-tuning).
+        epoch_losses: Vec<f32>,
+        /// Set when mixed masked/unmasked abnormal shots forced image-label training.
+        note: Option<String>,
+    },
+    /// Cancelled during fine-tuning: the adapters of the last completed step.
+    Cancelled {
+        adapters: MvfaAdapters<B>,
+        steps_done: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error("at least one normal shot is needed (the memory bank and the calibration come from normal shots)")]
+    NoNormalShots,
+    #[error("shot {index} has {got} values; expected 3x{size}x{size}")]
+    ShotSize { index: usize, got: usize, size: usize },
+    #[error("augmentation failed: {0}")]
+    Augment(String),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("model error: {0}")]
+    Model(String),
+}
+
+fn planar(values: &[f32], channels: usize, size: usize) -> Result<Planar, FitError> {
+    Planar::new(channels, size, size, values.to_vec()).map_err(|e| FitError::Augment(e.to_string()))
+}
+
+/// Augments a group of shots 11x; masks default to zero. Output order is the augmentation
+/// block by block (index = block * k + shot).
+fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>, FitError> {
+    if shots.is_empty() {
+        return Ok(Vec::new());
+    }
+    let images = shots
+        .iter()
+        .map(|s| planar(&s.image, 3, size))
+        .collect::<Result<Vec<_>, _>>()?;
+    let masks = shots
+        .iter()
+        .map(|s| match &s.mask {
+            Some(m) => planar(m, 1, size),
+            None => planar(&vec![0.0; size * size], 1, size),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let (images, masks) =
+        augment_group_with_masks(&images, &masks).map_err(|e| FitError::Augment(e.to_string()))?;
+    Ok(images
+        .into_iter()
+        .zip(masks)
+        .map(|(i, m)| (i.data, m.data))
+        .collect())
+}
+
+/// Stacks `[3, S, S]` images into `[n, 3, S, S]`.
+pub fn stack_images<B: Backend>(images: &[&[f32]], size: usize, device: &B::Device) -> Tensor<B, 4> {
+    let mut data = Vec::with_capacity(images.len() * 3 * size * size);
+    for image in images {
+        data.extend_from_slice(image);
+    }
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, size, size]), device)
+}
+
+/// The augmented normal shots grouped by source shot (one `[11, 3, S, S]` tensor per shot),
+/// which is how the memory bank and the leave-one-out calibration see them. A single shot
+/// gives a single group.
+pub fn support_groups<B: Backend>(
+    normal: &[Shot],
+    size: usize,
+    device: &B::Device,
+) -> Result<Vec<Tensor<B, 4>>, FitError> {
+    let k = normal.len();
+    let images = augment_group(
+        &normal
+            .iter()
+            .map(|s| planar(&s.image, 3, size))
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+    .map_err(|e| FitError::Augment(e.to_string()))?;
+    Ok((0..k)
+        .map(|shot| {
+            let group: Vec<&[f32]> = (0..AUGMENT_FACTOR)
+                .map(|block| images[block * k + shot].data.as_slice())
+                .collect();
+            stack_images(&group, size, device)
+        })
+        .collect())
+}
+
+/// Settings of a fit besides the training hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct FitSettings {
+    pub adapters: MvfaAdaptersConfig,
+    pub scoring: ScoringConfig,
+    pub train: TrainConfig,
+    /// Task used for normal-only fits (which have no labels to decide it).
+    pub normal_only_task: TaskKind,
+    /// Images per forward pass when building the bank and calibrating.
+    pub batch_size: usize,
+}
+
+/// Fits a detector from shots. `vision` and `adapters` live on the inference backend; the
+/// fine-tuning runs on its autodiff wrapper `AB`. `text_features [bottleneck, 2]` come from
+/// the prompt ensemble of the organ word.
+#[allow(clippy::too_many_arguments)]
+pub fn fit<AB: AutodiffBackend>(
+    vision: VisionTransformer<AB::InnerBackend>,
+    adapters: MvfaAdapters<AB::InnerBackend>,
+    text_features: Tensor<AB::InnerBackend, 2>,
+    normal: &[Shot],
+    abnormal: &[Shot],
+    settings: &FitSettings,
+    mut on_event: impl FnMut(FitEvent),
+    cancel: &AtomicBool,
+) -> Result<FitOutcome<AB::InnerBackend>, FitError> {
+    let size = settings.scoring.image_size;
+    if normal.is_empty() {
+        return Err(FitError::NoNormalShots);
+    }
+    for (index, shot) in normal.iter().chain(abnormal).enumerate() {
+        if shot.image.len() != 3 * size * size {
+            return Err(FitError::ShotSize {
+                index,
+                got: shot.image.len(),
+                size,
+            });
+        }
+    }
+    let masked = abnormal.iter().filter(|s| s.mask.is_some()).count();
+    let (mode, note) = if abnormal.is_empty() {
+        (FitMode::NormalOnly, None)
+    } else if masked == abnormal.len() {
+        (FitMode::Masks, None)
+    } else if masked == 0 {
+        (FitMode::ImageLabels, None)
+    } else {
+        (
+            FitMode::ImageLabels,
+            Some(format!(
+                "{masked} of {} abnormal shots have masks; masks are only used when every abnormal shot has one, so this run trained on image labels",
+                abnormal.len()
+            )),
+        )
+    };
+    let device = text_features.device();
+    let augmented_abnormal = augment_shots(abnormal, size)?;
+    let mut epoch_losses = Vec::new();
+    let adapters = if mode == FitMode::NormalOnly {
+        on_event(FitEvent::Started {
+            mode,
+            training_images: 0,
+        });
+        adapters
+    } else {
+        let augmented_normal = augment_shots(normal, size)?;
+        let with_masks = mode == FitMode::Masks;
+        let samples: Vec<TrainSample> = augmented_abnormal
+            .iter()
+            .map(|(image, mask)| (image, mask, true))
+            .chain(augmented_normal.iter().map(|(image, mask)| (image, mask, false)))
+            .map(|(image, mask, abnormal)| TrainSample {
+                image: image.clone(),
+                mask: with_masks.then(|| mask.clone()),
+                abnormal,
+            })
+            .collect();
+        on_event(FitEvent::Started {
+            mode,
+            training_images: samples.len(),
+        });
+        let label_mode = if with_masks {
+            LabelMode::Masks
+        } else {
+            LabelMode::ImageLabels
+        };
+        let vision_ad = VisionTransformer::<AB>::from_inner(vision.clone()).no_grad();
+        let adapters_ad = MvfaAdapters::<AB>::from_inner(adapters);
+        let text_ad = Tensor::<AB, 2>::from_inner(text_features.clone());
+        let outcome = train(
+            &vision_ad,
+            adapters_ad,
+            &settings.adapters,
+            &settings.scoring,
+            text_ad,
+            &samples,
+            label_mode,
+            &settings.train,
+            |event| on_event(FitEvent::Training(event)),
+            cancel,
+        )?;
+        if outcome.cancelled {
+            return Ok(FitOutcome::Cancelled {
+                adapters: outcome.adapters.valid(),
+                steps_done: outcome.steps_done,
+            });
+        }
+        epoch_losses = outcome.epoch_losses;
+        outcome.adapters.valid()
+    };
+
+    let task = match mode {
+        FitMode::Masks => TaskKind::Segmentation,
+        FitMode::ImageLabels => TaskKind::Classification,
+        FitMode::NormalOnly => settings.normal_only_task,
+    };
+    let mut detector = Detector {
+        vision,
+        adapters,
+        adapters_cfg: settings.adapters.clone(),
+        scorer: Scorer::new(settings.scoring.clone(), text_features),
+        bank_groups: Vec::new(),
+        calibration: None,
+        task,
+        batch_size: settings.batch_size,
+    };
+    let groups = support_groups::<AB::InnerBackend>(normal, size, &device)?;
+    on_event(FitEvent::BuildingMemoryBank {
+        images: normal.len() * AUGMENT_FACTOR,
+    });
+    detector
+        .set_support(groups.clone())
+        .map_err(|e| FitError::Model(e.to_string()))?;
+    on_event(FitEvent::Calibrating);
+    let abnormal_images = (!augmented_abnormal.is_empty()).then(|| {
+        let views: Vec<&[f32]> = augmented_abnormal.iter().map(|(i, _)| i.as_slice()).collect();
+        stack_images::<AB::InnerBackend>(&views, size, &device)
+    });
+    detector
+        .fit_calibration(&groups, abnormal_images)
+        .map_err(|e| FitError::Model(e.to_string()))?;
+    Ok(FitOutcome::Fitted {
+        detector,
+        mode,
+        epoch_losses,
+        note,
+    })
+}
