@@ -83,7 +83,11 @@ fn make_input(case: &Case) -> Image8 {
             d
         }
     };
-    let channels = if ch == 1 { Channels::Gray } else { Channels::Rgb };
+    let channels = if ch == 1 {
+        Channels::Gray
+    } else {
+        Channels::Rgb
+    };
     Image8::new(case.width, case.height, channels, data).unwrap()
 }
 
@@ -104,7 +108,11 @@ fn load_png(path: &Path) -> Image8 {
 
 fn max_abs_diff(a: &[u8], b: &[u8]) -> u8 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
 }
 
 fn sha_hex(data: &[u8]) -> String {
@@ -150,7 +158,11 @@ fn check_against(version: &str, expected_order: PillowOrder) {
             println!("{label}: max |diff| vs Pillow {}: {d}", m.pillow);
             worst = worst.max(d);
         }
-        assert_eq!(sha_hex(&out.data), case.sha256, "{label}: output differs from Pillow");
+        assert_eq!(
+            sha_hex(&out.data),
+            case.sha256,
+            "{label}: output differs from Pillow"
+        );
         checked += 1;
     }
     assert_eq!(worst, 0, "max difference vs Pillow {}", m.pillow);
@@ -277,7 +289,10 @@ fn tensors_have_model_shapes() {
     let b = model_input_batch::<B>(&[&v, &v], &device).unwrap();
     assert_eq!(b.dims(), [2, 3, 240, 240]);
     let m = mask_input(&img).unwrap();
-    assert_eq!(mask_batch::<B>(&[&m], &device).unwrap().dims(), [1, 1, 240, 240]);
+    assert_eq!(
+        mask_batch::<B>(&[&m], &device).unwrap().dims(),
+        [1, 1, 240, 240]
+    );
     let err = model_input_batch::<B>(&[&v[..10]], &device).unwrap_err();
     assert!(err.to_string().contains("expected 172800"), "{err}");
 }

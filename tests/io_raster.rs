@@ -41,7 +41,11 @@ fn pillow_written_rasters_load_with_their_values() {
         let stack = load_raster(&path).unwrap_or_else(|e| panic!("{e}"));
         let frame = single_frame(&stack);
         let label = format!("{} (Pillow mode {})", case.file, case.mode);
-        assert_eq!((frame.width, frame.height), (case.width, case.height), "{label}");
+        assert_eq!(
+            (frame.width, frame.height),
+            (case.width, case.height),
+            "{label}"
+        );
         let want = if case.layout == "gray" {
             Channels::Gray
         } else {
@@ -110,7 +114,10 @@ fn image_crate_encoded_variants_load() {
     // A PNG renamed to .jpg still opens (content sniffing).
     let renamed = dir.path().join("actually_png.jpg");
     std::fs::copy(fixtures().join("rgb.png"), &renamed).unwrap();
-    assert_eq!(single_frame(&load_raster(&renamed).unwrap()).channels, Channels::Rgb);
+    assert_eq!(
+        single_frame(&load_raster(&renamed).unwrap()).channels,
+        Channels::Rgb
+    );
 }
 
 #[test]

@@ -97,8 +97,16 @@ fn display_axes_point_left_posterior_superior() {
             .iter()
             .map(|p| std::array::from_fn(|i| p[i] - origin[i]))
             .collect();
-        assert!(d[0][0] < 0.0 && d[0][0].abs() >= d[0][1].abs(), "{}: {d:?}", case.file);
-        assert!(d[1][1] < 0.0 && d[1][1].abs() >= d[1][0].abs(), "{}: {d:?}", case.file);
+        assert!(
+            d[0][0] < 0.0 && d[0][0].abs() >= d[0][1].abs(),
+            "{}: {d:?}",
+            case.file
+        );
+        assert!(
+            d[1][1] < 0.0 && d[1][1].abs() >= d[1][0].abs(),
+            "{}: {d:?}",
+            case.file
+        );
         assert!(d[2][2] > 0.0, "{}: {d:?}", case.file);
         assert!(geo.spacing.iter().all(|s| *s > 0.0));
     }
@@ -113,14 +121,27 @@ fn scaling_windows_and_metadata() {
     let lo = all.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = all.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     assert_eq!((lo, hi), (-8.0, 2.0 * 235.0 - 10.0));
-    let full = stack.windows.iter().find(|w| w.label == "Full range").unwrap();
+    let full = stack
+        .windows
+        .iter()
+        .find(|w| w.label == "Full range")
+        .unwrap();
     assert_eq!(full.center, (lo as f64 + hi as f64) / 2.0);
     assert_eq!(full.width, (hi - lo) as f64 + 1.0);
-    assert!(stack.metadata.iter().any(|n| n.name == "voxel orientation" && n.value == "RAS"));
+    assert!(
+        stack
+            .metadata
+            .iter()
+            .any(|n| n.name == "voxel orientation" && n.value == "RAS")
+    );
     // 4-D file: the first volume is shown.
     let (s4, _) = load_nifti_with_geometry(&fixtures().join("oblique_4d_float.nii")).unwrap();
     assert_eq!(s4.frames.len(), 3);
-    assert!(s4.metadata.iter().any(|n| n.name == "volumes" && n.value.contains("first")));
+    assert!(
+        s4.metadata
+            .iter()
+            .any(|n| n.name == "volumes" && n.value.contains("first"))
+    );
 }
 
 #[test]
@@ -137,7 +158,12 @@ fn errors_name_the_file_and_never_panic() {
     }
     let p = dir.path().join("garbage.nii.gz");
     std::fs::write(&p, b"not gzip at all").unwrap();
-    assert!(load_nifti(&p).unwrap_err().to_string().contains("garbage.nii.gz"));
+    assert!(
+        load_nifti(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("garbage.nii.gz")
+    );
 }
 
 #[test]

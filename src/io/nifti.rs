@@ -265,11 +265,7 @@ fn sform(h: &NiftiHeader) -> Affine {
 /// NIfTI-1 `quatern_to_mat44` (nifti1_io.c): rotation from (b, c, d) with a = sqrt(1 - |bcd|²),
 /// scaled by pixdim, k column times qfac.
 fn qform(h: &NiftiHeader) -> Affine {
-    let (mut b, mut c, mut d) = (
-        h.quatern_b as f64,
-        h.quatern_c as f64,
-        h.quatern_d as f64,
-    );
+    let (mut b, mut c, mut d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
     let mut a = 1.0 - (b * b + c * c + d * d);
     if a < 1e-7 {
         // Not a unit quaternion: renormalise (b, c, d) and use a 180-degree rotation.
@@ -310,7 +306,13 @@ fn qform(h: &NiftiHeader) -> Affine {
 }
 
 fn pixdim_affine(h: &NiftiHeader) -> Affine {
-    let pos = |v: f32| if v > 0.0 && v.is_finite() { v as f64 } else { 1.0 };
+    let pos = |v: f32| {
+        if v > 0.0 && v.is_finite() {
+            v as f64
+        } else {
+            1.0
+        }
+    };
     [
         [pos(h.pixdim[1]), 0.0, 0.0, 0.0],
         [0.0, pos(h.pixdim[2]), 0.0, 0.0],

@@ -60,7 +60,9 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         .with_guessed_format()
         .map_err(|e| err(source, e.to_string()))?;
     if reader.format().is_none()
-        && let Some(fmt) = source.extension().and_then(image::ImageFormat::from_extension)
+        && let Some(fmt) = source
+            .extension()
+            .and_then(image::ImageFormat::from_extension)
     {
         reader.set_format(fmt);
     }
@@ -93,7 +95,12 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         }
         DynamicImage::ImageLumaA8(b) => {
             let data = b.pixels().map(|p| f32::from(p.0[0])).collect();
-            (Channels::Gray, data, vec![full8], "8-bit grey + alpha (alpha dropped)")
+            (
+                Channels::Gray,
+                data,
+                vec![full8],
+                "8-bit grey + alpha (alpha dropped)",
+            )
         }
         DynamicImage::ImageLuma16(b) => {
             let data: Vec<f32> = b.into_raw().into_iter().map(f32::from).collect();
@@ -119,7 +126,12 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
                 .pixels()
                 .flat_map(|p| [p.0[0], p.0[1], p.0[2]].map(f32::from))
                 .collect();
-            (Channels::Rgb, data, vec![full8], "8-bit RGBA (alpha dropped)")
+            (
+                Channels::Rgb,
+                data,
+                vec![full8],
+                "8-bit RGBA (alpha dropped)",
+            )
         }
         DynamicImage::ImageRgb16(b) => {
             let data = b
@@ -127,7 +139,12 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
                 .into_iter()
                 .map(|v| f32::from(v) / 257.0)
                 .collect();
-            (Channels::Rgb, data, vec![full8], "16-bit RGB (scaled to 0..255)")
+            (
+                Channels::Rgb,
+                data,
+                vec![full8],
+                "16-bit RGB (scaled to 0..255)",
+            )
         }
         DynamicImage::ImageRgba16(b) => {
             let data = b
@@ -143,7 +160,12 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         }
         DynamicImage::ImageRgb32F(b) => {
             let data = b.into_raw().into_iter().map(|v| v * 255.0).collect();
-            (Channels::Rgb, data, vec![full8], "float RGB (scaled to 0..255)")
+            (
+                Channels::Rgb,
+                data,
+                vec![full8],
+                "float RGB (scaled to 0..255)",
+            )
         }
         DynamicImage::ImageRgba32F(b) => {
             let data = b
@@ -169,7 +191,11 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         && data.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2])
     {
         let grey = data.chunks_exact(3).map(|p| p[0]).collect();
-        (Channels::Gray, grey, "8-bit colour with neutral pixels, loaded as grey")
+        (
+            Channels::Gray,
+            grey,
+            "8-bit colour with neutral pixels, loaded as grey",
+        )
     } else {
         (channels, data, layout)
     };

@@ -402,7 +402,10 @@ mod tests {
                     .map(|&v| v as i64)
                     .sum();
                 // Each tap is rounded separately: the sum is 1 within a few ulps.
-                assert!((s - (1 << PRECISION_BITS)).abs() <= c.len[xx] as i64, "{i}->{o}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= c.len[xx] as i64,
+                    "{i}->{o}"
+                );
             }
         }
     }
