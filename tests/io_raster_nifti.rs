@@ -175,3 +175,25 @@ fn nifti_names() {
         assert!(!is_nifti_path(Path::new(no)), "{no}");
     }
 }
+
+/// Deterministic header mutations: every byte of the 348-byte header set to 0x00, 0x7F and
+/// 0xFF in turn; loading must return (Ok or a clear Err), never panic.
+#[test]
+fn corrupted_headers_never_panic() {
+    let bytes = std::fs::read(fixtures().join("qform_only_ali.nii")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mutant.nii");
+    let mut errors = 0;
+    for offset in 0..348 {
+        for v in [0x00u8, 0x7F, 0xFF] {
+            let mut m = bytes.clone();
+            m[offset] = v;
+            std::fs::write(&p, &m).unwrap();
+            if let Err(e) = load_nifti(&p) {
+                assert!(e.to_string().contains("mutant.nii"), "{e}");
+                errors += 1;
+            }
+        }
+    }
+    assert!(errors > 0);
+}

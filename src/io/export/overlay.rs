@@ -167,7 +167,8 @@ pub fn render_overlay(
             }
         }
     }
-    if let Some(l) = layout {
+    // Shift the legend geometry from panel to image coordinates and draw it.
+    let legend = layout.map(|l| {
         let l = LegendLayout {
             bar_x0: l.bar_x0 + w,
             bar_x1: l.bar_x1 + w,
@@ -175,16 +176,8 @@ pub fn render_overlay(
             ..l
         };
         draw_legend(&mut out, out_w, &l, opts.colormap);
-        return Ok(Overlay {
-            image: Image8 {
-                width: out_w as u32,
-                height: out_h as u32,
-                channels: Channels::Rgb,
-                data: out,
-            },
-            legend: Some(l),
-        });
-    }
+        l
+    });
     Ok(Overlay {
         image: Image8 {
             width: out_w as u32,
@@ -192,7 +185,7 @@ pub fn render_overlay(
             channels: Channels::Rgb,
             data: out,
         },
-        legend: None,
+        legend,
     })
 }
 
