@@ -2,3 +2,8 @@
 //! dataset layouts. Nothing here does model math.
 pub mod dataset;
 pub mod image;
+pub mod export;
+pub mod model_input;
+pub mod nifti;
+pub mod raster;
+pub mod resample;
