@@ -1,0 +1,1 @@
+//! Studies: placeholder replaced below.
