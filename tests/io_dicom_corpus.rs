@@ -191,7 +191,9 @@ fn corpus_conformance() {
         let decode_ok = row["pixel_decode"].starts_with("ok");
         let malformed = row["malformed"] == "yes";
         let p = path.clone();
+        let started = std::time::Instant::now();
         let outcome = with_timeout(Duration::from_secs(120), move || load_dicom(&p));
+        let took = started.elapsed();
         let tally = table.entry(ts.clone()).or_default();
         let verdict: Result<&str, String> = match outcome {
             None => Err("did not finish within 120 s".to_string()),
@@ -234,12 +236,12 @@ fn corpus_conformance() {
         match verdict {
             Ok("decoded") => {
                 tally.decoded += 1;
-                lines.push(format!("  decoded      {rel}"));
+                lines.push(format!("  decoded      {rel} ({} ms)", took.as_millis()));
             }
             Ok(_) => {
                 tally.clear_error += 1;
                 let e = load_dicom(&path).err().map(|e| e.message).unwrap_or_default();
-                lines.push(format!("  clear error  {rel}: {e}"));
+                lines.push(format!("  clear error  {rel} ({} ms): {e}", took.as_millis()));
             }
             Err(why) => {
                 tally.failed += 1;

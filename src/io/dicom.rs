@@ -29,6 +29,7 @@ mod guard;
 mod lut;
 mod metadata;
 mod pixels;
+mod prescan;
 mod source;
 mod summary;
 mod ts;

@@ -11,7 +11,7 @@ use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 
-use super::{DicomError, DicomErrorKind as K, MAX_FILE_BYTES, ts};
+use super::{DicomError, DicomErrorKind as K, MAX_FILE_BYTES, prescan, ts};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -100,6 +100,49 @@ pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// Byte length of the file meta group that starts at "DICM" (from its group length element),
+/// i.e. the offset of the data set from "DICM".
+fn dataset_offset(from_magic: &[u8]) -> Option<u64> {
+    let v: [u8; 4] = from_magic.get(12..16)?.try_into().ok()?;
+    Some(16 + u64::from(u32::from_le_bytes(v)))
+}
+
+fn is_deflated(uid: &str) -> bool {
+    matches!(uid, "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95")
+}
+
+/// Runs the [`prescan`] header walk over the data set of a file held in memory.
+fn prescan_bytes(from_magic: &[u8], meta: &FileMetaTable, path: &Path, header_only: bool) -> Result<(), DicomError> {
+    let Some(offset) = dataset_offset(from_magic) else {
+        return Ok(());
+    };
+    let Some(dataset) = usize::try_from(offset).ok().and_then(|o| from_magic.get(o..)) else {
+        return Ok(());
+    };
+    let uid = meta.transfer_syntax();
+    let explicit = uid != "1.2.840.10008.1.2";
+    let big = uid == ts::EXPLICIT_VR_BIG_ENDIAN;
+    let result = if is_deflated(uid) {
+        // Deflate bombs: refuse data sets that inflate beyond 1 GiB.
+        const MAX_INFLATED: u64 = 1 << 30;
+        let mut inflated = Vec::new();
+        let _ = flate2::read::DeflateDecoder::new(dataset)
+            .take(MAX_INFLATED + 1)
+            .read_to_end(&mut inflated);
+        if inflated.len() as u64 > MAX_INFLATED {
+            return Err(DicomError::new(
+                path,
+                K::TooLarge,
+                format!("deflated data set inflates beyond {MAX_INFLATED} bytes"),
+            ));
+        }
+        prescan::check(&mut inflated.as_slice(), 0, explicit, big, header_only)
+    } else {
+        prescan::check(&mut &dataset[..], 0, explicit, big, header_only)
+    };
+    result.map_err(|why| DicomError::new(path, K::Malformed, format!("malformed data set: {why}")))
+}
+
 /// Parses the file meta group alone, to name a missing or unknown transfer syntax precisely
 /// before the data set parser fails on it.
 fn check_meta(after_magic_or_preamble: &[u8], path: &Path) -> Result<FileMetaTable, DicomError> {
@@ -137,7 +180,8 @@ pub(super) fn parse(bytes: &[u8], path: &Path, header_only: bool) -> Result<Defa
         Layout::Preamble => &bytes[128..],
         Layout::NoPreamble => bytes,
     };
-    check_meta(after_preamble, path)?;
+    let meta = check_meta(after_preamble, path)?;
+    prescan_bytes(after_preamble, &meta, path, header_only)?;
     let mut options = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
     if header_only {
         options = options.read_until(tags::PIXEL_DATA);
@@ -176,6 +220,32 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
         DicomError::new(path, K::Malformed, format!("invalid file meta information: {}", error_chain(&e)))
     })?;
     check_transfer_syntax(&meta, path)?;
+    if is_deflated(meta.transfer_syntax()) {
+        // The walk needs the inflated bytes: read the whole (small, compressed) file.
+        drop(file);
+        let bytes = read_file(path)?;
+        return parse(&bytes, path, true);
+    }
+    {
+        let mut magic_and_len = [0u8; 16];
+        file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, "read the file", e))?;
+        file.read_exact(&mut magic_and_len).map_err(|e| io_error(path, "read the file", e))?;
+        if let Some(ds_offset) = dataset_offset(&magic_and_len) {
+            let uid = meta.transfer_syntax();
+            let mut src = prescan::FileSource {
+                file: file.try_clone().map_err(|e| io_error(path, "read the file", e))?,
+                len: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            };
+            prescan::check(
+                &mut src,
+                offset + ds_offset,
+                uid != "1.2.840.10008.1.2",
+                uid == ts::EXPLICIT_VR_BIG_ENDIAN,
+                true,
+            )
+            .map_err(|why| DicomError::new(path, K::Malformed, format!("malformed data set: {why}")))?;
+        }
+    }
     file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, "read the file", e))?;
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
