@@ -58,12 +58,46 @@ impl Source for FileSource {
     }
 }
 
+/// A definite problem found by the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Problem {
+    /// An element (or item) declares more bytes than the file has left after its header.
+    Length { tag: Tag, declared: u32, left: u64 },
+    /// Sequences nested deeper than [`MAX_DEPTH`].
+    Depth,
+}
+
+impl Problem {
+    /// True when the pixel data element is cut short: a truncated file.
+    pub fn is_truncated_pixel_data(&self) -> bool {
+        matches!(self, Problem::Length { tag, .. } if *tag == PIXEL_DATA)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Length { tag, declared, left } if *tag == PIXEL_DATA => {
+                write!(f, "truncated pixel data: expected {declared} bytes, found {left}")
+            }
+            Problem::Length { tag, declared, left } => write!(
+                f,
+                "element ({:04X},{:04X}) declares {declared} bytes but only {left} remain in the file \
+                 (truncated or corrupted file)",
+                tag.group(),
+                tag.element()
+            ),
+            Problem::Depth => write!(f, "sequences nested more than {MAX_DEPTH} levels deep"),
+        }
+    }
+}
+
 /// Why the walk stopped.
 enum Stop {
     /// The structure ended or stopped making sense: nothing more to check.
     Done,
     /// A definite problem.
-    Bad(String),
+    Bad(Problem),
 }
 
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
@@ -101,11 +135,7 @@ impl<S: Source> Walker<'_, S> {
     fn check_len(&self, tag: Tag, len: u32, pos: u64) -> Result<(), Stop> {
         let left = self.src.len().saturating_sub(pos);
         if u64::from(len) > left {
-            Err(Stop::Bad(format!(
-                "element ({:04X},{:04X}) declares {len} bytes but only {left} remain in the file",
-                tag.group(),
-                tag.element()
-            )))
+            Err(Stop::Bad(Problem::Length { tag, declared: len, left }))
         } else {
             Ok(())
         }
@@ -115,7 +145,7 @@ impl<S: Source> Walker<'_, S> {
     /// after the last element (after the delimiter when one ends the data set).
     fn dataset(&mut self, mut pos: u64, end: u64, explicit: bool, depth: usize) -> Result<u64, Stop> {
         if depth > MAX_DEPTH {
-            return Err(Stop::Bad(format!("sequences nested more than {MAX_DEPTH} levels deep")));
+            return Err(Stop::Bad(Problem::Depth));
         }
         while pos < end {
             let Some(tag) = self.tag_at(pos) else {
@@ -241,7 +271,7 @@ pub(super) fn check(
     explicit: bool,
     big_endian: bool,
     stop_at_pixel_data: bool,
-) -> Result<(), String> {
+) -> Result<(), Problem> {
     let end = src.len();
     let mut w = Walker { src, big: big_endian, stop_at_pixel_data };
     match w.dataset(start, end, explicit, 0) {
@@ -278,7 +308,8 @@ mod tests {
         d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
         d.extend_from_slice(&0xE000_0000u32.to_le_bytes());
         let err = check(&mut d.as_slice(), 0, true, false, false).unwrap_err();
-        assert!(err.contains("(0008,1115) declares 3758096384 bytes"), "{err}");
+        assert_eq!(err, Problem::Length { tag: Tag(0x0008, 0x1115), declared: 0xE000_0000, left: 0 });
+        assert!(err.to_string().contains("(0008,1115) declares 3758096384 bytes"), "{err}");
     }
 
     #[test]
@@ -290,6 +321,6 @@ mod tests {
             d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         }
         let err = check(&mut d.as_slice(), 0, true, false, false).unwrap_err();
-        assert!(err.contains("nested"), "{err}");
+        assert_eq!(err, Problem::Depth);
     }
 }

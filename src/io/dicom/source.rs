@@ -140,7 +140,15 @@ fn prescan_bytes(from_magic: &[u8], meta: &FileMetaTable, path: &Path, header_on
     } else {
         prescan::check(&mut &dataset[..], 0, explicit, big, header_only)
     };
-    result.map_err(|why| DicomError::new(path, K::Malformed, format!("malformed data set: {why}")))
+    result.map_err(|p| problem_error(&p, path))
+}
+
+fn problem_error(p: &prescan::Problem, path: &Path) -> DicomError {
+    if p.is_truncated_pixel_data() {
+        DicomError::new(path, K::Truncated, p.to_string())
+    } else {
+        DicomError::new(path, K::Malformed, format!("malformed data set: {p}"))
+    }
 }
 
 /// Parses the file meta group alone, to name a missing or unknown transfer syntax precisely
@@ -243,7 +251,7 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
                 uid == ts::EXPLICIT_VR_BIG_ENDIAN,
                 true,
             )
-            .map_err(|why| DicomError::new(path, K::Malformed, format!("malformed data set: {why}")))?;
+            .map_err(|p| problem_error(&p, path))?;
         }
     }
     file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, "read the file", e))?;
