@@ -129,9 +129,9 @@ impl ImageStack {
 }
 
 impl Window {
-    /// The full-range window of data spanning `min..=max`: center `(min + max) / 2`, width
-    /// `max - min + 1` (so that, with the linear function, `min` maps to 0 and `max` to 255),
-    /// labelled "Full range".
+    /// The full-range window of integer data spanning `min..=max`, labelled "Full range":
+    /// center `(min + max + 1) / 2`, width `max - min + 1` (DCMTK's min-max window), so that
+    /// with the linear function `min` maps exactly to 0 and `max` exactly to 255.
     pub fn full_range(min: f64, max: f64) -> Window {
         let (min, max) = if min.is_finite() && max.is_finite() && min <= max {
             (min, max)
@@ -139,7 +139,7 @@ impl Window {
             (0.0, 255.0)
         };
         Window {
-            center: (min + max) / 2.0,
+            center: (min + max + 1.0) / 2.0,
             width: max - min + 1.0,
             function: VoiFunction::Linear,
             label: "Full range".to_string(),
