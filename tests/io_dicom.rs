@@ -4,35 +4,58 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use mvfa_studio::io::dicom::{DicomErrorKind, inspect_dicom, load_dicom, load_dicom_bytes, looks_like_dicom};
+use mvfa_studio::io::dicom::{
+    DicomErrorKind, inspect_dicom, load_dicom, load_dicom_bytes, looks_like_dicom,
+};
 use mvfa_studio::io::image::{Channels, Frame, VoiFunction, Window};
 use mvfa_studio::io::study::{ScanProgress, scan_dicomdir, scan_folder, scan_paths};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dicom")
+        .join(name)
 }
 
 fn corpus(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dicom").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/dicom")
+        .join(rel);
     p.exists().then_some(p)
 }
 
 fn window(center: f64, width: f64, function: VoiFunction) -> Window {
-    Window { center, width, function, label: String::new() }
+    Window {
+        center,
+        width,
+        function,
+        label: String::new(),
+    }
 }
 
 #[test]
 fn ct_modality_lut_masking_windows_and_geometry() {
     // stored v = 10 r + c - 20 (signed 12-bit, garbage in the 4 high bits), slope 2, intercept -1024
-    for name in ["ct_rescale_windows.dcm", "ct_rescale_windows_implicit.dcm", "ct_rescale_windows_bigendian.dcm"] {
+    for name in [
+        "ct_rescale_windows.dcm",
+        "ct_rescale_windows_implicit.dcm",
+        "ct_rescale_windows_bigendian.dcm",
+    ] {
         let s = load_dicom(&fixture(name)).unwrap();
         assert_eq!(s.frames.len(), 1, "{name}");
         let f = &s.frames[0];
-        assert_eq!((f.width, f.height, f.channels), (8, 6, Channels::Gray), "{name}");
+        assert_eq!(
+            (f.width, f.height, f.channels),
+            (8, 6, Channels::Gray),
+            "{name}"
+        );
         for r in 0..6 {
             for c in 0..8 {
                 let v = (10 * r + c - 20) as f32;
-                assert_eq!(f.data[(r * 8 + c) as usize], 2.0 * v - 1024.0, "{name} at ({r},{c})");
+                assert_eq!(
+                    f.data[(r * 8 + c) as usize],
+                    2.0 * v - 1024.0,
+                    "{name} at ({r},{c})"
+                );
             }
         }
         assert!(!s.invert);
@@ -47,7 +70,10 @@ fn ct_modality_lut_masking_windows_and_geometry() {
         assert_eq!(s.info.pixel_spacing, Some([0.5, 0.75]));
         assert_eq!(s.info.slice_thickness, Some(2.5));
         assert_eq!(s.info.frame_positions, vec![Some([-10.0, -20.0, 30.0])]);
-        assert_eq!(s.info.image_orientation, Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]));
+        assert_eq!(
+            s.info.image_orientation,
+            Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        );
         assert_eq!(s.info.bits_stored, Some(12));
         assert!(s.info.study_instance_uid.is_some() && s.info.series_instance_uid.is_some());
     }
@@ -61,7 +87,10 @@ fn monochrome1_is_flagged_and_sigmoid_voi_is_read() {
     assert_eq!((f.width, f.height), (16, 4));
     assert_eq!(f.data[16 * 2 + 3], 35.0);
     let w = &s.windows[0];
-    assert_eq!((w.center, w.width, w.function), (32.0, 64.0, VoiFunction::Sigmoid));
+    assert_eq!(
+        (w.center, w.width, w.function),
+        (32.0, 64.0, VoiFunction::Sigmoid)
+    );
     // Display: sigmoid gives 127.5 at the center -> level 127, inverted 128.
     let shown = f.window_to_u8(w, s.invert);
     assert_eq!(shown[2 * 16], 128);
@@ -77,7 +106,10 @@ fn colour_planar_ybr_and_palette_become_rgb() {
     for r in 0..3 {
         for c in 0..4 {
             let i = (r * 4 + c) * 3;
-            assert_eq!(&f.data[i..i + 3], &[60.0 * c as f32, 100.0 * r as f32, 200.0 - 50.0 * c as f32]);
+            assert_eq!(
+                &f.data[i..i + 3],
+                &[60.0 * c as f32, 100.0 * r as f32, 200.0 - 50.0 * c as f32]
+            );
         }
     }
     assert_eq!(rgb.windows.len(), 1);
@@ -100,7 +132,12 @@ fn colour_planar_ybr_and_palette_become_rgb() {
 
     let p = load_dicom(&fixture("palette.dcm")).unwrap();
     let f = &p.frames[0];
-    let lut = [[0.0, 0.0, 255.0], [255.0, 0.0, 0.0], [0.0, 255.0, 0.0], [128.0, 128.0, 128.0]];
+    let lut = [
+        [0.0, 0.0, 255.0],
+        [255.0, 0.0, 0.0],
+        [0.0, 255.0, 0.0],
+        [128.0, 128.0, 128.0],
+    ];
     for r in 0..3 {
         for c in 0..4 {
             let i = (r * 4 + c) * 3;
@@ -128,7 +165,11 @@ fn enhanced_multiframe_per_frame_rescale_positions_and_frame_voi() {
     assert_eq!((s.windows[1].center, s.windows[1].width), (150.0, 300.0));
     assert_eq!(
         s.info.frame_positions,
-        vec![Some([0.0, 0.0, 0.0]), Some([0.0, 0.0, 5.0]), Some([0.0, 0.0, 10.0])]
+        vec![
+            Some([0.0, 0.0, 0.0]),
+            Some([0.0, 0.0, 5.0]),
+            Some([0.0, 0.0, 10.0])
+        ]
     );
     assert_eq!(s.info.pixel_spacing, Some([0.8, 0.9]));
     assert_eq!(s.info.slice_thickness, Some(3.0));
@@ -144,14 +185,22 @@ fn enhanced_multiframe_per_frame_rescale_positions_and_frame_voi() {
 
 #[test]
 fn compressed_multiframe_rle_jpegls_j2k_are_lossless() {
-    for name in ["multiframe_rle.dcm", "multiframe_jpegls.dcm", "multiframe_j2k.dcm"] {
+    for name in [
+        "multiframe_rle.dcm",
+        "multiframe_jpegls.dcm",
+        "multiframe_j2k.dcm",
+    ] {
         let s = load_dicom(&fixture(name)).unwrap();
         assert_eq!(s.frames.len(), 2, "{name}");
         for (k, f) in s.frames.iter().enumerate() {
             assert_eq!((f.width, f.height), (32, 32), "{name}");
             for r in 0..32 {
                 for c in 0..32 {
-                    assert_eq!(f.data[r * 32 + c], (1000 * k + 32 * r + c) as f32, "{name} frame {k} ({r},{c})");
+                    assert_eq!(
+                        f.data[r * 32 + c],
+                        (1000 * k + 32 * r + c) as f32,
+                        "{name} frame {k} ({r},{c})"
+                    );
                 }
             }
         }
@@ -177,12 +226,21 @@ fn errors_name_the_file_and_the_problem() {
     let p = fixture("truncated.dcm");
     let e = load_dicom(&p).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::Truncated);
-    assert_eq!(e.to_string(), format!("{}: truncated pixel data: expected 96 bytes, found 46", p.display()));
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: truncated pixel data: expected 96 bytes, found 46",
+            p.display()
+        )
+    );
 
     let p = fixture("not_dicom.txt");
     let e = load_dicom(&p).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::NotDicom);
-    assert!(e.to_string().starts_with(&format!("{}: not a DICOM file (no DICM preamble", p.display())));
+    assert!(e.to_string().starts_with(&format!(
+        "{}: not a DICOM file (no DICM preamble",
+        p.display()
+    )));
     assert!(!looks_like_dicom(&p));
 
     let p = fixture("dicomdir_set/DICOMDIR");
@@ -199,7 +257,10 @@ fn absurd_sizes_are_refused_before_allocating() {
     // Rows = Columns = 65535 and NumberOfFrames = 2^31-ish: far beyond the sample limit.
     let mut bytes = std::fs::read(fixture("ct_rescale_windows.dcm")).unwrap();
     let patch = |bytes: &mut Vec<u8>, tag: [u8; 4], vr: &[u8; 2], value: &[u8]| {
-        let pos = bytes.windows(6).position(|w| w[..4] == tag && &w[4..6] == vr).unwrap();
+        let pos = bytes
+            .windows(6)
+            .position(|w| w[..4] == tag && &w[4..6] == vr)
+            .unwrap();
         bytes[pos + 8..pos + 8 + value.len()].copy_from_slice(value);
     };
     patch(&mut bytes, [0x28, 0x00, 0x10, 0x00], b"US", &[0xFF, 0xFF]);
@@ -263,15 +324,28 @@ fn voi_functions_follow_the_standard() {
 
 #[test]
 fn frames_render_to_display_images() {
-    let grey = Frame { width: 3, height: 1, channels: Channels::Gray, data: vec![0.0, 127.0, 255.0] };
+    let grey = Frame {
+        width: 3,
+        height: 1,
+        channels: Channels::Gray,
+        data: vec![0.0, 127.0, 255.0],
+    };
     let w = window(127.5, 256.0, VoiFunction::Linear);
     assert_eq!(grey.window_to_u8(&w, false), vec![0, 127, 255]);
     assert_eq!(grey.window_to_u8(&w, true), vec![255, 128, 0]);
     let img = grey.to_display_image(&w, true);
     assert_eq!((img.width(), img.height()), (3, 1));
     assert_eq!(img.as_luma8().unwrap().as_raw(), &vec![255, 128, 0]);
-    let rgb = Frame { width: 1, height: 1, channels: Channels::Rgb, data: vec![10.0, 20.0, 30.0] };
-    assert_eq!(rgb.to_display_image(&w, false).as_rgb8().unwrap().as_raw(), &vec![10, 20, 30]);
+    let rgb = Frame {
+        width: 1,
+        height: 1,
+        channels: Channels::Rgb,
+        data: vec![10.0, 20.0, 30.0],
+    };
+    assert_eq!(
+        rgb.to_display_image(&w, false).as_rgb8().unwrap().as_raw(),
+        &vec![10, 20, 30]
+    );
     let s = load_dicom(&fixture("ct_rescale_windows.dcm")).unwrap();
     let shown = s.display_frame(0, s.default_window().unwrap()).unwrap();
     assert_eq!((shown.width(), shown.height()), (8, 6));
@@ -292,11 +366,20 @@ fn folder_scan_groups_orders_and_reports() {
     assert!(!scan.cancelled);
     assert_eq!(scan.files_examined, 9);
     assert_eq!(reports.len(), 9);
-    assert!(reports.iter().enumerate().all(|(i, p)| p.done == i + 1 && p.total == 9));
+    assert!(
+        reports
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.done == i + 1 && p.total == 9)
+    );
     assert_eq!(scan.skipped_non_dicom, 2, "README.txt and notes.bin");
     assert_eq!(scan.errors.len(), 1);
     assert!(scan.errors[0].path.ends_with("broken.dcm"));
-    assert!(scan.errors[0].to_string().contains("broken.dcm: "), "{}", scan.errors[0]);
+    assert!(
+        scan.errors[0].to_string().contains("broken.dcm: "),
+        "{}",
+        scan.errors[0]
+    );
     assert_eq!(scan.studies.len(), 2);
     assert_eq!(scan.series_count(), 3);
     assert_eq!(scan.instance_count(), 6);
@@ -316,14 +399,24 @@ fn folder_scan_groups_orders_and_reports() {
     assert_eq!(names(1), ["x.dcm", "y.dcm"]);
     assert_eq!(study_a.patient_name.as_deref(), Some("Fixture^Synthetic"));
     let inst = &study_a.series[0].instances[0];
-    assert!(inst.metadata.iter().any(|n| n.name == "(0010,0010) PatientName" && n.value == "Fixture^Synthetic"));
-    assert!(inst.metadata.iter().any(|n| n.name.starts_with("(0002,0010)") && n.value.contains("Explicit VR Little Endian")));
+    assert!(
+        inst.metadata
+            .iter()
+            .any(|n| n.name == "(0010,0010) PatientName" && n.value == "Fixture^Synthetic")
+    );
+    assert!(inst.metadata.iter().any(
+        |n| n.name.starts_with("(0002,0010)") && n.value.contains("Explicit VR Little Endian")
+    ));
 }
 
 #[test]
 fn scan_can_be_cancelled() {
     let scan = scan_folder(&fixture("study_folder"), &mut |p| {
-        if p.done == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if p.done == 2 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     });
     assert!(scan.cancelled);
     assert_eq!(scan.files_examined, 2);
@@ -333,7 +426,14 @@ fn scan_can_be_cancelled() {
 fn dicomdir_scan_matches_the_folder_scan() {
     let scan = scan_dicomdir(&fixture("dicomdir_set/DICOMDIR"), &mut no_progress).unwrap();
     assert!(scan.errors.is_empty(), "{:?}", scan.errors);
-    assert_eq!((scan.studies.len(), scan.series_count(), scan.instance_count()), (2, 3, 6));
+    assert_eq!(
+        (
+            scan.studies.len(),
+            scan.series_count(),
+            scan.instance_count()
+        ),
+        (2, 3, 6)
+    );
     // Given on a path list, a DICOMDIR is followed too; a folder holding it counts it apart.
     let listed = scan_paths(&[fixture("dicomdir_set/DICOMDIR")], &mut no_progress);
     assert_eq!(listed.instance_count(), 6);

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dicom")
+        .join(name)
 }
 
 fn inspect(args: &[&Path], extra: &[&str]) -> (i32, String) {
@@ -14,7 +16,10 @@ fn inspect(args: &[&Path], extra: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .expect("run mvfa-studio");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -25,10 +30,19 @@ fn one_line_per_file_and_a_summary() {
     let txt = fixture("not_dicom.txt");
     let (code, out) = inspect(&[&ct, &mf, &mpeg, &txt], &[]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], format!("{}: CT, Explicit VR Little Endian, 6 x 8, 1 frame", ct.display()));
+    assert_eq!(
+        lines[0],
+        format!(
+            "{}: CT, Explicit VR Little Endian, 6 x 8, 1 frame",
+            ct.display()
+        )
+    );
     assert_eq!(
         lines[1],
-        format!("{}: OT, JPEG 2000 Image Compression (Lossless Only), 32 x 32, 2 frames", mf.display())
+        format!(
+            "{}: OT, JPEG 2000 Image Compression (Lossless Only), 32 x 32, 2 frames",
+            mf.display()
+        )
     );
     assert_eq!(
         lines[2],
@@ -37,7 +51,10 @@ fn one_line_per_file_and_a_summary() {
             mpeg.display()
         )
     );
-    assert_eq!(lines[3], format!("{}: skipped: not a DICOM file", txt.display()));
+    assert_eq!(
+        lines[3],
+        format!("{}: skipped: not a DICOM file", txt.display())
+    );
     assert_eq!(lines[4], "");
     assert_eq!(
         lines[5],
@@ -54,7 +71,10 @@ fn one_line_per_file_and_a_summary() {
 fn folders_are_scanned_and_non_dicom_files_counted_silently() {
     let (code, out) = inspect(&[&fixture("study_folder")], &[]);
     assert_eq!(code, 1, "broken.dcm is an error");
-    assert!(!out.contains("README.txt"), "non-DICOM files in folders are not listed:\n{out}");
+    assert!(
+        !out.contains("README.txt"),
+        "non-DICOM files in folders are not listed:\n{out}"
+    );
     assert!(out.contains("broken.dcm: error: "), "{out}");
     assert!(
         out.trim_end().ends_with(
@@ -76,14 +96,23 @@ fn corpus_files_when_present() {
     let trunc = dir.join("malformed/pydicom__MR_truncated.dcm");
     let (code, out) = inspect(&[&mr, &sr, &trunc], &[]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], format!("{}: MR, RLE Lossless, 64 x 64, 1 frame", mr.display()));
+    assert_eq!(
+        lines[0],
+        format!("{}: MR, RLE Lossless, 64 x 64, 1 frame", mr.display())
+    );
     assert_eq!(
         lines[1],
-        format!("{}: SR, Explicit VR Little Endian, no image (Comprehensive SR Storage)", sr.display())
+        format!(
+            "{}: SR, Explicit VR Little Endian, no image (Comprehensive SR Storage)",
+            sr.display()
+        )
     );
     assert_eq!(
         lines[2],
-        format!("{}: error: truncated pixel data: expected 8192 bytes, found 8130", trunc.display())
+        format!(
+            "{}: error: truncated pixel data: expected 8192 bytes, found 8130",
+            trunc.display()
+        )
     );
     assert_eq!(code, 1);
 }

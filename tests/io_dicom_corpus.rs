@@ -123,7 +123,9 @@ fn stats(stack: &ImageStack) -> Stats {
 
 fn ts_uid_of(cell: &str) -> String {
     match (cell.rfind('('), cell.rfind(')')) {
-        (Some(a), Some(b)) if b > a && cell[a + 1..b].starts_with("1.2.") => cell[a + 1..b].to_string(),
+        (Some(a), Some(b)) if b > a && cell[a + 1..b].starts_with("1.2.") => {
+            cell[a + 1..b].to_string()
+        }
         _ => cell.to_string(),
     }
 }
@@ -131,14 +133,21 @@ fn ts_uid_of(cell: &str) -> String {
 fn lossy(ts: &str) -> bool {
     matches!(
         ts,
-        "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.91" | "1.2.840.10008.1.2.4.81"
+        "1.2.840.10008.1.2.4.50"
+            | "1.2.840.10008.1.2.4.51"
+            | "1.2.840.10008.1.2.4.91"
+            | "1.2.840.10008.1.2.4.81"
     )
 }
 
 /// Compares decoded statistics with the independent reference (pydicom + pylibjpeg). Lossless
 /// encodings must match to rounding; lossy ones (different IDCT / wavelet implementations)
 /// within a small fraction of the value range.
-fn compare_stats(ours: &Stats, reference: &HashMap<String, String>, ts: &str) -> Result<(), String> {
+fn compare_stats(
+    ours: &Stats,
+    reference: &HashMap<String, String>,
+    ts: &str,
+) -> Result<(), String> {
     let get = |k: &str| reference[k].parse::<f64>().unwrap();
     let (rmin, rmax, rmean, rstd) = (get("min"), get("max"), get("mean"), get("std"));
     let rch: usize = reference["channels"].parse().unwrap();
@@ -146,7 +155,11 @@ fn compare_stats(ours: &Stats, reference: &HashMap<String, String>, ts: &str) ->
         return Err(format!("{} channels, reference {rch}", ours.channels));
     }
     let range = (rmax - rmin).max(1.0);
-    let (tol_mean, tol_ext) = if lossy(ts) { (0.005 * range, 0.05 * range) } else { (1e-3 * range.max(1.0) + 1e-3, 1e-3 * rmax.abs().max(1.0)) };
+    let (tol_mean, tol_ext) = if lossy(ts) {
+        (0.005 * range, 0.05 * range)
+    } else {
+        (1e-3 * range.max(1.0) + 1e-3, 1e-3 * rmax.abs().max(1.0))
+    };
     let checks = [
         ("min", ours.min, rmin, tol_ext),
         ("max", ours.max, rmax, tol_ext),
@@ -155,7 +168,9 @@ fn compare_stats(ours: &Stats, reference: &HashMap<String, String>, ts: &str) ->
     ];
     for (name, a, b, tol) in checks {
         if (a - b).abs() > tol {
-            return Err(format!("{name} {a} differs from reference {b} (tolerance {tol})"));
+            return Err(format!(
+                "{name} {a} differs from reference {b} (tolerance {tol})"
+            ));
         }
     }
     Ok(())
@@ -175,10 +190,11 @@ fn corpus_conformance() {
         return;
     };
     let manifest = read_table(&dir.join("MANIFEST.csv"));
-    let reference: HashMap<String, HashMap<String, String>> = read_table(&fixtures_dir().join("reference_stats.csv"))
-        .into_iter()
-        .map(|r| (r["file"].clone(), r))
-        .collect();
+    let reference: HashMap<String, HashMap<String, String>> =
+        read_table(&fixtures_dir().join("reference_stats.csv"))
+            .into_iter()
+            .map(|r| (r["file"].clone(), r))
+            .collect();
     assert!(manifest.len() > 100, "manifest has {} rows", manifest.len());
 
     let mut table: BTreeMap<String, Tally> = BTreeMap::new();
@@ -200,10 +216,14 @@ fn corpus_conformance() {
             Some(Err(panic)) => Err(format!("panicked: {panic}")),
             Some(Ok(Ok(stack))) => {
                 if !decode_ok {
-                    Err(format!("decoded although the reference says {:?}", row["pixel_decode"]))
+                    Err(format!(
+                        "decoded although the reference says {:?}",
+                        row["pixel_decode"]
+                    ))
                 } else {
                     let frames: usize = row["frames"].parse().unwrap_or(1);
-                    let (rows, cols): (u32, u32) = (row["rows"].parse().unwrap(), row["cols"].parse().unwrap());
+                    let (rows, cols): (u32, u32) =
+                        (row["rows"].parse().unwrap(), row["cols"].parse().unwrap());
                     let f0 = &stack.frames[0];
                     if stack.frames.len() != frames || f0.height != rows || f0.width != cols {
                         Err(format!(
@@ -212,7 +232,11 @@ fn corpus_conformance() {
                             f0.height,
                             f0.width
                         ))
-                    } else if stack.frames.iter().any(|f| f.data.len() != (f.width * f.height) as usize * f.channels.count()) {
+                    } else if stack
+                        .frames
+                        .iter()
+                        .any(|f| f.data.len() != (f.width * f.height) as usize * f.channels.count())
+                    {
                         Err("frame data length inconsistent".to_string())
                     } else if let Some(r) = reference.get(&rel) {
                         compare_stats(&stats(&stack), r, &ts).map(|_| "decoded")
@@ -223,9 +247,12 @@ fn corpus_conformance() {
             }
             Some(Ok(Err(err))) => {
                 let msg = err.to_string();
-                let names_file = msg.starts_with(&path.display().to_string()) && err.message.len() > 10;
+                let names_file =
+                    msg.starts_with(&path.display().to_string()) && err.message.len() > 10;
                 if !names_file {
-                    Err(format!("error does not name the file and the problem: {msg}"))
+                    Err(format!(
+                        "error does not name the file and the problem: {msg}"
+                    ))
                 } else if decode_ok && !malformed {
                     Err(format!("reference decodes it, we failed: {}", err.message))
                 } else {
@@ -240,8 +267,14 @@ fn corpus_conformance() {
             }
             Ok(_) => {
                 tally.clear_error += 1;
-                let e = load_dicom(&path).err().map(|e| e.message).unwrap_or_default();
-                lines.push(format!("  clear error  {rel} ({} ms): {e}", took.as_millis()));
+                let e = load_dicom(&path)
+                    .err()
+                    .map(|e| e.message)
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "  clear error  {rel} ({} ms): {e}",
+                    took.as_millis()
+                ));
             }
             Err(why) => {
                 tally.failed += 1;
@@ -254,17 +287,29 @@ fn corpus_conformance() {
     for l in &lines {
         println!("{l}");
     }
-    println!("\nPass table by transfer syntax (corpus: {} files)", manifest.len());
+    println!(
+        "\nPass table by transfer syntax (corpus: {} files)",
+        manifest.len()
+    );
     println!("| transfer syntax | files | decoded | clear error | failed |");
     println!("|---|---:|---:|---:|---:|");
     let mut total = Tally::default();
     for (ts, t) in &table {
         let name = if ts.starts_with("1.2.") {
-            format!("{} ({ts})", mvfa_studio::io::dicom::transfer_syntax_name(ts))
+            format!(
+                "{} ({ts})",
+                mvfa_studio::io::dicom::transfer_syntax_name(ts)
+            )
         } else {
             ts.clone()
         };
-        println!("| {name} | {} | {} | {} | {} |", t.decoded + t.clear_error + t.failed, t.decoded, t.clear_error, t.failed);
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            t.decoded + t.clear_error + t.failed,
+            t.decoded,
+            t.clear_error,
+            t.failed
+        );
         total.decoded += t.decoded;
         total.clear_error += t.clear_error;
         total.failed += t.failed;
@@ -276,7 +321,12 @@ fn corpus_conformance() {
         total.clear_error,
         total.failed
     );
-    assert!(failures.is_empty(), "{} corpus file(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} corpus file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Lossless encodings of the same image must decode to identical pixels.
@@ -343,7 +393,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -352,11 +405,28 @@ impl Lcg {
 }
 
 /// Truncated and corrupted variants of `bytes`, deterministically.
-fn mutations(bytes: &[u8], seed: u64, truncations: usize, corruptions: usize) -> Vec<(String, Vec<u8>)> {
+fn mutations(
+    bytes: &[u8],
+    seed: u64,
+    truncations: usize,
+    corruptions: usize,
+) -> Vec<(String, Vec<u8>)> {
     let mut rng = Lcg(seed);
     let len = bytes.len();
     let mut out = Vec::new();
-    let mut cuts: Vec<usize> = vec![0, 1, 4, 128, 131, 132, 140, 200, len / 2, len.saturating_sub(1), len.saturating_sub(2)];
+    let mut cuts: Vec<usize> = vec![
+        0,
+        1,
+        4,
+        128,
+        131,
+        132,
+        140,
+        200,
+        len / 2,
+        len.saturating_sub(1),
+        len.saturating_sub(2),
+    ];
     for _ in 0..truncations {
         cuts.push(rng.below(len));
     }
@@ -460,29 +530,53 @@ fn mutated_files_never_panic_or_hang() {
     let mut total = 0usize;
     for (seed, (path, truncations, corruptions)) in inputs.iter().enumerate() {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for (what, data) in mutations(&bytes, 0x5EED_0000 + seed as u64, *truncations, *corruptions) {
+        for (what, data) in mutations(
+            &bytes,
+            0x5EED_0000 + seed as u64,
+            *truncations,
+            *corruptions,
+        ) {
             total += 1;
             let label = PathBuf::from(format!("{} [{what}]", path.display()));
             let l = label.clone();
             match with_timeout(Duration::from_secs(10), move || load_dicom_bytes(&data, &l)) {
                 None => problems.push(format!("{}: no result within 10 s (hang)", label.display())),
-                Some(Err(panic)) => problems.push(format!("{}: panic escaped: {panic}", label.display())),
+                Some(Err(panic)) => {
+                    problems.push(format!("{}: panic escaped: {panic}", label.display()))
+                }
                 Some(Ok(Ok(_))) => *counts.entry("loaded".into()).or_default() += 1,
-                Some(Ok(Err(DicomError { path, kind, message }))) => {
+                Some(Ok(Err(DicomError {
+                    path,
+                    kind,
+                    message,
+                }))) => {
                     if path != label || message.is_empty() {
-                        problems.push(format!("{}: error without file or problem: {message}", label.display()));
+                        problems.push(format!(
+                            "{}: error without file or problem: {message}",
+                            label.display()
+                        ));
                     }
                     *counts.entry(format!("{kind:?}")).or_default() += 1;
                     if kind == DicomErrorKind::Decode && message.contains("failed internally") {
-                        *counts.entry("(of which: caught decoder panics)".into()).or_default() += 1;
+                        *counts
+                            .entry("(of which: caught decoder panics)".into())
+                            .or_default() += 1;
                     }
                 }
             }
         }
     }
-    println!("\nMutation test: {total} mutated inputs from {} files", inputs.len());
+    println!(
+        "\nMutation test: {total} mutated inputs from {} files",
+        inputs.len()
+    );
     for (k, v) in &counts {
         println!("  {k}: {v}");
     }
-    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }

@@ -69,7 +69,12 @@ fn no_image_line(path: &Path, s: &DicomSummary) -> String {
 }
 
 /// Inspects one file, returning its line and updating the counters.
-fn inspect_file(path: &Path, explicit: bool, decode: bool, counts: &mut InspectCounts) -> Option<String> {
+fn inspect_file(
+    path: &Path,
+    explicit: bool,
+    decode: bool,
+    counts: &mut InspectCounts,
+) -> Option<String> {
     counts.files += 1;
     if !looks_like_dicom(path) {
         counts.skipped_non_dicom += 1;
@@ -100,7 +105,13 @@ fn inspect_file(path: &Path, explicit: bool, decode: bool, counts: &mut InspectC
         Ok(stack) => {
             counts.decoded += 1;
             let f = &stack.frames[0];
-            Some(image_line(path, &summary, f.height, f.width, stack.frames.len()))
+            Some(image_line(
+                path,
+                &summary,
+                f.height,
+                f.width,
+                stack.frames.len(),
+            ))
         }
         Err(e) if e.kind == DicomErrorKind::NoPixelData => {
             counts.images -= 1;
@@ -116,13 +127,22 @@ fn inspect_file(path: &Path, explicit: bool, decode: bool, counts: &mut InspectC
 
 /// Runs the inspection, writing lines to `out`; returns the counters and the number of
 /// studies and series found.
-pub fn inspect(paths: &[PathBuf], decode: bool, out: &mut dyn FnMut(&str)) -> (InspectCounts, usize, usize) {
+pub fn inspect(
+    paths: &[PathBuf],
+    decode: bool,
+    out: &mut dyn FnMut(&str),
+) -> (InspectCounts, usize, usize) {
     let explicit: HashSet<PathBuf> = paths.iter().filter(|p| !p.is_dir()).cloned().collect();
     let mut counts = InspectCounts::default();
     let mut walked = HashSet::new();
     let mut progress = |p: &ScanProgress| {
         walked.insert(p.current.clone());
-        if let Some(line) = inspect_file(&p.current, explicit.contains(&p.current), decode, &mut counts) {
+        if let Some(line) = inspect_file(
+            &p.current,
+            explicit.contains(&p.current),
+            decode,
+            &mut counts,
+        ) {
             out(&line);
         }
         ControlFlow::Continue(())
@@ -145,12 +165,20 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         "{} file(s): {} image(s){}, {} without image, {} error(s), {} skipped (not DICOM); {} study(ies), {} series",
         c.files,
         c.images,
-        if decode { format!(" ({} decoded)", c.decoded) } else { " (headers only)".to_string() },
+        if decode {
+            format!(" ({} decoded)", c.decoded)
+        } else {
+            " (headers only)".to_string()
+        },
         c.no_image,
         c.errors,
         c.skipped_non_dicom,
         studies,
         series
     );
-    Ok(if c.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if c.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -137,7 +137,10 @@ pub fn read_dicom_header(path: &Path) -> Result<(DicomSummary, Vec<MetadataNode>
 
 /// Parses a whole Part 10 file held in memory without decoding pixels (for DICOMDIRs and
 /// other non-image objects), with the same guards as the loaders.
-pub(crate) fn parse_object(bytes: &[u8], path: &Path) -> Result<dicom_object::DefaultDicomObject, DicomError> {
+pub(crate) fn parse_object(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<dicom_object::DefaultDicomObject, DicomError> {
     guard::guarded(path, || {
         let bytes = source::maybe_gunzip(bytes, path)?;
         source::parse(&bytes, path, false)

@@ -131,14 +131,20 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<DicomError
 }
 
 /// Scans a folder recursively.
-pub fn scan_folder(root: &Path, progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>) -> StudyScan {
+pub fn scan_folder(
+    root: &Path,
+    progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
+) -> StudyScan {
     scan_paths(&[root.to_path_buf()], progress)
 }
 
 /// Scans files and folders (folders recursively). A file named `DICOMDIR` given explicitly
 /// is read as a directory: the files it references are scanned instead. Inside folders,
 /// DICOMDIR files are counted and skipped (the folder walk finds their files anyway).
-pub fn scan_paths(paths: &[PathBuf], progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>) -> StudyScan {
+pub fn scan_paths(
+    paths: &[PathBuf],
+    progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
+) -> StudyScan {
     let mut scan = StudyScan::default();
     let mut files = Vec::new();
     for p in paths {
@@ -173,7 +179,8 @@ pub fn scan_dicomdir(
 }
 
 fn is_dicomdir_name(p: &Path) -> bool {
-    p.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
+    p.file_name()
+        .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
 }
 
 /// The files a DICOMDIR references through ReferencedFileID, resolved next to it, plus an
@@ -215,7 +222,10 @@ fn dicomdir_files(dicomdir: &Path) -> Result<(Vec<PathBuf>, Vec<DicomError>), Di
             continue;
         }
         let display = parts.join("/");
-        if parts.iter().any(|p| *p == ".." || *p == "." || p.contains('/')) {
+        if parts
+            .iter()
+            .any(|p| *p == ".." || *p == "." || p.contains('/'))
+        {
             missing.push(DicomError {
                 path: dicomdir.to_path_buf(),
                 kind: DicomErrorKind::Malformed,
@@ -249,11 +259,14 @@ fn resolve(base: &Path, parts: &[&str]) -> Option<PathBuf> {
             cur = exact;
             continue;
         }
-        let found = std::fs::read_dir(&cur).ok()?.filter_map(|e| e.ok()).find(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(part))
-        })?;
+        let found = std::fs::read_dir(&cur)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(part))
+            })?;
         cur = found.path();
     }
     cur.is_file().then_some(cur)
@@ -280,7 +293,8 @@ fn scan_files(
                 scan.errors.push(DicomError {
                     path: path.clone(),
                     kind: DicomErrorKind::NotDicom,
-                    message: "referenced by the DICOMDIR but not a DICOM file (no DICM preamble)".to_string(),
+                    message: "referenced by the DICOMDIR but not a DICOM file (no DICM preamble)"
+                        .to_string(),
                 });
             } else {
                 scan.skipped_non_dicom += 1;
@@ -312,7 +326,12 @@ fn group(instances: Vec<Instance>) -> Vec<Study> {
     for inst in instances {
         let study = inst.summary.study_instance_uid.clone().unwrap_or_default();
         let series = inst.summary.series_instance_uid.clone().unwrap_or_default();
-        by_study.entry(study).or_default().entry(series).or_default().push(inst);
+        by_study
+            .entry(study)
+            .or_default()
+            .entry(series)
+            .or_default()
+            .push(inst);
     }
     let mut studies: Vec<Study> = by_study
         .into_iter()
@@ -347,8 +366,14 @@ fn group(instances: Vec<Instance>) -> Vec<Study> {
         })
         .collect();
     studies.sort_by(|a, b| {
-        (a.study_date.clone().unwrap_or_default(), &a.study_instance_uid)
-            .cmp(&(b.study_date.clone().unwrap_or_default(), &b.study_instance_uid))
+        (
+            a.study_date.clone().unwrap_or_default(),
+            &a.study_instance_uid,
+        )
+            .cmp(&(
+                b.study_date.clone().unwrap_or_default(),
+                &b.study_instance_uid,
+            ))
     });
     studies
 }
@@ -373,7 +398,11 @@ pub fn order_slices(instances: &mut [Instance]) {
     let key = |i: &Instance| -> (u8, f64, i64) {
         let s = &i.summary;
         match s.image_position {
-            Some(p) => (0, p[0] * normal[0] + p[1] * normal[1] + p[2] * normal[2], s.instance_number.unwrap_or(i64::MAX)),
+            Some(p) => (
+                0,
+                p[0] * normal[0] + p[1] * normal[1] + p[2] * normal[2],
+                s.instance_number.unwrap_or(i64::MAX),
+            ),
             None => (1, 0.0, s.instance_number.unwrap_or(i64::MAX)),
         }
     };

@@ -31,8 +31,23 @@ pub(super) fn reinterpret_un(tag: Tag, p: &PrimitiveValue) -> PrimitiveValue {
     let bytes = p.to_bytes();
     let words = |n: usize| bytes.chunks_exact(n);
     match vr {
-        VR::AE | VR::AS | VR::CS | VR::DA | VR::DS | VR::DT | VR::IS | VR::LO | VR::LT | VR::PN
-        | VR::SH | VR::ST | VR::TM | VR::UC | VR::UI | VR::UR | VR::UT => {
+        VR::AE
+        | VR::AS
+        | VR::CS
+        | VR::DA
+        | VR::DS
+        | VR::DT
+        | VR::IS
+        | VR::LO
+        | VR::LT
+        | VR::PN
+        | VR::SH
+        | VR::ST
+        | VR::TM
+        | VR::UC
+        | VR::UI
+        | VR::UR
+        | VR::UT => {
             let text = String::from_utf8_lossy(&bytes);
             let parts: Vec<String> = text
                 .trim_end_matches(['\0', ' '])
@@ -137,7 +152,11 @@ pub(super) fn int(obj: &Obj, tag: Tag) -> Option<Result<i64, String>> {
             let first = s.split('\\').next().unwrap_or("").trim();
             Some(first.parse::<i64>().map_err(|_| s.clone()))
         }
-        other => Some(other.to_int::<i64>().map_err(|_| other.to_str().into_owned())),
+        other => Some(
+            other
+                .to_int::<i64>()
+                .map_err(|_| other.to_str().into_owned()),
+        ),
     }
 }
 

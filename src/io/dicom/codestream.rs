@@ -55,13 +55,22 @@ fn jpeg_sof(data: &[u8]) -> Option<(u32, u32, u32)> {
 /// Ysiz - YOsiz, Csiz).
 fn j2k_siz(data: &[u8]) -> Option<(u32, u32, u32)> {
     let head = &data[..data.len().min(4096)];
-    let p = head.windows(4).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])? + 2;
-    let u32_at = |o: usize| -> Option<u32> { Some(u32::from_be_bytes(head.get(p + o..p + o + 4)?.try_into().ok()?)) };
+    let p = head
+        .windows(4)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?
+        + 2;
+    let u32_at = |o: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(
+            head.get(p + o..p + o + 4)?.try_into().ok()?,
+        ))
+    };
     let xsiz = u32_at(6)?;
     let ysiz = u32_at(10)?;
     let xo = u32_at(14)?;
     let yo = u32_at(18)?;
-    let csiz = u32::from(u16::from_be_bytes(head.get(p + 38..p + 40)?.try_into().ok()?));
+    let csiz = u32::from(u16::from_be_bytes(
+        head.get(p + 38..p + 40)?.try_into().ok()?,
+    ));
     Some((xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?, csiz))
 }
 
@@ -69,7 +78,8 @@ fn j2k_siz(data: &[u8]) -> Option<(u32, u32, u32)> {
 /// transform flag that decoders follow).
 fn has_adobe_app14(data: &[u8]) -> bool {
     let head = &data[..data.len().min(65536)];
-    head.windows(9).any(|w| w[0] == 0xFF && w[1] == 0xEE && &w[4..9] == b"Adobe")
+    head.windows(9)
+        .any(|w| w[0] == 0xFF && w[1] == 0xEE && &w[4..9] == b"Adobe")
 }
 
 /// Decodes a JPEG frame whose DICOM PhotometricInterpretation is RGB without colour
@@ -77,7 +87,10 @@ fn has_adobe_app14(data: &[u8]) -> bool {
 /// markers; DICOM's RGB says the components are R, G, B as stored (PS3.5 8.2.1), which is how
 /// GDCM and pydicom read them. Returns `None` when the generic adapter is right (an Adobe
 /// marker states the transform) so that the caller uses it.
-pub(super) fn decode_jpeg_rgb_as_stored(data: &[u8], expected_len: usize) -> Option<Result<Vec<u8>, String>> {
+pub(super) fn decode_jpeg_rgb_as_stored(
+    data: &[u8],
+    expected_len: usize,
+) -> Option<Result<Vec<u8>, String>> {
     if has_adobe_app14(data) {
         return None;
     }
@@ -86,7 +99,10 @@ pub(super) fn decode_jpeg_rgb_as_stored(data: &[u8], expected_len: usize) -> Opt
     decoder.set_max_decoding_buffer_size(expected_len.saturating_mul(2).max(1 << 16));
     Some(match decoder.decode() {
         Ok(px) if px.len() >= expected_len => Ok(px),
-        Ok(px) => Err(format!("decoded {} bytes, expected {expected_len}", px.len())),
+        Ok(px) => Err(format!(
+            "decoded {} bytes, expected {expected_len}",
+            px.len()
+        )),
         Err(e) => Err(e.to_string()),
     })
 }
@@ -99,8 +115,8 @@ mod tests {
     fn reads_jpeg_sof_after_other_segments() {
         // SOI, APP0 (len 4), SOF0: P=8, Y=2, X=3, Nf=1.
         let data = [
-            0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x00, 0x00, 0xFF, 0xC0, 0x00, 0x0B, 0x08, 0x00, 0x02, 0x00,
-            0x03, 0x01, 0x01, 0x11, 0x00,
+            0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x00, 0x00, 0xFF, 0xC0, 0x00, 0x0B, 0x08, 0x00,
+            0x02, 0x00, 0x03, 0x01, 0x01, 0x11, 0x00,
         ];
         assert_eq!(jpeg_sof(&data), Some((3, 2, 1)));
         assert_eq!(dimensions("1.2.840.10008.1.2.4.50", &data), Some((3, 2, 1)));

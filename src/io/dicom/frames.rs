@@ -56,7 +56,9 @@ impl PixelDataObject for Framed {
         Some(self.frames.len() as u32)
     }
     fn fragment(&self, fragment: usize) -> Option<Cow<'_, [u8]>> {
-        self.frames.get(fragment).map(|f| Cow::Borrowed(f.as_slice()))
+        self.frames
+            .get(fragment)
+            .map(|f| Cow::Borrowed(f.as_slice()))
     }
     fn offset_table(&self) -> Option<Cow<'_, [u32]>> {
         Some(Cow::Borrowed(&[]))
@@ -82,7 +84,10 @@ fn starts_codestream(ts_uid: &str, fragment: &[u8]) -> bool {
 }
 
 /// Groups the encapsulated fragments of `obj` into `frames` frames, or explains why not.
-pub(super) fn group_fragments(obj: &DefaultDicomObject, frames: usize) -> Result<Vec<Vec<u8>>, String> {
+pub(super) fn group_fragments(
+    obj: &DefaultDicomObject,
+    frames: usize,
+) -> Result<Vec<Vec<u8>>, String> {
     let seq = match obj.get(tags::PIXEL_DATA).map(|e| e.value()) {
         Some(DicomValue::PixelSequence(seq)) => seq,
         _ => return Err("pixel data is not encapsulated".to_string()),
@@ -154,7 +159,9 @@ pub(super) fn group_fragments(obj: &DefaultDicomObject, frames: usize) -> Result
 /// which decoders follow even when BitsStored/PixelRepresentation disagree with it.
 pub(super) fn jpeg2000_precision(frame: &[u8]) -> Option<(u16, bool)> {
     let head = &frame[..frame.len().min(4096)];
-    let pos = head.windows(4).position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
+    let pos = head
+        .windows(4)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
     let ssiz = *head.get(pos + 2 + 40)?;
     Some((u16::from(ssiz & 0x7F) + 1, ssiz & 0x80 != 0))
 }

@@ -55,3 +55,20 @@ pub(super) fn guarded<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_naming_the_file() {
+        let r: Result<(), DicomError> =
+            guarded(Path::new("x.dcm"), || panic!("index out of bounds"));
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, DicomErrorKind::Decode);
+        assert!(e.to_string().starts_with("x.dcm: "), "{e}");
+        assert!(e.message.contains("index out of bounds"), "{e}");
+        // Work that succeeds or fails normally passes through.
+        assert_eq!(guarded(Path::new("y"), || Ok(3)).unwrap(), 3);
+    }
+}

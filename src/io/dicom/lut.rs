@@ -180,24 +180,34 @@ pub(super) fn palette(obj: &Obj, signed_input: bool) -> Result<[Lut; 3], String>
     ];
     let mut luts = Vec::with_capacity(3);
     for (name, desc_tag, data_tag, seg_tag) in chans {
-        let (n, first, bits) = descriptor(obj, desc_tag, signed_input)
-            .ok_or_else(|| format!("PALETTE COLOR image without a valid {name} Palette Color Lookup Table Descriptor"))?;
+        let (n, first, bits) = descriptor(obj, desc_tag, signed_input).ok_or_else(|| {
+            format!(
+                "PALETTE COLOR image without a valid {name} Palette Color Lookup Table Descriptor"
+            )
+        })?;
         let data = if let Some(w) = words(obj, data_tag) {
             entries(&w, n, bits).ok_or_else(|| {
                 format!("{name} Palette Color Lookup Table Data is shorter than its descriptor's {n} entries")
             })?
         } else if let Some(w) = words(obj, seg_tag) {
-            let mut e = expand_segmented(&w, MAX_ENTRIES)
-                .ok_or_else(|| format!("Segmented {name} Palette Color Lookup Table Data is invalid"))?;
+            let mut e = expand_segmented(&w, MAX_ENTRIES).ok_or_else(|| {
+                format!("Segmented {name} Palette Color Lookup Table Data is invalid")
+            })?;
             e.resize(n, *e.last().unwrap_or(&0));
             e
         } else {
-            return Err(format!("PALETTE COLOR image without {name} Palette Color Lookup Table Data"));
+            return Err(format!(
+                "PALETTE COLOR image without {name} Palette Color Lookup Table Data"
+            ));
         };
         // Some writers declare 16 bits but store 8-bit values, or the other way round.
         let max = data.iter().copied().max().unwrap_or(0);
         let bits = if bits <= 8 && max > 255 { 16 } else { bits };
-        luts.push(Lut { first_mapped: first, data, bits });
+        luts.push(Lut {
+            first_mapped: first,
+            data,
+            bits,
+        });
     }
     let [r, g, b]: [Lut; 3] = luts.try_into().map_err(|_| "palette".to_string())?;
     Ok([r, g, b])
@@ -209,7 +219,11 @@ pub(super) fn modality_lut(obj: &Obj, signed_input: bool) -> Option<Lut> {
     let (n, first, bits) = descriptor(item, tags::LUT_DESCRIPTOR, signed_input)?;
     let w = words(item, tags::LUT_DATA)?;
     let data = entries(&w, n, bits)?;
-    Some(Lut { first_mapped: first, data, bits })
+    Some(Lut {
+        first_mapped: first,
+        data,
+        bits,
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +248,11 @@ mod tests {
 
     #[test]
     fn lut_lookup_clamps() {
-        let lut = Lut { first_mapped: -2, data: vec![5, 6, 7], bits: 8 };
+        let lut = Lut {
+            first_mapped: -2,
+            data: vec![5, 6, 7],
+            bits: 8,
+        };
         assert_eq!(lut.lookup(-10.0), 5);
         assert_eq!(lut.lookup(-1.0), 6);
         assert_eq!(lut.lookup(100.0), 7);

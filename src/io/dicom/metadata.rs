@@ -28,16 +28,28 @@ pub(super) fn metadata_tree(obj: &DefaultDicomObject) -> Vec<MetadataNode> {
             children: Vec::new(),
         })
     };
-    push(Tag(0x0002, 0x0002), meta.media_storage_sop_class_uid().to_string());
-    push(Tag(0x0002, 0x0003), meta.media_storage_sop_instance_uid().to_string());
+    push(
+        Tag(0x0002, 0x0002),
+        meta.media_storage_sop_class_uid().to_string(),
+    );
+    push(
+        Tag(0x0002, 0x0003),
+        meta.media_storage_sop_instance_uid().to_string(),
+    );
     let ts_uid = meta.transfer_syntax();
     push(
         Tag(0x0002, 0x0010),
         format!("{ts_uid} ({})", ts::transfer_syntax_name(ts_uid)),
     );
-    push(Tag(0x0002, 0x0012), meta.implementation_class_uid().to_string());
+    push(
+        Tag(0x0002, 0x0012),
+        meta.implementation_class_uid().to_string(),
+    );
     if let Some(v) = &meta.implementation_version_name {
-        push(Tag(0x0002, 0x0013), v.trim_end_matches(['\0', ' ']).to_string());
+        push(
+            Tag(0x0002, 0x0013),
+            v.trim_end_matches(['\0', ' ']).to_string(),
+        );
     }
     let mut budget = MAX_NODES;
     out.extend(dataset_nodes(obj, 0, &mut budget));

@@ -43,7 +43,12 @@ fn malformed(path: &Path, msg: impl Into<String>) -> DicomError {
     DicomError::new(path, K::Malformed, msg)
 }
 
-fn required_uint(ds: &Obj, tag: dicom_core::Tag, name: &str, path: &Path) -> Result<u64, DicomError> {
+fn required_uint(
+    ds: &Obj,
+    tag: dicom_core::Tag,
+    name: &str,
+    path: &Path,
+) -> Result<u64, DicomError> {
     match attrs::int(ds, tag) {
         None => Err(malformed(path, format!("image without {name}"))),
         Some(Err(raw)) => Err(malformed(path, format!("invalid {name} value {raw:?}"))),
@@ -56,7 +61,10 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
     let rows = required_uint(ds, tags::ROWS, "Rows", path)?;
     let cols = required_uint(ds, tags::COLUMNS, "Columns", path)?;
     if rows == 0 || cols == 0 {
-        return Err(malformed(path, format!("empty image: {rows} rows x {cols} columns")));
+        return Err(malformed(
+            path,
+            format!("empty image: {rows} rows x {cols} columns"),
+        ));
     }
     let bits_allocated = required_uint(ds, tags::BITS_ALLOCATED, "BitsAllocated", path)?;
     if !matches!(bits_allocated, 1 | 8 | 16 | 32) {
@@ -69,7 +77,12 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
     let bits_allocated = bits_allocated as u16;
     let bits_stored = match attrs::int_opt(ds, tags::BITS_STORED) {
         Some(v) if v >= 1 && v <= i64::from(bits_allocated) => v as u16,
-        Some(v) => return Err(malformed(path, format!("BitsStored {v} does not fit BitsAllocated {bits_allocated}"))),
+        Some(v) => {
+            return Err(malformed(
+                path,
+                format!("BitsStored {v} does not fit BitsAllocated {bits_allocated}"),
+            ));
+        }
         None => bits_allocated,
     };
     let high_bit = match attrs::int_opt(ds, tags::HIGH_BIT) {
@@ -84,9 +97,14 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
     let frames = match attrs::int(ds, tags::NUMBER_OF_FRAMES) {
         None => 1,
         Some(Err(raw)) => {
-            return Err(malformed(path, format!("invalid NumberOfFrames value {raw:?} (not an integer)")));
+            return Err(malformed(
+                path,
+                format!("invalid NumberOfFrames value {raw:?} (not an integer)"),
+            ));
         }
-        Some(Ok(n)) if n < 0 => return Err(malformed(path, format!("invalid NumberOfFrames value {n}"))),
+        Some(Ok(n)) if n < 0 => {
+            return Err(malformed(path, format!("invalid NumberOfFrames value {n}")));
+        }
         Some(Ok(n)) => (n as u64).max(1),
     };
     let samples = rows
@@ -108,7 +126,13 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
     }
     let photometric = attrs::string(ds, tags::PHOTOMETRIC_INTERPRETATION)
         .map(|s| s.to_ascii_uppercase())
-        .unwrap_or_else(|| if spp == 1 { "MONOCHROME2".into() } else { "RGB".into() });
+        .unwrap_or_else(|| {
+            if spp == 1 {
+                "MONOCHROME2".into()
+            } else {
+                "RGB".into()
+            }
+        });
     Ok(Layout {
         rows: rows as usize,
         cols: cols as usize,
@@ -176,11 +200,16 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
         DicomError::new(
             path,
             K::UnsupportedTransferSyntax,
-            format!("unsupported transfer syntax {ts_uid} ({})", ts::transfer_syntax_name(&ts_uid)),
+            format!(
+                "unsupported transfer syntax {ts_uid} ({})",
+                ts::transfer_syntax_name(&ts_uid)
+            ),
         )
     })?;
     let big_endian = ts_uid == ts::EXPLICIT_VR_BIG_ENDIAN;
-    let element = obj.get(tags::PIXEL_DATA).ok_or_else(|| DicomError::new(path, K::NoPixelData, "no pixel data"))?;
+    let element = obj
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| DicomError::new(path, K::NoPixelData, "no pixel data"))?;
     match element.value() {
         DicomValue::Primitive(p) => {
             let stream = native_stream(p, big_endian);
@@ -195,7 +224,10 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 return Err(DicomError::new(
                     path,
                     K::Truncated,
-                    format!("truncated pixel data: expected {expected} bytes, found {}", stream.len()),
+                    format!(
+                        "truncated pixel data: expected {expected} bytes, found {}",
+                        stream.len()
+                    ),
                 ));
             }
             let frames = if l.bits_allocated == 1 {
@@ -209,9 +241,17 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     .map(|c| c.to_vec())
                     .collect()
             };
-            Ok(RawFrames { frames, big_endian, decoded: false, j2k_precision: None })
+            Ok(RawFrames {
+                frames,
+                big_endian,
+                decoded: false,
+                j2k_precision: None,
+            })
         }
-        DicomValue::Sequence(_) => Err(malformed(path, "pixel data is a sequence, not pixel values")),
+        DicomValue::Sequence(_) => Err(malformed(
+            path,
+            "pixel data is a sequence, not pixel values",
+        )),
         DicomValue::PixelSequence(_) => {
             let grouped = frames::group_fragments(obj, l.frames).map_err(|m| malformed(path, m))?;
             if ts_uid == ts::ENCAPSULATED_UNCOMPRESSED {
@@ -222,14 +262,25 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                         return Err(DicomError::new(
                             path,
                             K::Truncated,
-                            format!("truncated pixel data: frame {} has {} bytes, expected {frame_bytes}", k + 1, f.len()),
+                            format!(
+                                "truncated pixel data: frame {} has {} bytes, expected {frame_bytes}",
+                                k + 1,
+                                f.len()
+                            ),
                         ));
                     }
                 }
-                return Ok(RawFrames { frames: grouped, big_endian: false, decoded: false, j2k_precision: None });
+                return Ok(RawFrames {
+                    frames: grouped,
+                    big_endian: false,
+                    decoded: false,
+                    j2k_precision: None,
+                });
             }
             let reader = match ts_entry.codec() {
-                Codec::EncapsulatedPixelData(Some(reader), _) if ts_entry.can_decode_all() => reader,
+                Codec::EncapsulatedPixelData(Some(reader), _) if ts_entry.can_decode_all() => {
+                    reader
+                }
                 _ => {
                     return Err(DicomError::new(
                         path,
@@ -276,7 +327,10 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 && l.bits_allocated == 8
                 && matches!(
                     ts_uid.as_str(),
-                    "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51" | "1.2.840.10008.1.2.4.57" | "1.2.840.10008.1.2.4.70"
+                    "1.2.840.10008.1.2.4.50"
+                        | "1.2.840.10008.1.2.4.51"
+                        | "1.2.840.10008.1.2.4.57"
+                        | "1.2.840.10008.1.2.4.70"
                 );
             let mut out = Vec::with_capacity(l.frames);
             for k in 0..l.frames {
@@ -302,10 +356,17 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     DicomError::new(
                         path,
                         K::Decode,
-                        format!("{} frame {} failed to decode: {detail}", ts_entry.name(), k + 1),
+                        format!(
+                            "{} frame {} failed to decode: {detail}",
+                            ts_entry.name(),
+                            k + 1
+                        ),
                     )
                 };
-                let mut buf = match rgb_as_stored.then(|| codestream::decode_jpeg_rgb_as_stored(data, expected)).flatten() {
+                let mut buf = match rgb_as_stored
+                    .then(|| codestream::decode_jpeg_rgb_as_stored(data, expected))
+                    .flatten()
+                {
                     Some(r) => r.map_err(frame_error)?,
                     None => {
                         let mut buf = Vec::new();
@@ -316,12 +377,20 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     }
                 };
                 if buf.len() < expected {
-                    return Err(frame_error(format!("{} bytes decoded, expected {expected}", buf.len())));
+                    return Err(frame_error(format!(
+                        "{} bytes decoded, expected {expected}",
+                        buf.len()
+                    )));
                 }
                 buf.truncate(expected);
                 out.push(buf);
             }
-            Ok(RawFrames { frames: out, big_endian: false, decoded: true, j2k_precision })
+            Ok(RawFrames {
+                frames: out,
+                big_endian: false,
+                decoded: true,
+                j2k_precision,
+            })
         }
     }
 }
@@ -341,7 +410,11 @@ fn extract(
     bit_offset: usize,
 ) -> Vec<f64> {
     let shift = u32::from(high_bit + 1 - bits_stored);
-    let mask: u64 = if bits_stored >= 64 { u64::MAX } else { (1u64 << bits_stored) - 1 };
+    let mask: u64 = if bits_stored >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits_stored) - 1
+    };
     let sign_bit: u64 = 1u64 << (bits_stored - 1);
     let convert = |raw: u64| -> f64 {
         let v = (raw >> shift) & mask;
@@ -358,19 +431,30 @@ fn extract(
                 f64::from((bytes[bit / 8] >> (bit % 8)) & 1)
             })
             .collect(),
-        8 => bytes[..count].iter().map(|&b| convert(u64::from(b))).collect(),
+        8 => bytes[..count]
+            .iter()
+            .map(|&b| convert(u64::from(b)))
+            .collect(),
         16 => bytes[..count * 2]
             .chunks_exact(2)
             .map(|c| {
                 let a = [c[0], c[1]];
-                convert(u64::from(if big_endian { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) }))
+                convert(u64::from(if big_endian {
+                    u16::from_be_bytes(a)
+                } else {
+                    u16::from_le_bytes(a)
+                }))
             })
             .collect(),
         _ => bytes[..count * 4]
             .chunks_exact(4)
             .map(|c| {
                 let a = [c[0], c[1], c[2], c[3]];
-                convert(u64::from(if big_endian { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }))
+                convert(u64::from(if big_endian {
+                    u32::from_be_bytes(a)
+                } else {
+                    u32::from_le_bytes(a)
+                }))
             })
             .collect(),
     }
@@ -421,15 +505,30 @@ fn ybr_partial_to_rgb(y: f64, cb: f64, cr: f64, max: f64) -> [f64; 3] {
     [r, g, b].map(|v| (v * s).round().clamp(0.0, max))
 }
 
-pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<ImageStack, DicomError> {
+pub(super) fn decode_stack(
+    obj: &DefaultDicomObject,
+    path: &Path,
+) -> Result<ImageStack, DicomError> {
     let ds: &Obj = obj;
     if ds.get(tags::PIXEL_DATA).is_none() {
         if frames::has_float_pixel_data(obj) {
-            return Err(DicomError::new(path, K::Unsupported, "float pixel data is not supported"));
+            return Err(DicomError::new(
+                path,
+                K::Unsupported,
+                "float pixel data is not supported",
+            ));
         }
         let class = sop_class_name(obj.meta().media_storage_sop_class_uid());
-        let what = if class.is_empty() { String::new() } else { format!(" ({class})") };
-        return Err(DicomError::new(path, K::NoPixelData, format!("no pixel data{what}")));
+        let what = if class.is_empty() {
+            String::new()
+        } else {
+            format!(" ({class})")
+        };
+        return Err(DicomError::new(
+            path,
+            K::NoPixelData,
+            format!("no pixel data{what}"),
+        ));
     }
     let l = read_layout(ds, path)?;
     let raw = raw_frames(obj, &l, path)?;
@@ -464,7 +563,16 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
             } else {
                 (&raw.frames[k][..], 0)
             };
-            let stored = extract(bytes, n, l.bits_allocated, bits_stored, high_bit, signed, raw.big_endian, bit_offset);
+            let stored = extract(
+                bytes,
+                n,
+                l.bits_allocated,
+                bits_stored,
+                high_bit,
+                signed,
+                raw.big_endian,
+                bit_offset,
+            );
             let frame = if let Some([r, g, b]) = &palette {
                 let mut data = Vec::with_capacity(n * 3);
                 for &v in &stored {
@@ -472,13 +580,27 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
                         data.push((f64::from(t.lookup(v)) * 255.0 / t.max_value()) as f32);
                     }
                 }
-                Frame { width: l.cols as u32, height: l.rows as u32, channels: Channels::Rgb, data }
+                Frame {
+                    width: l.cols as u32,
+                    height: l.rows as u32,
+                    channels: Channels::Rgb,
+                    data,
+                }
             } else {
                 let data = match modality_lut(ds, k, &table) {
-                    ModalityLut::Table(t) => stored.iter().map(|&v| f32::from(t.lookup(v))).collect(),
-                    ModalityLut::Rescale(s, i) => stored.iter().map(|&v| (v * s + i) as f32).collect(),
+                    ModalityLut::Table(t) => {
+                        stored.iter().map(|&v| f32::from(t.lookup(v))).collect()
+                    }
+                    ModalityLut::Rescale(s, i) => {
+                        stored.iter().map(|&v| (v * s + i) as f32).collect()
+                    }
                 };
-                Frame { width: l.cols as u32, height: l.rows as u32, channels: Channels::Gray, data }
+                Frame {
+                    width: l.cols as u32,
+                    height: l.rows as u32,
+                    channels: Channels::Gray,
+                    data,
+                }
             };
             frames_out.push(frame);
         }
@@ -488,7 +610,16 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
             let bytes = &raw.frames[k][..];
             let rgb: Vec<f64> = if !raw.decoded && is_422(pi) {
                 // Y0 Y1 Cb Cr per pair of pixels along a row.
-                let stored = extract(bytes, n * 2, l.bits_allocated, bits_stored, high_bit, false, raw.big_endian, 0);
+                let stored = extract(
+                    bytes,
+                    n * 2,
+                    l.bits_allocated,
+                    bits_stored,
+                    high_bit,
+                    false,
+                    raw.big_endian,
+                    0,
+                );
                 let mut out = Vec::with_capacity(n * 3);
                 for px in 0..n {
                     let pair = px / 2;
@@ -503,7 +634,16 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
                 }
                 out
             } else {
-                let stored = extract(bytes, n * 3, l.bits_allocated, bits_stored, high_bit, false, raw.big_endian, 0);
+                let stored = extract(
+                    bytes,
+                    n * 3,
+                    l.bits_allocated,
+                    bits_stored,
+                    high_bit,
+                    false,
+                    raw.big_endian,
+                    0,
+                );
                 // Planar configuration 1 (native only: decoders deliver interleaved samples).
                 let stored = if l.planar && !raw.decoded {
                     let mut inter = vec![0.0; n * 3];
@@ -516,7 +656,8 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
                 } else {
                     stored
                 };
-                let needs_ybr = !colour_decoded_rgb && (pi == "YBR_FULL" || is_422(pi) || pi == "YBR_PARTIAL_420");
+                let needs_ybr = !colour_decoded_rgb
+                    && (pi == "YBR_FULL" || is_422(pi) || pi == "YBR_PARTIAL_420");
                 if needs_ybr {
                     stored
                         .chunks_exact(3)
@@ -533,7 +674,12 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
                 }
             };
             let data = rgb.iter().map(|&v| (v * scale) as f32).collect();
-            frames_out.push(Frame { width: l.cols as u32, height: l.rows as u32, channels: Channels::Rgb, data });
+            frames_out.push(Frame {
+                width: l.cols as u32,
+                height: l.rows as u32,
+                channels: Channels::Rgb,
+                data,
+            });
         }
     } else {
         return Err(DicomError::new(
@@ -543,7 +689,9 @@ pub(super) fn decode_stack(obj: &DefaultDicomObject, path: &Path) -> Result<Imag
         ));
     }
 
-    let is_colour = frames_out.first().is_some_and(|f| f.channels == Channels::Rgb);
+    let is_colour = frames_out
+        .first()
+        .is_some_and(|f| f.channels == Channels::Rgb);
     let windows = if is_colour {
         vec![Window {
             center: 127.5,
@@ -629,7 +777,8 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
             integral &= v.fract() == 0.0;
         }
     }
-    let full = if integral || !(hi > lo) {
+    // `lo`, `hi` are never NaN (non-finite samples are skipped): `hi <= lo` covers "no data".
+    let full = if integral || hi <= lo {
         Window::full_range(lo, hi)
     } else {
         // Non-integer data: map min to 0 and max to 255 exactly.
@@ -661,10 +810,21 @@ fn image_info(obj: &DefaultDicomObject, l: &Layout, bits_stored: u16) -> ImageIn
         study_instance_uid: attrs::string(ds, tags::STUDY_INSTANCE_UID),
         series_instance_uid: attrs::string(ds, tags::SERIES_INSTANCE_UID),
         sop_instance_uid: attrs::string(ds, tags::SOP_INSTANCE_UID),
-        instance_number: attrs::int_opt(ds, tags::INSTANCE_NUMBER).and_then(|v| i32::try_from(v).ok()),
-        pixel_spacing: attrs::fixed::<2>(attrs::frame_f64s(ds, 0, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)),
-        slice_thickness: attrs::frame_f64s(ds, 0, tags::PIXEL_MEASURES_SEQUENCE, tags::SLICE_THICKNESS)
-            .and_then(|v| v.first().copied()),
+        instance_number: attrs::int_opt(ds, tags::INSTANCE_NUMBER)
+            .and_then(|v| i32::try_from(v).ok()),
+        pixel_spacing: attrs::fixed::<2>(attrs::frame_f64s(
+            ds,
+            0,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::PIXEL_SPACING,
+        )),
+        slice_thickness: attrs::frame_f64s(
+            ds,
+            0,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::SLICE_THICKNESS,
+        )
+        .and_then(|v| v.first().copied()),
         image_orientation: attrs::fixed::<6>(attrs::frame_f64s(
             ds,
             0,
@@ -694,20 +854,32 @@ mod tests {
 
     #[test]
     fn extract_big_endian_and_32_bit_and_1_bit() {
-        assert_eq!(extract(&[0x01, 0x02], 1, 16, 16, 15, false, true, 0), vec![258.0]);
+        assert_eq!(
+            extract(&[0x01, 0x02], 1, 16, 16, 15, false, true, 0),
+            vec![258.0]
+        );
         assert_eq!(
             extract(&[0xFF, 0xFF, 0xFF, 0xFF], 1, 32, 32, 31, true, false, 0),
             vec![-1.0]
         );
         // bits are little-endian within a byte; offset 3 starts at the 4th bit.
-        assert_eq!(extract(&[0b0001_1000], 2, 1, 1, 0, false, false, 3), vec![1.0, 1.0]);
+        assert_eq!(
+            extract(&[0b0001_1000], 2, 1, 1, 0, false, false, 3),
+            vec![1.0, 1.0]
+        );
     }
 
     #[test]
     fn ybr_full_grey_and_primaries() {
-        assert_eq!(ybr_full_to_rgb(100.0, 128.0, 128.0, 255.0), [100.0, 100.0, 100.0]);
+        assert_eq!(
+            ybr_full_to_rgb(100.0, 128.0, 128.0, 255.0),
+            [100.0, 100.0, 100.0]
+        );
         // Pure red in full-range YCbCr (BT.601): Y 76.245, Cb 84.972, Cr 255.5 (clamped 255).
         let [r, g, b] = ybr_full_to_rgb(76.245, 84.972, 255.0, 255.0);
-        assert!((r - 254.0).abs() <= 1.0 && g <= 1.0 && b <= 1.0, "{r} {g} {b}");
+        assert!(
+            (r - 254.0).abs() <= 1.0 && g <= 1.0 && b <= 1.0,
+            "{r} {g} {b}"
+        );
     }
 }

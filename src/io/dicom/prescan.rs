@@ -77,10 +77,21 @@ impl Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Problem::Length { tag, declared, left } if *tag == PIXEL_DATA => {
-                write!(f, "truncated pixel data: expected {declared} bytes, found {left}")
+            Problem::Length {
+                tag,
+                declared,
+                left,
+            } if *tag == PIXEL_DATA => {
+                write!(
+                    f,
+                    "truncated pixel data: expected {declared} bytes, found {left}"
+                )
             }
-            Problem::Length { tag, declared, left } => write!(
+            Problem::Length {
+                tag,
+                declared,
+                left,
+            } => write!(
                 f,
                 "element ({:04X},{:04X}) declares {declared} bytes but only {left} remain in the file \
                  (truncated or corrupted file)",
@@ -116,16 +127,24 @@ struct Walker<'a, S: Source> {
 impl<S: Source> Walker<'_, S> {
     fn u16_at(&mut self, pos: u64) -> Option<u16> {
         let mut b = [0u8; 2];
-        self.src
-            .read_at(pos, &mut b)
-            .then(|| if self.big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+        self.src.read_at(pos, &mut b).then(|| {
+            if self.big {
+                u16::from_be_bytes(b)
+            } else {
+                u16::from_le_bytes(b)
+            }
+        })
     }
 
     fn u32_at(&mut self, pos: u64) -> Option<u32> {
         let mut b = [0u8; 4];
-        self.src
-            .read_at(pos, &mut b)
-            .then(|| if self.big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        self.src.read_at(pos, &mut b).then(|| {
+            if self.big {
+                u32::from_be_bytes(b)
+            } else {
+                u32::from_le_bytes(b)
+            }
+        })
     }
 
     fn tag_at(&mut self, pos: u64) -> Option<Tag> {
@@ -135,7 +154,11 @@ impl<S: Source> Walker<'_, S> {
     fn check_len(&self, tag: Tag, len: u32, pos: u64) -> Result<(), Stop> {
         let left = self.src.len().saturating_sub(pos);
         if u64::from(len) > left {
-            Err(Stop::Bad(Problem::Length { tag, declared: len, left }))
+            Err(Stop::Bad(Problem::Length {
+                tag,
+                declared: len,
+                left,
+            }))
         } else {
             Ok(())
         }
@@ -143,7 +166,13 @@ impl<S: Source> Walker<'_, S> {
 
     /// Walks elements from `pos` up to `end` (or an item delimiter); returns the position
     /// after the last element (after the delimiter when one ends the data set).
-    fn dataset(&mut self, mut pos: u64, end: u64, explicit: bool, depth: usize) -> Result<u64, Stop> {
+    fn dataset(
+        &mut self,
+        mut pos: u64,
+        end: u64,
+        explicit: bool,
+        depth: usize,
+    ) -> Result<u64, Stop> {
         if depth > MAX_DEPTH {
             return Err(Stop::Bad(Problem::Depth));
         }
@@ -166,7 +195,19 @@ impl<S: Source> Walker<'_, S> {
                 let vr = VR::from_binary(vrb).unwrap_or(VR::UN);
                 let long = matches!(
                     vr,
-                    VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::SQ | VR::SV | VR::UC | VR::UN | VR::UR | VR::UT | VR::UV
+                    VR::OB
+                        | VR::OD
+                        | VR::OF
+                        | VR::OL
+                        | VR::OV
+                        | VR::OW
+                        | VR::SQ
+                        | VR::SV
+                        | VR::UC
+                        | VR::UN
+                        | VR::UR
+                        | VR::UT
+                        | VR::UV
                 );
                 if long {
                     let Some(len) = self.u32_at(pos + 8) else {
@@ -220,7 +261,13 @@ impl<S: Source> Walker<'_, S> {
 
     /// Walks the items of a sequence starting at `pos`, up to `end` (defined length) or the
     /// sequence delimiter.
-    fn items(&mut self, mut pos: u64, end: Option<u64>, explicit: bool, depth: usize) -> Result<u64, Stop> {
+    fn items(
+        &mut self,
+        mut pos: u64,
+        end: Option<u64>,
+        explicit: bool,
+        depth: usize,
+    ) -> Result<u64, Stop> {
         loop {
             if end.is_some_and(|e| pos >= e) {
                 return Ok(pos);
@@ -273,7 +320,11 @@ pub(super) fn check(
     stop_at_pixel_data: bool,
 ) -> Result<(), Problem> {
     let end = src.len();
-    let mut w = Walker { src, big: big_endian, stop_at_pixel_data };
+    let mut w = Walker {
+        src,
+        big: big_endian,
+        stop_at_pixel_data,
+    };
     match w.dataset(start, end, explicit, 0) {
         Ok(_) | Err(Stop::Done) => Ok(()),
         Err(Stop::Bad(why)) => Err(why),
@@ -308,8 +359,19 @@ mod tests {
         d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
         d.extend_from_slice(&0xE000_0000u32.to_le_bytes());
         let err = check(&mut d.as_slice(), 0, true, false, false).unwrap_err();
-        assert_eq!(err, Problem::Length { tag: Tag(0x0008, 0x1115), declared: 0xE000_0000, left: 0 });
-        assert!(err.to_string().contains("(0008,1115) declares 3758096384 bytes"), "{err}");
+        assert_eq!(
+            err,
+            Problem::Length {
+                tag: Tag(0x0008, 0x1115),
+                declared: 0xE000_0000,
+                left: 0
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("(0008,1115) declares 3758096384 bytes"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -317,7 +379,9 @@ mod tests {
         // Undefined-length sequences, each holding one undefined-length item, 100 deep.
         let mut d = Vec::new();
         for _ in 0..100 {
-            d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+            d.extend_from_slice(&[
+                0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ]);
             d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
         }
         let err = check(&mut d.as_slice(), 0, true, false, false).unwrap_err();

@@ -6,10 +6,10 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 
 use super::{DicomError, DicomErrorKind as K, MAX_FILE_BYTES, prescan, ts};
 
@@ -38,7 +38,10 @@ pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, DicomError> {
         return Err(DicomError::new(
             path,
             K::TooLarge,
-            format!("file of {} bytes exceeds the {MAX_FILE_BYTES}-byte limit", meta.len()),
+            format!(
+                "file of {} bytes exceeds the {MAX_FILE_BYTES}-byte limit",
+                meta.len()
+            ),
         ));
     }
     std::fs::read(path).map_err(|e| io_error(path, "read the file", e))
@@ -52,7 +55,11 @@ pub(super) fn maybe_gunzip<'a>(bytes: &'a [u8], path: &Path) -> Result<Cow<'a, [
     let mut out = Vec::new();
     let mut decoder = flate2::read::GzDecoder::new(bytes).take(MAX_FILE_BYTES + 1);
     decoder.read_to_end(&mut out).map_err(|e| {
-        DicomError::new(path, K::Malformed, format!("gzip-compressed file cannot be decompressed: {e}"))
+        DicomError::new(
+            path,
+            K::Malformed,
+            format!("gzip-compressed file cannot be decompressed: {e}"),
+        )
     })?;
     if out.len() as u64 > MAX_FILE_BYTES {
         return Err(DicomError::new(
@@ -70,7 +77,11 @@ fn layout(start: &[u8], path: &Path) -> Result<Layout, DicomError> {
     } else if start.len() >= 4 && &start[0..4] == b"DICM" {
         Ok(Layout::NoPreamble)
     } else if start.is_empty() {
-        Err(DicomError::new(path, K::NotDicom, "not a DICOM file (empty file)"))
+        Err(DicomError::new(
+            path,
+            K::NotDicom,
+            "not a DICOM file (empty file)",
+        ))
     } else {
         Err(DicomError::new(
             path,
@@ -112,11 +123,19 @@ fn is_deflated(uid: &str) -> bool {
 }
 
 /// Runs the [`prescan`] header walk over the data set of a file held in memory.
-fn prescan_bytes(from_magic: &[u8], meta: &FileMetaTable, path: &Path, header_only: bool) -> Result<(), DicomError> {
+fn prescan_bytes(
+    from_magic: &[u8],
+    meta: &FileMetaTable,
+    path: &Path,
+    header_only: bool,
+) -> Result<(), DicomError> {
     let Some(offset) = dataset_offset(from_magic) else {
         return Ok(());
     };
-    let Some(dataset) = usize::try_from(offset).ok().and_then(|o| from_magic.get(o..)) else {
+    let Some(dataset) = usize::try_from(offset)
+        .ok()
+        .and_then(|o| from_magic.get(o..))
+    else {
         return Ok(());
     };
     let uid = meta.transfer_syntax();
@@ -155,7 +174,11 @@ fn problem_error(p: &prescan::Problem, path: &Path) -> DicomError {
 /// before the data set parser fails on it.
 fn check_meta(after_magic_or_preamble: &[u8], path: &Path) -> Result<FileMetaTable, DicomError> {
     let meta = FileMetaTable::from_reader(after_magic_or_preamble).map_err(|e| {
-        DicomError::new(path, K::Malformed, format!("invalid file meta information: {}", error_chain(&e)))
+        DicomError::new(
+            path,
+            K::Malformed,
+            format!("invalid file meta information: {}", error_chain(&e)),
+        )
     })?;
     check_transfer_syntax(&meta, path)?;
     Ok(meta)
@@ -164,25 +187,39 @@ fn check_meta(after_magic_or_preamble: &[u8], path: &Path) -> Result<FileMetaTab
 fn check_transfer_syntax(meta: &FileMetaTable, path: &Path) -> Result<(), DicomError> {
     let uid = meta.transfer_syntax();
     if uid.is_empty() {
-        return Err(DicomError::new(path, K::Malformed, "file meta information has an empty TransferSyntaxUID"));
+        return Err(DicomError::new(
+            path,
+            K::Malformed,
+            "file meta information has an empty TransferSyntaxUID",
+        ));
     }
     match TransferSyntaxRegistry.get(uid) {
         None => Err(DicomError::new(
             path,
             K::UnsupportedTransferSyntax,
-            format!("unsupported transfer syntax {uid} ({}): not a known transfer syntax", ts::transfer_syntax_name(uid)),
+            format!(
+                "unsupported transfer syntax {uid} ({}): not a known transfer syntax",
+                ts::transfer_syntax_name(uid)
+            ),
         )),
         Some(t) if !t.can_decode_dataset() => Err(DicomError::new(
             path,
             K::UnsupportedTransferSyntax,
-            format!("unsupported transfer syntax {uid} ({}): its data set cannot be read", t.name()),
+            format!(
+                "unsupported transfer syntax {uid} ({}): its data set cannot be read",
+                t.name()
+            ),
         )),
         Some(_) => Ok(()),
     }
 }
 
 /// Parses a Part 10 file held in memory. `header_only` stops before the pixel data.
-pub(super) fn parse(bytes: &[u8], path: &Path, header_only: bool) -> Result<DefaultDicomObject, DicomError> {
+pub(super) fn parse(
+    bytes: &[u8],
+    path: &Path,
+    header_only: bool,
+) -> Result<DefaultDicomObject, DicomError> {
     let layout = layout(bytes, path)?;
     let after_preamble = match layout {
         Layout::Preamble => &bytes[128..],
@@ -222,10 +259,15 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
         Layout::Preamble => 128,
         Layout::NoPreamble => 0,
     };
-    file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, "read the file", e))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| io_error(path, "read the file", e))?;
     // The meta group is small; read it through its own reader to check the transfer syntax.
     let meta = FileMetaTable::from_reader(BufReader::new(&mut file)).map_err(|e| {
-        DicomError::new(path, K::Malformed, format!("invalid file meta information: {}", error_chain(&e)))
+        DicomError::new(
+            path,
+            K::Malformed,
+            format!("invalid file meta information: {}", error_chain(&e)),
+        )
     })?;
     check_transfer_syntax(&meta, path)?;
     if is_deflated(meta.transfer_syntax()) {
@@ -236,12 +278,16 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
     }
     {
         let mut magic_and_len = [0u8; 16];
-        file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, "read the file", e))?;
-        file.read_exact(&mut magic_and_len).map_err(|e| io_error(path, "read the file", e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| io_error(path, "read the file", e))?;
+        file.read_exact(&mut magic_and_len)
+            .map_err(|e| io_error(path, "read the file", e))?;
         if let Some(ds_offset) = dataset_offset(&magic_and_len) {
             let uid = meta.transfer_syntax();
             let mut src = prescan::FileSource {
-                file: file.try_clone().map_err(|e| io_error(path, "read the file", e))?,
+                file: file
+                    .try_clone()
+                    .map_err(|e| io_error(path, "read the file", e))?,
                 len: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             };
             prescan::check(
@@ -254,7 +300,8 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
             .map_err(|p| problem_error(&p, path))?;
         }
     }
-    file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, "read the file", e))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| io_error(path, "read the file", e))?;
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .read_until(tags::PIXEL_DATA)
@@ -291,8 +338,15 @@ pub(super) fn looks_like_dicom(path: &Path) -> bool {
 fn parse_error_message(err: &dicom_object::ReadError, path: &Path) -> DicomError {
     let chain = error_chain(err);
     let lower = chain.to_ascii_lowercase();
-    if lower.contains("failed to fill whole buffer") || lower.contains("unexpected end of file") || lower.contains("unexpectedeof") {
-        DicomError::new(path, K::Truncated, format!("truncated file: the data set ends early ({chain})"))
+    if lower.contains("failed to fill whole buffer")
+        || lower.contains("unexpected end of file")
+        || lower.contains("unexpectedeof")
+    {
+        DicomError::new(
+            path,
+            K::Truncated,
+            format!("truncated file: the data set ends early ({chain})"),
+        )
     } else {
         DicomError::new(path, K::Malformed, format!("malformed data set: {chain}"))
     }
@@ -331,11 +385,17 @@ fn pixel_data_shortfall(bytes: &[u8]) -> Option<(u64, u64)> {
     let rest = &bytes[pos + 4..];
     let read32 = |b: &[u8]| -> Option<u32> {
         let a: [u8; 4] = b.get(..4)?.try_into().ok()?;
-        Some(if big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
+        Some(if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        })
     };
     // Explicit VR with a 4-byte length: "OB"/"OW"/"UN" + 2 reserved bytes.
     let (len, header) = match rest.get(..2) {
-        Some(b"OB") | Some(b"OW") | Some(b"UN") | Some(b"OD") | Some(b"OF") | Some(b"OL") => (read32(rest.get(4..)?)?, 12usize),
+        Some(b"OB") | Some(b"OW") | Some(b"UN") | Some(b"OD") | Some(b"OF") | Some(b"OL") => {
+            (read32(rest.get(4..)?)?, 12usize)
+        }
         _ => (read32(rest)?, 8usize),
     };
     if len == u32::MAX {
@@ -349,5 +409,7 @@ fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if hay.len() < needle.len() {
         return None;
     }
-    (0..=hay.len() - needle.len()).rev().find(|&i| &hay[i..i + needle.len()] == needle)
+    (0..=hay.len() - needle.len())
+        .rev()
+        .find(|&i| &hay[i..i + needle.len()] == needle)
 }

@@ -111,8 +111,10 @@ pub(super) fn summarize(obj: &DefaultDicomObject, path: &Path) -> Result<DicomSu
         rows,
         columns,
         frames,
-        samples_per_pixel: attrs::int_opt(ds, tags::SAMPLES_PER_PIXEL).and_then(|v| u16::try_from(v).ok()),
-        bits_allocated: attrs::int_opt(ds, tags::BITS_ALLOCATED).and_then(|v| u16::try_from(v).ok()),
+        samples_per_pixel: attrs::int_opt(ds, tags::SAMPLES_PER_PIXEL)
+            .and_then(|v| u16::try_from(v).ok()),
+        bits_allocated: attrs::int_opt(ds, tags::BITS_ALLOCATED)
+            .and_then(|v| u16::try_from(v).ok()),
         photometric: attrs::string(ds, tags::PHOTOMETRIC_INTERPRETATION),
         patient_name: attrs::string(ds, tags::PATIENT_NAME),
         patient_id: attrs::string(ds, tags::PATIENT_ID),
