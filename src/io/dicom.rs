@@ -26,6 +26,7 @@ mod attrs;
 mod codestream;
 mod frames;
 mod guard;
+mod jpeg12;
 mod lut;
 mod metadata;
 mod pixels;

@@ -12,6 +12,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use super::attrs::{self, Obj};
 use super::codestream;
 use super::frames::{self, Framed};
+use super::jpeg12;
 use super::lut::{self, Lut};
 use super::source::error_chain;
 use super::summary::sop_class_name;
@@ -363,11 +364,26 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                         ),
                     )
                 };
+                let twelve_bit = matches!(
+                    ts_uid.as_str(),
+                    "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51"
+                ) && jpeg12::precision(data) == Some(12);
                 let mut buf = match rgb_as_stored
                     .then(|| codestream::decode_jpeg_rgb_as_stored(data, expected))
                     .flatten()
                 {
                     Some(r) => r.map_err(frame_error)?,
+                    // jpeg-decoder stops at 8 bits: 12-bit frames go to our own decoder.
+                    None if twelve_bit => {
+                        if l.bits_allocated != 16 {
+                            return Err(frame_error(format!(
+                                "12-bit JPEG needs BitsAllocated 16, the file says {}",
+                                l.bits_allocated
+                            )));
+                        }
+                        let g = jpeg12::decode_grey(data).map_err(frame_error)?;
+                        g.samples.iter().flat_map(|v| v.to_le_bytes()).collect()
+                    }
                     None => {
                         let mut buf = Vec::new();
                         reader
