@@ -541,6 +541,7 @@ fn mutated_files_never_panic_or_hang() {
 
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut problems = Vec::new();
+    let mut panic_examples = Vec::new();
     let mut total = 0usize;
     for (seed, (path, truncations, corruptions)) in inputs.iter().enumerate() {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -575,6 +576,9 @@ fn mutated_files_never_panic_or_hang() {
                         *counts
                             .entry("(of which: caught decoder panics)".into())
                             .or_default() += 1;
+                        if panic_examples.len() < 5 {
+                            panic_examples.push(format!("{}: {message}", label.display()));
+                        }
                     }
                 }
             }
@@ -586,6 +590,9 @@ fn mutated_files_never_panic_or_hang() {
     );
     for (k, v) in &counts {
         println!("  {k}: {v}");
+    }
+    for e in &panic_examples {
+        println!("  caught: {e}");
     }
     assert!(
         problems.is_empty(),

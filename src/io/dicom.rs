@@ -31,6 +31,7 @@ mod lut;
 mod metadata;
 mod pixels;
 mod prescan;
+mod rle;
 mod source;
 mod summary;
 mod ts;

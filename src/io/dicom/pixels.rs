@@ -14,6 +14,7 @@ use super::codestream;
 use super::frames::{self, Framed};
 use super::jpeg12;
 use super::lut::{self, Lut};
+use super::rle;
 use super::source::error_chain;
 use super::summary::sop_class_name;
 use super::{DicomError, DicomErrorKind as K, MAX_SAMPLES, metadata, ts};
@@ -373,6 +374,13 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     .flatten()
                 {
                     Some(r) => r.map_err(frame_error)?,
+                    None if ts_uid == ts::RLE_LOSSLESS => rle::decode_frame(
+                        data,
+                        l.pixels(),
+                        l.spp,
+                        usize::from(l.bits_allocated / 8),
+                    )
+                    .map_err(frame_error)?,
                     // jpeg-decoder stops at 8 bits: 12-bit frames go to our own decoder.
                     None if twelve_bit => {
                         if l.bits_allocated != 16 {
@@ -382,6 +390,12 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                             )));
                         }
                         let g = jpeg12::decode_grey(data).map_err(frame_error)?;
+                        if (g.width, g.height) != (l.cols, l.rows) || g.precision > 16 {
+                            return Err(frame_error(format!(
+                                "decoded {} x {} pixels, expected {} x {}",
+                                g.width, g.height, l.cols, l.rows
+                            )));
+                        }
                         g.samples.iter().flat_map(|v| v.to_le_bytes()).collect()
                     }
                     None => {

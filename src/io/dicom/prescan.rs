@@ -248,11 +248,14 @@ impl<S: Source> Walker<'_, S> {
                     // the same encoding (even UN, whose items PS3.5 6.2.2 says are implicit VR).
                     pos = self.items(pos, None, explicit, depth + 1)?;
                 }
+            } else if is_sq {
+                // A sequence's length only bounds its items; the parser allocates nothing for
+                // it, so an over-long one is left to the parser (it reads to the end of file).
+                let seq_end = (pos + u64::from(len)).min(self.src.len());
+                self.items(pos, Some(seq_end), explicit, depth + 1)?;
+                pos = seq_end;
             } else {
                 self.check_len(tag, len, pos)?;
-                if is_sq {
-                    self.items(pos, Some(pos + u64::from(len)), explicit, depth + 1)?;
-                }
                 pos += u64::from(len);
             }
         }
@@ -282,8 +285,8 @@ impl<S: Source> Walker<'_, S> {
                     pos = self.dataset(pos, u64::MAX, explicit, depth)?;
                 }
                 ITEM => {
-                    self.check_len(tag, len, pos)?;
-                    let item_end = pos + u64::from(len);
+                    // Like sequences, items are not allocated: walk what is there.
+                    let item_end = (pos + u64::from(len)).min(self.src.len());
                     self.dataset(pos, item_end, explicit, depth)?;
                     pos = item_end;
                 }
@@ -355,8 +358,8 @@ mod tests {
     #[test]
     fn rejects_a_length_beyond_the_end() {
         let mut d = explicit_le((0x0008, 0x0060), b"CS", b"CT");
-        // (0008,1115) SQ with a defined length of 3.7 GB.
-        d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
+        // (0008,1115) UN with a defined length of 3.7 GB.
+        d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'U', b'N', 0, 0]);
         d.extend_from_slice(&0xE000_0000u32.to_le_bytes());
         let err = check(&mut d.as_slice(), 0, true, false, false).unwrap_err();
         assert_eq!(
@@ -372,6 +375,22 @@ mod tests {
                 .contains("(0008,1115) declares 3758096384 bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn over_long_sequences_and_items_are_left_to_the_parser() {
+        // Not allocations: the parser reads items element by element.
+        let mut d = explicit_le((0x0008, 0x0060), b"CS", b"CT");
+        d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
+        d.extend_from_slice(&1000u32.to_le_bytes());
+        d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        d.extend_from_slice(&900u32.to_le_bytes());
+        d.extend(explicit_le((0x0008, 0x0060), b"CS", b"MR"));
+        assert!(check(&mut d.as_slice(), 0, true, false, false).is_ok());
+        // ... but a value inside them is checked.
+        d.extend_from_slice(&[0x08, 0x00, 0x16, 0x11, b'O', b'B', 0, 0]);
+        d.extend_from_slice(&5000u32.to_le_bytes());
+        assert!(check(&mut d.as_slice(), 0, true, false, false).is_err());
     }
 
     #[test]
