@@ -193,6 +193,7 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         windows,
         invert: false,
         metadata,
+        info: Default::default(),
     };
     Ok((stack, geometry))
 }

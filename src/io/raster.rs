@@ -221,6 +221,7 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         windows,
         invert: false,
         metadata,
+        info: Default::default(),
     })
 }
 
