@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod dicom;
 pub mod study;
 pub mod image;
+pub mod input;
 pub mod export;
 pub mod model_input;
 pub mod nifti;
