@@ -2,11 +2,11 @@
 //! dataset layouts. Nothing here does model math.
 pub mod dataset;
 pub mod dicom;
-pub mod study;
+pub mod export;
 pub mod image;
 pub mod input;
-pub mod export;
 pub mod model_input;
 pub mod nifti;
 pub mod raster;
 pub mod resample;
+pub mod study;

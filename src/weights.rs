@@ -2,3 +2,4 @@
 //! key-remap table and load report, and MVFA adapter checkpoints.
 pub mod adapters;
 pub mod clip;
+pub mod detector;

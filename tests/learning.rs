@@ -8,9 +8,9 @@ use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use mvfa_studio::eval::auc::{PixelAucAccumulator, roc_auc};
 use mvfa_studio::model::clip::config::VisionConfig;
+use mvfa_studio::model::clip::vision::VisionTransformer;
 use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
 use mvfa_studio::model::mvfa::detector::{Detector, ImageResult, TaskKind};
-use mvfa_studio::model::clip::vision::VisionTransformer;
 use mvfa_studio::model::mvfa::scoring::ScoringConfig;
 use mvfa_studio::train::fit::{FitOutcome, FitSettings, Shot, fit, stack_images};
 use mvfa_studio::train::synthetic::{SyntheticImage, generate};
@@ -30,9 +30,12 @@ fn to_shot(img: &SyntheticImage) -> Shot {
     }
     Shot {
         image,
-        mask: img
-            .abnormal
-            .then(|| img.mask.iter().map(|&m| if m > 127 { 1.0 } else { 0.0 }).collect()),
+        mask: img.abnormal.then(|| {
+            img.mask
+                .iter()
+                .map(|&m| if m > 127 { 1.0 } else { 0.0 })
+                .collect()
+        }),
     }
 }
 
@@ -57,7 +60,10 @@ fn settings(epochs: usize) -> FitSettings {
             .with_image_size(SIZE)
             .with_grid_size(SIZE / 14)
             .with_logit_scale(10.0),
-        train: TrainConfig::new().with_epochs(epochs).with_learning_rate(3e-4).with_batch_size(1),
+        train: TrainConfig::new()
+            .with_epochs(epochs)
+            .with_learning_rate(3e-4)
+            .with_batch_size(1),
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
     }
@@ -72,11 +78,16 @@ struct Metrics {
     fused_pixel_auc: f64,
 }
 
-fn evaluate(detector: &Detector<B, VisionTransformer<B>>, test: &[SyntheticImage]) -> (Metrics, Vec<ImageResult>) {
+fn evaluate(
+    detector: &Detector<B, VisionTransformer<B>>,
+    test: &[SyntheticImage],
+) -> (Metrics, Vec<ImageResult>) {
     let device = Default::default();
     let shots: Vec<Shot> = test.iter().map(to_shot).collect();
     let views: Vec<&[f32]> = shots.iter().map(|s| s.image.as_slice()).collect();
-    let results = detector.score(stack_images::<B>(&views, SIZE, &device)).unwrap();
+    let results = detector
+        .score(stack_images::<B>(&views, SIZE, &device))
+        .unwrap();
     let labels: Vec<bool> = test.iter().map(|t| t.abnormal).collect();
     let zero: Vec<f32> = results.iter().map(|r| r.raw.zero_image).collect();
     let fused: Vec<f32> = results.iter().map(|r| r.score.unwrap()).collect();
@@ -91,7 +102,9 @@ fn evaluate(detector: &Detector<B, VisionTransformer<B>>, test: &[SyntheticImage
             })
             .collect();
         zero_pixels.add(&r.raw.zero_map, &mask).unwrap();
-        fused_pixels.add(r.fused_map.as_ref().unwrap(), &mask).unwrap();
+        fused_pixels
+            .add(r.fused_map.as_ref().unwrap(), &mask)
+            .unwrap();
     }
     (
         Metrics {
@@ -114,8 +127,16 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
     // Unit columns, like real prompt-ensemble features (spec 3.4).
     // Like real prompt-ensemble features (spec 3.4): unit columns, the normal and abnormal
     // directions close to each other (CLIP's are, cosine about 0.9).
-    let base = Tensor::<B, 2>::random([32, 1], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let noise = Tensor::<B, 2>::random([32, 2], burn::tensor::Distribution::Normal(0.0, 0.3), &device);
+    let base = Tensor::<B, 2>::random(
+        [32, 1],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let noise = Tensor::<B, 2>::random(
+        [32, 2],
+        burn::tensor::Distribution::Normal(0.0, 0.3),
+        &device,
+    );
     let text = base.repeat_dim(1, 2) + noise;
     let text = text.clone() / text.powi_scalar(2).sum_dim(0).sqrt();
 
@@ -125,12 +146,38 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
     test.extend(generate(22, 8, SIZE, true));
 
     let cancel = AtomicBool::new(false);
-    let untrained = match fit::<AB>(vision.clone(), adapters.clone(), text.clone(), &normal, &[], &cfg, |_| {}, &cancel).unwrap() {
+    let untrained = match fit::<AB>(
+        vision.clone(),
+        adapters.clone(),
+        text.clone(),
+        &normal,
+        &[],
+        &cfg,
+        |_| {},
+        &cancel,
+    )
+    .unwrap()
+    {
         FitOutcome::Fitted { detector, .. } => detector,
         FitOutcome::Cancelled { .. } => unreachable!(),
     };
-    let trained = match fit::<AB>(vision, adapters, text, &normal, &abnormal, &cfg, |_| {}, &cancel).unwrap() {
-        FitOutcome::Fitted { detector, epoch_losses, .. } => {
+    let trained = match fit::<AB>(
+        vision,
+        adapters,
+        text,
+        &normal,
+        &abnormal,
+        &cfg,
+        |_| {},
+        &cancel,
+    )
+    .unwrap()
+    {
+        FitOutcome::Fitted {
+            detector,
+            epoch_losses,
+            ..
+        } => {
             eprintln!("epoch losses: {epoch_losses:?}");
             assert!(epoch_losses.last().unwrap() < epoch_losses.first().unwrap());
             detector
@@ -141,17 +188,34 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
     let (after, results) = evaluate(&trained, &test);
     eprintln!(
         "held-out text branch: image AUC {:.3} -> {:.3}, pixel AUC {:.3} -> {:.3}; fused: image {:.3} -> {:.3}, pixel {:.3} -> {:.3}",
-        before.image_auc, after.image_auc, before.pixel_auc, after.pixel_auc,
-        before.fused_image_auc, after.fused_image_auc, before.fused_pixel_auc, after.fused_pixel_auc
+        before.image_auc,
+        after.image_auc,
+        before.pixel_auc,
+        after.pixel_auc,
+        before.fused_image_auc,
+        after.fused_image_auc,
+        before.fused_pixel_auc,
+        after.fused_pixel_auc
     );
-    assert!(after.image_auc >= before.image_auc + 0.15 && after.image_auc > 0.85, "image AUC did not rise clearly");
-    assert!(after.pixel_auc >= before.pixel_auc + 0.15 && after.pixel_auc > 0.85, "pixel AUC did not rise clearly");
+    assert!(
+        after.image_auc >= before.image_auc + 0.15 && after.image_auc > 0.85,
+        "image AUC did not rise clearly"
+    );
+    assert!(
+        after.pixel_auc >= before.pixel_auc + 0.15 && after.pixel_auc > 0.85,
+        "pixel AUC did not rise clearly"
+    );
     // Fine-tuning must not spoil the fused output either.
     assert!(after.fused_pixel_auc >= before.fused_pixel_auc - 0.02);
 
     // A calibrated score depends only on its image: score image 3 alone.
     let shot = to_shot(&test[3]);
-    let alone = trained.score(stack_images::<B>(&[shot.image.as_slice()], SIZE, &device)).unwrap();
+    let alone = trained
+        .score(stack_images::<B>(&[shot.image.as_slice()], SIZE, &device))
+        .unwrap();
     let (a, b) = (alone[0].score.unwrap(), results[3].score.unwrap());
-    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "score alone {a} vs in a batch {b}");
+    assert!(
+        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+        "score alone {a} vs in a batch {b}"
+    );
 }

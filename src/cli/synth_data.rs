@@ -38,25 +38,39 @@ pub fn run(args: SynthDataArgs) -> anyhow::Result<ExitCode> {
             .next()
             .is_some()
     {
-        anyhow::bail!("{}: folder is not empty; choose a new one", args.out.display());
+        anyhow::bail!(
+            "{}: folder is not empty; choose a new one",
+            args.out.display()
+        );
     }
     for sub in ["normal", "abnormal", "masks"] {
-        std::fs::create_dir_all(args.out.join(sub))
-            .with_context(|| format!("{}: cannot create the folder", args.out.join(sub).display()))?;
+        std::fs::create_dir_all(args.out.join(sub)).with_context(|| {
+            format!("{}: cannot create the folder", args.out.join(sub).display())
+        })?;
     }
-    let write_set = |images: Vec<SyntheticImage>, folder: &str, prefix: &str| -> anyhow::Result<()> {
-        for (i, img) in images.iter().enumerate() {
-            let name = format!("{prefix}_{i:03}.png");
-            write_grey(&args.out.join(folder).join(&name), img.size, &img.pixels)?;
-            if img.abnormal {
-                write_grey(&args.out.join("masks").join(&name), img.size, &img.mask)?;
+    let write_set =
+        |images: Vec<SyntheticImage>, folder: &str, prefix: &str| -> anyhow::Result<()> {
+            for (i, img) in images.iter().enumerate() {
+                let name = format!("{prefix}_{i:03}.png");
+                write_grey(&args.out.join(folder).join(&name), img.size, &img.pixels)?;
+                if img.abnormal {
+                    write_grey(&args.out.join("masks").join(&name), img.size, &img.mask)?;
+                }
             }
-        }
-        Ok(())
-    };
-    write_set(generate(args.seed, args.normal, args.size, false), "normal", "normal")?;
+            Ok(())
+        };
     write_set(
-        generate(args.seed.wrapping_add(1_000_003), args.abnormal, args.size, true),
+        generate(args.seed, args.normal, args.size, false),
+        "normal",
+        "normal",
+    )?;
+    write_set(
+        generate(
+            args.seed.wrapping_add(1_000_003),
+            args.abnormal,
+            args.size,
+            true,
+        ),
         "abnormal",
         "abnormal",
     )?;

@@ -1,7 +1,7 @@
 //! MVFA: residual adapters on the CLIP vision tower, scoring (zero- and few-shot), losses.
 pub mod adapter;
-pub mod losses;
-pub mod scoring;
+pub mod backbone;
 pub mod calibration;
 pub mod detector;
-pub mod backbone;
+pub mod losses;
+pub mod scoring;

@@ -36,9 +36,14 @@ pub enum FitMode {
 /// Stages of a fit, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FitEvent {
-    Started { mode: FitMode, training_images: usize },
+    Started {
+        mode: FitMode,
+        training_images: usize,
+    },
     Training(TrainEvent),
-    BuildingMemoryBank { images: usize },
+    BuildingMemoryBank {
+        images: usize,
+    },
     Calibrating,
 }
 
@@ -61,10 +66,16 @@ pub enum FitOutcome<B: Backend> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
-    #[error("at least one normal shot is needed (the memory bank and the calibration come from normal shots)")]
+    #[error(
+        "at least one normal shot is needed (the memory bank and the calibration come from normal shots)"
+    )]
     NoNormalShots,
     #[error("shot {index} has {got} values; expected 3x{size}x{size}")]
-    ShotSize { index: usize, got: usize, size: usize },
+    ShotSize {
+        index: usize,
+        got: usize,
+        size: usize,
+    },
     #[error("augmentation failed: {0}")]
     Augment(String),
     #[error(transparent)]
@@ -104,7 +115,11 @@ fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)
 }
 
 /// Stacks `[3, S, S]` images into `[n, 3, S, S]`.
-pub fn stack_images<B: Backend>(images: &[&[f32]], size: usize, device: &B::Device) -> Tensor<B, 4> {
+pub fn stack_images<B: Backend>(
+    images: &[&[f32]],
+    size: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let mut data = Vec::with_capacity(images.len() * 3 * size * size);
     for image in images {
         data.extend_from_slice(image);
@@ -208,7 +223,11 @@ pub fn fit<AB: AutodiffBackend>(
         let samples: Vec<TrainSample> = augmented_abnormal
             .iter()
             .map(|(image, mask)| (image, mask, true))
-            .chain(augmented_normal.iter().map(|(image, mask)| (image, mask, false)))
+            .chain(
+                augmented_normal
+                    .iter()
+                    .map(|(image, mask)| (image, mask, false)),
+            )
             .map(|(image, mask, abnormal)| TrainSample {
                 image: image.clone(),
                 mask: with_masks.then(|| mask.clone()),
@@ -273,7 +292,10 @@ pub fn fit<AB: AutodiffBackend>(
         .map_err(|e| FitError::Model(e.to_string()))?;
     on_event(FitEvent::Calibrating);
     let abnormal_images = (!augmented_abnormal.is_empty()).then(|| {
-        let views: Vec<&[f32]> = augmented_abnormal.iter().map(|(i, _)| i.as_slice()).collect();
+        let views: Vec<&[f32]> = augmented_abnormal
+            .iter()
+            .map(|(i, _)| i.as_slice())
+            .collect();
         stack_images::<AB::InnerBackend>(&views, size, &device)
     });
     detector

@@ -97,14 +97,21 @@ pub fn generate(seed: u64, count: usize, size: usize, abnormal: bool) -> Vec<Syn
         .map(|i| {
             let mut image = background(&mut rng, size);
             let mask = if abnormal {
-                let kind = if i % 2 == 0 { AnomalyKind::Blob } else { AnomalyKind::Streak };
+                let kind = if i % 2 == 0 {
+                    AnomalyKind::Blob
+                } else {
+                    AnomalyKind::Streak
+                };
                 paint_anomaly(&mut rng, &mut image, size, kind)
             } else {
                 vec![false; size * size]
             };
             SyntheticImage {
                 size,
-                pixels: image.iter().map(|v| v.round().clamp(0.0, 255.0) as u8).collect(),
+                pixels: image
+                    .iter()
+                    .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                    .collect(),
                 mask: mask.iter().map(|&m| if m { 255 } else { 0 }).collect(),
                 abnormal,
             }

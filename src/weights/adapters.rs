@@ -481,6 +481,7 @@ pub fn load_adapters<B: Backend>(
     let views = st.tensors();
     let tensors: BTreeMap<String, FoundTensor<'_>> = views
         .iter()
+        .filter(|(k, _)| !k.starts_with(EXTRA_PREFIX))
         .map(|(k, view)| {
             let found = FoundTensor {
                 shape: view.shape().to_vec(),
@@ -500,6 +501,51 @@ pub fn save_adapters<B: Backend>(
     adapters: &MvfaAdapters<B>,
     meta: &AdapterCheckpointMeta,
 ) -> Result<()> {
+    save_adapters_with_extra(path, adapters, meta, &[])
+}
+
+/// Prefix of the extra tensors a checkpoint may carry besides the adapters (e.g. the normal
+/// support shots the memory bank is rebuilt from). [`load_adapters`] skips them;
+/// [`read_extra_tensors`] reads them.
+pub const EXTRA_PREFIX: &str = "extra.";
+
+/// An extra f32 tensor stored under [`EXTRA_PREFIX`]: name (without the prefix), values, shape.
+pub type ExtraTensor = (String, Vec<f32>, Vec<usize>);
+
+/// Reads the extra tensors of one of our safetensors checkpoints.
+pub fn read_extra_tensors(path: &Path) -> Result<Vec<ExtraTensor>> {
+    let bytes = std::fs::read(path).map_err(|source| AdapterCheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| AdapterCheckpointError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut out = Vec::new();
+    for (key, view) in st.tensors() {
+        if let Some(name) = key.strip_prefix(EXTRA_PREFIX) {
+            let values = f32_from_bytes(view.dtype(), view.data()).map_err(|reason| {
+                AdapterCheckpointError::Metadata {
+                    path: path.to_path_buf(),
+                    reason: format!("extra tensor '{key}': {reason}"),
+                }
+            })?;
+            out.push((name.to_string(), values, view.shape().to_vec()));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// [`save_adapters`] plus extra f32 tensors (stored as `extra.<name>`).
+pub fn save_adapters_with_extra<B: Backend>(
+    path: &Path,
+    adapters: &MvfaAdapters<B>,
+    meta: &AdapterCheckpointMeta,
+    extra: &[ExtraTensor],
+) -> Result<()> {
     let write_err = |reason: String| AdapterCheckpointError::Write {
         path: path.to_path_buf(),
         reason,
@@ -514,6 +560,10 @@ pub fn save_adapters<B: Backend>(
             }
         }
     }
+    for (name, values, shape) in extra {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        owned.push((format!("{EXTRA_PREFIX}{name}"), bytes, shape.clone()));
+    }
     let views = owned
         .iter()
         .map(|(k, bytes, shape)| {
@@ -524,7 +574,11 @@ pub fn save_adapters<B: Backend>(
         .collect::<Result<Vec<_>>>()?;
     let json = serde_json::to_string(meta).map_err(|e| write_err(e.to_string()))?;
     let header = HashMap::from([(META_KEY.to_string(), json)]);
-    safetensors::serialize_to_file(views, Some(header), path).map_err(|e| write_err(e.to_string()))
+    let bytes =
+        safetensors::serialize(views, Some(header)).map_err(|e| write_err(e.to_string()))?;
+    // Temporary file + rename: a failed save never leaves a half-written checkpoint.
+    crate::io::export::write_atomically(path, |out| Ok(out.write_all(&bytes)?))
+        .map_err(|e| write_err(e.to_string()))
 }
 
 /// Reads an adapter file of either format, telling them apart by content: a ZIP

@@ -205,18 +205,17 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                 .reduce(|a, b| a + b)
                 .expect("at least one level")
         };
-        let few_map_levels: Option<Vec<Vec<Vec<f32>>>> = few_seg
-            .as_ref()
-            .map(|maps| maps.iter().map(|m| split_rows(to_host(m.clone()), n)).collect());
-        let few_map = few_seg.as_ref().map(|maps| split_rows(to_host(sum(maps)), n));
-        let few_image = few_det.as_ref().map(|maps| {
-            to_host(
-                sum(maps)
-                    .flatten::<2>(1, 2)
-                    .mean_dim(1)
-                    .squeeze_dim::<1>(1),
-            )
+        let few_map_levels: Option<Vec<Vec<Vec<f32>>>> = few_seg.as_ref().map(|maps| {
+            maps.iter()
+                .map(|m| split_rows(to_host(m.clone()), n))
+                .collect()
         });
+        let few_map = few_seg
+            .as_ref()
+            .map(|maps| split_rows(to_host(sum(maps)), n));
+        let few_image = few_det
+            .as_ref()
+            .map(|maps| to_host(sum(maps).flatten::<2>(1, 2).mean_dim(1).squeeze_dim::<1>(1)));
 
         Ok((0..n)
             .map(|i| RawResult {
@@ -312,7 +311,11 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         }
         let has_few = leave_out != LeaveOut::None;
         let robust = |mut v: Vec<f32>| BranchStats::robust(&mut v).expect("non-empty exemplars");
-        let zero_map = robust(raws.iter().flat_map(|r| r.zero_map.iter().copied()).collect());
+        let zero_map = robust(
+            raws.iter()
+                .flat_map(|r| r.zero_map.iter().copied())
+                .collect(),
+        );
         let few_map = has_few.then(|| {
             robust(
                 raws.iter()
@@ -356,7 +359,8 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         cal.fused_map_max = robust(maxima);
         self.calibration = Some(cal);
 
-        let image_score = |this: &Self, raw: RawResult| this.calibrate(raw).score.expect("calibrated");
+        let image_score =
+            |this: &Self, raw: RawResult| this.calibrate(raw).score.expect("calibrated");
         let mut normal_scores: Vec<f32> = raws.into_iter().map(|r| image_score(self, r)).collect();
         let normal_p95 = quantile(&mut normal_scores, 0.95).expect("non-empty");
         let mut abnormal_scores: Vec<f32> = match abnormal {

@@ -1,0 +1,159 @@
+//! Detector checkpoints: the adapters plus what the few-shot branch and the calibration need,
+//! in one safetensors file.
+//!
+//! Besides the adapter weights and the metadata of [`crate::weights::adapters`], the file holds
+//! the normal support shots at model resolution (`extra.normal_shots`, `[k, 3, S, S]`), from
+//! which the memory bank is rebuilt at load time (the bank itself is 11k x 290 x 768 floats
+//! per level and head, far larger than the shots), and a [`DetectorState`] JSON (task kind and
+//! calibration) in the metadata's `calibration` entry. A released reference `.pth` loads as a
+//! zero-shot detector (no bank, no calibration).
+use std::path::Path;
+
+use anyhow::Context;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::adapter::MvfaAdaptersConfig;
+use crate::model::mvfa::calibration::Calibration;
+use crate::model::mvfa::detector::{Detector, TaskKind};
+use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
+use crate::train::fit::{Shot, support_groups};
+use crate::weights::adapters::{
+    AdapterCheckpointMeta, AdapterFileFormat, load_adapter_file, read_extra_tensors,
+    save_adapters_with_extra,
+};
+
+/// Name of the extra tensor holding the normal support shots.
+pub const NORMAL_SHOTS: &str = "normal_shots";
+
+/// What a detector needs besides its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorState {
+    pub task: TaskKind,
+    /// Model input side the shots and calibration belong to.
+    pub image_size: usize,
+    pub calibration: Option<Calibration>,
+}
+
+/// Writes `detector` with its normal support shots (atomically).
+pub fn save_detector<B: Backend>(
+    path: &Path,
+    detector: &Detector<B, VisionTransformer<B>>,
+    normal_shots: &[Shot],
+    mut meta: AdapterCheckpointMeta,
+) -> anyhow::Result<()> {
+    let size = detector.scorer.config().image_size;
+    let state = DetectorState {
+        task: detector.task,
+        image_size: size,
+        calibration: detector.calibration.clone(),
+    };
+    meta.calibration = Some(serde_json::to_value(&state)?);
+    meta.shots = meta.shots.or(Some(normal_shots.len()));
+    let mut values = Vec::with_capacity(normal_shots.len() * 3 * size * size);
+    for shot in normal_shots {
+        anyhow::ensure!(
+            shot.image.len() == 3 * size * size,
+            "support shot has {} values, expected 3x{size}x{size}",
+            shot.image.len()
+        );
+        values.extend_from_slice(&shot.image);
+    }
+    let extra = vec![(
+        NORMAL_SHOTS.to_string(),
+        values,
+        vec![normal_shots.len(), 3, size, size],
+    )];
+    save_adapters_with_extra(path, &detector.adapters, &meta, &extra)
+        .with_context(|| format!("{}: could not save the detector", path.display()))
+}
+
+/// A detector read back from a file.
+pub struct LoadedDetector<B: Backend> {
+    pub detector: Detector<B, VisionTransformer<B>>,
+    /// `None` for an imported reference `.pth`.
+    pub meta: Option<AdapterCheckpointMeta>,
+    pub normal_shots: Vec<Shot>,
+}
+
+/// Reads a detector checkpoint (ours, or a reference `.pth` as a zero-shot detector) onto
+/// `vision` and `text_features`, rebuilding the memory bank from the stored shots.
+#[allow(clippy::too_many_arguments)]
+pub fn load_detector<B: Backend>(
+    path: &Path,
+    vision: VisionTransformer<B>,
+    text_features: Tensor<B, 2>,
+    adapters_cfg: &MvfaAdaptersConfig,
+    scoring_cfg: &ScoringConfig,
+    default_task: TaskKind,
+    batch_size: usize,
+    device: &B::Device,
+) -> anyhow::Result<LoadedDetector<B>> {
+    let loaded = load_adapter_file::<B>(path, adapters_cfg, device)
+        .with_context(|| format!("{}: could not read the adapters", path.display()))?;
+    let mut detector = Detector {
+        vision,
+        adapters: loaded.adapters,
+        adapters_cfg: adapters_cfg.clone(),
+        scorer: Scorer::new(scoring_cfg.clone(), text_features),
+        bank_groups: Vec::new(),
+        calibration: None,
+        task: default_task,
+        batch_size,
+    };
+    let mut normal_shots = Vec::new();
+    if loaded.format == AdapterFileFormat::Safetensors {
+        let meta = loaded
+            .meta
+            .as_ref()
+            .expect("safetensors files carry metadata");
+        if let Some(value) = &meta.calibration {
+            let state: DetectorState =
+                serde_json::from_value(value.clone()).with_context(|| {
+                    format!(
+                        "{}: the detector state in the metadata is not readable",
+                        path.display()
+                    )
+                })?;
+            anyhow::ensure!(
+                state.image_size == scoring_cfg.image_size,
+                "{}: the detector was fitted at {} px, the model runs at {} px",
+                path.display(),
+                state.image_size,
+                scoring_cfg.image_size
+            );
+            detector.task = state.task;
+            detector.calibration = state.calibration;
+        }
+        let size = scoring_cfg.image_size;
+        for (name, values, shape) in read_extra_tensors(path)? {
+            if name != NORMAL_SHOTS {
+                continue;
+            }
+            anyhow::ensure!(
+                shape.len() == 4 && shape[1..] == [3, size, size],
+                "{}: support shots have shape {shape:?}, expected [k, 3, {size}, {size}]",
+                path.display()
+            );
+            normal_shots = values
+                .chunks(3 * size * size)
+                .map(|image| Shot {
+                    image: image.to_vec(),
+                    mask: None,
+                })
+                .collect();
+        }
+        if !normal_shots.is_empty() {
+            let groups = support_groups::<B>(&normal_shots, size, device)?;
+            detector
+                .set_support(groups)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(LoadedDetector {
+        detector,
+        meta: loaded.meta,
+        normal_shots,
+    })
+}
