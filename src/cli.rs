@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod inspect;
 mod smoke;
 mod synth_data;
+mod train;
 mod weights_cmd;
 
 #[derive(Parser, Debug)]
@@ -33,6 +34,8 @@ pub enum Command {
     Smoke(smoke::SmokeArgs),
     /// Write a small synthetic dataset (textures with blob and streak anomalies, with masks).
     SynthData(synth_data::SynthDataArgs),
+    /// Fit a detector (MVFA adapters, memory bank, calibration) on labelled shots.
+    Train(train::TrainArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -43,6 +46,7 @@ pub fn main() -> ExitCode {
         Command::Weights(args) => weights_cmd::run(args),
         Command::Smoke(args) => smoke::run(args),
         Command::SynthData(args) => synth_data::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(code) => code,
