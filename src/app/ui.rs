@@ -188,12 +188,52 @@ fn weights_status(ui: &mut egui::Ui, status: &WeightsStatus, commands: &mut Vec<
     });
 }
 
-/// Loads and checks a weights file on a worker thread (see [`AppState::start_loading_weights`]).
+/// Loads a CLIP vision tower from `path` on the selected backend, on a worker thread (see
+/// [`AppState::start_loading_weights`]), and summarises the load report.
 pub fn load_weights_summary(
     path: &Path,
     backend: &BackendInfo,
     ctx: &JobContext<WeightsSummary>,
 ) -> Result<WeightsSummary, String> {
-    let _ = (path, backend, ctx);
-    Err("loading CLIP weights is not wired up yet".into())
+    use crate::weights::clip::{LoadOptions, load_clip_vision};
+    ctx.progress(None, "reading the file");
+    let started = std::time::Instant::now();
+    let opts = LoadOptions::default();
+    let report = crate::with_backend!(backend, |B, device| {
+        load_clip_vision::<B>(path, &opts, &device)
+            .map(|(_vision, report)| report)
+            .map_err(|err| err.to_string())
+    })?;
+    if ctx.is_cancelled() {
+        return Err("cancelled".into());
+    }
+    let vision = &report.config.vision;
+    Ok(WeightsSummary {
+        path: path.to_path_buf(),
+        lines: vec![
+            format!("Layout: {}", report.layout),
+            format!(
+                "Vision tower: {} blocks, width {}, patch {}, {} px input ({}x{} grid), {}",
+                vision.layers,
+                vision.width,
+                vision.patch_size,
+                vision.image_size,
+                vision.grid_size(),
+                vision.grid_size(),
+                vision.activation.name()
+            ),
+            format!(
+                "{} tensors applied, {} skipped (text tower), {} ignored",
+                report.applied.len(),
+                report.skipped.len(),
+                report.ignored.len()
+            ),
+            format!(
+                "{:.1} MB read in {:.1} s on {}",
+                report.file_bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64(),
+                backend.device
+            ),
+        ],
+    })
 }

@@ -1,0 +1,97 @@
+//! UI tests of the app shell (egui_kittest, no window): backend and weights status, a real
+//! weights load through the background job, and a clear message for a bad file.
+use std::path::PathBuf;
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::commands::Command;
+use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
+use mvfa_studio::app::ui::draw;
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+fn wait_for_load(state: &mut AppState) {
+    for _ in 0..2000 {
+        state.poll_jobs();
+        if !matches!(state.weights, WeightsStatus::Loading { .. }) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("weights did not finish loading");
+}
+
+#[test]
+fn shows_backend_device_and_weights_status() {
+    let state = AppState::new(PersistedState {
+        force_cpu: true,
+        ..Default::default()
+    });
+    let mut commands = Vec::new();
+    let mut harness = Harness::new_ui_state(
+        |ui, state: &mut AppState| draw(ui, state, &mut commands),
+        state,
+    );
+    harness.run();
+    harness.get_by_label("Backend");
+    harness.get_by_label("ndarray (CPU)");
+    harness.get_by_label("No weights loaded");
+    harness.get_by_label(Command::OpenWeights.label()).click();
+    harness.run();
+    drop(harness);
+    assert_eq!(commands, vec![Command::OpenWeights]);
+}
+
+#[test]
+fn loads_weights_in_the_background_and_reports_them() {
+    let mut state = AppState::new(PersistedState {
+        force_cpu: true,
+        ..Default::default()
+    });
+    state.start_loading_weights(fixture("clip/hf/model.safetensors"), || {});
+    wait_for_load(&mut state);
+    let WeightsStatus::Loaded(summary) = &state.weights else {
+        panic!("expected a loaded status, got {:?}", state.weights);
+    };
+    assert!(
+        summary.lines[0].contains("Hugging Face"),
+        "{:?}",
+        summary.lines
+    );
+    assert_eq!(
+        state.persisted.weights_path.as_deref(),
+        Some(fixture("clip/hf/model.safetensors").as_path())
+    );
+    let mut harness = Harness::new_ui_state(
+        |ui, state: &mut AppState| draw(ui, state, &mut Vec::new()),
+        state,
+    );
+    harness.run();
+    harness.get_by_label("Layout: Hugging Face CLIPModel");
+}
+
+#[test]
+fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.safetensors");
+    std::fs::write(&bad, b"this is not a safetensors file").unwrap();
+    let mut state = AppState::new(PersistedState {
+        force_cpu: true,
+        ..Default::default()
+    });
+    state.start_loading_weights(bad.clone(), || {});
+    wait_for_load(&mut state);
+    let WeightsStatus::Failed { path, message } = &state.weights else {
+        panic!("expected a failure, got {:?}", state.weights);
+    };
+    assert_eq!(path, &bad);
+    assert!(message.contains("broken.safetensors"), "{message}");
+    assert_eq!(
+        state.persisted.weights_path, None,
+        "a failed load must not be remembered"
+    );
+}
