@@ -23,8 +23,11 @@ fn oc_bytes() -> Vec<u8> {
 /// A temp dir with `open_clip_config.json` and `bytes` as `model.safetensors`.
 fn with_config(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("open_clip/open_clip_config.json"), dir.path().join("open_clip_config.json"))
-        .unwrap();
+    std::fs::copy(
+        fixtures().join("open_clip/open_clip_config.json"),
+        dir.path().join("open_clip_config.json"),
+    )
+    .unwrap();
     let path = dir.path().join("model.safetensors");
     std::fs::write(&path, bytes).unwrap();
     (dir, path)
@@ -70,11 +73,17 @@ fn truncated_file() {
     let msg = e.to_string();
     assert!(matches!(e, WeightsError::Truncated { .. }), "{msg}");
     assert!(msg.contains("model.safetensors is truncated"), "{msg}");
-    assert!(msg.contains(&format!("has only {}", bytes.len() - 1000)), "{msg}");
+    assert!(
+        msg.contains(&format!("has only {}", bytes.len() - 1000)),
+        "{msg}"
+    );
 
     let (_d, path) = with_config(&bytes[..100]);
     let msg = err_of(&path).to_string();
-    assert!(msg.contains("is truncated") && msg.contains("inside the header"), "{msg}");
+    assert!(
+        msg.contains("is truncated") && msg.contains("inside the header"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -82,14 +91,20 @@ fn wrong_files() {
     let cfg = std::fs::read(fixtures().join("open_clip/open_clip_config.json")).unwrap();
     for (bytes, what) in [
         (cfg, "does not start with a safetensors header"),
-        (b"\x89PNG\r\n\x1a\n0000000000000000".to_vec(), "does not start with a safetensors header"),
+        (
+            b"\x89PNG\r\n\x1a\n0000000000000000".to_vec(),
+            "does not start with a safetensors header",
+        ),
         (vec![1, 2, 3], "fewer than a safetensors header"),
     ] {
         let (_d, path) = with_config(&bytes);
         let e = err_of(&path);
         let msg = e.to_string();
         assert!(matches!(e, WeightsError::NotSafetensors { .. }), "{msg}");
-        assert!(msg.contains("is not a safetensors file") && msg.contains(what), "{msg}");
+        assert!(
+            msg.contains("is not a safetensors file") && msg.contains(what),
+            "{msg}"
+        );
     }
     // Trailing garbage after the last tensor.
     let mut bytes = oc_bytes();
@@ -99,9 +114,15 @@ fn wrong_files() {
     assert!(msg.contains("16 bytes follow the last tensor"), "{msg}");
     // A missing file.
     let msg = err_of(Path::new("/nonexistent/clip.safetensors")).to_string();
-    assert!(msg.starts_with("cannot read /nonexistent/clip.safetensors"), "{msg}");
+    assert!(
+        msg.starts_with("cannot read /nonexistent/clip.safetensors"),
+        "{msg}"
+    );
     // Valid safetensors, but not CLIP.
-    let other = rewrite(|_, _, _, _| None, vec![("encoder.weight".into(), Dtype::F32, vec![2], vec![0; 8])]);
+    let other = rewrite(
+        |_, _, _, _| None,
+        vec![("encoder.weight".into(), Dtype::F32, vec![2], vec![0; 8])],
+    );
     let (_d, path) = with_config(&other);
     let e = err_of(&path);
     assert!(matches!(e, WeightsError::UnknownLayout { .. }), "{e}");
@@ -110,24 +131,49 @@ fn wrong_files() {
 
 #[test]
 fn missing_key() {
-    let bytes = rewrite(|n, d, s, b| if n == "visual.ln_post.bias" { None } else { keep(n, d, s, b) }, vec![]);
+    let bytes = rewrite(
+        |n, d, s, b| {
+            if n == "visual.ln_post.bias" {
+                None
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        vec![],
+    );
     let (_d, path) = with_config(&bytes);
     let e = err_of(&path);
     let msg = e.to_string();
-    assert!(msg.contains("does not match the CLIP architecture"), "{msg}");
-    assert!(msg.contains("1 missing key(s): visual.ln_post.bias"), "{msg}");
-    let WeightsError::Mismatch { report } = e else { panic!("{msg}") };
+    assert!(
+        msg.contains("does not match the CLIP architecture"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("1 missing key(s): visual.ln_post.bias"),
+        "{msg}"
+    );
+    let WeightsError::Mismatch { report } = e else {
+        panic!("{msg}")
+    };
     assert_eq!(report.missing, vec!["visual.ln_post.bias"]);
     assert!(report.unexpected.is_empty() && report.mismatched.is_empty());
 }
 
 #[test]
 fn unexpected_key() {
-    let extra = vec![("visual.transformer.resblocks.8.ln_1.weight".to_string(), Dtype::F32, vec![32], vec![0u8; 128])];
+    let extra = vec![(
+        "visual.transformer.resblocks.8.ln_1.weight".to_string(),
+        Dtype::F32,
+        vec![32],
+        vec![0u8; 128],
+    )];
     let bytes = rewrite(keep, extra);
     let (_d, path) = with_config(&bytes);
     let msg = err_of(&path).to_string();
-    assert!(msg.contains("1 unexpected key(s): visual.transformer.resblocks.8.ln_1.weight"), "{msg}");
+    assert!(
+        msg.contains("1 unexpected key(s): visual.transformer.resblocks.8.ln_1.weight"),
+        "{msg}"
+    );
     // The vision-only load rejects it too (it is a vision key).
     let e = load_clip_vision::<B>(&path, &LoadOptions::default(), &Default::default()).unwrap_err();
     assert!(e.to_string().contains("unexpected"), "{e}");
@@ -147,18 +193,30 @@ fn shape_mismatch() {
     );
     let (_d, path) = with_config(&bytes);
     let msg = err_of(&path).to_string();
-    assert!(msg.contains("1 shape mismatch(es): visual.proj is [32, 15], expected [32, 16]"), "{msg}");
+    assert!(
+        msg.contains("1 shape mismatch(es): visual.proj is [32, 15], expected [32, 16]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unsupported_dtype() {
     let bytes = rewrite(
-        |n, d, s, b| if n == "visual.class_embedding" { Some((Dtype::I32, s.to_vec(), b.to_vec())) } else { keep(n, d, s, b) },
+        |n, d, s, b| {
+            if n == "visual.class_embedding" {
+                Some((Dtype::I32, s.to_vec(), b.to_vec()))
+            } else {
+                keep(n, d, s, b)
+            }
+        },
         vec![],
     );
     let (_d, path) = with_config(&bytes);
     let msg = err_of(&path).to_string();
-    assert!(msg.contains("unsupported dtype: visual.class_embedding (I32)"), "{msg}");
+    assert!(
+        msg.contains("unsupported dtype: visual.class_embedding (I32)"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -170,40 +228,75 @@ fn config_discovery() {
     let e = err_of(&path);
     let msg = e.to_string();
     assert!(msg.contains("ViT-L/14-336 defaults"), "{msg}");
-    assert!(msg.contains("visual.conv1.weight is [32, 3, 14, 14], expected [1024, 3, 14, 14]"), "{msg}");
+    assert!(
+        msg.contains("visual.conv1.weight is [32, 3, 14, 14], expected [1024, 3, 14, 14]"),
+        "{msg}"
+    );
 
     // An explicit config works from anywhere, in either format.
     for cfg in ["open_clip/open_clip_config.json", "hf/config.json"] {
-        let opts = LoadOptions { config: Some(fixtures().join(cfg)), ..Default::default() };
+        let opts = LoadOptions {
+            config: Some(fixtures().join(cfg)),
+            ..Default::default()
+        };
         let report = inspect_clip(&path, &opts, true).unwrap();
         assert!(report.is_complete());
-        assert!(matches!(report.config_source, ConfigSource::OpenClip(_) | ConfigSource::HuggingFace(_)));
+        assert!(matches!(
+            report.config_source,
+            ConfigSource::OpenClip(_) | ConfigSource::HuggingFace(_)
+        ));
         assert_eq!(report.config.vision.width, 32);
     }
 
     // A config that disagrees with the tensors: every mismatch is listed.
-    let opts = LoadOptions { config: Some(dir.path().join("bad.json")), ..Default::default() };
+    let opts = LoadOptions {
+        config: Some(dir.path().join("bad.json")),
+        ..Default::default()
+    };
     std::fs::write(
         dir.path().join("bad.json"),
         r#"{"embed_dim": 16, "vision_cfg": {"image_size": 336, "layers": 8, "width": 32, "patch_size": 14, "head_width": 8},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 4, "heads": 2, "layers": 2}}"#,
     )
     .unwrap();
-    let e = load_clip::<B>(&path, &opts, &Default::default()).unwrap_err().to_string();
-    assert!(e.contains("unexpected key(s): transformer.resblocks.2."), "{e}");
+    let e = load_clip::<B>(&path, &opts, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unexpected key(s): transformer.resblocks.2."),
+        "{e}"
+    );
     // A config that is not a CLIP config.
     std::fs::write(dir.path().join("bad.json"), r#"{"hello": 1}"#).unwrap();
-    let e = load_clip::<B>(&path, &opts, &Default::default()).unwrap_err().to_string();
-    assert!(e.starts_with("config ") && e.contains("bad.json") && e.contains("neither"), "{e}");
+    let e = load_clip::<B>(&path, &opts, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("config ") && e.contains("bad.json") && e.contains("neither"),
+        "{e}"
+    );
 }
 
 #[test]
 fn vision_file_lacks_text_tower() {
     // A vision-only file loads as a vision tower, and as a full CLIP it names the text keys.
-    let bytes = rewrite(|n, d, s, b| if n.starts_with("visual.") { keep(n, d, s, b) } else { None }, vec![]);
+    let bytes = rewrite(
+        |n, d, s, b| {
+            if n.starts_with("visual.") {
+                keep(n, d, s, b)
+            } else {
+                None
+            }
+        },
+        vec![],
+    );
     let (_d, path) = with_config(&bytes);
-    let (_, report) = load_clip_vision::<B>(&path, &LoadOptions::default(), &Default::default()).unwrap();
+    let (_, report) =
+        load_clip_vision::<B>(&path, &LoadOptions::default(), &Default::default()).unwrap();
     assert!(report.is_complete() && report.skipped.is_empty());
     let msg = err_of(&path).to_string();
-    assert!(msg.contains("missing key(s): ln_final.bias, ln_final.weight, positional_embedding"), "{msg}");
+    assert!(
+        msg.contains("missing key(s): ln_final.bias, ln_final.weight, positional_embedding"),
+        "{msg}"
+    );
 }

@@ -3,7 +3,7 @@
 //! to 17x17, 290 tokens), 8 vision blocks, erf GELU, every tensor random. Both weight layouts
 //! go through the real loader and must match within 1e-4 max-abs.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
@@ -11,11 +11,16 @@ use mvfa_studio::model::clip::config::ClipModel;
 use mvfa_studio::weights::clip::{Layout, LoadOptions, LoadReport, load_clip, load_clip_vision};
 use safetensors::{Dtype, SafeTensors};
 
-type B = NdArray<f32>;
+type Cpu = NdArray<f32>;
 const TOL: f32 = 1e-4;
 
+/// The fixture folder; `CARGO_MANIFEST_DIR` at run time wins so that a test binary built here
+/// can run from a copy of the repository elsewhere (the GPU check).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join("tests/fixtures/clip")
 }
 
 /// Reference tensors as (shape, f32 values) or (shape, i32 values).
@@ -34,11 +39,17 @@ fn reference() -> Reference {
         let data = view.data();
         match view.dtype() {
             Dtype::F32 => {
-                let v = data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+                let v = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
                 floats.insert(name, (shape, v));
             }
             Dtype::I32 => {
-                let v = data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect();
+                let v = data
+                    .chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                    .collect();
                 ints.insert(name, (shape, v));
             }
             Dtype::U8 => {
@@ -53,14 +64,16 @@ fn reference() -> Reference {
 
 impl Reference {
     fn f(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.floats.get(name).unwrap_or_else(|| panic!("reference lacks {name}"))
+        self.floats
+            .get(name)
+            .unwrap_or_else(|| panic!("reference lacks {name}"))
     }
-    fn image(&self, device: &burn::backend::ndarray::NdArrayDevice) -> Tensor<B, 4> {
+    fn image<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
         let (shape, v) = &self.ints["image_u8"];
         let v: Vec<f32> = v.iter().map(|&b| b as f32 / 255.0).collect();
         Tensor::from_data(TensorData::new(v, shape.clone()), device)
     }
-    fn tokens(&self, name: &str, device: &burn::backend::ndarray::NdArrayDevice) -> Tensor<B, 2, Int> {
+    fn tokens<B: Backend>(&self, name: &str, device: &B::Device) -> Tensor<B, 2, Int> {
         let (shape, v) = &self.ints[name];
         let (n, len) = (shape[0], shape[1]);
         // Pad back to the 77-token context the tokenizer produces.
@@ -72,34 +85,50 @@ impl Reference {
     }
 }
 
-fn max_abs<const D: usize>(got: Tensor<B, D>, want: &(Vec<usize>, Vec<f32>)) -> f32 {
+fn max_abs<B: Backend, const D: usize>(got: Tensor<B, D>, want: &(Vec<usize>, Vec<f32>)) -> f32 {
     assert_eq!(got.dims().to_vec(), want.0, "shape");
     let g = got.into_data().to_vec::<f32>().unwrap();
-    g.iter().zip(&want.1).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    g.iter()
+        .zip(&want.1)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 const LAYOUTS: [(&str, &str, Layout); 2] = [
     ("hf", "hf/model.safetensors", Layout::HuggingFace),
-    ("open_clip", "open_clip/open_clip_model.safetensors", Layout::OpenClip),
+    (
+        "open_clip",
+        "open_clip/open_clip_model.safetensors",
+        Layout::OpenClip,
+    ),
 ];
 
-fn load(file: &str) -> (ClipModel<B>, LoadReport) {
-    load_clip::<B>(&fixtures().join(file), &LoadOptions::default(), &Default::default())
+fn load<B: Backend>(file: &str, device: &B::Device) -> (ClipModel<B>, LoadReport) {
+    load_clip::<B>(&fixtures().join(file), &LoadOptions::default(), device)
         .unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 #[test]
 fn loads_both_layouts_with_config_beside() {
     for (name, file, layout) in LAYOUTS {
-        let (model, report) = load(file);
+        let (model, report) = load::<Cpu>(file, &Default::default());
         println!("--- {name}\n{report}");
         assert_eq!(report.layout, layout);
         assert!(report.is_complete());
         let v = &report.config.vision;
-        assert_eq!((v.width, v.layers, v.heads, v.mlp_width, v.embed_dim), (32, 8, 4, 128, 16));
-        assert_eq!((v.patch_size, v.pretrained_grid, v.grid_size()), (14, 24, 17));
+        assert_eq!(
+            (v.width, v.layers, v.heads, v.mlp_width, v.embed_dim),
+            (32, 8, 4, 128, 16)
+        );
+        assert_eq!(
+            (v.patch_size, v.pretrained_grid, v.grid_size()),
+            (14, 24, 17)
+        );
         let t = &report.config.text;
-        assert_eq!((t.width, t.layers, t.heads, t.vocab_size, t.context_length), (4, 3, 2, 49408, 77));
+        assert_eq!(
+            (t.width, t.layers, t.heads, t.vocab_size, t.context_length),
+            (4, 3, 2, 49408, 77)
+        );
         assert_eq!(report.ignored, vec!["logit_scale".to_string()]);
         assert!(report.skipped.is_empty() && report.unexpected.is_empty());
         // 5 embedding/head + 12 per block (vision), 5 + 12 per block (text).
@@ -111,12 +140,17 @@ fn loads_both_layouts_with_config_beside() {
 
 #[test]
 fn vision_taps_and_embedding_match_pytorch() {
+    vision_parity::<Cpu>(&Default::default());
+}
+
+fn vision_parity<B: Backend>(device: &B::Device) {
     let r = reference();
-    let device = Default::default();
-    let image = r.image(&device);
+    let image = r.image::<B>(device);
     for (name, file, _) in LAYOUTS {
-        let (model, _) = load(file);
-        let out = model.vision.forward_tapped(image.clone(), &[2, 4, 6, 8], |_, x| x);
+        let (model, _) = load::<B>(file, device);
+        let out = model
+            .vision
+            .forward_tapped(image.clone(), &[2, 4, 6, 8], |_, x| x);
         for (b, tap) in [2, 4, 6, 8].iter().zip(out.taps) {
             let err = max_abs(tap, r.f(&format!("tap_{b}")));
             println!("{name:9} tap after block {b}: max-abs error {err:.3e}");
@@ -127,7 +161,9 @@ fn vision_taps_and_embedding_match_pytorch() {
         assert!(err < TOL, "{name} embedding: {err}");
 
         // The hook's change feeds the following blocks: halve the stream after every tap.
-        let out = model.vision.forward_tapped(image.clone(), &[2, 4, 6, 8], |_, x| x * 0.5);
+        let out = model
+            .vision
+            .forward_tapped(image.clone(), &[2, 4, 6, 8], |_, x| x * 0.5);
         let err = max_abs(out.taps[3].clone(), r.f("hooked_tap_8"));
         println!("{name:9} hooked tap 8: max-abs error {err:.3e}");
         assert!(err < TOL, "{name} hooked tap 8: {err}");
@@ -143,10 +179,15 @@ fn vision_only_load_matches_and_skips_text() {
     let device = Default::default();
     for (name, file, _) in LAYOUTS {
         let (vit, report) =
-            load_clip_vision::<B>(&fixtures().join(file), &LoadOptions::default(), &device).unwrap();
+            load_clip_vision::<Cpu>(&fixtures().join(file), &LoadOptions::default(), &device)
+                .unwrap();
         assert_eq!(report.applied.len(), 8 + 12 * 8, "{name}");
-        assert_eq!(report.skipped.len(), 5 + (if name == "hf" { 16 } else { 12 }) * 3, "{name}");
-        let out = vit.forward(r.image(&device));
+        assert_eq!(
+            report.skipped.len(),
+            5 + (if name == "hf" { 16 } else { 12 }) * 3,
+            "{name}"
+        );
+        let out = vit.forward(r.image::<Cpu>(&device));
         let err = max_abs(out.embedding, r.f("embedding"));
         assert!(err < TOL, "{name} vision-only embedding: {err}");
     }
@@ -154,11 +195,16 @@ fn vision_only_load_matches_and_skips_text() {
 
 #[test]
 fn text_tower_matches_pytorch() {
+    text_parity::<Cpu>(&Default::default());
+}
+
+fn text_parity<B: Backend>(device: &B::Device) {
     let r = reference();
-    let device = Default::default();
     for (name, file, _) in LAYOUTS {
-        let (model, _) = load(file);
-        let got = model.text.encode(r.tokens("text_sample_tokens", &device));
+        let (model, _) = load::<B>(file, device);
+        let got = model
+            .text
+            .encode(r.tokens::<B>("text_sample_tokens", device));
         let err = max_abs(got, r.f("text_sample_features"));
         println!("{name:9} text features of 4 sentences: max-abs error {err:.3e}");
         assert!(err < TOL, "{name} text: {err}");
@@ -169,12 +215,17 @@ fn text_tower_matches_pytorch() {
 /// (245 normal, then 175 abnormal): normalise, average per state, normalise, stack.
 #[test]
 fn mvfa_text_features_from_token_ids_match_pytorch() {
+    mvfa_text_parity::<Cpu>(&Default::default());
+}
+
+fn mvfa_text_parity<B: Backend>(device: &B::Device) {
     let r = reference();
-    let device = Default::default();
     for (name, file, _) in LAYOUTS {
-        let (model, _) = load(file);
+        let (model, _) = load::<B>(file, device);
         for (i, organ) in ["Brain", "Chest X-ray film"].iter().enumerate() {
-            let feats = model.text.encode(r.tokens(&format!("text_tokens_{i}"), &device));
+            let feats = model
+                .text
+                .encode(r.tokens::<B>(&format!("text_tokens_{i}"), device));
             let norm = feats.clone().powi_scalar(2).sum_dim(1).sqrt();
             let feats = feats / norm;
             let col = |rows: std::ops::Range<usize>| {
@@ -197,11 +248,33 @@ fn quick_gelu_would_not_match() {
     use mvfa_studio::weights::clip::ActivationChoice;
     let r = reference();
     let device = Default::default();
-    let opts = LoadOptions { activation: ActivationChoice::QuickGelu, ..Default::default() };
+    let opts = LoadOptions {
+        activation: ActivationChoice::QuickGelu,
+        ..Default::default()
+    };
     let path = fixtures().join("open_clip/open_clip_model.safetensors");
-    let (vit, report) = load_clip_vision::<B>(&path, &opts, &device).unwrap();
+    let (vit, report) = load_clip_vision::<Cpu>(&path, &opts, &device).unwrap();
     assert_eq!(report.config.vision.activation.name(), "quick_gelu");
-    let out = vit.forward(r.image(&device));
+    let out = vit.forward(r.image::<Cpu>(&device));
     let err = max_abs(out.taps[3].clone(), r.f("tap_8"));
-    assert!(err > 1e-2, "QuickGELU should not match the erf-GELU reference ({err})");
+    assert!(
+        err > 1e-2,
+        "QuickGELU should not match the erf-GELU reference ({err})"
+    );
+}
+
+/// The same parity on the CUDA backend (feature `cuda`); skipped without an NVIDIA driver.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_parity() {
+    let info = mvfa_studio::backend::probe(false);
+    if info.choice == mvfa_studio::backend::DeviceChoice::Cpu {
+        println!("skipped: {}", info.fallback_reason.unwrap_or_default());
+        return;
+    }
+    let device = burn::backend::cuda::CudaDevice::new(0);
+    type Cuda = mvfa_studio::backend::CudaBackend;
+    vision_parity::<Cuda>(&device);
+    text_parity::<Cuda>(&device);
+    mvfa_text_parity::<Cuda>(&device);
 }

@@ -80,7 +80,11 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
     let start = Instant::now();
     let vit = match &args.weights {
         Some(path) => {
-            let opts = LoadOptions { image_size: args.image_size, config: args.config.clone(), ..Default::default() };
+            let opts = LoadOptions {
+                image_size: args.image_size,
+                config: args.config.clone(),
+                ..Default::default()
+            };
             let (vit, report) = load_clip_vision::<B>(path, &opts, device)?;
             println!("{report}");
             vit
@@ -103,7 +107,11 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
     };
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let weights_s = start.elapsed().as_secs_f64();
-    let source = if args.weights.is_some() { "loaded" } else { "random init" };
+    let source = if args.weights.is_some() {
+        "loaded"
+    } else {
+        "random init"
+    };
     println!(
         "vision tower: {} blocks, width {}, grid {}x{}, {} parameters ({source} in {weights_s:.2} s)",
         vit.num_blocks(),
@@ -115,7 +123,11 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
     let peak_after_weights = peak_rss_bytes();
 
     let s = args.image_size;
-    let images = Tensor::<B, 4>::random([args.batch, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
+    let images = Tensor::<B, 4>::random(
+        [args.batch, 3, s, s],
+        Distribution::Uniform(0.0, 1.0),
+        device,
+    );
     let mut times = Vec::new();
     let mut out = None;
     for _ in 0..=args.repeat {
@@ -136,10 +148,18 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
         "forward ({} image(s) of {s} px): first {:.2} s{}",
         args.batch,
         times[0],
-        if rest.is_empty() { String::new() } else { format!(", then {}", rest.join(", ")) }
+        if rest.is_empty() {
+            String::new()
+        } else {
+            format!(", then {}", rest.join(", "))
+        }
     );
     if let (Some(w), Some(p)) = (peak_after_weights, peak_rss_bytes()) {
-        println!("peak memory (VmHWM): {} after weights, {} after forward", mb(w), mb(p));
+        println!(
+            "peak memory (VmHWM): {} after weights, {} after forward",
+            mb(w),
+            mb(p)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

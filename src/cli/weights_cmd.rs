@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::weights::clip::{ActivationChoice, LoadOptions, inspect_clip, load_clip, load_clip_vision};
+use crate::weights::clip::{
+    ActivationChoice, LoadOptions, inspect_clip, load_clip, load_clip_vision,
+};
 
 /// Activation choice on the command line.
 #[derive(clap::ValueEnum, Debug, Clone, Copy)]
@@ -90,7 +92,11 @@ pub fn run(args: WeightsArgs) -> anyhow::Result<ExitCode> {
         print!(", {n} parameters ({} as f32)", mb(4 * n as u64));
     }
     if let Some(peak) = peak_rss_bytes() {
-        print!(", peak memory {} ({:.2}x the file)", mb(peak), peak as f64 / report.file_bytes.max(1) as f64);
+        print!(
+            ", peak memory {} ({:.2}x the file)",
+            mb(peak),
+            peak as f64 / report.file_bytes.max(1) as f64
+        );
     }
     println!();
     Ok(ExitCode::SUCCESS)

@@ -152,7 +152,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { image_size: 240, config: None, activation: ActivationChoice::Gelu }
+        Self {
+            image_size: 240,
+            config: None,
+            activation: ActivationChoice::Gelu,
+        }
     }
 }
 
@@ -216,7 +220,12 @@ pub struct LoadReport {
 }
 
 fn list(items: &[String], max: usize) -> String {
-    let mut s = items.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = items
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if items.len() > max {
         s.push_str(&format!(", ... and {} more", items.len() - max));
     }
@@ -236,10 +245,18 @@ impl LoadReport {
     pub fn problems(&self) -> String {
         let mut parts = Vec::new();
         if !self.missing.is_empty() {
-            parts.push(format!("{} missing key(s): {}", self.missing.len(), list(&self.missing, 8)));
+            parts.push(format!(
+                "{} missing key(s): {}",
+                self.missing.len(),
+                list(&self.missing, 8)
+            ));
         }
         if !self.unexpected.is_empty() {
-            parts.push(format!("{} unexpected key(s): {}", self.unexpected.len(), list(&self.unexpected, 8)));
+            parts.push(format!(
+                "{} unexpected key(s): {}",
+                self.unexpected.len(),
+                list(&self.unexpected, 8)
+            ));
         }
         if !self.mismatched.is_empty() {
             let m: Vec<String> = self
@@ -250,8 +267,16 @@ impl LoadReport {
             parts.push(format!("{} shape mismatch(es): {}", m.len(), list(&m, 8)));
         }
         if !self.bad_dtypes.is_empty() {
-            let d: Vec<String> = self.bad_dtypes.iter().map(|(k, t)| format!("{k} ({t})")).collect();
-            parts.push(format!("{} tensor(s) of unsupported dtype: {}", d.len(), list(&d, 8)));
+            let d: Vec<String> = self
+                .bad_dtypes
+                .iter()
+                .map(|(k, t)| format!("{k} ({t})"))
+                .collect();
+            parts.push(format!(
+                "{} tensor(s) of unsupported dtype: {}",
+                d.len(),
+                list(&d, 8)
+            ));
         }
         let mut s = parts.join("; ");
         if !s.is_empty() && self.config_source == ConfigSource::Defaults {
@@ -263,7 +288,7 @@ impl LoadReport {
         s
     }
 
-    /// Number of parameters (elements) applied.
+    /// The requested towers, e.g. `vision + text`.
     pub fn tower_names(&self) -> String {
         self.towers
             .iter()
@@ -280,7 +305,12 @@ impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = &self.config.vision;
         let t = &self.config.text;
-        writeln!(f, "file:        {} ({:.1} MB)", self.path.display(), self.file_bytes as f64 / 1e6)?;
+        writeln!(
+            f,
+            "file:        {} ({:.1} MB)",
+            self.path.display(),
+            self.file_bytes as f64 / 1e6
+        )?;
         writeln!(f, "layout:      {}", self.layout)?;
         writeln!(f, "config:      {}", self.config_source)?;
         writeln!(
@@ -303,7 +333,13 @@ impl fmt::Display for LoadReport {
             writeln!(
                 f,
                 "text:        width {} layers {} heads {} mlp {} context {} vocab {} embed {}",
-                t.width, t.layers, t.heads, t.mlp_width, t.context_length, t.vocab_size, t.embed_dim
+                t.width,
+                t.layers,
+                t.heads,
+                t.mlp_width,
+                t.context_length,
+                t.vocab_size,
+                t.embed_dim
             )?;
         }
         writeln!(
@@ -320,22 +356,66 @@ impl fmt::Display for LoadReport {
                 None => by_transform.push((a.transform, 1)),
             }
         }
-        let summary: Vec<String> = by_transform.iter().map(|(t, n)| format!("{n} {}", t.describe())).collect();
-        writeln!(f, "applied:     {} parameters ({})", self.applied.len(), summary.join(", "))?;
+        let summary: Vec<String> = by_transform
+            .iter()
+            .map(|(t, n)| format!("{n} {}", t.describe()))
+            .collect();
+        writeln!(
+            f,
+            "applied:     {} parameters ({})",
+            self.applied.len(),
+            summary.join(", ")
+        )?;
         let mut dtypes: Vec<&str> = self.applied.iter().map(|a| a.dtype.as_str()).collect();
         dtypes.sort();
         dtypes.dedup();
         writeln!(f, "dtypes:      {} (converted to f32)", dtypes.join(", "))?;
-        writeln!(f, "ignored:     {}", if self.ignored.is_empty() { "none".into() } else { list(&self.ignored, 8) })?;
-        writeln!(f, "skipped:     {}", if self.skipped.is_empty() { "none".into() } else { format!("{} keys of the unrequested tower", self.skipped.len()) })?;
-        writeln!(f, "missing:     {}", if self.missing.is_empty() { "none".into() } else { list(&self.missing, 20) })?;
-        writeln!(f, "unexpected:  {}", if self.unexpected.is_empty() { "none".into() } else { list(&self.unexpected, 20) })?;
+        writeln!(
+            f,
+            "ignored:     {}",
+            if self.ignored.is_empty() {
+                "none".into()
+            } else {
+                list(&self.ignored, 8)
+            }
+        )?;
+        writeln!(
+            f,
+            "skipped:     {}",
+            if self.skipped.is_empty() {
+                "none".into()
+            } else {
+                format!("{} keys of the unrequested tower", self.skipped.len())
+            }
+        )?;
+        writeln!(
+            f,
+            "missing:     {}",
+            if self.missing.is_empty() {
+                "none".into()
+            } else {
+                list(&self.missing, 20)
+            }
+        )?;
+        writeln!(
+            f,
+            "unexpected:  {}",
+            if self.unexpected.is_empty() {
+                "none".into()
+            } else {
+                list(&self.unexpected, 20)
+            }
+        )?;
         if self.mismatched.is_empty() {
             write!(f, "mismatched:  none")?;
         } else {
             write!(f, "mismatched:")?;
             for m in &self.mismatched {
-                write!(f, "\n  {} is {:?}, expected {:?}", m.key, m.found, m.expected)?;
+                write!(
+                    f,
+                    "\n  {} is {:?}, expected {:?}",
+                    m.key, m.found, m.expected
+                )?;
             }
         }
         if !self.bad_dtypes.is_empty() {
@@ -361,12 +441,23 @@ struct Plan {
 
 fn detect_layout(file: &WeightFile) -> Result<Layout, WeightsError> {
     let names = file.tensors();
-    let hf = names.iter().filter(|(k, _)| k.starts_with("vision_model.") || k.starts_with("text_model.")).count();
-    let oc = names.iter().filter(|(k, _)| k.starts_with("visual.") || k.starts_with("transformer.resblocks.")).count();
+    let hf = names
+        .iter()
+        .filter(|(k, _)| k.starts_with("vision_model.") || k.starts_with("text_model."))
+        .count();
+    let oc = names
+        .iter()
+        .filter(|(k, _)| k.starts_with("visual.") || k.starts_with("transformer.resblocks."))
+        .count();
     match (hf, oc) {
         (0, 0) => Err(WeightsError::UnknownLayout {
             path: file.path.clone(),
-            sample: names.iter().take(5).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+            sample: names
+                .iter()
+                .take(5)
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
         (h, o) if h >= o => Ok(Layout::HuggingFace),
         _ => Ok(Layout::OpenClip),
@@ -414,13 +505,19 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
             None => Activation::Gelu,
             Some(name) => arch::activation_from_name(name).ok_or_else(|| WeightsError::Config {
                 path: path.to_path_buf(),
-                detail: format!("activation {name:?} from the config is not supported (gelu or quick_gelu)"),
+                detail: format!(
+                    "activation {name:?} from the config is not supported (gelu or quick_gelu)"
+                ),
             })?,
         },
     };
     config.vision.activation = activation;
     config.text.activation = activation;
-    let valid = if towers.contains(&Tower::Text) { config.validate() } else { config.vision.validate() };
+    let valid = match towers {
+        [Tower::Vision] => config.vision.validate(),
+        [Tower::Text] => config.text.validate(),
+        _ => config.validate(),
+    };
     valid.map_err(|detail| WeightsError::Config {
         path: match &found.source {
             ConfigSource::HuggingFace(p) | ConfigSource::OpenClip(p) => p.clone(),
@@ -457,7 +554,11 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
         } else {
             vec![None]
         };
-        let expected: Vec<usize> = source.shape.iter().map(|&d| resolve(d, rule.tower, &config)).collect();
+        let expected: Vec<usize> = source
+            .shape
+            .iter()
+            .map(|&d| resolve(d, rule.tower, &config))
+            .collect();
         for n in blocks {
             let ex = |s: &str| n.map_or_else(|| s.to_string(), |n| remap::expand(s, n));
             let keys: Vec<String> = source.keys.iter().map(|k| ex(k)).collect();
@@ -480,7 +581,9 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
                             complete = false;
                         }
                         if !file::supported_dtype(info.dtype) {
-                            report.bad_dtypes.push((key.clone(), format!("{:?}", info.dtype)));
+                            report
+                                .bad_dtypes
+                                .push((key.clone(), format!("{:?}", info.dtype)));
                             complete = false;
                         }
                         if dtype.is_empty() {
@@ -498,7 +601,13 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
                     dtype,
                     transform: source.transform,
                 });
-                params.insert((rule.tower, ours), Planned { keys, transform: source.transform });
+                params.insert(
+                    (rule.tower, ours),
+                    Planned {
+                        keys,
+                        transform: source.transform,
+                    },
+                );
             }
         }
     }
@@ -517,13 +626,24 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
     report.missing.sort();
     report.unexpected.sort();
     if !report.is_complete() {
-        return Err(WeightsError::Mismatch { report: Box::new(report) });
+        return Err(WeightsError::Mismatch {
+            report: Box::new(report),
+        });
     }
-    Ok(Plan { file, report, params })
+    Ok(Plan {
+        file,
+        report,
+        params,
+    })
 }
 
 /// Reads and converts one planned parameter to our layout: `(values, shape)`.
-fn materialise(file: &WeightFile, p: &Planned, cfg: &ClipConfig, tower: Tower) -> Result<(Vec<f32>, Vec<usize>), WeightsError> {
+fn materialise(
+    file: &WeightFile,
+    p: &Planned,
+    cfg: &ClipConfig,
+    tower: Tower,
+) -> Result<(Vec<f32>, Vec<usize>), WeightsError> {
     let shape_of = |k: &str| file.info(k).map(|i| i.shape.clone()).unwrap_or_default();
     let first = shape_of(&p.keys[0]);
     Ok(match p.transform {
@@ -564,8 +684,13 @@ fn materialise(file: &WeightFile, p: &Planned, cfg: &ClipConfig, tower: Tower) -
             let width = first[1];
             let grid = cfg.vision.grid_size();
             let table = file.read_f32(&p.keys[0])?;
-            let out = resample::resize_position_table(&table, width, grid).ok_or_else(|| WeightsError::Internal {
-                detail: format!("{:?} position table {:?} is not 1 + a square grid", tower, first),
+            let out = resample::resize_position_table(&table, width, grid).ok_or_else(|| {
+                WeightsError::Internal {
+                    detail: format!(
+                        "{:?} position table {:?} is not 1 + a square grid",
+                        tower, first
+                    ),
+                }
             })?;
             (out, vec![1 + grid * grid, width])
         }
@@ -599,12 +724,24 @@ struct Filler<'a, B: Backend> {
 }
 
 impl<B: Backend> Filler<'_, B> {
-    fn load<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Result<Param<Tensor<B, D>>, WeightsError> {
+    fn load<const D: usize>(
+        &mut self,
+        param: Param<Tensor<B, D>>,
+    ) -> Result<Param<Tensor<B, D>>, WeightsError> {
         let key = self.path.join(".");
-        let planned = self.plan.params.get(&(self.tower, key.clone())).ok_or_else(|| WeightsError::Internal {
-            detail: format!("no remap rule fills the {:?} parameter {key}", self.tower),
-        })?;
-        let (values, shape) = materialise(&self.plan.file, planned, &self.plan.report.config, self.tower)?;
+        let planned = self
+            .plan
+            .params
+            .get(&(self.tower, key.clone()))
+            .ok_or_else(|| WeightsError::Internal {
+                detail: format!("no remap rule fills the {:?} parameter {key}", self.tower),
+            })?;
+        let (values, shape) = materialise(
+            &self.plan.file,
+            planned,
+            &self.plan.report.config,
+            self.tower,
+        )?;
         let want = param.lazy_shape().dims::<D>().to_vec();
         if shape != want {
             return Err(WeightsError::Internal {
@@ -643,8 +780,20 @@ impl<B: Backend> ModuleMapper<B> for Filler<'_, B> {
     }
 }
 
-fn fill<B: Backend, M: Module<B>>(module: M, plan: &Plan, tower: Tower, device: &B::Device) -> Result<M, WeightsError> {
-    let mut filler = Filler::<B> { plan, tower, device: device.clone(), path: Vec::new(), filled: 0, error: None };
+fn fill<B: Backend, M: Module<B>>(
+    module: M,
+    plan: &Plan,
+    tower: Tower,
+    device: &B::Device,
+) -> Result<M, WeightsError> {
+    let mut filler = Filler::<B> {
+        plan,
+        tower,
+        device: device.clone(),
+        path: Vec::new(),
+        filled: 0,
+        error: None,
+    };
     let module = module.map(&mut filler);
     if let Some(e) = filler.error {
         return Err(e);
@@ -652,7 +801,10 @@ fn fill<B: Backend, M: Module<B>>(module: M, plan: &Plan, tower: Tower, device: 
     let planned = plan.params.keys().filter(|(t, _)| *t == tower).count();
     if filler.filled != planned {
         return Err(WeightsError::Internal {
-            detail: format!("{tower:?}: filled {} parameters of {planned} planned", filler.filled),
+            detail: format!(
+                "{tower:?}: filled {} parameters of {planned} planned",
+                filler.filled
+            ),
         });
     }
     Ok(module)
@@ -660,8 +812,16 @@ fn fill<B: Backend, M: Module<B>>(module: M, plan: &Plan, tower: Tower, device: 
 
 /// Validates a file without converting any tensor: the report of what a load would apply.
 /// `with_text` asks for the text tower too. Errors exactly as a load would.
-pub fn inspect_clip(path: &Path, opts: &LoadOptions, with_text: bool) -> Result<LoadReport, WeightsError> {
-    let towers: &[Tower] = if with_text { &[Tower::Vision, Tower::Text] } else { &[Tower::Vision] };
+pub fn inspect_clip(
+    path: &Path,
+    opts: &LoadOptions,
+    with_text: bool,
+) -> Result<LoadReport, WeightsError> {
+    let towers: &[Tower] = if with_text {
+        &[Tower::Vision, Tower::Text]
+    } else {
+        &[Tower::Vision]
+    };
     Ok(plan(path, opts, towers)?.report)
 }
 
@@ -685,7 +845,12 @@ pub fn load_clip_vision<B: Backend>(
     device: &B::Device,
 ) -> Result<(VisionTransformer<B>, LoadReport), WeightsError> {
     let plan = plan(path, opts, &[Tower::Vision])?;
-    let vision = fill(plan.report.config.vision.init::<B>(device), &plan, Tower::Vision, device)?;
+    let vision = fill(
+        plan.report.config.vision.init::<B>(device),
+        &plan,
+        Tower::Vision,
+        device,
+    )?;
     Ok((vision, plan.report))
 }
 
@@ -696,7 +861,12 @@ pub fn load_clip_text<B: Backend>(
     device: &B::Device,
 ) -> Result<(TextTransformer<B>, LoadReport), WeightsError> {
     let plan = plan(path, opts, &[Tower::Text])?;
-    let text = fill(plan.report.config.text.init::<B>(device), &plan, Tower::Text, device)?;
+    let text = fill(
+        plan.report.config.text.init::<B>(device),
+        &plan,
+        Tower::Text,
+        device,
+    )?;
     Ok((text, plan.report))
 }
 

@@ -91,7 +91,13 @@ impl VisionConfig {
 
     /// Checks the numbers fit together (heads divide the width, the image holds a patch...).
     pub fn validate(&self) -> Result<(), String> {
-        check_common("vision", self.width, self.heads, self.layers, self.mlp_width)?;
+        check_common(
+            "vision",
+            self.width,
+            self.heads,
+            self.layers,
+            self.mlp_width,
+        )?;
         if self.patch_size == 0 || self.grid_size() == 0 {
             return Err(format!(
                 "vision: image_size {} holds no {}-pixel patch",
@@ -186,7 +192,9 @@ fn check_common(
         ));
     }
     if !width.is_multiple_of(heads) {
-        return Err(format!("{tower}: width {width} is not a multiple of {heads} heads"));
+        return Err(format!(
+            "{tower}: width {width} is not a multiple of {heads} heads"
+        ));
     }
     Ok(())
 }
@@ -218,7 +226,10 @@ impl ClipConfig {
 
     /// Builds both towers with random (lazy) weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> ClipModel<B> {
-        ClipModel { vision: self.vision.init(device), text: self.text.init(device) }
+        ClipModel {
+            vision: self.vision.init(device),
+            text: self.text.init(device),
+        }
     }
 }
 
@@ -251,8 +262,16 @@ mod tests {
     #[test]
     fn validate_names_the_problem() {
         let c = VisionConfig::new().with_heads(7);
-        assert!(c.validate().unwrap_err().contains("not a multiple of 7 heads"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("not a multiple of 7 heads")
+        );
         let c = VisionConfig::new().with_image_size(10);
-        assert!(c.validate().unwrap_err().contains("holds no 14-pixel patch"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("holds no 14-pixel patch")
+        );
     }
 }

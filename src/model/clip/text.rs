@@ -35,14 +35,25 @@ impl<B: Backend> TextTransformer<B> {
         let block = cfg.block();
         Self {
             token_embedding: EmbeddingConfig::new(cfg.vocab_size, w)
-                .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
                 .init(device),
-            positional_embedding: Initializer::Normal { mean: 0.0, std: 0.01 }
-                .init([cfg.context_length, w], device),
+            positional_embedding: Initializer::Normal {
+                mean: 0.0,
+                std: 0.01,
+            }
+            .init([cfg.context_length, w], device),
             blocks: (0..cfg.layers).map(|_| block.init(device)).collect(),
-            ln_final: LayerNormConfig::new(w).with_epsilon(cfg.layer_norm_eps).init(device),
-            text_projection: Initializer::Normal { mean: 0.0, std: (w as f64).powf(-0.5) }
-                .init([w, cfg.embed_dim], device),
+            ln_final: LayerNormConfig::new(w)
+                .with_epsilon(cfg.layer_norm_eps)
+                .init(device),
+            text_projection: Initializer::Normal {
+                mean: 0.0,
+                std: (w as f64).powf(-0.5),
+            }
+            .init([w, cfg.embed_dim], device),
             context_length: cfg.context_length,
             width: w,
             embed_dim: cfg.embed_dim,
@@ -88,7 +99,9 @@ impl<B: Backend> TextTransformer<B> {
         // Pool before ln_final (it acts per token, so the result is the same and cheaper).
         let index = eot.reshape([n, 1, 1]).expand([n, 1, self.width]);
         let pooled = x.gather(1, index).reshape([n, self.width]);
-        self.ln_final.forward(pooled).matmul(self.text_projection.val())
+        self.ln_final
+            .forward(pooled)
+            .matmul(self.text_projection.val())
     }
 }
 
@@ -114,9 +127,18 @@ mod tests {
     /// Untruncated reference: all positions through the blocks, ln_final, then pool.
     fn reference(t: &TextTransformer<B>, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         let [n, len] = tokens.dims();
-        let eot: Vec<i64> = tokens.clone().argmax(1).into_data().convert::<i64>().to_vec().unwrap();
+        let eot: Vec<i64> = tokens
+            .clone()
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .unwrap();
         let mut x = t.token_embedding.forward(tokens)
-            + t.positional_embedding.val().slice(s![0..len, ..]).unsqueeze::<3>();
+            + t.positional_embedding
+                .val()
+                .slice(s![0..len, ..])
+                .unsqueeze::<3>();
         for b in &t.blocks {
             x = b.forward(x, true);
         }
@@ -124,7 +146,9 @@ mod tests {
         let rows: Vec<_> = (0..n)
             .map(|i| {
                 let e = eot[i] as usize;
-                x.clone().slice(s![i..i + 1, e..e + 1, ..]).reshape([1, t.width])
+                x.clone()
+                    .slice(s![i..i + 1, e..e + 1, ..])
+                    .reshape([1, t.width])
             })
             .collect();
         Tensor::cat(rows, 0).matmul(t.text_projection.val())
@@ -136,17 +160,28 @@ mod tests {
         let t = tiny().init::<B>(&device);
         // EOT (largest id, 49) at positions 3 and 5; padding after.
         let tokens = Tensor::<B, 2, Int>::from_data(
-            TensorData::from([[48i64, 7, 9, 49, 0, 0, 0, 0, 0, 0], [48, 3, 3, 4, 5, 49, 0, 0, 0, 0]]),
+            TensorData::from([
+                [48i64, 7, 9, 49, 0, 0, 0, 0, 0, 0],
+                [48, 3, 3, 4, 5, 49, 0, 0, 0, 0],
+            ]),
             &device,
         );
         let got = t.encode(tokens.clone());
         assert_eq!(got.dims(), [2, 4]);
-        got.clone().into_data().assert_approx_eq::<f32>(&reference(&t, tokens.clone()).into_data(), Tolerance::absolute(1e-5));
+        got.clone().into_data().assert_approx_eq::<f32>(
+            &reference(&t, tokens.clone()).into_data(),
+            Tolerance::absolute(1e-5),
+        );
         // Padding content after EOT does not matter (causal mask).
         let noisy = Tensor::<B, 2, Int>::from_data(
-            TensorData::from([[48i64, 7, 9, 49, 11, 12, 13, 0, 0, 0], [48, 3, 3, 4, 5, 49, 1, 2, 3, 4]]),
+            TensorData::from([
+                [48i64, 7, 9, 49, 11, 12, 13, 0, 0, 0],
+                [48, 3, 3, 4, 5, 49, 1, 2, 3, 4],
+            ]),
             &device,
         );
-        t.encode(noisy).into_data().assert_approx_eq::<f32>(&got.into_data(), Tolerance::absolute(1e-5));
+        t.encode(noisy)
+            .into_data()
+            .assert_approx_eq::<f32>(&got.into_data(), Tolerance::absolute(1e-5));
     }
 }

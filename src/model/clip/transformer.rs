@@ -106,7 +106,9 @@ impl<B: Backend> ResidualAttentionBlock<B> {
     pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
         let [batch, tokens, width] = x.dims();
         let x = x.reshape([batch * tokens, width]);
-        let h = self.attn.forward(self.ln_1.forward(x.clone()), batch, tokens, causal);
+        let h = self
+            .attn
+            .forward(self.ln_1.forward(x.clone()), batch, tokens, causal);
         let x = x + h;
         let h = self.mlp.forward(self.ln_2.forward(x.clone()));
         (x + h).reshape([batch, tokens, width])
@@ -118,7 +120,13 @@ impl<B: Backend> SelfAttention<B> {
     ///
     /// - `x`: `[batch * tokens, width]` (already layer-normed)
     /// - returns `[batch * tokens, width]`
-    pub fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        batch: usize,
+        tokens: usize,
+        causal: bool,
+    ) -> Tensor<B, 2> {
         let [n, width] = x.dims();
         let head_dim = width / self.heads;
         // [n, 3w] -> [batch, tokens, 3, heads, head_dim] -> [3, batch, heads, tokens, head_dim]
@@ -131,7 +139,11 @@ impl<B: Backend> SelfAttention<B> {
                 .reshape([batch, self.heads, tokens, head_dim])
         };
         let (q, k, v) = (part(0), part(1), part(2));
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
         // scale defaults to 1/sqrt(head_dim), as in CLIP.
         let context = attention(q, k, v, None, None, options);
         // [batch, heads, tokens, head_dim] -> [batch, tokens, heads, head_dim] -> [n, width]
@@ -183,23 +195,31 @@ mod tests {
                 let mut scores = q.matmul(k.swap_dims(1, 2)) / 2.0;
                 if causal {
                     let mask = Tensor::<B, 2, Bool>::tril_mask([5, 5], 0, &device);
-                    scores = scores.mask_fill(mask.unsqueeze::<3>().expand([2, 5, 5]), f32::NEG_INFINITY);
+                    scores = scores
+                        .mask_fill(mask.unsqueeze::<3>().expand([2, 5, 5]), f32::NEG_INFINITY);
                 }
                 heads.push(burn::tensor::activation::softmax(scores, 2).matmul(v));
             }
             let ctx = Tensor::cat(heads, 2);
             let o = block.attn.out_proj.forward(ctx);
             let x1 = x + o;
-            let m = block.mlp.c_proj.forward(gelu(block.mlp.c_fc.forward(block.ln_2.forward(x1.clone()))));
+            let m = block
+                .mlp
+                .c_proj
+                .forward(gelu(block.mlp.c_fc.forward(block.ln_2.forward(x1.clone()))));
             let want = x1 + m;
-            got.into_data().assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
         }
     }
 
     #[test]
     fn quick_gelu_is_x_sigmoid_1702x() {
         let device = Default::default();
-        let mut mlp = BlockConfig::new(2, 1, 2).with_activation(Activation::QuickGelu).init::<B>(&device).mlp;
+        let mut mlp = BlockConfig::new(2, 1, 2)
+            .with_activation(Activation::QuickGelu)
+            .init::<B>(&device)
+            .mlp;
         // Identity c_fc / c_proj so the output is the activation itself.
         let eye = Tensor::<B, 2>::from_data(TensorData::from([[1.0f32, 0.0], [0.0, 1.0]]), &device);
         let zero = Tensor::<B, 1>::zeros([2], &device);
@@ -210,6 +230,9 @@ mod tests {
         let x = Tensor::<B, 2>::from_data(TensorData::from([[-1.0f32, 2.0]]), &device);
         let y = mlp.forward(x).into_data().to_vec::<f32>().unwrap();
         let q = |x: f32| x / (1.0 + (-1.702 * x).exp());
-        assert!((y[0] - q(-1.0)).abs() < 1e-6 && (y[1] - q(2.0)).abs() < 1e-6, "{y:?}");
+        assert!(
+            (y[0] - q(-1.0)).abs() < 1e-6 && (y[1] - q(2.0)).abs() < 1e-6,
+            "{y:?}"
+        );
     }
 }

@@ -58,12 +58,18 @@ impl<B: Backend> VisionTransformer<B> {
         let grid = cfg.grid_size();
         let patch_in = 3 * cfg.patch_size * cfg.patch_size;
         let scale = (w as f64).powf(-0.5);
-        let normal = Initializer::Normal { mean: 0.0, std: scale };
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: scale,
+        };
         let ln = LayerNormConfig::new(w).with_epsilon(cfg.layer_norm_eps);
         let block = cfg.block();
         Self {
-            patch_embed: Initializer::KaimingUniform { gain: 1.0 / 3f64.sqrt(), fan_out_only: false }
-                .init_with([patch_in, w], Some(patch_in), Some(w), device),
+            patch_embed: Initializer::KaimingUniform {
+                gain: 1.0 / 3f64.sqrt(),
+                fan_out_only: false,
+            }
+            .init_with([patch_in, w], Some(patch_in), Some(w), device),
             class_embedding: normal.init([w], device),
             position_embedding: normal.init([1 + grid * grid, w], device),
             ln_pre: ln.init(device),
@@ -134,8 +140,14 @@ impl<B: Backend> VisionTransformer<B> {
             .reshape([batch, 3, g, p, g, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch * g * g, 3 * p * p]);
-        let tokens = patches.matmul(self.patch_embed.val()).reshape([batch, g * g, self.width]);
-        let cls = self.class_embedding.val().reshape([1, 1, self.width]).expand([batch, 1, self.width]);
+        let tokens = patches
+            .matmul(self.patch_embed.val())
+            .reshape([batch, g * g, self.width]);
+        let cls = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, self.width])
+            .expand([batch, 1, self.width]);
         let x = Tensor::cat(vec![cls, tokens], 1) + self.position_embedding.val().unsqueeze::<3>();
         self.ln_pre.forward(x)
     }
@@ -178,7 +190,13 @@ impl<B: Backend> VisionTransformer<B> {
         let [batch, _, width] = x.dims();
         let cls = x.slice(s![.., 0..1, ..]).reshape([batch, width]);
         let embedding = self.ln_post.forward(cls).matmul(self.proj.val());
-        VisionOutput { taps: taps.into_iter().map(|t| t.expect("every tap is visited")).collect(), embedding }
+        VisionOutput {
+            taps: taps
+                .into_iter()
+                .map(|t| t.expect("every tap is visited"))
+                .collect(),
+            embedding,
+        }
     }
 
     /// [`VisionTransformer::forward_tapped`] with [`VisionTransformer::default_taps`] and the
@@ -237,9 +255,18 @@ mod tests {
         });
         assert_eq!(seen, vec![0, 1, 2, 3]);
         let tol = Tolerance::absolute(1e-6);
-        hooked.taps[0].clone().into_data().assert_approx_eq::<f32>(&plain.taps[0].clone().into_data(), tol);
-        hooked.taps[1].clone().into_data().assert_approx_eq::<f32>(&plain.taps[1].clone().into_data(), tol);
-        let diff = (hooked.taps[2].clone() - plain.taps[2].clone()).abs().max().into_scalar();
+        hooked.taps[0]
+            .clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&plain.taps[0].clone().into_data(), tol);
+        hooked.taps[1]
+            .clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&plain.taps[1].clone().into_data(), tol);
+        let diff = (hooked.taps[2].clone() - plain.taps[2].clone())
+            .abs()
+            .max()
+            .into_scalar();
         assert!(diff > 1e-3, "hook had no effect downstream ({diff})");
 
         // Block 6 output of the hooked run = blocks 5..6 applied to half of tap 4.
@@ -247,15 +274,24 @@ mod tests {
         for b in 4..6 {
             x = vit.blocks[b].forward(x, false);
         }
-        hooked.taps[2].clone().into_data().assert_approx_eq::<f32>(&x.into_data(), Tolerance::absolute(1e-5));
+        hooked.taps[2]
+            .clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&x.into_data(), Tolerance::absolute(1e-5));
 
         // Tap 0 is the ln_pre output; the image beyond grid*patch is ignored.
         let out = vit.forward_tapped(img.clone(), &[0], |_, x| x);
-        out.taps[0].clone().into_data().assert_approx_eq::<f32>(&vit.embed(img.clone()).into_data(), tol);
+        out.taps[0]
+            .clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&vit.embed(img.clone()).into_data(), tol);
         let bigger = Tensor::cat(vec![img.clone(), Tensor::ones([2, 3, 30, 5], &device)], 3);
         let bigger = Tensor::cat(vec![bigger, Tensor::zeros([2, 3, 3, 35], &device)], 2);
         let cropped = vit.forward(bigger);
-        cropped.embedding.into_data().assert_approx_eq::<f32>(&plain.embedding.into_data(), tol);
+        cropped
+            .embedding
+            .into_data()
+            .assert_approx_eq::<f32>(&plain.embedding.into_data(), tol);
     }
 
     /// The patch matmul equals a strided, bias-free conv2d with the reshaped kernel.
@@ -276,6 +312,8 @@ mod tests {
         let cls = vit.class_embedding.val().reshape([1, 1, 8]);
         let want = Tensor::cat(vec![cls, want], 1) + vit.position_embedding.val().unsqueeze::<3>();
         let want = vit.ln_pre.forward(want);
-        vit.embed(img).into_data().assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+        vit.embed(img)
+            .into_data()
+            .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
     }
 }

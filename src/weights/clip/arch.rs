@@ -54,14 +54,15 @@ fn usize_or(v: &Value, key: &str, default: usize, ctx: &str) -> Result<usize, St
                 return Ok(n as usize);
             }
             // image_size may be [h, w]: only square inputs are supported.
-            if let Some([a, b]) = x.as_array().map(|a| a.as_slice()) {
-                if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
-                    if a == b {
-                        return Ok(a as usize);
-                    }
-                }
+            if let Some([a, b]) = x.as_array().map(|a| a.as_slice())
+                && let (Some(a), Some(b)) = (a.as_u64(), b.as_u64())
+                && a == b
+            {
+                return Ok(a as usize);
             }
-            Err(format!("{ctx}.{key} = {x} is not a positive integer (or square pair)"))
+            Err(format!(
+                "{ctx}.{key} = {x} is not a positive integer (or square pair)"
+            ))
         }
     }
 }
@@ -69,7 +70,9 @@ fn usize_or(v: &Value, key: &str, default: usize, ctx: &str) -> Result<usize, St
 fn f64_or(v: &Value, key: &str, default: f64, ctx: &str) -> Result<f64, String> {
     match get(v, key) {
         None => Ok(default),
-        Some(x) => x.as_f64().ok_or_else(|| format!("{ctx}.{key} = {x} is not a number")),
+        Some(x) => x
+            .as_f64()
+            .ok_or_else(|| format!("{ctx}.{key} = {x} is not a number")),
     }
 }
 
@@ -104,7 +107,9 @@ pub fn parse_hf(root: &Value) -> Result<(ClipConfig, Option<String>), String> {
     let image = usize_or(&vis, "image_size", 224, "vision_config")?;
     let channels = usize_or(&vis, "num_channels", 3, "vision_config")?;
     if channels != 3 {
-        return Err(format!("vision_config.num_channels = {channels}; only RGB (3) is supported"));
+        return Err(format!(
+            "vision_config.num_channels = {channels}; only RGB (3) is supported"
+        ));
     }
     if patch == 0 {
         return Err("vision_config.patch_size is 0".into());
@@ -124,13 +129,30 @@ pub fn parse_hf(root: &Value) -> Result<(ClipConfig, Option<String>), String> {
         .with_mlp_width(usize_or(&txt, "intermediate_size", 2048, "text_config")?)
         .with_layers(usize_or(&txt, "num_hidden_layers", 12, "text_config")?)
         .with_heads(usize_or(&txt, "num_attention_heads", 8, "text_config")?)
-        .with_context_length(usize_or(&txt, "max_position_embeddings", 77, "text_config")?)
+        .with_context_length(usize_or(
+            &txt,
+            "max_position_embeddings",
+            77,
+            "text_config",
+        )?)
         .with_embed_dim(top_proj)
         .with_layer_norm_eps(f64_or(&txt, "layer_norm_eps", 1e-5, "text_config")?);
-    let act = |v: &Value| get(v, "hidden_act").and_then(|a| a.as_str()).unwrap_or("quick_gelu").to_string();
+    let act = |v: &Value| {
+        get(v, "hidden_act")
+            .and_then(|a| a.as_str())
+            .unwrap_or("quick_gelu")
+            .to_string()
+    };
     let (va, ta) = (act(&vis), act(&txt));
-    let activation = if va == ta { va } else { format!("{va} (vision), {ta} (text)") };
-    Ok((ClipConfig::new().with_vision(vision).with_text(text), Some(activation)))
+    let activation = if va == ta {
+        va
+    } else {
+        format!("{va} (vision), {ta} (text)")
+    };
+    Ok((
+        ClipConfig::new().with_vision(vision).with_text(text),
+        Some(activation),
+    ))
 }
 
 /// Parses an open_clip model config (bare, or wrapped in `model_cfg`). Missing keys take
@@ -148,30 +170,54 @@ pub fn parse_open_clip(root: &Value) -> Result<(ClipConfig, Option<String>), Str
         (
             "vision_cfg",
             vis,
-            &["timm_model_name", "attentional_pool", "no_ln_pre", "ls_init_value", "final_ln_after_pool"][..],
+            &[
+                "timm_model_name",
+                "attentional_pool",
+                "no_ln_pre",
+                "ls_init_value",
+                "final_ln_after_pool",
+            ][..],
         ),
-        ("text_cfg", txt, &["hf_model_name", "ls_init_value", "no_causal_mask", "embed_cls"][..]),
+        (
+            "text_cfg",
+            txt,
+            &[
+                "hf_model_name",
+                "ls_init_value",
+                "no_causal_mask",
+                "embed_cls",
+            ][..],
+        ),
     ] {
         for k in keys {
-            if let Some(x) = get(v, k) {
-                if x != &Value::Bool(false) {
-                    return Err(format!("open_clip {section}.{k} = {x} is not supported by this CLIP port"));
-                }
+            if let Some(x) = get(v, k)
+                && x != &Value::Bool(false)
+            {
+                return Err(format!(
+                    "open_clip {section}.{k} = {x} is not supported by this CLIP port"
+                ));
             }
         }
     }
-    if let Some(p) = get(vis, "pool_type").and_then(Value::as_str) {
-        if p != "tok" {
-            return Err(format!("open_clip vision_cfg.pool_type = {p:?} is not supported (only \"tok\")"));
-        }
+    if let Some(p) = get(vis, "pool_type").and_then(Value::as_str)
+        && p != "tok"
+    {
+        return Err(format!(
+            "open_clip vision_cfg.pool_type = {p:?} is not supported (only \"tok\")"
+        ));
     }
-    if let Some(p) = get(txt, "pool_type").and_then(Value::as_str) {
-        if p != "argmax" {
-            return Err(format!("open_clip text_cfg.pool_type = {p:?} is not supported (only \"argmax\")"));
-        }
+    if let Some(p) = get(txt, "pool_type").and_then(Value::as_str)
+        && p != "argmax"
+    {
+        return Err(format!(
+            "open_clip text_cfg.pool_type = {p:?} is not supported (only \"argmax\")"
+        ));
     }
     if get(vis, "layers").is_some_and(|l| !l.is_u64()) {
-        return Err("open_clip vision_cfg.layers is not an integer (ResNet towers are not supported)".into());
+        return Err(
+            "open_clip vision_cfg.layers is not an integer (ResNet towers are not supported)"
+                .into(),
+        );
     }
     let width = usize_or(vis, "width", 768, "vision_cfg")?;
     let head_width = usize_or(vis, "head_width", 64, "vision_cfg")?;
@@ -199,9 +245,14 @@ pub fn parse_open_clip(root: &Value) -> Result<(ClipConfig, Option<String>), Str
         .with_layers(usize_or(txt, "layers", 12, "text_cfg")?)
         .with_mlp_width((t_width as f64 * t_ratio) as usize)
         .with_embed_dim(embed);
-    let quick = get(cfg, "quick_gelu").and_then(Value::as_bool).unwrap_or(false);
+    let quick = get(cfg, "quick_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let activation = if quick { "quick_gelu" } else { "gelu" };
-    Ok((ClipConfig::new().with_vision(vision).with_text(text), Some(activation.to_string())))
+    Ok((
+        ClipConfig::new().with_vision(vision).with_text(text),
+        Some(activation.to_string()),
+    ))
 }
 
 /// Reads a config file and parses it as whichever format its keys show.
@@ -211,14 +262,24 @@ pub fn read_config_file(path: &Path) -> Result<FileArch, String> {
     let inner = get(&root, "model_cfg").unwrap_or(&root);
     if get(&root, "vision_config").is_some() || get(&root, "vision_config_dict").is_some() {
         let (config, activation) = parse_hf(&root)?;
-        Ok(FileArch { config, activation, source: ConfigSource::HuggingFace(path.to_path_buf()) })
+        Ok(FileArch {
+            config,
+            activation,
+            source: ConfigSource::HuggingFace(path.to_path_buf()),
+        })
     } else if get(inner, "vision_cfg").is_some() || get(inner, "embed_dim").is_some() {
         let (config, activation) = parse_open_clip(&root)?;
-        Ok(FileArch { config, activation, source: ConfigSource::OpenClip(path.to_path_buf()) })
+        Ok(FileArch {
+            config,
+            activation,
+            source: ConfigSource::OpenClip(path.to_path_buf()),
+        })
     } else {
-        Err("neither a Hugging Face CLIPConfig (vision_config) nor an open_clip model config \
+        Err(
+            "neither a Hugging Face CLIPConfig (vision_config) nor an open_clip model config \
              (embed_dim, vision_cfg)"
-            .into())
+                .into(),
+        )
     }
 }
 
@@ -247,7 +308,11 @@ pub fn discover(
             return read_config_file(&p).map_err(|e| (p, e));
         }
     }
-    Ok(FileArch { config: ClipConfig::new(), activation: None, source: ConfigSource::Defaults })
+    Ok(FileArch {
+        config: ClipConfig::new(),
+        activation: None,
+        source: ConfigSource::Defaults,
+    })
 }
 
 #[cfg(test)]

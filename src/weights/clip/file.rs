@@ -24,13 +24,24 @@ pub(crate) fn supported_dtype(dtype: Dtype) -> bool {
 impl WeightFile {
     /// Opens and validates `path` (header, offsets, file length). Reads only the header.
     pub fn open(path: &Path) -> Result<Self, WeightsError> {
-        let io = |source| WeightsError::Io { path: path.to_path_buf(), source };
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        let not = |detail: String| WeightsError::NotSafetensors { path: path.to_path_buf(), detail };
-        let truncated = |detail: String| WeightsError::Truncated { path: path.to_path_buf(), detail };
+        let not = |detail: String| WeightsError::NotSafetensors {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let truncated = |detail: String| WeightsError::Truncated {
+            path: path.to_path_buf(),
+            detail,
+        };
         if len < 8 {
-            return Err(not(format!("the file has {len} bytes, fewer than a safetensors header")));
+            return Err(not(format!(
+                "the file has {len} bytes, fewer than a safetensors header"
+            )));
         }
         // SAFETY: the map is read-only and private to this loader. As with any mmap, a file
         // truncated by another process while we read it would fault; weight files are not
@@ -66,14 +77,24 @@ impl WeightFile {
                     .unwrap_or(0);
                 let want = 8 + n + end;
                 return Err(if len < want {
-                    truncated(format!("the header declares {want} bytes of file but it has only {len}"))
+                    truncated(format!(
+                        "the header declares {want} bytes of file but it has only {len}"
+                    ))
                 } else {
-                    not(format!("{} bytes follow the last tensor (the header declares {want})", len - want))
+                    not(format!(
+                        "{} bytes follow the last tensor (the header declares {want})",
+                        len - want
+                    ))
                 });
             }
             Err(e) => return Err(not(format!("invalid header: {e}"))),
         };
-        Ok(Self { path: path.to_path_buf(), mmap, data_start: 8 + header_len, metadata })
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + header_len,
+            metadata,
+        })
     }
 
     /// All tensor names with their info.
@@ -103,7 +124,10 @@ impl WeightFile {
         let (start, end) = info.data_offsets;
         let bytes = &self.mmap[self.data_start + start..self.data_start + end];
         let out: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
@@ -112,7 +136,10 @@ impl WeightFile {
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
                 .collect(),
-            Dtype::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
             other => {
                 return Err(WeightsError::UnsupportedDtype {
                     path: self.path.clone(),
@@ -136,7 +163,11 @@ impl WeightFile {
             // our page-table entries, and any later read of the range faults the same bytes
             // back in from the file. No reference into the range is held past this call.
             let _ = unsafe {
-                self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    last - first,
+                )
             };
         }
     }

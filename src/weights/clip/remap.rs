@@ -112,7 +112,11 @@ use Tower::{Text, Vision};
 use Transform::*;
 
 const fn src(keys: &'static [&'static str], shape: &'static [Dim], transform: Transform) -> Source {
-    Source { keys, shape, transform }
+    Source {
+        keys,
+        shape,
+        transform,
+    }
 }
 
 /// The remap table (blocks use `{n}`; LayerNorm weight/bias are burn's gamma/beta).
@@ -121,8 +125,16 @@ pub const CLIP_REMAP: &[Rule] = &[
     Rule {
         tower: Vision,
         ours: "patch_embed",
-        hf: src(&["vision_model.embeddings.patch_embedding.weight"], &[Width, Channels, Patch, Patch], PatchConv),
-        open_clip: src(&["visual.conv1.weight"], &[Width, Channels, Patch, Patch], PatchConv),
+        hf: src(
+            &["vision_model.embeddings.patch_embedding.weight"],
+            &[Width, Channels, Patch, Patch],
+            PatchConv,
+        ),
+        open_clip: src(
+            &["visual.conv1.weight"],
+            &[Width, Channels, Patch, Patch],
+            PatchConv,
+        ),
     },
     Rule {
         tower: Vision,
@@ -133,8 +145,16 @@ pub const CLIP_REMAP: &[Rule] = &[
     Rule {
         tower: Vision,
         ours: "position_embedding",
-        hf: src(&["vision_model.embeddings.position_embedding.weight"], &[Positions, Width], ResizePositions),
-        open_clip: src(&["visual.positional_embedding"], &[Positions, Width], ResizePositions),
+        hf: src(
+            &["vision_model.embeddings.position_embedding.weight"],
+            &[Positions, Width],
+            ResizePositions,
+        ),
+        open_clip: src(
+            &["visual.positional_embedding"],
+            &[Positions, Width],
+            ResizePositions,
+        ),
     },
     Rule {
         tower: Vision,
@@ -152,14 +172,30 @@ pub const CLIP_REMAP: &[Rule] = &[
     Rule {
         tower: Vision,
         ours: "blocks.{n}.ln_1.gamma",
-        hf: src(&["vision_model.encoder.layers.{n}.layer_norm1.weight"], &[Width], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.ln_1.weight"], &[Width], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.layer_norm1.weight"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.ln_1.weight"],
+            &[Width],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.ln_1.beta",
-        hf: src(&["vision_model.encoder.layers.{n}.layer_norm1.bias"], &[Width], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.ln_1.bias"], &[Width], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.layer_norm1.bias"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.ln_1.bias"],
+            &[Width],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
@@ -173,7 +209,11 @@ pub const CLIP_REMAP: &[Rule] = &[
             &[Width, Width],
             StackTranspose,
         ),
-        open_clip: src(&["visual.transformer.resblocks.{n}.attn.in_proj_weight"], &[Width3, Width], Transpose),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.attn.in_proj_weight"],
+            &[Width3, Width],
+            Transpose,
+        ),
     },
     Rule {
         tower: Vision,
@@ -187,55 +227,123 @@ pub const CLIP_REMAP: &[Rule] = &[
             &[Width],
             Stack,
         ),
-        open_clip: src(&["visual.transformer.resblocks.{n}.attn.in_proj_bias"], &[Width3], Copy),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.attn.in_proj_bias"],
+            &[Width3],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.attn.out_proj.weight",
-        hf: src(&["vision_model.encoder.layers.{n}.self_attn.out_proj.weight"], &[Width, Width], Transpose),
-        open_clip: src(&["visual.transformer.resblocks.{n}.attn.out_proj.weight"], &[Width, Width], Transpose),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.self_attn.out_proj.weight"],
+            &[Width, Width],
+            Transpose,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.attn.out_proj.weight"],
+            &[Width, Width],
+            Transpose,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.attn.out_proj.bias",
-        hf: src(&["vision_model.encoder.layers.{n}.self_attn.out_proj.bias"], &[Width], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.attn.out_proj.bias"], &[Width], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.self_attn.out_proj.bias"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.attn.out_proj.bias"],
+            &[Width],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.ln_2.gamma",
-        hf: src(&["vision_model.encoder.layers.{n}.layer_norm2.weight"], &[Width], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.ln_2.weight"], &[Width], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.layer_norm2.weight"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.ln_2.weight"],
+            &[Width],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.ln_2.beta",
-        hf: src(&["vision_model.encoder.layers.{n}.layer_norm2.bias"], &[Width], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.ln_2.bias"], &[Width], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.layer_norm2.bias"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.ln_2.bias"],
+            &[Width],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.mlp.c_fc.weight",
-        hf: src(&["vision_model.encoder.layers.{n}.mlp.fc1.weight"], &[Mlp, Width], Transpose),
-        open_clip: src(&["visual.transformer.resblocks.{n}.mlp.c_fc.weight"], &[Mlp, Width], Transpose),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.mlp.fc1.weight"],
+            &[Mlp, Width],
+            Transpose,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.mlp.c_fc.weight"],
+            &[Mlp, Width],
+            Transpose,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.mlp.c_fc.bias",
-        hf: src(&["vision_model.encoder.layers.{n}.mlp.fc1.bias"], &[Mlp], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.mlp.c_fc.bias"], &[Mlp], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.mlp.fc1.bias"],
+            &[Mlp],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.mlp.c_fc.bias"],
+            &[Mlp],
+            Copy,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.mlp.c_proj.weight",
-        hf: src(&["vision_model.encoder.layers.{n}.mlp.fc2.weight"], &[Width, Mlp], Transpose),
-        open_clip: src(&["visual.transformer.resblocks.{n}.mlp.c_proj.weight"], &[Width, Mlp], Transpose),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.mlp.fc2.weight"],
+            &[Width, Mlp],
+            Transpose,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.mlp.c_proj.weight"],
+            &[Width, Mlp],
+            Transpose,
+        ),
     },
     Rule {
         tower: Vision,
         ours: "blocks.{n}.mlp.c_proj.bias",
-        hf: src(&["vision_model.encoder.layers.{n}.mlp.fc2.bias"], &[Width], Copy),
-        open_clip: src(&["visual.transformer.resblocks.{n}.mlp.c_proj.bias"], &[Width], Copy),
+        hf: src(
+            &["vision_model.encoder.layers.{n}.mlp.fc2.bias"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["visual.transformer.resblocks.{n}.mlp.c_proj.bias"],
+            &[Width],
+            Copy,
+        ),
     },
     // ---- vision head -----------------------------------------------------------------------
     Rule {
@@ -260,26 +368,42 @@ pub const CLIP_REMAP: &[Rule] = &[
     Rule {
         tower: Text,
         ours: "token_embedding.weight",
-        hf: src(&["text_model.embeddings.token_embedding.weight"], &[Vocab, Width], Copy),
+        hf: src(
+            &["text_model.embeddings.token_embedding.weight"],
+            &[Vocab, Width],
+            Copy,
+        ),
         open_clip: src(&["token_embedding.weight"], &[Vocab, Width], Copy),
     },
     Rule {
         tower: Text,
         ours: "positional_embedding",
-        hf: src(&["text_model.embeddings.position_embedding.weight"], &[Context, Width], Copy),
+        hf: src(
+            &["text_model.embeddings.position_embedding.weight"],
+            &[Context, Width],
+            Copy,
+        ),
         open_clip: src(&["positional_embedding"], &[Context, Width], Copy),
     },
     // ---- text blocks -----------------------------------------------------------------------
     Rule {
         tower: Text,
         ours: "blocks.{n}.ln_1.gamma",
-        hf: src(&["text_model.encoder.layers.{n}.layer_norm1.weight"], &[Width], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.layer_norm1.weight"],
+            &[Width],
+            Copy,
+        ),
         open_clip: src(&["transformer.resblocks.{n}.ln_1.weight"], &[Width], Copy),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.ln_1.beta",
-        hf: src(&["text_model.encoder.layers.{n}.layer_norm1.bias"], &[Width], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.layer_norm1.bias"],
+            &[Width],
+            Copy,
+        ),
         open_clip: src(&["transformer.resblocks.{n}.ln_1.bias"], &[Width], Copy),
     },
     Rule {
@@ -294,7 +418,11 @@ pub const CLIP_REMAP: &[Rule] = &[
             &[Width, Width],
             StackTranspose,
         ),
-        open_clip: src(&["transformer.resblocks.{n}.attn.in_proj_weight"], &[Width3, Width], Transpose),
+        open_clip: src(
+            &["transformer.resblocks.{n}.attn.in_proj_weight"],
+            &[Width3, Width],
+            Transpose,
+        ),
     },
     Rule {
         tower: Text,
@@ -308,55 +436,111 @@ pub const CLIP_REMAP: &[Rule] = &[
             &[Width],
             Stack,
         ),
-        open_clip: src(&["transformer.resblocks.{n}.attn.in_proj_bias"], &[Width3], Copy),
+        open_clip: src(
+            &["transformer.resblocks.{n}.attn.in_proj_bias"],
+            &[Width3],
+            Copy,
+        ),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.attn.out_proj.weight",
-        hf: src(&["text_model.encoder.layers.{n}.self_attn.out_proj.weight"], &[Width, Width], Transpose),
-        open_clip: src(&["transformer.resblocks.{n}.attn.out_proj.weight"], &[Width, Width], Transpose),
+        hf: src(
+            &["text_model.encoder.layers.{n}.self_attn.out_proj.weight"],
+            &[Width, Width],
+            Transpose,
+        ),
+        open_clip: src(
+            &["transformer.resblocks.{n}.attn.out_proj.weight"],
+            &[Width, Width],
+            Transpose,
+        ),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.attn.out_proj.bias",
-        hf: src(&["text_model.encoder.layers.{n}.self_attn.out_proj.bias"], &[Width], Copy),
-        open_clip: src(&["transformer.resblocks.{n}.attn.out_proj.bias"], &[Width], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.self_attn.out_proj.bias"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["transformer.resblocks.{n}.attn.out_proj.bias"],
+            &[Width],
+            Copy,
+        ),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.ln_2.gamma",
-        hf: src(&["text_model.encoder.layers.{n}.layer_norm2.weight"], &[Width], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.layer_norm2.weight"],
+            &[Width],
+            Copy,
+        ),
         open_clip: src(&["transformer.resblocks.{n}.ln_2.weight"], &[Width], Copy),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.ln_2.beta",
-        hf: src(&["text_model.encoder.layers.{n}.layer_norm2.bias"], &[Width], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.layer_norm2.bias"],
+            &[Width],
+            Copy,
+        ),
         open_clip: src(&["transformer.resblocks.{n}.ln_2.bias"], &[Width], Copy),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.mlp.c_fc.weight",
-        hf: src(&["text_model.encoder.layers.{n}.mlp.fc1.weight"], &[Mlp, Width], Transpose),
-        open_clip: src(&["transformer.resblocks.{n}.mlp.c_fc.weight"], &[Mlp, Width], Transpose),
+        hf: src(
+            &["text_model.encoder.layers.{n}.mlp.fc1.weight"],
+            &[Mlp, Width],
+            Transpose,
+        ),
+        open_clip: src(
+            &["transformer.resblocks.{n}.mlp.c_fc.weight"],
+            &[Mlp, Width],
+            Transpose,
+        ),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.mlp.c_fc.bias",
-        hf: src(&["text_model.encoder.layers.{n}.mlp.fc1.bias"], &[Mlp], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.mlp.fc1.bias"],
+            &[Mlp],
+            Copy,
+        ),
         open_clip: src(&["transformer.resblocks.{n}.mlp.c_fc.bias"], &[Mlp], Copy),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.mlp.c_proj.weight",
-        hf: src(&["text_model.encoder.layers.{n}.mlp.fc2.weight"], &[Width, Mlp], Transpose),
-        open_clip: src(&["transformer.resblocks.{n}.mlp.c_proj.weight"], &[Width, Mlp], Transpose),
+        hf: src(
+            &["text_model.encoder.layers.{n}.mlp.fc2.weight"],
+            &[Width, Mlp],
+            Transpose,
+        ),
+        open_clip: src(
+            &["transformer.resblocks.{n}.mlp.c_proj.weight"],
+            &[Width, Mlp],
+            Transpose,
+        ),
     },
     Rule {
         tower: Text,
         ours: "blocks.{n}.mlp.c_proj.bias",
-        hf: src(&["text_model.encoder.layers.{n}.mlp.fc2.bias"], &[Width], Copy),
-        open_clip: src(&["transformer.resblocks.{n}.mlp.c_proj.bias"], &[Width], Copy),
+        hf: src(
+            &["text_model.encoder.layers.{n}.mlp.fc2.bias"],
+            &[Width],
+            Copy,
+        ),
+        open_clip: src(
+            &["transformer.resblocks.{n}.mlp.c_proj.bias"],
+            &[Width],
+            Copy,
+        ),
     },
     // ---- text head -------------------------------------------------------------------------
     Rule {
@@ -383,8 +567,10 @@ pub const CLIP_REMAP: &[Rule] = &[
 /// the contrastive logit scale/bias (MVFA never uses them), Hugging Face's `position_ids`
 /// buffers, and the integer metadata entries of OpenAI's TorchScript state dict.
 pub fn is_ignored_key(key: &str) -> bool {
-    matches!(key, "logit_scale" | "logit_bias" | "input_resolution" | "context_length" | "vocab_size")
-        || key.ends_with(".position_ids")
+    matches!(
+        key,
+        "logit_scale" | "logit_bias" | "input_resolution" | "context_length" | "vocab_size"
+    ) || key.ends_with(".position_ids")
 }
 
 /// The tower a stored key belongs to by its prefix, for either layout (`None`: neither).
@@ -434,7 +620,12 @@ mod tests {
                 assert_eq!(tower_of_key(k), Some(r.tower), "{k}");
             }
             let blocky = r.ours.contains("{n}");
-            assert!(r.hf.keys.iter().chain(r.open_clip.keys).all(|k| k.contains("{n}") == blocky));
+            assert!(
+                r.hf.keys
+                    .iter()
+                    .chain(r.open_clip.keys)
+                    .all(|k| k.contains("{n}") == blocky)
+            );
             let multi = matches!(r.hf.transform, Transform::Stack | Transform::StackTranspose);
             assert_eq!(r.hf.keys.len(), if multi { 3 } else { 1 }, "{}", r.ours);
             assert_eq!(r.open_clip.keys.len(), 1);

@@ -33,10 +33,17 @@ pub struct Taps {
 /// Antialiased bicubic taps for resizing `input` samples to `output` along one axis
 /// (PyTorch `_compute_indices_weights_aa`, align_corners = false, no explicit scale factor).
 pub fn antialias_bicubic_taps(input: usize, output: usize) -> Vec<Taps> {
-    assert!(input > 0 && output > 0, "resize needs non-empty axes ({input} -> {output})");
+    assert!(
+        input > 0 && output > 0,
+        "resize needs non-empty axes ({input} -> {output})"
+    );
     let scale = input as f64 / output as f64;
     // Bicubic interp_size = 4: support 2, widened by the scale when downsampling.
-    let (support, inv_scale) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
+    let (support, inv_scale) = if scale >= 1.0 {
+        (2.0 * scale, 1.0 / scale)
+    } else {
+        (2.0, 1.0)
+    };
     (0..output)
         .map(|i| {
             let center = scale * (i as f64 + 0.5);
@@ -50,7 +57,10 @@ pub fn antialias_bicubic_taps(input: usize, output: usize) -> Vec<Taps> {
             if total != 0.0 {
                 weights.iter_mut().for_each(|w| *w /= total);
             }
-            Taps { first: xmin, weights }
+            Taps {
+                first: xmin,
+                weights,
+            }
         })
         .collect()
 }
@@ -83,7 +93,9 @@ pub fn resize_position_table(table: &[f32], width: usize, g_out: usize) -> Optio
             let dst = &mut tmp[(y * g_out + ox) * width..][..width];
             for (k, &wt) in t.weights.iter().enumerate() {
                 let src = &grid[(y * g_in + t.first + k) * width..][..width];
-                dst.iter_mut().zip(src).for_each(|(d, &s)| *d += wt * s as f64);
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &s)| *d += wt * s as f64);
             }
         }
     }
@@ -111,12 +123,32 @@ mod tests {
         (0, &[0.702086, 0.351198, -0.053127, -0.000157]),
         (0, &[-0.037517, 0.456337, 0.596905, 0.007949, -0.023673]),
         (1, &[-0.048894, 0.178245, 0.705669, 0.216015, -0.051034]),
-        (2, &[-0.018964, -0.007082, 0.568477, 0.497339, -0.029641, -0.010128]),
+        (
+            2,
+            &[
+                -0.018964, -0.007082, 0.568477, 0.497339, -0.029641, -0.010128,
+            ],
+        ),
         (4, &[-0.052253, 0.295930, 0.689544, 0.109084, -0.042305]),
-        (5, &[-0.033554, 0.051105, 0.653621, 0.378392, -0.048266, -0.001298]),
-        (6, &[-0.003449, -0.043918, 0.419396, 0.629253, 0.027459, -0.028743]),
+        (
+            5,
+            &[
+                -0.033554, 0.051105, 0.653621, 0.378392, -0.048266, -0.001298,
+            ],
+        ),
+        (
+            6,
+            &[
+                -0.003449, -0.043918, 0.419396, 0.629253, 0.027459, -0.028743,
+            ],
+        ),
         (8, &[-0.045942, 0.142486, 0.700255, 0.255413, -0.052213]),
-        (9, &[-0.014348, -0.019470, 0.533818, 0.533818, -0.019470, -0.014348]),
+        (
+            9,
+            &[
+                -0.014348, -0.019470, 0.533818, 0.533818, -0.019470, -0.014348,
+            ],
+        ),
     ];
 
     #[test]
@@ -127,7 +159,10 @@ mod tests {
             assert_eq!(taps[i].first, *first, "row {i} first index");
             assert_eq!(taps[i].weights.len(), w.len(), "row {i} length");
             for (k, (&got, &want)) in taps[i].weights.iter().zip(w.iter()).enumerate() {
-                assert!((got - want).abs() < 1e-6, "row {i} weight {k}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "row {i} weight {k}: {got} vs {want}"
+                );
             }
         }
         // Rows 9..=16 mirror rows 7..=0, with first indices 11, 12, 13, 15, 16, 18, 19, 20.
@@ -135,17 +170,24 @@ mod tests {
         assert_eq!(firsts, vec![11, 12, 13, 15, 16, 18, 19, 20]);
         for i in 9..17 {
             let m = &taps[16 - i];
-            assert_eq!(taps[i].first, 24 - (m.first + m.weights.len()), "mirror first of {i}");
+            assert_eq!(
+                taps[i].first,
+                24 - (m.first + m.weights.len()),
+                "mirror first of {i}"
+            );
             let rev: Vec<f64> = m.weights.iter().rev().copied().collect();
             for (a, b) in taps[i].weights.iter().zip(&rev) {
-                assert!((a - b).abs() < 1e-12, "row {i} is not the mirror of {}", 16 - i);
+                assert!(
+                    (a - b).abs() < 1e-12,
+                    "row {i} is not the mirror of {}",
+                    16 - i
+                );
             }
-            if i >= 9 {
-                let (first, w) = SPEC[16 - i];
-                assert_eq!(m.first, first);
-                for (a, b) in taps[i].weights.iter().zip(w.iter().rev()) {
-                    assert!((a - b).abs() < 1e-6);
-                }
+            // ... and so match the spec's rows read backwards.
+            let (first, w) = SPEC[16 - i];
+            assert_eq!(m.first, first);
+            for (a, b) in taps[i].weights.iter().zip(w.iter().rev()) {
+                assert!((a - b).abs() < 1e-6, "row {i}: {a} vs {b}");
             }
         }
         for t in &taps {
@@ -180,9 +222,22 @@ mod tests {
         table.extend(&plane);
         let down = resize_position_table(&table, 1, 4).unwrap();
         let want4 = [
-            -0.087180957, 0.30080299, 0.555305486, -0.350360281, 0.463830119, 0.626375147,
-            -0.079536314, 0.125537103, 0.756113804, 0.051947192, 0.195744579, 0.151716375,
-            0.131528131, 0.400861471, -0.397298751, 0.696501136,
+            -0.087180957,
+            0.30080299,
+            0.555305486,
+            -0.350360281,
+            0.463830119,
+            0.626375147,
+            -0.079536314,
+            0.125537103,
+            0.756113804,
+            0.051947192,
+            0.195744579,
+            0.151716375,
+            0.131528131,
+            0.400861471,
+            -0.397298751,
+            0.696501136,
         ];
         assert_eq!(down[0], 0.5);
         for (g, w) in down[1..].iter().zip(want4) {
@@ -191,9 +246,24 @@ mod tests {
         let up = resize_position_table(&table, 1, 9).unwrap();
         // First two rows and the centre value of the 9x9 output.
         let want9 = [
-            -1.164473684, -0.816950464, -0.218354045, 0.41901194, 1.135279605, 1.085899427,
-            -0.647805495, -0.500580495, 0.12703428, -0.166989164, 0.276816609, 0.580235566,
-            -0.032645697, 0.382352941, 0.81420207, 0.268722767, -0.282871972, -0.61996904,
+            -1.164473684,
+            -0.816950464,
+            -0.218354045,
+            0.41901194,
+            1.135279605,
+            1.085899427,
+            -0.647805495,
+            -0.500580495,
+            0.12703428,
+            -0.166989164,
+            0.276816609,
+            0.580235566,
+            -0.032645697,
+            0.382352941,
+            0.81420207,
+            0.268722767,
+            -0.282871972,
+            -0.61996904,
         ];
         for (g, w) in up[1..19].iter().zip(want9) {
             assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
