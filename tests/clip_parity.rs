@@ -241,6 +241,50 @@ fn mvfa_text_parity<B: Backend>(device: &B::Device) {
     }
 }
 
+/// The full text path as the app runs it: the CLIP tokenizer and the prompt ensemble of
+/// `model::clip::prompts` (spec 3.2 to 3.4) on top of the loaded text tower. The token ids
+/// are compared with open_clip's first, then the features.
+#[test]
+fn mvfa_text_features_with_tokenizer_match_pytorch() {
+    mvfa_prompt_parity::<Cpu>(&Default::default());
+}
+
+fn mvfa_prompt_parity<B: Backend>(device: &B::Device) {
+    use mvfa_studio::model::clip::prompts::{
+        abnormal_sentences, build_text_features, normal_sentences,
+    };
+    use mvfa_studio::model::clip::tokenizer::ClipTokenizer;
+    let r = reference();
+    let tokenizer = ClipTokenizer::new();
+    for (i, organ) in ["Brain", "Chest X-ray film"].iter().enumerate() {
+        let sentences = [normal_sentences(organ), abnormal_sentences(organ)].concat();
+        let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+        let ours: Vec<i64> = tokenizer
+            .tokenize(&refs, 77)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(i64::from)
+            .collect();
+        let want = r.tokens::<Cpu>(&format!("text_tokens_{i}"), &Default::default());
+        let want: Vec<i64> = want.into_data().convert::<i64>().to_vec().unwrap();
+        assert_eq!(ours, want, "token ids of the {organ:?} sentences");
+    }
+    for (name, file, _) in LAYOUTS {
+        let (model, _) = load::<B>(file, device);
+        for (i, organ) in ["Brain", "Chest X-ray film"].iter().enumerate() {
+            let t =
+                build_text_features::<B>(&tokenizer, organ, device, |ids| model.text.encode(ids))
+                    .unwrap();
+            let err = max_abs(t, r.f(&format!("text_features_{i}")));
+            println!(
+                "{name:9} tokenizer + prompts + text tower, {organ:?}: max-abs error {err:.3e}"
+            );
+            assert!(err < TOL, "{name} {organ}: {err}");
+        }
+    }
+}
+
 /// The fixture is sensitive to the activation quirk (spec 1.2): the same weights with
 /// QuickGELU are far off the erf-GELU reference.
 #[test]
@@ -277,4 +321,5 @@ fn cuda_parity() {
     vision_parity::<Cuda>(&device);
     text_parity::<Cuda>(&device);
     mvfa_text_parity::<Cuda>(&device);
+    mvfa_prompt_parity::<Cuda>(&device);
 }
