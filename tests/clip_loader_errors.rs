@@ -300,3 +300,63 @@ fn vision_file_lacks_text_tower() {
         "{msg}"
     );
 }
+
+/// F64 and BF16 files load (converted to f32): F64 exactly, BF16 to its own precision.
+#[test]
+fn f64_and_bf16_files_load() {
+    let device = Default::default();
+    let (reference, _) = load_clip_vision::<B>(
+        &fixtures().join("open_clip/open_clip_model.safetensors"),
+        &LoadOptions::default(),
+        &device,
+    )
+    .unwrap();
+    let want: Vec<f32> = reference
+        .class_embedding
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let to_f64 = |n: &str, d: Dtype, s: &[usize], b: &[u8]| {
+        if d != Dtype::F32 {
+            return keep(n, d, s, b);
+        }
+        let out = f32s(b)
+            .iter()
+            .flat_map(|&v| (v as f64).to_le_bytes())
+            .collect();
+        Some((Dtype::F64, s.to_vec(), out))
+    };
+    let to_bf16 = |n: &str, d: Dtype, s: &[usize], b: &[u8]| {
+        if d != Dtype::F32 {
+            return keep(n, d, s, b);
+        }
+        let out = f32s(b)
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        Some((Dtype::BF16, s.to_vec(), out))
+    };
+    for (bytes, dtype) in [
+        (rewrite(to_f64, vec![]), "F64"),
+        (rewrite(to_bf16, vec![]), "BF16"),
+    ] {
+        let (_d, path) = with_config(&bytes);
+        let (vit, report) = load_clip_vision::<B>(&path, &LoadOptions::default(), &device).unwrap();
+        assert!(report.applied.iter().any(|a| a.dtype == dtype), "{dtype}");
+        let got: Vec<f32> = vit.class_embedding.val().into_data().to_vec().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            let w = if dtype == "BF16" {
+                half::bf16::from_f32(*w).to_f32()
+            } else {
+                *w
+            };
+            assert_eq!(*g, w, "{dtype}");
+        }
+    }
+}

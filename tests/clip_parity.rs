@@ -3,7 +3,7 @@
 //! to 17x17, 290 tokens), 8 vision blocks, erf GELU, every tensor random. Both weight layouts
 //! go through the real loader and must match within 1e-4 max-abs.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::prelude::*;
@@ -11,11 +11,16 @@ use mvfa_studio::model::clip::config::ClipModel;
 use mvfa_studio::weights::clip::{Layout, LoadOptions, LoadReport, load_clip, load_clip_vision};
 use safetensors::{Dtype, SafeTensors};
 
-type B = NdArray<f32>;
+type Cpu = NdArray<f32>;
 const TOL: f32 = 1e-4;
 
+/// The fixture folder; `CARGO_MANIFEST_DIR` at run time wins so that a test binary built here
+/// can run from a copy of the repository elsewhere (the GPU check).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join("tests/fixtures/clip")
 }
 
 /// Reference tensors as (shape, f32 values) or (shape, i32 values).
@@ -63,16 +68,12 @@ impl Reference {
             .get(name)
             .unwrap_or_else(|| panic!("reference lacks {name}"))
     }
-    fn image(&self, device: &burn::backend::ndarray::NdArrayDevice) -> Tensor<B, 4> {
+    fn image<B: Backend>(&self, device: &B::Device) -> Tensor<B, 4> {
         let (shape, v) = &self.ints["image_u8"];
         let v: Vec<f32> = v.iter().map(|&b| b as f32 / 255.0).collect();
         Tensor::from_data(TensorData::new(v, shape.clone()), device)
     }
-    fn tokens(
-        &self,
-        name: &str,
-        device: &burn::backend::ndarray::NdArrayDevice,
-    ) -> Tensor<B, 2, Int> {
+    fn tokens<B: Backend>(&self, name: &str, device: &B::Device) -> Tensor<B, 2, Int> {
         let (shape, v) = &self.ints[name];
         let (n, len) = (shape[0], shape[1]);
         // Pad back to the 77-token context the tokenizer produces.
@@ -84,7 +85,7 @@ impl Reference {
     }
 }
 
-fn max_abs<const D: usize>(got: Tensor<B, D>, want: &(Vec<usize>, Vec<f32>)) -> f32 {
+fn max_abs<B: Backend, const D: usize>(got: Tensor<B, D>, want: &(Vec<usize>, Vec<f32>)) -> f32 {
     assert_eq!(got.dims().to_vec(), want.0, "shape");
     let g = got.into_data().to_vec::<f32>().unwrap();
     g.iter()
@@ -102,19 +103,15 @@ const LAYOUTS: [(&str, &str, Layout); 2] = [
     ),
 ];
 
-fn load(file: &str) -> (ClipModel<B>, LoadReport) {
-    load_clip::<B>(
-        &fixtures().join(file),
-        &LoadOptions::default(),
-        &Default::default(),
-    )
-    .unwrap_or_else(|e| panic!("{file}: {e}"))
+fn load<B: Backend>(file: &str, device: &B::Device) -> (ClipModel<B>, LoadReport) {
+    load_clip::<B>(&fixtures().join(file), &LoadOptions::default(), device)
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
 #[test]
 fn loads_both_layouts_with_config_beside() {
     for (name, file, layout) in LAYOUTS {
-        let (model, report) = load(file);
+        let (model, report) = load::<Cpu>(file, &Default::default());
         println!("--- {name}\n{report}");
         assert_eq!(report.layout, layout);
         assert!(report.is_complete());
@@ -143,11 +140,14 @@ fn loads_both_layouts_with_config_beside() {
 
 #[test]
 fn vision_taps_and_embedding_match_pytorch() {
+    vision_parity::<Cpu>(&Default::default());
+}
+
+fn vision_parity<B: Backend>(device: &B::Device) {
     let r = reference();
-    let device = Default::default();
-    let image = r.image(&device);
+    let image = r.image::<B>(device);
     for (name, file, _) in LAYOUTS {
-        let (model, _) = load(file);
+        let (model, _) = load::<B>(file, device);
         let out = model
             .vision
             .forward_tapped(image.clone(), &[2, 4, 6, 8], |_, x| x);
@@ -179,7 +179,7 @@ fn vision_only_load_matches_and_skips_text() {
     let device = Default::default();
     for (name, file, _) in LAYOUTS {
         let (vit, report) =
-            load_clip_vision::<B>(&fixtures().join(file), &LoadOptions::default(), &device)
+            load_clip_vision::<Cpu>(&fixtures().join(file), &LoadOptions::default(), &device)
                 .unwrap();
         assert_eq!(report.applied.len(), 8 + 12 * 8, "{name}");
         assert_eq!(
@@ -187,7 +187,7 @@ fn vision_only_load_matches_and_skips_text() {
             5 + (if name == "hf" { 16 } else { 12 }) * 3,
             "{name}"
         );
-        let out = vit.forward(r.image(&device));
+        let out = vit.forward(r.image::<Cpu>(&device));
         let err = max_abs(out.embedding, r.f("embedding"));
         assert!(err < TOL, "{name} vision-only embedding: {err}");
     }
@@ -195,11 +195,16 @@ fn vision_only_load_matches_and_skips_text() {
 
 #[test]
 fn text_tower_matches_pytorch() {
+    text_parity::<Cpu>(&Default::default());
+}
+
+fn text_parity<B: Backend>(device: &B::Device) {
     let r = reference();
-    let device = Default::default();
     for (name, file, _) in LAYOUTS {
-        let (model, _) = load(file);
-        let got = model.text.encode(r.tokens("text_sample_tokens", &device));
+        let (model, _) = load::<B>(file, device);
+        let got = model
+            .text
+            .encode(r.tokens::<B>("text_sample_tokens", device));
         let err = max_abs(got, r.f("text_sample_features"));
         println!("{name:9} text features of 4 sentences: max-abs error {err:.3e}");
         assert!(err < TOL, "{name} text: {err}");
@@ -210,14 +215,17 @@ fn text_tower_matches_pytorch() {
 /// (245 normal, then 175 abnormal): normalise, average per state, normalise, stack.
 #[test]
 fn mvfa_text_features_from_token_ids_match_pytorch() {
+    mvfa_text_parity::<Cpu>(&Default::default());
+}
+
+fn mvfa_text_parity<B: Backend>(device: &B::Device) {
     let r = reference();
-    let device = Default::default();
     for (name, file, _) in LAYOUTS {
-        let (model, _) = load(file);
+        let (model, _) = load::<B>(file, device);
         for (i, organ) in ["Brain", "Chest X-ray film"].iter().enumerate() {
             let feats = model
                 .text
-                .encode(r.tokens(&format!("text_tokens_{i}"), &device));
+                .encode(r.tokens::<B>(&format!("text_tokens_{i}"), device));
             let norm = feats.clone().powi_scalar(2).sum_dim(1).sqrt();
             let feats = feats / norm;
             let col = |rows: std::ops::Range<usize>| {
@@ -228,6 +236,50 @@ fn mvfa_text_features_from_token_ids_match_pytorch() {
             let t = Tensor::cat(vec![col(0..245), col(245..420)], 1);
             let err = max_abs(t, r.f(&format!("text_features_{i}")));
             println!("{name:9} MVFA text features for {organ:?}: max-abs error {err:.3e}");
+            assert!(err < TOL, "{name} {organ}: {err}");
+        }
+    }
+}
+
+/// The full text path as the app runs it: the CLIP tokenizer and the prompt ensemble of
+/// `model::clip::prompts` (spec 3.2 to 3.4) on top of the loaded text tower. The token ids
+/// are compared with open_clip's first, then the features.
+#[test]
+fn mvfa_text_features_with_tokenizer_match_pytorch() {
+    mvfa_prompt_parity::<Cpu>(&Default::default());
+}
+
+fn mvfa_prompt_parity<B: Backend>(device: &B::Device) {
+    use mvfa_studio::model::clip::prompts::{
+        abnormal_sentences, build_text_features, normal_sentences,
+    };
+    use mvfa_studio::model::clip::tokenizer::ClipTokenizer;
+    let r = reference();
+    let tokenizer = ClipTokenizer::new();
+    for (i, organ) in ["Brain", "Chest X-ray film"].iter().enumerate() {
+        let sentences = [normal_sentences(organ), abnormal_sentences(organ)].concat();
+        let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+        let ours: Vec<i64> = tokenizer
+            .tokenize(&refs, 77)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(i64::from)
+            .collect();
+        let want = r.tokens::<Cpu>(&format!("text_tokens_{i}"), &Default::default());
+        let want: Vec<i64> = want.into_data().convert::<i64>().to_vec().unwrap();
+        assert_eq!(ours, want, "token ids of the {organ:?} sentences");
+    }
+    for (name, file, _) in LAYOUTS {
+        let (model, _) = load::<B>(file, device);
+        for (i, organ) in ["Brain", "Chest X-ray film"].iter().enumerate() {
+            let t =
+                build_text_features::<B>(&tokenizer, organ, device, |ids| model.text.encode(ids))
+                    .unwrap();
+            let err = max_abs(t, r.f(&format!("text_features_{i}")));
+            println!(
+                "{name:9} tokenizer + prompts + text tower, {organ:?}: max-abs error {err:.3e}"
+            );
             assert!(err < TOL, "{name} {organ}: {err}");
         }
     }
@@ -245,12 +297,29 @@ fn quick_gelu_would_not_match() {
         ..Default::default()
     };
     let path = fixtures().join("open_clip/open_clip_model.safetensors");
-    let (vit, report) = load_clip_vision::<B>(&path, &opts, &device).unwrap();
+    let (vit, report) = load_clip_vision::<Cpu>(&path, &opts, &device).unwrap();
     assert_eq!(report.config.vision.activation.name(), "quick_gelu");
-    let out = vit.forward(r.image(&device));
+    let out = vit.forward(r.image::<Cpu>(&device));
     let err = max_abs(out.taps[3].clone(), r.f("tap_8"));
     assert!(
         err > 1e-2,
         "QuickGELU should not match the erf-GELU reference ({err})"
     );
+}
+
+/// The same parity on the CUDA backend (feature `cuda`); skipped without an NVIDIA driver.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_parity() {
+    let info = mvfa_studio::backend::probe(false);
+    if info.choice == mvfa_studio::backend::DeviceChoice::Cpu {
+        println!("skipped: {}", info.fallback_reason.unwrap_or_default());
+        return;
+    }
+    let device = burn::backend::cuda::CudaDevice::new(0);
+    type Cuda = mvfa_studio::backend::CudaBackend;
+    vision_parity::<Cuda>(&device);
+    text_parity::<Cuda>(&device);
+    mvfa_text_parity::<Cuda>(&device);
+    mvfa_prompt_parity::<Cuda>(&device);
 }

@@ -288,7 +288,7 @@ impl LoadReport {
         s
     }
 
-    /// Number of parameters (elements) applied.
+    /// The requested towers, e.g. `vision + text`.
     pub fn tower_names(&self) -> String {
         self.towers
             .iter()
@@ -513,10 +513,10 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
     };
     config.vision.activation = activation;
     config.text.activation = activation;
-    let valid = if towers.contains(&Tower::Text) {
-        config.validate()
-    } else {
-        config.vision.validate()
+    let valid = match towers {
+        [Tower::Vision] => config.vision.validate(),
+        [Tower::Text] => config.text.validate(),
+        _ => config.validate(),
     };
     valid.map_err(|detail| WeightsError::Config {
         path: match &found.source {

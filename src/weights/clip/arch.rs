@@ -54,12 +54,11 @@ fn usize_or(v: &Value, key: &str, default: usize, ctx: &str) -> Result<usize, St
                 return Ok(n as usize);
             }
             // image_size may be [h, w]: only square inputs are supported.
-            if let Some([a, b]) = x.as_array().map(|a| a.as_slice()) {
-                if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
-                    if a == b {
-                        return Ok(a as usize);
-                    }
-                }
+            if let Some([a, b]) = x.as_array().map(|a| a.as_slice())
+                && let (Some(a), Some(b)) = (a.as_u64(), b.as_u64())
+                && a == b
+            {
+                return Ok(a as usize);
             }
             Err(format!(
                 "{ctx}.{key} = {x} is not a positive integer (or square pair)"
@@ -191,28 +190,28 @@ pub fn parse_open_clip(root: &Value) -> Result<(ClipConfig, Option<String>), Str
         ),
     ] {
         for k in keys {
-            if let Some(x) = get(v, k) {
-                if x != &Value::Bool(false) {
-                    return Err(format!(
-                        "open_clip {section}.{k} = {x} is not supported by this CLIP port"
-                    ));
-                }
+            if let Some(x) = get(v, k)
+                && x != &Value::Bool(false)
+            {
+                return Err(format!(
+                    "open_clip {section}.{k} = {x} is not supported by this CLIP port"
+                ));
             }
         }
     }
-    if let Some(p) = get(vis, "pool_type").and_then(Value::as_str) {
-        if p != "tok" {
-            return Err(format!(
-                "open_clip vision_cfg.pool_type = {p:?} is not supported (only \"tok\")"
-            ));
-        }
+    if let Some(p) = get(vis, "pool_type").and_then(Value::as_str)
+        && p != "tok"
+    {
+        return Err(format!(
+            "open_clip vision_cfg.pool_type = {p:?} is not supported (only \"tok\")"
+        ));
     }
-    if let Some(p) = get(txt, "pool_type").and_then(Value::as_str) {
-        if p != "argmax" {
-            return Err(format!(
-                "open_clip text_cfg.pool_type = {p:?} is not supported (only \"argmax\")"
-            ));
-        }
+    if let Some(p) = get(txt, "pool_type").and_then(Value::as_str)
+        && p != "argmax"
+    {
+        return Err(format!(
+            "open_clip text_cfg.pool_type = {p:?} is not supported (only \"argmax\")"
+        ));
     }
     if get(vis, "layers").is_some_and(|l| !l.is_u64()) {
         return Err(
