@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::module::{Module, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use mvfa_studio::model::mvfa::adapter::{
@@ -144,13 +144,6 @@ fn cfg() -> MvfaAdaptersConfig {
     MvfaAdaptersConfig::new().with_width(W).with_bottleneck(E)
 }
 
-fn scorer<B: Backend>(fx: &Fixture, device: &B::Device) -> Scorer<B> {
-    Scorer::new(
-        ScoringConfig::new().with_bank_chunk_rows(100),
-        fx.tensor("text", device),
-    )
-}
-
 fn max_abs<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b).abs().max().into_scalar().elem::<f32>()
@@ -168,7 +161,7 @@ fn sub_map<B: Backend>(t: Tensor<B, 3>, idx: &[i64]) -> Tensor<B, 3> {
     rows(rows(t, idx, 1), idx, 2)
 }
 
-/// Checks `max_abs <= TOL`, prints the error and returns it.
+/// Checks `err <= TOL`, prints the error and tracks the worst one.
 fn check(name: &str, err: f32, worst: &mut f32) {
     eprintln!("{name:<28} max-abs {err:.3e}");
     *worst = worst.max(err);
@@ -185,81 +178,109 @@ fn check_rel(name: &str, got: f64, want: f64, worst: &mut f64) {
     );
 }
 
-fn images<B: Backend>(fx: &Fixture, name: &str, device: &B::Device) -> Tensor<B, 4> {
+/// Phase A "images": token tensors `[n, 1, tokens, width]` for the stand-in backbone.
+fn token_images<B: Backend>(fx: &Fixture, name: &str, device: &B::Device) -> Tensor<B, 4> {
     let t: Tensor<B, 3> = fx.tensor(name, device);
     t.unsqueeze_dim(1)
 }
 
-#[test]
-fn phase_a_forward_scores_and_maps_match_pytorch() {
-    let device = Default::default();
+/// The inputs of one parity case.
+struct Inputs<B: Backend> {
+    /// One query image `[1, ...]`.
+    query: Tensor<B, 4>,
+    /// Support images for the memory banks `[n, ...]`.
+    support: Tensor<B, 4>,
+    /// Text features `[E, 2]`.
+    text: Tensor<B, 2>,
+    /// Soft mask `[1, 240, 240]` in [0, 1].
+    mask: Tensor<B, 3>,
+    /// Image label `[1]`.
+    label: Tensor<B, 1>,
+}
+
+fn phase_a_inputs<B: Backend>(device: &B::Device) -> Inputs<B> {
     let fx = Fixture::load("phase_a.safetensors");
-    let adapters: MvfaAdapters<NB> =
-        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device)
-            .expect("import the reference .pth");
-    let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
+    Inputs {
+        query: token_images(&fx, "x0", device),
+        support: token_images(&fx, "support", device),
+        text: fx.tensor("text", device),
+        mask: fx.tensor::<B, 3>("mask_u8", device).div_scalar(255.0),
+        label: fx.tensor("label", device),
+    }
+}
+
+fn scorer<B: Backend>(inputs: &Inputs<B>) -> Scorer<B> {
+    Scorer::new(
+        ScoringConfig::new().with_bank_chunk_rows(100),
+        inputs.text.clone(),
+    )
+}
+
+/// Adapted tokens, taps, mixed streams, text logits, zero- and few-shot scores and maps of
+/// both heads against the reference `fx`. Returns the worst max-abs error.
+fn check_forward_and_scoring<V: TappedBackbone<NB>>(
+    phase: &str,
+    fx: &Fixture,
+    vision: &V,
+    adapters: &MvfaAdapters<NB>,
+    inputs: &Inputs<NB>,
+) -> f32 {
+    let device = Default::default();
+    let cfg = MvfaAdaptersConfig::new()
+        .with_width(adapters.width().unwrap())
+        .with_bottleneck(adapters.bottleneck().unwrap());
     let trace = forward_adapted_traced(
-        &vision,
+        vision,
         &adapters.seg,
         &adapters.det,
-        images(&fx, "x0", &device),
-        &cfg(),
+        inputs.query.clone(),
+        &cfg,
     )
     .unwrap();
     let tr = token_rows();
     let mut worst = 0f32;
     for l in 0..4 {
         let sel = |t: &Tensor<NB, 3>| rows(t.clone(), &tr, 1);
+        let want = |n: &str| fx.tensor::<NB, 3>(&format!("{n}.{l}"), &device);
         check(
-            &format!("tap {l}"),
-            max_abs(
-                sel(&trace.taps[l]),
-                fx.tensor(&format!("taps.{l}"), &device),
-            ),
+            &format!("{phase} tap {l}"),
+            max_abs(sel(&trace.taps[l]), want("taps")),
             &mut worst,
         );
         check(
-            &format!("mixed {l}"),
-            max_abs(
-                sel(&trace.mixed[l]),
-                fx.tensor(&format!("mixed.{l}"), &device),
-            ),
+            &format!("{phase} mixed {l}"),
+            max_abs(sel(&trace.mixed[l]), want("mixed")),
             &mut worst,
         );
         check(
-            &format!("seg tokens {l}"),
-            max_abs(
-                sel(&trace.features.seg_tokens[l]),
-                fx.tensor(&format!("seg.{l}"), &device),
-            ),
+            &format!("{phase} seg tokens {l}"),
+            max_abs(sel(&trace.features.seg_tokens[l]), want("seg")),
             &mut worst,
         );
         check(
-            &format!("det tokens {l}"),
-            max_abs(
-                sel(&trace.features.det_tokens[l]),
-                fx.tensor(&format!("det.{l}"), &device),
-            ),
+            &format!("{phase} det tokens {l}"),
+            max_abs(sel(&trace.features.det_tokens[l]), want("det")),
             &mut worst,
         );
     }
-    let scorer = scorer::<NB>(&fx, &device);
+    let scorer = scorer(inputs);
     for l in 0..4 {
         let logits = scorer.text_logits(trace.features.seg_tokens[l].clone());
         // Logits are x100 cosines: compare at the scale of the cosine.
         let err = max_abs(logits, fx.tensor(&format!("logits_seg.{l}"), &device)) / 100.0;
-        check(&format!("seg logits/100 {l}"), err, &mut worst);
+        check(&format!("{phase} seg logits/100 {l}"), err, &mut worst);
     }
 
-    // Memory banks from the support "images" (all 290 tokens of each).
+    // Memory banks from the support images (all 290 tokens of each).
     let support = forward_adapted(
-        &vision,
+        vision,
         &adapters.seg,
         &adapters.det,
-        images(&fx, "support", &device),
-        &cfg(),
+        inputs.support.clone(),
+        &cfg,
     )
     .unwrap();
+    let n_support = inputs.support.dims()[0];
     let banks = [
         (
             "seg",
@@ -274,137 +295,123 @@ fn phase_a_forward_scores_and_maps_match_pytorch() {
     ];
     let (mi, fi) = (map_idx(), fused_idx());
     for (head, bank, tokens) in &banks {
-        assert_eq!(bank.rows(), 2 * TOKENS);
+        assert_eq!(bank.rows(), n_support * TOKENS);
         let s = scorer.score_head(tokens, Some(bank));
+        let few_map = s.few_map.as_ref().unwrap();
+        let few_image = s.few_image.as_ref().unwrap();
         for l in 0..4 {
-            let t = |n: &str| fx.tensor::<NB, 1>(&format!("{n}_{head}.{l}"), &device);
+            let t1 = |n: &str| fx.tensor::<NB, 1>(&format!("{n}_{head}.{l}"), &device);
+            let t3 = |n: &str| fx.tensor::<NB, 3>(&format!("{n}_{head}.{l}"), &device);
             check(
-                &format!("zero score {head} {l}"),
-                max_abs(s.zero_image.per_level[l].clone(), t("zero_score")),
+                &format!("{phase} zero score {head} {l}"),
+                max_abs(s.zero_image.per_level[l].clone(), t1("zero_score")),
                 &mut worst,
             );
             check(
-                &format!("zero map {head} {l}"),
+                &format!("{phase} zero map {head} {l}"),
                 max_abs(
                     sub_map(s.zero_map.per_level[l].clone(), &mi),
-                    fx.tensor(&format!("zero_map_{head}.{l}"), &device),
-                ),
-                &mut worst,
-            );
-            let few = s.few_map.as_ref().unwrap();
-            check(
-                &format!("few map {head} {l}"),
-                max_abs(
-                    sub_map(few.per_level[l].clone(), &mi),
-                    fx.tensor(&format!("few_map_{head}.{l}"), &device),
+                    t3("zero_map"),
                 ),
                 &mut worst,
             );
             check(
-                &format!("few score {head} {l}"),
-                max_abs(
-                    s.few_image.as_ref().unwrap().per_level[l].clone(),
-                    t("few_score"),
-                ),
+                &format!("{phase} few map {head} {l}"),
+                max_abs(sub_map(few_map.per_level[l].clone(), &mi), t3("few_map")),
+                &mut worst,
+            );
+            check(
+                &format!("{phase} few score {head} {l}"),
+                max_abs(few_image.per_level[l].clone(), t1("few_score")),
                 &mut worst,
             );
         }
-        let t1 = |n: &str| fx.tensor::<NB, 1>(n, &device);
+        let t1 = |n: &str| fx.tensor::<NB, 1>(&format!("{n}_{head}"), &device);
+        let t3 = |n: &str| fx.tensor::<NB, 3>(&format!("{n}_{head}"), &device);
         check(
-            &format!("zero score {head} fused"),
-            max_abs(
-                s.zero_image.fused.clone(),
-                t1(&format!("zero_score_{head}")),
-            ),
+            &format!("{phase} zero score {head} fused"),
+            max_abs(s.zero_image.fused.clone(), t1("zero_score")),
             &mut worst,
         );
         check(
-            &format!("few score {head} fused"),
-            max_abs(
-                s.few_image.as_ref().unwrap().fused.clone(),
-                t1(&format!("few_score_{head}")),
-            ),
+            &format!("{phase} few score {head} fused"),
+            max_abs(few_image.fused.clone(), t1("few_score")),
             &mut worst,
         );
         check(
-            &format!("zero map {head} fused"),
-            max_abs(
-                sub_map(s.zero_map.fused.clone(), &fi),
-                fx.tensor(&format!("zero_map_{head}"), &device),
-            ),
+            &format!("{phase} zero map {head} fused"),
+            max_abs(sub_map(s.zero_map.fused.clone(), &fi), t3("zero_map")),
             &mut worst,
         );
         check(
-            &format!("few map {head} fused"),
-            max_abs(
-                sub_map(s.few_map.as_ref().unwrap().fused.clone(), &fi),
-                fx.tensor(&format!("few_map_{head}"), &device),
-            ),
+            &format!("{phase} few map {head} fused"),
+            max_abs(sub_map(few_map.fused.clone(), &fi), t3("few_map")),
             &mut worst,
         );
     }
-    eprintln!("phase A forward/scoring: worst max-abs {worst:.3e}");
+    eprintln!("{phase} forward/scoring: worst max-abs {worst:.3e}");
+    worst
 }
 
-#[test]
-fn phase_a_losses_and_one_adam_step_match_pytorch() {
+/// Every loss term, the totals, and the adapter weights after one step of each of the two
+/// Adam optimisers, against the reference `fx`. `vision` must already be frozen.
+fn check_losses_and_adam<V: TappedBackbone<AB> + AutodiffModule<AB>>(
+    phase: &str,
+    fx: &Fixture,
+    vision: &V,
+    adapters: MvfaAdapters<AB>,
+    inputs: &Inputs<AB>,
+) {
     let device = Default::default();
-    let fx = Fixture::load("phase_a.safetensors");
-    let adapters: MvfaAdapters<AB> =
-        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
-    let vision = ToyBackbone::<AB>::from_fixture(&fx, &device).no_grad();
+    let cfg = MvfaAdaptersConfig::new()
+        .with_width(adapters.width().unwrap())
+        .with_bottleneck(adapters.bottleneck().unwrap());
     let feats = forward_adapted(
-        &vision,
+        vision,
         &adapters.seg,
         &adapters.det,
-        images(&fx, "x0", &device),
-        &cfg(),
+        inputs.query.clone(),
+        &cfg,
     )
     .unwrap();
-    let scorer = scorer::<AB>(&fx, &device);
-    let mask: Tensor<AB, 3> = fx.tensor::<AB, 3>("mask_u8", &device).div_scalar(255.0);
-    let labels: Tensor<AB, 1> = fx.tensor("label", &device);
-    let loss = mvfa_loss(
-        &scorer,
-        &feats,
-        &LossTarget {
-            labels: labels.clone(),
-            mask: Some(mask),
-        },
-    );
-    let cls = mvfa_loss(&scorer, &feats, &LossTarget { labels, mask: None });
+    let scorer = scorer(inputs);
+    let target = LossTarget {
+        labels: inputs.label.clone(),
+        mask: Some(inputs.mask.clone()),
+    };
+    let loss = mvfa_loss(&scorer, &feats, &target);
+    let cls_target = LossTarget {
+        labels: inputs.label.clone(),
+        mask: None,
+    };
+    let cls = mvfa_loss(&scorer, &feats, &cls_target);
     assert!(cls.focal.is_empty() && cls.dice.is_empty());
 
     let mut worst = 0f64;
     let v = |t: &Tensor<AB, 1>| t.clone().into_scalar() as f64;
     for l in 0..4 {
-        check_rel(
-            &format!("focal {l}"),
-            v(&loss.focal[l]),
-            fx.scalar(&format!("loss.focal.{l}")),
-            &mut worst,
-        );
-        check_rel(
-            &format!("dice {l}"),
-            v(&loss.dice[l]),
-            fx.scalar(&format!("loss.dice.{l}")),
-            &mut worst,
-        );
-        check_rel(
-            &format!("bce {l}"),
-            v(&loss.bce[l]),
-            fx.scalar(&format!("loss.bce.{l}")),
-            &mut worst,
-        );
+        for (term, got) in [
+            ("focal", &loss.focal[l]),
+            ("dice", &loss.dice[l]),
+            ("bce", &loss.bce[l]),
+        ] {
+            let want = fx.scalar(&format!("loss.{term}.{l}"));
+            check_rel(&format!("{phase} {term} {l}"), v(got), want, &mut worst);
+        }
     }
-    check_rel("total", v(&loss.total), fx.scalar("loss.total"), &mut worst);
     check_rel(
-        "total (classification)",
+        &format!("{phase} total"),
+        v(&loss.total),
+        fx.scalar("loss.total"),
+        &mut worst,
+    );
+    check_rel(
+        &format!("{phase} total (classification)"),
         v(&cls.total),
         fx.scalar("loss_cls.total"),
         &mut worst,
     );
-    eprintln!("phase A losses: worst relative error {worst:.3e}");
+    eprintln!("{phase} losses: worst relative error {worst:.3e}");
 
     // One step of each of the two Adam optimisers (spec 5.2).
     let adam = AdamConfig::new()
@@ -415,7 +422,7 @@ fn phase_a_losses_and_one_adam_step_match_pytorch() {
     let mut opt_det = adam.init::<AB, AdapterBank<AB>>();
     let mut grads = loss.total.backward();
     assert!(
-        GradientsParams::from_module(&mut grads, &vision).is_empty(),
+        GradientsParams::from_module(&mut grads, vision).is_empty(),
         "frozen backbone must not get gradients"
     );
     let g_seg = GradientsParams::from_module(&mut grads, &adapters.seg);
@@ -432,14 +439,36 @@ fn phase_a_losses_and_one_adam_step_match_pytorch() {
                 // Burn keeps [in, out]; the reference [out, in].
                 let got = lin.weight.val().inner().transpose();
                 let want: Tensor<NB, 2> = fx.tensor(&format!("step.{head}.{i}.{fc}"), &device);
-                let err = max_abs(got, want);
-                eprintln!("adam {head}.{i}.{fc:<14} max-abs {err:.3e}");
-                worst = worst.max(err);
-                assert!(err <= TOL, "{head}.{i}.{fc} after Adam: {err:e}");
+                check(
+                    &format!("{phase} adam {head}.{i}.{fc}"),
+                    max_abs(got, want),
+                    &mut worst,
+                );
             }
         }
     }
-    eprintln!("phase A Adam step: worst max-abs {worst:.3e}");
+    eprintln!("{phase} Adam step: worst max-abs {worst:.3e}");
+}
+
+#[test]
+fn phase_a_forward_scores_and_maps_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_a.safetensors");
+    let adapters: MvfaAdapters<NB> =
+        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device)
+            .expect("import the reference .pth");
+    let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
+    check_forward_and_scoring("A", &fx, &vision, &adapters, &phase_a_inputs(&device));
+}
+
+#[test]
+fn phase_a_losses_and_one_adam_step_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_a.safetensors");
+    let adapters: MvfaAdapters<AB> =
+        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
+    let vision = ToyBackbone::<AB>::from_fixture(&fx, &device).no_grad();
+    check_losses_and_adam("A", &fx, &vision, adapters, &phase_a_inputs(&device));
 }
 
 #[test]
@@ -448,7 +477,7 @@ fn frozen_backbone_gets_no_gradients_but_passes_them_through() {
     let fx = Fixture::load("phase_a.safetensors");
     let adapters: MvfaAdapters<AB> =
         import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
-    let scorer = scorer::<AB>(&fx, &device);
+    let scorer = scorer(&phase_a_inputs::<AB>(&device));
     let labels: Tensor<AB, 1> = fx.tensor("label", &device);
     for frozen in [false, true] {
         let vision = ToyBackbone::<AB>::from_fixture(&fx, &device);
@@ -457,7 +486,7 @@ fn frozen_backbone_gets_no_gradients_but_passes_them_through() {
             &vision,
             &adapters.seg,
             &adapters.det,
-            images(&fx, "x0", &device),
+            token_images(&fx, "x0", &device),
             &cfg(),
         )
         .unwrap();
@@ -487,8 +516,8 @@ fn batched_forward_equals_single_image_forward() {
     let adapters: MvfaAdapters<NB> =
         import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
     let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
-    let x0 = images::<NB>(&fx, "x0", &device);
-    let sup = images::<NB>(&fx, "support", &device);
+    let x0 = token_images::<NB>(&fx, "x0", &device);
+    let sup = token_images::<NB>(&fx, "support", &device);
     let batch = Tensor::cat(
         vec![sup.clone().narrow(0, 1, 1), x0.clone(), sup.narrow(0, 0, 1)],
         0,
@@ -515,12 +544,12 @@ fn level_mismatch_is_an_error_not_a_panic() {
     let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
     let three = cfg().with_levels(3).init::<NB>(&device);
     let err = three
-        .forward_adapted(&vision, images(&fx, "x0", &device), &cfg())
+        .forward_adapted(&vision, token_images(&fx, "x0", &device), &cfg())
         .unwrap_err();
     assert!(err.to_string().contains("3 seg / 3 det levels"), "{err}");
     let wide = cfg().with_width(65).init::<NB>(&device);
     let err = wide
-        .forward_adapted(&vision, images(&fx, "x0", &device), &cfg())
+        .forward_adapted(&vision, token_images(&fx, "x0", &device), &cfg())
         .unwrap_err();
     assert!(err.to_string().contains("width 65"), "{err}");
 }
