@@ -36,8 +36,14 @@ pub struct BackendInfo {
 }
 
 fn cpu_info(fallback_reason: Option<String>) -> BackendInfo {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let blas = if cfg!(feature = "blas") { " + OpenBLAS" } else { "" };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let blas = if cfg!(feature = "blas") {
+        " + OpenBLAS"
+    } else {
+        ""
+    };
     BackendInfo {
         choice: DeviceChoice::Cpu,
         backend: format!("ndarray{blas} (CPU)"),

@@ -5,11 +5,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
-mod weights_cmd;
 mod smoke;
+mod synth_data;
+mod weights_cmd;
 
 #[derive(Parser, Debug)]
-#[command(name = "mvfa-studio", version, about = "MVFA Studio: few-shot anomaly detection for medical images")]
+#[command(
+    name = "mvfa-studio",
+    version,
+    about = "MVFA Studio: few-shot anomaly detection for medical images"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -26,6 +31,8 @@ pub enum Command {
     /// Build a CLIP vision tower (full ViT-L/14-336 by default) with random weights and run one
     /// 240 px image end to end, printing tap shapes, wall time and peak memory.
     Smoke(smoke::SmokeArgs),
+    /// Write a small synthetic dataset (textures with blob and streak anomalies, with masks).
+    SynthData(synth_data::SynthDataArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -35,6 +42,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Weights(args) => weights_cmd::run(args),
         Command::Smoke(args) => smoke::run(args),
+        Command::SynthData(args) => synth_data::run(args),
     };
     match result {
         Ok(code) => code,

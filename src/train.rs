@@ -1,2 +1,3 @@
 //! Fine-tuning: augmentation, training loop, calibration, progress and cancellation.
 pub mod augment;
+pub mod synthetic;

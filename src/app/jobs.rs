@@ -1,0 +1,188 @@
+//! Background jobs: a worker thread per job, progress and the result sent back over a channel,
+//! cooperative cancellation through a shared flag. The UI polls [`Job::poll`] once per frame.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+
+/// Handed to the worker: report progress, check for cancellation.
+#[derive(Clone)]
+pub struct JobContext<T> {
+    sender: Sender<JobEvent<T>>,
+    cancelled: Arc<AtomicBool>,
+    repaint: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl<T> JobContext<T> {
+    /// `fraction` in 0..=1 (or `None` when unknown) and a short message.
+    pub fn progress(&self, fraction: Option<f32>, message: impl Into<String>) {
+        let _ = self.sender.send(JobEvent::Progress {
+            fraction,
+            message: message.into(),
+        });
+        (self.repaint)();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+pub enum JobEvent<T> {
+    Progress {
+        fraction: Option<f32>,
+        message: String,
+    },
+    Finished(Result<T, String>),
+}
+
+/// What the UI sees of a job after polling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobStatus<T> {
+    Running {
+        fraction: Option<f32>,
+        message: String,
+    },
+    Succeeded(T),
+    Failed(String),
+    Cancelled,
+}
+
+/// A running or finished background job producing a `T`.
+pub struct Job<T> {
+    pub title: String,
+    receiver: Receiver<JobEvent<T>>,
+    cancelled: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    last_progress: (Option<f32>, String),
+}
+
+impl<T: Send + 'static> Job<T> {
+    /// Starts `work` on a new thread. `repaint` is called after each event so that the UI
+    /// wakes up (pass `ctx.request_repaint()` from egui).
+    pub fn spawn(
+        title: impl Into<String>,
+        repaint: impl Fn() + Send + Sync + 'static,
+        work: impl FnOnce(&JobContext<T>) -> Result<T, String> + Send + 'static,
+    ) -> Self {
+        let (sender, receiver) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let ctx = JobContext {
+            sender,
+            cancelled: cancelled.clone(),
+            repaint: Arc::new(repaint),
+        };
+        let handle = std::thread::spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&ctx)))
+                .unwrap_or_else(|panic| Err(panic_message(&panic)));
+            let _ = ctx.sender.send(JobEvent::Finished(result));
+            (ctx.repaint)();
+        });
+        Self {
+            title: title.into(),
+            receiver,
+            cancelled,
+            handle: Some(handle),
+            last_progress: (None, "starting".into()),
+        }
+    }
+
+    /// Asks the worker to stop at its next check.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Drains the channel; returns the latest status. A finished job stays finished.
+    pub fn poll(&mut self) -> JobStatus<T> {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(JobEvent::Progress { fraction, message }) => {
+                    self.last_progress = (fraction, message)
+                }
+                Ok(JobEvent::Finished(result)) => {
+                    if let Some(handle) = self.handle.take() {
+                        let _ = handle.join();
+                    }
+                    return match result {
+                        Err(_) if self.cancelled.load(Ordering::Relaxed) => JobStatus::Cancelled,
+                        Ok(value) => JobStatus::Succeeded(value),
+                        Err(message) => JobStatus::Failed(message),
+                    };
+                }
+                Err(TryRecvError::Empty) => {
+                    return JobStatus::Running {
+                        fraction: self.last_progress.0,
+                        message: self.last_progress.1.clone(),
+                    };
+                }
+                Err(TryRecvError::Disconnected) => {
+                    return JobStatus::Failed("the worker stopped without a result".into());
+                }
+            }
+        }
+    }
+
+    /// Blocks until the job ends (for tests and the CLI).
+    pub fn wait(mut self) -> JobStatus<T> {
+        loop {
+            match self.poll() {
+                JobStatus::Running { .. } => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                done => return done,
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into());
+    format!("internal error in the background job: {detail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_progress_and_result() {
+        let job = Job::spawn(
+            "sum",
+            || {},
+            |ctx| {
+                ctx.progress(Some(0.5), "half");
+                Ok(1 + 1)
+            },
+        );
+        assert_eq!(job.wait(), JobStatus::Succeeded(2));
+    }
+
+    #[test]
+    fn cancellation_is_reported_as_cancelled() {
+        let job: Job<()> = Job::spawn(
+            "spin",
+            || {},
+            |ctx| {
+                while !ctx.is_cancelled() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err("cancelled".into())
+            },
+        );
+        job.cancel();
+        assert_eq!(job.wait(), JobStatus::Cancelled);
+    }
+
+    #[test]
+    fn a_panicking_worker_becomes_an_error() {
+        let job: Job<()> = Job::spawn("boom", || {}, |_| panic!("bad tensor"));
+        match job.wait() {
+            JobStatus::Failed(message) => assert!(message.contains("bad tensor"), "{message}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
