@@ -1,11 +1,12 @@
-//! Parity of the MVFA adapters, scoring, losses and one Adam step with the PyTorch reference
-//! written by `tools/parity/make_mvfa_fixtures.py` (tests/fixtures/mvfa/phase_a.*).
+//! Parity of the MVFA adapters, scoring, losses, gradients and one Adam step with the
+//! PyTorch reference written by `tools/parity/make_mvfa_fixtures.py` (tests/fixtures/mvfa/).
 //!
 //! Phase A uses a small stand-in backbone (8 residual blocks `x <- x + tanh(x @ A_{b mod 2})`,
 //! taps after blocks 2, 4, 6, 8, width 64, bottleneck 32, 290 tokens, maps at 240) so that the
-//! hook chaining and the gradient flow through the stream are the real ones. Tolerances:
-//! 1e-4 max-abs for tensors, 1e-5 relative for loss terms. Run with `--nocapture` to see the
-//! measured errors.
+//! hook chaining and the gradient flow through the stream are the real ones, against a float32
+//! PyTorch reference. Tolerances: 1e-4 max-abs for tensors and for the weights after the Adam
+//! step, 1e-5 relative for loss terms, 1e-3 of the largest gradient for gradients (see
+//! `GRAD_RTOL`). Run with `--nocapture` to see the measured errors.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,17 @@ const SIZE: usize = 240;
 const TOKENS: usize = 1 + GRID * GRID;
 const TOL: f32 = 1e-4;
 const LOSS_RTOL: f64 = 1e-5;
+/// Gradients: max-abs error relative to the largest gradient of the tensor. Measured: about
+/// 2e-5 in phase A and 2.5e-4 in phase B, where gradients of earlier levels cross the CLIP
+/// blocks (burn 0.21 composes softmax and layer norm from primitive ops under autodiff, and
+/// their f32 backward is less accurate than PyTorch's fused kernels).
+///
+/// The first Adam step is lr * g / (|g| + eps), i.e. +-lr for any gradient above ~1e-7, so
+/// a weight whose gradient is smaller than that noise can step the other way. The weight
+/// check therefore skips exactly those weights whose Rust and reference gradients differ in
+/// sign while the reference gradient is below `GRAD_RTOL * max|g|` (the count is printed);
+/// every other weight must match within `TOL`.
+const GRAD_RTOL: f32 = 1e-3;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mvfa")
@@ -60,7 +72,10 @@ struct Fixture {
 
 impl Fixture {
     fn load(name: &str) -> Self {
-        let path = fixture_dir().join(name);
+        Self::at(fixture_dir().join(name))
+    }
+
+    fn at(path: PathBuf) -> Self {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Self { bytes }
     }
@@ -430,23 +445,70 @@ fn check_losses_and_adam<V: TappedBackbone<AB> + AutodiffModule<AB>>(
     // Level-4 fc2 only feeds the discarded tail: no gradient in PyTorch either.
     assert_eq!(g_seg.len(), 7);
     assert_eq!(g_det.len(), 7);
-    let seg = opt_seg.step(1e-3, adapters.seg, g_seg);
-    let det = opt_det.step(1e-3, adapters.det, g_det);
-    let mut worst = 0f32;
-    for (head, bank) in [("seg", &seg), ("det", &det)] {
+    // Gradients of the total loss, relative to the largest one of each tensor.
+    let mut grad_mask = std::collections::HashMap::new();
+    let mut worst_grad = 0f32;
+    for (head, bank, g) in [
+        ("seg", &adapters.seg, &g_seg),
+        ("det", &adapters.det, &g_det),
+    ] {
         for (i, a) in bank.adapters.iter().enumerate() {
             for (fc, lin) in [("fc1", &a.fc1), ("fc2", &a.fc2)] {
-                // Burn keeps [in, out]; the reference [out, in].
-                let got = lin.weight.val().inner().transpose();
-                let want: Tensor<NB, 2> = fx.tensor(&format!("step.{head}.{i}.{fc}"), &device);
-                check(
-                    &format!("{phase} adam {head}.{i}.{fc}"),
-                    max_abs(got, want),
-                    &mut worst,
-                );
+                let Some(got) = g.get::<NB, 2>(lin.weight.id) else {
+                    continue;
+                };
+                let name = format!("{head}.{i}.{fc}");
+                let want: Tensor<NB, 2> = fx.tensor(&format!("grad.{name}"), &device);
+                let scale: f32 = want.clone().abs().max().into_scalar();
+                let got = got.transpose(); // [out, in] like the reference
+                let rel = max_abs(got.clone(), want.clone()) / scale;
+                eprintln!("{phase} grad {name:<18} max-abs / max|g| {rel:.3e}");
+                worst_grad = worst_grad.max(rel);
+                assert!(rel <= GRAD_RTOL, "{phase} gradient {name}: {rel:e}");
+                // A weight may step the other way only where the two gradients disagree in
+                // sign and the reference gradient is inside the accepted gradient noise.
+                let flipped = (got * want.clone()).lower_equal_elem(0.0);
+                let tiny = want.abs().lower_equal_elem(GRAD_RTOL * scale);
+                grad_mask.insert(name, flipped.bool_and(tiny).bool_not());
             }
         }
     }
+    eprintln!("{phase} gradients: worst max-abs / max|g| {worst_grad:.3e}");
+
+    let seg = opt_seg.step(1e-3, adapters.seg, g_seg);
+    let det = opt_det.step(1e-3, adapters.det, g_det);
+    let mut worst = 0f32;
+    let mut worst_all = 0f32;
+    let mut excluded = 0usize;
+    let mut total = 0usize;
+    for (head, bank) in [("seg", &seg), ("det", &det)] {
+        for (i, a) in bank.adapters.iter().enumerate() {
+            for (fc, lin) in [("fc1", &a.fc1), ("fc2", &a.fc2)] {
+                let name = format!("{head}.{i}.{fc}");
+                // Burn keeps [in, out]; the reference [out, in].
+                let got = lin.weight.val().inner().transpose();
+                let want: Tensor<NB, 2> = fx.tensor(&format!("step.{name}"), &device);
+                let diff = (got - want).abs();
+                total += diff.dims().iter().product::<usize>();
+                let all: f32 = diff.clone().max().into_scalar();
+                worst_all = worst_all.max(all);
+                let err = match grad_mask.get(&name) {
+                    Some(keep) => {
+                        let n_keep: i64 = keep.clone().int().sum().into_scalar().elem();
+                        excluded += diff.dims().iter().product::<usize>() - n_keep as usize;
+                        diff.mask_fill(keep.clone().bool_not(), 0.0)
+                            .max()
+                            .into_scalar()
+                    }
+                    None => all, // no gradient: must be unchanged
+                };
+                check(&format!("{phase} adam {name}"), err, &mut worst);
+            }
+        }
+    }
+    eprintln!(
+        "{phase} Adam step: max-abs {worst_all:.3e} over all {total} weights; {excluded} weights skipped (gradient sign flipped inside the gradient noise)"
+    );
     eprintln!("{phase} Adam step: worst max-abs {worst:.3e}");
 }
 
