@@ -495,6 +495,20 @@ mod tests {
     }
 
     #[test]
+    fn softmax2_equals_softmax() {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::random(
+            [3, 2, 5],
+            burn::tensor::Distribution::Normal(0.0, 30.0),
+            &device,
+        );
+        let a = softmax2(x.clone(), 1);
+        let b = burn::tensor::activation::softmax(x, 1);
+        let d: f32 = (a - b).abs().max().into_scalar();
+        assert!(d < 1e-6, "{d}");
+    }
+
+    #[test]
     fn align_corners_matrix_hits_grid_points() {
         // 17 -> 240 with align_corners: dst 239 maps to src 16 exactly, dst 0 to 0, and
         // every row sums to 1.
