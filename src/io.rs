@@ -1,4 +1,12 @@
 //! Medical image I/O: DICOM, raster and NIfTI studies, windowing, model input, exports, and
 //! dataset layouts. Nothing here does model math.
 pub mod dataset;
+pub mod dicom;
+pub mod study;
 pub mod image;
+pub mod input;
+pub mod export;
+pub mod model_input;
+pub mod nifti;
+pub mod raster;
+pub mod resample;

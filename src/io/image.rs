@@ -75,4 +75,170 @@ pub struct ImageStack {
     pub invert: bool,
     /// Metadata tree (empty for plain rasters).
     pub metadata: Vec<MetadataNode>,
+    /// Acquisition context (modality, UIDs, geometry); all `None`/empty for plain rasters.
+    pub info: ImageInfo,
+}
+
+/// Where an image comes from and how it sits in the patient: what the viewer shows next to the
+/// pixels and what the study browser groups and orders by. Everything is optional because
+/// plain rasters have none of it and DICOM files often lack some of it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ImageInfo {
+    /// DICOM Modality (0008,0060), e.g. "CT", "MR", "CR".
+    pub modality: Option<String>,
+    /// StudyInstanceUID (0020,000D).
+    pub study_instance_uid: Option<String>,
+    /// SeriesInstanceUID (0020,000E).
+    pub series_instance_uid: Option<String>,
+    /// SOPInstanceUID (0008,0018).
+    pub sop_instance_uid: Option<String>,
+    /// InstanceNumber (0020,0013).
+    pub instance_number: Option<i32>,
+    /// PixelSpacing (0028,0030) in mm: `[between rows, between columns]`.
+    pub pixel_spacing: Option<[f64; 2]>,
+    /// SliceThickness (0018,0050) in mm.
+    pub slice_thickness: Option<f64>,
+    /// ImageOrientationPatient (0020,0037): row direction cosines then column direction cosines.
+    pub image_orientation: Option<[f64; 6]>,
+    /// ImagePositionPatient (0020,0032) of each frame's first pixel, one entry per frame
+    /// (enhanced multi-frame files give one per frame; classic files repeat the single value).
+    pub frame_positions: Vec<Option<[f64; 3]>>,
+    /// The photometric interpretation as stored (before conversion to grey or RGB), e.g.
+    /// "MONOCHROME1", "YBR_FULL_422", "PALETTE COLOR".
+    pub photometric: Option<String>,
+    /// BitsStored (0028,0101) of the source samples.
+    pub bits_stored: Option<u16>,
+    /// Transfer syntax UID of the source file.
+    pub transfer_syntax_uid: Option<String>,
+}
+
+impl ImageStack {
+    /// The preset the viewer starts with: the first file-provided window, else the generated
+    /// full-range one. `None` only for a stack with no windows at all.
+    pub fn default_window(&self) -> Option<&Window> {
+        self.windows.first()
+    }
+
+    /// Frame `index` as an 8-bit display image through `window` and this stack's MONOCHROME1
+    /// inversion; `None` when `index` is out of range.
+    pub fn display_frame(&self, index: usize, window: &Window) -> Option<::image::DynamicImage> {
+        self.frames
+            .get(index)
+            .map(|f| f.to_display_image(window, self.invert))
+    }
+}
+
+impl Window {
+    /// The full-range window of integer data spanning `min..=max`, labelled "Full range":
+    /// center `(min + max + 1) / 2`, width `max - min + 1` (DCMTK's min-max window), so that
+    /// with the linear function `min` maps exactly to 0 and `max` exactly to 255.
+    pub fn full_range(min: f64, max: f64) -> Window {
+        let (min, max) = if min.is_finite() && max.is_finite() && min <= max {
+            (min, max)
+        } else {
+            (0.0, 255.0)
+        };
+        Window {
+            center: (min + max + 1.0) / 2.0,
+            width: max - min + 1.0,
+            function: VoiFunction::Linear,
+            label: "Full range".to_string(),
+        }
+    }
+
+    /// Maps one modality value to the display range `0.0..=255.0` with this window's VOI LUT
+    /// function (PS3.3 C.11.2.1.2 and C.11.2.1.3, `y_min = 0`, `y_max = 255`):
+    /// - `Linear`: `x <= c - 0.5 - (w - 1) / 2` -> 0, `x > c - 0.5 + (w - 1) / 2` -> 255, else
+    ///   `((x - (c - 0.5)) / (w - 1) + 0.5) * 255`. The standard requires `w >= 1`; a smaller
+    ///   width is treated as a threshold at `c - 0.5`.
+    /// - `LinearExact`: `x <= c - w / 2` -> 0, `x > c + w / 2` -> 255, else
+    ///   `((x - c) / w + 0.5) * 255`; requires `w > 0`, a threshold at `c` otherwise.
+    /// - `Sigmoid`: `255 / (1 + exp(-4 (x - c) / w))`; a threshold at `c` when `w <= 0`.
+    ///
+    /// NaN maps to 0.
+    pub fn map(&self, x: f64) -> f64 {
+        const Y_MAX: f64 = 255.0;
+        let (c, w) = (self.center, self.width);
+        if x.is_nan() {
+            return 0.0;
+        }
+        match self.function {
+            VoiFunction::Linear => {
+                if w.is_nan() || w < 1.0 {
+                    return if x <= c - 0.5 { 0.0 } else { Y_MAX };
+                }
+                let half = (w - 1.0) / 2.0;
+                if x <= c - 0.5 - half {
+                    0.0
+                } else if x > c - 0.5 + half {
+                    Y_MAX
+                } else if w == 1.0 {
+                    // Only reachable for x == c - 0.5 exactly, which the first branch took.
+                    Y_MAX
+                } else {
+                    ((x - (c - 0.5)) / (w - 1.0) + 0.5) * Y_MAX
+                }
+            }
+            VoiFunction::LinearExact => {
+                if w.is_nan() || w <= 0.0 {
+                    return if x <= c { 0.0 } else { Y_MAX };
+                }
+                if x <= c - w / 2.0 {
+                    0.0
+                } else if x > c + w / 2.0 {
+                    Y_MAX
+                } else {
+                    ((x - c) / w + 0.5) * Y_MAX
+                }
+            }
+            VoiFunction::Sigmoid => {
+                if w.is_nan() || w <= 0.0 {
+                    return if x <= c { 0.0 } else { Y_MAX };
+                }
+                Y_MAX / (1.0 + (-4.0 * (x - c) / w).exp())
+            }
+        }
+    }
+
+    /// [`Window::map`] quantised to a display level: the output range `0..=255` is read as 256
+    /// bins `[k, k + 1)` (with 255 itself in the last bin), so a level is `floor(y)`. This is
+    /// what the `- 0.5` terms of the linear function are for: with center 127.5 and width 256
+    /// the 8-bit inputs land on the bin centres `x + 0.5` and come out unchanged, and so do they
+    /// with `LinearExact`, center 127.5, width 255. A tiny tolerance absorbs rounding error of
+    /// the exact function.
+    pub fn map_u8(&self, x: f64) -> u8 {
+        let y = self.map(x);
+        (y + 1e-9).floor().clamp(0.0, 255.0) as u8
+    }
+}
+
+impl Frame {
+    /// This frame through `window` as 8-bit display levels in the frame's own layout
+    /// (`width * height * channels.count()` bytes, row-major, channels interleaved), inverted
+    /// (`255 - level`) when `invert` is set (MONOCHROME1: inversion comes after the VOI step,
+    /// PS3.4 N.2.1). Colour frames go through the same window per channel; their default
+    /// window (center 127.5, width 256) leaves 0..=255 samples unchanged.
+    pub fn window_to_u8(&self, window: &Window, invert: bool) -> Vec<u8> {
+        self.data
+            .iter()
+            .map(|&v| {
+                let level = window.map_u8(v as f64);
+                if invert { 255 - level } else { level }
+            })
+            .collect()
+    }
+
+    /// [`Frame::window_to_u8`] as an `image` buffer: `Luma8` for grey frames, `Rgb8` for colour.
+    pub fn to_display_image(&self, window: &Window, invert: bool) -> ::image::DynamicImage {
+        let bytes = self.window_to_u8(window, invert);
+        match self.channels {
+            Channels::Gray => ::image::GrayImage::from_raw(self.width, self.height, bytes)
+                .map(::image::DynamicImage::ImageLuma8),
+            Channels::Rgb => ::image::RgbImage::from_raw(self.width, self.height, bytes)
+                .map(::image::DynamicImage::ImageRgb8),
+        }
+        // `data` holds exactly width * height * channels samples by construction; an
+        // inconsistent frame (built by hand) yields an empty image rather than a panic.
+        .unwrap_or_else(|| ::image::DynamicImage::new_luma8(0, 0))
+    }
 }

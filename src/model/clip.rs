@@ -5,3 +5,7 @@ pub mod text;
 pub mod tokenizer;
 pub mod transformer;
 pub mod vision;
+
+pub use config::{Activation, ClipConfig, ClipModel, TextConfig, VisionConfig};
+pub use text::TextTransformer;
+pub use vision::{VisionOutput, VisionTransformer};

@@ -1,0 +1,135 @@
+//! Checks on compressed frames before they reach a decoder, and the one JPEG case the
+//! registry's adapter gets wrong.
+//!
+//! A decoder allocates what its codestream header says. A corrupted or hostile header
+//! (65535 x 65535 x 3) would make it allocate gigabytes before failing, and an allocation
+//! failure aborts the process (it cannot be caught like a panic). So the header dimensions
+//! of every JPEG, JPEG-LS and JPEG 2000 frame are read here and must match the DICOM Rows,
+//! Columns and SamplesPerPixel.
+use super::ts;
+
+/// Width, height and component count from a codestream header, when one is found.
+pub(super) fn dimensions(ts_uid: &str, frame: &[u8]) -> Option<(u32, u32, u32)> {
+    if ts::starts_with_soi(ts_uid) {
+        jpeg_sof(frame)
+    } else if ts::is_jpeg2000(ts_uid) {
+        j2k_siz(frame)
+    } else {
+        None
+    }
+}
+
+/// The SOF (or JPEG-LS SOF55) segment of a JPEG stream: (X, Y, Nf).
+fn jpeg_sof(data: &[u8]) -> Option<(u32, u32, u32)> {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2usize;
+    while i + 4 <= data.len() {
+        if data[i] != 0xFF {
+            return None;
+        }
+        let marker = data[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([data[i + 2], data[i + 3]]));
+        let is_sof = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
+        if is_sof || marker == 0xF7 {
+            let seg = data.get(i + 4..i + 2 + len)?;
+            let y = u32::from(u16::from_be_bytes([*seg.get(1)?, *seg.get(2)?]));
+            let x = u32::from(u16::from_be_bytes([*seg.get(3)?, *seg.get(4)?]));
+            let nf = u32::from(*seg.get(5)?);
+            return Some((x, y, nf));
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            return None; // scan data before any frame header
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// The SIZ segment of a JPEG 2000 codestream (raw or inside a JP2 file): (Xsiz - XOsiz,
+/// Ysiz - YOsiz, Csiz).
+fn j2k_siz(data: &[u8]) -> Option<(u32, u32, u32)> {
+    let head = &data[..data.len().min(4096)];
+    let p = head
+        .windows(4)
+        .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?
+        + 2;
+    let u32_at = |o: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(
+            head.get(p + o..p + o + 4)?.try_into().ok()?,
+        ))
+    };
+    let xsiz = u32_at(6)?;
+    let ysiz = u32_at(10)?;
+    let xo = u32_at(14)?;
+    let yo = u32_at(18)?;
+    let csiz = u32::from(u16::from_be_bytes(
+        head.get(p + 38..p + 40)?.try_into().ok()?,
+    ));
+    Some((xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?, csiz))
+}
+
+/// True when a JPEG stream has an Adobe APP14 segment (which carries its own colour
+/// transform flag that decoders follow).
+fn has_adobe_app14(data: &[u8]) -> bool {
+    let head = &data[..data.len().min(65536)];
+    head.windows(9)
+        .any(|w| w[0] == 0xFF && w[1] == 0xEE && &w[4..9] == b"Adobe")
+}
+
+/// Decodes a JPEG frame whose DICOM PhotometricInterpretation is RGB without colour
+/// conversion. `jpeg-decoder` assumes YCbCr for 3-component streams without JFIF or Adobe
+/// markers; DICOM's RGB says the components are R, G, B as stored (PS3.5 8.2.1), which is how
+/// GDCM and pydicom read them. Returns `None` when the generic adapter is right (an Adobe
+/// marker states the transform) so that the caller uses it.
+pub(super) fn decode_jpeg_rgb_as_stored(
+    data: &[u8],
+    expected_len: usize,
+) -> Option<Result<Vec<u8>, String>> {
+    if has_adobe_app14(data) {
+        return None;
+    }
+    let mut decoder = jpeg_decoder::Decoder::new(data);
+    decoder.set_color_transform(jpeg_decoder::ColorTransform::None);
+    decoder.set_max_decoding_buffer_size(expected_len.saturating_mul(2).max(1 << 16));
+    Some(match decoder.decode() {
+        Ok(px) if px.len() >= expected_len => Ok(px),
+        Ok(px) => Err(format!(
+            "decoded {} bytes, expected {expected_len}",
+            px.len()
+        )),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_jpeg_sof_after_other_segments() {
+        // SOI, APP0 (len 4), SOF0: P=8, Y=2, X=3, Nf=1.
+        let data = [
+            0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x00, 0x00, 0xFF, 0xC0, 0x00, 0x0B, 0x08, 0x00,
+            0x02, 0x00, 0x03, 0x01, 0x01, 0x11, 0x00,
+        ];
+        assert_eq!(jpeg_sof(&data), Some((3, 2, 1)));
+        assert_eq!(dimensions("1.2.840.10008.1.2.4.50", &data), Some((3, 2, 1)));
+        assert_eq!(jpeg_sof(&data[..10]), None);
+    }
+
+    #[test]
+    fn reads_j2k_siz() {
+        let mut d = vec![0xFF, 0x4F, 0xFF, 0x51, 0x00, 0x29, 0x00, 0x00];
+        for v in [640u32, 480, 0, 0, 640, 480, 0, 0] {
+            d.extend_from_slice(&v.to_be_bytes());
+        }
+        d.extend_from_slice(&3u16.to_be_bytes());
+        assert_eq!(j2k_siz(&d), Some((640, 480, 3)));
+    }
+}

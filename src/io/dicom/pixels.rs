@@ -1,0 +1,915 @@
+//! From a parsed object to an [`ImageStack`]: sample extraction, modality LUT, colour, window
+//! presets and acquisition info.
+use std::path::Path;
+
+use dicom_core::{DicomValue, PrimitiveValue};
+use dicom_dictionary_std::tags;
+use dicom_encoding::Codec;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::DefaultDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use super::attrs::{self, Obj};
+use super::codestream;
+use super::frames::{self, Framed};
+use super::jpeg12;
+use super::lut::{self, Lut};
+use super::rle;
+use super::source::error_chain;
+use super::summary::sop_class_name;
+use super::{DicomError, DicomErrorKind as K, MAX_SAMPLES, metadata, ts};
+use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, Window};
+
+/// The Image Pixel module attributes that say how to read the samples.
+#[derive(Debug, Clone)]
+struct Layout {
+    rows: usize,
+    cols: usize,
+    frames: usize,
+    spp: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    high_bit: u16,
+    signed: bool,
+    planar: bool,
+    photometric: String,
+}
+
+impl Layout {
+    fn pixels(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+fn malformed(path: &Path, msg: impl Into<String>) -> DicomError {
+    DicomError::new(path, K::Malformed, msg)
+}
+
+fn required_uint(
+    ds: &Obj,
+    tag: dicom_core::Tag,
+    name: &str,
+    path: &Path,
+) -> Result<u64, DicomError> {
+    match attrs::int(ds, tag) {
+        None => Err(malformed(path, format!("image without {name}"))),
+        Some(Err(raw)) => Err(malformed(path, format!("invalid {name} value {raw:?}"))),
+        Some(Ok(v)) if v < 0 => Err(malformed(path, format!("invalid {name} value {v}"))),
+        Some(Ok(v)) => Ok(v as u64),
+    }
+}
+
+fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
+    let rows = required_uint(ds, tags::ROWS, "Rows", path)?;
+    let cols = required_uint(ds, tags::COLUMNS, "Columns", path)?;
+    if rows == 0 || cols == 0 {
+        return Err(malformed(
+            path,
+            format!("empty image: {rows} rows x {cols} columns"),
+        ));
+    }
+    let bits_allocated = required_uint(ds, tags::BITS_ALLOCATED, "BitsAllocated", path)?;
+    if !matches!(bits_allocated, 1 | 8 | 16 | 32) {
+        return Err(DicomError::new(
+            path,
+            K::Unsupported,
+            format!("BitsAllocated {bits_allocated} is not supported (1, 8, 16 or 32)"),
+        ));
+    }
+    let bits_allocated = bits_allocated as u16;
+    let bits_stored = match attrs::int_opt(ds, tags::BITS_STORED) {
+        Some(v) if v >= 1 && v <= i64::from(bits_allocated) => v as u16,
+        Some(v) => {
+            return Err(malformed(
+                path,
+                format!("BitsStored {v} does not fit BitsAllocated {bits_allocated}"),
+            ));
+        }
+        None => bits_allocated,
+    };
+    let high_bit = match attrs::int_opt(ds, tags::HIGH_BIT) {
+        Some(v) if v + 1 >= i64::from(bits_stored) && v < i64::from(bits_allocated) => v as u16,
+        // An inconsistent HighBit is common in old files; the usual layout is the safe reading.
+        _ => bits_stored - 1,
+    };
+    let spp = attrs::int_opt(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    if !(1..=4).contains(&spp) {
+        return Err(malformed(path, format!("invalid SamplesPerPixel {spp}")));
+    }
+    let frames = match attrs::int(ds, tags::NUMBER_OF_FRAMES) {
+        None => 1,
+        Some(Err(raw)) => {
+            return Err(malformed(
+                path,
+                format!("invalid NumberOfFrames value {raw:?} (not an integer)"),
+            ));
+        }
+        Some(Ok(n)) if n < 0 => {
+            return Err(malformed(path, format!("invalid NumberOfFrames value {n}")));
+        }
+        Some(Ok(n)) => (n as u64).max(1),
+    };
+    let samples = rows
+        .checked_mul(cols)
+        .and_then(|v| v.checked_mul(frames))
+        .and_then(|v| v.checked_mul(spp as u64));
+    match samples {
+        Some(n) if n <= MAX_SAMPLES => {}
+        _ => {
+            return Err(DicomError::new(
+                path,
+                K::TooLarge,
+                format!(
+                    "image of {rows} x {cols} x {frames} frames x {spp} samples exceeds the \
+                     {MAX_SAMPLES}-sample limit"
+                ),
+            ));
+        }
+    }
+    let photometric = attrs::string(ds, tags::PHOTOMETRIC_INTERPRETATION)
+        .map(|s| s.to_ascii_uppercase())
+        .unwrap_or_else(|| {
+            if spp == 1 {
+                "MONOCHROME2".into()
+            } else {
+                "RGB".into()
+            }
+        });
+    Ok(Layout {
+        rows: rows as usize,
+        cols: cols as usize,
+        frames: frames as usize,
+        spp: spp as usize,
+        bits_allocated,
+        bits_stored,
+        high_bit,
+        signed: attrs::int_opt(ds, tags::PIXEL_REPRESENTATION) == Some(1),
+        planar: spp > 1 && attrs::int_opt(ds, tags::PLANAR_CONFIGURATION) == Some(1),
+        photometric,
+    })
+}
+
+/// How the per-frame byte runs are to be read.
+struct RawFrames {
+    frames: Vec<Vec<u8>>,
+    big_endian: bool,
+    /// True when a decoder produced the samples (colour is then interleaved RGB, except for
+    /// RLE, which keeps the stored photometric interpretation).
+    decoded: bool,
+    /// Precision and signedness from the first JPEG 2000 codestream, when there is one.
+    j2k_precision: Option<(u16, bool)>,
+}
+
+/// Bytes of one stored frame in native encoding. YBR_FULL_422 / YBR_PARTIAL_422 keep two
+/// luminance and one pair of chrominance samples per two pixels.
+fn native_frame_bytes(l: &Layout) -> Option<usize> {
+    let samples = if l.spp == 3 && is_422(&l.photometric) {
+        l.pixels().checked_mul(2)?
+    } else {
+        l.pixels().checked_mul(l.spp)?
+    };
+    if l.bits_allocated == 1 {
+        Some(samples.div_ceil(8))
+    } else {
+        samples.checked_mul(usize::from(l.bits_allocated / 8))
+    }
+}
+
+fn is_422(pi: &str) -> bool {
+    pi == "YBR_FULL_422" || pi == "YBR_PARTIAL_422"
+}
+
+/// The stored byte stream of native pixel data, in file byte order. `dicom-object` keeps OW
+/// values as 16-bit words in host order; for big endian files they are turned back into the
+/// file's byte order so that 8- and 32-bit samples read correctly.
+fn native_stream(p: &PrimitiveValue, big_endian: bool) -> Vec<u8> {
+    match p {
+        PrimitiveValue::U16(v) if big_endian => v.iter().flat_map(|w| w.to_be_bytes()).collect(),
+        PrimitiveValue::I16(v) if big_endian => v.iter().flat_map(|w| w.to_be_bytes()).collect(),
+        PrimitiveValue::U32(v) if big_endian => v.iter().flat_map(|w| w.to_be_bytes()).collect(),
+        PrimitiveValue::I32(v) if big_endian => v.iter().flat_map(|w| w.to_be_bytes()).collect(),
+        PrimitiveValue::U16(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        PrimitiveValue::I16(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        PrimitiveValue::U32(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        PrimitiveValue::I32(v) => v.iter().flat_map(|w| w.to_le_bytes()).collect(),
+        other => other.to_bytes().into_owned(),
+    }
+}
+
+fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFrames, DicomError> {
+    let ts_uid = obj.meta().transfer_syntax().to_string();
+    let ts_entry = TransferSyntaxRegistry.get(&ts_uid).ok_or_else(|| {
+        DicomError::new(
+            path,
+            K::UnsupportedTransferSyntax,
+            format!(
+                "unsupported transfer syntax {ts_uid} ({})",
+                ts::transfer_syntax_name(&ts_uid)
+            ),
+        )
+    })?;
+    let big_endian = ts_uid == ts::EXPLICIT_VR_BIG_ENDIAN;
+    let element = obj
+        .get(tags::PIXEL_DATA)
+        .ok_or_else(|| DicomError::new(path, K::NoPixelData, "no pixel data"))?;
+    match element.value() {
+        DicomValue::Primitive(p) => {
+            let stream = native_stream(p, big_endian);
+            let frame_bytes = native_frame_bytes(l)
+                .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
+            let expected = if l.bits_allocated == 1 {
+                (l.pixels() * l.spp * l.frames).div_ceil(8)
+            } else {
+                frame_bytes * l.frames
+            };
+            if stream.len() < expected {
+                return Err(DicomError::new(
+                    path,
+                    K::Truncated,
+                    format!(
+                        "truncated pixel data: expected {expected} bytes, found {}",
+                        stream.len()
+                    ),
+                ));
+            }
+            let frames = if l.bits_allocated == 1 {
+                // Frames of 1-bit data need not start on a byte boundary: keep the whole
+                // stream and let the extractor index bits from the frame's bit offset.
+                vec![stream]
+            } else {
+                stream
+                    .chunks(frame_bytes)
+                    .take(l.frames)
+                    .map(|c| c.to_vec())
+                    .collect()
+            };
+            Ok(RawFrames {
+                frames,
+                big_endian,
+                decoded: false,
+                j2k_precision: None,
+            })
+        }
+        DicomValue::Sequence(_) => Err(malformed(
+            path,
+            "pixel data is a sequence, not pixel values",
+        )),
+        DicomValue::PixelSequence(_) => {
+            let grouped = frames::group_fragments(obj, l.frames).map_err(|m| malformed(path, m))?;
+            if ts_uid == ts::ENCAPSULATED_UNCOMPRESSED {
+                let frame_bytes = native_frame_bytes(l)
+                    .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
+                for (k, f) in grouped.iter().enumerate() {
+                    if f.len() < frame_bytes {
+                        return Err(DicomError::new(
+                            path,
+                            K::Truncated,
+                            format!(
+                                "truncated pixel data: frame {} has {} bytes, expected {frame_bytes}",
+                                k + 1,
+                                f.len()
+                            ),
+                        ));
+                    }
+                }
+                return Ok(RawFrames {
+                    frames: grouped,
+                    big_endian: false,
+                    decoded: false,
+                    j2k_precision: None,
+                });
+            }
+            let reader = match ts_entry.codec() {
+                Codec::EncapsulatedPixelData(Some(reader), _) if ts_entry.can_decode_all() => {
+                    reader
+                }
+                _ => {
+                    return Err(DicomError::new(
+                        path,
+                        K::UnsupportedTransferSyntax,
+                        format!(
+                            "unsupported transfer syntax {ts_uid} ({}): no decoder for this encoding",
+                            ts_entry.name()
+                        ),
+                    ));
+                }
+            };
+            if l.bits_allocated == 1 || l.bits_allocated == 32 {
+                return Err(DicomError::new(
+                    path,
+                    K::Unsupported,
+                    format!(
+                        "BitsAllocated {} in {} is not supported by the decoder",
+                        l.bits_allocated,
+                        ts_entry.name()
+                    ),
+                ));
+            }
+            let j2k_precision = if ts::is_jpeg2000(&ts_uid) {
+                grouped.first().and_then(|f| frames::jpeg2000_precision(f))
+            } else {
+                None
+            };
+            let (Ok(rows), Ok(cols)) = (u16::try_from(l.rows), u16::try_from(l.cols)) else {
+                return Err(malformed(path, "Rows/Columns beyond 65535"));
+            };
+            let framed = Framed {
+                ts_uid: ts_uid.clone(),
+                rows,
+                cols,
+                samples_per_pixel: l.spp as u16,
+                bits_allocated: l.bits_allocated,
+                bits_stored: l.bits_stored,
+                photometric: l.photometric.clone(),
+                frames: grouped,
+            };
+            let expected = l.pixels() * l.spp * usize::from(l.bits_allocated / 8);
+            let rgb_as_stored = l.spp == 3
+                && l.photometric == "RGB"
+                && l.bits_allocated == 8
+                && matches!(
+                    ts_uid.as_str(),
+                    "1.2.840.10008.1.2.4.50"
+                        | "1.2.840.10008.1.2.4.51"
+                        | "1.2.840.10008.1.2.4.57"
+                        | "1.2.840.10008.1.2.4.70"
+                );
+            let mut out = Vec::with_capacity(l.frames);
+            for k in 0..l.frames {
+                let data = &framed.frames[k];
+                if let Some((w, h, c)) = codestream::dimensions(&ts_uid, data)
+                    && (w as usize != l.cols || h as usize != l.rows || c as usize != l.spp)
+                {
+                    return Err(DicomError::new(
+                        path,
+                        K::Decode,
+                        format!(
+                            "{} frame {}: the codestream holds {w}x{h} pixels with {c} component(s), \
+                             the DICOM attributes say {}x{} with {}",
+                            ts_entry.name(),
+                            k + 1,
+                            l.cols,
+                            l.rows,
+                            l.spp
+                        ),
+                    ));
+                }
+                let frame_error = |detail: String| {
+                    DicomError::new(
+                        path,
+                        K::Decode,
+                        format!(
+                            "{} frame {} failed to decode: {detail}",
+                            ts_entry.name(),
+                            k + 1
+                        ),
+                    )
+                };
+                let twelve_bit = matches!(
+                    ts_uid.as_str(),
+                    "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51"
+                ) && jpeg12::precision(data) == Some(12);
+                let mut buf = match rgb_as_stored
+                    .then(|| codestream::decode_jpeg_rgb_as_stored(data, expected))
+                    .flatten()
+                {
+                    Some(r) => r.map_err(frame_error)?,
+                    None if ts_uid == ts::RLE_LOSSLESS => rle::decode_frame(
+                        data,
+                        l.pixels(),
+                        l.spp,
+                        usize::from(l.bits_allocated / 8),
+                    )
+                    .map_err(frame_error)?,
+                    // jpeg-decoder stops at 8 bits: 12-bit frames go to our own decoder.
+                    None if twelve_bit => {
+                        if l.bits_allocated != 16 {
+                            return Err(frame_error(format!(
+                                "12-bit JPEG needs BitsAllocated 16, the file says {}",
+                                l.bits_allocated
+                            )));
+                        }
+                        let g = jpeg12::decode_grey(data).map_err(frame_error)?;
+                        if (g.width, g.height) != (l.cols, l.rows) || g.precision > 16 {
+                            return Err(frame_error(format!(
+                                "decoded {} x {} pixels, expected {} x {}",
+                                g.width, g.height, l.cols, l.rows
+                            )));
+                        }
+                        g.samples.iter().flat_map(|v| v.to_le_bytes()).collect()
+                    }
+                    None => {
+                        let mut buf = Vec::new();
+                        reader
+                            .decode_frame(&framed, k as u32, &mut buf)
+                            .map_err(|e| frame_error(error_chain(&e)))?;
+                        buf
+                    }
+                };
+                if buf.len() < expected {
+                    return Err(frame_error(format!(
+                        "{} bytes decoded, expected {expected}",
+                        buf.len()
+                    )));
+                }
+                buf.truncate(expected);
+                out.push(buf);
+            }
+            Ok(RawFrames {
+                frames: out,
+                big_endian: false,
+                decoded: true,
+                j2k_precision,
+            })
+        }
+    }
+}
+
+/// Reads `count` samples of `bits_allocated` bits from `bytes` (starting at bit `bit_offset`
+/// for 1-bit data) as stored values: the `bits_stored` bits ending at `high_bit`,
+/// sign-extended when `signed`.
+#[allow(clippy::too_many_arguments)]
+fn extract(
+    bytes: &[u8],
+    count: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    high_bit: u16,
+    signed: bool,
+    big_endian: bool,
+    bit_offset: usize,
+) -> Vec<f64> {
+    let shift = u32::from(high_bit + 1 - bits_stored);
+    let mask: u64 = if bits_stored >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits_stored) - 1
+    };
+    let sign_bit: u64 = 1u64 << (bits_stored - 1);
+    let convert = |raw: u64| -> f64 {
+        let v = (raw >> shift) & mask;
+        if signed && bits_stored > 1 && v & sign_bit != 0 {
+            v as i64 as f64 - (1u64 << bits_stored) as f64
+        } else {
+            v as f64
+        }
+    };
+    match bits_allocated {
+        1 => (0..count)
+            .map(|i| {
+                let bit = bit_offset + i;
+                f64::from((bytes[bit / 8] >> (bit % 8)) & 1)
+            })
+            .collect(),
+        8 => bytes[..count]
+            .iter()
+            .map(|&b| convert(u64::from(b)))
+            .collect(),
+        16 => bytes[..count * 2]
+            .chunks_exact(2)
+            .map(|c| {
+                let a = [c[0], c[1]];
+                convert(u64::from(if big_endian {
+                    u16::from_be_bytes(a)
+                } else {
+                    u16::from_le_bytes(a)
+                }))
+            })
+            .collect(),
+        _ => bytes[..count * 4]
+            .chunks_exact(4)
+            .map(|c| {
+                let a = [c[0], c[1], c[2], c[3]];
+                convert(u64::from(if big_endian {
+                    u32::from_be_bytes(a)
+                } else {
+                    u32::from_le_bytes(a)
+                }))
+            })
+            .collect(),
+    }
+}
+
+/// The modality LUT of frame `k`: a Modality LUT Sequence, else rescale slope/intercept from
+/// the frame's Pixel Value Transformation functional group, the shared one, or the top level.
+enum ModalityLut {
+    Table(Lut),
+    Rescale(f64, f64),
+}
+
+fn modality_lut(ds: &Obj, frame: usize, table: &Option<Lut>) -> ModalityLut {
+    if let Some(t) = table {
+        return ModalityLut::Table(t.clone());
+    }
+    let group = attrs::functional_group(ds, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE);
+    let (slope, intercept) = match group {
+        Some(g) if attrs::f64_1(g, tags::RESCALE_SLOPE).is_some() => (
+            attrs::f64_1(g, tags::RESCALE_SLOPE),
+            attrs::f64_1(g, tags::RESCALE_INTERCEPT),
+        ),
+        _ => (
+            attrs::f64_1(ds, tags::RESCALE_SLOPE),
+            attrs::f64_1(ds, tags::RESCALE_INTERCEPT),
+        ),
+    };
+    let slope = slope.filter(|s| *s != 0.0).unwrap_or(1.0);
+    ModalityLut::Rescale(slope, intercept.unwrap_or(0.0))
+}
+
+/// YCbCr (full range, PS3.3 C.7.6.3.1.2) to RGB, all on `0..=max`.
+fn ybr_full_to_rgb(y: f64, cb: f64, cr: f64, max: f64) -> [f64; 3] {
+    let mid = (max + 1.0) / 2.0;
+    let r = y + 1.402 * (cr - mid);
+    let g = y - 0.344136 * (cb - mid) - 0.714136 * (cr - mid);
+    let b = y + 1.772 * (cb - mid);
+    [r, g, b].map(|v| v.round().clamp(0.0, max))
+}
+
+/// YCbCr partial range (ITU-R BT.601, Y 16..235, Cb/Cr 16..240 for 8 bits) to RGB.
+fn ybr_partial_to_rgb(y: f64, cb: f64, cr: f64, max: f64) -> [f64; 3] {
+    let s = (max + 1.0) / 256.0;
+    let (y, cb, cr) = (y / s - 16.0, cb / s - 128.0, cr / s - 128.0);
+    let r = 1.1644 * y + 1.5960 * cr;
+    let g = 1.1644 * y - 0.3917 * cb - 0.8130 * cr;
+    let b = 1.1644 * y + 2.0173 * cb;
+    [r, g, b].map(|v| (v * s).round().clamp(0.0, max))
+}
+
+pub(super) fn decode_stack(
+    obj: &DefaultDicomObject,
+    path: &Path,
+) -> Result<ImageStack, DicomError> {
+    let ds: &Obj = obj;
+    if ds.get(tags::PIXEL_DATA).is_none() {
+        if frames::has_float_pixel_data(obj) {
+            return Err(DicomError::new(
+                path,
+                K::Unsupported,
+                "float pixel data is not supported",
+            ));
+        }
+        let class = sop_class_name(obj.meta().media_storage_sop_class_uid());
+        let what = if class.is_empty() {
+            String::new()
+        } else {
+            format!(" ({class})")
+        };
+        return Err(DicomError::new(
+            path,
+            K::NoPixelData,
+            format!("no pixel data{what}"),
+        ));
+    }
+    let l = read_layout(ds, path)?;
+    let raw = raw_frames(obj, &l, path)?;
+    let ts_uid = obj.meta().transfer_syntax().to_string();
+
+    // Decoders follow the JPEG 2000 codestream's precision and sign (pydicom and GDCM do the
+    // same when BitsStored or PixelRepresentation disagree with it).
+    // The precision comes from the codestream; the sign from either (a signed codestream
+    // decodes to negative values; an unsigned one with PixelRepresentation 1 holds two's
+    // complement values, which is how pydicom reads such files too).
+    let (bits_stored, high_bit, signed) = match raw.j2k_precision {
+        Some((p, s)) if p <= l.bits_allocated => (p, p - 1, s || l.signed),
+        _ => (l.bits_stored, l.high_bit, l.signed),
+    };
+    let max_stored = ((1u64 << bits_stored) - 1) as f64;
+
+    let pi = l.photometric.as_str();
+    let colour_decoded_rgb = raw.decoded && ts_uid != ts::RLE_LOSSLESS;
+    let n = l.pixels();
+    let mut frames_out = Vec::with_capacity(l.frames);
+
+    if l.spp == 1 {
+        let palette = if pi == "PALETTE COLOR" {
+            Some(lut::palette(ds, signed).map_err(|m| malformed(path, m))?)
+        } else {
+            None
+        };
+        let table = lut::modality_lut(ds, signed);
+        for k in 0..l.frames {
+            let (bytes, bit_offset) = if l.bits_allocated == 1 {
+                (&raw.frames[0][..], k * n)
+            } else {
+                (&raw.frames[k][..], 0)
+            };
+            let stored = extract(
+                bytes,
+                n,
+                l.bits_allocated,
+                bits_stored,
+                high_bit,
+                signed,
+                raw.big_endian,
+                bit_offset,
+            );
+            let frame = if let Some([r, g, b]) = &palette {
+                let mut data = Vec::with_capacity(n * 3);
+                for &v in &stored {
+                    for t in [r, g, b] {
+                        data.push((f64::from(t.lookup(v)) * 255.0 / t.max_value()) as f32);
+                    }
+                }
+                Frame {
+                    width: l.cols as u32,
+                    height: l.rows as u32,
+                    channels: Channels::Rgb,
+                    data,
+                }
+            } else {
+                let data = match modality_lut(ds, k, &table) {
+                    ModalityLut::Table(t) => {
+                        stored.iter().map(|&v| f32::from(t.lookup(v))).collect()
+                    }
+                    ModalityLut::Rescale(s, i) => {
+                        stored.iter().map(|&v| (v * s + i) as f32).collect()
+                    }
+                };
+                Frame {
+                    width: l.cols as u32,
+                    height: l.rows as u32,
+                    channels: Channels::Gray,
+                    data,
+                }
+            };
+            frames_out.push(frame);
+        }
+    } else if l.spp == 3 {
+        let scale = 255.0 / max_stored;
+        for k in 0..l.frames {
+            let bytes = &raw.frames[k][..];
+            let rgb: Vec<f64> = if !raw.decoded && is_422(pi) {
+                // Y0 Y1 Cb Cr per pair of pixels along a row.
+                let stored = extract(
+                    bytes,
+                    n * 2,
+                    l.bits_allocated,
+                    bits_stored,
+                    high_bit,
+                    false,
+                    raw.big_endian,
+                    0,
+                );
+                let mut out = Vec::with_capacity(n * 3);
+                for px in 0..n {
+                    let pair = px / 2;
+                    let y = stored[pair * 4 + (px % 2)];
+                    let (cb, cr) = (stored[pair * 4 + 2], stored[pair * 4 + 3]);
+                    let c = if pi == "YBR_FULL_422" {
+                        ybr_full_to_rgb(y, cb, cr, max_stored)
+                    } else {
+                        ybr_partial_to_rgb(y, cb, cr, max_stored)
+                    };
+                    out.extend_from_slice(&c);
+                }
+                out
+            } else {
+                let stored = extract(
+                    bytes,
+                    n * 3,
+                    l.bits_allocated,
+                    bits_stored,
+                    high_bit,
+                    false,
+                    raw.big_endian,
+                    0,
+                );
+                // Planar configuration 1 (native only: decoders deliver interleaved samples).
+                let stored = if l.planar && !raw.decoded {
+                    let mut inter = vec![0.0; n * 3];
+                    for c in 0..3 {
+                        for px in 0..n {
+                            inter[px * 3 + c] = stored[c * n + px];
+                        }
+                    }
+                    inter
+                } else {
+                    stored
+                };
+                let needs_ybr = !colour_decoded_rgb
+                    && (pi == "YBR_FULL" || is_422(pi) || pi == "YBR_PARTIAL_420");
+                if needs_ybr {
+                    stored
+                        .chunks_exact(3)
+                        .flat_map(|c| {
+                            if pi == "YBR_FULL" || pi == "YBR_FULL_422" {
+                                ybr_full_to_rgb(c[0], c[1], c[2], max_stored)
+                            } else {
+                                ybr_partial_to_rgb(c[0], c[1], c[2], max_stored)
+                            }
+                        })
+                        .collect()
+                } else {
+                    stored
+                }
+            };
+            let data = rgb.iter().map(|&v| (v * scale) as f32).collect();
+            frames_out.push(Frame {
+                width: l.cols as u32,
+                height: l.rows as u32,
+                channels: Channels::Rgb,
+                data,
+            });
+        }
+    } else {
+        return Err(DicomError::new(
+            path,
+            K::Unsupported,
+            format!("{} samples per pixel ({pi}) is not supported", l.spp),
+        ));
+    }
+
+    let is_colour = frames_out
+        .first()
+        .is_some_and(|f| f.channels == Channels::Rgb);
+    let windows = if is_colour {
+        vec![Window {
+            center: 127.5,
+            width: 256.0,
+            function: VoiFunction::Linear,
+            label: "Full range".to_string(),
+        }]
+    } else {
+        window_presets(ds, &frames_out)
+    };
+    let invert = !is_colour && pi == "MONOCHROME1";
+    let info = image_info(obj, &l, bits_stored);
+    Ok(ImageStack {
+        source: path.to_path_buf(),
+        frames: frames_out,
+        windows,
+        invert,
+        metadata: metadata::metadata_tree(obj),
+        info,
+    })
+}
+
+fn voi_function(ds: &Obj) -> Option<VoiFunction> {
+    attrs::string(ds, tags::VOILUT_FUNCTION).map(|f| match f.to_ascii_uppercase().as_str() {
+        "LINEAR_EXACT" => VoiFunction::LinearExact,
+        "SIGMOID" => VoiFunction::Sigmoid,
+        _ => VoiFunction::Linear,
+    })
+}
+
+/// Windows of one attribute set (top level or a Frame VOI LUT functional group).
+fn windows_in(ds: &Obj, default_function: VoiFunction) -> Vec<Window> {
+    let (Some(centers), Some(widths)) = (
+        attrs::f64s(ds, tags::WINDOW_CENTER),
+        attrs::f64s(ds, tags::WINDOW_WIDTH),
+    ) else {
+        return Vec::new();
+    };
+    let explanations = attrs::strings(ds, tags::WINDOW_CENTER_WIDTH_EXPLANATION);
+    let function = voi_function(ds).unwrap_or(default_function);
+    centers
+        .iter()
+        .zip(&widths)
+        .enumerate()
+        .filter(|(_, (_, w))| **w > 0.0)
+        .map(|(i, (&center, &width))| Window {
+            center,
+            width,
+            function,
+            label: explanations
+                .get(i)
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_else(|| format!("C {center} / W {width}")),
+        })
+        .collect()
+}
+
+/// The file's window presets (top level, then the first frame's Frame VOI LUT group), then
+/// "Full range" over all frames.
+fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
+    let top_function = voi_function(ds).unwrap_or_default();
+    let mut out = windows_in(ds, top_function);
+    if let Some(g) = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE) {
+        out.extend(windows_in(g, top_function));
+    }
+    let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
+    for w in out {
+        if !unique
+            .iter()
+            .any(|u| u.center == w.center && u.width == w.width && u.function == w.function)
+        {
+            unique.push(w);
+        }
+    }
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut integral = true;
+    for v in frames.iter().flat_map(|f| f.data.iter()) {
+        if v.is_finite() {
+            let v = f64::from(*v);
+            lo = lo.min(v);
+            hi = hi.max(v);
+            integral &= v.fract() == 0.0;
+        }
+    }
+    // `lo`, `hi` are never NaN (non-finite samples are skipped): `hi <= lo` covers "no data".
+    let full = if integral || hi <= lo {
+        Window::full_range(lo, hi)
+    } else {
+        // Non-integer data: map min to 0 and max to 255 exactly.
+        Window {
+            center: (lo + hi) / 2.0,
+            width: hi - lo,
+            function: VoiFunction::LinearExact,
+            label: "Full range".to_string(),
+        }
+    };
+    unique.push(full);
+    unique
+}
+
+fn image_info(obj: &DefaultDicomObject, l: &Layout, bits_stored: u16) -> ImageInfo {
+    let ds: &Obj = obj;
+    let frame_positions = (0..l.frames)
+        .map(|k| {
+            attrs::fixed::<3>(attrs::frame_f64s(
+                ds,
+                k,
+                tags::PLANE_POSITION_SEQUENCE,
+                tags::IMAGE_POSITION_PATIENT,
+            ))
+        })
+        .collect();
+    ImageInfo {
+        modality: attrs::string(ds, tags::MODALITY),
+        study_instance_uid: attrs::string(ds, tags::STUDY_INSTANCE_UID),
+        series_instance_uid: attrs::string(ds, tags::SERIES_INSTANCE_UID),
+        sop_instance_uid: attrs::string(ds, tags::SOP_INSTANCE_UID),
+        instance_number: attrs::int_opt(ds, tags::INSTANCE_NUMBER)
+            .and_then(|v| i32::try_from(v).ok()),
+        pixel_spacing: attrs::fixed::<2>(attrs::frame_f64s(
+            ds,
+            0,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::PIXEL_SPACING,
+        )),
+        slice_thickness: attrs::frame_f64s(
+            ds,
+            0,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            tags::SLICE_THICKNESS,
+        )
+        .and_then(|v| v.first().copied()),
+        image_orientation: attrs::fixed::<6>(attrs::frame_f64s(
+            ds,
+            0,
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            tags::IMAGE_ORIENTATION_PATIENT,
+        )),
+        frame_positions,
+        photometric: Some(l.photometric.clone()),
+        bits_stored: Some(bits_stored),
+        transfer_syntax_uid: Some(obj.meta().transfer_syntax().to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extract_signed_12_bit_in_16_with_garbage_high_bits() {
+        // 0xF800 | 0x0800 -> stored 12-bit value 0x800 = -2048; 0x07FF = 2047; 0x0FFF = -1.
+        let bytes = [0x00, 0xF8, 0xFF, 0x07, 0xFF, 0x0F];
+        let v = extract(&bytes, 3, 16, 12, 11, true, false, 0);
+        assert_eq!(v, vec![-2048.0, 2047.0, -1.0]);
+        let u = extract(&bytes, 3, 16, 12, 11, false, false, 0);
+        assert_eq!(u, vec![2048.0, 2047.0, 4095.0]);
+    }
+
+    #[test]
+    fn extract_big_endian_and_32_bit_and_1_bit() {
+        assert_eq!(
+            extract(&[0x01, 0x02], 1, 16, 16, 15, false, true, 0),
+            vec![258.0]
+        );
+        assert_eq!(
+            extract(&[0xFF, 0xFF, 0xFF, 0xFF], 1, 32, 32, 31, true, false, 0),
+            vec![-1.0]
+        );
+        // bits are little-endian within a byte; offset 3 starts at the 4th bit.
+        assert_eq!(
+            extract(&[0b0001_1000], 2, 1, 1, 0, false, false, 3),
+            vec![1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn ybr_full_grey_and_primaries() {
+        assert_eq!(
+            ybr_full_to_rgb(100.0, 128.0, 128.0, 255.0),
+            [100.0, 100.0, 100.0]
+        );
+        // Pure red in full-range YCbCr (BT.601): Y 76.245, Cb 84.972, Cr 255.5 (clamped 255).
+        let [r, g, b] = ybr_full_to_rgb(76.245, 84.972, 255.0, 255.0);
+        assert!(
+            (r - 254.0).abs() <= 1.0 && g <= 1.0 && b <= 1.0,
+            "{r} {g} {b}"
+        );
+    }
+}

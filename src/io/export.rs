@@ -1,0 +1,52 @@
+//! Exports: raw heatmaps as 16-bit PNG with their scale, overlay PNGs with a burned-in colour
+//! legend, CSV score tables, and DICOM Secondary Capture objects of overlays.
+//!
+//! Every file is written atomically ([`atomic::write_atomically`]): into a temporary file in
+//! the target directory, flushed and fsynced, then renamed over the target. A failed export
+//! leaves neither a partial target nor the temporary file.
+use std::path::{Path, PathBuf};
+
+pub mod atomic;
+pub mod csv;
+pub mod dicom_sc;
+pub mod font;
+pub mod heatmap;
+pub mod overlay;
+
+pub use atomic::write_atomically;
+pub use csv::{ScoreRow, scores_csv_string, write_scores_csv};
+pub use dicom_sc::{
+    Anonymise, ScOptions, ScWritten, SourceAttributes, derived_uid, new_uid,
+    write_secondary_capture,
+};
+pub use heatmap::{FloatMap, HeatmapScale, read_heatmap_png, write_heatmap_png};
+pub use overlay::{
+    Colormap, LegendLayout, Overlay, OverlayOptions, render_overlay, write_overlay_png, write_png,
+};
+
+/// An export that failed: which file, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("invalid export input: {0}")]
+    Invalid(String),
+}
+
+impl ExportError {
+    pub(crate) fn write(path: &Path, reason: impl ToString) -> Self {
+        ExportError::Write {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn read(path: &Path, reason: impl ToString) -> Self {
+        ExportError::Read {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}

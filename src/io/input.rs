@@ -1,0 +1,166 @@
+//! One entry point from a file to what the model and the viewer need: any supported file
+//! (DICOM, PNG/JPEG/TIFF/BMP, NIfTI) becomes frames, each windowed with the file's default
+//! preset to an 8-bit display image and resized to the 240 px model input (spec 7.1).
+//! The CLI and the app both load images through here.
+use std::path::{Path, PathBuf};
+
+use crate::io::dicom::{load_dicom, looks_like_dicom};
+use crate::io::image::{ImageStack, Window};
+use crate::io::model_input::{mask_input, model_input};
+use crate::io::nifti::{is_nifti_path, load_nifti};
+use crate::io::raster::{is_raster_path, load_raster};
+use crate::io::resample::Image8;
+
+/// An input that could not be used, naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct InputError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl InputError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One frame of one file, ready for the model and for overlays.
+#[derive(Debug, Clone)]
+pub struct ModelImage {
+    pub source: PathBuf,
+    /// Frame index within the file (0 for single-frame files).
+    pub frame: usize,
+    /// Frames in the file.
+    pub frames: usize,
+    /// The windowed frame at its original resolution (overlays are drawn on it).
+    pub display: Image8,
+    /// `[3, 240, 240]` CHW model input in [0, 1].
+    pub input: Vec<f32>,
+}
+
+impl ModelImage {
+    /// A short name for reports: the file name, plus the frame for multi-frame files.
+    pub fn label(&self) -> String {
+        let name = self.source.display().to_string();
+        if self.frames > 1 {
+            format!("{name}#{}", self.frame)
+        } else {
+            name
+        }
+    }
+}
+
+/// Whether a path looks like something [`load_stack`] reads (by extension or DICOM marker).
+pub fn is_supported_file(path: &Path) -> bool {
+    is_raster_path(path) || is_nifti_path(path) || looks_like_dicom(path)
+}
+
+/// Loads any supported file as an image stack in modality units.
+pub fn load_stack(path: &Path) -> Result<ImageStack, InputError> {
+    if is_nifti_path(path) {
+        load_nifti(path).map_err(|e| InputError::new(path, e.to_string()))
+    } else if is_raster_path(path) {
+        load_raster(path).map_err(|e| InputError::new(path, e.to_string()))
+    } else if looks_like_dicom(path) {
+        load_dicom(path).map_err(|e| InputError::new(path, e.to_string()))
+    } else if !path.exists() {
+        Err(InputError::new(path, "no such file"))
+    } else {
+        Err(InputError::new(
+            path,
+            "not a supported image (DICOM, PNG, JPEG, TIFF, BMP, NIfTI)",
+        ))
+    }
+}
+
+/// Windows frame `index` of `stack` to an 8-bit display image.
+pub fn display_frame(stack: &ImageStack, index: usize, window: &Window) -> Option<Image8> {
+    let frame = stack.frames.get(index)?;
+    let data = frame.window_to_u8(window, stack.invert);
+    Image8::new(frame.width, frame.height, frame.channels, data).ok()
+}
+
+/// Every frame of `path` as model input, windowed with the file's default preset.
+pub fn load_model_images(path: &Path) -> Result<Vec<ModelImage>, InputError> {
+    let stack = load_stack(path)?;
+    let window = stack
+        .default_window()
+        .cloned()
+        .ok_or_else(|| InputError::new(path, "no window preset for this image"))?;
+    let frames = stack.frames.len();
+    if frames == 0 {
+        return Err(InputError::new(path, "the file holds no image frames"));
+    }
+    (0..frames)
+        .map(|frame| {
+            let display = display_frame(&stack, frame, &window)
+                .ok_or_else(|| InputError::new(path, format!("frame {frame} has a bad size")))?;
+            let input = model_input(&display)
+                .map_err(|e| InputError::new(path, format!("frame {frame}: {e}")))?;
+            Ok(ModelImage {
+                source: path.to_path_buf(),
+                frame,
+                frames,
+                display,
+                input,
+            })
+        })
+        .collect()
+}
+
+/// The first frame of `path` as model input (for training shots).
+pub fn load_model_image(path: &Path) -> Result<ModelImage, InputError> {
+    load_model_images(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| InputError::new(path, "the file holds no image frames"))
+}
+
+/// A lesion mask file as a `[240, 240]` {0, 1} mask (nearest resize, > 0.5 after /255, as
+/// the reference does).
+pub fn load_mask(path: &Path) -> Result<Vec<f32>, InputError> {
+    let image = load_model_image(path)?;
+    let grey = image.display.to_luma();
+    mask_input(&grey).map_err(|e| InputError::new(path, e.to_string()))
+}
+
+/// Expands files and folders (recursively, sorted) into the supported files they hold.
+/// Hidden entries are skipped; unreadable folders are errors.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut out)?;
+        } else if path.exists() {
+            out.push(path.clone());
+        } else {
+            return Err(InputError::new(path, "no such file or folder"));
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| InputError::new(dir, format!("cannot read the folder: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            walk(&entry, out)?;
+        } else if is_supported_file(&entry) {
+            out.push(entry);
+        }
+    }
+    Ok(())
+}

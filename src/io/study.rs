@@ -1,0 +1,416 @@
+//! Studies: find DICOM instances in folders, DICOMDIRs or lists of paths, group them by
+//! study and series, order the slices, and keep each instance's metadata tree.
+//!
+//! Scanning reads headers only (everything before the pixel data), so a large folder is quick;
+//! the viewer decodes an instance's pixels with [`load_dicom`](super::dicom::load_dicom) when it
+//! shows it. Files without the DICOM "DICM" marker are skipped silently (and counted); files
+//! that look like DICOM but cannot be read are listed in [`StudyScan::errors`] and the scan
+//! goes on.
+//!
+//! Order within a series: by ImagePositionPatient projected on the slice normal (the cross
+//! product of the ImageOrientationPatient row and column directions), ascending; instances
+//! without a position come after, by InstanceNumber; ties by InstanceNumber, then path.
+use std::collections::{BTreeMap, HashSet};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use dicom_core::DicomValue;
+use dicom_dictionary_std::tags;
+
+use super::dicom::{DicomError, DicomErrorKind, DicomSummary, looks_like_dicom, read_dicom_header};
+use super::image::MetadataNode;
+
+/// Progress of a scan, reported once per file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanProgress {
+    /// Files examined so far (including this one).
+    pub done: usize,
+    /// Files to examine in all.
+    pub total: usize,
+    /// The file just examined.
+    pub current: PathBuf,
+}
+
+/// One instance: its header summary (which holds its path) and metadata tree.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub summary: DicomSummary,
+    pub metadata: Vec<MetadataNode>,
+}
+
+impl Instance {
+    pub fn path(&self) -> &Path {
+        &self.summary.path
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Empty when the instances have no SeriesInstanceUID.
+    pub series_instance_uid: String,
+    pub series_number: Option<i64>,
+    pub modality: Option<String>,
+    pub description: Option<String>,
+    /// In slice order (see the module documentation).
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Study {
+    /// Empty when the instances have no StudyInstanceUID.
+    pub study_instance_uid: String,
+    pub patient_name: Option<String>,
+    pub patient_id: Option<String>,
+    pub study_date: Option<String>,
+    pub description: Option<String>,
+    /// By SeriesNumber, then UID.
+    pub series: Vec<Series>,
+}
+
+/// The result of a scan. Problems with single files never fail the scan: they are listed.
+#[derive(Debug, Clone, Default)]
+pub struct StudyScan {
+    /// By StudyDate, then UID.
+    pub studies: Vec<Study>,
+    /// Files that look like DICOM but could not be read, each naming the file and the problem.
+    pub errors: Vec<DicomError>,
+    /// Files skipped because they are not DICOM (no "DICM" marker).
+    pub skipped_non_dicom: usize,
+    /// DICOMDIR files met during a folder scan (directories, not instances).
+    pub dicomdir_files: usize,
+    /// Files examined (instances + errors + skipped + DICOMDIRs).
+    pub files_examined: usize,
+    /// True when the progress callback asked to stop before the end.
+    pub cancelled: bool,
+}
+
+impl StudyScan {
+    /// Number of instances in all studies.
+    pub fn instance_count(&self) -> usize {
+        self.studies
+            .iter()
+            .flat_map(|s| &s.series)
+            .map(|s| s.instances.len())
+            .sum()
+    }
+
+    /// Number of series in all studies.
+    pub fn series_count(&self) -> usize {
+        self.studies.iter().map(|s| s.series.len()).sum()
+    }
+}
+
+/// Recursively collects the files under `dir` (sorted, symbolic links to folders not
+/// followed so that link loops cannot trap the walk).
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<DicomError>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(DicomError {
+                path: dir.to_path_buf(),
+                kind: DicomErrorKind::Io,
+                message: format!("cannot list the folder: {e}"),
+            });
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => collect_files(&p, out, errors),
+            Ok(m) if m.file_type().is_symlink() => {
+                if p.is_file() {
+                    out.push(p);
+                }
+            }
+            Ok(_) => out.push(p),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Scans a folder recursively.
+pub fn scan_folder(
+    root: &Path,
+    progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
+) -> StudyScan {
+    scan_paths(&[root.to_path_buf()], progress)
+}
+
+/// Scans files and folders (folders recursively). A file named `DICOMDIR` given explicitly
+/// is read as a directory: the files it references are scanned instead. Inside folders,
+/// DICOMDIR files are counted and skipped (the folder walk finds their files anyway).
+pub fn scan_paths(
+    paths: &[PathBuf],
+    progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
+) -> StudyScan {
+    let mut scan = StudyScan::default();
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            collect_files(p, &mut files, &mut scan.errors);
+        } else if is_dicomdir_name(p) {
+            match dicomdir_files(p) {
+                Ok((refs, missing)) => {
+                    files.extend(refs);
+                    scan.errors.extend(missing);
+                }
+                Err(e) => scan.errors.push(e),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    scan_files(files, scan, progress, false)
+}
+
+/// Reads a DICOMDIR and scans the files it references (missing ones are listed as errors).
+pub fn scan_dicomdir(
+    dicomdir: &Path,
+    progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
+) -> Result<StudyScan, DicomError> {
+    let (files, missing) = dicomdir_files(dicomdir)?;
+    let scan = StudyScan {
+        errors: missing,
+        ..Default::default()
+    };
+    Ok(scan_files(files, scan, progress, true))
+}
+
+fn is_dicomdir_name(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
+}
+
+/// The files a DICOMDIR references through ReferencedFileID, resolved next to it, plus an
+/// error for each reference that does not resolve.
+fn dicomdir_files(dicomdir: &Path) -> Result<(Vec<PathBuf>, Vec<DicomError>), DicomError> {
+    let bytes = std::fs::read(dicomdir).map_err(|e| DicomError {
+        path: dicomdir.to_path_buf(),
+        kind: DicomErrorKind::Io,
+        message: format!("cannot read the DICOMDIR: {e}"),
+    })?;
+    let obj = super::dicom::parse_object(&bytes, dicomdir)?;
+    let base = dicomdir.parent().unwrap_or(Path::new("."));
+    let records = match obj.get(tags::DIRECTORY_RECORD_SEQUENCE).map(|e| e.value()) {
+        Some(DicomValue::Sequence(seq)) => seq.items(),
+        _ => {
+            return Err(DicomError {
+                path: dicomdir.to_path_buf(),
+                kind: DicomErrorKind::Malformed,
+                message: "DICOMDIR without a Directory Record Sequence".to_string(),
+            });
+        }
+    };
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    for rec in records {
+        let Some(elem) = rec.get(tags::REFERENCED_FILE_ID) else {
+            continue;
+        };
+        let Ok(raw) = elem.to_str() else {
+            continue;
+        };
+        let parts: Vec<&str> = raw
+            .split('\\')
+            .map(|s| s.trim_matches(|c: char| c == ' ' || c == '\0'))
+            .filter(|s| !s.is_empty())
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let display = parts.join("/");
+        if parts
+            .iter()
+            .any(|p| *p == ".." || *p == "." || p.contains('/'))
+        {
+            missing.push(DicomError {
+                path: dicomdir.to_path_buf(),
+                kind: DicomErrorKind::Malformed,
+                message: format!("DICOMDIR reference {display:?} leaves the DICOMDIR's folder"),
+            });
+            continue;
+        }
+        match resolve(base, &parts) {
+            Some(p) => {
+                if seen.insert(p.clone()) {
+                    files.push(p);
+                }
+            }
+            None => missing.push(DicomError {
+                path: base.join(&display),
+                kind: DicomErrorKind::Io,
+                message: format!("file referenced by {} is missing", dicomdir.display()),
+            }),
+        }
+    }
+    Ok((files, missing))
+}
+
+/// Joins DICOMDIR path components, matching each one case-insensitively when the exact name
+/// does not exist (media written on one system are often read on another).
+fn resolve(base: &Path, parts: &[&str]) -> Option<PathBuf> {
+    let mut cur = base.to_path_buf();
+    for part in parts {
+        let exact = cur.join(part);
+        if exact.exists() {
+            cur = exact;
+            continue;
+        }
+        let found = std::fs::read_dir(&cur)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(part))
+            })?;
+        cur = found.path();
+    }
+    cur.is_file().then_some(cur)
+}
+
+fn scan_files(
+    files: Vec<PathBuf>,
+    mut scan: StudyScan,
+    progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
+    from_dicomdir: bool,
+) -> StudyScan {
+    // Deduplicate (the same file given twice, or via two routes).
+    let mut seen = HashSet::new();
+    let files: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
+        .collect();
+    let total = files.len();
+    let mut instances = Vec::new();
+    for (i, path) in files.into_iter().enumerate() {
+        scan.files_examined += 1;
+        if !looks_like_dicom(&path) {
+            if from_dicomdir {
+                scan.errors.push(DicomError {
+                    path: path.clone(),
+                    kind: DicomErrorKind::NotDicom,
+                    message: "referenced by the DICOMDIR but not a DICOM file (no DICM preamble)"
+                        .to_string(),
+                });
+            } else {
+                scan.skipped_non_dicom += 1;
+            }
+        } else {
+            match read_dicom_header(&path) {
+                Ok((summary, _)) if summary.is_dicomdir => scan.dicomdir_files += 1,
+                Ok((summary, metadata)) => instances.push(Instance { summary, metadata }),
+                Err(e) => scan.errors.push(e),
+            }
+        }
+        let report = ScanProgress {
+            done: i + 1,
+            total,
+            current: path,
+        };
+        if progress(&report).is_break() {
+            scan.cancelled = i + 1 < total;
+            break;
+        }
+    }
+    scan.studies = group(instances);
+    scan
+}
+
+/// Groups instances by study and series and orders everything.
+fn group(instances: Vec<Instance>) -> Vec<Study> {
+    let mut by_study: BTreeMap<String, BTreeMap<String, Vec<Instance>>> = BTreeMap::new();
+    for inst in instances {
+        let study = inst.summary.study_instance_uid.clone().unwrap_or_default();
+        let series = inst.summary.series_instance_uid.clone().unwrap_or_default();
+        by_study
+            .entry(study)
+            .or_default()
+            .entry(series)
+            .or_default()
+            .push(inst);
+    }
+    let mut studies: Vec<Study> = by_study
+        .into_iter()
+        .map(|(uid, series_map)| {
+            let mut series: Vec<Series> = series_map
+                .into_iter()
+                .map(|(suid, mut instances)| {
+                    order_slices(&mut instances);
+                    let first = &instances[0].summary;
+                    Series {
+                        series_instance_uid: suid,
+                        series_number: first.series_number,
+                        modality: first.modality.clone(),
+                        description: first.series_description.clone(),
+                        instances,
+                    }
+                })
+                .collect();
+            series.sort_by(|a, b| {
+                (a.series_number.unwrap_or(i64::MAX), &a.series_instance_uid)
+                    .cmp(&(b.series_number.unwrap_or(i64::MAX), &b.series_instance_uid))
+            });
+            let first = &series[0].instances[0].summary;
+            Study {
+                study_instance_uid: uid,
+                patient_name: first.patient_name.clone(),
+                patient_id: first.patient_id.clone(),
+                study_date: first.study_date.clone(),
+                description: first.study_description.clone(),
+                series,
+            }
+        })
+        .collect();
+    studies.sort_by(|a, b| {
+        (
+            a.study_date.clone().unwrap_or_default(),
+            &a.study_instance_uid,
+        )
+            .cmp(&(
+                b.study_date.clone().unwrap_or_default(),
+                &b.study_instance_uid,
+            ))
+    });
+    studies
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
+/// Orders the instances of one series (see the module documentation).
+pub fn order_slices(instances: &mut [Instance]) {
+    let normal = instances
+        .iter()
+        .find_map(|i| i.summary.image_orientation)
+        .map(|o| cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]))
+        .filter(|n| n.iter().map(|v| v * v).sum::<f64>() > 1e-6)
+        // No orientation: assume axial slices (normal along z).
+        .unwrap_or([0.0, 0.0, 1.0]);
+    let key = |i: &Instance| -> (u8, f64, i64) {
+        let s = &i.summary;
+        match s.image_position {
+            Some(p) => (
+                0,
+                p[0] * normal[0] + p[1] * normal[1] + p[2] * normal[2],
+                s.instance_number.unwrap_or(i64::MAX),
+            ),
+            None => (1, 0.0, s.instance_number.unwrap_or(i64::MAX)),
+        }
+    };
+    instances.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        ka.0.cmp(&kb.0)
+            .then(ka.1.total_cmp(&kb.1))
+            .then(ka.2.cmp(&kb.2))
+            .then_with(|| a.summary.path.cmp(&b.summary.path))
+    });
+}
