@@ -7,6 +7,11 @@
 //! PyTorch reference. Tolerances: 1e-4 max-abs for tensors and for the weights after the Adam
 //! step, 1e-5 relative for loss terms, 1e-3 of the largest gradient for gradients (see
 //! `GRAD_RTOL`). Run with `--nocapture` to see the measured errors.
+//!
+//! Phase B runs the same checks through the CLIP fixture tower of `tests/fixtures/clip`
+//! (8 blocks, width 32, embed 16, 240 px, erf GELU, loaded with `load_clip_vision`) on its
+//! fixture image, against a float64 PyTorch reference built with open_clip from the same
+//! weights.
 
 use std::path::PathBuf;
 
@@ -14,6 +19,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use mvfa_studio::model::clip::vision::VisionTransformer;
 use mvfa_studio::model::mvfa::adapter::{
     AdapterBank, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone, forward_adapted,
     forward_adapted_traced,
@@ -21,6 +27,7 @@ use mvfa_studio::model::mvfa::adapter::{
 use mvfa_studio::model::mvfa::losses::{LossTarget, mvfa_loss};
 use mvfa_studio::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
 use mvfa_studio::weights::adapters::import_mvfa_pth;
+use mvfa_studio::weights::clip::{LoadOptions, load_clip_vision};
 use safetensors::SafeTensors;
 
 type NB = NdArray<f32>;
@@ -614,4 +621,68 @@ fn level_mismatch_is_an_error_not_a_panic() {
         .forward_adapted(&vision, token_images(&fx, "x0", &device), &cfg())
         .unwrap_err();
     assert!(err.to_string().contains("width 65"), "{err}");
+}
+
+// ---- Phase B: the CLIP fixture tower of tests/fixtures/clip --------------------------------
+
+fn clip_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+}
+
+/// The fixture CLIP vision tower (open_clip layout, 8 blocks, width 32, 240 px, erf GELU).
+fn clip_vision<B: Backend>(device: &B::Device) -> VisionTransformer<B> {
+    let path = clip_fixtures().join("open_clip/open_clip_model.safetensors");
+    let (vision, report) = load_clip_vision::<B>(&path, &LoadOptions::default(), device)
+        .expect("load the CLIP fixture tower");
+    assert!(report.is_complete(), "{}", report.problems());
+    vision
+}
+
+fn phase_b_cfg() -> MvfaAdaptersConfig {
+    MvfaAdaptersConfig::new().with_width(32).with_bottleneck(16)
+}
+
+/// The CLIP fixture image, its left-right and top-bottom mirrors as support shots, the
+/// fixture model's MVFA text features for "Brain", and phase A's mask.
+fn phase_b_inputs<B: Backend>(device: &B::Device) -> Inputs<B> {
+    let clip = Fixture::at(clip_fixtures().join("reference.safetensors"));
+    let image: Tensor<B, 4> = clip.tensor::<B, 4>("image_u8", device).div_scalar(255.0);
+    let support = Tensor::cat(vec![image.clone().flip([3]), image.clone().flip([2])], 0);
+    let a = Fixture::load("phase_a.safetensors");
+    Inputs {
+        query: image,
+        support,
+        text: clip.tensor("text_features_0", device),
+        mask: a.tensor::<B, 3>("mask_u8", device).div_scalar(255.0),
+        label: a.tensor("label", device),
+    }
+}
+
+#[test]
+fn phase_b_clip_tower_forward_scores_and_maps_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_b.safetensors");
+    let vision = clip_vision::<NB>(&device);
+    assert_eq!(vision.default_taps(), [2, 4, 6, 8]);
+    let adapters: MvfaAdapters<NB> = import_mvfa_pth(
+        &fixture_dir().join("phase_b_adapters.pth"),
+        &phase_b_cfg(),
+        &device,
+    )
+    .unwrap();
+    check_forward_and_scoring("B", &fx, &vision, &adapters, &phase_b_inputs(&device));
+}
+
+#[test]
+fn phase_b_clip_tower_losses_and_one_adam_step_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_b.safetensors");
+    let vision = clip_vision::<AB>(&device).no_grad();
+    let adapters: MvfaAdapters<AB> = import_mvfa_pth(
+        &fixture_dir().join("phase_b_adapters.pth"),
+        &phase_b_cfg(),
+        &device,
+    )
+    .unwrap();
+    check_losses_and_adam("B", &fx, &vision, adapters, &phase_b_inputs(&device));
 }
