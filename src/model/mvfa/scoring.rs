@@ -296,6 +296,11 @@ impl<B: Backend> MemoryBank<B> {
 }
 
 /// Scores adapted tokens against the text features and memory banks.
+///
+/// # Panics
+/// Token tensors must hold `1 + grid_size^2` tokens and a memory bank must have rows and
+/// as many levels as the tokens; both are fixed by the model and configuration, so a
+/// mismatch is a programming error and panics with a message naming the sizes.
 #[derive(Debug, Clone)]
 pub struct Scorer<B: Backend> {
     cfg: ScoringConfig,
