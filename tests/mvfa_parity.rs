@@ -1,18 +1,25 @@
-//! Parity of the MVFA adapters, scoring, losses and one Adam step with the PyTorch reference
-//! written by `tools/parity/make_mvfa_fixtures.py` (tests/fixtures/mvfa/phase_a.*).
+//! Parity of the MVFA adapters, scoring, losses, gradients and one Adam step with the
+//! PyTorch reference written by `tools/parity/make_mvfa_fixtures.py` (tests/fixtures/mvfa/).
 //!
 //! Phase A uses a small stand-in backbone (8 residual blocks `x <- x + tanh(x @ A_{b mod 2})`,
 //! taps after blocks 2, 4, 6, 8, width 64, bottleneck 32, 290 tokens, maps at 240) so that the
-//! hook chaining and the gradient flow through the stream are the real ones. Tolerances:
-//! 1e-4 max-abs for tensors, 1e-5 relative for loss terms. Run with `--nocapture` to see the
-//! measured errors.
+//! hook chaining and the gradient flow through the stream are the real ones, against a float32
+//! PyTorch reference. Tolerances: 1e-4 max-abs for tensors and for the weights after the Adam
+//! step, 1e-5 relative for loss terms, 1e-3 of the largest gradient for gradients (see
+//! `GRAD_RTOL`). Run with `--nocapture` to see the measured errors.
+//!
+//! Phase B runs the same checks through the CLIP fixture tower of `tests/fixtures/clip`
+//! (8 blocks, width 32, embed 16, 240 px, erf GELU, loaded with `load_clip_vision`) on its
+//! fixture image, against a float64 PyTorch reference built with open_clip from the same
+//! weights.
 
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::module::{Module, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
+use mvfa_studio::model::clip::vision::VisionTransformer;
 use mvfa_studio::model::mvfa::adapter::{
     AdapterBank, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone, forward_adapted,
     forward_adapted_traced,
@@ -20,6 +27,7 @@ use mvfa_studio::model::mvfa::adapter::{
 use mvfa_studio::model::mvfa::losses::{LossTarget, mvfa_loss};
 use mvfa_studio::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
 use mvfa_studio::weights::adapters::import_mvfa_pth;
+use mvfa_studio::weights::clip::{LoadOptions, load_clip_vision};
 use safetensors::SafeTensors;
 
 type NB = NdArray<f32>;
@@ -32,6 +40,17 @@ const SIZE: usize = 240;
 const TOKENS: usize = 1 + GRID * GRID;
 const TOL: f32 = 1e-4;
 const LOSS_RTOL: f64 = 1e-5;
+/// Gradients: max-abs error relative to the largest gradient of the tensor. Measured: about
+/// 2e-5 in phase A and 2.5e-4 in phase B, where gradients of earlier levels cross the CLIP
+/// blocks (burn 0.21 composes softmax and layer norm from primitive ops under autodiff, and
+/// their f32 backward is less accurate than PyTorch's fused kernels).
+///
+/// The first Adam step is lr * g / (|g| + eps), i.e. +-lr for any gradient above ~1e-7, so
+/// a weight whose gradient is smaller than that noise can step the other way. The weight
+/// check therefore skips exactly those weights whose Rust and reference gradients differ in
+/// sign while the reference gradient is below `GRAD_RTOL * max|g|` (the count is printed);
+/// every other weight must match within `TOL`.
+const GRAD_RTOL: f32 = 1e-3;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mvfa")
@@ -60,7 +79,10 @@ struct Fixture {
 
 impl Fixture {
     fn load(name: &str) -> Self {
-        let path = fixture_dir().join(name);
+        Self::at(fixture_dir().join(name))
+    }
+
+    fn at(path: PathBuf) -> Self {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Self { bytes }
     }
@@ -144,13 +166,6 @@ fn cfg() -> MvfaAdaptersConfig {
     MvfaAdaptersConfig::new().with_width(W).with_bottleneck(E)
 }
 
-fn scorer<B: Backend>(fx: &Fixture, device: &B::Device) -> Scorer<B> {
-    Scorer::new(
-        ScoringConfig::new().with_bank_chunk_rows(100),
-        fx.tensor("text", device),
-    )
-}
-
 fn max_abs<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b).abs().max().into_scalar().elem::<f32>()
@@ -168,7 +183,7 @@ fn sub_map<B: Backend>(t: Tensor<B, 3>, idx: &[i64]) -> Tensor<B, 3> {
     rows(rows(t, idx, 1), idx, 2)
 }
 
-/// Checks `max_abs <= TOL`, prints the error and returns it.
+/// Checks `err <= TOL`, prints the error and tracks the worst one.
 fn check(name: &str, err: f32, worst: &mut f32) {
     eprintln!("{name:<28} max-abs {err:.3e}");
     *worst = worst.max(err);
@@ -185,81 +200,109 @@ fn check_rel(name: &str, got: f64, want: f64, worst: &mut f64) {
     );
 }
 
-fn images<B: Backend>(fx: &Fixture, name: &str, device: &B::Device) -> Tensor<B, 4> {
+/// Phase A "images": token tensors `[n, 1, tokens, width]` for the stand-in backbone.
+fn token_images<B: Backend>(fx: &Fixture, name: &str, device: &B::Device) -> Tensor<B, 4> {
     let t: Tensor<B, 3> = fx.tensor(name, device);
     t.unsqueeze_dim(1)
 }
 
-#[test]
-fn phase_a_forward_scores_and_maps_match_pytorch() {
-    let device = Default::default();
+/// The inputs of one parity case.
+struct Inputs<B: Backend> {
+    /// One query image `[1, ...]`.
+    query: Tensor<B, 4>,
+    /// Support images for the memory banks `[n, ...]`.
+    support: Tensor<B, 4>,
+    /// Text features `[E, 2]`.
+    text: Tensor<B, 2>,
+    /// Soft mask `[1, 240, 240]` in [0, 1].
+    mask: Tensor<B, 3>,
+    /// Image label `[1]`.
+    label: Tensor<B, 1>,
+}
+
+fn phase_a_inputs<B: Backend>(device: &B::Device) -> Inputs<B> {
     let fx = Fixture::load("phase_a.safetensors");
-    let adapters: MvfaAdapters<NB> =
-        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device)
-            .expect("import the reference .pth");
-    let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
+    Inputs {
+        query: token_images(&fx, "x0", device),
+        support: token_images(&fx, "support", device),
+        text: fx.tensor("text", device),
+        mask: fx.tensor::<B, 3>("mask_u8", device).div_scalar(255.0),
+        label: fx.tensor("label", device),
+    }
+}
+
+fn scorer<B: Backend>(inputs: &Inputs<B>) -> Scorer<B> {
+    Scorer::new(
+        ScoringConfig::new().with_bank_chunk_rows(100),
+        inputs.text.clone(),
+    )
+}
+
+/// Adapted tokens, taps, mixed streams, text logits, zero- and few-shot scores and maps of
+/// both heads against the reference `fx`. Returns the worst max-abs error.
+fn check_forward_and_scoring<V: TappedBackbone<NB>>(
+    phase: &str,
+    fx: &Fixture,
+    vision: &V,
+    adapters: &MvfaAdapters<NB>,
+    inputs: &Inputs<NB>,
+) -> f32 {
+    let device = Default::default();
+    let cfg = MvfaAdaptersConfig::new()
+        .with_width(adapters.width().unwrap())
+        .with_bottleneck(adapters.bottleneck().unwrap());
     let trace = forward_adapted_traced(
-        &vision,
+        vision,
         &adapters.seg,
         &adapters.det,
-        images(&fx, "x0", &device),
-        &cfg(),
+        inputs.query.clone(),
+        &cfg,
     )
     .unwrap();
     let tr = token_rows();
     let mut worst = 0f32;
     for l in 0..4 {
         let sel = |t: &Tensor<NB, 3>| rows(t.clone(), &tr, 1);
+        let want = |n: &str| fx.tensor::<NB, 3>(&format!("{n}.{l}"), &device);
         check(
-            &format!("tap {l}"),
-            max_abs(
-                sel(&trace.taps[l]),
-                fx.tensor(&format!("taps.{l}"), &device),
-            ),
+            &format!("{phase} tap {l}"),
+            max_abs(sel(&trace.taps[l]), want("taps")),
             &mut worst,
         );
         check(
-            &format!("mixed {l}"),
-            max_abs(
-                sel(&trace.mixed[l]),
-                fx.tensor(&format!("mixed.{l}"), &device),
-            ),
+            &format!("{phase} mixed {l}"),
+            max_abs(sel(&trace.mixed[l]), want("mixed")),
             &mut worst,
         );
         check(
-            &format!("seg tokens {l}"),
-            max_abs(
-                sel(&trace.features.seg_tokens[l]),
-                fx.tensor(&format!("seg.{l}"), &device),
-            ),
+            &format!("{phase} seg tokens {l}"),
+            max_abs(sel(&trace.features.seg_tokens[l]), want("seg")),
             &mut worst,
         );
         check(
-            &format!("det tokens {l}"),
-            max_abs(
-                sel(&trace.features.det_tokens[l]),
-                fx.tensor(&format!("det.{l}"), &device),
-            ),
+            &format!("{phase} det tokens {l}"),
+            max_abs(sel(&trace.features.det_tokens[l]), want("det")),
             &mut worst,
         );
     }
-    let scorer = scorer::<NB>(&fx, &device);
+    let scorer = scorer(inputs);
     for l in 0..4 {
         let logits = scorer.text_logits(trace.features.seg_tokens[l].clone());
         // Logits are x100 cosines: compare at the scale of the cosine.
         let err = max_abs(logits, fx.tensor(&format!("logits_seg.{l}"), &device)) / 100.0;
-        check(&format!("seg logits/100 {l}"), err, &mut worst);
+        check(&format!("{phase} seg logits/100 {l}"), err, &mut worst);
     }
 
-    // Memory banks from the support "images" (all 290 tokens of each).
+    // Memory banks from the support images (all 290 tokens of each).
     let support = forward_adapted(
-        &vision,
+        vision,
         &adapters.seg,
         &adapters.det,
-        images(&fx, "support", &device),
-        &cfg(),
+        inputs.support.clone(),
+        &cfg,
     )
     .unwrap();
+    let n_support = inputs.support.dims()[0];
     let banks = [
         (
             "seg",
@@ -274,137 +317,123 @@ fn phase_a_forward_scores_and_maps_match_pytorch() {
     ];
     let (mi, fi) = (map_idx(), fused_idx());
     for (head, bank, tokens) in &banks {
-        assert_eq!(bank.rows(), 2 * TOKENS);
+        assert_eq!(bank.rows(), n_support * TOKENS);
         let s = scorer.score_head(tokens, Some(bank));
+        let few_map = s.few_map.as_ref().unwrap();
+        let few_image = s.few_image.as_ref().unwrap();
         for l in 0..4 {
-            let t = |n: &str| fx.tensor::<NB, 1>(&format!("{n}_{head}.{l}"), &device);
+            let t1 = |n: &str| fx.tensor::<NB, 1>(&format!("{n}_{head}.{l}"), &device);
+            let t3 = |n: &str| fx.tensor::<NB, 3>(&format!("{n}_{head}.{l}"), &device);
             check(
-                &format!("zero score {head} {l}"),
-                max_abs(s.zero_image.per_level[l].clone(), t("zero_score")),
+                &format!("{phase} zero score {head} {l}"),
+                max_abs(s.zero_image.per_level[l].clone(), t1("zero_score")),
                 &mut worst,
             );
             check(
-                &format!("zero map {head} {l}"),
+                &format!("{phase} zero map {head} {l}"),
                 max_abs(
                     sub_map(s.zero_map.per_level[l].clone(), &mi),
-                    fx.tensor(&format!("zero_map_{head}.{l}"), &device),
-                ),
-                &mut worst,
-            );
-            let few = s.few_map.as_ref().unwrap();
-            check(
-                &format!("few map {head} {l}"),
-                max_abs(
-                    sub_map(few.per_level[l].clone(), &mi),
-                    fx.tensor(&format!("few_map_{head}.{l}"), &device),
+                    t3("zero_map"),
                 ),
                 &mut worst,
             );
             check(
-                &format!("few score {head} {l}"),
-                max_abs(
-                    s.few_image.as_ref().unwrap().per_level[l].clone(),
-                    t("few_score"),
-                ),
+                &format!("{phase} few map {head} {l}"),
+                max_abs(sub_map(few_map.per_level[l].clone(), &mi), t3("few_map")),
+                &mut worst,
+            );
+            check(
+                &format!("{phase} few score {head} {l}"),
+                max_abs(few_image.per_level[l].clone(), t1("few_score")),
                 &mut worst,
             );
         }
-        let t1 = |n: &str| fx.tensor::<NB, 1>(n, &device);
+        let t1 = |n: &str| fx.tensor::<NB, 1>(&format!("{n}_{head}"), &device);
+        let t3 = |n: &str| fx.tensor::<NB, 3>(&format!("{n}_{head}"), &device);
         check(
-            &format!("zero score {head} fused"),
-            max_abs(
-                s.zero_image.fused.clone(),
-                t1(&format!("zero_score_{head}")),
-            ),
+            &format!("{phase} zero score {head} fused"),
+            max_abs(s.zero_image.fused.clone(), t1("zero_score")),
             &mut worst,
         );
         check(
-            &format!("few score {head} fused"),
-            max_abs(
-                s.few_image.as_ref().unwrap().fused.clone(),
-                t1(&format!("few_score_{head}")),
-            ),
+            &format!("{phase} few score {head} fused"),
+            max_abs(few_image.fused.clone(), t1("few_score")),
             &mut worst,
         );
         check(
-            &format!("zero map {head} fused"),
-            max_abs(
-                sub_map(s.zero_map.fused.clone(), &fi),
-                fx.tensor(&format!("zero_map_{head}"), &device),
-            ),
+            &format!("{phase} zero map {head} fused"),
+            max_abs(sub_map(s.zero_map.fused.clone(), &fi), t3("zero_map")),
             &mut worst,
         );
         check(
-            &format!("few map {head} fused"),
-            max_abs(
-                sub_map(s.few_map.as_ref().unwrap().fused.clone(), &fi),
-                fx.tensor(&format!("few_map_{head}"), &device),
-            ),
+            &format!("{phase} few map {head} fused"),
+            max_abs(sub_map(few_map.fused.clone(), &fi), t3("few_map")),
             &mut worst,
         );
     }
-    eprintln!("phase A forward/scoring: worst max-abs {worst:.3e}");
+    eprintln!("{phase} forward/scoring: worst max-abs {worst:.3e}");
+    worst
 }
 
-#[test]
-fn phase_a_losses_and_one_adam_step_match_pytorch() {
+/// Every loss term, the totals, and the adapter weights after one step of each of the two
+/// Adam optimisers, against the reference `fx`. `vision` must already be frozen.
+fn check_losses_and_adam<V: TappedBackbone<AB> + AutodiffModule<AB>>(
+    phase: &str,
+    fx: &Fixture,
+    vision: &V,
+    adapters: MvfaAdapters<AB>,
+    inputs: &Inputs<AB>,
+) {
     let device = Default::default();
-    let fx = Fixture::load("phase_a.safetensors");
-    let adapters: MvfaAdapters<AB> =
-        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
-    let vision = ToyBackbone::<AB>::from_fixture(&fx, &device).no_grad();
+    let cfg = MvfaAdaptersConfig::new()
+        .with_width(adapters.width().unwrap())
+        .with_bottleneck(adapters.bottleneck().unwrap());
     let feats = forward_adapted(
-        &vision,
+        vision,
         &adapters.seg,
         &adapters.det,
-        images(&fx, "x0", &device),
-        &cfg(),
+        inputs.query.clone(),
+        &cfg,
     )
     .unwrap();
-    let scorer = scorer::<AB>(&fx, &device);
-    let mask: Tensor<AB, 3> = fx.tensor::<AB, 3>("mask_u8", &device).div_scalar(255.0);
-    let labels: Tensor<AB, 1> = fx.tensor("label", &device);
-    let loss = mvfa_loss(
-        &scorer,
-        &feats,
-        &LossTarget {
-            labels: labels.clone(),
-            mask: Some(mask),
-        },
-    );
-    let cls = mvfa_loss(&scorer, &feats, &LossTarget { labels, mask: None });
+    let scorer = scorer(inputs);
+    let target = LossTarget {
+        labels: inputs.label.clone(),
+        mask: Some(inputs.mask.clone()),
+    };
+    let loss = mvfa_loss(&scorer, &feats, &target);
+    let cls_target = LossTarget {
+        labels: inputs.label.clone(),
+        mask: None,
+    };
+    let cls = mvfa_loss(&scorer, &feats, &cls_target);
     assert!(cls.focal.is_empty() && cls.dice.is_empty());
 
     let mut worst = 0f64;
     let v = |t: &Tensor<AB, 1>| t.clone().into_scalar() as f64;
     for l in 0..4 {
-        check_rel(
-            &format!("focal {l}"),
-            v(&loss.focal[l]),
-            fx.scalar(&format!("loss.focal.{l}")),
-            &mut worst,
-        );
-        check_rel(
-            &format!("dice {l}"),
-            v(&loss.dice[l]),
-            fx.scalar(&format!("loss.dice.{l}")),
-            &mut worst,
-        );
-        check_rel(
-            &format!("bce {l}"),
-            v(&loss.bce[l]),
-            fx.scalar(&format!("loss.bce.{l}")),
-            &mut worst,
-        );
+        for (term, got) in [
+            ("focal", &loss.focal[l]),
+            ("dice", &loss.dice[l]),
+            ("bce", &loss.bce[l]),
+        ] {
+            let want = fx.scalar(&format!("loss.{term}.{l}"));
+            check_rel(&format!("{phase} {term} {l}"), v(got), want, &mut worst);
+        }
     }
-    check_rel("total", v(&loss.total), fx.scalar("loss.total"), &mut worst);
     check_rel(
-        "total (classification)",
+        &format!("{phase} total"),
+        v(&loss.total),
+        fx.scalar("loss.total"),
+        &mut worst,
+    );
+    check_rel(
+        &format!("{phase} total (classification)"),
         v(&cls.total),
         fx.scalar("loss_cls.total"),
         &mut worst,
     );
-    eprintln!("phase A losses: worst relative error {worst:.3e}");
+    eprintln!("{phase} losses: worst relative error {worst:.3e}");
 
     // One step of each of the two Adam optimisers (spec 5.2).
     let adam = AdamConfig::new()
@@ -415,7 +444,7 @@ fn phase_a_losses_and_one_adam_step_match_pytorch() {
     let mut opt_det = adam.init::<AB, AdapterBank<AB>>();
     let mut grads = loss.total.backward();
     assert!(
-        GradientsParams::from_module(&mut grads, &vision).is_empty(),
+        GradientsParams::from_module(&mut grads, vision).is_empty(),
         "frozen backbone must not get gradients"
     );
     let g_seg = GradientsParams::from_module(&mut grads, &adapters.seg);
@@ -423,23 +452,92 @@ fn phase_a_losses_and_one_adam_step_match_pytorch() {
     // Level-4 fc2 only feeds the discarded tail: no gradient in PyTorch either.
     assert_eq!(g_seg.len(), 7);
     assert_eq!(g_det.len(), 7);
-    let seg = opt_seg.step(1e-3, adapters.seg, g_seg);
-    let det = opt_det.step(1e-3, adapters.det, g_det);
-    let mut worst = 0f32;
-    for (head, bank) in [("seg", &seg), ("det", &det)] {
+    // Gradients of the total loss, relative to the largest one of each tensor.
+    let mut grad_mask = std::collections::HashMap::new();
+    let mut worst_grad = 0f32;
+    for (head, bank, g) in [
+        ("seg", &adapters.seg, &g_seg),
+        ("det", &adapters.det, &g_det),
+    ] {
         for (i, a) in bank.adapters.iter().enumerate() {
             for (fc, lin) in [("fc1", &a.fc1), ("fc2", &a.fc2)] {
-                // Burn keeps [in, out]; the reference [out, in].
-                let got = lin.weight.val().inner().transpose();
-                let want: Tensor<NB, 2> = fx.tensor(&format!("step.{head}.{i}.{fc}"), &device);
-                let err = max_abs(got, want);
-                eprintln!("adam {head}.{i}.{fc:<14} max-abs {err:.3e}");
-                worst = worst.max(err);
-                assert!(err <= TOL, "{head}.{i}.{fc} after Adam: {err:e}");
+                let Some(got) = g.get::<NB, 2>(lin.weight.id) else {
+                    continue;
+                };
+                let name = format!("{head}.{i}.{fc}");
+                let want: Tensor<NB, 2> = fx.tensor(&format!("grad.{name}"), &device);
+                let scale: f32 = want.clone().abs().max().into_scalar();
+                let got = got.transpose(); // [out, in] like the reference
+                let rel = max_abs(got.clone(), want.clone()) / scale;
+                eprintln!("{phase} grad {name:<18} max-abs / max|g| {rel:.3e}");
+                worst_grad = worst_grad.max(rel);
+                assert!(rel <= GRAD_RTOL, "{phase} gradient {name}: {rel:e}");
+                // A weight may step the other way only where the two gradients disagree in
+                // sign and the reference gradient is inside the accepted gradient noise.
+                let flipped = (got * want.clone()).lower_equal_elem(0.0);
+                let tiny = want.abs().lower_equal_elem(GRAD_RTOL * scale);
+                grad_mask.insert(name, flipped.bool_and(tiny).bool_not());
             }
         }
     }
-    eprintln!("phase A Adam step: worst max-abs {worst:.3e}");
+    eprintln!("{phase} gradients: worst max-abs / max|g| {worst_grad:.3e}");
+
+    let seg = opt_seg.step(1e-3, adapters.seg, g_seg);
+    let det = opt_det.step(1e-3, adapters.det, g_det);
+    let mut worst = 0f32;
+    let mut worst_all = 0f32;
+    let mut excluded = 0usize;
+    let mut total = 0usize;
+    for (head, bank) in [("seg", &seg), ("det", &det)] {
+        for (i, a) in bank.adapters.iter().enumerate() {
+            for (fc, lin) in [("fc1", &a.fc1), ("fc2", &a.fc2)] {
+                let name = format!("{head}.{i}.{fc}");
+                // Burn keeps [in, out]; the reference [out, in].
+                let got = lin.weight.val().inner().transpose();
+                let want: Tensor<NB, 2> = fx.tensor(&format!("step.{name}"), &device);
+                let diff = (got - want).abs();
+                total += diff.dims().iter().product::<usize>();
+                let all: f32 = diff.clone().max().into_scalar();
+                worst_all = worst_all.max(all);
+                let err = match grad_mask.get(&name) {
+                    Some(keep) => {
+                        let n_keep: i64 = keep.clone().int().sum().into_scalar().elem();
+                        excluded += diff.dims().iter().product::<usize>() - n_keep as usize;
+                        diff.mask_fill(keep.clone().bool_not(), 0.0)
+                            .max()
+                            .into_scalar()
+                    }
+                    None => all, // no gradient: must be unchanged
+                };
+                check(&format!("{phase} adam {name}"), err, &mut worst);
+            }
+        }
+    }
+    eprintln!(
+        "{phase} Adam step: max-abs {worst_all:.3e} over all {total} weights; {excluded} weights skipped (gradient sign flipped inside the gradient noise)"
+    );
+    eprintln!("{phase} Adam step: worst max-abs {worst:.3e}");
+}
+
+#[test]
+fn phase_a_forward_scores_and_maps_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_a.safetensors");
+    let adapters: MvfaAdapters<NB> =
+        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device)
+            .expect("import the reference .pth");
+    let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
+    check_forward_and_scoring("A", &fx, &vision, &adapters, &phase_a_inputs(&device));
+}
+
+#[test]
+fn phase_a_losses_and_one_adam_step_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_a.safetensors");
+    let adapters: MvfaAdapters<AB> =
+        import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
+    let vision = ToyBackbone::<AB>::from_fixture(&fx, &device).no_grad();
+    check_losses_and_adam("A", &fx, &vision, adapters, &phase_a_inputs(&device));
 }
 
 #[test]
@@ -448,7 +546,7 @@ fn frozen_backbone_gets_no_gradients_but_passes_them_through() {
     let fx = Fixture::load("phase_a.safetensors");
     let adapters: MvfaAdapters<AB> =
         import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
-    let scorer = scorer::<AB>(&fx, &device);
+    let scorer = scorer(&phase_a_inputs::<AB>(&device));
     let labels: Tensor<AB, 1> = fx.tensor("label", &device);
     for frozen in [false, true] {
         let vision = ToyBackbone::<AB>::from_fixture(&fx, &device);
@@ -457,7 +555,7 @@ fn frozen_backbone_gets_no_gradients_but_passes_them_through() {
             &vision,
             &adapters.seg,
             &adapters.det,
-            images(&fx, "x0", &device),
+            token_images(&fx, "x0", &device),
             &cfg(),
         )
         .unwrap();
@@ -487,8 +585,8 @@ fn batched_forward_equals_single_image_forward() {
     let adapters: MvfaAdapters<NB> =
         import_mvfa_pth(&fixture_dir().join("phase_a_adapters.pth"), &cfg(), &device).unwrap();
     let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
-    let x0 = images::<NB>(&fx, "x0", &device);
-    let sup = images::<NB>(&fx, "support", &device);
+    let x0 = token_images::<NB>(&fx, "x0", &device);
+    let sup = token_images::<NB>(&fx, "support", &device);
     let batch = Tensor::cat(
         vec![sup.clone().narrow(0, 1, 1), x0.clone(), sup.narrow(0, 0, 1)],
         0,
@@ -515,12 +613,76 @@ fn level_mismatch_is_an_error_not_a_panic() {
     let vision = ToyBackbone::<NB>::from_fixture(&fx, &device);
     let three = cfg().with_levels(3).init::<NB>(&device);
     let err = three
-        .forward_adapted(&vision, images(&fx, "x0", &device), &cfg())
+        .forward_adapted(&vision, token_images(&fx, "x0", &device), &cfg())
         .unwrap_err();
     assert!(err.to_string().contains("3 seg / 3 det levels"), "{err}");
     let wide = cfg().with_width(65).init::<NB>(&device);
     let err = wide
-        .forward_adapted(&vision, images(&fx, "x0", &device), &cfg())
+        .forward_adapted(&vision, token_images(&fx, "x0", &device), &cfg())
         .unwrap_err();
     assert!(err.to_string().contains("width 65"), "{err}");
+}
+
+// ---- Phase B: the CLIP fixture tower of tests/fixtures/clip --------------------------------
+
+fn clip_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+}
+
+/// The fixture CLIP vision tower (open_clip layout, 8 blocks, width 32, 240 px, erf GELU).
+fn clip_vision<B: Backend>(device: &B::Device) -> VisionTransformer<B> {
+    let path = clip_fixtures().join("open_clip/open_clip_model.safetensors");
+    let (vision, report) = load_clip_vision::<B>(&path, &LoadOptions::default(), device)
+        .expect("load the CLIP fixture tower");
+    assert!(report.is_complete(), "{}", report.problems());
+    vision
+}
+
+fn phase_b_cfg() -> MvfaAdaptersConfig {
+    MvfaAdaptersConfig::new().with_width(32).with_bottleneck(16)
+}
+
+/// The CLIP fixture image, its left-right and top-bottom mirrors as support shots, the
+/// fixture model's MVFA text features for "Brain", and phase A's mask.
+fn phase_b_inputs<B: Backend>(device: &B::Device) -> Inputs<B> {
+    let clip = Fixture::at(clip_fixtures().join("reference.safetensors"));
+    let image: Tensor<B, 4> = clip.tensor::<B, 4>("image_u8", device).div_scalar(255.0);
+    let support = Tensor::cat(vec![image.clone().flip([3]), image.clone().flip([2])], 0);
+    let a = Fixture::load("phase_a.safetensors");
+    Inputs {
+        query: image,
+        support,
+        text: clip.tensor("text_features_0", device),
+        mask: a.tensor::<B, 3>("mask_u8", device).div_scalar(255.0),
+        label: a.tensor("label", device),
+    }
+}
+
+#[test]
+fn phase_b_clip_tower_forward_scores_and_maps_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_b.safetensors");
+    let vision = clip_vision::<NB>(&device);
+    assert_eq!(vision.default_taps(), [2, 4, 6, 8]);
+    let adapters: MvfaAdapters<NB> = import_mvfa_pth(
+        &fixture_dir().join("phase_b_adapters.pth"),
+        &phase_b_cfg(),
+        &device,
+    )
+    .unwrap();
+    check_forward_and_scoring("B", &fx, &vision, &adapters, &phase_b_inputs(&device));
+}
+
+#[test]
+fn phase_b_clip_tower_losses_and_one_adam_step_match_pytorch() {
+    let device = Default::default();
+    let fx = Fixture::load("phase_b.safetensors");
+    let vision = clip_vision::<AB>(&device).no_grad();
+    let adapters: MvfaAdapters<AB> = import_mvfa_pth(
+        &fixture_dir().join("phase_b_adapters.pth"),
+        &phase_b_cfg(),
+        &device,
+    )
+    .unwrap();
+    check_losses_and_adam("B", &fx, &vision, adapters, &phase_b_inputs(&device));
 }

@@ -20,8 +20,11 @@ row/column plus the last (MAP_IDX), fused maps at every 3rd plus the last (FUSED
 and losses cover the full maps.
 
 Outputs:
-- phase_a.safetensors      inputs, intermediate tensors, scores, maps, losses, weights after
-                           one Adam step (metadata: sizes, torch version)
+- phase_a.safetensors      inputs, intermediate tensors, scores, maps, losses, gradients of
+                           the total loss, weights after one Adam step (metadata: sizes,
+                           torch version)
+- phase_b.safetensors      the same through the CLIP fixture tower (float64 reference)
+- phase_b_adapters.pth     its random adapters (width 32, bottleneck 16)
 - phase_a_adapters.pth     the random adapters in the reference checkpoint layout
 - tiny_*.pth               W = 4, E = 2 checkpoints for the importer's tests (valid, f16,
                            missing key, wrong shape, five levels, a bare bank state dict,
@@ -230,6 +233,11 @@ def reference_outputs(out, forward, query, support, seg, det, text, mask_u8, lab
         for fc, lin in (("fc1", a.fc1[0]), ("fc2", a.fc2[0]))
         if lin.weight.grad is None
     ]
+    for h, bank in (("seg", seg), ("det", det)):
+        for i, a in enumerate(bank):
+            for fc, lin in (("fc1", a.fc1[0]), ("fc2", a.fc2[0])):
+                if lin.weight.grad is not None:
+                    out[f"grad.{h}.{i}.{fc}"] = lin.weight.grad.detach().clone()
     opt_seg.step()
     opt_det.step()
     for h, bank in (("seg", seg), ("det", det)):

@@ -24,6 +24,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
 
+use crate::model::clip::vision::VisionTransformer;
+
 /// LeakyReLU negative slope of the reference adapters (PyTorch's default, spec 2).
 pub const LEAKY_SLOPE: f64 = 0.01;
 
@@ -200,8 +202,8 @@ pub enum Head {
 
 /// A vision tower that can run with a hook after chosen blocks.
 ///
-/// Implemented for `crate::model::clip::vision::VisionTransformer` (delegating to its
-/// `forward_tapped`); tests implement it for small stand-in backbones.
+/// Implemented for the CLIP [`VisionTransformer`] (delegating to its `forward_tapped`); tests
+/// implement it for small stand-in backbones.
 pub trait TappedBackbone<B: Backend> {
     /// Residual-stream width.
     fn width(&self) -> usize;
@@ -216,6 +218,27 @@ pub trait TappedBackbone<B: Backend> {
         tap_blocks: &[usize],
         hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
     );
+}
+
+impl<B: Backend> TappedBackbone<B> for VisionTransformer<B> {
+    fn width(&self) -> usize {
+        VisionTransformer::width(self)
+    }
+
+    fn default_taps(&self) -> Vec<usize> {
+        VisionTransformer::default_taps(self)
+    }
+
+    /// Delegates to `forward_tapped`; its taps and pooled embedding are dropped (MVFA keeps the
+    /// taps through the hook and never uses the embedding, spec 1.4).
+    fn run_tapped(
+        &self,
+        images: Tensor<B, 4>,
+        tap_blocks: &[usize],
+        hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) {
+        let _ = self.forward_tapped(images, tap_blocks, hook);
+    }
 }
 
 /// Outputs of one level: the two heads' tokens and the mixed stream that feeds the next block.

@@ -11,12 +11,13 @@
 //! values over the batch, which is what the reference modules do for any batch size (the
 //! reference only ever uses batch 1).
 //!
-//! Everything is tensor ops on the device, so it runs under `Autodiff<_>` on any backend.
+//! Everything is tensor ops on the device, so it runs under `Autodiff<_>` on any backend. Map
+//! sums go row by row ([`sum_map`]) to stay as accurate as PyTorch's pairwise sums in f32.
 
 use burn::prelude::*;
 
 use super::adapter::AdaptedFeatures;
-use super::scoring::Scorer;
+use super::scoring::{Scorer, sum_map};
 
 /// Smoothing of the focal loss's one-hot target and of `pt` (the reference's `smooth`).
 pub const FOCAL_SMOOTH: f64 = 1e-5;
@@ -46,17 +47,16 @@ pub fn focal_loss<B: Backend>(probs: Tensor<B, 4>, mask: Tensor<B, 3>) -> Tensor
         .powi_scalar(FOCAL_GAMMA)
         .mul(pt.log())
         .neg();
-    loss.mean()
+    let n = (b * h * w) as f64;
+    sum_map(loss).sum().div_scalar(n)
 }
 
 /// Dice loss of `p_abn [batch, H, W]` against a binary `mask [batch, H, W]`:
 /// `1 - mean_batch (2 sum(p m) + 1) / (sum p + sum m + 1)`, `[1]`.
 pub fn dice_loss<B: Backend>(p_abn: Tensor<B, 3>, mask: Tensor<B, 3>) -> Tensor<B, 1> {
-    let p = p_abn.flatten::<2>(1, 2);
-    let m = mask.flatten::<2>(1, 2);
-    let inter = (p.clone() * m.clone()).sum_dim(1);
+    let inter = sum_map(p_abn.clone() * mask.clone());
     let dice = inter.mul_scalar(2.0).add_scalar(DICE_SMOOTH)
-        / (p.sum_dim(1) + m.sum_dim(1)).add_scalar(DICE_SMOOTH);
+        / (sum_map(p_abn) + sum_map(mask)).add_scalar(DICE_SMOOTH);
     dice.mean().neg().add_scalar(1.0)
 }
 
