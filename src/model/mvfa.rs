@@ -7,7 +7,6 @@
 //! [`scoring::MemoryBank`] of support tokens); [`losses::mvfa_loss`] gives the training loss
 //! terms. Adapter files are read and written by `crate::weights::adapters`.
 pub mod adapter;
-pub mod backbone;
 pub mod calibration;
 pub mod detector;
 pub mod losses;

@@ -114,6 +114,12 @@ fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)
         .collect())
 }
 
+/// Gives every lazily initialised parameter of `module` its value, so that clones share it.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    let record = module.clone().into_record();
+    module.load_record(record)
+}
+
 /// Stacks `[3, S, S]` images into `[n, 3, S, S]`.
 pub fn stack_images<B: Backend>(
     images: &[&[f32]],
@@ -183,6 +189,11 @@ pub fn fit<AB: AutodiffBackend>(
     if normal.is_empty() {
         return Err(FitError::NoNormalShots);
     }
+    // A freshly initialised (random) module is lazy: each clone would draw its own values,
+    // and the training copy of the backbone would differ from the scoring copy. Fix the
+    // values once; for loaded weights this only re-wraps the same tensors.
+    let vision = materialize(vision);
+    let adapters = materialize(adapters);
     for (index, shot) in normal.iter().chain(abnormal).enumerate() {
         if shot.image.len() != 3 * size * size {
             return Err(FitError::ShotSize {

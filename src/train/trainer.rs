@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -169,7 +169,7 @@ fn sum_terms<B: Backend>(terms: &[Tensor<B, 1>]) -> f32 {
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     vision: &V,
-    mut adapters: MvfaAdapters<B>,
+    adapters: MvfaAdapters<B>,
     adapters_cfg: &MvfaAdaptersConfig,
     scoring_cfg: &ScoringConfig,
     text_features: Tensor<B, 2>,
@@ -202,6 +202,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
         }
     }
     let device = text_features.device();
+    let mut adapters = adapters.map(&mut RequireGrad);
     let scorer = Scorer::new(scoring_cfg.clone(), text_features.detach());
     let adam = AdamConfig::new()
         .with_beta_1(cfg.beta_1)
@@ -280,6 +281,16 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
         steps_done,
         epoch_losses,
     })
+}
+
+/// Marks every float parameter as trainable (a module loaded from a record, or wrapped with
+/// `from_inner`, may come without the flag).
+struct RequireGrad;
+
+impl<B: AutodiffBackend> ModuleMapper<B> for RequireGrad {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
 }
 
 /// The inference copy of trained adapters (drops the autodiff graph).

