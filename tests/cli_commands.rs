@@ -196,6 +196,26 @@ fn score_writes_heatmaps_overlays_raw_maps_and_csv() {
     assert_eq!(score, csv_score);
     no_temp_files(&out);
 
+    // Outputs inside a scanned folder are not scored again on a re-run.
+    let nested = tmp.path().join("images/results");
+    let args = |out: &Path| {
+        let mut c = bin();
+        c.arg("score")
+            .arg("--clip")
+            .arg(clip_fixture())
+            .arg("--checkpoint")
+            .arg(&ckpt)
+            .arg(tmp.path().join("images"))
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    for _ in 0..2 {
+        let (o, _, stderr) = run(&mut args(&nested));
+        assert!(o.status.success(), "{stderr}");
+        assert_eq!(csv_lines(&nested.join("scores.csv")).len(), 3);
+    }
+
     // The same as .npy files.
     let out_npy = tmp.path().join("out_npy");
     let (o, _, stderr) = run(bin().args([

@@ -101,6 +101,14 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         &args.model.organ,
         meta.as_ref().and_then(|m| m.organ_word.clone()),
     ) {
+        (Some(word), Some(stored))
+            if word.trim().to_lowercase() != stored.trim().to_lowercase() =>
+        {
+            eprintln!(
+                "note: scoring with --organ {word:?}; the checkpoint was fitted with {stored:?}"
+            );
+            word.clone()
+        }
         (Some(word), _) => word.clone(),
         (None, Some(word)) => word,
         (None, None) => anyhow::bail!(
@@ -147,13 +155,20 @@ fn score<B: Backend>(
     let mut failures: Vec<String> = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
     let mut seen = HashSet::new();
+    let out_dir = args.out.canonicalize().ok();
     for input in &args.inputs {
         match collect_files(std::slice::from_ref(input)) {
             Ok(found) if found.is_empty() => failures.push(format!(
                 "{}: no supported image files in this folder",
                 input.display()
             )),
-            Ok(found) => files.extend(found.into_iter().filter(|f| seen.insert(f.clone()))),
+            Ok(found) => files.extend(
+                found
+                    .into_iter()
+                    // Earlier outputs inside a scanned folder are not inputs.
+                    .filter(|f| !in_folder(f, out_dir.as_deref()))
+                    .filter(|f| seen.insert(f.clone())),
+            ),
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -204,6 +219,14 @@ fn score<B: Backend>(
             eprintln!("  {f}");
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Whether `file` lies inside `folder` (both resolved; false when either cannot be).
+fn in_folder(file: &Path, folder: Option<&Path>) -> bool {
+    match (folder, file.canonicalize()) {
+        (Some(folder), Ok(file)) => file.starts_with(folder),
+        _ => false,
     }
 }
 
