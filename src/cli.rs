@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+pub mod common;
+mod eval;
 mod inspect;
+mod score;
 mod smoke;
 mod synth_data;
 mod train;
@@ -36,6 +40,15 @@ pub enum Command {
     SynthData(synth_data::SynthDataArgs),
     /// Fit a detector (MVFA adapters, memory bank, calibration) on labelled shots.
     Train(train::TrainArgs),
+    /// Score images, DICOM files or folders with a detector checkpoint: heatmap and overlay
+    /// PNGs per frame, a scores.csv, and with --raw the float32 maps of every branch.
+    Score(score::ScoreArgs),
+    /// Run the benchmark protocols (few-shot k, zero-shot) on the MVFA dataset layout: an AUC
+    /// table in the paper's column order, and JSON.
+    Eval(eval::EvalArgs),
+    /// Time the adapted forward pass, text features, few-shot search and a training step with
+    /// random weights (full ViT-L/14-336 at 240 px by default), and report peak memory.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +60,9 @@ pub fn main() -> ExitCode {
         Command::Smoke(args) => smoke::run(args),
         Command::SynthData(args) => synth_data::run(args),
         Command::Train(args) => train::run(args),
+        Command::Score(args) => score::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,2 +1,3 @@
 //! Evaluation: exact ROC AUC at image and pixel level, benchmark protocols.
 pub mod auc;
+pub mod protocol;

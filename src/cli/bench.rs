@@ -1,0 +1,407 @@
+//! `mvfa-studio bench`: timings of the MVFA building blocks with random weights on the active
+//! backend, printed as a table. Full ViT-L/14-336 at 240 px by default; run it in release mode:
+//!
+//! ```text
+//! cargo run --release -- bench                    # ViT-L/14-336, 240 px, 3 timed repeats
+//! cargo run --release -- bench --repeat 5 --cpu
+//! cargo run --release -- bench --layers 4 --width 64 --embed-dim 32 \
+//!     --text-layers 2 --text-width 32          # a quick run on a small tower
+//! ```
+//!
+//! Each row runs once untimed (warm-up: lazy parameter initialisation, kernel compilation),
+//! then `--repeat` timed runs; the table shows the median and the fastest. Work is forced to
+//! completion (a value read back and the device synchronised) inside each timed run. Peak
+//! memory is the process's `VmHWM` after each row (cumulative, so the largest row sets it).
+//! These are measurements to print, not tests: nothing is asserted about time.
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use super::common::parse_positive;
+use super::weights_cmd::{mb, peak_rss_bytes};
+use crate::io::model_input::MODEL_INPUT_SIZE;
+use crate::model::clip::config::{TextConfig, VisionConfig};
+use crate::model::clip::prompts::{abnormal_sentences, build_text_features, normal_sentences};
+use crate::model::clip::tokenizer::ClipTokenizer;
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
+use crate::model::mvfa::detector::{BankGroup, Detector, TaskKind};
+use crate::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
+use crate::train::augment::AUGMENT_FACTOR;
+use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, train};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Vision transformer blocks.
+    #[arg(long, default_value_t = 24)]
+    pub layers: usize,
+    /// Vision residual width.
+    #[arg(long, default_value_t = 1024)]
+    pub width: usize,
+    /// Vision attention heads (default: width / 64, at least 1).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Joint embedding width = adapter bottleneck = text embedding.
+    #[arg(long, default_value_t = 768)]
+    pub embed_dim: usize,
+    /// Text transformer blocks.
+    #[arg(long, default_value_t = 12)]
+    pub text_layers: usize,
+    /// Text residual width (heads: width / 64, at least 1).
+    #[arg(long, default_value_t = 768)]
+    pub text_width: usize,
+    /// Batch sizes of the adapted forward pass.
+    #[arg(long, value_delimiter = ',', default_value = "1,8", value_parser = parse_positive)]
+    pub batches: Vec<usize>,
+    /// Normal shots k of the few-shot search (bank of 11k images).
+    #[arg(long, default_value_t = 4, value_parser = parse_positive)]
+    pub shots: usize,
+    /// Organ word of the text-feature row.
+    #[arg(long, default_value = "Brain")]
+    pub organ: String,
+    /// Timed runs per row (after one untimed warm-up run).
+    #[arg(long, default_value_t = 3, value_parser = parse_positive)]
+    pub repeat: usize,
+    /// Run on the CPU even when a GPU backend is compiled in and available.
+    #[arg(long)]
+    pub cpu: bool,
+}
+
+/// One table row.
+struct Row {
+    what: String,
+    batch: String,
+    /// Median and fastest, in ms per image (or per unit named in `what`).
+    median_ms: f64,
+    min_ms: f64,
+    peak: Option<u64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Runs `f` once untimed, then `repeat` times timed; returns (median, min) in ms divided by
+/// `per`.
+fn time<B: Backend>(
+    repeat: usize,
+    per: usize,
+    device: &B::Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let sync = || B::sync(device).map_err(|e| anyhow::anyhow!("device sync failed: {e:?}"));
+    f()?;
+    sync()?;
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        f()?;
+        sync()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / per as f64);
+    }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok((median(times), min))
+}
+
+fn push(rows: &mut Vec<Row>, what: String, batch: String, (median_ms, min_ms): (f64, f64)) {
+    rows.push(Row {
+        what,
+        batch,
+        median_ms,
+        min_ms,
+        peak: peak_rss_bytes(),
+    });
+}
+
+fn finish<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
+    t.sum().into_scalar().elem::<f32>()
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let info = crate::backend::probe(args.cpu);
+    if let Some(reason) = &info.fallback_reason {
+        eprintln!("note: {reason}");
+    }
+    println!("backend: {} on {}", info.backend, info.device);
+    crate::with_backend!(info, |B, device| bench::<B>(&args, &device))
+}
+
+fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
+    let s = MODEL_INPUT_SIZE;
+    let heads = args.heads.unwrap_or((args.width / 64).max(1));
+    let vision_cfg = VisionConfig::new()
+        .with_layers(args.layers)
+        .with_width(args.width)
+        .with_heads(heads)
+        .with_mlp_width(4 * args.width)
+        .with_embed_dim(args.embed_dim);
+    vision_cfg.validate().map_err(anyhow::Error::msg)?;
+    let text_cfg = TextConfig::new()
+        .with_layers(args.text_layers)
+        .with_width(args.text_width)
+        .with_heads((args.text_width / 64).max(1))
+        .with_mlp_width(4 * args.text_width)
+        .with_embed_dim(args.embed_dim);
+    text_cfg.validate().map_err(anyhow::Error::msg)?;
+    B::seed(device, 2024);
+    let vision: VisionTransformer<B> = vision_cfg.init(device);
+    let taps = vision.default_taps();
+    let adapters_cfg = MvfaAdaptersConfig::new()
+        .with_levels(taps.len())
+        .with_width(args.width)
+        .with_bottleneck(args.embed_dim);
+    let adapters: MvfaAdapters<B> = adapters_cfg.init(device);
+    let scoring = ScoringConfig::new()
+        .with_image_size(s)
+        .with_grid_size(vision_cfg.grid_size());
+    let tokens = vision_cfg.num_tokens();
+    let levels = taps.len();
+    println!(
+        "vision: {} blocks, width {}, {} heads, embed {}, {s} px ({} tokens), taps {:?}; {} parameters + {} adapter parameters",
+        args.layers,
+        args.width,
+        heads,
+        args.embed_dim,
+        tokens,
+        taps,
+        vision.num_params(),
+        adapters.num_params()
+    );
+    println!(
+        "text: {} blocks, width {}; {} timed run(s) per row after one warm-up",
+        args.text_layers, args.text_width, args.repeat
+    );
+    let mut rows: Vec<Row> = Vec::new();
+
+    // 1. Adapted forward pass (backbone + both adapter heads at every tapped level).
+    for &batch in &args.batches {
+        let images =
+            Tensor::<B, 4>::random([batch, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
+        let t = time::<B>(args.repeat, batch, device, || {
+            let f = adapters
+                .forward_adapted(&vision, images.clone(), &adapters_cfg)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let last = f.seg_tokens[levels - 1].clone() + f.det_tokens[levels - 1].clone();
+            finish(last);
+            Ok(())
+        })?;
+        push(
+            &mut rows,
+            "adapted forward pass, ms/image".into(),
+            batch.to_string(),
+            t,
+        );
+    }
+
+    // 2. Text features of one organ word (the full prompt ensemble).
+    let sentences = normal_sentences(&args.organ).len() + abnormal_sentences(&args.organ).len();
+    {
+        let text = text_cfg.init::<B>(device);
+        let tokenizer = ClipTokenizer::new();
+        let t = time::<B>(args.repeat, 1, device, || {
+            let f = build_text_features(&tokenizer, &args.organ, device, |ids| text.encode(ids))?;
+            finish(f);
+            Ok(())
+        })?;
+        push(
+            &mut rows,
+            format!(
+                "text features for {:?} ({sentences} sentences), ms",
+                args.organ
+            ),
+            "-".into(),
+            t,
+        );
+    }
+
+    // 3. Few-shot search: one query image against a bank of 11k support images, all levels,
+    //    one head (scoring runs it for both heads). Random tokens: the cost does not depend
+    //    on the values.
+    let bank_images = AUGMENT_FACTOR * args.shots;
+    let random_tokens = |n: usize| {
+        (0..levels)
+            .map(|_| {
+                Tensor::<B, 3>::random(
+                    [n, tokens, args.embed_dim],
+                    Distribution::Normal(0.0, 1.0),
+                    device,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let text_features =
+        Tensor::<B, 2>::random([args.embed_dim, 2], Distribution::Normal(0.0, 1.0), device);
+    let scorer = Scorer::new(scoring.clone(), text_features.clone());
+    {
+        let bank = MemoryBank::new(random_tokens(bank_images));
+        let query = random_tokens(1);
+        let t = time::<B>(args.repeat, 1, device, || {
+            finish(scorer.few_shot_maps(&query, &bank).fused);
+            Ok(())
+        })?;
+        push(
+            &mut rows,
+            format!(
+                "few-shot search k={} ({bank_images} x {tokens} bank rows, {levels} levels, one head), ms/image",
+                args.shots
+            ),
+            "1".into(),
+            t,
+        );
+    }
+
+    // 4. Scoring one image end to end: forward, zero-shot maps and scores, few-shot maps of
+    //    both heads against the k-shot bank (k groups of 11 augmentations), upsampling.
+    {
+        let detector = Detector {
+            vision: vision.clone(),
+            adapters: adapters.clone(),
+            adapters_cfg: adapters_cfg.clone(),
+            scorer: scorer.clone(),
+            bank_groups: (0..args.shots)
+                .map(|_| BankGroup {
+                    seg: MemoryBank::new(random_tokens(AUGMENT_FACTOR)),
+                    det: MemoryBank::new(random_tokens(AUGMENT_FACTOR)),
+                })
+                .collect(),
+            calibration: None,
+            task: TaskKind::Segmentation,
+            batch_size: 1,
+        };
+        let image = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
+        let t = time::<B>(args.repeat, 1, device, || {
+            detector
+                .score(image.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        })?;
+        push(
+            &mut rows,
+            format!(
+                "score one image (forward + both branches, k={}), ms/image",
+                args.shots
+            ),
+            "1".into(),
+            t,
+        );
+    }
+
+    // 5. One training step on the autodiff backend: forward, focal + dice + BCE, backward,
+    //    Adam steps of both heads (batch 1), through the trainer itself.
+    {
+        type AB<B> = Autodiff<B>;
+        let vision_ad = VisionTransformer::<AB<B>>::from_inner(vision.clone()).no_grad();
+        let adapters_ad = MvfaAdapters::<AB<B>>::from_inner(adapters.clone());
+        let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features);
+        let mut mask = vec![0f32; s * s];
+        for y in s / 3..s / 2 {
+            for x in s / 3..s / 2 {
+                mask[y * s + x] = 1.0;
+            }
+        }
+        let sample = TrainSample {
+            image: (0..3 * s * s)
+                .map(|i| ((i * 37) % 251) as f32 / 250.0)
+                .collect(),
+            mask: Some(mask),
+            abnormal: true,
+        };
+        let cfg = TrainConfig::new().with_epochs(args.repeat + 1);
+        let mut stamps = vec![Instant::now()];
+        let cancel = AtomicBool::new(false);
+        train(
+            &vision_ad,
+            adapters_ad,
+            &adapters_cfg,
+            &scoring,
+            text_ad,
+            std::slice::from_ref(&sample),
+            LabelMode::Masks,
+            &cfg,
+            |event| {
+                if let TrainEvent::Step(_) = event {
+                    stamps.push(Instant::now());
+                }
+            },
+            &cancel,
+        )?;
+        let times: Vec<f64> = stamps
+            .windows(2)
+            .skip(1)
+            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+            .collect();
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        push(
+            &mut rows,
+            "training step (forward + loss + backward + 2 Adam), ms".into(),
+            "1".into(),
+            (median(times), min),
+        );
+    }
+
+    print_table(&rows);
+    if let Some(peak) = peak_rss_bytes() {
+        println!("peak memory (VmHWM): {}", mb(peak));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Row]) {
+    let head = ["measurement", "batch", "median", "fastest", "peak RSS"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.what.clone(),
+                r.batch.clone(),
+                format!("{:.1}", r.median_ms),
+                format!("{:.1}", r.min_ms),
+                r.peak.map(mb).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for c in &cells {
+        for (w, v) in widths.iter_mut().zip(c) {
+            *w = (*w).max(v.len());
+        }
+    }
+    let line = |c: &[String]| {
+        c.iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (v, &w))| {
+                if i == 0 {
+                    format!("{v:<w$}")
+                } else {
+                    format!("{v:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
+    println!("{}", line(&head));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|&w| "-".repeat(w))
+            .collect::<Vec<_>>()
+            .join("-|-")
+    );
+    for c in &cells {
+        println!("{}", line(c));
+    }
+}

@@ -1,0 +1,566 @@
+//! `mvfa-studio eval`: the benchmark protocols on the MVFA dataset layout (spec 8), printing
+//! an AUC table in the paper's column order and writing JSON.
+//!
+//! ```text
+//! # few-shot, k = 4: fit on the reference's shot lists, fixed 50 epochs, score test/
+//! mvfa-studio eval --clip W --data data/ --dataset all --shots 4 \
+//!     --shot-dir MVFA-AD/dataset/fewshot_seed --json few4.json [--protocol paper]
+//! # zero-shot: one checkpoint per target dataset (<dir>/<Key>.pth or .safetensors)
+//! mvfa-studio eval --clip W --data data/ --dataset Brain,Liver --zero-shot \
+//!     --checkpoint ckpt/zero-shot/ --json zero.json
+//! ```
+//!
+//! Few-shot: k normal and k abnormal shots from `valid/` (the `<k>-shot.txt` list of
+//! `--shot-dir`, line `--iterate`, or a seeded draw), fine-tuned for a fixed number of epochs
+//! and scored once on `test/`: epochs are never selected on test data (the reference keeps
+//! the best epoch on the test set, spec 5.3 / Q9, so its numbers are optimistic). With
+//! `--checkpoint` and no `--zero-shot`, an already fitted checkpoint is scored as it is.
+//! Zero-shot: the checkpoint's adapters without memory bank or calibration.
+//!
+//! `--protocol calibrated` uses the stored single-image calibration; `--protocol paper` the
+//! reference's test-set min-max and 0.5 / 0.5 fusion (see [`crate::eval::protocol`]).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use serde::Serialize;
+
+use super::common::{self, ModelArgs, load_backbone, parse_positive, read_checkpoint_meta};
+use crate::eval::protocol::{
+    Evaluation, Fusion, Level, Metrics, PAPER_COLUMNS, Protocol, column_name, format_table,
+};
+use crate::io::dataset::{MvfaDataset, MvfaKey, Sample, ShotFile, shot_file_path};
+use crate::io::export::write_atomically;
+use crate::io::input::{load_mask, load_model_image};
+use crate::io::model_input::MODEL_INPUT_SIZE;
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::detector::{Detector, TaskKind};
+use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, fit, stack_images};
+use crate::train::trainer::{TrainConfig, TrainEvent};
+use crate::weights::adapters::MixingRatios;
+use crate::weights::detector::load_detector;
+
+/// `--protocol` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusionArg {
+    /// Stored single-image calibration (scores do not depend on the other test images).
+    Calibrated,
+    /// The reference: test-set min-max per branch, 0.5 / 0.5 fusion, image score = max of the
+    /// fused map on segmentation datasets.
+    Paper,
+}
+
+impl From<FusionArg> for Fusion {
+    fn from(f: FusionArg) -> Self {
+        match f {
+            FusionArg::Calibrated => Fusion::Calibrated,
+            FusionArg::Paper => Fusion::Paper,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Data folder holding the `<Key>_AD` dataset folders (spec 8).
+    #[arg(long, value_name = "ROOT")]
+    pub data: PathBuf,
+    /// Datasets: comma-separated keys (Brain, Liver, Retina_RESC, Retina_OCT2017, Chest,
+    /// Histopathology; paper names such as RESC or HIS work too), or `all`.
+    #[arg(long, value_name = "KEY[,KEY..]|all", default_value = "all")]
+    pub dataset: String,
+    /// Shots per class (k) for the few-shot protocol.
+    #[arg(long, default_value_t = 4, value_parser = parse_positive)]
+    pub shots: usize,
+    /// The reference's `dataset/fewshot_seed` folder: shots come from
+    /// `<DIR>/<Key>/<k>-shot.txt`. Default: a seeded draw from `valid/` (--seed).
+    #[arg(long, value_name = "DIR")]
+    pub shot_dir: Option<PathBuf>,
+    /// Which `a-<i>:` / `n-<i>:` lines of the shot file to use.
+    #[arg(long, default_value_t = 0)]
+    pub iterate: u32,
+    /// Seed of the shot draw (without --shot-dir), the adapter initialisation and the
+    /// training order.
+    #[arg(long, default_value_t = 111)]
+    pub seed: u64,
+    /// Fine-tuning epochs (fixed: no epoch is selected on test data).
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Normalisation and fusion of the few-shot branches.
+    #[arg(long, value_enum, default_value = "calibrated")]
+    pub protocol: FusionArg,
+    /// Zero-shot protocol: score --checkpoint's adapters without memory bank.
+    #[arg(long, requires = "checkpoint")]
+    pub zero_shot: bool,
+    /// A checkpoint, or a folder with one per dataset (`<Key>.safetensors` or `<Key>.pth`,
+    /// e.g. the reference's `ckpt/zero-shot/`). Without --zero-shot the fitted checkpoint is
+    /// evaluated as it is (no fine-tuning).
+    #[arg(long, value_name = "CKPT_OR_DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// Write the results as JSON here (rewritten atomically after every dataset).
+    #[arg(long, value_name = "OUT")]
+    pub json: Option<PathBuf>,
+}
+
+/// The datasets named by `--dataset`, without repeats; `all` = the paper's column order.
+pub fn parse_datasets(spec: &str) -> anyhow::Result<Vec<MvfaKey>> {
+    if spec.trim().eq_ignore_ascii_case("all") {
+        return Ok(MvfaKey::PAPER_ORDER.to_vec());
+    }
+    let mut keys = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let key = MvfaKey::parse(part)?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    anyhow::ensure!(!keys.is_empty(), "--dataset names no dataset");
+    Ok(keys)
+}
+
+/// One dataset's results, as written to the JSON file.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetReport {
+    pub dataset: String,
+    pub paper_name: String,
+    /// `few-shot/calibrated`, `few-shot/paper` or `zero-shot`.
+    pub protocol: String,
+    /// Shots per class the detector was fitted with (when known).
+    pub k: Option<usize>,
+    /// Fine-tuning epochs (when known).
+    pub epochs: Option<usize>,
+    /// Where the shots or the checkpoint came from.
+    pub source: String,
+    pub organ_word: String,
+    pub image_auc: f64,
+    pub pixel_auc: Option<f64>,
+    pub images: usize,
+    pub normal: usize,
+    pub abnormal: usize,
+    pub fit_seconds: Option<f64>,
+    pub score_seconds: f64,
+}
+
+/// The whole JSON file.
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    written_by: String,
+    backend: String,
+    clip: String,
+    protocol: String,
+    seed: u64,
+    datasets: BTreeMap<String, DatasetReport>,
+    /// The paper's table columns in order, AUC in [0, 1] or null where not run.
+    table: Vec<Column>,
+}
+
+/// One column of the paper's table.
+#[derive(Debug, Clone, Serialize)]
+struct Column {
+    column: String,
+    auc: Option<f64>,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let mut keys = parse_datasets(&args.dataset)?;
+    anyhow::ensure!(
+        args.data.is_dir(),
+        "{}: no such data folder",
+        args.data.display()
+    );
+    if args.dataset.trim().eq_ignore_ascii_case("all") {
+        // `all` means every dataset present; a dataset named explicitly must exist.
+        let (present, absent): (Vec<MvfaKey>, Vec<MvfaKey>) = keys
+            .iter()
+            .partition(|&&k| MvfaDataset::open(&args.data, k).is_ok());
+        if !absent.is_empty() {
+            let names: Vec<String> = absent.iter().map(|k| k.dir_name()).collect();
+            eprintln!(
+                "note: not in {}: {} (skipped)",
+                args.data.display(),
+                names.join(", ")
+            );
+        }
+        anyhow::ensure!(
+            !present.is_empty(),
+            "{}: holds none of the MVFA dataset folders ({})",
+            args.data.display(),
+            MvfaKey::PAPER_ORDER
+                .iter()
+                .map(|k| k.dir_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        keys = present;
+    }
+    if let Some(dir) = &args.shot_dir {
+        anyhow::ensure!(dir.is_dir(), "{}: no such shot-list folder", dir.display());
+    }
+    let info = args.model.backend();
+    let backend = format!("{} on {}", info.backend, info.device);
+    crate::with_backend!(info, |B, device| evaluate::<B>(
+        &args, &keys, backend, &device
+    ))
+}
+
+fn protocol_of(args: &EvalArgs) -> Protocol {
+    if args.zero_shot {
+        Protocol::ZeroShot
+    } else {
+        Protocol::FewShot(args.protocol.into())
+    }
+}
+
+fn evaluate<B: Backend>(
+    args: &EvalArgs,
+    keys: &[MvfaKey],
+    backend: String,
+    device: &B::Device,
+) -> anyhow::Result<ExitCode> {
+    let mut backbone = load_backbone::<B>(&args.model, device)?;
+    let protocol = protocol_of(args);
+    let mut report = Report {
+        written_by: format!("mvfa-studio {}", env!("CARGO_PKG_VERSION")),
+        backend,
+        clip: args.model.clip.display().to_string(),
+        protocol: protocol.name().to_string(),
+        seed: args.seed,
+        datasets: BTreeMap::new(),
+        table: Vec::new(),
+    };
+    let mut metrics: BTreeMap<MvfaKey, Metrics> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for &key in keys {
+        eprintln!("== {} ({}) ==", key, key.paper_name());
+        match evaluate_dataset::<B>(args, &mut backbone, key, device) {
+            Ok((m, entry)) => {
+                println!(
+                    "{key}: image AUC {}, pixel AUC {} ({} test images: {} normal, {} abnormal; {})",
+                    pct(Some(m.image_auc)),
+                    pct(m.pixel_auc),
+                    m.images,
+                    m.normal,
+                    m.abnormal,
+                    entry.protocol
+                );
+                metrics.insert(key, m);
+                report.datasets.insert(key.code_key().to_string(), entry);
+                report.table = table_values(&metrics);
+                if let Some(path) = &args.json {
+                    write_json(path, &report)?;
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {key}: {e:#}");
+                failures.push(format!("{key}: {e:#}"));
+            }
+        }
+    }
+    println!();
+    println!("{} (AUC %)", protocol.name());
+    print!("{}", format_table(&metrics));
+    if let Some(path) = &args.json
+        && !report.datasets.is_empty()
+    {
+        println!("wrote {}", path.display());
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} dataset(s) failed:", failures.len());
+        for f in &failures {
+            eprintln!("  {f}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+fn table_values(metrics: &BTreeMap<MvfaKey, Metrics>) -> Vec<Column> {
+    PAPER_COLUMNS
+        .iter()
+        .map(|&(key, level)| {
+            let v = metrics.get(&key).and_then(|m| match level {
+                Level::Image => Some(m.image_auc),
+                Level::Pixel => m.pixel_auc,
+            });
+            Column {
+                column: column_name(key, level),
+                auc: v,
+            }
+        })
+        .collect()
+}
+
+fn write_json(path: &Path, report: &Report) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    write_atomically(path, |w| Ok(w.write_all(text.as_bytes())?))?;
+    Ok(())
+}
+
+/// The checkpoint for `key`: `path` itself, or `<path>/<Key>.safetensors` / `<Key>.pth` /
+/// `<Key>_AD.*` when `path` is a folder.
+pub fn resolve_checkpoint(path: &Path, key: MvfaKey) -> anyhow::Result<PathBuf> {
+    if !path.is_dir() {
+        anyhow::ensure!(path.is_file(), "{}: no such checkpoint", path.display());
+        return Ok(path.to_path_buf());
+    }
+    let names: Vec<String> = [key.code_key().to_string(), key.dir_name()]
+        .iter()
+        .flat_map(|stem| [format!("{stem}.safetensors"), format!("{stem}.pth")])
+        .collect();
+    names
+        .iter()
+        .map(|n| path.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no checkpoint for {key} (looked for {})",
+                path.display(),
+                names.join(", ")
+            )
+        })
+}
+
+/// Loads shot images (first frame) and, where given, their masks at model resolution.
+fn load_shots(samples: &[Sample], with_masks: bool) -> anyhow::Result<Vec<Shot>> {
+    samples
+        .iter()
+        .map(|s| {
+            let image = load_model_image(&s.image)?.input;
+            let mask = match (&s.mask, with_masks) {
+                (Some(m), true) => Some(load_mask(m)?),
+                _ => None,
+            };
+            Ok(Shot { image, mask })
+        })
+        .collect()
+}
+
+fn evaluate_dataset<B: Backend>(
+    args: &EvalArgs,
+    backbone: &mut common::Backbone<B>,
+    key: MvfaKey,
+    device: &B::Device,
+) -> anyhow::Result<(Metrics, DatasetReport)> {
+    let dataset = MvfaDataset::open(&args.data, key)?;
+    let test = dataset.test_set()?;
+    let organ = args
+        .model
+        .organ
+        .clone()
+        .unwrap_or_else(|| key.organ_word().to_string());
+    let text = backbone.text_features(&organ)?;
+    let task = if key.has_masks() {
+        TaskKind::Segmentation
+    } else {
+        TaskKind::Classification
+    };
+    let protocol = protocol_of(args);
+    let size = MODEL_INPUT_SIZE;
+
+    let mut fit_seconds = None;
+    let (mut detector, k, epochs, source) = match &args.checkpoint {
+        Some(ckpt) => {
+            let path = resolve_checkpoint(ckpt, key)?;
+            let meta = read_checkpoint_meta(&path)?;
+            backbone.check_identity(&path, meta.as_ref())?;
+            let mixing = meta.as_ref().map(|m| m.mixing).unwrap_or_default();
+            let loaded = load_detector::<B>(
+                &path,
+                backbone.vision.clone(),
+                text,
+                &backbone.adapters_config(mixing),
+                &backbone.scoring_config(),
+                task,
+                args.model.batch,
+                device,
+            )?;
+            let mut detector = loaded.detector;
+            if protocol == Protocol::ZeroShot {
+                detector.bank_groups.clear();
+                detector.calibration = None;
+            } else {
+                anyhow::ensure!(
+                    !detector.bank_groups.is_empty(),
+                    "{}: the checkpoint holds no normal shots, so it has no few-shot branch; \
+                     use --zero-shot",
+                    path.display()
+                );
+                if protocol == Protocol::FewShot(Fusion::Calibrated) {
+                    anyhow::ensure!(
+                        detector.calibration.is_some(),
+                        "{}: the checkpoint is not calibrated; use --protocol paper",
+                        path.display()
+                    );
+                }
+            }
+            let meta = loaded.meta;
+            (
+                detector,
+                meta.as_ref().and_then(|m| m.shots),
+                meta.as_ref().and_then(|m| m.epochs),
+                format!("checkpoint {}", path.display()),
+            )
+        }
+        None => {
+            let (shots, source) = match &args.shot_dir {
+                Some(dir) => {
+                    let path = shot_file_path(dir, key, args.shots);
+                    let list = ShotFile::read(&path)?.list(args.iterate)?;
+                    (
+                        dataset.shots_from_list(&list, args.shots)?,
+                        format!("{} iterate {}", path.display(), args.iterate),
+                    )
+                }
+                None => (
+                    dataset.shots_random(args.shots, args.seed)?,
+                    format!("seeded draw from valid/ (seed {})", args.seed),
+                ),
+            };
+            let normal = load_shots(&shots.normal, false)?;
+            let abnormal = load_shots(&shots.abnormal, shots.has_masks)?;
+            let started = Instant::now();
+            let detector = fit_detector::<B>(args, backbone, text, &normal, &abnormal, task)?;
+            fit_seconds = Some(started.elapsed().as_secs_f64());
+            (detector, Some(args.shots), Some(args.epochs), source)
+        }
+    };
+    detector.task = task;
+
+    // Score the test split once, streaming into the metrics.
+    let started = Instant::now();
+    let pixel_metrics = key.has_masks();
+    let mut evaluation = Evaluation::new(protocol, task, pixel_metrics);
+    let bar = common::progress_bar(test.len() as u64, "images");
+    bar.set_message(format!("{key} test"));
+    for chunk in test.items.chunks(args.model.batch) {
+        let mut inputs = Vec::with_capacity(chunk.len());
+        let mut masks: Vec<Option<Vec<bool>>> = Vec::with_capacity(chunk.len());
+        for sample in chunk {
+            inputs.push(load_model_image(&sample.image)?.input);
+            let mask = match (&sample.mask, pixel_metrics && sample.label) {
+                (Some(path), true) => Some(load_mask(path)?.iter().map(|&v| v > 0.5).collect()),
+                _ => None,
+            };
+            masks.push(mask);
+        }
+        let views: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let results = detector
+            .score(stack_images::<B>(&views, size, device))
+            .map_err(|e| anyhow!("{e}"))?;
+        for ((sample, result), mask) in chunk.iter().zip(&results).zip(&masks) {
+            let mask: Option<&[bool]> = mask.as_deref();
+            evaluation
+                .add(result, sample.label, mask)
+                .with_context(|| format!("{}", sample.image.display()))?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let metrics = evaluation.finish()?;
+    let entry = DatasetReport {
+        dataset: key.code_key().to_string(),
+        paper_name: key.paper_name().to_string(),
+        protocol: protocol.name().to_string(),
+        k,
+        epochs,
+        source,
+        organ_word: organ,
+        image_auc: metrics.image_auc,
+        pixel_auc: metrics.pixel_auc,
+        images: metrics.images,
+        normal: metrics.normal,
+        abnormal: metrics.abnormal,
+        fit_seconds,
+        score_seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((metrics, entry))
+}
+
+/// Fits fresh adapters (seeded) on the shots for a fixed number of epochs, builds the memory
+/// bank and the calibration.
+fn fit_detector<B: Backend>(
+    args: &EvalArgs,
+    backbone: &common::Backbone<B>,
+    text: Tensor<B, 2>,
+    normal: &[Shot],
+    abnormal: &[Shot],
+    task: TaskKind,
+) -> anyhow::Result<Detector<B, VisionTransformer<B>>> {
+    let device = backbone.device();
+    let adapters_cfg = backbone.adapters_config(MixingRatios::default());
+    B::seed(device, args.seed);
+    let adapters = adapters_cfg.init::<B>(device);
+    let settings = FitSettings {
+        adapters: adapters_cfg,
+        scoring: backbone.scoring_config(),
+        train: TrainConfig::new()
+            .with_epochs(args.epochs)
+            .with_learning_rate(args.lr)
+            .with_seed(args.seed),
+        normal_only_task: task,
+        batch_size: args.model.batch,
+    };
+    let bar = common::progress_bar(0, "steps");
+    bar.set_message("fine-tuning");
+    let on_event = |event: FitEvent| match event {
+        FitEvent::Started {
+            training_images, ..
+        } => bar.set_length((training_images * args.epochs) as u64),
+        FitEvent::Training(TrainEvent::Step(step)) => {
+            bar.set_position(((step.epoch - 1) * step.steps_per_epoch + step.step) as u64);
+            bar.set_message(format!("loss {:.4}", step.total));
+        }
+        FitEvent::Training(TrainEvent::EpochFinished { .. }) => {}
+        FitEvent::BuildingMemoryBank { .. } => bar.set_message("memory bank"),
+        FitEvent::Calibrating => bar.set_message("calibrating"),
+    };
+    let cancel = AtomicBool::new(false);
+    let outcome = fit::<Autodiff<B>>(
+        backbone.vision.clone(),
+        adapters,
+        text,
+        normal,
+        abnormal,
+        &settings,
+        on_event,
+        &cancel,
+    )?;
+    bar.finish_and_clear();
+    match outcome {
+        FitOutcome::Fitted {
+            detector,
+            mode,
+            epoch_losses,
+            note,
+        } => {
+            if let Some(note) = note {
+                eprintln!("note: {note}");
+            }
+            eprintln!(
+                "fitted ({mode:?}): {} epoch(s){}",
+                epoch_losses.len(),
+                epoch_losses
+                    .last()
+                    .map(|l| format!(", last mean loss {l:.4}"))
+                    .unwrap_or_default()
+            );
+            Ok(detector)
+        }
+        FitOutcome::Cancelled { .. } => Err(anyhow!("fine-tuning stopped unexpectedly")),
+    }
+}
