@@ -554,3 +554,63 @@ fn bench_prints_the_table_on_a_small_tower() {
         .count();
     assert_eq!(forward_rows, 2, "{stdout}");
 }
+
+#[test]
+fn train_on_plain_folders_then_score_with_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synthetic");
+    let (out, _, stderr) = run(bin().args([
+        "synth-data",
+        data.to_str().unwrap(),
+        "--normal",
+        "2",
+        "--abnormal",
+        "2",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+
+    // Plain folders carry no organ word: a clear error, nothing written.
+    let ckpt = tmp.path().join("detector.safetensors");
+    let (out, _, stderr) = run(bin()
+        .args(["train", "--clip", clip_fixture().to_str().unwrap(), "--cpu"])
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--out",
+            ckpt.to_str().unwrap(),
+        ]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("--organ"), "{stderr}");
+    assert!(!ckpt.exists());
+
+    let (out, stdout, stderr) = run(bin()
+        .args(["train", "--clip", clip_fixture().to_str().unwrap(), "--cpu"])
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--organ",
+            "Brain",
+            "--epochs",
+            "1",
+        ])
+        .args(["--out", ckpt.to_str().unwrap()]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("mode Masks"), "{stdout}");
+    assert!(ckpt.exists());
+
+    let scored = tmp.path().join("scored");
+    let (out, _, stderr) = run(bin()
+        .args(["score", "--clip", clip_fixture().to_str().unwrap(), "--cpu"])
+        .args([
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--out",
+            scored.to_str().unwrap(),
+        ])
+        .arg(data.join("abnormal")));
+    assert!(out.status.success(), "{stderr}");
+    let rows = csv_lines(&scored.join("scores.csv"));
+    assert_eq!(rows.len(), 3, "header + 2 images: {rows:?}");
+}

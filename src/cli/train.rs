@@ -8,29 +8,21 @@ use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 
+use crate::cli::common::{ModelArgs, load_backbone, parse_positive};
 use crate::io::dataset::{
     FewShot, MvfaDataset, MvfaKey, PlainFolderOptions, ShotFile, open_plain_folders,
 };
 use crate::io::input::{load_mask, load_model_image};
-use crate::model::clip::prompts::build_text_features;
-use crate::model::clip::tokenizer::ClipTokenizer;
-use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::detector::TaskKind;
-use crate::model::mvfa::scoring::ScoringConfig;
 use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, fit};
 use crate::train::trainer::{TrainConfig, TrainEvent};
-use crate::weights::adapters::{AdapterCheckpointMeta, BackboneIdentity, load_adapter_file};
-use crate::weights::clip::{LoadOptions, load_clip};
+use crate::weights::adapters::{AdapterCheckpointMeta, MixingRatios, load_adapter_file};
 use crate::weights::detector::save_detector;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// CLIP weights (safetensors, Hugging Face or open_clip layout).
-    #[arg(long)]
-    pub clip: PathBuf,
-    /// Architecture JSON, when it is not beside the weights.
-    #[arg(long)]
-    pub clip_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Dataset: a folder with `normal/`, `abnormal/` and optional `masks/`, or an MVFA
     /// dataset (`<Key>_AD` folder, or its parent with `--dataset`).
     #[arg(long)]
@@ -47,10 +39,6 @@ pub struct TrainArgs {
     /// Line group of the shot file (`a-<i>:` / `n-<i>:`).
     #[arg(long, default_value_t = 0)]
     pub iterate: u32,
-    /// Word inserted into the prompts (default: the MVFA dataset's word; required for plain
-    /// folders).
-    #[arg(long)]
-    pub organ: Option<String>,
     /// Accept abnormal images without masks in a plain folder that has `masks/`.
     #[arg(long)]
     pub allow_unmasked: bool,
@@ -61,16 +49,11 @@ pub struct TrainArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// Images per optimiser step (the reference uses 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
+    pub train_batch: usize,
     #[arg(long, default_value_t = 111)]
     pub seed: u64,
-    /// Model input side in pixels.
-    #[arg(long, default_value_t = 240)]
-    pub image_size: usize,
-    /// Use the CPU even when a GPU is available.
-    #[arg(long)]
-    pub cpu: bool,
     /// Checkpoint to write (safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -84,7 +67,7 @@ struct ShotSet {
 
 fn resolve_shots(args: &TrainArgs) -> anyhow::Result<ShotSet> {
     if args.data.join("normal").is_dir() {
-        let organ = args.organ.clone().context(
+        let organ = args.model.organ.clone().context(
             "plain folders carry no organ word: pass --organ (e.g. --organ Brain or --organ \"Chest X-ray film\")",
         )?;
         let opts = PlainFolderOptions {
@@ -116,6 +99,7 @@ fn resolve_shots(args: &TrainArgs) -> anyhow::Result<ShotSet> {
     };
     Ok(ShotSet {
         organ: args
+            .model
             .organ
             .clone()
             .unwrap_or_else(|| dataset.key.organ_word().to_string()),
@@ -153,11 +137,7 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let info = crate::backend::probe(args.cpu);
-    eprintln!("backend: {} on {}", info.backend, info.device);
-    if let Some(reason) = &info.fallback_reason {
-        eprintln!("note: {reason}");
-    }
+    let info = args.model.backend();
     crate::with_backend!(info, |B, device| run_on::<B>(&args, &device))
 }
 
@@ -185,46 +165,33 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     let normal = load_shots(&set.shots.normal, false)?;
     let abnormal = load_shots(&set.shots.abnormal, with_masks)?;
 
-    let opts = LoadOptions {
-        image_size: args.image_size,
-        config: args.clip_config.clone(),
-        ..Default::default()
-    };
-    let (clip, report) = load_clip::<B>(&args.clip, &opts, device)?;
-    eprintln!(
-        "CLIP: {} tensors from {} ({:?} layout)",
-        report.applied.len(),
-        args.clip.display(),
-        report.layout
-    );
-    let tokenizer = ClipTokenizer::new();
-    let text = build_text_features(&tokenizer, &set.organ, device, |t| clip.text.encode(t))?;
-    let vision = clip.vision;
-    let adapters_cfg = MvfaAdaptersConfig::new()
-        .with_levels(vision.default_taps().len())
-        .with_width(vision.width())
-        .with_bottleneck(vision.embed_dim());
+    let mut backbone = load_backbone::<B>(&args.model, device)?;
+    let text = backbone.text_features(&set.organ)?;
+    let adapters_cfg = backbone.adapters_config(MixingRatios::default());
     let adapters = match &args.init {
         Some(path) => load_adapter_file::<B>(path, &adapters_cfg, device)?.adapters,
         None => adapters_cfg.init::<B>(device),
     };
     let settings = FitSettings {
         adapters: adapters_cfg,
-        scoring: ScoringConfig::new()
-            .with_image_size(args.image_size)
-            .with_grid_size(vision.grid_size()),
+        scoring: backbone.scoring_config(),
         train: TrainConfig::new()
             .with_epochs(args.epochs)
             .with_learning_rate(args.lr)
-            .with_batch_size(args.batch)
+            .with_batch_size(args.train_batch)
             .with_seed(args.seed),
         normal_only_task: if with_masks {
             TaskKind::Segmentation
         } else {
             TaskKind::Classification
         },
-        batch_size: 8,
+        batch_size: args.model.batch,
     };
+    let mut identity = backbone.identity();
+    identity.weights_sha256_prefix = crate::weights::adapters::file_sha256_hex(&args.model.clip)
+        .ok()
+        .map(|h| h[..16].to_string());
+    let vision = backbone.vision.clone();
     let bar = progress_bar(0);
     let cancel = AtomicBool::new(false);
     let outcome = fit::<Autodiff<B>>(
@@ -242,7 +209,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
                 eprintln!("mode: {mode:?}, {training_images} training images after augmentation");
                 if training_images > 0 {
                     bar.set_length(
-                        (training_images.div_ceil(args.batch.max(1)) * args.epochs) as u64,
+                        (training_images.div_ceil(args.train_batch) * args.epochs) as u64,
                     );
                 }
             }
@@ -280,25 +247,11 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
-    let vcfg = &report.config.vision;
     let meta = AdapterCheckpointMeta {
         organ_word: Some(set.organ.clone()),
         shots: Some(normal.len()),
         epochs: Some(if abnormal.is_empty() { 0 } else { args.epochs }),
-        backbone: Some(BackboneIdentity {
-            model: format!(
-                "CLIP ViT {}x{} patch {}",
-                vcfg.layers, vcfg.width, vcfg.patch_size
-            ),
-            image_size: args.image_size,
-            vision_width: vcfg.width,
-            vision_layers: vcfg.layers,
-            embed_dim: vcfg.embed_dim,
-            tap_blocks: detector.vision.default_taps(),
-            weights_sha256_prefix: crate::weights::adapters::file_sha256_hex(&args.clip)
-                .ok()
-                .map(|h| h[..16].to_string()),
-        }),
+        backbone: Some(identity),
         source: Some(format!("mvfa-studio train on {}", args.data.display())),
         ..Default::default()
     };
