@@ -559,7 +559,7 @@ fn fit_detector<B: Backend>(
                     .map(|l| format!(", last mean loss {l:.4}"))
                     .unwrap_or_default()
             );
-            Ok(detector)
+            Ok(*detector)
         }
         FitOutcome::Cancelled { .. } => Err(anyhow!("fine-tuning stopped unexpectedly")),
     }

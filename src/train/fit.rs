@@ -50,7 +50,7 @@ pub enum FitEvent {
 /// A finished (or cancelled) fit.
 pub enum FitOutcome<B: Backend> {
     Fitted {
-        detector: Detector<B, VisionTransformer<B>>,
+        detector: Box<Detector<B, VisionTransformer<B>>>,
         mode: FitMode,
         /// Mean total loss per epoch (empty without fine-tuning).
         epoch_losses: Vec<f32>,
@@ -90,7 +90,10 @@ fn planar(values: &[f32], channels: usize, size: usize) -> Result<Planar, FitErr
 
 /// Augments a group of shots 11x; masks default to zero. Output order is the augmentation
 /// block by block (index = block * k + shot).
-fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<(Vec<f32>, Vec<f32>)>, FitError> {
+/// An augmented image `[3, S, S]` and its mask `[S, S]`.
+type AugmentedPair = (Vec<f32>, Vec<f32>);
+
+fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<AugmentedPair>, FitError> {
     if shots.is_empty() {
         return Ok(Vec::new());
     }
@@ -313,7 +316,7 @@ pub fn fit<AB: AutodiffBackend>(
         .fit_calibration(&groups, abnormal_images)
         .map_err(|e| FitError::Model(e.to_string()))?;
     Ok(FitOutcome::Fitted {
-        detector,
+        detector: Box::new(detector),
         mode,
         epoch_losses,
         note,

@@ -128,7 +128,7 @@ mod tests {
         let a = generate(7, 3, 64, true);
         let b = generate(7, 3, 64, true);
         assert_eq!(a[2].pixels, b[2].pixels);
-        assert!(a.iter().all(|img| img.mask.iter().any(|&m| m == 255)));
+        assert!(a.iter().all(|img| img.mask.contains(&255)));
         let normal = generate(8, 2, 64, false);
         assert!(normal.iter().all(|img| img.mask.iter().all(|&m| m == 0)));
         assert_ne!(normal[0].pixels, normal[1].pixels);

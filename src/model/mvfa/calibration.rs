@@ -165,7 +165,7 @@ pub fn min_max(values: &[f32]) -> Vec<f32> {
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
         });
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return values.to_vec();
     }
     values.iter().map(|v| (v - lo) / (hi - lo)).collect()
