@@ -319,3 +319,21 @@ pub fn parse_positive(s: &str) -> Result<usize, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Loads shot images (first frame) and, where `with_masks`, their masks at model resolution.
+pub fn load_shots(
+    samples: &[crate::io::dataset::Sample],
+    with_masks: bool,
+) -> anyhow::Result<Vec<crate::train::fit::Shot>> {
+    samples
+        .iter()
+        .map(|sample| {
+            let image = crate::io::input::load_model_image(&sample.image)?.input;
+            let mask = match (&sample.mask, with_masks) {
+                (Some(path), true) => Some(crate::io::input::load_mask(path)?),
+                _ => None,
+            };
+            Ok(crate::train::fit::Shot { image, mask })
+        })
+        .collect()
+}

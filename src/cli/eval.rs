@@ -31,10 +31,11 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use super::common::{self, ModelArgs, load_backbone, parse_positive, read_checkpoint_meta};
+use crate::cli::common::load_shots;
 use crate::eval::protocol::{
     Evaluation, Fusion, Level, Metrics, PAPER_COLUMNS, Protocol, column_name, format_table,
 };
-use crate::io::dataset::{MvfaDataset, MvfaKey, Sample, ShotFile, shot_file_path};
+use crate::io::dataset::{MvfaDataset, MvfaKey, ShotFile, shot_file_path};
 use crate::io::export::write_atomically;
 use crate::io::input::{load_mask, load_model_image};
 use crate::io::model_input::MODEL_INPUT_SIZE;
@@ -333,21 +334,6 @@ pub fn resolve_checkpoint(path: &Path, key: MvfaKey) -> anyhow::Result<PathBuf> 
                 names.join(", ")
             )
         })
-}
-
-/// Loads shot images (first frame) and, where given, their masks at model resolution.
-fn load_shots(samples: &[Sample], with_masks: bool) -> anyhow::Result<Vec<Shot>> {
-    samples
-        .iter()
-        .map(|s| {
-            let image = load_model_image(&s.image)?.input;
-            let mask = match (&s.mask, with_masks) {
-                (Some(m), true) => Some(load_mask(m)?),
-                _ => None,
-            };
-            Ok(Shot { image, mask })
-        })
-        .collect()
 }
 
 fn evaluate_dataset<B: Backend>(

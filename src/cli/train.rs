@@ -8,13 +8,12 @@ use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 
-use crate::cli::common::{ModelArgs, load_backbone, parse_positive};
+use crate::cli::common::{ModelArgs, load_backbone, load_shots, parse_positive};
 use crate::io::dataset::{
     FewShot, MvfaDataset, MvfaKey, PlainFolderOptions, ShotFile, open_plain_folders,
 };
-use crate::io::input::{load_mask, load_model_image};
 use crate::model::mvfa::detector::TaskKind;
-use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, fit};
+use crate::train::fit::{FitEvent, FitOutcome, FitSettings, fit};
 use crate::train::trainer::{TrainConfig, TrainEvent};
 use crate::weights::adapters::{AdapterCheckpointMeta, MixingRatios, load_adapter_file};
 use crate::weights::detector::save_detector;
@@ -105,23 +104,6 @@ fn resolve_shots(args: &TrainArgs) -> anyhow::Result<ShotSet> {
             .unwrap_or_else(|| dataset.key.organ_word().to_string()),
         shots,
     })
-}
-
-fn load_shots(
-    samples: &[crate::io::dataset::Sample],
-    with_masks: bool,
-) -> anyhow::Result<Vec<Shot>> {
-    samples
-        .iter()
-        .map(|sample| {
-            let image = load_model_image(&sample.image)?.input;
-            let mask = match (&sample.mask, with_masks) {
-                (Some(path), true) => Some(load_mask(path)?),
-                _ => None,
-            };
-            Ok(Shot { image, mask })
-        })
-        .collect()
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

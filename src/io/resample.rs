@@ -113,8 +113,9 @@ impl Image8 {
 /// Fractional bits of Pillow's 8-bit fixed-point coefficients (`32 - 8 - 2`).
 const PRECISION_BITS: u32 = 22;
 
-/// Keys cubic convolution kernel with a = -0.5 (`bicubic_filter` in `Resample.c`).
-fn bicubic_filter(x: f64) -> f64 {
+/// Keys cubic convolution kernel with a = -0.5 (`bicubic_filter` in `Resample.c`; PyTorch's
+/// antialiased bicubic uses the same kernel).
+pub fn bicubic_filter(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x < 1.0 {

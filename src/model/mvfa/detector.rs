@@ -257,18 +257,11 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     /// Scores `images [n, 3, S, S]` in batches of `batch_size`: raw branches, calibrated fused
     /// map and image score. Each image's result depends only on that image.
     pub fn score(&self, images: Tensor<B, 4>) -> Result<Vec<ImageResult>, MvfaError> {
-        let n = images.dims()[0];
-        let step = self.batch_size.max(1);
-        let mut out = Vec::with_capacity(n);
-        let mut start = 0;
-        while start < n {
-            let len = step.min(n - start);
-            for raw in self.score_raw_excluding(images.clone().narrow(0, start, len), None)? {
-                out.push(self.calibrate(raw));
-            }
-            start += len;
-        }
-        Ok(out)
+        Ok(self
+            .score_batched(images, None)?
+            .into_iter()
+            .map(|raw| self.calibrate(raw))
+            .collect())
     }
 
     /// Fits the calibration from the support groups themselves (see

@@ -7,18 +7,9 @@
 //! the downsampling factor, weights normalised per output index). Computed in f64; PyTorch's
 //! f32 kernel agrees to float rounding.
 
-/// Keys cubic with a = -0.5 (PyTorch's antialias bicubic; the non-antialias path uses -0.75).
-fn cubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
+/// Keys cubic with a = -0.5 (PyTorch's antialias bicubic; the non-antialias path uses -0.75),
+/// the same kernel as Pillow's.
+use crate::io::resample::bicubic_filter as cubic;
 
 /// Interpolation taps of one output index: the first input index and the normalised weights
 /// of `input[first..first + weights.len()]`.
