@@ -8,7 +8,7 @@ use anyhow::Context;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 
-use crate::cli::common::{ModelArgs, load_backbone, load_shots, parse_positive};
+use crate::cli::common::{ModelArgs, load_backbone, load_shots, parse_positive, progress_bar};
 use crate::io::dataset::{
     FewShot, MvfaDataset, MvfaKey, PlainFolderOptions, ShotFile, open_plain_folders,
 };
@@ -106,18 +106,6 @@ fn resolve_shots(args: &TrainArgs) -> anyhow::Result<ShotSet> {
     })
 }
 
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} epoch {msg} [{bar:30}] {pos}/{len} steps, eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
-}
-
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let info = args.model.backend();
     crate::with_backend!(info, |B, device| run_on::<B>(&args, &device))
@@ -174,7 +162,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         .ok()
         .map(|h| h[..16].to_string());
     let vision = backbone.vision.clone();
-    let bar = progress_bar(0);
+    let bar = progress_bar(0, "steps");
     let cancel = AtomicBool::new(false);
     let outcome = fit::<Autodiff<B>>(
         vision,
@@ -198,7 +186,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
             FitEvent::Training(TrainEvent::Step(step)) => {
                 bar.inc(1);
                 bar.set_message(format!(
-                    "{}/{} loss {:.4} (focal {:.4} dice {:.4} bce {:.4}) {:.2} img/s",
+                    "epoch {}/{} loss {:.4} (focal {:.4} dice {:.4} bce {:.4}) {:.2} img/s",
                     step.epoch,
                     step.epochs,
                     step.total,

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -291,11 +291,4 @@ impl<B: AutodiffBackend> ModuleMapper<B> for RequireGrad {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.set_require_grad(true)
     }
-}
-
-/// The inference copy of trained adapters (drops the autodiff graph).
-pub fn into_inference<B: AutodiffBackend>(
-    adapters: MvfaAdapters<B>,
-) -> MvfaAdapters<B::InnerBackend> {
-    adapters.valid()
 }

@@ -14,7 +14,7 @@ use crate::model::mvfa::adapter::{
     AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig, MvfaError, TappedBackbone,
 };
 use crate::model::mvfa::calibration::{BranchStats, Calibration, LeaveOut, METHOD, quantile};
-use crate::model::mvfa::scoring::{BilinearResize, MemoryBank, Scorer};
+use crate::model::mvfa::scoring::{MemoryBank, Scorer};
 
 /// What the user's labels describe, which decides the image-score branch (spec 4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -148,14 +148,6 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         if groups.is_empty() {
             return None;
         }
-        let cfg = self.scorer.config();
-        let device = self.scorer.text_features().device();
-        let upsample = BilinearResize::new(
-            (cfg.grid_size, cfg.grid_size),
-            (cfg.image_size, cfg.image_size),
-            true,
-            &device,
-        );
         let maps = features
             .head(head)
             .iter()
@@ -170,7 +162,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                     })
                     .reduce(|a, b| a.min_pair(b))
                     .expect("non-empty");
-                upsample.forward(grid)
+                self.scorer.upsample_grid(grid)
             })
             .collect();
         Some(maps)

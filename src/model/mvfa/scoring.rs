@@ -449,8 +449,13 @@ impl<B: Backend> Scorer<B> {
 
     /// Few-shot map of one level, upsampled with align_corners = true, `[batch, S, S]`.
     pub fn few_shot_level_map(&self, tokens: Tensor<B, 3>, bank: &Tensor<B, 2>) -> Tensor<B, 3> {
-        self.upsample
-            .forward(self.few_shot_level_grid(tokens, bank))
+        self.upsample_grid(self.few_shot_level_grid(tokens, bank))
+    }
+
+    /// Upsamples `[batch, g, g]` grids to the map size (bilinear, align_corners = true), the
+    /// resampling every map of spec 4 uses.
+    pub fn upsample_grid(&self, grid: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.upsample.forward(grid)
     }
 
     /// Few-shot maps per level and summed. `levels` and `bank` must come from the same head.
