@@ -1,6 +1,7 @@
 //! The CLIP loader refuses bad files with a message that names the file and the problem:
 //! truncated, not safetensors, unknown layout, missing / unexpected keys, wrong shapes,
 //! unsupported dtypes, and an architecture that cannot be found.
+use crate::support;
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
@@ -13,7 +14,7 @@ use safetensors::{Dtype, SafeTensors};
 type B = NdArray<f32>;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+    support::fixture_dir("clip")
 }
 
 fn oc_bytes() -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! DICOM loader, windowing and study scan on the committed synthetic fixtures
 //! (tests/fixtures/dicom, written by tools/make_dicom_fixtures.py). Every expected pixel value
 //! is the formula the fixture was written with, independent of any decoder.
+use crate::support;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -11,9 +12,7 @@ use mvfa_studio::io::image::{Channels, Frame, VoiFunction, Window};
 use mvfa_studio::io::study::{ScanProgress, scan_dicomdir, scan_folder, scan_paths};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/dicom")
-        .join(name)
+    support::fixture_dir("dicom").join(name)
 }
 
 fn corpus(rel: &str) -> Option<PathBuf> {

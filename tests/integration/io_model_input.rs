@@ -1,5 +1,6 @@
 //! Model input against Pillow: bicubic and nearest resizes compared with the outputs Pillow
 //! wrote (`tools/io/make_resize_fixtures.py`), inputs regenerated from the same seeds.
+use crate::support;
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/io/resize")
+    support::fixture_dir("io/resize")
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,7 @@
 //! Adapter checkpoints: import of reference `.pth` files (valid and broken ones written by
 //! `tools/parity/make_mvfa_fixtures.py` with `torch.save`), our safetensors format with its
 //! metadata header, and the error messages for everything else.
+use crate::support;
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +16,7 @@ use safetensors::SafeTensors;
 type B = NdArray<f32>;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mvfa")
-        .join(name)
+    support::fixture_dir("mvfa").join(name)
 }
 
 /// The tiny fixture checkpoints: width 4, bottleneck 2, 4 levels.

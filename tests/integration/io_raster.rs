@@ -1,5 +1,6 @@
 //! Raster loading against files written by Pillow (`tools/io/make_raster_fixtures.py`) and by
 //! the `image` crate's encoders.
+use crate::support;
 use std::path::{Path, PathBuf};
 
 use mvfa_studio::io::image::{Channels, ImageStack};
@@ -7,7 +8,7 @@ use mvfa_studio::io::raster::{is_raster_path, load_raster, load_raster_bytes};
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/io/raster")
+    support::fixture_dir("io/raster")
 }
 
 #[derive(Deserialize)]

@@ -1,12 +1,11 @@
 //! `mvfa-studio inspect` end to end: the built binary on fixture files (and corpus files when
 //! the corpus is present).
+use crate::support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/dicom")
-        .join(name)
+    support::fixture_dir("dicom").join(name)
 }
 
 fn inspect(args: &[&Path], extra: &[&str]) -> (i32, String) {

@@ -2,6 +2,7 @@
 //! (`tools/io/make_nifti_fixtures.py`) with known orientations: the displayed slices must equal
 //! nibabel's closest-canonical data laid out radiologically (patient left on screen right,
 //! anterior up, inferior slice first).
+use crate::support;
 use std::path::{Path, PathBuf};
 
 use mvfa_studio::io::image::Channels;
@@ -9,7 +10,7 @@ use mvfa_studio::io::nifti::{AffineSource, is_nifti_path, load_nifti, load_nifti
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/io/nifti")
+    support::fixture_dir("io/nifti")
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,7 @@
 //! by `tools/parity/make_clip_fixtures.py`: real 240/14 geometry (24x24 position grid resized
 //! to 17x17, 290 tokens), 8 vision blocks, erf GELU, every tensor random. Both weight layouts
 //! go through the real loader and must match within 1e-4 max-abs.
+use crate::support;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -17,10 +18,7 @@ const TOL: f32 = 1e-4;
 /// The fixture folder; `CARGO_MANIFEST_DIR` at run time wins so that a test binary built here
 /// can run from a copy of the repository elsewhere (the GPU check).
 fn fixtures() -> PathBuf {
-    let root = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    root.join("tests/fixtures/clip")
+    support::fixture_dir("clip")
 }
 
 /// Reference tensors as (shape, f32 values) or (shape, i32 values).

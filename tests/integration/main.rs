@@ -1,0 +1,24 @@
+//! The integration suite as one test binary: the burn-heavy crate links once. Each module was
+//! a test binary of its own; `support` holds what they share.
+
+mod support;
+
+mod app_ui;
+mod augment;
+mod cli_commands;
+mod clip_loader_errors;
+mod clip_parity;
+mod dataset_layout;
+mod detector_checkpoint;
+mod eval_auc;
+mod io_dicom;
+mod io_dicom_cli;
+mod io_dicom_corpus;
+mod io_export;
+mod io_model_input;
+mod io_raster;
+mod io_raster_nifti;
+mod learning;
+mod mvfa_checkpoints;
+mod mvfa_parity;
+mod tokenizer;
