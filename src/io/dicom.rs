@@ -27,6 +27,7 @@ mod codestream;
 mod frames;
 mod guard;
 mod jpeg12;
+mod jpeg_ls;
 mod lut;
 mod metadata;
 mod pixels;

@@ -17,6 +17,7 @@ use super::lut::{self, Lut};
 use super::rle;
 use super::source::error_chain;
 use super::summary::sop_class_name;
+use super::jpeg_ls;
 use super::{DicomError, DicomErrorKind as K, MAX_SAMPLES, metadata, ts};
 use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, Window};
 
@@ -279,9 +280,12 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     j2k_precision: None,
                 });
             }
+            // JPEG-LS goes to the pure-Rust decoder (no reader); everything else to the
+            // registry's.
             let reader = match ts_entry.codec() {
+                _ if ts::is_jpeg_ls(&ts_uid) => None,
                 Codec::EncapsulatedPixelData(Some(reader), _) if ts_entry.can_decode_all() => {
-                    reader
+                    Some(reader)
                 }
                 _ => {
                     return Err(DicomError::new(
@@ -398,13 +402,19 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                         }
                         g.samples.iter().flat_map(|v| v.to_le_bytes()).collect()
                     }
-                    None => {
-                        let mut buf = Vec::new();
-                        reader
-                            .decode_frame(&framed, k as u32, &mut buf)
-                            .map_err(|e| frame_error(error_chain(&e)))?;
-                        buf
-                    }
+                    None => match reader {
+                        Some(reader) => {
+                            let mut buf = Vec::new();
+                            reader
+                                .decode_frame(&framed, k as u32, &mut buf)
+                                .map_err(|e| frame_error(error_chain(&e)))?;
+                            buf
+                        }
+                        None => {
+                            jpeg_ls::decode_frame(data, l.cols, l.rows, l.spp, l.bits_allocated)
+                                .map_err(frame_error)?
+                        }
+                    },
                 };
                 if buf.len() < expected {
                     return Err(frame_error(format!(

@@ -42,6 +42,11 @@ pub(super) fn is_jpeg2000(uid: &str) -> bool {
     )
 }
 
+/// True for JPEG-LS, lossless and near-lossless.
+pub(super) fn is_jpeg_ls(uid: &str) -> bool {
+    matches!(uid, "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81")
+}
+
 /// True for transfer syntaxes whose codestreams start with a JPEG SOI marker (JPEG family
 /// and JPEG-LS): used to find frame boundaries when the basic offset table is empty.
 pub(super) fn starts_with_soi(uid: &str) -> bool {
