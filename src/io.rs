@@ -10,3 +10,4 @@ pub mod nifti;
 pub mod raster;
 pub mod resample;
 pub mod study;
+pub mod walk;

@@ -8,6 +8,9 @@
 //! - [`io`]: DICOM, raster and NIfTI studies, model input, exports.
 //! - [`eval`]: exact ROC AUC and benchmark protocols.
 //! - [`app`]: the egui application.
+//! - [`workflow`]: the user-level steps both front ends run (open weights, load a detector,
+//!   collect shots, fit, score).
+//! - [`rng`]: seeded, portable random streams.
 //! - [`cli`]: headless commands.
 pub mod app;
 pub mod backend;
@@ -15,5 +18,7 @@ pub mod cli;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod rng;
 pub mod train;
 pub mod weights;
+pub mod workflow;

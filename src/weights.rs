@@ -3,3 +3,4 @@
 pub mod adapters;
 pub mod clip;
 pub mod detector;
+pub mod format;

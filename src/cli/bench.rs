@@ -29,8 +29,8 @@ use crate::model::clip::config::{TextConfig, VisionConfig};
 use crate::model::clip::prompts::{abnormal_sentences, build_text_features, normal_sentences};
 use crate::model::clip::tokenizer::ClipTokenizer;
 use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{BankGroup, Detector, TaskKind};
+use crate::model::mvfa::adapter::{AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig};
+use crate::model::mvfa::detector::{Detector, SupportBank, TaskKind};
 use crate::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
 use crate::train::augment::AUGMENT_FACTOR;
 use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, train};
@@ -242,12 +242,28 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
     };
     let text_features =
         Tensor::<B, 2>::random([args.embed_dim, 2], Distribution::Normal(0.0, 1.0), device);
-    let scorer = Scorer::new(scoring.clone(), text_features.clone());
+    let mut detector = Detector::new(
+        vision.clone(),
+        adapters.clone(),
+        adapters_cfg.clone(),
+        Scorer::new(scoring.clone(), text_features.clone()),
+        TaskKind::Segmentation,
+        1,
+    );
+    let bank = SupportBank::new(
+        MemoryBank::new(random_tokens(bank_images)),
+        MemoryBank::new(random_tokens(bank_images)),
+        vec![AUGMENT_FACTOR; args.shots],
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     {
-        let bank = MemoryBank::new(random_tokens(bank_images));
-        let query = random_tokens(1);
+        // The detector's own few-shot path, on adapted tokens of one image.
+        let query = AdaptedFeatures {
+            seg_tokens: random_tokens(1),
+            det_tokens: random_tokens(1),
+        };
         let t = time::<B>(args.repeat, 1, device, || {
-            finish(scorer.few_shot_maps(&query, &bank).fused);
+            finish(detector.few_shot_maps(&query, Head::Seg, &bank).fused);
             Ok(())
         })?;
         push(
@@ -264,21 +280,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
     // 4. Scoring one image end to end: forward, zero-shot maps and scores, few-shot maps of
     //    both heads against the k-shot bank (k groups of 11 augmentations), upsampling.
     {
-        let detector = Detector {
-            vision: vision.clone(),
-            adapters: adapters.clone(),
-            adapters_cfg: adapters_cfg.clone(),
-            scorer: scorer.clone(),
-            bank_groups: (0..args.shots)
-                .map(|_| BankGroup {
-                    seg: MemoryBank::new(random_tokens(AUGMENT_FACTOR)),
-                    det: MemoryBank::new(random_tokens(AUGMENT_FACTOR)),
-                })
-                .collect(),
-            calibration: None,
-            task: TaskKind::Segmentation,
-            batch_size: 1,
-        };
+        detector.set_support_bank(Some(bank));
         let image = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
         let t = time::<B>(args.repeat, 1, device, || {
             detector

@@ -26,25 +26,24 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow};
-use burn::backend::Autodiff;
 use burn::prelude::*;
 use serde::Serialize;
 
-use super::common::{self, ModelArgs, load_backbone, parse_positive, read_checkpoint_meta};
-use crate::cli::common::load_shots;
+use super::common::{self, ModelArgs, open_backbone, parse_positive};
 use crate::eval::protocol::{
     Evaluation, Fusion, Level, Metrics, PAPER_COLUMNS, Protocol, column_name, format_table,
 };
-use crate::io::dataset::{MvfaDataset, MvfaKey, ShotFile, shot_file_path};
+use crate::io::dataset::{MvfaDataset, MvfaKey, shot_file_path};
 use crate::io::export::write_atomically;
 use crate::io::input::{load_mask, load_model_image};
-use crate::io::model_input::MODEL_INPUT_SIZE;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, TaskKind};
-use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, fit, stack_images};
-use crate::train::trainer::{TrainConfig, TrainEvent};
-use crate::weights::adapters::MixingRatios;
-use crate::weights::detector::load_detector;
+use crate::train::fit::{FitEvent, Shots};
+use crate::train::trainer::TrainEvent;
+use crate::workflow::{
+    Backbone, DatasetShots, FitRequest, FitResult, ShotSource, collect_shots, fit_detector,
+    open_detector, score_frames,
+};
 
 /// `--protocol` values.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +226,7 @@ fn evaluate<B: Backend>(
     backend: String,
     device: &B::Device,
 ) -> anyhow::Result<ExitCode> {
-    let mut backbone = load_backbone::<B>(&args.model, device)?;
+    let mut backbone = open_backbone::<B>(&args.model, device)?;
     let protocol = protocol_of(args);
     let mut report = Report {
         written_by: format!("mvfa-studio {}", env!("CARGO_PKG_VERSION")),
@@ -338,94 +337,86 @@ pub fn resolve_checkpoint(path: &Path, key: MvfaKey) -> anyhow::Result<PathBuf> 
 
 fn evaluate_dataset<B: Backend>(
     args: &EvalArgs,
-    backbone: &mut common::Backbone<B>,
+    backbone: &mut Backbone<B>,
     key: MvfaKey,
     device: &B::Device,
 ) -> anyhow::Result<(Metrics, DatasetReport)> {
     let dataset = MvfaDataset::open(&args.data, key)?;
     let test = dataset.test_set()?;
-    let organ = args
-        .model
-        .organ
-        .clone()
-        .unwrap_or_else(|| key.organ_word().to_string());
-    let text = backbone.text_features(&organ)?;
     let task = if key.has_masks() {
         TaskKind::Segmentation
     } else {
         TaskKind::Classification
     };
     let protocol = protocol_of(args);
-    let size = MODEL_INPUT_SIZE;
 
     let mut fit_seconds = None;
-    let (mut detector, k, epochs, source) = match &args.checkpoint {
+    let (mut detector, organ, k, epochs, source) = match &args.checkpoint {
         Some(ckpt) => {
             let path = resolve_checkpoint(ckpt, key)?;
-            let meta = read_checkpoint_meta(&path)?;
-            backbone.check_identity(&path, meta.as_ref())?;
-            let mixing = meta.as_ref().map(|m| m.mixing).unwrap_or_default();
-            let loaded = load_detector::<B>(
-                &path,
-                backbone.vision.clone(),
-                text,
-                &backbone.adapters_config(mixing),
-                &backbone.scoring_config(),
-                task,
-                args.model.batch,
-                device,
-            )?;
-            let mut detector = loaded.detector;
+            let organ = args
+                .model
+                .organ
+                .clone()
+                .unwrap_or_else(|| key.organ_word().to_string());
+            let opened = open_detector(backbone, &path, Some(&organ), task, args.model.batch)?;
+            let mut detector = opened.detector;
             if protocol == Protocol::ZeroShot {
-                detector.bank_groups.clear();
-                detector.calibration = None;
+                detector = detector.into_zero_shot();
             } else {
                 anyhow::ensure!(
-                    !detector.bank_groups.is_empty(),
+                    detector.support_bank().is_some(),
                     "{}: the checkpoint holds no normal shots, so it has no few-shot branch; \
                      use --zero-shot",
                     path.display()
                 );
                 if protocol == Protocol::FewShot(Fusion::Calibrated) {
                     anyhow::ensure!(
-                        detector.calibration.is_some(),
+                        detector.calibration().is_some(),
                         "{}: the checkpoint is not calibrated; use --protocol paper",
                         path.display()
                     );
                 }
             }
-            let meta = loaded.meta;
+            let meta = opened.meta;
             (
                 detector,
+                organ,
                 meta.as_ref().and_then(|m| m.shots),
                 meta.as_ref().and_then(|m| m.epochs),
                 format!("checkpoint {}", path.display()),
             )
         }
         None => {
-            let (shots, source) = match &args.shot_dir {
-                Some(dir) => {
-                    let path = shot_file_path(dir, key, args.shots);
-                    let list = ShotFile::read(&path)?.list(args.iterate)?;
-                    (
-                        dataset.shots_from_list(&list, args.shots)?,
-                        format!("{} iterate {}", path.display(), args.iterate),
-                    )
-                }
-                None => (
-                    dataset.shots_random(args.shots, args.seed)?,
-                    format!("seeded draw from valid/ (seed {})", args.seed),
-                ),
+            let spec = DatasetShots {
+                root: args.data.clone(),
+                key: Some(key),
+                shots: args.shots,
+                shot_file: args
+                    .shot_dir
+                    .as_ref()
+                    .map(|dir| (shot_file_path(dir, key, args.shots), args.iterate)),
+                seed: args.seed,
             };
-            let normal = load_shots(&shots.normal, false)?;
-            let abnormal = load_shots(&shots.abnormal, shots.has_masks)?;
+            let collected = collect_shots(&ShotSource::Dataset(spec))?;
+            let organ = args
+                .model
+                .organ
+                .clone()
+                .unwrap_or_else(|| key.organ_word().to_string());
             let started = Instant::now();
-            let detector = fit_detector::<B>(args, backbone, text, &normal, &abnormal, task)?;
+            let detector = fit::<B>(args, backbone, &collected.shots, &organ, task)?;
             fit_seconds = Some(started.elapsed().as_secs_f64());
-            (detector, Some(args.shots), Some(args.epochs), source)
+            (
+                detector,
+                organ,
+                Some(args.shots),
+                Some(args.epochs),
+                collected.description,
+            )
         }
     };
-    detector.task = task;
+    detector.set_task(task);
 
     // Score the test split once, streaming into the metrics.
     let started = Instant::now();
@@ -434,24 +425,20 @@ fn evaluate_dataset<B: Backend>(
     let bar = common::progress_bar(test.len() as u64, "images");
     bar.set_message(format!("{key} test"));
     for chunk in test.items.chunks(args.model.batch) {
-        let mut inputs = Vec::with_capacity(chunk.len());
+        let mut frames = Vec::with_capacity(chunk.len());
         let mut masks: Vec<Option<Vec<bool>>> = Vec::with_capacity(chunk.len());
         for sample in chunk {
-            inputs.push(load_model_image(&sample.image)?.input);
+            frames.push(load_model_image(&sample.image)?);
             let mask = match (&sample.mask, pixel_metrics && sample.label) {
                 (Some(path), true) => Some(load_mask(path)?.iter().map(|&v| v > 0.5).collect()),
                 _ => None,
             };
             masks.push(mask);
         }
-        let views: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-        let results = detector
-            .score(stack_images::<B>(&views, size, device))
-            .map_err(|e| anyhow!("{e}"))?;
+        let results = score_frames(&detector, &frames, device)?;
         for ((sample, result), mask) in chunk.iter().zip(&results).zip(&masks) {
-            let mask: Option<&[bool]> = mask.as_deref();
             evaluation
-                .add(result, sample.label, mask)
+                .add(result, sample.label, mask.as_deref())
                 .with_context(|| format!("{}", sample.image.display()))?;
         }
         bar.inc(chunk.len() as u64);
@@ -478,28 +465,23 @@ fn evaluate_dataset<B: Backend>(
 }
 
 /// Fits fresh adapters (seeded) on the shots for a fixed number of epochs, builds the memory
-/// bank and the calibration.
-fn fit_detector<B: Backend>(
+/// bank and the calibration, with a progress bar.
+fn fit<B: Backend>(
     args: &EvalArgs,
-    backbone: &common::Backbone<B>,
-    text: Tensor<B, 2>,
-    normal: &[Shot],
-    abnormal: &[Shot],
+    backbone: &mut Backbone<B>,
+    shots: &Shots,
+    organ: &str,
     task: TaskKind,
 ) -> anyhow::Result<Detector<B, VisionTransformer<B>>> {
-    let device = backbone.device();
-    let adapters_cfg = backbone.adapters_config(MixingRatios::default());
-    B::seed(device, args.seed);
-    let adapters = adapters_cfg.init::<B>(device);
-    let settings = FitSettings {
-        adapters: adapters_cfg,
-        scoring: backbone.scoring_config(),
-        train: TrainConfig::new()
-            .with_epochs(args.epochs)
-            .with_learning_rate(args.lr)
-            .with_seed(args.seed),
-        normal_only_task: task,
+    let request = FitRequest {
+        organ: organ.to_string(),
+        epochs: args.epochs,
+        learning_rate: args.lr,
+        train_batch: 1,
+        seed: args.seed,
+        init: None,
         batch_size: args.model.batch,
+        normal_only_task: task,
     };
     let bar = common::progress_bar(0, "steps");
     bar.set_message("fine-tuning");
@@ -516,37 +498,25 @@ fn fit_detector<B: Backend>(
         FitEvent::Calibrating => bar.set_message("calibrating"),
     };
     let cancel = AtomicBool::new(false);
-    let outcome = fit::<Autodiff<B>>(
-        backbone.vision.clone(),
-        adapters,
-        text,
-        normal,
-        abnormal,
-        &settings,
-        on_event,
-        &cancel,
-    )?;
+    let outcome = fit_detector(backbone, shots, &request, on_event, &cancel)?;
     bar.finish_and_clear();
     match outcome {
-        FitOutcome::Fitted {
-            detector,
-            mode,
-            epoch_losses,
-            note,
-        } => {
-            if let Some(note) = note {
+        FitResult::Fitted(fitted) => {
+            if let Some(note) = &fitted.note {
                 eprintln!("note: {note}");
             }
             eprintln!(
-                "fitted ({mode:?}): {} epoch(s){}",
-                epoch_losses.len(),
-                epoch_losses
+                "fitted ({:?}): {} epoch(s){}",
+                fitted.mode,
+                fitted.epoch_losses.len(),
+                fitted
+                    .epoch_losses
                     .last()
                     .map(|l| format!(", last mean loss {l:.4}"))
                     .unwrap_or_default()
             );
-            Ok(*detector)
+            Ok(fitted.detector)
         }
-        FitOutcome::Cancelled { .. } => Err(anyhow!("fine-tuning stopped unexpectedly")),
+        FitResult::Cancelled { .. } => Err(anyhow!("fine-tuning stopped unexpectedly")),
     }
 }

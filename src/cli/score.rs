@@ -16,23 +16,20 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use burn::prelude::*;
 use safetensors::{Dtype, tensor::TensorView};
 
-use super::common::{self, ModelArgs, load_backbone, read_checkpoint_meta};
+use super::common::{self, ModelArgs, open_backbone};
 use crate::io::export::{
     FloatMap, OverlayOptions, ScoreRow, write_atomically, write_heatmap_png, write_overlay_png,
     write_scores_csv,
 };
-use crate::io::input::{ModelImage, collect_files, load_model_images};
+use crate::io::input::collect_files;
 use crate::io::model_input::MODEL_INPUT_SIZE;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
-use crate::model::mvfa::scoring::resize_map_to_original;
-use crate::train::fit::stack_images;
-use crate::weights::adapters::AdapterCheckpointMeta;
-use crate::weights::detector::load_detector;
+use crate::workflow::{ScoredFrame, map_at_original, open_detector, score_file};
 
 /// File format of `--raw` outputs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,30 +93,10 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         "--opacity must be between 0 and 1, got {}",
         args.opacity
     );
-    let meta = read_checkpoint_meta(&args.checkpoint)?;
-    let organ = match (
-        &args.model.organ,
-        meta.as_ref().and_then(|m| m.organ_word.clone()),
-    ) {
-        (Some(word), Some(stored))
-            if word.trim().to_lowercase() != stored.trim().to_lowercase() =>
-        {
-            eprintln!(
-                "note: scoring with --organ {word:?}; the checkpoint was fitted with {stored:?}"
-            );
-            word.clone()
-        }
-        (Some(word), _) => word.clone(),
-        (None, Some(word)) => word,
-        (None, None) => anyhow::bail!(
-            "{}: the checkpoint names no organ word; pass --organ (e.g. --organ Brain)",
-            args.checkpoint.display()
-        ),
-    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
     let info = args.model.backend();
-    crate::with_backend!(info, |B, device| score::<B>(&args, meta, &organ, &device))
+    crate::with_backend!(info, |B, device| score::<B>(&args, &device))
 }
 
 /// One frame's outputs, by file name.
@@ -128,28 +105,21 @@ struct Written {
     row: ScoreRow,
 }
 
-fn score<B: Backend>(
-    args: &ScoreArgs,
-    meta: Option<AdapterCheckpointMeta>,
-    organ: &str,
-    device: &B::Device,
-) -> anyhow::Result<ExitCode> {
-    let mut backbone = load_backbone::<B>(&args.model, device)?;
-    backbone.check_identity(&args.checkpoint, meta.as_ref())?;
-    let text = backbone.text_features(organ)?;
-    let mixing = meta.as_ref().map(|m| m.mixing).unwrap_or_default();
-    let loaded = load_detector::<B>(
+fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
+    let mut backbone = open_backbone::<B>(&args.model, device)?;
+    let opened = open_detector(
+        &mut backbone,
         &args.checkpoint,
-        backbone.vision.clone(),
-        text,
-        &backbone.adapters_config(mixing),
-        &backbone.scoring_config(),
+        args.model.organ.as_deref(),
         TaskKind::Segmentation,
         args.model.batch,
-        device,
     )?;
-    let detector = loaded.detector;
-    eprintln!("{}", describe_detector(&args.checkpoint, &detector, organ));
+    if let Some(note) = &opened.note {
+        eprintln!("note: {note}");
+    }
+    let detector = &opened.detector;
+    let organ = opened.organ.as_str();
+    eprintln!("{}", describe_detector(&args.checkpoint, detector, organ));
 
     // Inputs: each path on its own, so a missing one is listed and the rest still run.
     let mut failures: Vec<String> = Vec::new();
@@ -157,20 +127,21 @@ fn score<B: Backend>(
     let mut seen = HashSet::new();
     let out_dir = args.out.canonicalize().ok();
     for input in &args.inputs {
-        match collect_files(std::slice::from_ref(input)) {
-            Ok(found) if found.is_empty() => failures.push(format!(
+        let (found, errors) = collect_files(std::slice::from_ref(input));
+        failures.extend(errors.iter().map(ToString::to_string));
+        if found.is_empty() && errors.is_empty() {
+            failures.push(format!(
                 "{}: no supported image files in this folder",
                 input.display()
-            )),
-            Ok(found) => files.extend(
-                found
-                    .into_iter()
-                    // Earlier outputs inside a scanned folder are not inputs.
-                    .filter(|f| !in_folder(f, out_dir.as_deref()))
-                    .filter(|f| seen.insert(f.clone())),
-            ),
-            Err(e) => failures.push(e.to_string()),
+            ));
         }
+        files.extend(
+            found
+                .into_iter()
+                // Earlier outputs inside a scanned folder are not inputs.
+                .filter(|f| !in_folder(f, out_dir.as_deref()))
+                .filter(|f| seen.insert(f.clone())),
+        );
     }
     for f in &failures {
         eprintln!("error: {f}");
@@ -182,25 +153,20 @@ fn score<B: Backend>(
     let mut written: Vec<Written> = Vec::new();
     for file in &files {
         bar.inc(1);
-        let frames = match load_model_images(file) {
-            Ok(frames) => frames,
+        let scored = match score_file(detector, file, device) {
+            Ok(scored) => scored,
             Err(e) => {
                 bar.suspend(|| eprintln!("error: {e}"));
                 failures.push(e.to_string());
                 continue;
             }
         };
-        for chunk in frames.chunks(args.model.batch) {
-            let views: Vec<&[f32]> = chunk.iter().map(|f| f.input.as_slice()).collect();
-            let results = detector
-                .score(stack_images::<B>(&views, MODEL_INPUT_SIZE, device))
-                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-            for (frame, result) in chunk.iter().zip(&results) {
-                let name = names.allocate(&frame.source, frame.frame, frame.frames);
-                let w = write_frame::<B>(args, &detector, frame, result, name, organ, device)?;
-                bar.suspend(|| println!("{}", summary_line(&w, &frame.label())));
-                written.push(w);
-            }
+        for frame in &scored {
+            let image = &frame.image;
+            let name = names.allocate(&image.source, image.frame, image.frames);
+            let w = write_frame::<B>(args, detector, frame, name, organ, device)?;
+            bar.suspend(|| println!("{}", summary_line(&w, &image.label())));
+            written.push(w);
         }
     }
     bar.finish_and_clear();
@@ -235,15 +201,11 @@ fn describe_detector<B: Backend>(
     detector: &Detector<B, VisionTransformer<B>>,
     organ: &str,
 ) -> String {
-    let bank = if detector.bank_groups.is_empty() {
-        "no memory bank (zero-shot)".to_string()
-    } else {
-        format!(
-            "memory bank from {} normal shot(s)",
-            detector.bank_groups.len()
-        )
+    let bank = match detector.support_bank() {
+        None => "no memory bank (zero-shot)".to_string(),
+        Some(bank) => format!("memory bank from {} normal shot(s)", bank.groups()),
     };
-    let cal = match &detector.calibration {
+    let cal = match detector.calibration() {
         Some(c) => format!(
             "calibrated ({}, threshold {:.3}); heatmaps show the calibrated fused map",
             c.method, c.threshold
@@ -253,7 +215,7 @@ fn describe_detector<B: Backend>(
     format!(
         "detector: {} ({:?} task, organ word {organ:?}), {bank}, {cal}",
         path.display(),
-        detector.task
+        detector.task()
     )
 }
 
@@ -335,21 +297,16 @@ fn output_stem(path: &Path, frame: usize, frames: usize) -> String {
 fn write_frame<B: Backend>(
     args: &ScoreArgs,
     detector: &Detector<B, VisionTransformer<B>>,
-    frame: &ModelImage,
-    result: &ImageResult,
+    scored: &ScoredFrame,
     name: String,
     organ: &str,
     device: &B::Device,
 ) -> anyhow::Result<Written> {
-    let s = MODEL_INPUT_SIZE;
+    let (frame, result) = (&scored.image, &scored.result);
+    let s = detector.scorer().config().image_size;
     let map = result.fused_map.as_ref().unwrap_or(&result.raw.zero_map);
     let (w, h) = (frame.display.width, frame.display.height);
-    let square = Tensor::<B, 3>::from_data(TensorData::new(map.clone(), [1, s, s]), device);
-    let resized = resize_map_to_original(square, h as usize, w as usize)
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| anyhow!("reading the resized map back: {e:?}"))?;
+    let resized = map_at_original::<B>(map, s, w as usize, h as usize, device)?;
     let heat = FloatMap::new(w, h, resized)?;
     write_heatmap_png(&args.out.join(format!("{name}.heatmap.png")), &heat)?;
     let opts = OverlayOptions {
@@ -391,7 +348,7 @@ fn write_frame<B: Backend>(
         }
     }
     let score = result.score.map(short);
-    let decision = match (&detector.calibration, result.score) {
+    let decision = match (detector.calibration(), result.score) {
         (Some(cal), Some(v)) => Some(if v >= cal.threshold { 1.0 } else { 0.0 }),
         _ => None,
     };

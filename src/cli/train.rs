@@ -2,27 +2,25 @@
 //! folder and writes one checkpoint file. The same `fit` the app runs in its training job.
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 
-use anyhow::Context;
-use burn::backend::Autodiff;
 use burn::prelude::*;
 
-use crate::cli::common::{ModelArgs, load_backbone, load_shots, parse_positive, progress_bar};
-use crate::io::dataset::{
-    FewShot, MvfaDataset, MvfaKey, PlainFolderOptions, ShotFile, open_plain_folders,
-};
+use crate::cli::common::{ModelArgs, open_backbone, parse_positive, progress_bar};
+use crate::io::dataset::MvfaKey;
 use crate::model::mvfa::detector::TaskKind;
-use crate::train::fit::{FitEvent, FitOutcome, FitSettings, fit};
-use crate::train::trainer::{TrainConfig, TrainEvent};
-use crate::weights::adapters::{AdapterCheckpointMeta, MixingRatios, load_adapter_file};
-use crate::weights::detector::save_detector;
+use crate::train::fit::FitEvent;
+use crate::train::trainer::TrainEvent;
+use crate::workflow::{
+    DatasetShots, FitRequest, FitResult, ShotSource, checkpoint_meta, collect_shots, fit_detector,
+    save_detector,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Dataset: a folder with `normal/`, `abnormal/` and optional `masks/`, or an MVFA
+    /// Dataset: a folder with `normal/`, `abnormal/`, optional `masks/` and optional
+    /// `held_out/` (normal images kept out of training to calibrate the scores), or an MVFA
     /// dataset (`<Key>_AD` folder, or its parent with `--dataset`).
     #[arg(long)]
     pub data: PathBuf,
@@ -58,52 +56,21 @@ pub struct TrainArgs {
     pub out: PathBuf,
 }
 
-/// The labelled shots of a dataset folder, with the organ word to prompt with.
-struct ShotSet {
-    organ: String,
-    shots: FewShot,
-}
-
-fn resolve_shots(args: &TrainArgs) -> anyhow::Result<ShotSet> {
+/// Where `--data` says the shots are.
+fn shot_source(args: &TrainArgs) -> anyhow::Result<ShotSource> {
     if args.data.join("normal").is_dir() {
-        let organ = args.model.organ.clone().context(
-            "plain folders carry no organ word: pass --organ (e.g. --organ Brain or --organ \"Chest X-ray film\")",
-        )?;
-        let opts = PlainFolderOptions {
-            organ_word: organ.clone(),
-            allow_unmasked_abnormal: args.allow_unmasked,
-            allow_normal_only: true,
-        };
-        let dataset = open_plain_folders(&args.data, &opts)?;
-        return Ok(ShotSet {
-            organ,
-            shots: dataset.to_few_shot(),
+        return Ok(ShotSource::PlainFolders {
+            root: args.data.clone(),
+            allow_unmasked: args.allow_unmasked,
         });
     }
-    let dataset = match &args.dataset {
-        Some(key) => MvfaDataset::open(&args.data, MvfaKey::parse(key)?)?,
-        None => MvfaDataset::open_dir(&args.data).with_context(|| {
-            format!(
-                "{}: neither a plain folder (normal/, abnormal/) nor an MVFA dataset folder; pass --dataset <Key> for a data root",
-                args.data.display()
-            )
-        })?,
-    };
-    let shots = match &args.shot_file {
-        Some(path) => {
-            let list = ShotFile::read(path)?.list(args.iterate)?;
-            dataset.shots_from_list(&list, args.shots)?
-        }
-        None => dataset.shots_random(args.shots, args.seed)?,
-    };
-    Ok(ShotSet {
-        organ: args
-            .model
-            .organ
-            .clone()
-            .unwrap_or_else(|| dataset.key.organ_word().to_string()),
-        shots,
-    })
+    Ok(ShotSource::Dataset(DatasetShots {
+        root: args.data.clone(),
+        key: args.dataset.as_deref().map(MvfaKey::parse).transpose()?,
+        shots: args.shots,
+        shot_file: args.shot_file.clone().map(|path| (path, args.iterate)),
+        seed: args.seed,
+    }))
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -119,58 +86,53 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
             parent.display()
         );
     }
-    let set = resolve_shots(args)?;
-    let with_masks = set.shots.has_masks;
+    let collected = collect_shots(&shot_source(args)?)?;
+    let organ = args
+        .model
+        .organ
+        .clone()
+        .or_else(|| collected.organ.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: plain folders carry no organ word: pass --organ (e.g. --organ Brain or \
+                 --organ \"Chest X-ray film\")",
+                args.data.display()
+            )
+        })?;
+    let shots = &collected.shots;
     eprintln!(
-        "shots: {} normal, {} abnormal ({}), organ word \"{}\"",
-        set.shots.normal.len(),
-        set.shots.abnormal.len(),
-        if with_masks {
+        "shots: {} normal, {} abnormal ({}), {} held out for calibration, organ word \"{organ}\"",
+        shots.normal.len(),
+        shots.abnormal.len(),
+        if collected.has_masks {
             "with masks"
         } else {
             "image labels"
         },
-        set.organ
+        shots.held_out.len(),
     );
-    let normal = load_shots(&set.shots.normal, false)?;
-    let abnormal = load_shots(&set.shots.abnormal, with_masks)?;
 
-    let mut backbone = load_backbone::<B>(&args.model, device)?;
-    let text = backbone.text_features(&set.organ)?;
-    let adapters_cfg = backbone.adapters_config(MixingRatios::default());
-    let adapters = match &args.init {
-        Some(path) => load_adapter_file::<B>(path, &adapters_cfg, device)?.adapters,
-        None => adapters_cfg.init::<B>(device),
-    };
-    let settings = FitSettings {
-        adapters: adapters_cfg,
-        scoring: backbone.scoring_config(),
-        train: TrainConfig::new()
-            .with_epochs(args.epochs)
-            .with_learning_rate(args.lr)
-            .with_batch_size(args.train_batch)
-            .with_seed(args.seed),
-        normal_only_task: if with_masks {
+    let mut backbone = open_backbone::<B>(&args.model, device)?;
+    let request = FitRequest {
+        organ: organ.clone(),
+        epochs: args.epochs,
+        learning_rate: args.lr,
+        train_batch: args.train_batch,
+        seed: args.seed,
+        init: args.init.clone(),
+        batch_size: args.model.batch,
+        normal_only_task: if collected.has_masks {
             TaskKind::Segmentation
         } else {
             TaskKind::Classification
         },
-        batch_size: args.model.batch,
     };
-    let mut identity = backbone.identity();
-    identity.weights_sha256_prefix = crate::weights::adapters::file_sha256_hex(&args.model.clip)
-        .ok()
-        .map(|h| h[..16].to_string());
-    let vision = backbone.vision.clone();
     let bar = progress_bar(0, "steps");
-    let cancel = AtomicBool::new(false);
-    let outcome = fit::<Autodiff<B>>(
-        vision,
-        adapters,
-        text,
-        &normal,
-        &abnormal,
-        &settings,
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let outcome = fit_detector(
+        &mut backbone,
+        shots,
+        &request,
         |event| match event {
             FitEvent::Started {
                 mode,
@@ -205,43 +167,52 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         },
         &cancel,
     )?;
-    let FitOutcome::Fitted {
-        detector,
-        mode,
-        epoch_losses,
-        note,
-    } = outcome
-    else {
+    let FitResult::Fitted(fitted) = outcome else {
         anyhow::bail!("training was cancelled; nothing was written");
     };
-    if let Some(note) = note {
+    if let Some(note) = &fitted.note {
         eprintln!("note: {note}");
     }
-    let meta = AdapterCheckpointMeta {
-        organ_word: Some(set.organ.clone()),
-        shots: Some(normal.len()),
-        epochs: Some(if abnormal.is_empty() { 0 } else { args.epochs }),
-        backbone: Some(identity),
-        source: Some(format!("mvfa-studio train on {}", args.data.display())),
-        ..Default::default()
+    let epochs = if shots.abnormal.is_empty() {
+        0
+    } else {
+        args.epochs
     };
-    save_detector(&args.out, &detector, &normal, meta)?;
-    let cal = detector.calibration.as_ref().expect("fit calibrates");
-    println!("wrote {}", args.out.display());
-    println!(
-        "mode {mode:?}; loss {} -> {}; calibration: {} normal / {} abnormal exemplars, threshold {:.2} (normal p95 {:.2}{})",
-        epoch_losses
-            .first()
-            .map_or("-".into(), |l| format!("{l:.4}")),
-        epoch_losses
-            .last()
-            .map_or("-".into(), |l| format!("{l:.4}")),
-        cal.normal_exemplars,
-        cal.abnormal_exemplars,
-        cal.threshold,
-        cal.normal_p95,
-        cal.abnormal_median
-            .map_or(String::new(), |m| format!(", abnormal median {m:.2}"))
+    let meta = checkpoint_meta(
+        &backbone,
+        &organ,
+        shots.normal.len(),
+        epochs,
+        format!("mvfa-studio train on {}", collected.description),
     );
+    let normal: Vec<Vec<f32>> = shots.normal.iter().map(|s| s.image.clone()).collect();
+    save_detector(&args.out, &fitted.detector, &normal, meta)?;
+    println!("wrote {}", args.out.display());
+    let losses = &fitted.epoch_losses;
+    let loss = |l: Option<&f32>| l.map_or("-".into(), |l| format!("{l:.4}"));
+    print!(
+        "mode {:?}; loss {} -> {}",
+        fitted.mode,
+        loss(losses.first()),
+        loss(losses.last())
+    );
+    match fitted.detector.calibration() {
+        Some(cal) => println!(
+            "; calibration ({:?}): {} normal / {} abnormal exemplars, threshold {:.2} (normal p95 {:.2}{})",
+            cal.leave_out,
+            cal.normal_exemplars,
+            cal.abnormal_exemplars,
+            cal.threshold,
+            cal.normal_p95,
+            cal.abnormal_median
+                .map_or(String::new(), |m| format!(", abnormal median {m:.2}"))
+        ),
+        None => println!(),
+    }
+    if epochs == 0 {
+        println!(
+            "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,9 +28,12 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use safetensors::Dtype;
+
 use crate::eval::auc::{AucError, PixelAucAccumulator, roc_auc};
 use crate::io::dataset::MvfaKey;
 use crate::model::mvfa::detector::{ImageResult, TaskKind};
+use crate::weights::format::f32_from_le_bytes;
 
 /// How the two few-shot branches are normalised and fused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -105,7 +108,8 @@ pub struct Metrics {
     pub abnormal: usize,
 }
 
-/// Raw maps of the first pass of the paper protocol, in an unlinked temporary file.
+/// Raw maps of the first pass of the paper protocol, in an anonymous temporary file
+/// (`tempfile`: removed by the OS whatever happens, even on a crash).
 struct Spill {
     path: PathBuf,
     writer: BufWriter<File>,
@@ -114,23 +118,11 @@ struct Spill {
 
 impl Spill {
     fn create() -> Result<Self, EvalError> {
-        let path = std::env::temp_dir().join(format!(
-            "mvfa-eval-{}-{:016x}.maps",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let err = |source| EvalError::Spill {
+        let path = std::env::temp_dir();
+        let file = tempfile::tempfile().map_err(|source| EvalError::Spill {
             path: path.clone(),
             source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(err)?;
-        // Unlinked at once where the platform allows it: the space is freed whatever happens.
-        let _ = std::fs::remove_file(&path);
+        })?;
         Ok(Self {
             path,
             writer: BufWriter::with_capacity(1 << 20, file),
@@ -181,27 +173,15 @@ impl Spill {
         for _ in 0..self.records {
             reader.read_exact(&mut bytes).map_err(io)?;
             let (floats, mask_bytes) = bytes.split_at(len * 8);
-            for (i, c) in floats.chunks_exact(4).enumerate() {
-                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                if i < len {
-                    zero[i] = v;
-                } else {
-                    few[i - len] = v;
-                }
-            }
+            let values = f32_from_le_bytes(Dtype::F32, floats).expect("f32 is a float type");
+            zero.copy_from_slice(&values[..len]);
+            few.copy_from_slice(&values[len..]);
             for (m, &b) in mask.iter_mut().zip(mask_bytes) {
                 *m = b != 0;
             }
             each(&zero, &few, &mask)?;
         }
         Ok(())
-    }
-}
-
-impl Drop for Spill {
-    fn drop(&mut self) {
-        // Where unlinking an open file failed (not on Unix), remove it now.
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

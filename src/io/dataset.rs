@@ -15,6 +15,7 @@
 //!
 //! Every error names the path (or shot name) at fault; a dataset is either complete and
 //! consistent or not returned at all.
+use rand_chacha::rand_core::RngCore;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -264,7 +265,7 @@ fn require_dir(path: &Path, what: &str) -> Result<()> {
 
 /// File names in `dir`, sorted by name (byte order, as Python sorts these names), skipping
 /// sub-folders and hidden files (`.DS_Store` and the like), keeping those `keep` accepts.
-fn list_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+fn list_files(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<String>> {
     let io = |source| DatasetError::Io {
         path: dir.to_path_buf(),
         source,
@@ -286,7 +287,7 @@ fn list_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
                 ),
             });
         };
-        if name.starts_with('.') || !keep(&name) {
+        if name.starts_with('.') || !keep(&path) {
             continue;
         }
         names.push(name);
@@ -295,27 +296,19 @@ fn list_files(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Extensions (lower case) accepted as images in plain folders.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"];
-
-/// Splits a file name into its stem and whether it is an image candidate in plain folders:
-/// a known image extension (stem = the name without it), or no extension / an all-digit one
-/// (DICOM files are often named by UID, `1.2.840.113619.2.55`; stem = the whole name).
-/// Anything else (`notes.txt`, `Thumbs.db`) is not an image.
-pub fn image_stem(name: &str) -> Option<&str> {
-    match name.rsplit_once('.') {
-        None => Some(name),
-        Some((stem, ext)) => {
-            let lower = ext.to_ascii_lowercase();
-            if IMAGE_EXTENSIONS.contains(&lower.as_str()) {
-                Some(stem)
-            } else if !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit()) {
-                Some(name)
-            } else {
-                None
-            }
-        }
-    }
+/// The name without its image extension (`.png`, `.nii.gz`, `.dcm`, ...), to pair an image
+/// with its mask by stem. Names without a known image extension are kept whole: DICOM files
+/// are often called `IM0001` or `1.2.840.113619...`. Which files are images at all is
+/// [`crate::io::input::is_supported_file`]'s decision.
+pub fn image_stem(name: &str) -> &str {
+    const EXTENSIONS: &[&str] = &[
+        ".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom",
+    ];
+    let lower = name.to_ascii_lowercase();
+    EXTENSIONS
+        .iter()
+        .find(|ext| lower.len() > ext.len() && lower.ends_with(*ext))
+        .map_or(name, |ext| &name[..name.len() - ext.len()])
 }
 
 // ------------------------------------------------------------------------------------------
@@ -602,39 +595,26 @@ pub fn shot_file_path(seed_root: &Path, key: MvfaKey, k: usize) -> PathBuf {
 // ------------------------------------------------------------------------------------------
 // Seeded draws.
 
-/// SplitMix64: tiny, fixed forever, so a seed means the same draw in every version of the app
-/// (unlike `rand`'s `StdRng`, whose algorithm may change between releases).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0) by rejection, without modulo bias.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - (u64::MAX % n);
-        loop {
-            let v = self.next();
-            if v < zone {
-                return v % n;
-            }
+/// Uniform in `0..n` (n > 0) by rejection on raw 64-bit words, without modulo bias. Written
+/// out rather than `random_range`, whose algorithm `rand` may change between releases.
+fn below(rng: &mut impl RngCore, n: u64) -> u64 {
+    let zone = u64::MAX - (u64::MAX % n);
+    loop {
+        let v = rng.next_u64();
+        if v < zone {
+            return v % n;
         }
     }
 }
 
 /// A reproducible draw of `k` distinct indices from `0..n`, in draw order: the first `k` steps
-/// of a Fisher–Yates shuffle driven by SplitMix64 seeded with `seed`.
+/// of a Fisher–Yates shuffle driven by the seed's shot-draw stream ([`crate::rng`]).
 pub fn draw(n: usize, k: usize, seed: u64) -> Vec<usize> {
     let k = k.min(n);
     let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix64(seed);
+    let mut rng = crate::rng::seeded(seed, crate::rng::Stream::ShotDraw);
     for i in 0..k {
-        let j = i + rng.below((n - i) as u64) as usize;
+        let j = i + below(&mut rng, (n - i) as u64) as usize;
         idx.swap(i, j);
     }
     idx.truncate(k);
@@ -769,8 +749,8 @@ impl PlainFolderOptions {
 
 /// Opens `<root>/normal/`, `<root>/abnormal/` and optional `<root>/masks/`.
 ///
-/// Images are files with an extension in [`IMAGE_EXTENSIONS`] or with no / an all-digit
-/// extension (DICOM); other files and hidden files are skipped. Masks are matched to images by
+/// Images are the files [`crate::io::input::is_supported_file`] accepts (DICOM, raster,
+/// NIfTI); other files and hidden files are skipped. Masks are matched to images by
 /// file stem (`abnormal/case7.dcm` ↔ `masks/case7.png`), so with `masks/` present image stems
 /// must be unique across both folders and so must mask stems. A mask may belong to a normal
 /// image (it should then be empty). Order: sorted normal, then sorted abnormal.
@@ -779,7 +759,7 @@ pub fn open_plain_folders(root: &Path, opts: &PlainFolderOptions) -> Result<Data
     let normal_dir = root.join("normal");
     let abnormal_dir = root.join("abnormal");
     let mask_dir = root.join("masks");
-    let keep = |n: &str| image_stem(n).is_some();
+    let keep = crate::io::input::is_supported_file;
 
     require_dir(&normal_dir, "normal images")?;
     let normal = list_files(&normal_dir, keep)?;
@@ -825,7 +805,7 @@ pub fn open_plain_folders(root: &Path, opts: &PlainFolderOptions) -> Result<Data
     if has_masks {
         let stem_of = |p: &Path| -> String {
             let name = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
-            image_stem(name).unwrap_or(name).to_string()
+            image_stem(name).to_string()
         };
         let mut by_stem: HashMap<String, usize> = HashMap::new();
         for (i, s) in items.iter().enumerate() {
@@ -879,13 +859,12 @@ mod tests {
 
     #[test]
     fn stems() {
-        assert_eq!(image_stem("a.png"), Some("a"));
-        assert_eq!(image_stem("A.JPEG"), Some("A"));
-        assert_eq!(image_stem("case.7.dcm"), Some("case.7"));
-        assert_eq!(image_stem("1.2.840.113619"), Some("1.2.840.113619"));
-        assert_eq!(image_stem("IM0001"), Some("IM0001"));
-        assert_eq!(image_stem("notes.txt"), None);
-        assert_eq!(image_stem("Thumbs.db"), None);
+        assert_eq!(image_stem("a.png"), "a");
+        assert_eq!(image_stem("A.JPEG"), "A");
+        assert_eq!(image_stem("case.7.dcm"), "case.7");
+        assert_eq!(image_stem("slice_3.nii.gz"), "slice_3");
+        assert_eq!(image_stem("1.2.840.113619"), "1.2.840.113619");
+        assert_eq!(image_stem("IM0001"), "IM0001");
     }
 
     #[test]

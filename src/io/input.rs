@@ -10,6 +10,7 @@ use crate::io::model_input::{mask_input, model_input};
 use crate::io::nifti::{is_nifti_path, load_nifti};
 use crate::io::raster::{is_raster_path, load_raster};
 use crate::io::resample::Image8;
+use crate::io::walk::walk_files;
 
 /// An input that could not be used, naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +55,14 @@ impl ModelImage {
     }
 }
 
-/// Whether a path looks like something [`load_stack`] reads (by extension or DICOM marker).
+/// Whether a path looks like something [`load_stack`] reads: a raster, NIfTI or `.dcm` /
+/// `.dicom` name, or DICOM content (files named `IM0001` or by UID). The one definition of a
+/// supported image file: folder scans, `score` and plain-folder datasets all use it.
 pub fn is_supported_file(path: &Path) -> bool {
-    is_raster_path(path) || is_nifti_path(path) || looks_like_dicom(path)
+    let dicom_name = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"));
+    is_raster_path(path) || is_nifti_path(path) || dicom_name || looks_like_dicom(path)
 }
 
 /// Loads any supported file as an image stack in modality units.
@@ -128,39 +134,28 @@ pub fn load_mask(path: &Path) -> Result<Vec<f32>, InputError> {
     mask_input(&grey).map_err(|e| InputError::new(path, e.to_string()))
 }
 
-/// Expands files and folders (recursively, sorted) into the supported files they hold.
-/// Hidden entries are skipped; unreadable folders are errors.
-pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
-    let mut out = Vec::new();
+/// The supported image files in `paths` (files as given, folders walked recursively by
+/// [`crate::io::walk`]), and one error per path or entry that could not be read: the others
+/// are still collected.
+pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
     for path in paths {
-        if path.is_dir() {
-            walk(path, &mut out)?;
-        } else if path.exists() {
-            out.push(path.clone());
-        } else {
-            return Err(InputError::new(path, "no such file or folder"));
+        if path.is_file() {
+            files.push(path.clone());
+            continue;
+        }
+        match walk_files(path, is_supported_file) {
+            Ok(walk) => {
+                files.extend(walk.files);
+                errors.extend(
+                    walk.problems
+                        .into_iter()
+                        .map(|p| InputError::new(&p.path, p.message)),
+                );
+            }
+            Err(e) => errors.push(InputError::new(path, e.to_string())),
         }
     }
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| InputError::new(dir, format!("cannot read the folder: {e}")))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            !p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-        })
-        .collect();
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            walk(&entry, out)?;
-        } else if is_supported_file(&entry) {
-            out.push(entry);
-        }
-    }
-    Ok(())
+    (files, errors)
 }

@@ -100,33 +100,27 @@ impl StudyScan {
     }
 }
 
-/// Recursively collects the files under `dir` (sorted, symbolic links to folders not
-/// followed so that link loops cannot trap the walk).
+/// Every file under `dir` ([`crate::io::walk`]); unreadable entries and link loops become
+/// errors of the scan.
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<DicomError>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(DicomError {
-                path: dir.to_path_buf(),
-                kind: DicomErrorKind::Io,
-                message: format!("cannot list the folder: {e}"),
-            });
-            return;
-        }
+    let problem = |path: PathBuf, message: String| DicomError {
+        path,
+        kind: DicomErrorKind::Io,
+        message,
     };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for p in paths {
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => collect_files(&p, out, errors),
-            Ok(m) if m.file_type().is_symlink() => {
-                if p.is_file() {
-                    out.push(p);
-                }
-            }
-            Ok(_) => out.push(p),
-            Err(_) => {}
+    match crate::io::walk::walk_files(dir, |_| true) {
+        Ok(walk) => {
+            out.extend(walk.files);
+            errors.extend(
+                walk.problems
+                    .into_iter()
+                    .map(|p| problem(p.path, p.message)),
+            );
         }
+        Err(e) => errors.push(problem(
+            dir.to_path_buf(),
+            format!("cannot list the folder: {e}"),
+        )),
     }
 }
 

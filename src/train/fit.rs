@@ -6,9 +6,10 @@ use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::io::model_input::{ModelInputError, batch_tensor};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{Detector, TaskKind};
+use crate::model::mvfa::detector::{CalibrationImages, Detector, TaskKind};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 use crate::train::augment::{AUGMENT_FACTOR, Planar, augment_group, augment_group_with_masks};
 use crate::train::trainer::{LabelMode, TrainConfig, TrainError, TrainEvent, TrainSample, train};
@@ -20,6 +21,19 @@ pub struct Shot {
     pub image: Vec<f32>,
     /// `[S, S]` lesion mask (1 inside), when painted or imported.
     pub mask: Option<Vec<f32>>,
+}
+
+/// The labelled images of a fit.
+#[derive(Debug, Clone, Default)]
+pub struct Shots {
+    /// Normal shots: fine-tuning, memory bank and (without held-out images) calibration.
+    pub normal: Vec<Shot>,
+    /// Abnormal shots (with masks where painted): fine-tuning and the threshold.
+    pub abnormal: Vec<Shot>,
+    /// Normal images kept out of fine-tuning and the memory bank. When present, the
+    /// calibration is estimated on them (augmented like the shots), since the adapters are
+    /// over-confident on the images they were trained on.
+    pub held_out: Vec<Shot>,
 }
 
 /// What the fit does with the labels it was given.
@@ -80,6 +94,8 @@ pub enum FitError {
     Augment(String),
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Input(#[from] ModelInputError),
     #[error("model error: {0}")]
     Model(String),
 }
@@ -123,24 +139,11 @@ pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
     module.load_record(record)
 }
 
-/// Stacks `[3, S, S]` images into `[n, 3, S, S]`.
-pub fn stack_images<B: Backend>(
-    images: &[&[f32]],
-    size: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let mut data = Vec::with_capacity(images.len() * 3 * size * size);
-    for image in images {
-        data.extend_from_slice(image);
-    }
-    Tensor::from_data(TensorData::new(data, [images.len(), 3, size, size]), device)
-}
-
 /// The augmented normal shots grouped by source shot (one `[11, 3, S, S]` tensor per shot),
 /// which is how the memory bank and the leave-one-out calibration see them. A single shot
 /// gives a single group.
 pub fn support_groups<B: Backend>(
-    normal: &[Shot],
+    normal: &[&[f32]],
     size: usize,
     device: &B::Device,
 ) -> Result<Vec<Tensor<B, 4>>, FitError> {
@@ -148,18 +151,18 @@ pub fn support_groups<B: Backend>(
     let images = augment_group(
         &normal
             .iter()
-            .map(|s| planar(&s.image, 3, size))
+            .map(|image| planar(image, 3, size))
             .collect::<Result<Vec<_>, _>>()?,
     )
     .map_err(|e| FitError::Augment(e.to_string()))?;
-    Ok((0..k)
+    (0..k)
         .map(|shot| {
             let group: Vec<&[f32]> = (0..AUGMENT_FACTOR)
                 .map(|block| images[block * k + shot].data.as_slice())
                 .collect();
-            stack_images(&group, size, device)
+            Ok(batch_tensor(&group, [3, size, size], device)?)
         })
-        .collect())
+        .collect()
 }
 
 /// Settings of a fit besides the training hyper-parameters.
@@ -177,18 +180,17 @@ pub struct FitSettings {
 /// Fits a detector from shots. `vision` and `adapters` live on the inference backend; the
 /// fine-tuning runs on its autodiff wrapper `AB`. `text_features [bottleneck, 2]` come from
 /// the prompt ensemble of the organ word.
-#[allow(clippy::too_many_arguments)]
 pub fn fit<AB: AutodiffBackend>(
     vision: VisionTransformer<AB::InnerBackend>,
     adapters: MvfaAdapters<AB::InnerBackend>,
     text_features: Tensor<AB::InnerBackend, 2>,
-    normal: &[Shot],
-    abnormal: &[Shot],
+    shots: &Shots,
     settings: &FitSettings,
     mut on_event: impl FnMut(FitEvent),
     cancel: &AtomicBool,
 ) -> Result<FitOutcome<AB::InnerBackend>, FitError> {
     let size = settings.scoring.image_size;
+    let (normal, abnormal) = (shots.normal.as_slice(), shots.abnormal.as_slice());
     if normal.is_empty() {
         return Err(FitError::NoNormalShots);
     }
@@ -197,7 +199,12 @@ pub fn fit<AB: AutodiffBackend>(
     // values once; for loaded weights this only re-wraps the same tensors.
     let vision = materialize(vision);
     let adapters = materialize(adapters);
-    for (index, shot) in normal.iter().chain(abnormal).enumerate() {
+    for (index, shot) in normal
+        .iter()
+        .chain(abnormal)
+        .chain(&shots.held_out)
+        .enumerate()
+    {
         if shot.image.len() != 3 * size * size {
             return Err(FitError::ShotSize {
                 index,
@@ -287,17 +294,16 @@ pub fn fit<AB: AutodiffBackend>(
         FitMode::ImageLabels => TaskKind::Classification,
         FitMode::NormalOnly => settings.normal_only_task,
     };
-    let mut detector = Detector {
+    let mut detector = Detector::new(
         vision,
         adapters,
-        adapters_cfg: settings.adapters.clone(),
-        scorer: Scorer::new(settings.scoring.clone(), text_features),
-        bank_groups: Vec::new(),
-        calibration: None,
+        settings.adapters.clone(),
+        Scorer::new(settings.scoring.clone(), text_features),
         task,
-        batch_size: settings.batch_size,
-    };
-    let groups = support_groups::<AB::InnerBackend>(normal, size, &device)?;
+        settings.batch_size,
+    );
+    let normal_images: Vec<&[f32]> = normal.iter().map(|s| s.image.as_slice()).collect();
+    let groups = support_groups::<AB::InnerBackend>(&normal_images, size, &device)?;
     on_event(FitEvent::BuildingMemoryBank {
         images: normal.len() * AUGMENT_FACTOR,
     });
@@ -305,15 +311,24 @@ pub fn fit<AB: AutodiffBackend>(
         .set_support(groups.clone())
         .map_err(|e| FitError::Model(e.to_string()))?;
     on_event(FitEvent::Calibrating);
-    let abnormal_images = (!augmented_abnormal.is_empty()).then(|| {
-        let views: Vec<&[f32]> = augmented_abnormal
-            .iter()
-            .map(|(i, _)| i.as_slice())
-            .collect();
-        stack_images::<AB::InnerBackend>(&views, size, &device)
-    });
+    let stack_augmented = |pairs: &[AugmentedPair]| -> Result<_, FitError> {
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let views: Vec<&[f32]> = pairs.iter().map(|(image, _)| image.as_slice()).collect();
+        Ok(Some(batch_tensor::<AB::InnerBackend>(
+            &views,
+            [3, size, size],
+            &device,
+        )?))
+    };
+    let images = CalibrationImages {
+        support: groups,
+        held_out: stack_augmented(&augment_shots(&shots.held_out, size)?)?,
+        abnormal: stack_augmented(&augmented_abnormal)?,
+    };
     detector
-        .fit_calibration(&groups, abnormal_images)
+        .fit_calibration(&images)
         .map_err(|e| FitError::Model(e.to_string()))?;
     Ok(FitOutcome::Fitted {
         detector: Box::new(detector),

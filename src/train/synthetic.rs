@@ -3,8 +3,8 @@
 //! Used by the learning test (fine-tuning must beat untrained adapters on held-out images) and
 //! by `mvfa-studio synth-data`, which writes the plain-folder layout so a newcomer can try the
 //! whole flow without patient data. Deterministic for a given seed.
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 /// One generated grey image (8-bit, row-major) with its anomaly mask (0 or 255).
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub enum AnomalyKind {
 
 /// Draws a textured background: a few random oriented sinusoids plus fine noise, so that every
 /// image differs but all share the same statistics (the "normal" appearance).
-fn background(rng: &mut StdRng, size: usize) -> Vec<f32> {
+fn background(rng: &mut ChaCha8Rng, size: usize) -> Vec<f32> {
     let waves: Vec<(f32, f32, f32, f32)> = (0..4)
         .map(|_| {
             let angle = rng.random_range(0.0..std::f32::consts::PI);
@@ -50,7 +50,12 @@ fn background(rng: &mut StdRng, size: usize) -> Vec<f32> {
 }
 
 /// Paints one anomaly; returns the mask (true inside the defect).
-fn paint_anomaly(rng: &mut StdRng, image: &mut [f32], size: usize, kind: AnomalyKind) -> Vec<bool> {
+fn paint_anomaly(
+    rng: &mut ChaCha8Rng,
+    image: &mut [f32],
+    size: usize,
+    kind: AnomalyKind,
+) -> Vec<bool> {
     let mut mask = vec![false; size * size];
     let s = size as f32;
     let cx = rng.random_range(0.2 * s..0.8 * s);
@@ -92,7 +97,7 @@ fn paint_anomaly(rng: &mut StdRng, image: &mut [f32], size: usize, kind: Anomaly
 
 /// Generates `count` images of `size`×`size`; `abnormal` ones get a blob or a streak.
 pub fn generate(seed: u64, count: usize, size: usize, abnormal: bool) -> Vec<SyntheticImage> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = crate::rng::seeded(seed, crate::rng::Stream::Synthetic);
     (0..count)
         .map(|i| {
             let mut image = background(&mut rng, size);

@@ -17,10 +17,9 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use crate::io::model_input::batch_tensor;
 use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig, TappedBackbone};
 use crate::model::mvfa::losses::{LossTarget, mvfa_loss};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
@@ -44,7 +43,7 @@ pub struct TrainConfig {
     /// Images per optimiser step (the reference effectively uses 1).
     #[config(default = 1)]
     pub batch_size: usize,
-    /// Seed of the per-epoch shuffling.
+    /// Seed of the per-epoch shuffling ([`crate::rng::Stream::Shuffle`]).
     #[config(default = 111)]
     pub seed: u64,
 }
@@ -133,11 +132,9 @@ fn batch_tensors<B: Backend>(
     device: &B::Device,
 ) -> (Tensor<B, 4>, LossTarget<B>) {
     let n = samples.len();
-    let mut images = Vec::with_capacity(n * 3 * size * size);
-    for s in samples {
-        images.extend_from_slice(&s.image);
-    }
-    let images = Tensor::from_data(TensorData::new(images, [n, 3, size, size]), device);
+    let views: Vec<&[f32]> = samples.iter().map(|s| s.image.as_slice()).collect();
+    let images =
+        batch_tensor(&views, [3, size, size], device).expect("sizes checked before training");
     let labels: Vec<f32> = samples
         .iter()
         .map(|s| if s.abnormal { 1.0 } else { 0.0 })
@@ -214,7 +211,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     let batch = cfg.batch_size.max(1);
     let steps_per_epoch = samples.len().div_ceil(batch);
     let total_steps = steps_per_epoch * cfg.epochs;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut rng = crate::rng::seeded(cfg.seed, crate::rng::Stream::Shuffle);
     let mut order: Vec<usize> = (0..samples.len()).collect();
     let started = Instant::now();
     let mut steps_done = 0;

@@ -21,6 +21,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::model::mvfa::adapter::{Adapter, AdapterBank, MvfaAdapters, MvfaAdaptersConfig};
+use crate::weights::format::{f32_from_le_bytes, file_is_pytorch_checkpoint};
 
 /// `__metadata__` key holding the JSON of [`AdapterCheckpointMeta`].
 pub const META_KEY: &str = "mvfa";
@@ -418,28 +419,6 @@ pub fn import_mvfa_pth<B: Backend>(
     build_adapters(path, &tensors, cfg, device)
 }
 
-fn f32_from_bytes(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
-    match dtype {
-        Dtype::F32 => Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()),
-        Dtype::F64 => Ok(bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect()),
-        Dtype::F16 => Ok(bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect()),
-        Dtype::BF16 => Ok(bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect()),
-        other => Err(format!("dtype {other:?}")),
-    }
-}
-
 /// Reads our adapter safetensors file: the adapters (checked against `cfg`) and the metadata.
 pub fn load_adapters<B: Backend>(
     path: &Path,
@@ -485,7 +464,7 @@ pub fn load_adapters<B: Backend>(
         .map(|(k, view)| {
             let found = FoundTensor {
                 shape: view.shape().to_vec(),
-                read: Box::new(move || f32_from_bytes(view.dtype(), view.data())),
+                read: Box::new(move || f32_from_le_bytes(view.dtype(), view.data())),
             };
             (k.clone(), found)
         })
@@ -526,7 +505,7 @@ pub fn read_extra_tensors(path: &Path) -> Result<Vec<ExtraTensor>> {
     let mut out = Vec::new();
     for (key, view) in st.tensors() {
         if let Some(name) = key.strip_prefix(EXTRA_PREFIX) {
-            let values = f32_from_bytes(view.dtype(), view.data()).map_err(|reason| {
+            let values = f32_from_le_bytes(view.dtype(), view.data()).map_err(|reason| {
                 AdapterCheckpointError::Metadata {
                     path: path.to_path_buf(),
                     reason: format!("extra tensor '{key}': {reason}"),
@@ -537,6 +516,36 @@ pub fn read_extra_tensors(path: &Path) -> Result<Vec<ExtraTensor>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The metadata of one of our checkpoint files, read from the safetensors header only (the
+/// tensors are not read). `Ok(None)` for a reference `.pth`, which has none.
+pub fn read_checkpoint_meta(path: &Path) -> Result<Option<AdapterCheckpointMeta>> {
+    let io = |source| AdapterCheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if file_is_pytorch_checkpoint(path).map_err(io)? {
+        return Ok(None);
+    }
+    let file = crate::weights::clip::file::WeightFile::open(path).map_err(|e| {
+        AdapterCheckpointError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    let text = file
+        .user_metadata(META_KEY)
+        .ok_or_else(|| AdapterCheckpointError::NotMvfa {
+            path: path.to_path_buf(),
+            reason: format!("no '{META_KEY}' metadata ({FORMAT_NAME})"),
+        })?;
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| AdapterCheckpointError::Metadata {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 /// [`save_adapters`] plus extra f32 tensors (stored as `extra.<name>`).
@@ -589,15 +598,10 @@ pub fn load_adapter_file<B: Backend>(
     cfg: &MvfaAdaptersConfig,
     device: &B::Device,
 ) -> Result<LoadedAdapters<B>> {
-    use std::io::Read;
-    let mut head = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|source| AdapterCheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let is_pth = (n >= 4 && head == *b"PK\x03\x04") || (n >= 1 && head[0] == 0x80);
+    let is_pth = file_is_pytorch_checkpoint(path).map_err(|source| AdapterCheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if is_pth {
         Ok(LoadedAdapters {
             adapters: import_mvfa_pth(path, cfg, device)?,

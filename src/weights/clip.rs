@@ -18,7 +18,7 @@
 //! The activation follows [`LoadOptions::activation`], erf GELU by default whatever the file
 //! says (MVFA's quirk, spec 1.2); the report records what the file said.
 pub mod arch;
-mod file;
+pub(crate) mod file;
 pub mod remap;
 pub mod resample;
 

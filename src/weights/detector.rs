@@ -7,6 +7,9 @@
 //! per level and head, far larger than the shots), and a [`DetectorState`] JSON (task kind and
 //! calibration) in the metadata's `calibration` entry. A released reference `.pth` loads as a
 //! zero-shot detector (no bank, no calibration).
+//!
+//! This module only reads and writes: rebuilding the memory bank from the stored shots (which
+//! runs the augmentation and the backbone) is the workflow layer's job.
 use std::path::Path;
 
 use anyhow::Context;
@@ -18,7 +21,6 @@ use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::Calibration;
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
-use crate::train::fit::{Shot, support_groups};
 use crate::weights::adapters::{
     AdapterCheckpointMeta, AdapterFileFormat, load_adapter_file, read_extra_tensors,
     save_adapters_with_extra,
@@ -36,36 +38,37 @@ pub struct DetectorState {
     pub calibration: Option<Calibration>,
 }
 
-/// Writes `detector` with its normal support shots (atomically).
+/// Writes `detector` with its normal support shots (`[3, S, S]` images at model resolution)
+/// atomically.
 pub fn save_detector<B: Backend>(
     path: &Path,
     detector: &Detector<B, VisionTransformer<B>>,
-    normal_shots: &[Shot],
+    normal_shots: &[Vec<f32>],
     mut meta: AdapterCheckpointMeta,
 ) -> anyhow::Result<()> {
-    let size = detector.scorer.config().image_size;
+    let size = detector.scorer().config().image_size;
     let state = DetectorState {
-        task: detector.task,
+        task: detector.task(),
         image_size: size,
-        calibration: detector.calibration.clone(),
+        calibration: detector.calibration().cloned(),
     };
     meta.calibration = Some(serde_json::to_value(&state)?);
     meta.shots = meta.shots.or(Some(normal_shots.len()));
     let mut values = Vec::with_capacity(normal_shots.len() * 3 * size * size);
     for shot in normal_shots {
         anyhow::ensure!(
-            shot.image.len() == 3 * size * size,
+            shot.len() == 3 * size * size,
             "support shot has {} values, expected 3x{size}x{size}",
-            shot.image.len()
+            shot.len()
         );
-        values.extend_from_slice(&shot.image);
+        values.extend_from_slice(shot);
     }
     let extra = vec![(
         NORMAL_SHOTS.to_string(),
         values,
         vec![normal_shots.len(), 3, size, size],
     )];
-    save_adapters_with_extra(path, &detector.adapters, &meta, &extra)
+    save_adapters_with_extra(path, detector.adapters(), &meta, &extra)
         .with_context(|| format!("{}: could not save the detector", path.display()))
 }
 
@@ -74,11 +77,13 @@ pub struct LoadedDetector<B: Backend> {
     pub detector: Detector<B, VisionTransformer<B>>,
     /// `None` for an imported reference `.pth`.
     pub meta: Option<AdapterCheckpointMeta>,
-    pub normal_shots: Vec<Shot>,
+    /// The normal support shots, `[3, S, S]` each, from which the memory bank is rebuilt.
+    pub normal_shots: Vec<Vec<f32>>,
 }
 
 /// Reads a detector checkpoint (ours, or a reference `.pth` as a zero-shot detector) onto
-/// `vision` and `text_features`, rebuilding the memory bank from the stored shots.
+/// `vision` and `text_features`. The detector comes without memory bank; the stored normal
+/// shots are returned to rebuild it.
 #[allow(clippy::too_many_arguments)]
 pub fn load_detector<B: Backend>(
     path: &Path,
@@ -92,16 +97,14 @@ pub fn load_detector<B: Backend>(
 ) -> anyhow::Result<LoadedDetector<B>> {
     let loaded = load_adapter_file::<B>(path, adapters_cfg, device)
         .with_context(|| format!("{}: could not read the adapters", path.display()))?;
-    let mut detector = Detector {
+    let mut detector = Detector::new(
         vision,
-        adapters: loaded.adapters,
-        adapters_cfg: adapters_cfg.clone(),
-        scorer: Scorer::new(scoring_cfg.clone(), text_features),
-        bank_groups: Vec::new(),
-        calibration: None,
-        task: default_task,
+        loaded.adapters,
+        adapters_cfg.clone(),
+        Scorer::new(scoring_cfg.clone(), text_features),
+        default_task,
         batch_size,
-    };
+    );
     let mut normal_shots = Vec::new();
     if loaded.format == AdapterFileFormat::Safetensors {
         let meta = loaded
@@ -123,8 +126,8 @@ pub fn load_detector<B: Backend>(
                 state.image_size,
                 scoring_cfg.image_size
             );
-            detector.task = state.task;
-            detector.calibration = state.calibration;
+            detector.set_task(state.task);
+            detector.set_calibration(state.calibration);
         }
         let size = scoring_cfg.image_size;
         for (name, values, shape) in read_extra_tensors(path)? {
@@ -138,17 +141,8 @@ pub fn load_detector<B: Backend>(
             );
             normal_shots = values
                 .chunks(3 * size * size)
-                .map(|image| Shot {
-                    image: image.to_vec(),
-                    mask: None,
-                })
+                .map(<[f32]>::to_vec)
                 .collect();
-        }
-        if !normal_shots.is_empty() {
-            let groups = support_groups::<B>(&normal_shots, size, device)?;
-            detector
-                .set_support(groups)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         }
     }
     Ok(LoadedDetector {

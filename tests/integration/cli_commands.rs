@@ -11,7 +11,7 @@ use mvfa_studio::model::clip::tokenizer::ClipTokenizer;
 use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
 use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::model::mvfa::scoring::ScoringConfig;
-use mvfa_studio::train::fit::{FitOutcome, FitSettings, Shot, fit};
+use mvfa_studio::train::fit::{FitOutcome, FitSettings, Shot, Shots, fit};
 use mvfa_studio::train::synthetic::{SyntheticImage, generate};
 use mvfa_studio::train::trainer::TrainConfig;
 use mvfa_studio::weights::adapters::{AdapterCheckpointMeta, BackboneIdentity};
@@ -79,8 +79,10 @@ fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
         clip.vision,
         adapters_cfg.init(&device),
         text,
-        &normal,
-        &[],
+        &Shots {
+            normal: normal.clone(),
+            ..Shots::default()
+        },
         &settings,
         |_| {},
         &AtomicBool::new(false),
@@ -94,6 +96,7 @@ fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
         backbone,
         ..Default::default()
     };
+    let normal: Vec<Vec<f32>> = normal.into_iter().map(|s| s.image).collect();
     save_detector(path, &detector, &normal, meta).unwrap();
 }
 

@@ -276,9 +276,15 @@ fn random_shots_are_seeded() {
 }
 
 fn make_plain(root: &Path, with_masks: bool) {
-    for n in ["n2.png", "n1.dcm", "1.2.840.10008"] {
+    for n in ["n2.png", "n1.dcm"] {
         touch(&root.join("normal").join(n));
     }
+    // A DICOM file without extension is recognised by its content.
+    fs::copy(
+        crate::support::fixture_dir("dicom/ct_rescale_windows.dcm"),
+        root.join("normal/1.2.840.10008"),
+    )
+    .unwrap();
     touch(&root.join("normal/notes.txt"));
     for n in ["a1.png", "a2.jpg"] {
         touch(&root.join("abnormal").join(n));

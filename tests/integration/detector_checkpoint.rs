@@ -5,12 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
+use mvfa_studio::io::model_input::batch_tensor;
 use mvfa_studio::model::clip::config::VisionConfig;
 use mvfa_studio::model::clip::vision::VisionTransformer;
 use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
 use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::model::mvfa::scoring::ScoringConfig;
-use mvfa_studio::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, fit, stack_images};
+use mvfa_studio::train::fit::{
+    FitEvent, FitOutcome, FitSettings, Shot, Shots, fit, support_groups,
+};
 use mvfa_studio::train::synthetic::generate;
 use mvfa_studio::train::trainer::{TrainConfig, TrainEvent};
 use mvfa_studio::weights::adapters::AdapterCheckpointMeta;
@@ -74,8 +77,11 @@ fn saved_detector_scores_like_the_original() {
         vision.clone(),
         adapters,
         text.clone(),
-        &normal,
-        &abnormal,
+        &Shots {
+            normal: normal.clone(),
+            abnormal: abnormal.clone(),
+            held_out: Vec::new(),
+        },
         &settings,
         |_| {},
         &cancel,
@@ -89,9 +95,10 @@ fn saved_detector_scores_like_the_original() {
         organ_word: Some("Brain".into()),
         ..Default::default()
     };
-    save_detector(&path, &detector, &normal, meta).unwrap();
+    let normal_images: Vec<Vec<f32>> = normal.iter().map(|s| s.image.clone()).collect();
+    save_detector(&path, &detector, &normal_images, meta).unwrap();
 
-    let loaded = load_detector::<B>(
+    let mut loaded = load_detector::<B>(
         &path,
         vision,
         text,
@@ -103,18 +110,24 @@ fn saved_detector_scores_like_the_original() {
     )
     .unwrap();
     assert_eq!(loaded.meta.unwrap().organ_word.as_deref(), Some("Brain"));
-    assert_eq!(loaded.normal_shots.len(), 2);
-    assert_eq!(loaded.detector.task, TaskKind::Segmentation);
-    assert_eq!(loaded.detector.calibration, detector.calibration);
+    assert_eq!(loaded.normal_shots, normal_images);
+    assert_eq!(loaded.detector.task(), TaskKind::Segmentation);
+    assert_eq!(loaded.detector.calibration(), detector.calibration());
+    // The file keeps the shots; the memory bank is rebuilt from them (the workflow's job).
+    let stored: Vec<&[f32]> = loaded.normal_shots.iter().map(Vec::as_slice).collect();
+    loaded
+        .detector
+        .set_support(support_groups::<B>(&stored, SIZE, &device).unwrap())
+        .unwrap();
 
     let test = shots(3, 2, true);
     let views: Vec<&[f32]> = test.iter().map(|s| s.image.as_slice()).collect();
     let before = detector
-        .score(stack_images::<B>(&views, SIZE, &device))
+        .score(batch_tensor::<B>(&views, [3, SIZE, SIZE], &device).unwrap())
         .unwrap();
     let after = loaded
         .detector
-        .score(stack_images::<B>(&views, SIZE, &device))
+        .score(batch_tensor::<B>(&views, [3, SIZE, SIZE], &device).unwrap())
         .unwrap();
     for (a, b) in before.iter().zip(&after) {
         let (sa, sb) = (a.score.unwrap(), b.score.unwrap());
@@ -164,8 +177,11 @@ fn cancelling_stops_within_one_step_and_keeps_the_adapters() {
         vision,
         settings.adapters.init::<B>(&device),
         text,
-        &shots(1, 1, false),
-        &shots(2, 1, true),
+        &Shots {
+            normal: shots(1, 1, false),
+            abnormal: shots(2, 1, true),
+            held_out: Vec::new(),
+        },
         &settings,
         |event| {
             if let FitEvent::Training(TrainEvent::Step(_)) = event {

@@ -22,3 +22,4 @@ mod learning;
 mod mvfa_checkpoints;
 mod mvfa_parity;
 mod tokenizer;
+mod workflow;

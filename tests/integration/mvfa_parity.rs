@@ -45,11 +45,12 @@ const LOSS_RTOL: f64 = 1e-5;
 /// blocks (burn 0.21 composes softmax and layer norm from primitive ops under autodiff, and
 /// their f32 backward is less accurate than PyTorch's fused kernels).
 ///
-/// The first Adam step is lr * g / (|g| + eps), i.e. +-lr for any gradient above ~1e-7, so
-/// a weight whose gradient is smaller than that noise can step the other way. The weight
-/// check therefore skips exactly those weights whose Rust and reference gradients differ in
-/// sign while the reference gradient is below `GRAD_RTOL * max|g|` (the count is printed);
-/// every other weight must match within `TOL`.
+/// The first Adam step is lr * g / (|g| + eps): +-lr for a gradient well above eps, and
+/// ill-conditioned where |g| is at the level of the f32 noise above (its sign, and near eps
+/// its size, are noise; a release build's different instruction order moved one such weight
+/// by 1.7e-4). The weight check therefore compares the step only where the reference gradient
+/// is clearly above that noise, `|g| > GRAD_RTOL * max|g|` (the number of weights left out is
+/// printed); every compared weight must match within `TOL`.
 const GRAD_RTOL: f32 = 1e-3;
 
 fn fixture_dir() -> PathBuf {
@@ -468,15 +469,12 @@ fn check_losses_and_adam<V: TappedBackbone<AB> + AutodiffModule<AB>>(
                 let want: Tensor<NB, 2> = fx.tensor(&format!("grad.{name}"), &device);
                 let scale: f32 = want.clone().abs().max().into_scalar();
                 let got = got.transpose(); // [out, in] like the reference
-                let rel = max_abs(got.clone(), want.clone()) / scale;
+                let rel = max_abs(got, want.clone()) / scale;
                 eprintln!("{phase} grad {name:<18} max-abs / max|g| {rel:.3e}");
                 worst_grad = worst_grad.max(rel);
                 assert!(rel <= GRAD_RTOL, "{phase} gradient {name}: {rel:e}");
-                // A weight may step the other way only where the two gradients disagree in
-                // sign and the reference gradient is inside the accepted gradient noise.
-                let flipped = (got * want.clone()).lower_equal_elem(0.0);
-                let tiny = want.abs().lower_equal_elem(GRAD_RTOL * scale);
-                grad_mask.insert(name, flipped.bool_and(tiny).bool_not());
+                // The step is compared where the gradient is clearly above the noise.
+                grad_mask.insert(name, want.abs().greater_elem(GRAD_RTOL * scale));
             }
         }
     }
@@ -514,7 +512,7 @@ fn check_losses_and_adam<V: TappedBackbone<AB> + AutodiffModule<AB>>(
         }
     }
     eprintln!(
-        "{phase} Adam step: max-abs {worst_all:.3e} over all {total} weights; {excluded} weights skipped (gradient sign flipped inside the gradient noise)"
+        "{phase} Adam step: max-abs {worst_all:.3e} over all {total} weights; {excluded} weights not compared (gradient inside the f32 noise)"
     );
     eprintln!("{phase} Adam step: worst max-abs {worst:.3e}");
 }

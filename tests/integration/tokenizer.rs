@@ -254,23 +254,16 @@ fn feature_cache_builds_once_per_word_and_round_trips() {
         }
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("text_features.json");
-    cache.save_json(&path).unwrap();
-    let loaded = TextFeatureCache::load_json(&path).unwrap();
+    let loaded = TextFeatureCache::from_json(&cache.to_json().unwrap()).unwrap();
     assert_eq!(loaded, cache);
     assert_eq!(loaded.backbone, "fake-encoder");
 
-    std::fs::write(
-        &path,
+    let err = TextFeatureCache::from_json(
         b"{\"backbone\":\"x\",\"entries\":{\"brain\":{\"embed_dim\":3,\"data\":[1.0]}}}",
     )
-    .unwrap();
-    let err = TextFeatureCache::load_json(&path).unwrap_err().to_string();
-    assert!(
-        err.contains("text_features.json") && err.contains("brain"),
-        "{err}"
-    );
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("brain"), "{err}");
 }
 
 #[test]

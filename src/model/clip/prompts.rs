@@ -4,7 +4,6 @@
 //! The text tower is passed in as a closure so this module does not depend on it: anything that
 //! maps `[n, 77]` token ids to `[n, embed]` projected sentence embeddings will do.
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{Context, bail, ensure};
 use burn::prelude::*;
@@ -291,51 +290,23 @@ impl TextFeatureCache {
         Ok(t)
     }
 
-    /// Writes the cache as JSON.
-    pub fn save_json(&self, path: &Path) -> anyhow::Result<()> {
-        let json = serde_json::to_vec(self).context("serialising the text feature cache")?;
-        std::fs::write(path, json)
-            .with_context(|| format!("writing the text feature cache {}", path.display()))
+    /// The cache as JSON bytes.
+    pub fn to_json(&self) -> std::io::Result<Vec<u8>> {
+        serde_json::to_vec(self).map_err(std::io::Error::other)
     }
 
-    /// Reads a cache written by [`TextFeatureCache::save_json`].
-    pub fn load_json(path: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading the text feature cache {}", path.display()))?;
-        let cache: Self = serde_json::from_slice(&bytes)
-            .with_context(|| format!("parsing the text feature cache {}", path.display()))?;
+    /// Reads a cache written by [`TextFeatureCache::to_json`], checking every entry's size.
+    pub fn from_json(bytes: &[u8]) -> anyhow::Result<Self> {
+        let cache: Self =
+            serde_json::from_slice(bytes).context("parsing the text feature cache")?;
         for (organ, f) in &cache.entries {
             ensure!(
                 f.embed_dim > 0 && f.data.len() == f.embed_dim * 2,
-                "text feature cache {}: entry {organ:?} holds {} values for embed_dim {}",
-                path.display(),
+                "text feature cache: entry {organ:?} holds {} values for embed_dim {}",
                 f.data.len(),
                 f.embed_dim
             );
         }
         Ok(cache)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sentence_counts_and_order() {
-        let n = normal_sentences("Brain");
-        let a = abnormal_sentences("Brain");
-        assert_eq!((n.len(), a.len()), (245, 175));
-        assert_eq!(n[0], "a bad photo of a Brain.");
-        assert_eq!(n[35 * 4], "a bad photo of a Brain without flaw.");
-        assert_eq!(a[174], "this is one Brain with damage in the scene.");
-    }
-
-    #[test]
-    fn cache_key_is_trimmed_lowercase() {
-        assert_eq!(
-            TextFeatureCache::key("  Chest X-ray film "),
-            "chest x-ray film"
-        );
     }
 }

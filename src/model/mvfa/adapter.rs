@@ -19,12 +19,15 @@
 //! in the reference. Take gradients with `GradientsParams::from_module(&mut grads, &bank)` per
 //! bank, never over the backbone. `tests/mvfa_parity.rs` checks both properties.
 
-use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::module::{Module, Param};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::leaky_relu;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::RngCore;
 
 use crate::model::clip::vision::VisionTransformer;
+use crate::rng::{Stream, seeded};
 
 /// LeakyReLU negative slope of the reference adapters (PyTorch's default, spec 2).
 pub const LEAKY_SLOPE: f64 = 0.01;
@@ -45,6 +48,9 @@ pub enum MvfaError {
     /// The adapters were built for a different residual width than the backbone's.
     #[error("MVFA adapters expect residual width {adapters}, the backbone has width {backbone}")]
     Width { adapters: usize, backbone: usize },
+    /// The few-shot memory bank or its calibration exemplars are inconsistent.
+    #[error("memory bank: {0}")]
+    Bank(String),
 }
 
 /// Configuration of one adapter: `width -> bottleneck -> width`.
@@ -60,17 +66,41 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
-    /// Initialises with PyTorch's `nn.Linear` default: Kaiming-uniform with a = sqrt(5), i.e.
-    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (burn's `LinearConfig` default is the same law).
+    /// Initialises with PyTorch's `nn.Linear` default, Kaiming-uniform with a = sqrt(5), i.e.
+    /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from seed 0 (see [`Self::init_from`]).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Adapter<B> {
+        self.init_from(&mut seeded(0, Stream::AdapterInit), device)
+    }
+
+    /// Like [`Self::init`], drawing fc1 then fc2 (row-major `[in, out]`) from `rng`. The
+    /// values are made on the host, so a seed gives the same adapters on every backend.
+    pub fn init_from<B: Backend>(&self, rng: &mut ChaCha8Rng, device: &B::Device) -> Adapter<B> {
         Adapter {
-            fc1: LinearConfig::new(self.width, self.bottleneck)
-                .with_bias(false)
-                .init(device),
-            fc2: LinearConfig::new(self.bottleneck, self.width)
-                .with_bias(false)
-                .init(device),
+            fc1: seeded_linear(self.width, self.bottleneck, rng, device),
+            fc2: seeded_linear(self.bottleneck, self.width, rng, device),
         }
+    }
+}
+
+/// A bias-free `Linear` `[d_in, d_out]` with weights U(-1/sqrt(d_in), 1/sqrt(d_in)).
+fn seeded_linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    rng: &mut ChaCha8Rng,
+    device: &B::Device,
+) -> Linear<B> {
+    let bound = 1.0 / (d_in as f32).sqrt();
+    // 24 random bits give every f32 in [0, 1) on a uniform grid; no `rand` distribution code
+    // whose algorithm could change between releases.
+    let values: Vec<f32> = (0..d_in * d_out)
+        .map(|_| {
+            let unit = (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
+            (2.0 * unit - 1.0) * bound
+        })
+        .collect();
+    Linear {
+        weight: Param::from_data(TensorData::new(values, [d_in, d_out]), device),
+        bias: None,
     }
 }
 
@@ -138,21 +168,27 @@ pub struct MvfaAdaptersConfig {
     /// Weight of the det adapter's residual output.
     #[config(default = 0.1)]
     pub det_ratio: f64,
+    /// Seed of the fresh adapter weights ([`Stream::AdapterInit`]).
+    #[config(default = 0)]
+    pub seed: u64,
 }
 
 impl MvfaAdaptersConfig {
-    /// Fresh adapters with PyTorch's Linear initialisation law.
+    /// Fresh adapters with PyTorch's Linear initialisation law, drawn from `seed`: the seg
+    /// head's levels in order, then the det head's.
     pub fn init<B: Backend>(&self, device: &B::Device) -> MvfaAdapters<B> {
         let one = AdapterConfig::new()
             .with_width(self.width)
             .with_bottleneck(self.bottleneck);
-        let bank = || AdapterBank {
-            adapters: (0..self.levels).map(|_| one.init(device)).collect(),
+        let mut rng = seeded(self.seed, Stream::AdapterInit);
+        let mut bank = || AdapterBank {
+            adapters: (0..self.levels)
+                .map(|_| one.init_from(&mut rng, device))
+                .collect(),
         };
-        MvfaAdapters {
-            seg: bank(),
-            det: bank(),
-        }
+        let seg = bank();
+        let det = bank();
+        MvfaAdapters { seg, det }
     }
 }
 
@@ -388,6 +424,33 @@ mod tests {
         assert!(
             max2 <= b2 && max2 > 0.8 * b2,
             "fc2 bound 1/sqrt(32): {max2}"
+        );
+    }
+
+    #[test]
+    fn init_is_a_function_of_the_seed() {
+        let device = Default::default();
+        let cfg = MvfaAdaptersConfig::new()
+            .with_levels(2)
+            .with_width(16)
+            .with_bottleneck(8);
+        let weights = |cfg: &MvfaAdaptersConfig| -> Vec<f32> {
+            let a = cfg.init::<B>(&device);
+            a.det.adapters[1]
+                .fc2
+                .weight
+                .val()
+                .into_data()
+                .to_vec()
+                .unwrap()
+        };
+        assert_eq!(
+            weights(&cfg.clone().with_seed(3)),
+            weights(&cfg.clone().with_seed(3))
+        );
+        assert_ne!(
+            weights(&cfg.clone().with_seed(3)),
+            weights(&cfg.with_seed(4))
         );
     }
 

@@ -5,16 +5,19 @@
 //! image scores of a segmentation task are the maximum of the fused map (the reference's
 //! few-shot protocol), of a classification task the det-head image scores.
 //!
-//! The memory bank is kept as groups (one per normal source shot) so that the same code gives
-//! the full few-shot branch (minimum over all groups) and the leave-one-out branch used for
-//! calibration (minimum over the other groups).
+//! The memory bank remembers which rows came from which normal source shot, so that the same
+//! few-shot path ([`Scorer::few_shot_maps`]) gives the full branch and the leave-one-out
+//! branch used for calibration (the bank without the exemplar's own rows).
+//!
+//! A detector keeps its invariants: its fields are private, and a step that fails (building a
+//! bank, calibrating) leaves the detector as it was.
 use burn::prelude::*;
 
 use crate::model::mvfa::adapter::{
     AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig, MvfaError, TappedBackbone,
 };
 use crate::model::mvfa::calibration::{BranchStats, Calibration, LeaveOut, METHOD, quantile};
-use crate::model::mvfa::scoring::{MemoryBank, Scorer};
+use crate::model::mvfa::scoring::{LevelMaps, MemoryBank, Scorer};
 
 /// What the user's labels describe, which decides the image-score branch (spec 4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,19 +28,80 @@ pub enum TaskKind {
     Classification,
 }
 
-/// Memory banks of one support group, both heads.
+/// The few-shot memory bank of both heads, with the number of support images of each group
+/// (one group per normal source shot: the shot and its augmentations), in row order.
 #[derive(Debug, Clone)]
-pub struct BankGroup<B: Backend> {
-    pub seg: MemoryBank<B>,
-    pub det: MemoryBank<B>,
+pub struct SupportBank<B: Backend> {
+    seg: MemoryBank<B>,
+    det: MemoryBank<B>,
+    group_images: Vec<usize>,
 }
 
-impl<B: Backend> BankGroup<B> {
+impl<B: Backend> SupportBank<B> {
+    /// A bank from both heads' memory banks; `group_images[g]` support images of group `g`
+    /// gave consecutive rows. Errors when the banks' rows do not divide into those images.
+    pub fn new(
+        seg: MemoryBank<B>,
+        det: MemoryBank<B>,
+        group_images: Vec<usize>,
+    ) -> Result<Self, MvfaError> {
+        let images: usize = group_images.iter().sum();
+        let fits = |bank: &MemoryBank<B>| images > 0 && bank.rows().is_multiple_of(images);
+        if !fits(&seg) || !fits(&det) || seg.rows() != det.rows() || group_images.contains(&0) {
+            return Err(MvfaError::Bank(format!(
+                "memory banks of {} and {} rows do not split into groups of {group_images:?} images",
+                seg.rows(),
+                det.rows()
+            )));
+        }
+        Ok(Self {
+            seg,
+            det,
+            group_images,
+        })
+    }
+
+    /// Number of support groups (normal source shots).
+    pub fn groups(&self) -> usize {
+        self.group_images.len()
+    }
+
+    /// Number of support images.
+    pub fn images(&self) -> usize {
+        self.group_images.iter().sum()
+    }
+
     fn head(&self, head: Head) -> &MemoryBank<B> {
         match head {
             Head::Seg => &self.seg,
             Head::Det => &self.det,
         }
+    }
+
+    /// The same rows with every image its own group.
+    fn image_by_image(&self) -> Self {
+        Self {
+            seg: self.seg.clone(),
+            det: self.det.clone(),
+            group_images: vec![1; self.images()],
+        }
+    }
+
+    /// The bank without group `g`; `None` when nothing would remain.
+    fn without_group(&self, g: usize) -> Option<Self> {
+        let rows_per_image = self.seg.rows() / self.images();
+        let first: usize = self.group_images[..g].iter().sum();
+        let (start, len) = (
+            first * rows_per_image,
+            self.group_images[g] * rows_per_image,
+        );
+        let mut group_images = self.group_images.clone();
+        group_images.remove(g);
+        Some(Self {
+            seg: self.seg.without_rows(start, len)?,
+            det: self.det.without_rows(start, len)?,
+            group_images,
+        })
     }
 }
 
@@ -47,20 +111,24 @@ impl<B: Backend> BankGroup<B> {
 pub struct RawResult {
     /// Zero-shot image score (det head).
     pub zero_image: f32,
+    /// Zero-shot image score per level.
     pub zero_image_levels: Vec<f32>,
     /// Few-shot image score (det head; mean of its few-shot map).
     pub few_image: Option<f32>,
     /// Zero-shot pixel map (seg head).
     pub zero_map: Vec<f32>,
+    /// Zero-shot pixel map per level.
     pub zero_map_levels: Vec<Vec<f32>>,
     /// Few-shot pixel map (seg head).
     pub few_map: Option<Vec<f32>>,
+    /// Few-shot pixel map per level (empty without a memory bank).
     pub few_map_levels: Vec<Vec<f32>>,
 }
 
 /// Raw outputs plus the calibrated fused map and image score (when calibrated).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageResult {
+    /// The branches before calibration.
     pub raw: RawResult,
     /// Calibrated fused map (`S*S`).
     pub fused_map: Option<Vec<f32>>,
@@ -68,18 +136,31 @@ pub struct ImageResult {
     pub score: Option<f32>,
 }
 
+/// The images a calibration is estimated from (see [`crate::model::mvfa::calibration`]).
+#[derive(Debug, Clone)]
+pub struct CalibrationImages<B: Backend> {
+    /// The augmented normal support images, one `[n, 3, S, S]` tensor per group in bank
+    /// order (what [`Detector::set_support`] was given). Scored leave-one-out when no
+    /// held-out images are given.
+    pub support: Vec<Tensor<B, 4>>,
+    /// Normal images `[n, 3, S, S]` that neither the adapters nor the memory bank have seen,
+    /// when the user supplied some: every branch is calibrated on them (the adapters are
+    /// over-confident on the images they were trained on).
+    pub held_out: Option<Tensor<B, 4>>,
+    /// Augmented abnormal shots `[n, 3, S, S]`, used only to place the threshold.
+    pub abnormal: Option<Tensor<B, 4>>,
+}
+
 /// A fitted detector. `V` is the frozen vision tower.
 pub struct Detector<B: Backend, V: TappedBackbone<B>> {
-    pub vision: V,
-    pub adapters: MvfaAdapters<B>,
-    pub adapters_cfg: MvfaAdaptersConfig,
-    pub scorer: Scorer<B>,
-    /// Support groups of the few-shot memory bank (empty: zero-shot only).
-    pub bank_groups: Vec<BankGroup<B>>,
-    pub calibration: Option<Calibration>,
-    pub task: TaskKind,
-    /// Images per forward pass when scoring many.
-    pub batch_size: usize,
+    vision: V,
+    adapters: MvfaAdapters<B>,
+    adapters_cfg: MvfaAdaptersConfig,
+    scorer: Scorer<B>,
+    bank: Option<SupportBank<B>>,
+    calibration: Option<Calibration>,
+    task: TaskKind,
+    batch_size: usize,
 }
 
 fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -97,7 +178,101 @@ fn split_rows(flat: Vec<f32>, rows: usize) -> Vec<Vec<f32>> {
     flat.chunks(len).map(<[f32]>::to_vec).collect()
 }
 
+/// Calibrated fused map and image score of `raw` under `cal` for `task`.
+fn apply_calibration(cal: &Calibration, task: TaskKind, raw: &RawResult) -> (Vec<f32>, f32) {
+    let fused = cal.fuse_map(&raw.zero_map, raw.few_map.as_deref());
+    let score = match task {
+        TaskKind::Segmentation => cal.image_score_from_map(&fused),
+        TaskKind::Classification => cal.image_score_from_scores(raw.zero_image, raw.few_image),
+    };
+    (fused, score)
+}
+
 impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
+    /// A detector without memory bank or calibration (the zero-shot branch only).
+    /// `batch_size` is the number of images per forward pass when scoring many (at least 1).
+    pub fn new(
+        vision: V,
+        adapters: MvfaAdapters<B>,
+        adapters_cfg: MvfaAdaptersConfig,
+        scorer: Scorer<B>,
+        task: TaskKind,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            vision,
+            adapters,
+            adapters_cfg,
+            scorer,
+            bank: None,
+            calibration: None,
+            task,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    /// The frozen vision tower.
+    pub fn vision(&self) -> &V {
+        &self.vision
+    }
+
+    /// The (fine-tuned) adapters.
+    pub fn adapters(&self) -> &MvfaAdapters<B> {
+        &self.adapters
+    }
+
+    /// The adapters' configuration (sizes and mixing ratios).
+    pub fn adapters_config(&self) -> &MvfaAdaptersConfig {
+        &self.adapters_cfg
+    }
+
+    /// The scorer (text features and map geometry).
+    pub fn scorer(&self) -> &Scorer<B> {
+        &self.scorer
+    }
+
+    /// The few-shot memory bank, when one was built.
+    pub fn support_bank(&self) -> Option<&SupportBank<B>> {
+        self.bank.as_ref()
+    }
+
+    /// The calibration, when fitted or loaded.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
+    }
+
+    /// Images per forward pass when scoring many.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Which outputs the image score comes from.
+    pub fn task(&self) -> TaskKind {
+        self.task
+    }
+
+    /// Sets which outputs the image score comes from (e.g. a dataset's protocol).
+    pub fn set_task(&mut self, task: TaskKind) {
+        self.task = task;
+    }
+
+    /// Installs a stored calibration (from a checkpoint); `None` removes it.
+    pub fn set_calibration(&mut self, calibration: Option<Calibration>) {
+        self.calibration = calibration;
+    }
+
+    /// Drops the memory bank and the calibration: the zero-shot branch alone.
+    pub fn into_zero_shot(mut self) -> Self {
+        self.bank = None;
+        self.calibration = None;
+        self
+    }
+
+    /// Installs a memory bank built elsewhere (benchmarks with synthetic banks).
+    pub fn set_support_bank(&mut self, bank: Option<SupportBank<B>>) {
+        self.bank = bank;
+    }
+
     /// Adapted tokens of `images [n, 3, S, S]`.
     pub fn features(&self, images: Tensor<B, 4>) -> Result<AdaptedFeatures<B>, MvfaError> {
         self.adapters
@@ -105,82 +280,71 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     }
 
     /// Builds the memory bank from support images, given as groups of `[n, 3, S, S]` batches
-    /// (one group per normal source shot; see the module docs).
+    /// (one group per normal source shot; see the module docs). On error the detector keeps
+    /// its previous bank. A stored calibration is kept: refit it when the shots change.
     pub fn set_support(&mut self, groups: Vec<Tensor<B, 4>>) -> Result<(), MvfaError> {
-        let mut built = Vec::with_capacity(groups.len());
+        let mut seg_parts = Vec::new();
+        let mut det_parts = Vec::new();
+        let mut group_images = Vec::with_capacity(groups.len());
         for images in groups {
-            let mut seg_parts = Vec::new();
-            let mut det_parts = Vec::new();
             let n = images.dims()[0];
-            let step = self.batch_size.max(1);
             let mut start = 0;
             while start < n {
-                let len = step.min(n - start);
+                let len = self.batch_size.min(n - start);
                 let f = self.features(images.clone().narrow(0, start, len))?;
                 seg_parts.push(f.seg_tokens);
                 det_parts.push(f.det_tokens);
                 start += len;
             }
-            built.push(BankGroup {
-                seg: MemoryBank::from_parts(&seg_parts),
-                det: MemoryBank::from_parts(&det_parts),
-            });
+            group_images.push(n);
         }
-        self.bank_groups = built;
+        self.bank = if group_images.is_empty() {
+            None
+        } else {
+            Some(SupportBank::new(
+                MemoryBank::from_parts(&seg_parts),
+                MemoryBank::from_parts(&det_parts),
+                group_images,
+            )?)
+        };
         Ok(())
     }
 
-    /// Few-shot distance grids of one head, summed over levels after upsampling, for the
-    /// tokens of a batch; the groups in `exclude` are left out. `None` without groups.
-    fn few_shot_maps(
+    /// Few-shot maps of one head for adapted `features`, against `bank` (all levels and
+    /// their sum). The one few-shot path: scoring, calibration and the benchmark use it.
+    pub fn few_shot_maps(
         &self,
         features: &AdaptedFeatures<B>,
         head: Head,
-        exclude: Option<usize>,
-    ) -> Option<Vec<Tensor<B, 3>>> {
-        let groups: Vec<&BankGroup<B>> = self
-            .bank_groups
-            .iter()
-            .enumerate()
-            .filter(|(g, _)| Some(*g) != exclude)
-            .map(|(_, group)| group)
-            .collect();
-        if groups.is_empty() {
-            return None;
-        }
-        let maps = features
-            .head(head)
-            .iter()
-            .enumerate()
-            .map(|(level, tokens)| {
-                // min over groups of (1 - max cos) = the distance to the union of the groups.
-                let grid = groups
-                    .iter()
-                    .map(|group| {
-                        self.scorer
-                            .few_shot_level_grid(tokens.clone(), group.head(head).level(level))
-                    })
-                    .reduce(|a, b| a.min_pair(b))
-                    .expect("non-empty");
-                self.scorer.upsample_grid(grid)
-            })
-            .collect();
-        Some(maps)
+        bank: &SupportBank<B>,
+    ) -> LevelMaps<B> {
+        self.scorer
+            .few_shot_maps(features.head(head), bank.head(head))
     }
 
-    /// Raw branch outputs of `images [n, 3, S, S]`, with the few-shot bank group `exclude`
-    /// left out (leave-one-out calibration) or all groups (`None`).
-    pub fn score_raw_excluding(
+    /// Raw branch outputs of `images [n, 3, S, S]` against the full memory bank.
+    pub fn score_raw(&self, images: Tensor<B, 4>) -> Result<Vec<RawResult>, MvfaError> {
+        self.score_raw_with(images, self.bank.as_ref())
+    }
+
+    /// Raw branch outputs of `images [n, 3, S, S]` against `bank` (none: zero-shot only).
+    fn score_raw_with(
         &self,
         images: Tensor<B, 4>,
-        exclude: Option<usize>,
+        bank: Option<&SupportBank<B>>,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
         let features = self.features(images)?;
         let zero_images = self.scorer.zero_shot_image_scores(&features.det_tokens);
         let zero_maps = self.scorer.zero_shot_maps(&features.seg_tokens);
-        let few_seg = self.few_shot_maps(&features, Head::Seg, exclude);
-        let few_det = self.few_shot_maps(&features, Head::Det, exclude);
+        let few_seg = bank.map(|bank| self.few_shot_maps(&features, Head::Seg, bank));
+        let few_image = bank.map(|bank| {
+            to_host(
+                self.few_shot_maps(&features, Head::Det, bank)
+                    .mean_scores()
+                    .fused,
+            )
+        });
 
         let zero_image = to_host(zero_images.fused);
         let zero_image_levels: Vec<Vec<f32>> =
@@ -191,23 +355,13 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             .into_iter()
             .map(|m| split_rows(to_host(m), n))
             .collect();
-        let sum = |maps: &[Tensor<B, 3>]| {
-            maps.iter()
-                .cloned()
-                .reduce(|a, b| a + b)
-                .expect("at least one level")
-        };
         let few_map_levels: Option<Vec<Vec<Vec<f32>>>> = few_seg.as_ref().map(|maps| {
-            maps.iter()
+            maps.per_level
+                .iter()
                 .map(|m| split_rows(to_host(m.clone()), n))
                 .collect()
         });
-        let few_map = few_seg
-            .as_ref()
-            .map(|maps| split_rows(to_host(sum(maps)), n));
-        let few_image = few_det
-            .as_ref()
-            .map(|maps| to_host(sum(maps).flatten::<2>(1, 2).mean_dim(1).squeeze_dim::<1>(1)));
+        let few_map = few_seg.map(|maps| split_rows(to_host(maps.fused), n));
 
         Ok((0..n)
             .map(|i| RawResult {
@@ -227,22 +381,20 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
 
     /// Applies the stored calibration (if any) to raw outputs.
     pub fn calibrate(&self, raw: RawResult) -> ImageResult {
-        let Some(cal) = &self.calibration else {
-            return ImageResult {
+        match &self.calibration {
+            Some(cal) => {
+                let (fused, score) = apply_calibration(cal, self.task, &raw);
+                ImageResult {
+                    raw,
+                    fused_map: Some(fused),
+                    score: Some(score),
+                }
+            }
+            None => ImageResult {
                 raw,
                 fused_map: None,
                 score: None,
-            };
-        };
-        let fused = cal.fuse_map(&raw.zero_map, raw.few_map.as_deref());
-        let score = match self.task {
-            TaskKind::Segmentation => cal.image_score_from_map(&fused),
-            TaskKind::Classification => cal.image_score_from_scores(raw.zero_image, raw.few_image),
-        };
-        ImageResult {
-            raw,
-            fused_map: Some(fused),
-            score: Some(score),
+            },
         }
     }
 
@@ -250,51 +402,62 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     /// map and image score. Each image's result depends only on that image.
     pub fn score(&self, images: Tensor<B, 4>) -> Result<Vec<ImageResult>, MvfaError> {
         Ok(self
-            .score_batched(images, None)?
+            .score_batched(images, self.bank.as_ref())?
             .into_iter()
             .map(|raw| self.calibrate(raw))
             .collect())
     }
 
-    /// Fits the calibration from the support groups themselves (see
-    /// [`crate::model::mvfa::calibration`]): `support` are the same groups given to
-    /// [`Self::set_support`] (or, with a single group, that group split into its images);
-    /// `abnormal` are the (augmented) abnormal shots, used only to place the threshold.
+    /// Fits the calibration (see [`crate::model::mvfa::calibration`]) and installs it. On
+    /// error the detector is unchanged.
     pub fn fit_calibration(
         &mut self,
-        support: &[Tensor<B, 4>],
-        abnormal: Option<Tensor<B, 4>>,
+        images: &CalibrationImages<B>,
     ) -> Result<Calibration, MvfaError> {
-        let leave_out = match self.bank_groups.len() {
-            0 => LeaveOut::None,
-            1 => LeaveOut::Augmentation,
-            _ => LeaveOut::SourceShot,
+        let bank = self.bank.as_ref();
+        let leave_out = match (&images.held_out, bank) {
+            (Some(_), _) => LeaveOut::HeldOut,
+            (None, None) => LeaveOut::None,
+            (None, Some(bank)) if bank.groups() == 1 => LeaveOut::Augmentation,
+            (None, Some(_)) => LeaveOut::SourceShot,
         };
-        // Raw results of every normal exemplar with its own group left out.
+        // Raw results of the calibration exemplars.
         let mut raws: Vec<RawResult> = Vec::new();
-        match leave_out {
-            LeaveOut::SourceShot | LeaveOut::None => {
-                for (g, images) in support.iter().enumerate() {
-                    let exclude = (leave_out == LeaveOut::SourceShot).then_some(g);
-                    raws.extend(self.score_batched(images.clone(), exclude)?);
+        match (leave_out, bank) {
+            (LeaveOut::HeldOut, _) => {
+                let held_out = images.held_out.clone().expect("matched above");
+                raws.extend(self.score_batched(held_out, bank)?);
+            }
+            (LeaveOut::None, _) | (_, None) => {
+                for group in &images.support {
+                    raws.extend(self.score_batched(group.clone(), None)?);
                 }
             }
-            LeaveOut::Augmentation => {
-                // One group: regroup it image by image and leave each image out of its own
-                // bank. The groups are restored afterwards.
-                let images = support[0].clone();
-                let n = images.dims()[0];
-                let singles: Vec<Tensor<B, 4>> =
-                    (0..n).map(|i| images.clone().narrow(0, i, 1)).collect();
-                let saved = std::mem::take(&mut self.bank_groups);
-                self.set_support(singles.clone())?;
-                for (i, image) in singles.into_iter().enumerate() {
-                    raws.extend(self.score_raw_excluding(image, Some(i))?);
+            (LeaveOut::SourceShot, Some(bank)) => {
+                for (g, group) in images.support.iter().enumerate() {
+                    raws.extend(self.score_batched(group.clone(), bank.without_group(g).as_ref())?);
                 }
-                self.bank_groups = saved;
+            }
+            (LeaveOut::Augmentation, Some(bank)) => {
+                // One source shot: leave each augmented image out of its own bank.
+                let singles = bank.image_by_image();
+                let group = images.support.first().ok_or_else(|| {
+                    MvfaError::Bank("calibration needs the support images".into())
+                })?;
+                for i in 0..group.dims()[0] {
+                    let image = group.clone().narrow(0, i, 1);
+                    raws.extend(self.score_raw_with(image, singles.without_group(i).as_ref())?);
+                }
             }
         }
-        let has_few = leave_out != LeaveOut::None;
+        if raws.is_empty() {
+            return Err(MvfaError::Bank(
+                "calibration needs at least one normal exemplar".into(),
+            ));
+        }
+        let has_few = raws
+            .iter()
+            .all(|r| r.few_map.is_some() && r.few_image.is_some());
         let robust = |mut v: Vec<f32>| BranchStats::robust(&mut v).expect("non-empty exemplars");
         let zero_map = robust(
             raws.iter()
@@ -304,18 +467,12 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         let few_map = has_few.then(|| {
             robust(
                 raws.iter()
-                    .flat_map(|r| r.few_map.as_ref().expect("bank present").iter().copied())
+                    .flat_map(|r| r.few_map.iter().flatten().copied())
                     .collect(),
             )
         });
         let zero_image = robust(raws.iter().map(|r| r.zero_image).collect());
-        let few_image = has_few.then(|| {
-            robust(
-                raws.iter()
-                    .map(|r| r.few_image.expect("bank present"))
-                    .collect(),
-            )
-        });
+        let few_image = has_few.then(|| robust(raws.iter().filter_map(|r| r.few_image).collect()));
         let mut cal = Calibration {
             method: METHOD.into(),
             zero_map,
@@ -342,21 +499,20 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             })
             .collect();
         cal.fused_map_max = robust(maxima);
-        self.calibration = Some(cal);
 
-        let image_score =
-            |this: &Self, raw: RawResult| this.calibrate(raw).score.expect("calibrated");
-        let mut normal_scores: Vec<f32> = raws.into_iter().map(|r| image_score(self, r)).collect();
+        let mut normal_scores: Vec<f32> = raws
+            .iter()
+            .map(|r| apply_calibration(&cal, self.task, r).1)
+            .collect();
         let normal_p95 = quantile(&mut normal_scores, 0.95).expect("non-empty");
-        let mut abnormal_scores: Vec<f32> = match abnormal {
-            Some(images) => self
-                .score_batched(images, None)?
-                .into_iter()
-                .map(|r| image_score(self, r))
+        let mut abnormal_scores: Vec<f32> = match &images.abnormal {
+            Some(abnormal) => self
+                .score_batched(abnormal.clone(), self.bank.as_ref())?
+                .iter()
+                .map(|r| apply_calibration(&cal, self.task, r).1)
                 .collect(),
             None => Vec::new(),
         };
-        let cal = self.calibration.as_mut().expect("set above");
         cal.normal_p95 = normal_p95;
         cal.abnormal_exemplars = abnormal_scores.len();
         cal.abnormal_median = quantile(&mut abnormal_scores, 0.5);
@@ -364,21 +520,21 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             Some(abnormal) if abnormal > normal_p95 => 0.5 * (normal_p95 + abnormal),
             _ => normal_p95.max(3.0),
         };
-        Ok(cal.clone())
+        self.calibration = Some(cal.clone());
+        Ok(cal)
     }
 
     fn score_batched(
         &self,
         images: Tensor<B, 4>,
-        exclude: Option<usize>,
+        bank: Option<&SupportBank<B>>,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
-        let step = self.batch_size.max(1);
         let mut out = Vec::with_capacity(n);
         let mut start = 0;
         while start < n {
-            let len = step.min(n - start);
-            out.extend(self.score_raw_excluding(images.clone().narrow(0, start, len), exclude)?);
+            let len = self.batch_size.min(n - start);
+            out.extend(self.score_raw_with(images.clone().narrow(0, start, len), bank)?);
             start += len;
         }
         Ok(out)

@@ -293,6 +293,31 @@ impl<B: Backend> MemoryBank<B> {
     pub fn level(&self, level: usize) -> &Tensor<B, 2> {
         &self.levels[level]
     }
+
+    /// This bank without rows `start..start + len` (a leave-one-out bank). `None` when no row
+    /// would remain.
+    pub fn without_rows(&self, start: usize, len: usize) -> Option<Self> {
+        let rows = self.rows();
+        let end = start.checked_add(len).filter(|&end| end <= rows)?;
+        if end - start == rows {
+            return None;
+        }
+        let levels = self
+            .levels
+            .iter()
+            .map(|level| {
+                let mut kept = Vec::with_capacity(2);
+                if start > 0 {
+                    kept.push(level.clone().narrow(0, 0, start));
+                }
+                if end < rows {
+                    kept.push(level.clone().narrow(0, end, rows - end));
+                }
+                Tensor::cat(kept, 0)
+            })
+            .collect();
+        Some(Self { levels })
+    }
 }
 
 /// Scores adapted tokens against the text features and memory banks.

@@ -109,6 +109,15 @@ impl WeightFile {
         self.metadata.info(name)
     }
 
+    /// A `__metadata__` entry of the header.
+    pub fn user_metadata(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .metadata()
+            .as_ref()?
+            .get(key)
+            .map(String::as_str)
+    }
+
     /// File size in bytes.
     pub fn len(&self) -> u64 {
         self.mmap.len() as u64
@@ -123,31 +132,13 @@ impl WeightFile {
         })?;
         let (start, end) = info.data_offsets;
         let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        let out: Vec<f32> = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
-                .collect(),
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                .collect(),
-            other => {
-                return Err(WeightsError::UnsupportedDtype {
-                    path: self.path.clone(),
-                    key: name.to_string(),
-                    dtype: format!("{other:?}"),
-                });
+        let out = super::super::format::f32_from_le_bytes(info.dtype, bytes).map_err(|_| {
+            WeightsError::UnsupportedDtype {
+                path: self.path.clone(),
+                key: name.to_string(),
+                dtype: format!("{:?}", info.dtype),
             }
-        };
+        })?;
         self.release(self.data_start + start, end - start);
         Ok(out)
     }

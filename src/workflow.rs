@@ -1,0 +1,26 @@
+//! The user-level steps that both front ends run, the CLI and the app alike: open the CLIP
+//! weights with their text features, load a detector (our checkpoint or a reference `.pth`)
+//! with its identity checks, collect labelled shots (a dataset layout, plain folders, or the
+//! app's list of labelled images with masks), fit with progress events and cancellation, and
+//! score images to results.
+//!
+//! The layer orchestrates the library (`weights`, `model`, `train`, `io`) and knows nothing of
+//! egui or clap; its errors are typed ([`WorkflowError`]) and keep their sources.
+mod backbone;
+mod checkpoint;
+mod error;
+mod fitting;
+mod scoring;
+mod shots;
+pub mod text_cache;
+
+pub use backbone::Backbone;
+pub use checkpoint::{
+    OpenedDetector, checkpoint_meta, open_detector, resolve_organ, save_detector,
+};
+pub use error::WorkflowError;
+pub use fitting::{FitRequest, FitResult, FittedDetector, fit_detector};
+pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
+pub use shots::{
+    CollectedShots, DatasetShots, LabelledImage, MaskSource, ShotLabel, ShotSource, collect_shots,
+};

@@ -1,0 +1,111 @@
+//! Fitting a detector on a backbone: fresh seeded adapters (or a checkpoint to start from),
+//! fine-tuning on the autodiff backend, memory bank and calibration, with progress events and
+//! cancellation.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+
+use super::{Backbone, WorkflowError};
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::detector::{Detector, TaskKind};
+use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
+use crate::train::trainer::TrainConfig;
+use crate::weights::adapters::{MixingRatios, load_adapter_file};
+
+/// Everything about a fit besides the shots.
+#[derive(Debug, Clone)]
+pub struct FitRequest {
+    /// The organ word of the prompts.
+    pub organ: String,
+    /// Fine-tuning epochs (0: the adapters stay as initialised).
+    pub epochs: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Images per optimiser step.
+    pub train_batch: usize,
+    /// The one seed every random choice of the fit comes from ([`crate::rng`]).
+    pub seed: u64,
+    /// Adapters to start from (our checkpoint or a reference `.pth`); else fresh, seeded.
+    pub init: Option<PathBuf>,
+    /// Images per forward pass when building the bank and calibrating.
+    pub batch_size: usize,
+    /// The task of a fit without abnormal shots (with them, masks decide).
+    pub normal_only_task: TaskKind,
+}
+
+/// A finished fit.
+pub struct FittedDetector<B: Backend> {
+    /// The detector with its memory bank and calibration.
+    pub detector: Detector<B, VisionTransformer<B>>,
+    /// What the labels allowed.
+    pub mode: FitMode,
+    /// Mean total loss per epoch (empty without fine-tuning).
+    pub epoch_losses: Vec<f32>,
+    /// A remark for the user (e.g. masks ignored because some were missing).
+    pub note: Option<String>,
+}
+
+/// How a fit ended.
+pub enum FitResult<B: Backend> {
+    /// Fitted and calibrated.
+    Fitted(Box<FittedDetector<B>>),
+    /// Cancelled during fine-tuning; nothing was fitted.
+    Cancelled {
+        /// Optimiser steps completed before the cancel.
+        steps_done: usize,
+    },
+}
+
+/// Fits a detector for `request.organ` on `backbone` from `shots`. Progress goes to
+/// `on_event`; setting `cancel` stops the fine-tuning within one step.
+pub fn fit_detector<B: Backend>(
+    backbone: &mut Backbone<B>,
+    shots: &Shots,
+    request: &FitRequest,
+    on_event: impl FnMut(FitEvent),
+    cancel: &AtomicBool,
+) -> Result<FitResult<B>, WorkflowError> {
+    let text = backbone.text_features(&request.organ)?;
+    let device = backbone.device().clone();
+    let adapters_cfg = backbone.adapters_config(MixingRatios::default(), request.seed);
+    let adapters = match &request.init {
+        Some(path) => load_adapter_file::<B>(path, &adapters_cfg, &device)?.adapters,
+        None => adapters_cfg.init::<B>(&device),
+    };
+    let settings = FitSettings {
+        adapters: adapters_cfg,
+        scoring: backbone.scoring_config(),
+        train: TrainConfig::new()
+            .with_epochs(request.epochs)
+            .with_learning_rate(request.learning_rate)
+            .with_batch_size(request.train_batch)
+            .with_seed(request.seed),
+        normal_only_task: request.normal_only_task,
+        batch_size: request.batch_size,
+    };
+    let outcome = fit::<Autodiff<B>>(
+        backbone.vision().clone(),
+        adapters,
+        text,
+        shots,
+        &settings,
+        on_event,
+        cancel,
+    )?;
+    Ok(match outcome {
+        FitOutcome::Fitted {
+            detector,
+            mode,
+            epoch_losses,
+            note,
+        } => FitResult::Fitted(Box::new(FittedDetector {
+            detector: *detector,
+            mode,
+            epoch_losses,
+            note,
+        })),
+        FitOutcome::Cancelled { steps_done, .. } => FitResult::Cancelled { steps_done },
+    })
+}

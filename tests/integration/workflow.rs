@@ -1,0 +1,216 @@
+//! The workflow layer end to end on the tiny random CLIP fixture: shots from plain folders,
+//! a seeded fit that is reproducible bit for bit, a checkpoint round trip, and scoring.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use burn::backend::NdArray;
+use mvfa_studio::model::mvfa::detector::TaskKind;
+use mvfa_studio::train::synthetic::{SyntheticImage, generate};
+use mvfa_studio::workflow::{
+    Backbone, FitRequest, FitResult, ShotSource, WorkflowError, checkpoint_meta, collect_shots,
+    fit_detector, open_detector, save_detector, score_file,
+};
+
+use crate::support;
+
+type B = NdArray<f32>;
+
+fn clip_fixture() -> PathBuf {
+    support::fixture_dir("clip/open_clip/open_clip_model.safetensors")
+}
+
+fn write_png(path: &Path, img: &SyntheticImage, mask: bool) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let pixels = if mask { &img.mask } else { &img.pixels };
+    image::GrayImage::from_raw(img.size as u32, img.size as u32, pixels.clone())
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+/// `normal/` (2), `abnormal/` (2) with `masks/`, and `held_out/` (2) synthetic images.
+fn plain_folders(root: &Path) {
+    for (i, img) in generate(1, 2, 96, false).iter().enumerate() {
+        write_png(&root.join(format!("normal/n{i}.png")), img, false);
+    }
+    for (i, img) in generate(2, 2, 96, true).iter().enumerate() {
+        write_png(&root.join(format!("abnormal/a{i}.png")), img, false);
+        write_png(&root.join(format!("masks/a{i}.png")), img, true);
+    }
+    for (i, img) in generate(3, 2, 96, false).iter().enumerate() {
+        write_png(&root.join(format!("held_out/h{i}.png")), img, false);
+    }
+}
+
+fn request(seed: u64) -> FitRequest {
+    FitRequest {
+        organ: "Brain".into(),
+        epochs: 1,
+        learning_rate: 1e-3,
+        train_batch: 11,
+        seed,
+        init: None,
+        batch_size: 11,
+        normal_only_task: TaskKind::Segmentation,
+    }
+}
+
+/// Fits on `root` and writes the checkpoint to `out`; returns the file's bytes.
+fn fit_and_save(backbone: &mut Backbone<B>, root: &Path, seed: u64, out: &Path) -> Vec<u8> {
+    let collected = collect_shots(&ShotSource::PlainFolders {
+        root: root.to_path_buf(),
+        allow_unmasked: false,
+    })
+    .unwrap();
+    let cancel = AtomicBool::new(false);
+    let FitResult::Fitted(fitted) =
+        fit_detector(backbone, &collected.shots, &request(seed), |_| {}, &cancel).unwrap()
+    else {
+        panic!("not cancelled")
+    };
+    let meta = checkpoint_meta(backbone, "Brain", 2, 1, "test".into());
+    let normal: Vec<Vec<f32>> = collected
+        .shots
+        .normal
+        .iter()
+        .map(|s| s.image.clone())
+        .collect();
+    save_detector(out, &fitted.detector, &normal, meta).unwrap();
+    std::fs::read(out).unwrap()
+}
+
+/// Which tensors and metadata differ between two checkpoint files.
+fn differences(a: &[u8], b: &[u8]) -> String {
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(a).unwrap(),
+        safetensors::SafeTensors::deserialize(b).unwrap(),
+    );
+    let mut out = Vec::new();
+    for (name, view) in a.tensors() {
+        if b.tensor(&name).unwrap().data() != view.data() {
+            out.push(name);
+        }
+    }
+    out.sort();
+    format!("tensors {out:?}")
+}
+
+#[test]
+fn fits_are_reproducible_bit_for_bit_and_score_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_folders(dir.path());
+    let device = Default::default();
+    let mut backbone = Backbone::<B>::open(&clip_fixture(), None, &device).unwrap();
+
+    let collected = collect_shots(&ShotSource::PlainFolders {
+        root: dir.path().to_path_buf(),
+        allow_unmasked: false,
+    })
+    .unwrap();
+    assert!(collected.has_masks);
+    assert_eq!(collected.shots.held_out.len(), 2);
+
+    let brain = backbone.text_features("Brain").unwrap();
+    // The features were written beside the weights, keyed by the weights' hash, and a fresh
+    // backbone reads them back instead of running the text tower.
+    let cache_file = mvfa_studio::workflow::text_cache::cache_path(&clip_fixture());
+    assert!(cache_file.is_file());
+    let mut reopened = Backbone::<B>::open(&clip_fixture(), None, &device).unwrap();
+    let cached = reopened.text_features("Brain").unwrap();
+    assert_eq!(
+        cached.into_data().to_vec::<f32>().unwrap(),
+        brain.into_data().to_vec::<f32>().unwrap()
+    );
+
+    let first = fit_and_save(
+        &mut backbone,
+        dir.path(),
+        7,
+        &dir.path().join("a.safetensors"),
+    );
+    let again = fit_and_save(
+        &mut backbone,
+        dir.path(),
+        7,
+        &dir.path().join("b.safetensors"),
+    );
+    assert!(
+        first == again,
+        "the same inputs and seed wrote different checkpoints: {}",
+        differences(&first, &again)
+    );
+    let other = fit_and_save(
+        &mut backbone,
+        dir.path(),
+        8,
+        &dir.path().join("c.safetensors"),
+    );
+    assert!(first != other, "the seed changes nothing");
+
+    // Reopen and score: the calibration came from the held-out normals.
+    let opened = open_detector(
+        &mut backbone,
+        &dir.path().join("a.safetensors"),
+        None,
+        TaskKind::Classification,
+        4,
+    )
+    .unwrap();
+    assert_eq!(opened.organ, "Brain");
+    assert_eq!(opened.detector.task(), TaskKind::Segmentation);
+    assert_eq!(opened.detector.support_bank().unwrap().groups(), 2);
+    let cal = opened.detector.calibration().unwrap();
+    assert_eq!(
+        cal.leave_out,
+        mvfa_studio::model::mvfa::calibration::LeaveOut::HeldOut
+    );
+    let scored = score_file(
+        &opened.detector,
+        &dir.path().join("abnormal/a0.png"),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(scored.len(), 1);
+    let result = &scored[0].result;
+    assert!(result.score.unwrap().is_finite());
+    assert_eq!(result.raw.zero_map_levels.len(), 4);
+    assert_eq!(result.raw.few_map_levels.len(), 4);
+    assert_eq!(result.fused_map.as_ref().unwrap().len(), 240 * 240);
+}
+
+#[test]
+fn cancelled_fit_and_bad_inputs_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_folders(dir.path());
+    let device = Default::default();
+    let mut backbone = Backbone::<B>::open(&clip_fixture(), None, &device).unwrap();
+    let collected = collect_shots(&ShotSource::PlainFolders {
+        root: dir.path().to_path_buf(),
+        allow_unmasked: false,
+    })
+    .unwrap();
+    let cancel = AtomicBool::new(true);
+    let outcome = fit_detector(
+        &mut backbone,
+        &collected.shots,
+        &request(1),
+        |_| {},
+        &cancel,
+    )
+    .unwrap();
+    assert!(matches!(outcome, FitResult::Cancelled { steps_done: 0 }));
+
+    let err = Backbone::<B>::open(&dir.path().join("normal/n0.png"), None, &device)
+        .err()
+        .unwrap();
+    assert!(matches!(err, WorkflowError::Weights(_)), "{err}");
+    assert!(err.to_string().contains("n0.png"), "{err}");
+
+    let empty = tempfile::tempdir().unwrap();
+    let err = collect_shots(&ShotSource::PlainFolders {
+        root: empty.path().to_path_buf(),
+        allow_unmasked: false,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("normal"), "{err}");
+}
