@@ -19,7 +19,7 @@ pub use checkpoint::{
     OpenedDetector, checkpoint_meta, open_detector, resolve_organ, save_detector,
 };
 pub use error::WorkflowError;
-pub use fitting::{FitRequest, FitResult, FittedDetector, fit_detector};
+pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_detector};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
 pub use shots::{
     CollectedShots, DatasetShots, LabelledImage, MaskSource, ShotLabel, ShotSource, collect_shots,

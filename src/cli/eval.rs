@@ -41,8 +41,8 @@ use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::train::fit::{FitEvent, Shots};
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    Backbone, DatasetShots, FitRequest, FitResult, ShotSource, collect_shots, fit_detector,
-    open_detector, score_frames,
+    Backbone, DatasetShots, FitRequest, FitResult, Schedule, ShotSource, collect_shots,
+    fit_detector, open_detector, score_frames,
 };
 
 /// `--protocol` values.
@@ -475,7 +475,8 @@ fn fit<B: Backend>(
 ) -> anyhow::Result<Detector<B, VisionTransformer<B>>> {
     let request = FitRequest {
         organ: organ.to_string(),
-        epochs: args.epochs,
+        schedule: Schedule::Paper,
+        epochs: Some(args.epochs),
         learning_rate: args.lr,
         train_batch: 1,
         seed: args.seed,

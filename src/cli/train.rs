@@ -11,8 +11,8 @@ use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    DatasetShots, FitRequest, FitResult, ShotSource, checkpoint_meta, collect_shots, fit_detector,
-    save_detector,
+    DatasetShots, FitRequest, FitResult, Schedule, ShotSource, checkpoint_meta, collect_shots,
+    fit_detector, save_detector,
 };
 
 #[derive(clap::Args, Debug)]
@@ -42,8 +42,13 @@ pub struct TrainArgs {
     /// Adapters to start from (our checkpoint or a reference `.pth`); default: fresh.
     #[arg(long)]
     pub init: Option<PathBuf>,
-    #[arg(long, default_value_t = 50)]
-    pub epochs: usize,
+    /// Fine-tuning schedule: `paper` (11 augmentations, 50 epochs) or `quick` (3
+    /// augmentations, 5 epochs: minutes on a CPU).
+    #[arg(long, value_enum, default_value = "paper")]
+    pub schedule: ScheduleArg,
+    /// Epochs, overriding the schedule's.
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Images per optimiser step (the reference uses 1).
@@ -54,6 +59,24 @@ pub struct TrainArgs {
     /// Checkpoint to write (safetensors).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// `--schedule` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleArg {
+    /// The reference's schedule.
+    Paper,
+    /// The quick CPU schedule.
+    Quick,
+}
+
+impl From<ScheduleArg> for Schedule {
+    fn from(arg: ScheduleArg) -> Self {
+        match arg {
+            ScheduleArg::Paper => Schedule::Paper,
+            ScheduleArg::Quick => Schedule::Quick,
+        }
+    }
 }
 
 /// Where `--data` says the shots are.
@@ -115,6 +138,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     let mut backbone = open_backbone::<B>(&args.model, device)?;
     let request = FitRequest {
         organ: organ.clone(),
+        schedule: args.schedule.into(),
         epochs: args.epochs,
         learning_rate: args.lr,
         train_batch: args.train_batch,
@@ -127,6 +151,9 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
             TaskKind::Classification
         },
     };
+    let epochs = args
+        .epochs
+        .unwrap_or_else(|| Schedule::from(args.schedule).epochs());
     let bar = progress_bar(0, "steps");
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let outcome = fit_detector(
@@ -140,9 +167,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
             } => {
                 eprintln!("mode: {mode:?}, {training_images} training images after augmentation");
                 if training_images > 0 {
-                    bar.set_length(
-                        (training_images.div_ceil(args.train_batch) * args.epochs) as u64,
-                    );
+                    bar.set_length((training_images.div_ceil(args.train_batch) * epochs) as u64);
                 }
             }
             FitEvent::Training(TrainEvent::Step(step)) => {
@@ -173,11 +198,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     if let Some(note) = &fitted.note {
         eprintln!("note: {note}");
     }
-    let epochs = if shots.abnormal.is_empty() {
-        0
-    } else {
-        args.epochs
-    };
+    let epochs = if shots.abnormal.is_empty() { 0 } else { epochs };
     let meta = checkpoint_meta(
         &backbone,
         &organ,

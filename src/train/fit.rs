@@ -175,6 +175,10 @@ pub struct FitSettings {
     pub normal_only_task: TaskKind,
     /// Images per forward pass when building the bank and calibrating.
     pub batch_size: usize,
+    /// How many of the 11 augmentations of each shot fine-tuning trains on (the first ones
+    /// in [`crate::train::augment::few_shot_augmentations`] order; the paper uses all 11).
+    /// The memory bank and the calibration always use all 11.
+    pub training_augmentations: usize,
 }
 
 /// Fits a detector from shots. `vision` and `adapters` live on the inference backend; the
@@ -241,11 +245,13 @@ pub fn fit<AB: AutodiffBackend>(
     } else {
         let augmented_normal = augment_shots(normal, size)?;
         let with_masks = mode == FitMode::Masks;
-        let samples: Vec<TrainSample> = augmented_abnormal
+        // Augmentations come block by block (block b of shot i at b * k + i).
+        let blocks = settings.training_augmentations.clamp(1, AUGMENT_FACTOR);
+        let samples: Vec<TrainSample> = augmented_abnormal[..blocks * abnormal.len()]
             .iter()
             .map(|(image, mask)| (image, mask, true))
             .chain(
-                augmented_normal
+                augmented_normal[..blocks * normal.len()]
                     .iter()
                     .map(|(image, mask)| (image, mask, false)),
             )

@@ -73,6 +73,7 @@ fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
         train: TrainConfig::new(),
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
+        training_augmentations: 11,
     };
     let normal: Vec<Shot> = generate(3, 2, SIZE, false).iter().map(shot).collect();
     let outcome = fit::<Autodiff<B>>(

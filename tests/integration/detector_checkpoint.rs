@@ -55,6 +55,7 @@ fn setup() -> (VisionTransformer<B>, FitSettings, Tensor<B, 2>) {
         train: TrainConfig::new().with_epochs(1).with_batch_size(4),
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
+        training_augmentations: 11,
     };
     let text = Tensor::<B, 2>::random(
         [16, 2],

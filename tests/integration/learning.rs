@@ -66,6 +66,7 @@ fn settings(epochs: usize) -> FitSettings {
             .with_batch_size(4),
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
+        training_augmentations: 11,
     }
 }
 
@@ -186,6 +187,7 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
 
     let held_out: Vec<Shot> = generate(31, 4, SIZE, false).iter().map(to_shot).collect();
     let cancel = AtomicBool::new(false);
+    let quick_inputs = (vision.clone(), adapters.clone(), text.clone());
     let normal_only = Shots {
         normal: normal.clone(),
         ..Shots::default()
@@ -236,8 +238,9 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         "pixel AUC did not rise clearly"
     );
     // The fused map (text branch + memory bank) localises at least as well as the better
-    // branch. (The fused image score does not keep up: fine-tuning the seg adapters degrades
-    // the memory bank's features, see the calibration module docs.)
+    // branch. The fused image score does not keep up under this long schedule (0.93 -> 0.78):
+    // 30 epochs on 88 images degrade the memory bank's features (few-shot map maximum
+    // 0.98 -> 0.81); see the calibration module docs and the quick schedule below.
     assert!(
         after.fused_pixel_auc >= after.best_pixel_branch() - 0.02,
         "fused pixel AUC {} below the better branch {}",
@@ -250,6 +253,49 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         before.fused_image_auc,
         after.best_image_branch()
     );
+
+    // The quick CPU schedule (3 augmentations, 5 epochs): its cost in quality.
+    let mut quick_cfg = settings(5);
+    quick_cfg.training_augmentations = 3;
+    let quick = match fit::<AB>(
+        quick_inputs.0,
+        quick_inputs.1,
+        quick_inputs.2,
+        &shots,
+        &quick_cfg,
+        |_| {},
+        &cancel,
+    )
+    .unwrap()
+    {
+        FitOutcome::Fitted { detector, .. } => detector,
+        FitOutcome::Cancelled { .. } => unreachable!(),
+    };
+    let (quick, _) = evaluate(&quick, &test);
+    eprintln!("after the quick schedule: {quick:#?}");
+    // Measured: text branch image 0.47 -> 0.73; the memory bank keeps its features (few-shot
+    // map maximum 0.96), so the fused outputs keep up with the better branch and do not fall
+    // below the untrained detector: image 0.932 -> 0.946, pixel 0.972 -> 0.973.
+    assert!(quick.image_auc >= before.image_auc + 0.15);
+    for (what, fused, best, untrained) in [
+        (
+            "image",
+            quick.fused_image_auc,
+            quick.best_image_branch(),
+            before.fused_image_auc,
+        ),
+        (
+            "pixel",
+            quick.fused_pixel_auc,
+            quick.best_pixel_branch(),
+            before.fused_pixel_auc,
+        ),
+    ] {
+        assert!(
+            fused >= best - 0.02 && fused >= untrained,
+            "quick schedule: fused {what} AUC {fused:.3}, better branch {best:.3}, untrained {untrained:.3}"
+        );
+    }
 
     // A calibrated score depends only on its image: score image 3 alone.
     let shot = to_shot(&test[3]);

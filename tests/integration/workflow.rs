@@ -7,8 +7,8 @@ use burn::backend::NdArray;
 use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::train::synthetic::{SyntheticImage, generate};
 use mvfa_studio::workflow::{
-    Backbone, FitRequest, FitResult, ShotSource, WorkflowError, checkpoint_meta, collect_shots,
-    fit_detector, open_detector, save_detector, score_file,
+    Backbone, FitRequest, FitResult, Schedule, ShotSource, WorkflowError, checkpoint_meta,
+    collect_shots, fit_detector, open_detector, save_detector, score_file,
 };
 
 use crate::support;
@@ -45,7 +45,8 @@ fn plain_folders(root: &Path) {
 fn request(seed: u64) -> FitRequest {
     FitRequest {
         organ: "Brain".into(),
-        epochs: 1,
+        schedule: Schedule::Quick,
+        epochs: Some(1),
         learning_rate: 1e-3,
         train_batch: 11,
         seed,
