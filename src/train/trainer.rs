@@ -20,7 +20,7 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 
 use crate::io::model_input::batch_tensor;
-use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig, TappedBackbone};
+use crate::model::mvfa::adapter::{AdaptedInput, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone};
 use crate::model::mvfa::losses::{LossTarget, mvfa_loss};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 
@@ -218,6 +218,24 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     let mut images_done = 0usize;
     let mut epoch_losses = Vec::new();
 
+    // The blocks before the first adapter see no adapted input: their output per training
+    // image is computed once here and every epoch resumes from it (no gradient flows there).
+    let first_tap = vision.default_taps().first().copied().unwrap_or(0);
+    let mut frozen_prefix: Option<Vec<Tensor<B, 3>>> = Some(Vec::with_capacity(samples.len()));
+    for chunk in samples.chunks(batch) {
+        let refs: Vec<&TrainSample> = chunk.iter().collect();
+        let (images, _) = batch_tensors::<B>(&refs, size, mode, &device);
+        match (
+            frozen_prefix.as_mut(),
+            vision.stream_after(images, first_tap),
+        ) {
+            (Some(streams), Some(stream)) => {
+                streams.extend((0..chunk.len()).map(|i| stream.clone().narrow(0, i, 1)));
+            }
+            _ => frozen_prefix = None,
+        }
+    }
+
     for epoch in 1..=cfg.epochs {
         order.shuffle(&mut rng);
         let mut epoch_total = 0.0f32;
@@ -232,8 +250,15 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
             }
             let batch_samples: Vec<&TrainSample> = chunk.iter().map(|&i| &samples[i]).collect();
             let (images, target) = batch_tensors::<B>(&batch_samples, size, mode, &device);
+            let input = match &frozen_prefix {
+                Some(streams) => AdaptedInput::FirstTap(Tensor::cat(
+                    chunk.iter().map(|&i| streams[i].clone()).collect(),
+                    0,
+                )),
+                None => AdaptedInput::Images(images),
+            };
             let features = adapters
-                .forward_adapted(vision, images, adapters_cfg)
+                .forward_adapted_from(vision, input, adapters_cfg)
                 .map_err(|e| TrainError::Model(e.to_string()))?;
             let loss = mvfa_loss(&scorer, &features, &target);
             let (focal, dice, bce) = (
@@ -287,5 +312,108 @@ struct RequireGrad;
 impl<B: AutodiffBackend> ModuleMapper<B> for RequireGrad {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.set_require_grad(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::AutodiffModule;
+
+    use super::*;
+    use crate::model::clip::config::VisionConfig;
+    use crate::model::clip::vision::VisionTransformer;
+
+    type AB = Autodiff<NdArray<f32>>;
+
+    /// The tower without [`TappedBackbone::stream_after`]: every step runs whole images.
+    struct WholeImages(VisionTransformer<AB>);
+
+    impl TappedBackbone<AB> for WholeImages {
+        fn width(&self) -> usize {
+            self.0.width()
+        }
+        fn default_taps(&self) -> Vec<usize> {
+            self.0.default_taps()
+        }
+        fn run_tapped(
+            &self,
+            images: Tensor<AB, 4>,
+            tap_blocks: &[usize],
+            hook: &mut dyn FnMut(usize, Tensor<AB, 3>) -> Tensor<AB, 3>,
+        ) {
+            self.0.run_tapped(images, tap_blocks, hook);
+        }
+    }
+
+    #[test]
+    fn resuming_from_the_frozen_prefix_trains_the_same_adapters() {
+        let device = Default::default();
+        let vision = crate::train::fit::materialize(
+            VisionConfig::new()
+                .with_image_size(56)
+                .with_width(32)
+                .with_layers(4)
+                .with_heads(2)
+                .with_mlp_width(64)
+                .with_embed_dim(16)
+                .init::<AB>(&device),
+        )
+        .no_grad();
+        let cfg = MvfaAdaptersConfig::new().with_width(32).with_bottleneck(16);
+        let scoring = ScoringConfig::new().with_image_size(56).with_grid_size(4);
+        let text = Tensor::<AB, 2>::from_data(
+            TensorData::new((0..32).map(|i| (i as f32 * 0.37).sin()).collect(), [16, 2]),
+            &device,
+        );
+        let samples: Vec<TrainSample> = (0..3)
+            .map(|k| TrainSample {
+                image: (0..3 * 56 * 56)
+                    .map(|i| ((i * (k + 3)) % 97) as f32 / 97.0)
+                    .collect(),
+                mask: Some((0..56 * 56).map(|i| f32::from(i % 7 == k)).collect()),
+                abnormal: k != 0,
+            })
+            .collect();
+        fn run<V: TappedBackbone<AB>>(
+            backbone: &V,
+            adapters: MvfaAdapters<AB>,
+            cfg: &MvfaAdaptersConfig,
+            scoring: &ScoringConfig,
+            text: Tensor<AB, 2>,
+            samples: &[TrainSample],
+        ) -> Vec<f32> {
+            let outcome = train(
+                backbone,
+                adapters,
+                cfg,
+                scoring,
+                text,
+                samples,
+                LabelMode::Masks,
+                &TrainConfig::new().with_epochs(2).with_batch_size(2),
+                |_| {},
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            outcome.adapters.valid().seg.adapters[1]
+                .fc1
+                .weight
+                .val()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        }
+        let init = || cfg.init::<AB>(&device);
+        let cached = run(&vision, init(), &cfg, &scoring, text.clone(), &samples);
+        let whole = run(
+            &WholeImages(vision.clone()),
+            init(),
+            &cfg,
+            &scoring,
+            text.clone(),
+            &samples,
+        );
+        assert_eq!(cached, whole);
     }
 }

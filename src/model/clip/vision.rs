@@ -170,16 +170,45 @@ impl<B: Backend> VisionTransformer<B> {
         &self,
         images: Tensor<B, 4>,
         tap_blocks: &[usize],
+        hook: impl FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> VisionOutput<B> {
+        self.forward_tapped_from(self.embed(images), 0, tap_blocks, hook)
+    }
+
+    /// The residual stream after block `block` (0: after the embedding), `[batch, tokens,
+    /// width]`: the part of the tower before the first adapter, which fine-tuning can compute
+    /// once per image instead of once per epoch.
+    ///
+    /// # Panics
+    /// If `block` exceeds the number of blocks.
+    pub fn stream_after(&self, images: Tensor<B, 4>, block: usize) -> Tensor<B, 3> {
+        let mut x = self.embed(images);
+        for b in &self.blocks[..block] {
+            x = b.forward(x, false);
+        }
+        x
+    }
+
+    /// [`VisionTransformer::forward_tapped`] from `stream`, the output of block `from` (0: the
+    /// embedding): blocks after `from` run, and taps at `from` or later are applied.
+    ///
+    /// # Panics
+    /// As [`VisionTransformer::forward_tapped`], and if a tap lies before `from`.
+    pub fn forward_tapped_from(
+        &self,
+        stream: Tensor<B, 3>,
+        from: usize,
+        tap_blocks: &[usize],
         mut hook: impl FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> VisionOutput<B> {
         let n = self.blocks.len();
-        if let Some(bad) = tap_blocks.iter().find(|&&b| b > n) {
-            panic!("tap block {bad} does not exist: the tower has {n} blocks");
+        if let Some(bad) = tap_blocks.iter().find(|&&b| b > n || b < from) {
+            panic!("tap block {bad} is not among blocks {from}..={n} of this tower");
         }
         let mut taps: Vec<Option<Tensor<B, 3>>> = vec![None; tap_blocks.len()];
-        let mut x = self.embed(images);
-        for b in 0..=n {
-            if b > 0 {
+        let mut x = stream;
+        for b in from..=n {
+            if b > from {
                 x = self.blocks[b - 1].forward(x, false);
             }
             for (i, _) in tap_blocks.iter().enumerate().filter(|&(_, &t)| t == b) {

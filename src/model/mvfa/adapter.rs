@@ -227,6 +227,16 @@ impl<B: Backend> MvfaAdapters<B> {
     ) -> Result<AdaptedFeatures<B>, MvfaError> {
         forward_adapted(vision, &self.seg, &self.det, images, cfg)
     }
+
+    /// [`Self::forward_adapted`] from images or from the cached stream at the first tap.
+    pub fn forward_adapted_from<V: TappedBackbone<B>>(
+        &self,
+        vision: &V,
+        input: AdaptedInput<B>,
+        cfg: &MvfaAdaptersConfig,
+    ) -> Result<AdaptedFeatures<B>, MvfaError> {
+        forward_adapted_from(vision, &self.seg, &self.det, input, cfg).map(|t| t.features)
+    }
 }
 
 /// Which adapter head.
@@ -254,6 +264,25 @@ pub trait TappedBackbone<B: Backend> {
         tap_blocks: &[usize],
         hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
     );
+
+    /// The stream after block `block` (0: after the embedding) when the tower can resume
+    /// from it ([`Self::run_tapped_from`]); `None` (the default) when it cannot, and callers
+    /// then run whole images.
+    fn stream_after(&self, _images: Tensor<B, 4>, _block: usize) -> Option<Tensor<B, 3>> {
+        None
+    }
+
+    /// [`Self::run_tapped`] resumed from `stream`, the output of block `from`. Only called
+    /// with streams this tower's [`Self::stream_after`] returned.
+    fn run_tapped_from(
+        &self,
+        _stream: Tensor<B, 3>,
+        _from: usize,
+        _tap_blocks: &[usize],
+        _hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) {
+        unreachable!("run_tapped_from without stream_after support")
+    }
 }
 
 impl<B: Backend> TappedBackbone<B> for VisionTransformer<B> {
@@ -274,6 +303,20 @@ impl<B: Backend> TappedBackbone<B> for VisionTransformer<B> {
         hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
     ) {
         let _ = self.forward_tapped(images, tap_blocks, hook);
+    }
+
+    fn stream_after(&self, images: Tensor<B, 4>, block: usize) -> Option<Tensor<B, 3>> {
+        Some(VisionTransformer::stream_after(self, images, block))
+    }
+
+    fn run_tapped_from(
+        &self,
+        stream: Tensor<B, 3>,
+        from: usize,
+        tap_blocks: &[usize],
+        hook: &mut dyn FnMut(usize, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) {
+        let _ = self.forward_tapped_from(stream, from, tap_blocks, hook);
     }
 }
 
@@ -351,12 +394,33 @@ pub fn forward_adapted<B: Backend, V: TappedBackbone<B>>(
     forward_adapted_traced(vision, seg, det, images, cfg).map(|t| t.features)
 }
 
+/// What an adapted forward pass starts from.
+#[derive(Debug, Clone)]
+pub enum AdaptedInput<B: Backend> {
+    /// Images `[batch, 3, S, S]`.
+    Images(Tensor<B, 4>),
+    /// The frozen stream `[batch, tokens, width]` after the first tapped block, from
+    /// [`TappedBackbone::stream_after`] (computed once, reused every epoch).
+    FirstTap(Tensor<B, 3>),
+}
+
 /// [`forward_adapted`] that also returns the taps and mixed streams.
 pub fn forward_adapted_traced<B: Backend, V: TappedBackbone<B>>(
     vision: &V,
     seg: &AdapterBank<B>,
     det: &AdapterBank<B>,
     images: Tensor<B, 4>,
+    cfg: &MvfaAdaptersConfig,
+) -> Result<AdaptedTrace<B>, MvfaError> {
+    forward_adapted_from(vision, seg, det, AdaptedInput::Images(images), cfg)
+}
+
+/// [`forward_adapted_traced`] from images or from the cached stream at the first tap.
+pub fn forward_adapted_from<B: Backend, V: TappedBackbone<B>>(
+    vision: &V,
+    seg: &AdapterBank<B>,
+    det: &AdapterBank<B>,
+    input: AdaptedInput<B>,
     cfg: &MvfaAdaptersConfig,
 ) -> Result<AdaptedTrace<B>, MvfaError> {
     let tap_blocks = vision.default_taps();
@@ -393,7 +457,12 @@ pub fn forward_adapted_traced<B: Backend, V: TappedBackbone<B>>(
         trace.mixed.push(out.mixed.clone());
         out.mixed
     };
-    vision.run_tapped(images, &tap_blocks, &mut hook);
+    match input {
+        AdaptedInput::Images(images) => vision.run_tapped(images, &tap_blocks, &mut hook),
+        AdaptedInput::FirstTap(stream) => {
+            vision.run_tapped_from(stream, tap_blocks[0], &tap_blocks, &mut hook)
+        }
+    }
     Ok(trace)
 }
 
