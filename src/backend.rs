@@ -18,6 +18,7 @@ pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
 /// Which backend and device the app or CLI runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceChoice {
+    /// The CPU, through burn's ndarray backend.
     Cpu,
     #[cfg(feature = "cuda")]
     Cuda(usize),
@@ -26,6 +27,7 @@ pub enum DeviceChoice {
 /// What was selected and why, for display.
 #[derive(Debug, Clone)]
 pub struct BackendInfo {
+    /// The backend and device in use.
     pub choice: DeviceChoice,
     /// Short backend name, e.g. "ndarray (CPU)" or "cuda".
     pub backend: String,

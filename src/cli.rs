@@ -14,6 +14,7 @@ mod synth_data;
 mod train;
 mod weights_cmd;
 
+/// The command line: an optional subcommand.
 #[derive(Parser, Debug)]
 #[command(
     name = "mvfa-studio",
@@ -21,10 +22,12 @@ mod weights_cmd;
     about = "MVFA Studio: few-shot anomaly detection for medical images"
 )]
 pub struct Cli {
+    /// The subcommand; `None` starts the desktop app.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+/// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start the desktop application (the default).
@@ -51,6 +54,7 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Parses the command line and runs the subcommand (the app without one).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Gui) {

@@ -34,16 +34,34 @@ pub enum AucError {
     #[error(
         "ROC AUC needs both classes, but there are {positives} positive and {negatives} negative samples"
     )]
-    OneClass { positives: u64, negatives: u64 },
+    OneClass {
+        /// Positive (abnormal) samples.
+        positives: u64,
+        /// Negative (normal) samples.
+        negatives: u64,
+    },
     /// A score is NaN (it has no place in the ranking).
     #[error("score {index} is NaN; ROC AUC is undefined for NaN scores")]
-    NanScore { index: usize },
+    NanScore {
+        /// Index of the NaN score.
+        index: usize,
+    },
     /// A pixel of a map is NaN. `image` counts the maps added so far, from 0.
     #[error("pixel {pixel} of image {image} has a NaN score; ROC AUC is undefined for NaN scores")]
-    NanPixel { image: usize, pixel: usize },
+    NanPixel {
+        /// Index of the map, counting from 0 in the order added.
+        image: usize,
+        /// Index of the NaN value within the map.
+        pixel: usize,
+    },
     /// Scores and labels (or a map and its mask) differ in length.
     #[error("{scores} scores but {labels} labels")]
-    LengthMismatch { scores: usize, labels: usize },
+    LengthMismatch {
+        /// Scores (or map values) given.
+        scores: usize,
+        /// Labels (or mask values) given.
+        labels: usize,
+    },
 }
 
 /// Order-preserving key of an f32: `a < b` (as floats) iff `order_key(a) < order_key(b)`,
@@ -288,6 +306,7 @@ impl Default for PixelAucAccumulator {
 }
 
 impl PixelAucAccumulator {
+    /// An empty accumulator (no maps added).
     pub fn new() -> Self {
         Self {
             classes: [

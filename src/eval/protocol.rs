@@ -68,29 +68,53 @@ impl Protocol {
 /// Why an evaluation could not be completed.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// The AUC could not be computed (e.g. only one class present).
     #[error(transparent)]
     Auc(#[from] AucError),
     #[error("image {index} has no calibrated score (the detector is not calibrated)")]
-    NotCalibrated { index: usize },
+    /// The calibrated protocol was asked for, but an image has no calibrated score.
+    NotCalibrated {
+        /// Index of the image in the order it was added.
+        index: usize,
+    },
     #[error("image {index} has no few-shot branch (the detector has no memory bank)")]
-    NoMemoryBank { index: usize },
+    /// A few-shot protocol was asked for, but an image has no few-shot branch.
+    NoMemoryBank {
+        /// Index of the image in the order it was added.
+        index: usize,
+    },
     #[error("abnormal image {index} has no pixel mask, so the pixel AUC is undefined")]
-    MissingMask { index: usize },
+    /// Pixel metrics were asked for, but an abnormal image has no mask.
+    MissingMask {
+        /// Index of the image in the order it was added.
+        index: usize,
+    },
+    /// An image's map and its mask have different sizes.
     #[error("image {index}: map has {map} values but the mask has {mask}")]
     MaskSize {
+        /// Index of the image in the order it was added.
         index: usize,
+        /// Values in the map.
         map: usize,
+        /// Values in the mask.
         mask: usize,
     },
+    /// An image's map differs in size from the maps before it.
     #[error("image {index}: map has {got} values, earlier maps had {expected}")]
     MapSize {
+        /// Index of the image in the order it was added.
         index: usize,
+        /// Values in this map.
         got: usize,
+        /// Values in the earlier maps.
         expected: usize,
     },
+    /// The temporary file of raw maps (paper fusion) could not be created, written or read.
     #[error("temporary map file {path}: {source}")]
     Spill {
+        /// The temporary directory the unlinked file lives in.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -103,8 +127,11 @@ pub struct Metrics {
     pub image_auc: f64,
     /// Pooled pixel-level ROC AUC in [0, 1], when pixel metrics were asked for.
     pub pixel_auc: Option<f64>,
+    /// Test images scored.
     pub images: usize,
+    /// Normal test images.
     pub normal: usize,
+    /// Abnormal test images.
     pub abnormal: usize,
 }
 

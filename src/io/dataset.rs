@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 /// One image of a dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
+    /// Path of the image file.
     pub image: PathBuf,
     /// `true` = abnormal (anomalous).
     pub label: bool,
@@ -46,9 +47,13 @@ pub struct Dataset {
 /// A few-shot training group: k normal and k (or other) abnormal exemplars, in use order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FewShot {
+    /// Normal exemplars, in use order.
     pub normal: Vec<Sample>,
+    /// Abnormal exemplars, in use order.
     pub abnormal: Vec<Sample>,
+    /// The word inserted into the text prompts (spec 3.1), as in [`Dataset::organ_word`].
     pub organ_word: String,
+    /// Whether pixel masks exist for this data, as in [`Dataset::has_masks`].
     pub has_masks: bool,
 }
 
@@ -56,42 +61,108 @@ pub struct FewShot {
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("missing folder {path} ({what})")]
-    MissingFolder { path: PathBuf, what: String },
+    /// A required folder does not exist.
+    MissingFolder {
+        /// The missing folder.
+        path: PathBuf,
+        /// What the folder should hold, e.g. `normal images`.
+        what: String,
+    },
     #[error("folder {path} holds no image files ({what})")]
-    EmptyFolder { path: PathBuf, what: String },
+    /// A folder that must hold images holds none.
+    EmptyFolder {
+        /// The empty folder.
+        path: PathBuf,
+        /// What the folder should hold, e.g. `abnormal images`.
+        what: String,
+    },
+    /// A folder could not be listed or a file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The folder or file at fault.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
     #[error("abnormal image {image} has no mask (expected {expected})")]
-    MissingMask { image: PathBuf, expected: PathBuf },
+    /// An abnormal image has no mask although the data carries masks.
+    MissingMask {
+        /// The abnormal image.
+        image: PathBuf,
+        /// Where its mask was expected.
+        expected: PathBuf,
+    },
     #[error("mask {mask} matches no image (masks are paired with images by {rule})")]
-    UnmatchedMask { mask: PathBuf, rule: &'static str },
+    /// A mask file belongs to no image.
+    UnmatchedMask {
+        /// The orphan mask.
+        mask: PathBuf,
+        /// How masks are paired with images in this layout.
+        rule: &'static str,
+    },
     #[error("{first} and {second} have the same file stem, so masks cannot be matched to them")]
-    DuplicateStem { first: PathBuf, second: PathBuf },
+    /// Two images (or two masks) share a file stem, so stem pairing would be ambiguous.
+    DuplicateStem {
+        /// The first file with the stem.
+        first: PathBuf,
+        /// The second file with the same stem.
+        second: PathBuf,
+    },
     #[error(
         "no {dir_name} folder at {root} (give the data folder holding {dir_name}, or {dir_name} itself)"
     )]
-    NoDatasetFolder { root: PathBuf, dir_name: String },
+    /// Neither the given folder nor a child of it is the `<Key>_AD` folder.
+    NoDatasetFolder {
+        /// The folder given.
+        root: PathBuf,
+        /// The expected `<Key>_AD` folder name.
+        dir_name: String,
+    },
     #[error("unknown MVFA dataset {name:?}; known: {known}")]
-    UnknownKey { name: String, known: String },
+    /// A name that is none of the six MVFA datasets.
+    UnknownKey {
+        /// The name given.
+        name: String,
+        /// The accepted names, comma-separated.
+        known: String,
+    },
+    /// A line of a `<k>-shot.txt` file could not be parsed.
     #[error("{path}: line {line}: {message}")]
     ShotFileSyntax {
+        /// The shot file.
         path: PathBuf,
+        /// 1-based line number.
         line: usize,
+        /// What is wrong with the line.
         message: String,
     },
     #[error("{path}: no {tag} line")]
-    ShotListMissing { path: PathBuf, tag: String },
+    /// A shot file lacks the `a-<i>:` or `n-<i>:` line of the requested iterate.
+    ShotListMissing {
+        /// The shot file.
+        path: PathBuf,
+        /// The missing tag, e.g. `a-2:`.
+        tag: String,
+    },
     #[error("shot {name} is not in {folder}")]
-    ShotNotFound { name: String, folder: PathBuf },
+    /// A name in a shot list is not an image of the few-shot pool.
+    ShotNotFound {
+        /// The listed file name.
+        name: String,
+        /// The `valid/` image folder it was looked for in.
+        folder: PathBuf,
+    },
+    /// A class has fewer images (or listed names) than the shots asked for.
     #[error("{needed} {what} shots needed but {source_desc} has only {available}")]
     NotEnoughShots {
+        /// Shots asked for.
         needed: usize,
+        /// Images (or names) available.
         available: usize,
+        /// Which class: `normal` or `abnormal`.
         what: &'static str,
+        /// Where the shots were to come from, e.g. `the dataset` or `the normal shot list`.
         source_desc: String,
     },
 }
@@ -104,11 +175,17 @@ type Result<T> = std::result::Result<T, DatasetError>;
 /// The six datasets of the MVFA benchmark, by the reference code's key (`CLASS_NAMES`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MvfaKey {
+    /// `Brain_AD`: brain MRI, with pixel masks.
     Brain,
+    /// `Liver_AD`: liver CT, with pixel masks.
     Liver,
+    /// `Retina_RESC_AD`: retinal OCT (RESC), with pixel masks.
     RetinaResc,
+    /// `Retina_OCT2017_AD`: retinal OCT (OCT2017), image-level labels only.
     RetinaOct2017,
+    /// `Chest_AD`: chest X-ray, image-level labels only.
     Chest,
+    /// `Histopathology_AD`: histopathology, image-level labels only.
     Histopathology,
 }
 
@@ -237,6 +314,7 @@ pub enum Split {
 }
 
 impl Split {
+    /// The folder name of the split: `valid` or `test`.
     pub fn dir_name(self) -> &'static str {
         match self {
             Split::Valid => "valid",
@@ -317,6 +395,7 @@ pub fn image_stem(name: &str) -> &str {
 /// One dataset folder `<Key>_AD` of the MVFA layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MvfaDataset {
+    /// Which of the six datasets this is.
     pub key: MvfaKey,
     /// The `<Key>_AD` folder.
     pub dir: PathBuf,
@@ -501,7 +580,9 @@ impl MvfaDataset {
 /// One iterate of a `<k>-shot.txt` file: the `a-<i>:` (abnormal) and `n-<i>:` (normal) names.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShotList {
+    /// Names of the abnormal shots (`a-<i>:` line), in list order.
     pub abnormal: Vec<String>,
+    /// Names of the normal shots (`n-<i>:` line), in list order.
     pub normal: Vec<String>,
 }
 
@@ -512,6 +593,7 @@ type ShotLines = (Option<Vec<String>>, Option<Vec<String>>);
 /// `a-<i>: name name ...` and `n-<i>: name name ...` for iterates i = 0, 1, ....
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShotFile {
+    /// The file the list was read from (used in error messages).
     pub path: PathBuf,
     /// iterate → its two lines.
     lines: BTreeMap<u32, ShotLines>,
@@ -625,18 +707,22 @@ pub fn draw(n: usize, k: usize, seed: u64) -> Vec<usize> {
 // Dataset helpers.
 
 impl Dataset {
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// Whether the dataset has no samples.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
+    /// The normal samples (label `false`), in item order.
     pub fn normals(&self) -> impl Iterator<Item = &Sample> {
         self.items.iter().filter(|s| !s.label)
     }
 
+    /// The abnormal samples (label `true`), in item order.
     pub fn abnormals(&self) -> impl Iterator<Item = &Sample> {
         self.items.iter().filter(|s| s.label)
     }

@@ -69,7 +69,9 @@ pub enum DicomErrorKind {
 /// An error about one file: `"{path}: {message}"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DicomError {
+    /// The file at fault.
     pub path: PathBuf,
+    /// The class of problem, for callers that react to it.
     pub kind: DicomErrorKind,
     /// The problem, without the path, e.g. "unsupported transfer syntax
     /// 1.2.840.10008.1.2.4.100 (MPEG2 Main Profile / Main Level): no decoder for it".

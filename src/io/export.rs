@@ -28,9 +28,22 @@ pub use overlay::{
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot write {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    /// The output file could not be written.
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     #[error("cannot read {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    /// A file could not be read back (e.g. a heatmap PNG).
+    Read {
+        /// The file being read.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The input to an export is inconsistent (sizes, ranges, options); the message says how.
     #[error("invalid export input: {0}")]
     Invalid(String),
 }

@@ -15,6 +15,7 @@ pub enum Channels {
 }
 
 impl Channels {
+    /// Samples per pixel: 1 or 3.
     pub fn count(self) -> usize {
         match self {
             Channels::Gray => 1,
@@ -26,8 +27,11 @@ impl Channels {
 /// One 2-D image: `height` rows of `width` pixels, row-major, channels interleaved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
+    /// Pixels per row.
     pub width: u32,
+    /// Rows.
     pub height: u32,
+    /// Samples per pixel and their meaning.
     pub channels: Channels,
     /// `width * height * channels.count()` samples in modality units.
     pub data: Vec<f32>,
@@ -36,17 +40,23 @@ pub struct Frame {
 /// DICOM VOI LUT function (C.11.2.1.3); `Linear` is the default when the tag is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum VoiFunction {
+    /// `LINEAR` (the default): the classic window with the `- 0.5` / `w - 1` terms.
     #[default]
     Linear,
+    /// `LINEAR_EXACT`: the window edges exactly at `c ± w / 2`.
     LinearExact,
+    /// `SIGMOID`: a logistic curve centred on `c`.
     Sigmoid,
 }
 
 /// A window (VOI) in modality units, e.g. from a WindowCenter/WindowWidth pair of the file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
+    /// Window centre (level), modality units.
     pub center: f64,
+    /// Window width, modality units.
     pub width: f64,
+    /// How values inside the window map to grey levels (see [`Window::map`]).
     pub function: VoiFunction,
     /// WindowCenterWidthExplanation, or a generated label such as "Full range".
     pub label: String,
@@ -66,6 +76,7 @@ pub struct MetadataNode {
 /// A loaded image object: a DICOM instance, a raster file or a NIfTI volume.
 #[derive(Debug, Clone)]
 pub struct ImageStack {
+    /// The file the image was loaded from.
     pub source: PathBuf,
     /// One frame per slice / DICOM frame, in display order.
     pub frames: Vec<Frame>,

@@ -16,7 +16,9 @@ use crate::io::walk::walk_files;
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct InputError {
+    /// The file (or folder) at fault.
     pub path: PathBuf,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -32,6 +34,7 @@ impl InputError {
 /// One frame of one file, ready for the model and for overlays.
 #[derive(Debug, Clone)]
 pub struct ModelImage {
+    /// The file the frame was read from.
     pub source: PathBuf,
     /// Frame index within the file (0 for single-frame files).
     pub frame: usize,

@@ -20,15 +20,22 @@ pub const MODEL_INPUT_LEN: usize = 3 * MODEL_INPUT_SIZE * MODEL_INPUT_SIZE;
 /// Errors of the model-input pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelInputError {
+    /// The 8-bit image's buffer does not match its declared size.
     #[error(transparent)]
     BadImage(#[from] Image8SizeError),
+    /// An item of a batch does not have the `c * h * w` values of the batch shape.
     #[error("model input #{index} has {actual} values, expected {expected} ({what})")]
     BadLength {
+        /// Index of the item in the batch.
         index: usize,
+        /// Values the item has.
         actual: usize,
+        /// Values expected (`c * h * w`).
         expected: usize,
+        /// What the expected count is, e.g. `c*h*w`.
         what: &'static str,
     },
+    /// [`batch_tensor`] was given no items.
     #[error("an empty batch has no tensor shape")]
     EmptyBatch,
 }

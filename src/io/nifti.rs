@@ -34,7 +34,9 @@ use super::image::{Channels, Frame, ImageStack, MetadataNode, VoiFunction, Windo
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: cannot read NIfTI volume: {reason}")]
 pub struct NiftiError {
+    /// The NIfTI file.
     pub path: PathBuf,
+    /// Why it could not be read.
     pub reason: String,
 }
 
@@ -48,7 +50,9 @@ fn err(path: &Path, reason: impl Into<String>) -> NiftiError {
 /// Which header fields gave the voxel-to-world affine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AffineSource {
+    /// The sform (`sform_code > 0`), which takes precedence.
     Sform,
+    /// The qform (`qform_code > 0`, quaternion), used when there is no valid sform.
     Qform,
     /// Neither transform set (or both singular): `diag(pixdim)`.
     Pixdim,
@@ -68,6 +72,7 @@ pub struct NiftiGeometry {
     pub flipped: [bool; 3],
     /// Spacing in mm between display columns, rows and slices.
     pub spacing: [f64; 3],
+    /// Which header fields gave the voxel-to-world affine.
     pub affine_source: AffineSource,
     /// Voxel (i, j, k, 1) -> RAS+ mm, rows x, y, z.
     pub voxel_to_ras: [[f64; 4]; 3],

@@ -26,7 +26,9 @@ use super::image::{Channels, Frame, ImageStack, MetadataNode, VoiFunction, Windo
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: cannot read raster image: {reason}")]
 pub struct RasterError {
+    /// The raster file.
     pub path: PathBuf,
+    /// Why it could not be read.
     pub reason: String,
 }
 

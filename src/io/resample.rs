@@ -24,9 +24,13 @@ use super::image::Channels;
 /// consume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image8 {
+    /// Pixels per row.
     pub width: u32,
+    /// Rows.
     pub height: u32,
+    /// Grey (1 byte per pixel) or RGB (3 bytes per pixel).
     pub channels: Channels,
+    /// `width * height * channels.count()` bytes.
     pub data: Vec<u8>,
 }
 
@@ -34,10 +38,15 @@ pub struct Image8 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("8-bit image of {width}x{height} {channels:?} needs {expected} bytes, has {actual}")]
 pub struct Image8SizeError {
+    /// Declared pixels per row.
     pub width: u32,
+    /// Declared rows.
     pub height: u32,
+    /// Declared colour layout.
     pub channels: Channels,
+    /// Bytes the declared size needs.
     pub expected: usize,
+    /// Bytes the buffer has.
     pub actual: usize,
 }
 

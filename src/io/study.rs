@@ -34,34 +34,46 @@ pub struct ScanProgress {
 /// One instance: its header summary (which holds its path) and metadata tree.
 #[derive(Debug, Clone)]
 pub struct Instance {
+    /// Header facts of the instance, including its path.
     pub summary: DicomSummary,
+    /// The instance's attributes as a tree, for the metadata panel.
     pub metadata: Vec<MetadataNode>,
 }
 
 impl Instance {
+    /// The file the instance was read from.
     pub fn path(&self) -> &Path {
         &self.summary.path
     }
 }
 
+/// The instances of one series (same SeriesInstanceUID within a study).
 #[derive(Debug, Clone)]
 pub struct Series {
     /// Empty when the instances have no SeriesInstanceUID.
     pub series_instance_uid: String,
+    /// SeriesNumber of the first instance (in slice order).
     pub series_number: Option<i64>,
+    /// Modality of the first instance.
     pub modality: Option<String>,
+    /// SeriesDescription of the first instance.
     pub description: Option<String>,
     /// In slice order (see the module documentation).
     pub instances: Vec<Instance>,
 }
 
+/// The series of one study (same StudyInstanceUID).
 #[derive(Debug, Clone)]
 pub struct Study {
     /// Empty when the instances have no StudyInstanceUID.
     pub study_instance_uid: String,
+    /// PatientName of the study's first instance (first series, first slice).
     pub patient_name: Option<String>,
+    /// PatientID, from the same instance.
     pub patient_id: Option<String>,
+    /// StudyDate (`YYYYMMDD` as stored), from the same instance.
     pub study_date: Option<String>,
+    /// StudyDescription, from the same instance.
     pub description: Option<String>,
     /// By SeriesNumber, then UID.
     pub series: Vec<Series>,

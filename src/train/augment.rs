@@ -21,8 +21,11 @@
 /// row-major). Masks are single-plane images.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Planar {
+    /// Number of planes (3 for RGB, 1 for a mask).
     pub channels: usize,
+    /// Rows per plane.
     pub height: usize,
+    /// Samples per row.
     pub width: usize,
     /// `channels * height * width` samples.
     pub data: Vec<f32>,
@@ -31,35 +34,62 @@ pub struct Planar {
 /// Bad input to the augmentation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AugmentError {
+    /// The sample count does not match `channels * height * width`.
     #[error("{what} {index}: {len} samples, but {channels}x{height}x{width} needs {expected}")]
     BadLength {
+        /// `image` or `mask`.
         what: &'static str,
+        /// Index of the input in its group.
         index: usize,
+        /// Samples present.
         len: usize,
+        /// Declared planes.
         channels: usize,
+        /// Declared rows.
         height: usize,
+        /// Declared columns.
         width: usize,
+        /// Samples required (`channels * height * width`).
         expected: usize,
     },
+    /// An input with a zero dimension.
     #[error("{what} {index} is empty ({channels}x{height}x{width})")]
     Empty {
+        /// `image` or `mask`.
         what: &'static str,
+        /// Index of the input in its group.
         index: usize,
+        /// Declared planes.
         channels: usize,
+        /// Declared rows.
         height: usize,
+        /// Declared columns.
         width: usize,
     },
     #[error("{images} images but {masks} masks")]
-    CountMismatch { images: usize, masks: usize },
+    /// Masks were given, but not one per image.
+    CountMismatch {
+        /// Images given.
+        images: usize,
+        /// Masks given.
+        masks: usize,
+    },
+    /// A mask is not a single plane of its image's height and width.
     #[error(
         "mask {index} is {mask_channels}x{mask_height}x{mask_width}; it must be one plane of its image's {height}x{width}"
     )]
     MaskShape {
+        /// Index of the mask (and its image).
         index: usize,
+        /// Planes of the mask.
         mask_channels: usize,
+        /// Rows of the mask.
         mask_height: usize,
+        /// Columns of the mask.
         mask_width: usize,
+        /// Rows of the image.
         height: usize,
+        /// Columns of the image.
         width: usize,
     },
 }
@@ -115,7 +145,10 @@ pub enum Augmentation {
     Identity,
     /// `output(p) = input(θ·[p, 1])` in normalised coordinates, bilinear, reflection padding
     /// (torch `affine_grid` + `grid_sample`, align_corners=False). `theta` is the 2×3 matrix.
-    Affine { theta: [[f32; 3]; 2] },
+    Affine {
+        /// The 2×3 matrix θ, rows `[a, b, tx]` and `[c, d, ty]`.
+        theta: [[f32; 3]; 2],
+    },
     /// Mirror left–right.
     HFlip,
     /// Mirror top–bottom.

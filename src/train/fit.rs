@@ -50,21 +50,31 @@ pub enum FitMode {
 /// Stages of a fit, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FitEvent {
+    /// The fit began; the mode is decided.
     Started {
+        /// What the labels allow (see [`FitMode`]).
         mode: FitMode,
+        /// Augmented images fine-tuning runs on (0 for normal-only fits).
         training_images: usize,
     },
+    /// A fine-tuning progress event.
     Training(TrainEvent),
+    /// The few-shot memory bank is being built from the augmented normal shots.
     BuildingMemoryBank {
+        /// Augmented normal images going into the bank.
         images: usize,
     },
+    /// The calibration is being estimated.
     Calibrating,
 }
 
 /// A finished (or cancelled) fit.
 pub enum FitOutcome<B: Backend> {
+    /// The detector is fitted, with its memory bank and calibration.
     Fitted {
+        /// The fitted detector.
         detector: Box<Detector<B, VisionTransformer<B>>>,
+        /// The mode the fit ran in.
         mode: FitMode,
         /// Mean total loss per epoch (empty without fine-tuning).
         epoch_losses: Vec<f32>,
@@ -73,29 +83,41 @@ pub enum FitOutcome<B: Backend> {
     },
     /// Cancelled during fine-tuning: the adapters of the last completed step.
     Cancelled {
+        /// The adapters after the last completed step.
         adapters: MvfaAdapters<B>,
+        /// Optimiser steps completed before the cancel.
         steps_done: usize,
     },
 }
 
+/// Why a fit could not run or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
+    /// No normal shots: the memory bank and the calibration need at least one.
     #[error(
         "at least one normal shot is needed (the memory bank and the calibration come from normal shots)"
     )]
     NoNormalShots,
+    /// A shot's value count is not `3 * size * size`.
     #[error("shot {index} has {got} values; expected 3x{size}x{size}")]
     ShotSize {
+        /// Index of the shot, counting normal, then abnormal, then held-out shots.
         index: usize,
+        /// Values it has.
         got: usize,
+        /// Model input size in pixels.
         size: usize,
     },
+    /// The augmentation rejected a shot or mask (the message says why).
     #[error("augmentation failed: {0}")]
     Augment(String),
+    /// Fine-tuning could not start.
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// The shots could not be stacked into a model batch.
     #[error(transparent)]
     Input(#[from] ModelInputError),
+    /// Building the memory bank or the calibration failed.
     #[error("model error: {0}")]
     Model(String),
 }
@@ -168,8 +190,11 @@ pub fn support_groups<B: Backend>(
 /// Settings of a fit besides the training hyper-parameters.
 #[derive(Debug, Clone)]
 pub struct FitSettings {
+    /// Adapter shape (levels, width, bottleneck) and residual mixing ratios.
     pub adapters: MvfaAdaptersConfig,
+    /// Scoring settings (input size, patch grid, logit scale, memory-bank chunking).
     pub scoring: ScoringConfig,
+    /// Fine-tuning hyper-parameters.
     pub train: TrainConfig,
     /// Task used for normal-only fits (which have no labels to decide it).
     pub normal_only_task: TaskKind,

@@ -9,16 +9,22 @@ use rand_chacha::ChaCha8Rng;
 /// One generated grey image (8-bit, row-major) with its anomaly mask (0 or 255).
 #[derive(Debug, Clone)]
 pub struct SyntheticImage {
+    /// Side of the square image in pixels.
     pub size: usize,
+    /// `size * size` grey levels, row-major.
     pub pixels: Vec<u8>,
+    /// `size * size` mask values: 255 inside the anomaly, 0 elsewhere (all 0 for normal images).
     pub mask: Vec<u8>,
+    /// Whether an anomaly was painted in.
     pub abnormal: bool,
 }
 
 /// The kind of defect painted into abnormal images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnomalyKind {
+    /// A bright, roughly round blob.
     Blob,
+    /// A dark, thin straight streak.
     Streak,
 }
 

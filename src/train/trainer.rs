@@ -34,10 +34,13 @@ pub struct TrainConfig {
     /// Adam learning rate (1e-3 few-shot; the reference's zero-shot script uses 1e-4).
     #[config(default = 1e-3)]
     pub learning_rate: f64,
+    /// Adam's first-moment decay (0.5, as in the reference).
     #[config(default = 0.5)]
     pub beta_1: f32,
+    /// Adam's second-moment decay.
     #[config(default = 0.999)]
     pub beta_2: f32,
+    /// Adam's epsilon (numerical stability term).
     #[config(default = 1e-8)]
     pub epsilon: f32,
     /// Images per optimiser step (the reference effectively uses 1).
@@ -56,6 +59,7 @@ pub struct TrainSample {
     /// `[S, S]` mask (soft edges allowed; binarised at 0.5 in the loss); `None` when the
     /// dataset has image labels only.
     pub mask: Option<Vec<f32>>,
+    /// `true` = abnormal exemplar.
     pub abnormal: bool,
 }
 
@@ -73,15 +77,21 @@ pub enum LabelMode {
 pub struct StepReport {
     /// 1-based epoch.
     pub epoch: usize,
+    /// Total epochs of the run.
     pub epochs: usize,
     /// 1-based step within the epoch.
     pub step: usize,
+    /// Optimiser steps per epoch (training images / batch size, rounded up).
     pub steps_per_epoch: usize,
     /// Loss terms summed over levels (focal and dice are 0 in `ImageLabels` mode).
     pub focal: f32,
+    /// Dice loss, summed over levels (0 in `ImageLabels` mode).
     pub dice: f32,
+    /// Detection-head BCE loss, summed over levels.
     pub bce: f32,
+    /// The loss the step minimised (all terms together).
     pub total: f32,
+    /// Training images processed per second since the run started.
     pub images_per_second: f32,
     /// Estimated seconds until the last epoch ends.
     pub eta_seconds: f32,
@@ -90,14 +100,24 @@ pub struct StepReport {
 /// Progress events of a training run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
+    /// One optimiser step completed.
     Step(StepReport),
-    EpochFinished { epoch: usize, mean_total: f32 },
+    /// An epoch completed.
+    EpochFinished {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Mean total loss over the epoch's steps.
+        mean_total: f32,
+    },
 }
 
 /// The result of [`train`]: the adapters after the last completed step.
 pub struct TrainOutcome<B: AutodiffBackend> {
+    /// The adapters after the last completed step.
     pub adapters: MvfaAdapters<B>,
+    /// Whether the run stopped early on a cancel request.
     pub cancelled: bool,
+    /// Optimiser steps completed.
     pub steps_done: usize,
     /// Mean total loss of each completed epoch.
     pub epoch_losses: Vec<f32>,
@@ -106,21 +126,36 @@ pub struct TrainOutcome<B: AutodiffBackend> {
 /// Errors that stop a run before it starts.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The training set is empty.
     #[error("no training images")]
     Empty,
+    /// A training image's value count is not `3 * size * size`.
     #[error("training image {index} has {got} values; expected 3x{size}x{size} = {expected}")]
     ImageSize {
+        /// Index of the image in the training set.
         index: usize,
+        /// Values it has.
         got: usize,
+        /// Model input size in pixels.
         size: usize,
+        /// Values expected (`3 * size * size`).
         expected: usize,
     },
     #[error("training image {index} has no mask, but the run uses masks")]
-    MissingMask { index: usize },
+    /// The run uses masks but a training image lacks one (or its mask is not `size * size`).
+    MissingMask {
+        /// Index of the image in the training set.
+        index: usize,
+    },
     #[error(
         "fine-tuning needs abnormal examples: all {normal} training images are normal (use the normal-only mode, which needs no fine-tuning)"
     )]
-    NoAbnormal { normal: usize },
+    /// Every training image is normal, so there is nothing to fine-tune against.
+    NoAbnormal {
+        /// Number of (normal) training images.
+        normal: usize,
+    },
+    /// The model failed during a forward pass (e.g. a tensor shape it rejects).
     #[error("{0}")]
     Model(String),
 }

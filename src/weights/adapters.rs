@@ -33,49 +33,100 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Errors of adapter checkpoint reading and writing; each names the file and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterCheckpointError {
+    /// The file could not be read (or does not exist).
     #[error("cannot read adapter checkpoint {path}: {source}")]
     Io {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("cannot write adapter checkpoint {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    /// The checkpoint could not be serialised or written.
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
     #[error("{path} is not a readable PyTorch checkpoint (.pth): {reason}")]
-    NotPytorch { path: PathBuf, reason: String },
+    /// A file taken for a PyTorch checkpoint could not be read as one (or a tensor in it could not be read).
+    NotPytorch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The reader's error.
+        reason: String,
+    },
     #[error("{path} is not a safetensors file: {reason}")]
-    NotSafetensors { path: PathBuf, reason: String },
+    /// A file taken for our format is not valid safetensors.
+    NotSafetensors {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The parser's error.
+        reason: String,
+    },
     #[error("{path} is not an MVFA adapter checkpoint: {reason}")]
-    NotMvfa { path: PathBuf, reason: String },
+    /// The file holds no MVFA adapter weights (or, for our format, no MVFA metadata).
+    NotMvfa {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What was found instead.
+        reason: String,
+    },
+    /// A weight the backbone's adapters need is absent.
     #[error(
         "{path}: missing tensor '{key}' (an MVFA checkpoint for this backbone has seg_adapters and det_adapters levels 0 to {last_level}, each with fc1.0.weight and fc2.0.weight)"
     )]
     MissingKey {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The missing tensor name, e.g. `seg_adapters.3.fc1.0.weight`.
         key: String,
+        /// Highest adapter level the backbone taps (levels run from 0).
         last_level: usize,
     },
+    /// A weight has a shape other than the backbone's adapter layout.
     #[error("{path}: tensor '{key}' has shape {found:?}, expected {expected:?} ({what})")]
     WrongShape {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The tensor name.
         key: String,
+        /// Shape found in the file.
         found: Vec<usize>,
+        /// Shape the backbone needs (PyTorch layout `[out, in]`).
         expected: Vec<usize>,
+        /// The expected layout spelled out, e.g. `[bottleneck, width] with width 1024 and bottleneck 768`.
         what: String,
     },
+    /// A tensor that is not an adapter weight, or one of a level the backbone does not tap.
     #[error("{path}: unexpected tensor '{key}' ({reason})")]
     UnexpectedKey {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The tensor name.
         key: String,
+        /// Why it is not expected.
         reason: String,
     },
+    /// A weight is stored in a non-floating-point dtype.
     #[error("{path}: tensor '{key}' has dtype {dtype}, expected a floating-point type")]
     Dtype {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The tensor name.
         key: String,
+        /// The dtype found.
         dtype: String,
     },
     #[error("{path}: invalid MVFA metadata: {reason}")]
-    Metadata { path: PathBuf, reason: String },
+    /// The `__metadata__["mvfa"]` JSON is missing, invalid, of another format or of a newer version, or an extra tensor is unreadable.
+    Metadata {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, AdapterCheckpointError>;
@@ -104,8 +155,11 @@ pub struct BackboneIdentity {
 /// Mixing ratios the adapters were trained with.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MixingRatios {
+    /// Weight of the residual stream itself (`stream_ratio`, 0.8 by default).
     pub stream: f64,
+    /// Weight of the segmentation adapter's output (`seg_ratio`, 0.1 by default).
     pub seg: f64,
+    /// Weight of the detection adapter's output (`det_ratio`, 0.1 by default).
     pub det: f64,
 }
 
@@ -183,9 +237,11 @@ pub enum AdapterFileFormat {
 /// Adapters read from a file of either format.
 #[derive(Debug)]
 pub struct LoadedAdapters<B: Backend> {
+    /// The segmentation and detection adapter banks.
     pub adapters: MvfaAdapters<B>,
     /// Present for our safetensors files; `None` for imported `.pth` files.
     pub meta: Option<AdapterCheckpointMeta>,
+    /// The format the file was in.
     pub format: AdapterFileFormat,
 }
 

@@ -32,9 +32,11 @@ pub const NORMAL_SHOTS: &str = "normal_shots";
 /// What a detector needs besides its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorState {
+    /// What the labels describe, which decides the image-score branch.
     pub task: TaskKind,
     /// Model input side the shots and calibration belong to.
     pub image_size: usize,
+    /// The detector's single-image calibration; `None` when it was saved uncalibrated.
     pub calibration: Option<Calibration>,
 }
 
@@ -74,6 +76,7 @@ pub fn save_detector<B: Backend>(
 
 /// A detector read back from a file.
 pub struct LoadedDetector<B: Backend> {
+    /// The detector, with adapters, task and calibration restored.
     pub detector: Detector<B, VisionTransformer<B>>,
     /// `None` for an imported reference `.pth`.
     pub meta: Option<AdapterCheckpointMeta>,

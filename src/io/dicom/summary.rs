@@ -12,31 +12,49 @@ use super::{DicomError, DicomErrorKind, ts};
 /// Header facts of one DICOM instance, read without decoding pixels.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DicomSummary {
+    /// The file the header was read from.
     pub path: PathBuf,
     /// SOP Class UID (from the file meta group, else (0008,0016)).
     pub sop_class_uid: String,
     /// Its standard name, e.g. "CT Image Storage"; empty when unknown.
     pub sop_class_name: String,
+    /// SOP Instance UID (0008,0018).
     pub sop_instance_uid: Option<String>,
+    /// Modality (0008,0060), e.g. `CT`, `MR`.
     pub modality: Option<String>,
+    /// Transfer Syntax UID of the file meta group.
     pub transfer_syntax_uid: String,
+    /// Its name, e.g. "JPEG Lossless", or `unknown transfer syntax`.
     pub transfer_syntax_name: String,
     /// Rows / Columns; `None` for instances without an image (SR, waveform, DICOMDIR).
     pub rows: Option<u32>,
+    /// Columns (0028,0011); `None` as for [`rows`](Self::rows).
     pub columns: Option<u32>,
     /// NumberOfFrames (1 when absent for an image).
     pub frames: Option<u32>,
+    /// SamplesPerPixel (0028,0002): 1 for grey, 3 for colour.
     pub samples_per_pixel: Option<u16>,
+    /// BitsAllocated (0028,0100).
     pub bits_allocated: Option<u16>,
+    /// PhotometricInterpretation (0028,0004), e.g. `MONOCHROME2`, `RGB`.
     pub photometric: Option<String>,
+    /// PatientName (0010,0010).
     pub patient_name: Option<String>,
+    /// PatientID (0010,0020).
     pub patient_id: Option<String>,
+    /// StudyInstanceUID (0020,000D).
     pub study_instance_uid: Option<String>,
+    /// StudyDate (0008,0020), as stored (`YYYYMMDD`).
     pub study_date: Option<String>,
+    /// StudyDescription (0008,1030).
     pub study_description: Option<String>,
+    /// SeriesInstanceUID (0020,000E).
     pub series_instance_uid: Option<String>,
+    /// SeriesNumber (0020,0011).
     pub series_number: Option<i64>,
+    /// SeriesDescription (0008,103E).
     pub series_description: Option<String>,
+    /// InstanceNumber (0020,0013).
     pub instance_number: Option<i64>,
     /// ImagePositionPatient of the first frame (enhanced files: from the functional groups).
     pub image_position: Option<[f64; 3]>,

@@ -10,6 +10,7 @@ use super::atomic::write_atomically;
 /// One image's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreRow {
+    /// The image's path as written in the `path` column.
     pub path: String,
     /// One entry per score column (`None`: not computed).
     pub scores: Vec<Option<f64>>,

@@ -185,8 +185,11 @@ impl Default for ScOptions {
 /// UIDs of a written export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScWritten {
+    /// SOP Instance UID of the new instance.
     pub sop_instance_uid: String,
+    /// Series Instance UID it was written under.
     pub series_instance_uid: String,
+    /// Study Instance UID it was written under (the source's, a derived one when anonymising, or a new one).
     pub study_instance_uid: String,
 }
 

@@ -3,6 +3,7 @@
 
 /// Glyph width and height in font pixels; characters advance by `GLYPH_W + 1`.
 pub const GLYPH_W: usize = 5;
+/// Glyph height in font pixels (rows per glyph).
 pub const GLYPH_H: usize = 7;
 
 /// The rows of `c`'s glyph, or `None` for characters the font lacks.

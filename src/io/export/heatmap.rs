@@ -16,8 +16,11 @@ pub const SCALE_KEYWORD: &str = "mvfa:scale";
 /// A float map, `height` rows of `width` values, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FloatMap {
+    /// Values per row.
     pub width: u32,
+    /// Rows.
     pub height: u32,
+    /// `width * height` values.
     pub data: Vec<f32>,
 }
 
@@ -62,7 +65,9 @@ impl FloatMap {
 /// The float range a 16-bit heatmap PNG encodes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeatmapScale {
+    /// Float value of the stored level 0.
     pub min: f32,
+    /// Float value of the stored level 65535.
     pub max: f32,
 }
 

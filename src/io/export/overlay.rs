@@ -12,17 +12,25 @@ use crate::io::resample::Image8;
 /// Colormaps offered for overlays (perceptually ordered ones from `colorous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Colormap {
+    /// Google's Turbo rainbow map (the default).
     #[default]
     Turbo,
+    /// Matplotlib's Inferno.
     Inferno,
+    /// Matplotlib's Magma.
     Magma,
+    /// Matplotlib's Plasma.
     Plasma,
+    /// Matplotlib's Viridis.
     Viridis,
+    /// Cividis (colour-vision-deficiency friendly).
     Cividis,
+    /// Light to dark grey (ColorBrewer Greys).
     Greys,
 }
 
 impl Colormap {
+    /// Every colormap, in the order offered to users.
     pub const ALL: [Colormap; 7] = [
         Colormap::Turbo,
         Colormap::Inferno,
@@ -89,20 +97,27 @@ pub struct LegendLayout {
     /// The gradient bar: columns `bar_x0..bar_x1`, rows `bar_top..=bar_bottom`; row `bar_top`
     /// shows the colour of `max`, row `bar_bottom` the colour of `min`.
     pub bar_x0: usize,
+    /// End (exclusive) of the bar's columns.
     pub bar_x1: usize,
+    /// First row of the bar (the colour of `max`).
     pub bar_top: usize,
+    /// Last row of the bar (the colour of `min`).
     pub bar_bottom: usize,
     /// Left edge of the labels; the max label is vertically centred on `bar_top`, the min
     /// label on `bar_bottom`.
     pub label_x: usize,
+    /// Value labelled at the bottom of the bar (low end of the colour range).
     pub min: f32,
+    /// Value labelled at the top of the bar (high end of the colour range).
     pub max: f32,
 }
 
 /// A rendered overlay: RGB image (`width` = image + legend panel).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Overlay {
+    /// The blended image, RGB, with the legend panel to the right when drawn.
     pub image: Image8,
+    /// Where the legend was drawn; `None` without a legend.
     pub legend: Option<LegendLayout>,
 }
 

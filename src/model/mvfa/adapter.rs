@@ -40,14 +40,23 @@ pub enum MvfaError {
         "MVFA adapters have {seg} seg / {det} det levels but the backbone taps {taps} blocks {tap_blocks:?}"
     )]
     LevelCount {
+        /// Levels of the seg adapter bank.
         seg: usize,
+        /// Levels of the det adapter bank.
         det: usize,
+        /// Blocks the backbone taps.
         taps: usize,
+        /// The tapped blocks, 1-based.
         tap_blocks: Vec<usize>,
     },
     /// The adapters were built for a different residual width than the backbone's.
     #[error("MVFA adapters expect residual width {adapters}, the backbone has width {backbone}")]
-    Width { adapters: usize, backbone: usize },
+    Width {
+        /// Residual width the adapters were built for.
+        adapters: usize,
+        /// Residual width of the backbone.
+        backbone: usize,
+    },
     /// The few-shot memory bank or its calibration exemplars are inconsistent.
     #[error("memory bank: {0}")]
     Bank(String),
@@ -242,7 +251,9 @@ impl<B: Backend> MvfaAdapters<B> {
 /// Which adapter head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Head {
+    /// The segmentation head (pixel-level anomaly maps).
     Seg,
+    /// The detection head (image-level anomaly scores).
     Det,
 }
 
@@ -372,6 +383,7 @@ impl<B: Backend> AdaptedFeatures<B> {
 /// [`AdaptedFeatures`] plus the intermediate streams, for parity checks and inspection.
 #[derive(Debug, Clone)]
 pub struct AdaptedTrace<B: Backend> {
+    /// The adapted token sets.
     pub features: AdaptedFeatures<B>,
     /// The block outputs at the taps, before mixing, `[batch, tokens, width]` per level.
     pub taps: Vec<Tensor<B, 3>>,

@@ -45,7 +45,9 @@ use serde::{Deserialize, Serialize};
 /// Robust location and scale of one branch over the normal exemplars.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BranchStats {
+    /// Median of the branch's values.
     pub median: f32,
+    /// Normal-consistent MAD (1.4826 × MAD), floored so that it is never 0.
     pub scale: f32,
 }
 
@@ -123,8 +125,11 @@ pub struct Calibration {
     pub few_image: Option<BranchStats>,
     /// Maximum of the calibrated fused map of each normal exemplar.
     pub fused_map_max: BranchStats,
+    /// Which leave-out the few-shot branch used.
     pub leave_out: LeaveOut,
+    /// Normal exemplar images the statistics were computed on.
     pub normal_exemplars: usize,
+    /// Abnormal exemplars whose calibrated scores set the threshold (0 without abnormal shots).
     pub abnormal_exemplars: usize,
     /// Calibrated image-score threshold suggested for "abnormal".
     pub threshold: f32,
