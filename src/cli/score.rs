@@ -264,17 +264,7 @@ fn output_stem(path: &Path, frame: usize, frames: usize) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    let lower = name.to_ascii_lowercase();
-    let ext = [
-        ".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom",
-    ]
-    .into_iter()
-    .find(|e| lower.ends_with(e) && lower.len() > e.len());
-    let stem = match ext {
-        Some(e) => &name[..name.len() - e.len()],
-        None => &name,
-    };
-    let mut out: String = stem
+    let mut out: String = crate::io::dataset::image_stem(&name)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
