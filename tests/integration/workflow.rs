@@ -7,8 +7,8 @@ use burn::backend::NdArray;
 use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::train::synthetic::{SyntheticImage, generate};
 use mvfa_studio::workflow::{
-    Backbone, FitRequest, FitResult, Schedule, ShotSource, WorkflowError, checkpoint_meta,
-    collect_shots, fit_detector, open_detector, save_detector, score_file,
+    Backbone, CollectedShots, FitRequest, FitResult, Schedule, ShotSource, WorkflowError,
+    checkpoint_meta, collect_shots, fit_detector, open_detector, save_detector, score_file,
 };
 
 use crate::support;
@@ -56,13 +56,26 @@ fn request(seed: u64) -> FitRequest {
     }
 }
 
-/// Fits on `root` and writes the checkpoint to `out`; returns the file's bytes.
-fn fit_and_save(backbone: &mut Backbone<B>, root: &Path, seed: u64, out: &Path) -> Vec<u8> {
-    let collected = collect_shots(&ShotSource::PlainFolders {
+/// Plain folders in a temporary folder, the fixture backbone, and the shots read back.
+fn setup() -> (tempfile::TempDir, Backbone<B>, CollectedShots) {
+    let dir = tempfile::tempdir().unwrap();
+    plain_folders(dir.path());
+    let backbone = Backbone::<B>::open(&clip_fixture(), None, &Default::default()).unwrap();
+    let collected = shots_of(dir.path());
+    (dir, backbone, collected)
+}
+
+fn shots_of(root: &Path) -> CollectedShots {
+    collect_shots(&ShotSource::PlainFolders {
         root: root.to_path_buf(),
         allow_unmasked: false,
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Fits on `root` and writes the checkpoint to `out`; returns the file's bytes.
+fn fit_and_save(backbone: &mut Backbone<B>, root: &Path, seed: u64, out: &Path) -> Vec<u8> {
+    let collected = shots_of(root);
     let cancel = AtomicBool::new(false);
     let FitResult::Fitted(fitted) =
         fit_detector(backbone, &collected.shots, &request(seed), |_| {}, &cancel).unwrap()
@@ -98,16 +111,8 @@ fn differences(a: &[u8], b: &[u8]) -> String {
 
 #[test]
 fn fits_are_reproducible_bit_for_bit_and_score_after_reopening() {
-    let dir = tempfile::tempdir().unwrap();
-    plain_folders(dir.path());
+    let (dir, mut backbone, collected) = setup();
     let device = Default::default();
-    let mut backbone = Backbone::<B>::open(&clip_fixture(), None, &device).unwrap();
-
-    let collected = collect_shots(&ShotSource::PlainFolders {
-        root: dir.path().to_path_buf(),
-        allow_unmasked: false,
-    })
-    .unwrap();
     assert!(collected.has_masks);
     assert_eq!(collected.shots.held_out.len(), 2);
 
@@ -181,15 +186,8 @@ fn fits_are_reproducible_bit_for_bit_and_score_after_reopening() {
 
 #[test]
 fn cancelled_fit_and_bad_inputs_are_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    plain_folders(dir.path());
+    let (dir, mut backbone, collected) = setup();
     let device = Default::default();
-    let mut backbone = Backbone::<B>::open(&clip_fixture(), None, &device).unwrap();
-    let collected = collect_shots(&ShotSource::PlainFolders {
-        root: dir.path().to_path_buf(),
-        allow_unmasked: false,
-    })
-    .unwrap();
     let cancel = AtomicBool::new(true);
     let outcome = fit_detector(
         &mut backbone,
