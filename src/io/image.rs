@@ -128,6 +128,43 @@ impl ImageStack {
     }
 }
 
+impl ImageInfo {
+    /// The patient directions at the left, right, top and bottom edges of the displayed frame
+    /// (e.g. `["R", "L", "A", "P"]` for an axial slice), from ImageOrientationPatient in the
+    /// DICOM patient system (+x left, +y posterior, +z head). Oblique directions get up to
+    /// three letters, most dominant first, as radiology viewers print them. `None` without
+    /// an orientation.
+    pub fn orientation_labels(&self) -> Option<[String; 4]> {
+        let o = self.image_orientation?;
+        let row = [o[0], o[1], o[2]];
+        let col = [o[3], o[4], o[5]];
+        let neg = |v: [f64; 3]| [-v[0], -v[1], -v[2]];
+        Some([
+            direction_letters(neg(row)),
+            direction_letters(row),
+            direction_letters(neg(col)),
+            direction_letters(col),
+        ])
+    }
+}
+
+/// Letters of a patient-space direction (DICOM LPS): components above 0.25 of the unit
+/// length, largest first.
+fn direction_letters(v: [f64; 3]) -> String {
+    let letters = [('L', 'R'), ('P', 'A'), ('H', 'F')];
+    let mut axes: Vec<usize> = (0..3).filter(|&a| v[a].abs() > 0.25).collect();
+    axes.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+    axes.iter()
+        .map(|&a| {
+            if v[a] > 0.0 {
+                letters[a].0
+            } else {
+                letters[a].1
+            }
+        })
+        .collect()
+}
+
 impl Window {
     /// The full-range window of integer data spanning `min..=max`, labelled "Full range":
     /// center `(min + max + 1) / 2`, width `max - min + 1` (DCMTK's min-max window), so that
@@ -228,6 +265,53 @@ impl Frame {
             .collect()
     }
 
+    /// The samples of pixel (x, y) (one for grey, three for RGB); `None` outside the frame.
+    pub fn pixel(&self, x: u32, y: u32) -> Option<&[f32]> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let n = self.channels.count();
+        let start = (y as usize * self.width as usize + x as usize) * n;
+        self.data.get(start..start + n)
+    }
+
+    /// This frame reduced by `factor` in each direction by averaging `factor` x `factor`
+    /// blocks (edge blocks are partial), still in modality units. The viewer windows this
+    /// display-sized copy instead of all pixels of a large radiograph, so that dragging the
+    /// window stays interactive.
+    pub fn downsample(&self, factor: u32) -> Frame {
+        let factor = factor.max(1);
+        if factor == 1 {
+            return self.clone();
+        }
+        let n = self.channels.count();
+        let (w, h) = (self.width.div_ceil(factor), self.height.div_ceil(factor));
+        let mut data = vec![0f32; w as usize * h as usize * n];
+        let mut counts = vec![0u32; w as usize * h as usize];
+        for y in 0..self.height {
+            let row = (y / factor) as usize * w as usize;
+            for x in 0..self.width {
+                let cell = row + (x / factor) as usize;
+                let src = (y as usize * self.width as usize + x as usize) * n;
+                for c in 0..n {
+                    data[cell * n + c] += self.data[src + c];
+                }
+                counts[cell] += 1;
+            }
+        }
+        for (cell, &count) in counts.iter().enumerate() {
+            for c in 0..n {
+                data[cell * n + c] /= count.max(1) as f32;
+            }
+        }
+        Frame {
+            width: w,
+            height: h,
+            channels: self.channels,
+            data,
+        }
+    }
+
     /// [`Frame::window_to_u8`] as an `image` buffer: `Luma8` for grey frames, `Rgb8` for colour.
     pub fn to_display_image(&self, window: &Window, invert: bool) -> ::image::DynamicImage {
         let bytes = self.window_to_u8(window, invert);
@@ -240,5 +324,45 @@ impl Frame {
         // `data` holds exactly width * height * channels samples by construction; an
         // inconsistent frame (built by hand) yields an empty image rather than a panic.
         .unwrap_or_else(|| ::image::DynamicImage::new_luma8(0, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orientation_labels_of_axial_and_coronal_slices() {
+        let axial = ImageInfo {
+            image_orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            ..Default::default()
+        };
+        assert_eq!(axial.orientation_labels().unwrap(), ["R", "L", "A", "P"]);
+        let coronal = ImageInfo {
+            image_orientation: Some([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+            ..Default::default()
+        };
+        assert_eq!(coronal.orientation_labels().unwrap(), ["R", "L", "H", "F"]);
+        let oblique = ImageInfo {
+            image_orientation: Some([0.8, 0.6, 0.0, 0.0, 0.0, -1.0]),
+            ..Default::default()
+        };
+        assert_eq!(oblique.orientation_labels().unwrap()[1], "LP");
+        assert!(ImageInfo::default().orientation_labels().is_none());
+    }
+
+    #[test]
+    fn downsampling_averages_blocks_and_keeps_partial_edges() {
+        let frame = Frame {
+            width: 3,
+            height: 2,
+            channels: Channels::Gray,
+            data: vec![0.0, 2.0, 10.0, 4.0, 6.0, 20.0],
+        };
+        let half = frame.downsample(2);
+        assert_eq!((half.width, half.height), (2, 1));
+        assert_eq!(half.data, vec![3.0, 15.0]);
+        assert_eq!(frame.pixel(2, 1), Some(&[20.0][..]));
+        assert_eq!(frame.pixel(3, 0), None);
     }
 }

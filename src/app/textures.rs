@@ -1,0 +1,206 @@
+//! Textures the viewer draws, cached by what they show: (file, frame, reduction, window,
+//! inversion) for images and (image, labels revision, reduction) for mask overlays. Scrolling
+//! back to a frame or toggling between two presets reuses the texture; nothing is rebuilt per
+//! frame.
+//!
+//! Large images are windowed at a reduction that matches the screen (a 4k x 4k radiograph
+//! fitted in a 1000-point viewer is windowed from a 2k x 2k block average), so dragging the
+//! window rebuilds a few million pixels at most. The block-averaged copies (in modality
+//! units) are cached too.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
+
+use crate::app::state::labels::ImageKey;
+use crate::app::state::viewer::Display;
+use crate::io::image::{Channels, Frame, ImageStack, VoiFunction};
+use crate::io::mask::Mask;
+
+/// Image textures kept (a scrolled series reuses its frames).
+const IMAGE_CAPACITY: usize = 96;
+/// Reduced frames kept.
+const REDUCED_CAPACITY: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+struct ImageTexKey {
+    path: PathBuf,
+    frame: usize,
+    factor: u32,
+    center: u64,
+    width: u64,
+    function: VoiFunction,
+    invert: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct MaskTexKey {
+    key: ImageKey,
+    revision: u64,
+    factor: u32,
+}
+
+/// A small least-recently-used list (linear search: capacities are tens of entries).
+struct Lru<K, V> {
+    entries: Vec<(K, V)>,
+    capacity: usize,
+}
+
+impl<K: PartialEq, V: Clone> Lru<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: Vec::new(),
+            capacity,
+        }
+    }
+
+    fn get_or_insert(&mut self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some(i) = self.entries.iter().position(|(k, _)| *k == key) {
+            let entry = self.entries.remove(i);
+            self.entries.push(entry);
+        } else {
+            if self.entries.len() >= self.capacity {
+                self.entries.remove(0);
+            }
+            self.entries.push((key, make()));
+        }
+        self.entries
+            .last()
+            .map(|(_, v)| v.clone())
+            .expect("just pushed")
+    }
+}
+
+pub struct Textures {
+    images: Lru<ImageTexKey, TextureHandle>,
+    reduced: Lru<(PathBuf, usize, u32), Arc<Frame>>,
+    masks: Lru<MaskTexKey, TextureHandle>,
+    /// Image textures built so far (for tests and the frame-time measurement).
+    pub builds: usize,
+}
+
+impl Default for Textures {
+    fn default() -> Self {
+        Self {
+            images: Lru::new(IMAGE_CAPACITY),
+            reduced: Lru::new(REDUCED_CAPACITY),
+            masks: Lru::new(4),
+            builds: 0,
+        }
+    }
+}
+
+/// Magnified pixels stay crisp squares (as radiologists expect); minified ones are smoothed.
+const OPTIONS: TextureOptions = TextureOptions {
+    magnification: egui::TextureFilter::Nearest,
+    minification: egui::TextureFilter::Linear,
+    wrap_mode: egui::TextureWrapMode::ClampToEdge,
+    mipmap_mode: None,
+};
+
+/// The reduction (a power of two) at which an image shown at `pixels_per_image_pixel` screen
+/// pixels per image pixel is windowed: the largest that still gives at least one texel per
+/// screen pixel.
+pub fn reduction_for(pixels_per_image_pixel: f32) -> u32 {
+    let mut factor = 1u32;
+    while factor < 64 && pixels_per_image_pixel * (factor * 2) as f32 <= 1.0 {
+        factor *= 2;
+    }
+    factor
+}
+
+impl Textures {
+    /// The texture of `key`'s frame of `stack` through `display`, reduced by `factor`.
+    pub fn image(
+        &mut self,
+        ctx: &egui::Context,
+        stack: &ImageStack,
+        key: &ImageKey,
+        factor: u32,
+        display: &Display,
+    ) -> Option<TextureHandle> {
+        let frame = stack.frames.get(key.frame)?;
+        let tex_key = ImageTexKey {
+            path: key.path.clone(),
+            frame: key.frame,
+            factor,
+            center: display.window.center.to_bits(),
+            width: display.window.width.to_bits(),
+            function: display.window.function,
+            invert: display.invert,
+        };
+        let reduced = &mut self.reduced;
+        let builds = &mut self.builds;
+        Some(self.images.get_or_insert(tex_key, || {
+            *builds += 1;
+            let owned;
+            let source: &Frame = if factor > 1 {
+                owned = reduced.get_or_insert((key.path.clone(), key.frame, factor), || {
+                    Arc::new(frame.downsample(factor))
+                });
+                &owned
+            } else {
+                frame
+            };
+            let bytes = source.window_to_u8(&display.window, stack.invert != display.invert);
+            let size = [source.width as usize, source.height as usize];
+            let image = match source.channels {
+                Channels::Gray => ColorImage::from_gray(size, &bytes),
+                Channels::Rgb => ColorImage::from_rgb(size, &bytes),
+            };
+            ctx.load_texture(
+                format!("{}#{}", key.path.display(), key.frame),
+                image,
+                OPTIONS,
+            )
+        }))
+    }
+
+    /// The translucent overlay of `mask`, reduced by `factor` (nearest pixel).
+    pub fn mask(
+        &mut self,
+        ctx: &egui::Context,
+        key: &ImageKey,
+        revision: u64,
+        mask: &Mask,
+        factor: u32,
+    ) -> TextureHandle {
+        let tex_key = MaskTexKey {
+            key: key.clone(),
+            revision,
+            factor,
+        };
+        self.masks.get_or_insert(tex_key, || {
+            let (w, h) = (mask.width.div_ceil(factor), mask.height.div_ceil(factor));
+            let mut rgba = vec![0u8; w as usize * h as usize * 4];
+            for y in 0..h {
+                for x in 0..w {
+                    if mask.get(x * factor, y * factor) {
+                        let i = (y as usize * w as usize + x as usize) * 4;
+                        rgba[i..i + 4].copy_from_slice(&[255, 64, 64, 110]);
+                    }
+                }
+            }
+            ctx.load_texture(
+                "mask",
+                ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &rgba),
+                OPTIONS,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_keeps_a_texel_per_screen_pixel() {
+        assert_eq!(reduction_for(2.0), 1);
+        assert_eq!(reduction_for(1.0), 1);
+        assert_eq!(reduction_for(0.5), 2);
+        assert_eq!(reduction_for(0.3), 2);
+        assert_eq!(reduction_for(0.25), 4);
+        assert_eq!(reduction_for(0.0), 64);
+    }
+}

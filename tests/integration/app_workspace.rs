@@ -1,0 +1,520 @@
+//! The radiologist's workspace driven through the real app (egui_kittest, no window): open
+//! the fixture studies (DICOM series and folder with an unreadable file, DICOMDIR,
+//! multi-frame, PNG folder, NIfTI), change the window, scroll frames, label shots, paint a
+//! mask, undo and redo, save, reopen, recover after a crash, help and palette.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use eframe::egui::{self, Event, Key, Modifiers, PointerButton, Pos2, pos2, vec2};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::dispatch::Action;
+use mvfa_studio::app::state::labels::{ImageKey, Label};
+use mvfa_studio::app::state::viewer::Tool;
+use mvfa_studio::app::state::{AppState, PersistedState};
+use mvfa_studio::app::ui::StudioApp;
+
+use crate::support::fixture_dir;
+
+/// A point inside the viewer (between the browser and the right panel).
+const VIEWER: Pos2 = pos2(640.0, 430.0);
+
+fn app(autosave: Option<PathBuf>) -> StudioApp {
+    let persisted = PersistedState {
+        force_cpu: true,
+        ..Default::default()
+    };
+    StudioApp::with_state(AppState::new(persisted, autosave))
+}
+
+fn harness(app: StudioApp) -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size(vec2(1280.0, 800.0))
+        .build_ui_state(|ui, app: &mut StudioApp| app.frame(ui), app)
+}
+
+/// Steps frames until `done` holds (jobs run on threads), failing after 20 s.
+fn wait_until(h: &mut Harness<'static, StudioApp>, what: &str, done: impl Fn(&AppState) -> bool) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(&h.state().state) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Opens `paths` and waits until the scan is over and the current image is decoded.
+fn open(h: &mut Harness<'static, StudioApp>, paths: Vec<PathBuf>) {
+    h.state_mut().pending.push(Action::Open(paths));
+    wait_until(h, "the scan and the first image", |s| {
+        s.scan_job.is_none() && s.current_stack().is_some()
+    });
+}
+
+fn current(h: &Harness<'static, StudioApp>) -> ImageKey {
+    h.state()
+        .state
+        .viewer
+        .current
+        .clone()
+        .expect("an image is shown")
+}
+
+fn press(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, key: Key) {
+    h.key_press_modifiers(modifiers, key);
+    h.step();
+}
+
+/// A drag with `button` from `from` to `to` in a few moves.
+fn drag(h: &mut Harness<'static, StudioApp>, button: PointerButton, from: Pos2, to: Pos2) {
+    h.event(Event::PointerMoved(from));
+    h.step();
+    h.event(Event::PointerButton {
+        pos: from,
+        button,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    for i in 1..=4 {
+        let p = from + (to - from) * (i as f32 / 4.0);
+        h.event(Event::PointerMoved(p));
+        h.step();
+    }
+    h.event(Event::PointerButton {
+        pos: to,
+        button,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+}
+
+fn wheel(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, notches: f32) {
+    h.event(Event::PointerMoved(VIEWER));
+    h.event(Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Line,
+        delta: vec2(0.0, notches),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Unknown,
+        modifiers,
+    });
+    h.step();
+}
+
+/// A folder of `n` 64 x 48 grey PNGs, each a different gradient.
+fn png_folder(dir: &Path, n: usize) -> PathBuf {
+    let folder = dir.join("pngs");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..n {
+        let img =
+            image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x + y) as u8 * (i as u8 + 1)]));
+        img.save(folder.join(format!("img{i}.png"))).unwrap();
+    }
+    folder
+}
+
+#[test]
+fn app_workspace_opens_series_multiframe_png_folder_and_nifti() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = png_folder(dir.path(), 2);
+    let mut h = harness(app(None));
+    open(
+        &mut h,
+        vec![
+            fixture_dir("dicom/study_folder"),
+            fixture_dir("dicom/enhanced_multiframe.dcm"),
+            pngs.clone(),
+            fixture_dir("io/nifti/ras_identity_scaled.nii"),
+        ],
+    );
+    let s = &h.state().state;
+    // Series A (3 slices), series B (2), the MR study, the enhanced file, and two folders.
+    let sizes: Vec<usize> = s.browser.groups.iter().map(|g| g.items.len()).collect();
+    assert!(sizes.contains(&3) && sizes.contains(&2), "{sizes:?}");
+    assert_eq!(s.browser.len(), 3 + 2 + 1 + 1 + 2 + 1, "{sizes:?}");
+    assert!(
+        s.browser
+            .unreadable
+            .iter()
+            .any(|(p, _)| p.ends_with("broken.dcm")),
+        "{:?}",
+        s.browser.unreadable
+    );
+    h.step();
+    h.get_by_label_contains("Unreadable (1)");
+    h.get_by_label("img1.png");
+    // The first image of the first series is shown; slices are in position order.
+    assert!(current(&h).path.ends_with("sub/a.dcm"), "{:?}", current(&h));
+
+    // Selecting the multi-frame file and scrolling its frames.
+    h.get_by_label_contains("enhanced_multiframe.dcm").click();
+    wait_until(&mut h, "the multi-frame file", |s| {
+        s.current_stack().is_some()
+    });
+    assert_eq!(h.state().state.current_stack().unwrap().frames.len(), 3);
+    press(&mut h, Modifiers::NONE, Key::ArrowDown);
+    assert_eq!(current(&h).frame, 1);
+    press(&mut h, Modifiers::NONE, Key::End);
+    assert_eq!(current(&h).frame, 2);
+
+    // The NIfTI volume: its slice count is known once loaded, then Page Down scrolls.
+    h.get_by_label("ras_identity_scaled.nii").click();
+    wait_until(&mut h, "the NIfTI volume", |s| s.current_stack().is_some());
+    let slices = h.state().state.current_stack().unwrap().frames.len();
+    assert!(slices > 1);
+    h.step();
+    press(&mut h, Modifiers::NONE, Key::PageDown);
+    assert_eq!(current(&h).frame, (slices - 1).min(10));
+}
+
+#[test]
+fn app_workspace_opens_a_dicomdir() {
+    let mut h = harness(app(None));
+    open(&mut h, vec![fixture_dir("dicom/dicomdir_set/DICOMDIR")]);
+    let s = &h.state().state;
+    assert_eq!(s.browser.len(), 6);
+    assert!(
+        s.browser.unreadable.is_empty(),
+        "{:?}",
+        s.browser.unreadable
+    );
+}
+
+#[test]
+fn app_workspace_window_zoom_and_frame_scrolling_on_a_ct_series() {
+    let mut h = harness(app(None));
+    open(&mut h, vec![fixture_dir("dicom/study_folder/sub")]);
+    wait_until(&mut h, "the whole series", |s| s.load_job.is_none());
+    let first = current(&h);
+    assert!(first.path.ends_with("a.dcm"));
+
+    // Frames: arrows, Shift+wheel, End / Home.
+    press(&mut h, Modifiers::NONE, Key::ArrowDown);
+    assert!(current(&h).path.ends_with("b.dcm"));
+    wheel(&mut h, Modifiers::SHIFT, -1.0);
+    assert!(current(&h).path.ends_with("c.dcm"));
+    press(&mut h, Modifiers::NONE, Key::Home);
+    assert_eq!(current(&h), first);
+    let builds = h.state().textures.builds;
+    press(&mut h, Modifiers::NONE, Key::ArrowDown);
+    press(&mut h, Modifiers::NONE, Key::ArrowUp);
+    assert_eq!(
+        h.state().textures.builds,
+        builds + 1,
+        "coming back to a frame reuses its texture"
+    );
+
+    // Window: CT presets on the number keys, right drag, inversion.
+    press(&mut h, Modifiers::NONE, Key::Num3);
+    let display =
+        |h: &Harness<'static, StudioApp>| h.state().state.display_for(&current(h).path).unwrap();
+    assert_eq!(display(&h).window.label, "Lung");
+    assert_eq!(
+        (display(&h).window.center, display(&h).window.width),
+        (-600.0, 1500.0)
+    );
+    h.get_by_label_contains("Brain").click();
+    h.step();
+    assert_eq!(
+        (display(&h).window.center, display(&h).window.width),
+        (40.0, 80.0)
+    );
+    drag(
+        &mut h,
+        PointerButton::Secondary,
+        VIEWER,
+        VIEWER + vec2(60.0, 30.0),
+    );
+    let w = display(&h).window;
+    assert!(w.width > 80.0 && w.center > 40.0, "{w:?}");
+    // The window is shared by the slices of the series.
+    press(&mut h, Modifiers::NONE, Key::ArrowDown);
+    assert_eq!(display(&h).window, w);
+    press(&mut h, Modifiers::NONE, Key::I);
+    assert!(display(&h).invert);
+
+    // Zoom: keys, wheel about the cursor, fit, 1:1.
+    let fit_zoom = {
+        let s = &h.state().state;
+        s.viewer.effective_zoom([4, 4])
+    };
+    press(&mut h, Modifiers::NONE, Key::Plus);
+    let v = &h.state().state.viewer;
+    assert!(!v.fit && (v.zoom / fit_zoom - 1.25).abs() < 1e-3);
+    wheel(&mut h, Modifiers::NONE, 1.0);
+    assert!(h.state().state.viewer.zoom > fit_zoom * 1.25);
+    press(&mut h, Modifiers::NONE, Key::F);
+    assert!(h.state().state.viewer.fit);
+    press(&mut h, Modifiers::NONE, Key::Num0);
+    assert_eq!(h.state().state.viewer.zoom, 1.0);
+    // Pan with the middle button.
+    drag(
+        &mut h,
+        PointerButton::Middle,
+        VIEWER,
+        VIEWER + vec2(40.0, 0.0),
+    );
+    assert!(h.state().state.viewer.pan[0] > 30.0);
+}
+
+#[test]
+fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = png_folder(dir.path(), 3);
+    let mut h = harness(app(None));
+    open(&mut h, vec![pngs.clone()]);
+    wait_until(&mut h, "the folder", |s| s.load_job.is_none());
+    let img = |i: usize| ImageKey {
+        path: pngs.join(format!("img{i}.png")),
+        frame: 0,
+    };
+    assert_eq!(current(&h), img(0));
+
+    // N on the first image, A on the second.
+    press(&mut h, Modifiers::NONE, Key::N);
+    press(&mut h, Modifiers::NONE, Key::ArrowDown);
+    press(&mut h, Modifiers::NONE, Key::A);
+    let labels = |h: &Harness<'static, StudioApp>, i: usize| h.state().state.labels.label(&img(i));
+    assert_eq!(
+        (labels(&h, 0), labels(&h, 1)),
+        (Some(Label::Normal), Some(Label::Abnormal))
+    );
+    h.get_by_label_contains("Normal 1 · Abnormal 1 · Masks 0");
+
+    // Paint with the brush, undo, redo.
+    press(&mut h, Modifiers::NONE, Key::B);
+    assert_eq!(h.state().state.viewer.tool, Tool::Brush);
+    press(&mut h, Modifiers::NONE, Key::CloseBracket);
+    drag(
+        &mut h,
+        PointerButton::Primary,
+        VIEWER - vec2(40.0, 0.0),
+        VIEWER + vec2(40.0, 0.0),
+    );
+    let painted = h
+        .state()
+        .state
+        .labels
+        .mask(&img(1))
+        .map(|m| m.count())
+        .unwrap_or(0);
+    assert!(painted > 20, "painted {painted} pixels");
+    h.step();
+    h.get_by_label_contains("Masks 1");
+    press(&mut h, Modifiers::COMMAND, Key::Z);
+    assert!(h.state().state.labels.mask(&img(1)).is_none());
+    press(&mut h, Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+    assert_eq!(
+        h.state().state.labels.mask(&img(1)).unwrap().count(),
+        painted
+    );
+
+    // Erase part of it, then fill a closed outline.
+    press(&mut h, Modifiers::NONE, Key::E);
+    drag(
+        &mut h,
+        PointerButton::Primary,
+        VIEWER - vec2(40.0, 0.0),
+        VIEWER,
+    );
+    let erased = h.state().state.labels.mask(&img(1)).unwrap().count();
+    assert!(erased < painted);
+    press(&mut h, Modifiers::NONE, Key::L);
+    let square = [
+        vec2(-60.0, -60.0),
+        vec2(60.0, -60.0),
+        vec2(60.0, 60.0),
+        vec2(-60.0, 60.0),
+    ];
+    h.event(Event::PointerMoved(VIEWER + square[0]));
+    h.step();
+    h.event(Event::PointerButton {
+        pos: VIEWER + square[0],
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    for corner in square.iter().chain([&square[0]]) {
+        h.event(Event::PointerMoved(VIEWER + *corner));
+        h.step();
+    }
+    h.event(Event::PointerButton {
+        pos: VIEWER + square[0],
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    let filled = h.state().state.labels.mask(&img(1)).unwrap().clone();
+    assert!(filled.count() > erased, "{} vs {erased}", filled.count());
+
+    // Multi-select in the browser and label both at once.
+    h.get_by_label("img0.png").click();
+    h.step();
+    h.get_by_label("img2.png")
+        .click_modifiers(Modifiers::COMMAND);
+    h.step();
+    assert_eq!(h.state().state.selection.len(), 2);
+    press(&mut h, Modifiers::NONE, Key::A);
+    assert_eq!(
+        (labels(&h, 0), labels(&h, 2)),
+        (Some(Label::Abnormal), Some(Label::Abnormal))
+    );
+    press(&mut h, Modifiers::COMMAND, Key::Z);
+    assert_eq!((labels(&h, 0), labels(&h, 2)), (Some(Label::Normal), None));
+
+    // Save, close, reopen: the same labels and masks.
+    let project = dir.path().join("study.mvfa.json");
+    h.state_mut()
+        .pending
+        .push(Action::SaveProjectTo(project.clone()));
+    h.step();
+    assert!(!h.state().state.unsaved());
+    let text = std::fs::read_to_string(&project).unwrap();
+    assert!(
+        text.contains("\"label\": \"Abnormal\"") && text.contains("sha256"),
+        "{text}"
+    );
+    drop(h);
+
+    let mut h = harness(app(None));
+    h.state_mut()
+        .pending
+        .push(Action::OpenProject(project.clone()));
+    wait_until(&mut h, "the project's studies", |s| {
+        s.scan_job.is_none() && s.current_stack().is_some()
+    });
+    let s = &h.state().state;
+    assert_eq!(s.labels.label(&img(0)), Some(Label::Normal));
+    assert_eq!(s.labels.label(&img(1)), Some(Label::Abnormal));
+    assert_eq!(s.labels.label(&img(2)), None);
+    assert_eq!(s.labels.mask(&img(1)), Some(&filled));
+    assert_eq!(s.viewer.current.as_ref(), Some(&img(0)));
+    assert_eq!(s.browser.len(), 3);
+    assert!(s.project.set_aside.is_empty());
+    drop(h);
+
+    // A file changed since: its labels are set aside and reported, never applied.
+    let changed = image::GrayImage::from_pixel(64, 48, image::Luma([7u8]));
+    changed.save(img(1).path).unwrap();
+    let mut h = harness(app(None));
+    h.state_mut()
+        .pending
+        .push(Action::OpenProject(project.clone()));
+    wait_until(&mut h, "the project's studies", |s| s.scan_job.is_none());
+    let s = &h.state().state;
+    assert_eq!(s.labels.label(&img(1)), None);
+    assert!(s.labels.mask(&img(1)).is_none());
+    assert_eq!(s.project.set_aside.len(), 1);
+    assert!(s.project.set_aside[0].reason.contains("changed"));
+    h.step();
+    h.get_by_label("Moved or changed files");
+}
+
+#[test]
+fn app_workspace_recovers_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = png_folder(dir.path(), 2);
+    let autosave = dir.path().join("autosave.json");
+    let mut h = harness(app(Some(autosave.clone())));
+    h.state_mut().state.project.autosave_every = Duration::ZERO;
+    open(&mut h, vec![pngs.clone()]);
+    press(&mut h, Modifiers::NONE, Key::A);
+    press(&mut h, Modifiers::NONE, Key::B);
+    drag(
+        &mut h,
+        PointerButton::Primary,
+        VIEWER,
+        VIEWER + vec2(30.0, 30.0),
+    );
+    h.step();
+    assert!(autosave.is_file(), "autosaved");
+    let mask = h.state().state.labels.mask(&current(&h)).unwrap().clone();
+    // A crash: the app goes away without its exit handler.
+    drop(h);
+
+    let mut h = harness(app(Some(autosave.clone())));
+    h.step();
+    assert!(h.state().state.project.recovery.is_some());
+    h.get_by_label("Recover").click();
+    wait_until(&mut h, "the recovered studies", |s| {
+        s.scan_job.is_none() && s.current_stack().is_some()
+    });
+    let s = &h.state().state;
+    let key = ImageKey {
+        path: pngs.join("img0.png"),
+        frame: 0,
+    };
+    assert_eq!(s.labels.label(&key), Some(Label::Abnormal));
+    assert_eq!(s.labels.mask(&key), Some(&mask));
+    assert!(s.unsaved(), "recovered work is unsaved until saved");
+
+    // Discarding instead removes the autosave.
+    drop(h);
+    let mut h = harness(app(Some(autosave.clone())));
+    h.step();
+    h.get_by_label("Discard").click();
+    h.step();
+    assert!(!autosave.exists());
+}
+
+#[test]
+fn app_workspace_help_palette_and_metadata() {
+    let mut h = harness(app(None));
+    open(&mut h, vec![fixture_dir("dicom/ct_rescale_windows.dcm")]);
+    press(&mut h, Modifiers::NONE, Key::F1);
+    h.get_by_label("Commands and shortcuts");
+    // Every command is listed with its tooltip.
+    for command in mvfa_studio::app::commands::Command::ALL {
+        assert!(
+            !h.get_all_by_label(command.tooltip())
+                .collect::<Vec<_>>()
+                .is_empty(),
+            "{command:?} missing from the help"
+        );
+    }
+    press(&mut h, Modifiers::NONE, Key::F1);
+    assert!(!h.state().state.viewer.show_help);
+
+    // The palette runs a command found by name.
+    press(&mut h, Modifiers::COMMAND, Key::K);
+    assert!(h.state().state.viewer.show_palette);
+    h.step();
+    h.event(Event::Text("invert".into()));
+    h.step();
+    press(&mut h, Modifiers::NONE, Key::Enter);
+    let s = &h.state().state;
+    assert!(!s.viewer.show_palette);
+    assert!(s.display_for(&current(&h).path).unwrap().invert);
+
+    // Metadata, searchable.
+    press(&mut h, Modifiers::COMMAND, Key::I);
+    h.step();
+    h.get_by_label("Metadata");
+    h.get_all_by_label_contains("Modality")
+        .next()
+        .expect("Modality row");
+}
+
+#[test]
+fn app_workspace_unreadable_file_is_reported_not_fatal() {
+    let mut h = harness(app(None));
+    h.state_mut().pending.push(Action::Open(vec![
+        fixture_dir("dicom/truncated.dcm"),
+        fixture_dir("dicom/ct_rescale_windows.dcm"),
+    ]));
+    wait_until(&mut h, "the scan and loads", |s| {
+        s.scan_job.is_none() && s.load_job.is_none() && !s.browser.unreadable.is_empty()
+    });
+    let unreadable = &h.state().state.browser.unreadable;
+    assert!(unreadable[0].0.ends_with("truncated.dcm"), "{unreadable:?}");
+    assert!(!unreadable[0].1.is_empty());
+}
