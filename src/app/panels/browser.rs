@@ -37,11 +37,11 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                             GroupKind::Folder(_) => true,
                         })
                         .map_or(groups.len(), |n| g + n);
-                    egui::CollapsingHeader::new(format!("👤 {patient}"))
+                    egui::CollapsingHeader::new(format!("Patient: {patient}"))
                         .id_salt(("patient", g))
                         .default_open(true)
                         .show(ui, |ui| {
-                            egui::CollapsingHeader::new(format!("📋 {study}"))
+                            egui::CollapsingHeader::new(format!("Study: {study}"))
                                 .id_salt(("study", g))
                                 .default_open(true)
                                 .show(ui, |ui| {
@@ -49,7 +49,8 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                                         let GroupKind::Series { series, .. } = &group.kind else {
                                             continue;
                                         };
-                                        let title = format!("🗂 {series} ({})", group.items.len());
+                                        let title =
+                                            format!("Series {series} ({})", group.items.len());
                                         group_items(
                                             ui,
                                             state,
@@ -65,7 +66,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                     g = end;
                 }
                 GroupKind::Folder(folder) => {
-                    let title = format!("📁 {} ({})", folder.display(), groups[g].items.len());
+                    let title = format!("Folder {} ({})", folder.display(), groups[g].items.len());
                     group_items(ui, state, &groups[g], &title, g, current_group, actions);
                     g += 1;
                 }
@@ -73,7 +74,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         }
         if !state.browser.unreadable.is_empty() {
             egui::CollapsingHeader::new(
-                RichText::new(format!("⚠ Unreadable ({})", state.browser.unreadable.len()))
+                RichText::new(format!("Unreadable ({})", state.browser.unreadable.len()))
                     .color(ui.visuals().warn_fg_color),
             )
             .id_salt("unreadable")

@@ -8,7 +8,7 @@ use crate::app::state::{AppState, WeightsStatus};
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
-        ui.label(format!("🖥 {}", state.backend.device))
+        ui.label(format!("{}", state.backend.device))
             .on_hover_text(format!("Compute backend: {}", state.backend.backend));
         ui.separator();
         let weights = match &state.weights {
@@ -54,7 +54,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             counts.normal, counts.abnormal, counts.masks
         ));
         if state.unsaved() {
-            ui.label(egui::RichText::new("● unsaved").color(ui.visuals().warn_fg_color))
+            ui.label(egui::RichText::new("unsaved").color(ui.visuals().warn_fg_color))
                 .on_hover_text("Autosaved every minute; Ctrl+S saves the project");
         }
         ui.separator();

@@ -249,9 +249,10 @@ fn mouse(
                 && let Some(p) = primary_pos
             {
                 let q = view.to_image(p);
+                let started = response.drag_started_by(egui::PointerButton::Primary);
                 ui.ctx().data_mut(|d| {
                     let points: &mut Vec<[f32; 2]> = d.get_temp_mut_or_default(id);
-                    if response.drag_started_by(egui::PointerButton::Primary) {
+                    if started {
                         points.clear();
                     }
                     points.push(q);

@@ -50,7 +50,7 @@ pub const BRUSH_MIN: f32 = 1.0;
 pub const BRUSH_MAX: f32 = 200.0;
 /// Zoom limits, in screen points per image pixel.
 pub const ZOOM_MIN: f32 = 0.01;
-pub const ZOOM_MAX: f32 = 64.0;
+pub const ZOOM_MAX: f32 = 512.0;
 
 #[derive(Debug, Clone)]
 pub struct Viewer {
