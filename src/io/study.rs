@@ -220,7 +220,7 @@ pub fn scan_for_viewer(
             Some(ScanItem::Image(path))
         } else {
             match examine(&path, false) {
-                Examined::Instance(inst) => Some(ScanItem::Dicom(Box::new(inst))),
+                Examined::Instance(inst) => Some(ScanItem::Dicom(inst)),
                 Examined::Error(e) => Some(ScanItem::Unreadable {
                     path: e.path,
                     reason: e.message,
@@ -353,7 +353,7 @@ fn scan_files(
     for (i, path) in files.into_iter().enumerate() {
         scan.files_examined += 1;
         match examine(&path, from_dicomdir) {
-            Examined::Instance(inst) => instances.push(inst),
+            Examined::Instance(inst) => instances.push(*inst),
             Examined::Dicomdir => scan.dicomdir_files += 1,
             Examined::NotDicom => scan.skipped_non_dicom += 1,
             Examined::Error(e) => scan.errors.push(e),
@@ -383,7 +383,7 @@ fn dedup(files: Vec<PathBuf>) -> Vec<PathBuf> {
 
 /// What one file of a scan turned out to be.
 enum Examined {
-    Instance(Instance),
+    Instance(Box<Instance>),
     Dicomdir,
     NotDicom,
     Error(DicomError),
@@ -405,7 +405,7 @@ fn examine(path: &Path, from_dicomdir: bool) -> Examined {
     }
     match read_dicom_header(path) {
         Ok((summary, _)) if summary.is_dicomdir => Examined::Dicomdir,
-        Ok((summary, metadata)) => Examined::Instance(Instance { summary, metadata }),
+        Ok((summary, metadata)) => Examined::Instance(Box::new(Instance { summary, metadata })),
         Err(e) => Examined::Error(e),
     }
 }

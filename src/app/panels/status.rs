@@ -8,7 +8,7 @@ use crate::app::state::{AppState, WeightsStatus};
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
-        ui.label(format!("{}", state.backend.device))
+        ui.label(&state.backend.device)
             .on_hover_text(format!("Compute backend: {}", state.backend.backend));
         ui.separator();
         let weights = match &state.weights {

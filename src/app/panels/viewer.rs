@@ -194,20 +194,21 @@ fn mouse(
         }
     }
     let delta = response.drag_delta();
-    if response.dragged_by(egui::PointerButton::Secondary) && delta != Vec2::ZERO {
-        if let Some(display) = state
+    if response.dragged_by(egui::PointerButton::Secondary)
+        && delta != Vec2::ZERO
+        && let Some(display) = state
             .viewer
             .current
             .as_ref()
             .and_then(|k| state.display_for(&k.path))
-        {
-            let w = &display.window;
-            let k = (w.width / 256.0).max(0.05);
-            actions.push(Action::SetWindow {
-                center: w.center + delta.y as f64 * k,
-                width: (w.width + delta.x as f64 * k).max(1.0),
-            });
-        }
+    {
+        // Sensitivity follows the width, so narrow and wide windows both respond usefully.
+        let w = &display.window;
+        let k = (w.width / 256.0).max(0.05);
+        actions.push(Action::SetWindow {
+            center: w.center + delta.y as f64 * k,
+            width: (w.width + delta.x as f64 * k).max(1.0),
+        });
     }
     let panning = response.dragged_by(egui::PointerButton::Middle)
         || (response.dragged_by(egui::PointerButton::Primary)
