@@ -363,10 +363,17 @@ impl Command {
         .position(|&p| p == self)
     }
 
-    /// The shortcut as the user reads it ("Ctrl+Shift+Z"), empty when there is none.
+    /// The shortcut as the user reads it ("Ctrl+Shift+Z", "]"), empty when there is none.
+    /// egui spells some keys by name ("CloseBracket"); those are shown as the key's symbol.
     pub fn shortcut_text(self, ctx: &eframe::egui::Context) -> String {
         self.shortcut()
-            .map(|s| ctx.format_shortcut(&s))
+            .map(|s| {
+                ctx.format_shortcut(&s)
+                    .replace("OpenBracket", "[")
+                    .replace("CloseBracket", "]")
+                    .replace("Plus", "+")
+                    .replace("Minus", "-")
+            })
             .unwrap_or_default()
     }
 }

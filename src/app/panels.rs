@@ -26,10 +26,12 @@ pub fn draw(
     egui::Panel::left("browser")
         .resizable(true)
         .default_size(260.0)
+        .max_size(420.0)
         .show(ui, |ui| browser::show(ui, state, actions));
     egui::Panel::right("labels")
         .resizable(true)
-        .default_size(270.0)
+        .default_size(280.0)
+        .max_size(360.0)
         .show(ui, |ui| labels::show(ui, state, actions));
     egui::CentralPanel::default()
         .frame(egui::Frame::NONE.fill(egui::Color32::BLACK))
@@ -44,8 +46,8 @@ fn command_button(
     actions: &mut Vec<Action>,
 ) -> egui::Response {
     let mut button = egui::Button::new(command.label());
-    if let Some(shortcut) = command.shortcut() {
-        button = button.shortcut_text(ui.ctx().format_shortcut(&shortcut));
+    if command.shortcut().is_some() {
+        button = button.shortcut_text(command.shortcut_text(ui.ctx()));
     }
     let response = ui.add(button).on_hover_text(command.tooltip());
     if response.clicked() {

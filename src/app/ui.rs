@@ -59,7 +59,7 @@ impl StudioApp {
         let ctx = ui.ctx().clone();
         dispatch::poll(&mut self.state, &ctx);
         let mut actions = std::mem::take(&mut self.pending);
-        actions.extend(shortcut_actions(&ctx));
+        actions.extend(shortcut_actions(&ctx, self.state.viewer.show_palette));
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files
@@ -92,9 +92,10 @@ impl eframe::App for StudioApp {
 }
 
 /// The commands whose shortcuts were pressed this frame. Shortcuts with more modifiers are
-/// tried first (Ctrl+Shift+Z before Ctrl+Z); plain keys are left to a focused text field.
-fn shortcut_actions(ctx: &egui::Context) -> Vec<Action> {
-    let typing = ctx.egui_wants_keyboard_input();
+/// tried first (Ctrl+Shift+Z before Ctrl+Z); plain keys are left to a focused text field and
+/// to the open command palette (whose field loses its focus on Escape before this runs).
+fn shortcut_actions(ctx: &egui::Context, palette_open: bool) -> Vec<Action> {
+    let typing = palette_open || ctx.egui_wants_keyboard_input();
     let mut commands: Vec<(Command, egui::KeyboardShortcut)> = Command::ALL
         .into_iter()
         .filter_map(|c| c.shortcut().map(|s| (c, s)))

@@ -88,6 +88,13 @@ fn palette(ctx: &egui::Context, actions: &mut Vec<Action>) {
         .collapsible(false)
         .anchor(egui::Align2::CENTER_TOP, [0.0, 60.0])
         .show(ctx, |ui| {
+            // Read before the text field, which consumes Escape to give up its focus.
+            let (enter, escape) = ui.input(|i| {
+                (
+                    i.key_pressed(egui::Key::Enter),
+                    i.key_pressed(egui::Key::Escape),
+                )
+            });
             let edit = ui.add(
                 egui::TextEdit::singleline(&mut query)
                     .hint_text("Type a command…")
@@ -95,12 +102,6 @@ fn palette(ctx: &egui::Context, actions: &mut Vec<Action>) {
             );
             edit.request_focus();
             let matches = palette_matches(&query);
-            let (enter, escape) = ui.input(|i| {
-                (
-                    i.key_pressed(egui::Key::Enter),
-                    i.key_pressed(egui::Key::Escape),
-                )
-            });
             let mut chosen = None;
             if enter {
                 chosen = matches.first().copied();

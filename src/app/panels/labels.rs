@@ -170,7 +170,7 @@ fn tools(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             }
         }
     });
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         ui.label(format!("Brush radius: {:.0} px", state.viewer.brush_radius));
         command_button(ui, Command::BrushSmaller, actions);
         command_button(ui, Command::BrushLarger, actions);
