@@ -4,9 +4,10 @@
 //! frame.
 //!
 //! Large images are windowed at a reduction that matches the screen (a 4k x 4k radiograph
-//! fitted in a 1000-point viewer is windowed from a 2k x 2k block average), so dragging the
-//! window rebuilds a few million pixels at most. The block-averaged copies (in modality
-//! units) are cached too.
+//! fitted in a 1000-point viewer is windowed from a 1k x 1k block average), and in tiles of
+//! [`TILE`] pixels of which only the visible ones are built: dragging the window rebuilds about
+//! as many pixels as the screen shows, and no texture exceeds what the GPU accepts. The
+//! block-averaged copies (in modality units) are cached too.
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,11 +23,22 @@ const IMAGE_CAPACITY: usize = 96;
 /// Reduced frames kept.
 const REDUCED_CAPACITY: usize = 8;
 
+/// Side of a tile, in pixels of the reduced image (within every GPU's texture limit).
+pub const TILE: u32 = 512;
+
+/// One texture of a tiled image and where it goes.
+pub struct Tile {
+    pub texture: TextureHandle,
+    /// `[x0, y0, x1, y1]` in full-resolution image pixels.
+    pub rect: [f32; 4],
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct ImageTexKey {
     path: PathBuf,
     frame: usize,
     factor: u32,
+    tile: (u32, u32),
     center: u64,
     width: u64,
     function: VoiFunction,
@@ -110,53 +122,88 @@ pub fn reduction_for(pixels_per_image_pixel: f32) -> u32 {
 }
 
 impl Textures {
-    /// The texture of `key`'s frame of `stack` through `display`, reduced by `factor`.
-    pub fn image(
+    /// The tiles of `key`'s frame of `stack` through `display`, reduced by `factor`, that
+    /// overlap `visible` (`[x0, y0, x1, y1]` in full-resolution image pixels).
+    pub fn image_tiles(
         &mut self,
         ctx: &egui::Context,
         stack: &ImageStack,
         key: &ImageKey,
         factor: u32,
         display: &Display,
-    ) -> Option<TextureHandle> {
-        let frame = stack.frames.get(key.frame)?;
-        let tex_key = ImageTexKey {
-            path: key.path.clone(),
-            frame: key.frame,
-            factor,
-            center: display.window.center.to_bits(),
-            width: display.window.width.to_bits(),
-            function: display.window.function,
-            invert: display.invert,
+        visible: [f32; 4],
+    ) -> Vec<Tile> {
+        let Some(frame) = stack.frames.get(key.frame) else {
+            return Vec::new();
         };
-        let reduced = &mut self.reduced;
-        let builds = &mut self.builds;
-        Some(self.images.get_or_insert(tex_key, || {
-            *builds += 1;
-            let owned;
-            let source: &Frame = if factor > 1 {
-                owned = reduced.get_or_insert((key.path.clone(), key.frame, factor), || {
+        let source: Arc<Frame>;
+        let source: &Frame = if factor > 1 {
+            source = self
+                .reduced
+                .get_or_insert((key.path.clone(), key.frame, factor), || {
                     Arc::new(frame.downsample(factor))
                 });
-                &owned
-            } else {
-                frame
-            };
-            let bytes = source.window_to_u8(&display.window, stack.invert != display.invert);
-            let size = [source.width as usize, source.height as usize];
-            let image = match source.channels {
-                Channels::Gray => ColorImage::from_gray(size, &bytes),
-                Channels::Rgb => ColorImage::from_rgb(size, &bytes),
-            };
-            ctx.load_texture(
-                format!("{}#{}", key.path.display(), key.frame),
-                image,
-                OPTIONS,
-            )
-        }))
+            &source
+        } else {
+            frame
+        };
+        let invert = stack.invert != display.invert;
+        let mut tiles = Vec::new();
+        for ty in 0..source.height.div_ceil(TILE) {
+            for tx in 0..source.width.div_ceil(TILE) {
+                let (x0, y0) = (tx * TILE, ty * TILE);
+                let (x1, y1) = (
+                    (x0 + TILE).min(source.width),
+                    (y0 + TILE).min(source.height),
+                );
+                // Reduced pixel i covers full pixels [i * factor, (i + 1) * factor).
+                let rect = [
+                    (x0 * factor) as f32,
+                    (y0 * factor) as f32,
+                    ((x1 * factor).min(frame.width)) as f32,
+                    ((y1 * factor).min(frame.height)) as f32,
+                ];
+                if rect[2] <= visible[0]
+                    || rect[0] >= visible[2]
+                    || rect[3] <= visible[1]
+                    || rect[1] >= visible[3]
+                {
+                    continue;
+                }
+                let tex_key = ImageTexKey {
+                    path: key.path.clone(),
+                    frame: key.frame,
+                    factor,
+                    tile: (tx, ty),
+                    center: display.window.center.to_bits(),
+                    width: display.window.width.to_bits(),
+                    function: display.window.function,
+                    invert,
+                };
+                let builds = &mut self.builds;
+                let texture = self.images.get_or_insert(tex_key, || {
+                    *builds += 1;
+                    let part = source.crop(x0, y0, x1 - x0, y1 - y0);
+                    let bytes = part.window_to_u8(&display.window, invert);
+                    let size = [part.width as usize, part.height as usize];
+                    let image = match part.channels {
+                        Channels::Gray => ColorImage::from_gray(size, &bytes),
+                        Channels::Rgb => ColorImage::from_rgb(size, &bytes),
+                    };
+                    ctx.load_texture(
+                        format!("{}#{}/{tx},{ty}", key.path.display(), key.frame),
+                        image,
+                        OPTIONS,
+                    )
+                });
+                tiles.push(Tile { texture, rect });
+            }
+        }
+        tiles
     }
 
-    /// The translucent overlay of `mask`, reduced by `factor` (nearest pixel).
+    /// The translucent overlay of `mask`, reduced by `factor` (nearest pixel), or more when
+    /// the GPU's largest texture (`max_side`) needs it.
     pub fn mask(
         &mut self,
         ctx: &egui::Context,
@@ -164,7 +211,12 @@ impl Textures {
         revision: u64,
         mask: &Mask,
         factor: u32,
+        max_side: usize,
     ) -> TextureHandle {
+        let mut factor = factor.max(1);
+        while (mask.width.max(mask.height) / factor) as usize > max_side.max(1) {
+            factor *= 2;
+        }
         let tex_key = MaskTexKey {
             key: key.clone(),
             revision,

@@ -275,6 +275,28 @@ impl Frame {
         self.data.get(start..start + n)
     }
 
+    /// The rectangle of `width` x `height` pixels at (`x`, `y`), clipped to the frame, as a
+    /// frame of its own: one tile of a large image, which the viewer windows and uploads
+    /// separately (GPUs limit a texture's side, often to 2048 or 8192).
+    pub fn crop(&self, x: u32, y: u32, width: u32, height: u32) -> Frame {
+        let x0 = x.min(self.width);
+        let y0 = y.min(self.height);
+        let x1 = x.saturating_add(width).min(self.width);
+        let y1 = y.saturating_add(height).min(self.height);
+        let n = self.channels.count();
+        let mut data = Vec::with_capacity((x1 - x0) as usize * (y1 - y0) as usize * n);
+        for row in y0..y1 {
+            let start = (row as usize * self.width as usize + x0 as usize) * n;
+            data.extend_from_slice(&self.data[start..start + (x1 - x0) as usize * n]);
+        }
+        Frame {
+            width: x1 - x0,
+            height: y1 - y0,
+            channels: self.channels,
+            data,
+        }
+    }
+
     /// This frame reduced by `factor` in each direction by averaging `factor` x `factor`
     /// blocks (edge blocks are partial), still in modality units. The viewer windows this
     /// display-sized copy instead of all pixels of a large radiograph, so that dragging the
@@ -364,5 +386,11 @@ mod tests {
         assert_eq!(half.data, vec![3.0, 15.0]);
         assert_eq!(frame.pixel(2, 1), Some(&[20.0][..]));
         assert_eq!(frame.pixel(3, 0), None);
+        let tile = frame.crop(1, 0, 5, 1);
+        assert_eq!(
+            (tile.width, tile.height, tile.data),
+            (2, 1, vec![2.0, 10.0])
+        );
+        assert_eq!(frame.crop(3, 0, 2, 2).data.len(), 0);
     }
 }

@@ -103,11 +103,17 @@ pub fn show(
     let factor = reduction_for(zoom * ctx.pixels_per_point());
     let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
     let painter = painter.with_clip_rect(rect);
-    if let Some(texture) = textures.image(&ctx, stack, &key, factor, &display) {
-        painter.image(texture.id(), image_rect, uv, Color32::WHITE);
+    let top_left = view.to_image(rect.min);
+    let bottom_right = view.to_image(rect.max);
+    let visible = [top_left[0], top_left[1], bottom_right[0], bottom_right[1]];
+    for tile in textures.image_tiles(&ctx, stack, &key, factor, &display, visible) {
+        let [x0, y0, x1, y1] = tile.rect;
+        let screen = Rect::from_min_max(view.to_screen([x0, y0]), view.to_screen([x1, y1]));
+        painter.image(tile.texture.id(), screen, uv, Color32::WHITE);
     }
     if let Some(mask) = state.labels.mask(&key) {
-        let texture = textures.mask(&ctx, &key, state.labels.revision, mask, factor);
+        let max_side = ctx.input(|i| i.max_texture_side);
+        let texture = textures.mask(&ctx, &key, state.labels.revision, mask, factor, max_side);
         painter.image(texture.id(), image_rect, uv, Color32::WHITE);
     }
 
