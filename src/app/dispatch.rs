@@ -15,7 +15,7 @@ use crate::app::state::project::{self, ProjectFile, ViewEntry};
 use crate::app::state::viewer::{
     BRUSH_MAX, BRUSH_MIN, Display, Measurement, Tool, ZOOM_MAX, ZOOM_MIN, presets,
 };
-use crate::app::state::{AppState, LoadedFile};
+use crate::app::state::{AppState, LoadedFile, THUMBNAIL_SIDE, Thumbnail};
 use crate::io::image::Window;
 use crate::io::study::scan_for_viewer;
 
@@ -238,6 +238,9 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
                 job.cancel();
             }
             for job in [&state.load_job].into_iter().flatten() {
+                job.cancel();
+            }
+            for job in [&state.thumbnail_job].into_iter().flatten() {
                 job.cancel();
             }
         }
@@ -661,6 +664,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
             ensure_loading(state, ctx);
         }
     }
+    poll_thumbnails(state, ctx);
     // A frame index beyond what the loaded file holds (a NIfTI volume counted as one frame
     // before loading, a project from another version of the file) falls back to the last one.
     if let Some(key) = state.viewer.current.clone()
@@ -673,6 +677,59 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
         });
     }
     autosave(state, false);
+}
+
+/// Collects the previews made so far and, once no scan runs, starts making the missing ones
+/// (in browser order). A file that cannot be read is listed as unreadable right away.
+fn poll_thumbnails(state: &mut AppState, ctx: &egui::Context) {
+    if let Some(job) = state.thumbnail_job.as_mut() {
+        let status = job.poll();
+        let items: Vec<Thumbnail> = job.take_items();
+        for (path, result) in items {
+            match result {
+                Ok(image) => {
+                    state.thumbnails.insert(path, image);
+                }
+                Err(reason) => state.browser.add_unreadable(path, reason),
+            }
+        }
+        if !matches!(status, JobStatus::Running { .. }) {
+            state.thumbnail_job = None;
+        }
+        return;
+    }
+    if state.scan_job.is_some() {
+        return;
+    }
+    let missing: Vec<PathBuf> = state
+        .browser
+        .groups
+        .iter()
+        .flat_map(|g| &g.items)
+        .map(|i| i.path.clone())
+        .filter(|p| !state.thumbnails_tried.contains(p))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    state.thumbnails_tried.extend(missing.iter().cloned());
+    state.thumbnail_job = Some(Job::spawn("Making previews", repaint(ctx), move |job| {
+        let total = missing.len();
+        for (i, path) in missing.into_iter().enumerate() {
+            if job.is_cancelled() {
+                return Err("cancelled".into());
+            }
+            job.progress(
+                Some(i as f32 / total as f32),
+                format!("{} of {total} files", i + 1),
+            );
+            let result = crate::io::input::thumbnail(&path, THUMBNAIL_SIDE)
+                .map(Arc::new)
+                .map_err(|e| e.message);
+            job.emit((path, result));
+        }
+        Ok(())
+    }));
 }
 
 /// Writes unsaved work to the autosave file when it is due (or now, with `force`, at exit),
@@ -795,8 +852,13 @@ fn open_project(state: &mut AppState, path: &Path, recovered: bool, ctx: &egui::
     if let Some(job) = state.load_job.take() {
         job.cancel();
     }
+    if let Some(job) = state.thumbnail_job.take() {
+        job.cancel();
+    }
     state.browser.clear();
     state.images.clear();
+    state.thumbnails.clear();
+    state.thumbnails_tried.clear();
     state.selection.clear();
     state.labels.restore(verified.labels, verified.masks);
     state.project.set_aside = verified.set_aside;

@@ -27,7 +27,7 @@ pub fn draw(
         .resizable(true)
         .default_size(260.0)
         .max_size(420.0)
-        .show(ui, |ui| browser::show(ui, state, actions));
+        .show(ui, |ui| browser::show(ui, state, textures, actions));
     egui::Panel::right("labels")
         .resizable(true)
         .default_size(280.0)

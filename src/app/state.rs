@@ -6,7 +6,7 @@ pub mod labels;
 pub mod project;
 pub mod viewer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::jobs::{Job, JobStatus};
 use crate::backend::BackendInfo;
 use crate::io::image::ImageStack;
+use crate::io::resample::Image8;
 use crate::io::study::ScanItem;
 use browser::Browser;
 use labels::{ImageKey, Labels};
@@ -73,6 +74,12 @@ pub enum WeightsStatus {
 /// A file read by the loader job: its pixels and content hash, or why it could not be read.
 pub type LoadedFile = (PathBuf, Result<(Arc<ImageStack>, String), String>);
 
+/// A browser preview made by the thumbnail job, or why the file could not be read.
+pub type Thumbnail = (PathBuf, Result<Arc<Image8>, String>);
+
+/// Side of the browser's previews, in pixels.
+pub const THUMBNAIL_SIDE: u32 = 40;
+
 /// Everything the UI shows. Only the UI thread touches it.
 pub struct AppState {
     pub persisted: PersistedState,
@@ -85,6 +92,11 @@ pub struct AppState {
     pub load_job: Option<Job<(), LoadedFile>>,
     /// The files the running loader was asked for.
     pub load_queue: Vec<PathBuf>,
+    /// Makes the browser's previews once a scan has ended.
+    pub thumbnail_job: Option<Job<(), Thumbnail>>,
+    pub thumbnails: HashMap<PathBuf, Arc<Image8>>,
+    /// Files a thumbnail was attempted for (failures are not retried).
+    pub thumbnails_tried: HashSet<PathBuf>,
     pub browser: Browser,
     /// Decoded files, in modality units.
     pub images: HashMap<PathBuf, Arc<ImageStack>>,
@@ -114,6 +126,9 @@ impl AppState {
             scan_job: None,
             load_job: None,
             load_queue: Vec::new(),
+            thumbnail_job: None,
+            thumbnails: HashMap::new(),
+            thumbnails_tried: HashSet::new(),
             browser: Browser::default(),
             images: HashMap::new(),
             selection: Vec::new(),
@@ -250,7 +265,7 @@ impl AppState {
 
     /// Whether a background job other than the weights load is running.
     pub fn busy(&self) -> bool {
-        self.scan_job.is_some() || self.load_job.is_some()
+        self.scan_job.is_some() || self.load_job.is_some() || self.thumbnail_job.is_some()
     }
 
     /// Whether labels or masks changed since the last save.

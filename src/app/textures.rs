@@ -8,7 +8,8 @@
 //! [`TILE`] pixels of which only the visible ones are built: dragging the window rebuilds about
 //! as many pixels as the screen shows, and no texture exceeds what the GPU accepts. The
 //! block-averaged copies (in modality units) are cached too.
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
@@ -17,6 +18,7 @@ use crate::app::state::labels::ImageKey;
 use crate::app::state::viewer::Display;
 use crate::io::image::{Channels, Frame, ImageStack, VoiFunction};
 use crate::io::mask::Mask;
+use crate::io::resample::Image8;
 
 /// Image textures kept (a scrolled series reuses its frames).
 const IMAGE_CAPACITY: usize = 96;
@@ -85,6 +87,7 @@ impl<K: PartialEq, V: Clone> Lru<K, V> {
 
 pub struct Textures {
     images: Lru<ImageTexKey, TextureHandle>,
+    thumbnails: HashMap<PathBuf, TextureHandle>,
     reduced: Lru<(PathBuf, usize, u32), Arc<Frame>>,
     masks: Lru<MaskTexKey, TextureHandle>,
     /// Image textures built so far (for tests and the frame-time measurement).
@@ -95,6 +98,7 @@ impl Default for Textures {
     fn default() -> Self {
         Self {
             images: Lru::new(IMAGE_CAPACITY),
+            thumbnails: HashMap::new(),
             reduced: Lru::new(REDUCED_CAPACITY),
             masks: Lru::new(4),
             builds: 0,
@@ -200,6 +204,21 @@ impl Textures {
             }
         }
         tiles
+    }
+
+    /// The browser preview of `path` (made once per file: previews are a few kilobytes).
+    pub fn thumbnail(&mut self, ctx: &egui::Context, path: &Path, image: &Image8) -> TextureHandle {
+        self.thumbnails
+            .entry(path.to_path_buf())
+            .or_insert_with(|| {
+                let size = [image.width as usize, image.height as usize];
+                let color = match image.channels {
+                    Channels::Gray => ColorImage::from_gray(size, &image.data),
+                    Channels::Rgb => ColorImage::from_rgb(size, &image.data),
+                };
+                ctx.load_texture(format!("thumbnail {}", path.display()), color, OPTIONS)
+            })
+            .clone()
     }
 
     /// The translucent overlay of `mask`, reduced by `factor` (nearest pixel), or more when

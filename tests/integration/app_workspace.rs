@@ -188,6 +188,10 @@ fn app_workspace_opens_a_dicomdir() {
         "{:?}",
         s.browser.unreadable
     );
+    // Previews follow in the background, one per file.
+    wait_until(&mut h, "the previews", |s| {
+        s.thumbnail_job.is_none() && s.thumbnails.len() == 6
+    });
 }
 
 #[test]

@@ -7,8 +7,14 @@ use crate::app::dispatch::{Action, SelectMode};
 use crate::app::state::AppState;
 use crate::app::state::browser::{Group, GroupKind};
 use crate::app::state::labels::Label;
+use crate::app::textures::Textures;
 
-pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+pub fn show(
+    ui: &mut egui::Ui,
+    state: &AppState,
+    textures: &mut Textures,
+    actions: &mut Vec<Action>,
+) {
     ui.heading("Studies");
     if state.browser.is_empty() {
         ui.label("Open files or a folder (File menu), or drop them here.");
@@ -54,6 +60,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                                         group_items(
                                             ui,
                                             state,
+                                            textures,
                                             group,
                                             &title,
                                             g + i,
@@ -67,7 +74,16 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 }
                 GroupKind::Folder(folder) => {
                     let title = format!("Folder {} ({})", folder.display(), groups[g].items.len());
-                    group_items(ui, state, &groups[g], &title, g, current_group, actions);
+                    group_items(
+                        ui,
+                        state,
+                        textures,
+                        &groups[g],
+                        &title,
+                        g,
+                        current_group,
+                        actions,
+                    );
                     g += 1;
                 }
             }
@@ -89,9 +105,11 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn group_items(
     ui: &mut egui::Ui,
     state: &AppState,
+    textures: &mut Textures,
     group: &Group,
     title: &str,
     index: usize,
@@ -107,6 +125,18 @@ fn group_items(
                 let selected =
                     state.selection.contains(&item.path) || current_path == Some(&item.path);
                 ui.horizontal(|ui| {
+                    let side = crate::app::state::THUMBNAIL_SIDE as f32;
+                    match state.thumbnails.get(&item.path) {
+                        Some(image) => {
+                            let texture = textures.thumbnail(ui.ctx(), &item.path, image);
+                            let size = egui::vec2(image.width as f32, image.height as f32);
+                            ui.add_sized([side, side], egui::Image::new((texture.id(), size)));
+                        }
+                        // The same room while the preview is being made: rows do not jump.
+                        None => {
+                            ui.allocate_space(egui::vec2(side, side));
+                        }
+                    }
                     badge(ui, state, &item.path);
                     let mut text = item.name.clone();
                     if item.frames > 1 {
