@@ -363,6 +363,20 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     let filled = h.state().state.labels.mask(&img(1)).unwrap().clone();
     assert!(filled.count() > erased, "{} vs {erased}", filled.count());
 
+    // Importing a mask image replaces the mask (one undo step).
+    let drawn = dir.path().join("drawn_mask.png");
+    image::GrayImage::from_fn(64, 48, |x, _| image::Luma([if x < 16 { 255 } else { 0 }]))
+        .save(&drawn)
+        .unwrap();
+    h.state_mut().pending.push(Action::ImportMaskFrom(drawn));
+    h.step();
+    assert_eq!(
+        h.state().state.labels.mask(&img(1)).unwrap().count(),
+        16 * 48
+    );
+    press(&mut h, Modifiers::COMMAND, Key::Z);
+    assert_eq!(h.state().state.labels.mask(&img(1)), Some(&filled));
+
     // Multi-select in the browser and label both at once.
     h.get_by_label("img0.png").click();
     h.step();
@@ -508,6 +522,18 @@ fn app_workspace_help_palette_and_metadata() {
         !h.state().state.viewer.show_palette,
         "Escape closes the palette"
     );
+
+    // A length measurement, in mm from the file's pixel spacing.
+    press(&mut h, Modifiers::NONE, Key::M);
+    drag(
+        &mut h,
+        PointerButton::Primary,
+        VIEWER - vec2(50.0, 0.0),
+        VIEWER + vec2(50.0, 0.0),
+    );
+    let m = h.state().state.viewer.measurements.clone();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(m[0].to[0] > m[0].from[0]);
 
     // Metadata, searchable.
     press(&mut h, Modifiers::COMMAND, Key::I);
