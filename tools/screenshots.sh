@@ -54,7 +54,7 @@ stop() {
 # Saves the window as a small PNG (reduced palette: the UI is mostly flat dark grey).
 shot() {
     import -window "$window" "$work/raw.png"
-    convert "$work/raw.png" -resize 1000x -dither None -colors 96 -strip "$out/$1.png"
+    convert "$work/raw.png" -resize 900x -dither None -colors 64 -strip "$out/$1.png"
     echo "$out/$1.png"
 }
 
@@ -68,9 +68,8 @@ cx=630
 cy=420
 
 start "$ct"
-shot viewer-ct
 key 2
-shot viewer-ct-soft-tissue
+shot viewer-ct
 key F1
 shot help
 key F1

@@ -174,25 +174,20 @@ fn badge(ui: &mut egui::Ui, state: &AppState, path: &std::path::Path) {
         .masks()
         .any(|(k, m)| k.path == path && m.count() > 0);
     let text = match (normal, abnormal) {
-        (0, 0) => "  ".to_string(),
+        (0, 0) => String::new(),
         (1, 0) => "N".into(),
         (0, 1) => "A".into(),
         (n, a) => format!("{n}N{a}A"),
     };
     let color = if abnormal > 0 {
         egui::Color32::from_rgb(230, 90, 80)
-    } else if normal > 0 {
-        egui::Color32::from_rgb(90, 190, 110)
     } else {
-        ui.visuals().weak_text_color()
+        egui::Color32::from_rgb(90, 190, 110)
     };
-    ui.label(RichText::new(text).monospace().strong().color(color));
-    if masked {
-        ui.label(
-            RichText::new("M")
-                .monospace()
-                .color(egui::Color32::from_rgb(255, 120, 120)),
-        )
-        .on_hover_text("has a lesion mask");
-    }
+    // Fixed width, so that file names line up whatever the badge says.
+    let text = format!("{text:<5}{}", if masked { "M" } else { " " });
+    ui.label(RichText::new(text).monospace().strong().color(color))
+        .on_hover_text(
+            "N normal, A abnormal (counts per frame for multi-frame files), M lesion mask",
+        );
 }
