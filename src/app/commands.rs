@@ -353,14 +353,22 @@ impl Command {
         }
     }
 
+    /// The preset commands, in key order (1-9).
+    pub const PRESETS: [Command; 9] = [
+        Command::Preset1,
+        Command::Preset2,
+        Command::Preset3,
+        Command::Preset4,
+        Command::Preset5,
+        Command::Preset6,
+        Command::Preset7,
+        Command::Preset8,
+        Command::Preset9,
+    ];
+
     /// The window preset (0-based) a `PresetN` command applies.
     pub fn preset_index(self) -> Option<usize> {
-        use Command::*;
-        [
-            Preset1, Preset2, Preset3, Preset4, Preset5, Preset6, Preset7, Preset8, Preset9,
-        ]
-        .iter()
-        .position(|&p| p == self)
+        Command::PRESETS.iter().position(|&p| p == self)
     }
 
     /// The shortcut as the user reads it ("Ctrl+Shift+Z", "]"), empty when there is none.

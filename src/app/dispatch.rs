@@ -9,9 +9,9 @@ use std::time::Instant;
 use eframe::egui;
 
 use crate::app::commands::Command;
-use crate::app::jobs::{Job, JobStatus};
+use crate::app::jobs::{Job, JobStatus, each_file};
 use crate::app::state::labels::{ImageKey, Label};
-use crate::app::state::project::{self, ProjectFile, ViewEntry};
+use crate::app::state::project::{self, ProjectFile};
 use crate::app::state::viewer::{
     BRUSH_MAX, BRUSH_MIN, Display, Measurement, Tool, ZOOM_MAX, ZOOM_MIN, presets,
 };
@@ -231,18 +231,10 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
             }
         }
         Command::CancelJob => {
-            for job in [&state.weights_job].into_iter().flatten() {
+            if let Some(job) = &state.weights_job {
                 job.cancel();
             }
-            for job in [&state.scan_job].into_iter().flatten() {
-                job.cancel();
-            }
-            for job in [&state.load_job].into_iter().flatten() {
-                job.cancel();
-            }
-            for job in [&state.thumbnail_job].into_iter().flatten() {
-                job.cancel();
-            }
+            cancel_file_jobs(state);
         }
         Command::ToggleForceCpu => {
             state.persisted.force_cpu = !state.persisted.force_cpu;
@@ -341,6 +333,19 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
                     .push(format!("No window preset {} for this image", index + 1)),
             }
         }
+    }
+}
+
+/// Asks the scan, loader and preview jobs to stop (they report when they have).
+fn cancel_file_jobs(state: &AppState) {
+    if let Some(job) = &state.scan_job {
+        job.cancel();
+    }
+    if let Some(job) = &state.load_job {
+        job.cancel();
+    }
+    if let Some(job) = &state.thumbnail_job {
+        job.cancel();
     }
 }
 
@@ -578,30 +583,15 @@ fn ensure_loading(state: &mut AppState, ctx: &egui::Context) {
     if let Some(job) = state.load_job.take() {
         job.cancel();
     }
-    state.load_queue = queue.clone();
-    state.load_job = Some(Job::spawn("Loading images", repaint(ctx), move |job| {
-        let total = queue.len();
-        for (i, path) in queue.into_iter().enumerate() {
-            if job.is_cancelled() {
-                return Err("cancelled".into());
-            }
-            job.progress(
-                Some(i as f32 / total as f32),
-                format!("{} of {total} files", i + 1),
-            );
-            let result = crate::io::input::load_stack(&path)
-                .map_err(|e| e.message)
-                .and_then(|stack| {
-                    if stack.frames.is_empty() {
-                        return Err("the file holds no image frames".to_string());
-                    }
-                    let hash = crate::weights::adapters::file_sha256_hex(&path)
-                        .map_err(|e| format!("cannot read the file: {e}"))?;
-                    Ok((Arc::new(stack), hash))
-                });
-            job.emit((path, result));
+    state.load_queue.clone_from(&queue);
+    state.load_job = Some(each_file("Loading images", repaint(ctx), queue, |path| {
+        let stack = crate::io::input::load_stack(path).map_err(|e| e.message)?;
+        if stack.frames.is_empty() {
+            return Err("the file holds no image frames".to_string());
         }
-        Ok(())
+        let hash = crate::weights::adapters::file_sha256_hex(path)
+            .map_err(|e| format!("cannot read the file: {e}"))?;
+        Ok((Arc::new(stack), hash))
     }));
 }
 
@@ -713,23 +703,16 @@ fn poll_thumbnails(state: &mut AppState, ctx: &egui::Context) {
         return;
     }
     state.thumbnails_tried.extend(missing.iter().cloned());
-    state.thumbnail_job = Some(Job::spawn("Making previews", repaint(ctx), move |job| {
-        let total = missing.len();
-        for (i, path) in missing.into_iter().enumerate() {
-            if job.is_cancelled() {
-                return Err("cancelled".into());
-            }
-            job.progress(
-                Some(i as f32 / total as f32),
-                format!("{} of {total} files", i + 1),
-            );
-            let result = crate::io::input::thumbnail(&path, THUMBNAIL_SIDE)
+    state.thumbnail_job = Some(each_file(
+        "Making previews",
+        repaint(ctx),
+        missing,
+        |path| {
+            crate::io::input::thumbnail(path, THUMBNAIL_SIDE)
                 .map(Arc::new)
-                .map_err(|e| e.message);
-            job.emit((path, result));
-        }
-        Ok(())
-    }));
+                .map_err(|e| e.message)
+        },
+    ));
 }
 
 /// Writes unsaved work to the autosave file when it is due (or now, with `force`, at exit),
@@ -804,14 +787,7 @@ fn snapshot(state: &mut AppState) -> Result<ProjectFile, String> {
             .iter()
             .map(|(k, d)| (k.clone(), d.clone()))
             .collect(),
-        view: ViewEntry {
-            current: v.current.clone(),
-            fit: v.fit,
-            zoom: v.zoom,
-            pan: v.pan,
-            tool: v.tool,
-            brush_radius: v.brush_radius,
-        },
+        view: v.view_entry(),
         measurements: v.measurements.clone(),
         set_aside: state.project.set_aside.clone(),
         ..Default::default()
@@ -846,15 +822,11 @@ fn open_project(state: &mut AppState, path: &Path, recovered: bool, ctx: &egui::
         }
     };
     let verified = project::verify(&file, &mut state.project);
-    if let Some(job) = state.scan_job.take() {
-        job.cancel();
-    }
-    if let Some(job) = state.load_job.take() {
-        job.cancel();
-    }
-    if let Some(job) = state.thumbnail_job.take() {
-        job.cancel();
-    }
+    // What the old jobs still hand over belongs to the previous session: drop them.
+    cancel_file_jobs(state);
+    state.scan_job = None;
+    state.load_job = None;
+    state.thumbnail_job = None;
     state.browser.clear();
     state.images.clear();
     state.thumbnails.clear();

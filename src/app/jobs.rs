@@ -2,6 +2,7 @@
 //! back over a channel, cooperative cancellation through a shared flag. The UI polls
 //! [`Job::poll`] once per frame. Partial results (`I`, e.g. each file a folder scan finds) let
 //! the UI show the first items long before a large job ends.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -156,6 +157,31 @@ impl<T: Send + 'static, I: Send + 'static> Job<T, I> {
             }
         }
     }
+}
+
+/// A job that runs `work` on each of `paths` in order and hands over each result as it comes
+/// (with progress "i of n files"; cancellation is checked between files).
+pub fn each_file<I: Send + 'static>(
+    title: &str,
+    repaint: impl Fn() + Send + Sync + 'static,
+    paths: Vec<PathBuf>,
+    work: impl Fn(&Path) -> I + Send + 'static,
+) -> Job<(), (PathBuf, I)> {
+    Job::spawn(title, repaint, move |job| {
+        let total = paths.len();
+        for (i, path) in paths.into_iter().enumerate() {
+            if job.is_cancelled() {
+                return Err("cancelled".into());
+            }
+            job.progress(
+                Some(i as f32 / total as f32),
+                format!("{} of {total} files", i + 1),
+            );
+            let result = work(&path);
+            job.emit((path, result));
+        }
+        Ok(())
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

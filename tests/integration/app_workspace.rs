@@ -71,29 +71,35 @@ fn press(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, key: Key) {
     h.step();
 }
 
-/// A drag with `button` from `from` to `to` in a few moves.
-fn drag(h: &mut Harness<'static, StudioApp>, button: PointerButton, from: Pos2, to: Pos2) {
-    h.event(Event::PointerMoved(from));
-    h.step();
-    h.event(Event::PointerButton {
-        pos: from,
+/// Presses `button` at the first point, moves through the others and releases at the last.
+fn pointer_path(h: &mut Harness<'static, StudioApp>, button: PointerButton, points: &[Pos2]) {
+    let (Some(&first), Some(&last)) = (points.first(), points.last()) else {
+        return;
+    };
+    let button_event = |pos, pressed| Event::PointerButton {
+        pos,
         button,
-        pressed: true,
+        pressed,
         modifiers: Modifiers::NONE,
-    });
+    };
+    h.event(Event::PointerMoved(first));
     h.step();
-    for i in 1..=4 {
-        let p = from + (to - from) * (i as f32 / 4.0);
+    h.event(button_event(first, true));
+    h.step();
+    for &p in &points[1..] {
         h.event(Event::PointerMoved(p));
         h.step();
     }
-    h.event(Event::PointerButton {
-        pos: to,
-        button,
-        pressed: false,
-        modifiers: Modifiers::NONE,
-    });
+    h.event(button_event(last, false));
     h.step();
+}
+
+/// A drag with `button` from `from` to `to` in a few moves.
+fn drag(h: &mut Harness<'static, StudioApp>, button: PointerButton, from: Pos2, to: Pos2) {
+    let points: Vec<Pos2> = (0..=4)
+        .map(|i| from + (to - from) * (i as f32 / 4.0))
+        .collect();
+    pointer_path(h, button, &points);
 }
 
 fn wheel(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, notches: f32) {
@@ -334,32 +340,17 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     let erased = h.state().state.labels.mask(&img(1)).unwrap().count();
     assert!(erased < painted);
     press(&mut h, Modifiers::NONE, Key::L);
-    let square = [
-        vec2(-60.0, -60.0),
-        vec2(60.0, -60.0),
-        vec2(60.0, 60.0),
-        vec2(-60.0, 60.0),
-    ];
-    h.event(Event::PointerMoved(VIEWER + square[0]));
-    h.step();
-    h.event(Event::PointerButton {
-        pos: VIEWER + square[0],
-        button: PointerButton::Primary,
-        pressed: true,
-        modifiers: Modifiers::NONE,
-    });
-    h.step();
-    for corner in square.iter().chain([&square[0]]) {
-        h.event(Event::PointerMoved(VIEWER + *corner));
-        h.step();
-    }
-    h.event(Event::PointerButton {
-        pos: VIEWER + square[0],
-        button: PointerButton::Primary,
-        pressed: false,
-        modifiers: Modifiers::NONE,
-    });
-    h.step();
+    let square: Vec<Pos2> = [
+        (-60.0, -60.0),
+        (60.0, -60.0),
+        (60.0, 60.0),
+        (-60.0, 60.0),
+        (-60.0, -60.0),
+    ]
+    .into_iter()
+    .map(|(x, y)| VIEWER + vec2(x, y))
+    .collect();
+    pointer_path(&mut h, PointerButton::Primary, &square);
     let filled = h.state().state.labels.mask(&img(1)).unwrap().clone();
     assert!(filled.count() > erased, "{} vs {erased}", filled.count());
 

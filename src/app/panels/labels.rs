@@ -121,18 +121,7 @@ fn window(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         actions.push(Action::Run(Command::Invert));
     }
     ui.label("Presets:");
-    let preset_commands = [
-        Command::Preset1,
-        Command::Preset2,
-        Command::Preset3,
-        Command::Preset4,
-        Command::Preset5,
-        Command::Preset6,
-        Command::Preset7,
-        Command::Preset8,
-        Command::Preset9,
-    ];
-    for (window, command) in presets(stack).iter().zip(preset_commands) {
+    for (window, command) in presets(stack).iter().zip(Command::PRESETS) {
         let text = format!(
             "{} {}  {:.0}/{:.0}",
             command.preset_index().map_or(0, |i| i + 1),

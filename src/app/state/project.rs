@@ -58,14 +58,7 @@ pub struct ViewEntry {
 
 impl Default for ViewEntry {
     fn default() -> Self {
-        Self {
-            current: None,
-            fit: true,
-            zoom: 1.0,
-            pan: [0.0, 0.0],
-            tool: Tool::Navigate,
-            brush_radius: 8.0,
-        }
+        super::viewer::Viewer::default().view_entry()
     }
 }
 
