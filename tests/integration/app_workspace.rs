@@ -429,6 +429,32 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     assert!(s.project.set_aside[0].reason.contains("changed"));
     h.step();
     h.get_by_label("Moved or changed files");
+    drop(h);
+
+    // A file moved away: reported as missing, its label kept aside too.
+    std::fs::rename(img(0).path, dir.path().join("moved.png")).unwrap();
+    let mut h = harness(app(None));
+    h.state_mut()
+        .pending
+        .push(Action::OpenProject(project.clone()));
+    wait_until(&mut h, "the project's studies", |s| s.scan_job.is_none());
+    let s = &h.state().state;
+    assert_eq!(s.project.set_aside.len(), 2);
+    assert!(
+        s.project
+            .set_aside
+            .iter()
+            .any(|a| a.file.path == img(0).path && a.reason.contains("missing")),
+        "{:?}",
+        s.project.set_aside
+    );
+    // Saving again keeps what was set aside.
+    h.state_mut()
+        .pending
+        .push(Action::SaveProjectTo(project.clone()));
+    h.step();
+    let text = std::fs::read_to_string(&project).unwrap();
+    assert!(text.contains("set_aside") && text.contains("img0.png"));
 }
 
 #[test]
@@ -663,4 +689,41 @@ fn app_workspace_frame_times() {
         h.event(Event::PointerMoved(p));
     });
     println!("  hover at 1:1:         {}", summary(&pan));
+}
+
+/// A file dropped on the window, as the windowing integration hands it over.
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn app_workspace_opens_dropped_files_and_remembers_them() {
+    let mut h = harness(app(None));
+    let dropped = fixture_dir("dicom/enhanced_multiframe.dcm");
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(dropped.clone())));
+    wait_until(&mut h, "the dropped file", |s| {
+        s.scan_job.is_none() && s.current_stack().is_some()
+    });
+    assert_eq!(current(&h).path, dropped);
+    assert_eq!(h.state().state.persisted.recent, vec![dropped.clone()]);
+
+    // The recent list reopens it in a new session.
+    let persisted = h.state().state.persisted.clone();
+    let mut h = harness(StudioApp::with_state(AppState::new(persisted, None)));
+    h.state_mut()
+        .pending
+        .push(Action::OpenRecent(dropped.clone()));
+    wait_until(&mut h, "the recent file", |s| s.current_stack().is_some());
+    assert_eq!(current(&h).path, dropped);
 }
