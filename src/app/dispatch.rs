@@ -16,7 +16,7 @@ use crate::app::state::viewer::{
     BRUSH_MAX, BRUSH_MIN, Display, Measurement, Tool, ZOOM_MAX, ZOOM_MIN, presets,
 };
 use crate::app::state::{AppState, LoadedFile, THUMBNAIL_SIDE, Thumbnail};
-use crate::io::image::Window;
+use crate::io::image::{ImageStack, Window};
 use crate::io::study::scan_for_viewer;
 
 /// Everything a user can do, as panels and shortcuts report it.
@@ -645,11 +645,14 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
                 }
             }
         }
-        if !matches!(status, JobStatus::Running { .. }) {
+        let over_budget = keep_within_budget(state);
+        if over_budget || !matches!(status, JobStatus::Running { .. }) {
             if let JobStatus::Failed(e) = status {
                 state.log.push(e);
             }
-            state.load_job = None;
+            if let Some(job) = state.load_job.take() {
+                job.cancel();
+            }
             state.load_queue.clear();
             ensure_loading(state, ctx);
         }
@@ -667,6 +670,41 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
         });
     }
     autosave(state, false);
+}
+
+/// Drops decoded files, farthest from the current image first (other series before its own
+/// neighbours), until they fit in the image budget; says whether the budget was exceeded, in
+/// which case the loader should stop.
+fn keep_within_budget(state: &mut AppState) -> bool {
+    let bytes = |s: &ImageStack| s.frames.iter().map(|f| f.data.len() * 4).sum::<usize>();
+    let mut total: usize = state.images.values().map(|s| bytes(s)).sum();
+    if total <= state.image_budget {
+        return false;
+    }
+    let current = state.viewer.current.as_ref().map(|k| k.path.clone());
+    let here = current.as_deref().and_then(|c| state.browser.locate(c));
+    let mut others: Vec<(usize, PathBuf)> = state
+        .images
+        .keys()
+        .filter(|p| Some(*p) != current.as_ref())
+        .map(|p| {
+            let distance = match (here, state.browser.locate(p)) {
+                (Some((g, i)), Some((h, j))) if g == h => i.abs_diff(j),
+                _ => usize::MAX,
+            };
+            (distance, p.clone())
+        })
+        .collect();
+    others.sort_by_key(|o| std::cmp::Reverse(o.0));
+    for (_, path) in others {
+        if total <= state.image_budget {
+            break;
+        }
+        if let Some(stack) = state.images.remove(&path) {
+            total -= bytes(&stack);
+        }
+    }
+    true
 }
 
 /// Collects the previews made so far and, once no scan runs, starts making the missing ones

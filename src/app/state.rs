@@ -80,6 +80,10 @@ pub type Thumbnail = (PathBuf, Result<Arc<Image8>, String>);
 /// Side of the browser's previews, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 40;
 
+/// Decoded pixels kept in memory by default (4 bytes a sample in modality units): 2 GiB, a
+/// 1000-slice 512 x 512 CT series, or 32 radiographs of 4k x 4k.
+pub const IMAGE_BUDGET: usize = 2 << 30;
+
 /// Everything the UI shows. Only the UI thread touches it.
 pub struct AppState {
     pub persisted: PersistedState,
@@ -100,6 +104,9 @@ pub struct AppState {
     pub browser: Browser,
     /// Decoded files, in modality units.
     pub images: HashMap<PathBuf, Arc<ImageStack>>,
+    /// Bytes of decoded pixels kept at most: beyond, the files farthest from the current one
+    /// are dropped and the loader stops (they are decoded again when shown).
+    pub image_budget: usize,
     /// Files selected in the browser (labels apply to all of them when more than one).
     pub selection: Vec<PathBuf>,
     pub viewer: Viewer,
@@ -131,6 +138,7 @@ impl AppState {
             thumbnails_tried: HashSet::new(),
             browser: Browser::default(),
             images: HashMap::new(),
+            image_budget: IMAGE_BUDGET,
             selection: Vec::new(),
             viewer: Viewer::default(),
             labels: Labels::default(),

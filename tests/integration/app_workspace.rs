@@ -727,3 +727,24 @@ fn app_workspace_opens_dropped_files_and_remembers_them() {
     wait_until(&mut h, "the recent file", |s| s.current_stack().is_some());
     assert_eq!(current(&h).path, dropped);
 }
+
+#[test]
+fn app_workspace_keeps_decoded_images_within_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = png_folder(dir.path(), 5);
+    let mut h = harness(app(None));
+    // Room for two 64 x 48 images in modality units (4 bytes a sample).
+    h.state_mut().state.image_budget = 2 * 64 * 48 * 4;
+    open(&mut h, vec![pngs.clone()]);
+    wait_until(&mut h, "the loader to stop", |s| s.load_job.is_none());
+    let s = &h.state().state;
+    assert!(s.images.len() <= 2, "{} images kept", s.images.len());
+    assert!(s.current_stack().is_some(), "the current image stays");
+    // Scrolling on decodes what was dropped.
+    for _ in 0..4 {
+        press(&mut h, Modifiers::NONE, Key::ArrowDown);
+        wait_until(&mut h, "the next image", |s| s.current_stack().is_some());
+    }
+    assert_eq!(current(&h).path, pngs.join("img4.png"));
+    assert!(h.state().state.images.len() <= 2);
+}
