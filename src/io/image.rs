@@ -249,20 +249,47 @@ impl Window {
     }
 }
 
+/// The smallest and largest value of `data` when every value is an integer of at most 2^24
+/// in magnitude (exact in `f32`); `None` otherwise or when empty.
+fn integer_range(data: &[f32]) -> Option<(i64, i64)> {
+    const LIMIT: f32 = (1 << 24) as f32;
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in data {
+        if v.fract() != 0.0 || !(-LIMIT..=LIMIT).contains(&v) {
+            return None;
+        }
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    (lo <= hi).then_some((lo as i64, hi as i64))
+}
+
 impl Frame {
     /// This frame through `window` as 8-bit display levels in the frame's own layout
     /// (`width * height * channels.count()` bytes, row-major, channels interleaved), inverted
     /// (`255 - level`) when `invert` is set (MONOCHROME1: inversion comes after the VOI step,
     /// PS3.4 N.2.1). Colour frames go through the same window per channel; their default
     /// window (center 127.5, width 256) leaves 0..=255 samples unchanged.
+    ///
+    /// Integer samples spanning a range smaller than the pixel count (CT, MR, radiographs)
+    /// go through a lookup table of the window over that range, with the same result: the
+    /// viewer rewindows millions of pixels per frame while the window is dragged.
     pub fn window_to_u8(&self, window: &Window, invert: bool) -> Vec<u8> {
-        self.data
-            .iter()
-            .map(|&v| {
-                let level = window.map_u8(v as f64);
-                if invert { 255 - level } else { level }
-            })
-            .collect()
+        let level = |v: f64| {
+            let level = window.map_u8(v);
+            if invert { 255 - level } else { level }
+        };
+        if let Some((lo, hi)) = integer_range(&self.data)
+            && ((hi - lo) as usize) < self.data.len()
+        {
+            let lut: Vec<u8> = (lo..=hi).map(|v| level(v as f64)).collect();
+            return self
+                .data
+                .iter()
+                .map(|&v| lut[(v as i64 - lo) as usize])
+                .collect();
+        }
+        self.data.iter().map(|&v| level(v as f64)).collect()
     }
 
     /// The samples of pixel (x, y) (one for grey, three for RGB); `None` outside the frame.
@@ -300,7 +327,9 @@ impl Frame {
     /// This frame reduced by `factor` in each direction by averaging `factor` x `factor`
     /// blocks (edge blocks are partial), still in modality units. The viewer windows this
     /// display-sized copy instead of all pixels of a large radiograph, so that dragging the
-    /// window stays interactive.
+    /// window stays interactive. Averages of integer data are rounded to integers (off by half
+    /// a unit at most), which keeps the copy on the lookup-table path of
+    /// [`Frame::window_to_u8`].
     pub fn downsample(&self, factor: u32) -> Frame {
         let factor = factor.max(1);
         if factor == 1 {
@@ -321,9 +350,11 @@ impl Frame {
                 counts[cell] += 1;
             }
         }
+        let integers = integer_range(&self.data).is_some();
         for (cell, &count) in counts.iter().enumerate() {
             for c in 0..n {
-                data[cell * n + c] /= count.max(1) as f32;
+                let mean = data[cell * n + c] / count.max(1) as f32;
+                data[cell * n + c] = if integers { mean.round() } else { mean };
             }
         }
         Frame {
@@ -374,6 +405,34 @@ mod tests {
     }
 
     #[test]
+    fn the_lookup_table_path_matches_the_voi_function() {
+        let window = Window {
+            center: 40.0,
+            width: 400.0,
+            function: VoiFunction::Sigmoid,
+            label: String::new(),
+        };
+        // Integer data over a small range (table) and the same with one fraction (direct).
+        let ints: Vec<f32> = (0..4096).map(|i| (i % 700) as f32 - 300.0).collect();
+        let frame = Frame {
+            width: 64,
+            height: 64,
+            channels: Channels::Gray,
+            data: ints.clone(),
+        };
+        let mut direct = frame.clone();
+        direct.data[0] += 0.5;
+        let a = frame.window_to_u8(&window, true);
+        let b = direct.window_to_u8(&window, true);
+        assert_eq!(a[1..], b[1..]);
+        for (v, level) in ints.iter().zip(&a) {
+            assert_eq!(*level, 255 - window.map_u8(*v as f64));
+        }
+        assert_eq!(integer_range(&[f32::NAN]), None);
+        assert_eq!(integer_range(&[3.0, -2.0]), Some((-2, 3)));
+    }
+
+    #[test]
     fn downsampling_averages_blocks_and_keeps_partial_edges() {
         let frame = Frame {
             width: 3,
@@ -384,6 +443,15 @@ mod tests {
         let half = frame.downsample(2);
         assert_eq!((half.width, half.height), (2, 1));
         assert_eq!(half.data, vec![3.0, 15.0]);
+        let odd = Frame {
+            data: vec![0.0, 1.0, 10.0, 0.0, 0.0, 20.0],
+            ..frame.clone()
+        };
+        assert_eq!(
+            odd.downsample(2).data,
+            vec![0.0, 15.0],
+            "integer data stay integers"
+        );
         assert_eq!(frame.pixel(2, 1), Some(&[20.0][..]));
         assert_eq!(frame.pixel(3, 0), None);
         let tile = frame.crop(1, 0, 5, 1);
