@@ -32,6 +32,12 @@ pub struct Cli {
 pub enum Command {
     /// Start the desktop application (the default).
     Gui,
+    /// Start the desktop application with these files, folders or DICOMDIRs open (what the
+    /// desktop entry passes).
+    View {
+        /// DICOM files, images, NIfTI volumes, folders (read recursively) or DICOMDIRs.
+        paths: Vec<std::path::PathBuf>,
+    },
     /// Read DICOM / image files or folders and print one line per file plus a summary.
     Inspect(inspect::InspectArgs),
     /// Load a CLIP weights file and print the load report (applied, missing, unexpected keys).
@@ -58,7 +64,8 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Gui) {
-        Command::Gui => crate::app::run(),
+        Command::Gui => crate::app::run(Vec::new()),
+        Command::View { paths } => crate::app::run(paths),
         Command::Inspect(args) => inspect::run(args),
         Command::Weights(args) => weights_cmd::run(args),
         Command::Smoke(args) => smoke::run(args),

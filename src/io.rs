@@ -5,6 +5,7 @@ pub mod dicom;
 pub mod export;
 pub mod image;
 pub mod input;
+pub mod mask;
 pub mod model_input;
 pub mod nifti;
 pub mod raster;

@@ -1,41 +1,405 @@
-//! User commands and their keyboard shortcuts. Menus, buttons and shortcuts all go through
-//! [`Command`] so that every action has one implementation.
+//! User commands: every action a person can take by name. Menus, the help panel (F1), the
+//! command palette (Ctrl+K) and the keyboard shortcuts all iterate [`Command::ALL`], so that an
+//! action has one label, one tooltip, one shortcut and one implementation (in
+//! [`dispatch`](super::dispatch)).
 use eframe::egui::{Key, KeyboardShortcut, Modifiers};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Command {
-    /// Choose a CLIP weights file and load it in the background.
+    OpenFiles,
+    OpenFolder,
+    OpenProject,
+    SaveProject,
+    SaveProjectAs,
+    ImportMask,
     OpenWeights,
-    /// Cancel the running background job, if any.
     CancelJob,
-    /// Toggle the "always use the CPU" setting (takes effect at the next start).
     ToggleForceCpu,
     Quit,
+    Undo,
+    Redo,
+    MarkNormal,
+    MarkAbnormal,
+    ClearLabel,
+    NextFrame,
+    PreviousFrame,
+    PageForward,
+    PageBack,
+    FirstFrame,
+    LastFrame,
+    ZoomIn,
+    ZoomOut,
+    ZoomFit,
+    ZoomActualSize,
+    Invert,
+    ResetWindow,
+    Preset1,
+    Preset2,
+    Preset3,
+    Preset4,
+    Preset5,
+    Preset6,
+    Preset7,
+    Preset8,
+    Preset9,
+    ToolNavigate,
+    ToolBrush,
+    ToolEraser,
+    ToolFill,
+    ToolMeasure,
+    BrushLarger,
+    BrushSmaller,
+    ClearMeasurements,
+    ToggleMetadata,
+    ToggleHelp,
+    CommandPalette,
+}
+
+/// The menu a command is listed under (and the heading of its group in the help panel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Menu {
+    File,
+    Edit,
+    View,
+    Label,
+    Tools,
+    Settings,
+    Help,
+}
+
+impl Menu {
+    pub const ALL: [Menu; 7] = [
+        Menu::File,
+        Menu::Edit,
+        Menu::View,
+        Menu::Label,
+        Menu::Tools,
+        Menu::Settings,
+        Menu::Help,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Menu::File => "File",
+            Menu::Edit => "Edit",
+            Menu::View => "View",
+            Menu::Label => "Label",
+            Menu::Tools => "Tools",
+            Menu::Settings => "Settings",
+            Menu::Help => "Help",
+        }
+    }
+}
+
+const fn key(key: Key) -> Option<KeyboardShortcut> {
+    Some(KeyboardShortcut::new(Modifiers::NONE, key))
+}
+
+const fn cmd(key: Key) -> Option<KeyboardShortcut> {
+    Some(KeyboardShortcut::new(Modifiers::COMMAND, key))
+}
+
+const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
+    Some(KeyboardShortcut::new(
+        Modifiers::COMMAND.plus(Modifiers::SHIFT),
+        key,
+    ))
 }
 
 impl Command {
-    pub const ALL: [Command; 4] = [
+    pub const ALL: [Command; 47] = [
+        Command::OpenFiles,
+        Command::OpenFolder,
+        Command::OpenProject,
+        Command::SaveProject,
+        Command::SaveProjectAs,
+        Command::ImportMask,
         Command::OpenWeights,
         Command::CancelJob,
-        Command::ToggleForceCpu,
         Command::Quit,
+        Command::Undo,
+        Command::Redo,
+        Command::MarkNormal,
+        Command::MarkAbnormal,
+        Command::ClearLabel,
+        Command::NextFrame,
+        Command::PreviousFrame,
+        Command::PageForward,
+        Command::PageBack,
+        Command::FirstFrame,
+        Command::LastFrame,
+        Command::ZoomIn,
+        Command::ZoomOut,
+        Command::ZoomFit,
+        Command::ZoomActualSize,
+        Command::Invert,
+        Command::ResetWindow,
+        Command::Preset1,
+        Command::Preset2,
+        Command::Preset3,
+        Command::Preset4,
+        Command::Preset5,
+        Command::Preset6,
+        Command::Preset7,
+        Command::Preset8,
+        Command::Preset9,
+        Command::ToggleMetadata,
+        Command::ToolNavigate,
+        Command::ToolBrush,
+        Command::ToolEraser,
+        Command::ToolFill,
+        Command::ToolMeasure,
+        Command::BrushLarger,
+        Command::BrushSmaller,
+        Command::ClearMeasurements,
+        Command::ToggleForceCpu,
+        Command::ToggleHelp,
+        Command::CommandPalette,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
+            Command::OpenFiles => "Open files…",
+            Command::OpenFolder => "Open folder…",
+            Command::OpenProject => "Open project…",
+            Command::SaveProject => "Save project",
+            Command::SaveProjectAs => "Save project as…",
+            Command::ImportMask => "Import mask image…",
             Command::OpenWeights => "Open CLIP weights…",
             Command::CancelJob => "Cancel job",
             Command::ToggleForceCpu => "Always use the CPU",
             Command::Quit => "Quit",
+            Command::Undo => "Undo",
+            Command::Redo => "Redo",
+            Command::MarkNormal => "Mark normal",
+            Command::MarkAbnormal => "Mark abnormal",
+            Command::ClearLabel => "Clear label",
+            Command::NextFrame => "Next frame",
+            Command::PreviousFrame => "Previous frame",
+            Command::PageForward => "Forward 10 frames",
+            Command::PageBack => "Back 10 frames",
+            Command::FirstFrame => "First frame",
+            Command::LastFrame => "Last frame",
+            Command::ZoomIn => "Zoom in",
+            Command::ZoomOut => "Zoom out",
+            Command::ZoomFit => "Fit to window",
+            Command::ZoomActualSize => "Actual size (1:1)",
+            Command::Invert => "Invert grey levels",
+            Command::ResetWindow => "Reset window",
+            Command::Preset1 => "Window preset 1",
+            Command::Preset2 => "Window preset 2",
+            Command::Preset3 => "Window preset 3",
+            Command::Preset4 => "Window preset 4",
+            Command::Preset5 => "Window preset 5",
+            Command::Preset6 => "Window preset 6",
+            Command::Preset7 => "Window preset 7",
+            Command::Preset8 => "Window preset 8",
+            Command::Preset9 => "Window preset 9",
+            Command::ToolNavigate => "Pan tool",
+            Command::ToolBrush => "Mask brush",
+            Command::ToolEraser => "Mask eraser",
+            Command::ToolFill => "Fill outline",
+            Command::ToolMeasure => "Measure length",
+            Command::BrushLarger => "Larger brush",
+            Command::BrushSmaller => "Smaller brush",
+            Command::ClearMeasurements => "Clear measurements",
+            Command::ToggleMetadata => "Metadata",
+            Command::ToggleHelp => "Help: commands and shortcuts",
+            Command::CommandPalette => "Command palette…",
+        }
+    }
+
+    pub fn tooltip(self) -> &'static str {
+        match self {
+            Command::OpenFiles => {
+                "Add image files (DICOM, PNG, JPEG, TIFF, BMP, NIfTI) or a DICOMDIR to the study browser"
+            }
+            Command::OpenFolder => {
+                "Add every image under a folder (recursively) to the study browser; large folders are read in the background"
+            }
+            Command::OpenProject => "Open a project file: its studies, labels, masks and view",
+            Command::SaveProject => {
+                "Save labels, masks, display settings and view to the project file"
+            }
+            Command::SaveProjectAs => "Save the project to a new file",
+            Command::ImportMask => {
+                "Replace the current image's lesion mask by a mask image (non-zero = lesion)"
+            }
+            Command::OpenWeights => {
+                "Choose a CLIP ViT-L/14-336 safetensors file and load it in the background"
+            }
+            Command::CancelJob => "Stop the running background jobs (scan, loading)",
+            Command::ToggleForceCpu => {
+                "Skip the GPU even when one is available (applies at the next start)"
+            }
+            Command::Quit => "Close the application (unsaved work stays in the autosave)",
+            Command::Undo => "Undo the last label change or mask edit",
+            Command::Redo => "Redo what was undone",
+            Command::MarkNormal => {
+                "Label the current image, or the images selected in the browser, as a normal shot"
+            }
+            Command::MarkAbnormal => {
+                "Label the current image, or the images selected in the browser, as an abnormal shot"
+            }
+            Command::ClearLabel => "Remove the label (and mask) of the current or selected images",
+            Command::NextFrame => "Next frame or slice of the series (also Shift+wheel)",
+            Command::PreviousFrame => "Previous frame or slice of the series (also Shift+wheel)",
+            Command::PageForward => "Skip 10 frames forward",
+            Command::PageBack => "Skip 10 frames back",
+            Command::FirstFrame => "Go to the first frame of the series",
+            Command::LastFrame => "Go to the last frame of the series",
+            Command::ZoomIn => "Magnify the image (also the mouse wheel)",
+            Command::ZoomOut => "Shrink the image (also the mouse wheel)",
+            Command::ZoomFit => "Fit the whole image in the viewer",
+            Command::ZoomActualSize => "One image pixel per screen pixel",
+            Command::Invert => "Show the grey levels inverted",
+            Command::ResetWindow => "Back to the file's default window",
+            Command::Preset1 => "Apply window preset 1 (listed in the right panel)",
+            Command::Preset2 => "Apply window preset 2 (listed in the right panel)",
+            Command::Preset3 => "Apply window preset 3 (listed in the right panel)",
+            Command::Preset4 => "Apply window preset 4 (listed in the right panel)",
+            Command::Preset5 => "Apply window preset 5 (listed in the right panel)",
+            Command::Preset6 => "Apply window preset 6 (listed in the right panel)",
+            Command::Preset7 => "Apply window preset 7 (listed in the right panel)",
+            Command::Preset8 => "Apply window preset 8 (listed in the right panel)",
+            Command::Preset9 => "Apply window preset 9 (listed in the right panel)",
+            Command::ToolNavigate => "Left drag pans the image (right drag always sets the window)",
+            Command::ToolBrush => {
+                "Left drag paints the lesion mask of an abnormal image; Ctrl+wheel sizes the brush"
+            }
+            Command::ToolEraser => "Left drag erases the lesion mask; Ctrl+wheel sizes the brush",
+            Command::ToolFill => {
+                "Draw a closed outline with the left button: its inside becomes lesion"
+            }
+            Command::ToolMeasure => {
+                "Left drag measures a length (mm where the file gives the pixel spacing)"
+            }
+            Command::BrushLarger => "Make the brush larger (also Ctrl+wheel)",
+            Command::BrushSmaller => "Make the brush smaller (also Ctrl+wheel)",
+            Command::ClearMeasurements => "Remove the length measurements of the current image",
+            Command::ToggleMetadata => "Show or hide the searchable metadata of the current image",
+            Command::ToggleHelp => "List every command with its shortcut",
+            Command::CommandPalette => "Find and run a command by name",
         }
     }
 
     pub fn shortcut(self) -> Option<KeyboardShortcut> {
         match self {
-            Command::OpenWeights => Some(KeyboardShortcut::new(Modifiers::COMMAND, Key::O)),
-            Command::CancelJob => Some(KeyboardShortcut::new(Modifiers::NONE, Key::Escape)),
+            Command::OpenFiles => cmd(Key::O),
+            Command::OpenFolder => cmd_shift(Key::O),
+            Command::OpenProject => cmd(Key::P),
+            Command::SaveProject => cmd(Key::S),
+            Command::SaveProjectAs => cmd_shift(Key::S),
+            Command::ImportMask => cmd(Key::M),
+            Command::OpenWeights => None,
+            Command::CancelJob => key(Key::Escape),
             Command::ToggleForceCpu => None,
-            Command::Quit => Some(KeyboardShortcut::new(Modifiers::COMMAND, Key::Q)),
+            Command::Quit => cmd(Key::Q),
+            Command::Undo => cmd(Key::Z),
+            Command::Redo => cmd_shift(Key::Z),
+            Command::MarkNormal => key(Key::N),
+            Command::MarkAbnormal => key(Key::A),
+            Command::ClearLabel => key(Key::Backspace),
+            Command::NextFrame => key(Key::ArrowDown),
+            Command::PreviousFrame => key(Key::ArrowUp),
+            Command::PageForward => key(Key::PageDown),
+            Command::PageBack => key(Key::PageUp),
+            Command::FirstFrame => key(Key::Home),
+            Command::LastFrame => key(Key::End),
+            Command::ZoomIn => key(Key::Plus),
+            Command::ZoomOut => key(Key::Minus),
+            Command::ZoomFit => key(Key::F),
+            Command::ZoomActualSize => key(Key::Num0),
+            Command::Invert => key(Key::I),
+            Command::ResetWindow => key(Key::R),
+            Command::Preset1 => key(Key::Num1),
+            Command::Preset2 => key(Key::Num2),
+            Command::Preset3 => key(Key::Num3),
+            Command::Preset4 => key(Key::Num4),
+            Command::Preset5 => key(Key::Num5),
+            Command::Preset6 => key(Key::Num6),
+            Command::Preset7 => key(Key::Num7),
+            Command::Preset8 => key(Key::Num8),
+            Command::Preset9 => key(Key::Num9),
+            Command::ToolNavigate => key(Key::V),
+            Command::ToolBrush => key(Key::B),
+            Command::ToolEraser => key(Key::E),
+            Command::ToolFill => key(Key::L),
+            Command::ToolMeasure => key(Key::M),
+            Command::BrushLarger => key(Key::CloseBracket),
+            Command::BrushSmaller => key(Key::OpenBracket),
+            Command::ClearMeasurements => None,
+            Command::ToggleMetadata => cmd(Key::I),
+            Command::ToggleHelp => key(Key::F1),
+            Command::CommandPalette => cmd(Key::K),
+        }
+    }
+
+    pub fn menu(self) -> Menu {
+        use Command::*;
+        match self {
+            OpenFiles | OpenFolder | OpenProject | SaveProject | SaveProjectAs | ImportMask
+            | OpenWeights | CancelJob | Quit => Menu::File,
+            Undo | Redo => Menu::Edit,
+            NextFrame | PreviousFrame | PageForward | PageBack | FirstFrame | LastFrame
+            | ZoomIn | ZoomOut | ZoomFit | ZoomActualSize | Invert | ResetWindow | Preset1
+            | Preset2 | Preset3 | Preset4 | Preset5 | Preset6 | Preset7 | Preset8 | Preset9
+            | ToggleMetadata => Menu::View,
+            MarkNormal | MarkAbnormal | ClearLabel => Menu::Label,
+            ToolNavigate | ToolBrush | ToolEraser | ToolFill | ToolMeasure | BrushLarger
+            | BrushSmaller | ClearMeasurements => Menu::Tools,
+            ToggleForceCpu => Menu::Settings,
+            ToggleHelp | CommandPalette => Menu::Help,
+        }
+    }
+
+    /// The preset commands, in key order (1-9).
+    pub const PRESETS: [Command; 9] = [
+        Command::Preset1,
+        Command::Preset2,
+        Command::Preset3,
+        Command::Preset4,
+        Command::Preset5,
+        Command::Preset6,
+        Command::Preset7,
+        Command::Preset8,
+        Command::Preset9,
+    ];
+
+    /// The window preset (0-based) a `PresetN` command applies.
+    pub fn preset_index(self) -> Option<usize> {
+        Command::PRESETS.iter().position(|&p| p == self)
+    }
+
+    /// The shortcut as the user reads it ("Ctrl+Shift+Z", "]"), empty when there is none.
+    /// egui spells some keys by name ("CloseBracket"); those are shown as the key's symbol.
+    pub fn shortcut_text(self, ctx: &eframe::egui::Context) -> String {
+        self.shortcut()
+            .map(|s| {
+                ctx.format_shortcut(&s)
+                    .replace("OpenBracket", "[")
+                    .replace("CloseBracket", "]")
+                    .replace("Plus", "+")
+                    .replace("Minus", "-")
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_listed_once_and_shortcuts_do_not_clash() {
+        let mut seen = std::collections::HashSet::new();
+        for c in Command::ALL {
+            assert!(seen.insert(c), "{c:?} listed twice");
+            assert!(!c.label().is_empty() && !c.tooltip().is_empty());
+        }
+        let shortcuts: Vec<_> = Command::ALL.iter().filter_map(|c| c.shortcut()).collect();
+        for (i, a) in shortcuts.iter().enumerate() {
+            assert!(!shortcuts[i + 1..].contains(a), "{a:?} bound twice");
         }
     }
 }

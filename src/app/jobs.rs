@@ -1,5 +1,8 @@
-//! Background jobs: a worker thread per job, progress and the result sent back over a channel,
-//! cooperative cancellation through a shared flag. The UI polls [`Job::poll`] once per frame.
+//! Background jobs: a worker thread per job, progress, partial results and the result sent
+//! back over a channel, cooperative cancellation through a shared flag. The UI polls
+//! [`Job::poll`] once per frame. Partial results (`I`, e.g. each file a folder scan finds) let
+//! the UI show the first items long before a large job ends.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -7,13 +10,13 @@ use std::thread::JoinHandle;
 
 /// Handed to the worker: report progress, check for cancellation.
 #[derive(Clone)]
-pub struct JobContext<T> {
-    sender: Sender<JobEvent<T>>,
+pub struct JobContext<T, I = ()> {
+    sender: Sender<JobEvent<T, I>>,
     cancelled: Arc<AtomicBool>,
     repaint: Arc<dyn Fn() + Send + Sync>,
 }
 
-impl<T> JobContext<T> {
+impl<T, I> JobContext<T, I> {
     /// `fraction` in 0..=1 (or `None` when unknown) and a short message.
     pub fn progress(&self, fraction: Option<f32>, message: impl Into<String>) {
         let _ = self.sender.send(JobEvent::Progress {
@@ -23,16 +26,23 @@ impl<T> JobContext<T> {
         (self.repaint)();
     }
 
+    /// Hands one partial result to the UI (it appears after the next [`Job::poll`]).
+    pub fn emit(&self, item: I) {
+        let _ = self.sender.send(JobEvent::Item(item));
+        (self.repaint)();
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
 }
 
-pub enum JobEvent<T> {
+pub enum JobEvent<T, I = ()> {
     Progress {
         fraction: Option<f32>,
         message: String,
     },
+    Item(I),
     Finished(Result<T, String>),
 }
 
@@ -48,22 +58,23 @@ pub enum JobStatus<T> {
     Cancelled,
 }
 
-/// A running or finished background job producing a `T`.
-pub struct Job<T> {
+/// A running or finished background job producing a `T`, and partial results `I` on the way.
+pub struct Job<T, I = ()> {
     pub title: String,
-    receiver: Receiver<JobEvent<T>>,
+    receiver: Receiver<JobEvent<T, I>>,
     cancelled: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     last_progress: (Option<f32>, String),
+    items: Vec<I>,
 }
 
-impl<T: Send + 'static> Job<T> {
+impl<T: Send + 'static, I: Send + 'static> Job<T, I> {
     /// Starts `work` on a new thread. `repaint` is called after each event so that the UI
     /// wakes up (pass `ctx.request_repaint()` from egui).
     pub fn spawn(
         title: impl Into<String>,
         repaint: impl Fn() + Send + Sync + 'static,
-        work: impl FnOnce(&JobContext<T>) -> Result<T, String> + Send + 'static,
+        work: impl FnOnce(&JobContext<T, I>) -> Result<T, String> + Send + 'static,
     ) -> Self {
         let (sender, receiver) = mpsc::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -84,7 +95,19 @@ impl<T: Send + 'static> Job<T> {
             cancelled,
             handle: Some(handle),
             last_progress: (None, "starting".into()),
+            items: Vec::new(),
         }
+    }
+
+    /// The partial results received by the polls so far, oldest first; they are handed over
+    /// once.
+    pub fn take_items(&mut self) -> Vec<I> {
+        std::mem::take(&mut self.items)
+    }
+
+    /// The latest progress report: fraction (when known) and message.
+    pub fn progress(&self) -> (Option<f32>, &str) {
+        (self.last_progress.0, &self.last_progress.1)
     }
 
     /// Asks the worker to stop at its next check.
@@ -99,6 +122,7 @@ impl<T: Send + 'static> Job<T> {
                 Ok(JobEvent::Progress { fraction, message }) => {
                     self.last_progress = (fraction, message)
                 }
+                Ok(JobEvent::Item(item)) => self.items.push(item),
                 Ok(JobEvent::Finished(result)) => {
                     if let Some(handle) = self.handle.take() {
                         let _ = handle.join();
@@ -135,6 +159,31 @@ impl<T: Send + 'static> Job<T> {
     }
 }
 
+/// A job that runs `work` on each of `paths` in order and hands over each result as it comes
+/// (with progress "i of n files"; cancellation is checked between files).
+pub fn each_file<I: Send + 'static>(
+    title: &str,
+    repaint: impl Fn() + Send + Sync + 'static,
+    paths: Vec<PathBuf>,
+    work: impl Fn(&Path) -> I + Send + 'static,
+) -> Job<(), (PathBuf, I)> {
+    Job::spawn(title, repaint, move |job| {
+        let total = paths.len();
+        for (i, path) in paths.into_iter().enumerate() {
+            if job.is_cancelled() {
+                return Err("cancelled".into());
+            }
+            job.progress(
+                Some(i as f32 / total as f32),
+                format!("{} of {total} files", i + 1),
+            );
+            let result = work(&path);
+            job.emit((path, result));
+        }
+        Ok(())
+    })
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     let detail = panic
         .downcast_ref::<&str>()
@@ -150,7 +199,7 @@ mod tests {
 
     #[test]
     fn reports_progress_and_result() {
-        let job = Job::spawn(
+        let job: Job<i32> = Job::spawn(
             "sum",
             || {},
             |ctx| {
@@ -159,6 +208,32 @@ mod tests {
             },
         );
         assert_eq!(job.wait(), JobStatus::Succeeded(2));
+    }
+
+    #[test]
+    fn partial_results_arrive_before_the_end() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let mut job: Job<usize, u32> = Job::spawn(
+            "count",
+            || {},
+            move |ctx| {
+                ctx.emit(7);
+                let _ = wait.recv();
+                Ok(1)
+            },
+        );
+        let mut items = Vec::new();
+        for _ in 0..1000 {
+            assert!(matches!(job.poll(), JobStatus::Running { .. }));
+            items.extend(job.take_items());
+            if !items.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(items, vec![7]);
+        go.send(()).unwrap();
+        assert_eq!(job.wait(), JobStatus::Succeeded(1));
     }
 
     #[test]

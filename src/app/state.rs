@@ -1,10 +1,29 @@
-//! Application state: what is persisted between sessions and what lives only while the app runs.
-use std::path::PathBuf;
+//! Application state: what is persisted between sessions (settings, recent files) and what
+//! lives while the app runs (opened studies, loaded images, labels, view, jobs). Only the UI
+//! thread touches it; only [`dispatch`](super::dispatch) changes it.
+pub mod browser;
+pub mod labels;
+pub mod project;
+pub mod viewer;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::app::jobs::{Job, JobStatus};
 use crate::backend::BackendInfo;
+use crate::io::image::ImageStack;
+use crate::io::resample::Image8;
+use crate::io::study::ScanItem;
+use browser::Browser;
+use labels::{ImageKey, Labels};
+use project::Project;
+use viewer::{Display, Viewer};
+
+/// How many recent files and folders the File menu lists.
+pub const RECENT_MAX: usize = 10;
 
 /// Settings and the user's last choices, saved by eframe on exit and restored at start.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -14,6 +33,17 @@ pub struct PersistedState {
     pub weights_path: Option<PathBuf>,
     /// Skip the GPU even when one is available (applies at the next start).
     pub force_cpu: bool,
+    /// Files, folders and projects opened lately, newest first.
+    pub recent: Vec<PathBuf>,
+}
+
+impl PersistedState {
+    /// Puts `path` first in the recent list.
+    pub fn remember(&mut self, path: &Path) {
+        self.recent.retain(|p| p != path);
+        self.recent.insert(0, path.to_path_buf());
+        self.recent.truncate(RECENT_MAX);
+    }
 }
 
 /// Summary of a successfully loaded weights file, for display.
@@ -41,18 +71,55 @@ pub enum WeightsStatus {
     },
 }
 
+/// A file read by the loader job: its pixels and content hash, or why it could not be read.
+pub type LoadedFile = (PathBuf, Result<(Arc<ImageStack>, String), String>);
+
+/// A browser preview made by the thumbnail job, or why the file could not be read.
+pub type Thumbnail = (PathBuf, Result<Arc<Image8>, String>);
+
+/// Side of the browser's previews, in pixels.
+pub const THUMBNAIL_SIDE: u32 = 40;
+
+/// Decoded pixels kept in memory by default (4 bytes a sample in modality units): 2 GiB, a
+/// 1000-slice 512 x 512 CT series, or 32 radiographs of 4k x 4k.
+pub const IMAGE_BUDGET: usize = 2 << 30;
+
 /// Everything the UI shows. Only the UI thread touches it.
 pub struct AppState {
     pub persisted: PersistedState,
     pub backend: BackendInfo,
     pub weights: WeightsStatus,
     pub weights_job: Option<Job<WeightsSummary>>,
+    /// Reads opened files and folders; hands over each file as it is examined.
+    pub scan_job: Option<Job<(), ScanItem>>,
+    /// Decodes the pixels of the files the viewer needs, current one first.
+    pub load_job: Option<Job<(), LoadedFile>>,
+    /// The files the running loader was asked for.
+    pub load_queue: Vec<PathBuf>,
+    /// Makes the browser's previews once a scan has ended.
+    pub thumbnail_job: Option<Job<(), Thumbnail>>,
+    pub thumbnails: HashMap<PathBuf, Arc<Image8>>,
+    /// Files a thumbnail was attempted for (failures are not retried).
+    pub thumbnails_tried: HashSet<PathBuf>,
+    pub browser: Browser,
+    /// Decoded files, in modality units.
+    pub images: HashMap<PathBuf, Arc<ImageStack>>,
+    /// Bytes of decoded pixels kept at most: beyond, the files farthest from the current one
+    /// are dropped and the loader stops (they are decoded again when shown).
+    pub image_budget: usize,
+    /// Files selected in the browser (labels apply to all of them when more than one).
+    pub selection: Vec<PathBuf>,
+    pub viewer: Viewer,
+    pub labels: Labels,
+    pub project: Project,
     /// Messages for the status bar (newest last).
     pub log: Vec<String>,
 }
 
 impl AppState {
-    pub fn new(persisted: PersistedState) -> Self {
+    /// A fresh state; `autosave_path` is where unsaved work goes every minute (an existing
+    /// file there is offered for recovery).
+    pub fn new(persisted: PersistedState, autosave_path: Option<PathBuf>) -> Self {
         let backend = crate::backend::probe(persisted.force_cpu);
         let mut log = Vec::new();
         if let Some(reason) = &backend.fallback_reason {
@@ -63,6 +130,19 @@ impl AppState {
             backend,
             weights: WeightsStatus::NotLoaded,
             weights_job: None,
+            scan_job: None,
+            load_job: None,
+            load_queue: Vec::new(),
+            thumbnail_job: None,
+            thumbnails: HashMap::new(),
+            thumbnails_tried: HashSet::new(),
+            browser: Browser::default(),
+            images: HashMap::new(),
+            image_budget: IMAGE_BUDGET,
+            selection: Vec::new(),
+            viewer: Viewer::default(),
+            labels: Labels::default(),
+            project: Project::new(autosave_path),
             log,
         }
     }
@@ -88,7 +168,7 @@ impl AppState {
         };
     }
 
-    /// Applies job events to the state; call once per frame.
+    /// Applies the weights job's events to the state; call once per frame.
     pub fn poll_jobs(&mut self) {
         let Some(job) = self.weights_job.as_mut() else {
             return;
@@ -122,5 +202,82 @@ impl AppState {
                 self.weights_job = None;
             }
         }
+    }
+
+    /// The decoded stack of the current image, when loaded.
+    pub fn current_stack(&self) -> Option<&Arc<ImageStack>> {
+        let key = self.viewer.current.as_ref()?;
+        self.images.get(&key.path)
+    }
+
+    /// The display key of the file at `path` (series or file).
+    pub fn display_key(&self, path: &Path) -> String {
+        match self.browser.item(path) {
+            Some((group, item)) => group.display_key(item),
+            None => format!("file:{}", path.display()),
+        }
+    }
+
+    /// Window and inversion for the file at `path`: what the user set for its series or file,
+    /// else the file's default.
+    pub fn display_for(&self, path: &Path) -> Option<Display> {
+        if let Some(d) = self.viewer.display.get(&self.display_key(path)) {
+            return Some(d.clone());
+        }
+        let stack = self.images.get(path)?;
+        Some(Display {
+            window: stack.default_window()?.clone(),
+            invert: false,
+        })
+    }
+
+    /// The frames of the current group in scroll order: (file, frame) for every frame of
+    /// every file of the series or folder the current image belongs to.
+    pub fn sequence(&self) -> Vec<ImageKey> {
+        let Some(key) = &self.viewer.current else {
+            return Vec::new();
+        };
+        let Some((g, _)) = self.browser.locate(&key.path) else {
+            return vec![key.clone()];
+        };
+        self.browser.groups[g]
+            .items
+            .iter()
+            .flat_map(|item| {
+                (0..item.frames).map(|frame| ImageKey {
+                    path: item.path.clone(),
+                    frame,
+                })
+            })
+            .collect()
+    }
+
+    /// The images a label command applies to: the browser selection when it holds more than
+    /// one file (every frame of each), else the current image.
+    pub fn label_targets(&self) -> Vec<ImageKey> {
+        if self.selection.len() > 1 {
+            return self
+                .selection
+                .iter()
+                .flat_map(|path| {
+                    let frames = self.browser.item(path).map_or(1, |(_, item)| item.frames);
+                    (0..frames).map(|frame| ImageKey {
+                        path: path.clone(),
+                        frame,
+                    })
+                })
+                .collect();
+        }
+        self.viewer.current.iter().cloned().collect()
+    }
+
+    /// Whether a background job other than the weights load is running.
+    pub fn busy(&self) -> bool {
+        self.scan_job.is_some() || self.load_job.is_some() || self.thumbnail_job.is_some()
+    }
+
+    /// Whether labels or masks changed since the last save.
+    pub fn unsaved(&self) -> bool {
+        self.labels.revision != self.project.saved_revision
     }
 }

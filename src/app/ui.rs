@@ -1,191 +1,116 @@
-//! Panels and the eframe integration.
-use std::path::Path;
+//! The eframe integration: [`StudioApp`] runs one frame as poll jobs -> shortcuts and dropped
+//! files -> draw (pure, pushes actions) -> dispatch.
+use std::path::{Path, PathBuf};
 
 use eframe::egui;
 
 use crate::app::commands::Command;
+use crate::app::dispatch::{self, Action};
 use crate::app::jobs::JobContext;
-use crate::app::state::{AppState, PersistedState, WeightsStatus, WeightsSummary};
+use crate::app::panels;
+use crate::app::state::{AppState, PersistedState, WeightsSummary};
+use crate::app::textures::Textures;
 use crate::backend::BackendInfo;
 
 const STORAGE_KEY: &str = "mvfa-studio-state";
+/// The application id: window title and the name of the data folder (settings, autosave).
+pub const APP_ID: &str = "MVFA Studio";
 
 pub struct StudioApp {
     pub state: AppState,
+    pub textures: Textures,
+    /// Actions to apply at the next frame (files from the command line, tests).
+    pub pending: Vec<Action>,
 }
 
 impl StudioApp {
-    pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
+    /// The app as eframe starts it: settings from eframe's storage, the autosave in the data
+    /// folder, `paths` (from `mvfa-studio view PATH...`) opened at once.
+    pub fn new(cc: &eframe::CreationContext<'_>, paths: Vec<PathBuf>) -> Self {
         let persisted: PersistedState = cc
             .storage
             .and_then(|storage| eframe::get_value(storage, STORAGE_KEY))
             .unwrap_or_default();
-        let mut state = AppState::new(persisted);
-        if let Some(path) = state.persisted.weights_path.clone()
+        let autosave = eframe::storage_dir(APP_ID).map(|dir| dir.join("autosave.mvfa.json"));
+        let mut app = Self::with_state(AppState::new(persisted, autosave));
+        if let Some(path) = app.state.persisted.weights_path.clone()
             && path.exists()
         {
             let ctx = cc.egui_ctx.clone();
-            state.start_loading_weights(path, move || ctx.request_repaint());
+            app.state
+                .start_loading_weights(path, move || ctx.request_repaint());
         }
-        Self { state }
+        if !paths.is_empty() {
+            app.pending.push(Action::Open(paths));
+        }
+        app
+    }
+
+    pub fn with_state(state: AppState) -> Self {
+        Self {
+            state,
+            textures: Textures::default(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// One frame: what eframe calls, and what UI tests drive.
+    pub fn frame(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        dispatch::poll(&mut self.state, &ctx);
+        let mut actions = std::mem::take(&mut self.pending);
+        actions.extend(shortcut_actions(&ctx, self.state.viewer.show_palette));
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            actions.push(Action::Open(dropped));
+        }
+        panels::draw(ui, &self.state, &mut self.textures, &mut actions);
+        for action in actions {
+            dispatch::apply(&mut self.state, action, &ctx);
+        }
     }
 }
 
 impl eframe::App for StudioApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
-        self.state.poll_jobs();
-        let mut commands = shortcut_commands(ui.ctx());
-        draw(ui, &self.state, &mut commands);
-        for command in commands {
-            execute(&mut self.state, command, ui.ctx());
-        }
+        self.frame(ui);
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, STORAGE_KEY, &self.state.persisted);
     }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        dispatch::on_exit(&mut self.state);
+    }
 }
 
-fn shortcut_commands(ctx: &egui::Context) -> Vec<Command> {
-    Command::ALL
+/// The commands whose shortcuts were pressed this frame. Shortcuts with more modifiers are
+/// tried first (Ctrl+Shift+Z before Ctrl+Z); plain keys are left to a focused text field and
+/// to the open command palette (whose field loses its focus on Escape before this runs).
+fn shortcut_actions(ctx: &egui::Context, palette_open: bool) -> Vec<Action> {
+    let typing = palette_open || ctx.egui_wants_keyboard_input();
+    let mut commands: Vec<(Command, egui::KeyboardShortcut)> = Command::ALL
         .into_iter()
-        .filter(|command| {
-            command
-                .shortcut()
-                .is_some_and(|shortcut| ctx.input_mut(|input| input.consume_shortcut(&shortcut)))
-        })
+        .filter_map(|c| c.shortcut().map(|s| (c, s)))
+        .filter(|(_, s)| !typing || s.modifiers.command || s.logical_key == egui::Key::F1)
+        .collect();
+    commands.sort_by_key(|(_, s)| {
+        std::cmp::Reverse(
+            s.modifiers.shift as u8 + s.modifiers.command as u8 + s.modifiers.alt as u8,
+        )
+    });
+    commands
+        .into_iter()
+        .filter(|(_, s)| ctx.input_mut(|input| input.consume_shortcut(s)))
+        .map(|(c, _)| Action::Run(c))
         .collect()
-}
-
-/// Runs a command on the UI thread.
-pub fn execute(state: &mut AppState, command: Command, ctx: &egui::Context) {
-    match command {
-        Command::OpenWeights => {
-            let picked = rfd::FileDialog::new()
-                .set_title("Choose CLIP ViT-L/14-336 weights (safetensors)")
-                .add_filter("safetensors", &["safetensors"])
-                .pick_file();
-            if let Some(path) = picked {
-                let ctx = ctx.clone();
-                state.start_loading_weights(path, move || ctx.request_repaint());
-            }
-        }
-        Command::CancelJob => {
-            if let Some(job) = &state.weights_job {
-                job.cancel();
-            }
-        }
-        Command::ToggleForceCpu => {
-            state.persisted.force_cpu = !state.persisted.force_cpu;
-            state.log.push(format!(
-                "Always use the CPU: {} (applies at the next start)",
-                if state.persisted.force_cpu {
-                    "on"
-                } else {
-                    "off"
-                }
-            ));
-        }
-        Command::Quit => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
-    }
-}
-
-fn command_button(ui: &mut egui::Ui, command: Command, commands: &mut Vec<Command>) {
-    let mut button = egui::Button::new(command.label());
-    if let Some(shortcut) = command.shortcut() {
-        button = button.shortcut_text(ui.ctx().format_shortcut(&shortcut));
-    }
-    if ui.add(button).clicked() {
-        commands.push(command);
-        ui.close();
-    }
-}
-
-/// Draws the whole window from `state`; user actions are appended to `commands`.
-pub fn draw(ui: &mut egui::Ui, state: &AppState, commands: &mut Vec<Command>) {
-    egui::Panel::top("menu").show(ui, |ui| {
-        egui::MenuBar::new().ui(ui, |ui| {
-            ui.menu_button("File", |ui| {
-                command_button(ui, Command::OpenWeights, commands);
-                ui.separator();
-                command_button(ui, Command::Quit, commands);
-            });
-            ui.menu_button("Settings", |ui| {
-                let mut force_cpu = state.persisted.force_cpu;
-                if ui
-                    .checkbox(&mut force_cpu, Command::ToggleForceCpu.label())
-                    .clicked()
-                {
-                    commands.push(Command::ToggleForceCpu);
-                }
-            });
-        });
-    });
-    egui::Panel::bottom("status").show(ui, |ui| {
-        ui.label(state.log.last().map(String::as_str).unwrap_or("Ready"));
-    });
-    egui::CentralPanel::default().show(ui, |ui| {
-        ui.heading("MVFA Studio");
-        ui.add_space(8.0);
-        egui::Grid::new("backend").num_columns(2).show(ui, |ui| {
-            ui.label("Backend");
-            ui.label(&state.backend.backend);
-            ui.end_row();
-            ui.label("Device");
-            ui.label(&state.backend.device);
-            ui.end_row();
-            if let Some(reason) = &state.backend.fallback_reason {
-                ui.label("Note");
-                ui.label(reason);
-                ui.end_row();
-            }
-            ui.label("CLIP weights");
-            weights_status(ui, &state.weights, commands);
-            ui.end_row();
-        });
-    });
-}
-
-fn weights_status(ui: &mut egui::Ui, status: &WeightsStatus, commands: &mut Vec<Command>) {
-    ui.vertical(|ui| match status {
-        WeightsStatus::NotLoaded => {
-            ui.label("No weights loaded");
-            if ui.button(Command::OpenWeights.label()).clicked() {
-                commands.push(Command::OpenWeights);
-            }
-        }
-        WeightsStatus::Loading {
-            path,
-            fraction,
-            message,
-        } => {
-            ui.label(format!("Loading {}", path.display()));
-            let bar = match fraction {
-                Some(f) => egui::ProgressBar::new(*f).show_percentage(),
-                None => egui::ProgressBar::new(0.0).animate(true),
-            };
-            ui.add(bar.text(message.as_str()));
-            if ui.button(Command::CancelJob.label()).clicked() {
-                commands.push(Command::CancelJob);
-            }
-        }
-        WeightsStatus::Loaded(summary) => {
-            ui.label(format!("Loaded {}", summary.path.display()));
-            for line in &summary.lines {
-                ui.label(line);
-            }
-        }
-        WeightsStatus::Failed { path, message } => {
-            ui.colored_label(
-                ui.visuals().error_fg_color,
-                format!("Could not load {}", path.display()),
-            );
-            ui.label(message);
-            if ui.button(Command::OpenWeights.label()).clicked() {
-                commands.push(Command::OpenWeights);
-            }
-        }
-    });
 }
 
 /// Loads a CLIP vision tower from `path` on the selected backend, on a worker thread (see

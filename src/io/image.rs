@@ -139,6 +139,43 @@ impl ImageStack {
     }
 }
 
+impl ImageInfo {
+    /// The patient directions at the left, right, top and bottom edges of the displayed frame
+    /// (e.g. `["R", "L", "A", "P"]` for an axial slice), from ImageOrientationPatient in the
+    /// DICOM patient system (+x left, +y posterior, +z head). Oblique directions get up to
+    /// three letters, most dominant first, as radiology viewers print them. `None` without
+    /// an orientation.
+    pub fn orientation_labels(&self) -> Option<[String; 4]> {
+        let o = self.image_orientation?;
+        let row = [o[0], o[1], o[2]];
+        let col = [o[3], o[4], o[5]];
+        let neg = |v: [f64; 3]| [-v[0], -v[1], -v[2]];
+        Some([
+            direction_letters(neg(row)),
+            direction_letters(row),
+            direction_letters(neg(col)),
+            direction_letters(col),
+        ])
+    }
+}
+
+/// Letters of a patient-space direction (DICOM LPS): components above 0.25 of the unit
+/// length, largest first.
+fn direction_letters(v: [f64; 3]) -> String {
+    let letters = [('L', 'R'), ('P', 'A'), ('H', 'F')];
+    let mut axes: Vec<usize> = (0..3).filter(|&a| v[a].abs() > 0.25).collect();
+    axes.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()));
+    axes.iter()
+        .map(|&a| {
+            if v[a] > 0.0 {
+                letters[a].0
+            } else {
+                letters[a].1
+            }
+        })
+        .collect()
+}
+
 impl Window {
     /// The full-range window of integer data spanning `min..=max`, labelled "Full range":
     /// center `(min + max + 1) / 2`, width `max - min + 1` (DCMTK's min-max window), so that
@@ -223,20 +260,120 @@ impl Window {
     }
 }
 
+/// The smallest and largest value of `data` when every value is an integer of at most 2^24
+/// in magnitude (exact in `f32`); `None` otherwise or when empty.
+fn integer_range(data: &[f32]) -> Option<(i64, i64)> {
+    const LIMIT: f32 = (1 << 24) as f32;
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &v in data {
+        if v.fract() != 0.0 || !(-LIMIT..=LIMIT).contains(&v) {
+            return None;
+        }
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    (lo <= hi).then_some((lo as i64, hi as i64))
+}
+
 impl Frame {
     /// This frame through `window` as 8-bit display levels in the frame's own layout
     /// (`width * height * channels.count()` bytes, row-major, channels interleaved), inverted
     /// (`255 - level`) when `invert` is set (MONOCHROME1: inversion comes after the VOI step,
     /// PS3.4 N.2.1). Colour frames go through the same window per channel; their default
     /// window (center 127.5, width 256) leaves 0..=255 samples unchanged.
+    ///
+    /// Integer samples spanning a range smaller than the pixel count (CT, MR, radiographs)
+    /// go through a lookup table of the window over that range, with the same result: the
+    /// viewer rewindows millions of pixels per frame while the window is dragged.
     pub fn window_to_u8(&self, window: &Window, invert: bool) -> Vec<u8> {
-        self.data
-            .iter()
-            .map(|&v| {
-                let level = window.map_u8(v as f64);
-                if invert { 255 - level } else { level }
-            })
-            .collect()
+        let level = |v: f64| {
+            let level = window.map_u8(v);
+            if invert { 255 - level } else { level }
+        };
+        if let Some((lo, hi)) = integer_range(&self.data)
+            && ((hi - lo) as usize) < self.data.len()
+        {
+            let lut: Vec<u8> = (lo..=hi).map(|v| level(v as f64)).collect();
+            return self
+                .data
+                .iter()
+                .map(|&v| lut[(v as i64 - lo) as usize])
+                .collect();
+        }
+        self.data.iter().map(|&v| level(v as f64)).collect()
+    }
+
+    /// The samples of pixel (x, y) (one for grey, three for RGB); `None` outside the frame.
+    pub fn pixel(&self, x: u32, y: u32) -> Option<&[f32]> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let n = self.channels.count();
+        let start = (y as usize * self.width as usize + x as usize) * n;
+        self.data.get(start..start + n)
+    }
+
+    /// The rectangle of `width` x `height` pixels at (`x`, `y`), clipped to the frame, as a
+    /// frame of its own: one tile of a large image, which the viewer windows and uploads
+    /// separately (GPUs limit a texture's side, often to 2048 or 8192).
+    pub fn crop(&self, x: u32, y: u32, width: u32, height: u32) -> Frame {
+        let x0 = x.min(self.width);
+        let y0 = y.min(self.height);
+        let x1 = x.saturating_add(width).min(self.width);
+        let y1 = y.saturating_add(height).min(self.height);
+        let n = self.channels.count();
+        let mut data = Vec::with_capacity((x1 - x0) as usize * (y1 - y0) as usize * n);
+        for row in y0..y1 {
+            let start = (row as usize * self.width as usize + x0 as usize) * n;
+            data.extend_from_slice(&self.data[start..start + (x1 - x0) as usize * n]);
+        }
+        Frame {
+            width: x1 - x0,
+            height: y1 - y0,
+            channels: self.channels,
+            data,
+        }
+    }
+
+    /// This frame reduced by `factor` in each direction by averaging `factor` x `factor`
+    /// blocks (edge blocks are partial), still in modality units. The viewer windows this
+    /// display-sized copy instead of all pixels of a large radiograph, so that dragging the
+    /// window stays interactive. Averages of integer data are rounded to integers (off by half
+    /// a unit at most), which keeps the copy on the lookup-table path of
+    /// [`Frame::window_to_u8`].
+    pub fn downsample(&self, factor: u32) -> Frame {
+        let factor = factor.max(1);
+        if factor == 1 {
+            return self.clone();
+        }
+        let n = self.channels.count();
+        let (w, h) = (self.width.div_ceil(factor), self.height.div_ceil(factor));
+        let mut data = vec![0f32; w as usize * h as usize * n];
+        let mut counts = vec![0u32; w as usize * h as usize];
+        for y in 0..self.height {
+            let row = (y / factor) as usize * w as usize;
+            for x in 0..self.width {
+                let cell = row + (x / factor) as usize;
+                let src = (y as usize * self.width as usize + x as usize) * n;
+                for c in 0..n {
+                    data[cell * n + c] += self.data[src + c];
+                }
+                counts[cell] += 1;
+            }
+        }
+        let integers = integer_range(&self.data).is_some();
+        for (cell, &count) in counts.iter().enumerate() {
+            for c in 0..n {
+                let mean = data[cell * n + c] / count.max(1) as f32;
+                data[cell * n + c] = if integers { mean.round() } else { mean };
+            }
+        }
+        Frame {
+            width: w,
+            height: h,
+            channels: self.channels,
+            data,
+        }
     }
 
     /// [`Frame::window_to_u8`] as an `image` buffer: `Luma8` for grey frames, `Rgb8` for colour.
@@ -251,5 +388,88 @@ impl Frame {
         // `data` holds exactly width * height * channels samples by construction; an
         // inconsistent frame (built by hand) yields an empty image rather than a panic.
         .unwrap_or_else(|| ::image::DynamicImage::new_luma8(0, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orientation_labels_of_axial_and_coronal_slices() {
+        let axial = ImageInfo {
+            image_orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            ..Default::default()
+        };
+        assert_eq!(axial.orientation_labels().unwrap(), ["R", "L", "A", "P"]);
+        let coronal = ImageInfo {
+            image_orientation: Some([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+            ..Default::default()
+        };
+        assert_eq!(coronal.orientation_labels().unwrap(), ["R", "L", "H", "F"]);
+        let oblique = ImageInfo {
+            image_orientation: Some([0.8, 0.6, 0.0, 0.0, 0.0, -1.0]),
+            ..Default::default()
+        };
+        assert_eq!(oblique.orientation_labels().unwrap()[1], "LP");
+        assert!(ImageInfo::default().orientation_labels().is_none());
+    }
+
+    #[test]
+    fn the_lookup_table_path_matches_the_voi_function() {
+        let window = Window {
+            center: 40.0,
+            width: 400.0,
+            function: VoiFunction::Sigmoid,
+            label: String::new(),
+        };
+        // Integer data over a small range (table) and the same with one fraction (direct).
+        let ints: Vec<f32> = (0..4096).map(|i| (i % 700) as f32 - 300.0).collect();
+        let frame = Frame {
+            width: 64,
+            height: 64,
+            channels: Channels::Gray,
+            data: ints.clone(),
+        };
+        let mut direct = frame.clone();
+        direct.data[0] += 0.5;
+        let a = frame.window_to_u8(&window, true);
+        let b = direct.window_to_u8(&window, true);
+        assert_eq!(a[1..], b[1..]);
+        for (v, level) in ints.iter().zip(&a) {
+            assert_eq!(*level, 255 - window.map_u8(*v as f64));
+        }
+        assert_eq!(integer_range(&[f32::NAN]), None);
+        assert_eq!(integer_range(&[3.0, -2.0]), Some((-2, 3)));
+    }
+
+    #[test]
+    fn downsampling_averages_blocks_and_keeps_partial_edges() {
+        let frame = Frame {
+            width: 3,
+            height: 2,
+            channels: Channels::Gray,
+            data: vec![0.0, 2.0, 10.0, 4.0, 6.0, 20.0],
+        };
+        let half = frame.downsample(2);
+        assert_eq!((half.width, half.height), (2, 1));
+        assert_eq!(half.data, vec![3.0, 15.0]);
+        let odd = Frame {
+            data: vec![0.0, 1.0, 10.0, 0.0, 0.0, 20.0],
+            ..frame.clone()
+        };
+        assert_eq!(
+            odd.downsample(2).data,
+            vec![0.0, 15.0],
+            "integer data stay integers"
+        );
+        assert_eq!(frame.pixel(2, 1), Some(&[20.0][..]));
+        assert_eq!(frame.pixel(3, 0), None);
+        let tile = frame.crop(1, 0, 5, 1);
+        assert_eq!(
+            (tile.width, tile.height, tile.data),
+            (2, 1, vec![2.0, 10.0])
+        );
+        assert_eq!(frame.crop(3, 0, 2, 2).data.len(), 0);
     }
 }

@@ -93,6 +93,25 @@ pub fn display_frame(stack: &ImageStack, index: usize, window: &Window) -> Optio
     Image8::new(frame.width, frame.height, frame.channels, data).ok()
 }
 
+/// A small preview of `path` for the study browser: its middle frame (the first of a
+/// single-frame file) through the default window, resized to fit `side` x `side` pixels.
+pub fn thumbnail(path: &Path, side: u32) -> Result<Image8, InputError> {
+    let stack = load_stack(path)?;
+    let window = stack
+        .default_window()
+        .cloned()
+        .ok_or_else(|| InputError::new(path, "no window preset for this image"))?;
+    let image = display_frame(&stack, stack.frames.len() / 2, &window)
+        .ok_or_else(|| InputError::new(path, "the file holds no image frames"))?;
+    let scale = side as f64 / image.width.max(image.height).max(1) as f64;
+    let (w, h) = (
+        ((image.width as f64 * scale).round() as u32).max(1),
+        ((image.height as f64 * scale).round() as u32).max(1),
+    );
+    crate::io::resample::resize_bicubic(&image, w, h)
+        .map_err(|e| InputError::new(path, e.to_string()))
+}
+
 /// Every frame of `path` as model input, windowed with the file's default preset.
 pub fn load_model_images(path: &Path) -> Result<Vec<ModelImage>, InputError> {
     let stack = load_stack(path)?;
@@ -161,4 +180,21 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
         }
     }
     (files, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbnails_fit_the_side_and_keep_the_aspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.png");
+        ::image::GrayImage::from_fn(200, 100, |x, _| ::image::Luma([x as u8]))
+            .save(&path)
+            .unwrap();
+        let t = thumbnail(&path, 48).unwrap();
+        assert_eq!((t.width, t.height), (48, 24));
+        assert!(thumbnail(&dir.path().join("missing.png"), 48).is_err());
+    }
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use nifti::{NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 
-use super::image::{Channels, Frame, ImageStack, MetadataNode, VoiFunction, Window};
+use super::image::{Channels, Frame, ImageInfo, ImageStack, MetadataNode, VoiFunction, Window};
 
 /// A NIfTI file that could not be read, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -198,9 +198,21 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         windows,
         invert: false,
         metadata,
-        info: Default::default(),
+        info: display_info(&geometry),
     };
     Ok((stack, geometry))
+}
+
+/// The acquisition info of the display stack: pixel spacing and the display axes in the DICOM
+/// patient system (columns toward patient left, rows toward posterior; see the module docs),
+/// so that the viewer draws orientation labels and a scale bar as it does for DICOM.
+fn display_info(g: &NiftiGeometry) -> ImageInfo {
+    ImageInfo {
+        pixel_spacing: Some([g.spacing[1], g.spacing[0]]),
+        slice_thickness: Some(g.spacing[2]),
+        image_orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ..Default::default()
+    }
 }
 
 /// Decodes the first `nvox` voxels (the first volume) into modality values, channels

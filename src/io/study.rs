@@ -151,24 +151,93 @@ pub fn scan_paths(
     paths: &[PathBuf],
     progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
 ) -> StudyScan {
-    let mut scan = StudyScan::default();
+    let (files, errors) = expand_paths(paths);
+    let scan = StudyScan {
+        errors,
+        ..Default::default()
+    };
+    scan_files(files, scan, progress, false)
+}
+
+/// The files that `paths` stand for (folders walked recursively, DICOMDIRs resolved to the
+/// files they reference), plus an error for each folder or reference that could not be read.
+fn expand_paths(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<DicomError>) {
+    let mut errors = Vec::new();
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            collect_files(p, &mut files, &mut scan.errors);
+            collect_files(p, &mut files, &mut errors);
         } else if is_dicomdir_name(p) {
             match dicomdir_files(p) {
                 Ok((refs, missing)) => {
                     files.extend(refs);
-                    scan.errors.extend(missing);
+                    errors.extend(missing);
                 }
-                Err(e) => scan.errors.push(e),
+                Err(e) => errors.push(e),
             }
         } else {
             files.push(p.clone());
         }
     }
-    scan_files(files, scan, progress, false)
+    (dedup(files), errors)
+}
+
+/// One file of a [`scan_for_viewer`] run, handed over as soon as it is examined.
+#[derive(Debug, Clone)]
+pub enum ScanItem {
+    /// A DICOM image instance (header and metadata; pixels are decoded when shown).
+    Dicom(Box<Instance>),
+    /// A raster image or NIfTI volume (read when shown).
+    Image(PathBuf),
+    /// A file that could not be used, and why.
+    Unreadable { path: PathBuf, reason: String },
+}
+
+/// Scans files and folders for everything the viewer shows: DICOM instances (as
+/// [`scan_paths`] does), raster images and NIfTI volumes. Each file is reported to `on_item`
+/// as soon as it is examined (`None` for files that are neither, such as notes or DICOMDIRs
+/// met inside folders), so that a browser can show the first images while a large folder is
+/// still being read; returning `Break` stops the scan. Group the DICOM instances with
+/// [`group_instances`].
+pub fn scan_for_viewer(
+    paths: &[PathBuf],
+    on_item: &mut dyn FnMut(Option<ScanItem>, &ScanProgress) -> ControlFlow<()>,
+) {
+    let (files, errors) = expand_paths(paths);
+    let progress = |done, total, current: &Path| ScanProgress {
+        done,
+        total,
+        current: current.to_path_buf(),
+    };
+    for e in errors {
+        let report = progress(0, files.len(), &e.path);
+        let item = ScanItem::Unreadable {
+            path: e.path,
+            reason: e.message,
+        };
+        if on_item(Some(item), &report).is_break() {
+            return;
+        }
+    }
+    let total = files.len();
+    for (i, path) in files.into_iter().enumerate() {
+        let report = progress(i + 1, total, &path);
+        let item = if super::raster::is_raster_path(&path) || super::nifti::is_nifti_path(&path) {
+            Some(ScanItem::Image(path))
+        } else {
+            match examine(&path, false) {
+                Examined::Instance(inst) => Some(ScanItem::Dicom(inst)),
+                Examined::Error(e) => Some(ScanItem::Unreadable {
+                    path: e.path,
+                    reason: e.message,
+                }),
+                Examined::NotDicom | Examined::Dicomdir => None,
+            }
+        };
+        if on_item(item, &report).is_break() {
+            return;
+        }
+    }
 }
 
 /// Reads a DICOMDIR and scans the files it references (missing ones are listed as errors).
@@ -284,33 +353,16 @@ fn scan_files(
     progress: &mut dyn FnMut(&ScanProgress) -> ControlFlow<()>,
     from_dicomdir: bool,
 ) -> StudyScan {
-    // Deduplicate (the same file given twice, or via two routes).
-    let mut seen = HashSet::new();
-    let files: Vec<PathBuf> = files
-        .into_iter()
-        .filter(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
-        .collect();
+    let files = dedup(files);
     let total = files.len();
     let mut instances = Vec::new();
     for (i, path) in files.into_iter().enumerate() {
         scan.files_examined += 1;
-        if !looks_like_dicom(&path) {
-            if from_dicomdir {
-                scan.errors.push(DicomError {
-                    path: path.clone(),
-                    kind: DicomErrorKind::NotDicom,
-                    message: "referenced by the DICOMDIR but not a DICOM file (no DICM preamble)"
-                        .to_string(),
-                });
-            } else {
-                scan.skipped_non_dicom += 1;
-            }
-        } else {
-            match read_dicom_header(&path) {
-                Ok((summary, _)) if summary.is_dicomdir => scan.dicomdir_files += 1,
-                Ok((summary, metadata)) => instances.push(Instance { summary, metadata }),
-                Err(e) => scan.errors.push(e),
-            }
+        match examine(&path, from_dicomdir) {
+            Examined::Instance(inst) => instances.push(*inst),
+            Examined::Dicomdir => scan.dicomdir_files += 1,
+            Examined::NotDicom => scan.skipped_non_dicom += 1,
+            Examined::Error(e) => scan.errors.push(e),
         }
         let report = ScanProgress {
             done: i + 1,
@@ -322,12 +374,52 @@ fn scan_files(
             break;
         }
     }
-    scan.studies = group(instances);
+    scan.studies = group_instances(instances);
     scan
 }
 
-/// Groups instances by study and series and orders everything.
-fn group(instances: Vec<Instance>) -> Vec<Study> {
+/// Drops repeats of a file (the same file given twice, or via two routes).
+fn dedup(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    files
+        .into_iter()
+        .filter(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
+        .collect()
+}
+
+/// What one file of a scan turned out to be.
+enum Examined {
+    Instance(Box<Instance>),
+    Dicomdir,
+    NotDicom,
+    Error(DicomError),
+}
+
+/// Reads the header of one file. A file without the DICOM marker is an error only when a
+/// DICOMDIR referenced it; in a folder it is simply not DICOM.
+fn examine(path: &Path, from_dicomdir: bool) -> Examined {
+    if !looks_like_dicom(path) {
+        if from_dicomdir {
+            return Examined::Error(DicomError {
+                path: path.to_path_buf(),
+                kind: DicomErrorKind::NotDicom,
+                message: "referenced by the DICOMDIR but not a DICOM file (no DICM preamble)"
+                    .to_string(),
+            });
+        }
+        return Examined::NotDicom;
+    }
+    match read_dicom_header(path) {
+        Ok((summary, _)) if summary.is_dicomdir => Examined::Dicomdir,
+        Ok((summary, metadata)) => Examined::Instance(Box::new(Instance { summary, metadata })),
+        Err(e) => Examined::Error(e),
+    }
+}
+
+/// Groups instances by study and series and orders everything (see the module
+/// documentation); what a scan does at its end, and what a viewer does with the instances a
+/// [`scan_for_viewer`] run has handed over so far.
+pub fn group_instances(instances: Vec<Instance>) -> Vec<Study> {
     let mut by_study: BTreeMap<String, BTreeMap<String, Vec<Instance>>> = BTreeMap::new();
     for inst in instances {
         let study = inst.summary.study_instance_uid.clone().unwrap_or_default();

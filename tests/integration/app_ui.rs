@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::commands::Command;
+use mvfa_studio::app::dispatch::Action;
+use mvfa_studio::app::panels::draw;
 use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
-use mvfa_studio::app::ui::draw;
+use mvfa_studio::app::textures::Textures;
 
 fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -27,13 +29,17 @@ fn wait_for_load(state: &mut AppState) {
 
 #[test]
 fn shows_backend_device_and_weights_status() {
-    let state = AppState::new(PersistedState {
-        force_cpu: true,
-        ..Default::default()
-    });
-    let mut commands = Vec::new();
+    let state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
+    let mut actions = Vec::new();
+    let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(
-        |ui, state: &mut AppState| draw(ui, state, &mut commands),
+        |ui, state: &mut AppState| draw(ui, state, &mut textures, &mut actions),
         state,
     );
     harness.run();
@@ -43,15 +49,19 @@ fn shows_backend_device_and_weights_status() {
     harness.get_by_label(Command::OpenWeights.label()).click();
     harness.run();
     drop(harness);
-    assert_eq!(commands, vec![Command::OpenWeights]);
+    actions.retain(|a| matches!(a, Action::Run(_)));
+    assert_eq!(actions, vec![Action::Run(Command::OpenWeights)]);
 }
 
 #[test]
 fn loads_weights_in_the_background_and_reports_them() {
-    let mut state = AppState::new(PersistedState {
-        force_cpu: true,
-        ..Default::default()
-    });
+    let mut state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
     state.start_loading_weights(fixture("clip/hf/model.safetensors"), || {});
     wait_for_load(&mut state);
     let WeightsStatus::Loaded(summary) = &state.weights else {
@@ -66,8 +76,9 @@ fn loads_weights_in_the_background_and_reports_them() {
         state.persisted.weights_path.as_deref(),
         Some(fixture("clip/hf/model.safetensors").as_path())
     );
+    let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(
-        |ui, state: &mut AppState| draw(ui, state, &mut Vec::new()),
+        |ui, state: &mut AppState| draw(ui, state, &mut textures, &mut Vec::new()),
         state,
     );
     harness.run();
@@ -79,10 +90,13 @@ fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.safetensors");
     std::fs::write(&bad, b"this is not a safetensors file").unwrap();
-    let mut state = AppState::new(PersistedState {
-        force_cpu: true,
-        ..Default::default()
-    });
+    let mut state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
     state.start_loading_weights(bad.clone(), || {});
     wait_for_load(&mut state);
     let WeightsStatus::Failed { path, message } = &state.weights else {

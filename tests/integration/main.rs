@@ -4,6 +4,7 @@
 mod support;
 
 mod app_ui;
+mod app_workspace;
 mod augment;
 mod cli_commands;
 mod clip_loader_errors;

@@ -1,0 +1,482 @@
+//! The viewer: the current frame through its window, the lesion mask over it, the frame
+//! slider, overlays (file and frame, window, pixel value and position under the cursor,
+//! orientation labels, scale bar, measurements) and the mouse: wheel zooms about the cursor,
+//! Shift+wheel scrolls frames, Ctrl+wheel sizes the brush, right drag sets the window, middle
+//! drag (or left drag with the pan tool) pans, left drag uses the tool.
+use eframe::egui::{self, Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, Vec2, pos2, vec2};
+
+use crate::app::dispatch::Action;
+use crate::app::state::AppState;
+use crate::app::state::labels::ImageKey;
+use crate::app::state::viewer::Tool;
+use crate::app::textures::{Textures, reduction_for};
+use crate::io::image::ImageStack;
+
+const OVERLAY: Color32 = Color32::from_rgb(230, 230, 120);
+
+pub fn show(
+    ui: &mut egui::Ui,
+    state: &AppState,
+    textures: &mut Textures,
+    actions: &mut Vec<Action>,
+) {
+    let sequence = state.sequence();
+    let position = state
+        .viewer
+        .current
+        .as_ref()
+        .and_then(|k| sequence.iter().position(|s| s == k));
+    if let Some(at) = position.filter(|_| sequence.len() > 1) {
+        ui.horizontal(|ui| {
+            ui.add_space(6.0);
+            ui.label(
+                egui::RichText::new(format!("Frame {}/{}", at + 1, sequence.len()))
+                    .color(Color32::LIGHT_GRAY),
+            );
+            let mut index = at;
+            ui.spacing_mut().slider_width = (ui.available_width() - 20.0).max(50.0);
+            if ui
+                .add(egui::Slider::new(&mut index, 0..=sequence.len() - 1).show_value(false))
+                .on_hover_text("Frame / slice (arrows, Page Up/Down, Shift+wheel)")
+                .changed()
+            {
+                actions.push(Action::GoTo(index));
+            }
+        });
+    }
+    let (response, painter) = ui.allocate_painter(ui.available_size(), Sense::click_and_drag());
+    let rect = response.rect;
+    let viewport = [rect.width(), rect.height()];
+    if viewport != state.viewer.viewport {
+        actions.push(Action::Viewport(viewport));
+    }
+    let hovering_files = ui.input(|i| !i.raw.hovered_files.is_empty());
+    let message = |text: &str| {
+        painter.text(
+            rect.center(),
+            Align2::CENTER_CENTER,
+            text,
+            FontId::proportional(16.0),
+            Color32::GRAY,
+        );
+    };
+    if hovering_files {
+        message("Drop to open");
+        return;
+    }
+    let Some(key) = state.viewer.current.clone() else {
+        message("Open files or a folder (Ctrl+O, Ctrl+Shift+O) or drop them here");
+        return;
+    };
+    let Some(stack) = state.images.get(&key.path) else {
+        match state
+            .browser
+            .unreadable
+            .iter()
+            .find(|(p, _)| *p == key.path)
+        {
+            Some((_, reason)) => message(&format!("Cannot show this file: {reason}")),
+            None => message("Loading…"),
+        }
+        return;
+    };
+    let Some(frame) = stack.frames.get(key.frame) else {
+        message("Loading…");
+        return;
+    };
+    let Some(display) = state.display_for(&key.path) else {
+        message("No window for this image");
+        return;
+    };
+    let size = [frame.width, frame.height];
+    let zoom = state.viewer.effective_zoom(size);
+    let pan = if state.viewer.fit {
+        [0.0, 0.0]
+    } else {
+        state.viewer.pan
+    };
+    let centre = rect.center() + vec2(pan[0], pan[1]);
+    let image_rect =
+        Rect::from_center_size(centre, vec2(size[0] as f32 * zoom, size[1] as f32 * zoom));
+    let view = View { image_rect, zoom };
+    let ctx = ui.ctx().clone();
+    let factor = reduction_for(zoom * ctx.pixels_per_point());
+    let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
+    let painter = painter.with_clip_rect(rect);
+    let top_left = view.to_image(rect.min);
+    let bottom_right = view.to_image(rect.max);
+    let visible = [top_left[0], top_left[1], bottom_right[0], bottom_right[1]];
+    for tile in textures.image_tiles(&ctx, stack, &key, factor, &display, visible) {
+        let [x0, y0, x1, y1] = tile.rect;
+        let screen = Rect::from_min_max(view.to_screen([x0, y0]), view.to_screen([x1, y1]));
+        painter.image(tile.texture.id(), screen, uv, Color32::WHITE);
+    }
+    if let Some(mask) = state.labels.mask(&key) {
+        let max_side = ctx.input(|i| i.max_texture_side);
+        let texture = textures.mask(&ctx, &key, state.labels.revision, mask, factor, max_side);
+        painter.image(texture.id(), image_rect, uv, Color32::WHITE);
+    }
+
+    mouse(ui, state, &response, &view, pan, actions);
+    overlays(
+        &painter,
+        rect,
+        state,
+        stack,
+        &key,
+        &view,
+        &display.window,
+        response.hover_pos(),
+    );
+    tool_feedback(ui, &painter, state, &response, &view);
+}
+
+/// Where the image sits on screen.
+struct View {
+    image_rect: Rect,
+    /// Points per image pixel.
+    zoom: f32,
+}
+
+impl View {
+    fn to_image(&self, p: Pos2) -> [f32; 2] {
+        let d = (p - self.image_rect.min) / self.zoom;
+        [d.x, d.y]
+    }
+
+    fn to_screen(&self, q: [f32; 2]) -> Pos2 {
+        self.image_rect.min + vec2(q[0], q[1]) * self.zoom
+    }
+}
+
+fn mouse(
+    ui: &egui::Ui,
+    state: &AppState,
+    response: &egui::Response,
+    view: &View,
+    pan: [f32; 2],
+    actions: &mut Vec<Action>,
+) {
+    let rect = response.rect;
+    if let Some(pointer) = response.hover_pos() {
+        let wheel: Vec<(Vec2, egui::Modifiers, egui::MouseWheelUnit)> = ui.input(|i| {
+            i.events
+                .iter()
+                .filter_map(|e| match e {
+                    egui::Event::MouseWheel {
+                        unit,
+                        delta,
+                        modifiers,
+                        ..
+                    } => Some((*delta, *modifiers, *unit)),
+                    _ => None,
+                })
+                .collect()
+        });
+        for (delta, modifiers, unit) in wheel {
+            // Notches: a line is one notch, 50 points about one.
+            let notches = match unit {
+                egui::MouseWheelUnit::Point => (delta.y + delta.x) / 50.0,
+                egui::MouseWheelUnit::Line => delta.y + delta.x,
+                egui::MouseWheelUnit::Page => (delta.y + delta.x) * 10.0,
+            };
+            if notches == 0.0 {
+                continue;
+            }
+            if modifiers.shift {
+                actions.push(Action::Step(if notches > 0.0 { -1 } else { 1 }));
+            } else if modifiers.command {
+                actions.push(Action::ScaleBrush(1.15f32.powf(notches)));
+            } else {
+                let new_zoom = view.zoom * 1.15f32.powf(notches);
+                // Keep the image point under the cursor where it is.
+                let offset = pointer - rect.center() - vec2(pan[0], pan[1]);
+                let new_pan = pointer - rect.center() - offset * (new_zoom / view.zoom);
+                actions.push(Action::SetView {
+                    zoom: new_zoom,
+                    pan: [new_pan.x, new_pan.y],
+                });
+            }
+        }
+    }
+    let delta = response.drag_delta();
+    if response.dragged_by(egui::PointerButton::Secondary)
+        && delta != Vec2::ZERO
+        && let Some(display) = state
+            .viewer
+            .current
+            .as_ref()
+            .and_then(|k| state.display_for(&k.path))
+    {
+        // Sensitivity follows the width, so narrow and wide windows both respond usefully.
+        let w = &display.window;
+        let k = (w.width / 256.0).max(0.05);
+        actions.push(Action::SetWindow {
+            center: w.center + delta.y as f64 * k,
+            width: (w.width + delta.x as f64 * k).max(1.0),
+        });
+    }
+    let panning = response.dragged_by(egui::PointerButton::Middle)
+        || (response.dragged_by(egui::PointerButton::Primary)
+            && state.viewer.tool == Tool::Navigate);
+    if panning && delta != Vec2::ZERO {
+        actions.push(Action::SetView {
+            zoom: view.zoom,
+            pan: [pan[0] + delta.x, pan[1] + delta.y],
+        });
+    }
+    let primary_pos = response.interact_pointer_pos();
+    match state.viewer.tool {
+        Tool::Brush | Tool::Eraser => {
+            if let Some(p) = primary_pos
+                && (response.dragged_by(egui::PointerButton::Primary)
+                    || response.clicked_by(egui::PointerButton::Primary))
+            {
+                let from = if response.drag_started_by(egui::PointerButton::Primary)
+                    || response.clicked()
+                {
+                    p
+                } else {
+                    p - delta
+                };
+                actions.push(Action::Paint {
+                    from: view.to_image(from),
+                    to: view.to_image(p),
+                });
+            }
+            if response.drag_stopped_by(egui::PointerButton::Primary)
+                || response.clicked_by(egui::PointerButton::Primary)
+            {
+                actions.push(Action::EndStroke);
+            }
+        }
+        Tool::Fill | Tool::Measure => {
+            let id = response.id.with("outline");
+            if response.dragged_by(egui::PointerButton::Primary)
+                && let Some(p) = primary_pos
+            {
+                let q = view.to_image(p);
+                let started = response.drag_started_by(egui::PointerButton::Primary);
+                ui.ctx().data_mut(|d| {
+                    let points: &mut Vec<[f32; 2]> = d.get_temp_mut_or_default(id);
+                    if started {
+                        points.clear();
+                    }
+                    points.push(q);
+                });
+            }
+            if response.drag_stopped_by(egui::PointerButton::Primary) {
+                let points: Vec<[f32; 2]> =
+                    ui.ctx().data_mut(|d| d.remove_temp(id).unwrap_or_default());
+                if state.viewer.tool == Tool::Fill {
+                    actions.push(Action::FillOutline(points));
+                } else if let (Some(&from), Some(&to)) = (points.first(), points.last()) {
+                    actions.push(Action::Measure { from, to });
+                }
+            }
+        }
+        Tool::Navigate => {}
+    }
+}
+
+/// The brush circle, the outline being drawn, the measurement being dragged.
+fn tool_feedback(
+    ui: &egui::Ui,
+    painter: &egui::Painter,
+    state: &AppState,
+    response: &egui::Response,
+    view: &View,
+) {
+    let stroke = Stroke::new(1.5, OVERLAY);
+    match state.viewer.tool {
+        Tool::Brush | Tool::Eraser => {
+            if let Some(p) = response.hover_pos() {
+                painter.circle_stroke(p, state.viewer.brush_radius * view.zoom, stroke);
+            }
+        }
+        Tool::Fill | Tool::Measure => {
+            let id = response.id.with("outline");
+            let points: Vec<[f32; 2]> = ui.ctx().data(|d| d.get_temp(id).unwrap_or_default());
+            let screen: Vec<Pos2> = points.iter().map(|&q| view.to_screen(q)).collect();
+            if state.viewer.tool == Tool::Fill {
+                painter.add(egui::Shape::line(screen, stroke));
+            } else if let (Some(&a), Some(&b)) = (screen.first(), screen.last()) {
+                painter.line_segment([a, b], stroke);
+            }
+        }
+        Tool::Navigate => {}
+    }
+}
+
+/// Length of a segment in mm when the pixel spacing is known, else in pixels.
+fn length_text(stack: &ImageStack, from: [f32; 2], to: [f32; 2]) -> String {
+    let (dx, dy) = ((to[0] - from[0]) as f64, (to[1] - from[1]) as f64);
+    match stack.info.pixel_spacing {
+        // PixelSpacing is [between rows, between columns]: y then x.
+        Some([row, col]) => format!("{:.1} mm", ((dx * col).powi(2) + (dy * row).powi(2)).sqrt()),
+        None => format!("{:.1} px", (dx * dx + dy * dy).sqrt()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn overlays(
+    painter: &egui::Painter,
+    rect: Rect,
+    state: &AppState,
+    stack: &ImageStack,
+    key: &ImageKey,
+    view: &View,
+    window: &crate::io::image::Window,
+    hover: Option<Pos2>,
+) {
+    let font = FontId::proportional(13.0);
+    let margin = 8.0;
+    let name = key.path.file_name().unwrap_or_default().to_string_lossy();
+    let frames = stack.frames.len();
+    let mut top_left = name.to_string();
+    if frames > 1 {
+        top_left.push_str(&format!("\nframe {}/{}", key.frame + 1, frames));
+    }
+    if let Some(label) = state.labels.label(key) {
+        top_left.push_str(&format!("\n{}", label.name().to_uppercase()));
+    }
+    painter.text(
+        rect.min + vec2(margin, margin),
+        Align2::LEFT_TOP,
+        top_left,
+        font.clone(),
+        OVERLAY,
+    );
+    let unit = if stack.info.modality.as_deref() == Some("CT") {
+        " HU"
+    } else {
+        ""
+    };
+    painter.text(
+        rect.right_top() + vec2(-margin, margin),
+        Align2::RIGHT_TOP,
+        format!(
+            "W {:.0}{unit}  L {:.0}{unit}\nzoom {:.0}%",
+            window.width,
+            window.center,
+            view.zoom * 100.0
+        ),
+        font.clone(),
+        OVERLAY,
+    );
+    if let Some(p) = hover
+        && let Some(frame) = stack.frames.get(key.frame)
+    {
+        let q = view.to_image(p);
+        if q[0] >= 0.0 && q[1] >= 0.0 {
+            let (x, y) = (q[0] as u32, q[1] as u32);
+            if let Some(value) = frame.pixel(x, y) {
+                let value = value
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut text = format!("x {x}  y {y}   {value}{unit}");
+                if let (Some(o), Some(Some(origin)), Some([row, col])) = (
+                    stack.info.image_orientation,
+                    stack.info.frame_positions.get(key.frame),
+                    stack.info.pixel_spacing,
+                ) {
+                    let (fx, fy) = (x as f64 * col, y as f64 * row);
+                    let mm: Vec<String> = (0..3)
+                        .map(|a| format!("{:.1}", origin[a] + fx * o[a] + fy * o[3 + a]))
+                        .collect();
+                    text.push_str(&format!("\n({}) mm", mm.join(", ")));
+                }
+                painter.text(
+                    rect.left_bottom() + vec2(margin, -margin),
+                    Align2::LEFT_BOTTOM,
+                    text,
+                    font.clone(),
+                    OVERLAY,
+                );
+            }
+        }
+    }
+    if let Some([left, right, top, bottom]) = stack.info.orientation_labels() {
+        let big = FontId::proportional(16.0);
+        painter.text(
+            pos2(rect.left() + margin, rect.center().y),
+            Align2::LEFT_CENTER,
+            left,
+            big.clone(),
+            OVERLAY,
+        );
+        painter.text(
+            pos2(rect.right() - margin, rect.center().y),
+            Align2::RIGHT_CENTER,
+            right,
+            big.clone(),
+            OVERLAY,
+        );
+        painter.text(
+            pos2(rect.center().x, rect.top() + margin),
+            Align2::CENTER_TOP,
+            top,
+            big.clone(),
+            OVERLAY,
+        );
+        painter.text(
+            pos2(rect.center().x, rect.bottom() - margin),
+            Align2::CENTER_BOTTOM,
+            bottom,
+            big,
+            OVERLAY,
+        );
+    }
+    if let Some([_, col]) = stack.info.pixel_spacing {
+        scale_bar(painter, rect, view.zoom as f64 / col);
+    }
+    for m in state.viewer.measurements.iter().filter(|m| &m.key == key) {
+        let (a, b) = (view.to_screen(m.from), view.to_screen(m.to));
+        painter.line_segment([a, b], Stroke::new(2.0, Color32::from_rgb(120, 220, 255)));
+        painter.text(
+            b + vec2(6.0, 0.0),
+            Align2::LEFT_CENTER,
+            length_text(stack, m.from, m.to),
+            font.clone(),
+            Color32::from_rgb(120, 220, 255),
+        );
+    }
+}
+
+/// A bar of a round length (1, 2 or 5 x 10^n mm) about a fifth of the viewer wide.
+fn scale_bar(painter: &egui::Painter, rect: Rect, points_per_mm: f64) {
+    if !(points_per_mm.is_finite() && points_per_mm > 0.0) {
+        return;
+    }
+    let target = rect.width() as f64 / 5.0 / points_per_mm;
+    let magnitude = 10f64.powf(target.log10().floor());
+    let mm = [5.0, 2.0, 1.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&m| m <= target)
+        .unwrap_or(magnitude);
+    let length = (mm * points_per_mm) as f32;
+    let y = rect.bottom() - 30.0;
+    let x1 = rect.right() - 12.0;
+    let x0 = x1 - length;
+    let stroke = Stroke::new(2.0, OVERLAY);
+    painter.line_segment([pos2(x0, y), pos2(x1, y)], stroke);
+    painter.line_segment([pos2(x0, y - 5.0), pos2(x0, y + 5.0)], stroke);
+    painter.line_segment([pos2(x1, y - 5.0), pos2(x1, y + 5.0)], stroke);
+    let text = if mm >= 10.0 {
+        format!("{:.0} cm", mm / 10.0)
+    } else if mm >= 1.0 {
+        format!("{mm:.0} mm")
+    } else {
+        format!("{mm:.1} mm")
+    };
+    painter.text(
+        pos2((x0 + x1) / 2.0, y - 6.0),
+        Align2::CENTER_BOTTOM,
+        text,
+        FontId::proportional(12.0),
+        OVERLAY,
+    );
+}

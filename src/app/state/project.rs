@@ -1,0 +1,292 @@
+//! Project files: what was opened, the labels and masks, display settings and the view, as
+//! human-readable JSON (masks as base64 PNG inside it, so that one file is written
+//! atomically). Files are recorded by path and SHA-256 of their content: when a project is
+//! reopened, a file that is missing or whose content changed keeps its labels aside, reported,
+//! instead of lending them to whatever now sits at that path.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::labels::{ImageKey, Label};
+use super::viewer::{Display, Measurement, Tool};
+use crate::io::mask::Mask;
+
+/// The `format` field of every project file.
+pub const FORMAT: &str = "mvfa-studio-project";
+/// Version of the layout below; readers refuse newer ones.
+pub const VERSION: u32 = 1;
+/// How often unsaved work is written to the autosave file.
+pub const AUTOSAVE_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelEntry {
+    pub path: PathBuf,
+    pub frame: usize,
+    pub label: Label,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaskEntry {
+    pub path: PathBuf,
+    pub frame: usize,
+    pub width: u32,
+    pub height: u32,
+    /// The mask as an 8-bit grey PNG (0 / 255), base64-encoded.
+    pub png_base64: String,
+}
+
+/// The view when the project was saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ViewEntry {
+    pub current: Option<ImageKey>,
+    pub fit: bool,
+    pub zoom: f32,
+    pub pan: [f32; 2],
+    pub tool: Tool,
+    pub brush_radius: f32,
+}
+
+impl Default for ViewEntry {
+    fn default() -> Self {
+        super::viewer::Viewer::default().view_entry()
+    }
+}
+
+/// Labels and masks of a file that moved or changed, kept verbatim so that saving again loses
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetAside {
+    pub file: FileEntry,
+    pub reason: String,
+    pub labels: Vec<LabelEntry>,
+    pub masks: Vec<MaskEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectFile {
+    pub format: String,
+    pub version: u32,
+    /// Where the project was saved (an autosave carries it so that recovery saves back there).
+    pub project_path: Option<PathBuf>,
+    /// The files and folders opened, reopened with the project.
+    pub sources: Vec<PathBuf>,
+    /// Every labelled file with its content hash.
+    pub files: Vec<FileEntry>,
+    pub labels: Vec<LabelEntry>,
+    pub masks: Vec<MaskEntry>,
+    /// Window and inversion per series or file.
+    pub display: BTreeMap<String, Display>,
+    pub view: ViewEntry,
+    pub measurements: Vec<Measurement>,
+    pub set_aside: Vec<SetAside>,
+}
+
+impl Default for ProjectFile {
+    fn default() -> Self {
+        Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            project_path: None,
+            sources: Vec::new(),
+            files: Vec::new(),
+            labels: Vec::new(),
+            masks: Vec::new(),
+            display: BTreeMap::new(),
+            view: ViewEntry::default(),
+            measurements: Vec::new(),
+            set_aside: Vec::new(),
+        }
+    }
+}
+
+/// The project as a session knows it: where it is saved, what is unsaved, the autosave.
+#[derive(Debug)]
+pub struct Project {
+    pub path: Option<PathBuf>,
+    /// The labels' revision at the last save: anything newer is unsaved.
+    pub saved_revision: u64,
+    /// Where unsaved work is written every [`AUTOSAVE_EVERY`] (`None`: no autosave).
+    pub autosave_path: Option<PathBuf>,
+    pub autosave_every: Duration,
+    pub autosaved_revision: u64,
+    pub last_autosave: Instant,
+    /// Content hashes of files, computed once per session.
+    pub hashes: HashMap<PathBuf, String>,
+    /// Labels of files that moved or changed since the project was saved.
+    pub set_aside: Vec<SetAside>,
+    /// An autosave found at start: offered for recovery until the user decides.
+    pub recovery: Option<PathBuf>,
+}
+
+impl Project {
+    pub fn new(autosave_path: Option<PathBuf>) -> Self {
+        let recovery = autosave_path.clone().filter(|p| p.is_file());
+        Self {
+            path: None,
+            saved_revision: 0,
+            autosave_path,
+            autosave_every: AUTOSAVE_EVERY,
+            autosaved_revision: 0,
+            last_autosave: Instant::now(),
+            hashes: HashMap::new(),
+            set_aside: Vec::new(),
+            recovery,
+        }
+    }
+
+    /// The SHA-256 of `path`, computed on first use.
+    pub fn hash(&mut self, path: &Path) -> Result<String, String> {
+        if let Some(h) = self.hashes.get(path) {
+            return Ok(h.clone());
+        }
+        let h = crate::weights::adapters::file_sha256_hex(path)
+            .map_err(|e| format!("{}: cannot read the file to hash it: {e}", path.display()))?;
+        self.hashes.insert(path.to_path_buf(), h.clone());
+        Ok(h)
+    }
+}
+
+pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, String> {
+    Ok(MaskEntry {
+        path: key.path.clone(),
+        frame: key.frame,
+        width: mask.width,
+        height: mask.height,
+        png_base64: base64::engine::general_purpose::STANDARD.encode(mask.to_png()?),
+    })
+}
+
+pub fn decode_mask(entry: &MaskEntry) -> Result<Mask, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&entry.png_base64)
+        .map_err(|e| format!("mask of {}: bad base64: {e}", entry.path.display()))?;
+    let mask = Mask::from_png(&bytes)?;
+    if (mask.width, mask.height) != (entry.width, entry.height) {
+        return Err(format!(
+            "mask of {} is {}x{}, the file says {}x{}",
+            entry.path.display(),
+            mask.width,
+            mask.height,
+            entry.width,
+            entry.height
+        ));
+    }
+    Ok(mask)
+}
+
+/// Writes `project` to `path` atomically (a crash mid-write leaves the previous file).
+pub fn write(path: &Path, project: &ProjectFile) -> Result<(), String> {
+    let json = serde_json::to_vec_pretty(project).map_err(|e| e.to_string())?;
+    crate::io::export::write_atomically(path, |w| {
+        w.write_all(&json)?;
+        Ok(())
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Reads and checks a project file.
+pub fn read(path: &Path) -> Result<ProjectFile, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let project: ProjectFile = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a project file: {e}", path.display()))?;
+    if project.format != FORMAT {
+        return Err(format!("{}: not an MVFA Studio project", path.display()));
+    }
+    if project.version > VERSION {
+        return Err(format!(
+            "{}: project version {} is newer than this program reads ({VERSION})",
+            path.display(),
+            project.version
+        ));
+    }
+    Ok(project)
+}
+
+/// Labels and masks of a project that still match their files, and the rest set aside.
+pub struct Verified {
+    pub labels: BTreeMap<ImageKey, Label>,
+    pub masks: BTreeMap<ImageKey, Mask>,
+    pub set_aside: Vec<SetAside>,
+    /// Problems met (unreadable masks), for the log.
+    pub problems: Vec<String>,
+}
+
+/// Checks each labelled file of `project` against its recorded hash.
+pub fn verify(project: &ProjectFile, hashes: &mut Project) -> Verified {
+    let mut out = Verified {
+        labels: BTreeMap::new(),
+        masks: BTreeMap::new(),
+        set_aside: project.set_aside.clone(),
+        problems: Vec::new(),
+    };
+    let mut bad: HashMap<&Path, SetAside> = HashMap::new();
+    for file in &project.files {
+        let reason = if !file.path.is_file() {
+            Some("missing: moved or deleted since the project was saved".to_string())
+        } else {
+            match hashes.hash(&file.path) {
+                Ok(h) if h == file.sha256 => None,
+                Ok(_) => Some("changed since the project was saved (different content)".into()),
+                Err(e) => Some(e),
+            }
+        };
+        if let Some(reason) = reason {
+            bad.insert(
+                &file.path,
+                SetAside {
+                    file: file.clone(),
+                    reason,
+                    labels: Vec::new(),
+                    masks: Vec::new(),
+                },
+            );
+        }
+    }
+    for entry in &project.labels {
+        match bad.get_mut(entry.path.as_path()) {
+            Some(aside) => aside.labels.push(entry.clone()),
+            None => {
+                out.labels.insert(
+                    ImageKey {
+                        path: entry.path.clone(),
+                        frame: entry.frame,
+                    },
+                    entry.label,
+                );
+            }
+        }
+    }
+    for entry in &project.masks {
+        if let Some(aside) = bad.get_mut(entry.path.as_path()) {
+            aside.masks.push(entry.clone());
+            continue;
+        }
+        match decode_mask(entry) {
+            Ok(mask) => {
+                out.masks.insert(
+                    ImageKey {
+                        path: entry.path.clone(),
+                        frame: entry.frame,
+                    },
+                    mask,
+                );
+            }
+            Err(e) => out.problems.push(e),
+        }
+    }
+    let mut bad: Vec<SetAside> = bad.into_values().collect();
+    bad.sort_by(|a, b| a.file.path.cmp(&b.file.path));
+    out.set_aside.extend(bad);
+    out
+}

@@ -1,0 +1,154 @@
+//! What the viewer shows and how: the current image, zoom and pan, the tool, window and
+//! inversion per series, window presets, measurements.
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::state::labels::ImageKey;
+use crate::app::state::project::ViewEntry;
+use crate::io::image::{ImageStack, VoiFunction, Window};
+
+/// What a left drag in the viewer does (right drag always sets the window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Tool {
+    #[default]
+    Navigate,
+    Brush,
+    Eraser,
+    Fill,
+    Measure,
+}
+
+impl Tool {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Navigate => "Pan",
+            Tool::Brush => "Brush",
+            Tool::Eraser => "Eraser",
+            Tool::Fill => "Fill outline",
+            Tool::Measure => "Measure",
+        }
+    }
+}
+
+/// Grey-level display of a series or file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Display {
+    pub window: Window,
+    pub invert: bool,
+}
+
+/// A length measurement on one image, in image pixel coordinates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    pub key: ImageKey,
+    pub from: [f32; 2],
+    pub to: [f32; 2],
+}
+
+/// Brush radius limits, in image pixels.
+pub const BRUSH_MIN: f32 = 1.0;
+pub const BRUSH_MAX: f32 = 200.0;
+/// Zoom limits, in screen points per image pixel.
+pub const ZOOM_MIN: f32 = 0.01;
+pub const ZOOM_MAX: f32 = 512.0;
+
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The image shown.
+    pub current: Option<ImageKey>,
+    /// Fit the image to the viewport (zoom and pan follow the viewport size).
+    pub fit: bool,
+    /// Screen points per image pixel when not fitting.
+    pub zoom: f32,
+    /// Offset of the image centre from the viewport centre, in points.
+    pub pan: [f32; 2],
+    /// Size of the viewport in points at the last frame (for zoom commands).
+    pub viewport: [f32; 2],
+    pub tool: Tool,
+    pub brush_radius: f32,
+    /// Window and inversion per display key (see `Group::display_key`).
+    pub display: HashMap<String, Display>,
+    pub measurements: Vec<Measurement>,
+    pub show_metadata: bool,
+    pub show_help: bool,
+    pub show_palette: bool,
+}
+
+impl Default for Viewer {
+    fn default() -> Self {
+        Self {
+            current: None,
+            fit: true,
+            zoom: 1.0,
+            pan: [0.0, 0.0],
+            viewport: [1.0, 1.0],
+            tool: Tool::Navigate,
+            brush_radius: 8.0,
+            display: HashMap::new(),
+            measurements: Vec::new(),
+            show_metadata: false,
+            show_help: false,
+            show_palette: false,
+        }
+    }
+}
+
+impl Viewer {
+    /// What a project file keeps of the view.
+    pub fn view_entry(&self) -> ViewEntry {
+        ViewEntry {
+            current: self.current.clone(),
+            fit: self.fit,
+            zoom: self.zoom,
+            pan: self.pan,
+            tool: self.tool,
+            brush_radius: self.brush_radius,
+        }
+    }
+
+    /// The zoom that fits an image of `size` pixels in the viewport.
+    pub fn fit_zoom(&self, size: [u32; 2]) -> f32 {
+        let zx = self.viewport[0] / size[0].max(1) as f32;
+        let zy = self.viewport[1] / size[1].max(1) as f32;
+        zx.min(zy).clamp(ZOOM_MIN, ZOOM_MAX)
+    }
+
+    /// The zoom in effect for an image of `size` pixels.
+    pub fn effective_zoom(&self, size: [u32; 2]) -> f32 {
+        if self.fit {
+            self.fit_zoom(size)
+        } else {
+            self.zoom
+        }
+    }
+}
+
+fn preset(label: &str, center: f64, width: f64) -> Window {
+    Window {
+        center,
+        width,
+        function: VoiFunction::Linear,
+        label: label.into(),
+    }
+}
+
+/// The window presets of a stack, in key order (1-9): the file's own windows first, then the
+/// usual CT windows for CT (brain 80/40, soft tissue 400/40, lung 1500/-600, liver 150/90,
+/// bone 2500/480, as width/level), and the full range the loader generated last.
+pub fn presets(stack: &ImageStack) -> Vec<Window> {
+    let (full, file): (Vec<&Window>, Vec<&Window>) =
+        stack.windows.iter().partition(|w| w.label == "Full range");
+    let mut out: Vec<Window> = file.into_iter().cloned().collect();
+    if stack.info.modality.as_deref() == Some("CT") {
+        out.extend([
+            preset("Brain", 40.0, 80.0),
+            preset("Soft tissue", 40.0, 400.0),
+            preset("Lung", -600.0, 1500.0),
+            preset("Liver", 90.0, 150.0),
+            preset("Bone", 480.0, 2500.0),
+        ]);
+    }
+    out.extend(full.into_iter().cloned());
+    out
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Starts MVFA Studio under Xvfb on fixture data, drives it with xdotool and saves a screenshot
+# of each main view (CT viewer, labelling with a mask, NIfTI volume, help, palette, metadata).
+#
+# Needs: xvfb, xdotool, imagemagick (apt-get install xvfb xdotool imagemagick).
+# Usage: tools/screenshots.sh [OUT_DIR]   (default docs/screenshots)
+# MVFA_BIN selects the binary (default target/debug/mvfa-studio, built when missing);
+# MVFA_CT a CT DICOM file to show (default: the shared corpus's CT_small.dcm when present,
+# else the committed fixture series).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-docs/screenshots}
+bin=${MVFA_BIN:-target/debug/mvfa-studio}
+[ -x "$bin" ] || cargo build
+mkdir -p "$out"
+work=$(mktemp -d)
+display=:97
+Xvfb "$display" -screen 0 1400x900x24 -nolisten tcp >/dev/null 2>&1 &
+xvfb=$!
+app=
+cleanup() {
+    [ -n "$app" ] && kill "$app" 2>/dev/null || true
+    kill "$xvfb" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+export DISPLAY=$display
+# Settings and autosave of these runs stay in the temporary folder.
+export XDG_DATA_HOME=$work/xdg
+sleep 1
+
+ct=${MVFA_CT:-../shared/data/dicom/pydicom/CT_small.dcm}
+[ -f "$ct" ] || ct=tests/fixtures/dicom/study_folder/sub
+"$bin" synth-data "$work/synth" --normal 2 --abnormal 2 --size 256 >/dev/null
+
+# Starts the app on the given paths and waits for its window.
+start() {
+    "$bin" view "$@" >"$work/app.log" 2>&1 &
+    app=$!
+    window=$(xdotool search --sync --name "MVFA Studio" | head -n 1)
+    xdotool windowmove "$window" 0 0
+    # Without a window manager, keys go to the focused window only (XSendEvent to a given
+    # window is ignored by winit).
+    xdotool windowfocus --sync "$window"
+    sleep 4
+}
+
+stop() {
+    kill "$app" 2>/dev/null || true
+    wait "$app" 2>/dev/null || true
+    app=
+}
+
+# Saves the window as a small PNG (reduced palette: the UI is mostly flat dark grey).
+shot() {
+    import -window "$window" "$work/raw.png"
+    convert "$work/raw.png" -resize 900x -dither None -colors 64 -strip "$out/$1.png"
+    echo "$out/$1.png"
+}
+
+key() {
+    xdotool key "$@" 2>/dev/null
+    sleep 1
+}
+
+# The viewer's centre: between the 260-point browser and the 280-point right panel.
+cx=630
+cy=420
+
+start "$ct"
+key 2
+shot viewer-ct
+key F1
+shot help
+key F1
+key ctrl+k
+xdotool type "window" 2>/dev/null
+sleep 1
+shot palette
+key Escape
+key ctrl+i
+shot metadata
+stop
+
+start "$work/synth/abnormal"
+key a b
+xdotool mousemove "$cx" "$((cy - 30))" mousedown 1
+for dx in 10 20 30 40 50 60; do
+    xdotool mousemove "$((cx + dx))" "$((cy - 30 + dx / 2))"
+    sleep 0.1
+done
+xdotool mouseup 1
+sleep 1
+shot labelling
+stop
+
+start tests/fixtures/io/nifti/lps_flipped.nii.gz
+shot nifti
+stop
