@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 
+use crate::app::state::WeightsSummary;
+use crate::backend::BackendInfo;
+
 /// Handed to the worker: report progress, check for cancellation.
 #[derive(Clone)]
 pub struct JobContext<T, I = ()> {
@@ -260,4 +263,53 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// Opens the CLIP weights at `path` through the workflow layer (both towers, as scoring needs
+/// them) on the selected backend, on a worker thread (see
+/// [`crate::app::state::AppState::start_loading_weights`]), and summarises the load report.
+pub fn load_weights_summary(
+    path: &Path,
+    backend: &BackendInfo,
+    ctx: &JobContext<WeightsSummary>,
+) -> Result<WeightsSummary, String> {
+    ctx.progress(None, "reading the file");
+    let started = std::time::Instant::now();
+    let report = crate::with_backend!(backend, |B, device| {
+        crate::workflow::Backbone::<B>::open(path, None, &device)
+            .map(|backbone| backbone.report().clone())
+            .map_err(|err| err.to_string())
+    })?;
+    if ctx.is_cancelled() {
+        return Err("cancelled".into());
+    }
+    let vision = &report.config.vision;
+    Ok(WeightsSummary {
+        path: path.to_path_buf(),
+        lines: vec![
+            format!("Layout: {}", report.layout),
+            format!(
+                "Vision tower: {} blocks, width {}, patch {}, {} px input ({}x{} grid), {}",
+                vision.layers,
+                vision.width,
+                vision.patch_size,
+                vision.image_size,
+                vision.grid_size(),
+                vision.grid_size(),
+                vision.activation.name()
+            ),
+            format!(
+                "{} tensors applied ({}), {} ignored",
+                report.applied.len(),
+                report.tower_names(),
+                report.ignored.len()
+            ),
+            format!(
+                "{:.1} MB read in {:.1} s on {}",
+                report.file_bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64(),
+                backend.device
+            ),
+        ],
+    })
 }

@@ -159,7 +159,7 @@ impl AppState {
         let backend = self.backend.clone();
         let job_path = path.clone();
         self.weights_job = Some(Job::spawn("Loading CLIP weights", repaint, move |ctx| {
-            crate::app::ui::load_weights_summary(&job_path, &backend, ctx)
+            crate::app::jobs::load_weights_summary(&job_path, &backend, ctx)
         }));
         self.weights = WeightsStatus::Loading {
             path,

@@ -1,16 +1,14 @@
 //! The eframe integration: [`StudioApp`] runs one frame as poll jobs -> shortcuts and dropped
 //! files -> draw (pure, pushes actions) -> dispatch.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use eframe::egui;
 
 use crate::app::commands::Command;
 use crate::app::dispatch::{self, Action};
-use crate::app::jobs::JobContext;
 use crate::app::panels;
-use crate::app::state::{AppState, PersistedState, WeightsSummary};
+use crate::app::state::{AppState, PersistedState};
 use crate::app::textures::Textures;
-use crate::backend::BackendInfo;
 
 const STORAGE_KEY: &str = "mvfa-studio-state";
 /// The application id: window title and the name of the data folder (settings, autosave).
@@ -111,54 +109,4 @@ fn shortcut_actions(ctx: &egui::Context, palette_open: bool) -> Vec<Action> {
         .filter(|(_, s)| ctx.input_mut(|input| input.consume_shortcut(s)))
         .map(|(c, _)| Action::Run(c))
         .collect()
-}
-
-/// Loads a CLIP vision tower from `path` on the selected backend, on a worker thread (see
-/// [`AppState::start_loading_weights`]), and summarises the load report.
-pub fn load_weights_summary(
-    path: &Path,
-    backend: &BackendInfo,
-    ctx: &JobContext<WeightsSummary>,
-) -> Result<WeightsSummary, String> {
-    use crate::weights::clip::{LoadOptions, load_clip_vision};
-    ctx.progress(None, "reading the file");
-    let started = std::time::Instant::now();
-    let opts = LoadOptions::default();
-    let report = crate::with_backend!(backend, |B, device| {
-        load_clip_vision::<B>(path, &opts, &device)
-            .map(|(_vision, report)| report)
-            .map_err(|err| err.to_string())
-    })?;
-    if ctx.is_cancelled() {
-        return Err("cancelled".into());
-    }
-    let vision = &report.config.vision;
-    Ok(WeightsSummary {
-        path: path.to_path_buf(),
-        lines: vec![
-            format!("Layout: {}", report.layout),
-            format!(
-                "Vision tower: {} blocks, width {}, patch {}, {} px input ({}x{} grid), {}",
-                vision.layers,
-                vision.width,
-                vision.patch_size,
-                vision.image_size,
-                vision.grid_size(),
-                vision.grid_size(),
-                vision.activation.name()
-            ),
-            format!(
-                "{} tensors applied, {} skipped (text tower), {} ignored",
-                report.applied.len(),
-                report.skipped.len(),
-                report.ignored.len()
-            ),
-            format!(
-                "{:.1} MB read in {:.1} s on {}",
-                report.file_bytes as f64 / 1e6,
-                started.elapsed().as_secs_f64(),
-                backend.device
-            ),
-        ],
-    })
 }
