@@ -37,17 +37,17 @@ pub enum Command {
     MarkAbnormal,
     /// Remove the label (and mask) of the current or selected images.
     ClearLabel,
-    /// Go to the next frame or slice of the series.
+    /// Go to the next frame or slice of the current series or folder.
     NextFrame,
-    /// Go to the previous frame or slice of the series.
+    /// Go to the previous frame or slice of the current series or folder.
     PreviousFrame,
     /// Skip 10 frames forward.
     PageForward,
     /// Skip 10 frames back.
     PageBack,
-    /// Go to the first frame of the series.
+    /// Go to the first frame of the current series or folder.
     FirstFrame,
-    /// Go to the last frame of the series.
+    /// Go to the last frame of the current series or folder.
     LastFrame,
     /// Magnify the image.
     ZoomIn,
@@ -85,7 +85,7 @@ pub enum Command {
     ToolBrush,
     /// Select the mask eraser: left drag erases the lesion mask.
     ToolEraser,
-    /// Select the fill tool: a closed outline drawn with the left button becomes lesion inside.
+    /// Select the fill tool: draw a closed outline with the left button; its inside becomes lesion.
     ToolFill,
     /// Select the measuring tool: left drag measures a length (mm where the file gives the pixel spacing).
     ToolMeasure,

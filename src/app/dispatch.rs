@@ -46,7 +46,7 @@ pub enum Action {
     SetWindow {
         /// Window centre (level), in modality units.
         center: f64,
-        /// Window width, in modality units (at least 1).
+        /// Window width, in modality units (raised to 1 when smaller).
         width: f64,
     },
     /// Zoom (points per image pixel) and pan (points), leaving fit-to-window.

@@ -67,7 +67,7 @@ pub enum JobStatus<T> {
     Succeeded(T),
     /// The job failed (or panicked); the message says why.
     Failed(String),
-    /// The job ended after [`Job::cancel`] was called.
+    /// The job stopped with an error after [`Job::cancel`] was called.
     Cancelled,
 }
 

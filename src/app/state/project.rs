@@ -68,7 +68,7 @@ pub struct ViewEntry {
     pub zoom: f32,
     /// Offset of the image centre from the viewport centre, in points.
     pub pan: [f32; 2],
-    /// The tool a left drag used.
+    /// The selected tool.
     pub tool: Tool,
     /// Brush radius, in image pixels.
     pub brush_radius: f32,
@@ -153,7 +153,7 @@ pub struct Project {
     pub autosave_every: Duration,
     /// The labels' revision at the last autosave: newer changes are not yet autosaved.
     pub autosaved_revision: u64,
-    /// When the autosave was last written (or the session began).
+    /// When an autosave was last attempted (or the session began).
     pub last_autosave: Instant,
     /// Content hashes of files, computed once per session.
     pub hashes: HashMap<PathBuf, String>,

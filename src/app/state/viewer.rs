@@ -82,8 +82,8 @@ pub struct Viewer {
     pub viewport: [f32; 2],
     /// What a left drag in the viewer does.
     pub tool: Tool,
-    /// Brush radius of the brush and eraser, in image pixels (between [`BRUSH_MIN`] and
-    /// [`BRUSH_MAX`]).
+    /// Radius of the brush and eraser, in image pixels (the brush commands keep it between
+    /// [`BRUSH_MIN`] and [`BRUSH_MAX`]).
     pub brush_radius: f32,
     /// Window and inversion per display key (see `Group::display_key`).
     pub display: HashMap<String, Display>,
