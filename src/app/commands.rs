@@ -5,69 +5,125 @@
 use eframe::egui::{Key, KeyboardShortcut, Modifiers};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An action the user can run from a menu, the command palette or its keyboard shortcut.
 pub enum Command {
+    /// Add image files (DICOM, PNG, JPEG, TIFF, BMP, NIfTI) or a DICOMDIR to the study browser.
     OpenFiles,
+    /// Add every image under a folder (recursively) to the study browser; large folders are read in the background.
     OpenFolder,
+    /// Open a project file: its studies, labels, masks and view.
     OpenProject,
+    /// Save labels, masks, display settings and view to the project file.
     SaveProject,
+    /// Save the project to a new file.
     SaveProjectAs,
+    /// Replace the current image's lesion mask by a mask image (non-zero = lesion).
     ImportMask,
+    /// Choose a CLIP ViT-L/14-336 safetensors file and load it in the background.
     OpenWeights,
+    /// Stop the running background jobs (folder scan, file loading, weights loading).
     CancelJob,
+    /// Toggle skipping the GPU even when one is available (applies at the next start).
     ToggleForceCpu,
+    /// Close the application (unsaved work stays in the autosave).
     Quit,
+    /// Undo the last label change or mask edit.
     Undo,
+    /// Redo what was undone.
     Redo,
+    /// Label the current image, or the images selected in the browser, as a normal shot.
     MarkNormal,
+    /// Label the current image, or the images selected in the browser, as an abnormal shot.
     MarkAbnormal,
+    /// Remove the label (and mask) of the current or selected images.
     ClearLabel,
+    /// Go to the next frame or slice of the current series or folder.
     NextFrame,
+    /// Go to the previous frame or slice of the current series or folder.
     PreviousFrame,
+    /// Skip 10 frames forward.
     PageForward,
+    /// Skip 10 frames back.
     PageBack,
+    /// Go to the first frame of the current series or folder.
     FirstFrame,
+    /// Go to the last frame of the current series or folder.
     LastFrame,
+    /// Magnify the image.
     ZoomIn,
+    /// Shrink the image.
     ZoomOut,
+    /// Fit the whole image in the viewer.
     ZoomFit,
+    /// Zoom to one image pixel per screen pixel.
     ZoomActualSize,
+    /// Toggle showing the grey levels inverted.
     Invert,
+    /// Go back to the file's default window (centre/width).
     ResetWindow,
+    /// Apply window preset 1 (listed in the right panel).
     Preset1,
+    /// Apply window preset 2 (listed in the right panel).
     Preset2,
+    /// Apply window preset 3 (listed in the right panel).
     Preset3,
+    /// Apply window preset 4 (listed in the right panel).
     Preset4,
+    /// Apply window preset 5 (listed in the right panel).
     Preset5,
+    /// Apply window preset 6 (listed in the right panel).
     Preset6,
+    /// Apply window preset 7 (listed in the right panel).
     Preset7,
+    /// Apply window preset 8 (listed in the right panel).
     Preset8,
+    /// Apply window preset 9 (listed in the right panel).
     Preset9,
+    /// Select the pan tool: left drag pans the image.
     ToolNavigate,
+    /// Select the mask brush: left drag paints the lesion mask of an abnormal image.
     ToolBrush,
+    /// Select the mask eraser: left drag erases the lesion mask.
     ToolEraser,
+    /// Select the fill tool: draw a closed outline with the left button; its inside becomes lesion.
     ToolFill,
+    /// Select the measuring tool: left drag measures a length (mm where the file gives the pixel spacing).
     ToolMeasure,
+    /// Make the brush larger.
     BrushLarger,
+    /// Make the brush smaller.
     BrushSmaller,
+    /// Remove the length measurements of the current image.
     ClearMeasurements,
+    /// Show or hide the searchable metadata of the current image.
     ToggleMetadata,
+    /// Show or hide the help panel listing every command with its shortcut.
     ToggleHelp,
+    /// Open the command palette to find and run a command by name.
     CommandPalette,
 }
 
 /// The menu a command is listed under (and the heading of its group in the help panel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Menu {
+    /// The File menu: files, projects, weights, jobs and quitting.
     File,
+    /// The Edit menu: undo and redo.
     Edit,
+    /// The View menu: frame navigation, zoom, windowing and metadata.
     View,
+    /// The Label menu: normal/abnormal labels.
     Label,
+    /// The Tools menu: pointer tools, brush size and measurements.
     Tools,
+    /// The Settings menu: preferences such as always using the CPU.
     Settings,
+    /// The Help menu: help panel and command palette.
     Help,
 }
 
 impl Menu {
+    /// Every menu, in menu-bar order.
     pub const ALL: [Menu; 7] = [
         Menu::File,
         Menu::Edit,
@@ -78,6 +134,7 @@ impl Menu {
         Menu::Help,
     ];
 
+    /// The menu's title in the menu bar.
     pub fn title(self) -> &'static str {
         match self {
             Menu::File => "File",
@@ -107,6 +164,7 @@ const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
 }
 
 impl Command {
+    /// Every command, in the order menus, the help panel and the palette list them.
     pub const ALL: [Command; 47] = [
         Command::OpenFiles,
         Command::OpenFolder,
@@ -157,6 +215,7 @@ impl Command {
         Command::CommandPalette,
     ];
 
+    /// The short name shown in menus, the help panel and the command palette.
     pub fn label(self) -> &'static str {
         match self {
             Command::OpenFiles => "Open files…",
@@ -209,6 +268,7 @@ impl Command {
         }
     }
 
+    /// One sentence on what the command does, shown on hover and in the help panel.
     pub fn tooltip(self) -> &'static str {
         match self {
             Command::OpenFiles => {
@@ -283,6 +343,7 @@ impl Command {
         }
     }
 
+    /// The keyboard shortcut that runs the command, if it has one.
     pub fn shortcut(self) -> Option<KeyboardShortcut> {
         match self {
             Command::OpenFiles => cmd(Key::O),
@@ -335,6 +396,7 @@ impl Command {
         }
     }
 
+    /// The menu the command is listed under.
     pub fn menu(self) -> Menu {
         use Command::*;
         match self {

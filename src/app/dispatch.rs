@@ -33,7 +33,9 @@ pub enum Action {
     /// A click on a file in the browser: replace the selection (and show it), toggle it in the
     /// selection (Ctrl), or extend the selection to it (Shift).
     Select {
+        /// The file clicked.
         path: PathBuf,
+        /// How the click changes the selection.
         mode: SelectMode,
     },
     /// Move through the current series by this many frames.
@@ -42,19 +44,25 @@ pub enum Action {
     GoTo(usize),
     /// Set the window of the current series, in modality units.
     SetWindow {
+        /// Window centre (level), in modality units.
         center: f64,
+        /// Window width, in modality units (raised to 1 when smaller).
         width: f64,
     },
     /// Zoom (points per image pixel) and pan (points), leaving fit-to-window.
     SetView {
+        /// Screen points per image pixel.
         zoom: f32,
+        /// Offset of the image centre from the viewport centre, in points.
         pan: [f32; 2],
     },
     /// The viewer's size in points.
     Viewport([f32; 2]),
     /// One segment of a brush or eraser stroke, image pixel coordinates.
     Paint {
+        /// Start of the segment, in image pixels.
         from: [f32; 2],
+        /// End of the segment, in image pixels.
         to: [f32; 2],
     },
     /// The mouse button was released: the stroke becomes one undo step.
@@ -63,23 +71,33 @@ pub enum Action {
     FillOutline(Vec<[f32; 2]>),
     /// Record a length measurement, image pixel coordinates.
     Measure {
+        /// One end of the measured segment, in image pixels.
         from: [f32; 2],
+        /// The other end of the measured segment, in image pixels.
         to: [f32; 2],
     },
     /// Multiply the brush radius (Ctrl+wheel).
     ScaleBrush(f32),
+    /// Save the project to this file, without a dialog.
     SaveProjectTo(PathBuf),
+    /// Open this project file, without a dialog.
     OpenProject(PathBuf),
+    /// Replace the current image's lesion mask by this mask image, without a dialog.
     ImportMaskFrom(PathBuf),
-    /// Answer to the recovery offer at start.
+    /// Answer to the recovery offer at start: reopen the unsaved work of the last session.
     Recover,
+    /// Answer to the recovery offer at start: delete the autosave, losing its unsaved work.
     DiscardRecovery,
 }
 
+/// How a click on a file in the browser changes the selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SelectMode {
+    /// Plain click: show the file, which replaces the selection.
     Replace,
+    /// Ctrl+click: add the file to the selection, or remove it.
     Toggle,
+    /// Shift+click: select every file from the first selected one to this one, in browser order.
     Extend,
 }
 

@@ -35,34 +35,48 @@ impl<T, I> JobContext<T, I> {
         (self.repaint)();
     }
 
+    /// Whether the UI asked the job to stop; the worker should check it regularly and return.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
 }
 
+/// A message from the worker thread to the UI.
 pub enum JobEvent<T, I = ()> {
+    /// A progress report.
     Progress {
+        /// Share done, in 0..=1, or `None` when unknown.
         fraction: Option<f32>,
+        /// What the worker is doing, in a few words.
         message: String,
     },
+    /// One partial result.
     Item(I),
+    /// The job's outcome (sent once, last; a panic arrives as an error).
     Finished(Result<T, String>),
 }
 
 /// What the UI sees of a job after polling.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobStatus<T> {
+    /// The job has not finished yet.
     Running {
+        /// Share done, in 0..=1, or `None` when unknown.
         fraction: Option<f32>,
+        /// What the worker is doing, in a few words.
         message: String,
     },
+    /// The job finished with its result.
     Succeeded(T),
+    /// The job failed (or panicked); the message says why.
     Failed(String),
+    /// The job stopped with an error after [`Job::cancel`] was called.
     Cancelled,
 }
 
 /// A running or finished background job producing a `T`, and partial results `I` on the way.
 pub struct Job<T, I = ()> {
+    /// What the job does, shown to the user.
     pub title: String,
     receiver: Receiver<JobEvent<T, I>>,
     cancelled: Arc<AtomicBool>,

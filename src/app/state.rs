@@ -49,6 +49,7 @@ impl PersistedState {
 /// Summary of a successfully loaded weights file, for display.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightsSummary {
+    /// The weights file.
     pub path: PathBuf,
     /// One line per fact: layout, architecture, tensor counts, time taken.
     pub lines: Vec<String>,
@@ -57,16 +58,25 @@ pub struct WeightsSummary {
 /// Where the CLIP weights stand.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum WeightsStatus {
+    /// No weights loaded.
     #[default]
     NotLoaded,
+    /// The weights load job is running.
     Loading {
+        /// The file being loaded.
         path: PathBuf,
+        /// Share done, in 0..=1, or `None` when unknown.
         fraction: Option<f32>,
+        /// The job's latest progress message.
         message: String,
     },
+    /// The weights loaded successfully.
     Loaded(WeightsSummary),
+    /// Loading the weights failed.
     Failed {
+        /// The file that failed to load.
         path: PathBuf,
+        /// Why it failed.
         message: String,
     },
 }
@@ -86,9 +96,13 @@ pub const IMAGE_BUDGET: usize = 2 << 30;
 
 /// Everything the UI shows. Only the UI thread touches it.
 pub struct AppState {
+    /// Settings and recent files, saved between sessions.
     pub persisted: PersistedState,
+    /// The compute backend and device in use, probed at start.
     pub backend: BackendInfo,
+    /// Where the CLIP weights stand.
     pub weights: WeightsStatus,
+    /// Loads the CLIP weights in the background; `None` when no load runs.
     pub weights_job: Option<Job<WeightsSummary>>,
     /// Reads opened files and folders; hands over each file as it is examined.
     pub scan_job: Option<Job<(), ScanItem>>,
@@ -98,9 +112,11 @@ pub struct AppState {
     pub load_queue: Vec<PathBuf>,
     /// Makes the browser's previews once a scan has ended.
     pub thumbnail_job: Option<Job<(), Thumbnail>>,
+    /// Browser previews that were made, by file.
     pub thumbnails: HashMap<PathBuf, Arc<Image8>>,
     /// Files a thumbnail was attempted for (failures are not retried).
     pub thumbnails_tried: HashSet<PathBuf>,
+    /// The opened files, grouped into series and folders.
     pub browser: Browser,
     /// Decoded files, in modality units.
     pub images: HashMap<PathBuf, Arc<ImageStack>>,
@@ -109,8 +125,11 @@ pub struct AppState {
     pub image_budget: usize,
     /// Files selected in the browser (labels apply to all of them when more than one).
     pub selection: Vec<PathBuf>,
+    /// Current image, zoom, pan, tool and display settings.
     pub viewer: Viewer,
+    /// Shot labels and lesion masks, with the undo history.
     pub labels: Labels,
+    /// The project file, unsaved state and autosave.
     pub project: Project,
     /// Messages for the status bar (newest last).
     pub log: Vec<String>,

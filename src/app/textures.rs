@@ -30,6 +30,7 @@ pub const TILE: u32 = 512;
 
 /// One texture of a tiled image and where it goes.
 pub struct Tile {
+    /// The tile's texture.
     pub texture: TextureHandle,
     /// `[x0, y0, x1, y1]` in full-resolution image pixels.
     pub rect: [f32; 4],
@@ -85,6 +86,8 @@ impl<K: PartialEq, V: Clone> Lru<K, V> {
     }
 }
 
+/// The viewer's texture caches: image tiles, browser previews, reduced frames and mask
+/// overlays.
 pub struct Textures {
     images: Lru<ImageTexKey, TextureHandle>,
     thumbnails: HashMap<PathBuf, TextureHandle>,

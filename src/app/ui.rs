@@ -14,8 +14,12 @@ const STORAGE_KEY: &str = "mvfa-studio-state";
 /// The application id: window title and the name of the data folder (settings, autosave).
 pub const APP_ID: &str = "MVFA Studio";
 
+/// The eframe application: the state, the textures and the actions waiting for the next
+/// frame.
 pub struct StudioApp {
+    /// Everything the UI shows.
     pub state: AppState,
+    /// Textures the viewer draws, cached.
     pub textures: Textures,
     /// Actions to apply at the next frame (files from the command line, tests).
     pub pending: Vec<Action>,
@@ -44,6 +48,8 @@ impl StudioApp {
         app
     }
 
+    /// The app around an existing state, with no texture yet and no pending action (what
+    /// [`StudioApp::new`] builds on, and what tests start from).
     pub fn with_state(state: AppState) -> Self {
         Self {
             state,

@@ -12,7 +12,9 @@ use super::input::{InputError, load_stack};
 /// A binary mask, `height` rows of `width` pixels, row-major, 1 = lesion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mask {
+    /// Width in pixels (the image's own width).
     pub width: u32,
+    /// Height in pixels (the image's own height).
     pub height: u32,
     data: Vec<u8>,
 }
@@ -20,13 +22,18 @@ pub struct Mask {
 /// A pixel rectangle `[x0, x1) x [y0, y1)` inside a mask: what one edit touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PixelRect {
+    /// Left edge, inclusive.
     pub x0: u32,
+    /// Top edge, inclusive.
     pub y0: u32,
+    /// Right edge, exclusive.
     pub x1: u32,
+    /// Bottom edge, exclusive.
     pub y1: u32,
 }
 
 impl PixelRect {
+    /// Whether the rectangle holds no pixel.
     pub fn is_empty(&self) -> bool {
         self.x0 >= self.x1 || self.y0 >= self.y1
     }
@@ -47,6 +54,7 @@ impl PixelRect {
         }
     }
 
+    /// A rectangle holding no pixel (the start of a union).
     pub const EMPTY: PixelRect = PixelRect {
         x0: 0,
         y0: 0,

@@ -190,7 +190,12 @@ pub enum ScanItem {
     /// A raster image or NIfTI volume (read when shown).
     Image(PathBuf),
     /// A file that could not be used, and why.
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be used.
+        reason: String,
+    },
 }
 
 /// Scans files and folders for everything the viewer shows: DICOM instances (as

@@ -11,6 +11,7 @@ use crate::io::study::{Instance, ScanItem, Study, group_instances};
 /// One file in the browser.
 #[derive(Debug, Clone)]
 pub struct Item {
+    /// The file.
     pub path: PathBuf,
     /// File name (DICOM: instance number and file name).
     pub name: String,
@@ -22,19 +23,28 @@ pub struct Item {
 /// What a group is, for the tree's headings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GroupKind {
+    /// A DICOM series (patient / study / series).
     Series {
+        /// Patient name and ID, or "Unknown patient".
         patient: String,
+        /// Study date and description, or "Study".
         study: String,
+        /// Modality, series number and description.
         series: String,
         /// SeriesInstanceUID: display settings are shared by the slices of a series.
         uid: String,
     },
+    /// Raster images or NIfTI volumes of one folder.
     Folder(PathBuf),
 }
 
+/// A heading of the browser's tree and the files under it, in viewing order; also what the
+/// viewer scrolls through.
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// What the group is.
     pub kind: GroupKind,
+    /// Its files, in viewing order.
     pub items: Vec<Item>,
 }
 
@@ -54,6 +64,7 @@ impl Group {
 pub struct Browser {
     /// The files and folders the user opened (what a project file reopens).
     pub roots: Vec<PathBuf>,
+    /// The groups: DICOM series first (by study), then one per folder of other images.
     pub groups: Vec<Group>,
     /// Files that could not be used, with the reason (scan or load errors).
     pub unreadable: Vec<(PathBuf, String)>,
@@ -95,6 +106,7 @@ impl Browser {
         self.rebuild();
     }
 
+    /// Records a file that could not be used, with the reason (once per file).
     pub fn add_unreadable(&mut self, path: PathBuf, reason: String) {
         if !self.unreadable.iter().any(|(p, _)| p == &path) {
             self.unreadable.push((path, reason));
@@ -200,6 +212,7 @@ impl Browser {
         self.index.get(path).copied()
     }
 
+    /// The group and item of `path`, if it is in the browser.
     pub fn item(&self, path: &Path) -> Option<(&Group, &Item)> {
         let (g, i) = self.locate(path)?;
         Some((&self.groups[g], &self.groups[g].items[i]))
@@ -220,6 +233,7 @@ impl Browser {
         self.index.len()
     }
 
+    /// Whether the browser holds no file.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

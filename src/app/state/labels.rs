@@ -11,18 +11,23 @@ use crate::io::mask::{Mask, PixelRect};
 /// One image a label or mask belongs to: a file and a frame of it (0 for single-frame files).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ImageKey {
+    /// The image file.
     pub path: PathBuf,
+    /// The frame of the file (0-based).
     pub frame: usize,
 }
 
 /// What a shot shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Label {
+    /// A normal shot: no lesion.
     Normal,
+    /// An abnormal shot: shows a lesion, which a mask may outline.
     Abnormal,
 }
 
 impl Label {
+    /// The label's name as shown to the user ("normal", "abnormal").
     pub fn name(self) -> &'static str {
         match self {
             Label::Normal => "normal",
@@ -85,28 +90,36 @@ pub struct Labels {
 /// How many shots and masks the project holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// Images labelled normal.
     pub normal: usize,
+    /// Images labelled abnormal.
     pub abnormal: usize,
+    /// Masks with at least one lesion pixel.
     pub masks: usize,
 }
 
 impl Labels {
+    /// The label of `key`, if it has one.
     pub fn label(&self, key: &ImageKey) -> Option<Label> {
         self.labels.get(key).copied()
     }
 
+    /// The lesion mask of `key`, if it has one.
     pub fn mask(&self, key: &ImageKey) -> Option<&Mask> {
         self.masks.get(key)
     }
 
+    /// Every label, in key order (file, then frame).
     pub fn labels(&self) -> impl Iterator<Item = (&ImageKey, &Label)> {
         self.labels.iter()
     }
 
+    /// Every mask, in key order (file, then frame).
     pub fn masks(&self) -> impl Iterator<Item = (&ImageKey, &Mask)> {
         self.masks.iter()
     }
 
+    /// How many images are labelled normal and abnormal, and how many masks are non-empty.
     pub fn counts(&self) -> Counts {
         let normal = self
             .labels
@@ -278,10 +291,12 @@ impl Labels {
         self.revision += 1;
     }
 
+    /// Whether there is a step to undo.
     pub fn can_undo(&self) -> bool {
         !self.undo.is_empty()
     }
 
+    /// Whether there is an undone step to redo.
     pub fn can_redo(&self) -> bool {
         !self.redo.is_empty()
     }

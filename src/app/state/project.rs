@@ -21,24 +21,36 @@ pub const VERSION: u32 = 1;
 /// How often unsaved work is written to the autosave file.
 pub const AUTOSAVE_EVERY: Duration = Duration::from_secs(60);
 
+/// A file the project refers to, identified by path and content hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// Where the file was when the project was saved.
     pub path: PathBuf,
+    /// SHA-256 of the file's content, lowercase hex.
     pub sha256: String,
 }
 
+/// The label of one image (a file and frame) in a project file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelEntry {
+    /// The labelled file.
     pub path: PathBuf,
+    /// The frame of the file (0-based; 0 for single-frame files).
     pub frame: usize,
+    /// The label given to that frame.
     pub label: Label,
 }
 
+/// The lesion mask of one image (a file and frame) in a project file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MaskEntry {
+    /// The file the mask belongs to.
     pub path: PathBuf,
+    /// The frame of the file (0-based; 0 for single-frame files).
     pub frame: usize,
+    /// Mask width in image pixels.
     pub width: u32,
+    /// Mask height in image pixels.
     pub height: u32,
     /// The mask as an 8-bit grey PNG (0 / 255), base64-encoded.
     pub png_base64: String,
@@ -48,11 +60,17 @@ pub struct MaskEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ViewEntry {
+    /// The image shown, if any.
     pub current: Option<ImageKey>,
+    /// Whether the image was fitted to the viewport.
     pub fit: bool,
+    /// Screen points per image pixel when not fitting.
     pub zoom: f32,
+    /// Offset of the image centre from the viewport centre, in points.
     pub pan: [f32; 2],
+    /// The selected tool.
     pub tool: Tool,
+    /// Brush radius, in image pixels.
     pub brush_radius: f32,
 }
 
@@ -66,16 +84,23 @@ impl Default for ViewEntry {
 /// nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetAside {
+    /// The file as recorded when the project was saved.
     pub file: FileEntry,
+    /// Why it was set aside (missing, changed content, unreadable), for the user.
     pub reason: String,
+    /// Its labels, as they were saved.
     pub labels: Vec<LabelEntry>,
+    /// Its masks, as they were saved.
     pub masks: Vec<MaskEntry>,
 }
 
+/// A project file as written to disk (JSON); missing fields take their defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProjectFile {
+    /// Always [`FORMAT`]; identifies the file as a project.
     pub format: String,
+    /// Layout version the file was written with (at most [`VERSION`] to be read).
     pub version: u32,
     /// Where the project was saved (an autosave carries it so that recovery saves back there).
     pub project_path: Option<PathBuf>,
@@ -83,12 +108,17 @@ pub struct ProjectFile {
     pub sources: Vec<PathBuf>,
     /// Every labelled file with its content hash.
     pub files: Vec<FileEntry>,
+    /// The label of every labelled image.
     pub labels: Vec<LabelEntry>,
+    /// The lesion mask of every image that has one.
     pub masks: Vec<MaskEntry>,
     /// Window and inversion per series or file.
     pub display: BTreeMap<String, Display>,
+    /// The view when the project was saved.
     pub view: ViewEntry,
+    /// Length measurements, in image pixel coordinates.
     pub measurements: Vec<Measurement>,
+    /// Labels and masks of files that moved or changed, kept verbatim.
     pub set_aside: Vec<SetAside>,
 }
 
@@ -113,13 +143,17 @@ impl Default for ProjectFile {
 /// The project as a session knows it: where it is saved, what is unsaved, the autosave.
 #[derive(Debug)]
 pub struct Project {
+    /// The project file this session saves to; `None` until the project is saved or opened.
     pub path: Option<PathBuf>,
     /// The labels' revision at the last save: anything newer is unsaved.
     pub saved_revision: u64,
     /// Where unsaved work is written every [`AUTOSAVE_EVERY`] (`None`: no autosave).
     pub autosave_path: Option<PathBuf>,
+    /// How often unsaved work is autosaved.
     pub autosave_every: Duration,
+    /// The labels' revision at the last autosave: newer changes are not yet autosaved.
     pub autosaved_revision: u64,
+    /// When an autosave was last attempted (or the session began).
     pub last_autosave: Instant,
     /// Content hashes of files, computed once per session.
     pub hashes: HashMap<PathBuf, String>,
@@ -130,6 +164,7 @@ pub struct Project {
 }
 
 impl Project {
+    /// A project not yet saved anywhere; an existing file at `autosave_path` is offered for recovery.
     pub fn new(autosave_path: Option<PathBuf>) -> Self {
         let recovery = autosave_path.clone().filter(|p| p.is_file());
         Self {
@@ -157,6 +192,7 @@ impl Project {
     }
 }
 
+/// Encodes the mask of `key` as a project entry (8-bit grey PNG, base64).
 pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, String> {
     Ok(MaskEntry {
         path: key.path.clone(),
@@ -167,6 +203,8 @@ pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, String> {
     })
 }
 
+/// Decodes a project mask entry; fails on bad base64 or PNG, or when the PNG's size differs
+/// from the entry's.
 pub fn decode_mask(entry: &MaskEntry) -> Result<Mask, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&entry.png_base64)
@@ -215,8 +253,12 @@ pub fn read(path: &Path) -> Result<ProjectFile, String> {
 
 /// Labels and masks of a project that still match their files, and the rest set aside.
 pub struct Verified {
+    /// Labels of files whose content still matches.
     pub labels: BTreeMap<ImageKey, Label>,
+    /// Masks of files whose content still matches.
     pub masks: BTreeMap<ImageKey, Mask>,
+    /// Labels and masks set aside: those already set aside in the project and those of files
+    /// that are missing or changed.
     pub set_aside: Vec<SetAside>,
     /// Problems met (unreadable masks), for the log.
     pub problems: Vec<String>,

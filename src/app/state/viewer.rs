@@ -11,15 +11,21 @@ use crate::io::image::{ImageStack, VoiFunction, Window};
 /// What a left drag in the viewer does (right drag always sets the window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Tool {
+    /// Left drag pans the image.
     #[default]
     Navigate,
+    /// Left drag paints the lesion mask.
     Brush,
+    /// Left drag erases the lesion mask.
     Eraser,
+    /// A closed outline drawn with the left button is filled as lesion.
     Fill,
+    /// Left drag measures a length.
     Measure,
 }
 
 impl Tool {
+    /// The tool's name as the user reads it.
     pub fn name(self) -> &'static str {
         match self {
             Tool::Navigate => "Pan",
@@ -34,25 +40,34 @@ impl Tool {
 /// Grey-level display of a series or file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Display {
+    /// The VOI window (centre and width) mapping stored values to grey levels.
     pub window: Window,
+    /// Whether the grey levels are shown inverted.
     pub invert: bool,
 }
 
 /// A length measurement on one image, in image pixel coordinates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Measurement {
+    /// The image measured on.
     pub key: ImageKey,
+    /// One end of the segment, in image pixels.
     pub from: [f32; 2],
+    /// The other end of the segment, in image pixels.
     pub to: [f32; 2],
 }
 
-/// Brush radius limits, in image pixels.
+/// Smallest brush radius, in image pixels.
 pub const BRUSH_MIN: f32 = 1.0;
+/// Largest brush radius, in image pixels.
 pub const BRUSH_MAX: f32 = 200.0;
-/// Zoom limits, in screen points per image pixel.
+/// Smallest zoom, in screen points per image pixel.
 pub const ZOOM_MIN: f32 = 0.01;
+/// Largest zoom, in screen points per image pixel.
 pub const ZOOM_MAX: f32 = 512.0;
 
+/// The viewer's state: current image, zoom and pan, tool, display settings, measurements and
+/// the panels shown.
 #[derive(Debug, Clone)]
 pub struct Viewer {
     /// The image shown.
@@ -65,13 +80,20 @@ pub struct Viewer {
     pub pan: [f32; 2],
     /// Size of the viewport in points at the last frame (for zoom commands).
     pub viewport: [f32; 2],
+    /// What a left drag in the viewer does.
     pub tool: Tool,
+    /// Radius of the brush and eraser, in image pixels (the brush commands keep it between
+    /// [`BRUSH_MIN`] and [`BRUSH_MAX`]).
     pub brush_radius: f32,
     /// Window and inversion per display key (see `Group::display_key`).
     pub display: HashMap<String, Display>,
+    /// Length measurements of every image, in image pixel coordinates.
     pub measurements: Vec<Measurement>,
+    /// Whether the metadata panel is shown.
     pub show_metadata: bool,
+    /// Whether the help panel (commands and shortcuts) is shown.
     pub show_help: bool,
+    /// Whether the command palette is open.
     pub show_palette: bool,
 }
 
