@@ -7,6 +7,7 @@ pub mod image;
 pub mod input;
 pub mod model_input;
 pub mod nifti;
+pub mod output;
 pub mod raster;
 pub mod resample;
 pub mod study;

@@ -1,0 +1,291 @@
+//! Issue 14: nothing the user feeds the program costs them their work. Outputs that would
+//! replace an input or cannot be written are refused before any work, explicitly named inputs
+//! are never dropped, absurd sizes and closed pipes end with a clear error instead of a panic,
+//! and one bad file in a batch is reported while the rest are scored.
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::cli_commands::{
+    bin, clip_fixture, csv_lines, make_checkpoint, no_temp_files, run, write_inputs,
+};
+
+fn args<'a>(list: &'a [&'a OsStr]) -> impl Iterator<Item = &'a OsStr> {
+    list.iter().copied()
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// A stand-in CLIP file: the output checks run before it is read.
+fn fake_input(path: &Path) -> Vec<u8> {
+    let bytes = b"precious weights, not to be overwritten".to_vec();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+fn assert_refused(stderr: &str, what: &str, o: &std::process::Output) {
+    assert!(!o.status.success(), "expected a refusal: {stderr}");
+    assert!(stderr.contains(what), "expected {what:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Refused before any work: the weights were never opened.
+    assert!(!stderr.contains("CLIP:"), "{stderr}");
+}
+
+#[test]
+fn train_refuses_outputs_that_are_inputs_or_cannot_be_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = tmp.path().join("clip.safetensors");
+    let bytes = fake_input(&clip);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("normal")).unwrap();
+    std::fs::write(data.join("normal/a.png"), b"image bytes").unwrap();
+    let link = tmp.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&clip, &link).unwrap();
+    let train = |out: &Path| {
+        run(bin().args(args(&[
+            os("train"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--data"),
+            data.as_os_str(),
+            os("--organ"),
+            os("Brain"),
+            os("--out"),
+            out.as_os_str(),
+        ])))
+    };
+    // The weights themselves, through a symlink, an image of the data folder.
+    for out in [clip.clone(), link.clone(), data.join("normal/a.png")] {
+        let (o, _, stderr) = train(&out);
+        assert_refused(&stderr, "would overwrite an input", &o);
+    }
+    assert_eq!(std::fs::read(&clip).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(data.join("normal/a.png")).unwrap(),
+        b"image bytes"
+    );
+    // A folder where the file goes, a missing folder.
+    let (o, _, stderr) = train(tmp.path());
+    assert_refused(&stderr, "is a folder", &o);
+    let (o, _, stderr) = train(&tmp.path().join("missing/x.safetensors"));
+    assert_refused(&stderr, "does not exist", &o);
+    // A read-only folder (refused even for root, who could write there).
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    set_mode(&ro, 0o555);
+    let (o, _, stderr) = train(&ro.join("x.safetensors"));
+    set_mode(&ro, 0o755);
+    assert_refused(&stderr, "read-only", &o);
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn score_eval_and_synth_data_check_their_outputs_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = tmp.path().join("clip.safetensors");
+    let bytes = fake_input(&clip);
+    let ckpt = tmp.path().join("ckpt.safetensors");
+    let ckpt_bytes = fake_input(&ckpt);
+    let image = tmp.path().join("a.png");
+    std::fs::write(&image, b"image bytes").unwrap();
+    // score: the output folder is the checkpoint, or an input image.
+    for out in [&ckpt, &image] {
+        let (o, _, stderr) = run(bin().args(args(&[
+            os("score"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--checkpoint"),
+            ckpt.as_os_str(),
+            image.as_os_str(),
+            os("--out"),
+            out.as_os_str(),
+        ])));
+        assert_refused(&stderr, "would overwrite an input", &o);
+    }
+    // eval: the JSON report is the weights, or an existing folder.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let reports = tmp.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    for (out, what) in [
+        (&clip, "would overwrite an input"),
+        (&data, "is an input folder"),
+        (&reports, "is a folder"),
+    ] {
+        let (o, _, stderr) = run(bin().args(args(&[
+            os("eval"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--data"),
+            data.as_os_str(),
+            os("--json"),
+            out.as_os_str(),
+        ])));
+        assert_refused(&stderr, what, &o);
+    }
+    assert_eq!(std::fs::read(&clip).unwrap(), bytes);
+    assert_eq!(std::fs::read(&ckpt).unwrap(), ckpt_bytes);
+    // synth-data: a file where the folder goes, a read-only parent.
+    let (o, _, stderr) = run(bin().args([os("synth-data"), clip.as_os_str()]));
+    assert_refused(&stderr, "is a file", &o);
+    assert_eq!(std::fs::read(&clip).unwrap(), bytes);
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    set_mode(&ro, 0o555);
+    let (o, _, stderr) = run(bin().args([os("synth-data"), ro.join("set").as_os_str()]));
+    set_mode(&ro, 0o755);
+    assert_refused(&stderr, "read-only", &o);
+}
+
+#[test]
+fn synth_data_writes_atomically_and_refuses_absurd_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("set");
+    for (flags, what) in [
+        (vec!["--size", "0"], "--size 0 is out of range"),
+        (vec!["--size", "100000"], "out of range"),
+        (
+            vec!["--normal", "1000000000000", "--size", "4096"],
+            "too many",
+        ),
+        (vec!["--normal", "18446744073709551615"], "too many"),
+    ] {
+        let (o, _, stderr) = run(bin().arg("synth-data").arg(&out).args(&flags));
+        assert!(!o.status.success(), "{flags:?}");
+        assert!(stderr.contains(what), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists(), "nothing written for {flags:?}");
+    }
+    let (o, _, stderr) = run(bin().arg("synth-data").arg(&out).args([
+        "--normal",
+        "2",
+        "--abnormal",
+        "1",
+        "--size",
+        "64",
+    ]));
+    assert!(o.status.success(), "{stderr}");
+    for sub in ["normal", "abnormal", "masks"] {
+        no_temp_files(&out.join(sub));
+    }
+    assert_eq!(std::fs::read_dir(out.join("normal")).unwrap().count(), 2);
+    assert_eq!(
+        image::image_dimensions(out.join("masks/abnormal_000.png")).unwrap(),
+        (64, 64)
+    );
+}
+
+#[test]
+fn absurd_sizes_are_clear_errors_not_panics() {
+    for flags in [
+        vec!["smoke", "--image-size", "0"],
+        vec!["smoke", "--image-size", "1000000"],
+        vec!["smoke", "--batch", "0"],
+        vec!["smoke", "--width", "18446744073709551615"],
+        vec!["bench", "--text-width", "99999999999"],
+        vec!["weights", "x.safetensors", "--image-size", "4000000000"],
+        vec![
+            "score",
+            "--clip",
+            "c",
+            "--checkpoint",
+            "k",
+            "--out",
+            "o",
+            "x",
+            "--batch",
+            "0",
+        ],
+    ] {
+        let (o, _, stderr) = run(bin().args(&flags));
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("error: invalid value"),
+            "{flags:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Parsed, but rejected by the model configuration.
+    let (o, _, stderr) = run(bin().args([
+        "smoke",
+        "--cpu",
+        "--image-size",
+        "5",
+        "--layers",
+        "1",
+        "--width",
+        "64",
+        "--heads",
+        "1",
+        "--embed-dim",
+        "8",
+    ]));
+    assert!(!o.status.success());
+    assert!(stderr.contains("holds no 14-pixel patch"), "{stderr}");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_inspect_without_a_panic() {
+    let fixtures = crate::support::fixture_dir("dicom");
+    for _ in 0..3 {
+        let mut child = bin()
+            .args([os("inspect"), fixtures.as_os_str()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader goes away before the first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_ne!(out.status.code(), Some(101), "{stderr}");
+    }
+}
+
+#[test]
+fn score_keeps_named_inputs_inside_the_output_folder_and_survives_link_loops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let inputs = write_inputs(tmp.path());
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // An input the user keeps in the output folder and names explicitly.
+    let inside = out.join("inside.png");
+    std::fs::copy(&inputs[0], &inside).unwrap();
+    // A folder that links back to itself.
+    let images = tmp.path().join("images");
+    std::os::unix::fs::symlink(&images, images.join("loop")).unwrap();
+    let (o, _, stderr) = run(bin().args(args(&[
+        os("score"),
+        os("--clip"),
+        clip_fixture().as_os_str(),
+        os("--checkpoint"),
+        ckpt.as_os_str(),
+        inside.as_os_str(),
+        images.as_os_str(),
+        out.as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+    ])));
+    let csv = csv_lines(&out.join("scores.csv"));
+    // inside.png (named), case_a and case_b (walked); the earlier outputs of the walked
+    // output folder are skipped, and the loop is reported, not followed.
+    assert_eq!(csv.len(), 4, "{csv:?}\n{stderr}");
+    assert!(csv.iter().any(|l| l.contains("inside.png")), "{csv:?}");
+    assert!(out.join("inside.heatmap.png").is_file());
+    assert!(stderr.contains("loop"), "{stderr}");
+    assert!(
+        !o.status.success(),
+        "the loop is reported as a problem: {stderr}"
+    );
+    no_temp_files(&out);
+}
