@@ -174,6 +174,9 @@ fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<Exi
         };
         for frame in &scored {
             let image = &frame.image;
+            if let Some(note) = &image.note {
+                bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
+            }
             let name = names.allocate(&image.source, image.frame, image.frames);
             let w = write_frame::<B>(args, detector, frame, name, organ, &scored_inputs, device)?;
             bar.suspend(|| println!("{}", summary_line(&w, &image.label())));

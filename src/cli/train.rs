@@ -210,10 +210,12 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         ),
         None => println!(),
     }
-    if epochs == 0 {
+    if shots.abnormal.is_empty() {
         println!(
             "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
         );
+    } else if epochs == 0 {
+        println!("note: --epochs 0, so the adapters are untrained (zero-shot + memory bank)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,8 @@ pub struct ModelImage {
     pub display: Image8,
     /// `[3, 240, 240]` CHW model input in [0, 1].
     pub input: Vec<f32>,
+    /// Set for a frame whose every pixel has one value: its map says nothing about it.
+    pub note: Option<String>,
 }
 
 impl ModelImage {
@@ -113,9 +115,19 @@ pub fn load_model_images(path: &Path) -> Result<Vec<ModelImage>, InputError> {
                 frames,
                 display,
                 input,
+                note: constant_frame_note(&stack.frames[frame].data),
             })
         })
         .collect()
+}
+
+/// "constant image" when every sample of a frame has the same value (a blank slice, an
+/// empty export): reported rather than scored as if it were an image.
+fn constant_frame_note(data: &[f32]) -> Option<String> {
+    let first = *data.first()?;
+    data.iter()
+        .all(|&v| v == first || (v.is_nan() && first.is_nan()))
+        .then(|| format!("constant image (every pixel is {first}); its map carries no information"))
 }
 
 /// The first frame of `path` as model input (for training shots).

@@ -104,12 +104,12 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         }
         DynamicImage::ImageLuma16(b) => {
             let data: Vec<f32> = b.into_raw().into_iter().map(f32::from).collect();
-            let w = data_range_window(&data);
+            let w = data_range_window(&data, true);
             (Channels::Gray, data, vec![w], "16-bit grey")
         }
         DynamicImage::ImageLumaA16(b) => {
             let data: Vec<f32> = b.pixels().map(|p| f32::from(p.0[0])).collect();
-            let w = data_range_window(&data);
+            let w = data_range_window(&data, true);
             (
                 Channels::Gray,
                 data,
@@ -159,25 +159,23 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
             )
         }
         DynamicImage::ImageRgb32F(b) => {
-            let data = b.into_raw().into_iter().map(|v| v * 255.0).collect();
-            (
-                Channels::Rgb,
-                data,
-                vec![full8],
-                "float RGB (scaled to 0..255)",
-            )
+            let (data, w, unit) = float_samples(b.into_raw(), &full8);
+            let layout = if unit {
+                "float RGB (0..1, scaled to 0..255)"
+            } else {
+                "float RGB (windowed from its own range)"
+            };
+            (Channels::Rgb, data, vec![w], layout)
         }
         DynamicImage::ImageRgba32F(b) => {
-            let data = b
-                .pixels()
-                .flat_map(|p| [p.0[0], p.0[1], p.0[2]].map(|v| v * 255.0))
-                .collect();
-            (
-                Channels::Rgb,
-                data,
-                vec![full8],
-                "float RGBA (scaled to 0..255, alpha dropped)",
-            )
+            let values = b.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]]).collect();
+            let (data, w, unit) = float_samples(values, &full8);
+            let layout = if unit {
+                "float RGBA (0..1, scaled to 0..255, alpha dropped)"
+            } else {
+                "float RGBA (windowed from its own range, alpha dropped)"
+            };
+            (Channels::Rgb, data, vec![w], layout)
         }
         other => {
             return Err(err(
@@ -225,23 +223,41 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
     })
 }
 
-/// Window covering the data range: center `(min + max) / 2`, width `max - min + 1` (integer
-/// data), so that `min..max` maps onto the whole display range.
-fn data_range_window(data: &[f32]) -> Window {
+/// Window covering the data range ([`Window::data_range`]): center `(min + max) / 2`, width
+/// `max - min + 1` for integer data, so that `min..max` maps onto the whole display range;
+/// the exact linear function over `max - min` for float data; a labelled constant window.
+fn data_range_window(data: &[f32], integer: bool) -> Window {
     let (lo, hi) = data
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return Window::data_range(0.0, 65535.0, true, "Data range");
+    }
+    Window::data_range(lo as f64, hi as f64, integer, "Data range")
+}
+
+/// Float samples: 0..1 data (the usual convention) scaled to 0..255 under the 8-bit window;
+/// anything else keeps its values and gets a window from its own range.
+fn float_samples(values: Vec<f32>, full8: &Window) -> (Vec<f32>, Window, bool) {
+    let in_unit = values
+        .iter()
+        .all(|v| v.is_finite() && (0.0..=1.0).contains(v));
+    let (lo, hi) = values
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
         });
-    let (lo, hi) = if lo.is_finite() {
-        (lo as f64, hi as f64)
+    if in_unit && lo < hi {
+        (
+            values.into_iter().map(|v| v * 255.0).collect(),
+            full8.clone(),
+            true,
+        )
     } else {
-        (0.0, 65535.0)
-    };
-    Window {
-        center: (lo + hi) / 2.0,
-        width: hi - lo + 1.0,
-        function: VoiFunction::Linear,
-        label: "Data range".to_string(),
+        let w = data_range_window(&values, false);
+        (values, w, false)
     }
 }

@@ -289,3 +289,128 @@ fn score_keeps_named_inputs_inside_the_output_folder_and_survives_link_loops() {
     );
     no_temp_files(&out);
 }
+
+/// A minimal NIfTI-1 single file (`.nii`) of float32 voxels, `nx` x `ny` x `nz`.
+fn write_float_nifti(path: &Path, [nx, ny, nz]: [usize; 3], values: &[f32]) {
+    assert_eq!(values.len(), nx * ny * nz);
+    let mut h = vec![0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    for (i, d) in [3, nx, ny, nz, 1, 1, 1, 1].into_iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&(d as i16).to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&16i16.to_le_bytes()); // float32
+    h[72..74].copy_from_slice(&32i16.to_le_bytes());
+    for i in 0..8 {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1.0f32.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352.0f32.to_le_bytes());
+    h[344..348].copy_from_slice(b"n+1\0");
+    h.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, h).unwrap();
+}
+
+fn grey_levels(data: &[u8]) -> usize {
+    data.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
+#[test]
+fn float_volumes_are_windowed_from_their_own_range_and_constant_ones_reported() {
+    use mvfa_studio::io::input::load_model_images;
+    let tmp = tempfile::tempdir().unwrap();
+    let (nx, ny, nz) = (32, 24, 2);
+    let mut along_x = Vec::new();
+    let mut along_y = Vec::new();
+    for _z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                // Values in [0, 1): a narrow float range, as probability maps and normalised
+                // volumes have.
+                along_x.push(x as f32 / nx as f32);
+                along_y.push(0.25 + 0.5 * y as f32 / ny as f32);
+            }
+        }
+    }
+    let a = tmp.path().join("a.nii");
+    let b = tmp.path().join("b.nii");
+    let c = tmp.path().join("constant.nii");
+    write_float_nifti(&a, [nx, ny, nz], &along_x);
+    write_float_nifti(&b, [nx, ny, nz], &along_y);
+    write_float_nifti(&c, [nx, ny, nz], &vec![0.3; nx * ny * nz]);
+    let a = load_model_images(&a).unwrap();
+    let b = load_model_images(&b).unwrap();
+    assert_eq!(a.len(), nz);
+    // Stretched over the display range, not thresholded to black and white.
+    for frame in [&a[0], &b[0]] {
+        assert!(
+            grey_levels(&frame.display.data) > 16,
+            "{:?}",
+            frame.display.data
+        );
+        assert!(frame.note.is_none());
+    }
+    assert_ne!(a[0].display.data, b[0].display.data);
+    assert_ne!(a[0].input, b[0].input);
+    let c = load_model_images(&c).unwrap();
+    for frame in &c {
+        let note = frame.note.as_deref().expect("a constant frame is reported");
+        assert!(note.contains("constant image"), "{note}");
+        assert_eq!(grey_levels(&frame.display.data), 1);
+    }
+}
+
+#[test]
+fn training_checks_masks_stops_on_divergence_and_says_when_untrained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (o, _, stderr) = run(bin().arg("synth-data").arg(&data).args([
+        "--normal",
+        "2",
+        "--abnormal",
+        "2",
+        "--size",
+        "64",
+    ]));
+    assert!(o.status.success(), "{stderr}");
+    let ckpt = tmp.path().join("ckpt.safetensors");
+    let clip = clip_fixture();
+    let train = |extra: &[&str]| {
+        run(bin()
+            .args([os("train"), os("--cpu"), os("--clip"), clip.as_os_str()])
+            .args([os("--data"), data.as_os_str(), os("--organ"), os("Brain")])
+            .args([os("--out"), ckpt.as_os_str()])
+            .args(extra))
+    };
+    // A loss that becomes infinite or NaN stops the run and writes nothing.
+    let (o, _, stderr) = train(&["--lr", "1e30", "--epochs", "3"]);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("training diverged at epoch 1, step"),
+        "{stderr}"
+    );
+    assert!(!ckpt.exists());
+    for lr in ["0", "NaN", "inf"] {
+        let (o, _, stderr) = train(&["--lr", lr, "--epochs", "1"]);
+        assert!(!o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("learning rate must be a positive"),
+            "{stderr}"
+        );
+        assert!(!ckpt.exists());
+    }
+    // --epochs 0 fits the memory bank and calibration and says the adapters are untrained.
+    let (o, stdout, stderr) = train(&["--epochs", "0"]);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("--epochs 0, so the adapters are untrained"),
+        "{stdout}"
+    );
+    // A mask of another size than its image is an error naming both sizes.
+    let mask = data.join("masks/abnormal_001.png");
+    image::GrayImage::new(32, 48).save(&mask).unwrap();
+    let (o, _, stderr) = train(&["--epochs", "1"]);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("abnormal_001.png: the mask is 32x48 pixels, the image 64x64"),
+        "{stderr}"
+    );
+}
