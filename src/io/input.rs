@@ -67,16 +67,27 @@ pub fn is_supported_file(path: &Path) -> bool {
     is_raster_path(path) || is_nifti_path(path) || dicom_name || looks_like_dicom(path)
 }
 
-/// Loads any supported file as an image stack in modality units.
+/// Loads any supported file as an image stack in modality units. A path that cannot be
+/// opened is a read error with the system's reason (not "not a DICOM file"); every error
+/// names the path once.
 pub fn load_stack(path: &Path) -> Result<ImageStack, InputError> {
+    match std::fs::metadata(path) {
+        Err(e) => return Err(InputError::new(path, format!("cannot read: {e}"))),
+        Ok(m) if m.is_dir() => {
+            return Err(InputError::new(path, "is a folder, not an image file"));
+        }
+        Ok(_) => {}
+    }
     if is_nifti_path(path) {
-        load_nifti(path).map_err(|e| InputError::new(path, e.to_string()))
+        load_nifti(path)
+            .map_err(|e| InputError::new(path, format!("cannot read NIfTI volume: {}", e.reason)))
     } else if is_raster_path(path) {
-        load_raster(path).map_err(|e| InputError::new(path, e.to_string()))
+        load_raster(path)
+            .map_err(|e| InputError::new(path, format!("cannot read raster image: {}", e.reason)))
     } else if looks_like_dicom(path) {
-        load_dicom(path).map_err(|e| InputError::new(path, e.to_string()))
-    } else if !path.exists() {
-        Err(InputError::new(path, "no such file"))
+        load_dicom(path).map_err(|e| InputError::new(path, e.message))
+    } else if let Err(e) = std::fs::File::open(path) {
+        Err(InputError::new(path, format!("cannot read: {e}")))
     } else {
         Err(InputError::new(
             path,

@@ -47,8 +47,42 @@ pub fn is_raster_path(path: &Path) -> bool {
         .is_some_and(|e| RASTER_EXTENSIONS.contains(&e.as_str()))
 }
 
+/// Environment variable that overrides [`RasterLimits::DEFAULT_MAX_PIXELS`].
+pub const MAX_PIXELS_ENV: &str = "MVFA_MAX_IMAGE_PIXELS";
+
+/// Bounds on what a raster file may make us allocate, checked from the header before any
+/// pixel is decoded (like DICOM's sample limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RasterLimits {
+    /// Most pixels (width x height) of one image.
+    pub max_pixels: u64,
+}
+
+impl RasterLimits {
+    /// 2^27 pixels (an 11 585 px square): a colour image of that size already takes 1.6 GB
+    /// as float samples.
+    pub const DEFAULT_MAX_PIXELS: u64 = 1 << 27;
+
+    /// The default limit, or the one set in [`MAX_PIXELS_ENV`] (a positive integer).
+    pub fn from_env() -> Self {
+        let max_pixels = std::env::var(MAX_PIXELS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(Self::DEFAULT_MAX_PIXELS);
+        Self { max_pixels }
+    }
+}
+
+impl Default for RasterLimits {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
 /// Reads a raster file. The format is sniffed from the content (falling back to the
-/// extension), so a mislabelled file still opens.
+/// extension), so a mislabelled file still opens. Images above [`RasterLimits::from_env`]
+/// are refused before decoding.
 pub fn load_raster(path: &Path) -> Result<ImageStack, RasterError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
     load_raster_bytes(&bytes, path)
@@ -56,6 +90,15 @@ pub fn load_raster(path: &Path) -> Result<ImageStack, RasterError> {
 
 /// Decodes an in-memory raster file; `source` names it in errors and in the stack.
 pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, RasterError> {
+    load_raster_bytes_with(bytes, source, &RasterLimits::from_env())
+}
+
+/// [`load_raster_bytes`] under explicit `limits`.
+pub fn load_raster_bytes_with(
+    bytes: &[u8],
+    source: &Path,
+    limits: &RasterLimits,
+) -> Result<ImageStack, RasterError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(source, e.to_string()))?;
@@ -75,6 +118,22 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
     let decoder = reader
         .into_decoder()
         .map_err(|e| err(source, e.to_string()))?;
+    // From the header, before any pixel buffer exists.
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w).saturating_mul(u64::from(h));
+    if pixels > limits.max_pixels {
+        let channels = u64::from(decoder.color_type().channel_count());
+        let bytes = pixels.saturating_mul(channels).saturating_mul(4);
+        return Err(err(
+            source,
+            format!(
+                "image of {w} x {h} pixels exceeds the {}-pixel limit (it would take about \
+                 {:.1} GB as float samples; set {MAX_PIXELS_ENV} to raise the limit)",
+                limits.max_pixels,
+                bytes as f64 / 1e9
+            ),
+        ));
+    }
     let stored = decoder.original_color_type();
     let img = DynamicImage::from_decoder(decoder).map_err(|e| err(source, e.to_string()))?;
     let (width, height) = (img.width(), img.height());

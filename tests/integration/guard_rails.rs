@@ -414,3 +414,91 @@ fn training_checks_masks_stops_on_divergence_and_says_when_untrained() {
         "{stderr}"
     );
 }
+
+/// A BMP header that claims `width` x `height` 24-bit pixels and holds none of them.
+fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    for v in [54u32, 0, 54, 40] {
+        b.extend(v.to_le_bytes());
+    }
+    b.extend(width.to_le_bytes());
+    b.extend(height.to_le_bytes());
+    b.extend(1u16.to_le_bytes());
+    b.extend(24u16.to_le_bytes());
+    for v in [0u32, 0, 2835, 2835, 0, 0] {
+        b.extend(v.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn raster_size_is_checked_from_the_header_and_read_errors_name_the_os_reason_once() {
+    use mvfa_studio::io::input::load_stack;
+    use mvfa_studio::io::raster::{RasterLimits, load_raster_bytes_with};
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = tmp.path().join("huge.bmp");
+    std::fs::write(&huge, bmp_header(60_000, 60_000)).unwrap();
+    let e = load_stack(&huge).unwrap_err().to_string();
+    assert!(e.contains("60000 x 60000 pixels exceeds the"), "{e}");
+    assert!(e.contains("MVFA_MAX_IMAGE_PIXELS"), "{e}");
+    assert_eq!(e.matches("huge.bmp").count(), 1, "{e}");
+    // A configurable limit: a small image under a smaller one.
+    let small = write_inputs(tmp.path());
+    let bytes = std::fs::read(&small[0]).unwrap();
+    let limits = RasterLimits { max_pixels: 1000 };
+    let e = load_raster_bytes_with(&bytes, &small[0], &limits).unwrap_err();
+    assert!(e.to_string().contains("240 x 240 pixels"), "{e}");
+    load_raster_bytes_with(&bytes, &small[0], &RasterLimits { max_pixels: 57_600 }).unwrap();
+    // Missing paths: the system's reason, the path once, whatever the extension.
+    for name in ["missing.dcm", "missing.png", "missing.nii.gz", "IM0001"] {
+        let e = load_stack(&tmp.path().join(name)).unwrap_err().to_string();
+        assert!(e.contains("cannot read: No such file"), "{e}");
+        assert_eq!(e.matches(name).count(), 1, "{e}");
+    }
+    let e = load_stack(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("is a folder"), "{e}");
+    // inspect: a missing file named on the command line is an error, not "not DICOM".
+    let missing = tmp.path().join("missing.dcm");
+    let (o, stdout, _) = run(bin().arg("inspect").arg(&missing));
+    assert!(!o.status.success());
+    assert!(
+        stdout.contains("missing.dcm: error: cannot read: No such file"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn score_skips_an_oversized_or_unreadable_file_and_scores_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let inputs = write_inputs(tmp.path());
+    let truncated = tmp.path().join("images/truncated.bmp");
+    std::fs::write(&truncated, bmp_header(640, 480)).unwrap();
+    let out = tmp.path().join("out");
+    // case_a is 240 x 240 = 57 600 pixels, case_b 200 x 160 = 32 000.
+    let (o, _, stderr) = run(bin().env("MVFA_MAX_IMAGE_PIXELS", "50000").args(args(&[
+        os("score"),
+        os("--clip"),
+        clip_fixture().as_os_str(),
+        os("--checkpoint"),
+        ckpt.as_os_str(),
+        tmp.path().join("images").as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+    ])));
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("case_a.png: cannot read raster image: image of 240 x 240"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("truncated.bmp"), "{stderr}");
+    assert!(
+        stderr.contains("2 input(s) could not be scored"),
+        "{stderr}"
+    );
+    let csv = csv_lines(&out.join("scores.csv"));
+    assert_eq!(csv.len(), 2, "{csv:?}");
+    assert!(csv[1].contains("case_b.png"), "{csv:?}");
+    assert!(inputs[1].is_file());
+}
