@@ -11,6 +11,7 @@ mod clip_parity;
 mod dataset_layout;
 mod detector_checkpoint;
 mod eval_auc;
+mod fuzz_readers;
 mod guard_rails;
 mod io_dicom;
 mod io_dicom_cli;
