@@ -108,7 +108,10 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
     if dims.contains(&0) {
         return Err(err(path, format!("empty volume of {dims:?} voxels")));
     }
-    let nvox = dims[0] * dims[1] * dims[2];
+    let nvox = dims[0]
+        .checked_mul(dims[1])
+        .and_then(|n| n.checked_mul(dims[2]))
+        .ok_or_else(|| err(path, format!("volume of {dims:?} voxels overflows")))?;
     let datatype = header
         .data_type()
         .map_err(|e| err(path, format!("data type: {e}")))?;
