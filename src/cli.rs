@@ -60,10 +60,27 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Lets a closed output pipe (`mvfa-studio inspect dir | head -1`) end the process quietly,
+/// as it does for other command-line tools, instead of panicking in `println!` (Rust ignores
+/// SIGPIPE, so every write to the closed pipe fails). Not for the GUI, whose connections must
+/// not kill it.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread is spawned; SIG_DFL is a valid action
+    // for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Parses the command line and runs the subcommand (the app without one).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Gui) {
+    let command = cli.command.unwrap_or(Command::Gui);
+    if !matches!(command, Command::Gui | Command::View { .. }) {
+        default_sigpipe();
+    }
+    let result = match command {
         Command::Gui => crate::app::run(Vec::new()),
         Command::View { paths } => crate::app::run(paths),
         Command::Inspect(args) => inspect::run(args),

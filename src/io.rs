@@ -8,6 +8,7 @@ pub mod input;
 pub mod mask;
 pub mod model_input;
 pub mod nifti;
+pub mod output;
 pub mod raster;
 pub mod resample;
 pub mod study;

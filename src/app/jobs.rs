@@ -210,6 +210,55 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("internal error in the background job: {detail}")
 }
 
+/// Opens the CLIP weights at `path` through the workflow layer (both towers, as scoring needs
+/// them) on the selected backend, on a worker thread (see
+/// [`crate::app::state::AppState::start_loading_weights`]), and summarises the load report.
+pub fn load_weights_summary(
+    path: &Path,
+    backend: &BackendInfo,
+    ctx: &JobContext<WeightsSummary>,
+) -> Result<WeightsSummary, String> {
+    ctx.progress(None, "reading the file");
+    let started = std::time::Instant::now();
+    let report = crate::with_backend!(backend, |B, device| {
+        crate::workflow::Backbone::<B>::open(path, None, &device)
+            .map(|backbone| backbone.report().clone())
+            .map_err(|err| err.to_string())
+    })?;
+    if ctx.is_cancelled() {
+        return Err("cancelled".into());
+    }
+    let vision = &report.config.vision;
+    Ok(WeightsSummary {
+        path: path.to_path_buf(),
+        lines: vec![
+            format!("Layout: {}", report.layout),
+            format!(
+                "Vision tower: {} blocks, width {}, patch {}, {} px input ({}x{} grid), {}",
+                vision.layers,
+                vision.width,
+                vision.patch_size,
+                vision.image_size,
+                vision.grid_size(),
+                vision.grid_size(),
+                vision.activation.name()
+            ),
+            format!(
+                "{} tensors applied ({}), {} ignored",
+                report.applied.len(),
+                report.tower_names(),
+                report.ignored.len()
+            ),
+            format!(
+                "{:.1} MB read in {:.1} s on {}",
+                report.file_bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64(),
+                backend.device
+            ),
+        ],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,53 +326,4 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
-}
-
-/// Opens the CLIP weights at `path` through the workflow layer (both towers, as scoring needs
-/// them) on the selected backend, on a worker thread (see
-/// [`crate::app::state::AppState::start_loading_weights`]), and summarises the load report.
-pub fn load_weights_summary(
-    path: &Path,
-    backend: &BackendInfo,
-    ctx: &JobContext<WeightsSummary>,
-) -> Result<WeightsSummary, String> {
-    ctx.progress(None, "reading the file");
-    let started = std::time::Instant::now();
-    let report = crate::with_backend!(backend, |B, device| {
-        crate::workflow::Backbone::<B>::open(path, None, &device)
-            .map(|backbone| backbone.report().clone())
-            .map_err(|err| err.to_string())
-    })?;
-    if ctx.is_cancelled() {
-        return Err("cancelled".into());
-    }
-    let vision = &report.config.vision;
-    Ok(WeightsSummary {
-        path: path.to_path_buf(),
-        lines: vec![
-            format!("Layout: {}", report.layout),
-            format!(
-                "Vision tower: {} blocks, width {}, patch {}, {} px input ({}x{} grid), {}",
-                vision.layers,
-                vision.width,
-                vision.patch_size,
-                vision.image_size,
-                vision.grid_size(),
-                vision.grid_size(),
-                vision.activation.name()
-            ),
-            format!(
-                "{} tensors applied ({}), {} ignored",
-                report.applied.len(),
-                report.tower_names(),
-                report.ignored.len()
-            ),
-            format!(
-                "{:.1} MB read in {:.1} s on {}",
-                report.file_bytes as f64 / 1e6,
-                started.elapsed().as_secs_f64(),
-                backend.device
-            ),
-        ],
-    })
 }

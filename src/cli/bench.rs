@@ -38,22 +38,22 @@ use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, tra
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Vision transformer blocks.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, value_parser = parse_positive)]
     pub layers: usize,
     /// Vision residual width.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = parse_positive)]
     pub width: usize,
     /// Vision attention heads (default: width / 64, at least 1).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     pub heads: Option<usize>,
     /// Joint embedding width = adapter bottleneck = text embedding.
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = parse_positive)]
     pub embed_dim: usize,
     /// Text transformer blocks.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = parse_positive)]
     pub text_layers: usize,
     /// Text residual width (heads: width / 64, at least 1).
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = parse_positive)]
     pub text_width: usize,
     /// Batch sizes of the adapted forward pass.
     #[arg(long, value_delimiter = ',', default_value = "1,8", value_parser = parse_positive)]

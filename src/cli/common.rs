@@ -35,6 +35,13 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The files these arguments read (the CLIP weights and their config).
+    pub fn input_paths(&self) -> Vec<&std::path::Path> {
+        let mut paths = vec![self.clip.as_path()];
+        paths.extend(self.clip_config.as_deref());
+        paths
+    }
+
     /// Picks the backend (GPU when compiled in and present, unless `--cpu`) and prints the
     /// choice, with the reason for a fallback, to stderr.
     pub fn backend(&self) -> BackendInfo {
@@ -96,10 +103,33 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-/// Parses a count of at least 1 (for `--batch`, `--shots`, `--repeat`...).
+/// The largest count a flag takes (`--batch`, `--shots`, `--repeat`...): far above any real
+/// use, low enough that sizes computed from it cannot overflow.
+pub const MAX_COUNT: usize = 1_000_000;
+
+/// Parses a count of at least 1 and at most [`MAX_COUNT`] (for `--batch`, `--shots`,
+/// `--repeat`...).
 pub fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > MAX_COUNT => Err(format!("{n} is too large (at most {MAX_COUNT})")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The largest model input side `--image-size` takes (a ViT at 2048 px already holds
+/// 21 000 tokens per image).
+pub const MAX_IMAGE_SIDE: usize = 2048;
+
+/// Parses an image side in pixels, 1 to [`MAX_IMAGE_SIDE`] (the model configuration then
+/// checks that it holds a patch).
+pub fn parse_image_side(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 pixel".into()),
+        Ok(n) if n > MAX_IMAGE_SIDE => Err(format!(
+            "{n} pixels is too large (at most {MAX_IMAGE_SIDE})"
+        )),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }

@@ -36,6 +36,7 @@ use crate::eval::protocol::{
 use crate::io::dataset::{MvfaDataset, MvfaKey, shot_file_path};
 use crate::io::export::write_atomically;
 use crate::io::input::{load_mask, load_model_image};
+use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::train::fit::{FitEvent, Shots};
@@ -171,6 +172,15 @@ struct Column {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if let Some(json) = &args.json {
+        // Before hours of fitting: the report must be writable and must not replace an input.
+        let mut inputs = InputSet::new(args.model.input_paths());
+        inputs.add(&args.data);
+        for path in [&args.checkpoint, &args.shot_dir].into_iter().flatten() {
+            inputs.add(path);
+        }
+        check_output(json, OutputKind::File, &inputs)?;
+    }
     let mut keys = parse_datasets(&args.dataset)?;
     anyhow::ensure!(
         args.data.is_dir(),

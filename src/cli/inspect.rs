@@ -76,6 +76,11 @@ fn inspect_file(
     counts: &mut InspectCounts,
 ) -> Option<String> {
     counts.files += 1;
+    if explicit && let Err(e) = std::fs::File::open(path) {
+        // A missing or unreadable path is a read error with the system's reason.
+        counts.errors += 1;
+        return Some(format!("{}: error: cannot read: {e}", path.display()));
+    }
     if !looks_like_dicom(path) {
         counts.skipped_non_dicom += 1;
         return explicit.then(|| format!("{}: skipped: not a DICOM file", path.display()));

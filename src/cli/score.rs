@@ -27,6 +27,7 @@ use crate::io::export::{
 };
 use crate::io::input::collect_files;
 use crate::io::model_input::MODEL_INPUT_SIZE;
+use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
 use crate::workflow::{ScoredFrame, map_at_original, open_detector, score_file};
@@ -93,6 +94,12 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         "--opacity must be between 0 and 1, got {}",
         args.opacity
     );
+    let mut inputs = InputSet::new(args.model.input_paths());
+    inputs.add(&args.checkpoint);
+    for input in &args.inputs {
+        inputs.add(input);
+    }
+    check_output(&args.out, OutputKind::Folder, &inputs)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output folder", args.out.display()))?;
     let info = args.model.backend();
@@ -135,17 +142,21 @@ fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<Exi
                 input.display()
             ));
         }
+        // Earlier outputs found by walking a folder are not inputs; a file named on the
+        // command line is scored wherever it lies.
+        let walked = input.is_dir();
         files.extend(
             found
                 .into_iter()
-                // Earlier outputs inside a scanned folder are not inputs.
-                .filter(|f| !in_folder(f, out_dir.as_deref()))
+                .filter(|f| !walked || !in_folder(f, out_dir.as_deref()))
                 .filter(|f| seen.insert(f.clone())),
         );
     }
     for f in &failures {
         eprintln!("error: {f}");
     }
+    // No output file may replace one of the files being scored.
+    let scored_inputs = InputSet::new(files.iter().map(PathBuf::as_path));
 
     let bar = common::progress_bar(files.len() as u64, "files");
     bar.set_message("scoring");
@@ -163,8 +174,11 @@ fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<Exi
         };
         for frame in &scored {
             let image = &frame.image;
+            if let Some(note) = &image.note {
+                bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
+            }
             let name = names.allocate(&image.source, image.frame, image.frames);
-            let w = write_frame::<B>(args, detector, frame, name, organ, device)?;
+            let w = write_frame::<B>(args, detector, frame, name, organ, &scored_inputs, device)?;
             bar.suspend(|| println!("{}", summary_line(&w, &image.label())));
             written.push(w);
         }
@@ -290,8 +304,12 @@ fn write_frame<B: Backend>(
     scored: &ScoredFrame,
     name: String,
     organ: &str,
+    inputs: &InputSet,
     device: &B::Device,
 ) -> anyhow::Result<Written> {
+    for suffix in ["heatmap.png", "overlay.png", "raw.safetensors", "raw"] {
+        inputs.ensure_not_input(&args.out.join(format!("{name}.{suffix}")))?;
+    }
     let (frame, result) = (&scored.image, &scored.result);
     let s = detector.scorer().config().image_size;
     let map = result.fused_map.as_ref().unwrap_or(&result.raw.zero_map);

@@ -15,6 +15,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use super::common::{parse_image_side, parse_positive};
 use super::weights_cmd::{mb, peak_rss_bytes};
 use crate::model::clip::config::VisionConfig;
 use crate::weights::clip::{LoadOptions, load_clip_vision};
@@ -28,28 +29,28 @@ pub struct SmokeArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Input image side.
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 240, value_parser = parse_image_side)]
     pub image_size: usize,
     /// Transformer blocks (random weights only).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 24, value_parser = parse_positive)]
     pub layers: usize,
     /// Residual width (random weights only).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = parse_positive)]
     pub width: usize,
     /// Attention heads (random weights only).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = parse_positive)]
     pub heads: usize,
     /// MLP width (random weights only; default 4 x width).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_positive)]
     pub mlp_width: Option<usize>,
     /// Patch side (random weights only).
-    #[arg(long, default_value_t = 14)]
+    #[arg(long, default_value_t = 14, value_parser = parse_positive)]
     pub patch_size: usize,
     /// Output embedding width (random weights only).
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = parse_positive)]
     pub embed_dim: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = parse_positive)]
     pub batch: usize,
     /// Timed forward passes after the first one.
     #[arg(long, default_value_t = 1)]

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::io::export::write_png;
+use crate::io::image::Channels;
+use crate::io::output::{InputSet, OutputKind, check_output};
+use crate::io::resample::Image8;
 use crate::train::synthetic::{SyntheticImage, generate};
 
 #[derive(clap::Args, Debug)]
@@ -24,14 +28,51 @@ pub struct SynthDataArgs {
     pub seed: u64,
 }
 
+/// Image sides `--size` accepts (the model reads 240 px; larger sides only cost memory).
+pub const SIZE_RANGE: std::ops::RangeInclusive<usize> = 32..=4096;
+/// Most pixels one run may generate (all images are built in memory before writing).
+pub const MAX_TOTAL_PIXELS: usize = 1 << 30;
+
 fn write_grey(path: &Path, size: usize, pixels: &[u8]) -> anyhow::Result<()> {
-    image::GrayImage::from_raw(size as u32, size as u32, pixels.to_vec())
-        .context("image buffer has the wrong size")?
-        .save(path)
-        .with_context(|| format!("{}: could not write the image", path.display()))
+    let side = u32::try_from(size).context("image side too large")?;
+    let image = Image8::new(side, side, Channels::Gray, pixels.to_vec())
+        .context("image buffer has the wrong size")?;
+    // Atomic: an interrupted run leaves no half-written PNG.
+    write_png(path, &image)?;
+    Ok(())
+}
+
+/// Refuses sizes and counts that cannot be generated, before anything is written.
+fn check_sizes(args: &SynthDataArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        SIZE_RANGE.contains(&args.size),
+        "--size {} is out of range: give an image side of {} to {} pixels",
+        args.size,
+        SIZE_RANGE.start(),
+        SIZE_RANGE.end()
+    );
+    let pixels = args
+        .normal
+        .checked_add(args.abnormal)
+        .and_then(|n| n.checked_mul(args.size))
+        .and_then(|n| n.checked_mul(args.size))
+        .filter(|&n| n <= MAX_TOTAL_PIXELS);
+    anyhow::ensure!(
+        pixels.is_some(),
+        "{} normal + {} abnormal images of {}x{} pixels are too many (at most {} pixels in all); \
+         write fewer or smaller images",
+        args.normal,
+        args.abnormal,
+        args.size,
+        args.size,
+        MAX_TOTAL_PIXELS
+    );
+    Ok(())
 }
 
 pub fn run(args: SynthDataArgs) -> anyhow::Result<ExitCode> {
+    check_sizes(&args)?;
+    check_output(&args.out, OutputKind::Folder, &InputSet::default())?;
     if args.out.exists()
         && std::fs::read_dir(&args.out)
             .with_context(|| format!("{}: cannot read the folder", args.out.display()))?

@@ -7,6 +7,7 @@ use burn::prelude::*;
 
 use crate::cli::common::{ModelArgs, open_backbone, parse_positive, progress_bar};
 use crate::io::dataset::MvfaKey;
+use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
 use crate::train::trainer::TrainEvent;
@@ -97,18 +98,18 @@ fn shot_source(args: &TrainArgs) -> anyhow::Result<ShotSource> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    // Before any work: the checkpoint must be writable and must not replace an input.
+    let mut inputs = InputSet::new(args.model.input_paths());
+    inputs.add(&args.data);
+    for path in [&args.init, &args.shot_file].into_iter().flatten() {
+        inputs.add(path);
+    }
+    check_output(&args.out, OutputKind::File, &inputs)?;
     let info = args.model.backend();
     crate::with_backend!(info, |B, device| run_on::<B>(&args, &device))
 }
 
 fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        anyhow::ensure!(
-            parent.is_dir(),
-            "{}: output folder does not exist",
-            parent.display()
-        );
-    }
     let collected = collect_shots(&shot_source(args)?)?;
     let organ = args
         .model
@@ -230,10 +231,12 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         ),
         None => println!(),
     }
-    if epochs == 0 {
+    if shots.abnormal.is_empty() {
         println!(
             "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
         );
+    } else if epochs == 0 {
+        println!("note: --epochs 0, so the adapters are untrained (zero-shot + memory bank)");
     }
     Ok(ExitCode::SUCCESS)
 }

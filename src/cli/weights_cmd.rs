@@ -45,7 +45,7 @@ pub struct WeightsArgs {
     #[arg(long)]
     pub check: bool,
     /// Input image side the position table is resized for.
-    #[arg(long, default_value_t = 240)]
+    #[arg(long, default_value_t = 240, value_parser = super::common::parse_image_side)]
     pub image_size: usize,
     /// MLP activation.
     #[arg(long, value_enum, default_value = "gelu")]

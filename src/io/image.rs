@@ -194,6 +194,41 @@ impl Window {
         }
     }
 
+    /// The window spanning the data's own range `lo..=hi`, labelled `label`. Integer data gets
+    /// the DICOM convention (linear, width `hi - lo + 1`, so `lo..hi` fill 0..255 exactly);
+    /// float data (values in [0, 1), say, or fractional slopes) the exact linear function over
+    /// `hi - lo`, so a narrow range is stretched rather than thresholded. A constant image
+    /// (`lo == hi`) maps to mid grey and is labelled as constant. Non-finite bounds give the
+    /// 8-bit range.
+    pub fn data_range(lo: f64, hi: f64, integer: bool, label: &str) -> Window {
+        if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+            return Window::full_range(0.0, 255.0);
+        }
+        if lo == hi {
+            return Window {
+                center: lo,
+                width: 1.0,
+                function: VoiFunction::LinearExact,
+                label: format!("Constant image (every value is {lo})"),
+            };
+        }
+        if integer {
+            Window {
+                center: (lo + hi) / 2.0,
+                width: hi - lo + 1.0,
+                function: VoiFunction::Linear,
+                label: label.to_string(),
+            }
+        } else {
+            Window {
+                center: (lo + hi) / 2.0,
+                width: hi - lo,
+                function: VoiFunction::LinearExact,
+                label: label.to_string(),
+            }
+        }
+    }
+
     /// Maps one modality value to the display range `0.0..=255.0` with this window's VOI LUT
     /// function (PS3.3 C.11.2.1.2 and C.11.2.1.3, `y_min = 0`, `y_max = 255`):
     /// - `Linear`: `x <= c - 0.5 - (w - 1) / 2` -> 0, `x > c - 0.5 + (w - 1) / 2` -> 255, else

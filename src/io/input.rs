@@ -44,6 +44,8 @@ pub struct ModelImage {
     pub display: Image8,
     /// `[3, 240, 240]` CHW model input in [0, 1].
     pub input: Vec<f32>,
+    /// Set for a frame whose every pixel has one value: its map says nothing about it.
+    pub note: Option<String>,
 }
 
 impl ModelImage {
@@ -68,16 +70,27 @@ pub fn is_supported_file(path: &Path) -> bool {
     is_raster_path(path) || is_nifti_path(path) || dicom_name || looks_like_dicom(path)
 }
 
-/// Loads any supported file as an image stack in modality units.
+/// Loads any supported file as an image stack in modality units. A path that cannot be
+/// opened is a read error with the system's reason (not "not a DICOM file"); every error
+/// names the path once.
 pub fn load_stack(path: &Path) -> Result<ImageStack, InputError> {
+    match std::fs::metadata(path) {
+        Err(e) => return Err(InputError::new(path, format!("cannot read: {e}"))),
+        Ok(m) if m.is_dir() => {
+            return Err(InputError::new(path, "is a folder, not an image file"));
+        }
+        Ok(_) => {}
+    }
     if is_nifti_path(path) {
-        load_nifti(path).map_err(|e| InputError::new(path, e.to_string()))
+        load_nifti(path)
+            .map_err(|e| InputError::new(path, format!("cannot read NIfTI volume: {}", e.reason)))
     } else if is_raster_path(path) {
-        load_raster(path).map_err(|e| InputError::new(path, e.to_string()))
+        load_raster(path)
+            .map_err(|e| InputError::new(path, format!("cannot read raster image: {}", e.reason)))
     } else if looks_like_dicom(path) {
-        load_dicom(path).map_err(|e| InputError::new(path, e.to_string()))
-    } else if !path.exists() {
-        Err(InputError::new(path, "no such file"))
+        load_dicom(path).map_err(|e| InputError::new(path, e.message))
+    } else if let Err(e) = std::fs::File::open(path) {
+        Err(InputError::new(path, format!("cannot read: {e}")))
     } else {
         Err(InputError::new(
             path,
@@ -135,9 +148,19 @@ pub fn load_model_images(path: &Path) -> Result<Vec<ModelImage>, InputError> {
                 frames,
                 display,
                 input,
+                note: constant_frame_note(&stack.frames[frame].data),
             })
         })
         .collect()
+}
+
+/// "constant image" when every sample of a frame has the same value (a blank slice, an
+/// empty export): reported rather than scored as if it were an image.
+fn constant_frame_note(data: &[f32]) -> Option<String> {
+    let first = *data.first()?;
+    data.iter()
+        .all(|&v| v == first || (v.is_nan() && first.is_nan()))
+        .then(|| format!("constant image (every pixel is {first}); its map carries no information"))
 }
 
 /// The first frame of `path` as model input (for training shots).

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use nifti::{NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 
-use super::image::{Channels, Frame, ImageInfo, ImageStack, MetadataNode, VoiFunction, Window};
+use super::image::{Channels, Frame, ImageInfo, ImageStack, MetadataNode, Window};
 
 /// A NIfTI file that could not be read, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,10 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
     if dims.contains(&0) {
         return Err(err(path, format!("empty volume of {dims:?} voxels")));
     }
-    let nvox = dims[0] * dims[1] * dims[2];
+    let nvox = dims[0]
+        .checked_mul(dims[1])
+        .and_then(|n| n.checked_mul(dims[2]))
+        .ok_or_else(|| err(path, format!("volume of {dims:?} voxels overflows")))?;
     let datatype = header
         .data_type()
         .map_err(|e| err(path, format!("data type: {e}")))?;
@@ -409,16 +412,11 @@ fn is_integer_type(t: NiftiType) -> bool {
     !matches!(t, NiftiType::Float32 | NiftiType::Float64)
 }
 
-/// `center = (lo + hi) / 2`, `width = hi - lo (+ 1 for integer data)`: for integer data this is
-/// the DICOM convention that maps lo..hi onto the full display range (0..255 -> c 127.5, w 256).
+/// The window over `lo..=hi` ([`Window::data_range`]): the DICOM convention for integer data,
+/// the exact linear function for float data (so [0, 1) volumes are stretched, not
+/// thresholded), mid grey and a "Constant image" label for a constant volume.
 fn range_window(lo: f64, hi: f64, integer: bool, label: &str) -> Window {
-    let width = (hi - lo) + if integer { 1.0 } else { 0.0 };
-    Window {
-        center: (lo + hi) / 2.0,
-        width: if width > 0.0 { width } else { 1.0 },
-        function: VoiFunction::Linear,
-        label: label.to_string(),
-    }
+    Window::data_range(lo, hi, integer, label)
 }
 
 fn windows_for(

@@ -49,8 +49,42 @@ pub fn is_raster_path(path: &Path) -> bool {
         .is_some_and(|e| RASTER_EXTENSIONS.contains(&e.as_str()))
 }
 
+/// Environment variable that overrides [`RasterLimits::DEFAULT_MAX_PIXELS`].
+pub const MAX_PIXELS_ENV: &str = "MVFA_MAX_IMAGE_PIXELS";
+
+/// Bounds on what a raster file may make us allocate, checked from the header before any
+/// pixel is decoded (like DICOM's sample limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RasterLimits {
+    /// Most pixels (width x height) of one image.
+    pub max_pixels: u64,
+}
+
+impl RasterLimits {
+    /// 2^27 pixels (an 11 585 px square): a colour image of that size already takes 1.6 GB
+    /// as float samples.
+    pub const DEFAULT_MAX_PIXELS: u64 = 1 << 27;
+
+    /// The default limit, or the one set in [`MAX_PIXELS_ENV`] (a positive integer).
+    pub fn from_env() -> Self {
+        let max_pixels = std::env::var(MAX_PIXELS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(Self::DEFAULT_MAX_PIXELS);
+        Self { max_pixels }
+    }
+}
+
+impl Default for RasterLimits {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
 /// Reads a raster file. The format is sniffed from the content (falling back to the
-/// extension), so a mislabelled file still opens.
+/// extension), so a mislabelled file still opens. Images above [`RasterLimits::from_env`]
+/// are refused before decoding.
 pub fn load_raster(path: &Path) -> Result<ImageStack, RasterError> {
     let bytes = std::fs::read(path).map_err(|e| err(path, e.to_string()))?;
     load_raster_bytes(&bytes, path)
@@ -58,6 +92,15 @@ pub fn load_raster(path: &Path) -> Result<ImageStack, RasterError> {
 
 /// Decodes an in-memory raster file; `source` names it in errors and in the stack.
 pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, RasterError> {
+    load_raster_bytes_with(bytes, source, &RasterLimits::from_env())
+}
+
+/// [`load_raster_bytes`] under explicit `limits`.
+pub fn load_raster_bytes_with(
+    bytes: &[u8],
+    source: &Path,
+    limits: &RasterLimits,
+) -> Result<ImageStack, RasterError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(source, e.to_string()))?;
@@ -77,6 +120,22 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
     let decoder = reader
         .into_decoder()
         .map_err(|e| err(source, e.to_string()))?;
+    // From the header, before any pixel buffer exists.
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w).saturating_mul(u64::from(h));
+    if pixels > limits.max_pixels {
+        let channels = u64::from(decoder.color_type().channel_count());
+        let bytes = pixels.saturating_mul(channels).saturating_mul(4);
+        return Err(err(
+            source,
+            format!(
+                "image of {w} x {h} pixels exceeds the {}-pixel limit (it would take about \
+                 {:.1} GB as float samples; set {MAX_PIXELS_ENV} to raise the limit)",
+                limits.max_pixels,
+                bytes as f64 / 1e9
+            ),
+        ));
+    }
     let stored = decoder.original_color_type();
     let img = DynamicImage::from_decoder(decoder).map_err(|e| err(source, e.to_string()))?;
     let (width, height) = (img.width(), img.height());
@@ -106,12 +165,12 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         }
         DynamicImage::ImageLuma16(b) => {
             let data: Vec<f32> = b.into_raw().into_iter().map(f32::from).collect();
-            let w = data_range_window(&data);
+            let w = data_range_window(&data, true);
             (Channels::Gray, data, vec![w], "16-bit grey")
         }
         DynamicImage::ImageLumaA16(b) => {
             let data: Vec<f32> = b.pixels().map(|p| f32::from(p.0[0])).collect();
-            let w = data_range_window(&data);
+            let w = data_range_window(&data, true);
             (
                 Channels::Gray,
                 data,
@@ -161,25 +220,23 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
             )
         }
         DynamicImage::ImageRgb32F(b) => {
-            let data = b.into_raw().into_iter().map(|v| v * 255.0).collect();
-            (
-                Channels::Rgb,
-                data,
-                vec![full8],
-                "float RGB (scaled to 0..255)",
-            )
+            let (data, w, unit) = float_samples(b.into_raw(), &full8);
+            let layout = if unit {
+                "float RGB (0..1, scaled to 0..255)"
+            } else {
+                "float RGB (windowed from its own range)"
+            };
+            (Channels::Rgb, data, vec![w], layout)
         }
         DynamicImage::ImageRgba32F(b) => {
-            let data = b
-                .pixels()
-                .flat_map(|p| [p.0[0], p.0[1], p.0[2]].map(|v| v * 255.0))
-                .collect();
-            (
-                Channels::Rgb,
-                data,
-                vec![full8],
-                "float RGBA (scaled to 0..255, alpha dropped)",
-            )
+            let values = b.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]]).collect();
+            let (data, w, unit) = float_samples(values, &full8);
+            let layout = if unit {
+                "float RGBA (0..1, scaled to 0..255, alpha dropped)"
+            } else {
+                "float RGBA (windowed from its own range, alpha dropped)"
+            };
+            (Channels::Rgb, data, vec![w], layout)
         }
         other => {
             return Err(err(
@@ -227,23 +284,41 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
     })
 }
 
-/// Window covering the data range: center `(min + max) / 2`, width `max - min + 1` (integer
-/// data), so that `min..max` maps onto the whole display range.
-fn data_range_window(data: &[f32]) -> Window {
+/// Window covering the data range ([`Window::data_range`]): center `(min + max) / 2`, width
+/// `max - min + 1` for integer data, so that `min..max` maps onto the whole display range;
+/// the exact linear function over `max - min` for float data; a labelled constant window.
+fn data_range_window(data: &[f32], integer: bool) -> Window {
     let (lo, hi) = data
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return Window::data_range(0.0, 65535.0, true, "Data range");
+    }
+    Window::data_range(lo as f64, hi as f64, integer, "Data range")
+}
+
+/// Float samples: 0..1 data (the usual convention) scaled to 0..255 under the 8-bit window;
+/// anything else keeps its values and gets a window from its own range.
+fn float_samples(values: Vec<f32>, full8: &Window) -> (Vec<f32>, Window, bool) {
+    let in_unit = values
+        .iter()
+        .all(|v| v.is_finite() && (0.0..=1.0).contains(v));
+    let (lo, hi) = values
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
         });
-    let (lo, hi) = if lo.is_finite() {
-        (lo as f64, hi as f64)
+    if in_unit && lo < hi {
+        (
+            values.into_iter().map(|v| v * 255.0).collect(),
+            full8.clone(),
+            true,
+        )
     } else {
-        (0.0, 65535.0)
-    };
-    Window {
-        center: (lo + hi) / 2.0,
-        width: hi - lo + 1.0,
-        function: VoiFunction::Linear,
-        label: "Data range".to_string(),
+        let w = data_range_window(&values, false);
+        (values, w, false)
     }
 }

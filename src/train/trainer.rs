@@ -158,6 +158,24 @@ pub enum TrainError {
     /// The model failed during a forward pass (e.g. a tensor shape it rejects).
     #[error("{0}")]
     Model(String),
+    #[error(
+        "training diverged at epoch {epoch}, step {step} (step {global_step} of the run): the \
+         loss became {loss}; nothing was kept. Try a lower learning rate"
+    )]
+    /// A loss became NaN or infinite: the run stops and keeps nothing.
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// 1-based step of the whole run.
+        global_step: usize,
+        /// The non-finite loss.
+        loss: f32,
+    },
+    /// A learning rate that is zero, negative or not finite.
+    #[error("the learning rate must be a positive finite number, got {0}")]
+    LearningRate(f64),
 }
 
 fn batch_tensors<B: Backend>(
@@ -219,6 +237,9 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
             normal: samples.len(),
         });
     }
+    if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
+        return Err(TrainError::LearningRate(cfg.learning_rate));
+    }
     let size = scoring_cfg.image_size;
     for (index, s) in samples.iter().enumerate() {
         if s.image.len() != 3 * size * size {
@@ -245,7 +266,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
 
     let batch = cfg.batch_size.max(1);
     let steps_per_epoch = samples.len().div_ceil(batch);
-    let total_steps = steps_per_epoch * cfg.epochs;
+    let total_steps = steps_per_epoch.saturating_mul(cfg.epochs);
     let mut rng = crate::rng::seeded(cfg.seed, crate::rng::Stream::Shuffle);
     let mut order: Vec<usize> = (0..samples.len()).collect();
     let started = Instant::now();
@@ -302,6 +323,15 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
                 sum_terms(&loss.bce),
             );
             let total = scalar(loss.total.clone());
+            if !(total.is_finite() && focal.is_finite() && dice.is_finite() && bce.is_finite()) {
+                // A NaN or infinite loss poisons every later step: stop before the update.
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: step_index + 1,
+                    global_step: steps_done + 1,
+                    loss: total,
+                });
+            }
             let mut grads = loss.total.backward();
             let det_grads = GradientsParams::from_module(&mut grads, &adapters.det);
             if mode == LabelMode::Masks {
@@ -325,7 +355,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
                 bce,
                 total,
                 images_per_second: images_done as f32 / elapsed,
-                eta_seconds: per_step * (total_steps - steps_done) as f32,
+                eta_seconds: per_step * total_steps.saturating_sub(steps_done) as f32,
             }));
         }
         let mean_total = epoch_total / steps_per_epoch as f32;

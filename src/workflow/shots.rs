@@ -111,7 +111,8 @@ pub fn collect_shots(source: &ShotSource) -> Result<CollectedShots, WorkflowErro
                 allow_normal_only: true,
             };
             let few = open_plain_folders(root, &opts)?.to_few_shot();
-            let mut collected = from_few_shot(&few, None, root.display().to_string())?;
+            let mut collected =
+                from_few_shot(&few, None, root.display().to_string(), MaskSizes::MustMatch)?;
             let held_out = root.join("held_out");
             if held_out.is_dir() {
                 for path in walk_files(&held_out, is_supported_file)
@@ -153,7 +154,13 @@ pub fn collect_shots(source: &ShotSource) -> Result<CollectedShots, WorkflowErro
                 ),
             };
             let organ = Some(dataset.key.organ_word().to_string());
-            from_few_shot(&few, organ, format!("{}, {how}", spec.root.display()))
+            // The reference resizes the datasets' masks with their images; so do we.
+            from_few_shot(
+                &few,
+                organ,
+                format!("{}, {how}", spec.root.display()),
+                MaskSizes::Resize,
+            )
         }
         ShotSource::Labelled(images) => {
             let mut shots = Shots::default();
@@ -177,21 +184,43 @@ pub fn collect_shots(source: &ShotSource) -> Result<CollectedShots, WorkflowErro
     }
 }
 
+/// Whether a mask of another size than its image is an error or resized with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MaskSizes {
+    /// The user's own folders: a silent resize would misplace the lesion.
+    MustMatch,
+    /// MVFA datasets, as the reference reads them.
+    Resize,
+}
+
 fn from_few_shot(
     few: &FewShot,
     organ: Option<String>,
     description: String,
+    mask_sizes: MaskSizes,
 ) -> Result<CollectedShots, WorkflowError> {
     let load = |samples: &[Sample], with_masks: bool| -> Result<Vec<Shot>, WorkflowError> {
         samples
             .iter()
             .map(|sample| {
-                let image = load_model_image(&sample.image)?.input;
+                let image = load_model_image(&sample.image)?;
                 let mask = match (&sample.mask, with_masks) {
+                    (Some(path), true) if mask_sizes == MaskSizes::MustMatch => {
+                        let display = load_model_image(path)?.display;
+                        check_mask_size(
+                            &sample.image,
+                            (display.width as usize, display.height as usize),
+                            (image.display.width as usize, image.display.height as usize),
+                        )?;
+                        Some(mask_input(&display.to_luma())?)
+                    }
                     (Some(path), true) => Some(load_mask(path)?),
                     _ => None,
                 };
-                Ok(Shot { image, mask })
+                Ok(Shot {
+                    image: image.input,
+                    mask,
+                })
             })
             .collect()
     };

@@ -23,25 +23,25 @@ type B = NdArray<f32>;
 
 const SIZE: usize = 240;
 
-fn clip_fixture() -> PathBuf {
+pub(crate) fn clip_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/clip/open_clip/open_clip_model.safetensors")
 }
 
-fn bin() -> Command {
+pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"));
     c.env("NO_COLOR", "1");
     c
 }
 
-fn run(cmd: &mut Command) -> (Output, String, String) {
+pub(crate) fn run(cmd: &mut Command) -> (Output, String, String) {
     let out = cmd.output().expect("the binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out, stdout, stderr)
 }
 
-fn write_grey(path: &Path, width: usize, height: usize, pixels: &[u8]) {
+pub(crate) fn write_grey(path: &Path, width: usize, height: usize, pixels: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     image::GrayImage::from_raw(width as u32, height as u32, pixels.to_vec())
         .unwrap()
@@ -59,7 +59,7 @@ fn shot(img: &SyntheticImage) -> Shot {
 
 /// A calibrated normal-shot detector for the fixture CLIP, saved with organ word "Brain".
 /// `backbone` overrides the identity written into the metadata.
-fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
+pub(crate) fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
     let device = Default::default();
     let (clip, _) = load_clip::<B>(&clip_fixture(), &LoadOptions::default(), &device).unwrap();
     let text = build_text_features::<B>(&ClipTokenizer::new(), "Brain", &device, |ids| {
@@ -103,7 +103,7 @@ fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
 
 /// Two readable images (one 240 px, one 200 x 160 so the heatmap must be resized back) in
 /// `dir/images/`.
-fn write_inputs(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn write_inputs(dir: &Path) -> Vec<PathBuf> {
     let images = dir.join("images");
     let a = generate(5, 1, SIZE, true).remove(0);
     write_grey(&images.join("case_a.png"), SIZE, SIZE, &a.pixels);
@@ -117,7 +117,7 @@ fn png_size(path: &Path) -> (u32, u32) {
     image::image_dimensions(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn csv_lines(path: &Path) -> Vec<String> {
+pub(crate) fn csv_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -125,7 +125,7 @@ fn csv_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn no_temp_files(dir: &Path) {
+pub(crate) fn no_temp_files(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!name.starts_with('.'), "temporary file left behind: {name}");

@@ -12,6 +12,8 @@ mod clip_parity;
 mod dataset_layout;
 mod detector_checkpoint;
 mod eval_auc;
+mod fuzz_readers;
+mod guard_rails;
 mod io_dicom;
 mod io_dicom_cli;
 mod io_dicom_corpus;

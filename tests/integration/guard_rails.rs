@@ -1,0 +1,504 @@
+//! Issue 14: nothing the user feeds the program costs them their work. Outputs that would
+//! replace an input or cannot be written are refused before any work, explicitly named inputs
+//! are never dropped, absurd sizes and closed pipes end with a clear error instead of a panic,
+//! and one bad file in a batch is reported while the rest are scored.
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::cli_commands::{
+    bin, clip_fixture, csv_lines, make_checkpoint, no_temp_files, run, write_inputs,
+};
+
+fn args<'a>(list: &'a [&'a OsStr]) -> impl Iterator<Item = &'a OsStr> {
+    list.iter().copied()
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// A stand-in CLIP file: the output checks run before it is read.
+fn fake_input(path: &Path) -> Vec<u8> {
+    let bytes = b"precious weights, not to be overwritten".to_vec();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+fn assert_refused(stderr: &str, what: &str, o: &std::process::Output) {
+    assert!(!o.status.success(), "expected a refusal: {stderr}");
+    assert!(stderr.contains(what), "expected {what:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Refused before any work: the weights were never opened.
+    assert!(!stderr.contains("CLIP:"), "{stderr}");
+}
+
+#[test]
+fn train_refuses_outputs_that_are_inputs_or_cannot_be_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = tmp.path().join("clip.safetensors");
+    let bytes = fake_input(&clip);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("normal")).unwrap();
+    std::fs::write(data.join("normal/a.png"), b"image bytes").unwrap();
+    let link = tmp.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&clip, &link).unwrap();
+    let train = |out: &Path| {
+        run(bin().args(args(&[
+            os("train"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--data"),
+            data.as_os_str(),
+            os("--organ"),
+            os("Brain"),
+            os("--out"),
+            out.as_os_str(),
+        ])))
+    };
+    // The weights themselves, through a symlink, an image of the data folder.
+    for out in [clip.clone(), link.clone(), data.join("normal/a.png")] {
+        let (o, _, stderr) = train(&out);
+        assert_refused(&stderr, "would overwrite an input", &o);
+    }
+    assert_eq!(std::fs::read(&clip).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(data.join("normal/a.png")).unwrap(),
+        b"image bytes"
+    );
+    // A folder where the file goes, a missing folder.
+    let (o, _, stderr) = train(tmp.path());
+    assert_refused(&stderr, "is a folder", &o);
+    let (o, _, stderr) = train(&tmp.path().join("missing/x.safetensors"));
+    assert_refused(&stderr, "does not exist", &o);
+    // A read-only folder (refused even for root, who could write there).
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    set_mode(&ro, 0o555);
+    let (o, _, stderr) = train(&ro.join("x.safetensors"));
+    set_mode(&ro, 0o755);
+    assert_refused(&stderr, "read-only", &o);
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn score_eval_and_synth_data_check_their_outputs_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = tmp.path().join("clip.safetensors");
+    let bytes = fake_input(&clip);
+    let ckpt = tmp.path().join("ckpt.safetensors");
+    let ckpt_bytes = fake_input(&ckpt);
+    let image = tmp.path().join("a.png");
+    std::fs::write(&image, b"image bytes").unwrap();
+    // score: the output folder is the checkpoint, or an input image.
+    for out in [&ckpt, &image] {
+        let (o, _, stderr) = run(bin().args(args(&[
+            os("score"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--checkpoint"),
+            ckpt.as_os_str(),
+            image.as_os_str(),
+            os("--out"),
+            out.as_os_str(),
+        ])));
+        assert_refused(&stderr, "would overwrite an input", &o);
+    }
+    // eval: the JSON report is the weights, or an existing folder.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let reports = tmp.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    for (out, what) in [
+        (&clip, "would overwrite an input"),
+        (&data, "is an input folder"),
+        (&reports, "is a folder"),
+    ] {
+        let (o, _, stderr) = run(bin().args(args(&[
+            os("eval"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--data"),
+            data.as_os_str(),
+            os("--json"),
+            out.as_os_str(),
+        ])));
+        assert_refused(&stderr, what, &o);
+    }
+    assert_eq!(std::fs::read(&clip).unwrap(), bytes);
+    assert_eq!(std::fs::read(&ckpt).unwrap(), ckpt_bytes);
+    // synth-data: a file where the folder goes, a read-only parent.
+    let (o, _, stderr) = run(bin().args([os("synth-data"), clip.as_os_str()]));
+    assert_refused(&stderr, "is a file", &o);
+    assert_eq!(std::fs::read(&clip).unwrap(), bytes);
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    set_mode(&ro, 0o555);
+    let (o, _, stderr) = run(bin().args([os("synth-data"), ro.join("set").as_os_str()]));
+    set_mode(&ro, 0o755);
+    assert_refused(&stderr, "read-only", &o);
+}
+
+#[test]
+fn synth_data_writes_atomically_and_refuses_absurd_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("set");
+    for (flags, what) in [
+        (vec!["--size", "0"], "--size 0 is out of range"),
+        (vec!["--size", "100000"], "out of range"),
+        (
+            vec!["--normal", "1000000000000", "--size", "4096"],
+            "too many",
+        ),
+        (vec!["--normal", "18446744073709551615"], "too many"),
+    ] {
+        let (o, _, stderr) = run(bin().arg("synth-data").arg(&out).args(&flags));
+        assert!(!o.status.success(), "{flags:?}");
+        assert!(stderr.contains(what), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!out.exists(), "nothing written for {flags:?}");
+    }
+    let (o, _, stderr) = run(bin().arg("synth-data").arg(&out).args([
+        "--normal",
+        "2",
+        "--abnormal",
+        "1",
+        "--size",
+        "64",
+    ]));
+    assert!(o.status.success(), "{stderr}");
+    for sub in ["normal", "abnormal", "masks"] {
+        no_temp_files(&out.join(sub));
+    }
+    assert_eq!(std::fs::read_dir(out.join("normal")).unwrap().count(), 2);
+    assert_eq!(
+        image::image_dimensions(out.join("masks/abnormal_000.png")).unwrap(),
+        (64, 64)
+    );
+}
+
+#[test]
+fn absurd_sizes_are_clear_errors_not_panics() {
+    for flags in [
+        vec!["smoke", "--image-size", "0"],
+        vec!["smoke", "--image-size", "1000000"],
+        vec!["smoke", "--batch", "0"],
+        vec!["smoke", "--width", "18446744073709551615"],
+        vec!["bench", "--text-width", "99999999999"],
+        vec!["weights", "x.safetensors", "--image-size", "4000000000"],
+        vec![
+            "score",
+            "--clip",
+            "c",
+            "--checkpoint",
+            "k",
+            "--out",
+            "o",
+            "x",
+            "--batch",
+            "0",
+        ],
+    ] {
+        let (o, _, stderr) = run(bin().args(&flags));
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("error: invalid value"),
+            "{flags:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Parsed, but rejected by the model configuration.
+    let (o, _, stderr) = run(bin().args([
+        "smoke",
+        "--cpu",
+        "--image-size",
+        "5",
+        "--layers",
+        "1",
+        "--width",
+        "64",
+        "--heads",
+        "1",
+        "--embed-dim",
+        "8",
+    ]));
+    assert!(!o.status.success());
+    assert!(stderr.contains("holds no 14-pixel patch"), "{stderr}");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_inspect_without_a_panic() {
+    let fixtures = crate::support::fixture_dir("dicom");
+    for _ in 0..3 {
+        let mut child = bin()
+            .args([os("inspect"), fixtures.as_os_str()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -0`: the reader goes away before the first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_ne!(out.status.code(), Some(101), "{stderr}");
+    }
+}
+
+#[test]
+fn score_keeps_named_inputs_inside_the_output_folder_and_survives_link_loops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let inputs = write_inputs(tmp.path());
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // An input the user keeps in the output folder and names explicitly.
+    let inside = out.join("inside.png");
+    std::fs::copy(&inputs[0], &inside).unwrap();
+    // A folder that links back to itself.
+    let images = tmp.path().join("images");
+    std::os::unix::fs::symlink(&images, images.join("loop")).unwrap();
+    let (o, _, stderr) = run(bin().args(args(&[
+        os("score"),
+        os("--clip"),
+        clip_fixture().as_os_str(),
+        os("--checkpoint"),
+        ckpt.as_os_str(),
+        inside.as_os_str(),
+        images.as_os_str(),
+        out.as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+    ])));
+    let csv = csv_lines(&out.join("scores.csv"));
+    // inside.png (named), case_a and case_b (walked); the earlier outputs of the walked
+    // output folder are skipped, and the loop is reported, not followed.
+    assert_eq!(csv.len(), 4, "{csv:?}\n{stderr}");
+    assert!(csv.iter().any(|l| l.contains("inside.png")), "{csv:?}");
+    assert!(out.join("inside.heatmap.png").is_file());
+    assert!(stderr.contains("loop"), "{stderr}");
+    assert!(
+        !o.status.success(),
+        "the loop is reported as a problem: {stderr}"
+    );
+    no_temp_files(&out);
+}
+
+/// A minimal NIfTI-1 single file (`.nii`) of float32 voxels, `nx` x `ny` x `nz`.
+fn write_float_nifti(path: &Path, [nx, ny, nz]: [usize; 3], values: &[f32]) {
+    assert_eq!(values.len(), nx * ny * nz);
+    let mut h = vec![0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    for (i, d) in [3, nx, ny, nz, 1, 1, 1, 1].into_iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&(d as i16).to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&16i16.to_le_bytes()); // float32
+    h[72..74].copy_from_slice(&32i16.to_le_bytes());
+    for i in 0..8 {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1.0f32.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352.0f32.to_le_bytes());
+    h[344..348].copy_from_slice(b"n+1\0");
+    h.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, h).unwrap();
+}
+
+fn grey_levels(data: &[u8]) -> usize {
+    data.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
+#[test]
+fn float_volumes_are_windowed_from_their_own_range_and_constant_ones_reported() {
+    use mvfa_studio::io::input::load_model_images;
+    let tmp = tempfile::tempdir().unwrap();
+    let (nx, ny, nz) = (32, 24, 2);
+    let mut along_x = Vec::new();
+    let mut along_y = Vec::new();
+    for _z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                // Values in [0, 1): a narrow float range, as probability maps and normalised
+                // volumes have.
+                along_x.push(x as f32 / nx as f32);
+                along_y.push(0.25 + 0.5 * y as f32 / ny as f32);
+            }
+        }
+    }
+    let a = tmp.path().join("a.nii");
+    let b = tmp.path().join("b.nii");
+    let c = tmp.path().join("constant.nii");
+    write_float_nifti(&a, [nx, ny, nz], &along_x);
+    write_float_nifti(&b, [nx, ny, nz], &along_y);
+    write_float_nifti(&c, [nx, ny, nz], &vec![0.3; nx * ny * nz]);
+    let a = load_model_images(&a).unwrap();
+    let b = load_model_images(&b).unwrap();
+    assert_eq!(a.len(), nz);
+    // Stretched over the display range, not thresholded to black and white.
+    for frame in [&a[0], &b[0]] {
+        assert!(
+            grey_levels(&frame.display.data) > 16,
+            "{:?}",
+            frame.display.data
+        );
+        assert!(frame.note.is_none());
+    }
+    assert_ne!(a[0].display.data, b[0].display.data);
+    assert_ne!(a[0].input, b[0].input);
+    let c = load_model_images(&c).unwrap();
+    for frame in &c {
+        let note = frame.note.as_deref().expect("a constant frame is reported");
+        assert!(note.contains("constant image"), "{note}");
+        assert_eq!(grey_levels(&frame.display.data), 1);
+    }
+}
+
+#[test]
+fn training_checks_masks_stops_on_divergence_and_says_when_untrained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (o, _, stderr) = run(bin().arg("synth-data").arg(&data).args([
+        "--normal",
+        "2",
+        "--abnormal",
+        "2",
+        "--size",
+        "64",
+    ]));
+    assert!(o.status.success(), "{stderr}");
+    let ckpt = tmp.path().join("ckpt.safetensors");
+    let clip = clip_fixture();
+    let train = |extra: &[&str]| {
+        run(bin()
+            .args([os("train"), os("--cpu"), os("--clip"), clip.as_os_str()])
+            .args([os("--data"), data.as_os_str(), os("--organ"), os("Brain")])
+            .args([os("--out"), ckpt.as_os_str()])
+            .args(extra))
+    };
+    // A loss that becomes infinite or NaN stops the run and writes nothing.
+    let (o, _, stderr) = train(&["--lr", "1e30", "--epochs", "3"]);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("training diverged at epoch 1, step"),
+        "{stderr}"
+    );
+    assert!(!ckpt.exists());
+    for lr in ["0", "NaN", "inf"] {
+        let (o, _, stderr) = train(&["--lr", lr, "--epochs", "1"]);
+        assert!(!o.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("learning rate must be a positive"),
+            "{stderr}"
+        );
+        assert!(!ckpt.exists());
+    }
+    // --epochs 0 fits the memory bank and calibration and says the adapters are untrained.
+    let (o, stdout, stderr) = train(&["--epochs", "0"]);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("--epochs 0, so the adapters are untrained"),
+        "{stdout}"
+    );
+    // A mask of another size than its image is an error naming both sizes.
+    let mask = data.join("masks/abnormal_001.png");
+    image::GrayImage::new(32, 48).save(&mask).unwrap();
+    let (o, _, stderr) = train(&["--epochs", "1"]);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("abnormal_001.png: the mask is 32x48 pixels, the image 64x64"),
+        "{stderr}"
+    );
+}
+
+/// A BMP header that claims `width` x `height` 24-bit pixels and holds none of them.
+fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    for v in [54u32, 0, 54, 40] {
+        b.extend(v.to_le_bytes());
+    }
+    b.extend(width.to_le_bytes());
+    b.extend(height.to_le_bytes());
+    b.extend(1u16.to_le_bytes());
+    b.extend(24u16.to_le_bytes());
+    for v in [0u32, 0, 2835, 2835, 0, 0] {
+        b.extend(v.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn raster_size_is_checked_from_the_header_and_read_errors_name_the_os_reason_once() {
+    use mvfa_studio::io::input::load_stack;
+    use mvfa_studio::io::raster::{RasterLimits, load_raster_bytes_with};
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = tmp.path().join("huge.bmp");
+    std::fs::write(&huge, bmp_header(60_000, 60_000)).unwrap();
+    let e = load_stack(&huge).unwrap_err().to_string();
+    assert!(e.contains("60000 x 60000 pixels exceeds the"), "{e}");
+    assert!(e.contains("MVFA_MAX_IMAGE_PIXELS"), "{e}");
+    assert_eq!(e.matches("huge.bmp").count(), 1, "{e}");
+    // A configurable limit: a small image under a smaller one.
+    let small = write_inputs(tmp.path());
+    let bytes = std::fs::read(&small[0]).unwrap();
+    let limits = RasterLimits { max_pixels: 1000 };
+    let e = load_raster_bytes_with(&bytes, &small[0], &limits).unwrap_err();
+    assert!(e.to_string().contains("240 x 240 pixels"), "{e}");
+    load_raster_bytes_with(&bytes, &small[0], &RasterLimits { max_pixels: 57_600 }).unwrap();
+    // Missing paths: the system's reason, the path once, whatever the extension.
+    for name in ["missing.dcm", "missing.png", "missing.nii.gz", "IM0001"] {
+        let e = load_stack(&tmp.path().join(name)).unwrap_err().to_string();
+        assert!(e.contains("cannot read: No such file"), "{e}");
+        assert_eq!(e.matches(name).count(), 1, "{e}");
+    }
+    let e = load_stack(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("is a folder"), "{e}");
+    // inspect: a missing file named on the command line is an error, not "not DICOM".
+    let missing = tmp.path().join("missing.dcm");
+    let (o, stdout, _) = run(bin().arg("inspect").arg(&missing));
+    assert!(!o.status.success());
+    assert!(
+        stdout.contains("missing.dcm: error: cannot read: No such file"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn score_skips_an_oversized_or_unreadable_file_and_scores_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let inputs = write_inputs(tmp.path());
+    let truncated = tmp.path().join("images/truncated.bmp");
+    std::fs::write(&truncated, bmp_header(640, 480)).unwrap();
+    let out = tmp.path().join("out");
+    // case_a is 240 x 240 = 57 600 pixels, case_b 200 x 160 = 32 000.
+    let (o, _, stderr) = run(bin().env("MVFA_MAX_IMAGE_PIXELS", "50000").args(args(&[
+        os("score"),
+        os("--clip"),
+        clip_fixture().as_os_str(),
+        os("--checkpoint"),
+        ckpt.as_os_str(),
+        tmp.path().join("images").as_os_str(),
+        os("--out"),
+        out.as_os_str(),
+    ])));
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("case_a.png: cannot read raster image: image of 240 x 240"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("truncated.bmp"), "{stderr}");
+    assert!(
+        stderr.contains("2 input(s) could not be scored"),
+        "{stderr}"
+    );
+    let csv = csv_lines(&out.join("scores.csv"));
+    assert_eq!(csv.len(), 2, "{csv:?}");
+    assert!(csv[1].contains("case_b.png"), "{csv:?}");
+    assert!(inputs[1].is_file());
+}
