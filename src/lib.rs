@@ -7,6 +7,7 @@
 //! - [`train`]: fine-tuning loop, augmentation, calibration, progress and cancellation.
 //! - [`io`]: DICOM, raster and NIfTI studies, model input, exports.
 //! - [`eval`]: exact ROC AUC and benchmark protocols.
+//! - [`pacs`]: PACS client (DICOMweb and DIMSE): query, retrieve, store.
 //! - [`app`]: the egui application.
 //! - [`cli`]: headless commands.
 pub mod app;
@@ -15,5 +16,6 @@ pub mod cli;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod pacs;
 pub mod train;
 pub mod weights;

@@ -21,4 +21,5 @@ mod io_raster_nifti;
 mod learning;
 mod mvfa_checkpoints;
 mod mvfa_parity;
+mod pacs;
 mod tokenizer;
