@@ -338,12 +338,15 @@ fn nodes(action: &NodesAction, args: &NodeArgs, path: &Path) -> anyhow::Result<E
                         format!("{}@{}:{} as {}", d.called_ae, d.host, d.port, d.calling_ae),
                     ),
                 };
-                println!("{}\t{protocol}\t{address}\ttimeout {} s", n.name, n.timeout_secs);
+                println!(
+                    "{}\t{protocol}\t{address}\ttimeout {} s",
+                    n.name, n.timeout_secs
+                );
             }
         }
         NodesAction::Add { name } => {
-            let node = inline_node(args)?
-                .context("give the node with --url or --host/--port/--aet")?;
+            let node =
+                inline_node(args)?.context("give the node with --url or --host/--port/--aet")?;
             settings.upsert(Node {
                 name: name.clone(),
                 ..node

@@ -43,7 +43,11 @@ impl WebClient {
                 "DICOMweb base URL must start with http:// or https://, got {base:?}"
             )));
         };
-        if rest.split('/').next().is_some_and(|authority| authority.contains('@')) {
+        if rest
+            .split('/')
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+        {
             return Err(PacsError::Invalid(
                 "put DICOMweb credentials in the node's auth settings, not in the URL".into(),
             ));
@@ -79,7 +83,9 @@ impl WebClient {
         use std::io::ErrorKind;
         match e {
             ureq::Error::Timeout(_) => self.timeout_error(),
-            ureq::Error::Io(io) if matches!(io.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            ureq::Error::Io(io)
+                if matches!(io.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+            {
                 self.timeout_error()
             }
             ureq::Error::Io(io)
@@ -218,24 +224,20 @@ impl PacsClient for WebClient {
 
     fn find(&self, query: &Query) -> Result<Vec<Match>, PacsError> {
         query.validate()?;
-        let (path, in_path): (String, &[Tag]) = match (
-            query.level,
-            &query.study_uid,
-            &query.series_uid,
-        ) {
-            (Level::Study, _, _) => ("/studies".into(), &[]),
-            (Level::Series, Some(st), _) => (
-                format!("/studies/{st}/series"),
-                &[tags::STUDY_INSTANCE_UID],
-            ),
-            (Level::Series, None, _) => ("/series".into(), &[]),
-            (Level::Instance, Some(st), Some(se)) => (
-                format!("/studies/{st}/series/{se}/instances"),
-                &[tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID],
-            ),
-            // validate() requires both UIDs at instance level.
-            (Level::Instance, _, _) => ("/instances".into(), &[]),
-        };
+        let (path, in_path): (String, &[Tag]) =
+            match (query.level, &query.study_uid, &query.series_uid) {
+                (Level::Study, _, _) => ("/studies".into(), &[]),
+                (Level::Series, Some(st), _) => {
+                    (format!("/studies/{st}/series"), &[tags::STUDY_INSTANCE_UID])
+                }
+                (Level::Series, None, _) => ("/series".into(), &[]),
+                (Level::Instance, Some(st), Some(se)) => (
+                    format!("/studies/{st}/series/{se}/instances"),
+                    &[tags::STUDY_INSTANCE_UID, tags::SERIES_INSTANCE_UID],
+                ),
+                // validate() requires both UIDs at instance level.
+                (Level::Instance, _, _) => ("/instances".into(), &[]),
+            };
         let mut params = Vec::new();
         for key in query.keys().iter().filter(|k| !in_path.contains(&k.tag)) {
             let tag = format!("{:04X}{:04X}", key.tag.0, key.tag.1);
@@ -278,12 +280,11 @@ impl PacsClient for WebClient {
                 "multipart/related; type=\"application/dicom\"; transfer-syntax=*",
             );
             let (_, content_type, body) = self.finish(self.authorize(request).call())?;
-            let parts = multipart_parts(&content_type, &body).map_err(|e| self.protocol_error(e))?;
+            let parts =
+                multipart_parts(&content_type, &body).map_err(|e| self.protocol_error(e))?;
             let [part] = parts.as_slice() else {
-                return Err(self.protocol_error(format!(
-                    "expected one instance, got {} parts",
-                    parts.len()
-                )));
+                return Err(self
+                    .protocol_error(format!("expected one instance, got {} parts", parts.len())));
             };
             let received =
                 Received::from_part10(part.to_vec()).map_err(|e| self.protocol_error(e))?;
@@ -416,8 +417,14 @@ mod tests {
                 "00201208":{"vr":"IS","Value":[3]}}"#,
         )
         .unwrap();
-        assert_eq!(json_text(&item, tags::PATIENT_NAME).as_deref(), Some("Doe^Jane"));
-        assert_eq!(json_text(&item, tags::MODALITIES_IN_STUDY).as_deref(), Some("CT\\SR"));
+        assert_eq!(
+            json_text(&item, tags::PATIENT_NAME).as_deref(),
+            Some("Doe^Jane")
+        );
+        assert_eq!(
+            json_text(&item, tags::MODALITIES_IN_STUDY).as_deref(),
+            Some("CT\\SR")
+        );
         assert_eq!(
             json_text(&item, tags::NUMBER_OF_STUDY_RELATED_INSTANCES).as_deref(),
             Some("3")

@@ -215,10 +215,12 @@ impl DimseClient {
 
     fn service_session(&self, sop_class: &str) -> Result<(Session<'_>, u8, String), PacsError> {
         let session = self.open(&[(sop_class, vec![EXPLICIT_LE, IMPLICIT_LE])], &[])?;
-        let (id, ts) = session.accepted(sop_class).ok_or_else(|| PacsError::Unsupported {
-            address: self.address.clone(),
-            what: sop_class.to_string(),
-        })?;
+        let (id, ts) = session
+            .accepted(sop_class)
+            .ok_or_else(|| PacsError::Unsupported {
+                address: self.address.clone(),
+                what: sop_class.to_string(),
+            })?;
         Ok((session, id, ts))
     }
 
@@ -257,12 +259,13 @@ impl DimseClient {
             }
         }
         let mut session = self.open(&contexts, classes)?;
-        let (get_id, get_ts) = session.accepted(get_class).ok_or_else(|| {
-            PacsError::Unsupported {
-                address: self.address.clone(),
-                what: "C-GET (study root)".into(),
-            }
-        })?;
+        let (get_id, get_ts) =
+            session
+                .accepted(get_class)
+                .ok_or_else(|| PacsError::Unsupported {
+                    address: self.address.clone(),
+                    what: "C-GET (study root)".into(),
+                })?;
         for inst in wanted {
             let identifier = encode_dataset(
                 &[
@@ -304,7 +307,11 @@ impl Session<'_> {
             .map(|pc| trim_uid(&pc.transfer_syntax).to_string())
     }
 
-    fn send_command(&mut self, context_id: u8, elements: Vec<DataElement<InMemDicomObject>>) -> Result<(), PacsError> {
+    fn send_command(
+        &mut self,
+        context_id: u8,
+        elements: Vec<DataElement<InMemDicomObject>>,
+    ) -> Result<(), PacsError> {
         let bytes = encode_command(elements).map_err(|e| self.client.protocol_error(e))?;
         let pdu = Pdu::PData {
             data: vec![PDataValue {
@@ -352,7 +359,11 @@ impl Session<'_> {
             us(tags::MESSAGE_ID, id),
             us(
                 tags::COMMAND_DATA_SET_TYPE,
-                if data.is_some() { DATA_SET } else { NO_DATA_SET },
+                if data.is_some() {
+                    DATA_SET
+                } else {
+                    NO_DATA_SET
+                },
             ),
         ];
         if command_field != C_ECHO_RQ {
@@ -386,10 +397,8 @@ impl Session<'_> {
                         );
                     }
                     other => {
-                        return Err(client.protocol_error(format!(
-                            "unexpected {}",
-                            other.short_description()
-                        )));
+                        return Err(client
+                            .protocol_error(format!("unexpected {}", other.short_description())));
                     }
                 }
                 continue;
@@ -431,9 +440,9 @@ impl Session<'_> {
                         });
                     }
                     if pdv.is_last {
-                        let (context_id, command) = parsed.take().unwrap_or_else(|| {
-                            (0, InMemDicomObject::new_empty())
-                        });
+                        let (context_id, command) = parsed
+                            .take()
+                            .unwrap_or_else(|| (0, InMemDicomObject::new_empty()));
                         return Ok(Message {
                             context_id,
                             command,
@@ -531,7 +540,9 @@ impl Session<'_> {
 impl DimseClient {
     fn status_error(&self, operation: &'static str, status: Option<u16>, m: &Message) -> PacsError {
         let comment = m.text(tags::ERROR_COMMENT);
-        let failed = m.field(tags::NUMBER_OF_FAILED_SUBOPERATIONS).filter(|&n| n > 0);
+        let failed = m
+            .field(tags::NUMBER_OF_FAILED_SUBOPERATIONS)
+            .filter(|&n| n > 0);
         let mut detail = String::new();
         if let Some(n) = failed {
             detail.push_str(&format!(", {n} sub-operations failed"));
@@ -651,18 +662,23 @@ impl PacsClient for DimseClient {
         let file = FileForStore::read(path)?;
         let mut syntaxes = vec![file.transfer_syntax.as_str()];
         if is_native(&file.transfer_syntax) {
-            syntaxes.extend([EXPLICIT_LE, IMPLICIT_LE].iter().filter(|s| **s != file.transfer_syntax));
+            syntaxes.extend(
+                [EXPLICIT_LE, IMPLICIT_LE]
+                    .iter()
+                    .filter(|s| **s != file.transfer_syntax),
+            );
         }
         let mut session = self.open(&[(file.sop_class_uid.as_str(), syntaxes)], &[])?;
-        let (id, ts) = session.accepted(&file.sop_class_uid).ok_or_else(|| {
-            PacsError::Unsupported {
-                address: self.address.clone(),
-                what: format!(
-                    "storing {} in transfer syntax {}",
-                    file.sop_class_uid, file.transfer_syntax
-                ),
-            }
-        })?;
+        let (id, ts) =
+            session
+                .accepted(&file.sop_class_uid)
+                .ok_or_else(|| PacsError::Unsupported {
+                    address: self.address.clone(),
+                    what: format!(
+                        "storing {} in transfer syntax {}",
+                        file.sop_class_uid, file.transfer_syntax
+                    ),
+                })?;
         let data = file.dataset_in(path, &ts)?;
         let client = self;
         let result = (|| {
@@ -717,11 +733,14 @@ impl FileForStore {
         if bytes.len() < 144 || &bytes[128..132] != b"DICM" {
             return Err(PacsError::read_file(path, "not a DICOM Part 10 file"));
         }
-        let meta = FileMetaTable::from_reader(&bytes[128..])
-            .map_err(|e| PacsError::read_file(path, e))?;
+        let meta =
+            FileMetaTable::from_reader(&bytes[128..]).map_err(|e| PacsError::read_file(path, e))?;
         let dataset_offset = 132 + 12 + meta.information_group_length as usize;
         if dataset_offset > bytes.len() {
-            return Err(PacsError::read_file(path, "file meta group runs past the end"));
+            return Err(PacsError::read_file(
+                path,
+                "file meta group runs past the end",
+            ));
         }
         let text = |s: &str| trim_uid(s).to_string();
         Ok(FileForStore {

@@ -17,8 +17,8 @@ use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::resample::Image8;
 use mvfa_studio::pacs::node::{DimseEndpoint, WebEndpoint};
 use mvfa_studio::pacs::{
-    Endpoint, GetTarget, InstanceRef, Level, Limits, Node, PacsClient, PacsError, Query,
-    WebAuth, connect, retrieve,
+    Endpoint, GetTarget, InstanceRef, Level, Limits, Node, PacsClient, PacsError, Query, WebAuth,
+    connect, retrieve,
 };
 
 use crate::support::fixture_dir;
@@ -40,6 +40,12 @@ const CORPUS: &[&str] = &[
     "rgb_planar.dcm",
     "ybr_full.dcm",
     "ybr_full_422.dcm",
+];
+
+const NATIVE_SYNTAXES: &[&str] = &[
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
 ];
 
 fn free_port() -> u16 {
@@ -66,7 +72,9 @@ impl Orthanc {
             ));
         }
         if !Path::new(DICOMWEB_PLUGIN).exists() {
-            return Err(format!("{DICOMWEB_PLUGIN} not installed (apt-get install orthanc-dicomweb)"));
+            return Err(format!(
+                "{DICOMWEB_PLUGIN} not installed (apt-get install orthanc-dicomweb)"
+            ));
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (http_port, dicom_port) = (free_port(), free_port());
@@ -92,7 +100,8 @@ impl Orthanc {
         });
         let config_path = dir.path().join("orthanc.json");
         std::fs::write(&config_path, config.to_string()).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.path().join("orthanc.log")).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.path().join("orthanc.log")).map_err(|e| e.to_string())?;
         let child = Command::new(ORTHANC)
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -203,7 +212,11 @@ fn round_trip(store_with: &Node, get_with: &Node) {
         })
         .unwrap();
     assert!(!by_id.is_empty());
-    assert!(by_id.iter().all(|m| m.patient_id == text(&ct, tags::PATIENT_ID)));
+    assert!(
+        by_id
+            .iter()
+            .all(|m| m.patient_id == text(&ct, tags::PATIENT_ID))
+    );
     let none = client
         .find(&Query {
             patient_id: Some("NO-SUCH-PATIENT".into()),
@@ -220,8 +233,10 @@ fn round_trip(store_with: &Node, get_with: &Node) {
             series_uid: None,
         };
         let mut last = None;
-        let report = retrieve::get(client.as_ref(), &target, out.path(), &mut |p| last = Some(p))
-            .unwrap();
+        let report = retrieve::get(client.as_ref(), &target, out.path(), &mut |p| {
+            last = Some(p)
+        })
+        .unwrap();
         assert_eq!(report.written, report.total);
         assert_eq!(last.map(|p| p.written), Some(report.total));
         got += report.written;
@@ -242,12 +257,18 @@ fn round_trip(store_with: &Node, get_with: &Node) {
         ] {
             assert_eq!(text(&back, tag), text(&original, tag), "{}", path.display());
         }
-        assert_eq!(
-            back.meta().transfer_syntax(),
-            original.meta().transfer_syntax(),
-            "{}",
-            path.display()
-        );
+        // Compressed pixel data must come back in its own syntax, fragment for fragment.
+        // Uncompressed data may change byte order (Orthanc sends the retired big endian
+        // syntax as little endian over DIMSE); the decoded values compared below stay equal.
+        let syntax = |o: &DefaultDicomObject| {
+            o.meta()
+                .transfer_syntax()
+                .trim_end_matches('\0')
+                .to_string()
+        };
+        if !NATIVE_SYNTAXES.contains(&syntax(&original).as_str()) {
+            assert_eq!(syntax(&back), syntax(&original), "{}", path.display());
+        }
         assert_eq!(
             back.element(tags::PIXEL_DATA).unwrap().value(),
             original.element(tags::PIXEL_DATA).unwrap().value(),
@@ -259,7 +280,10 @@ fn round_trip(store_with: &Node, get_with: &Node) {
     // Resume: only the deleted file is fetched again.
     let victim = &retrieved[0];
     std::fs::remove_file(victim).unwrap();
-    let study = text(&open(&corpus[&victim_uid(victim)]), tags::STUDY_INSTANCE_UID);
+    let study = text(
+        &open(&corpus[&victim_uid(victim)]),
+        tags::STUDY_INSTANCE_UID,
+    );
     let report = retrieve::get(
         client.as_ref(),
         &GetTarget {
@@ -287,13 +311,14 @@ fn round_trip(store_with: &Node, get_with: &Node) {
         &sc_path,
         &overlay,
         &SourceAttributes::from_file(source).unwrap(),
-        &ScOptions::default(),
+        // Identified, so the result lands in the source's study.
+        &ScOptions {
+            anonymise: None,
+            ..ScOptions::default()
+        },
     )
     .unwrap();
-    assert_eq!(
-        client.store(&sc_path).unwrap(),
-        written.sop_instance_uid
-    );
+    assert_eq!(client.store(&sc_path).unwrap(), written.sop_instance_uid);
     let series = client
         .find(&Query {
             level: Level::Series,
@@ -530,9 +555,9 @@ fn assert_folder_empty_of_files(dir: &Path) {
 
 fn get_into(node: &Node, limits: Option<Limits>, dir: &Path) -> Result<(), PacsError> {
     let client: Box<dyn PacsClient> = match (limits, &node.endpoint) {
-        (Some(l), Endpoint::Dicomweb(w)) => Box::new(
-            mvfa_studio::pacs::dicomweb::WebClient::new(w.clone(), l).unwrap(),
-        ),
+        (Some(l), Endpoint::Dicomweb(w)) => {
+            Box::new(mvfa_studio::pacs::dicomweb::WebClient::new(w.clone(), l).unwrap())
+        }
         _ => connect(node).unwrap(),
     };
     let target = GetTarget {
@@ -552,7 +577,11 @@ fn truncated_dicomweb_retrieval_leaves_nothing_behind() {
     let (port, server) = web_retrieval_server(head, body);
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let e = assert_quick("truncated", started, get_into(&web_node(port), None, dir.path()));
+    let e = assert_quick(
+        "truncated",
+        started,
+        get_into(&web_node(port), None, dir.path()),
+    );
     assert!(matches!(e, PacsError::Protocol { .. }), "{e:?}");
     assert_folder_empty_of_files(dir.path());
     server.join().unwrap();
@@ -605,9 +634,7 @@ fn slow_dicomweb_body_times_out() {
 
 /// A DIMSE server (dicom-ul's acceptor) that accepts the association, reads the client's
 /// request, then plays `script` on the raw socket.
-fn dimse_server(
-    script: impl FnOnce(&mut TcpStream, u8) + Send + 'static,
-) -> (u16, JoinHandle<()>) {
+fn dimse_server(script: impl FnOnce(&mut TcpStream, u8) + Send + 'static) -> (u16, JoinHandle<()>) {
     fake_server(move |stream| {
         let mut association = dicom_ul::association::server::ServerAssociationOptions::new()
             .accept_any()
@@ -646,11 +673,19 @@ fn store_command() -> Vec<u8> {
     use dicom_core::{DataElement, PrimitiveValue, VR};
     use dicom_object::InMemDicomObject;
     let obj = InMemDicomObject::from_element_iter([
-        DataElement::new(tags::AFFECTED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(SC_CLASS)),
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(SC_CLASS),
+        ),
         DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(1u16)),
         DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(7u16)),
         DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0u16)),
-        DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(0u16)),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
         DataElement::new(
             tags::AFFECTED_SOP_INSTANCE_UID,
             VR::UI,
@@ -679,9 +714,9 @@ fn wanted() -> Vec<InstanceRef> {
 fn truncated_dimse_sub_operation_is_an_error_and_nothing_is_delivered() {
     let (port, server) = dimse_server(|s, pc| {
         let _ = s.write_all(&pdata(pc, true, true, &store_command()));
-        // A PDU that announces 64 KiB and delivers 100 bytes, then the connection drops.
+        // A PDU that announces 8000 bytes and delivers 100, then the connection drops.
         let mut pdu = vec![0x04, 0];
-        pdu.extend_from_slice(&65_536u32.to_be_bytes());
+        pdu.extend_from_slice(&8000u32.to_be_bytes());
         pdu.extend(std::iter::repeat_n(0u8, 100));
         let _ = s.write_all(&pdu);
     });

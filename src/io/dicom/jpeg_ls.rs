@@ -36,7 +36,9 @@ pub(super) fn decode_frame(
             .map(|&v| u8::try_from(v).map_err(|_| format!("sample {v} exceeds 8 bits allocated")))
             .collect(),
         16 => Ok(samples.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        other => Err(format!("JPEG-LS with BitsAllocated {other} is not supported")),
+        other => Err(format!(
+            "JPEG-LS with BitsAllocated {other} is not supported"
+        )),
     }
 }
 

@@ -12,12 +12,12 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use super::attrs::{self, Obj};
 use super::codestream;
 use super::frames::{self, Framed};
+use super::jpeg_ls;
 use super::jpeg12;
 use super::lut::{self, Lut};
 use super::rle;
 use super::source::error_chain;
 use super::summary::sop_class_name;
-use super::jpeg_ls;
 use super::{DicomError, DicomErrorKind as K, MAX_SAMPLES, metadata, ts};
 use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, Window};
 
