@@ -838,13 +838,7 @@ fn secondary_capture_from_a_file_and_without_source() {
     // No source: new study, empty (type 2) patient attributes, grey overlay replicated.
     let grey = Image8::new(2, 2, Channels::Gray, vec![1, 2, 3, 4]).unwrap();
     let out = dir.path().join("nosrc.dcm");
-    let w = write_secondary_capture(
-        &out,
-        &grey,
-        &SourceAttributes::none(),
-        &identified(),
-    )
-    .unwrap();
+    let w = write_secondary_capture(&out, &grey, &SourceAttributes::none(), &identified()).unwrap();
     assert!(valid_uid(&w.study_instance_uid));
     let obj = open_file(&out).unwrap();
     assert_eq!(text(&obj, tags::PATIENT_NAME).unwrap(), "");
