@@ -384,6 +384,102 @@ fn orthanc_dicomweb_store_find_get_byte_identical_and_send_back() {
     round_trip(&node, &node);
 }
 
+fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"))
+        .args(args)
+        .env("MVFA_TEST_PACS_PASSWORD", "pw-that-must-not-leak")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stdout.contains("pw-that-must-not-leak") && !stderr.contains("pw-that-must-not-leak"),
+        "credential printed"
+    );
+    (out.status.success(), stdout, stderr)
+}
+
+#[test]
+fn pacs_cli_saves_nodes_echoes_sends_finds_and_gets_against_orthanc() {
+    let orthanc = match Orthanc::start() {
+        Ok(o) => o,
+        Err(reason) => {
+            eprintln!("SKIPPED pacs CLI test: {reason}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = tmp.path().join("nodes.json");
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let run = |args: &[&str]| {
+        let mut all = vec![os("pacs"), os("--nodes"), nodes.clone().into_os_string()];
+        all.extend(args.iter().map(|a| os(a)));
+        let refs: Vec<&std::ffi::OsStr> = all.iter().map(|a| a.as_os_str()).collect();
+        let (ok, stdout, stderr) = cli(&refs);
+        assert!(ok, "{args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        stdout
+    };
+    let web_url = format!("http://127.0.0.1:{}/dicom-web", orthanc.http_port);
+    let port = orthanc.dicom_port.to_string();
+    run(&[
+        "nodes",
+        "add",
+        "web",
+        "--url",
+        &web_url,
+        "--user",
+        "rad",
+        "--password-env",
+        "MVFA_TEST_PACS_PASSWORD",
+    ]);
+    run(&[
+        "nodes",
+        "add",
+        "dimse",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--aet",
+        "ORTHANC",
+    ]);
+    let listed = run(&["nodes", "list"]);
+    assert!(
+        listed.contains("web\tdicomweb") && listed.contains("dimse\tdimse"),
+        "{listed}"
+    );
+    assert!(
+        std::fs::read_to_string(&nodes)
+            .unwrap()
+            .contains("pw-that-must-not-leak")
+    );
+
+    assert!(run(&["--node", "dimse", "echo"]).contains("answers"));
+    assert!(run(&["--node", "web", "echo"]).contains("answers"));
+    let fixture = fixture_dir("dicom").join("ct_rescale_windows.dcm");
+    let sent = run(&["--node", "web", "send", fixture.to_str().unwrap()]);
+    assert!(sent.contains("1 of 1 file(s) stored"), "{sent}");
+    let study = text(&open(&fixture), tags::STUDY_INSTANCE_UID);
+    for node in ["dimse", "web"] {
+        let found = run(&[
+            "--node",
+            node,
+            "find",
+            "--patient-id",
+            "FIX-001",
+            "--modality",
+            "CT",
+        ]);
+        assert!(found.starts_with(&study), "{node}: {found}");
+    }
+    let out = tmp.path().join("got");
+    let out_s = out.to_str().unwrap();
+    let got = run(&["--node", "dimse", "get", "--study", &study, "--out", out_s]);
+    assert!(got.contains("1 retrieved, 0 already present"), "{got}");
+    let again = run(&["--node", "web", "get", "--study", &study, "--out", out_s]);
+    assert!(again.contains("0 retrieved, 1 already present"), "{again}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Hostile servers: each is one thread on 127.0.0.1 that serves one scripted connection.
 
