@@ -259,6 +259,16 @@ def unsupported_and_broken(out):
     (out / "not_dicom.txt").write_text("This is not a DICOM file.\n")
 
 
+def trailing_bytes(out):
+    """Complete pixel data followed by bytes that do not parse as elements: a trailing
+    DataSetTrailingPadding (FFFC,FFFC) whose declared length runs past the end of the file,
+    and three stray bytes. pydicom opens both (with a warning); so must we."""
+    data = (out / "ct_rescale_windows.dcm").read_bytes()
+    cut_element = b"\xfc\xff\xfc\xffOB\x00\x00" + (4096).to_bytes(4, "little") + bytes(10)
+    (out / "trailing_truncated_element.dcm").write_bytes(data + cut_element)
+    (out / "trailing_junk.dcm").write_bytes(data + b"\x01\x02\x03")
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -313,6 +323,7 @@ def main(out):
     enhanced(out)
     compressed(out)
     unsupported_and_broken(out)
+    trailing_bytes(out)
     studies(out)
 
 

@@ -77,6 +77,9 @@ pub struct ImageStack {
     pub metadata: Vec<MetadataNode>,
     /// Acquisition context (modality, UIDs, geometry); all `None`/empty for plain rasters.
     pub info: ImageInfo,
+    /// What the loader tolerated (e.g. unparsable bytes after complete pixel data), for the
+    /// viewer and `inspect` to show.
+    pub warnings: Vec<String>,
 }
 
 /// Where an image comes from and how it sits in the patient: what the viewer shows next to the

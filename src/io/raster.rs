@@ -222,6 +222,7 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         invert: false,
         metadata,
         info: Default::default(),
+        warnings: Vec::new(),
     })
 }
 

@@ -14,6 +14,7 @@ mod eval_auc;
 mod io_dicom;
 mod io_dicom_cli;
 mod io_dicom_corpus;
+mod io_dicom_gaps;
 mod io_export;
 mod io_model_input;
 mod io_raster;

@@ -751,6 +751,7 @@ pub(super) fn decode_stack(
         invert,
         metadata: metadata::metadata_tree(obj),
         info,
+        warnings: Vec::new(),
     })
 }
 

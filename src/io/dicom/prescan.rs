@@ -122,6 +122,8 @@ struct Walker<'a, S: Source> {
     big: bool,
     /// Stop at the top-level pixel data (header-only reads).
     stop_at_pixel_data: bool,
+    /// Where the top-level pixel data element ends, once walked completely.
+    pixel_data_end: Option<u64>,
 }
 
 impl<S: Source> Walker<'_, S> {
@@ -243,6 +245,9 @@ impl<S: Source> Walker<'_, S> {
             if len == UNDEFINED {
                 if tag == PIXEL_DATA {
                     pos = self.fragments(pos)?;
+                    if depth == 0 {
+                        self.pixel_data_end = Some(pos);
+                    }
                 } else {
                     // dicom-parser reads every other undefined-length element as a sequence in
                     // the same encoding (even UN, whose items PS3.5 6.2.2 says are implicit VR).
@@ -257,6 +262,9 @@ impl<S: Source> Walker<'_, S> {
             } else {
                 self.check_len(tag, len, pos)?;
                 pos += u64::from(len);
+                if depth == 0 && tag == PIXEL_DATA {
+                    self.pixel_data_end = Some(pos);
+                }
             }
         }
         Ok(pos)
@@ -327,11 +335,31 @@ pub(super) fn check(
         src,
         big: big_endian,
         stop_at_pixel_data,
+        pixel_data_end: None,
     };
     match w.dataset(start, end, explicit, 0) {
         Ok(_) | Err(Stop::Done) => Ok(()),
         Err(Stop::Bad(why)) => Err(why),
     }
+}
+
+/// Where the top-level pixel data element of the data set at `start` ends, when it is
+/// complete; whatever follows it (well-formed or not) does not matter here.
+pub(super) fn pixel_data_end(
+    src: &mut impl Source,
+    start: u64,
+    explicit: bool,
+    big_endian: bool,
+) -> Option<u64> {
+    let end = src.len();
+    let mut w = Walker {
+        src,
+        big: big_endian,
+        stop_at_pixel_data: false,
+        pixel_data_end: None,
+    };
+    let _ = w.dataset(start, end, explicit, 0);
+    w.pixel_data_end
 }
 
 #[cfg(test)]

@@ -236,6 +236,63 @@ pub(super) fn parse(
         .map_err(|e| parse_error(&e, bytes, path))
 }
 
+/// [`parse`] of a whole file, lenient where the pixels are intact: when the data set fails to
+/// parse only because of bytes after a complete top-level pixel data element (trailing
+/// padding, a truncated trailing element), the file is parsed up to the end of its pixel data
+/// and the second value says what was ignored, as pydicom and the common viewers do. Truncated
+/// pixel data stays an error.
+pub(super) fn parse_lenient(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(DefaultDicomObject, Option<String>), DicomError> {
+    let trailing = || pixel_data_end(bytes).filter(|&end| end < bytes.len());
+    let ignored = |n: usize, why: &str| {
+        format!("ignored {n} byte(s) after the pixel data that do not parse as elements ({why})")
+    };
+    let error = match parse(bytes, path, false) {
+        Ok(obj) => {
+            // The parser may also stop quietly on a few stray bytes: say so.
+            let read_past_pixels = obj.iter().any(|e| e.header().tag > tags::PIXEL_DATA);
+            let warning = match trailing() {
+                Some(end) if !read_past_pixels => {
+                    Some(ignored(bytes.len() - end, "too short for an element"))
+                }
+                _ => None,
+            };
+            return Ok((obj, warning));
+        }
+        Err(e) if e.kind == K::Truncated => return Err(e),
+        Err(e) => e,
+    };
+    let Some(end) = trailing() else {
+        return Err(error);
+    };
+    match parse(&bytes[..end], path, false) {
+        Ok(obj) => Ok((obj, Some(ignored(bytes.len() - end, &error.message)))),
+        Err(_) => Err(error),
+    }
+}
+
+/// The offset in `bytes` (a Part 10 file) just past a complete top-level pixel data element.
+fn pixel_data_end(bytes: &[u8]) -> Option<usize> {
+    let start = match layout(bytes, Path::new("")).ok()? {
+        Layout::Preamble => 128,
+        Layout::NoPreamble => 0,
+    };
+    let from_magic = &bytes[start..];
+    let meta = FileMetaTable::from_reader(from_magic).ok()?;
+    let uid = meta.transfer_syntax();
+    if is_deflated(uid) {
+        return None;
+    }
+    let offset = usize::try_from(dataset_offset(from_magic)?).ok()?;
+    let dataset = from_magic.get(offset..)?;
+    let explicit = uid != "1.2.840.10008.1.2";
+    let big = uid == ts::EXPLICIT_VR_BIG_ENDIAN;
+    let end = prescan::pixel_data_end(&mut &dataset[..], 0, explicit, big)?;
+    Some(start + offset + usize::try_from(end).ok()?)
+}
+
 /// Parses the header of a file on disk without reading its pixel data into memory
 /// (gzip-compressed files are decompressed whole).
 pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, DicomError> {
