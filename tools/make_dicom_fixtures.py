@@ -269,6 +269,25 @@ def trailing_bytes(out):
     (out / "trailing_junk.dcm").write_bytes(data + b"\x01\x02\x03")
 
 
+def voi_lut(out):
+    """Stored v = 4 r + c + 100 (no rescale), no window, a VOI LUT Sequence of two LUTs: an
+    8-bit ramp over 104..111 ("RAMP") and a 16-bit inverse over 100..115 ("INVERSE")."""
+    r, c = np.mgrid[0:4, 0:4]
+    ds = base("voi_lut", "1.2.840.10008.5.1.4.1.1.1", ExplicitVRLittleEndian, modality="CR")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey(ds, (4 * r + c + 100).astype(np.uint16), 12, False)
+    ramp = Dataset()
+    ramp.add_new(0x00283002, "US", [8, 104, 8])
+    ramp.add_new(0x00283003, "LO", "RAMP")
+    ramp.add_new(0x00283006, "US", [0, 36, 73, 109, 146, 182, 219, 255])
+    inverse = Dataset()
+    inverse.add_new(0x00283002, "US", [16, 100, 16])
+    inverse.add_new(0x00283003, "LO", "INVERSE")
+    inverse.add_new(0x00283006, "US", [65535 - 4369 * i for i in range(16)])
+    ds.VOILUTSequence = Sequence([ramp, inverse])
+    save(ds, out / "voi_lut.dcm")
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -324,6 +343,7 @@ def main(out):
     compressed(out)
     unsupported_and_broken(out)
     trailing_bytes(out)
+    voi_lut(out)
     studies(out)
 
 

@@ -42,14 +42,45 @@ pub enum VoiFunction {
     Sigmoid,
 }
 
-/// A window (VOI) in modality units, e.g. from a WindowCenter/WindowWidth pair of the file.
+/// A window (VOI) in modality units, e.g. from a WindowCenter/WindowWidth pair of the file,
+/// or a VOI LUT of the file's VOI LUT Sequence ([`Window::lut`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     pub center: f64,
     pub width: f64,
     pub function: VoiFunction,
-    /// WindowCenterWidthExplanation, or a generated label such as "Full range".
+    /// WindowCenterWidthExplanation, LUTExplanation, or a generated label such as
+    /// "Full range".
     pub label: String,
+    /// A lookup table that replaces the center/width function when present; center and width
+    /// then describe the range of values it maps (a starting point for manual windowing).
+    #[serde(default)]
+    pub lut: Option<VoiLut>,
+}
+
+/// A VOI LUT (PS3.3 C.11.2.1.1): modality value `x` maps to
+/// `data[clamp(round(x) - first_mapped, 0, len - 1)]`, out of `0..2^bits`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VoiLut {
+    pub first_mapped: i64,
+    pub data: Vec<u16>,
+    /// Bits per entry, 1 to 16.
+    pub bits: u16,
+}
+
+impl VoiLut {
+    /// The display value `0.0..=255.0` of modality value `x` (NaN maps to 0).
+    pub fn map(&self, x: f64) -> f64 {
+        let Some(last) = self.data.len().checked_sub(1) else {
+            return 0.0;
+        };
+        if x.is_nan() {
+            return 0.0;
+        }
+        let index = (x.round() - self.first_mapped as f64).clamp(0.0, last as f64) as usize;
+        let max = ((1u32 << self.bits.clamp(1, 16)) - 1) as f64;
+        (f64::from(self.data[index]) / max).min(1.0) * 255.0
+    }
 }
 
 /// A node of the per-instance metadata tree shown in the viewer's metadata panel.
@@ -146,6 +177,7 @@ impl Window {
             width: max - min + 1.0,
             function: VoiFunction::Linear,
             label: "Full range".to_string(),
+            lut: None,
         }
     }
 
@@ -158,10 +190,13 @@ impl Window {
     ///   `((x - c) / w + 0.5) * 255`; requires `w > 0`, a threshold at `c` otherwise.
     /// - `Sigmoid`: `255 / (1 + exp(-4 (x - c) / w))`; a threshold at `c` when `w <= 0`.
     ///
-    /// NaN maps to 0.
+    /// NaN maps to 0. A window with a [`VoiLut`] maps through the table instead.
     pub fn map(&self, x: f64) -> f64 {
         const Y_MAX: f64 = 255.0;
         let (c, w) = (self.center, self.width);
+        if let Some(lut) = &self.lut {
+            return lut.map(x);
+        }
         if x.is_nan() {
             return 0.0;
         }

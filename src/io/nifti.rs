@@ -402,6 +402,7 @@ fn range_window(lo: f64, hi: f64, integer: bool, label: &str) -> Window {
         width: if width > 0.0 { width } else { 1.0 },
         function: VoiFunction::Linear,
         label: label.to_string(),
+        lut: None,
     }
 }
 

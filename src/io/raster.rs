@@ -87,6 +87,7 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         width: 256.0,
         function: VoiFunction::Linear,
         label: "Full range".to_string(),
+        lut: None,
     };
     let (channels, data, windows, layout) = match img {
         DynamicImage::ImageLuma8(b) => {
@@ -244,5 +245,6 @@ fn data_range_window(data: &[f32]) -> Window {
         width: hi - lo + 1.0,
         function: VoiFunction::Linear,
         label: "Data range".to_string(),
+        lut: None,
     }
 }

@@ -30,3 +30,27 @@ fn truncated_pixel_data_stays_an_error() {
     let e = load_dicom(&fixture_dir("dicom").join("truncated.dcm")).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::Truncated, "{e}");
 }
+
+#[test]
+fn voi_lut_sequence_items_are_display_presets() {
+    let stack = load_dicom(&fixture_dir("dicom").join("voi_lut.dcm")).unwrap();
+    let labels: Vec<&str> = stack.windows.iter().map(|w| w.label.as_str()).collect();
+    assert_eq!(labels, ["RAMP", "INVERSE", "Full range"]);
+    assert!(stack.windows[0].lut.is_some() && stack.windows[2].lut.is_none());
+    let frame = &stack.frames[0];
+    // pydicom's apply_voi_lut(index=0) on the 4x4 image, 8-bit output as is.
+    let ramp = [
+        0, 0, 0, 0, 0, 36, 73, 109, 146, 182, 219, 255, 255, 255, 255, 255,
+    ];
+    let default = stack.default_window().unwrap();
+    assert_eq!(frame.window_to_u8(default, false), ramp);
+    // apply_voi_lut(index=1): 16-bit entries 65535 - 4369 i, shown as floor(v / 65535 * 255).
+    let inverse: Vec<u8> = (0..16u32)
+        .map(|i| ((65535 - 4369 * i) * 255 / 65535) as u8)
+        .collect();
+    assert_eq!(frame.window_to_u8(&stack.windows[1], false), inverse);
+    // Outside the mapped range the first and last entries hold.
+    assert_eq!(stack.windows[0].map_u8(-5.0), 0);
+    assert_eq!(stack.windows[0].map_u8(4000.0), 255);
+    assert_eq!(stack.windows[0].map_u8(f64::NAN), 0);
+}

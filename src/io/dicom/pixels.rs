@@ -19,7 +19,7 @@ use super::rle;
 use super::source::error_chain;
 use super::summary::sop_class_name;
 use super::{DicomError, DicomErrorKind as K, MAX_SAMPLES, metadata, ts};
-use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, Window};
+use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, VoiLut, Window};
 
 /// The Image Pixel module attributes that say how to read the samples.
 #[derive(Debug, Clone)]
@@ -738,6 +738,7 @@ pub(super) fn decode_stack(
             width: 256.0,
             function: VoiFunction::Linear,
             label: "Full range".to_string(),
+            lut: None,
         }]
     } else {
         window_presets(ds, &frames_out)
@@ -787,6 +788,32 @@ fn windows_in(ds: &Obj, default_function: VoiFunction) -> Vec<Window> {
                 .filter(|s| !s.is_empty())
                 .cloned()
                 .unwrap_or_else(|| format!("C {center} / W {width}")),
+            lut: None,
+        })
+        .collect()
+}
+
+/// Presets from the VOI LUT Sequence of one attribute set: each LUT, with center and width
+/// spanning the values it maps, labelled by its LUT Explanation.
+fn voi_lut_windows(ds: &Obj, signed_input: bool) -> Vec<Window> {
+    lut::voi_luts(ds, signed_input)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (table, explanation))| {
+            let n = table.data.len() as f64;
+            Window {
+                center: table.first_mapped as f64 + n / 2.0,
+                width: n,
+                function: VoiFunction::Linear,
+                label: explanation
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| format!("VOI LUT {}", i + 1)),
+                lut: Some(VoiLut {
+                    first_mapped: table.first_mapped,
+                    data: table.data,
+                    bits: table.bits,
+                }),
+            }
         })
         .collect()
 }
@@ -794,20 +821,6 @@ fn windows_in(ds: &Obj, default_function: VoiFunction) -> Vec<Window> {
 /// The file's window presets (top level, then the first frame's Frame VOI LUT group), then
 /// "Full range" over all frames.
 fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
-    let top_function = voi_function(ds).unwrap_or_default();
-    let mut out = windows_in(ds, top_function);
-    if let Some(g) = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE) {
-        out.extend(windows_in(g, top_function));
-    }
-    let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
-    for w in out {
-        if !unique
-            .iter()
-            .any(|u| u.center == w.center && u.width == w.width && u.function == w.function)
-        {
-            unique.push(w);
-        }
-    }
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     let mut integral = true;
     for v in frames.iter().flat_map(|f| f.data.iter()) {
@@ -816,6 +829,26 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
             lo = lo.min(v);
             hi = hi.max(v);
             integral &= v.fract() == 0.0;
+        }
+    }
+    let top_function = voi_function(ds).unwrap_or_default();
+    let group = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE);
+    let mut out = windows_in(ds, top_function);
+    out.extend(
+        group
+            .map(|g| windows_in(g, top_function))
+            .unwrap_or_default(),
+    );
+    // VOI LUT Sequence presets come after the windows (PS3.3 C.11.2: either may be applied).
+    for attrs_set in std::iter::once(ds).chain(group) {
+        out.extend(voi_lut_windows(attrs_set, lo < 0.0));
+    }
+    let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
+    for w in out {
+        if !unique.iter().any(|u| {
+            u.center == w.center && u.width == w.width && u.function == w.function && u.lut == w.lut
+        }) {
+            unique.push(w);
         }
     }
     // `lo`, `hi` are never NaN (non-finite samples are skipped): `hi <= lo` covers "no data".
@@ -828,6 +861,7 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
             width: hi - lo,
             function: VoiFunction::LinearExact,
             label: "Full range".to_string(),
+            lut: None,
         }
     };
     unique.push(full);
