@@ -288,6 +288,32 @@ def voi_lut(out):
     save(ds, out / "voi_lut.dcm")
 
 
+def enhanced_per_frame(out):
+    """3 frames of 2 x 3, stored v = 10 f + 3 r + c; each frame its own rescale (slope f + 1,
+    intercept -100 f) and its own window (center 50 f, width 20 + 10 f, labelled F<f>) in the
+    Per-Frame Functional Groups, nothing shared."""
+    f, r, c = np.mgrid[0:3, 0:2, 0:3]
+    ds = base("enhanced_per_frame", ENHANCED_CT, ExplicitVRLittleEndian, series="series-pf")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey(ds, (10 * f + 3 * r + c).astype(np.uint16), 16, False)
+    per = []
+    for k in range(3):
+        item = Dataset()
+        pvt = Dataset()
+        pvt.RescaleSlope = str(k + 1)
+        pvt.RescaleIntercept = str(-100 * k)
+        pvt.RescaleType = "HU"
+        item.PixelValueTransformationSequence = Sequence([pvt])
+        voi = Dataset()
+        voi.WindowCenter = str(50 * k)
+        voi.WindowWidth = str(20 + 10 * k)
+        voi.WindowCenterWidthExplanation = "F%d" % k
+        item.FrameVOILUTSequence = Sequence([voi])
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per)
+    save(ds, out / "enhanced_per_frame.dcm")
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -344,6 +370,7 @@ def main(out):
     unsupported_and_broken(out)
     trailing_bytes(out)
     voi_lut(out)
+    enhanced_per_frame(out)
     studies(out)
 
 

@@ -144,9 +144,23 @@ pub struct ImageInfo {
     pub bits_stored: Option<u16>,
     /// Transfer syntax UID of the source file.
     pub transfer_syntax_uid: Option<String>,
+    /// Window presets per frame, for enhanced multi-frame files whose frames carry different
+    /// Frame VOI LUT functional groups: entry k is frame k's presets. Empty when the stack's
+    /// `windows` serve every frame; see [`ImageStack::windows_for_frame`].
+    pub frame_windows: Vec<Vec<Window>>,
 }
 
 impl ImageStack {
+    /// The presets for frame `index`: its own (enhanced multi-frame files with per-frame VOI
+    /// groups), else the stack's.
+    pub fn windows_for_frame(&self, index: usize) -> &[Window] {
+        self.info
+            .frame_windows
+            .get(index)
+            .filter(|w| !w.is_empty())
+            .unwrap_or(&self.windows)
+    }
+
     /// The preset the viewer starts with: the first file-provided window, else the generated
     /// full-range one. `None` only for a stack with no windows at all.
     pub fn default_window(&self) -> Option<&Window> {

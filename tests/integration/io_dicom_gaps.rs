@@ -54,3 +54,38 @@ fn voi_lut_sequence_items_are_display_presets() {
     assert_eq!(stack.windows[0].map_u8(4000.0), 255);
     assert_eq!(stack.windows[0].map_u8(f64::NAN), 0);
 }
+
+#[test]
+fn enhanced_multiframe_windows_and_rescale_come_per_frame_from_the_functional_groups() {
+    let dir = fixture_dir("dicom");
+    let stack = load_dicom(&dir.join("enhanced_per_frame.dcm")).unwrap();
+    assert_eq!(stack.frames.len(), 3);
+    for (k, frame) in stack.frames.iter().enumerate() {
+        let k32 = k as f32;
+        let expected: Vec<f32> = (0..6)
+            .map(|i| (k32 + 1.0) * (10.0 * k32 + i as f32) - 100.0 * k32)
+            .collect();
+        assert_eq!(frame.data, expected, "frame {k}: its own rescale");
+        let own = &stack.windows_for_frame(k)[0];
+        assert_eq!(own.label, format!("F{k}"));
+        assert_eq!(
+            (own.center, own.width),
+            (50.0 * k as f64, 20.0 + 10.0 * k as f64)
+        );
+        // The other frames' presets are not offered as this frame's.
+        let labels: Vec<&str> = stack
+            .windows_for_frame(k)
+            .iter()
+            .map(|w| w.label.as_str())
+            .collect();
+        let frame_labels = labels.iter().filter(|l| l.len() == 2 && l.starts_with('F'));
+        assert_eq!(frame_labels.count(), 1, "{labels:?}");
+        assert_eq!(labels.last(), Some(&"Full range"));
+    }
+    assert_eq!(stack.windows[0].label, "F0");
+
+    // Shared groups: one list serves every frame.
+    let shared = load_dicom(&dir.join("enhanced_multiframe.dcm")).unwrap();
+    assert!(shared.info.frame_windows.is_empty());
+    assert_eq!(shared.windows_for_frame(2), shared.windows.as_slice());
+}

@@ -744,7 +744,10 @@ pub(super) fn decode_stack(
         window_presets(ds, &frames_out)
     };
     let invert = !is_colour && pi == "MONOCHROME1";
-    let info = image_info(obj, &l, bits_stored);
+    let mut info = image_info(obj, &l, bits_stored);
+    if !is_colour {
+        info.frame_windows = per_frame_windows(ds, &frames_out, &windows);
+    }
     Ok(ImageStack {
         source: path.to_path_buf(),
         frames: frames_out,
@@ -820,6 +823,54 @@ fn voi_lut_windows(ds: &Obj, signed_input: bool) -> Vec<Window> {
 
 /// The file's window presets (top level, then the first frame's Frame VOI LUT group), then
 /// "Full range" over all frames.
+/// Whether two presets do the same thing (labels aside).
+fn same_preset(a: &Window, b: &Window) -> bool {
+    a.center == b.center && a.width == b.width && a.function == b.function && a.lut == b.lut
+}
+
+/// The windows and VOI LUTs of one Frame VOI LUT functional group.
+fn group_presets(group: &Obj, default_function: VoiFunction, signed_input: bool) -> Vec<Window> {
+    let mut out = windows_in(group, default_function);
+    out.extend(voi_lut_windows(group, signed_input));
+    out
+}
+
+/// Per-frame presets of an enhanced multi-frame file whose Per-Frame Functional Groups give
+/// frames different Frame VOI LUT groups: entry k is frame k's own presets followed by the
+/// stack's others. Empty when all frames share their presets (the stack's list serves all).
+fn per_frame_windows(ds: &Obj, frames: &[Frame], stack: &[Window]) -> Vec<Vec<Window>> {
+    let per_frame = attrs::items(ds, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    let top_function = voi_function(ds).unwrap_or_default();
+    let signed_input = frames.iter().flat_map(|f| &f.data).any(|v| *v < 0.0);
+    let own: Vec<Vec<Window>> = (0..frames.len())
+        .map(|k| {
+            per_frame
+                .get(k)
+                .and_then(|item| attrs::items(item, tags::FRAME_VOILUT_SEQUENCE).first())
+                .map(|g| group_presets(g, top_function, signed_input))
+                .unwrap_or_default()
+        })
+        .collect();
+    if own.iter().all(|w| w == &own[0]) {
+        return Vec::new();
+    }
+    // The stack's list leads with frame 0's own presets: those are not the other frames'.
+    let others: Vec<&Window> = stack
+        .iter()
+        .filter(|w| !own[0].iter().any(|p| same_preset(p, w)))
+        .collect();
+    own.into_iter()
+        .map(|mut presets| {
+            for &w in &others {
+                if !presets.iter().any(|p| same_preset(p, w)) {
+                    presets.push(w.clone());
+                }
+            }
+            presets
+        })
+        .collect()
+}
+
 fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     let mut integral = true;
@@ -832,22 +883,14 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
         }
     }
     let top_function = voi_function(ds).unwrap_or_default();
-    let group = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE);
-    let mut out = windows_in(ds, top_function);
-    out.extend(
-        group
-            .map(|g| windows_in(g, top_function))
-            .unwrap_or_default(),
-    );
     // VOI LUT Sequence presets come after the windows (PS3.3 C.11.2: either may be applied).
-    for attrs_set in std::iter::once(ds).chain(group) {
-        out.extend(voi_lut_windows(attrs_set, lo < 0.0));
+    let mut out = group_presets(ds, top_function, lo < 0.0);
+    if let Some(g) = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE) {
+        out.extend(group_presets(g, top_function, lo < 0.0));
     }
     let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
     for w in out {
-        if !unique.iter().any(|u| {
-            u.center == w.center && u.width == w.width && u.function == w.function && u.lut == w.lut
-        }) {
+        if !unique.iter().any(|u| same_preset(u, &w)) {
             unique.push(w);
         }
     }
@@ -910,6 +953,7 @@ fn image_info(obj: &DefaultDicomObject, l: &Layout, bits_stored: u16) -> ImageIn
         photometric: Some(l.photometric.clone()),
         bits_stored: Some(bits_stored),
         transfer_syntax_uid: Some(obj.meta().transfer_syntax().to_string()),
+        frame_windows: Vec::new(),
     }
 }
 
