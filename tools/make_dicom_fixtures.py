@@ -314,6 +314,39 @@ def enhanced_per_frame(out):
     save(ds, out / "enhanced_per_frame.dcm")
 
 
+def overlays(out):
+    """ct_rescale_windows.dcm plus two overlay planes: 6000 an ROI of 3 x 4 at row 2, column 3
+    (1-based) with its main diagonal set, labelled "ROI-A"; 6002 a full-size graphic with the
+    top-left and bottom-right pixels set. The pixels must load exactly as without them."""
+    ds = pydicom.dcmread(out / "ct_rescale_windows.dcm")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid("overlays")
+
+    def packed(bits):
+        bits = np.asarray(bits, dtype=np.uint8).ravel()
+        bits = np.concatenate([bits, np.zeros((-len(bits)) % 16, np.uint8)])
+        return np.packbits(bits, bitorder="little").tobytes()
+
+    roi = np.zeros((3, 4), np.uint8)
+    for i in range(3):
+        roi[i, i] = 1
+    full = np.zeros((6, 8), np.uint8)
+    full[0, 0] = full[5, 7] = 1
+    for group, bits, origin, kind, label in [
+        (0x6000, roi, [2, 3], "R", "ROI-A"),
+        (0x6002, full, [1, 1], "G", None),
+    ]:
+        ds.add_new((group, 0x0010), "US", bits.shape[0])
+        ds.add_new((group, 0x0011), "US", bits.shape[1])
+        ds.add_new((group, 0x0040), "CS", kind)
+        ds.add_new((group, 0x0050), "SS", origin)
+        ds.add_new((group, 0x0100), "US", 1)
+        ds.add_new((group, 0x0102), "US", 0)
+        if label:
+            ds.add_new((group, 0x1500), "LO", label)
+        ds.add_new((group, 0x3000), "OW", packed(bits))
+    save(ds, out / "overlays.dcm")
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -371,6 +404,7 @@ def main(out):
     trailing_bytes(out)
     voi_lut(out)
     enhanced_per_frame(out)
+    overlays(out)
     studies(out)
 
 

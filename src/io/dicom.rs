@@ -30,6 +30,7 @@ mod jpeg12;
 mod jpeg_ls;
 mod lut;
 mod metadata;
+mod overlay;
 mod pixels;
 mod prescan;
 mod rle;

@@ -83,6 +83,48 @@ impl VoiLut {
     }
 }
 
+/// An overlay plane of a DICOM file (PS3.3 C.9.2): a bitmap for the viewer to draw over the
+/// image, kept apart from the frames so that it never reaches the model input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverlayPlane {
+    /// The repeating group, 0x6000 to 0x601E.
+    pub group: u16,
+    pub rows: u32,
+    pub columns: u32,
+    /// Image row and column (0-based) of the overlay's first pixel; may be negative.
+    pub origin: (i32, i32),
+    /// OverlayType: "G" (graphics) or "R" (region of interest).
+    pub kind: String,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    /// The image frame (0-based) that the first overlay frame belongs to.
+    pub first_frame: usize,
+    /// One bitmap per overlay frame: `rows * columns` bytes, 1 where the overlay is set.
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl OverlayPlane {
+    /// Whether the overlay is set over image pixel (`row`, `column`) of image frame `frame`.
+    pub fn is_set(&self, frame: usize, row: i64, column: i64) -> bool {
+        let Some(bitmap) = frame
+            .checked_sub(self.first_frame)
+            .and_then(|f| self.frames.get(f))
+        else {
+            return false;
+        };
+        let (r, c) = (
+            row - i64::from(self.origin.0),
+            column - i64::from(self.origin.1),
+        );
+        if r < 0 || c < 0 || r >= i64::from(self.rows) || c >= i64::from(self.columns) {
+            return false;
+        }
+        bitmap
+            .get(r as usize * self.columns as usize + c as usize)
+            .is_some_and(|&b| b != 0)
+    }
+}
+
 /// A node of the per-instance metadata tree shown in the viewer's metadata panel.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MetadataNode {
@@ -108,6 +150,8 @@ pub struct ImageStack {
     pub metadata: Vec<MetadataNode>,
     /// Acquisition context (modality, UIDs, geometry); all `None`/empty for plain rasters.
     pub info: ImageInfo,
+    /// Overlay planes for the viewer to draw (DICOM 60xx groups); never part of `frames`.
+    pub overlays: Vec<OverlayPlane>,
     /// What the loader tolerated (e.g. unparsable bytes after complete pixel data), for the
     /// viewer and `inspect` to show.
     pub warnings: Vec<String>,

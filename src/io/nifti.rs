@@ -194,6 +194,7 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         invert: false,
         metadata,
         info: Default::default(),
+        overlays: Vec::new(),
         warnings: Vec::new(),
     };
     Ok((stack, geometry))

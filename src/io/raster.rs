@@ -223,6 +223,7 @@ pub fn load_raster_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, Rast
         invert: false,
         metadata,
         info: Default::default(),
+        overlays: Vec::new(),
         warnings: Vec::new(),
     })
 }

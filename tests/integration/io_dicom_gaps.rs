@@ -1,6 +1,7 @@
 //! DICOM gaps closed after the I/O work, each with its own small committed fixture
 //! (tools/make_dicom_fixtures.py).
 use mvfa_studio::io::dicom::{DicomErrorKind, load_dicom};
+use mvfa_studio::io::input::load_model_images;
 
 use crate::support::fixture_dir;
 
@@ -88,4 +89,36 @@ fn enhanced_multiframe_windows_and_rescale_come_per_frame_from_the_functional_gr
     let shared = load_dicom(&dir.join("enhanced_multiframe.dcm")).unwrap();
     assert!(shared.info.frame_windows.is_empty());
     assert_eq!(shared.windows_for_frame(2), shared.windows.as_slice());
+}
+
+#[test]
+fn overlay_planes_reach_the_viewer_model_and_stay_out_of_the_model_input() {
+    let dir = fixture_dir("dicom");
+    let stack = load_dicom(&dir.join("overlays.dcm")).unwrap();
+    let plain = load_dicom(&dir.join("ct_rescale_windows.dcm")).unwrap();
+    assert!(plain.overlays.is_empty());
+    assert_eq!(
+        stack.frames, plain.frames,
+        "overlays never enter the pixels"
+    );
+    let [roi, graphic] = stack.overlays.as_slice() else {
+        panic!("{:?}", stack.overlays);
+    };
+    // pydicom's overlay_array(0x6000): the 3 x 4 diagonal, placed at row 1, column 2.
+    assert_eq!((roi.group, roi.rows, roi.columns), (0x6000, 3, 4));
+    assert_eq!((roi.origin, roi.kind.as_str()), ((1, 2), "R"));
+    assert_eq!(roi.label.as_deref(), Some("ROI-A"));
+    assert_eq!(roi.frames, vec![vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]]);
+    let set: Vec<(i64, i64)> = (0..6)
+        .flat_map(|r| (0..8).map(move |c| (r, c)))
+        .filter(|&(r, c)| roi.is_set(0, r, c))
+        .collect();
+    assert_eq!(set, [(1, 2), (2, 3), (3, 4)]);
+    assert!(!roi.is_set(1, 1, 2), "single-frame image: no frame 1");
+    assert!(graphic.is_set(0, 0, 0) && graphic.is_set(0, 5, 7) && !graphic.is_set(0, 0, 1));
+
+    let with = load_model_images(&dir.join("overlays.dcm")).unwrap();
+    let without = load_model_images(&dir.join("ct_rescale_windows.dcm")).unwrap();
+    assert_eq!(with[0].input, without[0].input);
+    assert_eq!(with[0].display, without[0].display);
 }

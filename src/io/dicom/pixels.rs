@@ -15,6 +15,7 @@ use super::frames::{self, Framed};
 use super::jpeg_ls;
 use super::jpeg12;
 use super::lut::{self, Lut};
+use super::overlay;
 use super::rle;
 use super::source::error_chain;
 use super::summary::sop_class_name;
@@ -755,6 +756,7 @@ pub(super) fn decode_stack(
         invert,
         metadata: metadata::metadata_tree(obj),
         info,
+        overlays: overlay::overlay_planes(ds),
         warnings: Vec::new(),
     })
 }
