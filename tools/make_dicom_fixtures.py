@@ -347,6 +347,28 @@ def overlays(out):
     save(ds, out / "overlays.dcm")
 
 
+def j2k_ybr_no_mct(out):
+    """32 x 32 RGB colours (big enough for OpenJPEG's default resolution levels) stored as YBR_FULL samples in a lossless JPEG 2000 codestream without
+    the multiple component transform (MCT 0): the decoder hands back Y, Cb, Cr, which the
+    reader must convert to RGB itself."""
+    from pydicom.pixels import convert_color_space
+
+    r, c = np.mgrid[0:32, 0:32]
+    rgb = np.stack([8 * c, 7 * r + 10, 250 - 5 * c - 2 * r], axis=-1).astype(np.uint8)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = base("j2k_ybr", SC_STORAGE, ExplicitVRLittleEndian, modality="OT", series="series-ybr")
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = 32, 32
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = ybr.tobytes()
+    ds.compress(JPEG2000Lossless, ybr, photometric_interpretation="YBR_FULL", use_mct=False)
+    save(ds, out / "j2k_ybr_full_no_mct.dcm")
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -405,6 +427,7 @@ def main(out):
     voi_lut(out)
     enhanced_per_frame(out)
     overlays(out)
+    j2k_ybr_no_mct(out)
     studies(out)
 
 

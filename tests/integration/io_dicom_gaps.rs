@@ -1,6 +1,7 @@
 //! DICOM gaps closed after the I/O work, each with its own small committed fixture
 //! (tools/make_dicom_fixtures.py).
 use mvfa_studio::io::dicom::{DicomErrorKind, load_dicom};
+use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::input::load_model_images;
 
 use crate::support::fixture_dir;
@@ -121,4 +122,25 @@ fn overlay_planes_reach_the_viewer_model_and_stay_out_of_the_model_input() {
     let without = load_model_images(&dir.join("ct_rescale_windows.dcm")).unwrap();
     assert_eq!(with[0].input, without[0].input);
     assert_eq!(with[0].display, without[0].display);
+}
+
+#[test]
+fn ybr_full_in_jpeg2000_without_mct_is_converted_to_rgb() {
+    let stack = load_dicom(&fixture_dir("dicom").join("j2k_ybr_full_no_mct.dcm")).unwrap();
+    assert_eq!(stack.info.photometric.as_deref(), Some("YBR_FULL"));
+    let frame = &stack.frames[0];
+    assert_eq!(frame.channels, Channels::Rgb);
+    // The fixture's colours (tools/make_dicom_fixtures.py), back within YBR rounding
+    // (pydicom's conversion of the same samples is also within 1).
+    let mut worst = 0.0f32;
+    for r in 0..32 {
+        for c in 0..32 {
+            let expected = [8 * c, 7 * r + 10, 250 - 5 * c - 2 * r].map(|v| v as f32);
+            let i = (r * 32 + c) * 3;
+            for k in 0..3 {
+                worst = worst.max((frame.data[i + k] - expected[k]).abs());
+            }
+        }
+    }
+    assert!(worst <= 1.0, "largest difference {worst}");
 }

@@ -160,6 +160,9 @@ struct RawFrames {
     decoded: bool,
     /// Precision and signedness from the first JPEG 2000 codestream, when there is one.
     j2k_precision: Option<(u16, bool)>,
+    /// The MCT flag of the first JPEG 2000 codestream: `Some(false)` means the decoder
+    /// returned the stored components (YBR stays YBR).
+    j2k_mct: Option<bool>,
 }
 
 /// Bytes of one stored frame in native encoding. YBR_FULL_422 / YBR_PARTIAL_422 keep two
@@ -250,6 +253,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 big_endian,
                 decoded: false,
                 j2k_precision: None,
+                j2k_mct: None,
             })
         }
         DicomValue::Sequence(_) => Err(malformed(
@@ -279,6 +283,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     big_endian: false,
                     decoded: false,
                     j2k_precision: None,
+                    j2k_mct: None,
                 });
             }
             // JPEG-LS goes to the pure-Rust decoder (no reader); everything else to the
@@ -310,10 +315,14 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     ),
                 ));
             }
-            let j2k_precision = if ts::is_jpeg2000(&ts_uid) {
-                grouped.first().and_then(|f| frames::jpeg2000_precision(f))
+            let (j2k_precision, j2k_mct) = if ts::is_jpeg2000(&ts_uid) {
+                let first = grouped.first();
+                (
+                    first.and_then(|f| frames::jpeg2000_precision(f)),
+                    first.and_then(|f| codestream::j2k_mct(f)),
+                )
             } else {
-                None
+                (None, None)
             };
             let (Ok(rows), Ok(cols)) = (u16::try_from(l.rows), u16::try_from(l.cols)) else {
                 return Err(malformed(path, "Rows/Columns beyond 65535"));
@@ -431,6 +440,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 big_endian: false,
                 decoded: true,
                 j2k_precision,
+                j2k_mct,
             })
         }
     }
@@ -587,7 +597,10 @@ pub(super) fn decode_stack(
     let max_stored = ((1u64 << bits_stored) - 1) as f64;
 
     let pi = l.photometric.as_str();
-    let colour_decoded_rgb = raw.decoded && ts_uid != ts::RLE_LOSSLESS;
+    // Decoders hand back RGB, except RLE (stored samples) and JPEG 2000 without its MCT
+    // (stored components: YBR_FULL there still needs converting).
+    let colour_decoded_rgb =
+        raw.decoded && ts_uid != ts::RLE_LOSSLESS && raw.j2k_mct != Some(false);
     let n = l.pixels();
     let mut frames_out = Vec::with_capacity(l.frames);
 
