@@ -369,6 +369,26 @@ def j2k_ybr_no_mct(out):
     save(ds, out / "j2k_ybr_full_no_mct.dcm")
 
 
+def rt_dose(out):
+    """RT Dose, 2 frames of 3 x 4, stored v = 1000 f + 10 r + c (unsigned 16), DoseGridScaling
+    0.001: the dose in Gy is v / 1000."""
+    f, r, c = np.mgrid[0:2, 0:3, 0:4]
+    ds = base("rt_dose", "1.2.840.10008.5.1.4.1.1.481.2", ExplicitVRLittleEndian,
+              modality="RTDOSE", series="series-dose")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey(ds, (1000 * f + 10 * r + c).astype(np.uint16), 16, False)
+    ds.DoseUnits = "GY"
+    ds.DoseType = "PHYSICAL"
+    ds.DoseSummationType = "PLAN"
+    ds.DoseGridScaling = "0.001"
+    ds.GridFrameOffsetVector = ["0", "2.5"]
+    ds.FrameIncrementPointer = 0x3004000C
+    ds.ImagePositionPatient = ["0", "0", "0"]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.PixelSpacing = ["2", "2"]
+    save(ds, out / "rt_dose.dcm")
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -428,6 +448,7 @@ def main(out):
     enhanced_per_frame(out)
     overlays(out)
     j2k_ybr_no_mct(out)
+    rt_dose(out)
     studies(out)
 
 

@@ -144,3 +144,21 @@ fn ybr_full_in_jpeg2000_without_mct_is_converted_to_rgb() {
     }
     assert!(worst <= 1.0, "largest difference {worst}");
 }
+
+#[test]
+fn rt_dose_grid_scaling_gives_dose_in_gray() {
+    let stack = load_dicom(&fixture_dir("dicom").join("rt_dose.dcm")).unwrap();
+    assert_eq!(stack.frames.len(), 2);
+    for (f, frame) in stack.frames.iter().enumerate() {
+        for r in 0..3 {
+            for c in 0..4 {
+                let stored = (1000 * f + 10 * r + c) as f64;
+                let got = f64::from(frame.data[r * 4 + c]);
+                assert!(
+                    (got - stored * 0.001).abs() < 1e-6,
+                    "frame {f} ({r},{c}): {got}"
+                );
+            }
+        }
+    }
+}

@@ -528,8 +528,10 @@ fn modality_lut(ds: &Obj, frame: usize, table: &Option<Lut>) -> ModalityLut {
             attrs::f64_1(g, tags::RESCALE_SLOPE),
             attrs::f64_1(g, tags::RESCALE_INTERCEPT),
         ),
+        // RT Dose stores dose / DoseGridScaling (PS3.3 C.8.8.3.4): the scaling is its slope.
         _ => (
-            attrs::f64_1(ds, tags::RESCALE_SLOPE),
+            attrs::f64_1(ds, tags::RESCALE_SLOPE)
+                .or_else(|| attrs::f64_1(ds, tags::DOSE_GRID_SCALING)),
             attrs::f64_1(ds, tags::RESCALE_INTERCEPT),
         ),
     };
