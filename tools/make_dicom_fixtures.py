@@ -389,6 +389,29 @@ def rt_dose(out):
     save(ds, out / "rt_dose.dcm")
 
 
+def dicomdir_nooffset(out):
+    """dicomdir_nooffset/DICOMDIR: dicomdir_set/DICOMDIR changed like pydicom's test file
+    DICOMDIR-nooffset: the last directory record loses its two offset elements (24 bytes)
+    while its item keeps the old length, so the item claims 24 bytes more than the file holds;
+    the sequence length is corrected. pydicom reads the record up to the end of the file. The
+    referenced images are not copied (the references are what the test compares)."""
+    import struct
+
+    b = bytearray((out / "dicomdir_set" / "DICOMDIR").read_bytes())
+    seq = b.find(b"\x04\x00\x20\x12SQ")
+    seq_len = struct.unpack_from("<I", b, seq + 8)[0]
+    pos, end, last = seq + 12, seq + 12 + seq_len, None
+    while pos < end:
+        last = pos
+        pos += 8 + struct.unpack_from("<I", b, pos + 4)[0]
+    for tag in (b"\x04\x00\x00\x14UL", b"\x04\x00\x20\x14UL"):
+        at = b.find(tag, last)
+        del b[at:at + 12]
+    struct.pack_into("<I", b, seq + 8, seq_len - 24)
+    (out / "dicomdir_nooffset").mkdir(exist_ok=True)
+    (out / "dicomdir_nooffset" / "DICOMDIR").write_bytes(bytes(b))
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -450,6 +473,7 @@ def main(out):
     j2k_ybr_no_mct(out)
     rt_dose(out)
     studies(out)
+    dicomdir_nooffset(out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 use mvfa_studio::io::dicom::{DicomErrorKind, load_dicom};
 use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::input::load_model_images;
+use mvfa_studio::io::study::scan_dicomdir;
+use std::ops::ControlFlow;
 
 use crate::support::fixture_dir;
 
@@ -161,4 +163,39 @@ fn rt_dose_grid_scaling_gives_dose_in_gray() {
             }
         }
     }
+}
+
+#[test]
+fn dicomdir_nooffset_is_read_as_pydicom_reads_it() {
+    let dir = fixture_dir("dicom");
+    // Its last record's item claims 24 bytes more than the file holds (offsets removed).
+    let scan = scan_dicomdir(&dir.join("dicomdir_nooffset/DICOMDIR"), &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    // The images are not copied next to it: every reference is reported missing, by path.
+    let mut referenced: Vec<String> = scan
+        .errors
+        .iter()
+        .map(|e| {
+            e.path
+                .strip_prefix(dir.join("dicomdir_nooffset"))
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
+    referenced.sort();
+    // pydicom: FileSet(dcmread("DICOMDIR-nooffset")) lists these six.
+    assert_eq!(
+        referenced,
+        [
+            "PT000000/ST000000/SE000000/IM000000",
+            "PT000000/ST000000/SE000000/IM000001",
+            "PT000000/ST000000/SE000000/IM000002",
+            "PT000000/ST000000/SE000001/IM000000",
+            "PT000000/ST000000/SE000001/IM000001",
+            "PT000000/ST000001/SE000000/IM000000",
+        ]
+    );
 }
