@@ -139,8 +139,8 @@ fn ybr_full_in_jpeg2000_without_mct_is_converted_to_rgb() {
         for c in 0..32 {
             let expected = [8 * c, 7 * r + 10, 250 - 5 * c - 2 * r].map(|v| v as f32);
             let i = (r * 32 + c) * 3;
-            for k in 0..3 {
-                worst = worst.max((frame.data[i + k] - expected[k]).abs());
+            for (got, want) in frame.data[i..i + 3].iter().zip(expected) {
+                worst = worst.max((got - want).abs());
             }
         }
     }
