@@ -91,6 +91,21 @@ pub enum PacsError {
 }
 
 impl PacsError {
+    /// No answer from `address` within the limits' timeout.
+    pub(crate) fn timeout(address: &str, limits: &Limits) -> Self {
+        PacsError::Timeout {
+            address: address.to_string(),
+            secs: limits.timeout.as_secs().max(1),
+        }
+    }
+
+    pub(crate) fn protocol(address: &str, reason: impl Into<String>) -> Self {
+        PacsError::Protocol {
+            address: address.to_string(),
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn read_file(path: &Path, reason: impl ToString) -> Self {
         PacsError::ReadFile {
             path: path.to_path_buf(),

@@ -80,6 +80,17 @@ def grey(ds, arr, bits_stored, signed):
     ds.PixelData = arr.astype(dtype).tobytes()
 
 
+def colour8(ds, rows, cols, photometric, planar):
+    """The image pixel attributes of 8-bit, 3-sample colour."""
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = photometric
+    ds.PlanarConfiguration = planar
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+
+
 def save(ds, path, implicit=False, big=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     if big:
@@ -140,13 +151,7 @@ def colour(out):
     r, c = np.mgrid[0:3, 0:4]
     rgb = np.stack([60 * c, 100 * r, 200 - 50 * c], axis=-1).astype(np.uint8)
     ds = base("rgb_planar", US_STORAGE, ExplicitVRLittleEndian, modality="US", series="series-us")
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 1
-    ds.Rows, ds.Columns = 3, 4
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    colour8(ds, 3, 4, "RGB", 1)
     ds.PixelData = np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes()
     save(ds, out / "rgb_planar.dcm")
 
@@ -357,15 +362,10 @@ def j2k_ybr_no_mct(out):
     rgb = np.stack([8 * c, 7 * r + 10, 250 - 5 * c - 2 * r], axis=-1).astype(np.uint8)
     ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
     ds = base("j2k_ybr", SC_STORAGE, ExplicitVRLittleEndian, modality="OT", series="series-ybr")
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "YBR_FULL"
-    ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = 32, 32
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    colour8(ds, 32, 32, "YBR_FULL", 0)
     ds.PixelData = ybr.tobytes()
-    ds.compress(JPEG2000Lossless, ybr, photometric_interpretation="YBR_FULL", use_mct=False)
+    ds.compress(JPEG2000Lossless, ybr, photometric_interpretation="YBR_FULL", use_mct=False,
+                generate_instance_uid=False)
     save(ds, out / "j2k_ybr_full_no_mct.dcm")
 
 

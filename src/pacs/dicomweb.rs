@@ -66,17 +66,11 @@ impl WebClient {
     }
 
     fn timeout_error(&self) -> PacsError {
-        PacsError::Timeout {
-            address: self.base.clone(),
-            secs: self.limits.timeout.as_secs().max(1),
-        }
+        PacsError::timeout(&self.base, &self.limits)
     }
 
     fn protocol_error(&self, reason: impl Into<String>) -> PacsError {
-        PacsError::Protocol {
-            address: self.base.clone(),
-            reason: reason.into(),
-        }
+        PacsError::protocol(&self.base, reason)
     }
 
     fn http_error(&self, e: ureq::Error) -> PacsError {

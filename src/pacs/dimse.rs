@@ -147,17 +147,11 @@ impl DimseClient {
     }
 
     fn timeout_error(&self) -> PacsError {
-        PacsError::Timeout {
-            address: self.address.clone(),
-            secs: self.limits.timeout.as_secs().max(1),
-        }
+        PacsError::timeout(&self.address, &self.limits)
     }
 
     fn protocol_error(&self, reason: impl Into<String>) -> PacsError {
-        PacsError::Protocol {
-            address: self.address.clone(),
-            reason: reason.into(),
-        }
+        PacsError::protocol(&self.address, reason)
     }
 
     fn ul_error(&self, e: dicom_ul::association::Error) -> PacsError {

@@ -128,6 +128,20 @@ fn no_temp_files(dir: &Path) {
     }
 }
 
+/// `score --clip <tiny CLIP> --checkpoint <ckpt> <input> --out <out>`.
+fn score_command(ckpt: &Path, input: &Path, out: &Path) -> Command {
+    let mut c = bin();
+    c.arg("score")
+        .arg("--clip")
+        .arg(clip_fixture())
+        .arg("--checkpoint")
+        .arg(ckpt)
+        .arg(input)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 #[test]
 fn score_writes_deidentified_secondary_captures_for_the_pacs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -137,17 +151,8 @@ fn score_writes_deidentified_secondary_captures_for_the_pacs() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_rescale_windows.dcm");
     let out = tmp.path().join("out");
     let score = |out: &Path, extra: &[&str]| {
-        let mut c = bin();
-        c.arg("score")
-            .arg("--clip")
-            .arg(clip_fixture())
-            .arg("--checkpoint")
-            .arg(&ckpt)
-            .arg(&source)
-            .arg("--out")
-            .arg(out)
-            .arg("--dicom")
-            .args(extra);
+        let mut c = score_command(&ckpt, &source, out);
+        c.arg("--dicom").args(extra);
         let (o, stdout, stderr) = run(&mut c);
         assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     };
@@ -256,18 +261,7 @@ fn score_writes_heatmaps_overlays_raw_maps_and_csv() {
 
     // Outputs inside a scanned folder are not scored again on a re-run.
     let nested = tmp.path().join("images/results");
-    let args = |out: &Path| {
-        let mut c = bin();
-        c.arg("score")
-            .arg("--clip")
-            .arg(clip_fixture())
-            .arg("--checkpoint")
-            .arg(&ckpt)
-            .arg(tmp.path().join("images"))
-            .arg("--out")
-            .arg(out);
-        c
-    };
+    let args = |out: &Path| score_command(&ckpt, &tmp.path().join("images"), out);
     for _ in 0..2 {
         let (o, _, stderr) = run(&mut args(&nested));
         assert!(o.status.success(), "{stderr}");

@@ -358,30 +358,27 @@ fn collect_dcm(dir: &Path, out: &mut Vec<PathBuf>) {
     out.sort();
 }
 
+/// A running Orthanc, or `None` after printing why the test `what` skips.
+fn orthanc_or_skip(what: &str) -> Option<Orthanc> {
+    Orthanc::start()
+        .map_err(|reason| eprintln!("SKIPPED {what}: {reason}"))
+        .ok()
+}
+
 #[test]
 fn orthanc_dimse_store_find_get_byte_identical_and_send_back() {
-    let orthanc = match Orthanc::start() {
-        Ok(o) => o,
-        Err(reason) => {
-            eprintln!("SKIPPED orthanc_dimse round trip: {reason}");
-            return;
-        }
-    };
-    let node = orthanc.dimse();
-    round_trip(&node, &node);
+    if let Some(orthanc) = orthanc_or_skip("orthanc_dimse round trip") {
+        let node = orthanc.dimse();
+        round_trip(&node, &node);
+    }
 }
 
 #[test]
 fn orthanc_dicomweb_store_find_get_byte_identical_and_send_back() {
-    let orthanc = match Orthanc::start() {
-        Ok(o) => o,
-        Err(reason) => {
-            eprintln!("SKIPPED orthanc_dicomweb round trip: {reason}");
-            return;
-        }
-    };
-    let node = orthanc.web();
-    round_trip(&node, &node);
+    if let Some(orthanc) = orthanc_or_skip("orthanc_dicomweb round trip") {
+        let node = orthanc.web();
+        round_trip(&node, &node);
+    }
 }
 
 fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
@@ -401,12 +398,8 @@ fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
 
 #[test]
 fn pacs_cli_saves_nodes_echoes_sends_finds_and_gets_against_orthanc() {
-    let orthanc = match Orthanc::start() {
-        Ok(o) => o,
-        Err(reason) => {
-            eprintln!("SKIPPED pacs CLI test: {reason}");
-            return;
-        }
+    let Some(orthanc) = orthanc_or_skip("pacs CLI test") else {
+        return;
     };
     let tmp = tempfile::tempdir().unwrap();
     let nodes = tmp.path().join("nodes.json");
