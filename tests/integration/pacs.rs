@@ -17,8 +17,8 @@ use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::resample::Image8;
 use mvfa_studio::pacs::node::{DimseEndpoint, WebEndpoint};
 use mvfa_studio::pacs::{
-    Endpoint, GetTarget, InstanceRef, Level, Limits, Node, PacsClient, PacsError, Query, WebAuth,
-    connect, retrieve,
+    Endpoint, GetTarget, InstanceRef, Level, Limits, Node, PacsClient, PacsError, Query, Secret,
+    WebAuth, connect, retrieve,
 };
 
 use crate::support::fixture_dir;
@@ -66,6 +66,11 @@ struct Orthanc {
 impl Orthanc {
     /// Starts Orthanc, or says why it cannot (then the caller skips).
     fn start() -> Result<Self, String> {
+        Self::start_with_users(&[])
+    }
+
+    /// [`Orthanc::start`] with HTTP basic authentication for these (user, password) pairs.
+    fn start_with_users(users: &[(&str, &str)]) -> Result<Self, String> {
         if !Path::new(ORTHANC).exists() {
             return Err(format!(
                 "{ORTHANC} not installed (apt-get install orthanc orthanc-dicomweb)"
@@ -79,6 +84,10 @@ impl Orthanc {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (http_port, dicom_port) = (free_port(), free_port());
         let storage = dir.path().join("storage");
+        let registered: serde_json::Map<String, serde_json::Value> = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), serde_json::Value::from(*p)))
+            .collect();
         let config = serde_json::json!({
             "Name": "mvfa-test",
             "StorageDirectory": storage,
@@ -87,7 +96,8 @@ impl Orthanc {
             "DicomPort": dicom_port,
             "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": false,
-            "AuthenticationEnabled": false,
+            "AuthenticationEnabled": !users.is_empty(),
+            "RegisteredUsers": registered,
             "HttpServerEnabled": true,
             "DicomCheckCalledAet": false,
             "DicomAlwaysAllowEcho": true,
@@ -360,9 +370,46 @@ fn collect_dcm(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// A running Orthanc, or `None` after printing why the test `what` skips.
 fn orthanc_or_skip(what: &str) -> Option<Orthanc> {
-    Orthanc::start()
+    skip_unless(what, Orthanc::start())
+}
+
+fn skip_unless(what: &str, started: Result<Orthanc, String>) -> Option<Orthanc> {
+    started
         .map_err(|reason| eprintln!("SKIPPED {what}: {reason}"))
         .ok()
+}
+
+#[test]
+fn dicomweb_basic_authentication_is_sent_and_refusal_is_reported() {
+    let Some(orthanc) = skip_unless(
+        "DICOMweb authentication",
+        Orthanc::start_with_users(&[("rad", "s3cret-pw")]),
+    ) else {
+        return;
+    };
+    let with = |auth: WebAuth| {
+        let mut node = orthanc.web();
+        if let Endpoint::Dicomweb(w) = &mut node.endpoint {
+            w.auth = auth;
+        }
+        connect(&node).unwrap().echo()
+    };
+    with(WebAuth::Basic {
+        username: "rad".into(),
+        password: Secret::new("s3cret-pw"),
+    })
+    .unwrap();
+    for auth in [
+        WebAuth::None,
+        WebAuth::Basic {
+            username: "rad".into(),
+            password: Secret::new("wrong-pw"),
+        },
+    ] {
+        let e = with(auth).unwrap_err();
+        assert!(matches!(e, PacsError::Http { status: 401, .. }), "{e:?}");
+        assert!(!format!("{e} {e:?}").contains("pw"), "{e}");
+    }
 }
 
 #[test]
