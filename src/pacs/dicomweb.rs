@@ -156,18 +156,20 @@ impl WebClient {
         Ok((status, content_type, body))
     }
 
-    /// A QIDO-RS search at `path` with `params`, read as DICOM JSON objects.
+    /// A QIDO-RS search at `path` with `params`, read as DICOM JSON objects; at most `limit`
+    /// matches are accepted.
     fn search(
         &self,
         path: &str,
         params: &[(String, String)],
+        limit: usize,
     ) -> Result<Vec<serde_json::Map<String, Value>>, PacsError> {
         let mut request = self
             .agent
             .get(format!("{}{path}", self.base))
             .header("Accept", DICOM_JSON)
             // One more than allowed, to tell "exactly the limit" from "too many".
-            .query("limit", (self.limits.max_matches + 1).to_string());
+            .query("limit", (limit + 1).to_string());
         for (k, v) in params {
             request = request.query(k, v);
         }
@@ -180,10 +182,10 @@ impl WebClient {
         let Value::Array(items) = value else {
             return Err(self.protocol_error("search answer is not a JSON array"));
         };
-        if items.len() > self.limits.max_matches {
+        if items.len() > limit {
             return Err(PacsError::TooLarge {
                 address: self.base.clone(),
-                limit: self.limits.max_matches,
+                limit,
                 unit: "matches",
             });
         }
@@ -213,7 +215,13 @@ impl WebClient {
 
 impl PacsClient for WebClient {
     fn echo(&self) -> Result<(), PacsError> {
-        self.search("/studies", &[]).map(drop)
+        // A search for (at most a couple of) studies: cheap on any archive.
+        self.search("/studies", &[], 1)
+            .map(drop)
+            .or_else(|e| match e {
+                PacsError::TooLarge { .. } => Ok(()),
+                other => Err(other),
+            })
     }
 
     fn find(&self, query: &Query) -> Result<Vec<Match>, PacsError> {
@@ -241,7 +249,7 @@ impl PacsClient for WebClient {
                 params.push((tag, key.value.clone()));
             }
         }
-        let items = self.search(&path, &params)?;
+        let items = self.search(&path, &params, self.limits.max_matches)?;
         self.matches(query.level, items)
     }
 
@@ -251,7 +259,7 @@ impl PacsClient for WebClient {
             Some(se) => format!("/studies/{}/series/{se}/instances", target.study_uid),
             None => format!("/studies/{}/instances", target.study_uid),
         };
-        let items = self.search(&path, &[])?;
+        let items = self.search(&path, &[], self.limits.max_matches)?;
         Ok(self
             .matches(Level::Instance, items)?
             .iter()
