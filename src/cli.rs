@@ -8,6 +8,7 @@ mod bench;
 pub mod common;
 mod eval;
 mod inspect;
+mod pacs;
 mod score;
 mod smoke;
 mod synth_data;
@@ -58,6 +59,8 @@ pub enum Command {
     /// Time the adapted forward pass, text features, few-shot search and a training step with
     /// random weights (full ViT-L/14-336 at 240 px by default), and report peak memory.
     Bench(bench::BenchArgs),
+    /// Query, retrieve from and store to a PACS over DICOMweb or DIMSE.
+    Pacs(pacs::PacsArgs),
 }
 
 /// Lets a closed output pipe (`mvfa-studio inspect dir | head -1`) end the process quietly,
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Pacs(args) => pacs::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@
 //! - [`train`]: fine-tuning loop, augmentation, calibration, progress and cancellation.
 //! - [`io`]: DICOM, raster and NIfTI studies, model input, exports.
 //! - [`eval`]: exact ROC AUC and benchmark protocols.
+//! - [`pacs`]: PACS client (DICOMweb and DIMSE): query, retrieve, store.
 //! - [`app`]: the egui application.
 //! - [`workflow`]: the user-level steps both front ends run (open weights, load a detector,
 //!   collect shots, fit, score).
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod pacs;
 pub mod rng;
 pub mod train;
 pub mod weights;

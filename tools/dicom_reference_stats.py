@@ -8,8 +8,9 @@ Needs pydicom 3.0.2 with pylibjpeg (+ -libjpeg, -openjpeg, -rle) and pyjpegls. F
 of MANIFEST.csv whose reference decode is "ok" it writes the statistics of the pixel values in
 the units `mvfa_studio::io::dicom::load_dicom` promises:
 - grey: stored values after the modality LUT (RescaleSlope/Intercept, taken per frame from the
-  per-frame functional groups, then the shared ones, then the top level; or a Modality LUT
-  Sequence), 1-bit data as 0/1;
+  per-frame functional groups, then the shared ones, then the top level; RT Dose's
+  DoseGridScaling as the slope when there is no RescaleSlope; or a Modality LUT Sequence),
+  1-bit data as 0/1;
 - colour: RGB on the 0..255 scale (YBR converted by pydicom, PALETTE COLOR expanded through its
   LUT with 16-bit entries divided by 257).
 The Rust conformance test (tests/io_dicom_corpus.rs) compares its own decode with these.
@@ -35,6 +36,8 @@ def frame_rescale(ds, i):
                 return float(pvt[0].RescaleSlope), float(pvt[0].RescaleIntercept)
     if "RescaleSlope" in ds:
         return float(ds.RescaleSlope), float(ds.get("RescaleIntercept", 0.0))
+    if "DoseGridScaling" in ds:
+        return float(ds.DoseGridScaling), float(ds.get("RescaleIntercept", 0.0))
     return 1.0, 0.0
 
 

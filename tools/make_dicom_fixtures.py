@@ -80,6 +80,17 @@ def grey(ds, arr, bits_stored, signed):
     ds.PixelData = arr.astype(dtype).tobytes()
 
 
+def colour8(ds, rows, cols, photometric, planar):
+    """The image pixel attributes of 8-bit, 3-sample colour."""
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = photometric
+    ds.PlanarConfiguration = planar
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+
+
 def save(ds, path, implicit=False, big=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     if big:
@@ -140,13 +151,7 @@ def colour(out):
     r, c = np.mgrid[0:3, 0:4]
     rgb = np.stack([60 * c, 100 * r, 200 - 50 * c], axis=-1).astype(np.uint8)
     ds = base("rgb_planar", US_STORAGE, ExplicitVRLittleEndian, modality="US", series="series-us")
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 1
-    ds.Rows, ds.Columns = 3, 4
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    colour8(ds, 3, 4, "RGB", 1)
     ds.PixelData = np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes()
     save(ds, out / "rgb_planar.dcm")
 
@@ -259,6 +264,154 @@ def unsupported_and_broken(out):
     (out / "not_dicom.txt").write_text("This is not a DICOM file.\n")
 
 
+def trailing_bytes(out):
+    """Complete pixel data followed by bytes that do not parse as elements: a trailing
+    DataSetTrailingPadding (FFFC,FFFC) whose declared length runs past the end of the file,
+    and three stray bytes. pydicom opens both (with a warning); so must we."""
+    data = (out / "ct_rescale_windows.dcm").read_bytes()
+    cut_element = b"\xfc\xff\xfc\xffOB\x00\x00" + (4096).to_bytes(4, "little") + bytes(10)
+    (out / "trailing_truncated_element.dcm").write_bytes(data + cut_element)
+    (out / "trailing_junk.dcm").write_bytes(data + b"\x01\x02\x03")
+
+
+def voi_lut(out):
+    """Stored v = 4 r + c + 100 (no rescale), no window, a VOI LUT Sequence of two LUTs: an
+    8-bit ramp over 104..111 ("RAMP") and a 16-bit inverse over 100..115 ("INVERSE")."""
+    r, c = np.mgrid[0:4, 0:4]
+    ds = base("voi_lut", "1.2.840.10008.5.1.4.1.1.1", ExplicitVRLittleEndian, modality="CR")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey(ds, (4 * r + c + 100).astype(np.uint16), 12, False)
+    ramp = Dataset()
+    ramp.add_new(0x00283002, "US", [8, 104, 8])
+    ramp.add_new(0x00283003, "LO", "RAMP")
+    ramp.add_new(0x00283006, "US", [0, 36, 73, 109, 146, 182, 219, 255])
+    inverse = Dataset()
+    inverse.add_new(0x00283002, "US", [16, 100, 16])
+    inverse.add_new(0x00283003, "LO", "INVERSE")
+    inverse.add_new(0x00283006, "US", [65535 - 4369 * i for i in range(16)])
+    ds.VOILUTSequence = Sequence([ramp, inverse])
+    save(ds, out / "voi_lut.dcm")
+
+
+def enhanced_per_frame(out):
+    """3 frames of 2 x 3, stored v = 10 f + 3 r + c; each frame its own rescale (slope f + 1,
+    intercept -100 f) and its own window (center 50 f, width 20 + 10 f, labelled F<f>) in the
+    Per-Frame Functional Groups, nothing shared."""
+    f, r, c = np.mgrid[0:3, 0:2, 0:3]
+    ds = base("enhanced_per_frame", ENHANCED_CT, ExplicitVRLittleEndian, series="series-pf")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey(ds, (10 * f + 3 * r + c).astype(np.uint16), 16, False)
+    per = []
+    for k in range(3):
+        item = Dataset()
+        pvt = Dataset()
+        pvt.RescaleSlope = str(k + 1)
+        pvt.RescaleIntercept = str(-100 * k)
+        pvt.RescaleType = "HU"
+        item.PixelValueTransformationSequence = Sequence([pvt])
+        voi = Dataset()
+        voi.WindowCenter = str(50 * k)
+        voi.WindowWidth = str(20 + 10 * k)
+        voi.WindowCenterWidthExplanation = "F%d" % k
+        item.FrameVOILUTSequence = Sequence([voi])
+        per.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per)
+    save(ds, out / "enhanced_per_frame.dcm")
+
+
+def overlays(out):
+    """ct_rescale_windows.dcm plus two overlay planes: 6000 an ROI of 3 x 4 at row 2, column 3
+    (1-based) with its main diagonal set, labelled "ROI-A"; 6002 a full-size graphic with the
+    top-left and bottom-right pixels set. The pixels must load exactly as without them."""
+    ds = pydicom.dcmread(out / "ct_rescale_windows.dcm")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid("overlays")
+
+    def packed(bits):
+        bits = np.asarray(bits, dtype=np.uint8).ravel()
+        bits = np.concatenate([bits, np.zeros((-len(bits)) % 16, np.uint8)])
+        return np.packbits(bits, bitorder="little").tobytes()
+
+    roi = np.zeros((3, 4), np.uint8)
+    for i in range(3):
+        roi[i, i] = 1
+    full = np.zeros((6, 8), np.uint8)
+    full[0, 0] = full[5, 7] = 1
+    for group, bits, origin, kind, label in [
+        (0x6000, roi, [2, 3], "R", "ROI-A"),
+        (0x6002, full, [1, 1], "G", None),
+    ]:
+        ds.add_new((group, 0x0010), "US", bits.shape[0])
+        ds.add_new((group, 0x0011), "US", bits.shape[1])
+        ds.add_new((group, 0x0040), "CS", kind)
+        ds.add_new((group, 0x0050), "SS", origin)
+        ds.add_new((group, 0x0100), "US", 1)
+        ds.add_new((group, 0x0102), "US", 0)
+        if label:
+            ds.add_new((group, 0x1500), "LO", label)
+        ds.add_new((group, 0x3000), "OW", packed(bits))
+    save(ds, out / "overlays.dcm")
+
+
+def j2k_ybr_no_mct(out):
+    """32 x 32 RGB colours (big enough for OpenJPEG's default resolution levels) stored as YBR_FULL samples in a lossless JPEG 2000 codestream without
+    the multiple component transform (MCT 0): the decoder hands back Y, Cb, Cr, which the
+    reader must convert to RGB itself."""
+    from pydicom.pixels import convert_color_space
+
+    r, c = np.mgrid[0:32, 0:32]
+    rgb = np.stack([8 * c, 7 * r + 10, 250 - 5 * c - 2 * r], axis=-1).astype(np.uint8)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = base("j2k_ybr", SC_STORAGE, ExplicitVRLittleEndian, modality="OT", series="series-ybr")
+    colour8(ds, 32, 32, "YBR_FULL", 0)
+    ds.PixelData = ybr.tobytes()
+    ds.compress(JPEG2000Lossless, ybr, photometric_interpretation="YBR_FULL", use_mct=False,
+                generate_instance_uid=False)
+    save(ds, out / "j2k_ybr_full_no_mct.dcm")
+
+
+def rt_dose(out):
+    """RT Dose, 2 frames of 3 x 4, stored v = 1000 f + 10 r + c (unsigned 16), DoseGridScaling
+    0.001: the dose in Gy is v / 1000."""
+    f, r, c = np.mgrid[0:2, 0:3, 0:4]
+    ds = base("rt_dose", "1.2.840.10008.5.1.4.1.1.481.2", ExplicitVRLittleEndian,
+              modality="RTDOSE", series="series-dose")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    grey(ds, (1000 * f + 10 * r + c).astype(np.uint16), 16, False)
+    ds.DoseUnits = "GY"
+    ds.DoseType = "PHYSICAL"
+    ds.DoseSummationType = "PLAN"
+    ds.DoseGridScaling = "0.001"
+    ds.GridFrameOffsetVector = ["0", "2.5"]
+    ds.FrameIncrementPointer = 0x3004000C
+    ds.ImagePositionPatient = ["0", "0", "0"]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.PixelSpacing = ["2", "2"]
+    save(ds, out / "rt_dose.dcm")
+
+
+def dicomdir_nooffset(out):
+    """dicomdir_nooffset/DICOMDIR: dicomdir_set/DICOMDIR changed like pydicom's test file
+    DICOMDIR-nooffset: the last directory record loses its two offset elements (24 bytes)
+    while its item keeps the old length, so the item claims 24 bytes more than the file holds;
+    the sequence length is corrected. pydicom reads the record up to the end of the file. The
+    referenced images are not copied (the references are what the test compares)."""
+    import struct
+
+    b = bytearray((out / "dicomdir_set" / "DICOMDIR").read_bytes())
+    seq = b.find(b"\x04\x00\x20\x12SQ")
+    seq_len = struct.unpack_from("<I", b, seq + 8)[0]
+    pos, end, last = seq + 12, seq + 12 + seq_len, None
+    while pos < end:
+        last = pos
+        pos += 8 + struct.unpack_from("<I", b, pos + 4)[0]
+    for tag in (b"\x04\x00\x00\x14UL", b"\x04\x00\x20\x14UL"):
+        at = b.find(tag, last)
+        del b[at:at + 12]
+    struct.pack_into("<I", b, seq + 8, seq_len - 24)
+    (out / "dicomdir_nooffset").mkdir(exist_ok=True)
+    (out / "dicomdir_nooffset" / "DICOMDIR").write_bytes(bytes(b))
+
+
 def studies(out):
     """A folder of loose files (two studies, three series) and a DICOMDIR set of the same."""
     folder = out / "study_folder"
@@ -313,7 +466,14 @@ def main(out):
     enhanced(out)
     compressed(out)
     unsupported_and_broken(out)
+    trailing_bytes(out)
+    voi_lut(out)
+    enhanced_per_frame(out)
+    overlays(out)
+    j2k_ybr_no_mct(out)
+    rt_dose(out)
     studies(out)
+    dicomdir_nooffset(out)
 
 
 if __name__ == "__main__":

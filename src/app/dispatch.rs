@@ -138,6 +138,7 @@ pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
                     width: width.max(1.0),
                     function: display.window.function,
                     label: "Custom".into(),
+                    lut: None,
                 };
                 set_display(state, display);
             }

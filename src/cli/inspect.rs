@@ -5,7 +5,8 @@
 //! app can show it. `--no-decode` reads headers only (fast, for large archives).
 //!
 //! Line formats:
-//! - `PATH: MODALITY, TRANSFER SYNTAX, ROWS x COLUMNS, N frame(s)` for an image;
+//! - `PATH: MODALITY, TRANSFER SYNTAX, ROWS x COLUMNS, N frame(s)` for an image, followed by
+//!   `; warning: WHAT` for each thing the loader tolerated (e.g. bytes after the pixel data);
 //! - `PATH: MODALITY, TRANSFER SYNTAX, no image (SOP CLASS)` for an instance without pixel data;
 //! - `PATH: error: PROBLEM` for a file that cannot be read or decoded;
 //! - `PATH: skipped: not a DICOM file` only for non-DICOM files named on the command line
@@ -110,13 +111,11 @@ fn inspect_file(
         Ok(stack) => {
             counts.decoded += 1;
             let f = &stack.frames[0];
-            Some(image_line(
-                path,
-                &summary,
-                f.height,
-                f.width,
-                stack.frames.len(),
-            ))
+            let mut line = image_line(path, &summary, f.height, f.width, stack.frames.len());
+            for w in &stack.warnings {
+                line.push_str(&format!("; warning: {w}"));
+            }
+            Some(line)
         }
         Err(e) if e.kind == DicomErrorKind::NoPixelData => {
             counts.images -= 1;

@@ -4,8 +4,14 @@
 //!
 //! ```text
 //! mvfa-studio score --clip ViT-L-14-336.safetensors --checkpoint brain.safetensors \
-//!     scans/ extra.dcm --out results/ [--raw [--raw-format npy]] [--opacity 0.5]
+//!     scans/ extra.dcm --out results/ [--raw [--raw-format npy]] [--opacity 0.5] [--dicom]
 //! ```
+//!
+//! With `--dicom`, each overlay is also written as a DICOM Secondary Capture
+//! (`<name>.sc.dcm`, all of one run in one new series) filed under its source's study, ready
+//! for `pacs send`. These are de-identified by the PS3.15 basic profile unless `--identified`;
+//! the retain options are explicit flags, and one run uses one key, so its UIDs and
+//! pseudonyms are consistent.
 //!
 //! The heatmap is the calibrated fused map when the checkpoint is calibrated, else the
 //! zero-shot map, resized from the model's 240 px square back to the frame's original size.
@@ -21,13 +27,16 @@ use burn::prelude::*;
 use safetensors::{Dtype, tensor::TensorView};
 
 use super::common::{self, ModelArgs, open_backbone};
+use crate::io::dicom::looks_like_dicom;
 use crate::io::export::{
-    FloatMap, OverlayOptions, ScoreRow, write_atomically, write_heatmap_png, write_overlay_png,
-    write_scores_csv,
+    Anonymise, Dates, FloatMap, OverlayOptions, ScOptions, ScoreRow, SourceAttributes, new_uid,
+    write_atomically, write_heatmap_png, write_overlay_png, write_scores_csv,
+    write_secondary_capture,
 };
 use crate::io::input::collect_files;
 use crate::io::model_input::MODEL_INPUT_SIZE;
 use crate::io::output::{InputSet, OutputKind, check_output};
+use crate::io::resample::Image8;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
 use crate::workflow::{ScoredFrame, map_at_original, open_detector, score_file};
@@ -71,6 +80,113 @@ pub struct ScoreArgs {
     /// Leave overlay pixels whose map value is below this uncoloured.
     #[arg(long, value_name = "VALUE")]
     pub hide_below: Option<f32>,
+    /// Also write each overlay as a DICOM Secondary Capture, `<name>.sc.dcm`.
+    #[arg(long)]
+    pub dicom: bool,
+    #[command(flatten)]
+    pub deid: DeidArgs,
+}
+
+/// De-identification of the `--dicom` Secondary Captures (PS3.15 basic profile by default).
+#[derive(clap::Args, Debug)]
+pub struct DeidArgs {
+    /// Keep the patient's identity and the source study (no de-identification).
+    #[arg(long, requires = "dicom")]
+    pub identified: bool,
+    /// Study and content dates: removed, shifted back by whole days (the same shift for one
+    /// patient under one key), or kept.
+    #[arg(long, value_enum, default_value = "remove", requires = "dicom")]
+    pub dates: DatesArg,
+    /// Keep patient sex and age.
+    #[arg(long, requires = "dicom")]
+    pub retain_patient_characteristics: bool,
+    /// Keep the source's station name and device serial number.
+    #[arg(long, requires = "dicom")]
+    pub retain_device_identity: bool,
+    /// Environment variable holding the de-identification key: the same key gives the same
+    /// pseudonyms and UIDs across runs. Default: a fresh key per run.
+    #[arg(long, value_name = "VAR", requires = "dicom")]
+    pub deid_key_env: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatesArg {
+    Remove,
+    Shift,
+    Keep,
+}
+
+impl DeidArgs {
+    fn anonymise(&self) -> anyhow::Result<Option<Anonymise>> {
+        if self.identified {
+            return Ok(None);
+        }
+        let mut a = Anonymise {
+            dates: match self.dates {
+                DatesArg::Remove => Dates::Remove,
+                DatesArg::Shift => Dates::Shift,
+                DatesArg::Keep => Dates::Keep,
+            },
+            retain_patient_characteristics: self.retain_patient_characteristics,
+            retain_device_identity: self.retain_device_identity,
+            ..Anonymise::default()
+        };
+        if let Some(var) = &self.deid_key_env {
+            a.key = std::env::var(var)
+                .with_context(|| format!("environment variable {var} is not set"))?;
+        }
+        Ok(Some(a))
+    }
+}
+
+/// The Secondary Captures of one run: one series, one de-identification key.
+struct ScExport {
+    options: ScOptions,
+    sources: HashMap<PathBuf, SourceAttributes>,
+}
+
+impl ScExport {
+    fn new(args: &DeidArgs) -> anyhow::Result<Self> {
+        Ok(ScExport {
+            options: ScOptions {
+                series_instance_uid: Some(new_uid()),
+                instance_number: 0,
+                anonymise: args.anonymise()?,
+                ..ScOptions::default()
+            },
+            sources: HashMap::new(),
+        })
+    }
+
+    /// Writes `<out>/<name>.sc.dcm` under the study of `source` (a DICOM file) or a new one.
+    fn write(
+        &mut self,
+        out: &Path,
+        name: &str,
+        source: &Path,
+        overlay: &Image8,
+    ) -> anyhow::Result<()> {
+        let attributes = match self.sources.get(source) {
+            Some(a) => a.clone(),
+            None => {
+                let a = if looks_like_dicom(source) {
+                    SourceAttributes::from_file(source)?
+                } else {
+                    SourceAttributes::none()
+                };
+                self.sources.insert(source.to_path_buf(), a.clone());
+                a
+            }
+        };
+        self.options.instance_number += 1;
+        write_secondary_capture(
+            &out.join(format!("{name}.sc.dcm")),
+            overlay,
+            &attributes,
+            &self.options,
+        )?;
+        Ok(())
+    }
 }
 
 fn parse_range(s: &str) -> Result<(f32, f32), String> {
@@ -110,6 +226,8 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
 struct Written {
     name: String,
     row: ScoreRow,
+    /// The overlay image, until the Secondary Capture (if any) is written.
+    overlay: Option<Image8>,
 }
 
 fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
@@ -162,6 +280,11 @@ fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<Exi
     bar.set_message("scoring");
     let mut names = NameAllocator::default();
     let mut written: Vec<Written> = Vec::new();
+    let mut sc_export = if args.dicom {
+        Some(ScExport::new(&args.deid)?)
+    } else {
+        None
+    };
     for file in &files {
         bar.inc(1);
         let scored = match score_file(detector, file, device) {
@@ -178,7 +301,11 @@ fn score<B: Backend>(args: &ScoreArgs, device: &B::Device) -> anyhow::Result<Exi
                 bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
             }
             let name = names.allocate(&image.source, image.frame, image.frames);
-            let w = write_frame::<B>(args, detector, frame, name, organ, &scored_inputs, device)?;
+            let mut w =
+                write_frame::<B>(args, detector, frame, name, organ, &scored_inputs, device)?;
+            if let (Some(sc), Some(overlay)) = (sc_export.as_mut(), w.overlay.take()) {
+                sc.write(&args.out, &w.name, &image.source, &overlay)?;
+            }
             bar.suspend(|| println!("{}", summary_line(&w, &image.label())));
             written.push(w);
         }
@@ -307,7 +434,13 @@ fn write_frame<B: Backend>(
     inputs: &InputSet,
     device: &B::Device,
 ) -> anyhow::Result<Written> {
-    for suffix in ["heatmap.png", "overlay.png", "raw.safetensors", "raw"] {
+    for suffix in [
+        "heatmap.png",
+        "overlay.png",
+        "raw.safetensors",
+        "raw",
+        "sc.dcm",
+    ] {
         inputs.ensure_not_input(&args.out.join(format!("{name}.{suffix}")))?;
     }
     let (frame, result) = (&scored.image, &scored.result);
@@ -323,7 +456,7 @@ fn write_frame<B: Backend>(
         threshold: args.hide_below,
         ..OverlayOptions::default()
     };
-    write_overlay_png(
+    let overlay = write_overlay_png(
         &args.out.join(format!("{name}.overlay.png")),
         &frame.display,
         &heat,
@@ -371,6 +504,7 @@ fn write_frame<B: Backend>(
                 decision,
             ],
         },
+        overlay: args.dicom.then_some(overlay.image),
     })
 }
 

@@ -30,6 +30,7 @@ mod jpeg12;
 mod jpeg_ls;
 mod lut;
 mod metadata;
+mod overlay;
 mod pixels;
 mod prescan;
 mod rle;
@@ -117,8 +118,10 @@ pub fn load_dicom(path: &Path) -> Result<ImageStack, DicomError> {
 pub fn load_dicom_bytes(bytes: &[u8], source: &Path) -> Result<ImageStack, DicomError> {
     guard::guarded(source, || {
         let bytes = source::maybe_gunzip(bytes, source)?;
-        let obj = source::parse(&bytes, source, false)?;
-        pixels::decode_stack(&obj, source)
+        let (obj, warning) = source::parse_lenient(&bytes, source)?;
+        let mut stack = pixels::decode_stack(&obj, source)?;
+        stack.warnings.extend(warning);
+        Ok(stack)
     })
 }
 
@@ -148,7 +151,7 @@ pub(crate) fn parse_object(
 ) -> Result<dicom_object::DefaultDicomObject, DicomError> {
     guard::guarded(path, || {
         let bytes = source::maybe_gunzip(bytes, path)?;
-        source::parse(&bytes, path, false)
+        source::parse_lenient(&bytes, path).map(|(obj, _)| obj)
     })
 }
 

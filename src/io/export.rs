@@ -16,7 +16,7 @@ pub mod overlay;
 pub use atomic::write_atomically;
 pub use csv::{ScoreRow, scores_csv_string, write_scores_csv};
 pub use dicom_sc::{
-    Anonymise, ScOptions, ScWritten, SourceAttributes, derived_uid, new_uid,
+    Anonymise, Dates, ScOptions, ScWritten, SourceAttributes, derived_uid, new_uid,
     write_secondary_capture,
 };
 pub use heatmap::{FloatMap, HeatmapScale, read_heatmap_png, write_heatmap_png};

@@ -49,7 +49,8 @@ pub enum VoiFunction {
     Sigmoid,
 }
 
-/// A window (VOI) in modality units, e.g. from a WindowCenter/WindowWidth pair of the file.
+/// A window (VOI) in modality units, e.g. from a WindowCenter/WindowWidth pair of the file,
+/// or a VOI LUT of the file's VOI LUT Sequence ([`Window::lut`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     /// Window centre (level), modality units.
@@ -58,8 +59,80 @@ pub struct Window {
     pub width: f64,
     /// How values inside the window map to grey levels (see [`Window::map`]).
     pub function: VoiFunction,
-    /// WindowCenterWidthExplanation, or a generated label such as "Full range".
+    /// WindowCenterWidthExplanation, LUTExplanation, or a generated label such as
+    /// "Full range".
     pub label: String,
+    /// A lookup table that replaces the center/width function when present; center and width
+    /// then describe the range of values it maps (a starting point for manual windowing).
+    #[serde(default)]
+    pub lut: Option<VoiLut>,
+}
+
+/// A VOI LUT (PS3.3 C.11.2.1.1): modality value `x` maps to
+/// `data[clamp(round(x) - first_mapped, 0, len - 1)]`, out of `0..2^bits`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VoiLut {
+    pub first_mapped: i64,
+    pub data: Vec<u16>,
+    /// Bits per entry, 1 to 16.
+    pub bits: u16,
+}
+
+impl VoiLut {
+    /// The display value `0.0..=255.0` of modality value `x` (NaN maps to 0).
+    pub fn map(&self, x: f64) -> f64 {
+        let Some(last) = self.data.len().checked_sub(1) else {
+            return 0.0;
+        };
+        if x.is_nan() {
+            return 0.0;
+        }
+        let index = (x.round() - self.first_mapped as f64).clamp(0.0, last as f64) as usize;
+        let max = ((1u32 << self.bits.clamp(1, 16)) - 1) as f64;
+        (f64::from(self.data[index]) / max).min(1.0) * 255.0
+    }
+}
+
+/// An overlay plane of a DICOM file (PS3.3 C.9.2): a bitmap for the viewer to draw over the
+/// image, kept apart from the frames so that it never reaches the model input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverlayPlane {
+    /// The repeating group, 0x6000 to 0x601E.
+    pub group: u16,
+    pub rows: u32,
+    pub columns: u32,
+    /// Image row and column (0-based) of the overlay's first pixel; may be negative.
+    pub origin: (i32, i32),
+    /// OverlayType: "G" (graphics) or "R" (region of interest).
+    pub kind: String,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    /// The image frame (0-based) that the first overlay frame belongs to.
+    pub first_frame: usize,
+    /// One bitmap per overlay frame: `rows * columns` bytes, 1 where the overlay is set.
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl OverlayPlane {
+    /// Whether the overlay is set over image pixel (`row`, `column`) of image frame `frame`.
+    pub fn is_set(&self, frame: usize, row: i64, column: i64) -> bool {
+        let Some(bitmap) = frame
+            .checked_sub(self.first_frame)
+            .and_then(|f| self.frames.get(f))
+        else {
+            return false;
+        };
+        let (r, c) = (
+            row - i64::from(self.origin.0),
+            column - i64::from(self.origin.1),
+        );
+        if r < 0 || c < 0 || r >= i64::from(self.rows) || c >= i64::from(self.columns) {
+            return false;
+        }
+        bitmap
+            .get(r as usize * self.columns as usize + c as usize)
+            .is_some_and(|&b| b != 0)
+    }
 }
 
 /// A node of the per-instance metadata tree shown in the viewer's metadata panel.
@@ -88,6 +161,11 @@ pub struct ImageStack {
     pub metadata: Vec<MetadataNode>,
     /// Acquisition context (modality, UIDs, geometry); all `None`/empty for plain rasters.
     pub info: ImageInfo,
+    /// Overlay planes for the viewer to draw (DICOM 60xx groups); never part of `frames`.
+    pub overlays: Vec<OverlayPlane>,
+    /// What the loader tolerated (e.g. unparsable bytes after complete pixel data), for the
+    /// viewer and `inspect` to show.
+    pub warnings: Vec<String>,
 }
 
 /// Where an image comes from and how it sits in the patient: what the viewer shows next to the
@@ -121,9 +199,23 @@ pub struct ImageInfo {
     pub bits_stored: Option<u16>,
     /// Transfer syntax UID of the source file.
     pub transfer_syntax_uid: Option<String>,
+    /// Window presets per frame, for enhanced multi-frame files whose frames carry different
+    /// Frame VOI LUT functional groups: entry k is frame k's presets. Empty when the stack's
+    /// `windows` serve every frame; see [`ImageStack::windows_for_frame`].
+    pub frame_windows: Vec<Vec<Window>>,
 }
 
 impl ImageStack {
+    /// The presets for frame `index`: its own (enhanced multi-frame files with per-frame VOI
+    /// groups), else the stack's.
+    pub fn windows_for_frame(&self, index: usize) -> &[Window] {
+        self.info
+            .frame_windows
+            .get(index)
+            .filter(|w| !w.is_empty())
+            .unwrap_or(&self.windows)
+    }
+
     /// The preset the viewer starts with: the first file-provided window, else the generated
     /// full-range one. `None` only for a stack with no windows at all.
     pub fn default_window(&self) -> Option<&Window> {
@@ -191,6 +283,7 @@ impl Window {
             width: max - min + 1.0,
             function: VoiFunction::Linear,
             label: "Full range".to_string(),
+            lut: None,
         }
     }
 
@@ -210,6 +303,7 @@ impl Window {
                 width: 1.0,
                 function: VoiFunction::LinearExact,
                 label: format!("Constant image (every value is {lo})"),
+                lut: None,
             };
         }
         if integer {
@@ -218,6 +312,7 @@ impl Window {
                 width: hi - lo + 1.0,
                 function: VoiFunction::Linear,
                 label: label.to_string(),
+                lut: None,
             }
         } else {
             Window {
@@ -225,6 +320,7 @@ impl Window {
                 width: hi - lo,
                 function: VoiFunction::LinearExact,
                 label: label.to_string(),
+                lut: None,
             }
         }
     }
@@ -238,10 +334,13 @@ impl Window {
     ///   `((x - c) / w + 0.5) * 255`; requires `w > 0`, a threshold at `c` otherwise.
     /// - `Sigmoid`: `255 / (1 + exp(-4 (x - c) / w))`; a threshold at `c` when `w <= 0`.
     ///
-    /// NaN maps to 0.
+    /// NaN maps to 0. A window with a [`VoiLut`] maps through the table instead.
     pub fn map(&self, x: f64) -> f64 {
         const Y_MAX: f64 = 255.0;
         let (c, w) = (self.center, self.width);
+        if let Some(lut) = &self.lut {
+            return lut.map(x);
+        }
         if x.is_nan() {
             return 0.0;
         }
@@ -457,6 +556,7 @@ mod tests {
             width: 400.0,
             function: VoiFunction::Sigmoid,
             label: String::new(),
+            lut: None,
         };
         // Integer data over a small range (table) and the same with one fraction (direct).
         let ints: Vec<f32> = (0..4096).map(|i| (i % 700) as f32 - 300.0).collect();

@@ -202,6 +202,8 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         invert: false,
         metadata,
         info: display_info(&geometry),
+        overlays: Vec::new(),
+        warnings: Vec::new(),
     };
     Ok((stack, geometry))
 }

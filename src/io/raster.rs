@@ -148,6 +148,7 @@ pub fn load_raster_bytes_with(
         width: 256.0,
         function: VoiFunction::Linear,
         label: "Full range".to_string(),
+        lut: None,
     };
     let (channels, data, windows, layout) = match img {
         DynamicImage::ImageLuma8(b) => {
@@ -281,6 +282,8 @@ pub fn load_raster_bytes_with(
         invert: false,
         metadata,
         info: Default::default(),
+        overlays: Vec::new(),
+        warnings: Vec::new(),
     })
 }
 

@@ -132,6 +132,69 @@ pub(crate) fn no_temp_files(dir: &Path) {
     }
 }
 
+/// `score --clip <tiny CLIP> --checkpoint <ckpt> <input> --out <out>`.
+fn score_command(ckpt: &Path, input: &Path, out: &Path) -> Command {
+    let mut c = bin();
+    c.arg("score")
+        .arg("--clip")
+        .arg(clip_fixture())
+        .arg("--checkpoint")
+        .arg(ckpt)
+        .arg(input)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+#[test]
+fn score_writes_deidentified_secondary_captures_for_the_pacs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_rescale_windows.dcm");
+    let out = tmp.path().join("out");
+    let score = |out: &Path, extra: &[&str]| {
+        let mut c = score_command(&ckpt, &source, out);
+        c.arg("--dicom").args(extra);
+        let (o, stdout, stderr) = run(&mut c);
+        assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    };
+    let text = |obj: &dicom_object::DefaultDicomObject, tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default()
+    };
+    use dicom_dictionary_std::tags;
+    let original = dicom_object::open_file(&source).unwrap();
+
+    score(&out, &[]);
+    let sc = dicom_object::open_file(out.join("ct_rescale_windows.sc.dcm")).unwrap();
+    assert!(text(&sc, tags::PATIENT_ID).starts_with("ANON-"));
+    assert_eq!(text(&sc, tags::PATIENT_IDENTITY_REMOVED), "YES");
+    assert_eq!(text(&sc, tags::STUDY_DATE), "");
+    assert_ne!(
+        text(&sc, tags::STUDY_INSTANCE_UID),
+        text(&original, tags::STUDY_INSTANCE_UID)
+    );
+    no_temp_files(&out);
+
+    // Identified on request: filed under the source's study.
+    let identified = tmp.path().join("identified");
+    score(&identified, &["--identified"]);
+    let sc = dicom_object::open_file(identified.join("ct_rescale_windows.sc.dcm")).unwrap();
+    assert_eq!(
+        text(&sc, tags::STUDY_INSTANCE_UID),
+        text(&original, tags::STUDY_INSTANCE_UID)
+    );
+    assert_eq!(
+        text(&sc, tags::PATIENT_ID),
+        text(&original, tags::PATIENT_ID)
+    );
+}
+
 #[test]
 fn score_writes_heatmaps_overlays_raw_maps_and_csv() {
     let tmp = tempfile::tempdir().unwrap();
@@ -202,18 +265,7 @@ fn score_writes_heatmaps_overlays_raw_maps_and_csv() {
 
     // Outputs inside a scanned folder are not scored again on a re-run.
     let nested = tmp.path().join("images/results");
-    let args = |out: &Path| {
-        let mut c = bin();
-        c.arg("score")
-            .arg("--clip")
-            .arg(clip_fixture())
-            .arg("--checkpoint")
-            .arg(&ckpt)
-            .arg(tmp.path().join("images"))
-            .arg("--out")
-            .arg(out);
-        c
-    };
+    let args = |out: &Path| score_command(&ckpt, &tmp.path().join("images"), out);
     for _ in 0..2 {
         let (o, _, stderr) = run(&mut args(&nested));
         assert!(o.status.success(), "{stderr}");

@@ -28,6 +28,7 @@ fn window(center: f64, width: f64, function: VoiFunction) -> Window {
         width,
         function,
         label: String::new(),
+        lut: None,
     }
 }
 

@@ -115,3 +115,14 @@ fn corpus_files_when_present() {
     );
     assert_eq!(code, 1);
 }
+
+#[test]
+fn tolerated_problems_are_shown_as_warnings() {
+    let (code, out) = inspect(&[&fixture("trailing_truncated_element.dcm")], &[]);
+    assert_eq!(code, 0, "{out}");
+    let line = out.lines().next().unwrap_or_default();
+    assert!(
+        line.contains("6 x 8, 1 frame; warning: ignored") && line.contains("after the pixel data"),
+        "{line}"
+    );
+}

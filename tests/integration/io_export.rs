@@ -9,7 +9,7 @@ use dicom_object::{InMemDicomObject, open_file};
 use dicom_pixeldata::PixelDecoder;
 use mvfa_studio::io::export::font;
 use mvfa_studio::io::export::{
-    Anonymise, Colormap, ExportError, FloatMap, OverlayOptions, ScOptions, ScoreRow,
+    Anonymise, Colormap, Dates, ExportError, FloatMap, OverlayOptions, ScOptions, ScoreRow,
     SourceAttributes, read_heatmap_png, render_overlay, scores_csv_string, write_atomically,
     write_heatmap_png, write_overlay_png, write_png, write_scores_csv, write_secondary_capture,
 };
@@ -319,6 +319,8 @@ fn source_object() -> InMemDicomObject {
         s(tags::STUDY_ID, VR::SH, "S1"),
         s(tags::STUDY_DESCRIPTION, VR::LO, "CT head"),
         s(tags::INSTITUTION_NAME, VR::LO, "General Hospital"),
+        s(tags::STATION_NAME, VR::SH, "CT-ROOM-7"),
+        s(tags::DEVICE_SERIAL_NUMBER, VR::LO, "SN-998877"),
         s(tags::FRAME_OF_REFERENCE_UID, VR::UI, SRC_FOR),
         s(
             tags::SERIES_INSTANCE_UID,
@@ -351,13 +353,21 @@ fn valid_uid(uid: &str) -> bool {
         && !uid[5..].starts_with('0')
 }
 
+/// An export that keeps the patient and study (de-identification is the default).
+fn identified() -> ScOptions {
+    ScOptions {
+        anonymise: None,
+        ..ScOptions::default()
+    }
+}
+
 #[test]
 fn secondary_capture_keeps_patient_and_study() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sc.dcm");
     let src = SourceAttributes::from_object(&source_object());
     let overlay = overlay_image();
-    let written = write_secondary_capture(&path, &overlay, &src, &ScOptions::default()).unwrap();
+    let written = write_secondary_capture(&path, &overlay, &src, &identified()).unwrap();
 
     let obj = open_file(&path).unwrap();
     assert_eq!(
@@ -441,7 +451,7 @@ fn secondary_capture_keeps_patient_and_study() {
     let opts = ScOptions {
         series_instance_uid: Some(series.clone()),
         instance_number: 2,
-        ..Default::default()
+        ..identified()
     };
     let w2 = write_secondary_capture(&path2, &overlay, &src, &opts).unwrap();
     assert_eq!(w2.series_instance_uid, series);
@@ -457,7 +467,8 @@ fn secondary_capture_anonymised() {
     let opts = ScOptions {
         anonymise: Some(Anonymise {
             key: "site secret".into(),
-            keep_dates: true,
+            dates: Dates::Keep,
+            ..Anonymise::default()
         }),
         ..Default::default()
     };
@@ -515,7 +526,7 @@ fn secondary_capture_anonymised() {
     let other = ScOptions {
         anonymise: Some(Anonymise {
             key: "other".into(),
-            keep_dates: false,
+            ..Anonymise::default()
         }),
         ..Default::default()
     };
@@ -528,11 +539,245 @@ fn secondary_capture_anonymised() {
         let bytes = std::fs::read(f).unwrap();
         let hay = String::from_utf8_lossy(&bytes);
         for secret in [
-            "Hans", "PID-0042", "ACC123", "Doctor", SRC_STUDY, "19600101", "Hospital",
+            "Hans",
+            "PID-0042",
+            "ACC123",
+            "Doctor",
+            SRC_STUDY,
+            "19600101",
+            "Hospital",
+            "CT-ROOM-7",
+            "SN-998877",
         ] {
             assert!(!hay.contains(secret), "{} leaks {secret}", f.display());
         }
     }
+}
+
+/// PS3.15 Table E.1-1, basic profile column, for every attribute a de-identified Secondary
+/// Capture carries that the table lists (our descriptions: "C", kept under the Clean
+/// Descriptors option because they are generated text).
+const PROFILE_TABLE: &[(dicom_core::Tag, &str)] = &[
+    (tags::PATIENT_NAME, "Z"),
+    (tags::PATIENT_ID, "Z"),
+    (tags::PATIENT_BIRTH_DATE, "Z"),
+    (tags::PATIENT_SEX, "Z"),
+    (tags::PATIENT_AGE, "X"),
+    (tags::STUDY_INSTANCE_UID, "U"),
+    (tags::STUDY_DATE, "Z"),
+    (tags::STUDY_TIME, "Z"),
+    (tags::ACCESSION_NUMBER, "Z"),
+    (tags::REFERRING_PHYSICIAN_NAME, "Z"),
+    (tags::STUDY_ID, "Z"),
+    (tags::STUDY_DESCRIPTION, "X"),
+    (tags::FRAME_OF_REFERENCE_UID, "U"),
+    (tags::SOP_INSTANCE_UID, "U"),
+    (tags::SERIES_INSTANCE_UID, "U"),
+    (tags::CONTENT_DATE, "Z/D"),
+    (tags::CONTENT_TIME, "Z/D"),
+    (tags::TIMEZONE_OFFSET_FROM_UTC, "X"),
+    (tags::STATION_NAME, "X/Z/D"),
+    (tags::DEVICE_SERIAL_NUMBER, "X/Z/D"),
+    (tags::SERIES_DESCRIPTION, "C"),
+    (tags::DERIVATION_DESCRIPTION, "C"),
+    (tags::SOURCE_IMAGE_SEQUENCE, "X/Z/U*"),
+];
+
+/// Attributes of our export that Table E.1-1 does not list (nothing to protect).
+const NOT_IN_TABLE: &[dicom_core::Tag] = &[
+    tags::SPECIFIC_CHARACTER_SET,
+    tags::IMAGE_TYPE,
+    tags::SOP_CLASS_UID,
+    tags::MODALITY,
+    tags::CONVERSION_TYPE,
+    tags::MANUFACTURER,
+    tags::SERIES_NUMBER,
+    tags::INSTANCE_NUMBER,
+    tags::PATIENT_ORIENTATION,
+    tags::BURNED_IN_ANNOTATION,
+    tags::LOSSY_IMAGE_COMPRESSION,
+    tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER,
+    tags::SECONDARY_CAPTURE_DEVICE_SOFTWARE_VERSIONS,
+    tags::PATIENT_IDENTITY_REMOVED,
+    tags::DEIDENTIFICATION_METHOD,
+    tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+    tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED,
+    tags::SAMPLES_PER_PIXEL,
+    tags::PHOTOMETRIC_INTERPRETATION,
+    tags::PLANAR_CONFIGURATION,
+    tags::ROWS,
+    tags::COLUMNS,
+    tags::BITS_ALLOCATED,
+    tags::BITS_STORED,
+    tags::HIGH_BIT,
+    tags::PIXEL_REPRESENTATION,
+    tags::PIXEL_DATA,
+];
+
+fn deid_codes(obj: &InMemDicomObject) -> Vec<String> {
+    obj.element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+        .iter()
+        .map(|i| text(i, tags::CODE_VALUE).unwrap())
+        .collect()
+}
+
+#[test]
+fn deidentified_export_follows_the_basic_profile_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_object();
+    let src = SourceAttributes::from_object(&source);
+    // The default export is de-identified.
+    let path = dir.path().join("default.dcm");
+    write_secondary_capture(&path, &overlay_image(), &src, &ScOptions::default()).unwrap();
+    let obj = open_file(&path).unwrap();
+    let original = |tag| text(&source, tag).filter(|v| !v.is_empty());
+    for element in obj.iter() {
+        let tag = element.header().tag;
+        assert!(
+            PROFILE_TABLE.iter().any(|(t, _)| *t == tag) || NOT_IN_TABLE.contains(&tag),
+            "{tag} is in the export but not accounted for against Table E.1-1"
+        );
+    }
+    for &(tag, action) in PROFILE_TABLE {
+        let value = if action == "X/Z/U*" {
+            None
+        } else {
+            text(&obj, tag)
+        };
+        match action {
+            "X" => assert!(
+                value.is_none(),
+                "{tag} ({action}) must be removed: {value:?}"
+            ),
+            "Z" | "Z/D" | "X/Z/D" => {
+                let v = value.unwrap_or_default();
+                let dummy = [tags::PATIENT_NAME, tags::PATIENT_ID].contains(&tag);
+                assert!(
+                    v.is_empty() || (dummy && Some(&v) != original(tag).as_ref()),
+                    "{tag} ({action}) must be empty or a dummy, got {v:?}"
+                );
+            }
+            "U" => {
+                let v = value.unwrap_or_else(|| panic!("{tag} ({action}) missing"));
+                assert!(valid_uid(&v), "{tag}: {v}");
+                assert_ne!(Some(&v), original(tag).as_ref(), "{tag} must be replaced");
+            }
+            "X/Z/U*" => {
+                let seq = obj.element(tag).unwrap();
+                for item in seq.items().unwrap() {
+                    let r = text(item, tags::REFERENCED_SOP_INSTANCE_UID).unwrap();
+                    assert!(valid_uid(&r) && r != SRC_SOP, "{r}");
+                }
+            }
+            "C" => assert!(value.is_some_and(|v| v.contains("MVFA")), "{tag}"),
+            other => panic!("unknown action {other}"),
+        }
+    }
+    assert_eq!(text(&obj, tags::PATIENT_IDENTITY_REMOVED).unwrap(), "YES");
+    assert_eq!(
+        text(&obj, tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED).unwrap(),
+        "REMOVED"
+    );
+    assert_eq!(deid_codes(&obj), vec!["113100", "113105"]);
+
+    // One export (one Anonymise value): UIDs replaced consistently. Another export: others.
+    let export = Anonymise::default();
+    let opts = ScOptions {
+        anonymise: Some(export.clone()),
+        ..ScOptions::default()
+    };
+    let uids_of = |name: &str, opts: &ScOptions| {
+        let p = dir.path().join(name);
+        write_secondary_capture(&p, &overlay_image(), &src, opts).unwrap();
+        let o = open_file(&p).unwrap();
+        let seq = o.element(tags::SOURCE_IMAGE_SEQUENCE).unwrap();
+        (
+            text(&o, tags::STUDY_INSTANCE_UID).unwrap(),
+            text(&o, tags::FRAME_OF_REFERENCE_UID).unwrap(),
+            text(&seq.items().unwrap()[0], tags::REFERENCED_SOP_INSTANCE_UID).unwrap(),
+            text(&o, tags::PATIENT_ID).unwrap(),
+        )
+    };
+    let first = uids_of("e1.dcm", &opts);
+    assert_eq!(uids_of("e2.dcm", &opts), first);
+    let other = uids_of("other.dcm", &ScOptions::default());
+    assert_ne!(other.0, first.0);
+    assert_ne!(other.1, first.1);
+    assert_ne!(other.2, first.2);
+    assert_ne!(other.3, first.3);
+    assert!(format!("{export:?}").contains("***") && !format!("{export:?}").contains(&export.key));
+}
+
+#[test]
+fn deidentification_options_are_explicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = SourceAttributes::from_object(&source_object());
+    let export = |name: &str, a: Anonymise| {
+        let p = dir.path().join(name);
+        let opts = ScOptions {
+            anonymise: Some(a),
+            ..ScOptions::default()
+        };
+        write_secondary_capture(&p, &overlay_image(), &src, &opts).unwrap();
+        open_file(&p).unwrap()
+    };
+    let key = "site key".to_string();
+    let kept = export(
+        "kept.dcm",
+        Anonymise {
+            key: key.clone(),
+            dates: Dates::Keep,
+            retain_patient_characteristics: true,
+            retain_device_identity: true,
+        },
+    );
+    let t = |tag| text(&kept, tag).unwrap();
+    assert_eq!(t(tags::STUDY_DATE), "20240115");
+    assert_eq!(t(tags::STUDY_TIME), "101500");
+    assert_eq!(t(tags::CONTENT_DATE).len(), 8);
+    assert_eq!(t(tags::PATIENT_SEX), "M");
+    assert_eq!(t(tags::PATIENT_AGE), "064Y");
+    assert_eq!(t(tags::STATION_NAME), "CT-ROOM-7");
+    assert_eq!(t(tags::DEVICE_SERIAL_NUMBER), "SN-998877");
+    assert_eq!(
+        t(tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED),
+        "UNMODIFIED"
+    );
+    assert_eq!(
+        deid_codes(&kept),
+        vec!["113100", "113105", "113106", "113108", "113109"]
+    );
+    // Still de-identified where no option applies.
+    assert_eq!(t(tags::PATIENT_NAME), "ANONYMOUS");
+    assert_eq!(t(tags::PATIENT_BIRTH_DATE), "");
+
+    // Shifted dates: the same whole-day shift for one patient under one key, times kept.
+    let shifted = |name| {
+        export(
+            name,
+            Anonymise {
+                key: key.clone(),
+                dates: Dates::Shift,
+                ..Anonymise::default()
+            },
+        )
+    };
+    let (a, b) = (shifted("s1.dcm"), shifted("s2.dcm"));
+    let date = text(&a, tags::STUDY_DATE).unwrap();
+    assert_eq!(date.len(), 8);
+    assert!(date.as_str() < "20240115", "{date}");
+    assert_eq!(text(&b, tags::STUDY_DATE).unwrap(), date);
+    assert_eq!(text(&a, tags::STUDY_TIME).unwrap(), "101500");
+    assert_eq!(
+        text(&a, tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED).unwrap(),
+        "MODIFIED"
+    );
+    assert_eq!(deid_codes(&a), vec!["113100", "113105", "113107"]);
+    assert!(text(&a, tags::PATIENT_SEX).unwrap().is_empty());
+    assert!(a.element_opt(tags::STATION_NAME).unwrap().is_none());
 }
 
 #[test]
@@ -563,7 +808,7 @@ fn secondary_capture_from_a_file_and_without_source() {
         .unwrap();
     let src = SourceAttributes::from_file(&src_path).unwrap();
     let out = dir.path().join("sc.dcm");
-    let w = write_secondary_capture(&out, &overlay_image(), &src, &ScOptions::default()).unwrap();
+    let w = write_secondary_capture(&out, &overlay_image(), &src, &identified()).unwrap();
     assert_eq!(w.study_instance_uid, SRC_STUDY);
     let obj = open_file(&out).unwrap();
     assert_eq!(text(&obj, tags::PATIENT_ID).unwrap(), "PID-0042");
@@ -574,8 +819,7 @@ fn secondary_capture_from_a_file_and_without_source() {
     if corpus.exists() {
         let src = SourceAttributes::from_file(&corpus).unwrap();
         let out = dir.path().join("ct_sc.dcm");
-        let w =
-            write_secondary_capture(&out, &overlay_image(), &src, &ScOptions::default()).unwrap();
+        let w = write_secondary_capture(&out, &overlay_image(), &src, &identified()).unwrap();
         let orig = open_file(&corpus).unwrap();
         assert_eq!(
             w.study_instance_uid,
@@ -594,13 +838,7 @@ fn secondary_capture_from_a_file_and_without_source() {
     // No source: new study, empty (type 2) patient attributes, grey overlay replicated.
     let grey = Image8::new(2, 2, Channels::Gray, vec![1, 2, 3, 4]).unwrap();
     let out = dir.path().join("nosrc.dcm");
-    let w = write_secondary_capture(
-        &out,
-        &grey,
-        &SourceAttributes::none(),
-        &ScOptions::default(),
-    )
-    .unwrap();
+    let w = write_secondary_capture(&out, &grey, &SourceAttributes::none(), &identified()).unwrap();
     assert!(valid_uid(&w.study_instance_uid));
     let obj = open_file(&out).unwrap();
     assert_eq!(text(&obj, tags::PATIENT_NAME).unwrap(), "");

@@ -152,6 +152,7 @@ fn preset(label: &str, center: f64, width: f64) -> Window {
         width,
         function: VoiFunction::Linear,
         label: label.into(),
+        lut: None,
     }
 }
 

@@ -74,6 +74,28 @@ fn j2k_siz(data: &[u8]) -> Option<(u32, u32, u32)> {
     Some((xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?, csiz))
 }
 
+/// Whether a JPEG 2000 codestream (raw or inside a JP2 file) applies its multiple component
+/// transform: the MCT flag of the main header's COD segment. Without it, a decoder returns
+/// the components as stored, e.g. YBR_FULL samples the reader must convert to RGB.
+pub(super) fn j2k_mct(data: &[u8]) -> Option<bool> {
+    let head = &data[..data.len().min(65536)];
+    let mut i = head.windows(2).position(|w| w == [0xFF, 0x4F])? + 2;
+    loop {
+        let marker = head.get(i..i + 2)?;
+        match marker {
+            // COD: Lcod, Scod, progression order, layers (2 bytes), then the MCT flag.
+            [0xFF, 0x52] => return head.get(i + 8).map(|&m| m != 0),
+            // Start of tile (or of data): the main header ended without a COD.
+            [0xFF, 0x90] | [0xFF, 0x93] => return None,
+            [0xFF, _] => {
+                let len = usize::from(u16::from_be_bytes(head.get(i + 2..i + 4)?.try_into().ok()?));
+                i += 2 + len;
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// True when a JPEG stream has an Adobe APP14 segment (which carries its own colour
 /// transform flag that decoders follow).
 fn has_adobe_app14(data: &[u8]) -> bool {

@@ -213,9 +213,8 @@ pub(super) fn palette(obj: &Obj, signed_input: bool) -> Result<[Lut; 3], String>
     Ok([r, g, b])
 }
 
-/// The first item of a Modality LUT Sequence (0028,3000), when present and valid.
-pub(super) fn modality_lut(obj: &Obj, signed_input: bool) -> Option<Lut> {
-    let item = attrs::items(obj, tags::MODALITY_LUT_SEQUENCE).first()?;
+/// The LUT of one Modality or VOI LUT Sequence item (LUT Descriptor and LUT Data).
+fn lut_item(item: &Obj, signed_input: bool) -> Option<Lut> {
     let (n, first, bits) = descriptor(item, tags::LUT_DESCRIPTOR, signed_input)?;
     let w = words(item, tags::LUT_DATA)?;
     let data = entries(&w, n, bits)?;
@@ -224,6 +223,26 @@ pub(super) fn modality_lut(obj: &Obj, signed_input: bool) -> Option<Lut> {
         data,
         bits,
     })
+}
+
+/// The first item of a Modality LUT Sequence (0028,3000), when present and valid.
+pub(super) fn modality_lut(obj: &Obj, signed_input: bool) -> Option<Lut> {
+    lut_item(
+        attrs::items(obj, tags::MODALITY_LUT_SEQUENCE).first()?,
+        signed_input,
+    )
+}
+
+/// The valid items of a VOI LUT Sequence (0028,3010), each with its LUT Explanation.
+/// `signed_input`: the modality values they map can be negative.
+pub(super) fn voi_luts(obj: &Obj, signed_input: bool) -> Vec<(Lut, Option<String>)> {
+    attrs::items(obj, tags::VOILUT_SEQUENCE)
+        .iter()
+        .filter_map(|item| {
+            let lut = lut_item(item, signed_input).filter(|l| !l.data.is_empty())?;
+            Some((lut, attrs::string(item, tags::LUT_EXPLANATION)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

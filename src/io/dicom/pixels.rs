@@ -15,11 +15,12 @@ use super::frames::{self, Framed};
 use super::jpeg_ls;
 use super::jpeg12;
 use super::lut::{self, Lut};
+use super::overlay;
 use super::rle;
 use super::source::error_chain;
 use super::summary::sop_class_name;
 use super::{DicomError, DicomErrorKind as K, MAX_SAMPLES, metadata, ts};
-use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, Window};
+use crate::io::image::{Channels, Frame, ImageInfo, ImageStack, VoiFunction, VoiLut, Window};
 
 /// The Image Pixel module attributes that say how to read the samples.
 #[derive(Debug, Clone)]
@@ -159,6 +160,9 @@ struct RawFrames {
     decoded: bool,
     /// Precision and signedness from the first JPEG 2000 codestream, when there is one.
     j2k_precision: Option<(u16, bool)>,
+    /// The MCT flag of the first JPEG 2000 codestream: `Some(false)` means the decoder
+    /// returned the stored components (YBR stays YBR).
+    j2k_mct: Option<bool>,
 }
 
 /// Bytes of one stored frame in native encoding. YBR_FULL_422 / YBR_PARTIAL_422 keep two
@@ -249,6 +253,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 big_endian,
                 decoded: false,
                 j2k_precision: None,
+                j2k_mct: None,
             })
         }
         DicomValue::Sequence(_) => Err(malformed(
@@ -278,6 +283,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     big_endian: false,
                     decoded: false,
                     j2k_precision: None,
+                    j2k_mct: None,
                 });
             }
             // JPEG-LS goes to the pure-Rust decoder (no reader); everything else to the
@@ -309,10 +315,14 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                     ),
                 ));
             }
-            let j2k_precision = if ts::is_jpeg2000(&ts_uid) {
-                grouped.first().and_then(|f| frames::jpeg2000_precision(f))
+            let (j2k_precision, j2k_mct) = if ts::is_jpeg2000(&ts_uid) {
+                let first = grouped.first();
+                (
+                    first.and_then(|f| frames::jpeg2000_precision(f)),
+                    first.and_then(|f| codestream::j2k_mct(f)),
+                )
             } else {
-                None
+                (None, None)
             };
             let (Ok(rows), Ok(cols)) = (u16::try_from(l.rows), u16::try_from(l.cols)) else {
                 return Err(malformed(path, "Rows/Columns beyond 65535"));
@@ -430,6 +440,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 big_endian: false,
                 decoded: true,
                 j2k_precision,
+                j2k_mct,
             })
         }
     }
@@ -517,8 +528,10 @@ fn modality_lut(ds: &Obj, frame: usize, table: &Option<Lut>) -> ModalityLut {
             attrs::f64_1(g, tags::RESCALE_SLOPE),
             attrs::f64_1(g, tags::RESCALE_INTERCEPT),
         ),
+        // RT Dose stores dose / DoseGridScaling (PS3.3 C.8.8.3.4): the scaling is its slope.
         _ => (
-            attrs::f64_1(ds, tags::RESCALE_SLOPE),
+            attrs::f64_1(ds, tags::RESCALE_SLOPE)
+                .or_else(|| attrs::f64_1(ds, tags::DOSE_GRID_SCALING)),
             attrs::f64_1(ds, tags::RESCALE_INTERCEPT),
         ),
     };
@@ -586,7 +599,10 @@ pub(super) fn decode_stack(
     let max_stored = ((1u64 << bits_stored) - 1) as f64;
 
     let pi = l.photometric.as_str();
-    let colour_decoded_rgb = raw.decoded && ts_uid != ts::RLE_LOSSLESS;
+    // Decoders hand back RGB, except RLE (stored samples) and JPEG 2000 without its MCT
+    // (stored components: YBR_FULL there still needs converting).
+    let colour_decoded_rgb =
+        raw.decoded && ts_uid != ts::RLE_LOSSLESS && raw.j2k_mct != Some(false);
     let n = l.pixels();
     let mut frames_out = Vec::with_capacity(l.frames);
 
@@ -738,12 +754,16 @@ pub(super) fn decode_stack(
             width: 256.0,
             function: VoiFunction::Linear,
             label: "Full range".to_string(),
+            lut: None,
         }]
     } else {
         window_presets(ds, &frames_out)
     };
     let invert = !is_colour && pi == "MONOCHROME1";
-    let info = image_info(obj, &l, bits_stored);
+    let mut info = image_info(obj, &l, bits_stored);
+    if !is_colour {
+        info.frame_windows = per_frame_windows(ds, &frames_out, &windows);
+    }
     Ok(ImageStack {
         source: path.to_path_buf(),
         frames: frames_out,
@@ -751,6 +771,8 @@ pub(super) fn decode_stack(
         invert,
         metadata: metadata::metadata_tree(obj),
         info,
+        overlays: overlay::overlay_planes(ds),
+        warnings: Vec::new(),
     })
 }
 
@@ -786,27 +808,87 @@ fn windows_in(ds: &Obj, default_function: VoiFunction) -> Vec<Window> {
                 .filter(|s| !s.is_empty())
                 .cloned()
                 .unwrap_or_else(|| format!("C {center} / W {width}")),
+            lut: None,
+        })
+        .collect()
+}
+
+/// Presets from the VOI LUT Sequence of one attribute set: each LUT, with center and width
+/// spanning the values it maps, labelled by its LUT Explanation.
+fn voi_lut_windows(ds: &Obj, signed_input: bool) -> Vec<Window> {
+    lut::voi_luts(ds, signed_input)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (table, explanation))| {
+            let n = table.data.len() as f64;
+            Window {
+                center: table.first_mapped as f64 + n / 2.0,
+                width: n,
+                function: VoiFunction::Linear,
+                label: explanation
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| format!("VOI LUT {}", i + 1)),
+                lut: Some(VoiLut {
+                    first_mapped: table.first_mapped,
+                    data: table.data,
+                    bits: table.bits,
+                }),
+            }
         })
         .collect()
 }
 
 /// The file's window presets (top level, then the first frame's Frame VOI LUT group), then
 /// "Full range" over all frames.
-fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
+/// Whether two presets do the same thing (labels aside).
+fn same_preset(a: &Window, b: &Window) -> bool {
+    a.center == b.center && a.width == b.width && a.function == b.function && a.lut == b.lut
+}
+
+/// The windows and VOI LUTs of one Frame VOI LUT functional group.
+fn group_presets(group: &Obj, default_function: VoiFunction, signed_input: bool) -> Vec<Window> {
+    let mut out = windows_in(group, default_function);
+    out.extend(voi_lut_windows(group, signed_input));
+    out
+}
+
+/// Per-frame presets of an enhanced multi-frame file whose Per-Frame Functional Groups give
+/// frames different Frame VOI LUT groups: entry k is frame k's own presets followed by the
+/// stack's others. Empty when all frames share their presets (the stack's list serves all).
+fn per_frame_windows(ds: &Obj, frames: &[Frame], stack: &[Window]) -> Vec<Vec<Window>> {
+    let per_frame = attrs::items(ds, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
     let top_function = voi_function(ds).unwrap_or_default();
-    let mut out = windows_in(ds, top_function);
-    if let Some(g) = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE) {
-        out.extend(windows_in(g, top_function));
+    let signed_input = frames.iter().flat_map(|f| &f.data).any(|v| *v < 0.0);
+    let own: Vec<Vec<Window>> = (0..frames.len())
+        .map(|k| {
+            per_frame
+                .get(k)
+                .and_then(|item| attrs::items(item, tags::FRAME_VOILUT_SEQUENCE).first())
+                .map(|g| group_presets(g, top_function, signed_input))
+                .unwrap_or_default()
+        })
+        .collect();
+    if own.iter().all(|w| w == &own[0]) {
+        return Vec::new();
     }
-    let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
-    for w in out {
-        if !unique
-            .iter()
-            .any(|u| u.center == w.center && u.width == w.width && u.function == w.function)
-        {
-            unique.push(w);
-        }
-    }
+    // The stack's list leads with frame 0's own presets: those are not the other frames'.
+    let others: Vec<&Window> = stack
+        .iter()
+        .filter(|w| !own[0].iter().any(|p| same_preset(p, w)))
+        .collect();
+    own.into_iter()
+        .map(|mut presets| {
+            for &w in &others {
+                if !presets.iter().any(|p| same_preset(p, w)) {
+                    presets.push(w.clone());
+                }
+            }
+            presets
+        })
+        .collect()
+}
+
+fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     let mut integral = true;
     for v in frames.iter().flat_map(|f| f.data.iter()) {
@@ -815,6 +897,18 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
             lo = lo.min(v);
             hi = hi.max(v);
             integral &= v.fract() == 0.0;
+        }
+    }
+    let top_function = voi_function(ds).unwrap_or_default();
+    // VOI LUT Sequence presets come after the windows (PS3.3 C.11.2: either may be applied).
+    let mut out = group_presets(ds, top_function, lo < 0.0);
+    if let Some(g) = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE) {
+        out.extend(group_presets(g, top_function, lo < 0.0));
+    }
+    let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
+    for w in out {
+        if !unique.iter().any(|u| same_preset(u, &w)) {
+            unique.push(w);
         }
     }
     // `lo`, `hi` are never NaN (non-finite samples are skipped): `hi <= lo` covers "no data".
@@ -827,6 +921,7 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
             width: hi - lo,
             function: VoiFunction::LinearExact,
             label: "Full range".to_string(),
+            lut: None,
         }
     };
     unique.push(full);
@@ -875,6 +970,7 @@ fn image_info(obj: &DefaultDicomObject, l: &Layout, bits_stored: u16) -> ImageIn
         photometric: Some(l.photometric.clone()),
         bits_stored: Some(bits_stored),
         transfer_syntax_uid: Some(obj.meta().transfer_syntax().to_string()),
+        frame_windows: Vec::new(),
     }
 }
 

@@ -122,6 +122,11 @@ struct Walker<'a, S: Source> {
     big: bool,
     /// Stop at the top-level pixel data (header-only reads).
     stop_at_pixel_data: bool,
+    /// Where the top-level pixel data element ends, once walked completely.
+    pixel_data_end: Option<u64>,
+    /// Length fields of defined-length sequences and items that claim more bytes than their
+    /// container (or the file) holds: (position of the 4-byte length, the length that fits).
+    overlong: Vec<(u64, u32)>,
 }
 
 impl<S: Source> Walker<'_, S> {
@@ -243,6 +248,9 @@ impl<S: Source> Walker<'_, S> {
             if len == UNDEFINED {
                 if tag == PIXEL_DATA {
                     pos = self.fragments(pos)?;
+                    if depth == 0 {
+                        self.pixel_data_end = Some(pos);
+                    }
                 } else {
                     // dicom-parser reads every other undefined-length element as a sequence in
                     // the same encoding (even UN, whose items PS3.5 6.2.2 says are implicit VR).
@@ -251,15 +259,33 @@ impl<S: Source> Walker<'_, S> {
             } else if is_sq {
                 // A sequence's length only bounds its items; the parser allocates nothing for
                 // it, so an over-long one is left to the parser (it reads to the end of file).
-                let seq_end = (pos + u64::from(len)).min(self.src.len());
+                let seq_end = self.fit(pos, len, end, pos - 4);
                 self.items(pos, Some(seq_end), explicit, depth + 1)?;
                 pos = seq_end;
             } else {
                 self.check_len(tag, len, pos)?;
                 pos += u64::from(len);
+                if depth == 0 && tag == PIXEL_DATA {
+                    self.pixel_data_end = Some(pos);
+                }
             }
         }
         Ok(pos)
+    }
+
+    /// The end of a defined-length value of `len` bytes starting at `pos`, cut to its
+    /// container's `end` and the file; a cut is recorded against the length field at
+    /// `length_at`.
+    fn fit(&mut self, pos: u64, len: u32, end: u64, length_at: u64) -> u64 {
+        let limit = end.min(self.src.len());
+        let claimed = pos + u64::from(len);
+        if claimed <= limit {
+            return claimed;
+        }
+        if let Ok(fits) = u32::try_from(limit.saturating_sub(pos)) {
+            self.overlong.push((length_at, fits));
+        }
+        limit.max(pos)
     }
 
     /// Walks the items of a sequence starting at `pos`, up to `end` (defined length) or the
@@ -286,7 +312,7 @@ impl<S: Source> Walker<'_, S> {
                 }
                 ITEM => {
                     // Like sequences, items are not allocated: walk what is there.
-                    let item_end = (pos + u64::from(len)).min(self.src.len());
+                    let item_end = self.fit(pos, len, end.unwrap_or(u64::MAX), pos - 4);
                     self.dataset(pos, item_end, explicit, depth)?;
                     pos = item_end;
                 }
@@ -327,10 +353,42 @@ pub(super) fn check(
         src,
         big: big_endian,
         stop_at_pixel_data,
+        pixel_data_end: None,
+        overlong: Vec::new(),
     };
     match w.dataset(start, end, explicit, 0) {
         Ok(_) | Err(Stop::Done) => Ok(()),
         Err(Stop::Bad(why)) => Err(why),
+    }
+}
+
+/// What a full walk of the data set at `start` learns for lenient reading.
+pub(super) struct Layout {
+    /// Where the top-level pixel data element ends, when it is complete.
+    pub pixel_data_end: Option<u64>,
+    /// Over-long sequence and item lengths: (position of the length field, length that fits).
+    pub overlong: Vec<(u64, u32)>,
+}
+
+/// Walks the whole data set at `start` (problems aside) for [`Layout`].
+pub(super) fn layout(
+    src: &mut impl Source,
+    start: u64,
+    explicit: bool,
+    big_endian: bool,
+) -> Layout {
+    let end = src.len();
+    let mut w = Walker {
+        src,
+        big: big_endian,
+        stop_at_pixel_data: false,
+        pixel_data_end: None,
+        overlong: Vec::new(),
+    };
+    let _ = w.dataset(start, end, explicit, 0);
+    Layout {
+        pixel_data_end: w.pixel_data_end,
+        overlong: w.overlong,
     }
 }
 

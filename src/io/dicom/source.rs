@@ -236,6 +236,109 @@ pub(super) fn parse(
         .map_err(|e| parse_error(&e, bytes, path))
 }
 
+/// [`parse`] of a whole file, lenient where pydicom and the common viewers are, with a
+/// warning saying what was tolerated:
+/// - bytes after a complete top-level pixel data element that do not parse as elements
+///   (trailing padding, a truncated trailing element) are ignored;
+/// - a defined-length sequence or item that claims more bytes than its container or the file
+///   holds (e.g. pydicom's `DICOMDIR-nooffset`) is read up to where its container ends.
+///
+/// Truncated pixel data stays an error.
+pub(super) fn parse_lenient(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(DefaultDicomObject, Option<String>), DicomError> {
+    let walked = || walk(bytes);
+    let ignored = |n: usize, why: &str| {
+        format!("ignored {n} byte(s) after the pixel data that do not parse as elements ({why})")
+    };
+    let error = match parse(bytes, path, false) {
+        Ok(obj) => {
+            // The parser may also stop quietly on a few stray bytes: say so.
+            let read_past_pixels = obj.iter().any(|e| e.header().tag > tags::PIXEL_DATA);
+            let warning = match walked().and_then(|w| w.trailing) {
+                Some(end) if !read_past_pixels => {
+                    Some(ignored(bytes.len() - end, "too short for an element"))
+                }
+                _ => None,
+            };
+            return Ok((obj, warning));
+        }
+        Err(e) if e.kind == K::Truncated => return Err(e),
+        Err(e) => e,
+    };
+    let Some(w) = walked() else {
+        return Err(error);
+    };
+    if let Some(end) = w.trailing
+        && let Ok(obj) = parse(&bytes[..end], path, false)
+    {
+        return Ok((obj, Some(ignored(bytes.len() - end, &error.message))));
+    }
+    if !w.overlong.is_empty() {
+        let mut repaired = bytes.to_vec();
+        for &(at, len) in &w.overlong {
+            let field = if w.big_endian {
+                len.to_be_bytes()
+            } else {
+                len.to_le_bytes()
+            };
+            repaired[at..at + 4].copy_from_slice(&field);
+        }
+        if let Ok(obj) = parse(&repaired, path, false) {
+            let warning = format!(
+                "{} sequence or item length(s) run past the end of their container; read up to \
+                 where it ends ({})",
+                w.overlong.len(),
+                error.message
+            );
+            return Ok((obj, Some(warning)));
+        }
+    }
+    Err(error)
+}
+
+/// Where lenient reading may cut or repair a Part 10 file held in memory (offsets in `bytes`).
+struct Walked {
+    /// Just past a complete top-level pixel data element, when bytes follow it.
+    trailing: Option<usize>,
+    /// Over-long sequence or item length fields: (offset, length that fits).
+    overlong: Vec<(usize, u32)>,
+    big_endian: bool,
+}
+
+fn walk(bytes: &[u8]) -> Option<Walked> {
+    let start = match layout(bytes, Path::new("")).ok()? {
+        Layout::Preamble => 128,
+        Layout::NoPreamble => 0,
+    };
+    let from_magic = &bytes[start..];
+    let meta = FileMetaTable::from_reader(from_magic).ok()?;
+    let uid = meta.transfer_syntax();
+    if is_deflated(uid) {
+        return None;
+    }
+    let offset = usize::try_from(dataset_offset(from_magic)?).ok()?;
+    let dataset = from_magic.get(offset..)?;
+    let explicit = uid != "1.2.840.10008.1.2";
+    let big_endian = uid == ts::EXPLICIT_VR_BIG_ENDIAN;
+    let found = prescan::layout(&mut &dataset[..], 0, explicit, big_endian);
+    let absolute = |p: u64| usize::try_from(p).ok().map(|p| start + offset + p);
+    Some(Walked {
+        trailing: found
+            .pixel_data_end
+            .and_then(absolute)
+            .filter(|&end| end < bytes.len()),
+        overlong: found
+            .overlong
+            .into_iter()
+            .filter_map(|(at, len)| Some((absolute(at)?, len)))
+            .filter(|&(at, _)| at + 4 <= bytes.len())
+            .collect(),
+        big_endian,
+    })
+}
+
 /// Parses the header of a file on disk without reading its pixel data into memory
 /// (gzip-compressed files are decompressed whole).
 pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, DicomError> {
@@ -302,14 +405,26 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
     }
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| io_error(path, "read the file", e))?;
-    OpenFileOptions::new()
+    let parsed = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .read_until(tags::PIXEL_DATA)
-        .from_reader(BufReader::new(file))
-        .map_err(|e| {
-            // Only the header was read: no pixel-data diagnosis, just the parser's account.
-            parse_error_message(&e, path)
-        })
+        .from_reader(BufReader::new(file));
+    // Only the header was read: no pixel-data diagnosis, just the parser's account.
+    let error = match parsed {
+        Ok(obj) => return Ok(obj),
+        Err(e) => parse_error_message(&e, path),
+    };
+    // What the lenient reader repairs (an over-long item, as in pydicom's DICOMDIR-nooffset)
+    // needs the whole file; only small files are worth that retry.
+    const RETRY_LIMIT: u64 = 64 << 20;
+    if std::fs::metadata(path).is_ok_and(|m| m.len() <= RETRY_LIMIT)
+        && let Some((obj, _)) = read_file(path)
+            .ok()
+            .and_then(|bytes| parse_lenient(&bytes, path).ok())
+    {
+        return Ok(obj);
+    }
+    Err(error)
 }
 
 /// Whether the file starts like a Part 10 file (optionally gzip-compressed).

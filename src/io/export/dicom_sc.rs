@@ -13,27 +13,37 @@
 //! ImageType DERIVED\SECONDARY, SeriesDescription, DerivationDescription, creation/content
 //! date and time (UTC, with TimezoneOffsetFromUTC "+0000").
 //!
-//! Anonymisation ([`Anonymise`]), applied to the copied attributes (a subset of the DICOM
-//! PS3.15 Basic Application Level Confidentiality Profile, with the "Retain Longitudinal
-//! Temporal Information with Full Dates" option when `keep_dates`):
-//! - PatientName -> "ANONYMOUS"
-//! - PatientID -> "ANON-" + 16 hex digits of SHA-256(key, PatientID): the same patient gets
-//!   the same pseudonym across exports made with the same key
-//! - StudyInstanceUID, FrameOfReferenceUID and referenced source SOP Instance UIDs -> UIDs
-//!   derived from SHA-256(key, old UID) ([`derived_uid`]), so exports of one study stay in one
-//!   study and none reveals the original UID
-//! - PatientBirthDate, PatientSex, AccessionNumber, ReferringPhysicianName, StudyID -> empty
-//!   (type 2: present, zero length)
-//! - PatientAge, StudyDescription -> removed
-//! - StudyDate, StudyTime -> kept when `keep_dates`, else empty
+//! De-identification ([`Anonymise`], on by default) follows the DICOM PS3.15 Basic Application
+//! Level Confidentiality Profile (Table E.1-1) for every attribute the export carries:
+//! - Z (emptied, type 2 kept present): PatientBirthDate, AccessionNumber,
+//!   ReferringPhysicianName, StudyID; PatientName becomes "ANONYMOUS" and PatientID
+//!   "ANON-" + 16 hex digits of SHA-256(key, PatientID) (Z allows a dummy value), so one patient
+//!   keeps one pseudonym under one key
+//! - X (removed): PatientAge, StudyDescription
+//! - U (replaced): StudyInstanceUID, FrameOfReferenceUID and the referenced source SOP
+//!   Instance UID by UIDs derived from SHA-256(key, old UID) ([`derived_uid`]), so UIDs stay
+//!   consistent within everything exported under one key; SOP Instance and Series Instance
+//!   UIDs are new anyway
+//! - dates (StudyDate/Time Z, ContentDate/Time Z/D, TimezoneOffsetFromUTC X, and our own
+//!   InstanceCreationDate/Time): removed by default ([`Dates::Remove`]), shifted back by a
+//!   whole number of days derived from the key and the patient ([`Dates::Shift`], the
+//!   Modified Dates option; times kept) or kept ([`Dates::Keep`], the Full Dates option)
+//! - PatientSex (Z) and PatientAge (X) are kept only with the Retain Patient Characteristics
+//!   option; StationName and DeviceSerialNumber of the source (X/Z/D) are copied only with the
+//!   Retain Device Identity option (or when not de-identifying)
+//! - our own SeriesDescription and DerivationDescription (X) are kept: they are generated
+//!   text without source data, which the Clean Descriptors option allows
 //! - never copied in any mode: OtherPatientIDs(Sequence), OtherPatientNames, PatientAddress,
 //!   PatientTelephoneNumbers, PatientMotherBirthName, MedicalRecordLocator, InstitutionName,
 //!   InstitutionAddress, InstitutionalDepartmentName, PhysiciansOfRecord, PerformingPhysicianName,
-//!   OperatorsName, StationName, DeviceSerialNumber, and all private tags
-//! - added: PatientIdentityRemoved "YES", DeidentificationMethod (describing the above),
-//!   LongitudinalTemporalInformationModified "UNMODIFIED" or "REMOVED".
+//!   OperatorsName, and all private tags
+//! - added: PatientIdentityRemoved "YES", DeidentificationMethod (text) and
+//!   DeidentificationMethodCodeSequence (CID 7050 codes of the profile and its options),
+//!   LongitudinalTemporalInformationModified "REMOVED", "MODIFIED" or "UNMODIFIED".
 //!
-//! The key should be a secret kept by the site: without one, a pseudonymous PatientID can be
+//! The key defaults to a fresh random value, so UIDs and pseudonyms are consistent within one
+//! export and unlinkable across exports. A site that wants the same pseudonyms across exports
+//! sets its own key, and keeps it secret: with a known key, a pseudonymous PatientID can be
 //! reversed by hashing candidate IDs.
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -71,6 +81,8 @@ const COPIED: &[Tag] = &[
     tags::STUDY_DESCRIPTION,
     tags::FRAME_OF_REFERENCE_UID,
     tags::BODY_PART_EXAMINED,
+    tags::STATION_NAME,
+    tags::DEVICE_SERIAL_NUMBER,
 ];
 
 /// The patient/study attributes of a source image, extracted once and reusable for several
@@ -130,21 +142,57 @@ impl SourceAttributes {
     }
 }
 
+/// What de-identification does with dates and times (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dates {
+    /// Basic profile: empty the type 2 dates and times, remove the others.
+    #[default]
+    Remove,
+    /// Retain Longitudinal Temporal Information with Modified Dates: dates moved back by the
+    /// same number of days (1 to 3650, from the key and the patient) in every export of one
+    /// patient under one key, so intervals between studies survive.
+    Shift,
+    /// Retain Longitudinal Temporal Information with Full Dates.
+    Keep,
+}
+
 /// De-identification settings (see the module docs for the list of changes).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Anonymise {
-    /// Secret mixed into pseudonyms and derived UIDs; the same key maps the same patient and
-    /// study to the same values.
+    /// Secret mixed into pseudonyms, derived UIDs and date shifts; the same key maps the same
+    /// patient and study to the same values. Default: random, i.e. consistent within the
+    /// export that uses this value only.
     pub key: String,
-    /// Keep StudyDate/StudyTime (default true).
-    pub keep_dates: bool,
+    pub dates: Dates,
+    /// Retain Patient Characteristics option: keep PatientSex and PatientAge.
+    pub retain_patient_characteristics: bool,
+    /// Retain Device Identity option: copy the source's StationName and DeviceSerialNumber.
+    pub retain_device_identity: bool,
+}
+
+impl std::fmt::Debug for Anonymise {
+    // The key is a secret: keep it out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anonymise")
+            .field("key", &"***")
+            .field("dates", &self.dates)
+            .field(
+                "retain_patient_characteristics",
+                &self.retain_patient_characteristics,
+            )
+            .field("retain_device_identity", &self.retain_device_identity)
+            .finish()
+    }
 }
 
 impl Default for Anonymise {
+    /// The basic profile with a fresh random key.
     fn default() -> Self {
         Anonymise {
-            key: String::new(),
-            keep_dates: true,
+            key: format!("{:032x}", rand::random::<u128>()),
+            dates: Dates::Remove,
+            retain_patient_characteristics: false,
+            retain_device_identity: false,
         }
     }
 }
@@ -162,7 +210,8 @@ pub struct ScOptions {
     pub instance_number: i32,
     /// Put the export into this series (e.g. one series per export session); `None`: new.
     pub series_instance_uid: Option<String>,
-    /// Remove identifying attributes; `None`: keep them.
+    /// De-identification (default: the basic profile with a fresh key); `None`: an identified
+    /// export that keeps the source's patient and study.
     pub anonymise: Option<Anonymise>,
 }
 
@@ -177,7 +226,7 @@ impl Default for ScOptions {
             series_number: 9001,
             instance_number: 1,
             series_instance_uid: None,
-            anonymise: None,
+            anonymise: Some(Anonymise::default()),
         }
     }
 }
@@ -232,15 +281,15 @@ fn pseudonymous_id(key: &str, id: &str) -> String {
     format!("ANON-{hex}")
 }
 
-/// Current UTC date (DA) and time (TM).
-fn now_da_tm() -> (String, String) {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+/// Days between the key's patient and the shifted dates: 1 to 3650, the same for one patient
+/// under one key.
+fn date_shift_days(key: &str, patient_id: &str) -> i64 {
+    let d = hash(key, "date-shift", patient_id);
+    1 + i64::from(u16::from_be_bytes([d[0], d[1]]) % 3650)
+}
+
+/// Civil date (year, month, day) of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -249,7 +298,44 @@ fn now_da_tm() -> (String, String) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Day count since 1970-01-01 of a civil date (inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A DA value (YYYYMMDD) moved back by `days`; `None` when it is not a valid date (such a
+/// value is removed rather than passed on unshifted).
+fn shift_date(value: &str, days: i64) -> Option<String> {
+    let v = value.trim();
+    if v.len() != 8 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| v[r].parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let (y, m, d) = civil_from_days(days_from_civil(y, m, d) - days);
+    Some(format!("{y:04}{m:02}{d:02}"))
+}
+
+/// Current UTC date (DA) and time (TM).
+fn now_da_tm() -> (String, String) {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let tod = secs.rem_euclid(86_400);
     (
         format!("{y:04}{m:02}{d:02}"),
         format!("{:02}{:02}{:02}", tod / 3600, tod / 60 % 60, tod % 60),
@@ -317,61 +403,7 @@ pub fn build_secondary_capture(
     };
     put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
     if let Some(a) = anon {
-        put_str(&mut obj, tags::PATIENT_NAME, VR::PN, "ANONYMOUS");
-        let id = source.get_str(tags::PATIENT_ID).unwrap_or_default();
-        let pseudo = pseudonymous_id(&a.key, &id);
-        put_str(&mut obj, tags::PATIENT_ID, VR::LO, &pseudo);
-        for (tag, vr) in [
-            (tags::PATIENT_BIRTH_DATE, VR::DA),
-            (tags::PATIENT_SEX, VR::CS),
-            (tags::ACCESSION_NUMBER, VR::SH),
-            (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-            (tags::STUDY_ID, VR::SH),
-        ] {
-            obj.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
-        }
-        obj.remove_element(tags::PATIENT_AGE);
-        obj.remove_element(tags::STUDY_DESCRIPTION);
-        if !a.keep_dates {
-            obj.put(DataElement::new(
-                tags::STUDY_DATE,
-                VR::DA,
-                PrimitiveValue::Empty,
-            ));
-            obj.put(DataElement::new(
-                tags::STUDY_TIME,
-                VR::TM,
-                PrimitiveValue::Empty,
-            ));
-        }
-        if let Some(old) = source.get_str(tags::FRAME_OF_REFERENCE_UID)
-            && !old.is_empty()
-        {
-            put_str(
-                &mut obj,
-                tags::FRAME_OF_REFERENCE_UID,
-                VR::UI,
-                &derived_uid(&a.key, &old),
-            );
-        }
-        put_str(&mut obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
-        // LO: at most 64 characters; the full list is in this module's documentation.
-        let method = if a.keep_dates {
-            "MVFA Studio PS3.15 basic profile subset, dates retained"
-        } else {
-            "MVFA Studio PS3.15 basic profile subset, dates removed"
-        };
-        put_str(&mut obj, tags::DEIDENTIFICATION_METHOD, VR::LO, method);
-        put_str(
-            &mut obj,
-            tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED,
-            VR::CS,
-            if a.keep_dates {
-                "UNMODIFIED"
-            } else {
-                "REMOVED"
-            },
-        );
+        deidentify(&mut obj, source, a);
     }
     // Type 2 attributes of the Patient and General Study modules: present even when empty.
     for (tag, vr) in [
@@ -433,11 +465,37 @@ pub fn build_secondary_capture(
         VR::IS,
         &opts.instance_number.to_string(),
     );
-    put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
-    put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
-    put_str(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
-    put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
-    put_str(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
+    let shift = anon.and_then(|a| match a.dates {
+        Dates::Remove => None,
+        Dates::Shift => Some(date_shift_days(
+            &a.key,
+            &source.get_str(tags::PATIENT_ID).unwrap_or_default(),
+        )),
+        Dates::Keep => Some(0),
+    });
+    match (anon.is_some(), shift) {
+        // Content date and time are type 2C here (Z/D): present and empty.
+        (true, None) => {
+            obj.put(DataElement::new(
+                tags::CONTENT_DATE,
+                VR::DA,
+                PrimitiveValue::Empty,
+            ));
+            obj.put(DataElement::new(
+                tags::CONTENT_TIME,
+                VR::TM,
+                PrimitiveValue::Empty,
+            ));
+        }
+        (_, shift) => {
+            let date = shift_date(&date, shift.unwrap_or(0)).unwrap_or(date);
+            put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
+            put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
+            put_str(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
+            put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
+            put_str(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
+        }
+    }
     put_str(&mut obj, tags::MANUFACTURER, VR::LO, "MVFA Studio");
     put_str(
         &mut obj,
@@ -509,6 +567,118 @@ pub fn build_secondary_capture(
     Ok(obj)
 }
 
+/// Applies the profile (see the module docs) to the source attributes copied into `obj`.
+fn deidentify(obj: &mut InMemDicomObject, source: &SourceAttributes, a: &Anonymise) {
+    put_str(obj, tags::PATIENT_NAME, VR::PN, "ANONYMOUS");
+    let id = source.get_str(tags::PATIENT_ID).unwrap_or_default();
+    put_str(obj, tags::PATIENT_ID, VR::LO, &pseudonymous_id(&a.key, &id));
+    let mut emptied = vec![
+        (tags::PATIENT_BIRTH_DATE, VR::DA),
+        (tags::ACCESSION_NUMBER, VR::SH),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+        (tags::STUDY_ID, VR::SH),
+    ];
+    let mut removed = vec![tags::STUDY_DESCRIPTION];
+    if !a.retain_patient_characteristics {
+        emptied.push((tags::PATIENT_SEX, VR::CS));
+        removed.push(tags::PATIENT_AGE);
+    }
+    if !a.retain_device_identity {
+        removed.extend([tags::STATION_NAME, tags::DEVICE_SERIAL_NUMBER]);
+    }
+    match a.dates {
+        Dates::Remove => emptied.extend([(tags::STUDY_DATE, VR::DA), (tags::STUDY_TIME, VR::TM)]),
+        Dates::Shift => {
+            let days = date_shift_days(&a.key, &id);
+            match source
+                .get_str(tags::STUDY_DATE)
+                .and_then(|d| shift_date(&d, days))
+            {
+                Some(shifted) => put_str(obj, tags::STUDY_DATE, VR::DA, &shifted),
+                None => emptied.push((tags::STUDY_DATE, VR::DA)),
+            }
+        }
+        Dates::Keep => {}
+    }
+    for (tag, vr) in emptied {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
+    }
+    for tag in removed {
+        obj.remove_element(tag);
+    }
+    if let Some(old) = source.get_str(tags::FRAME_OF_REFERENCE_UID)
+        && !old.is_empty()
+    {
+        put_str(
+            obj,
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            &derived_uid(&a.key, &old),
+        );
+    }
+    put_str(obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
+    // CID 7050 codes: the profile, then each option in effect.
+    let mut codes = vec![
+        ("113100", "Basic Application Confidentiality Profile"),
+        ("113105", "Clean Descriptors Option"),
+    ];
+    let (dates_word, longitudinal) = match a.dates {
+        Dates::Remove => ("dates removed", "REMOVED"),
+        Dates::Shift => {
+            codes.push((
+                "113107",
+                "Retain Longitudinal Temporal Information Modified Dates Option",
+            ));
+            ("dates shifted", "MODIFIED")
+        }
+        Dates::Keep => {
+            codes.push((
+                "113106",
+                "Retain Longitudinal Temporal Information Full Dates Option",
+            ));
+            ("dates kept", "UNMODIFIED")
+        }
+    };
+    if a.retain_patient_characteristics {
+        codes.push(("113108", "Retain Patient Characteristics Option"));
+    }
+    if a.retain_device_identity {
+        codes.push(("113109", "Retain Device Identity Option"));
+    }
+    // LO: at most 64 characters; the full list is in this module's documentation.
+    put_str(
+        obj,
+        tags::DEIDENTIFICATION_METHOD,
+        VR::LO,
+        &format!("MVFA Studio PS3.15 basic profile, {dates_word}"),
+    );
+    let items: Vec<InMemDicomObject> = codes
+        .into_iter()
+        .map(|(value, meaning)| {
+            InMemDicomObject::from_element_iter([
+                DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
+                DataElement::new(
+                    tags::CODING_SCHEME_DESIGNATOR,
+                    VR::SH,
+                    PrimitiveValue::from("DCM"),
+                ),
+                DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
+            ])
+        })
+        .collect();
+    obj.put(DataElement::new(
+        tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(items),
+    ));
+    put_str(
+        obj,
+        tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED,
+        VR::CS,
+        longitudinal,
+    );
+}
+
 fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
     obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
 }
@@ -545,6 +715,22 @@ mod tests {
         assert_eq!(derived_uid("k", "1.2.3"), derived_uid("k", "1.2.3"));
         assert_ne!(derived_uid("k", "1.2.3"), derived_uid("k2", "1.2.3"));
         assert_ne!(new_uid(), new_uid());
+    }
+
+    #[test]
+    fn dates_shift_across_month_and_leap_year_boundaries() {
+        assert_eq!(shift_date("20240301", 1).as_deref(), Some("20240229"));
+        assert_eq!(shift_date("20230101", 1).as_deref(), Some("20221231"));
+        assert_eq!(shift_date("20240115", 0).as_deref(), Some("20240115"));
+        assert_eq!(shift_date("2024-01-15", 3), None);
+        assert_eq!(shift_date("20241340", 3), None);
+        for days in [0, 59, 60, 365, 11_000, 20_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        let shift = date_shift_days("k", "PID");
+        assert!((1..=3650).contains(&shift));
+        assert_eq!(shift, date_shift_days("k", "PID"));
     }
 
     #[test]

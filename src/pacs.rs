@@ -1,0 +1,195 @@
+//! PACS client: query, retrieve and store over DICOMweb (QIDO-RS, WADO-RS, STOW-RS) and DIMSE
+//! (C-ECHO, C-FIND, C-GET, C-STORE), behind one [`PacsClient`] trait so the CLI and the app
+//! do not care which protocol a node speaks.
+//!
+//! - [`node`]: configured nodes and the settings file they live in; credentials never appear
+//!   in `Debug` output or error messages.
+//! - [`query`]: search criteria and matches, shared by both protocols.
+//! - [`dimse`] and [`dicomweb`]: the two protocol clients.
+//! - [`retrieve`]: retrieval into a local folder: one file per instance, written atomically
+//!   (temporary file + rename), so an interrupted retrieval leaves only complete files and a
+//!   second run resumes by skipping them.
+//!
+//! Every network wait is bounded by the node's timeout, and every response by size limits
+//! ([`Limits`]): a hostile or broken server yields a [`PacsError`], never a hang or a partial
+//! file.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub mod dicomweb;
+pub mod dimse;
+pub mod node;
+pub mod query;
+pub mod retrieve;
+
+pub use node::{Endpoint, Node, PacsSettings, Secret, WebAuth};
+pub use query::{InstanceRef, Level, Match, Query};
+pub use retrieve::{GetReport, GetTarget, Progress};
+
+/// Bounds on what one operation may wait for or accept from a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest wait for a connection, and for each read or write on it (DIMSE); the whole
+    /// request including its body (DICOMweb).
+    pub timeout: Duration,
+    /// Largest single DICOM object or HTTP response body accepted.
+    pub max_object_bytes: usize,
+    /// Most matches a query may return before the answer is refused as oversized.
+    pub max_matches: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30),
+            max_object_bytes: 2 << 30,
+            max_matches: 10_000,
+        }
+    }
+}
+
+/// A failed PACS operation: what went wrong, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum PacsError {
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("no answer from {address} within {secs} s")]
+    Timeout { address: String, secs: u64 },
+    #[error("association rejected by {address}: {reason}")]
+    Rejected { address: String, reason: String },
+    #[error("{address} does not support {what}")]
+    Unsupported { address: String, what: String },
+    #[error("{address} answered with HTTP status {status}: {body}")]
+    Http {
+        address: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{operation} failed on {address}: status 0x{status:04X}{comment}")]
+    Status {
+        address: String,
+        operation: &'static str,
+        status: u16,
+        comment: String,
+    },
+    #[error("malformed answer from {address}: {reason}")]
+    Protocol { address: String, reason: String },
+    #[error("answer from {address} exceeds the limit of {limit} {unit}")]
+    TooLarge {
+        address: String,
+        limit: usize,
+        unit: &'static str,
+    },
+    #[error("cannot read {path}: {reason}")]
+    ReadFile { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {reason}")]
+    WriteFile { path: PathBuf, reason: String },
+    #[error("PACS settings {path}: {reason}")]
+    Settings { path: PathBuf, reason: String },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl PacsError {
+    /// No answer from `address` within the limits' timeout.
+    pub(crate) fn timeout(address: &str, limits: &Limits) -> Self {
+        PacsError::Timeout {
+            address: address.to_string(),
+            secs: limits.timeout.as_secs().max(1),
+        }
+    }
+
+    pub(crate) fn protocol(address: &str, reason: impl Into<String>) -> Self {
+        PacsError::Protocol {
+            address: address.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn read_file(path: &Path, reason: impl ToString) -> Self {
+        PacsError::ReadFile {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// One instance as received: a complete DICOM Part 10 file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub sop_instance_uid: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Received {
+    /// Checks that `bytes` start like a Part 10 file (preamble, `DICM`, a readable file meta
+    /// group) and takes the SOP Instance UID from the meta group.
+    pub fn from_part10(bytes: Vec<u8>) -> Result<Self, String> {
+        if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+            return Err("not a DICOM file (no DICM prefix)".into());
+        }
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
+            .map_err(|e| format!("unreadable file meta group: {e}"))?;
+        let sop_instance_uid = meta
+            .media_storage_sop_instance_uid()
+            .trim_end_matches(['\0', ' '])
+            .to_string();
+        Ok(Received {
+            sop_instance_uid,
+            bytes,
+        })
+    }
+
+    /// Frames a data set received over DIMSE as a Part 10 file: preamble, `DICM`, a file meta
+    /// group naming its class, instance and transfer syntax, then the data set bytes as they
+    /// came (so pixel data stays byte-identical).
+    pub fn from_dataset(
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax: &str,
+        dataset: &[u8],
+    ) -> Result<Self, String> {
+        let meta = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(sop_instance_uid)
+            .transfer_syntax(transfer_syntax)
+            .build()
+            .map_err(|e| format!("cannot build a file meta group: {e}"))?;
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        meta.write(&mut bytes)
+            .map_err(|e| format!("cannot write a file meta group: {e}"))?;
+        bytes.extend_from_slice(dataset);
+        Ok(Received {
+            sop_instance_uid: sop_instance_uid.to_string(),
+            bytes,
+        })
+    }
+}
+
+/// What both protocol clients offer; [`connect`] picks one for a node.
+pub trait PacsClient {
+    /// Checks that the node answers (C-ECHO, or a minimal QIDO-RS search).
+    fn echo(&self) -> Result<(), PacsError>;
+    /// Searches at the query's level.
+    fn find(&self, query: &Query) -> Result<Vec<Match>, PacsError>;
+    /// Lists the instances of a study or series, for retrieval.
+    fn instances(&self, target: &GetTarget) -> Result<Vec<InstanceRef>, PacsError>;
+    /// Retrieves these instances, handing each complete one to `sink` as it arrives.
+    fn fetch(
+        &self,
+        wanted: &[InstanceRef],
+        sink: &mut dyn FnMut(Received) -> Result<(), PacsError>,
+    ) -> Result<(), PacsError>;
+    /// Stores one DICOM file on the node; returns its SOP Instance UID.
+    fn store(&self, path: &Path) -> Result<String, PacsError>;
+}
+
+/// The client for a node's protocol.
+pub fn connect(node: &Node) -> Result<Box<dyn PacsClient>, PacsError> {
+    let limits = node.limits();
+    Ok(match &node.endpoint {
+        Endpoint::Dimse(d) => Box::new(dimse::DimseClient::new(d.clone(), limits)?),
+        Endpoint::Dicomweb(w) => Box::new(dicomweb::WebClient::new(w.clone(), limits)?),
+    })
+}
