@@ -163,6 +163,8 @@ pub struct Anonymise {
     /// patient and study to the same values. Default: random, i.e. consistent within the
     /// export that uses this value only.
     pub key: String,
+    /// What happens to dates and date-times (see the module docs). Default:
+    /// [`Dates::Remove`].
     pub dates: Dates,
     /// Retain Patient Characteristics option: keep PatientSex and PatientAge.
     pub retain_patient_characteristics: bool,
