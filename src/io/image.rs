@@ -72,7 +72,10 @@ pub struct Window {
 /// `data[clamp(round(x) - first_mapped, 0, len - 1)]`, out of `0..2^bits`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VoiLut {
+    /// The first input value mapped, from the LUT Descriptor (0028,3002); lower values
+    /// map to the first entry.
     pub first_mapped: i64,
+    /// The table entries, from LUT Data (0028,3006).
     pub data: Vec<u16>,
     /// Bits per entry, 1 to 16.
     pub bits: u16,
@@ -99,13 +102,17 @@ impl VoiLut {
 pub struct OverlayPlane {
     /// The repeating group, 0x6000 to 0x601E.
     pub group: u16,
+    /// OverlayRows (60xx,0010).
     pub rows: u32,
+    /// OverlayColumns (60xx,0011).
     pub columns: u32,
     /// Image row and column (0-based) of the overlay's first pixel; may be negative.
     pub origin: (i32, i32),
     /// OverlayType: "G" (graphics) or "R" (region of interest).
     pub kind: String,
+    /// OverlayLabel (60xx,1500), if present.
     pub label: Option<String>,
+    /// OverlayDescription (60xx,0022), if present.
     pub description: Option<String>,
     /// The image frame (0-based) that the first overlay frame belongs to.
     pub first_frame: usize,
