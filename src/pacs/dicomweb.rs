@@ -33,6 +33,9 @@ pub struct WebClient {
 }
 
 impl WebClient {
+    /// A client for `endpoint`; no request is made yet. Fails with [`PacsError::Invalid`]
+    /// when the base URL does not start with `http://` or `https://`, or carries credentials
+    /// (`user@host`).
     pub fn new(endpoint: WebEndpoint, limits: Limits) -> Result<Self, PacsError> {
         let base = endpoint.base_url.trim().trim_end_matches('/').to_string();
         let Some(rest) = base
