@@ -127,6 +127,9 @@ fn valid_ae_title(ae: &str) -> bool {
 }
 
 impl DimseClient {
+    /// A client for `endpoint`; no association is opened yet. Fails with
+    /// [`PacsError::Invalid`] when either AE title is not 1 to 16 printable ASCII characters
+    /// without a backslash, or the host is blank.
     pub fn new(endpoint: DimseEndpoint, limits: Limits) -> Result<Self, PacsError> {
         for ae in [&endpoint.called_ae, &endpoint.calling_ae] {
             if !valid_ae_title(ae) {
