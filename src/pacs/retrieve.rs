@@ -14,7 +14,10 @@ use crate::io::export::write_atomically;
 /// What to retrieve: a study, or one series of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetTarget {
+    /// StudyInstanceUID (0020,000D) of the study.
     pub study_uid: String,
+    /// SeriesInstanceUID (0020,000E) of the one series to fetch; `None` fetches the whole
+    /// study.
     pub series_uid: Option<String>,
 }
 
@@ -43,8 +46,11 @@ pub struct Progress {
 /// The outcome of a complete retrieval.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetReport {
+    /// Instances the server listed for the study or series.
     pub total: usize,
+    /// Already present from an earlier run, not fetched again.
     pub skipped: usize,
+    /// Written by this run.
     pub written: usize,
 }
 
