@@ -18,6 +18,7 @@ use crate::io::export::write_atomically;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value` as a secret.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
@@ -38,13 +39,19 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum WebAuth {
+    /// No `Authorization` header.
     #[default]
     None,
+    /// HTTP Basic authentication: `Authorization: Basic base64(username:password)`.
     Basic {
+        /// The user name.
         username: String,
+        /// The password.
         password: Secret,
     },
+    /// A bearer token: `Authorization: Bearer <token>`.
     Bearer {
+        /// The token, sent as-is.
         token: Secret,
     },
 }
@@ -52,7 +59,9 @@ pub enum WebAuth {
 /// A DIMSE peer: TCP address and the AE titles of both ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DimseEndpoint {
+    /// The server's host name or IP address.
     pub host: String,
+    /// The server's TCP port.
     pub port: u16,
     /// The server's AE title.
     pub called_ae: String,
@@ -68,7 +77,9 @@ fn default_calling_ae() -> String {
 /// A DICOMweb service: base URL (`http://` or `https://`, up to and without `/studies`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebEndpoint {
+    /// The service's base URL, e.g. `https://pacs.example/dicom-web`.
     pub base_url: String,
+    /// How to log in (default: no authentication).
     #[serde(default)]
     pub auth: WebAuth,
 }
@@ -77,7 +88,9 @@ pub struct WebEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "protocol", rename_all = "lowercase")]
 pub enum Endpoint {
+    /// DICOM networking over TCP (C-ECHO, C-FIND, C-GET).
     Dimse(DimseEndpoint),
+    /// DICOMweb (PS3.18) over HTTP or HTTPS.
     Dicomweb(WebEndpoint),
 }
 
@@ -86,6 +99,7 @@ pub enum Endpoint {
 pub struct Node {
     /// The name the user picks it by.
     pub name: String,
+    /// The protocol and address of the server.
     #[serde(flatten)]
     pub endpoint: Endpoint,
     /// Network timeout in seconds (default 30).
@@ -110,6 +124,7 @@ impl Node {
 /// All configured nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PacsSettings {
+    /// The configured nodes, in file order; [`PacsSettings::upsert`] keeps names unique.
     #[serde(default)]
     pub nodes: Vec<Node>,
 }
