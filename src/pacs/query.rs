@@ -10,9 +10,12 @@ use super::PacsError;
 /// The query/retrieve level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Level {
+    /// Studies (QueryRetrieveLevel `STUDY`); the default.
     #[default]
     Study,
+    /// Series (`SERIES`).
     Series,
+    /// Instances (`IMAGE`).
     Instance,
 }
 
@@ -31,8 +34,11 @@ impl Level {
 /// wildcards (`*`, `?`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Query {
+    /// What to search for: studies, series or instances.
     pub level: Level,
+    /// PatientID (0010,0020).
     pub patient_id: Option<String>,
+    /// PatientName (0010,0010).
     pub patient_name: Option<String>,
     /// First study date (YYYYMMDD), inclusive.
     pub date_from: Option<String>,
@@ -40,6 +46,7 @@ pub struct Query {
     pub date_to: Option<String>,
     /// Modality of the series (ModalitiesInStudy at study level).
     pub modality: Option<String>,
+    /// AccessionNumber (0008,0050).
     pub accession: Option<String>,
     /// Restricts series and instance searches to one study.
     pub study_uid: Option<String>,
@@ -153,20 +160,27 @@ impl Query {
 /// One study, series or instance found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Match {
+    /// The level searched at: whether this is a study, a series or an instance.
     pub level: Level,
+    /// PatientName (0010,0010); empty where the server did not say.
     pub patient_name: String,
+    /// PatientID (0010,0020); empty where the server did not say.
     pub patient_id: String,
+    /// StudyDate (0008,0020) as the server sent it (normally YYYYMMDD); may be empty.
     pub study_date: String,
+    /// AccessionNumber (0008,0050); may be empty.
     pub accession: String,
     /// Series modality, or the modalities in the study separated by `\`.
     pub modality: String,
     /// Study or series description.
     pub description: String,
+    /// StudyInstanceUID (0020,000D).
     pub study_uid: String,
     /// Empty at study level.
     pub series_uid: String,
     /// Empty above instance level.
     pub sop_instance_uid: String,
+    /// SOPClassUID (0008,0016); empty where the server did not say.
     pub sop_class_uid: String,
     /// Instances in the study or series, where the server says.
     pub related_instances: Option<u32>,
@@ -231,8 +245,11 @@ impl Match {
 /// One instance to retrieve.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct InstanceRef {
+    /// StudyInstanceUID (0020,000D).
     pub study_uid: String,
+    /// SeriesInstanceUID (0020,000E).
     pub series_uid: String,
+    /// SOPInstanceUID (0008,0018).
     pub sop_instance_uid: String,
     /// May be empty where the server did not say.
     pub sop_class_uid: String,
