@@ -51,41 +51,109 @@ impl Default for Limits {
 /// A failed PACS operation: what went wrong, in words a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum PacsError {
+    /// The TCP connection (or the DNS lookup before it) failed.
     #[error("cannot connect to {address}: {reason}")]
-    Connect { address: String, reason: String },
+    Connect {
+        /// The server: `AE@host:port` (DIMSE) or the base URL (DICOMweb).
+        address: String,
+        /// Why, as the network layer reported it.
+        reason: String,
+    },
+    /// The server did not answer within the node's timeout.
     #[error("no answer from {address} within {secs} s")]
-    Timeout { address: String, secs: u64 },
+    Timeout {
+        /// The server, as for [`PacsError::Connect`].
+        address: String,
+        /// The timeout in whole seconds (at least 1).
+        secs: u64,
+    },
+    /// The DIMSE peer rejected the association (A-ASSOCIATE-RJ).
     #[error("association rejected by {address}: {reason}")]
-    Rejected { address: String, reason: String },
+    Rejected {
+        /// The server, as for [`PacsError::Connect`].
+        address: String,
+        /// The rejection source and reason the peer gave.
+        reason: String,
+    },
+    /// The DIMSE peer accepted no presentation context for a service, SOP class or transfer
+    /// syntax the operation needs.
     #[error("{address} does not support {what}")]
-    Unsupported { address: String, what: String },
+    Unsupported {
+        /// The server, as for [`PacsError::Connect`].
+        address: String,
+        /// What it lacks, e.g. "C-GET (study root)".
+        what: String,
+    },
+    /// A DICOMweb server answered with a status outside 200 to 299.
     #[error("{address} answered with HTTP status {status}: {body}")]
     Http {
+        /// The base URL.
         address: String,
+        /// The HTTP status code.
         status: u16,
+        /// The start of the response body (up to 300 bytes), trimmed.
         body: String,
     },
+    /// A DIMSE operation ended with a failure or unexpected status in its response.
     #[error("{operation} failed on {address}: status 0x{status:04X}{comment}")]
     Status {
+        /// The server, as for [`PacsError::Connect`].
         address: String,
+        /// The operation: "C-ECHO", "C-FIND", "C-GET" or "C-STORE".
         operation: &'static str,
+        /// The Status (0000,0900) of the response; 0xFFFF when it had none.
         status: u16,
+        /// The number of failed sub-operations and the ErrorComment (0000,0902) where the
+        /// response gives them, formatted to follow the status (e.g. `, 2 sub-operations
+        /// failed (reason)`); else empty.
         comment: String,
     },
+    /// The server's answer broke the protocol or could not be parsed.
     #[error("malformed answer from {address}: {reason}")]
-    Protocol { address: String, reason: String },
+    Protocol {
+        /// The server, as for [`PacsError::Connect`].
+        address: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// An answer exceeded one of the [`Limits`] (object size, number of matches) or the
+    /// largest DIMSE command accepted.
     #[error("answer from {address} exceeds the limit of {limit} {unit}")]
     TooLarge {
+        /// The server, as for [`PacsError::Connect`].
         address: String,
+        /// The limit exceeded.
         limit: usize,
+        /// What the limit counts, e.g. "matches" or "bytes in one object".
         unit: &'static str,
     },
+    /// A local file to store could not be read or is not a usable DICOM Part 10 file.
     #[error("cannot read {path}: {reason}")]
-    ReadFile { path: PathBuf, reason: String },
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A retrieved instance could not be written to the local folder.
     #[error("cannot write {path}: {reason}")]
-    WriteFile { path: PathBuf, reason: String },
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The node settings file could not be read, parsed or written.
     #[error("PACS settings {path}: {reason}")]
-    Settings { path: PathBuf, reason: String },
+    Settings {
+        /// The settings file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The request is invalid (bad search criteria, UID, AE title, base URL or host; caught
+    /// before anything is sent), or a retrieval's answer made no sense: nothing listed,
+    /// malformed UIDs listed, an instance not asked for, or fewer instances than requested.
     #[error("invalid request: {0}")]
     Invalid(String),
 }
@@ -117,7 +185,9 @@ impl PacsError {
 /// One instance as received: a complete DICOM Part 10 file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
+    /// The instance's SOP Instance UID, as in MediaStorageSOPInstanceUID (0002,0003).
     pub sop_instance_uid: String,
+    /// The whole file: preamble, `DICM`, file meta group and data set.
     pub bytes: Vec<u8>,
 }
 
