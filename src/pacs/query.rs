@@ -1,6 +1,6 @@
-//! Search criteria and their matches, independent of the protocol: [`Query::keys`] gives the
+//! Search criteria and their matches, independent of the protocol: `Query::keys` gives the
 //! attributes both C-FIND identifiers and QIDO-RS parameters are built from, and
-//! [`Match::from_lookup`] reads an answer through a tag lookup that both a data set and a
+//! `Match::from_lookup` reads an answer through a tag lookup that both a data set and a
 //! DICOM JSON object provide.
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
