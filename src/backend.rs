@@ -10,8 +10,10 @@ pub type CpuBackend = burn::backend::NdArray<f32>;
 /// Autodiff wrapper used for fine-tuning on the CPU.
 pub type CpuTrainBackend = burn::backend::Autodiff<CpuBackend>;
 
+/// The NVIDIA GPU backend (burn-cuda; the driver is loaded at run time).
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda<f32, i32>;
+/// Autodiff wrapper used for fine-tuning on the GPU.
 #[cfg(feature = "cuda")]
 pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
 
@@ -20,6 +22,7 @@ pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
 pub enum DeviceChoice {
     /// The CPU, through burn's ndarray backend.
     Cpu,
+    /// An NVIDIA GPU, by CUDA device index.
     #[cfg(feature = "cuda")]
     Cuda(usize),
 }
