@@ -10,6 +10,7 @@ mod backbone;
 mod checkpoint;
 mod error;
 mod fitting;
+pub mod maps;
 mod scoring;
 mod shots;
 pub mod text_cache;
@@ -20,6 +21,7 @@ pub use checkpoint::{
 };
 pub use error::WorkflowError;
 pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_detector};
+pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
 pub use shots::{
     CollectedShots, DatasetShots, LabelledImage, MaskSource, ShotLabel, ShotSource, collect_shots,

@@ -1,0 +1,263 @@
+//! The anomaly maps a result offers for display and export, each on a scale that is the same
+//! for every image (never a per-image min-max).
+//!
+//! - With a calibration, every layer is in robust-z units of the normal exemplars ("how many
+//!   normal spreads above a typical normal exemplar", see [`crate::model::mvfa::calibration`]):
+//!   the fused map as stored, a branch map through its branch statistics, and one level of a
+//!   branch as if it were the whole branch, `(L * level - median) / scale` for `L` levels, so
+//!   that the mean of a branch's level maps is the branch map.
+//! - Without one (a zero-shot detector with no normal shot yet), the raw per-level values are
+//!   probabilities (zero-shot) or halved cosine distances (few-shot), both in 0..=1; a branch
+//!   map is shown as the mean of its levels, in the same units.
+use serde::{Deserialize, Serialize};
+
+use crate::model::mvfa::calibration::{BranchStats, Calibration};
+use crate::model::mvfa::detector::ImageResult;
+
+/// The zero-shot (text prompts) or few-shot (memory bank) branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Branch {
+    /// Adapted patch tokens compared with the text embeddings.
+    ZeroShot,
+    /// Adapted patch tokens compared with the normal memory bank.
+    FewShot,
+}
+
+impl Branch {
+    /// Short name for menus and file names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Branch::ZeroShot => "zero-shot",
+            Branch::FewShot => "few-shot",
+        }
+    }
+}
+
+/// One map of a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum MapLayer {
+    /// Calibrated fusion of both branches (what the image score is taken from).
+    #[default]
+    Fused,
+    /// A branch summed over its levels.
+    Branch(Branch),
+    /// One level (0-based tap index) of a branch.
+    Level(Branch, usize),
+}
+
+impl MapLayer {
+    /// Every layer of a detector with `levels` tapped levels, in the order offered to users.
+    pub fn all(levels: usize) -> Vec<MapLayer> {
+        let mut out = vec![
+            MapLayer::Fused,
+            MapLayer::Branch(Branch::ZeroShot),
+            MapLayer::Branch(Branch::FewShot),
+        ];
+        for branch in [Branch::ZeroShot, Branch::FewShot] {
+            out.extend((0..levels).map(|l| MapLayer::Level(branch, l)));
+        }
+        out
+    }
+
+    /// Name for menus, legends and file names ("fused", "few-shot level 2").
+    pub fn label(self) -> String {
+        match self {
+            MapLayer::Fused => "fused".into(),
+            MapLayer::Branch(b) => b.label().into(),
+            MapLayer::Level(b, l) => format!("{} level {}", b.label(), l + 1),
+        }
+    }
+}
+
+/// The units of a [`LayerMap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapScale {
+    /// Robust z-score against the normal exemplars of the calibration.
+    Calibrated,
+    /// Uncalibrated level values in 0..=1.
+    Raw,
+}
+
+impl MapScale {
+    /// Legend caption of the units.
+    pub fn caption(self) -> &'static str {
+        match self {
+            MapScale::Calibrated => "calibrated (normal spreads)",
+            MapScale::Raw => "uncalibrated (0-1)",
+        }
+    }
+
+    /// The default colour range of the legend: the same for every image.
+    pub fn default_range(self) -> (f32, f32) {
+        match self {
+            MapScale::Calibrated => (0.0, 8.0),
+            MapScale::Raw => (0.0, 1.0),
+        }
+    }
+}
+
+/// One layer's values at model resolution (`S * S`, row-major) and their units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerMap {
+    /// The map, row-major at model resolution.
+    pub values: Vec<f32>,
+    /// What the values mean.
+    pub scale: MapScale,
+}
+
+/// The map of `layer` from `result`, on the scale the module docs describe; `None` when the
+/// result lacks it (few-shot without a memory bank, fused without a calibration, a level past
+/// the last).
+pub fn layer_map(
+    result: &ImageResult,
+    calibration: Option<&Calibration>,
+    layer: MapLayer,
+) -> Option<LayerMap> {
+    let raw = &result.raw;
+    let levels_of = |branch: Branch| match branch {
+        Branch::ZeroShot => &raw.zero_map_levels,
+        Branch::FewShot => &raw.few_map_levels,
+    };
+    let stats_of = |cal: &Calibration, branch: Branch| -> Option<BranchStats> {
+        match branch {
+            Branch::ZeroShot => Some(cal.zero_map),
+            Branch::FewShot => cal.few_map,
+        }
+    };
+    match layer {
+        MapLayer::Fused => result.fused_map.clone().map(|values| LayerMap {
+            values,
+            scale: MapScale::Calibrated,
+        }),
+        MapLayer::Branch(branch) => {
+            let levels = levels_of(branch);
+            if levels.is_empty() {
+                return None;
+            }
+            let sum: Vec<f32> = match branch {
+                Branch::ZeroShot => raw.zero_map.clone(),
+                Branch::FewShot => raw.few_map.clone()?,
+            };
+            Some(match calibration.and_then(|c| stats_of(c, branch)) {
+                Some(stats) => LayerMap {
+                    values: sum.iter().map(|&v| stats.normalise(v)).collect(),
+                    scale: MapScale::Calibrated,
+                },
+                None => {
+                    let n = levels.len() as f32;
+                    LayerMap {
+                        values: sum.iter().map(|&v| v / n).collect(),
+                        scale: MapScale::Raw,
+                    }
+                }
+            })
+        }
+        MapLayer::Level(branch, level) => {
+            let levels = levels_of(branch);
+            let map = levels.get(level)?;
+            let n = levels.len() as f32;
+            Some(match calibration.and_then(|c| stats_of(c, branch)) {
+                Some(stats) => LayerMap {
+                    values: map.iter().map(|&v| stats.normalise(n * v)).collect(),
+                    scale: MapScale::Calibrated,
+                },
+                None => LayerMap {
+                    values: map.clone(),
+                    scale: MapScale::Raw,
+                },
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::mvfa::calibration::LeaveOut;
+    use crate::model::mvfa::detector::RawResult;
+
+    fn result() -> ImageResult {
+        ImageResult {
+            raw: RawResult {
+                zero_image: 0.0,
+                zero_image_levels: vec![0.0, 0.0],
+                few_image: Some(0.0),
+                zero_map: vec![0.3, 0.9],
+                zero_map_levels: vec![vec![0.1, 0.4], vec![0.2, 0.5]],
+                few_map: Some(vec![0.2, 0.6]),
+                few_map_levels: vec![vec![0.1, 0.3], vec![0.1, 0.3]],
+            },
+            fused_map: Some(vec![1.0, 2.0]),
+            score: Some(2.0),
+        }
+    }
+
+    fn calibration() -> Calibration {
+        let stats = |median, scale| BranchStats { median, scale };
+        Calibration {
+            method: "test".into(),
+            zero_map: stats(0.3, 0.1),
+            few_map: Some(stats(0.2, 0.2)),
+            zero_image: stats(0.0, 1.0),
+            few_image: Some(stats(0.0, 1.0)),
+            fused_map_max: stats(0.0, 1.0),
+            leave_out: LeaveOut::SourceShot,
+            normal_exemplars: 1,
+            abnormal_exemplars: 0,
+            threshold: 3.0,
+            normal_p95: 0.0,
+            abnormal_median: None,
+        }
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn calibrated_levels_average_to_their_branch() {
+        let (r, cal) = (result(), calibration());
+        let branch = layer_map(&r, Some(&cal), MapLayer::Branch(Branch::ZeroShot)).unwrap();
+        close(&branch.values, &[0.0, 6.0]);
+        let l0 = layer_map(&r, Some(&cal), MapLayer::Level(Branch::ZeroShot, 0)).unwrap();
+        let l1 = layer_map(&r, Some(&cal), MapLayer::Level(Branch::ZeroShot, 1)).unwrap();
+        let mean: Vec<f32> = l0
+            .values
+            .iter()
+            .zip(&l1.values)
+            .map(|(a, b)| 0.5 * (a + b))
+            .collect();
+        close(&mean, &branch.values);
+        assert_eq!(l0.scale, MapScale::Calibrated);
+    }
+
+    #[test]
+    fn uncalibrated_maps_stay_in_level_units() {
+        let mut r = result();
+        r.fused_map = None;
+        assert!(layer_map(&r, None, MapLayer::Fused).is_none());
+        let branch = layer_map(&r, None, MapLayer::Branch(Branch::FewShot)).unwrap();
+        close(&branch.values, &[0.1, 0.3]);
+        assert_eq!(branch.scale, MapScale::Raw);
+        let level = layer_map(&r, None, MapLayer::Level(Branch::ZeroShot, 1)).unwrap();
+        close(&level.values, &[0.2, 0.5]);
+        assert!(layer_map(&r, None, MapLayer::Level(Branch::ZeroShot, 2)).is_none());
+    }
+
+    #[test]
+    fn missing_few_shot_branch_has_no_map() {
+        let mut r = result();
+        r.raw.few_map = None;
+        r.raw.few_map_levels.clear();
+        assert!(layer_map(&r, None, MapLayer::Branch(Branch::FewShot)).is_none());
+        assert!(layer_map(&r, None, MapLayer::Level(Branch::FewShot, 0)).is_none());
+        assert_eq!(MapLayer::all(4).len(), 11);
+        assert_eq!(
+            MapLayer::Level(Branch::FewShot, 1).label(),
+            "few-shot level 2"
+        );
+    }
+}
