@@ -12,6 +12,7 @@ mod error;
 mod fitting;
 pub mod maps;
 mod scoring;
+mod session;
 mod shots;
 pub mod text_cache;
 
@@ -20,9 +21,10 @@ pub use checkpoint::{
     OpenedDetector, checkpoint_meta, open_detector, resolve_organ, save_detector,
 };
 pub use error::WorkflowError;
-pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_detector};
+pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
+pub use session::{DetectorSummary, FitSummary, ModelSession, Session, open_session};
 pub use shots::{
     CollectedShots, DatasetShots, LabelledImage, MaskSource, ShotLabel, ShotSource, collect_shots,
 };

@@ -58,6 +58,9 @@ pub enum WorkflowError {
         /// What was asked (a checkpoint, plain folders, labelled images).
         what: String,
     },
+    /// Scoring or saving was asked of a session before any detector existed.
+    #[error("no detector yet: label at least one normal image, or import adapters")]
+    NoDetector,
     /// A dataset folder that cannot be used.
     #[error(transparent)]
     Dataset(#[from] DatasetError),

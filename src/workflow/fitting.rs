@@ -9,6 +9,7 @@ use burn::prelude::*;
 
 use super::{Backbone, WorkflowError};
 use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
 use crate::train::trainer::TrainConfig;
@@ -100,13 +101,37 @@ pub fn fit_detector<B: Backend>(
     on_event: impl FnMut(FitEvent),
     cancel: &AtomicBool,
 ) -> Result<FitResult<B>, WorkflowError> {
-    let text = backbone.text_features(&request.organ)?;
     let device = backbone.device().clone();
     let adapters_cfg = backbone.adapters_config(MixingRatios::default(), request.seed);
     let adapters = match &request.init {
         Some(path) => load_adapter_file::<B>(path, &adapters_cfg, &device)?.adapters,
         None => adapters_cfg.init::<B>(&device),
     };
+    fit_adapters(
+        backbone,
+        adapters,
+        adapters_cfg,
+        shots,
+        request,
+        on_event,
+        cancel,
+    )
+}
+
+/// Like [`fit_detector`], starting from `adapters` already in memory (the app keeps the
+/// adapters of its last fit or import; `request.init` is ignored). With `request.epochs` of
+/// `Some(0)` nothing is fine-tuned: the memory bank and the calibration are rebuilt from the
+/// shots around the given adapters.
+pub fn fit_adapters<B: Backend>(
+    backbone: &mut Backbone<B>,
+    adapters: MvfaAdapters<B>,
+    adapters_cfg: MvfaAdaptersConfig,
+    shots: &Shots,
+    request: &FitRequest,
+    on_event: impl FnMut(FitEvent),
+    cancel: &AtomicBool,
+) -> Result<FitResult<B>, WorkflowError> {
+    let text = backbone.text_features(&request.organ)?;
     let settings = FitSettings {
         adapters: adapters_cfg,
         scoring: backbone.scoring_config(),

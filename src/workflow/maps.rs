@@ -170,6 +170,104 @@ pub fn layer_map(
     }
 }
 
+/// Bilinear sample of a `size x size` map at map coordinates `(x, y)` in pixels of the map
+/// (pixel centres at `i + 0.5`), with edge clamping: what the reference's display resize
+/// (`align_corners = false`) computes at one point.
+pub fn sample(values: &[f32], size: usize, x: f32, y: f32) -> f32 {
+    let coord = |v: f32| {
+        let c = (v - 0.5).clamp(0.0, (size - 1) as f32);
+        let i0 = c.floor() as usize;
+        let i1 = (i0 + 1).min(size - 1);
+        (i0, i1, c - i0 as f32)
+    };
+    let (x0, x1, fx) = coord(x);
+    let (y0, y1, fy) = coord(y);
+    let at = |x: usize, y: usize| values[y * size + x];
+    let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+    let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+    top * (1.0 - fy) + bottom * fy
+}
+
+/// The map resized to `width x height` (row-major), bilinear with half-pixel centres like
+/// [`crate::workflow::map_at_original`], without a tensor backend.
+pub fn resize(values: &[f32], size: usize, width: usize, height: usize) -> Vec<f32> {
+    let (sx, sy) = (size as f32 / width as f32, size as f32 / height as f32);
+    let mut out = Vec::with_capacity(width * height);
+    for row in 0..height {
+        let y = (row as f32 + 0.5) * sy;
+        for col in 0..width {
+            out.push(sample(values, size, (col as f32 + 0.5) * sx, y));
+        }
+    }
+    out
+}
+
+/// Line segments where the bilinearly interpolated map crosses `level` (marching squares
+/// between pixel centres), in map pixel coordinates (centres at `i + 0.5`).
+pub fn contour(values: &[f32], size: usize, level: f32) -> Vec<[[f32; 2]; 2]> {
+    let mut segments = Vec::new();
+    if size < 2 || values.len() != size * size {
+        return segments;
+    }
+    let at = |x: usize, y: usize| values[y * size + x];
+    // Where the edge from a to b crosses the level, as a fraction from a.
+    let cross = |a: f32, b: f32| ((level - a) / (b - a)).clamp(0.0, 1.0);
+    for y in 0..size - 1 {
+        for x in 0..size - 1 {
+            let (tl, tr, br, bl) = (at(x, y), at(x + 1, y), at(x + 1, y + 1), at(x, y + 1));
+            let case = (tl >= level) as u8
+                | ((tr >= level) as u8) << 1
+                | ((br >= level) as u8) << 2
+                | ((bl >= level) as u8) << 3;
+            if case == 0 || case == 15 {
+                continue;
+            }
+            let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
+            let top = [fx + cross(tl, tr), fy];
+            let right = [fx + 1.0, fy + cross(tr, br)];
+            let bottom = [fx + cross(bl, br), fy + 1.0];
+            let left = [fx, fy + cross(tl, bl)];
+            let mut push = |a: [f32; 2], b: [f32; 2]| segments.push([a, b]);
+            match case {
+                1 | 14 => push(left, top),
+                2 | 13 => push(top, right),
+                3 | 12 => push(left, right),
+                4 | 11 => push(right, bottom),
+                6 | 9 => push(top, bottom),
+                7 | 8 => push(left, bottom),
+                // Saddles: decide by the centre value.
+                5 | 10 => {
+                    let centre_in = 0.25 * (tl + tr + br + bl) >= level;
+                    if (case == 5) == centre_in {
+                        push(left, bottom);
+                        push(top, right);
+                    } else {
+                        push(left, top);
+                        push(right, bottom);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    segments
+}
+
+/// The pixels of a `width x height` image where the map, resized like
+/// [`resize`], is at least `level`: a starting lesion mask (row-major, 1 inside).
+pub fn threshold_mask(
+    values: &[f32],
+    size: usize,
+    width: usize,
+    height: usize,
+    level: f32,
+) -> Vec<u8> {
+    resize(values, size, width, height)
+        .into_iter()
+        .map(|v| u8::from(v >= level))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +357,46 @@ mod tests {
             MapLayer::Level(Branch::FewShot, 1).label(),
             "few-shot level 2"
         );
+    }
+
+    #[test]
+    fn resize_matches_the_reference_display_resize() {
+        type B = crate::backend::CpuBackend;
+        let size = 7;
+        let values: Vec<f32> = (0..size * size)
+            .map(|i| ((i * 37) % 11) as f32 / 3.0)
+            .collect();
+        let device = Default::default();
+        for (w, h) in [(7, 7), (20, 13), (5, 3)] {
+            let ours = resize(&values, size, w, h);
+            let reference =
+                crate::workflow::map_at_original::<B>(&values, size, w, h, &device).unwrap();
+            close(&ours, &reference);
+        }
+    }
+
+    #[test]
+    fn contour_surrounds_a_blob_and_threshold_mask_fills_it() {
+        let size = 8;
+        let mut values = vec![0.0; size * size];
+        for y in 3..5 {
+            for x in 3..5 {
+                values[y * size + x] = 10.0;
+            }
+        }
+        let segments = contour(&values, size, 5.0);
+        assert!(!segments.is_empty());
+        for [a, b] in &segments {
+            for p in [a, b] {
+                assert!(
+                    (2.5..=5.5).contains(&p[0]) && (2.5..=5.5).contains(&p[1]),
+                    "{p:?}"
+                );
+            }
+        }
+        let mask = threshold_mask(&values, size, 16, 16, 5.0);
+        assert_eq!(mask[8 * 16 + 8], 1);
+        assert_eq!(mask[0], 0);
+        assert!(contour(&values, size, 20.0).is_empty());
     }
 }

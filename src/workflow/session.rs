@@ -1,0 +1,352 @@
+//! A model session: the loaded backbone with the current adapters and detector, behind one
+//! backend-free interface ([`ModelSession`]) so that a front end holding it needs no burn type.
+//!
+//! The app keeps one session on its worker threads: it opens the weights, imports adapters,
+//! rebuilds the memory bank and calibration when labels change (no fine-tuning), fine-tunes,
+//! scores and saves. The adapters survive every step: the memory bank of the next labels is
+//! built around the adapters of the last fit or import.
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::prelude::*;
+
+use super::{
+    Backbone, FitRequest, FitResult, WorkflowError, checkpoint_meta, fit_adapters, open_detector,
+    save_detector,
+};
+use crate::io::input::ModelImage;
+use crate::io::model_input::batch_tensor;
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
+use crate::model::mvfa::calibration::Calibration;
+use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
+use crate::train::fit::{FitEvent, FitMode, Shots};
+use crate::weights::adapters::MixingRatios;
+use crate::weights::clip::LoadReport;
+
+/// What the front end shows of the current detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorSummary {
+    /// Where the adapters come from ("fresh adapters (seed 0)", "imported x.pth",
+    /// "fine-tuned: 120 steps").
+    pub adapters: String,
+    /// The organ word of the prompts.
+    pub organ: String,
+    /// The task: segmentation (pixel maps decide) or classification.
+    pub task: TaskKind,
+    /// What the labels allowed at the last fit, if the detector was fitted here.
+    pub mode: Option<FitMode>,
+    /// The calibration, once normal shots exist.
+    pub calibration: Option<Calibration>,
+    /// Normal shots in the memory bank.
+    pub normal_shots: usize,
+    /// Abnormal shots the threshold (and any fine-tuning) used.
+    pub abnormal_shots: usize,
+    /// Tapped levels (4 for ViT-L/14).
+    pub levels: usize,
+    /// Side of the square model input and of the maps, in pixels.
+    pub model_size: usize,
+    /// A remark for the user (organ word differs from the checkpoint's, masks ignored).
+    pub note: Option<String>,
+}
+
+/// How a fine-tuning run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FitSummary {
+    /// The new detector is installed.
+    Fitted(DetectorSummary),
+    /// Cancelled: the previous detector is kept.
+    Cancelled {
+        /// Optimiser steps completed before the cancel.
+        steps_done: usize,
+    },
+}
+
+/// The model operations a front end needs, without naming the backend.
+pub trait ModelSession: Send {
+    /// What loading the weights found.
+    fn report(&self) -> &LoadReport;
+
+    /// The current detector, if one was built.
+    fn detector(&self) -> Option<DetectorSummary>;
+
+    /// Makes the adapters of `path` (our checkpoint, or a reference `.pth`) current, as a
+    /// detector with the checkpoint's own memory bank and calibration when it stores them.
+    fn import_adapters(
+        &mut self,
+        path: &Path,
+        organ: Option<&str>,
+    ) -> Result<DetectorSummary, WorkflowError>;
+
+    /// Rebuilds the memory bank and the calibration from `shots` around the current adapters
+    /// (fresh seeded ones when none), without fine-tuning.
+    fn prepare(
+        &mut self,
+        shots: &Shots,
+        request: &FitRequest,
+    ) -> Result<DetectorSummary, WorkflowError>;
+
+    /// Fine-tunes the current adapters on `shots`; a cancelled run keeps the previous
+    /// detector.
+    fn fit(
+        &mut self,
+        shots: &Shots,
+        request: &FitRequest,
+        on_event: &mut dyn FnMut(FitEvent),
+        cancel: &AtomicBool,
+    ) -> Result<FitSummary, WorkflowError>;
+
+    /// Scores frames (in the detector's batches), checking `cancel` between batches; returns
+    /// the results of the frames scored so far when cancelled.
+    fn score(
+        &self,
+        frames: &[ModelImage],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<ImageResult>, WorkflowError>;
+
+    /// Writes the current detector with its normal shots to `path`.
+    fn save(&self, path: &Path, provenance: &str) -> Result<(), WorkflowError>;
+}
+
+/// The backend-typed session behind [`ModelSession`].
+pub struct Session<B: Backend> {
+    backbone: Backbone<B>,
+    adapters: Option<(MvfaAdapters<B>, MvfaAdaptersConfig)>,
+    adapters_source: String,
+    detector: Option<Detector<B, VisionTransformer<B>>>,
+    summary: Option<DetectorSummary>,
+    normal_shots: Vec<Vec<f32>>,
+    epochs_trained: usize,
+}
+
+impl<B: Backend> Session<B> {
+    /// Opens the CLIP weights at `weights` (config beside them or `config`) on `device`.
+    pub fn open(
+        weights: &Path,
+        config: Option<&Path>,
+        device: &B::Device,
+    ) -> Result<Self, WorkflowError> {
+        Ok(Self {
+            backbone: Backbone::open(weights, config, device)?,
+            adapters: None,
+            adapters_source: String::new(),
+            detector: None,
+            summary: None,
+            normal_shots: Vec::new(),
+            epochs_trained: 0,
+        })
+    }
+
+    /// The current adapters, or fresh ones from `seed` (kept, so that every later step
+    /// builds on the same adapters).
+    fn current_adapters(&mut self, seed: u64) -> (MvfaAdapters<B>, MvfaAdaptersConfig) {
+        if self.adapters.is_none() {
+            let cfg = self.backbone.adapters_config(MixingRatios::default(), seed);
+            let adapters = crate::train::fit::materialize(cfg.init::<B>(self.backbone.device()));
+            self.adapters = Some((adapters, cfg));
+            self.adapters_source = format!("fresh adapters (seed {seed}), not fine-tuned");
+        }
+        self.adapters.clone().expect("set above")
+    }
+
+    fn summarise(
+        &self,
+        detector: &Detector<B, VisionTransformer<B>>,
+        organ: &str,
+        mode: Option<FitMode>,
+        shots: Option<&Shots>,
+        note: Option<String>,
+    ) -> DetectorSummary {
+        DetectorSummary {
+            adapters: self.adapters_source.clone(),
+            organ: organ.to_string(),
+            task: detector.task(),
+            mode,
+            calibration: detector.calibration().cloned(),
+            normal_shots: shots.map_or(self.normal_shots.len(), |s| s.normal.len()),
+            abnormal_shots: shots.map_or(0, |s| s.abnormal.len()),
+            levels: detector.adapters_config().levels,
+            model_size: detector.scorer().config().image_size,
+            note,
+        }
+    }
+
+    fn install(
+        &mut self,
+        detector: Detector<B, VisionTransformer<B>>,
+        summary: DetectorSummary,
+        shots: &Shots,
+    ) -> DetectorSummary {
+        self.normal_shots = shots.normal.iter().map(|s| s.image.clone()).collect();
+        self.detector = Some(detector);
+        self.summary = Some(summary.clone());
+        summary
+    }
+}
+
+impl<B: Backend> ModelSession for Session<B>
+where
+    B::Device: Send,
+{
+    fn report(&self) -> &LoadReport {
+        self.backbone.report()
+    }
+
+    fn detector(&self) -> Option<DetectorSummary> {
+        self.summary.clone()
+    }
+
+    fn import_adapters(
+        &mut self,
+        path: &Path,
+        organ: Option<&str>,
+    ) -> Result<DetectorSummary, WorkflowError> {
+        let opened = open_detector(&mut self.backbone, path, organ, TaskKind::Segmentation, 8)?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        self.adapters = Some((
+            opened.detector.adapters().clone(),
+            opened.detector.adapters_config().clone(),
+        ));
+        self.adapters_source = format!("imported {name}");
+        self.normal_shots = opened.normal_shots;
+        self.epochs_trained = opened.meta.as_ref().and_then(|m| m.epochs).unwrap_or(0);
+        let summary = self.summarise(&opened.detector, &opened.organ, None, None, opened.note);
+        self.detector = Some(opened.detector);
+        self.summary = Some(summary.clone());
+        Ok(summary)
+    }
+
+    fn prepare(
+        &mut self,
+        shots: &Shots,
+        request: &FitRequest,
+    ) -> Result<DetectorSummary, WorkflowError> {
+        let (adapters, cfg) = self.current_adapters(request.seed);
+        let request = FitRequest {
+            epochs: Some(0),
+            ..request.clone()
+        };
+        let never = AtomicBool::new(false);
+        let fitted = fit_adapters(
+            &mut self.backbone,
+            adapters,
+            cfg,
+            shots,
+            &request,
+            |_| {},
+            &never,
+        )?;
+        let FitResult::Fitted(fitted) = fitted else {
+            unreachable!("a fit without fine-tuning is never cancelled")
+        };
+        let summary = self.summarise(
+            &fitted.detector,
+            &request.organ,
+            None,
+            Some(shots),
+            fitted.note.clone(),
+        );
+        Ok(self.install(fitted.detector, summary, shots))
+    }
+
+    fn fit(
+        &mut self,
+        shots: &Shots,
+        request: &FitRequest,
+        on_event: &mut dyn FnMut(FitEvent),
+        cancel: &AtomicBool,
+    ) -> Result<FitSummary, WorkflowError> {
+        let (adapters, cfg) = self.current_adapters(request.seed);
+        let result = fit_adapters(
+            &mut self.backbone,
+            adapters,
+            cfg.clone(),
+            shots,
+            request,
+            on_event,
+            cancel,
+        )?;
+        match result {
+            FitResult::Cancelled { steps_done } => Ok(FitSummary::Cancelled { steps_done }),
+            FitResult::Fitted(fitted) => {
+                let epochs = request.epochs.unwrap_or(request.schedule.epochs());
+                if fitted.mode != FitMode::NormalOnly {
+                    self.adapters = Some((fitted.detector.adapters().clone(), cfg));
+                    self.epochs_trained += epochs;
+                    self.adapters_source = format!(
+                        "fine-tuned here ({} epochs in all, {:?} schedule)",
+                        self.epochs_trained, request.schedule
+                    );
+                }
+                let summary = self.summarise(
+                    &fitted.detector,
+                    &request.organ,
+                    Some(fitted.mode),
+                    Some(shots),
+                    fitted.note.clone(),
+                );
+                Ok(FitSummary::Fitted(self.install(
+                    fitted.detector,
+                    summary,
+                    shots,
+                )))
+            }
+        }
+    }
+
+    fn score(
+        &self,
+        frames: &[ModelImage],
+        cancel: &AtomicBool,
+    ) -> Result<Vec<ImageResult>, WorkflowError> {
+        let Some(detector) = &self.detector else {
+            return Err(WorkflowError::NoDetector);
+        };
+        let size = detector.scorer().config().image_size;
+        let device = self.backbone.device();
+        let mut results = Vec::with_capacity(frames.len());
+        for chunk in frames.chunks(detector.batch_size()) {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let views: Vec<&[f32]> = chunk.iter().map(|f| f.input.as_slice()).collect();
+            let images = batch_tensor::<B>(&views, [3, size, size], device)?;
+            let scored = detector
+                .score(images)
+                .map_err(|source| WorkflowError::Model {
+                    context: chunk
+                        .first()
+                        .map_or_else(String::new, |f| f.source.display().to_string()),
+                    source,
+                })?;
+            results.extend(scored);
+        }
+        Ok(results)
+    }
+
+    fn save(&self, path: &Path, provenance: &str) -> Result<(), WorkflowError> {
+        let (Some(detector), Some(summary)) = (&self.detector, &self.summary) else {
+            return Err(WorkflowError::NoDetector);
+        };
+        let meta = checkpoint_meta(
+            &self.backbone,
+            &summary.organ,
+            self.normal_shots.len(),
+            self.epochs_trained,
+            provenance.to_string(),
+        );
+        save_detector(path, detector, &self.normal_shots, meta)
+    }
+}
+
+/// Opens a session on the backend `info` selects, type-erased.
+pub fn open_session(
+    weights: &Path,
+    config: Option<&Path>,
+    info: &crate::backend::BackendInfo,
+) -> Result<Box<dyn ModelSession>, WorkflowError> {
+    crate::with_backend!(info, |B, device| {
+        Session::<B>::open(weights, config, &device)
+            .map(|session| Box::new(session) as Box<dyn ModelSession>)
+    })
+}
