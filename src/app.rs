@@ -9,6 +9,7 @@
 pub mod commands;
 pub mod dispatch;
 pub mod jobs;
+pub mod model_jobs;
 pub mod panels;
 pub mod state;
 pub mod textures;

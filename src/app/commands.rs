@@ -95,6 +95,32 @@ pub enum Command {
     BrushSmaller,
     /// Remove the length measurements of the current image.
     ClearMeasurements,
+    /// Use the adapters of an MVFA Studio checkpoint or a reference MVFA .pth file (with its memory bank and calibration when it stores them)
+    ImportAdapters,
+    /// Write the current adapters, memory bank and calibration to a checkpoint file
+    SaveDetector,
+    /// Fine-tune the adapters on the labelled images in the background (the schedule is chosen in the Model tab)
+    StartTraining,
+    /// Show or hide the anomaly heatmap over the image
+    ToggleHeatmap,
+    /// Show the image and its heatmap side by side, zoom and pan linked
+    ToggleSideBySide,
+    /// Show the next map: fused, zero-shot, few-shot, then each level of each branch
+    NextLayer,
+    /// Show the previous map (fused, branches, levels)
+    PreviousLayer,
+    /// Go to the next image in order of decreasing anomaly score
+    NextAnomalous,
+    /// Go back to the previous image in order of decreasing anomaly score
+    PreviousAnomalous,
+    /// Label the current image normal: the memory bank and the scores update at once
+    AcceptNormal,
+    /// Label the current image abnormal with the region above the contour level as its starting mask (edit it with the brush)
+    AcceptAbnormal,
+    /// Write the overlay PNG with legend, heatmap, raw maps, CSV and optionally a DICOM Secondary Capture of the current image
+    ExportImage,
+    /// Write the outputs of every scored image as one background job
+    ExportStudy,
     /// Show or hide the searchable metadata of the current image.
     ToggleMetadata,
     /// Show or hide the help panel listing every command with its shortcut.
@@ -116,6 +142,10 @@ pub enum Menu {
     Label,
     /// The Tools menu: pointer tools, brush size and measurements.
     Tools,
+    /// The Model menu: adapters, checkpoints and fine-tuning.
+    Model,
+    /// The Results menu: heatmaps, ranking, corrections and export.
+    Results,
     /// The Settings menu: preferences such as always using the CPU.
     Settings,
     /// The Help menu: help panel and command palette.
@@ -124,12 +154,14 @@ pub enum Menu {
 
 impl Menu {
     /// Every menu, in menu-bar order.
-    pub const ALL: [Menu; 7] = [
+    pub const ALL: [Menu; 9] = [
         Menu::File,
         Menu::Edit,
         Menu::View,
         Menu::Label,
         Menu::Tools,
+        Menu::Model,
+        Menu::Results,
         Menu::Settings,
         Menu::Help,
     ];
@@ -142,6 +174,8 @@ impl Menu {
             Menu::View => "View",
             Menu::Label => "Label",
             Menu::Tools => "Tools",
+            Menu::Model => "Model",
+            Menu::Results => "Results",
             Menu::Settings => "Settings",
             Menu::Help => "Help",
         }
@@ -156,6 +190,10 @@ const fn cmd(key: Key) -> Option<KeyboardShortcut> {
     Some(KeyboardShortcut::new(Modifiers::COMMAND, key))
 }
 
+const fn shift(key: Key) -> Option<KeyboardShortcut> {
+    Some(KeyboardShortcut::new(Modifiers::SHIFT, key))
+}
+
 const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
     Some(KeyboardShortcut::new(
         Modifiers::COMMAND.plus(Modifiers::SHIFT),
@@ -165,7 +203,7 @@ const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
 
 impl Command {
     /// Every command, in the order menus, the help panel and the palette list them.
-    pub const ALL: [Command; 47] = [
+    pub const ALL: [Command; 60] = [
         Command::OpenFiles,
         Command::OpenFolder,
         Command::OpenProject,
@@ -202,6 +240,19 @@ impl Command {
         Command::Preset8,
         Command::Preset9,
         Command::ToggleMetadata,
+        Command::ImportAdapters,
+        Command::SaveDetector,
+        Command::StartTraining,
+        Command::ToggleHeatmap,
+        Command::ToggleSideBySide,
+        Command::NextLayer,
+        Command::PreviousLayer,
+        Command::NextAnomalous,
+        Command::PreviousAnomalous,
+        Command::AcceptNormal,
+        Command::AcceptAbnormal,
+        Command::ExportImage,
+        Command::ExportStudy,
         Command::ToolNavigate,
         Command::ToolBrush,
         Command::ToolEraser,
@@ -263,6 +314,20 @@ impl Command {
             Command::BrushSmaller => "Smaller brush",
             Command::ClearMeasurements => "Clear measurements",
             Command::ToggleMetadata => "Metadata",
+            Command::ImportAdapters => "Import adapters…",
+            Command::SaveDetector => "Save detector…",
+            Command::StartTraining => "Fine-tune",
+            Command::ToggleHeatmap => "Show heatmap",
+            Command::ToggleSideBySide => "Side by side",
+            Command::NextLayer => "Next map",
+            Command::PreviousLayer => "Previous map",
+            Command::NextAnomalous => "Next most anomalous",
+            Command::PreviousAnomalous => "Previous most anomalous",
+            Command::AcceptNormal => "Accept as normal",
+            Command::AcceptAbnormal => "Accept as abnormal",
+            Command::ExportImage => "Export current image…",
+            Command::ExportStudy => "Export all results…",
+
             Command::ToggleHelp => "Help: commands and shortcuts",
             Command::CommandPalette => "Command palette…",
         }
@@ -288,7 +353,9 @@ impl Command {
             Command::OpenWeights => {
                 "Choose a CLIP ViT-L/14-336 safetensors file and load it in the background"
             }
-            Command::CancelJob => "Stop the running background jobs (scan, loading)",
+            Command::CancelJob => {
+                "Stop the running background jobs (scan, loading, fine-tuning, scoring, export)"
+            }
             Command::ToggleForceCpu => {
                 "Skip the GPU even when one is available (applies at the next start)"
             }
@@ -338,6 +405,46 @@ impl Command {
             Command::BrushSmaller => "Make the brush smaller (also Ctrl+wheel)",
             Command::ClearMeasurements => "Remove the length measurements of the current image",
             Command::ToggleMetadata => "Show or hide the searchable metadata of the current image",
+            Command::ImportAdapters => {
+                "Use the adapters of an MVFA Studio checkpoint or a reference MVFA .pth file (with its memory bank and calibration when it stores them)"
+            }
+            Command::SaveDetector => {
+                "Write the current adapters, memory bank and calibration to a checkpoint file"
+            }
+            Command::StartTraining => {
+                "Fine-tune the adapters on the labelled images in the background (the schedule is chosen in the Model tab)"
+            }
+            Command::ToggleHeatmap => {
+                "Show or hide the anomaly heatmap over the image"
+            }
+            Command::ToggleSideBySide => {
+                "Show the image and its heatmap side by side, zoom and pan linked"
+            }
+            Command::NextLayer => {
+                "Show the next map: fused, zero-shot, few-shot, then each level of each branch"
+            }
+            Command::PreviousLayer => {
+                "Show the previous map (fused, branches, levels)"
+            }
+            Command::NextAnomalous => {
+                "Go to the next image in order of decreasing anomaly score"
+            }
+            Command::PreviousAnomalous => {
+                "Go back to the previous image in order of decreasing anomaly score"
+            }
+            Command::AcceptNormal => {
+                "Label the current image normal: the memory bank and the scores update at once"
+            }
+            Command::AcceptAbnormal => {
+                "Label the current image abnormal with the region above the contour level as its starting mask (edit it with the brush)"
+            }
+            Command::ExportImage => {
+                "Write the overlay PNG with legend, heatmap, raw maps, CSV and optionally a DICOM Secondary Capture of the current image"
+            }
+            Command::ExportStudy => {
+                "Write the outputs of every scored image as one background job"
+            }
+
             Command::ToggleHelp => "List every command with its shortcut",
             Command::CommandPalette => "Find and run a command by name",
         }
@@ -391,6 +498,20 @@ impl Command {
             Command::BrushSmaller => key(Key::OpenBracket),
             Command::ClearMeasurements => None,
             Command::ToggleMetadata => cmd(Key::I),
+            Command::ImportAdapters => None,
+            Command::SaveDetector => None,
+            Command::StartTraining => cmd(Key::T),
+            Command::ToggleHeatmap => key(Key::H),
+            Command::ToggleSideBySide => key(Key::D),
+            Command::NextLayer => key(Key::Period),
+            Command::PreviousLayer => key(Key::Comma),
+            Command::NextAnomalous => key(Key::J),
+            Command::PreviousAnomalous => key(Key::K),
+            Command::AcceptNormal => shift(Key::N),
+            Command::AcceptAbnormal => shift(Key::A),
+            Command::ExportImage => cmd(Key::E),
+            Command::ExportStudy => cmd_shift(Key::E),
+
             Command::ToggleHelp => key(Key::F1),
             Command::CommandPalette => cmd(Key::K),
         }
@@ -411,6 +532,11 @@ impl Command {
             ToolNavigate | ToolBrush | ToolEraser | ToolFill | ToolMeasure | BrushLarger
             | BrushSmaller | ClearMeasurements => Menu::Tools,
             ToggleForceCpu => Menu::Settings,
+            ImportAdapters | SaveDetector | StartTraining => Menu::Model,
+            ToggleHeatmap | ToggleSideBySide | NextLayer | PreviousLayer | NextAnomalous
+            | PreviousAnomalous | AcceptNormal | AcceptAbnormal | ExportImage | ExportStudy => {
+                Menu::Results
+            }
             ToggleHelp | CommandPalette => Menu::Help,
         }
     }

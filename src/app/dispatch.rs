@@ -19,6 +19,10 @@ use crate::app::state::{AppState, LoadedFile, THUMBNAIL_SIDE, Thumbnail};
 use crate::io::image::{ImageStack, Window};
 use crate::io::study::scan_for_viewer;
 
+mod model;
+
+pub use model::{labelled_images, score_queue};
+
 /// Everything a user can do, as panels and shortcuts report it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -88,6 +92,18 @@ pub enum Action {
     Recover,
     /// Answer to the recovery offer at start: delete the autosave, losing its unsaved work.
     DiscardRecovery,
+    /// Show a tab of the right-hand panel.
+    SetTab(crate::app::state::viewer::SideTab),
+    /// Set the organ word of the prompts (the detector is rebuilt with it).
+    SetOrgan(String),
+    /// Set the fine-tuning schedule.
+    SetSchedule(crate::workflow::Schedule),
+    /// Change how results are shown (map, colours, thresholds, views, table order).
+    SetResultsView(crate::app::state::model::ResultsView),
+    /// Import the adapters of this file, without a dialog.
+    ImportAdaptersFrom(PathBuf),
+    /// Save the detector to this file, without a dialog.
+    SaveDetectorTo(PathBuf),
 }
 
 /// How a click on a file in the browser changes the selection.
@@ -113,7 +129,16 @@ fn repaint(ctx: &egui::Context) -> impl Fn() + Send + Sync + 'static {
 
 /// Applies one action.
 pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
+    if model::apply(state, &action, ctx) {
+        return;
+    }
     match action {
+        Action::SetTab(tab) => state.viewer.tab = tab,
+        Action::SetOrgan(_)
+        | Action::SetSchedule(_)
+        | Action::SetResultsView(_)
+        | Action::ImportAdaptersFrom(_)
+        | Action::SaveDetectorTo(_) => unreachable!("applied by dispatch::model"),
         Action::Run(command) => run(state, command, ctx),
         Action::Open(paths) => open(state, paths, ctx),
         Action::OpenRecent(path) => {
@@ -192,7 +217,23 @@ pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
 }
 
 fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
+    if model::run(state, command, ctx) {
+        return;
+    }
     match command {
+        Command::ImportAdapters
+        | Command::SaveDetector
+        | Command::StartTraining
+        | Command::ToggleHeatmap
+        | Command::ToggleSideBySide
+        | Command::NextLayer
+        | Command::PreviousLayer
+        | Command::NextAnomalous
+        | Command::PreviousAnomalous
+        | Command::AcceptNormal
+        | Command::AcceptAbnormal
+        | Command::ExportImage
+        | Command::ExportStudy => unreachable!("run by dispatch::model"),
         Command::OpenFiles => {
             if let Some(paths) = rfd::FileDialog::new()
                 .set_title("Open images (DICOM, PNG, JPEG, TIFF, BMP, NIfTI) or a DICOMDIR")
@@ -252,6 +293,9 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
         Command::CancelJob => {
             if let Some(job) = &state.weights_job {
                 job.cancel();
+            }
+            if let Some(job) = &state.model.job {
+                job.job.cancel();
             }
             cancel_file_jobs(state);
         }
@@ -618,6 +662,7 @@ fn ensure_loading(state: &mut AppState, ctx: &egui::Context) {
 /// per frame before drawing.
 pub fn poll(state: &mut AppState, ctx: &egui::Context) {
     state.poll_jobs();
+    model::poll(state, ctx);
     if let Some(job) = state.scan_job.as_mut() {
         let status = job.poll();
         let items = job.take_items();

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use crate::app::state::WeightsSummary;
 use crate::backend::BackendInfo;
+use crate::workflow::{ModelSession, open_session};
 
 /// Handed to the worker: report progress, check for cancellation.
 #[derive(Clone)]
@@ -33,6 +34,11 @@ impl<T, I> JobContext<T, I> {
     pub fn emit(&self, item: I) {
         let _ = self.sender.send(JobEvent::Item(item));
         (self.repaint)();
+    }
+
+    /// The cancel flag itself, for library calls that poll an `AtomicBool`.
+    pub fn cancel_flag(&self) -> &AtomicBool {
+        &self.cancelled
     }
 
     /// Whether the UI asked the job to stop; the worker should check it regularly and return.
@@ -210,26 +216,31 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("internal error in the background job: {detail}")
 }
 
-/// Opens the CLIP weights at `path` through the workflow layer (both towers, as scoring needs
-/// them) on the selected backend, on a worker thread (see
+/// Weights opened by the load job: the summary to show and the session the model jobs use.
+pub struct LoadedWeights {
+    /// What the load found, for display.
+    pub summary: WeightsSummary,
+    /// The backbone, ready for the model jobs.
+    pub session: Box<dyn ModelSession>,
+}
+
+/// Opens the CLIP weights at `path` as a model session on the selected backend (both towers,
+/// as scoring needs them), on a worker thread (see
 /// [`crate::app::state::AppState::start_loading_weights`]), and summarises the load report.
-pub fn load_weights_summary(
+pub fn load_weights(
     path: &Path,
     backend: &BackendInfo,
-    ctx: &JobContext<WeightsSummary>,
-) -> Result<WeightsSummary, String> {
+    ctx: &JobContext<LoadedWeights>,
+) -> Result<LoadedWeights, String> {
     ctx.progress(None, "reading the file");
     let started = std::time::Instant::now();
-    let report = crate::with_backend!(backend, |B, device| {
-        crate::workflow::Backbone::<B>::open(path, None, &device)
-            .map(|backbone| backbone.report().clone())
-            .map_err(|err| err.to_string())
-    })?;
+    let session = open_session(path, None, backend).map_err(|err| err.to_string())?;
     if ctx.is_cancelled() {
         return Err("cancelled".into());
     }
+    let report = session.report();
     let vision = &report.config.vision;
-    Ok(WeightsSummary {
+    let summary = WeightsSummary {
         path: path.to_path_buf(),
         lines: vec![
             format!("Layout: {}", report.layout),
@@ -256,7 +267,8 @@ pub fn load_weights_summary(
                 backend.device
             ),
         ],
-    })
+    };
+    Ok(LoadedWeights { summary, session })
 }
 
 #[cfg(test)]

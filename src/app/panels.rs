@@ -4,6 +4,8 @@ mod browser;
 mod help;
 mod labels;
 mod menu;
+mod model;
+mod results;
 mod status;
 mod viewer;
 
@@ -12,6 +14,7 @@ use eframe::egui;
 use crate::app::commands::Command;
 use crate::app::dispatch::Action;
 use crate::app::state::AppState;
+use crate::app::state::viewer::SideTab;
 use crate::app::textures::Textures;
 
 /// Draws the whole window from `state`; user actions are appended to `actions`.
@@ -30,13 +33,35 @@ pub fn draw(
         .show(ui, |ui| browser::show(ui, state, textures, actions));
     egui::Panel::right("labels")
         .resizable(true)
-        .default_size(280.0)
-        .max_size(360.0)
-        .show(ui, |ui| labels::show(ui, state, actions));
+        .default_size(320.0)
+        .max_size(440.0)
+        .show(ui, |ui| side_panel(ui, state, actions));
     egui::CentralPanel::default()
         .frame(egui::Frame::NONE.fill(egui::Color32::BLACK))
         .show(ui, |ui| viewer::show(ui, state, textures, actions));
     help::show_windows(ui.ctx(), state, actions);
+}
+
+/// The right panel: tabs for the image (labels, window, tools), the model and the results.
+fn side_panel(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.horizontal(|ui| {
+        for tab in SideTab::ALL {
+            if ui
+                .selectable_label(state.viewer.tab == tab, tab.title())
+                .clicked()
+            {
+                actions.push(Action::SetTab(tab));
+            }
+        }
+    });
+    ui.separator();
+    egui::ScrollArea::vertical()
+        .id_salt(state.viewer.tab.title())
+        .show(ui, |ui| match state.viewer.tab {
+            SideTab::Image => labels::show(ui, state, actions),
+            SideTab::Model => model::show(ui, state, actions),
+            SideTab::Results => results::show(ui, state, actions),
+        });
 }
 
 /// A button that runs `command`, with its shortcut and tooltip.

@@ -3,6 +3,7 @@
 //! thread touches it; only [`dispatch`](super::dispatch) changes it.
 pub mod browser;
 pub mod labels;
+pub mod model;
 pub mod project;
 pub mod viewer;
 
@@ -12,13 +13,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::jobs::{Job, JobStatus};
+use crate::app::jobs::{Job, JobStatus, LoadedWeights};
 use crate::backend::BackendInfo;
 use crate::io::image::ImageStack;
 use crate::io::resample::Image8;
 use crate::io::study::ScanItem;
 use browser::Browser;
 use labels::{ImageKey, Labels};
+use model::ModelState;
 use project::Project;
 use viewer::{Display, Viewer};
 
@@ -103,7 +105,7 @@ pub struct AppState {
     /// Where the CLIP weights stand.
     pub weights: WeightsStatus,
     /// Loads the CLIP weights in the background; `None` when no load runs.
-    pub weights_job: Option<Job<WeightsSummary>>,
+    pub weights_job: Option<Job<LoadedWeights>>,
     /// Reads opened files and folders; hands over each file as it is examined.
     pub scan_job: Option<Job<(), ScanItem>>,
     /// Decodes the pixels of the files the viewer needs, current one first.
@@ -131,6 +133,8 @@ pub struct AppState {
     pub labels: Labels,
     /// The project file, unsaved state and autosave.
     pub project: Project,
+    /// The model session, detector, training run and results.
+    pub model: ModelState,
     /// Messages for the status bar (newest last).
     pub log: Vec<String>,
 }
@@ -162,6 +166,7 @@ impl AppState {
             viewer: Viewer::default(),
             labels: Labels::default(),
             project: Project::new(autosave_path),
+            model: ModelState::default(),
             log,
         }
     }
@@ -175,10 +180,11 @@ impl AppState {
         if let Some(job) = self.weights_job.take() {
             job.cancel();
         }
+        self.model.detach();
         let backend = self.backend.clone();
         let job_path = path.clone();
         self.weights_job = Some(Job::spawn("Loading CLIP weights", repaint, move |ctx| {
-            crate::app::jobs::load_weights_summary(&job_path, &backend, ctx)
+            crate::app::jobs::load_weights(&job_path, &backend, ctx)
         }));
         self.weights = WeightsStatus::Loading {
             path,
@@ -204,7 +210,8 @@ impl AppState {
                     message,
                 };
             }
-            JobStatus::Succeeded(summary) => {
+            JobStatus::Succeeded(LoadedWeights { summary, session }) => {
+                self.model.attach(session);
                 self.persisted.weights_path = Some(summary.path.clone());
                 self.log.push(format!("Loaded {}", summary.path.display()));
                 self.weights = WeightsStatus::Loaded(summary);

@@ -18,7 +18,9 @@ use crate::app::state::labels::ImageKey;
 use crate::app::state::viewer::Display;
 use crate::io::image::{Channels, Frame, ImageStack, VoiFunction};
 use crate::io::mask::Mask;
+use crate::io::export::overlay::Colormap;
 use crate::io::resample::Image8;
+use crate::workflow::MapLayer;
 
 /// Image textures kept (a scrolled series reuses its frames).
 const IMAGE_CAPACITY: usize = 96;
@@ -46,6 +48,21 @@ struct ImageTexKey {
     width: u64,
     function: VoiFunction,
     invert: bool,
+}
+
+/// What a heatmap texture shows: whose result, which map, which colours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeatmapKey {
+    /// The image.
+    pub key: ImageKey,
+    /// The detector generation of the result.
+    pub generation: u64,
+    /// The map.
+    pub layer: MapLayer,
+    /// The colormap.
+    pub colormap: Colormap,
+    /// The values at the two ends of the colormap (bit patterns, for exact comparison).
+    pub range: (u32, u32),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +110,8 @@ pub struct Textures {
     thumbnails: HashMap<PathBuf, TextureHandle>,
     reduced: Lru<(PathBuf, usize, u32), Arc<Frame>>,
     masks: Lru<MaskTexKey, TextureHandle>,
+    heatmaps: Lru<HeatmapKey, TextureHandle>,
+    contours: Lru<(HeatmapKey, u32), Arc<Vec<[[f32; 2]; 2]>>>,
     /// Image textures built so far (for tests and the frame-time measurement).
     pub builds: usize,
 }
@@ -104,6 +123,8 @@ impl Default for Textures {
             thumbnails: HashMap::new(),
             reduced: Lru::new(REDUCED_CAPACITY),
             masks: Lru::new(4),
+            heatmaps: Lru::new(16),
+            contours: Lru::new(16),
             builds: 0,
         }
     }
@@ -260,6 +281,64 @@ impl Textures {
                 ColorImage::from_rgba_unmultiplied([w as usize, h as usize], &rgba),
                 OPTIONS,
             )
+        })
+    }
+}
+
+/// Heatmaps are smoothed when magnified: the map is coarser than the image, and a smooth
+/// field is what it describes (the value under the cursor is interpolated the same way).
+const HEATMAP_OPTIONS: TextureOptions = TextureOptions {
+    magnification: egui::TextureFilter::Linear,
+    minification: egui::TextureFilter::Linear,
+    wrap_mode: egui::TextureWrapMode::ClampToEdge,
+    mipmap_mode: None,
+};
+
+impl Textures {
+    /// The coloured heatmap of a `size x size` map: a 256-entry colormap over `range`
+    /// (the same for every image); values below the range (and non-finite ones) are
+    /// transparent so that normal tissue stays visible. Opacity is applied when drawing.
+    pub fn heatmap(
+        &mut self,
+        ctx: &egui::Context,
+        key: HeatmapKey,
+        values: &[f32],
+        size: usize,
+    ) -> TextureHandle {
+        self.heatmaps.get_or_insert(key.clone(), || {
+            let (lo, hi) = (f32::from_bits(key.range.0), f32::from_bits(key.range.1));
+            let lut: Vec<[u8; 3]> = (0..256)
+                .map(|i| key.colormap.rgb(i as f32 / 255.0))
+                .collect();
+            let span = (hi - lo).max(f32::EPSILON);
+            let mut rgba = Vec::with_capacity(values.len() * 4);
+            for &v in values {
+                if !v.is_finite() || v < lo {
+                    rgba.extend_from_slice(&[0, 0, 0, 0]);
+                    continue;
+                }
+                let t = ((v - lo) / span).clamp(0.0, 1.0);
+                let [r, g, b] = lut[(t * 255.0).round() as usize];
+                rgba.extend_from_slice(&[r, g, b, 255]);
+            }
+            ctx.load_texture(
+                "heatmap",
+                ColorImage::from_rgba_unmultiplied([size, size], &rgba),
+                HEATMAP_OPTIONS,
+            )
+        })
+    }
+
+    /// The contour of a map at `level` (cached with the heatmap's key), in map pixels.
+    pub fn contour(
+        &mut self,
+        key: HeatmapKey,
+        level: f32,
+        values: &[f32],
+        size: usize,
+    ) -> Arc<Vec<[[f32; 2]; 2]>> {
+        self.contours.get_or_insert((key, level.to_bits()), || {
+            Arc::new(crate::workflow::maps::contour(values, size, level))
         })
     }
 }

@@ -1,4 +1,4 @@
-//! The right panel: the current image's label and mask, the shot counts, the window (numeric
+//! The Image tab of the right panel: the current image's label and mask, the shot counts, the window (numeric
 //! entry in modality units, presets, inversion), the tools, and the labels set aside because
 //! their files moved or changed.
 use eframe::egui::{self, RichText};
@@ -7,19 +7,15 @@ use super::command_button;
 use crate::app::commands::Command;
 use crate::app::dispatch::Action;
 use crate::app::state::viewer::{Tool, presets};
-use crate::app::state::{AppState, WeightsStatus};
+use crate::app::state::AppState;
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-    egui::ScrollArea::vertical().show(ui, |ui| {
-        labels(ui, state, actions);
-        ui.separator();
-        window(ui, state, actions);
-        ui.separator();
-        tools(ui, state, actions);
-        set_aside(ui, state);
-        ui.separator();
-        model(ui, state, actions);
-    });
+    labels(ui, state, actions);
+    ui.separator();
+    window(ui, state, actions);
+    ui.separator();
+    tools(ui, state, actions);
+    set_aside(ui, state);
 }
 
 fn labels(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -185,57 +181,5 @@ fn set_aside(ui: &mut egui::Ui, state: &AppState) {
             aside.labels.len(),
             aside.masks.len()
         ));
-    }
-}
-
-/// The compute backend and the CLIP weights (the model workflow builds on this).
-fn model(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-    ui.heading("Model");
-    egui::Grid::new("backend").num_columns(2).show(ui, |ui| {
-        ui.label("Backend");
-        ui.label(&state.backend.backend);
-        ui.end_row();
-        ui.label("Device");
-        ui.label(&state.backend.device);
-        ui.end_row();
-        if let Some(reason) = &state.backend.fallback_reason {
-            ui.label("Note");
-            ui.label(reason);
-            ui.end_row();
-        }
-    });
-    ui.label("CLIP weights");
-    match &state.weights {
-        WeightsStatus::NotLoaded => {
-            ui.label("No weights loaded");
-            command_button(ui, Command::OpenWeights, actions);
-        }
-        WeightsStatus::Loading {
-            path,
-            fraction,
-            message,
-        } => {
-            ui.label(format!("Loading {}", path.display()));
-            let bar = match fraction {
-                Some(f) => egui::ProgressBar::new(*f).show_percentage(),
-                None => egui::ProgressBar::new(0.0).animate(true),
-            };
-            ui.add(bar.text(message.as_str()));
-            command_button(ui, Command::CancelJob, actions);
-        }
-        WeightsStatus::Loaded(summary) => {
-            ui.label(format!("Loaded {}", summary.path.display()));
-            for line in &summary.lines {
-                ui.label(line);
-            }
-        }
-        WeightsStatus::Failed { path, message } => {
-            ui.colored_label(
-                ui.visuals().error_fg_color,
-                format!("Could not load {}", path.display()),
-            );
-            ui.label(message);
-            command_button(ui, Command::OpenWeights, actions);
-        }
     }
 }

@@ -9,10 +9,23 @@ use crate::app::dispatch::Action;
 use crate::app::state::AppState;
 use crate::app::state::labels::ImageKey;
 use crate::app::state::viewer::Tool;
-use crate::app::textures::{Textures, reduction_for};
+use crate::app::textures::{HeatmapKey, Textures, reduction_for};
+use crate::io::export::overlay::Colormap;
+use crate::workflow::maps::sample;
+use crate::workflow::{LayerMap, layer_map};
 use crate::io::image::ImageStack;
 
 const OVERLAY: Color32 = Color32::from_rgb(230, 230, 120);
+/// The threshold contour: white reads on every colormap and on grey.
+const CONTOUR: Color32 = Color32::WHITE;
+
+fn stack_width(stack: &ImageStack, key: &ImageKey) -> f32 {
+    stack.frames.get(key.frame).map_or(1.0, |f| f.width as f32)
+}
+
+fn stack_height(stack: &ImageStack, key: &ImageKey) -> f32 {
+    stack.frames.get(key.frame).map_or(1.0, |f| f.height as f32)
+}
 
 pub fn show(
     ui: &mut egui::Ui,
@@ -46,7 +59,16 @@ pub fn show(
     }
     let (response, painter) = ui.allocate_painter(ui.available_size(), Sense::click_and_drag());
     let rect = response.rect;
-    let viewport = [rect.width(), rect.height()];
+    // Side by side: the image on the left, the image with its heatmap on the right; both
+    // panes share zoom and pan.
+    let side_by_side = state.model.view.side_by_side;
+    let panes: Vec<Rect> = if side_by_side {
+        let (left, right) = rect.split_left_right_at_fraction(0.5);
+        vec![left.shrink2(vec2(1.0, 0.0)), right.shrink2(vec2(1.0, 0.0))]
+    } else {
+        vec![rect]
+    };
+    let viewport = [panes[0].width(), panes[0].height()];
     if viewport != state.viewer.viewport {
         actions.push(Action::Viewport(viewport));
     }
@@ -95,40 +117,198 @@ pub fn show(
     } else {
         state.viewer.pan
     };
-    let centre = rect.center() + vec2(pan[0], pan[1]);
-    let image_rect =
-        Rect::from_center_size(centre, vec2(size[0] as f32 * zoom, size[1] as f32 * zoom));
-    let view = View { image_rect, zoom };
+    let view_of = |pane: Rect| {
+        let centre = pane.center() + vec2(pan[0], pan[1]);
+        View {
+            image_rect: Rect::from_center_size(
+                centre,
+                vec2(size[0] as f32 * zoom, size[1] as f32 * zoom),
+            ),
+            zoom,
+            pane,
+        }
+    };
     let ctx = ui.ctx().clone();
     let factor = reduction_for(zoom * ctx.pixels_per_point());
     let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
-    let painter = painter.with_clip_rect(rect);
-    let top_left = view.to_image(rect.min);
-    let bottom_right = view.to_image(rect.max);
-    let visible = [top_left[0], top_left[1], bottom_right[0], bottom_right[1]];
-    for tile in textures.image_tiles(&ctx, stack, &key, factor, &display, visible) {
-        let [x0, y0, x1, y1] = tile.rect;
-        let screen = Rect::from_min_max(view.to_screen([x0, y0]), view.to_screen([x1, y1]));
-        painter.image(tile.texture.id(), screen, uv, Color32::WHITE);
+    let heat = heatmap_of(state, &key);
+    let pointer = response.hover_pos().or(response.interact_pointer_pos());
+    let active = panes
+        .iter()
+        .position(|p| pointer.is_some_and(|q| p.contains(q)))
+        .unwrap_or(0);
+    for (index, &pane) in panes.iter().enumerate() {
+        let view = view_of(pane);
+        let painter = painter.with_clip_rect(pane);
+        let top_left = view.to_image(pane.min);
+        let bottom_right = view.to_image(pane.max);
+        let visible = [top_left[0], top_left[1], bottom_right[0], bottom_right[1]];
+        for tile in textures.image_tiles(&ctx, stack, &key, factor, &display, visible) {
+            let [x0, y0, x1, y1] = tile.rect;
+            let screen = Rect::from_min_max(view.to_screen([x0, y0]), view.to_screen([x1, y1]));
+            painter.image(tile.texture.id(), screen, uv, Color32::WHITE);
+        }
+        if let Some(mask) = state.labels.mask(&key) {
+            let max_side = ctx.input(|i| i.max_texture_side);
+            let texture = textures.mask(&ctx, &key, state.labels.revision, mask, factor, max_side);
+            painter.image(texture.id(), view.image_rect, uv, Color32::WHITE);
+        }
+        let with_heatmap = if side_by_side {
+            index == 1
+        } else {
+            state.model.view.show_heatmap
+        };
+        if let (true, Some(heat)) = (with_heatmap, &heat) {
+            draw_heatmap(&painter, state, textures, &ctx, heat, &view);
+        }
+        let hover = pointer.filter(|_| index == active);
+        if index == 0 || hover.is_some() {
+            overlays(
+                &painter,
+                pane,
+                state,
+                stack,
+                &key,
+                &view,
+                &display.window,
+                hover,
+                heat.as_ref(),
+            );
+        }
+        if index == active {
+            tool_feedback(ui, &painter, state, &response, &view);
+        }
     }
-    if let Some(mask) = state.labels.mask(&key) {
-        let max_side = ctx.input(|i| i.max_texture_side);
-        let texture = textures.mask(&ctx, &key, state.labels.revision, mask, factor, max_side);
-        painter.image(texture.id(), image_rect, uv, Color32::WHITE);
-    }
+    mouse(ui, state, &response, &view_of(panes[active]), pan, actions);
+}
 
-    mouse(ui, state, &response, &view, pan, actions);
-    overlays(
-        &painter,
-        rect,
-        state,
-        stack,
-        &key,
-        &view,
-        &display.window,
-        response.hover_pos(),
+/// The map of the current image under the current display settings.
+struct Heat {
+    key: HeatmapKey,
+    map: LayerMap,
+    size: usize,
+}
+
+fn heatmap_of(state: &AppState, key: &ImageKey) -> Option<Heat> {
+    let scored = state.model.result(key)?;
+    let detector = state.model.detector.as_ref()?;
+    let view = &state.model.view;
+    let map = layer_map(
+        &scored.result,
+        detector.calibration.as_ref(),
+        view.layer,
+    )?;
+    let (lo, hi) = view.range(map.scale);
+    Some(Heat {
+        key: HeatmapKey {
+            key: key.clone(),
+            generation: scored.generation,
+            layer: view.layer,
+            colormap: view.colormap,
+            range: (lo.to_bits(), hi.to_bits()),
+        },
+        map,
+        size: detector.model_size,
+    })
+}
+
+/// The heatmap over the image at the chosen opacity, the contour at the chosen level, and the
+/// legend in the pane's lower right corner.
+fn draw_heatmap(
+    painter: &egui::Painter,
+    state: &AppState,
+    textures: &mut Textures,
+    ctx: &egui::Context,
+    heat: &Heat,
+    view: &View,
+) {
+    let settings = &state.model.view;
+    let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
+    let texture = textures.heatmap(ctx, heat.key.clone(), &heat.map.values, heat.size);
+    let alpha = (settings.opacity.clamp(0.0, 1.0) * 255.0).round() as u8;
+    painter.image(
+        texture.id(),
+        view.image_rect,
+        uv,
+        Color32::from_white_alpha(alpha),
     );
-    tool_feedback(ui, &painter, state, &response, &view);
+    let level = settings.contour(heat.map.scale);
+    let segments = textures.contour(heat.key.clone(), level, &heat.map.values, heat.size);
+    let scale = view.image_rect.size() / heat.size as f32;
+    let to_screen = |p: [f32; 2]| view.image_rect.min + vec2(p[0] * scale.x, p[1] * scale.y);
+    let stroke = Stroke::new(1.5, CONTOUR);
+    for [a, b] in segments.iter() {
+        painter.line_segment([to_screen(*a), to_screen(*b)], stroke);
+    }
+    let (lo, hi) = settings.range(heat.map.scale);
+    legend(
+        painter,
+        view.pane,
+        settings.colormap,
+        (lo, hi),
+        level,
+        &format!("{} · {}", heat.key.layer.label(), heat.map.scale.caption()),
+    );
+}
+
+/// A vertical colour bar with its end values, the contour level marked, and a caption.
+fn legend(
+    painter: &egui::Painter,
+    pane: Rect,
+    colormap: Colormap,
+    (lo, hi): (f32, f32),
+    level: f32,
+    caption: &str,
+) {
+    let font = FontId::proportional(12.0);
+    let bar = Rect::from_min_size(
+        pos2(pane.right() - 60.0, pane.bottom() - 190.0),
+        vec2(14.0, 140.0),
+    );
+    let steps = 64;
+    for i in 0..steps {
+        let t0 = i as f32 / steps as f32;
+        let [r, g, b] = colormap.rgb(t0);
+        let y1 = bar.bottom() - t0 * bar.height();
+        let y0 = bar.bottom() - (i + 1) as f32 / steps as f32 * bar.height();
+        painter.rect_filled(
+            Rect::from_x_y_ranges(bar.x_range(), y0..=y1),
+            0.0,
+            Color32::from_rgb(r, g, b),
+        );
+    }
+    painter.rect_stroke(
+        bar,
+        0.0,
+        Stroke::new(1.0, Color32::GRAY),
+        egui::StrokeKind::Outside,
+    );
+    let label = |v: f32, y: f32| {
+        painter.text(
+            pos2(bar.right() + 4.0, y),
+            Align2::LEFT_CENTER,
+            format!("{v:.1}"),
+            font.clone(),
+            OVERLAY,
+        );
+    };
+    label(hi, bar.top());
+    label(lo, bar.bottom());
+    if hi > lo && (lo..=hi).contains(&level) {
+        let y = bar.bottom() - (level - lo) / (hi - lo) * bar.height();
+        painter.line_segment(
+            [pos2(bar.left() - 4.0, y), pos2(bar.right() + 2.0, y)],
+            Stroke::new(2.0, CONTOUR),
+        );
+        label(level, y);
+    }
+    painter.text(
+        pos2(pane.right() - 8.0, bar.bottom() + 14.0),
+        Align2::RIGHT_TOP,
+        caption,
+        font,
+        OVERLAY,
+    );
 }
 
 /// Where the image sits on screen.
@@ -136,6 +316,8 @@ struct View {
     image_rect: Rect,
     /// Points per image pixel.
     zoom: f32,
+    /// The pane the image is drawn in (the whole viewer, or one half side by side).
+    pane: Rect,
 }
 
 impl View {
@@ -157,7 +339,7 @@ fn mouse(
     pan: [f32; 2],
     actions: &mut Vec<Action>,
 ) {
-    let rect = response.rect;
+    let rect = view.pane;
     if let Some(pointer) = response.hover_pos() {
         let wheel: Vec<(Vec2, egui::Modifiers, egui::MouseWheelUnit)> = ui.input(|i| {
             i.events
@@ -328,6 +510,7 @@ fn overlays(
     view: &View,
     window: &crate::io::image::Window,
     hover: Option<Pos2>,
+    heat: Option<&Heat>,
 ) {
     let font = FontId::proportional(13.0);
     let margin = 8.0;
@@ -377,6 +560,16 @@ fn overlays(
                     .collect::<Vec<_>>()
                     .join(", ");
                 let mut text = format!("x {x}  y {y}   {value}{unit}");
+                if let Some(heat) = heat {
+                    let s = heat.size as f32;
+                    let v = sample(
+                        &heat.map.values,
+                        heat.size,
+                        q[0] * s / stack_width(stack, key),
+                        q[1] * s / stack_height(stack, key),
+                    );
+                    text.push_str(&format!("   {}: {v:.2}", heat.key.layer.label()));
+                }
                 if let (Some(o), Some(Some(origin)), Some([row, col])) = (
                     stack.info.image_orientation,
                     stack.info.frame_positions.get(key.frame),

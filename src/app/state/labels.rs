@@ -257,6 +257,11 @@ impl Labels {
         Ok(())
     }
 
+    /// Whether a brush stroke is being painted (the mouse button is still down).
+    pub fn stroke_active(&self) -> bool {
+        self.stroke.is_some()
+    }
+
     /// Ends the stroke in progress (mouse released) and records it as one undo step.
     pub fn end_stroke(&mut self) {
         let Some(stroke) = self.stroke.take() else {

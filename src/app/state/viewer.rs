@@ -95,6 +95,34 @@ pub struct Viewer {
     pub show_help: bool,
     /// Whether the command palette is open.
     pub show_palette: bool,
+    /// The tab of the right-hand panel.
+    pub tab: SideTab,
+}
+
+/// The tabs of the right-hand panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SideTab {
+    /// Labels, window and tools of the current image.
+    #[default]
+    Image,
+    /// Weights, organ word, adapters and fine-tuning.
+    Model,
+    /// Heatmap display, legend, score histogram and table.
+    Results,
+}
+
+impl SideTab {
+    /// Every tab, in order.
+    pub const ALL: [SideTab; 3] = [SideTab::Image, SideTab::Model, SideTab::Results];
+
+    /// The tab's title.
+    pub fn title(self) -> &'static str {
+        match self {
+            SideTab::Image => "Image",
+            SideTab::Model => "Model",
+            SideTab::Results => "Results",
+        }
+    }
 }
 
 impl Default for Viewer {
@@ -110,6 +138,7 @@ impl Default for Viewer {
             display: HashMap::new(),
             measurements: Vec::new(),
             show_metadata: false,
+            tab: SideTab::Image,
             show_help: false,
             show_palette: false,
         }

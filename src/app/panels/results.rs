@@ -1,0 +1,330 @@
+//! The Results tab: which map is shown and how (colormap, opacity, range, contour level),
+//! the score histogram with the decision threshold, the sortable table of image scores, and
+//! the corrections and export commands.
+use eframe::egui::{self, Color32, RichText};
+use egui_plot::{Bar, BarChart, Plot, VLine};
+
+use super::command_button;
+use crate::app::commands::Command;
+use crate::app::dispatch::Action;
+use crate::app::state::AppState;
+use crate::app::state::labels::ImageKey;
+use crate::app::state::model::{ModelJobKind, ResultsView, Scored, SortColumn};
+use crate::io::export::overlay::Colormap;
+use crate::workflow::{MapLayer, MapScale};
+
+/// Draws the Results tab.
+pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let model = &state.model;
+    ui.heading("Results");
+    let total = model.results.len();
+    let current = model
+        .results
+        .values()
+        .filter(|s| s.generation == model.generation)
+        .count();
+    ui.label(if model.running(ModelJobKind::Score) {
+        format!("{current} image(s) scored by the current detector; scoring goes on")
+    } else {
+        format!("{total} image(s) scored")
+    });
+    display(ui, state, actions);
+    ui.separator();
+    ui.horizontal_wrapped(|ui| {
+        command_button(ui, Command::NextAnomalous, actions);
+        command_button(ui, Command::AcceptNormal, actions);
+        command_button(ui, Command::AcceptAbnormal, actions);
+    });
+    ui.horizontal_wrapped(|ui| {
+        command_button(ui, Command::ExportImage, actions);
+        command_button(ui, Command::ExportStudy, actions);
+    });
+    ui.separator();
+    histogram(ui, state, actions);
+    ui.separator();
+    table(ui, state, actions);
+}
+
+fn display(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let mut view: ResultsView = state.model.view.clone();
+    let levels = state.model.detector.as_ref().map_or(4, |d| d.levels);
+    egui::Grid::new("results display")
+        .num_columns(2)
+        .show(ui, |ui| {
+            ui.label("Map");
+            egui::ComboBox::from_id_salt("map layer")
+                .selected_text(view.layer.label())
+                .show_ui(ui, |ui| {
+                    for layer in MapLayer::all(levels) {
+                        ui.selectable_value(&mut view.layer, layer, layer.label());
+                    }
+                });
+            ui.end_row();
+            ui.label("Colormap");
+            egui::ComboBox::from_id_salt("colormap")
+                .selected_text(format!("{:?}", view.colormap))
+                .show_ui(ui, |ui| {
+                    for map in Colormap::ALL {
+                        ui.selectable_value(&mut view.colormap, map, format!("{map:?}"));
+                    }
+                });
+            ui.end_row();
+            ui.label("Opacity");
+            ui.add(egui::Slider::new(&mut view.opacity, 0.0..=1.0));
+            ui.end_row();
+            ui.label("Colour range")
+                .on_hover_text("Calibrated values at the two ends of the colormap; the same for every image");
+            ui.horizontal(|ui| {
+                let (lo, hi) = &mut view.calibrated_range;
+                ui.add(egui::DragValue::new(lo).speed(0.1).range(-20.0..=*hi - 0.1));
+                ui.label("to");
+                let low = *lo;
+                ui.add(egui::DragValue::new(hi).speed(0.1).range(low + 0.1..=100.0));
+            });
+            ui.end_row();
+            ui.label("Contour at")
+                .on_hover_text("The outline is drawn where the map reaches this value");
+            let scale = state
+                .model
+                .detector
+                .as_ref()
+                .map_or(MapScale::Calibrated, |d| {
+                    if d.calibration.is_some() {
+                        MapScale::Calibrated
+                    } else {
+                        MapScale::Raw
+                    }
+                });
+            match scale {
+                MapScale::Calibrated => {
+                    ui.add(egui::Slider::new(&mut view.contour_level, 0.0..=20.0))
+                }
+                MapScale::Raw => ui.add(egui::Slider::new(&mut view.raw_contour_level, 0.0..=1.0)),
+            };
+            ui.end_row();
+        });
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut view.show_heatmap, Command::ToggleHeatmap.label())
+            .on_hover_text(Command::ToggleHeatmap.tooltip());
+        ui.checkbox(&mut view.side_by_side, Command::ToggleSideBySide.label())
+            .on_hover_text(Command::ToggleSideBySide.tooltip());
+    });
+    colour_bar(ui, &view, scale_of(state));
+    if view != state.model.view {
+        actions.push(Action::SetResultsView(view));
+    }
+}
+
+fn scale_of(state: &AppState) -> MapScale {
+    match state.model.detector.as_ref() {
+        Some(d) if d.calibration.is_none() => MapScale::Raw,
+        _ => MapScale::Calibrated,
+    }
+}
+
+/// The legend as a horizontal bar with its end values and the contour mark.
+fn colour_bar(ui: &mut egui::Ui, view: &ResultsView, scale: MapScale) {
+    let (lo, hi) = view.range(scale);
+    let width = ui.available_width().min(240.0);
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(width, 14.0), egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    let steps = 64;
+    for i in 0..steps {
+        let t = i as f32 / steps as f32;
+        let [r, g, b] = view.colormap.rgb(t);
+        let x0 = rect.left() + t * rect.width();
+        let x1 = rect.left() + (i + 1) as f32 / steps as f32 * rect.width();
+        painter.rect_filled(
+            egui::Rect::from_x_y_ranges(x0..=x1, rect.y_range()),
+            0.0,
+            Color32::from_rgb(r, g, b),
+        );
+    }
+    let level = view.contour(scale);
+    if hi > lo && (lo..=hi).contains(&level) {
+        let x = rect.left() + (level - lo) / (hi - lo) * rect.width();
+        painter.line_segment(
+            [egui::pos2(x, rect.top()), egui::pos2(x, rect.bottom())],
+            egui::Stroke::new(2.0, Color32::WHITE),
+        );
+    }
+    ui.horizontal(|ui| {
+        ui.label(RichText::new(format!("{lo:.1}")).small());
+        ui.label(RichText::new(format!("{} · contour {level:.1}", scale.caption())).small());
+        ui.label(RichText::new(format!("{hi:.1}")).small());
+    });
+}
+
+fn histogram(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let model = &state.model;
+    let scores: Vec<f32> = model.results.values().map(Scored::score).collect();
+    ui.label(RichText::new("Image scores").strong());
+    if scores.is_empty() {
+        ui.label("No scores yet.");
+        return;
+    }
+    let threshold = model.score_threshold();
+    if let Some(t) = threshold {
+        let above = scores.iter().filter(|&&s| s >= t).count();
+        ui.label(format!(
+            "{above} of {} image(s) at or above the threshold {t:.2}",
+            scores.len()
+        ));
+    }
+    let lo = scores.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lo = threshold.map_or(lo, |t| lo.min(t));
+    let hi = threshold.map_or(hi, |t| hi.max(t));
+    let bins = 20usize;
+    let width = ((hi - lo) / bins as f32).max(1e-3);
+    let mut counts = vec![0u32; bins];
+    for s in &scores {
+        let i = (((s - lo) / width) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    let bars: Vec<Bar> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let centre = lo + (i as f32 + 0.5) * width;
+            let fill = match threshold {
+                Some(t) if centre >= t => Color32::from_rgb(230, 110, 80),
+                _ => Color32::from_rgb(90, 150, 220),
+            };
+            Bar::new(centre as f64, c as f64)
+                .width(width as f64 * 0.95)
+                .fill(fill)
+        })
+        .collect();
+    Plot::new("score histogram")
+        .height(120.0)
+        .allow_scroll(false)
+        .allow_drag(false)
+        .allow_zoom(false)
+        .x_axis_label("calibrated image score")
+        .show(ui, |plot| {
+            plot.bar_chart(BarChart::new("images", bars));
+            if let Some(t) = threshold {
+                plot.vline(
+                    VLine::new("threshold", t as f64)
+                        .color(Color32::WHITE)
+                        .width(2.0),
+                );
+            }
+        });
+    if let Some(mut t) = threshold {
+        let range = lo.min(0.0)..=hi.max(t) + 1.0;
+        let response = ui
+            .add(egui::Slider::new(&mut t, range).text("abnormal if ≥"))
+            .on_hover_text("Image-score threshold of the table and histogram (default: the calibration's)");
+        if response.changed() {
+            let mut view = model.view.clone();
+            view.score_threshold = Some(t);
+            actions.push(Action::SetResultsView(view));
+        }
+    }
+}
+
+fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let model = &state.model;
+    let mut rows: Vec<(&ImageKey, &Scored)> = model.results.iter().collect();
+    let view = &model.view;
+    rows.sort_by(|a, b| {
+        let order = match view.sort {
+            SortColumn::Image => a.0.cmp(b.0),
+            SortColumn::Score => a.1.score().total_cmp(&b.1.score()),
+            SortColumn::ZeroShot => a.1.result.raw.zero_image.total_cmp(&b.1.result.raw.zero_image),
+            SortColumn::FewShot => a
+                .1
+                .result
+                .raw
+                .few_image
+                .unwrap_or(f32::NAN)
+                .total_cmp(&b.1.result.raw.few_image.unwrap_or(f32::NAN)),
+        };
+        let order = if view.ascending { order } else { order.reverse() };
+        order.then(a.0.cmp(b.0))
+    });
+    let threshold = model.score_threshold();
+    let current = state.viewer.current.as_ref();
+    egui::ScrollArea::vertical()
+        .id_salt("score table")
+        .max_height(320.0)
+        .show(ui, |ui| {
+            egui::Grid::new("scores")
+                .num_columns(5)
+                .striped(true)
+                .show(ui, |ui| {
+                    for (column, title) in [
+                        (SortColumn::Image, "Image"),
+                        (SortColumn::Score, "Score"),
+                        (SortColumn::ZeroShot, "Zero-shot"),
+                        (SortColumn::FewShot, "Few-shot"),
+                    ] {
+                        let arrow = match (view.sort == column, view.ascending) {
+                            (true, true) => " ▲",
+                            (true, false) => " ▼",
+                            _ => "",
+                        };
+                        if ui
+                            .button(RichText::new(format!("{title}{arrow}")).strong())
+                            .on_hover_text("Sort by this column (again: reverse)")
+                            .clicked()
+                        {
+                            let mut v = view.clone();
+                            v.ascending = if v.sort == column {
+                                !v.ascending
+                            } else {
+                                column == SortColumn::Image
+                            };
+                            v.sort = column;
+                            actions.push(Action::SetResultsView(v));
+                        }
+                    }
+                    ui.label(RichText::new("Label").strong());
+                    ui.end_row();
+                    for (key, scored) in rows {
+                        let name = key.path.file_name().unwrap_or_default().to_string_lossy();
+                        let frames = state
+                            .browser
+                            .item(&key.path)
+                            .map_or(1, |(_, item)| item.frames);
+                        let text = if frames > 1 {
+                            format!("{name} [{}]", key.frame + 1)
+                        } else {
+                            name.to_string()
+                        };
+                        let stale = scored.generation != model.generation;
+                        let mut rich = RichText::new(text);
+                        if stale {
+                            rich = rich.italics().weak();
+                        }
+                        if ui
+                            .selectable_label(current == Some(key), rich)
+                            .on_hover_text(key.path.display().to_string())
+                            .clicked()
+                        {
+                            actions.push(Action::Show(key.clone()));
+                        }
+                        let score = scored.score();
+                        let flagged = threshold.is_some_and(|t| score >= t);
+                        let colour = if flagged {
+                            Color32::from_rgb(240, 130, 100)
+                        } else {
+                            ui.visuals().text_color()
+                        };
+                        ui.colored_label(colour, format!("{score:.2}"));
+                        ui.label(format!("{:.3}", scored.result.raw.zero_image));
+                        ui.label(
+                            scored
+                                .result
+                                .raw
+                                .few_image
+                                .map_or("-".to_string(), |v| format!("{v:.3}")),
+                        );
+                        ui.label(state.labels.label(key).map_or("", |l| l.name()));
+                        ui.end_row();
+                    }
+                });
+        });
+}

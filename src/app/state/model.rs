@@ -1,0 +1,336 @@
+//! The model side of the app: the loaded session, the current detector, the running model job,
+//! the training run's history and the scored results with how they are shown.
+//!
+//! The session itself lives behind a mutex that only model jobs lock: the UI thread reads the
+//! summaries and results the jobs hand over, never the model.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::labels::ImageKey;
+use crate::app::jobs::Job;
+use crate::io::export::overlay::Colormap;
+use crate::model::mvfa::detector::ImageResult;
+use crate::train::trainer::StepReport;
+use crate::workflow::{DetectorSummary, FitSummary, MapLayer, MapScale, ModelSession, Schedule};
+
+/// The session shared with the model jobs.
+pub type SharedSession = Arc<Mutex<Box<dyn ModelSession>>>;
+
+/// Organ words offered as presets: the reference's prompt subjects for its datasets (see
+/// [`crate::io::dataset::MvfaKey::organ_word`]), by the name a radiologist looks for.
+pub const ORGAN_PRESETS: [(&str, &str); 5] = [
+    ("Brain MRI", "Brain"),
+    ("Liver CT", "Liver"),
+    ("Retinal OCT", "retinal OCT"),
+    ("Chest X-ray", "Chest X-ray film"),
+    ("Histopathology", "histopathological image"),
+];
+
+/// What a model job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelJobKind {
+    /// Rebuilds the memory bank and calibration from the labels, without fine-tuning.
+    Prepare,
+    /// Fine-tunes the adapters.
+    Train,
+    /// Scores images.
+    Score,
+    /// Imports adapters from a checkpoint or reference `.pth`.
+    Import,
+    /// Writes the detector to a checkpoint.
+    Save,
+    /// Writes result files.
+    Export,
+}
+
+impl ModelJobKind {
+    /// What the status bar says while it runs.
+    pub fn title(self) -> &'static str {
+        match self {
+            ModelJobKind::Prepare => "Updating the memory bank",
+            ModelJobKind::Train => "Fine-tuning",
+            ModelJobKind::Score => "Scoring",
+            ModelJobKind::Import => "Importing adapters",
+            ModelJobKind::Save => "Saving the detector",
+            ModelJobKind::Export => "Exporting",
+        }
+    }
+}
+
+/// A partial result of a model job.
+pub enum ModelItem {
+    /// One optimiser step of fine-tuning.
+    Step(StepReport),
+    /// A stage of the fit (building the bank, calibrating).
+    Stage(String),
+    /// One frame scored.
+    Scored(ImageKey, Arc<ImageResult>),
+    /// A frame that could not be scored, and why.
+    Unscorable(ImageKey, String),
+}
+
+/// How a model job ended.
+pub enum ModelOutcome {
+    /// A detector was built (prepare or import); `revision` is the labels revision its
+    /// shots came from.
+    Detector(DetectorSummary, Option<u64>),
+    /// Fine-tuning ended (or was cancelled).
+    Trained(FitSummary, u64),
+    /// Scoring ended (its frames came as items).
+    Scored,
+    /// The detector was written here.
+    Saved(PathBuf),
+    /// Result files were written; the message says what and where.
+    Exported(String),
+}
+
+/// The running model job.
+pub struct ModelJob {
+    /// What it does.
+    pub kind: ModelJobKind,
+    /// The worker.
+    pub job: Job<ModelOutcome, ModelItem>,
+}
+
+/// One point of the loss plot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossPoint {
+    /// Optimiser step, counted over the run from 1.
+    pub step: usize,
+    /// Focal loss (summed over levels).
+    pub focal: f32,
+    /// Dice loss (summed over levels).
+    pub dice: f32,
+    /// Detection BCE (summed over levels).
+    pub bce: f32,
+    /// Total loss.
+    pub total: f32,
+}
+
+/// The latest fine-tuning run.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingRun {
+    /// Loss terms per step.
+    pub losses: Vec<LossPoint>,
+    /// Steps the run will take.
+    pub total_steps: usize,
+    /// Estimated seconds left.
+    pub eta_seconds: Option<f32>,
+    /// What the run is doing now (or how it ended).
+    pub status: String,
+    /// When it started.
+    pub started: Option<Instant>,
+}
+
+/// How a table column sorts the scored images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SortColumn {
+    /// By file and frame.
+    Image,
+    /// By calibrated score (most anomalous first by default).
+    #[default]
+    Score,
+    /// By the raw zero-shot image score.
+    ZeroShot,
+    /// By the raw few-shot image score.
+    FewShot,
+}
+
+/// How results are shown: map, colours, thresholds, views. Saved with the project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResultsView {
+    /// The map shown.
+    pub layer: MapLayer,
+    /// Heatmap colours.
+    pub colormap: Colormap,
+    /// Heatmap opacity over the image, 0..=1.
+    pub opacity: f32,
+    /// Values at the two ends of the colormap, for calibrated maps (the same for every
+    /// image); values below the low end are not coloured.
+    pub calibrated_range: (f32, f32),
+    /// The contour is drawn where the calibrated map reaches this.
+    pub contour_level: f32,
+    /// Contour level for uncalibrated maps (0..=1).
+    pub raw_contour_level: f32,
+    /// Image-score threshold for "abnormal" in the table and histogram; `None`: the
+    /// calibration's.
+    pub score_threshold: Option<f32>,
+    /// Draw the heatmap over the image.
+    pub show_heatmap: bool,
+    /// Image and heatmap side by side, zoom and pan linked.
+    pub side_by_side: bool,
+    /// Table sort column.
+    pub sort: SortColumn,
+    /// Sort ascending.
+    pub ascending: bool,
+}
+
+impl Default for ResultsView {
+    fn default() -> Self {
+        Self {
+            layer: MapLayer::Fused,
+            colormap: Colormap::Turbo,
+            opacity: 0.5,
+            calibrated_range: MapScale::Calibrated.default_range(),
+            contour_level: 3.0,
+            raw_contour_level: 0.5,
+            score_threshold: None,
+            show_heatmap: true,
+            side_by_side: false,
+            sort: SortColumn::Score,
+            ascending: false,
+        }
+    }
+}
+
+impl ResultsView {
+    /// The colour range of maps in `scale`.
+    pub fn range(&self, scale: MapScale) -> (f32, f32) {
+        match scale {
+            MapScale::Calibrated => self.calibrated_range,
+            MapScale::Raw => MapScale::Raw.default_range(),
+        }
+    }
+
+    /// The contour level of maps in `scale`.
+    pub fn contour(&self, scale: MapScale) -> f32 {
+        match scale {
+            MapScale::Calibrated => self.contour_level,
+            MapScale::Raw => self.raw_contour_level,
+        }
+    }
+}
+
+/// One scored frame.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Every map and score.
+    pub result: Arc<ImageResult>,
+    /// The detector generation it was scored with (older ones are rescored).
+    pub generation: u64,
+}
+
+impl Scored {
+    /// The image score the table sorts by: calibrated when there is a calibration, else the
+    /// raw zero-shot score.
+    pub fn score(&self) -> f32 {
+        self.result.score.unwrap_or(self.result.raw.zero_image)
+    }
+}
+
+/// Everything about the model the UI shows.
+pub struct ModelState {
+    /// The loaded weights' session; `None` until weights load.
+    pub session: Option<SharedSession>,
+    /// The organ word of the prompts.
+    pub organ: String,
+    /// The fine-tuning schedule.
+    pub schedule: Schedule,
+    /// The seed of fresh adapters and of fine-tuning.
+    pub seed: u64,
+    /// The current detector.
+    pub detector: Option<DetectorSummary>,
+    /// Increases with every new detector; results of older ones are rescored.
+    pub generation: u64,
+    /// Labels revision the detector's shots came from (`None`: imported as is).
+    pub detector_revision: Option<u64>,
+    /// The checkpoint the detector was imported from or last saved to.
+    pub checkpoint: Option<PathBuf>,
+    /// Whether the detector differs from its checkpoint (fitted or rebuilt since).
+    pub detector_unsaved: bool,
+    /// The running model job.
+    pub job: Option<ModelJob>,
+    /// The latest fine-tuning run.
+    pub training: TrainingRun,
+    /// Scored frames.
+    pub results: HashMap<ImageKey, Scored>,
+    /// Frames that could not be scored, with the reason (not retried for this generation).
+    pub unscorable: HashMap<ImageKey, (u64, String)>,
+    /// Results display settings.
+    pub view: ResultsView,
+    /// Labels revision seen last, and when it changed (the memory bank follows label edits
+    /// after a short pause, not at every brush segment).
+    pub seen_revision: (u64, Instant),
+    /// The last problem of a model job, shown in the model panel.
+    pub error: Option<String>,
+    /// Labels revision whose memory-bank rebuild failed (not retried until labels change).
+    pub prepare_failed: Option<u64>,
+}
+
+impl Default for ModelState {
+    fn default() -> Self {
+        Self {
+            session: None,
+            organ: "Brain".into(),
+            schedule: Schedule::Quick,
+            seed: 111,
+            detector: None,
+            generation: 0,
+            detector_revision: None,
+            checkpoint: None,
+            detector_unsaved: false,
+            job: None,
+            training: TrainingRun::default(),
+            results: HashMap::new(),
+            unscorable: HashMap::new(),
+            view: ResultsView::default(),
+            seen_revision: (0, Instant::now()),
+            error: None,
+            prepare_failed: None,
+        }
+    }
+}
+
+impl ModelState {
+    /// Takes the session of newly loaded weights: the detector and results of the old ones
+    /// no longer apply.
+    pub fn attach(&mut self, session: Box<dyn ModelSession>) {
+        self.detach();
+        self.session = Some(Arc::new(Mutex::new(session)));
+    }
+
+    /// Drops the session (new weights are loading), cancelling its job.
+    pub fn detach(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.job.cancel();
+        }
+        self.session = None;
+        self.detector = None;
+        self.detector_revision = None;
+        self.generation += 1;
+        self.results.clear();
+        self.unscorable.clear();
+    }
+
+    /// Whether a model job of `kind` runs.
+    pub fn running(&self, kind: ModelJobKind) -> bool {
+        self.job.as_ref().is_some_and(|j| j.kind == kind)
+    }
+
+    /// The result of `key` when it is current (scored by the current detector) or stale.
+    pub fn result(&self, key: &ImageKey) -> Option<&Scored> {
+        self.results.get(key)
+    }
+
+    /// The image-score threshold in use.
+    pub fn score_threshold(&self) -> Option<f32> {
+        self.view.score_threshold.or_else(|| {
+            self.detector
+                .as_ref()
+                .and_then(|d| d.calibration.as_ref())
+                .map(|c| c.threshold)
+        })
+    }
+
+    /// Scored frames, most anomalous first.
+    pub fn ranked(&self) -> Vec<(&ImageKey, &Scored)> {
+        let mut ranked: Vec<_> = self.results.iter().collect();
+        ranked.sort_by(|a, b| b.1.score().total_cmp(&a.1.score()).then(a.0.cmp(b.0)));
+        ranked
+    }
+}
