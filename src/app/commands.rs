@@ -414,21 +414,15 @@ impl Command {
             Command::StartTraining => {
                 "Fine-tune the adapters on the labelled images in the background (the schedule is chosen in the Model tab)"
             }
-            Command::ToggleHeatmap => {
-                "Show or hide the anomaly heatmap over the image"
-            }
+            Command::ToggleHeatmap => "Show or hide the anomaly heatmap over the image",
             Command::ToggleSideBySide => {
                 "Show the image and its heatmap side by side, zoom and pan linked"
             }
             Command::NextLayer => {
                 "Show the next map: fused, zero-shot, few-shot, then each level of each branch"
             }
-            Command::PreviousLayer => {
-                "Show the previous map (fused, branches, levels)"
-            }
-            Command::NextAnomalous => {
-                "Go to the next image in order of decreasing anomaly score"
-            }
+            Command::PreviousLayer => "Show the previous map (fused, branches, levels)",
+            Command::NextAnomalous => "Go to the next image in order of decreasing anomaly score",
             Command::PreviousAnomalous => {
                 "Go back to the previous image in order of decreasing anomaly score"
             }
@@ -441,9 +435,7 @@ impl Command {
             Command::ExportImage => {
                 "Write the overlay PNG with legend, heatmap, raw maps, CSV and optionally a DICOM Secondary Capture of the current image"
             }
-            Command::ExportStudy => {
-                "Write the outputs of every scored image as one background job"
-            }
+            Command::ExportStudy => "Write the outputs of every scored image as one background job",
 
             Command::ToggleHelp => "List every command with its shortcut",
             Command::CommandPalette => "Find and run a command by name",

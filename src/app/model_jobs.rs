@@ -23,7 +23,9 @@ type Ctx = JobContext<ModelOutcome, ModelItem>;
 fn lock(session: &SharedSession) -> MutexGuard<'_, Box<dyn ModelSession>> {
     // A panic in an earlier job poisons the lock; the session itself is still whole (every
     // step installs its result only at the end).
-    session.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    session
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The fit settings of the app's fits.
@@ -63,8 +65,7 @@ pub fn prepare(
 ) -> ModelJob {
     spawn(ModelJobKind::Prepare, repaint, move |ctx| {
         ctx.progress(None, "reading the labelled images");
-        let collected =
-            collect_shots(&ShotSource::Labelled(shots)).map_err(|e| e.to_string())?;
+        let collected = collect_shots(&ShotSource::Labelled(shots)).map_err(|e| e.to_string())?;
         ctx.progress(None, "building the memory bank and calibration");
         let summary = lock(&session)
             .prepare(&collected.shots, &request)
@@ -83,8 +84,7 @@ pub fn train(
 ) -> ModelJob {
     spawn(ModelJobKind::Train, repaint, move |ctx| {
         ctx.progress(Some(0.0), "reading the labelled images");
-        let collected =
-            collect_shots(&ShotSource::Labelled(shots)).map_err(|e| e.to_string())?;
+        let collected = collect_shots(&ShotSource::Labelled(shots)).map_err(|e| e.to_string())?;
         let mut on_event = |event: FitEvent| match event {
             FitEvent::Training(crate::train::trainer::TrainEvent::Step(report)) => {
                 let total = report.epochs * report.steps_per_epoch;
@@ -101,11 +101,9 @@ pub fn train(
             } => ctx.emit(ModelItem::Stage(format!(
                 "fine-tuning on {training_images} augmented images"
             ))),
-            FitEvent::BuildingMemoryBank { images } => {
-                ctx.emit(ModelItem::Stage(format!(
-                    "building the memory bank from {images} images"
-                )))
-            }
+            FitEvent::BuildingMemoryBank { images } => ctx.emit(ModelItem::Stage(format!(
+                "building the memory bank from {images} images"
+            ))),
             FitEvent::Calibrating => ctx.emit(ModelItem::Stage("calibrating".into())),
         };
         let summary = lock(&session)

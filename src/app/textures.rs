@@ -16,9 +16,9 @@ use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
 
 use crate::app::state::labels::ImageKey;
 use crate::app::state::viewer::Display;
+use crate::io::export::overlay::Colormap;
 use crate::io::image::{Channels, Frame, ImageStack, VoiFunction};
 use crate::io::mask::Mask;
-use crate::io::export::overlay::Colormap;
 use crate::io::resample::Image8;
 use crate::workflow::MapLayer;
 
@@ -114,6 +114,8 @@ pub struct Textures {
     contours: Lru<(HeatmapKey, u32), Arc<Vec<[[f32; 2]; 2]>>>,
     /// Image textures built so far (for tests and the frame-time measurement).
     pub builds: usize,
+    /// Heatmap textures built so far (for tests).
+    pub heatmap_builds: usize,
 }
 
 impl Default for Textures {
@@ -126,6 +128,7 @@ impl Default for Textures {
             heatmaps: Lru::new(16),
             contours: Lru::new(16),
             builds: 0,
+            heatmap_builds: 0,
         }
     }
 }
@@ -305,7 +308,9 @@ impl Textures {
         values: &[f32],
         size: usize,
     ) -> TextureHandle {
+        let builds = &mut self.heatmap_builds;
         self.heatmaps.get_or_insert(key.clone(), || {
+            *builds += 1;
             let (lo, hi) = (f32::from_bits(key.range.0), f32::from_bits(key.range.1));
             let lut: Vec<[u8; 3]> = (0..256)
                 .map(|i| key.colormap.rgb(i as f32 / 255.0))

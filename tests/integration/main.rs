@@ -3,6 +3,7 @@
 
 mod support;
 
+mod app_model;
 mod app_ui;
 mod app_workspace;
 mod augment;

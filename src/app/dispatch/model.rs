@@ -46,9 +46,7 @@ pub fn run(state: &mut AppState, command: Command, ctx: &egui::Context) -> bool 
         }
         Command::StartTraining => start_training(state, ctx),
         Command::ToggleHeatmap => state.model.view.show_heatmap = !state.model.view.show_heatmap,
-        Command::ToggleSideBySide => {
-            state.model.view.side_by_side = !state.model.view.side_by_side
-        }
+        Command::ToggleSideBySide => state.model.view.side_by_side = !state.model.view.side_by_side,
         Command::NextLayer => step_layer(state, 1),
         Command::PreviousLayer => step_layer(state, -1),
         Command::NextAnomalous => step_ranked(state, 1, ctx),
@@ -83,9 +81,9 @@ pub fn save(state: &mut AppState, path: PathBuf, ctx: &egui::Context) {
         return;
     };
     if state.model.detector.is_none() {
-        state.log.push(
-            "No detector to save yet: label a normal image or import adapters first".into(),
-        );
+        state
+            .log
+            .push("No detector to save yet: label a normal image or import adapters first".into());
         return;
     }
     if state.model.running(ModelJobKind::Train) {
@@ -150,11 +148,8 @@ fn start_training(state: &mut AppState, ctx: &egui::Context) {
     }
     state.labels.end_stroke();
     cancel_model_job(state);
-    let request = model_jobs::fit_request(
-        &state.model.organ,
-        state.model.schedule,
-        state.model.seed,
-    );
+    let request =
+        model_jobs::fit_request(&state.model.organ, state.model.schedule, state.model.seed);
     state.model.error = None;
     state.model.training = crate::app::state::model::TrainingRun {
         status: "starting".into(),
@@ -316,8 +311,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
             JobStatus::Cancelled => {
                 state.model.job = None;
                 if kind == ModelJobKind::Train {
-                    state.model.training.status =
-                        "cancelled; the previous detector is kept".into();
+                    state.model.training.status = "cancelled; the previous detector is kept".into();
                     state.log.push("Fine-tuning was cancelled".into());
                 }
             }
@@ -409,7 +403,9 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
         }
         ModelOutcome::Scored => {}
         ModelOutcome::Saved(path) => {
-            state.log.push(format!("Saved the detector to {}", path.display()));
+            state
+                .log
+                .push(format!("Saved the detector to {}", path.display()));
             model.checkpoint = Some(path);
             model.detector_unsaved = false;
         }
@@ -432,11 +428,8 @@ fn schedule(state: &mut AppState, ctx: &egui::Context) {
             ctx.request_repaint_after(SETTLE - waited);
             return;
         }
-        let request = model_jobs::fit_request(
-            &state.model.organ,
-            state.model.schedule,
-            state.model.seed,
-        );
+        let request =
+            model_jobs::fit_request(&state.model.organ, state.model.schedule, state.model.seed);
         state.model.job = Some(model_jobs::prepare(
             session,
             labelled_images(state),

@@ -6,8 +6,8 @@ use eframe::egui::{self, RichText};
 use super::command_button;
 use crate::app::commands::Command;
 use crate::app::dispatch::Action;
-use crate::app::state::viewer::{Tool, presets};
 use crate::app::state::AppState;
+use crate::app::state::viewer::{Tool, presets};
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     labels(ui, state, actions);

@@ -76,7 +76,8 @@ fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
 }
 
 fn organ(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
-    ui.label(RichText::new("Organ word of the prompts").strong())
+    let heading = ui
+        .label(RichText::new("Organ word of the prompts").strong())
         .on_hover_text("The subject of the text prompts (\"a photo of a normal {organ}\")");
     let current = &state.model.organ;
     let preset_name = ORGAN_PRESETS
@@ -91,16 +92,20 @@ fn organ(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                     actions.push(Action::SetOrgan(word.to_string()));
                 }
             }
-        });
+        })
+        .response
+        .labelled_by(heading.id);
     let id = egui::Id::unique("organ text");
     let mut text: String = ui
         .data(|d| d.get_temp::<String>(id))
         .unwrap_or_else(|| current.clone());
-    let response = ui.add(
-        egui::TextEdit::singleline(&mut text)
-            .hint_text("free text, e.g. knee MRI")
-            .desired_width(200.0),
-    );
+    let response = ui
+        .add(
+            egui::TextEdit::singleline(&mut text)
+                .hint_text("free text, e.g. knee MRI")
+                .desired_width(200.0),
+        )
+        .labelled_by(heading.id);
     if response.changed() {
         ui.data_mut(|d| d.insert_temp(id, text.clone()));
     }
@@ -283,9 +288,7 @@ fn loss_plot(ui: &mut egui::Ui, state: &AppState) {
         .x_axis_label("step")
         .allow_scroll(false)
         .show(ui, |plot| {
-            plot.line(
-                Line::new("total", series(|p| p.total)).color(Color32::WHITE),
-            );
+            plot.line(Line::new("total", series(|p| p.total)).color(Color32::WHITE));
             plot.line(Line::new("focal", series(|p| p.focal)));
             plot.line(Line::new("dice", series(|p| p.dice)));
             plot.line(Line::new("bce", series(|p| p.bce)));

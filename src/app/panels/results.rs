@@ -48,59 +48,59 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
 fn display(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     let mut view: ResultsView = state.model.view.clone();
     let levels = state.model.detector.as_ref().map_or(4, |d| d.levels);
+    let scale = scale_of(state);
     egui::Grid::new("results display")
         .num_columns(2)
         .show(ui, |ui| {
-            ui.label("Map");
+            let label = ui.label("Map");
             egui::ComboBox::from_id_salt("map layer")
                 .selected_text(view.layer.label())
                 .show_ui(ui, |ui| {
                     for layer in MapLayer::all(levels) {
                         ui.selectable_value(&mut view.layer, layer, layer.label());
                     }
-                });
+                })
+                .response
+                .labelled_by(label.id);
             ui.end_row();
-            ui.label("Colormap");
+            let label = ui.label("Colormap");
             egui::ComboBox::from_id_salt("colormap")
                 .selected_text(format!("{:?}", view.colormap))
                 .show_ui(ui, |ui| {
                     for map in Colormap::ALL {
                         ui.selectable_value(&mut view.colormap, map, format!("{map:?}"));
                     }
-                });
+                })
+                .response
+                .labelled_by(label.id);
             ui.end_row();
-            ui.label("Opacity");
-            ui.add(egui::Slider::new(&mut view.opacity, 0.0..=1.0));
+            let label = ui.label("Opacity");
+            ui.add(egui::Slider::new(&mut view.opacity, 0.0..=1.0))
+                .labelled_by(label.id);
             ui.end_row();
-            ui.label("Colour range")
-                .on_hover_text("Calibrated values at the two ends of the colormap; the same for every image");
+            let label = ui.label("Colour range").on_hover_text(
+                "Calibrated values at the two ends of the colormap; the same for every image",
+            );
             ui.horizontal(|ui| {
                 let (lo, hi) = &mut view.calibrated_range;
-                ui.add(egui::DragValue::new(lo).speed(0.1).range(-20.0..=*hi - 0.1));
+                ui.add(egui::DragValue::new(lo).speed(0.1).range(-20.0..=*hi - 0.1))
+                    .labelled_by(label.id);
                 ui.label("to");
                 let low = *lo;
-                ui.add(egui::DragValue::new(hi).speed(0.1).range(low + 0.1..=100.0));
+                ui.add(egui::DragValue::new(hi).speed(0.1).range(low + 0.1..=100.0))
+                    .labelled_by(label.id);
             });
             ui.end_row();
-            ui.label("Contour at")
+            let label = ui
+                .label("Contour at")
                 .on_hover_text("The outline is drawn where the map reaches this value");
-            let scale = state
-                .model
-                .detector
-                .as_ref()
-                .map_or(MapScale::Calibrated, |d| {
-                    if d.calibration.is_some() {
-                        MapScale::Calibrated
-                    } else {
-                        MapScale::Raw
-                    }
-                });
             match scale {
                 MapScale::Calibrated => {
                     ui.add(egui::Slider::new(&mut view.contour_level, 0.0..=20.0))
                 }
                 MapScale::Raw => ui.add(egui::Slider::new(&mut view.raw_contour_level, 0.0..=1.0)),
-            };
+            }
+            .labelled_by(label.id);
             ui.end_row();
         });
     ui.horizontal(|ui| {
@@ -109,7 +109,7 @@ fn display(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.checkbox(&mut view.side_by_side, Command::ToggleSideBySide.label())
             .on_hover_text(Command::ToggleSideBySide.tooltip());
     });
-    colour_bar(ui, &view, scale_of(state));
+    colour_bar(ui, &view, scale);
     if view != state.model.view {
         actions.push(Action::SetResultsView(view));
     }
@@ -215,8 +215,10 @@ fn histogram(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     if let Some(mut t) = threshold {
         let range = lo.min(0.0)..=hi.max(t) + 1.0;
         let response = ui
-            .add(egui::Slider::new(&mut t, range).text("abnormal if ≥"))
-            .on_hover_text("Image-score threshold of the table and histogram (default: the calibration's)");
+            .add(egui::Slider::new(&mut t, range).text("abnormal if at least"))
+            .on_hover_text(
+                "Image-score threshold of the table and histogram (default: the calibration's)",
+            );
         if response.changed() {
             let mut view = model.view.clone();
             view.score_threshold = Some(t);
@@ -233,16 +235,25 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         let order = match view.sort {
             SortColumn::Image => a.0.cmp(b.0),
             SortColumn::Score => a.1.score().total_cmp(&b.1.score()),
-            SortColumn::ZeroShot => a.1.result.raw.zero_image.total_cmp(&b.1.result.raw.zero_image),
-            SortColumn::FewShot => a
-                .1
-                .result
-                .raw
-                .few_image
-                .unwrap_or(f32::NAN)
-                .total_cmp(&b.1.result.raw.few_image.unwrap_or(f32::NAN)),
+            SortColumn::ZeroShot => {
+                a.1.result
+                    .raw
+                    .zero_image
+                    .total_cmp(&b.1.result.raw.zero_image)
+            }
+            SortColumn::FewShot => {
+                a.1.result
+                    .raw
+                    .few_image
+                    .unwrap_or(f32::NAN)
+                    .total_cmp(&b.1.result.raw.few_image.unwrap_or(f32::NAN))
+            }
         };
-        let order = if view.ascending { order } else { order.reverse() };
+        let order = if view.ascending {
+            order
+        } else {
+            order.reverse()
+        };
         order.then(a.0.cmp(b.0))
     });
     let threshold = model.score_threshold();
@@ -262,8 +273,8 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                         (SortColumn::FewShot, "Few-shot"),
                     ] {
                         let arrow = match (view.sort == column, view.ascending) {
-                            (true, true) => " ▲",
-                            (true, false) => " ▼",
+                            (true, true) => " (ascending)",
+                            (true, false) => " (descending)",
                             _ => "",
                         };
                         if ui

@@ -31,6 +31,11 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 .load_job
                 .as_ref()
                 .map(|j| (j.title.as_str(), j.progress())),
+            state
+                .model
+                .job
+                .as_ref()
+                .map(|j| (j.job.title.as_str(), j.job.progress())),
         ];
         for (title, (fraction, message)) in jobs.into_iter().flatten() {
             ui.label(title);

@@ -11,9 +11,9 @@ use crate::app::state::labels::ImageKey;
 use crate::app::state::viewer::Tool;
 use crate::app::textures::{HeatmapKey, Textures, reduction_for};
 use crate::io::export::overlay::Colormap;
+use crate::io::image::ImageStack;
 use crate::workflow::maps::sample;
 use crate::workflow::{LayerMap, layer_map};
-use crate::io::image::ImageStack;
 
 const OVERLAY: Color32 = Color32::from_rgb(230, 230, 120);
 /// The threshold contour: white reads on every colormap and on grey.
@@ -193,11 +193,7 @@ fn heatmap_of(state: &AppState, key: &ImageKey) -> Option<Heat> {
     let scored = state.model.result(key)?;
     let detector = state.model.detector.as_ref()?;
     let view = &state.model.view;
-    let map = layer_map(
-        &scored.result,
-        detector.calibration.as_ref(),
-        view.layer,
-    )?;
+    let map = layer_map(&scored.result, detector.calibration.as_ref(), view.layer)?;
     let (lo, hi) = view.range(map.scale);
     Some(Heat {
         key: HeatmapKey {

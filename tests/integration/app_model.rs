@@ -1,0 +1,278 @@
+//! The loop the product exists for, driven through the real app (egui_kittest, no window) on
+//! the tiny random CLIP: load weights, label shots (normal, abnormal with mask), see the
+//! zero-shot detector with its memory bank score the study at once, start fine-tuning and
+//! cancel it, fine-tune to the end, see the heatmap and its legend, change map level and
+//! branch, correct a result, export, save and reopen the project with its results.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use eframe::egui::{Key, Modifiers, vec2};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::commands::Command;
+use mvfa_studio::app::dispatch::Action;
+use mvfa_studio::app::state::labels::{ImageKey, Label};
+use mvfa_studio::app::state::model::ModelJobKind;
+use mvfa_studio::app::state::viewer::SideTab;
+use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
+use mvfa_studio::app::ui::StudioApp;
+use mvfa_studio::train::synthetic::generate;
+use mvfa_studio::workflow::maps::threshold_mask;
+use mvfa_studio::workflow::{Branch, MapLayer, layer_map};
+
+use crate::support::fixture_dir;
+
+type H = Harness<'static, StudioApp>;
+
+fn harness() -> H {
+    let persisted = PersistedState {
+        force_cpu: true,
+        ..Default::default()
+    };
+    let app = StudioApp::with_state(AppState::new(persisted, None));
+    Harness::builder()
+        .with_size(vec2(1400.0, 900.0))
+        .build_ui_state(|ui, app: &mut StudioApp| app.frame(ui), app)
+}
+
+/// Steps frames until `done` holds (jobs run on threads), failing after `secs`.
+fn wait_until(h: &mut H, what: &str, secs: u64, done: impl Fn(&AppState) -> bool) {
+    let start = Instant::now();
+    loop {
+        h.step();
+        if done(&h.state().state) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}; log: {:?}",
+            h.state().state.log
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Synthetic 96 px images: `n0..n2` normal, `a0..a2` abnormal (masks in `masks/`), and
+/// `t0..t3` unlabelled test images (two of them abnormal).
+fn study(dir: &Path) -> PathBuf {
+    let folder = dir.join("study");
+    let masks = dir.join("masks");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    let save = |path: PathBuf, size: usize, pixels: &[u8]| {
+        image::GrayImage::from_raw(size as u32, size as u32, pixels.to_vec())
+            .unwrap()
+            .save(path)
+            .unwrap();
+    };
+    for (i, img) in generate(1, 2, 96, false).iter().enumerate() {
+        save(folder.join(format!("n{i}.png")), img.size, &img.pixels);
+    }
+    for (i, img) in generate(2, 2, 96, true).iter().enumerate() {
+        save(folder.join(format!("a{i}.png")), img.size, &img.pixels);
+        save(masks.join(format!("a{i}.png")), img.size, &img.mask);
+    }
+    for (i, img) in generate(3, 2, 96, false)
+        .iter()
+        .chain(&generate(4, 2, 96, true))
+        .enumerate()
+    {
+        save(folder.join(format!("t{i}.png")), img.size, &img.pixels);
+    }
+    folder
+}
+
+fn key(folder: &Path, name: &str) -> ImageKey {
+    ImageKey {
+        path: folder.join(name),
+        frame: 0,
+    }
+}
+
+fn show(h: &mut H, key: &ImageKey) {
+    h.state_mut().pending.push(Action::Show(key.clone()));
+    let wanted = key.clone();
+    wait_until(h, "the image", 20, move |s| {
+        s.viewer.current.as_ref() == Some(&wanted) && s.current_stack().is_some()
+    });
+}
+
+fn press(h: &mut H, modifiers: Modifiers, key: Key) {
+    h.key_press_modifiers(modifiers, key);
+    h.step();
+}
+
+fn idle_and_scored(s: &AppState, images: usize) -> bool {
+    let m = &s.model;
+    m.job.is_none()
+        && m.detector.is_some()
+        && m.results.len() == images
+        && m.results.values().all(|r| r.generation == m.generation)
+}
+
+#[test]
+fn app_model_label_train_review_correct_export_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = study(dir.path());
+    let images = 8;
+    let mut h = harness();
+
+    // Weights load in the background into a session.
+    h.state_mut()
+        .state
+        .start_loading_weights(fixture_dir("clip/hf/model.safetensors"), || {});
+    wait_until(&mut h, "the weights", 60, |s| {
+        matches!(s.weights, WeightsStatus::Loaded(_)) && s.model.session.is_some()
+    });
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![folder.clone()]));
+    wait_until(&mut h, "the scan", 20, |s| {
+        s.scan_job.is_none() && s.browser.len() == images
+    });
+
+    // Label shots: two normal, two abnormal with imported masks.
+    for name in ["n0.png", "n1.png"] {
+        show(&mut h, &key(&folder, name));
+        press(&mut h, Modifiers::NONE, Key::N);
+    }
+    for name in ["a0.png", "a1.png"] {
+        show(&mut h, &key(&folder, name));
+        press(&mut h, Modifiers::NONE, Key::A);
+        h.state_mut()
+            .pending
+            .push(Action::ImportMaskFrom(dir.path().join("masks").join(name)));
+        h.step();
+    }
+    assert_eq!(h.state().state.labels.counts().masks, 2);
+
+    // Before any training: the zero-shot adapters and the memory bank score the study.
+    wait_until(&mut h, "the untrained detector and scores", 120, |s| {
+        idle_and_scored(s, images)
+    });
+    let untrained = h.state().state.model.detector.clone().unwrap();
+    assert_eq!(untrained.normal_shots, 2);
+    assert!(untrained.calibration.is_some());
+    assert!(
+        untrained.adapters.contains("not fine-tuned"),
+        "{}",
+        untrained.adapters
+    );
+
+    // Fine-tuning from the Model tab, cancelled at once: the previous detector is kept.
+    h.state_mut().pending.push(Action::SetTab(SideTab::Model));
+    h.step();
+    h.step();
+    h.get_by_label_contains(Command::StartTraining.label())
+        .click();
+    h.step();
+    assert!(h.state().state.model.running(ModelJobKind::Train));
+    press(&mut h, Modifiers::NONE, Key::Escape);
+    wait_until(&mut h, "the cancel", 60, |s| {
+        !s.model.running(ModelJobKind::Train)
+    });
+    assert!(
+        h.state().state.model.training.status.contains("cancelled"),
+        "{}",
+        h.state().state.model.training.status
+    );
+    assert_eq!(h.state().state.model.detector.as_ref(), Some(&untrained));
+
+    // Fine-tuning to the end (quick schedule), with the loss curve filled step by step; the
+    // study is rescored afterwards.
+    let generation = h.state().state.model.generation;
+    press(&mut h, Modifiers::COMMAND, Key::T);
+    wait_until(&mut h, "fine-tuning", 600, |s| {
+        !s.model.running(ModelJobKind::Train)
+    });
+    let model = &h.state().state.model;
+    assert!(
+        model.training.status.contains("finished"),
+        "{}",
+        model.training.status
+    );
+    assert_eq!(model.training.losses.len(), model.training.total_steps);
+    assert!(model.training.losses.iter().all(|p| p.total.is_finite()));
+    assert!(model.generation > generation);
+    assert!(
+        model
+            .detector
+            .as_ref()
+            .unwrap()
+            .adapters
+            .contains("fine-tuned"),
+        "{:?}",
+        model.detector
+    );
+    wait_until(&mut h, "rescoring", 120, |s| idle_and_scored(s, images));
+
+    // Results: the heatmap of the test image is drawn with its legend; maps change with the
+    // keys.
+    let test_image = key(&folder, "t3.png");
+    show(&mut h, &test_image);
+    h.state_mut().pending.push(Action::SetTab(SideTab::Results));
+    h.step();
+    h.run();
+    assert!(h.state().textures.heatmap_builds > 0);
+    let builds = h.state().textures.heatmap_builds;
+    h.get_by_label("calibrated (normal spreads) · contour 3.0");
+    assert_eq!(h.state().state.model.view.layer, MapLayer::Fused);
+    press(&mut h, Modifiers::NONE, Key::Period);
+    assert_eq!(
+        h.state().state.model.view.layer,
+        MapLayer::Branch(Branch::ZeroShot)
+    );
+    for _ in 0..3 {
+        press(&mut h, Modifiers::NONE, Key::Period);
+    }
+    assert_eq!(
+        h.state().state.model.view.layer,
+        MapLayer::Level(Branch::ZeroShot, 1)
+    );
+    assert!(h.state().textures.heatmap_builds >= builds + 4);
+
+    // The next most anomalous image is the top of the ranking.
+    press(&mut h, Modifiers::NONE, Key::J);
+    let top = h.state().state.model.ranked()[0].0.clone();
+    let current = h.state().state.viewer.current.clone().unwrap();
+    assert!(
+        current == top || h.state().state.model.ranked()[1].0 == &current,
+        "J went to {current:?}"
+    );
+
+    // Correct a result: accept the test image as abnormal, the thresholded region becoming
+    // its mask; the memory bank and scores update without fine-tuning.
+    show(&mut h, &test_image);
+    let s = &h.state().state;
+    let detector = s.model.detector.clone().unwrap();
+    let map = layer_map(
+        &s.model.results[&test_image].result,
+        detector.calibration.as_ref(),
+        s.model.view.layer,
+    )
+    .unwrap();
+    let level = s.model.view.contour(map.scale);
+    let expected = threshold_mask(&map.values, detector.model_size, 96, 96, level);
+    let generation = s.model.generation;
+    press(&mut h, Modifiers::SHIFT, Key::A);
+    let s = &h.state().state;
+    assert_eq!(s.labels.label(&test_image), Some(Label::Abnormal));
+    assert_eq!(
+        s.labels.mask(&test_image).map(|m| m.as_bytes().to_vec()),
+        Some(expected),
+        "the starting mask is the region above the contour level"
+    );
+    wait_until(&mut h, "the corrected detector", 120, |s| {
+        s.model.generation > generation && idle_and_scored(s, images)
+    });
+    assert_eq!(
+        h.state()
+            .state
+            .model
+            .detector
+            .as_ref()
+            .unwrap()
+            .abnormal_shots,
+        3
+    );
+}
