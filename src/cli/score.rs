@@ -322,7 +322,9 @@ fn describe_detector<B: Backend>(
             "calibrated ({}, threshold {:.3}); heatmaps show the calibrated fused map",
             c.method, c.threshold
         ),
-        None => "not calibrated; heatmaps show the raw zero-shot map".to_string(),
+        None => {
+            "not calibrated; heatmaps show the zero-shot map (mean of its levels, 0..1)".to_string()
+        }
     };
     format!(
         "detector: {} ({:?} task, organ word {organ:?}), {bank}, {cal}",
