@@ -1,14 +1,15 @@
 //! The user-level steps that both front ends run, the CLI and the app alike: open the CLIP
 //! weights with their text features, load a detector (our checkpoint or a reference `.pth`)
 //! with its identity checks, collect labelled shots (a dataset layout, plain folders, or the
-//! app's list of labelled images with masks), fit with progress events and cancellation, and
-//! score images to results.
+//! app's list of labelled images with masks), fit with progress events and cancellation,
+//! score images to results, and export results to files (PNG, raw maps, CSV, DICOM).
 //!
 //! The layer orchestrates the library (`weights`, `model`, `train`, `io`) and knows nothing of
 //! egui or clap; its errors are typed ([`WorkflowError`]) and keep their sources.
 mod backbone;
 mod checkpoint;
 mod error;
+mod export;
 mod fitting;
 pub mod maps;
 mod scoring;
@@ -21,6 +22,10 @@ pub use checkpoint::{
     OpenedDetector, checkpoint_meta, open_detector, resolve_organ, save_detector,
 };
 pub use error::WorkflowError;
+pub use export::{
+    DetectorFacts, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport,
+    FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options,
+};
 pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};

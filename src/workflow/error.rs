@@ -2,8 +2,10 @@
 use std::path::PathBuf;
 
 use crate::io::dataset::DatasetError;
+use crate::io::export::ExportError;
 use crate::io::input::InputError;
 use crate::io::model_input::ModelInputError;
+use crate::io::output::OutputError;
 use crate::model::mvfa::adapter::MvfaError;
 use crate::train::fit::FitError;
 use crate::weights::adapters::AdapterCheckpointError;
@@ -122,4 +124,11 @@ pub enum WorkflowError {
     /// Images of the wrong size for the model.
     #[error(transparent)]
     ModelInput(#[from] ModelInputError),
+    /// An export file could not be written, or its options or data are inconsistent (the
+    /// message names the file or frame).
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// An output would replace an input, or its folder cannot be written.
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }

@@ -13,6 +13,7 @@ mod clip_parity;
 mod dataset_layout;
 mod detector_checkpoint;
 mod eval_auc;
+mod export;
 mod fuzz_readers;
 mod guard_rails;
 mod io_dicom;
