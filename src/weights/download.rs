@@ -40,10 +40,13 @@ use ureq::tls::{TlsConfig, TlsProvider};
 pub const VIT_L14_336_REPO: &str = "openai/clip-vit-large-patch14-336";
 
 /// The revision of [`VIT_L14_336_REPO`] tried after `main` when `main` has no
-/// `model.safetensors`: the hub's safetensors conversion of the checkpoint was published as
-/// the pull request `refs/pr/8` (the `main` branch carried only `pytorch_model.bin` and
-/// `tf_model.h5`, which the loader does not read). A pull-request ref stays valid after the
-/// request is merged, so the tried order finds the file either way.
+/// `model.safetensors`: the `main` branch was published with `pytorch_model.bin` and
+/// `tf_model.h5` only (which the loader does not read), and the hub's safetensors conversion
+/// is the pull request `refs/pr/8`, where public code loading `model.safetensors` of this
+/// repository takes it from. This was not checked against the live hub; if it is wrong, the
+/// result is a clear "not found" error and `--revision` names the right ref. A pull-request
+/// ref stays valid after a merge, so trying `main` first and then it finds the file either
+/// way.
 pub const VIT_L14_336_SAFETENSORS_REVISION: &str = "refs/pr/8";
 
 /// The public hub, used when neither [`DownloadSource::endpoint`] nor `HF_ENDPOINT` names
