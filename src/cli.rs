@@ -41,7 +41,8 @@ pub enum Command {
     },
     /// Read DICOM / image files or folders and print one line per file plus a summary.
     Inspect(inspect::InspectArgs),
-    /// Load a CLIP weights file and print the load report (applied, missing, unexpected keys).
+    /// Load a CLIP weights file and print the load report (applied, missing, unexpected keys);
+    /// `weights download` fetches the public ViT-L/14-336 weights from the Hugging Face hub.
     Weights(weights_cmd::WeightsArgs),
     /// Build a CLIP vision tower (full ViT-L/14-336 by default) with random weights and run one
     /// 240 px image end to end, printing tap shapes, wall time and peak memory.

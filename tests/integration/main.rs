@@ -29,4 +29,5 @@ mod mvfa_checkpoints;
 mod mvfa_parity;
 mod pacs;
 mod tokenizer;
+mod weights_download;
 mod workflow;
