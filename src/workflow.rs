@@ -12,6 +12,7 @@ mod error;
 mod export;
 mod fitting;
 pub mod maps;
+pub mod results_file;
 mod scoring;
 mod session;
 mod shots;

@@ -104,6 +104,12 @@ pub enum Action {
     ImportAdaptersFrom(PathBuf),
     /// Save the detector to this file, without a dialog.
     SaveDetectorTo(PathBuf),
+    /// Open, change or close (`None`) the export window.
+    SetExportDialog(Option<crate::app::state::model::ExportDialog>),
+    /// Choose the export folder with a dialog.
+    ChooseExportFolder,
+    /// Start the export the window describes.
+    StartExport,
 }
 
 /// How a click on a file in the browser changes the selection.
@@ -138,7 +144,10 @@ pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
         | Action::SetSchedule(_)
         | Action::SetResultsView(_)
         | Action::ImportAdaptersFrom(_)
-        | Action::SaveDetectorTo(_) => unreachable!("applied by dispatch::model"),
+        | Action::SaveDetectorTo(_)
+        | Action::SetExportDialog(_)
+        | Action::ChooseExportFolder
+        | Action::StartExport => unreachable!("applied by dispatch::model"),
         Action::Run(command) => run(state, command, ctx),
         Action::Open(paths) => open(state, paths, ctx),
         Action::OpenRecent(path) => {
@@ -197,7 +206,7 @@ pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
             state.viewer.brush_radius =
                 (state.viewer.brush_radius * factor).clamp(BRUSH_MIN, BRUSH_MAX);
         }
-        Action::SaveProjectTo(path) => save_project(state, &path),
+        Action::SaveProjectTo(path) => save_project(state, &path, ctx),
         Action::OpenProject(path) => open_project(state, &path, false, ctx),
         Action::ImportMaskFrom(path) => import_mask(state, &path),
         Action::Recover => {
@@ -260,7 +269,7 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
             }
         }
         Command::SaveProject => match state.project.path.clone() {
-            Some(path) => save_project(state, &path),
+            Some(path) => save_project(state, &path, ctx),
             None => run(state, Command::SaveProjectAs, ctx),
         },
         Command::SaveProjectAs => {
@@ -270,7 +279,7 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
                 .set_file_name("project.mvfa.json")
                 .save_file()
             {
-                save_project(state, &path);
+                save_project(state, &path, ctx);
             }
         }
         Command::ImportMask => {
@@ -838,7 +847,7 @@ pub fn autosave(state: &mut AppState, force: bool) {
     if state.project.autosaved_revision == state.labels.revision || !(due || force) {
         return;
     }
-    let result = snapshot(state).and_then(|file| project::write(&path, &file));
+    let result = snapshot(state, None).and_then(|file| project::write(&path, &file));
     state.project.last_autosave = Instant::now();
     match result {
         Ok(()) => state.project.autosaved_revision = state.labels.revision,
@@ -847,7 +856,12 @@ pub fn autosave(state: &mut AppState, force: bool) {
 }
 
 /// The project file of the current session.
-fn snapshot(state: &mut AppState) -> Result<ProjectFile, String> {
+/// The project file of the current session; `sidecars` (detector, results) are where a save
+/// writes the model's files (`None` for the autosave, which refers only to saved ones).
+fn snapshot(
+    state: &mut AppState,
+    sidecars: Option<&(PathBuf, PathBuf)>,
+) -> Result<ProjectFile, String> {
     let mut paths: Vec<PathBuf> = state
         .labels
         .labels()
@@ -892,15 +906,18 @@ fn snapshot(state: &mut AppState) -> Result<ProjectFile, String> {
         view: v.view_entry(),
         measurements: v.measurements.clone(),
         set_aside: state.project.set_aside.clone(),
+        model: model::project_entry(state, sidecars),
         ..Default::default()
     })
 }
 
-fn save_project(state: &mut AppState, path: &Path) {
+fn save_project(state: &mut AppState, path: &Path, ctx: &egui::Context) {
     state.labels.end_stroke();
     let previous = state.project.path.replace(path.to_path_buf());
-    match snapshot(state).and_then(|file| project::write(path, &file)) {
+    let sidecars = project::sidecars(path);
+    match snapshot(state, Some(&sidecars)).and_then(|file| project::write(path, &file)) {
         Ok(()) => {
+            model::save_sidecars(state, &sidecars, ctx);
             state.project.saved_revision = state.labels.revision;
             state.persisted.remember(path);
             state.log.push(format!("Saved {}", path.display()));
@@ -954,6 +971,7 @@ fn open_project(state: &mut AppState, path: &Path, recovered: bool, ctx: &egui::
     if !recovered {
         state.persisted.remember(path);
     }
+    model::restore(state, file.model.as_ref(), ctx);
     state.log.extend(verified.problems);
     let aside = state.project.set_aside.len();
     state.log.push(if aside > 0 {

@@ -8,10 +8,13 @@ use crate::app::jobs::{Job, JobContext};
 use crate::app::state::labels::ImageKey;
 use crate::app::state::model::{ModelItem, ModelJob, ModelJobKind, ModelOutcome, SharedSession};
 use crate::io::input::load_model_images;
+use crate::io::output::InputSet;
+use crate::model::mvfa::detector::ImageResult;
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
 use crate::workflow::{
-    FitRequest, LabelledImage, ModelSession, Schedule, ShotSource, collect_shots,
+    DetectorFacts, ExportOptions, Exporter, FitRequest, FrameToExport, LabelledImage, ModelSession,
+    Schedule, ShotSource, collect_shots,
 };
 
 /// Frames scored per forward batch: small, so that results appear one by one and a cancel
@@ -213,5 +216,82 @@ pub fn save(
             .save(&path, "MVFA Studio")
             .map_err(|e| e.to_string())?;
         Ok(ModelOutcome::Saved(path))
+    })
+}
+
+/// One frame to export: its key, its result, and its file's frame count (for names).
+pub type ExportItem = (ImageKey, Arc<ImageResult>, usize);
+
+/// Writes the export files of `items` into `folder` (overlay, heatmap, raw maps, CSV, DICOM
+/// as `options` say), frame by frame; a cancel stops between frames and still writes the CSV
+/// of the frames done.
+pub fn export(
+    items: Vec<ExportItem>,
+    folder: PathBuf,
+    options: ExportOptions,
+    facts: DetectorFacts,
+    model_size: usize,
+    repaint: impl Fn() + Send + Sync + 'static,
+) -> ModelJob {
+    spawn(ModelJobKind::Export, repaint, move |ctx| {
+        let inputs = InputSet::new(items.iter().map(|(k, _, _)| k.path.as_path()));
+        let mut exporter =
+            Exporter::new(&folder, options, facts, inputs).map_err(|e| e.to_string())?;
+        let total = items.len();
+        let mut problems = Vec::new();
+        let mut start = 0;
+        'files: while start < items.len() {
+            let path = items[start].0.path.clone();
+            let end = items[start..]
+                .iter()
+                .position(|(k, _, _)| k.path != path)
+                .map_or(items.len(), |n| start + n);
+            let group = &items[start..end];
+            let frames = match load_model_images(&path) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    start = end;
+                    continue;
+                }
+            };
+            for (key, result, frame_count) in group {
+                if ctx.is_cancelled() {
+                    problems.push("cancelled".into());
+                    break 'files;
+                }
+                ctx.progress(
+                    Some(exporter.frames_written() as f32 / total.max(1) as f32),
+                    format!("{} of {total} images", exporter.frames_written() + 1),
+                );
+                let Some(image) = frames.iter().find(|f| f.frame == key.frame) else {
+                    problems.push(format!("{}: no frame {}", path.display(), key.frame));
+                    continue;
+                };
+                let frame = FrameToExport {
+                    source: &key.path,
+                    frame: key.frame,
+                    frames: *frame_count,
+                    label: image.label(),
+                    display: &image.display,
+                    result,
+                    model_size,
+                };
+                if let Err(e) = exporter.write_frame(frame) {
+                    problems.push(e.to_string());
+                }
+            }
+            start = end;
+        }
+        let summary = exporter.finish().map_err(|e| e.to_string())?;
+        let mut message = format!(
+            "Exported {} image(s) to {}",
+            summary.frames,
+            summary.out_dir.display()
+        );
+        if !problems.is_empty() {
+            message.push_str(&format!(" ({})", problems.join("; ")));
+        }
+        Ok(ModelOutcome::Exported(message))
     })
 }

@@ -1,6 +1,7 @@
 //! The panels of the main window. Each reads `&AppState` and pushes [`Action`]s; none changes
 //! the state or starts a job. The texture cache is the only thing they write to.
 mod browser;
+mod export;
 mod help;
 mod labels;
 mod menu;
@@ -40,6 +41,7 @@ pub fn draw(
         .frame(egui::Frame::NONE.fill(egui::Color32::BLACK))
         .show(ui, |ui| viewer::show(ui, state, textures, actions));
     help::show_windows(ui.ctx(), state, actions);
+    export::show_window(ui.ctx(), state, actions);
 }
 
 /// The right panel: tabs for the image (labels, window, tools), the model and the results.

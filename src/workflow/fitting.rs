@@ -16,7 +16,7 @@ use crate::train::trainer::TrainConfig;
 use crate::weights::adapters::{MixingRatios, load_adapter_file};
 
 /// How long fine-tuning runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Schedule {
     /// The reference's few-shot schedule: all 11 augmentations of every shot, 50 epochs
     /// ((4 + 4) x 11 x 50 = 4400 steps for k = 4: hours on a CPU, minutes on a GPU).

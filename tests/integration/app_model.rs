@@ -10,7 +10,7 @@ use eframe::egui::{Key, Modifiers, vec2};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::commands::Command;
-use mvfa_studio::app::dispatch::Action;
+use mvfa_studio::app::dispatch::{Action, score_queue};
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::model::ModelJobKind;
 use mvfa_studio::app::state::viewer::SideTab;
@@ -275,4 +275,68 @@ fn app_model_label_train_review_correct_export_and_reopen() {
             .abnormal_shots,
         3
     );
+
+    // Export the whole study: overlays with legend, heatmaps, raw maps and the CSV.
+    let out = dir.path().join("export");
+    press(&mut h, Modifiers::COMMAND | Modifiers::SHIFT, Key::E);
+    let mut dialog = h
+        .state()
+        .state
+        .model
+        .export
+        .clone()
+        .expect("the export window");
+    h.run();
+    h.get_by_label("Export results");
+    dialog.folder = Some(out.clone());
+    h.state_mut()
+        .pending
+        .push(Action::SetExportDialog(Some(dialog)));
+    h.step();
+    h.state_mut().pending.push(Action::StartExport);
+    h.step();
+    wait_until(&mut h, "the export", 120, |s| s.model.job.is_none());
+    let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + images, "{csv}");
+    for name in ["t3.overlay.png", "t3.heatmap.png", "t3.raw.safetensors"] {
+        assert!(out.join(name).is_file(), "{name} missing");
+    }
+
+    // Save the project: the detector and the results go beside it; a fresh app reopening it
+    // shows the same results without rescoring.
+    wait_until(&mut h, "idle", 120, |s| idle_and_scored(s, images));
+    let project = dir.path().join("study.mvfa.json");
+    h.state_mut()
+        .pending
+        .push(Action::SaveProjectTo(project.clone()));
+    h.step();
+    wait_until(&mut h, "the detector saved", 60, |s| {
+        s.model.job.is_none() && !s.model.detector_unsaved
+    });
+    assert!(dir.path().join("study.detector.safetensors").is_file());
+    assert!(dir.path().join("study.results.safetensors").is_file());
+    let before = h.state().state.model.results.clone();
+    let detector_before = h.state().state.model.detector.clone().unwrap();
+    drop(h);
+
+    let mut h = harness();
+    h.state_mut().pending.push(Action::OpenProject(project));
+    wait_until(&mut h, "the reopened project", 120, |s| {
+        s.model.detector.is_some() && s.model.job.is_none() && s.model.restore.is_none()
+    });
+    let s = &h.state().state;
+    assert_eq!(s.labels.counts().abnormal, 3);
+    let detector = s.model.detector.as_ref().unwrap();
+    assert_eq!(detector.calibration, detector_before.calibration);
+    assert_eq!(detector.normal_shots, detector_before.normal_shots);
+    assert_eq!(s.model.results.len(), images);
+    for (key, scored) in &before {
+        let reopened = &s.model.results[key];
+        assert_eq!(reopened.result, scored.result, "{key:?}");
+        assert_eq!(
+            reopened.generation, s.model.generation,
+            "{key:?} is current"
+        );
+    }
+    assert!(score_queue(s, 100).is_empty(), "nothing to rescore");
 }

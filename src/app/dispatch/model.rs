@@ -13,9 +13,17 @@ use crate::app::jobs::JobStatus;
 use crate::app::model_jobs;
 use crate::app::state::AppState;
 use crate::app::state::labels::{ImageKey, Label};
-use crate::app::state::model::{LossPoint, ModelItem, ModelJobKind, ModelOutcome, Scored};
+use crate::app::state::model::PendingRestore;
+use crate::app::state::model::{
+    ExportDialog, ExportScope, LossPoint, ModelItem, ModelJobKind, ModelOutcome, Scored,
+};
+use crate::app::state::project::ModelEntry as ProjectModel;
 use crate::io::mask::Mask;
-use crate::workflow::{FitSummary, LabelledImage, MapLayer, MaskSource, ShotLabel, layer_map};
+use crate::workflow::results_file::{read_results, write_results};
+use crate::workflow::{
+    DetectorFacts, ExportOptions, FitSummary, LabelledImage, MapLayer, MaskSource, RawFormat,
+    ShotLabel, layer_map,
+};
 
 /// Label edits settle this long before the memory bank is rebuilt.
 const SETTLE: Duration = Duration::from_millis(400);
@@ -53,9 +61,8 @@ pub fn run(state: &mut AppState, command: Command, ctx: &egui::Context) -> bool 
         Command::PreviousAnomalous => step_ranked(state, -1, ctx),
         Command::AcceptNormal => accept(state, Label::Normal),
         Command::AcceptAbnormal => accept(state, Label::Abnormal),
-        Command::ExportImage | Command::ExportStudy => {
-            state.log.push("Export is not wired up yet".into())
-        }
+        Command::ExportImage => open_export(state, ExportScope::Current),
+        Command::ExportStudy => open_export(state, ExportScope::All),
         _ => return false,
     }
     true
@@ -97,6 +104,7 @@ pub fn save(state: &mut AppState, path: PathBuf, ctx: &egui::Context) {
 }
 
 fn cancel_model_job(state: &mut AppState) {
+    state.model.restoring = None;
     if let Some(job) = state.model.job.take() {
         job.job.cancel();
     }
@@ -267,6 +275,246 @@ fn accept(state: &mut AppState, label: Label) {
     }
 }
 
+/// Opens the export window with the display's map, colours and range.
+fn open_export(state: &mut AppState, scope: ExportScope) {
+    if state.model.results.is_empty() {
+        state
+            .log
+            .push("Nothing to export yet: no image has been scored".into());
+        return;
+    }
+    if scope == ExportScope::Current
+        && state
+            .viewer
+            .current
+            .as_ref()
+            .is_none_or(|k| !state.model.results.contains_key(k))
+    {
+        state.log.push("The current image has no result yet".into());
+        return;
+    }
+    let view = &state.model.view;
+    let scale = match state.model.detector.as_ref() {
+        Some(d) if d.calibration.is_none() => crate::workflow::MapScale::Raw,
+        _ => crate::workflow::MapScale::Calibrated,
+    };
+    let options = ExportOptions {
+        layer: view.layer,
+        colormap: view.colormap,
+        opacity: view.opacity,
+        range: Some(view.range(scale)),
+        raw: Some(RawFormat::Safetensors),
+        ..ExportOptions::default()
+    };
+    let folder = state.model.export.as_ref().and_then(|d| d.folder.clone());
+    state.model.export = Some(ExportDialog {
+        scope,
+        options,
+        folder,
+    });
+}
+
+fn start_export(state: &mut AppState, ctx: &egui::Context) {
+    let Some(dialog) = state.model.export.clone() else {
+        return;
+    };
+    let Some(folder) = dialog.folder.clone() else {
+        state.log.push("Choose the export folder first".into());
+        return;
+    };
+    let Some(detector) = state.model.detector.clone() else {
+        state.log.push("No detector: nothing to export".into());
+        return;
+    };
+    if state.model.job.is_some() {
+        // Scoring resumes after the export; fine-tuning is never interrupted by one.
+        if state.model.running(ModelJobKind::Train) {
+            state
+                .log
+                .push("Fine-tuning is running: export when it has ended".into());
+            return;
+        }
+        cancel_model_job(state);
+    }
+    let keys: Vec<ImageKey> = match dialog.scope {
+        ExportScope::Current => state.viewer.current.iter().cloned().collect(),
+        ExportScope::All => {
+            let mut keys: Vec<ImageKey> = state.model.results.keys().cloned().collect();
+            keys.sort();
+            keys
+        }
+    };
+    let items: Vec<model_jobs::ExportItem> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let result = state.model.results.get(&key)?.result.clone();
+            let frames = state
+                .browser
+                .item(&key.path)
+                .map_or(1, |(_, item)| item.frames);
+            Some((key, result, frames))
+        })
+        .collect();
+    let facts = DetectorFacts {
+        calibration: detector.calibration.clone(),
+        checkpoint: state
+            .model
+            .checkpoint
+            .as_ref()
+            .filter(|_| !state.model.detector_unsaved)
+            .map_or_else(|| detector.adapters.clone(), |p| p.display().to_string()),
+        organ: detector.organ.clone(),
+    };
+    state.model.job = Some(model_jobs::export(
+        items,
+        folder,
+        dialog.options,
+        facts,
+        detector.model_size,
+        repaint(ctx),
+    ));
+    state.model.export = None;
+}
+
+/// The model entry of the project file. With `sidecars` (a save), the detector and results
+/// are to be written there by [`save_sidecars`]; without (the autosave), only files that
+/// already hold them are named.
+pub fn project_entry(
+    state: &AppState,
+    sidecars: Option<&(PathBuf, PathBuf)>,
+) -> Option<ProjectModel> {
+    let model = &state.model;
+    let weights = match &state.weights {
+        crate::app::state::WeightsStatus::Loaded(summary) => Some(summary.path.clone()),
+        _ => None,
+    };
+    if weights.is_none() && model.detector.is_none() {
+        return None;
+    }
+    let saved_checkpoint = model.checkpoint.clone().filter(|_| !model.detector_unsaved);
+    let checkpoint = match (sidecars, &model.detector) {
+        (Some((detector, _)), Some(_)) if saved_checkpoint.is_none() => Some(detector.clone()),
+        (_, Some(_)) => saved_checkpoint,
+        (_, None) => None,
+    };
+    let results = match sidecars {
+        Some((_, results)) if !model.results.is_empty() => Some(results.clone()),
+        _ => None,
+    };
+    Some(ProjectModel {
+        organ: model.organ.clone(),
+        schedule: model.schedule,
+        seed: model.seed,
+        weights,
+        checkpoint,
+        detector_matches_labels: model.detector_revision == Some(state.labels.revision),
+        results,
+        view: model.view.clone(),
+    })
+}
+
+/// Writes the sidecar files a project save names: the results now, the detector through a
+/// save job when it is not saved yet.
+pub fn save_sidecars(state: &mut AppState, sidecars: &(PathBuf, PathBuf), ctx: &egui::Context) {
+    let (detector_path, results_path) = sidecars;
+    if let Some(detector) = &state.model.detector
+        && !state.model.results.is_empty()
+    {
+        let mut entries: Vec<(&ImageKey, &Scored)> = state.model.results.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let rows: Vec<(
+            &std::path::Path,
+            usize,
+            &crate::model::mvfa::detector::ImageResult,
+        )> = entries
+            .iter()
+            .map(|(k, s)| (k.path.as_path(), k.frame, s.result.as_ref()))
+            .collect();
+        if let Err(e) = write_results(results_path, &rows, detector.model_size) {
+            state.log.push(format!("Could not save the results: {e}"));
+        }
+    }
+    let unsaved = state.model.detector.is_some()
+        && (state.model.detector_unsaved || state.model.checkpoint.is_none());
+    if unsaved {
+        if state.model.running(ModelJobKind::Train) {
+            state.log.push(
+                "Fine-tuning is running: the project keeps the last saved detector; save again when it ends".into(),
+            );
+        } else {
+            save(state, detector_path.clone(), ctx);
+        }
+    }
+}
+
+/// Takes up a reopened project's model: settings at once; stored results; its detector
+/// once its weights are loaded (loading them when they are not).
+pub fn restore(state: &mut AppState, entry: Option<&ProjectModel>, ctx: &egui::Context) {
+    cancel_model_job(state);
+    state.model.results.clear();
+    state.model.unscorable.clear();
+    state.model.restore = None;
+    let Some(entry) = entry else {
+        return;
+    };
+    if !entry.organ.is_empty() {
+        state.model.organ.clone_from(&entry.organ);
+    }
+    state.model.schedule = entry.schedule;
+    state.model.seed = entry.seed;
+    state.model.view = entry.view.clone();
+    if let Some(weights) = &entry.weights {
+        let loaded = match &state.weights {
+            crate::app::state::WeightsStatus::Loaded(s) => Some(&s.path),
+            crate::app::state::WeightsStatus::Loading { path, .. } => Some(path),
+            _ => None,
+        };
+        if loaded != Some(weights) {
+            if weights.is_file() {
+                state.start_loading_weights(weights.clone(), repaint(ctx));
+            } else {
+                state.log.push(format!(
+                    "The project's CLIP weights {} are missing: open them to use its detector",
+                    weights.display()
+                ));
+            }
+        }
+    }
+    if let Some(checkpoint) = &entry.checkpoint {
+        if checkpoint.is_file() {
+            state.model.restore = Some(PendingRestore {
+                checkpoint: checkpoint.clone(),
+                matches_labels: entry.detector_matches_labels,
+            });
+        } else {
+            state.log.push(format!(
+                "The project's detector {} is missing; a new one is built from the labels",
+                checkpoint.display()
+            ));
+        }
+    }
+    if let Some(results) = &entry.results {
+        match read_results(results) {
+            Ok(stored) => {
+                let generation = state.model.generation;
+                for r in stored {
+                    state.model.results.insert(
+                        ImageKey {
+                            path: r.path,
+                            frame: r.frame,
+                        },
+                        Scored {
+                            result: std::sync::Arc::new(r.result),
+                            generation,
+                        },
+                    );
+                }
+            }
+            Err(e) => state.log.push(e.to_string()),
+        }
+    }
+}
+
 /// Applies what the model job reported, then starts the next piece of work the labels and
 /// results call for.
 pub fn poll(state: &mut AppState, ctx: &egui::Context) {
@@ -299,6 +547,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
             }
             JobStatus::Failed(message) => {
                 state.model.job = None;
+                state.model.restoring = None;
                 if kind == ModelJobKind::Prepare {
                     state.model.prepare_failed = Some(state.labels.revision);
                 }
@@ -378,6 +627,17 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
             model.detector = Some(summary);
             model.generation += 1;
             model.error = None;
+            if let Some(matches_labels) = model.restoring.take() {
+                // The project's own detector: its stored results are current, and its bank
+                // needs no rebuild when it came from these labels.
+                if matches_labels {
+                    model.detector_revision = Some(state.labels.revision);
+                }
+                let generation = model.generation;
+                for scored in model.results.values_mut() {
+                    scored.generation = generation;
+                }
+            }
         }
         ModelOutcome::Trained(FitSummary::Fitted(summary), revision) => {
             let elapsed = model
@@ -422,6 +682,17 @@ fn schedule(state: &mut AppState, ctx: &egui::Context) {
     let Some(session) = state.model.session.clone() else {
         return;
     };
+    if let Some(restore) = state.model.restore.take() {
+        state.model.restoring = Some(restore.matches_labels);
+        state.model.checkpoint = Some(restore.checkpoint.clone());
+        state.model.job = Some(model_jobs::import(
+            session,
+            restore.checkpoint,
+            None,
+            repaint(ctx),
+        ));
+        return;
+    }
     if labels_moved_on(state) && !state.labels.stroke_active() {
         let waited = state.model.seen_revision.1.elapsed();
         if waited < SETTLE {
@@ -521,6 +792,17 @@ pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool
         Action::SetResultsView(view) => state.model.view = view.clone(),
         Action::ImportAdaptersFrom(path) => import(state, path.clone(), ctx),
         Action::SaveDetectorTo(path) => save(state, path.clone(), ctx),
+        Action::SetExportDialog(dialog) => state.model.export = dialog.clone(),
+        Action::ChooseExportFolder => {
+            if let Some(folder) = rfd::FileDialog::new()
+                .set_title("Export results to this folder")
+                .pick_folder()
+                && let Some(dialog) = &mut state.model.export
+            {
+                dialog.folder = Some(folder);
+            }
+        }
+        Action::StartExport => start_export(state, ctx),
         _ => return false,
     }
     true

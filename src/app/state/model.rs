@@ -15,7 +15,9 @@ use crate::app::jobs::Job;
 use crate::io::export::overlay::Colormap;
 use crate::model::mvfa::detector::ImageResult;
 use crate::train::trainer::StepReport;
-use crate::workflow::{DetectorSummary, FitSummary, MapLayer, MapScale, ModelSession, Schedule};
+use crate::workflow::{
+    DetectorSummary, ExportOptions, FitSummary, MapLayer, MapScale, ModelSession, Schedule,
+};
 
 /// The session shared with the model jobs.
 pub type SharedSession = Arc<Mutex<Box<dyn ModelSession>>>;
@@ -223,6 +225,26 @@ impl Scored {
     }
 }
 
+/// Which images an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportScope {
+    /// The image shown.
+    Current,
+    /// Every scored image.
+    All,
+}
+
+/// The export window: what will be written, and where, shown before anything is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportDialog {
+    /// Which images.
+    pub scope: ExportScope,
+    /// What to write and how (with the de-identification of DICOM exports).
+    pub options: ExportOptions,
+    /// The output folder, once chosen.
+    pub folder: Option<PathBuf>,
+}
+
 /// Everything about the model the UI shows.
 pub struct ModelState {
     /// The loaded weights' session; `None` until weights load.
@@ -260,6 +282,21 @@ pub struct ModelState {
     pub error: Option<String>,
     /// Labels revision whose memory-bank rebuild failed (not retried until labels change).
     pub prepare_failed: Option<u64>,
+    /// The export window, while open.
+    pub export: Option<ExportDialog>,
+    /// A reopened project's detector, opened once its weights are loaded.
+    pub restore: Option<PendingRestore>,
+    /// While the restore import runs: whether its memory bank matches the labels.
+    pub restoring: Option<bool>,
+}
+
+/// A project's detector checkpoint waiting for the weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRestore {
+    /// The checkpoint.
+    pub checkpoint: PathBuf,
+    /// Whether its memory bank and calibration come from the project's labels as saved.
+    pub matches_labels: bool,
 }
 
 impl Default for ModelState {
@@ -282,6 +319,9 @@ impl Default for ModelState {
             seen_revision: (0, Instant::now()),
             error: None,
             prepare_failed: None,
+            export: None,
+            restore: None,
+            restoring: None,
         }
     }
 }

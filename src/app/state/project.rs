@@ -120,6 +120,47 @@ pub struct ProjectFile {
     pub measurements: Vec<Measurement>,
     /// Labels and masks of files that moved or changed, kept verbatim.
     pub set_aside: Vec<SetAside>,
+    /// The model: weights, detector checkpoint, results and how they were shown.
+    pub model: Option<ModelEntry>,
+}
+
+/// The model side of a project. The detector and the results live in files beside the
+/// project (`<name>.detector.safetensors`, `<name>.results.safetensors`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ModelEntry {
+    /// The organ word of the prompts.
+    pub organ: String,
+    /// The fine-tuning schedule.
+    pub schedule: crate::workflow::Schedule,
+    /// The seed of fresh adapters and fine-tuning.
+    pub seed: u64,
+    /// The CLIP weights the detector belongs to.
+    pub weights: Option<PathBuf>,
+    /// The detector checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// Whether the checkpoint's memory bank and calibration come from the project's labels as
+    /// saved (then reopening does not rebuild them).
+    pub detector_matches_labels: bool,
+    /// The stored results of the detector.
+    pub results: Option<PathBuf>,
+    /// How results were shown.
+    pub view: super::model::ResultsView,
+}
+
+/// The sidecar files of the project at `project`: detector checkpoint and results.
+pub fn sidecars(project: &Path) -> (PathBuf, PathBuf) {
+    let stem = project
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .trim_end_matches(".mvfa")
+        .to_string();
+    let dir = project.parent().unwrap_or(Path::new("."));
+    (
+        dir.join(format!("{stem}.detector.safetensors")),
+        dir.join(format!("{stem}.results.safetensors")),
+    )
 }
 
 impl Default for ProjectFile {
@@ -136,6 +177,7 @@ impl Default for ProjectFile {
             view: ViewEntry::default(),
             measurements: Vec::new(),
             set_aside: Vec::new(),
+            model: None,
         }
     }
 }
