@@ -21,6 +21,8 @@ pub enum Command {
     ImportMask,
     /// Choose a CLIP ViT-L/14-336 safetensors file and load it in the background.
     OpenWeights,
+    /// Download the public CLIP ViT-L/14-336 weights from the Hugging Face hub (SHA-256 checked) and load them.
+    DownloadWeights,
     /// Stop the running background jobs (folder scan, file loading, weights loading).
     CancelJob,
     /// Toggle skipping the GPU even when one is available (applies at the next start).
@@ -203,7 +205,7 @@ const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
 
 impl Command {
     /// Every command, in the order menus, the help panel and the palette list them.
-    pub const ALL: [Command; 60] = [
+    pub const ALL: [Command; 61] = [
         Command::OpenFiles,
         Command::OpenFolder,
         Command::OpenProject,
@@ -211,6 +213,7 @@ impl Command {
         Command::SaveProjectAs,
         Command::ImportMask,
         Command::OpenWeights,
+        Command::DownloadWeights,
         Command::CancelJob,
         Command::Quit,
         Command::Undo,
@@ -276,6 +279,7 @@ impl Command {
             Command::SaveProjectAs => "Save project as…",
             Command::ImportMask => "Import mask image…",
             Command::OpenWeights => "Open CLIP weights…",
+            Command::DownloadWeights => "Download CLIP weights…",
             Command::CancelJob => "Cancel job",
             Command::ToggleForceCpu => "Always use the CPU",
             Command::Quit => "Quit",
@@ -352,6 +356,9 @@ impl Command {
             }
             Command::OpenWeights => {
                 "Choose a CLIP ViT-L/14-336 safetensors file and load it in the background"
+            }
+            Command::DownloadWeights => {
+                "Download the public CLIP ViT-L/14-336 weights from the Hugging Face hub (SHA-256 checked) and load them"
             }
             Command::CancelJob => {
                 "Stop the running background jobs (scan, loading, fine-tuning, scoring, export)"
@@ -452,6 +459,7 @@ impl Command {
             Command::SaveProjectAs => cmd_shift(Key::S),
             Command::ImportMask => cmd(Key::M),
             Command::OpenWeights => None,
+            Command::DownloadWeights => None,
             Command::CancelJob => key(Key::Escape),
             Command::ToggleForceCpu => None,
             Command::Quit => cmd(Key::Q),
@@ -514,7 +522,7 @@ impl Command {
         use Command::*;
         match self {
             OpenFiles | OpenFolder | OpenProject | SaveProject | SaveProjectAs | ImportMask
-            | OpenWeights | CancelJob | Quit => Menu::File,
+            | OpenWeights | DownloadWeights | CancelJob | Quit => Menu::File,
             Undo | Redo => Menu::Edit,
             NextFrame | PreviousFrame | PageForward | PageBack | FirstFrame | LastFrame
             | ZoomIn | ZoomOut | ZoomFit | ZoomActualSize | Invert | ResetWindow | Preset1

@@ -231,6 +231,7 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
     }
     match command {
         Command::ImportAdapters
+        | Command::DownloadWeights
         | Command::SaveDetector
         | Command::StartTraining
         | Command::ToggleHeatmap
@@ -305,6 +306,9 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
             }
             if let Some(job) = &state.model.job {
                 job.job.cancel();
+            }
+            if let Some(job) = &state.download_job {
+                job.cancel();
             }
             cancel_file_jobs(state);
         }

@@ -104,6 +104,12 @@ pub struct AppState {
     pub backend: BackendInfo,
     /// Where the CLIP weights stand.
     pub weights: WeightsStatus,
+    /// Downloads the public CLIP weights; `None` when no download runs.
+    pub download_job: Option<Job<PathBuf>>,
+    /// Where the download comes from (the hub's ViT-L/14-336; tests point it elsewhere).
+    pub download_source: crate::weights::download::DownloadSource,
+    /// The Hugging Face cache the download goes to (`None`: the standard one).
+    pub download_cache: Option<PathBuf>,
     /// Loads the CLIP weights in the background; `None` when no load runs.
     pub weights_job: Option<Job<LoadedWeights>>,
     /// Reads opened files and folders; hands over each file as it is examined.
@@ -153,6 +159,9 @@ impl AppState {
             backend,
             weights: WeightsStatus::NotLoaded,
             weights_job: None,
+            download_job: None,
+            download_source: crate::weights::download::DownloadSource::vit_l14_336(),
+            download_cache: None,
             scan_job: None,
             load_job: None,
             load_queue: Vec::new(),
@@ -191,6 +200,44 @@ impl AppState {
             fraction: None,
             message: "starting".into(),
         };
+    }
+
+    /// Downloads the public ViT-L/14-336 weights into the Hugging Face cache (checked
+    /// against the hub's SHA-256), then loads them. Offline, the failure says to choose a
+    /// file instead.
+    pub fn start_downloading_weights(&mut self, repaint: impl Fn() + Send + Sync + 'static) {
+        if self.download_job.is_some() {
+            return;
+        }
+        let source = self.download_source.clone();
+        let cache = self.download_cache.clone();
+        self.download_job = Some(Job::spawn(
+            "Downloading CLIP weights",
+            repaint,
+            move |ctx| {
+                let mut report = |p: crate::weights::download::DownloadProgress| {
+                    let fraction = (p.total > 0).then(|| p.done as f32 / p.total as f32);
+                    ctx.progress(
+                        fraction,
+                        format!(
+                            "{} ({} of {}): {:.0} of {:.0} MB",
+                            p.file,
+                            p.index + 1,
+                            p.count,
+                            p.done as f64 / 1e6,
+                            p.total as f64 / 1e6
+                        ),
+                    );
+                };
+                crate::weights::download::download_weights(
+                    &source,
+                    cache.as_deref(),
+                    &mut report,
+                    ctx.cancel_flag(),
+                )
+                .map_err(|e| e.to_string())
+            },
+        ));
     }
 
     /// Applies the weights job's events to the state; call once per frame.

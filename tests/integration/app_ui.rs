@@ -109,3 +109,43 @@ fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
         "a failed load must not be remembered"
     );
 }
+
+#[test]
+fn offline_download_says_to_choose_a_file() {
+    let mut state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    state.download_source.endpoint = Some(endpoint);
+    let cache = tempfile::tempdir().unwrap();
+    state.download_cache = Some(cache.path().to_path_buf());
+    let mut textures = Textures::default();
+    let mut harness = Harness::new_ui_state(
+        |ui, state: &mut AppState| {
+            mvfa_studio::app::dispatch::poll(state, ui.ctx());
+            let mut actions = Vec::new();
+            draw(ui, state, &mut textures, &mut actions);
+        },
+        state,
+    );
+    harness.state_mut().start_downloading_weights(|| {});
+    for _ in 0..2000 {
+        harness.step();
+        if harness.state().download_job.is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let WeightsStatus::Failed { message, .. } = &harness.state().weights else {
+        panic!("expected a failure, got {:?}", harness.state().weights);
+    };
+    assert!(message.contains("cannot be reached"), "{message}");
+    assert!(message.contains("Open CLIP weights"), "{message}");
+    assert!(harness.state().model.session.is_none());
+}

@@ -53,6 +53,7 @@ pub fn run(state: &mut AppState, command: Command, ctx: &egui::Context) -> bool 
             }
         }
         Command::StartTraining => start_training(state, ctx),
+        Command::DownloadWeights => state.start_downloading_weights(repaint(ctx)),
         Command::ToggleHeatmap => state.model.view.show_heatmap = !state.model.view.show_heatmap,
         Command::ToggleSideBySide => state.model.view.side_by_side = !state.model.view.side_by_side,
         Command::NextLayer => step_layer(state, 1),
@@ -518,6 +519,7 @@ pub fn restore(state: &mut AppState, entry: Option<&ProjectModel>, ctx: &egui::C
 /// Applies what the model job reported, then starts the next piece of work the labels and
 /// results call for.
 pub fn poll(state: &mut AppState, ctx: &egui::Context) {
+    poll_download(state, ctx);
     if state.labels.revision != state.model.seen_revision.0 {
         state.model.seen_revision = (state.labels.revision, Instant::now());
     }
@@ -567,6 +569,33 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
         }
     }
     schedule(state, ctx);
+}
+
+/// A finished download loads its weights; a failed one (offline) says to choose a file.
+fn poll_download(state: &mut AppState, ctx: &egui::Context) {
+    let Some(job) = state.download_job.as_mut() else {
+        return;
+    };
+    match job.poll() {
+        JobStatus::Running { .. } => {}
+        JobStatus::Succeeded(path) => {
+            state.download_job = None;
+            state.log.push(format!("Downloaded {}", path.display()));
+            state.start_loading_weights(path, repaint(ctx));
+        }
+        JobStatus::Failed(message) => {
+            state.download_job = None;
+            state.log.push(message.clone());
+            state.weights = crate::app::state::WeightsStatus::Failed {
+                path: PathBuf::from("the Hugging Face hub"),
+                message,
+            };
+        }
+        JobStatus::Cancelled => {
+            state.download_job = None;
+            state.log.push("The download was cancelled".into());
+        }
+    }
 }
 
 /// Whether labels changed since the detector was built in a way the next detector follows.

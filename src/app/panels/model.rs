@@ -39,10 +39,22 @@ fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         }
     });
     ui.label(RichText::new("CLIP weights").strong());
+    if let Some(job) = &state.download_job {
+        let (fraction, message) = job.progress();
+        let bar = match fraction {
+            Some(f) => egui::ProgressBar::new(f).show_percentage(),
+            None => egui::ProgressBar::new(0.0).animate(true),
+        };
+        ui.add(bar.text(format!("Downloading: {message}")));
+        command_button(ui, Command::CancelJob, actions);
+    }
     match &state.weights {
         WeightsStatus::NotLoaded => {
             ui.label("No weights loaded");
-            command_button(ui, Command::OpenWeights, actions);
+            ui.horizontal(|ui| {
+                command_button(ui, Command::OpenWeights, actions);
+                command_button(ui, Command::DownloadWeights, actions);
+            });
         }
         WeightsStatus::Loading {
             path,
@@ -70,7 +82,10 @@ fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 format!("Could not load {}", path.display()),
             );
             ui.label(message);
-            command_button(ui, Command::OpenWeights, actions);
+            ui.horizontal(|ui| {
+                command_button(ui, Command::OpenWeights, actions);
+                command_button(ui, Command::DownloadWeights, actions);
+            });
         }
     }
 }
