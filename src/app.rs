@@ -18,14 +18,29 @@ pub mod ui;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// The desktop entry's id (`mvfa-studio.desktop`), set as the window's app id.
+const DESKTOP_ID: &str = "mvfa-studio";
+
+/// The window icon: the 256 px rendering of `packaging/icons/mvfa-studio.svg`.
+const WINDOW_ICON_PNG: &[u8] = include_bytes!("../packaging/icons/mvfa-studio-256.png");
+
 /// Opens the main window, with `paths` (files, folders, DICOMDIRs) opened in the browser, and
 /// blocks until it is closed.
 pub fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut viewport = eframe::egui::ViewportBuilder::default()
+        .with_title(ui::APP_ID)
+        // The X11 WM_CLASS and Wayland app id: matches `mvfa-studio.desktop`, so docks and task
+        // bars show the entry's name and icon.
+        .with_app_id(DESKTOP_ID)
+        .with_inner_size([1280.0, 800.0])
+        .with_drag_and_drop(true);
+    if let Ok(icon) = eframe::icon_data::from_png_bytes(WINDOW_ICON_PNG) {
+        viewport = viewport.with_icon(icon);
+    }
     let options = eframe::NativeOptions {
-        viewport: eframe::egui::ViewportBuilder::default()
-            .with_title(ui::APP_ID)
-            .with_inner_size([1280.0, 800.0])
-            .with_drag_and_drop(true),
+        viewport,
+        // The app id would otherwise also name the settings folder: keep it where it was.
+        persistence_path: eframe::storage_dir(ui::APP_ID).map(|dir| dir.join("app.ron")),
         ..Default::default()
     };
     eframe::run_native(
