@@ -24,9 +24,9 @@ const DESKTOP_ID: &str = "mvfa-studio";
 /// The window icon: the 256 px rendering of `packaging/icons/mvfa-studio.svg`.
 const WINDOW_ICON_PNG: &[u8] = include_bytes!("../packaging/icons/mvfa-studio-256.png");
 
-/// Opens the main window, with `paths` (files, folders, DICOMDIRs) opened in the browser, and
-/// blocks until it is closed.
-pub fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+/// Opens the main window, with `paths` (files, folders, DICOMDIRs, a project file) opened and
+/// the CLIP weights `clip` (else the ones loaded last) loading, and blocks until it is closed.
+pub fn run(paths: Vec<PathBuf>, clip: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut viewport = eframe::egui::ViewportBuilder::default()
         .with_title(ui::APP_ID)
         // The X11 WM_CLASS and Wayland app id: matches `mvfa-studio.desktop`, so docks and task
@@ -46,7 +46,7 @@ pub fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     eframe::run_native(
         ui::APP_ID,
         options,
-        Box::new(|cc| Ok(Box::new(ui::StudioApp::new(cc, paths)))),
+        Box::new(|cc| Ok(Box::new(ui::StudioApp::new(cc, paths, clip)))),
     )
     .map_err(|err| anyhow::anyhow!("could not open the application window: {err}"))?;
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,11 @@ pub enum Command {
     /// Start the desktop application with these files, folders or DICOMDIRs open (what the
     /// desktop entry passes).
     View {
-        /// DICOM files, images, NIfTI volumes, folders (read recursively) or DICOMDIRs.
+        /// CLIP weights to load at start (instead of the ones loaded last).
+        #[arg(long)]
+        clip: Option<std::path::PathBuf>,
+        /// DICOM files, images, NIfTI volumes, folders (read recursively), DICOMDIRs, or a
+        /// project file (`.json`).
         paths: Vec<std::path::PathBuf>,
     },
     /// Read DICOM / image files or folders and print one line per file plus a summary.
@@ -85,8 +89,8 @@ pub fn main() -> ExitCode {
         default_sigpipe();
     }
     let result = match command {
-        Command::Gui => crate::app::run(Vec::new()),
-        Command::View { paths } => crate::app::run(paths),
+        Command::Gui => crate::app::run(Vec::new(), None),
+        Command::View { clip, paths } => crate::app::run(paths, clip),
         Command::Inspect(args) => inspect::run(args),
         Command::Weights(args) => weights_cmd::run(args),
         Command::Smoke(args) => smoke::run(args),

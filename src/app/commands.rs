@@ -429,7 +429,9 @@ impl Command {
                 "Show the next map: fused, zero-shot, few-shot, then each level of each branch"
             }
             Command::PreviousLayer => "Show the previous map (fused, branches, levels)",
-            Command::NextAnomalous => "Go to the next image in order of decreasing anomaly score",
+            Command::NextAnomalous => {
+                "Walk the images in order of decreasing anomaly score: the first press goes to the most anomalous"
+            }
             Command::PreviousAnomalous => {
                 "Go back to the previous image in order of decreasing anomaly score"
             }

@@ -517,6 +517,13 @@ fn import_mask(state: &mut AppState, path: &Path) {
 }
 
 fn open(state: &mut AppState, paths: Vec<PathBuf>, ctx: &egui::Context) {
+    // A project file among the paths (command line, drop) opens as the project.
+    let (projects, paths): (Vec<PathBuf>, Vec<PathBuf>) = paths
+        .into_iter()
+        .partition(|p| p.is_file() && p.extension().is_some_and(|e| e == "json"));
+    if let Some(project) = projects.first() {
+        open_project(state, project, false, ctx);
+    }
     if paths.is_empty() {
         return;
     }

@@ -28,14 +28,18 @@ pub struct StudioApp {
 impl StudioApp {
     /// The app as eframe starts it: settings from eframe's storage, the autosave in the data
     /// folder, `paths` (from `mvfa-studio view PATH...`) opened at once.
-    pub fn new(cc: &eframe::CreationContext<'_>, paths: Vec<PathBuf>) -> Self {
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        paths: Vec<PathBuf>,
+        clip: Option<PathBuf>,
+    ) -> Self {
         let persisted: PersistedState = cc
             .storage
             .and_then(|storage| eframe::get_value(storage, STORAGE_KEY))
             .unwrap_or_default();
         let autosave = eframe::storage_dir(APP_ID).map(|dir| dir.join("autosave.mvfa.json"));
         let mut app = Self::with_state(AppState::new(persisted, autosave));
-        if let Some(path) = app.state.persisted.weights_path.clone()
+        if let Some(path) = clip.or_else(|| app.state.persisted.weights_path.clone())
             && path.exists()
         {
             let ctx = cc.egui_ctx.clone();

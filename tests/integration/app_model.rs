@@ -231,14 +231,21 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     );
     assert!(h.state().textures.heatmap_builds >= builds + 4);
 
-    // The next most anomalous image is the top of the ranking.
-    press(&mut h, Modifiers::NONE, Key::J);
-    let top = h.state().state.model.ranked()[0].0.clone();
-    let current = h.state().state.viewer.current.clone().unwrap();
-    assert!(
-        current == top || h.state().state.model.ranked()[1].0 == &current,
-        "J went to {current:?}"
-    );
+    // J walks the ranking from the most anomalous image down, K back up.
+    let ranked: Vec<ImageKey> = h
+        .state()
+        .state
+        .model
+        .ranked()
+        .into_iter()
+        .map(|(k, _)| k.clone())
+        .collect();
+    for expected in [&ranked[0], &ranked[1], &ranked[2]] {
+        press(&mut h, Modifiers::NONE, Key::J);
+        assert_eq!(h.state().state.viewer.current.as_ref(), Some(expected));
+    }
+    press(&mut h, Modifiers::NONE, Key::K);
+    assert_eq!(h.state().state.viewer.current.as_ref(), Some(&ranked[1]));
 
     // Correct a result: accept the test image as abnormal, the thresholded region becoming
     // its mask; the memory bank and scores update without fine-tuning.
@@ -339,4 +346,63 @@ fn app_model_label_train_review_correct_export_and_reopen() {
         );
     }
     assert!(score_queue(s, 100).is_empty(), "nothing to rescore");
+}
+
+/// Frame times of the real UI (layout, the loss plot, the heatmap) while fine-tuning runs on
+/// the CPU in the background. A measurement, not an assertion: run it with
+/// `cargo test --release --test integration app_model_frame_times -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; prints frame times"]
+fn app_model_frame_times_while_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = study(dir.path());
+    let mut h = harness();
+    h.state_mut()
+        .state
+        .start_loading_weights(fixture_dir("clip/hf/model.safetensors"), || {});
+    wait_until(&mut h, "the weights", 60, |s| s.model.session.is_some());
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![folder.clone()]));
+    wait_until(&mut h, "the scan", 20, |s| s.browser.len() == 8);
+    for (name, k) in [("n0.png", Key::N), ("n1.png", Key::N), ("a0.png", Key::A)] {
+        show(&mut h, &key(&folder, name));
+        press(&mut h, Modifiers::NONE, k);
+    }
+    wait_until(&mut h, "scores", 300, |s| idle_and_scored(s, 8));
+    show(&mut h, &key(&folder, "t3.png"));
+    h.state_mut().pending.push(Action::SetTab(SideTab::Model));
+    h.state_mut()
+        .pending
+        .push(Action::SetSchedule(mvfa_studio::workflow::Schedule::Paper));
+    h.step();
+    press(&mut h, Modifiers::COMMAND, Key::T);
+    let mut idle = Vec::new();
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 300 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(16));
+        let t = Instant::now();
+        h.step();
+        let dt = t.elapsed();
+        if h.state().state.model.running(ModelJobKind::Train)
+            && !h.state().state.model.training.losses.is_empty()
+        {
+            times.push(dt);
+        } else {
+            idle.push(dt);
+        }
+    }
+    press(&mut h, Modifiers::NONE, Key::Escape);
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mean = times.iter().map(|d| ms(*d)).sum::<f64>() / times.len().max(1) as f64;
+    println!(
+        "frame time while fine-tuning ({} frames, {} steps done): mean {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        times.len(),
+        h.state().state.model.training.losses.len(),
+        mean,
+        ms(times[times.len() * 95 / 100]),
+        ms(*times.last().unwrap())
+    );
 }

@@ -189,7 +189,8 @@ fn step_layer(state: &mut AppState, delta: isize) {
     state.model.view.layer = layers[next];
 }
 
-/// Moves to the next (or previous) image in the order of decreasing score.
+/// Walks the ranking of decreasing score: the first J goes to the most anomalous image, each
+/// further J to the next one (K back up). Navigating elsewhere restarts at the top.
 fn step_ranked(state: &mut AppState, delta: isize, ctx: &egui::Context) {
     let ranked: Vec<ImageKey> = state
         .model
@@ -205,12 +206,20 @@ fn step_ranked(state: &mut AppState, delta: isize, ctx: &egui::Context) {
         .viewer
         .current
         .as_ref()
-        .and_then(|c| ranked.iter().position(|k| k == c));
+        .and_then(|c| ranked.iter().position(|k| k == c))
+        .filter(|&i| state.model.rank_cursor == Some(i));
     let next = match at {
         None => 0,
         Some(i) => (i as isize + delta).clamp(0, ranked.len() as isize - 1) as usize,
     };
+    state.model.rank_cursor = Some(next);
     let key = ranked[next].clone();
+    state.log.push(format!(
+        "Rank {} of {}: score {:.2}",
+        next + 1,
+        ranked.len(),
+        state.model.results[&key].score()
+    ));
     show(state, key, ctx);
 }
 
@@ -673,7 +682,7 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
                 .training
                 .started
                 .map_or(0.0, |t| t.elapsed().as_secs_f32());
-            model.training.status = format!("finished in {elapsed:.0} s; rescoring");
+            model.training.status = format!("finished in {elapsed:.0} s");
             model.training.eta_seconds = None;
             if let Some(note) = &summary.note {
                 state.log.push(note.clone());

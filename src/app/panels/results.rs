@@ -49,6 +49,7 @@ fn display(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     let mut view: ResultsView = state.model.view.clone();
     let levels = state.model.detector.as_ref().map_or(4, |d| d.levels);
     let scale = scale_of(state);
+    ui.spacing_mut().slider_width = 120.0;
     egui::Grid::new("results display")
         .num_columns(2)
         .show(ui, |ui| {
@@ -258,12 +259,12 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     });
     let threshold = model.score_threshold();
     let current = state.viewer.current.as_ref();
-    egui::ScrollArea::vertical()
+    egui::ScrollArea::both()
         .id_salt("score table")
         .max_height(320.0)
         .show(ui, |ui| {
             egui::Grid::new("scores")
-                .num_columns(5)
+                .num_columns(4)
                 .striped(true)
                 .show(ui, |ui| {
                     for (column, title) in [
@@ -273,8 +274,8 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                         (SortColumn::FewShot, "Few-shot"),
                     ] {
                         let arrow = match (view.sort == column, view.ascending) {
-                            (true, true) => " (ascending)",
-                            (true, false) => " (descending)",
+                            (true, true) => " ^",
+                            (true, false) => " v",
                             _ => "",
                         };
                         if ui
@@ -292,7 +293,6 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                             actions.push(Action::SetResultsView(v));
                         }
                     }
-                    ui.label(RichText::new("Label").strong());
                     ui.end_row();
                     for (key, scored) in rows {
                         let name = key.path.file_name().unwrap_or_default().to_string_lossy();
@@ -300,11 +300,17 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                             .browser
                             .item(&key.path)
                             .map_or(1, |(_, item)| item.frames);
-                        let text = if frames > 1 {
+                        let mut text = if frames > 1 {
                             format!("{name} [{}]", key.frame + 1)
                         } else {
                             name.to_string()
                         };
+                        if let Some(label) = state.labels.label(key) {
+                            text.push_str(match label {
+                                crate::app::state::labels::Label::Normal => "  N",
+                                crate::app::state::labels::Label::Abnormal => "  A",
+                            });
+                        }
                         let stale = scored.generation != model.generation;
                         let mut rich = RichText::new(text);
                         if stale {
@@ -333,7 +339,6 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                                 .few_image
                                 .map_or("-".to_string(), |v| format!("{v:.3}")),
                         );
-                        ui.label(state.labels.label(key).map_or("", |l| l.name()));
                         ui.end_row();
                     }
                 });

@@ -284,6 +284,8 @@ pub struct ModelState {
     pub prepare_failed: Option<u64>,
     /// The export window, while open.
     pub export: Option<ExportDialog>,
+    /// Position in the ranking of the last J/K jump.
+    pub rank_cursor: Option<usize>,
     /// A reopened project's detector, opened once its weights are loaded.
     pub restore: Option<PendingRestore>,
     /// While the restore import runs: whether its memory bank matches the labels.
@@ -320,6 +322,7 @@ impl Default for ModelState {
             error: None,
             prepare_failed: None,
             export: None,
+            rank_cursor: None,
             restore: None,
             restoring: None,
         }
