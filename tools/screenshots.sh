@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts MVFA Studio under Xvfb on fixture data, drives it with xdotool and saves a screenshot
-# of each main view (CT viewer, labelling with a mask, NIfTI volume, help, palette, metadata).
+# of each main view (CT viewer, labelling with a mask, NIfTI volume, help, palette, metadata,
+# and the model loop on the tiny random CLIP fixture: fine-tuning with its loss plot, results
+# with heatmap, legend, histogram and score table, side by side, the export window).
 #
 # Needs: xvfb, xdotool, imagemagick (apt-get install xvfb xdotool imagemagick).
 # Usage: tools/screenshots.sh [OUT_DIR]   (default docs/screenshots)
@@ -31,7 +33,7 @@ sleep 1
 
 ct=${MVFA_CT:-../shared/data/dicom/pydicom/CT_small.dcm}
 [ -f "$ct" ] || ct=tests/fixtures/dicom/study_folder/sub
-"$bin" synth-data "$work/synth" --normal 2 --abnormal 2 --size 256 >/dev/null
+"$bin" synth-data "$work/synth" --normal 3 --abnormal 3 --size 256 >/dev/null
 
 # Starts the app on the given paths and waits for its window.
 start() {
@@ -97,3 +99,26 @@ stop
 start tests/fixtures/io/nifti/lps_flipped.nii.gz
 shot nifti
 stop
+
+# The model loop on the tiny random CLIP of the test fixtures: its heatmaps show the layout,
+# not a diagnosis. Label two abnormal and two normal images, let the untrained detector score
+# the folder, fine-tune, then review.
+mkdir -p "$work/study"
+cp "$work/synth"/abnormal/*.png "$work/synth"/normal/*.png "$work/study/"
+start --clip tests/fixtures/clip/hf/model.safetensors "$work/study"
+for k in a Down a Down Down n Down n; do key "$k"; done
+sleep "${MVFA_SCORE_WAIT:-40}"
+key ctrl+t
+sleep "${MVFA_TRAIN_WAIT:-60}"
+key F3
+shot model-training
+key F4
+key j
+shot results
+key d
+shot side-by-side
+key d
+key ctrl+shift+e
+shot export
+stop
+

@@ -123,6 +123,12 @@ pub enum Command {
     ExportImage,
     /// Write the outputs of every scored image as one background job
     ExportStudy,
+    /// Show the labels, window and tools of the current image in the right panel
+    ShowImageTab,
+    /// Show the weights, organ word, detector and fine-tuning in the right panel
+    ShowModelTab,
+    /// Show the heatmap settings, score histogram and score table in the right panel
+    ShowResultsTab,
     /// Show or hide the searchable metadata of the current image.
     ToggleMetadata,
     /// Show or hide the help panel listing every command with its shortcut.
@@ -205,7 +211,7 @@ const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
 
 impl Command {
     /// Every command, in the order menus, the help panel and the palette list them.
-    pub const ALL: [Command; 61] = [
+    pub const ALL: [Command; 64] = [
         Command::OpenFiles,
         Command::OpenFolder,
         Command::OpenProject,
@@ -243,6 +249,9 @@ impl Command {
         Command::Preset8,
         Command::Preset9,
         Command::ToggleMetadata,
+        Command::ShowImageTab,
+        Command::ShowModelTab,
+        Command::ShowResultsTab,
         Command::ImportAdapters,
         Command::SaveDetector,
         Command::StartTraining,
@@ -318,6 +327,10 @@ impl Command {
             Command::BrushSmaller => "Smaller brush",
             Command::ClearMeasurements => "Clear measurements",
             Command::ToggleMetadata => "Metadata",
+            Command::ShowImageTab => "Image tab",
+            Command::ShowModelTab => "Model tab",
+            Command::ShowResultsTab => "Results tab",
+
             Command::ImportAdapters => "Import adapters…",
             Command::SaveDetector => "Save detector…",
             Command::StartTraining => "Fine-tune",
@@ -412,6 +425,16 @@ impl Command {
             Command::BrushSmaller => "Make the brush smaller (also Ctrl+wheel)",
             Command::ClearMeasurements => "Remove the length measurements of the current image",
             Command::ToggleMetadata => "Show or hide the searchable metadata of the current image",
+            Command::ShowImageTab => {
+                "Show the labels, window and tools of the current image in the right panel"
+            }
+            Command::ShowModelTab => {
+                "Show the weights, organ word, detector and fine-tuning in the right panel"
+            }
+            Command::ShowResultsTab => {
+                "Show the heatmap settings, score histogram and score table in the right panel"
+            }
+
             Command::ImportAdapters => {
                 "Use the adapters of an MVFA Studio checkpoint or a reference MVFA .pth file (with its memory bank and calibration when it stores them)"
             }
@@ -500,6 +523,10 @@ impl Command {
             Command::BrushSmaller => key(Key::OpenBracket),
             Command::ClearMeasurements => None,
             Command::ToggleMetadata => cmd(Key::I),
+            Command::ShowImageTab => key(Key::F2),
+            Command::ShowModelTab => key(Key::F3),
+            Command::ShowResultsTab => key(Key::F4),
+
             Command::ImportAdapters => None,
             Command::SaveDetector => None,
             Command::StartTraining => cmd(Key::T),
@@ -529,7 +556,7 @@ impl Command {
             NextFrame | PreviousFrame | PageForward | PageBack | FirstFrame | LastFrame
             | ZoomIn | ZoomOut | ZoomFit | ZoomActualSize | Invert | ResetWindow | Preset1
             | Preset2 | Preset3 | Preset4 | Preset5 | Preset6 | Preset7 | Preset8 | Preset9
-            | ToggleMetadata => Menu::View,
+            | ToggleMetadata | ShowImageTab | ShowModelTab | ShowResultsTab => Menu::View,
             MarkNormal | MarkAbnormal | ClearLabel => Menu::Label,
             ToolNavigate | ToolBrush | ToolEraser | ToolFill | ToolMeasure | BrushLarger
             | BrushSmaller | ClearMeasurements => Menu::Tools,

@@ -12,6 +12,7 @@ use crate::app::commands::Command;
 use crate::app::jobs::{Job, JobStatus, each_file};
 use crate::app::state::labels::{ImageKey, Label};
 use crate::app::state::project::{self, ProjectFile};
+use crate::app::state::viewer::SideTab;
 use crate::app::state::viewer::{
     BRUSH_MAX, BRUSH_MIN, Display, Measurement, Tool, ZOOM_MAX, ZOOM_MIN, presets,
 };
@@ -384,6 +385,9 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
         Command::BrushLarger => apply(state, Action::ScaleBrush(ZOOM_STEP), ctx),
         Command::BrushSmaller => apply(state, Action::ScaleBrush(1.0 / ZOOM_STEP), ctx),
         Command::ToggleMetadata => state.viewer.show_metadata = !state.viewer.show_metadata,
+        Command::ShowImageTab => state.viewer.tab = SideTab::Image,
+        Command::ShowModelTab => state.viewer.tab = SideTab::Model,
+        Command::ShowResultsTab => state.viewer.tab = SideTab::Results,
         Command::ToggleHelp => state.viewer.show_help = !state.viewer.show_help,
         Command::CommandPalette => state.viewer.show_palette = !state.viewer.show_palette,
         Command::Preset1

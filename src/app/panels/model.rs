@@ -303,9 +303,17 @@ fn loss_plot(ui: &mut egui::Ui, state: &AppState) {
         .x_axis_label("step")
         .allow_scroll(false)
         .show(ui, |plot| {
-            plot.line(Line::new("total", series(|p| p.total)).color(Color32::WHITE));
-            plot.line(Line::new("focal", series(|p| p.focal)));
-            plot.line(Line::new("dice", series(|p| p.dice)));
+            // Terms that stay 0 (focal and dice when training on image labels) are left out.
+            let used = |get: fn(&crate::app::state::model::LossPoint) -> f32| {
+                losses.iter().any(|p| get(p) != 0.0)
+            };
+            if used(|p| p.focal) {
+                plot.line(Line::new("focal", series(|p| p.focal)));
+            }
+            if used(|p| p.dice) {
+                plot.line(Line::new("dice", series(|p| p.dice)));
+            }
             plot.line(Line::new("bce", series(|p| p.bce)));
+            plot.line(Line::new("total", series(|p| p.total)).color(Color32::WHITE));
         });
 }
