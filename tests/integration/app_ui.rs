@@ -7,6 +7,7 @@ use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::commands::Command;
 use mvfa_studio::app::dispatch::Action;
 use mvfa_studio::app::panels::draw;
+use mvfa_studio::app::state::viewer::SideTab;
 use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
 use mvfa_studio::app::textures::Textures;
 
@@ -29,13 +30,14 @@ fn wait_for_load(state: &mut AppState) {
 
 #[test]
 fn shows_backend_device_and_weights_status() {
-    let state = AppState::new(
+    let mut state = AppState::new(
         PersistedState {
             force_cpu: true,
             ..Default::default()
         },
         None,
     );
+    state.viewer.tab = SideTab::Model;
     let mut actions = Vec::new();
     let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(
@@ -76,6 +78,7 @@ fn loads_weights_in_the_background_and_reports_them() {
         state.persisted.weights_path.as_deref(),
         Some(fixture("clip/hf/model.safetensors").as_path())
     );
+    state.viewer.tab = SideTab::Model;
     let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(
         |ui, state: &mut AppState| draw(ui, state, &mut textures, &mut Vec::new()),
