@@ -307,6 +307,12 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
             }
             if let Some(job) = &state.model.job {
                 job.job.cancel();
+                if job.kind == crate::app::state::model::ModelJobKind::Score {
+                    state.model.scoring_paused = true;
+                    state
+                        .log
+                        .push("Scoring paused until the detector changes".into());
+                }
             }
             if let Some(job) = &state.download_job {
                 job.cancel();

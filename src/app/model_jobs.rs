@@ -73,7 +73,7 @@ pub fn prepare(
         let summary = lock(&session)
             .prepare(&collected.shots, &request)
             .map_err(|e| e.to_string())?;
-        Ok(ModelOutcome::Detector(summary, Some(revision)))
+        Ok(ModelOutcome::Detector(Box::new(summary), Some(revision)))
     })
 }
 
@@ -200,7 +200,7 @@ pub fn import(
         let summary = lock(&session)
             .import_adapters(&path, organ.as_deref())
             .map_err(|e| e.to_string())?;
-        Ok(ModelOutcome::Detector(summary, None))
+        Ok(ModelOutcome::Detector(Box::new(summary), None))
     })
 }
 

@@ -50,6 +50,9 @@ struct ImageTexKey {
     invert: bool,
 }
 
+/// Line segments of a contour, in map pixel coordinates.
+pub type Contour = Arc<Vec<[[f32; 2]; 2]>>;
+
 /// What a heatmap texture shows: whose result, which map, which colours.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeatmapKey {
@@ -111,7 +114,7 @@ pub struct Textures {
     reduced: Lru<(PathBuf, usize, u32), Arc<Frame>>,
     masks: Lru<MaskTexKey, TextureHandle>,
     heatmaps: Lru<HeatmapKey, TextureHandle>,
-    contours: Lru<(HeatmapKey, u32), Arc<Vec<[[f32; 2]; 2]>>>,
+    contours: Lru<(HeatmapKey, u32), Contour>,
     /// Image textures built so far (for tests and the frame-time measurement).
     pub builds: usize,
     /// Heatmap textures built so far (for tests).
@@ -335,13 +338,7 @@ impl Textures {
     }
 
     /// The contour of a map at `level` (cached with the heatmap's key), in map pixels.
-    pub fn contour(
-        &mut self,
-        key: HeatmapKey,
-        level: f32,
-        values: &[f32],
-        size: usize,
-    ) -> Arc<Vec<[[f32; 2]; 2]>> {
+    pub fn contour(&mut self, key: HeatmapKey, level: f32, values: &[f32], size: usize) -> Contour {
         self.contours.get_or_insert((key, level.to_bits()), || {
             Arc::new(crate::workflow::maps::contour(values, size, level))
         })

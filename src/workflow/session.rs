@@ -54,7 +54,7 @@ pub struct DetectorSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FitSummary {
     /// The new detector is installed.
-    Fitted(DetectorSummary),
+    Fitted(Box<DetectorSummary>),
     /// Cancelled: the previous detector is kept.
     Cancelled {
         /// Optimiser steps completed before the cancel.
@@ -285,11 +285,11 @@ where
                     Some(shots),
                     fitted.note.clone(),
                 );
-                Ok(FitSummary::Fitted(self.install(
+                Ok(FitSummary::Fitted(Box::new(self.install(
                     fitted.detector,
                     summary,
                     shots,
-                )))
+                ))))
             }
         }
     }

@@ -662,8 +662,9 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
             }
             model.detector_unsaved = revision.is_some();
             model.detector_revision = revision;
-            model.detector = Some(summary);
+            model.detector = Some(*summary);
             model.generation += 1;
+            model.scoring_paused = false;
             model.error = None;
             if let Some(matches_labels) = model.restoring.take() {
                 // The project's own detector: its stored results are current, and its bank
@@ -687,10 +688,11 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
             if let Some(note) = &summary.note {
                 state.log.push(note.clone());
             }
-            model.detector = Some(summary);
+            model.detector = Some(*summary);
             model.detector_revision = Some(revision);
             model.detector_unsaved = true;
             model.generation += 1;
+            model.scoring_paused = false;
             state.log.push("Fine-tuning finished".into());
         }
         ModelOutcome::Trained(FitSummary::Cancelled { steps_done }, _) => {
@@ -748,7 +750,7 @@ fn schedule(state: &mut AppState, ctx: &egui::Context) {
         ));
         return;
     }
-    if state.model.detector.is_none() {
+    if state.model.detector.is_none() || state.model.scoring_paused {
         return;
     }
     let queue = score_queue(state, SCORE_BATCH);

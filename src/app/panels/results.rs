@@ -25,6 +25,8 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         .count();
     ui.label(if model.running(ModelJobKind::Score) {
         format!("{current} image(s) scored by the current detector; scoring goes on")
+    } else if model.scoring_paused {
+        format!("{total} image(s) scored; scoring paused (Escape) until the detector changes")
     } else {
         format!("{total} image(s) scored")
     });

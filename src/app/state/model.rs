@@ -79,7 +79,7 @@ pub enum ModelItem {
 pub enum ModelOutcome {
     /// A detector was built (prepare or import); `revision` is the labels revision its
     /// shots came from.
-    Detector(DetectorSummary, Option<u64>),
+    Detector(Box<DetectorSummary>, Option<u64>),
     /// Fine-tuning ended (or was cancelled).
     Trained(FitSummary, u64),
     /// Scoring ended (its frames came as items).
@@ -284,6 +284,9 @@ pub struct ModelState {
     pub prepare_failed: Option<u64>,
     /// The export window, while open.
     pub export: Option<ExportDialog>,
+    /// Background scoring was cancelled by the user (Escape): it resumes with the next
+    /// detector.
+    pub scoring_paused: bool,
     /// Position in the ranking of the last J/K jump.
     pub rank_cursor: Option<usize>,
     /// A reopened project's detector, opened once its weights are loaded.
@@ -322,6 +325,7 @@ impl Default for ModelState {
             error: None,
             prepare_failed: None,
             export: None,
+            scoring_paused: false,
             rank_cursor: None,
             restore: None,
             restoring: None,
