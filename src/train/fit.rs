@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::io::model_input::{ModelInputError, batch_tensor};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{CalibrationImages, Detector, TaskKind};
+use crate::model::mvfa::detector::{CalibrationImages, Detector, FeatureCache, TaskKind};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 use crate::train::augment::{AUGMENT_FACTOR, Planar, augment_group, augment_group_with_masks};
 use crate::train::trainer::{LabelMode, TrainConfig, TrainError, TrainEvent, TrainSample, train};
@@ -208,7 +208,8 @@ pub struct FitSettings {
 
 /// Fits a detector from shots. `vision` and `adapters` live on the inference backend; the
 /// fine-tuning runs on its autodiff wrapper `AB`. `text_features [bottleneck, 2]` come from
-/// the prompt ensemble of the organ word.
+/// the prompt ensemble of the organ word. `feature_cache` (belonging to the adapters the
+/// fit ends with) spares backbone passes over shots it has seen.
 pub fn fit<AB: AutodiffBackend>(
     vision: VisionTransformer<AB::InnerBackend>,
     adapters: MvfaAdapters<AB::InnerBackend>,
@@ -217,6 +218,7 @@ pub fn fit<AB: AutodiffBackend>(
     settings: &FitSettings,
     mut on_event: impl FnMut(FitEvent),
     cancel: &AtomicBool,
+    feature_cache: Option<FeatureCache<AB::InnerBackend>>,
 ) -> Result<FitOutcome<AB::InnerBackend>, FitError> {
     let size = settings.scoring.image_size;
     let (normal, abnormal) = (shots.normal.as_slice(), shots.abnormal.as_slice());
@@ -333,6 +335,7 @@ pub fn fit<AB: AutodiffBackend>(
         task,
         settings.batch_size,
     );
+    detector.set_feature_cache(feature_cache);
     let normal_images: Vec<&[f32]> = normal.iter().map(|s| s.image.as_slice()).collect();
     let groups = support_groups::<AB::InnerBackend>(&normal_images, size, &device)?;
     on_event(FitEvent::BuildingMemoryBank {

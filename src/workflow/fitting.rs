@@ -10,7 +10,7 @@ use burn::prelude::*;
 use super::{Backbone, WorkflowError};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{Detector, TaskKind};
+use crate::model::mvfa::detector::{Detector, FeatureCache, TaskKind};
 use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
 use crate::train::trainer::TrainConfig;
 use crate::weights::adapters::{MixingRatios, load_adapter_file};
@@ -115,13 +115,16 @@ pub fn fit_detector<B: Backend>(
         request,
         on_event,
         cancel,
+        None,
     )
 }
 
 /// Like [`fit_detector`], starting from `adapters` already in memory (the app keeps the
 /// adapters of its last fit or import; `request.init` is ignored). With `request.epochs` of
 /// `Some(0)` nothing is fine-tuned: the memory bank and the calibration are rebuilt from the
-/// shots around the given adapters.
+/// shots around the given adapters. `feature_cache` belongs to the adapters the fit ends
+/// with (the given ones without fine-tuning, a fresh cache with it).
+#[allow(clippy::too_many_arguments)]
 pub fn fit_adapters<B: Backend>(
     backbone: &mut Backbone<B>,
     adapters: MvfaAdapters<B>,
@@ -130,6 +133,7 @@ pub fn fit_adapters<B: Backend>(
     request: &FitRequest,
     on_event: impl FnMut(FitEvent),
     cancel: &AtomicBool,
+    feature_cache: Option<FeatureCache<B>>,
 ) -> Result<FitResult<B>, WorkflowError> {
     let text = backbone.text_features(&request.organ)?;
     let settings = FitSettings {
@@ -152,6 +156,7 @@ pub fn fit_adapters<B: Backend>(
         &settings,
         on_event,
         cancel,
+        feature_cache,
     )?;
     Ok(match outcome {
         FitOutcome::Fitted {

@@ -19,7 +19,7 @@ use crate::io::model_input::batch_tensor;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
 use crate::model::mvfa::calibration::Calibration;
-use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
+use crate::model::mvfa::detector::{Detector, FeatureCache, ImageResult, TaskKind};
 use crate::train::fit::{FitEvent, FitMode, Shots};
 use crate::weights::adapters::MixingRatios;
 use crate::weights::clip::LoadReport;
@@ -117,6 +117,8 @@ pub struct Session<B: Backend> {
     summary: Option<DetectorSummary>,
     normal_shots: Vec<Vec<f32>>,
     epochs_trained: usize,
+    /// Adapted tokens of the shots under the current adapters (replaced when they change).
+    cache: FeatureCache<B>,
 }
 
 impl<B: Backend> Session<B> {
@@ -134,6 +136,7 @@ impl<B: Backend> Session<B> {
             summary: None,
             normal_shots: Vec::new(),
             epochs_trained: 0,
+            cache: FeatureCache::default(),
         })
     }
 
@@ -144,6 +147,7 @@ impl<B: Backend> Session<B> {
             let cfg = self.backbone.adapters_config(MixingRatios::default(), seed);
             let adapters = crate::train::fit::materialize(cfg.init::<B>(self.backbone.device()));
             self.adapters = Some((adapters, cfg));
+            self.cache = FeatureCache::default();
             self.adapters_source = format!("fresh adapters (seed {seed}), not fine-tuned");
         }
         self.adapters.clone().expect("set above")
@@ -208,6 +212,7 @@ where
             opened.detector.adapters_config().clone(),
         ));
         self.adapters_source = format!("imported {name}");
+        self.cache = FeatureCache::default();
         self.normal_shots = opened.normal_shots;
         self.epochs_trained = opened.meta.as_ref().and_then(|m| m.epochs).unwrap_or(0);
         let summary = self.summarise(&opened.detector, &opened.organ, None, None, opened.note);
@@ -235,6 +240,7 @@ where
             &request,
             |_| {},
             &never,
+            Some(self.cache.clone()),
         )?;
         let FitResult::Fitted(fitted) = fitted else {
             unreachable!("a fit without fine-tuning is never cancelled")
@@ -257,6 +263,14 @@ where
         cancel: &AtomicBool,
     ) -> Result<FitSummary, WorkflowError> {
         let (adapters, cfg) = self.current_adapters(request.seed);
+        // Fine-tuning changes the adapters: the detector it ends with starts a new cache
+        // (a fit without abnormal shots keeps the adapters, and so the cache).
+        let trains = !shots.abnormal.is_empty() && request.epochs != Some(0);
+        let cache = if trains {
+            FeatureCache::default()
+        } else {
+            self.cache.clone()
+        };
         let result = fit_adapters(
             &mut self.backbone,
             adapters,
@@ -265,6 +279,7 @@ where
             request,
             on_event,
             cancel,
+            Some(cache.clone()),
         )?;
         match result {
             FitResult::Cancelled { steps_done } => Ok(FitSummary::Cancelled { steps_done }),
@@ -272,6 +287,7 @@ where
                 let epochs = request.epochs.unwrap_or(request.schedule.epochs());
                 if fitted.mode != FitMode::NormalOnly {
                     self.adapters = Some((fitted.detector.adapters().clone(), cfg));
+                    self.cache = cache;
                     self.epochs_trained += epochs;
                     self.adapters_source = format!(
                         "fine-tuned here ({} epochs in all, {:?} schedule)",

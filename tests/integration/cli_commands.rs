@@ -87,6 +87,7 @@ pub(crate) fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
         &settings,
         |_| {},
         &AtomicBool::new(false),
+        None,
     )
     .unwrap();
     let FitOutcome::Fitted { detector, .. } = outcome else {

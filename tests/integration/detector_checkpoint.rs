@@ -86,6 +86,7 @@ fn saved_detector_scores_like_the_original() {
         &settings,
         |_| {},
         &cancel,
+        None,
     )
     .unwrap() else {
         panic!("not cancelled")
@@ -193,6 +194,7 @@ fn cancelling_stops_within_one_step_and_keeps_the_adapters() {
             }
         },
         &cancel,
+        None,
     )
     .unwrap();
     match outcome {

@@ -200,6 +200,7 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         &cfg,
         |_| {},
         &cancel,
+        None,
     )
     .unwrap()
     {
@@ -211,18 +212,19 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         abnormal: abnormal.clone(),
         held_out,
     };
-    let trained = match fit::<AB>(vision, adapters, text, &shots, &cfg, |_| {}, &cancel).unwrap() {
-        FitOutcome::Fitted {
-            detector,
-            epoch_losses,
-            ..
-        } => {
-            eprintln!("epoch losses: {epoch_losses:?}");
-            assert!(epoch_losses.last().unwrap() < epoch_losses.first().unwrap());
-            detector
-        }
-        FitOutcome::Cancelled { .. } => unreachable!(),
-    };
+    let trained =
+        match fit::<AB>(vision, adapters, text, &shots, &cfg, |_| {}, &cancel, None).unwrap() {
+            FitOutcome::Fitted {
+                detector,
+                epoch_losses,
+                ..
+            } => {
+                eprintln!("epoch losses: {epoch_losses:?}");
+                assert!(epoch_losses.last().unwrap() < epoch_losses.first().unwrap());
+                detector
+            }
+            FitOutcome::Cancelled { .. } => unreachable!(),
+        };
     let (before, _) = evaluate(&untrained, &test);
     let (after, results) = evaluate(&trained, &test);
     eprintln!("before fine-tuning: {before:#?}");
@@ -265,6 +267,7 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         &quick_cfg,
         |_| {},
         &cancel,
+        None,
     )
     .unwrap()
     {

@@ -213,3 +213,78 @@ fn cancelled_fit_and_bad_inputs_are_clear() {
     .unwrap_err();
     assert!(err.to_string().contains("normal"), "{err}");
 }
+
+/// A session rebuilding its memory bank and calibration after a label edit takes the shots'
+/// adapted tokens from its feature cache; the detector is the one a fit without the cache
+/// builds from the same shots (up to float rounding of batched against single-image passes).
+#[test]
+fn session_prepare_with_cached_shot_features_matches_an_uncached_fit() {
+    use mvfa_studio::workflow::{ModelSession, Session};
+    let (_dir, mut backbone, collected) = setup();
+    let mut request = request(7);
+    request.epochs = Some(0);
+    let never = AtomicBool::new(false);
+    let FitResult::Fitted(reference) =
+        fit_detector(&mut backbone, &collected.shots, &request, |_| {}, &never).unwrap()
+    else {
+        panic!("not cancelled")
+    };
+    let mut session = Session::<B>::open(&clip_fixture(), None, &Default::default()).unwrap();
+    let mut fewer = collected.shots.clone();
+    fewer.normal.pop();
+    session.prepare(&fewer, &request).unwrap();
+    let summary = session.prepare(&collected.shots, &request).unwrap();
+    let (ours, theirs) = (
+        summary.calibration.unwrap(),
+        reference.detector.calibration().unwrap().clone(),
+    );
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+    for (a, b) in [
+        (ours.zero_map, theirs.zero_map),
+        (ours.few_map.unwrap(), theirs.few_map.unwrap()),
+        (ours.fused_map_max, theirs.fused_map_max),
+    ] {
+        assert!(
+            close(a.median, b.median) && close(a.scale, b.scale),
+            "{a:?} vs {b:?}"
+        );
+    }
+    assert!(close(ours.threshold, theirs.threshold));
+    let frames: Vec<_> = collected
+        .shots
+        .abnormal
+        .iter()
+        .enumerate()
+        .map(|(frame, s)| mvfa_studio::io::input::ModelImage {
+            source: "shot".into(),
+            frame,
+            frames: 2,
+            display: mvfa_studio::io::resample::Image8 {
+                width: 1,
+                height: 1,
+                channels: mvfa_studio::io::image::Channels::Gray,
+                data: vec![0],
+            },
+            input: s.image.clone(),
+            note: None,
+        })
+        .collect();
+    let scored = session.score(&frames, &never).unwrap();
+    let size = summary.model_size;
+    let images: Vec<&[f32]> = collected
+        .shots
+        .abnormal
+        .iter()
+        .map(|s| s.image.as_slice())
+        .collect();
+    let batch = mvfa_studio::io::model_input::batch_tensor::<B>(
+        &images,
+        [3, size, size],
+        &Default::default(),
+    )
+    .unwrap();
+    let expected = reference.detector.score(batch).unwrap();
+    for (a, b) in scored.iter().zip(&expected) {
+        assert!(close(a.score.unwrap(), b.score.unwrap()), "{a:?} vs {b:?}");
+    }
+}

@@ -11,6 +11,9 @@
 //!
 //! A detector keeps its invariants: its fields are private, and a step that fails (building a
 //! bank, calibrating) leaves the detector as it was.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use burn::prelude::*;
 
 use crate::model::mvfa::adapter::{
@@ -161,6 +164,40 @@ pub struct Detector<B: Backend, V: TappedBackbone<B>> {
     calibration: Option<Calibration>,
     task: TaskKind,
     batch_size: usize,
+    cache: Option<FeatureCache<B>>,
+}
+
+/// Most images a [`FeatureCache`] keeps (an image's adapted tokens take about 7 MB at
+/// ViT-L/14 and 240 px); past it the cache starts over.
+const FEATURE_CACHE_IMAGES: usize = 256;
+
+/// Adapted tokens of images these adapters have already seen, keyed by the SHA-256 of the
+/// image's values. A session shares one between the detectors it builds around the same
+/// adapters, so that rebuilding the memory bank and calibration after a label edit runs the
+/// backbone only on the shots that are new (and only once per shot within a rebuild, where the
+/// bank and the calibration see the same support images). Only support, held-out and
+/// abnormal shots go through it, never the images being scored.
+#[derive(Clone, Default)]
+pub struct FeatureCache<B: Backend> {
+    entries: Arc<Mutex<HashMap<[u8; 32], AdaptedFeatures<B>>>>,
+}
+
+impl<B: Backend> FeatureCache<B> {
+    /// Images cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], AdaptedFeatures<B>>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -208,6 +245,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             calibration: None,
             task,
             batch_size: batch_size.max(1),
+            cache: None,
         }
     }
 
@@ -279,6 +317,64 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             .forward_adapted(&self.vision, images, &self.adapters_cfg)
     }
 
+    /// Shares `cache` with this detector: its shots' adapted tokens are taken from it and
+    /// added to it. The cache must belong to this detector's adapters.
+    pub fn set_feature_cache(&mut self, cache: Option<FeatureCache<B>>) {
+        self.cache = cache;
+    }
+
+    /// [`Self::features`] through the feature cache, when there is one: only images it lacks
+    /// run through the backbone, each on its own so that its tokens never depend on the
+    /// batch it came in.
+    fn shot_features(&self, images: Tensor<B, 4>) -> Result<AdaptedFeatures<B>, MvfaError> {
+        let Some(cache) = &self.cache else {
+            return self.features(images);
+        };
+        let n = images.dims()[0];
+        let values = to_host(images.clone());
+        let per_image = values.len() / n.max(1);
+        let keys: Vec<[u8; 32]> = values
+            .chunks(per_image.max(1))
+            .map(|v| {
+                use sha2::Digest;
+                let mut hash = sha2::Sha256::new();
+                for x in v {
+                    hash.update(x.to_le_bytes());
+                }
+                hash.finalize().into()
+            })
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            if cache.lock().contains_key(key) {
+                continue;
+            }
+            let f = self.features(images.clone().narrow(0, i, 1))?;
+            let mut entries = cache.lock();
+            if entries.len() >= FEATURE_CACHE_IMAGES {
+                entries.clear();
+            }
+            entries.insert(*key, f);
+        }
+        let entries = cache.lock();
+        let mut cached = Vec::with_capacity(n);
+        for key in &keys {
+            match entries.get(key) {
+                Some(f) => cached.push(f.clone()),
+                // Evicted by a concurrent fill: compute it again.
+                None => return self.features(images),
+            }
+        }
+        drop(entries);
+        let levels = cached.first().map_or(0, |f| f.seg_tokens.len());
+        let cat = |pick: fn(&AdaptedFeatures<B>) -> &Vec<Tensor<B, 3>>, l: usize| {
+            Tensor::cat(cached.iter().map(|f| pick(f)[l].clone()).collect(), 0)
+        };
+        Ok(AdaptedFeatures {
+            seg_tokens: (0..levels).map(|l| cat(|f| &f.seg_tokens, l)).collect(),
+            det_tokens: (0..levels).map(|l| cat(|f| &f.det_tokens, l)).collect(),
+        })
+    }
+
     /// Builds the memory bank from support images, given as groups of `[n, 3, S, S]` batches
     /// (one group per normal source shot; see the module docs). On error the detector keeps
     /// its previous bank. A stored calibration is kept: refit it when the shots change.
@@ -291,7 +387,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             let mut start = 0;
             while start < n {
                 let len = self.batch_size.min(n - start);
-                let f = self.features(images.clone().narrow(0, start, len))?;
+                let f = self.shot_features(images.clone().narrow(0, start, len))?;
                 seg_parts.push(f.seg_tokens);
                 det_parts.push(f.det_tokens);
                 start += len;
@@ -324,17 +420,24 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
 
     /// Raw branch outputs of `images [n, 3, S, S]` against the full memory bank.
     pub fn score_raw(&self, images: Tensor<B, 4>) -> Result<Vec<RawResult>, MvfaError> {
-        self.score_raw_with(images, self.bank.as_ref())
+        self.score_raw_with(images, self.bank.as_ref(), false)
     }
 
     /// Raw branch outputs of `images [n, 3, S, S]` against `bank` (none: zero-shot only).
+    /// `shots`: the images are the detector's own shots (calibration), whose features the
+    /// feature cache may hold.
     fn score_raw_with(
         &self,
         images: Tensor<B, 4>,
         bank: Option<&SupportBank<B>>,
+        shots: bool,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
-        let features = self.features(images)?;
+        let features = if shots {
+            self.shot_features(images)?
+        } else {
+            self.features(images)?
+        };
         let zero_images = self.scorer.zero_shot_image_scores(&features.det_tokens);
         let zero_maps = self.scorer.zero_shot_maps(&features.seg_tokens);
         let few_seg = bank.map(|bank| self.few_shot_maps(&features, Head::Seg, bank));
@@ -402,7 +505,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     /// map and image score. Each image's result depends only on that image.
     pub fn score(&self, images: Tensor<B, 4>) -> Result<Vec<ImageResult>, MvfaError> {
         Ok(self
-            .score_batched(images, self.bank.as_ref())?
+            .score_batched(images, self.bank.as_ref(), false)?
             .into_iter()
             .map(|raw| self.calibrate(raw))
             .collect())
@@ -426,16 +529,20 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         match (leave_out, bank) {
             (LeaveOut::HeldOut, _) => {
                 let held_out = images.held_out.clone().expect("matched above");
-                raws.extend(self.score_batched(held_out, bank)?);
+                raws.extend(self.score_batched(held_out, bank, true)?);
             }
             (LeaveOut::None, _) | (_, None) => {
                 for group in &images.support {
-                    raws.extend(self.score_batched(group.clone(), None)?);
+                    raws.extend(self.score_batched(group.clone(), None, true)?);
                 }
             }
             (LeaveOut::SourceShot, Some(bank)) => {
                 for (g, group) in images.support.iter().enumerate() {
-                    raws.extend(self.score_batched(group.clone(), bank.without_group(g).as_ref())?);
+                    raws.extend(self.score_batched(
+                        group.clone(),
+                        bank.without_group(g).as_ref(),
+                        true,
+                    )?);
                 }
             }
             (LeaveOut::Augmentation, Some(bank)) => {
@@ -446,7 +553,11 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                 })?;
                 for i in 0..group.dims()[0] {
                     let image = group.clone().narrow(0, i, 1);
-                    raws.extend(self.score_raw_with(image, singles.without_group(i).as_ref())?);
+                    raws.extend(self.score_raw_with(
+                        image,
+                        singles.without_group(i).as_ref(),
+                        true,
+                    )?);
                 }
             }
         }
@@ -507,7 +618,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         let normal_p95 = quantile(&mut normal_scores, 0.95).expect("non-empty");
         let mut abnormal_scores: Vec<f32> = match &images.abnormal {
             Some(abnormal) => self
-                .score_batched(abnormal.clone(), self.bank.as_ref())?
+                .score_batched(abnormal.clone(), self.bank.as_ref(), true)?
                 .iter()
                 .map(|r| apply_calibration(&cal, self.task, r).1)
                 .collect(),
@@ -528,13 +639,14 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         &self,
         images: Tensor<B, 4>,
         bank: Option<&SupportBank<B>>,
+        shots: bool,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
         let mut out = Vec::with_capacity(n);
         let mut start = 0;
         while start < n {
             let len = self.batch_size.min(n - start);
-            out.extend(self.score_raw_with(images.clone().narrow(0, start, len), bank)?);
+            out.extend(self.score_raw_with(images.clone().narrow(0, start, len), bank, shots)?);
             start += len;
         }
         Ok(out)
