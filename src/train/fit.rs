@@ -210,6 +210,7 @@ pub struct FitSettings {
 /// fine-tuning runs on its autodiff wrapper `AB`. `text_features [bottleneck, 2]` come from
 /// the prompt ensemble of the organ word. `feature_cache` (belonging to the adapters the
 /// fit ends with) spares backbone passes over shots it has seen.
+#[allow(clippy::too_many_arguments)] // each input is distinct; a settings struct would only rename them
 pub fn fit<AB: AutodiffBackend>(
     vision: VisionTransformer<AB::InnerBackend>,
     adapters: MvfaAdapters<AB::InnerBackend>,
