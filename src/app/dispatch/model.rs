@@ -822,10 +822,24 @@ pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool
             let word = word.trim();
             if !word.is_empty() && word != state.model.organ {
                 state.model.organ = word.to_string();
-                // The prompts changed: rebuild the detector (text features) at once.
+                // The prompts changed: rebuild the detector (text features) at once; an
+                // imported detector without normal labels is imported again with the word.
                 state.model.detector_revision = None;
                 state.model.prepare_failed = None;
                 state.model.seen_revision.1 = Instant::now() - SETTLE;
+                if state.labels.counts().normal == 0
+                    && let (Some(session), Some(checkpoint)) =
+                        (state.model.session.clone(), state.model.checkpoint.clone())
+                    && !state.model.running(ModelJobKind::Train)
+                {
+                    cancel_model_job(state);
+                    state.model.job = Some(model_jobs::import(
+                        session,
+                        checkpoint,
+                        Some(word.to_string()),
+                        repaint(ctx),
+                    ));
+                }
             }
         }
         Action::SetSchedule(schedule) => state.model.schedule = *schedule,
