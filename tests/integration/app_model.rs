@@ -346,6 +346,10 @@ fn app_model_label_train_review_correct_export_and_reopen() {
         );
     }
     assert!(score_queue(s, 100).is_empty(), "nothing to rescore");
+    assert_eq!(
+        s.model.frames_scored, 0,
+        "the stored results were shown, not recomputed"
+    );
 }
 
 /// Frame times of the real UI (layout, the loss plot, the heatmap) while fine-tuning runs on

@@ -631,6 +631,7 @@ fn apply_item(state: &mut AppState, item: ModelItem) {
         }
         ModelItem::Stage(stage) => model.training.status = stage,
         ModelItem::Scored(key, result) => {
+            model.frames_scored += 1;
             model.unscorable.remove(&key);
             model.results.insert(
                 key,

@@ -287,6 +287,8 @@ pub struct ModelState {
     /// Background scoring was cancelled by the user (Escape): it resumes with the next
     /// detector.
     pub scoring_paused: bool,
+    /// Frames scored by background jobs in this session (for tests and the status).
+    pub frames_scored: usize,
     /// Position in the ranking of the last J/K jump.
     pub rank_cursor: Option<usize>,
     /// A reopened project's detector, opened once its weights are loaded.
@@ -326,6 +328,7 @@ impl Default for ModelState {
             prepare_failed: None,
             export: None,
             scoring_paused: false,
+            frames_scored: 0,
             rank_cursor: None,
             restore: None,
             restoring: None,
@@ -334,14 +337,16 @@ impl Default for ModelState {
 }
 
 impl ModelState {
-    /// Takes the session of newly loaded weights: the detector and results of the old ones
-    /// no longer apply.
+    /// Takes the session of newly loaded weights: the old detector no longer applies, and
+    /// the results kept are stale until rescored (or made current by a project's detector).
     pub fn attach(&mut self, session: Box<dyn ModelSession>) {
         self.detach();
         self.session = Some(Arc::new(Mutex::new(session)));
     }
 
-    /// Drops the session (new weights are loading), cancelling its job.
+    /// Drops the session (new weights are loading), cancelling its job. Results stay, as
+    /// stale ones (rescored by the next detector), so that a reopened project's stored
+    /// results survive the loading of its weights.
     pub fn detach(&mut self) {
         if let Some(job) = self.job.take() {
             job.job.cancel();
@@ -350,7 +355,6 @@ impl ModelState {
         self.detector = None;
         self.detector_revision = None;
         self.generation += 1;
-        self.results.clear();
         self.unscorable.clear();
     }
 
