@@ -23,6 +23,8 @@ pub enum Command {
     OpenWeights,
     /// Download the public CLIP ViT-L/14-336 weights from the Hugging Face hub (SHA-256 checked) and load them.
     DownloadWeights,
+    /// Search studies on a PACS node, retrieve them into the browser, send results back.
+    TogglePacs,
     /// Stop the running background jobs (folder scan, file loading, weights loading).
     CancelJob,
     /// Toggle skipping the GPU even when one is available (applies at the next start).
@@ -211,7 +213,7 @@ const fn cmd_shift(key: Key) -> Option<KeyboardShortcut> {
 
 impl Command {
     /// Every command, in the order menus, the help panel and the palette list them.
-    pub const ALL: [Command; 64] = [
+    pub const ALL: [Command; 65] = [
         Command::OpenFiles,
         Command::OpenFolder,
         Command::OpenProject,
@@ -220,6 +222,7 @@ impl Command {
         Command::ImportMask,
         Command::OpenWeights,
         Command::DownloadWeights,
+        Command::TogglePacs,
         Command::CancelJob,
         Command::Quit,
         Command::Undo,
@@ -289,6 +292,7 @@ impl Command {
             Command::ImportMask => "Import mask image…",
             Command::OpenWeights => "Open CLIP weights…",
             Command::DownloadWeights => "Download CLIP weights…",
+            Command::TogglePacs => "PACS…",
             Command::CancelJob => "Cancel job",
             Command::ToggleForceCpu => "Always use the CPU",
             Command::Quit => "Quit",
@@ -372,6 +376,9 @@ impl Command {
             }
             Command::DownloadWeights => {
                 "Download the public CLIP ViT-L/14-336 weights from the Hugging Face hub (SHA-256 checked) and load them"
+            }
+            Command::TogglePacs => {
+                "Search studies on a PACS node, retrieve them into the browser, send results back"
             }
             Command::CancelJob => {
                 "Stop the running background jobs (scan, loading, fine-tuning, scoring, export)"
@@ -485,6 +492,7 @@ impl Command {
             Command::ImportMask => cmd(Key::M),
             Command::OpenWeights => None,
             Command::DownloadWeights => None,
+            Command::TogglePacs => key(Key::F6),
             Command::CancelJob => key(Key::Escape),
             Command::ToggleForceCpu => None,
             Command::Quit => cmd(Key::Q),
@@ -551,7 +559,7 @@ impl Command {
         use Command::*;
         match self {
             OpenFiles | OpenFolder | OpenProject | SaveProject | SaveProjectAs | ImportMask
-            | OpenWeights | DownloadWeights | CancelJob | Quit => Menu::File,
+            | OpenWeights | DownloadWeights | TogglePacs | CancelJob | Quit => Menu::File,
             Undo | Redo => Menu::Edit,
             NextFrame | PreviousFrame | PageForward | PageBack | FirstFrame | LastFrame
             | ZoomIn | ZoomOut | ZoomFit | ZoomActualSize | Invert | ResetWindow | Preset1

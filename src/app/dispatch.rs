@@ -21,6 +21,7 @@ use crate::io::image::{ImageStack, Window};
 use crate::io::study::scan_for_viewer;
 
 mod model;
+mod pacs;
 
 pub use model::{labelled_images, score_queue};
 
@@ -111,6 +112,16 @@ pub enum Action {
     ChooseExportFolder,
     /// Start the export the window describes.
     StartExport,
+    /// Use this PACS node.
+    SetPacsNode(String),
+    /// Change the PACS search criteria.
+    SetPacsForm(crate::app::state::pacs::QueryForm),
+    /// Search studies on the PACS node.
+    PacsSearch,
+    /// Retrieve the study at this row of the search results into the browser.
+    PacsRetrieve(usize),
+    /// Send the last export's Secondary Captures to the PACS node.
+    PacsSendResults,
 }
 
 /// How a click on a file in the browser changes the selection.
@@ -136,7 +147,7 @@ fn repaint(ctx: &egui::Context) -> impl Fn() + Send + Sync + 'static {
 
 /// Applies one action.
 pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
-    if model::apply(state, &action, ctx) {
+    if model::apply(state, &action, ctx) || pacs::apply(state, &action, ctx) {
         return;
     }
     match action {
@@ -149,6 +160,11 @@ pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
         | Action::SetExportDialog(_)
         | Action::ChooseExportFolder
         | Action::StartExport => unreachable!("applied by dispatch::model"),
+        Action::SetPacsNode(_)
+        | Action::SetPacsForm(_)
+        | Action::PacsSearch
+        | Action::PacsRetrieve(_)
+        | Action::PacsSendResults => unreachable!("applied by dispatch::pacs"),
         Action::Run(command) => run(state, command, ctx),
         Action::Open(paths) => open(state, paths, ctx),
         Action::OpenRecent(path) => {
@@ -317,6 +333,9 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
             if let Some(job) = &state.download_job {
                 job.cancel();
             }
+            if let Some((_, job)) = &state.pacs.job {
+                job.cancel();
+            }
             cancel_file_jobs(state);
         }
         Command::ToggleForceCpu => {
@@ -391,6 +410,7 @@ fn run(state: &mut AppState, command: Command, ctx: &egui::Context) {
         Command::BrushLarger => apply(state, Action::ScaleBrush(ZOOM_STEP), ctx),
         Command::BrushSmaller => apply(state, Action::ScaleBrush(1.0 / ZOOM_STEP), ctx),
         Command::ToggleMetadata => state.viewer.show_metadata = !state.viewer.show_metadata,
+        Command::TogglePacs => state.pacs.open = !state.pacs.open,
         Command::ShowImageTab => state.viewer.tab = SideTab::Image,
         Command::ShowModelTab => state.viewer.tab = SideTab::Model,
         Command::ShowResultsTab => state.viewer.tab = SideTab::Results,
@@ -693,6 +713,7 @@ fn ensure_loading(state: &mut AppState, ctx: &egui::Context) {
 pub fn poll(state: &mut AppState, ctx: &egui::Context) {
     state.poll_jobs();
     model::poll(state, ctx);
+    pacs::poll(state, ctx);
     if let Some(job) = state.scan_job.as_mut() {
         let status = job.poll();
         let items = job.take_items();

@@ -292,6 +292,12 @@ pub fn export(
         if !problems.is_empty() {
             message.push_str(&format!(" ({})", problems.join("; ")));
         }
-        Ok(ModelOutcome::Exported(message))
+        let dicom = summary
+            .files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "dcm"))
+            .cloned()
+            .collect();
+        Ok(ModelOutcome::Exported(message, dicom))
     })
 }

@@ -6,6 +6,7 @@ mod help;
 mod labels;
 mod menu;
 mod model;
+mod pacs;
 mod results;
 mod status;
 mod viewer;
@@ -42,6 +43,7 @@ pub fn draw(
         .show(ui, |ui| viewer::show(ui, state, textures, actions));
     help::show_windows(ui.ctx(), state, actions);
     export::show_window(ui.ctx(), state, actions);
+    pacs::show_window(ui.ctx(), state, actions);
 }
 
 /// The right panel: tabs for the image (labels, window, tools), the model and the results.

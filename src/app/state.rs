@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod labels;
 pub mod model;
+pub mod pacs;
 pub mod project;
 pub mod viewer;
 
@@ -141,6 +142,8 @@ pub struct AppState {
     pub project: Project,
     /// The model session, detector, training run and results.
     pub model: ModelState,
+    /// PACS nodes, search, retrieval and sending results.
+    pub pacs: pacs::PacsState,
     /// Messages for the status bar (newest last).
     pub log: Vec<String>,
 }
@@ -176,6 +179,12 @@ impl AppState {
             labels: Labels::default(),
             project: Project::new(autosave_path),
             model: ModelState::default(),
+            pacs: pacs::PacsState::load(
+                crate::pacs::PacsSettings::default_path(),
+                eframe::storage_dir(crate::app::ui::APP_ID)
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("pacs"),
+            ),
             log,
         }
     }

@@ -56,7 +56,7 @@ fn free_port() -> u16 {
 }
 
 /// An Orthanc process with its own folder; killed when dropped.
-struct Orthanc {
+pub(crate) struct Orthanc {
     child: Child,
     _dir: tempfile::TempDir,
     http_port: u16,
@@ -136,7 +136,7 @@ impl Orthanc {
         Err("Orthanc did not open its ports within 30 s".into())
     }
 
-    fn dimse(&self) -> Node {
+    pub(crate) fn dimse(&self) -> Node {
         Node {
             name: "orthanc-dimse".into(),
             endpoint: Endpoint::Dimse(DimseEndpoint {
@@ -168,13 +168,13 @@ impl Drop for Orthanc {
     }
 }
 
-fn open(path: &Path) -> DefaultDicomObject {
+pub(crate) fn open(path: &Path) -> DefaultDicomObject {
     OpenFileOptions::new()
         .open_file(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn text(obj: &DefaultDicomObject, tag: Tag) -> String {
+pub(crate) fn text(obj: &DefaultDicomObject, tag: Tag) -> String {
     obj.element(tag)
         .ok()
         .and_then(|e| e.to_str().ok())
@@ -183,7 +183,7 @@ fn text(obj: &DefaultDicomObject, tag: Tag) -> String {
 }
 
 /// The corpus by SOP Instance UID.
-fn corpus() -> BTreeMap<String, PathBuf> {
+pub(crate) fn corpus() -> BTreeMap<String, PathBuf> {
     CORPUS
         .iter()
         .map(|name| {
@@ -369,7 +369,7 @@ fn collect_dcm(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// A running Orthanc, or `None` after printing why the test `what` skips.
-fn orthanc_or_skip(what: &str) -> Option<Orthanc> {
+pub(crate) fn orthanc_or_skip(what: &str) -> Option<Orthanc> {
     skip_unless(what, Orthanc::start())
 }
 

@@ -710,7 +710,12 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
             model.checkpoint = Some(path);
             model.detector_unsaved = false;
         }
-        ModelOutcome::Exported(message) => state.log.push(message),
+        ModelOutcome::Exported(message, dicom) => {
+            state.log.push(message);
+            if !dicom.is_empty() {
+                state.pacs.last_export_dicom = dicom;
+            }
+        }
     }
 }
 

@@ -86,8 +86,8 @@ pub enum ModelOutcome {
     Scored,
     /// The detector was written here.
     Saved(PathBuf),
-    /// Result files were written; the message says what and where.
-    Exported(String),
+    /// Result files were written; the message says what and where; the DICOM files written.
+    Exported(String, Vec<PathBuf>),
 }
 
 /// The running model job.

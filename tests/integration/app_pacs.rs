@@ -1,0 +1,143 @@
+//! The PACS window of the real app against a real Orthanc (skipped with a printed reason
+//! where Orthanc is not installed): search studies, retrieve one into the study browser,
+//! send results back and find them on the server.
+use std::time::{Duration, Instant};
+
+use eframe::egui::vec2;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::commands::Command;
+use mvfa_studio::app::dispatch::Action;
+use mvfa_studio::app::state::pacs::PacsState;
+use mvfa_studio::app::state::{AppState, PersistedState};
+use mvfa_studio::app::ui::StudioApp;
+use mvfa_studio::pacs::{Level, Query, connect};
+
+use dicom_dictionary_std::tags;
+
+use crate::pacs::{corpus, open, orthanc_or_skip, text};
+
+type H = Harness<'static, StudioApp>;
+
+fn wait_until(h: &mut H, what: &str, done: impl Fn(&AppState) -> bool) {
+    let start = Instant::now();
+    while !done(&h.state().state) {
+        h.step();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}: {}",
+            h.state().state.pacs.status
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn app_pacs_search_retrieve_and_send_results() {
+    let Some(orthanc) = orthanc_or_skip("app_pacs_search_retrieve_and_send_results") else {
+        return;
+    };
+    let node = orthanc.dimse();
+    let files: Vec<_> = corpus().into_values().collect();
+    let server = connect(&node).unwrap();
+    server.store(&files[0]).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
+    state.pacs = PacsState::load(None, dir.path().join("pacs"));
+    state.pacs.node = Some(node.name.clone());
+    state.pacs.settings.upsert(node.clone());
+    let mut h: H = Harness::builder()
+        .with_size(vec2(1400.0, 900.0))
+        .build_ui_state(
+            |ui, app: &mut StudioApp| app.frame(ui),
+            StudioApp::with_state(state),
+        );
+
+    h.key_press(Command::TogglePacs.shortcut().unwrap().logical_key);
+    h.step();
+    h.run();
+    h.get_by_label("Search").click();
+    h.step();
+    wait_until(&mut h, "the search", |s| {
+        s.pacs.job.is_none() && !s.pacs.matches.is_empty()
+    });
+    assert_eq!(h.state().state.pacs.matches.len(), 1);
+    let study = h.state().state.pacs.matches[0].study_uid.clone();
+
+    h.run();
+    h.get_by_label("Retrieve").click();
+    h.step();
+    wait_until(&mut h, "the retrieval", |s| {
+        s.pacs.job.is_none() && s.scan_job.is_none() && s.browser.len() == 1
+    });
+    let retrieved = &h.state().state.browser.groups[0].items[0].path;
+    assert!(retrieved.starts_with(dir.path().join("pacs").join(&study)));
+    // The dataset arrives whole (the file meta group is the receiver's own).
+    let (got, sent) = (open(retrieved), open(&files[0]));
+    for tag in [
+        tags::SOP_INSTANCE_UID,
+        tags::STUDY_INSTANCE_UID,
+        tags::PATIENT_ID,
+    ] {
+        assert_eq!(text(&got, tag), text(&sent, tag));
+    }
+    assert_eq!(
+        got.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap(),
+        sent.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap(),
+        "pixel data byte-identical"
+    );
+
+    // "Send results" stores the last export's DICOM files on the node.
+    h.state_mut().state.pacs.last_export_dicom = vec![files[1].clone()];
+    h.state_mut().pending.push(Action::PacsSendResults);
+    h.step();
+    wait_until(&mut h, "the send", |s| s.pacs.job.is_none());
+    assert!(
+        h.state().state.pacs.status.starts_with("Sent 1"),
+        "{}",
+        h.state().state.pacs.status
+    );
+    let result = open(&files[1]);
+    let found = server
+        .find(&Query {
+            level: Level::Instance,
+            study_uid: Some(text(&result, tags::STUDY_INSTANCE_UID)),
+            series_uid: Some(text(&result, tags::SERIES_INSTANCE_UID)),
+            ..Query::default()
+        })
+        .unwrap();
+    assert!(
+        found
+            .iter()
+            .any(|m| m.sop_instance_uid == text(&result, tags::SOP_INSTANCE_UID)),
+        "the sent result is on the server"
+    );
+}
+
+#[test]
+fn app_pacs_without_a_node_says_how_to_add_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(PersistedState::default(), None);
+    state.pacs = PacsState::load(None, dir.path().join("pacs"));
+    let mut h: H = Harness::builder()
+        .with_size(vec2(1400.0, 900.0))
+        .build_ui_state(
+            |ui, app: &mut StudioApp| app.frame(ui),
+            StudioApp::with_state(state),
+        );
+    h.state_mut().pending.push(Action::PacsSearch);
+    h.step();
+    let status = h.state().state.pacs.status.clone();
+    assert!(status.contains("mvfa-studio pacs nodes add"), "{status}");
+    h.state_mut().pending.push(Action::PacsSendResults);
+    h.step();
+    let status = h.state().state.pacs.status.clone();
+    assert!(status.contains("export"), "{status}");
+}
