@@ -502,3 +502,158 @@ fn score_skips_an_oversized_or_unreadable_file_and_scores_the_rest() {
     assert!(csv[1].contains("case_b.png"), "{csv:?}");
     assert!(inputs[1].is_file());
 }
+
+/// Whether the tests run as root, who reads files without read permission.
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn unreadable_paths_are_read_errors_with_the_os_reason_naming_the_path_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = clip_fixture();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let data = tmp.path().join("data");
+    let (o, _, stderr) = run(bin().arg("synth-data").arg(&data).args([
+        "--normal",
+        "2",
+        "--abnormal",
+        "1",
+        "--size",
+        "32",
+    ]));
+    assert!(o.status.success(), "{stderr}");
+    // Each bad path has a name of its own, to count it in the messages.
+    let missing = tmp.path().join("missing_x.safetensors");
+    let folder = tmp.path().join("folder_x");
+    std::fs::create_dir(&folder).unwrap();
+    let looped = tmp.path().join("loop_x");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let mut cases = vec![
+        (missing, "No such file or directory"),
+        (folder.clone(), "Is a directory"),
+        (looped, "Too many levels of symbolic links"),
+    ];
+    if !running_as_root() {
+        let locked = tmp.path().join("locked_x.safetensors");
+        std::fs::copy(&clip, &locked).unwrap();
+        set_mode(&locked, 0o000);
+        cases.push((locked, "Permission denied"));
+    }
+    let out = tmp.path().join("out");
+    let x_ckpt = tmp.path().join("x.safetensors");
+    let check = |what: &str, output: &str, name: &str, reason: &str| {
+        let lines: Vec<&str> = output.lines().filter(|l| l.contains(reason)).collect();
+        assert!(
+            !lines.is_empty(),
+            "{what}: expected {reason:?} in:\n{output}"
+        );
+        for line in lines {
+            assert!(line.contains("cannot read"), "{what}: {line}");
+            assert_eq!(
+                line.matches(name).count(),
+                1,
+                "{what}: the path once: {line}"
+            );
+            assert_eq!(
+                line.matches(reason).count(),
+                1,
+                "{what}: the reason once: {line}"
+            );
+        }
+        assert!(!output.contains("not a DICOM file"), "{what}: {output}");
+        assert!(!output.contains("panicked"), "{what}: {output}");
+    };
+    for (path, reason) in &cases {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let p = path.as_os_str();
+        let score = [os("score"), os("--cpu"), os("--clip")];
+        let train = [os("train"), os("--cpu"), os("--clip")];
+        let organ_out = [os("--organ"), os("Brain"), os("--out"), x_ckpt.as_os_str()];
+        let (c, k, d, od) = (
+            clip.as_os_str(),
+            ckpt.as_os_str(),
+            data.as_os_str(),
+            out.as_os_str(),
+        );
+        let mut runs: Vec<(&str, Vec<&OsStr>)> = vec![
+            ("weights", vec![os("weights"), p]),
+            (
+                "score --clip",
+                [&score[..], &[p, os("--checkpoint"), k, d, os("--out"), od]].concat(),
+            ),
+            (
+                "score --checkpoint",
+                [&score[..], &[c, os("--checkpoint"), p, d, os("--out"), od]].concat(),
+            ),
+            (
+                "train --clip",
+                [&train[..], &[p, os("--data"), d], &organ_out].concat(),
+            ),
+            (
+                "train --init",
+                [
+                    &train[..],
+                    &[c, os("--init"), p, os("--data"), d],
+                    &organ_out,
+                ]
+                .concat(),
+            ),
+        ];
+        if path != &folder {
+            // A folder is a valid input to inspect and score.
+            runs.push(("inspect", vec![os("inspect"), p]));
+            runs.push((
+                "score input",
+                [&score[..], &[c, os("--checkpoint"), k, p, os("--out"), od]].concat(),
+            ));
+        }
+        if path != &folder && !name.starts_with("locked") {
+            // train --data wants a folder (a locked one is tried below).
+            runs.push((
+                "train --data",
+                [&train[..], &[c, os("--data"), p], &organ_out].concat(),
+            ));
+        }
+        for (what, argv) in &runs {
+            let (o, stdout, stderr) = run(bin().args(argv));
+            let what = format!("{what} {name}");
+            assert!(!o.status.success(), "{what}: {stderr}");
+            check(&what, &format!("{stdout}{stderr}"), name, reason);
+        }
+        let _ = std::fs::remove_dir_all(&out);
+        assert!(!x_ckpt.exists());
+    }
+    // A file where train expects its data folder, and a folder without read permission.
+    let file = tmp.path().join("file_x.png");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let mut folders = vec![(file, "Not a directory")];
+    if !running_as_root() {
+        let locked = tmp.path().join("locked_x");
+        std::fs::create_dir(&locked).unwrap();
+        set_mode(&locked, 0o000);
+        folders.push((locked, "Permission denied"));
+    }
+    for (path, reason) in &folders {
+        let (o, _, stderr) = run(bin().args(args(&[
+            os("train"),
+            os("--cpu"),
+            os("--clip"),
+            clip.as_os_str(),
+            os("--data"),
+            path.as_os_str(),
+            os("--organ"),
+            os("Brain"),
+            os("--out"),
+            x_ckpt.as_os_str(),
+        ])));
+        assert!(!o.status.success());
+        let name = path.file_name().unwrap().to_str().unwrap();
+        check(&format!("train --data {name}"), &stderr, name, reason);
+    }
+    if !running_as_root() {
+        set_mode(&tmp.path().join("locked_x"), 0o755);
+    }
+}
