@@ -503,6 +503,7 @@ fn score_skips_an_oversized_or_unreadable_file_and_scores_the_rest() {
     assert!(inputs[1].is_file());
 }
 
+#[cfg(unix)]
 /// Whether the tests run as root, who reads files without read permission.
 fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -655,5 +656,141 @@ fn unreadable_paths_are_read_errors_with_the_os_reason_naming_the_path_once() {
     }
     if !running_as_root() {
         set_mode(&tmp.path().join("locked_x"), 0o755);
+    }
+}
+
+#[cfg(unix)]
+/// Names in `dir` (none when it does not exist yet).
+fn names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(unix)]
+/// Starts `cmd`, waits until a temporary file of an atomic write (`.<name>.<pid>-<hex>.tmp`)
+/// whose target starts with `prefix` appears in `dir`, sends `signal`, and returns the
+/// exit status and stderr.
+fn interrupt_mid_write(
+    cmd: &mut std::process::Command,
+    dir: &Path,
+    prefix: &str,
+    signal: i32,
+) -> (std::process::ExitStatus, String) {
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let pattern = format!(".{prefix}");
+    loop {
+        if names(dir)
+            .iter()
+            .any(|n| n.starts_with(&pattern) && n.ends_with(".tmp"))
+        {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("finished ({status}) before a write of {prefix}* was seen");
+        }
+        assert!(Instant::now() < deadline, "no write of {prefix}* seen");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: kill has no memory preconditions; the pid is our child, not yet waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_leaves_no_temporary_file_and_whole_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // synth-data, Ctrl+C while the second image is being written: the first stays whole.
+    let set = tmp.path().join("set");
+    let (status, stderr) = interrupt_mid_write(
+        bin().arg("synth-data").arg(&set).args([
+            "--normal",
+            "8",
+            "--abnormal",
+            "0",
+            "--size",
+            "2048",
+        ]),
+        &set.join("normal"),
+        "normal_001.png",
+        libc::SIGINT,
+    );
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted: removed"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for sub in ["normal", "abnormal", "masks"] {
+        no_temp_files(&set.join(sub));
+    }
+    let written = names(&set.join("normal"));
+    assert!(
+        written.contains(&"normal_000.png".to_string()),
+        "{written:?}"
+    );
+    for name in &written {
+        let img = image::open(set.join("normal").join(name)).unwrap();
+        assert_eq!((img.width(), img.height()), (2048, 2048), "{name}");
+    }
+
+    // score over earlier outputs, SIGTERM mid-write: every earlier output is still whole
+    // (the old file, or the new one, which has the same bytes), and no temporary file.
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let images = tmp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for i in 0..4 {
+        let img = image::GrayImage::from_fn(1536, 1536, |x, y| {
+            image::Luma([((x * (i + 3) + y * 7) % 251) as u8])
+        });
+        img.save(images.join(format!("case_{i}.png"))).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let score = || {
+        let mut c = bin();
+        c.args(args(&[
+            os("score"),
+            os("--cpu"),
+            os("--clip"),
+            clip_fixture().as_os_str(),
+            os("--checkpoint"),
+            ckpt.as_os_str(),
+            images.as_os_str(),
+            os("--out"),
+            out.as_os_str(),
+        ]));
+        c
+    };
+    let (o, _, stderr) = run(&mut score());
+    assert!(o.status.success(), "{stderr}");
+    let before: Vec<(String, Vec<u8>)> = names(&out)
+        .into_iter()
+        .map(|n| {
+            let bytes = std::fs::read(out.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    assert!(before.len() > 4, "{before:?}");
+    let (status, stderr) = interrupt_mid_write(&mut score(), &out, "case_", libc::SIGTERM);
+    assert_eq!(status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("terminated: removed"), "{stderr}");
+    no_temp_files(&out);
+    for (name, bytes) in &before {
+        assert!(
+            std::fs::read(out.join(name)).unwrap() == *bytes,
+            "{name} changed"
+        );
     }
 }
