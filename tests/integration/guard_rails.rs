@@ -794,3 +794,184 @@ fn an_interrupted_run_leaves_no_temporary_file_and_whole_outputs() {
         );
     }
 }
+
+/// A NIfTI-1 header (`.nii`, int16 voxels) with the given `dim` array and `extra` bytes of
+/// voxel data after it.
+fn nifti_header(dim: [i16; 8], extra: usize) -> Vec<u8> {
+    let mut h = vec![0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    for (i, d) in dim.into_iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&4i16.to_le_bytes()); // int16
+    h[72..74].copy_from_slice(&16i16.to_le_bytes());
+    for i in 0..8 {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1.0f32.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352.0f32.to_le_bytes());
+    h[344..348].copy_from_slice(b"n+1\0");
+    h.resize(352 + extra, 0);
+    h
+}
+
+#[test]
+fn absurd_sizes_in_file_headers_are_clear_errors() {
+    use mvfa_studio::io::input::load_stack;
+    let tmp = tempfile::tempdir().unwrap();
+    // NIfTI: dimensions whose product overflows, or is far beyond memory, or negative ones.
+    for (name, dim, what) in [
+        (
+            "huge.nii",
+            [3, 32767, 32767, 32767, 1, 1, 1, 1],
+            "exceeds the 1073741824-voxel limit",
+        ),
+        (
+            "seven_d.nii",
+            [7, 32767, 32767, 32767, 32767, 32767, 32767, 32767],
+            "overflows",
+        ),
+        ("negative.nii", [3, -1, -1, -1, 1, 1, 1, 1], "exceeds the"),
+        (
+            "frames.nii",
+            [4, 512, 512, 300, 500, 1, 1, 1],
+            "exceeds the 8589934592-byte limit",
+        ),
+        // Under the limits: the data the header promises is missing.
+        (
+            "wide.nii",
+            [2, 32767, 32767, 1, 1, 1, 1, 1],
+            "are incompatible",
+        ),
+    ] {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, nifti_header(dim, 64)).unwrap();
+        let e = load_stack(&path).unwrap_err().to_string();
+        assert!(e.contains("cannot read NIfTI volume"), "{e}");
+        assert!(e.contains(what), "{name}: {e}");
+        assert_eq!(e.matches(name).count(), 1, "{e}");
+    }
+    // A small volume still reads.
+    let path = tmp.path().join("small.nii");
+    std::fs::write(&path, nifti_header([3, 4, 3, 2, 1, 1, 1, 1], 4 * 3 * 2 * 2)).unwrap();
+    assert_eq!(load_stack(&path).unwrap().frames.len(), 2);
+}
+
+/// A small native DICOM image (explicit VR little endian): `attrs` over an 8-bit 2 x 4
+/// greyscale image, with `pixels` as its pixel data.
+fn dicom_image(attrs: &[(dicom_core::Tag, dicom_core::VR, &str)], pixels: Vec<u8>) -> Vec<u8> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    use dicom_object::InMemDicomObject;
+    use dicom_object::meta::FileMetaTableBuilder;
+    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+    let mut obj = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(uids::SECONDARY_CAPTURE_IMAGE_STORAGE),
+        ),
+        DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.4"),
+        ),
+        DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("MONOCHROME2"),
+        ),
+        us(tags::SAMPLES_PER_PIXEL, 1),
+        us(tags::ROWS, 2),
+        us(tags::COLUMNS, 4),
+        us(tags::BITS_ALLOCATED, 8),
+        us(tags::BITS_STORED, 8),
+        us(tags::HIGH_BIT, 7),
+        us(tags::PIXEL_REPRESENTATION, 0),
+    ]);
+    for &(tag, vr, value) in attrs {
+        let value = match vr {
+            VR::US => PrimitiveValue::from(value.parse::<u16>().unwrap()),
+            VR::SV => PrimitiveValue::from(value.parse::<i64>().unwrap()),
+            _ => PrimitiveValue::from(value),
+        };
+        obj.put(DataElement::new(tag, vr, value));
+    }
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::from(pixels),
+    ));
+    let mut out = Vec::new();
+    obj.with_meta(
+        FileMetaTableBuilder::new()
+            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+            .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
+            .media_storage_sop_instance_uid("1.2.3.4"),
+    )
+    .unwrap()
+    .write_all(&mut out)
+    .unwrap();
+    out
+}
+
+#[test]
+fn absurd_dicom_sizes_and_values_are_clear_errors() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use mvfa_studio::io::dicom::{DicomErrorKind, load_dicom_bytes};
+    let load = |attrs: &[(dicom_core::Tag, VR, &str)], pixels: Vec<u8>| {
+        load_dicom_bytes(&dicom_image(attrs, pixels), Path::new("odd.dcm"))
+    };
+    // The base image reads.
+    assert_eq!(load(&[], vec![7; 8]).unwrap().frames.len(), 1);
+    // Rows x Columns x NumberOfFrames x SamplesPerPixel beyond the limit, or beyond u64.
+    for frames in ["2147483647", "9223372036854775807"] {
+        let e = load(
+            &[
+                (tags::ROWS, VR::US, "65535"),
+                (tags::COLUMNS, VR::US, "65535"),
+                (tags::SAMPLES_PER_PIXEL, VR::US, "3"),
+                (tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"),
+                (tags::NUMBER_OF_FRAMES, VR::IS, frames),
+            ],
+            vec![7; 8],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, DicomErrorKind::TooLarge, "{e}");
+        assert!(
+            e.message.contains("exceeds the 1073741824-sample limit"),
+            "{e}"
+        );
+    }
+    let e = load(
+        &[(tags::NUMBER_OF_FRAMES, VR::IS, "99999999999999999999")],
+        vec![7; 8],
+    )
+    .unwrap_err();
+    assert!(e.message.contains("invalid NumberOfFrames"), "{e}");
+    // A HighBit at the top of i64 is inconsistent, hence read as BitsStored - 1 (it
+    // overflowed the consistency check before).
+    let stack = load(
+        &[(tags::HIGH_BIT, VR::SV, "9223372036854775807")],
+        vec![7; 8],
+    )
+    .unwrap();
+    assert_eq!(stack.frames[0].data, vec![7.0; 8]);
+    // YBR_FULL_422 pairs pixels along a row: an odd column count is malformed (it indexed
+    // past the samples before).
+    let e = load(
+        &[
+            (tags::SAMPLES_PER_PIXEL, VR::US, "3"),
+            (tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "YBR_FULL_422"),
+            (tags::COLUMNS, VR::US, "3"),
+        ],
+        vec![128; 12],
+    )
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("needs an even number of columns, the file has 3"),
+        "{e}"
+    );
+    assert!(!e.message.contains("internally"), "{e}");
+}
