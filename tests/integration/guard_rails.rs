@@ -229,6 +229,31 @@ fn absurd_sizes_are_clear_errors_not_panics() {
     ]));
     assert!(!o.status.success());
     assert!(stderr.contains("holds no 14-pixel patch"), "{stderr}");
+    // Parsed, but far beyond any machine's memory: refused before allocating (a failed
+    // allocation aborts the process).
+    let tiny = ["--layers", "1", "--heads", "1", "--embed-dim", "8"];
+    for flags in [
+        [
+            "--image-size",
+            "2048",
+            "--batch",
+            "1000000",
+            "--width",
+            "64",
+        ],
+        ["--image-size", "28", "--batch", "1", "--width", "1000000"],
+    ] {
+        let (o, _, stderr) = run(bin().args(["smoke", "--cpu"]).args(tiny).args(flags));
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("GB of memory, more than this machine's"),
+            "{flags:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("allocation"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
