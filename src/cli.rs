@@ -81,12 +81,63 @@ fn default_sigpipe() {
     }
 }
 
+/// Ends the process on Ctrl+C (SIGINT) or SIGTERM after removing the temporary files of the
+/// atomic writes in progress ([`crate::io::export::atomic::remove_temporary_files`]), with
+/// the shell's status for the signal (130, 143). The signals are blocked in every thread and
+/// taken by a thread of their own with `sigwait`, so no code runs in signal context. Must run
+/// before any other thread is started (threads inherit the blocked set); child processes get
+/// an empty set from the standard library. Not for the GUI.
+fn clean_up_on_interrupt() {
+    #[cfg(unix)]
+    {
+        // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask and
+        // sigwait get valid pointers; no other thread exists yet (see above).
+        let set = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return;
+            }
+            set
+        };
+        let waiter = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                loop {
+                    let mut signal = 0;
+                    // SAFETY: see above.
+                    if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                        continue;
+                    }
+                    let removed = crate::io::export::atomic::remove_temporary_files();
+                    let name = if signal == libc::SIGINT {
+                        "interrupted"
+                    } else {
+                        "terminated"
+                    };
+                    eprintln!("\n{name}: removed {removed} unfinished output file(s)");
+                    std::process::exit(128 + signal);
+                }
+            });
+        if waiter.is_err() {
+            // Without the waiter the signals must keep their default action.
+            // SAFETY: as above.
+            unsafe {
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 /// Parses the command line and runs the subcommand (the app without one).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Gui);
     if !matches!(command, Command::Gui | Command::View { .. }) {
         default_sigpipe();
+        clean_up_on_interrupt();
     }
     let result = match command {
         Command::Gui => crate::app::run(Vec::new(), None),
@@ -104,8 +155,22 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_message(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined with ": ", leaving out a cause whose text the message
+/// already holds (errors that quote their source would otherwise repeat the OS reason).
+fn error_message(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }

@@ -7,6 +7,8 @@
 //! cargo run --release -- smoke --weights clip.safetensors
 //! cargo run --release -- smoke --layers 8 --width 64 --heads 4   # a small tower
 //! ```
+// Sizes here come from the command line: checked arithmetic only.
+#![deny(clippy::arithmetic_side_effects)]
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -68,6 +70,110 @@ impl<B: Backend> ModuleVisitor<B> for Touch {
     }
 }
 
+/// What the memory estimate needs to know of a vision tower.
+struct Tower {
+    /// Parameters (`None`: too many to count).
+    params: Option<u64>,
+    width: usize,
+    heads: usize,
+    mlp_width: usize,
+    /// Patches per side.
+    grid: usize,
+}
+
+/// Parameters of a vision tower built from `cfg`: per block the attention (4 width x width
+/// matrices), the MLP and their biases and norms; the patch embedding, the position table,
+/// the projection. `None` when the count overflows.
+fn vision_params(cfg: &VisionConfig) -> Option<u64> {
+    let w = u64::try_from(cfg.width).ok()?;
+    let m = u64::try_from(cfg.mlp_width).ok()?;
+    let p = u64::try_from(cfg.patch_size).ok()?;
+    let g = u64::try_from(cfg.grid_size()).ok()?;
+    let block = w
+        .checked_mul(w)?
+        .checked_mul(4)?
+        .checked_add(w.checked_mul(m)?.checked_mul(2)?)?
+        .checked_add(w.checked_mul(10)?)?
+        .checked_add(m)?;
+    let tokens = g.checked_mul(g)?.checked_add(1)?;
+    u64::try_from(cfg.layers)
+        .ok()?
+        .checked_mul(block)?
+        .checked_add(p.checked_mul(p)?.checked_mul(3)?.checked_mul(w)?)?
+        .checked_add(tokens.checked_add(4)?.checked_mul(w)?)?
+        .checked_add(w.checked_mul(u64::try_from(cfg.embed_dim).ok()?)?)
+}
+
+/// Bytes one forward pass needs, roughly: the parameters, the input, and the largest
+/// activations of a block (the attention scores of every head, twice for the softmax, and
+/// the MLP's hidden layer), all f32. `None` when the count overflows.
+fn forward_bytes(args: &SmokeArgs, t: &Tower) -> Option<u64> {
+    let batch = u64::try_from(args.batch).ok()?;
+    let side = u64::try_from(args.image_size).ok()?;
+    let g = u64::try_from(t.grid).ok()?;
+    let tokens = g.checked_mul(g)?.checked_add(1)?;
+    let input = batch.checked_mul(3)?.checked_mul(side)?.checked_mul(side)?;
+    let scores = batch
+        .checked_mul(u64::try_from(t.heads).ok()?)?
+        .checked_mul(tokens)?
+        .checked_mul(tokens)?
+        .checked_mul(2)?;
+    let wide = u64::try_from(t.width.max(t.mlp_width)).ok()?;
+    let hidden = batch
+        .checked_mul(tokens)?
+        .checked_mul(wide)?
+        .checked_mul(4)?;
+    t.params?
+        .checked_add(input)?
+        .checked_add(scores)?
+        .checked_add(hidden)?
+        .checked_mul(4)
+}
+
+/// This machine's physical memory in bytes, where the system says.
+fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no memory preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        u64::try_from(pages)
+            .ok()?
+            .checked_mul(u64::try_from(page).ok()?)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Refuses sizes whose forward pass cannot fit in this machine's memory, before anything
+/// that large is allocated (an allocation that fails aborts the process).
+fn check_memory(args: &SmokeArgs, tower: &Tower) -> anyhow::Result<()> {
+    let what = format!(
+        "{} image(s) of {} px through a tower of width {} ({}x{} patches)",
+        args.batch, args.image_size, tower.width, tower.grid, tower.grid
+    );
+    let Some(need) = forward_bytes(args, tower) else {
+        anyhow::bail!("{what}: the memory needed overflows; use smaller sizes");
+    };
+    if let Some(have) = physical_memory()
+        && need > have
+    {
+        anyhow::bail!(
+            "{what} need about {:.1} GB of memory, more than this machine's {:.1} GB; use a \
+             smaller --batch, --image-size or tower",
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: SmokeArgs) -> anyhow::Result<ExitCode> {
     let info = crate::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
@@ -91,15 +197,30 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
             vit
         }
         None => {
+            let mlp_width = match args.mlp_width {
+                Some(m) => m,
+                None => args
+                    .width
+                    .checked_mul(4)
+                    .ok_or_else(|| anyhow::anyhow!("--width {} is too large", args.width))?,
+            };
             let cfg = VisionConfig::new()
                 .with_image_size(args.image_size)
                 .with_layers(args.layers)
                 .with_width(args.width)
                 .with_heads(args.heads)
-                .with_mlp_width(args.mlp_width.unwrap_or(4 * args.width))
+                .with_mlp_width(mlp_width)
                 .with_patch_size(args.patch_size)
                 .with_embed_dim(args.embed_dim);
             cfg.validate().map_err(anyhow::Error::msg)?;
+            let tower = Tower {
+                params: vision_params(&cfg),
+                width: cfg.width,
+                heads: cfg.heads,
+                mlp_width: cfg.mlp_width,
+                grid: cfg.grid_size(),
+            };
+            check_memory(args, &tower)?;
             B::seed(device, 2024);
             let vit = cfg.init::<B>(device);
             vit.visit(&mut Touch);
@@ -122,6 +243,17 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
         vit.num_params()
     );
     let peak_after_weights = peak_rss_bytes();
+    if args.weights.is_some() {
+        // CLIP towers have 64-wide heads and a 4x MLP.
+        let tower = Tower {
+            params: u64::try_from(vit.num_params()).ok(),
+            width: vit.width(),
+            heads: (vit.width() / 64).max(1),
+            mlp_width: vit.width().saturating_mul(4),
+            grid: vit.grid_size(),
+        };
+        check_memory(args, &tower)?;
+    }
 
     let s = args.image_size;
     let images = Tensor::<B, 4>::random(

@@ -9,7 +9,7 @@ use crate::io::export::write_png;
 use crate::io::image::Channels;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::io::resample::Image8;
-use crate::train::synthetic::{SyntheticImage, generate};
+use crate::train::synthetic::{SyntheticImage, try_generate};
 
 #[derive(clap::Args, Debug)]
 pub struct SynthDataArgs {
@@ -101,17 +101,18 @@ pub fn run(args: SynthDataArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         };
     write_set(
-        generate(args.seed, args.normal, args.size, false),
+        try_generate(args.seed, args.normal, args.size, false).map_err(anyhow::Error::msg)?,
         "normal",
         "normal",
     )?;
     write_set(
-        generate(
+        try_generate(
             args.seed.wrapping_add(1_000_003),
             args.abnormal,
             args.size,
             true,
-        ),
+        )
+        .map_err(anyhow::Error::msg)?,
         "abnormal",
         "abnormal",
     )?;

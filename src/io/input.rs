@@ -199,7 +199,7 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
                         .map(|p| InputError::new(&p.path, p.message)),
                 );
             }
-            Err(e) => errors.push(InputError::new(path, e.to_string())),
+            Err(e) => errors.push(InputError::new(path, format!("cannot read: {e}"))),
         }
     }
     (files, errors)

@@ -6,6 +6,7 @@
 //!
 //! Resizing grey before replicating it equals resizing the replicated RGB image (Pillow
 //! resamples each band independently with the same taps), so grey inputs are resized once.
+#![deny(clippy::arithmetic_side_effects)]
 use burn::prelude::{Backend, Tensor, TensorData};
 
 use super::resample::{Image8, Image8SizeError, resize_bicubic, resize_nearest};
@@ -38,6 +39,14 @@ pub enum ModelInputError {
     /// [`batch_tensor`] was given no items.
     #[error("an empty batch has no tensor shape")]
     EmptyBatch,
+    /// A batch shape whose value count overflows.
+    #[error("a batch of {items} items of {chw:?} values is too large")]
+    TooLarge {
+        /// Items in the batch.
+        items: usize,
+        /// The shape of one item (`c, h, w`).
+        chw: [usize; 3],
+    },
 }
 
 /// The 240x240 RGB `Image8` the model sees, before scaling to [0, 1] (useful for previews and
@@ -51,14 +60,11 @@ pub fn model_input_image(img: &Image8) -> Result<Image8, ModelInputError> {
 /// each value `v as f32 / 255.0` like `ToTensor`.
 pub fn model_input(img: &Image8) -> Result<Vec<f32>, ModelInputError> {
     let rgb = model_input_image(img)?;
-    let plane = MODEL_INPUT_SIZE * MODEL_INPUT_SIZE;
-    let mut out = vec![0f32; MODEL_INPUT_LEN];
-    for (i, px) in rgb.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = px[c] as f32 / 255.0;
-        }
-    }
-    Ok(out)
+    // Channel-major: every R, then every G, then every B.
+    Ok((0..3)
+        .flat_map(|c| rgb.data.iter().skip(c).step_by(3))
+        .map(|&v| v as f32 / 255.0)
+        .collect())
 }
 
 /// Mask image (grey, or RGB converted with Pillow's luma) -> 240 x 240 values in {0, 1}:
@@ -83,8 +89,15 @@ pub fn batch_tensor<B: Backend>(
     if items.is_empty() {
         return Err(ModelInputError::EmptyBatch);
     }
-    let expected = chw[0] * chw[1] * chw[2];
-    let mut data = Vec::with_capacity(expected * items.len());
+    let too_large = || ModelInputError::TooLarge {
+        items: items.len(),
+        chw,
+    };
+    let expected = chw[0]
+        .checked_mul(chw[1])
+        .and_then(|n| n.checked_mul(chw[2]))
+        .ok_or_else(too_large)?;
+    let mut data = Vec::with_capacity(expected.checked_mul(items.len()).ok_or_else(too_large)?);
     for (index, item) in items.iter().enumerate() {
         if item.len() != expected {
             return Err(ModelInputError::BadLength {

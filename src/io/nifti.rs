@@ -24,6 +24,10 @@
 //! [`NiftiGeometry`] reports the original axes, what was flipped, the spacing of display
 //! columns/rows/slices (which may differ: pixels are not resampled to be square) and the
 //! display-to-world affine.
+//!
+//! Sizes come from the header: they are checked against [`MAX_VOXELS`] and
+//! [`MAX_VOXEL_BYTES`] before the voxels are read, with checked arithmetic.
+#![deny(clippy::arithmetic_side_effects)]
 use std::path::{Path, PathBuf};
 
 use nifti::{NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
@@ -38,6 +42,61 @@ pub struct NiftiError {
     pub path: PathBuf,
     /// Why it could not be read.
     pub reason: String,
+}
+
+/// Most voxels (times channels) of the first volume, which is decoded to f32: as for DICOM
+/// ([`crate::io::dicom::MAX_SAMPLES`]).
+pub const MAX_VOXELS: u64 = crate::io::dicom::MAX_SAMPLES;
+
+/// Most bytes of voxel data in a file: the reader loads every volume of a 4-D file, though
+/// only the first is shown.
+pub const MAX_VOXEL_BYTES: u64 = 1 << 33;
+
+/// Refuses a header whose volume is too large to load, before its voxels are read (the
+/// reader would reserve what the header says).
+fn check_header_size(path: &Path, header: &NiftiHeader) -> Result<(), NiftiError> {
+    let ndim = usize::from(header.dim[0]);
+    if !(1..=7).contains(&ndim) {
+        return Err(err(path, format!("dim[0] = {ndim}, expected 1..=7")));
+    }
+    let dims = &header.dim[1..=ndim];
+    let overflow = || err(path, format!("a volume of {dims:?} voxels overflows"));
+    let total = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
+        .ok_or_else(overflow)?;
+    let first = dims
+        .iter()
+        .take(3)
+        .try_fold(1u64, |n, &d| n.checked_mul(u64::from(d)))
+        .ok_or_else(overflow)?;
+    let (channels, size) = match header.data_type() {
+        Ok(NiftiType::Rgb24 | NiftiType::Rgba32) => (3, 4),
+        Ok(t) => (1, t.size_of() as u64),
+        // Reported with the voxels.
+        Err(_) => (1, 1),
+    };
+    let samples = first.checked_mul(channels).ok_or_else(overflow)?;
+    if samples > MAX_VOXELS {
+        return Err(err(
+            path,
+            format!(
+                "a volume of {:?} voxels exceeds the {MAX_VOXELS}-voxel limit",
+                &dims[..dims.len().min(3)]
+            ),
+        ));
+    }
+    let bytes = total.checked_mul(size).ok_or_else(overflow)?;
+    if bytes > MAX_VOXEL_BYTES {
+        return Err(err(
+            path,
+            format!(
+                "{dims:?} voxels of {size} byte(s) ({bytes} bytes) exceeds the \
+                 {MAX_VOXEL_BYTES}-byte limit"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn err(path: &Path, reason: impl Into<String>) -> NiftiError {
@@ -98,6 +157,8 @@ pub fn is_nifti_path(path: &Path) -> bool {
 /// left-right voxels, `height` = number of anterior-posterior voxels, in radiological display
 /// orientation. Windows: `cal_min..cal_max` when the header sets it, then the data range.
 pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometry), NiftiError> {
+    let header = NiftiHeader::from_file(path).map_err(|e| err(path, e.to_string()))?;
+    check_header_size(path, &header)?;
     let obj = ReaderOptions::new()
         .read_file(path)
         .map_err(|e| err(path, e.to_string()))?;
@@ -137,7 +198,6 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         display_axes[d] = j;
         flipped[d] = if d == 2 { sign[j] < 0.0 } else { sign[j] > 0.0 };
     }
-    let out_dims = display_axes.map(|j| dims[j]);
     let col_norm = |j: usize| (0..3).map(|i| affine[i][j].powi(2)).sum::<f64>().sqrt();
     let spacing = display_axes.map(col_norm);
     let mut display_to_ras = [[0f64; 4]; 3];
@@ -148,7 +208,7 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
             if flipped[d] {
                 // index' = n - 1 - index: column flips sign, origin moves to the far end.
                 display_to_ras[i][d] = -affine[i][j];
-                display_to_ras[i][3] += affine[i][j] * (dims[j] - 1) as f64;
+                display_to_ras[i][3] += affine[i][j] * dims[j].saturating_sub(1) as f64;
             } else {
                 display_to_ras[i][d] = affine[i][j];
             }
@@ -156,32 +216,7 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
     }
 
     // Permute and flip.
-    let nch = channels.count();
-    let strides = [1, dims[0], dims[0] * dims[1]];
-    let [nc, nr, ns] = out_dims;
-    let src_index = |d: usize, v: usize| {
-        let j = display_axes[d];
-        let v = if flipped[d] { dims[j] - 1 - v } else { v };
-        v * strides[j]
-    };
-    let mut frames = Vec::with_capacity(ns);
-    for s in 0..ns {
-        let base_s = src_index(2, s);
-        let mut data = Vec::with_capacity(nc * nr * nch);
-        for r in 0..nr {
-            let base_r = base_s + src_index(1, r);
-            for c in 0..nc {
-                let idx = base_r + src_index(0, c);
-                data.extend_from_slice(&values[idx * nch..][..nch]);
-            }
-        }
-        frames.push(Frame {
-            width: nc as u32,
-            height: nr as u32,
-            channels,
-            data,
-        });
-    }
+    let frames = display_frames(&values, dims, display_axes, flipped, channels);
 
     let windows = windows_for(&header, datatype, channels, &values);
     let geometry = NiftiGeometry {
@@ -206,6 +241,49 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         warnings: Vec::new(),
     };
     Ok((stack, geometry))
+}
+
+/// The display frames: `values` (voxels of `dims`, i fastest, `channels` interleaved)
+/// permuted so that display axis d runs along voxel axis `display_axes[d]`, reversed where
+/// `flipped[d]`.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "indices below the voxel count times channels, which is values.len() (checked)"
+)]
+fn display_frames(
+    values: &[f32],
+    dims: [usize; 3],
+    display_axes: [usize; 3],
+    flipped: [bool; 3],
+    channels: Channels,
+) -> Vec<Frame> {
+    let nch = channels.count();
+    let strides = [1, dims[0], dims[0] * dims[1]];
+    let [nc, nr, ns] = display_axes.map(|j| dims[j]);
+    let src_index = |d: usize, v: usize| {
+        let j = display_axes[d];
+        let v = if flipped[d] { dims[j] - 1 - v } else { v };
+        v * strides[j]
+    };
+    let mut frames = Vec::with_capacity(ns);
+    for s in 0..ns {
+        let base_s = src_index(2, s);
+        let mut data = Vec::with_capacity(nc * nr * nch);
+        for r in 0..nr {
+            let base_r = base_s + src_index(1, r);
+            for c in 0..nc {
+                let idx = base_r + src_index(0, c);
+                data.extend_from_slice(&values[idx * nch..][..nch]);
+            }
+        }
+        frames.push(Frame {
+            width: nc as u32,
+            height: nr as u32,
+            channels,
+            data,
+        });
+    }
+    frames
 }
 
 /// The acquisition info of the display stack: pixel spacing and the display axes in the DICOM

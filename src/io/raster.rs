@@ -15,6 +15,8 @@
 //! Default window: for 8-bit data the full range of the type (center 127.5, width 256, i.e.
 //! identity); for 16-bit grey the data range `min..max` (center `(min + max) / 2`, width
 //! `max - min + 1`), since 16-bit medical rasters rarely use the whole 0..65535 range.
+// Pixel limits and sizes from headers: checked arithmetic only.
+#![deny(clippy::arithmetic_side_effects)]
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 

@@ -15,6 +15,10 @@
 //!   f64), then truncated. Accumulating (instead of computing `(dst + 0.5) * scale`) matters
 //!   where the exact product is an integer: e.g. 512 -> 240 at dst = 7 gives 15.999... in
 //!   Pillow, hence source 15, not 16.
+//!
+//! Sizes come from images and callers: buffer lengths are computed with checked arithmetic
+//! ([`Image8::byte_len`]); the passes index below the lengths of the buffers they allocated.
+#![deny(clippy::arithmetic_side_effects)]
 use super::image::Channels;
 
 /// An 8-bit image, `height` rows of `width` pixels, row-major, channels interleaved
@@ -34,9 +38,8 @@ pub struct Image8 {
     pub data: Vec<u8>,
 }
 
-/// The image's buffer does not match its declared size.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("8-bit image of {width}x{height} {channels:?} needs {expected} bytes, has {actual}")]
+/// The image's buffer does not match its declared size (or the size cannot be addressed).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image8SizeError {
     /// Declared pixels per row.
     pub width: u32,
@@ -44,11 +47,25 @@ pub struct Image8SizeError {
     pub height: u32,
     /// Declared colour layout.
     pub channels: Channels,
-    /// Bytes the declared size needs.
+    /// Bytes the declared size needs (`usize::MAX` when that overflows).
     pub expected: usize,
     /// Bytes the buffer has.
     pub actual: usize,
 }
+
+impl std::fmt::Display for Image8SizeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (w, h, c) = (self.width, self.height, self.channels);
+        if self.expected == usize::MAX {
+            write!(f, "8-bit image of {w}x{h} {c:?} is too large to address")
+        } else {
+            let (e, a) = (self.expected, self.actual);
+            write!(f, "8-bit image of {w}x{h} {c:?} needs {e} bytes, has {a}")
+        }
+    }
+}
+
+impl std::error::Error for Image8SizeError {}
 
 impl Image8 {
     /// Checked constructor: `data.len()` must be `width * height * channels`.
@@ -68,16 +85,23 @@ impl Image8 {
         Ok(img)
     }
 
+    /// Bytes of a `width` x `height` image of `channels`; `None` when that overflows.
+    pub fn byte_len(width: u32, height: u32, channels: Channels) -> Option<usize> {
+        (width as usize)
+            .checked_mul(height as usize)?
+            .checked_mul(channels.count())
+    }
+
     /// Verifies that the buffer length matches the declared shape (fields are public, so
     /// every consumer re-checks instead of trusting them).
     pub fn check(&self) -> Result<(), Image8SizeError> {
-        let expected = self.width as usize * self.height as usize * self.channels.count();
-        if expected != self.data.len() {
+        let expected = Self::byte_len(self.width, self.height, self.channels);
+        if expected != Some(self.data.len()) {
             return Err(Image8SizeError {
                 width: self.width,
                 height: self.height,
                 channels: self.channels,
-                expected,
+                expected: expected.unwrap_or(usize::MAX),
                 actual: self.data.len(),
             });
         }
@@ -86,6 +110,10 @@ impl Image8 {
 
     /// Pillow's `convert('L')`: grey stays as is; RGB uses ITU-R 601-2 luma in Pillow's fixed
     /// point, `(R*19595 + G*38470 + B*7471 + 0x8000) >> 16` (`Convert.c`, `L24`).
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "at most 255 * 65536 + 0x8000, far below u32::MAX"
+    )]
     pub fn to_luma(&self) -> Image8 {
         match self.channels {
             Channels::Gray => self.clone(),
@@ -145,8 +173,16 @@ struct Coeffs {
     kk: Vec<i32>,
 }
 
+/// `usize` holds any product of two image sides (`u32`) and a small factor: the bounds the
+/// allowances below rely on.
+const _: () = assert!(usize::BITS >= 64);
+
 /// `precompute_coeffs` + `normalize_coeffs_8bpc` of `Resample.c`, for the whole-image box
 /// `(0, in_size)`. Arithmetic order follows the C code so the f64 rounding is identical.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "sizes are u32 sides; out_size * ksize <= 4 * in_size + 3 * out_size < 2^35"
+)]
 fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
     const SUPPORT: f64 = 2.0;
     // The box is float in Pillow: (float)in_size - 0.0f, exact for any realistic size.
@@ -222,6 +258,10 @@ pub enum PillowOrder {
 }
 
 impl PillowOrder {
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "sides are u32: products and differences with 100 or 2 fit in 64 bits"
+    )]
     fn vertical_first(self, in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
         match self {
             PillowOrder::HorizontalFirst => false,
@@ -265,13 +305,16 @@ pub fn resize_bicubic_with(
     if (ow, oh) == (in_w, in_h) {
         return Ok(img.clone());
     }
+    let out_len = output_len(out_w, out_h, img.channels)?;
     if ow == 0 || oh == 0 || in_w == 0 || in_h == 0 {
-        return Ok(done(vec![0; ow * oh * nch]));
+        return Ok(done(vec![0; out_len]));
     }
     let need_h = ow != in_w;
     let need_v = oh != in_h;
     if order.vertical_first(in_w, in_h, ow, oh) {
-        // Only reached when the height shrinks, so the vertical pass is needed.
+        // Only reached when the height shrinks, so the vertical pass is needed; its output
+        // (in_w x oh) is checked like the final one.
+        output_len(img.width, out_h, img.channels)?;
         let data = vertical_pass(&img.data, in_w, nch, &precompute_coeffs(in_h, oh), 0);
         if !need_h {
             return Ok(done(data));
@@ -288,14 +331,33 @@ pub fn resize_bicubic_with(
     if !need_v {
         return Ok(done(horizontal_pass(&img.data, in_w, 0..in_h, nch, &hor)));
     }
+    // oh > 0 here; a tap range ends at most at in_h. The intermediate (ow x the rows read)
+    // is checked like the final image.
     let first = vert.first[0];
-    let last = vert.first[oh - 1] + vert.len[oh - 1];
+    let last = vert.first[oh.saturating_sub(1)].saturating_add(vert.len[oh.saturating_sub(1)]);
+    let rows_read = u32::try_from(last.saturating_sub(first)).unwrap_or(u32::MAX);
+    output_len(out_w, rows_read, img.channels)?;
     let data = horizontal_pass(&img.data, in_w, first..last, nch, &hor);
     Ok(done(vertical_pass(&data, ow, nch, &vert, first)))
 }
 
+/// The byte length of a `width` x `height` output, or the error saying it is too large.
+fn output_len(width: u32, height: u32, channels: Channels) -> Result<usize, Image8SizeError> {
+    Image8::byte_len(width, height, channels).ok_or(Image8SizeError {
+        width,
+        height,
+        channels,
+        expected: usize::MAX,
+        actual: 0,
+    })
+}
+
 /// `_ImagingResampleHorizontal_8bpc`: resamples rows `rows` of `src` (`src_w` pixels wide)
 /// to `coeffs.first.len()` pixels; output row 0 is source row `rows.start`.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "indices below src.len() and the output length, both checked by the caller"
+)]
 fn horizontal_pass(
     src: &[u8],
     src_w: usize,
@@ -326,6 +388,10 @@ fn horizontal_pass(
 
 /// `_ImagingResampleVertical_8bpc`: resamples the columns of `src` (`width` pixels wide) to
 /// `coeffs.first.len()` rows; `src` row 0 is source row `row_offset`.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "indices below src.len() and the output length, both checked by the caller"
+)]
 fn vertical_pass(
     src: &[u8],
     width: usize,
@@ -378,15 +444,30 @@ pub fn resize_nearest(img: &Image8, out_w: u32, out_h: u32) -> Result<Image8, Im
     if (ow, oh) == (in_w, in_h) {
         return Ok(img.clone());
     }
+    let mut out = vec![0u8; output_len(out_w, out_h, img.channels)?];
+    if ow == 0 || nch == 0 {
+        return Ok(Image8 {
+            width: out_w,
+            height: out_h,
+            channels: img.channels,
+            data: out,
+        });
+    }
     let xs = nearest_indices(in_w, ow);
     let ys = nearest_indices(in_h, oh);
-    let mut out = vec![0u8; ow * oh * nch];
-    for (yy, ysrc) in ys.iter().enumerate() {
-        let Some(ysrc) = *ysrc else { continue };
-        let line_in = &img.data[ysrc * in_w * nch..][..in_w * nch];
-        for (xx, xsrc) in xs.iter().enumerate() {
-            if let Some(xsrc) = *xsrc {
-                out[(yy * ow + xx) * nch..][..nch].copy_from_slice(&line_in[xsrc * nch..][..nch]);
+    // Rows of the checked input and output buffers; pixels of `nch` bytes within them.
+    let rows_in: Vec<&[u8]> = img
+        .data
+        .chunks_exact(in_w.max(1).saturating_mul(nch))
+        .collect();
+    for (row_out, ysrc) in out.chunks_exact_mut(ow.saturating_mul(nch)).zip(&ys) {
+        let Some(line_in) = ysrc.and_then(|y| rows_in.get(y)) else {
+            continue;
+        };
+        let pixels_in: Vec<&[u8]> = line_in.chunks_exact(nch).collect();
+        for (px_out, xsrc) in row_out.chunks_exact_mut(nch).zip(&xs) {
+            if let Some(px_in) = xsrc.and_then(|x| pixels_in.get(x)) {
+                px_out.copy_from_slice(px_in);
             }
         }
     }
@@ -436,6 +517,27 @@ mod tests {
         for (w, h) in [(240, 240), (5, 3), (37, 240)] {
             let out = resize_bicubic(&img, w, h).unwrap();
             assert!(out.data.iter().all(|&v| v == 200));
+        }
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_errors_not_panics() {
+        let huge = Image8 {
+            width: u32::MAX,
+            height: u32::MAX,
+            channels: Channels::Rgb,
+            data: Vec::new(),
+        };
+        let e = huge.check().unwrap_err();
+        assert_eq!(e.expected, usize::MAX);
+        assert!(e.to_string().ends_with("is too large to address"), "{e}");
+        assert!(resize_nearest(&huge, 2, 2).is_err());
+        let small = Image8::new(3, 2, Channels::Rgb, vec![9; 18]).unwrap();
+        for e in [
+            resize_bicubic(&small, u32::MAX, u32::MAX).unwrap_err(),
+            resize_nearest(&small, u32::MAX, u32::MAX).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("too large"), "{e}");
         }
     }
 

@@ -3,6 +3,10 @@
 //! Used by the learning test (fine-tuning must beat untrained adapters on held-out images) and
 //! by `mvfa-studio synth-data`, which writes the plain-folder layout so a newcomer can try the
 //! whole flow without patient data. Deterministic for a given seed.
+//!
+//! The side comes from the command line (`synth-data --size`): [`try_generate`] checks that
+//! `size * size` can be allocated before drawing; indices below stay under it.
+#![deny(clippy::arithmetic_side_effects)]
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -30,6 +34,10 @@ pub enum AnomalyKind {
 
 /// Draws a textured background: a few random oriented sinusoids plus fine noise, so that every
 /// image differs but all share the same statistics (the "normal" appearance).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "y * size + x < size * size, checked by try_generate"
+)]
 fn background(rng: &mut ChaCha8Rng, size: usize) -> Vec<f32> {
     let waves: Vec<(f32, f32, f32, f32)> = (0..4)
         .map(|_| {
@@ -56,6 +64,10 @@ fn background(rng: &mut ChaCha8Rng, size: usize) -> Vec<f32> {
 }
 
 /// Paints one anomaly; returns the mask (true inside the defect).
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "y * size + x < size * size, checked by try_generate"
+)]
 fn paint_anomaly(
     rng: &mut ChaCha8Rng,
     image: &mut [f32],
@@ -101,10 +113,33 @@ fn paint_anomaly(
     mask
 }
 
+/// Largest image side [`try_generate`] draws (`synth-data` accepts less).
+pub const MAX_SIZE: usize = 1 << 16;
+
 /// Generates `count` images of `size`×`size`; `abnormal` ones get a blob or a streak.
+///
+/// # Panics
+/// When `size` exceeds [`MAX_SIZE`]; sizes from users go through [`try_generate`].
 pub fn generate(seed: u64, count: usize, size: usize, abnormal: bool) -> Vec<SyntheticImage> {
+    try_generate(seed, count, size, abnormal).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`generate`], refusing a side above [`MAX_SIZE`] (whose pixel count could overflow or
+/// exhaust memory) with a message saying so.
+pub fn try_generate(
+    seed: u64,
+    count: usize,
+    size: usize,
+    abnormal: bool,
+) -> Result<Vec<SyntheticImage>, String> {
+    if size > MAX_SIZE {
+        return Err(format!(
+            "synthetic images of {size} x {size} pixels are too large (at most {MAX_SIZE} a side)"
+        ));
+    }
+    let pixels = size.saturating_mul(size);
     let mut rng = crate::rng::seeded(seed, crate::rng::Stream::Synthetic);
-    (0..count)
+    Ok((0..count)
         .map(|i| {
             let mut image = background(&mut rng, size);
             let mask = if abnormal {
@@ -115,7 +150,7 @@ pub fn generate(seed: u64, count: usize, size: usize, abnormal: bool) -> Vec<Syn
                 };
                 paint_anomaly(&mut rng, &mut image, size, kind)
             } else {
-                vec![false; size * size]
+                vec![false; pixels]
             };
             SyntheticImage {
                 size,
@@ -127,7 +162,7 @@ pub fn generate(seed: u64, count: usize, size: usize, abnormal: bool) -> Vec<Syn
                 abnormal,
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -143,5 +178,12 @@ mod tests {
         let normal = generate(8, 2, 64, false);
         assert!(normal.iter().all(|img| img.mask.iter().all(|&m| m == 0)));
         assert_ne!(normal[0].pixels, normal[1].pixels);
+    }
+
+    #[test]
+    fn absurd_sides_are_errors() {
+        let e = try_generate(1, 1, usize::MAX, true).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert_eq!(try_generate(1, 2, 40, false).unwrap().len(), 2);
     }
 }

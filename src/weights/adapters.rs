@@ -584,11 +584,25 @@ pub fn read_checkpoint_meta(path: &Path) -> Result<Option<AdapterCheckpointMeta>
     if file_is_pytorch_checkpoint(path).map_err(io)? {
         return Ok(None);
     }
-    let file = crate::weights::clip::file::WeightFile::open(path).map_err(|e| {
-        AdapterCheckpointError::NotSafetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+    let file = crate::weights::clip::file::WeightFile::open(path).map_err(|e| match e {
+        crate::weights::clip::WeightsError::Io { source, .. } => io(source),
+        // The reason alone: the path is named once, by this error.
+        crate::weights::clip::WeightsError::NotSafetensors { detail, .. } => {
+            AdapterCheckpointError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: detail,
+            }
         }
+        crate::weights::clip::WeightsError::Truncated { detail, .. } => {
+            AdapterCheckpointError::NotSafetensors {
+                path: path.to_path_buf(),
+                reason: format!("truncated: {detail}"),
+            }
+        }
+        other => AdapterCheckpointError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
     })?;
     let text = file
         .user_metadata(META_KEY)

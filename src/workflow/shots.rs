@@ -131,6 +131,14 @@ pub fn collect_shots(source: &ShotSource) -> Result<CollectedShots, WorkflowErro
             Ok(collected)
         }
         ShotSource::Dataset(spec) => {
+            // A missing, unreadable or non-folder --data is a read error with the system's
+            // reason, not "no known layout".
+            std::fs::read_dir(&spec.root).map_err(|source| {
+                crate::io::dataset::DatasetError::Io {
+                    path: spec.root.clone(),
+                    source,
+                }
+            })?;
             let dataset = match spec.key {
                 Some(key) => MvfaDataset::open(&spec.root, key)?,
                 None => MvfaDataset::open_dir(&spec.root).map_err(|source| {

@@ -251,7 +251,8 @@ pub fn decode_mask(entry: &MaskEntry) -> Result<Mask, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&entry.png_base64)
         .map_err(|e| format!("mask of {}: bad base64: {e}", entry.path.display()))?;
-    let mask = Mask::from_png(&bytes)?;
+    let mask =
+        Mask::from_png(&bytes).map_err(|e| format!("mask of {}: {e}", entry.path.display()))?;
     if (mask.width, mask.height) != (entry.width, entry.height) {
         return Err(format!(
             "mask of {} is {}x{}, the file says {}x{}",

@@ -6,6 +6,10 @@
 //! failure aborts the process (it cannot be caught like a panic). So the header dimensions
 //! of every JPEG, JPEG-LS and JPEG 2000 frame are read here and must match the DICOM Rows,
 //! Columns and SamplesPerPixel.
+//!
+//! Offsets into a frame come from the frame itself: they are computed with checked
+//! arithmetic, as are all sizes in this module.
+#![deny(clippy::arithmetic_side_effects)]
 use super::ts;
 
 /// Width, height and component count from a codestream header, when one is found.
@@ -25,19 +29,22 @@ fn jpeg_sof(data: &[u8]) -> Option<(u32, u32, u32)> {
         return None;
     }
     let mut i = 2usize;
-    while i + 4 <= data.len() {
-        if data[i] != 0xFF {
+    loop {
+        let head = data.get(i..i.checked_add(4)?)?;
+        if head[0] != 0xFF {
             return None;
         }
-        let marker = data[i + 1];
+        let marker = head[1];
         if marker == 0xFF {
-            i += 1; // fill byte
+            i = i.checked_add(1)?; // fill byte
             continue;
         }
-        let len = usize::from(u16::from_be_bytes([data[i + 2], data[i + 3]]));
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        // The segment length counts its own two bytes, not the marker.
+        let next = i.checked_add(2)?.checked_add(len)?;
         let is_sof = matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
         if is_sof || marker == 0xF7 {
-            let seg = data.get(i + 4..i + 2 + len)?;
+            let seg = data.get(i.checked_add(4)?..next)?;
             let y = u32::from(u16::from_be_bytes([*seg.get(1)?, *seg.get(2)?]));
             let x = u32::from(u16::from_be_bytes([*seg.get(3)?, *seg.get(4)?]));
             let nf = u32::from(*seg.get(5)?);
@@ -46,9 +53,14 @@ fn jpeg_sof(data: &[u8]) -> Option<(u32, u32, u32)> {
         if marker == 0xDA || marker == 0xD9 {
             return None; // scan data before any frame header
         }
-        i += 2 + len;
+        i = next;
     }
-    None
+}
+
+/// The `N` bytes of `head` at `at + offset`, if they are there.
+fn be_bytes<const N: usize>(head: &[u8], at: usize, offset: usize) -> Option<[u8; N]> {
+    let start = at.checked_add(offset)?;
+    head.get(start..start.checked_add(N)?)?.try_into().ok()
 }
 
 /// The SIZ segment of a JPEG 2000 codestream (raw or inside a JP2 file): (Xsiz - XOsiz,
@@ -58,19 +70,13 @@ fn j2k_siz(data: &[u8]) -> Option<(u32, u32, u32)> {
     let p = head
         .windows(4)
         .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?
-        + 2;
-    let u32_at = |o: usize| -> Option<u32> {
-        Some(u32::from_be_bytes(
-            head.get(p + o..p + o + 4)?.try_into().ok()?,
-        ))
-    };
+        .checked_add(2)?;
+    let u32_at = |o: usize| be_bytes(head, p, o).map(u32::from_be_bytes);
     let xsiz = u32_at(6)?;
     let ysiz = u32_at(10)?;
     let xo = u32_at(14)?;
     let yo = u32_at(18)?;
-    let csiz = u32::from(u16::from_be_bytes(
-        head.get(p + 38..p + 40)?.try_into().ok()?,
-    ));
+    let csiz = u32::from(u16::from_be_bytes(be_bytes(head, p, 38)?));
     Some((xsiz.checked_sub(xo)?, ysiz.checked_sub(yo)?, csiz))
 }
 
@@ -79,17 +85,20 @@ fn j2k_siz(data: &[u8]) -> Option<(u32, u32, u32)> {
 /// the components as stored, e.g. YBR_FULL samples the reader must convert to RGB.
 pub(super) fn j2k_mct(data: &[u8]) -> Option<bool> {
     let head = &data[..data.len().min(65536)];
-    let mut i = head.windows(2).position(|w| w == [0xFF, 0x4F])? + 2;
+    let mut i = head
+        .windows(2)
+        .position(|w| w == [0xFF, 0x4F])?
+        .checked_add(2)?;
     loop {
-        let marker = head.get(i..i + 2)?;
+        let marker = head.get(i..i.checked_add(2)?)?;
         match marker {
             // COD: Lcod, Scod, progression order, layers (2 bytes), then the MCT flag.
-            [0xFF, 0x52] => return head.get(i + 8).map(|&m| m != 0),
+            [0xFF, 0x52] => return head.get(i.checked_add(8)?).map(|&m| m != 0),
             // Start of tile (or of data): the main header ended without a COD.
             [0xFF, 0x90] | [0xFF, 0x93] => return None,
             [0xFF, _] => {
-                let len = usize::from(u16::from_be_bytes(head.get(i + 2..i + 4)?.try_into().ok()?));
-                i += 2 + len;
+                let len = usize::from(u16::from_be_bytes(be_bytes(head, i, 2)?));
+                i = i.checked_add(2)?.checked_add(len)?;
             }
             _ => return None,
         }

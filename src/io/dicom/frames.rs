@@ -5,6 +5,7 @@
 //! offset table otherwise; with an empty offset table (allowed by PS3.5 A.4) frames after the
 //! first are then lost. Here frames are also found by their codestream start markers (JPEG
 //! SOI, JPEG 2000 SOC or JP2 signature), as PS3.5 A.4 suggests.
+#![deny(clippy::arithmetic_side_effects)]
 use std::borrow::Cow;
 
 use dicom_core::{DicomValue, Tag};
@@ -116,18 +117,19 @@ pub(super) fn group_fragments(
         let mut pos = 0u64;
         for f in &fragments {
             starts.push(pos);
-            pos += f.len() as u64 + 8;
+            // Fragments are in memory: their lengths sum far below u64::MAX.
+            pos = pos.saturating_add(f.len() as u64).saturating_add(8);
         }
         let mut out: Vec<Vec<u8>> = vec![Vec::new(); frames];
         let mut ok = true;
         for (f, &start) in fragments.iter().zip(&starts) {
             // The frame whose offset is the largest one <= start.
             let k = bot.partition_point(|&o| u64::from(o) <= start);
-            if k == 0 {
+            let Some(frame) = k.checked_sub(1).and_then(|k| out.get_mut(k)) else {
                 ok = false;
                 break;
-            }
-            out[k - 1].extend_from_slice(f);
+            };
+            frame.extend_from_slice(f);
         }
         if ok && out.iter().all(|f| !f.is_empty()) {
             return Ok(out);
@@ -162,7 +164,7 @@ pub(super) fn jpeg2000_precision(frame: &[u8]) -> Option<(u16, bool)> {
     let pos = head
         .windows(4)
         .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?;
-    let ssiz = *head.get(pos + 2 + 40)?;
+    let ssiz = *head.get(pos.checked_add(2 + 40)?)?;
     Some((u16::from(ssiz & 0x7F) + 1, ssiz & 0x80 != 0))
 }
 

@@ -4,6 +4,7 @@
 //! The decoder handles single-component images of 2 to 16 bits, which is what DICOM JPEG-LS
 //! images carry in practice (CT, MR, CR, DX). Colour JPEG-LS (SamplesPerPixel 3) is rare and
 //! reported as unsupported rather than guessed.
+#![deny(clippy::arithmetic_side_effects)]
 
 /// Decodes one JPEG-LS frame into little-endian samples of `bits_allocated` bits, the layout
 /// the other decoders produce: `cols * rows` samples. Stored values are returned as coded
@@ -24,7 +25,7 @@ pub(super) fn decode_frame(
         return Err("image size overflows".into());
     };
     let (samples, w, h) = jpegls::decode(data, width, height).map_err(|e| e.to_string())?;
-    if (w, h) != (width, height) || samples.len() != cols * rows {
+    if (w, h) != (width, height) || cols.checked_mul(rows) != Some(samples.len()) {
         return Err(format!(
             "decoded {w} x {h} pixels ({} samples), expected {cols} x {rows}",
             samples.len()

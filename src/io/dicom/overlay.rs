@@ -2,6 +2,7 @@
 //! bitmaps the viewer draws over the image. They never enter the frames, so the model input
 //! (built from the frames) never sees them. Overlays embedded in unused high bits of the pixel
 //! data (retired) are not read; those bits are masked off with the rest of the unused bits.
+#![deny(clippy::arithmetic_side_effects)]
 use dicom_core::Tag;
 
 use super::MAX_SAMPLES;
@@ -26,22 +27,30 @@ fn plane(ds: &Obj, group: u16) -> Option<OverlayPlane> {
     }
     let frames = attrs::int_opt(ds, t(0x0015)).unwrap_or(1);
     let frames = usize::try_from(frames).ok().filter(|&f| f >= 1)?;
-    let per_frame = rows as usize * columns as usize;
-    if per_frame == 0 || (per_frame as u64).saturating_mul(frames as u64) > MAX_SAMPLES {
+    let per_frame = (rows as usize).checked_mul(columns as usize)?;
+    let bits = per_frame.checked_mul(frames)?;
+    if per_frame == 0 || bits as u64 > MAX_SAMPLES {
         return None;
     }
     let data = attrs::primitive(ds, t(0x3000))?.to_bytes().into_owned();
-    if data.len().saturating_mul(8) < per_frame * frames {
+    if data.len().saturating_mul(8) < bits {
         return None;
     }
-    // Bits are packed row-major, least significant bit first, frames back to back.
-    let bit = |i: usize| (data[i / 8] >> (i % 8)) & 1;
-    let bitmaps = (0..frames)
-        .map(|f| (0..per_frame).map(|i| bit(f * per_frame + i)).collect())
+    // Bits are packed row-major, least significant bit first, frames back to back: bit i of
+    // the whole run is bit `i % 8` of byte `i / 8`, for i below `bits`.
+    let run: Vec<u8> = data
+        .iter()
+        .flat_map(|&byte| (0..8).map(move |b| (byte >> b) & 1))
+        .take(bits)
         .collect();
+    let bitmaps = run.chunks_exact(per_frame).map(<[u8]>::to_vec).collect();
     let origin = attrs::f64s(ds, t(0x0050)).unwrap_or_default();
-    let one_based = |i: usize| origin.get(i).map_or(0, |&v| v as i32 - 1);
-    let first_frame = attrs::int_opt(ds, t(0x0051)).unwrap_or(1).max(1) - 1;
+    // OverlayOrigin is 1-based; `as` saturates out-of-range values.
+    let one_based = |i: usize| origin.get(i).map_or(0, |&v| (v as i32).saturating_sub(1));
+    let first_frame = attrs::int_opt(ds, t(0x0051))
+        .unwrap_or(1)
+        .max(1)
+        .saturating_sub(1);
     Some(OverlayPlane {
         group,
         rows,

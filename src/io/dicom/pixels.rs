@@ -1,5 +1,10 @@
 //! From a parsed object to an [`ImageStack`]: sample extraction, modality LUT, colour, window
 //! presets and acquisition info.
+//!
+//! Sizes come from the file: [`read_layout`] bounds Rows x Columns x NumberOfFrames x
+//! SamplesPerPixel by [`MAX_SAMPLES`] with checked arithmetic, so products of those (and
+//! indices below them) cannot overflow afterwards; the lint keeps every other sum checked.
+#![deny(clippy::arithmetic_side_effects)]
 use std::path::Path;
 
 use dicom_core::{DicomValue, PrimitiveValue};
@@ -38,8 +43,31 @@ struct Layout {
 }
 
 impl Layout {
+    /// Pixels of one frame.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "read_layout bounds rows x cols x frames x spp by MAX_SAMPLES"
+    )]
     fn pixels(&self) -> usize {
         self.rows * self.cols
+    }
+
+    /// Samples of one frame.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "read_layout bounds rows x cols x frames x spp by MAX_SAMPLES"
+    )]
+    fn samples_per_frame(&self) -> usize {
+        self.rows * self.cols * self.spp
+    }
+
+    /// Samples of all frames.
+    #[allow(
+        clippy::arithmetic_side_effects,
+        reason = "read_layout bounds rows x cols x frames x spp by MAX_SAMPLES"
+    )]
+    fn samples(&self) -> usize {
+        self.rows * self.cols * self.frames * self.spp
     }
 }
 
@@ -90,9 +118,14 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
         None => bits_allocated,
     };
     let high_bit = match attrs::int_opt(ds, tags::HIGH_BIT) {
-        Some(v) if v + 1 >= i64::from(bits_stored) && v < i64::from(bits_allocated) => v as u16,
-        // An inconsistent HighBit is common in old files; the usual layout is the safe reading.
-        _ => bits_stored - 1,
+        Some(v)
+            if v.saturating_add(1) >= i64::from(bits_stored) && v < i64::from(bits_allocated) =>
+        {
+            v as u16
+        }
+        // An inconsistent HighBit is common in old files; the usual layout is the safe reading
+        // (BitsStored is at least 1 here).
+        _ => bits_stored.saturating_sub(1),
     };
     let spp = attrs::int_opt(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     if !(1..=4).contains(&spp) {
@@ -137,6 +170,7 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
                 "RGB".into()
             }
         });
+
     Ok(Layout {
         rows: rows as usize,
         cols: cols as usize,
@@ -223,9 +257,11 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
             let frame_bytes = native_frame_bytes(l)
                 .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
             let expected = if l.bits_allocated == 1 {
-                (l.pixels() * l.spp * l.frames).div_ceil(8)
+                l.samples().div_ceil(8)
             } else {
-                frame_bytes * l.frames
+                frame_bytes
+                    .checked_mul(l.frames)
+                    .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?
             };
             if stream.len() < expected {
                 return Err(DicomError::new(
@@ -272,7 +308,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                             K::Truncated,
                             format!(
                                 "truncated pixel data: frame {} has {} bytes, expected {frame_bytes}",
-                                k + 1,
+                                k.saturating_add(1),
                                 f.len()
                             ),
                         ));
@@ -337,7 +373,12 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                 photometric: l.photometric.clone(),
                 frames: grouped,
             };
-            let expected = l.pixels() * l.spp * usize::from(l.bits_allocated / 8);
+            // Decoders deliver every sample of every pixel (422 comes back as full RGB).
+            let expected = l
+                .pixels()
+                .checked_mul(l.spp)
+                .and_then(|v| v.checked_mul(usize::from(l.bits_allocated / 8)))
+                .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
             let rgb_as_stored = l.spp == 3
                 && l.photometric == "RGB"
                 && l.bits_allocated == 8
@@ -361,7 +402,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                             "{} frame {}: the codestream holds {w}x{h} pixels with {c} component(s), \
                              the DICOM attributes say {}x{} with {}",
                             ts_entry.name(),
-                            k + 1,
+                            k.saturating_add(1),
                             l.cols,
                             l.rows,
                             l.spp
@@ -375,7 +416,7 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
                         format!(
                             "{} frame {} failed to decode: {detail}",
                             ts_entry.name(),
-                            k + 1
+                            k.saturating_add(1)
                         ),
                     )
                 };
@@ -450,6 +491,10 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
 /// for 1-bit data) as stored values: the `bits_stored` bits ending at `high_bit`,
 /// sign-extended when `signed`.
 #[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "count and bit_offset + count are sample counts, at most MAX_SAMPLES x 3 by read_layout"
+)]
 fn extract(
     bytes: &[u8],
     count: usize,
@@ -460,13 +505,12 @@ fn extract(
     big_endian: bool,
     bit_offset: usize,
 ) -> Vec<f64> {
-    let shift = u32::from(high_bit + 1 - bits_stored);
-    let mask: u64 = if bits_stored >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits_stored) - 1
-    };
-    let sign_bit: u64 = 1u64 << (bits_stored - 1);
+    // read_layout keeps 1 <= bits_stored <= high_bit + 1 <= bits_allocated <= 32.
+    let shift = u32::from(high_bit.saturating_add(1).saturating_sub(bits_stored));
+    let mask: u64 = 1u64
+        .checked_shl(u32::from(bits_stored))
+        .map_or(u64::MAX, |v| v.wrapping_sub(1));
+    let sign_bit: u64 = 1u64 << bits_stored.saturating_sub(1);
     let convert = |raw: u64| -> f64 {
         let v = (raw >> shift) & mask;
         if signed && bits_stored > 1 && v & sign_bit != 0 {
@@ -593,10 +637,11 @@ pub(super) fn decode_stack(
     // decodes to negative values; an unsigned one with PixelRepresentation 1 holds two's
     // complement values, which is how pydicom reads such files too).
     let (bits_stored, high_bit, signed) = match raw.j2k_precision {
-        Some((p, s)) if p <= l.bits_allocated => (p, p - 1, s || l.signed),
+        // The codestream's precision is at least 1.
+        Some((p, s)) if p <= l.bits_allocated => (p, p.saturating_sub(1), s || l.signed),
         _ => (l.bits_stored, l.high_bit, l.signed),
     };
-    let max_stored = ((1u64 << bits_stored) - 1) as f64;
+    let max_stored = ((1u64 << bits_stored).wrapping_sub(1)) as f64;
 
     let pi = l.photometric.as_str();
     // Decoders hand back RGB, except RLE (stored samples) and JPEG 2000 without its MCT
@@ -615,7 +660,8 @@ pub(super) fn decode_stack(
         let table = lut::modality_lut(ds, signed);
         for k in 0..l.frames {
             let (bytes, bit_offset) = if l.bits_allocated == 1 {
-                (&raw.frames[0][..], k * n)
+                // Within the stream's samples (read_layout bounds them): no overflow.
+                (&raw.frames[0][..], k.saturating_mul(n))
             } else {
                 (&raw.frames[k][..], 0)
             };
@@ -630,7 +676,7 @@ pub(super) fn decode_stack(
                 bit_offset,
             );
             let frame = if let Some([r, g, b]) = &palette {
-                let mut data = Vec::with_capacity(n * 3);
+                let mut data = Vec::with_capacity(n.saturating_mul(3));
                 for &v in &stored {
                     for t in [r, g, b] {
                         data.push((f64::from(t.lookup(v)) * 255.0 / t.max_value()) as f32);
@@ -661,14 +707,26 @@ pub(super) fn decode_stack(
             frames_out.push(frame);
         }
     } else if l.spp == 3 {
+        if !raw.decoded && is_422(pi) && l.cols % 2 != 0 {
+            // Stored samples come in pairs of pixels along a row (PS3.3 C.7.6.3.1.2).
+            return Err(malformed(
+                path,
+                format!(
+                    "{pi} pixel data needs an even number of columns, the file has {}",
+                    l.cols
+                ),
+            ));
+        }
         let scale = 255.0 / max_stored;
         for k in 0..l.frames {
             let bytes = &raw.frames[k][..];
             let rgb: Vec<f64> = if !raw.decoded && is_422(pi) {
                 // Y0 Y1 Cb Cr per pair of pixels along a row.
+                // Two samples per pixel (an even column count, checked above, so pairs do
+                // not cross rows).
                 let stored = extract(
                     bytes,
-                    n * 2,
+                    n.saturating_mul(2),
                     l.bits_allocated,
                     bits_stored,
                     high_bit,
@@ -676,23 +734,22 @@ pub(super) fn decode_stack(
                     raw.big_endian,
                     0,
                 );
-                let mut out = Vec::with_capacity(n * 3);
-                for px in 0..n {
-                    let pair = px / 2;
-                    let y = stored[pair * 4 + (px % 2)];
-                    let (cb, cr) = (stored[pair * 4 + 2], stored[pair * 4 + 3]);
-                    let c = if pi == "YBR_FULL_422" {
+                let to_rgb = |y, cb, cr| {
+                    if pi == "YBR_FULL_422" {
                         ybr_full_to_rgb(y, cb, cr, max_stored)
                     } else {
                         ybr_partial_to_rgb(y, cb, cr, max_stored)
-                    };
-                    out.extend_from_slice(&c);
-                }
-                out
+                    }
+                };
+                stored
+                    .chunks_exact(4)
+                    .flat_map(|q| [to_rgb(q[0], q[2], q[3]), to_rgb(q[1], q[2], q[3])])
+                    .flatten()
+                    .collect()
             } else {
                 let stored = extract(
                     bytes,
-                    n * 3,
+                    l.samples_per_frame(),
                     l.bits_allocated,
                     bits_stored,
                     high_bit,
@@ -702,13 +759,14 @@ pub(super) fn decode_stack(
                 );
                 // Planar configuration 1 (native only: decoders deliver interleaved samples).
                 let stored = if l.planar && !raw.decoded {
-                    let mut inter = vec![0.0; n * 3];
-                    for c in 0..3 {
-                        for px in 0..n {
-                            inter[px * 3 + c] = stored[c * n + px];
-                        }
-                    }
-                    inter
+                    // R plane, G plane, B plane, each of n samples, interleaved.
+                    let (r, gb) = stored.split_at(n);
+                    let (g, b) = gb.split_at(n);
+                    r.iter()
+                        .zip(g)
+                        .zip(b)
+                        .flat_map(|((&r, &g), &b)| [r, g, b])
+                        .collect()
                 } else {
                     stored
                 };
@@ -827,7 +885,7 @@ fn voi_lut_windows(ds: &Obj, signed_input: bool) -> Vec<Window> {
                 function: VoiFunction::Linear,
                 label: explanation
                     .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| format!("VOI LUT {}", i + 1)),
+                    .unwrap_or_else(|| format!("VOI LUT {}", i.saturating_add(1))),
                 lut: Some(VoiLut {
                     first_mapped: table.first_mapped,
                     data: table.data,
@@ -905,7 +963,7 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
     if let Some(g) = attrs::functional_group(ds, 0, tags::FRAME_VOILUT_SEQUENCE) {
         out.extend(group_presets(g, top_function, lo < 0.0));
     }
-    let mut unique: Vec<Window> = Vec::with_capacity(out.len() + 1);
+    let mut unique: Vec<Window> = Vec::with_capacity(out.len().saturating_add(1));
     for w in out {
         if !unique.iter().any(|u| same_preset(u, &w)) {
             unique.push(w);

@@ -4,6 +4,7 @@
 //! panics on short or overlapping segments (found by the mutation test). The format is
 //! small, so frames are decoded here with every offset and length checked, giving errors
 //! that say which segment is wrong.
+#![deny(clippy::arithmetic_side_effects)]
 
 /// Decodes one RLE frame into interleaved little-endian samples (the layout the other
 /// decoders produce): `pixels * samples_per_pixel * bytes_per_sample` bytes.
@@ -16,43 +17,62 @@ pub(super) fn decode_frame(
     let header = data
         .get(..64)
         .ok_or("RLE frame shorter than its 64-byte header")?;
-    let word = |i: usize| {
-        u32::from_le_bytes([
-            header[i * 4],
-            header[i * 4 + 1],
-            header[i * 4 + 2],
-            header[i * 4 + 3],
-        ]) as usize
-    };
-    let segments = word(0);
-    let expected = samples_per_pixel * bytes_per_sample;
+    // 16 little-endian words: the segment count, then up to 15 segment offsets.
+    let words: Vec<usize> = header
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
+        .collect();
+    let segments = words[0];
+    let expected = samples_per_pixel
+        .checked_mul(bytes_per_sample)
+        .filter(|&n| n > 0 && n < words.len())
+        .ok_or_else(|| {
+            format!(
+                "RLE cannot hold {samples_per_pixel} sample(s) of {bytes_per_sample} byte(s) \
+                 per pixel (1 to 15 segments)"
+            )
+        })?;
     if segments != expected {
         return Err(format!(
             "RLE header lists {segments} segment(s), expected {expected}"
         ));
     }
-    let mut out = vec![0u8; pixels * expected];
-    for k in 0..segments {
-        let start = word(k + 1);
-        let end = if k + 1 < segments {
-            word(k + 2)
+    let size = pixels
+        .checked_mul(expected)
+        .ok_or_else(|| format!("RLE frame of {pixels} pixels x {expected} bytes overflows"))?;
+    let mut out = vec![0u8; size];
+    // Segment `number` (1-based) starts at word `number` and ends where the next one starts
+    // (the last one at the end of the frame); `number <= segments < words.len()`.
+    for (k, number) in (1..=segments).enumerate() {
+        let start = words[number];
+        let end = if number < segments {
+            words[number.saturating_add(1)]
         } else {
             data.len()
         };
         if start < 64 || start > end || end > data.len() {
             return Err(format!(
-                "RLE segment {} has invalid offsets {start}..{end} (frame of {} bytes)",
-                k + 1,
+                "RLE segment {number} has invalid offsets {start}..{end} (frame of {} bytes)",
                 data.len()
             ));
         }
         let seg = unpack_bits(&data[start..end], pixels)
-            .ok_or_else(|| format!("RLE segment {} decodes to fewer than {pixels} bytes", k + 1))?;
-        let (sample, byte) = (k / bytes_per_sample, k % bytes_per_sample);
-        // Segments run from the most significant byte down; output is little endian.
-        let offset = sample * bytes_per_sample + (bytes_per_sample - 1 - byte);
-        for (p, &v) in seg.iter().enumerate() {
-            out[p * expected + offset] = v;
+            .ok_or_else(|| format!("RLE segment {number} decodes to fewer than {pixels} bytes"))?;
+        // Segments run from the most significant byte down; output is little endian:
+        // segment k is byte `bytes_per_sample - 1 - k % bytes_per_sample` of sample
+        // `k / bytes_per_sample`, which is below `expected`.
+        let offset = (|| {
+            let (sample, byte) = (
+                k.checked_div(bytes_per_sample)?,
+                k.checked_rem(bytes_per_sample)?,
+            );
+            sample
+                .checked_mul(bytes_per_sample)?
+                .checked_add(bytes_per_sample.checked_sub(byte)?.checked_sub(1)?)
+        })()
+        .ok_or("RLE segment offset overflows")?;
+        for (dst, &v) in out.iter_mut().skip(offset).step_by(expected).zip(&seg) {
+            *dst = v;
         }
     }
     Ok(out)
@@ -63,18 +83,21 @@ pub(super) fn decode_frame(
 /// before that.
 fn unpack_bits(src: &[u8], len: usize) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(len);
-    let mut i = 0;
+    let mut i = 0usize;
     while out.len() < len {
         let n = *src.get(i)? as i8;
-        i += 1;
+        i = i.checked_add(1)?;
         if n >= 0 {
-            let count = n as usize + 1;
-            out.extend_from_slice(src.get(i..i + count)?);
-            i += count;
+            let count = usize::from(n.unsigned_abs()).checked_add(1)?;
+            let end = i.checked_add(count)?;
+            out.extend_from_slice(src.get(i..end)?);
+            i = end;
         } else if n != -128 {
             let v = *src.get(i)?;
-            i += 1;
-            out.extend(std::iter::repeat_n(v, 1 + (-(n as i32)) as usize));
+            i = i.checked_add(1)?;
+            // 1 - n for n in -127..=-1: 2 to 128 copies.
+            let count = usize::from(n.unsigned_abs()).checked_add(1)?;
+            out.extend(std::iter::repeat_n(v, count));
         }
     }
     out.truncate(len);

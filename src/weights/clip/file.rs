@@ -29,7 +29,11 @@ impl WeightFile {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let meta = file.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(io(crate::io::is_a_directory_error()));
+        }
+        let len = meta.len();
         let not = |detail: String| WeightsError::NotSafetensors {
             path: path.to_path_buf(),
             detail,
