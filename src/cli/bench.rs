@@ -81,6 +81,17 @@ pub struct BenchArgs {
     /// shapes at 290 tokens and the first of `--batches`; share of the time and cores busy.
     #[arg(long)]
     pub profile_block: bool,
+    /// After the table: a full fit on synthetic images (k normal and k abnormal shots with
+    /// masks, on the random tower): fine-tuning with `--schedule`, memory bank, calibration;
+    /// prints its wall time. `--fit 4` is the paper's k=4 fine-tune.
+    #[arg(long, value_name = "K", value_parser = parse_positive)]
+    pub fit: Option<usize>,
+    /// Fine-tuning schedule of `--fit`.
+    #[arg(long, value_enum, default_value = "paper")]
+    pub schedule: super::train::ScheduleArg,
+    /// Epochs of `--fit`, overriding the schedule's (a quick check of the path).
+    #[arg(long, value_parser = parse_positive)]
+    pub fit_epochs: Option<usize>,
     /// The PyTorch script of `--compare` (default: tools/bench/torch_bench.py).
     #[arg(long)]
     pub torch_script: Option<std::path::PathBuf>,
@@ -335,7 +346,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         type AB<B> = Autodiff<B>;
         let vision_ad = VisionTransformer::<AB<B>>::from_inner(vision.clone()).no_grad();
         let adapters_ad = MvfaAdapters::<AB<B>>::from_inner(adapters.clone());
-        let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features);
+        let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features.clone());
         let mut mask = vec![0f32; s * s];
         for y in s / 3..s / 2 {
             for x in s / 3..s / 2 {
@@ -388,6 +399,17 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
     if let Some(peak) = peak {
         println!("peak memory (VmHWM): {}", mb(peak));
     }
+    if let Some(k) = args.fit {
+        fit_synthetic::<B>(
+            args,
+            k,
+            vision,
+            adapters,
+            adapters_cfg,
+            scoring,
+            text_features,
+        )?;
+    }
     if args.compare {
         let ours: Vec<Ours> = rows
             .iter()
@@ -410,6 +432,84 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         super::bench_compare::compare(args, &ours, peak);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--fit K`: the whole fit (fine-tuning, memory bank, calibration) on synthetic shots.
+fn fit_synthetic<B: Backend>(
+    args: &BenchArgs,
+    k: usize,
+    vision: VisionTransformer<B>,
+    adapters: MvfaAdapters<B>,
+    adapters_cfg: MvfaAdaptersConfig,
+    scoring: ScoringConfig,
+    text_features: Tensor<B, 2>,
+) -> anyhow::Result<()> {
+    use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, Shots, fit};
+    use crate::workflow::Schedule;
+    let s = MODEL_INPUT_SIZE;
+    let shot = |img: &crate::train::synthetic::SyntheticImage| {
+        let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+        Shot {
+            image: [grey.clone(), grey.clone(), grey].concat(),
+            mask: img
+                .abnormal
+                .then(|| img.mask.iter().map(|&m| f32::from(m > 127)).collect()),
+        }
+    };
+    let shots = Shots {
+        normal: crate::train::synthetic::generate(1, k, s, false)
+            .iter()
+            .map(shot)
+            .collect(),
+        abnormal: crate::train::synthetic::generate(2, k, s, true)
+            .iter()
+            .map(shot)
+            .collect(),
+        held_out: Vec::new(),
+    };
+    let schedule = Schedule::from(args.schedule);
+    let epochs = args.fit_epochs.unwrap_or(schedule.epochs());
+    let settings = FitSettings {
+        adapters: adapters_cfg,
+        scoring,
+        train: TrainConfig::new().with_epochs(epochs),
+        normal_only_task: TaskKind::Segmentation,
+        batch_size: 8,
+        training_augmentations: schedule.training_augmentations(),
+    };
+    println!(
+        "fit: k={k} normal + {k} abnormal synthetic shots with masks, {:?} schedule ({epochs} epochs x {} augmented images)",
+        args.schedule,
+        2 * k * schedule.training_augmentations()
+    );
+    let cancel = AtomicBool::new(false);
+    let start = Instant::now();
+    let mut tuned: Option<f64> = None;
+    let outcome = fit::<Autodiff<B>>(
+        vision,
+        adapters,
+        text_features,
+        &shots,
+        &settings,
+        |event| {
+            if let FitEvent::BuildingMemoryBank { .. } = event {
+                tuned.get_or_insert(start.elapsed().as_secs_f64());
+            }
+        },
+        &cancel,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let total = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        matches!(outcome, FitOutcome::Fitted { .. }),
+        "the fit did not finish"
+    );
+    println!(
+        "fit k={k}: {total:.1} s in all (fine-tuning {:.1} s, then memory bank and calibration)",
+        tuned.unwrap_or(total)
+    );
+    Ok(())
 }
 
 fn print_table(rows: &[Row]) {

@@ -103,7 +103,7 @@ fn profile<B: Backend>(
     let width = args.width;
     let heads = args.heads.unwrap_or((width / 64).max(1));
     anyhow::ensure!(
-        width % heads == 0,
+        width.is_multiple_of(heads),
         "width {width} is not a multiple of {heads} heads"
     );
     let hd = width / heads;
@@ -160,7 +160,7 @@ fn profile<B: Backend>(
         r,
         "attention (burn module::attention on the q k v views, as the block runs it)",
         || split(qkv_out.clone()),
-        |(q, k, v)| first(attention(q, k, v, None, None, opts.clone())),
+        |(q, k, v)| first(attention(q, k, v, None, None, opts)),
     ));
     // The same attention written out, to split it: layout, q k^T, softmax, p v.
     fwd.push(measure(
@@ -285,7 +285,7 @@ fn profile<B: Backend>(
                     .slice(s![i..i + 1])
                     .reshape([batch, heads, tokens, hd])
             };
-            attention(part(0), part(1), part(2), None, None, opts.clone())
+            attention(part(0), part(1), part(2), None, None, opts)
         },
         back,
     ));
