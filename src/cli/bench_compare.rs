@@ -138,8 +138,18 @@ fn run_torch(args: &BenchArgs) -> Result<Theirs, String> {
     })
 }
 
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), where available: the machine may be
+/// shared, and both columns are only comparable when it was quiet.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Runs the PyTorch side and prints the comparison table.
 pub(super) fn compare(args: &BenchArgs, ours: &[Ours], our_peak: Option<u64>) {
+    let before = load_average();
     let theirs = run_torch(args);
     let head = match &theirs {
         Ok(t) => format!("PyTorch {} CPU, {} threads", t.version, t.threads),
@@ -182,4 +192,9 @@ pub(super) fn compare(args: &BenchArgs, ours: &[Ours], our_peak: Option<u64>) {
         "ratio".into(),
     ];
     super::bench::print_cells(&head, &cells);
+    println!(
+        "load average (1/5/15 min) after our side: {before}; after PyTorch's: {}; {} CPU threads",
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }
