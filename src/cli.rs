@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_compare;
+mod bench_profile;
 pub mod common;
 mod eval;
 mod inspect;

@@ -22,6 +22,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use super::bench_compare::Ours;
 use super::common::parse_positive;
 use super::weights_cmd::{mb, peak_rss_bytes};
 use crate::io::model_input::MODEL_INPUT_SIZE;
@@ -70,10 +71,36 @@ pub struct BenchArgs {
     /// Run on the CPU even when a GPU backend is compiled in and available.
     #[arg(long)]
     pub cpu: bool,
+    /// Also run tools/bench/torch_bench.py (PyTorch, CPU, same sizes) with `$MVFA_PYTHON`
+    /// (default python3) and print both columns and the ratio; skipped, with the reason, when
+    /// that Python cannot import torch and open_clip.
+    #[arg(long)]
+    pub compare: bool,
+    /// Instead of the table: time each op of one vision block (LayerNorm, matmuls, attention and
+    /// its parts, GELU, layout copies), forward and backward, with the `--width` / `--heads`
+    /// shapes at 290 tokens and the first of `--batches`; share of the time and cores busy.
+    #[arg(long)]
+    pub profile_block: bool,
+    /// After the table: a full fit on synthetic images (k normal and k abnormal shots with
+    /// masks, on the random tower): fine-tuning with `--schedule`, memory bank, calibration;
+    /// prints its wall time. `--fit 4` is the paper's k=4 fine-tune.
+    #[arg(long, value_name = "K", value_parser = parse_positive)]
+    pub fit: Option<usize>,
+    /// Fine-tuning schedule of `--fit`.
+    #[arg(long, value_enum, default_value = "paper")]
+    pub schedule: super::train::ScheduleArg,
+    /// Epochs of `--fit`, overriding the schedule's (a quick check of the path).
+    #[arg(long, value_parser = parse_positive)]
+    pub fit_epochs: Option<usize>,
+    /// The PyTorch script of `--compare` (default: tools/bench/torch_bench.py).
+    #[arg(long)]
+    pub torch_script: Option<std::path::PathBuf>,
 }
 
 /// One table row.
 struct Row {
+    /// Key of the same measurement in the PyTorch script's output (`--compare`).
+    key: Option<String>,
     what: String,
     batch: String,
     /// Median and fastest, in ms per image (or per unit named in `what`).
@@ -114,8 +141,15 @@ fn time<B: Backend>(
     Ok((median(times), min))
 }
 
-fn push(rows: &mut Vec<Row>, what: String, batch: String, (median_ms, min_ms): (f64, f64)) {
+fn push(
+    rows: &mut Vec<Row>,
+    key: Option<&str>,
+    what: String,
+    batch: String,
+    (median_ms, min_ms): (f64, f64),
+) {
     rows.push(Row {
+        key: key.map(str::to_string),
         what,
         batch,
         median_ms,
@@ -129,6 +163,9 @@ fn finish<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.profile_block {
+        return super::bench_profile::run(&args);
+    }
     let info = crate::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
         eprintln!("note: {reason}");
@@ -198,6 +235,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         })?;
         push(
             &mut rows,
+            Some(&format!("forward_b{batch}")),
             "adapted forward pass, ms/image".into(),
             batch.to_string(),
             t,
@@ -216,6 +254,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         })?;
         push(
             &mut rows,
+            Some("text"),
             format!(
                 "text features for {:?} ({sentences} sentences), ms",
                 args.organ
@@ -268,6 +307,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         })?;
         push(
             &mut rows,
+            Some("few_shot"),
             format!(
                 "few-shot search k={} ({bank_images} x {tokens} bank rows, {levels} levels, one head), ms/image",
                 args.shots
@@ -290,6 +330,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         })?;
         push(
             &mut rows,
+            None,
             format!(
                 "score one image (forward + both branches, k={}), ms/image",
                 args.shots
@@ -305,7 +346,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         type AB<B> = Autodiff<B>;
         let vision_ad = VisionTransformer::<AB<B>>::from_inner(vision.clone()).no_grad();
         let adapters_ad = MvfaAdapters::<AB<B>>::from_inner(adapters.clone());
-        let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features);
+        let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features.clone());
         let mut mask = vec![0f32; s * s];
         for y in s / 3..s / 2 {
             for x in s / 3..s / 2 {
@@ -346,6 +387,7 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
         push(
             &mut rows,
+            Some("train_step"),
             "training step (forward + loss + backward + 2 Adam), ms".into(),
             "1".into(),
             (median(times), min),
@@ -353,14 +395,125 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
     }
 
     print_table(&rows);
-    if let Some(peak) = peak_rss_bytes() {
+    let peak = peak_rss_bytes();
+    if let Some(peak) = peak {
         println!("peak memory (VmHWM): {}", mb(peak));
+    }
+    if let Some(k) = args.fit {
+        fit_synthetic::<B>(
+            args,
+            k,
+            vision,
+            adapters,
+            adapters_cfg,
+            scoring,
+            text_features,
+        )?;
+    }
+    if args.compare {
+        let ours: Vec<Ours> = rows
+            .iter()
+            .filter_map(|r| {
+                let key = r.key.clone()?;
+                let label = match key.as_str() {
+                    "text" => format!("text features, one organ word ({sentences} sentences)"),
+                    "few_shot" => format!("few-shot search k={}, one head, per image", args.shots),
+                    "train_step" => "training step, batch 1".to_string(),
+                    _ => format!("adapted forward, batch {}, per image", r.batch),
+                };
+                Some(Ours {
+                    key,
+                    label,
+                    ms: r.median_ms,
+                })
+            })
+            .collect();
+        println!();
+        super::bench_compare::compare(args, &ours, peak);
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--fit K`: the whole fit (fine-tuning, memory bank, calibration) on synthetic shots.
+fn fit_synthetic<B: Backend>(
+    args: &BenchArgs,
+    k: usize,
+    vision: VisionTransformer<B>,
+    adapters: MvfaAdapters<B>,
+    adapters_cfg: MvfaAdaptersConfig,
+    scoring: ScoringConfig,
+    text_features: Tensor<B, 2>,
+) -> anyhow::Result<()> {
+    use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, Shots, fit};
+    use crate::workflow::Schedule;
+    let s = MODEL_INPUT_SIZE;
+    let shot = |img: &crate::train::synthetic::SyntheticImage| {
+        let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+        Shot {
+            image: [grey.clone(), grey.clone(), grey].concat(),
+            mask: img
+                .abnormal
+                .then(|| img.mask.iter().map(|&m| f32::from(m > 127)).collect()),
+        }
+    };
+    let shots = Shots {
+        normal: crate::train::synthetic::generate(1, k, s, false)
+            .iter()
+            .map(shot)
+            .collect(),
+        abnormal: crate::train::synthetic::generate(2, k, s, true)
+            .iter()
+            .map(shot)
+            .collect(),
+        held_out: Vec::new(),
+    };
+    let schedule = Schedule::from(args.schedule);
+    let epochs = args.fit_epochs.unwrap_or(schedule.epochs());
+    let settings = FitSettings {
+        adapters: adapters_cfg,
+        scoring,
+        train: TrainConfig::new().with_epochs(epochs),
+        normal_only_task: TaskKind::Segmentation,
+        batch_size: 8,
+        training_augmentations: schedule.training_augmentations(),
+    };
+    println!(
+        "fit: k={k} normal + {k} abnormal synthetic shots with masks, {:?} schedule ({epochs} epochs x {} augmented images)",
+        args.schedule,
+        2 * k * schedule.training_augmentations()
+    );
+    let cancel = AtomicBool::new(false);
+    let start = Instant::now();
+    let mut tuned: Option<f64> = None;
+    let outcome = fit::<Autodiff<B>>(
+        vision,
+        adapters,
+        text_features,
+        &shots,
+        &settings,
+        |event| {
+            if let FitEvent::BuildingMemoryBank { .. } = event {
+                tuned.get_or_insert(start.elapsed().as_secs_f64());
+            }
+        },
+        &cancel,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let total = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        matches!(outcome, FitOutcome::Fitted { .. }),
+        "the fit did not finish"
+    );
+    println!(
+        "fit k={k}: {total:.1} s in all (fine-tuning {:.1} s, then memory bank and calibration)",
+        tuned.unwrap_or(total)
+    );
+    Ok(())
+}
+
 fn print_table(rows: &[Row]) {
-    let head = ["measurement", "batch", "median", "fastest", "peak RSS"];
+    let head = ["measurement", "batch", "median", "fastest", "peak RSS"].map(String::from);
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|r| {
@@ -373,8 +526,13 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
+    print_cells(&head, &cells);
+}
+
+/// Prints a table: the first column left-aligned, the others right-aligned.
+pub(super) fn print_cells<const N: usize>(head: &[String; N], cells: &[[String; N]]) {
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for c in &cells {
+    for c in cells {
         for (w, v) in widths.iter_mut().zip(c) {
             *w = (*w).max(v.len());
         }
@@ -393,8 +551,7 @@ fn print_table(rows: &[Row]) {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
-    println!("{}", line(&head));
+    println!("{}", line(head));
     println!(
         "{}",
         widths
@@ -403,7 +560,7 @@ fn print_table(rows: &[Row]) {
             .collect::<Vec<_>>()
             .join("-|-")
     );
-    for c in &cells {
+    for c in cells {
         println!("{}", line(c));
     }
 }

@@ -613,6 +613,58 @@ fn bench_prints_the_table_on_a_small_tower() {
 }
 
 #[test]
+fn bench_compare_without_torch_says_why_and_prints_our_column() {
+    let (o, stdout, stderr) = run(bin().env("MVFA_PYTHON", "/nonexistent/python3").args([
+        "bench",
+        "--layers",
+        "2",
+        "--width",
+        "64",
+        "--embed-dim",
+        "16",
+        "--text-layers",
+        "1",
+        "--text-width",
+        "32",
+        "--batches",
+        "1",
+        "--shots",
+        "1",
+        "--repeat",
+        "1",
+        "--cpu",
+        "--compare",
+    ]));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("compare: PyTorch side skipped: cannot run the Python interpreter \"/nonexistent/python3\" (MVFA_PYTHON)"),
+        "{stdout}"
+    );
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("operation (median)"))
+        .unwrap_or_else(|| panic!("no comparison table in:\n{stdout}"));
+    assert!(header.contains("PyTorch (skipped)") && header.contains("mvfa-studio"));
+    for op in [
+        "adapted forward, batch 1, per image",
+        "text features, one organ word (420 sentences)",
+        "few-shot search k=1, one head, per image",
+        "training step, batch 1",
+        "peak RSS",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(op))
+            .unwrap_or_else(|| panic!("{op:?} missing in:\n{stdout}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 4, "{line}");
+        assert_eq!(cells[1], "-", "no PyTorch value without torch: {line}");
+        assert_ne!(cells[2], "-", "our column is filled: {line}");
+        assert_eq!(cells[3], "-", "{line}");
+    }
+}
+
+#[test]
 fn train_on_plain_folders_then_score_with_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synthetic");

@@ -15,6 +15,15 @@ use safetensors::{Dtype, SafeTensors};
 type Cpu = NdArray<f32>;
 const TOL: f32 = 1e-4;
 
+thread_local! {
+    /// The tolerance on this test's thread: [`TOL`] on the CPU, 1e-3 on the GPU (issue 12).
+    static TOL_NOW: std::cell::Cell<f32> = const { std::cell::Cell::new(TOL) };
+}
+
+fn tol() -> f32 {
+    TOL_NOW.with(|t| t.get())
+}
+
 /// The fixture folder; `CARGO_MANIFEST_DIR` at run time wins so that a test binary built here
 /// can run from a copy of the repository elsewhere (the GPU check).
 fn fixtures() -> PathBuf {
@@ -152,11 +161,11 @@ fn vision_parity<B: Backend>(device: &B::Device) {
         for (b, tap) in [2, 4, 6, 8].iter().zip(out.taps) {
             let err = max_abs(tap, r.f(&format!("tap_{b}")));
             println!("{name:9} tap after block {b}: max-abs error {err:.3e}");
-            assert!(err < TOL, "{name} tap {b}: {err}");
+            assert!(err < tol(), "{name} tap {b}: {err}");
         }
         let err = max_abs(out.embedding, r.f("embedding"));
         println!("{name:9} embedding: max-abs error {err:.3e}");
-        assert!(err < TOL, "{name} embedding: {err}");
+        assert!(err < tol(), "{name} embedding: {err}");
 
         // The hook's change feeds the following blocks: halve the stream after every tap.
         let out = model
@@ -164,10 +173,10 @@ fn vision_parity<B: Backend>(device: &B::Device) {
             .forward_tapped(image.clone(), &[2, 4, 6, 8], |_, x| x * 0.5);
         let err = max_abs(out.taps[3].clone(), r.f("hooked_tap_8"));
         println!("{name:9} hooked tap 8: max-abs error {err:.3e}");
-        assert!(err < TOL, "{name} hooked tap 8: {err}");
+        assert!(err < tol(), "{name} hooked tap 8: {err}");
         let err = max_abs(out.embedding, r.f("hooked_embedding"));
         println!("{name:9} hooked embedding: max-abs error {err:.3e}");
-        assert!(err < TOL, "{name} hooked embedding: {err}");
+        assert!(err < tol(), "{name} hooked embedding: {err}");
     }
 }
 
@@ -187,7 +196,7 @@ fn vision_only_load_matches_and_skips_text() {
         );
         let out = vit.forward(r.image::<Cpu>(&device));
         let err = max_abs(out.embedding, r.f("embedding"));
-        assert!(err < TOL, "{name} vision-only embedding: {err}");
+        assert!(err < tol(), "{name} vision-only embedding: {err}");
     }
 }
 
@@ -205,7 +214,7 @@ fn text_parity<B: Backend>(device: &B::Device) {
             .encode(r.tokens::<B>("text_sample_tokens", device));
         let err = max_abs(got, r.f("text_sample_features"));
         println!("{name:9} text features of 4 sentences: max-abs error {err:.3e}");
-        assert!(err < TOL, "{name} text: {err}");
+        assert!(err < tol(), "{name} text: {err}");
     }
 }
 
@@ -234,7 +243,7 @@ fn mvfa_text_parity<B: Backend>(device: &B::Device) {
             let t = Tensor::cat(vec![col(0..245), col(245..420)], 1);
             let err = max_abs(t, r.f(&format!("text_features_{i}")));
             println!("{name:9} MVFA text features for {organ:?}: max-abs error {err:.3e}");
-            assert!(err < TOL, "{name} {organ}: {err}");
+            assert!(err < tol(), "{name} {organ}: {err}");
         }
     }
 }
@@ -278,7 +287,7 @@ fn mvfa_prompt_parity<B: Backend>(device: &B::Device) {
             println!(
                 "{name:9} tokenizer + prompts + text tower, {organ:?}: max-abs error {err:.3e}"
             );
-            assert!(err < TOL, "{name} {organ}: {err}");
+            assert!(err < tol(), "{name} {organ}: {err}");
         }
     }
 }
@@ -314,6 +323,7 @@ fn cuda_parity() {
         println!("skipped: {}", info.fallback_reason.unwrap_or_default());
         return;
     }
+    TOL_NOW.with(|t| t.set(1e-3));
     let device = burn::backend::cuda::CudaDevice::new(0);
     type Cuda = mvfa_studio::backend::CudaBackend;
     vision_parity::<Cuda>(&device);
