@@ -12,10 +12,9 @@ use burn::prelude::*;
 
 use super::{
     Backbone, FitRequest, FitResult, WorkflowError, checkpoint_meta, fit_adapters, open_detector,
-    save_detector,
+    save_detector, score_frames,
 };
 use crate::io::input::ModelImage;
-use crate::io::model_input::batch_tensor;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
 use crate::model::mvfa::calibration::Calibration;
@@ -318,24 +317,12 @@ where
         let Some(detector) = &self.detector else {
             return Err(WorkflowError::NoDetector);
         };
-        let size = detector.scorer().config().image_size;
-        let device = self.backbone.device();
         let mut results = Vec::with_capacity(frames.len());
         for chunk in frames.chunks(detector.batch_size()) {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            let views: Vec<&[f32]> = chunk.iter().map(|f| f.input.as_slice()).collect();
-            let images = batch_tensor::<B>(&views, [3, size, size], device)?;
-            let scored = detector
-                .score(images)
-                .map_err(|source| WorkflowError::Model {
-                    context: chunk
-                        .first()
-                        .map_or_else(String::new, |f| f.source.display().to_string()),
-                    source,
-                })?;
-            results.extend(scored);
+            results.extend(score_frames(detector, chunk, self.backbone.device())?);
         }
         Ok(results)
     }

@@ -410,3 +410,37 @@ fn app_model_frame_times_while_training() {
         ms(*times.last().unwrap())
     );
 }
+
+/// Scoring goes nearest-first: the shown frame, then its neighbours in the series by distance.
+/// Side by side halves the viewer, so both panes share the zoom that fits one.
+#[test]
+fn app_model_scores_nearest_first_and_side_by_side_halves_the_panes() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = study(dir.path());
+    let mut h = harness();
+    h.state_mut().pending.push(Action::Open(vec![folder.clone()]));
+    wait_until(&mut h, "the scan", 20, |s| {
+        s.scan_job.is_none() && s.browser.len() == 8
+    });
+    // Browser order: a0 a1 n0 n1 t0 t1 t2 t3.
+    show(&mut h, &key(&folder, "n1.png"));
+    let queue = score_queue(&h.state().state, 5);
+    let names: Vec<String> = queue
+        .iter()
+        .map(|k| k.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names[0], "n1.png");
+    let mut near = names[1..3].to_vec();
+    near.sort();
+    assert_eq!(near, ["n0.png", "t0.png"]);
+    let mut next = names[3..5].to_vec();
+    next.sort();
+    assert_eq!(next, ["a1.png", "t1.png"]);
+
+    let whole = h.state().state.viewer.viewport[0];
+    press(&mut h, Modifiers::NONE, Key::D);
+    h.step();
+    let half = h.state().state.viewer.viewport[0];
+    assert!(h.state().state.model.view.side_by_side);
+    assert!((half - whole / 2.0).abs() < 4.0, "{half} vs {whole}");
+}
