@@ -418,7 +418,9 @@ fn app_model_scores_nearest_first_and_side_by_side_halves_the_panes() {
     let dir = tempfile::tempdir().unwrap();
     let folder = study(dir.path());
     let mut h = harness();
-    h.state_mut().pending.push(Action::Open(vec![folder.clone()]));
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![folder.clone()]));
     wait_until(&mut h, "the scan", 20, |s| {
         s.scan_job.is_none() && s.browser.len() == 8
     });
