@@ -67,7 +67,7 @@ pub enum Command {
     /// random weights (full ViT-L/14-336 at 240 px by default), and report peak memory.
     Bench(bench::BenchArgs),
     /// Query, retrieve from and store to a PACS over DICOMweb or DIMSE.
-    Pacs(pacs::PacsArgs),
+    Pacs(Box<pacs::PacsArgs>),
 }
 
 /// Lets a closed output pipe (`mvfa-studio inspect dir | head -1`) end the process quietly,
@@ -152,7 +152,7 @@ pub fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Pacs(args) => pacs::run(args),
+        Command::Pacs(args) => pacs::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 //!   in `Debug` output or error messages.
 //! - [`query`]: search criteria and matches, shared by both protocols.
 //! - [`dimse`] and [`dicomweb`]: the two protocol clients.
+//! - [`tls`]: DICOM TLS and `https://` settings (own CA, client certificate).
 //! - [`retrieve`]: retrieval into a local folder: one file per instance, written atomically
 //!   (temporary file + rename), so an interrupted retrieval leaves only complete files and a
 //!   second run resumes by skipping them.
@@ -21,10 +22,12 @@ pub mod dimse;
 pub mod node;
 pub mod query;
 pub mod retrieve;
+pub mod tls;
 
 pub use node::{Endpoint, Node, PacsSettings, Secret, WebAuth};
 pub use query::{InstanceRef, Level, Match, Query};
 pub use retrieve::{GetReport, GetTarget, Progress};
+pub use tls::TlsSettings;
 
 /// Bounds on what one operation may wait for or accept from a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,9 @@ pub enum PacsError {
     /// malformed UIDs listed, an instance not asked for, or fewer instances than requested.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The user cancelled the operation; what was written before is complete.
+    #[error("cancelled; the instances retrieved so far are complete, and a rerun fetches the rest")]
+    Cancelled,
 }
 
 impl PacsError {

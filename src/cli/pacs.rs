@@ -5,11 +5,13 @@
 //! never printed.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::pacs::node::{DimseEndpoint, WebEndpoint};
+use crate::pacs::tls::TlsSettings;
 use crate::pacs::{
     Endpoint, GetTarget, Level, Node, PacsClient, PacsSettings, Progress, Query, Secret, WebAuth,
     connect, retrieve,
@@ -59,6 +61,31 @@ pub struct NodeArgs {
     /// Network timeout in seconds (overrides the saved node's).
     #[arg(long, global = true, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// DIMSE over DICOM TLS (implied by the certificate options; a DICOMweb node uses TLS
+    /// when its URL is https://).
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// PEM file of the CA that signs the server's certificate (default: the public web roots).
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of our client certificate, for servers that ask for one.
+    #[arg(long, global = true, value_name = "PEM", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, global = true, value_name = "PEM", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+impl NodeArgs {
+    /// The TLS settings the options ask for, if any.
+    fn tls_settings(&self) -> Option<TlsSettings> {
+        let settings = TlsSettings {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        };
+        (self.tls || settings != TlsSettings::default()).then_some(settings)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,10 +231,18 @@ pub fn run(args: PacsArgs) -> anyhow::Result<ExitCode> {
                 series_uid: g.series,
             };
             let bar = super::common::progress_bar(0, "instances");
-            let report = retrieve::get(client.as_ref(), &target, &g.out, &mut |p: Progress| {
-                bar.set_length(p.total as u64);
-                bar.set_position((p.skipped + p.written) as u64);
-            });
+            // Ctrl+C ends the process; the files written so far are complete.
+            let never_cancelled = AtomicBool::new(false);
+            let report = retrieve::get(
+                client.as_ref(),
+                &target,
+                &g.out,
+                &mut |p: Progress| {
+                    bar.set_length(p.total as u64);
+                    bar.set_position((p.skipped + p.written) as u64);
+                },
+                &never_cancelled,
+            );
             bar.finish_and_clear();
             let report = report?;
             println!(
@@ -284,6 +319,7 @@ fn inline_node(args: &NodeArgs) -> anyhow::Result<Option<Node>> {
         Endpoint::Dicomweb(WebEndpoint {
             base_url: url.clone(),
             auth,
+            tls: args.tls_settings(),
         })
     } else if let Some(host) = &args.host {
         Endpoint::Dimse(DimseEndpoint {
@@ -291,6 +327,7 @@ fn inline_node(args: &NodeArgs) -> anyhow::Result<Option<Node>> {
             port: args.port,
             called_ae: args.aet.clone().unwrap_or_default(),
             calling_ae: args.calling_aet.clone(),
+            tls: args.tls_settings(),
         })
     } else {
         return Ok(None);
@@ -334,7 +371,11 @@ fn nodes(action: &NodesAction, args: &NodeArgs, path: &Path) -> anyhow::Result<E
                 let (protocol, address) = match &n.endpoint {
                     Endpoint::Dicomweb(w) => ("dicomweb", w.base_url.clone()),
                     Endpoint::Dimse(d) => (
-                        "dimse",
+                        if d.tls.is_some() {
+                            "dimse+tls"
+                        } else {
+                            "dimse"
+                        },
                         format!("{}@{}:{} as {}", d.called_ae, d.host, d.port, d.calling_ae),
                     ),
                 };

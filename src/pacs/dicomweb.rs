@@ -55,11 +55,18 @@ impl WebClient {
                 "put DICOMweb credentials in the node's auth settings, not in the URL".into(),
             ));
         }
-        let agent: Agent = Agent::config_builder()
+        let mut config = Agent::config_builder()
             .timeout_global(Some(limits.timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+            .http_status_as_error(false);
+        if let Some(tls) = &endpoint.tls {
+            if !base.starts_with("https://") {
+                return Err(PacsError::Invalid(format!(
+                    "TLS settings need an https:// base URL, got {base:?}"
+                )));
+            }
+            config = config.tls_config(tls.load()?.ureq_config()?);
+        }
+        let agent: Agent = config.build().into();
         Ok(WebClient {
             endpoint,
             limits,
@@ -107,6 +114,20 @@ impl WebClient {
                 address: self.base.clone(),
                 limit: usize::try_from(limit).unwrap_or(usize::MAX),
                 unit: "bytes in one response",
+            },
+            ureq::Error::Io(io)
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+            {
+                PacsError::Connect {
+                    address: self.base.clone(),
+                    reason: format!("TLS handshake failed: {io}"),
+                }
+            }
+            ureq::Error::Rustls(tls) => PacsError::Connect {
+                address: self.base.clone(),
+                reason: format!("TLS handshake failed: {tls}"),
             },
             ureq::Error::Io(io) if io.kind() == ErrorKind::UnexpectedEof => {
                 self.protocol_error(format!("response truncated: {io}"))

@@ -6,12 +6,18 @@
 //! Storage contexts are proposed one transfer syntax each, so the server can send every
 //! instance in the transfer syntax it holds it in: pixel data arrives byte-identical.
 //!
-//! Every read and write on the socket is bounded by the node's timeout, every message by
-//! [`Limits::max_object_bytes`], every search by [`Limits::max_matches`].
+//! Nodes with [`TlsSettings`](super::TlsSettings) talk DICOM TLS (PS3.15 B.1) through rustls.
+//!
+//! Every read and write on the socket is bounded by the node's timeout, and so is the receipt
+//! of each whole PDU (a watchdog shuts the socket of a server that trickles one); every
+//! message is bounded by [`Limits::max_object_bytes`], every search by [`Limits::max_matches`].
 use std::collections::VecDeque;
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
@@ -19,8 +25,9 @@ use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTable;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
-use dicom_ul::association::client::{ClientAssociation, ClientAssociationOptions};
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+use dicom_ul::association::Error as UlError;
+use dicom_ul::association::client::{ClientAssociation, ClientAssociationOptions, TlsStream};
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextNegotiated};
 
 use super::node::DimseEndpoint;
 use super::query::{InstanceRef, Level, Match, Query};
@@ -111,10 +118,162 @@ impl Message {
     }
 }
 
+/// An association over plain TCP or DICOM TLS.
+enum Link {
+    Plain(ClientAssociation<TcpStream>),
+    Tls(Box<ClientAssociation<TlsStream>>),
+}
+
+impl Link {
+    fn presentation_contexts(&self) -> &[PresentationContextNegotiated] {
+        match self {
+            Link::Plain(a) => a.presentation_contexts(),
+            Link::Tls(a) => a.presentation_contexts(),
+        }
+    }
+
+    fn send(&mut self, pdu: &Pdu) -> Result<(), UlError> {
+        match self {
+            Link::Plain(a) => a.send(pdu),
+            Link::Tls(a) => a.send(pdu),
+        }
+    }
+
+    fn receive(&mut self) -> Result<Pdu, UlError> {
+        match self {
+            Link::Plain(a) => a.receive(),
+            Link::Tls(a) => a.receive(),
+        }
+    }
+
+    /// Sends `data` as one data set, split into as many P-DATA PDUs as the peer takes.
+    fn send_data_set(&mut self, context_id: u8, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Link::Plain(a) => {
+                let mut writer = a.send_pdata(context_id);
+                writer.write_all(data)?;
+                writer.finish()
+            }
+            Link::Tls(a) => {
+                let mut writer = a.send_pdata(context_id);
+                writer.write_all(data)?;
+                writer.finish()
+            }
+        }
+    }
+
+    /// The TCP socket under the association (under the TLS session, for DICOM TLS).
+    fn socket(&mut self) -> &TcpStream {
+        match self {
+            Link::Plain(a) => a.inner_stream(),
+            Link::Tls(a) => &a.inner_stream().sock,
+        }
+    }
+
+    fn release(self) {
+        // Callers only release after the operation succeeded; a peer that fumbles the release
+        // changes nothing.
+        let _ = match self {
+            Link::Plain(a) => a.release(),
+            Link::Tls(a) => a.release(),
+        };
+    }
+
+    fn abort(self) {
+        let _ = match self {
+            Link::Plain(a) => a.abort(),
+            Link::Tls(a) => a.abort(),
+        };
+    }
+}
+
+/// What the watchdog thread and the session share.
+#[derive(Default)]
+struct WatchState {
+    /// When the receive in progress must have finished; `None` while none is.
+    deadline: Option<Instant>,
+    /// The watchdog shut the socket.
+    fired: bool,
+    /// The session is over.
+    stop: bool,
+}
+
+/// Shuts the socket when one receive runs past the node's timeout. The socket timeout bounds
+/// each read, but a server that trickles a PDU a byte at a time keeps every read short and
+/// would otherwise hold the operation for as long as it likes.
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Watches `socket` (a handle to the association's socket). Without a thread (the system
+    /// refused one) the socket timeouts still bound every read.
+    fn start(socket: TcpStream) -> Self {
+        let shared = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let watched = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("dimse-watchdog".into())
+            .spawn(move || {
+                let (lock, wake) = &*watched;
+                let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                while !state.stop {
+                    state = match state.deadline {
+                        None => wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+                        Some(deadline) => {
+                            let now = Instant::now();
+                            if now >= deadline {
+                                let _ = socket.shutdown(Shutdown::Both);
+                                state.fired = true;
+                                state.deadline = None;
+                                state
+                            } else {
+                                wake.wait_timeout(state, deadline - now)
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .0
+                            }
+                        }
+                    };
+                }
+            })
+            .ok();
+        Watchdog { shared, thread }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut WatchState)) {
+        let (lock, wake) = &*self.shared;
+        change(&mut lock.lock().unwrap_or_else(PoisonError::into_inner));
+        wake.notify_one();
+    }
+
+    fn arm(&self, timeout: Duration) {
+        self.update(|s| s.deadline = Some(Instant::now() + timeout));
+    }
+
+    fn disarm(&self) {
+        self.update(|s| s.deadline = None);
+    }
+
+    fn fired(&self) -> bool {
+        let (lock, _) = &*self.shared;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).fired
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.update(|s| s.stop = true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// An open association and the state of its message exchange.
 struct Session<'a> {
     client: &'a DimseClient,
-    association: ClientAssociation<TcpStream>,
+    association: Link,
+    watchdog: Option<Watchdog>,
     /// PDVs received after the end of the message being read (servers may pack them).
     pending: VecDeque<PDataValue>,
     next_message_id: u16,
@@ -162,6 +321,19 @@ impl DimseClient {
         if is_timeout(&e) {
             return self.timeout_error();
         }
+        if let Some(alert) = tls_alert(&e) {
+            use rustls::AlertDescription as A;
+            let hint = match alert {
+                A::CertificateRequired | A::BadCertificate | A::UnknownCA | A::AccessDenied => {
+                    "; it wants a client certificate it trusts (--client-cert, --client-key)"
+                }
+                _ => "",
+            };
+            return PacsError::Connect {
+                address: self.address.clone(),
+                reason: format!("the server ended the DICOM TLS session ({alert:?}){hint}"),
+            };
+        }
         match e {
             E::Connect { source, .. } | E::ToAddress { source, .. } => PacsError::Connect {
                 address: self.address.clone(),
@@ -175,8 +347,38 @@ impl DimseClient {
                 address: self.address.clone(),
                 what: "any of the proposed services or transfer syntaxes".into(),
             },
+            E::TlsHandshake { source, .. } => PacsError::Connect {
+                address: self.address.clone(),
+                reason: format!("DICOM TLS handshake failed: {source}"),
+            },
+            E::InvalidServerName { .. } => PacsError::Invalid(format!(
+                "{:?} is not a host name or IP address a TLS certificate can name",
+                self.endpoint.host
+            )),
             other => self.protocol_error(error_chain(&other)),
         }
+    }
+
+    /// [`DimseClient::ul_error`] for a failed plain association. dicom-ul 0.10 reports any
+    /// failure to read the A-ASSOCIATE answer (a timeout, a closed connection) as "TLS not
+    /// enabled, but peer seems to be sending TLS data" (it probes the empty buffer for TLS),
+    /// so the time taken tells a timeout from the rest.
+    fn plain_establish_error(&self, e: dicom_ul::association::Error, took: Duration) -> PacsError {
+        if matches!(e, dicom_ul::association::Error::TlsNotSupported) {
+            if took
+                >= self
+                    .limits
+                    .timeout
+                    .saturating_sub(Duration::from_millis(50))
+            {
+                return self.timeout_error();
+            }
+            return self.protocol_error(
+                "the server closed the connection or answered with TLS; if it speaks DICOM TLS, \
+                 give the node TLS settings (--tls, --ca-file)",
+            );
+        }
+        self.ul_error(e)
     }
 
     /// Opens an association proposing `contexts` (abstract syntax, transfer syntaxes), with
@@ -199,12 +401,29 @@ impl DimseClient {
         for class in scp_role_for {
             options = options.with_role_selection(*class, false, true);
         }
-        let association = options
-            .establish((self.endpoint.host.as_str(), self.endpoint.port))
-            .map_err(|e| self.ul_error(e))?;
+        let address = (self.endpoint.host.as_str(), self.endpoint.port);
+        let started = Instant::now();
+        let mut association = match &self.endpoint.tls {
+            None => Link::Plain(
+                options
+                    .establish(address)
+                    .map_err(|e| self.plain_establish_error(e, started.elapsed()))?,
+            ),
+            Some(tls) => {
+                let config = tls.load()?.rustls_config()?;
+                let association = options
+                    .tls_config(config)
+                    .server_name(self.endpoint.host.trim())
+                    .establish_tls(address)
+                    .map_err(|e| self.ul_error(e))?;
+                Link::Tls(Box::new(association))
+            }
+        };
+        let watchdog = association.socket().try_clone().ok().map(Watchdog::start);
         Ok(Session {
             client: self,
             association,
+            watchdog,
             pending: VecDeque::new(),
             next_message_id: 1,
         })
@@ -335,9 +554,9 @@ impl Session<'_> {
                 client.protocol_error(format!("cannot send data: {e}"))
             }
         };
-        let mut writer = self.association.send_pdata(context_id);
-        writer.write_all(data).map_err(io_error)?;
-        writer.finish().map_err(io_error)
+        self.association
+            .send_data_set(context_id, data)
+            .map_err(io_error)
     }
 
     /// Sends a request command (and its data set, if any).
@@ -373,6 +592,22 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Reads one PDU, within the node's timeout for the whole of it.
+    fn receive_pdu(&mut self) -> Result<Pdu, PacsError> {
+        let client = self.client;
+        if let Some(w) = &self.watchdog {
+            w.arm(client.limits.timeout);
+        }
+        let result = self.association.receive();
+        if let Some(w) = &self.watchdog {
+            w.disarm();
+            if result.is_err() && w.fired() {
+                return Err(client.timeout_error());
+            }
+        }
+        result.map_err(|e| client.ul_error(e))
+    }
+
     /// Reads the next complete message.
     fn receive(&mut self) -> Result<Message, PacsError> {
         let client = self.client;
@@ -381,7 +616,7 @@ impl Session<'_> {
         let mut data = Vec::new();
         loop {
             let Some(pdv) = self.pending.pop_front() else {
-                match self.association.receive().map_err(|e| client.ul_error(e))? {
+                match self.receive_pdu()? {
                     Pdu::PData { data } => self.pending.extend(data),
                     Pdu::AbortRQ { source } => {
                         return Err(client.protocol_error(format!(
@@ -525,12 +760,11 @@ impl Session<'_> {
     }
 
     fn release(self) {
-        // The operation succeeded; a peer that fumbles the release changes nothing.
-        let _ = self.association.release();
+        self.association.release();
     }
 
     fn abort(self) {
-        let _ = self.association.abort();
+        self.association.abort();
     }
 }
 
@@ -854,4 +1088,21 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         current = err.source();
     }
     false
+}
+
+/// The TLS alert the server ended the session with, if that is what `e` comes down to.
+fn tls_alert(e: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        current = err.source();
+    }
+    None
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::tls::TlsSettings;
 use super::{Limits, PacsError};
 use crate::io::export::write_atomically;
 
@@ -68,6 +69,9 @@ pub struct DimseEndpoint {
     /// Ours; default "MVFA_STUDIO".
     #[serde(default = "default_calling_ae")]
     pub calling_ae: String,
+    /// DICOM TLS settings; `None`: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
 }
 
 fn default_calling_ae() -> String {
@@ -82,6 +86,10 @@ pub struct WebEndpoint {
     /// How to log in (default: no authentication).
     #[serde(default)]
     pub auth: WebAuth,
+    /// Certificates for an `https://` URL (own CA, client certificate); `None`: the public
+    /// web roots, no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSettings>,
 }
 
 /// Which protocol a node speaks, and where.
@@ -201,6 +209,10 @@ mod tests {
                     username: "rad".into(),
                     password: Secret::new("hunter2"),
                 },
+                tls: Some(TlsSettings {
+                    ca_file: Some("/etc/pacs/ca.pem".into()),
+                    ..TlsSettings::default()
+                }),
             }),
             timeout_secs: 5,
         };

@@ -6,6 +6,7 @@
 //! again, and nothing half-written is ever left behind. UIDs become path components only after
 //! [`valid_uid`] (digits and dots), so a server cannot steer files outside the folder.
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::query::valid_uid;
 use super::{InstanceRef, PacsClient, PacsError, Received};
@@ -65,14 +66,27 @@ pub fn instance_path(folder: &Path, inst: &InstanceRef) -> PathBuf {
 /// Retrieves `target` into `folder` (see the module docs). Fails when the server lists
 /// nothing, sends an instance it was not asked for, or fewer than it listed; the files written
 /// before the failure stay (they are complete) and a rerun fetches only the rest.
+///
+/// Setting `cancel` stops the retrieval with [`PacsError::Cancelled`] after the instance in
+/// transfer (DIMSE aborts the association, DICOMweb requests no more).
 pub fn get(
     client: &dyn PacsClient,
     target: &GetTarget,
     folder: &Path,
     progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
 ) -> Result<GetReport, PacsError> {
+    let check = || {
+        if cancel.load(Ordering::Relaxed) {
+            Err(PacsError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
     target.validate()?;
+    check()?;
     let listed = client.instances(target)?;
+    check()?;
     if listed.is_empty() {
         return Err(PacsError::Invalid(format!(
             "the server lists no instances for study {}{}",
@@ -117,7 +131,7 @@ pub fn get(
             state.written += 1;
         }
         progress(state);
-        Ok(())
+        check()
     })?;
     if state.written < wanted.len() {
         return Err(PacsError::Invalid(format!(

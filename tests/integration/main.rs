@@ -29,6 +29,7 @@ mod learning;
 mod mvfa_checkpoints;
 mod mvfa_parity;
 mod pacs;
+mod pacs_tls;
 mod tokenizer;
 mod weights_download;
 mod workflow;

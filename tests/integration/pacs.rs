@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,8 +60,8 @@ fn free_port() -> u16 {
 pub(crate) struct Orthanc {
     child: Child,
     _dir: tempfile::TempDir,
-    http_port: u16,
-    dicom_port: u16,
+    pub(crate) http_port: u16,
+    pub(crate) dicom_port: u16,
 }
 
 impl Orthanc {
@@ -71,6 +72,15 @@ impl Orthanc {
 
     /// [`Orthanc::start`] with HTTP basic authentication for these (user, password) pairs.
     fn start_with_users(users: &[(&str, &str)]) -> Result<Self, String> {
+        Self::start_with(users, serde_json::json!({}))
+    }
+
+    /// [`Orthanc::start`] with basic authentication for `users` and the configuration entries
+    /// of `extra` (a JSON object) added or replaced.
+    pub(crate) fn start_with(
+        users: &[(&str, &str)],
+        extra: serde_json::Value,
+    ) -> Result<Self, String> {
         if !Path::new(ORTHANC).exists() {
             return Err(format!(
                 "{ORTHANC} not installed (apt-get install orthanc orthanc-dicomweb)"
@@ -88,7 +98,7 @@ impl Orthanc {
             .iter()
             .map(|(u, p)| (u.to_string(), serde_json::Value::from(*p)))
             .collect();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "Name": "mvfa-test",
             "StorageDirectory": storage,
             "IndexDirectory": storage,
@@ -108,6 +118,9 @@ impl Orthanc {
             "DicomWeb": { "Enable": true, "Root": "/dicom-web/" },
             "ConcurrentJobs": 1,
         });
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
         let config_path = dir.path().join("orthanc.json");
         std::fs::write(&config_path, config.to_string()).map_err(|e| e.to_string())?;
         let log =
@@ -144,17 +157,19 @@ impl Orthanc {
                 port: self.dicom_port,
                 called_ae: "ORTHANC".into(),
                 calling_ae: "MVFA_TEST".into(),
+                tls: None,
             }),
             timeout_secs: 20,
         }
     }
 
-    fn web(&self) -> Node {
+    pub(crate) fn web(&self) -> Node {
         Node {
             name: "orthanc-web".into(),
             endpoint: Endpoint::Dicomweb(WebEndpoint {
                 base_url: format!("http://127.0.0.1:{}/dicom-web", self.http_port),
                 auth: WebAuth::None,
+                tls: None,
             }),
             timeout_secs: 20,
         }
@@ -195,7 +210,7 @@ pub(crate) fn corpus() -> BTreeMap<String, PathBuf> {
 
 /// Stores the corpus, queries it, retrieves every study byte-identical (UIDs, pixel data),
 /// resumes after a deleted file, sends a result back and finds it.
-fn round_trip(store_with: &Node, get_with: &Node) {
+pub(crate) fn round_trip(store_with: &Node, get_with: &Node) {
     let corpus = corpus();
     let storer = connect(store_with).unwrap();
     storer.echo().unwrap();
@@ -243,9 +258,13 @@ fn round_trip(store_with: &Node, get_with: &Node) {
             series_uid: None,
         };
         let mut last = None;
-        let report = retrieve::get(client.as_ref(), &target, out.path(), &mut |p| {
-            last = Some(p)
-        })
+        let report = retrieve::get(
+            client.as_ref(),
+            &target,
+            out.path(),
+            &mut |p| last = Some(p),
+            &AtomicBool::new(false),
+        )
         .unwrap();
         assert_eq!(report.written, report.total);
         assert_eq!(last.map(|p| p.written), Some(report.total));
@@ -302,6 +321,7 @@ fn round_trip(store_with: &Node, get_with: &Node) {
         },
         out.path(),
         &mut |_| {},
+        &AtomicBool::new(false),
     )
     .unwrap();
     assert_eq!((report.written, report.skipped + 1), (1, report.total));
@@ -421,6 +441,72 @@ fn orthanc_dimse_store_find_get_byte_identical_and_send_back() {
 }
 
 #[test]
+fn cancelled_retrieval_keeps_complete_files_and_a_rerun_fetches_the_rest() {
+    let Some(orthanc) = orthanc_or_skip("cancelled retrieval") else {
+        return;
+    };
+    let corpus = corpus();
+    let study = text(
+        &open(corpus.values().next().unwrap()),
+        tags::STUDY_INSTANCE_UID,
+    );
+    for node in [orthanc.dimse(), orthanc.web()] {
+        let client = connect(&node).unwrap();
+        for path in corpus.values() {
+            client.store(path).unwrap();
+        }
+        let out = tempfile::tempdir().unwrap();
+        let target = GetTarget {
+            study_uid: study.clone(),
+            series_uid: None,
+        };
+        // The user cancels once the third instance is written.
+        let cancel = AtomicBool::new(false);
+        let e = retrieve::get(
+            client.as_ref(),
+            &target,
+            out.path(),
+            &mut |p| {
+                if p.written == 3 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            },
+            &cancel,
+        )
+        .unwrap_err();
+        assert!(matches!(e, PacsError::Cancelled), "{e:?}");
+        let mut files = Vec::new();
+        collect_dcm(out.path(), &mut files);
+        assert_eq!(files.len(), 3, "{}: {files:?}", node.name);
+        for f in &files {
+            open(f);
+        }
+        let report = retrieve::get(
+            client.as_ref(),
+            &target,
+            out.path(),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        assert_eq!(
+            (report.skipped, report.written, report.total),
+            (3, corpus.len() - 3, corpus.len())
+        );
+        // Set before the start, nothing is asked of the server.
+        let e = retrieve::get(
+            client.as_ref(),
+            &target,
+            out.path(),
+            &mut |_| panic!("no progress after a cancel"),
+            &AtomicBool::new(true),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PacsError::Cancelled), "{e:?}");
+    }
+}
+
+#[test]
 fn orthanc_dicomweb_store_find_get_byte_identical_and_send_back() {
     if let Some(orthanc) = orthanc_or_skip("orthanc_dicomweb round trip") {
         let node = orthanc.web();
@@ -533,6 +619,7 @@ fn dimse_node(port: u16) -> Node {
             port,
             called_ae: "FAKE".into(),
             calling_ae: "MVFA_TEST".into(),
+            tls: None,
         }),
         timeout_secs: 1,
     }
@@ -544,6 +631,7 @@ fn web_node(port: u16) -> Node {
         endpoint: Endpoint::Dicomweb(WebEndpoint {
             base_url: format!("http://127.0.0.1:{port}/dicom-web"),
             auth: WebAuth::None,
+            tls: None,
         }),
         timeout_secs: 1,
     }
@@ -603,6 +691,32 @@ fn silent_servers_time_out() {
         assert!(matches!(e, PacsError::Timeout { .. }), "{e:?}");
         server.join().unwrap();
     }
+}
+
+#[test]
+fn trickled_dimse_answer_times_out() {
+    // Accepts the association, then answers the C-ECHO with a P-DATA PDU whose 100 bytes come
+    // one every 300 ms: every read finishes within the 1 s timeout, the PDU would take 30 s.
+    let (port, server) = fake_server(|stream| {
+        let mut association = dicom_ul::association::server::ServerAssociationOptions::new()
+            .accept_any()
+            .promiscuous(true)
+            .establish(stream)
+            .unwrap();
+        let _ = association.receive();
+        let s = association.inner_stream();
+        let _ = s.write_all(&[0x04, 0, 0, 0, 0, 100]);
+        for _ in 0..100 {
+            if s.write_all(&[0]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let client = connect(&dimse_node(port)).unwrap();
+    let e = assert_quick("trickled PDU", Instant::now(), client.echo());
+    assert!(matches!(e, PacsError::Timeout { .. }), "{e:?}");
+    server.join().unwrap();
 }
 
 /// Reads one PDU (type, body).
@@ -700,7 +814,14 @@ fn get_into(node: &Node, limits: Option<Limits>, dir: &Path) -> Result<(), PacsE
         study_uid: "1.2.3".into(),
         series_uid: Some("1.2.3.4".into()),
     };
-    retrieve::get(client.as_ref(), &target, dir, &mut |_| {}).map(drop)
+    retrieve::get(
+        client.as_ref(),
+        &target,
+        dir,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .map(drop)
 }
 
 #[test]

@@ -103,12 +103,18 @@ fn retrieve_study(state: &mut AppState, index: usize, ctx: &egui::Context) {
             study_uid: found.study_uid.clone(),
             series_uid: None,
         };
-        retrieve::get(client.as_ref(), &target, &folder, &mut |p| {
-            job.progress(
-                Some((p.skipped + p.written) as f32 / p.total.max(1) as f32),
-                format!("{} of {} instances", p.skipped + p.written, p.total),
-            )
-        })
+        retrieve::get(
+            client.as_ref(),
+            &target,
+            &folder,
+            &mut |p| {
+                job.progress(
+                    Some((p.skipped + p.written) as f32 / p.total.max(1) as f32),
+                    format!("{} of {} instances", p.skipped + p.written, p.total),
+                )
+            },
+            job.cancel_flag(),
+        )
         .map_err(|e| e.to_string())?;
         Ok(PacsOutcome::Retrieved(folder.join(&found.study_uid)))
     });
