@@ -25,7 +25,7 @@ pub use checkpoint::{
 pub use error::WorkflowError;
 pub use export::{
     DetectorFacts, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport,
-    FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options,
+    FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options, results_sr_name,
 };
 pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};

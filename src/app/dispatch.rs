@@ -120,7 +120,7 @@ pub enum Action {
     PacsSearch,
     /// Retrieve the study at this row of the search results into the browser.
     PacsRetrieve(usize),
-    /// Send the last export's Secondary Captures to the PACS node.
+    /// Send the last export's Secondary Captures and score SRs to the PACS node.
     PacsSendResults,
 }
 

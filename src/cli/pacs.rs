@@ -97,7 +97,8 @@ pub enum Action {
     /// Retrieve a study or series into a folder (resumes: files already there are skipped).
     Get(GetArgs),
     /// Store DICOM files on the node: files, or folders (e.g. a `score --dicom` output) whose
-    /// .dcm files are sent.
+    /// .dcm files are sent (for a `score --dicom` output: the Secondary Captures and the SRs
+    /// of the score table).
     Send(SendArgs),
     /// Manage the saved nodes.
     #[command(subcommand)]

@@ -9,9 +9,12 @@
 //!
 //! With `--dicom`, each overlay is also written as a DICOM Secondary Capture
 //! (`<name>.sc.dcm`, all of one run in one new series) filed under its source's study, ready
-//! for `pacs send`. These are de-identified by the PS3.15 basic profile unless `--identified`;
-//! the retain options are explicit flags, and one run uses one key, so its UIDs and
-//! pseudonyms are consistent.
+//! for `pacs send`, and the rows of `scores.csv` are also written as one DICOM Basic Text SR
+//! per source study (`results-sr-<n>.dcm`, see [`crate::io::export::dicom_sr`]), filed in that
+//! study next to the Secondary Captures. These are de-identified by the PS3.15 basic profile
+//! unless `--identified`; the retain options are explicit flags, and one run uses one key, so
+//! its UIDs and pseudonyms are consistent and the SRs land in the same de-identified studies
+//! as their Secondary Captures.
 //!
 //! The heatmap is the calibrated fused map when the checkpoint is calibrated, else the
 //! zero-shot map (the mean of its levels), resized from the model's 240 px square back to the
@@ -80,7 +83,8 @@ pub struct ScoreArgs {
     /// Leave overlay pixels whose map value is below this uncoloured.
     #[arg(long, value_name = "VALUE")]
     pub hide_below: Option<f32>,
-    /// Also write each overlay as a DICOM Secondary Capture, `<name>.sc.dcm`.
+    /// Also write each overlay as a DICOM Secondary Capture, `<name>.sc.dcm`, and the score
+    /// table as one DICOM Basic Text SR per source study, `results-sr-<n>.dcm`.
     #[arg(long)]
     pub dicom: bool,
     #[command(flatten)]

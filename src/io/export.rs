@@ -1,5 +1,6 @@
 //! Exports: raw heatmaps as 16-bit PNG with their scale, overlay PNGs with a burned-in colour
-//! legend, CSV score tables, and DICOM Secondary Capture objects of overlays.
+//! legend, CSV score tables, DICOM Secondary Capture objects of overlays, and DICOM Basic Text
+//! SR documents of the score tables.
 //!
 //! Every file is written atomically ([`atomic::write_atomically`]): into a temporary file in
 //! the target directory, flushed and fsynced, then renamed over the target. A failed export
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub mod atomic;
 pub mod csv;
 pub mod dicom_sc;
+pub mod dicom_sr;
 pub mod font;
 pub mod heatmap;
 pub mod overlay;
@@ -18,6 +20,10 @@ pub use csv::{ScoreRow, scores_csv_string, write_scores_csv};
 pub use dicom_sc::{
     Anonymise, Dates, ScOptions, ScWritten, SourceAttributes, derived_uid, new_uid,
     write_secondary_capture,
+};
+pub use dicom_sr::{
+    BASIC_TEXT_SR_SOP_CLASS, SrDetector, SrImage, SrOptions, SrWritten, build_results_sr,
+    write_results_sr,
 };
 pub use heatmap::{FloatMap, HeatmapScale, read_heatmap_png, write_heatmap_png};
 pub use overlay::{

@@ -67,6 +67,7 @@ const COMMON_STORAGE_CLASSES: &[&str] = &[
     uids::ULTRASOUND_IMAGE_STORAGE,
     uids::ENHANCED_CT_IMAGE_STORAGE,
     uids::ENHANCED_MR_IMAGE_STORAGE,
+    uids::BASIC_TEXT_SR_STORAGE,
 ];
 
 /// At most 128 presentation contexts fit an association; one goes to the C-GET service.

@@ -1,7 +1,8 @@
 //! Exporting scored frames to files, one [`Exporter`] per export: per frame a 16-bit heatmap
 //! PNG, an overlay PNG with its legend, the raw float maps and a DICOM Secondary Capture of
-//! the overlay, then one `scores.csv`. The CLI's `score` and the app's export job both run it,
-//! so a file written from either means the same thing.
+//! the overlay, then, with the DICOM export, one Basic Text SR of the score table per source
+//! study (`results-sr-<n>.dcm`), and last one `scores.csv`. The CLI's `score` and the app's
+//! export job both run it, so a file written from either means the same thing.
 //!
 //! The module is backend-free: it takes results as plain data ([`FrameToExport`],
 //! [`DetectorFacts`]) and resizes maps to the frame's size on the CPU, so the app can call it
@@ -23,8 +24,9 @@ use crate::backend::CpuBackend;
 use crate::io::dicom::looks_like_dicom;
 use crate::io::export::{
     Anonymise, Colormap, Dates, ExportError, FloatMap, OverlayOptions, ScOptions, ScWritten,
-    ScoreRow, SourceAttributes, new_uid, render_overlay, write_atomically, write_heatmap_png,
-    write_png, write_scores_csv, write_secondary_capture,
+    ScoreRow, SourceAttributes, SrDetector, SrImage, SrOptions, SrWritten, new_uid, render_overlay,
+    write_atomically, write_heatmap_png, write_png, write_results_sr, write_scores_csv,
+    write_secondary_capture,
 };
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::io::resample::Image8;
@@ -37,6 +39,12 @@ pub const SCORE_COLUMNS: [&str; 4] = ["score", "zero_shot_score", "few_shot_scor
 
 /// Name of the score table in the output folder.
 pub const SCORES_CSV: &str = "scores.csv";
+
+/// File name of the `n`th (from 1) Basic Text SR of an export: one per source study, in the
+/// order the studies were first exported.
+pub fn results_sr_name(n: usize) -> String {
+    format!("results-sr-{n}.dcm")
+}
 
 /// File suffixes one frame may write, after its name (`<name>.<suffix>`); all are checked
 /// against the inputs before a frame is written.
@@ -247,12 +255,19 @@ pub struct ExportSummary {
     pub csv: Option<PathBuf>,
     /// The one series of the Secondary Captures, when DICOM was exported.
     pub series_instance_uid: Option<String>,
+    /// The Basic Text SRs of the score table (one per source study, in the order of
+    /// [`results_sr_name`]), when DICOM was exported.
+    pub reports: Vec<SrWritten>,
 }
 
-/// The Secondary Captures of one export: one series, one de-identification key.
+/// The DICOM objects of one export: the Secondary Captures in one series, under one
+/// de-identification key, with one new study for the sources that are not DICOM; and the
+/// score table's rows for the SRs written by [`Exporter::finish`].
 struct ScSeries {
     options: ScOptions,
     sources: HashMap<PathBuf, SourceAttributes>,
+    /// One per written frame, in CSV order.
+    images: Vec<SrImage>,
 }
 
 impl ScSeries {
@@ -260,35 +275,54 @@ impl ScSeries {
         ScSeries {
             options: ScOptions {
                 series_instance_uid: Some(new_uid()),
+                study_instance_uid: Some(new_uid()),
                 instance_number: 0,
                 anonymise: dicom.anonymise(),
                 ..ScOptions::default()
             },
             sources: HashMap::new(),
+            images: Vec::new(),
         }
     }
 
-    /// Writes `path` under the study of `source` (a DICOM file) or a new one.
+    /// The attributes of `source` (read once per file; none when it is not DICOM).
+    fn attributes(&mut self, source: &Path) -> Result<SourceAttributes, ExportError> {
+        if let Some(a) = self.sources.get(source) {
+            return Ok(a.clone());
+        }
+        let a = if looks_like_dicom(source) {
+            SourceAttributes::from_file(source)?
+        } else {
+            SourceAttributes::none()
+        };
+        self.sources.insert(source.to_path_buf(), a.clone());
+        Ok(a)
+    }
+
+    /// Writes `path` under the study of `source` (a DICOM file) or the export's new one.
     fn write(
         &mut self,
         path: &Path,
         source: &Path,
         overlay: &Image8,
     ) -> Result<ScWritten, ExportError> {
-        let attributes = match self.sources.get(source) {
-            Some(a) => a.clone(),
-            None => {
-                let a = if looks_like_dicom(source) {
-                    SourceAttributes::from_file(source)?
-                } else {
-                    SourceAttributes::none()
-                };
-                self.sources.insert(source.to_path_buf(), a.clone());
-                a
-            }
-        };
+        let attributes = self.attributes(source)?;
         self.options.instance_number += 1;
         write_secondary_capture(path, overlay, &attributes, &self.options)
+    }
+
+    /// The images grouped by source study (the sources without a study together), in the
+    /// order each study first appears.
+    fn studies(&self) -> Vec<Vec<SrImage>> {
+        let mut groups: Vec<(Option<String>, Vec<SrImage>)> = Vec::new();
+        for image in &self.images {
+            let study = image.source.study_instance_uid();
+            match groups.iter_mut().find(|(s, _)| *s == study) {
+                Some((_, list)) => list.push(image.clone()),
+                None => groups.push((study, vec![image.clone()])),
+            }
+        }
+        groups.into_iter().map(|(_, list)| list).collect()
     }
 }
 
@@ -373,6 +407,17 @@ impl Exporter {
                 let row = score_row(&frame, self.facts.calibration.as_ref());
                 self.rows.push(row.clone());
                 self.files.extend(files.iter().cloned());
+                if let Some(sc) = &mut self.sc {
+                    // Read when its Secondary Capture was written.
+                    let source = sc.sources.get(frame.source).cloned().unwrap_or_default();
+                    sc.images.push(sr_image(
+                        self.rows.len(),
+                        &row,
+                        source,
+                        &frame,
+                        dicom.clone(),
+                    ));
+                }
                 Ok(FrameWritten {
                     name,
                     row,
@@ -507,10 +552,16 @@ impl Exporter {
         ])
     }
 
-    /// Writes `scores.csv` for the frames written (none when no frame was) and returns what
-    /// the export wrote. A cancelled export calls this too, for the frames done.
+    /// Writes the SRs of the score table (with the DICOM export; one per source study), then
+    /// `scores.csv` for the frames written (none when no frame was) and returns what the
+    /// export wrote. A cancelled export calls this too, for the frames done. When an SR cannot
+    /// be written, the SRs already written are removed again and no CSV is written.
     pub fn finish(self) -> Result<ExportSummary, WorkflowError> {
         let mut files = self.files;
+        let reports = match &self.sc {
+            Some(sc) => write_reports(&self.out, &self.inputs, sc, &self.facts, &mut files)?,
+            None => Vec::new(),
+        };
         let csv = if self.rows.is_empty() {
             None
         } else {
@@ -525,8 +576,78 @@ impl Exporter {
             files,
             csv,
             series_instance_uid: self.sc.and_then(|sc| sc.options.series_instance_uid),
+            reports,
         })
     }
+}
+
+/// One frame's entry in the SR: its CSV row (1-based `csv_row`), source and Secondary Capture.
+fn sr_image(
+    csv_row: usize,
+    row: &ScoreRow,
+    source: SourceAttributes,
+    frame: &FrameToExport,
+    secondary_capture: Option<ScWritten>,
+) -> SrImage {
+    let column = |i: usize| row.scores.get(i).copied().flatten();
+    SrImage {
+        csv_row,
+        label: row.path.clone(),
+        score: column(0),
+        zero_shot_score: column(1),
+        few_shot_score: column(2),
+        abnormal: column(3).map(|d| d >= 0.5),
+        source,
+        frame_number: (frame.frames > 1).then(|| frame.frame as u32 + 1),
+        secondary_capture,
+    }
+}
+
+/// Writes `results-sr-<n>.dcm`, one per source study of the export, and adds them to `files`;
+/// on an error, removes the ones already written.
+fn write_reports(
+    out: &Path,
+    inputs: &InputSet,
+    sc: &ScSeries,
+    facts: &DetectorFacts,
+    files: &mut Vec<PathBuf>,
+) -> Result<Vec<SrWritten>, WorkflowError> {
+    let cal = facts.calibration.as_ref();
+    let detector = SrDetector {
+        checkpoint: Path::new(&facts.checkpoint)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        organ: facts.organ.clone(),
+        calibration_method: cal.map(|c| c.method.clone()),
+        threshold: cal.map(|c| short(c.threshold)),
+        normal_exemplars: cal.map(|c| c.normal_exemplars),
+        abnormal_exemplars: cal.map(|c| c.abnormal_exemplars),
+    };
+    let options = SrOptions {
+        study_instance_uid: sc.options.study_instance_uid.clone(),
+        anonymise: sc.options.anonymise.clone(),
+        ..SrOptions::default()
+    };
+    let mut written = Vec::new();
+    let mut paths = Vec::new();
+    let result = (|| -> Result<(), WorkflowError> {
+        for (i, images) in sc.studies().iter().enumerate() {
+            let path = out.join(results_sr_name(i + 1));
+            inputs.ensure_not_input(&path)?;
+            written.push(write_results_sr(&path, images, &detector, &options)?);
+            paths.push(path);
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for p in &paths {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    files.extend(paths);
+    Ok(written)
 }
 
 fn check_options(o: &ExportOptions) -> Result<(), ExportError> {
@@ -639,10 +760,14 @@ pub fn describe_options(options: &ExportOptions) -> Vec<String> {
         "{SCORES_CSV}: one row per frame: the source file's path (and frame), score, \
          zero-shot score, few-shot score and the abnormal decision."
     ));
-    let raw_meta = if o.raw == Some(RawFormat::Safetensors) {
-        " and the raw maps' metadata"
-    } else {
-        ""
+    let raw_meta = match (
+        o.raw == Some(RawFormat::Safetensors),
+        o.dicom.as_ref().is_some_and(|d| d.identified),
+    ) {
+        (true, true) => ", the raw maps' metadata and the identified SR",
+        (true, false) => " and the raw maps' metadata",
+        (false, true) => " and the identified SR",
+        (false, false) => "",
     };
     out.push(format!(
         "File paths, which may name the patient, are written into {SCORES_CSV}{raw_meta}; the \
@@ -657,9 +782,23 @@ pub fn describe_options(options: &ExportOptions) -> Vec<String> {
 fn describe_dicom(d: &DicomExport) -> Vec<String> {
     let mut out = vec![
         "<name>.sc.dcm: the overlay as a DICOM Secondary Capture, all of this export in one \
-         new series, filed under the study of its DICOM source; a source that is not DICOM \
-         gets a new study with empty patient attributes."
+         new series, filed under the study of its DICOM source; the sources that are not \
+         DICOM share one new study with empty patient attributes."
             .to_string(),
+        format!(
+            "{}, {}, ...: the rows of {SCORES_CSV} as a DICOM Basic Text SR (structured \
+             report, unverified research tool output), one per source study, filed in that \
+             study in a new series and de-identified like the Secondary Captures; it \
+             references the source images and the Secondary Captures, and names the \
+             checkpoint file and the organ word{}.",
+            results_sr_name(1),
+            results_sr_name(2),
+            if d.identified {
+                " and each image's source file path"
+            } else {
+                ", but no file paths"
+            }
+        ),
     ];
     if d.identified {
         out.push(

@@ -180,6 +180,18 @@ fn score_writes_deidentified_secondary_captures_for_the_pacs() {
         text(&sc, tags::STUDY_INSTANCE_UID),
         text(&original, tags::STUDY_INSTANCE_UID)
     );
+    // The score table as a Basic Text SR in the Secondary Capture's (de-identified) study.
+    let sr = dicom_object::open_file(out.join("results-sr-1.dcm")).unwrap();
+    assert_eq!(
+        text(&sr, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.88.11"
+    );
+    assert_eq!(
+        text(&sr, tags::STUDY_INSTANCE_UID),
+        text(&sc, tags::STUDY_INSTANCE_UID)
+    );
+    assert_eq!(text(&sr, tags::PATIENT_ID), text(&sc, tags::PATIENT_ID));
+    assert!(!out.join("results-sr-2.dcm").exists());
     no_temp_files(&out);
 
     // Identified on request: filed under the source's study.

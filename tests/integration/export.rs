@@ -2,21 +2,29 @@
 //! scores two PNG images and a DICOM file with patient data, and one export writes every
 //! output kind; the files are read back (raw maps, heatmaps, overlays, the Secondary Captures
 //! and their de-identification, the CSV).
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
-use mvfa_studio::io::export::{Dates, derived_uid, read_heatmap_png};
+use dicom_object::InMemDicomObject;
+use mvfa_studio::io::export::{BASIC_TEXT_SR_SOP_CLASS, Dates, derived_uid, read_heatmap_png};
+use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::output::InputSet;
-use mvfa_studio::model::mvfa::detector::TaskKind;
+use mvfa_studio::io::resample::Image8;
+use mvfa_studio::model::mvfa::calibration::{BranchStats, Calibration, LeaveOut};
+use mvfa_studio::model::mvfa::detector::{ImageResult, RawResult, TaskKind};
 use mvfa_studio::workflow::{
-    Backbone, DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, MapLayer,
-    MapScale, RawFormat, ScoredFrame, describe_options, map_at_original, open_detector, score_file,
+    Backbone, DetectorFacts, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport,
+    FrameWritten, MapLayer, MapScale, RawFormat, ScoredFrame, describe_options, map_at_original,
+    open_detector, results_sr_name, score_file,
 };
 use safetensors::SafeTensors;
 
 use crate::cli_commands::{clip_fixture, csv_lines, make_checkpoint, no_temp_files, write_inputs};
+use crate::io_export::{NOT_IN_TABLE, PROFILE_TABLE};
+use crate::support::fixture_dir;
 
 type B = NdArray<f32>;
 
@@ -109,8 +117,10 @@ fn one_export_writes_every_kind_and_deidentifies_the_secondary_captures() {
         written.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
         ["case_a", "case_b", "patient"]
     );
-    // Heatmap, overlay, Secondary Capture and raw maps per frame, then the CSV.
-    assert_eq!(summary.files.len(), 3 * 4 + 1);
+    // Heatmap, overlay, Secondary Capture and raw maps per frame, the SRs of the PNGs' new
+    // study and of the DICOM source's study, then the CSV.
+    assert_eq!(summary.files.len(), 3 * 4 + 2 + 1);
+    assert_eq!(summary.reports.len(), 2);
     for f in &summary.files {
         assert!(f.is_file(), "{}", f.display());
     }
@@ -221,5 +231,638 @@ fn one_export_writes_every_kind_and_deidentifies_the_secondary_captures() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["patient.sc.dcm", "scores.csv"]);
+    assert_eq!(names, ["patient.sc.dcm", "results-sr-1.dcm", "scores.csv"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The score table as DICOM Basic Text SR: one per source study, in that study.
+
+/// A source study of the SR tests.
+pub(crate) const STUDY_1: &str = "1.2.826.0.1.3680043.8.498.77.1";
+const STUDY_2: &str = "1.2.826.0.1.3680043.8.498.77.2";
+const SERIES_1: &str = "1.2.826.0.1.3680043.8.498.77.1.1";
+const SERIES_2: &str = "1.2.826.0.1.3680043.8.498.77.2.1";
+
+/// The CT fixture as an instance of another patient, study, series and SOP instance.
+fn study_dicom(path: &Path, study: &str, series: &str, sop: &str, name: &str, id: &str) {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_rescale_windows.dcm");
+    let mut obj = dicom_object::open_file(&fixture).unwrap();
+    let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    for e in [
+        s(tags::PATIENT_NAME, VR::PN, name),
+        s(tags::PATIENT_ID, VR::LO, id),
+        s(tags::PATIENT_BIRTH_DATE, VR::DA, "19600101"),
+        s(tags::PATIENT_SEX, VR::CS, "M"),
+        s(tags::PATIENT_AGE, VR::AS, "064Y"),
+        s(tags::STUDY_DATE, VR::DA, "20240115"),
+        s(tags::STUDY_TIME, VR::TM, "101500"),
+        s(tags::ACCESSION_NUMBER, VR::SH, "ACC123"),
+        s(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "Who^Doctor"),
+        s(tags::STUDY_ID, VR::SH, "S-77"),
+        s(tags::STUDY_DESCRIPTION, VR::LO, "CT head of the patient"),
+        s(tags::STATION_NAME, VR::SH, "CT-ROOM-7"),
+        s(tags::DEVICE_SERIAL_NUMBER, VR::LO, "SN-998877"),
+        s(tags::STUDY_INSTANCE_UID, VR::UI, study),
+        s(tags::SERIES_INSTANCE_UID, VR::UI, series),
+        s(tags::SOP_INSTANCE_UID, VR::UI, sop),
+    ] {
+        obj.put(e);
+    }
+    obj.update_meta(|m| m.media_storage_sop_instance_uid = sop.to_string());
+    obj.write_to_file(path).unwrap();
+}
+
+/// A result on the 4 x 4 model grid with these image scores.
+fn synthetic_result(score: f32, zero: f32, few: Option<f32>) -> ImageResult {
+    let flat = vec![0.1; 16];
+    ImageResult {
+        raw: RawResult {
+            zero_image: zero,
+            zero_image_levels: vec![zero, zero],
+            few_image: few,
+            zero_map: vec![0.2; 16],
+            zero_map_levels: vec![flat.clone(), flat.clone()],
+            few_map: Some(vec![0.2; 16]),
+            few_map_levels: vec![flat.clone(), flat],
+        },
+        fused_map: Some((0..16).map(|i| i as f32 / 4.0).collect()),
+        score: Some(score),
+    }
+}
+
+fn synthetic_facts() -> DetectorFacts {
+    let stats = |median, scale| BranchStats { median, scale };
+    DetectorFacts {
+        calibration: Some(Calibration {
+            method: "exemplar-robust-z/v1".into(),
+            zero_map: stats(0.2, 0.1),
+            few_map: Some(stats(0.2, 0.1)),
+            zero_image: stats(0.0, 1.0),
+            few_image: Some(stats(0.0, 1.0)),
+            fused_map_max: stats(0.0, 1.0),
+            leave_out: LeaveOut::SourceShot,
+            normal_exemplars: 4,
+            abnormal_exemplars: 1,
+            threshold: 3.25,
+            normal_p95: 1.5,
+            abnormal_median: Some(5.0),
+        }),
+        checkpoint: "/home/someone/models/brain.safetensors".into(),
+        organ: "Brain".into(),
+    }
+}
+
+/// The sources of an export over several studies, in export order: (file, frame, frames,
+/// result). Two DICOM studies (the first with two images), a PNG, and frame 2 of the
+/// multi-frame fixture (its own study).
+pub(crate) fn sr_sources(dir: &Path) -> Vec<(PathBuf, usize, usize, ImageResult)> {
+    std::fs::create_dir_all(dir).unwrap();
+    let a1 = dir.join("a1.dcm");
+    let a2 = dir.join("a2.dcm");
+    let b1 = dir.join("b1.dcm");
+    study_dicom(
+        &a1,
+        STUDY_1,
+        SERIES_1,
+        "1.2.826.0.1.3680043.8.498.77.1.1.1",
+        "Mueller^Hans",
+        "PID-0042",
+    );
+    study_dicom(
+        &a2,
+        STUDY_1,
+        SERIES_1,
+        "1.2.826.0.1.3680043.8.498.77.1.1.2",
+        "Mueller^Hans",
+        "PID-0042",
+    );
+    study_dicom(
+        &b1,
+        STUDY_2,
+        SERIES_2,
+        "1.2.826.0.1.3680043.8.498.77.2.1.1",
+        "Doe^Jane",
+        "PID-0077",
+    );
+    let png = dir.join("case.png");
+    image::GrayImage::from_pixel(6, 5, image::Luma([90]))
+        .save(&png)
+        .unwrap();
+    let mf = dir.join("multi.dcm");
+    std::fs::copy(fixture_dir("dicom").join("enhanced_multiframe.dcm"), &mf).unwrap();
+    vec![
+        (a1, 0, 1, synthetic_result(5.5, 0.25, Some(0.125))),
+        (png, 0, 1, synthetic_result(0.75, 0.5, Some(0.0625))),
+        (b1, 0, 1, synthetic_result(3.25, 0.3, Some(0.2))),
+        (a2, 0, 1, synthetic_result(-0.5, 0.1, Some(0.05))),
+        (mf, 1, 3, synthetic_result(1.0, 0.4, None)),
+    ]
+}
+
+/// Exports `sources` (SCs, SRs and the CSV only) into `out`.
+pub(crate) fn export_sources(
+    sources: &[(PathBuf, usize, usize, ImageResult)],
+    out: &Path,
+    dicom: DicomExport,
+) -> (ExportSummary, Vec<FrameWritten>) {
+    let options = ExportOptions {
+        heatmap_png: false,
+        overlay: false,
+        dicom: Some(dicom),
+        ..ExportOptions::default()
+    };
+    let inputs = InputSet::new(sources.iter().map(|s| s.0.as_path()));
+    let mut exporter = Exporter::new(out, options, synthetic_facts(), inputs).unwrap();
+    let display = Image8::new(6, 5, Channels::Gray, vec![90; 30]).unwrap();
+    let written = sources
+        .iter()
+        .map(|(path, frame, frames, result)| {
+            exporter
+                .write_frame(FrameToExport {
+                    source: path,
+                    frame: *frame,
+                    frames: *frames,
+                    label: path.display().to_string(),
+                    display: &display,
+                    result,
+                    model_size: 4,
+                })
+                .unwrap()
+        })
+        .collect();
+    (exporter.finish().unwrap(), written)
+}
+
+/// A content item's concept name code value.
+fn concept(item: &InMemDicomObject) -> String {
+    let seq = item
+        .element(tags::CONCEPT_NAME_CODE_SEQUENCE)
+        .expect("every content item has a concept name");
+    let items = seq.items().unwrap();
+    assert_eq!(items.len(), 1);
+    obj_text(&items[0], tags::CODE_VALUE).unwrap()
+}
+
+fn obj_text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    obj.element_opt(tag).unwrap().map(|e| {
+        e.to_str()
+            .unwrap()
+            .trim_end_matches(['\0', ' '])
+            .to_string()
+    })
+}
+
+fn children(item: &InMemDicomObject) -> &[InMemDicomObject] {
+    item.element(tags::CONTENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+}
+
+/// Checks the structure of every content item below `item`: relationship, value type (those
+/// Basic Text SR allows), concept name, and what each value type carries.
+fn check_tree(item: &InMemDicomObject, depth: usize) {
+    for child in children(item) {
+        let rel = obj_text(child, tags::RELATIONSHIP_TYPE).unwrap();
+        let vt = obj_text(child, tags::VALUE_TYPE).unwrap();
+        assert!(
+            ["CONTAINS", "HAS OBS CONTEXT"].contains(&rel.as_str()),
+            "{rel}"
+        );
+        concept(child);
+        match vt.as_str() {
+            "CONTAINER" => {
+                assert_eq!(rel, "CONTAINS");
+                assert_eq!(
+                    obj_text(child, tags::CONTINUITY_OF_CONTENT).as_deref(),
+                    Some("SEPARATE")
+                );
+                check_tree(child, depth + 1);
+            }
+            "TEXT" => assert!(obj_text(child, tags::TEXT_VALUE).is_some()),
+            "CODE" => assert!(child.element(tags::CONCEPT_CODE_SEQUENCE).is_ok()),
+            "IMAGE" => assert_eq!(
+                child
+                    .element(tags::REFERENCED_SOP_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap()
+                    .len(),
+                1
+            ),
+            other => panic!("value type {other} is not allowed in Basic Text SR"),
+        }
+    }
+    assert!(depth <= 3);
+}
+
+/// One image result of an SR: its TEXT values and IMAGE references by concept.
+struct ParsedImage {
+    texts: BTreeMap<String, String>,
+    images: BTreeMap<String, (String, String, Option<String>)>,
+}
+
+fn parse_sr(sr: &InMemDicomObject) -> (Vec<ParsedImage>, BTreeMap<String, String>, String) {
+    let root = children(sr);
+    let comment = root
+        .iter()
+        .find(|i| concept(i) == "121106")
+        .and_then(|i| obj_text(i, tags::TEXT_VALUE))
+        .unwrap();
+    let detector = root.iter().find(|i| concept(i) == "DETECTOR").unwrap();
+    let detector = children(detector)
+        .iter()
+        .map(|i| (concept(i), obj_text(i, tags::TEXT_VALUE).unwrap()))
+        .collect();
+    let findings = root.iter().find(|i| concept(i) == "121070").unwrap();
+    let images = children(findings)
+        .iter()
+        .map(|result| {
+            assert_eq!(concept(result), "IMAGE");
+            let mut parsed = ParsedImage {
+                texts: BTreeMap::new(),
+                images: BTreeMap::new(),
+            };
+            for item in children(result) {
+                match obj_text(item, tags::VALUE_TYPE).unwrap().as_str() {
+                    "TEXT" => {
+                        parsed
+                            .texts
+                            .insert(concept(item), obj_text(item, tags::TEXT_VALUE).unwrap());
+                    }
+                    "IMAGE" => {
+                        let r = &item
+                            .element(tags::REFERENCED_SOP_SEQUENCE)
+                            .unwrap()
+                            .items()
+                            .unwrap()[0];
+                        parsed.images.insert(
+                            concept(item),
+                            (
+                                obj_text(r, tags::REFERENCED_SOP_CLASS_UID).unwrap(),
+                                obj_text(r, tags::REFERENCED_SOP_INSTANCE_UID).unwrap(),
+                                obj_text(r, tags::REFERENCED_FRAME_NUMBER),
+                            ),
+                        );
+                    }
+                    other => panic!("unexpected {other} in an image result"),
+                }
+            }
+            parsed
+        })
+        .collect();
+    (images, detector, comment)
+}
+
+/// The evidence sequence `tag` as (study, series, class, instance) tuples.
+fn evidence(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<(String, String, String, String)> {
+    let Some(seq) = obj.element_opt(tag).unwrap() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for study in seq.items().unwrap() {
+        let s = obj_text(study, tags::STUDY_INSTANCE_UID).unwrap();
+        for series in study
+            .element(tags::REFERENCED_SERIES_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap()
+        {
+            let se = obj_text(series, tags::SERIES_INSTANCE_UID).unwrap();
+            for sop in series
+                .element(tags::REFERENCED_SOP_SEQUENCE)
+                .unwrap()
+                .items()
+                .unwrap()
+            {
+                out.push((
+                    s.clone(),
+                    se.clone(),
+                    obj_text(sop, tags::REFERENCED_SOP_CLASS_UID).unwrap(),
+                    obj_text(sop, tags::REFERENCED_SOP_INSTANCE_UID).unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Attributes of the SR that the SC's Table E.1-1 list does not hold: module structure, and
+/// sequences whose only identifying content are the UIDs checked as replaced below.
+const SR_NOT_IN_SC_TABLE: &[dicom_core::Tag] = &[
+    tags::VALUE_TYPE,
+    tags::CONCEPT_NAME_CODE_SEQUENCE,
+    tags::CONTINUITY_OF_CONTENT,
+    tags::CONTENT_SEQUENCE,
+    tags::COMPLETION_FLAG,
+    tags::VERIFICATION_FLAG,
+    tags::PERFORMED_PROCEDURE_CODE_SEQUENCE,
+    tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
+    tags::SOFTWARE_VERSIONS,
+    tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+    tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
+    tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
+];
+
+#[test]
+fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = sr_sources(&tmp.path().join("in"));
+    let out = tmp.path().join("out");
+    let key = "sr test key";
+    let (summary, written) = export_sources(
+        &sources,
+        &out,
+        DicomExport {
+            key: Some(key.into()),
+            ..DicomExport::default()
+        },
+    );
+    no_temp_files(&out);
+    // Per frame its Secondary Capture; then one SR per study, in the order the studies first
+    // appear (study 1, the PNG's new study, study 2, the fixture's study); the CSV last.
+    assert_eq!(summary.reports.len(), 4);
+    let srs: Vec<PathBuf> = (1..=4).map(|n| out.join(results_sr_name(n))).collect();
+    assert_eq!(summary.files.len(), 5 + 4 + 1);
+    assert_eq!(&summary.files[5..9], srs.as_slice());
+    assert_eq!(summary.files.last(), Some(&out.join("scores.csv")));
+    let described = describe_options(&ExportOptions {
+        dicom: Some(DicomExport::default()),
+        ..ExportOptions::default()
+    })
+    .join("\n");
+    assert!(described.contains("results-sr-1.dcm") && described.contains("Basic Text SR"));
+
+    // The CSV, parsed: path, score, zero-shot, few-shot, abnormal.
+    let lines = csv_lines(summary.csv.as_ref().unwrap());
+    let rows: Vec<Vec<String>> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 5);
+
+    let sc_of = |row: usize| {
+        dicom_object::open_file(out.join(format!("{}.sc.dcm", written[row - 1].name))).unwrap()
+    };
+    let mut seen_rows = Vec::new();
+    let mut studies = Vec::new();
+    for (n, (path, report)) in srs.iter().zip(&summary.reports).enumerate() {
+        let sr = dicom_object::open_file(path).unwrap();
+        assert_eq!(
+            sr.meta()
+                .media_storage_sop_class_uid()
+                .trim_end_matches('\0'),
+            BASIC_TEXT_SR_SOP_CLASS
+        );
+        assert_eq!(
+            text(&sr, tags::SOP_CLASS_UID).unwrap(),
+            BASIC_TEXT_SR_SOP_CLASS
+        );
+        assert_eq!(
+            text(&sr, tags::SOP_INSTANCE_UID).unwrap(),
+            report.sop_instance_uid
+        );
+        assert_eq!(text(&sr, tags::MODALITY).unwrap(), "SR");
+        assert_eq!(text(&sr, tags::COMPLETION_FLAG).unwrap(), "COMPLETE");
+        assert_eq!(text(&sr, tags::VERIFICATION_FLAG).unwrap(), "UNVERIFIED");
+        assert_eq!(text(&sr, tags::INSTANCE_NUMBER).unwrap(), "1");
+        assert_eq!(text(&sr, tags::MANUFACTURER).unwrap(), "MVFA Studio");
+        // Dates removed by default: the type 1 content date and time get dummies.
+        assert_eq!(text(&sr, tags::CONTENT_DATE).unwrap(), "19000101");
+        assert_eq!(text(&sr, tags::CONTENT_TIME).unwrap(), "000000");
+        assert_eq!(text(&sr, tags::VALUE_TYPE).unwrap(), "CONTAINER");
+        assert_eq!(concept(&sr), "18748-4");
+        assert_eq!(text(&sr, tags::CONTINUITY_OF_CONTENT).unwrap(), "SEPARATE");
+        check_tree(&sr, 0);
+        let study = text(&sr, tags::STUDY_INSTANCE_UID).unwrap();
+        assert_eq!(study, report.study_instance_uid);
+        // Its own series, not the Secondary Captures'.
+        let series = text(&sr, tags::SERIES_INSTANCE_UID).unwrap();
+        assert_ne!(Some(series.clone()), summary.series_instance_uid);
+        assert_eq!(series, report.series_instance_uid);
+        studies.push(study.clone());
+
+        let (images, detector, comment) = parse_sr(&sr);
+        assert!(
+            comment.contains("Research tool output")
+                && comment.contains("not for primary diagnosis")
+        );
+        assert_eq!(detector["CHECKPOINT"], "brain.safetensors");
+        assert_eq!(detector["ORGAN"], "Brain");
+        assert_eq!(detector["THRESHOLD"], "3.25");
+        assert_eq!(detector["CALIBRATION"], "exemplar-robust-z/v1");
+        assert_eq!(report.images, images.len());
+        let mut captures = Vec::new();
+        for image in &images {
+            let row: usize = image.texts["CSVROW"].parse().unwrap();
+            seen_rows.push(row);
+            let csv = &rows[row - 1];
+            // The numbers are the CSV's; an empty CSV field has no item.
+            for (concept, column) in [("SCORE", 1), ("ZEROSHOT", 2), ("FEWSHOT", 3)] {
+                match csv[column].as_str() {
+                    "" => assert!(!image.texts.contains_key(concept), "row {row} {concept}"),
+                    v => assert_eq!(
+                        image.texts[concept].parse::<f64>().unwrap(),
+                        v.parse::<f64>().unwrap(),
+                        "row {row} {concept}"
+                    ),
+                }
+            }
+            let decision = if csv[4] == "1" { "abnormal" } else { "normal" };
+            assert_eq!(image.texts["DECISION"], decision, "row {row}");
+            assert_eq!(image.texts["THRESHOLD"], "3.25");
+            // De-identified: no file path.
+            assert!(!image.texts.contains_key("SOURCEFILE"));
+            // The overlay is this row's Secondary Capture, in the same study.
+            let sc = sc_of(row);
+            let (class, inst, frame) = &image.images["OVERLAY"];
+            assert_eq!(class, "1.2.840.10008.5.1.4.1.1.7");
+            assert_eq!(Some(inst.clone()), text(&sc, tags::SOP_INSTANCE_UID));
+            assert_eq!(*frame, None);
+            assert_eq!(text(&sc, tags::STUDY_INSTANCE_UID).unwrap(), study);
+            captures.push(inst.clone());
+            // The source image, referenced by its de-identified UID (as in the SC).
+            let source = &sources[row - 1].0;
+            if source.extension().is_some_and(|e| e == "dcm") {
+                let original = dicom_object::open_file(source).unwrap();
+                let (class, inst, frame) = &image.images["SOURCEIMAGE"];
+                assert_eq!(Some(class.clone()), text(&original, tags::SOP_CLASS_UID));
+                let sop = text(&original, tags::SOP_INSTANCE_UID).unwrap();
+                assert_eq!(*inst, derived_uid(key, &sop));
+                let sc_ref = &sc
+                    .element(tags::SOURCE_IMAGE_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap()[0];
+                assert_eq!(
+                    Some(inst.clone()),
+                    obj_text(sc_ref, tags::REFERENCED_SOP_INSTANCE_UID)
+                );
+                let expected_frame = (sources[row - 1].2 > 1).then(|| "2".to_string());
+                assert_eq!(*frame, expected_frame);
+                assert_eq!(
+                    study,
+                    derived_uid(key, &text(&original, tags::STUDY_INSTANCE_UID).unwrap())
+                );
+            } else {
+                assert!(!image.images.contains_key("SOURCEIMAGE"));
+            }
+        }
+        // Evidence: the source images (current procedure) and the Secondary Captures.
+        let current = evidence(&sr, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE);
+        let sources_here = images
+            .iter()
+            .filter_map(|i| i.images.get("SOURCEIMAGE"))
+            .count();
+        assert_eq!(current.len(), sources_here);
+        assert!(current.iter().all(|(s, ..)| *s == study));
+        let other = evidence(&sr, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE);
+        assert_eq!(
+            other.iter().map(|e| e.3.clone()).collect::<Vec<_>>(),
+            captures
+        );
+        assert!(
+            other
+                .iter()
+                .all(|(s, se, ..)| *s == study && Some(se.clone()) == summary.series_instance_uid)
+        );
+        if n == 0 {
+            // Study 1: both of its images, from one source series (derived UID).
+            assert_eq!(images.len(), 2);
+            assert_eq!(study, derived_uid(key, STUDY_1));
+            assert!(current.iter().all(|e| e.1 == derived_uid(key, SERIES_1)));
+        }
+    }
+    // Every CSV row is in exactly one SR; the studies are all different.
+    seen_rows.sort();
+    assert_eq!(seen_rows, [1, 2, 3, 4, 5]);
+    assert_eq!(summary.reports[0].images, 2);
+    assert_eq!(studies[2], derived_uid(key, STUDY_2));
+    let mut distinct = studies.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4);
+
+    // De-identification, against the same Table E.1-1 list as the Secondary Captures.
+    let source = dicom_object::open_file(&sources[0].0).unwrap();
+    let sr = dicom_object::open_file(&srs[0]).unwrap();
+    for element in sr.iter() {
+        let tag = element.header().tag;
+        assert!(
+            PROFILE_TABLE.iter().any(|(t, _)| *t == tag)
+                || NOT_IN_TABLE.contains(&tag)
+                || SR_NOT_IN_SC_TABLE.contains(&tag),
+            "{tag} is in the SR but not accounted for"
+        );
+    }
+    for &(tag, action) in PROFILE_TABLE {
+        let Some(original) = text(&source, tag).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let value = text(&sr, tag);
+        match action {
+            "X" => assert_eq!(value, None, "{tag} ({action}) must be removed"),
+            "C" => {}
+            _ => assert_ne!(
+                value,
+                Some(original),
+                "{tag} ({action}) kept its source value"
+            ),
+        }
+    }
+    assert_eq!(text(&sr, tags::PATIENT_NAME).unwrap(), "ANONYMOUS");
+    assert_eq!(
+        text(&sr, tags::PATIENT_ID),
+        text(&sc_of(1), tags::PATIENT_ID)
+    );
+    assert_eq!(text(&sr, tags::PATIENT_IDENTITY_REMOVED).unwrap(), "YES");
+    let codes: Vec<String> = sr
+        .element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()
+        .iter()
+        .map(|i| obj_text(i, tags::CODE_VALUE).unwrap())
+        .collect();
+    assert_eq!(codes, ["113100", "113105", "113104"]);
+    // Nothing of the sources' identity, nor a file path, anywhere in any SR.
+    let tmp_path = tmp.path().display().to_string();
+    for path in &srs {
+        let bytes = std::fs::read(path).unwrap();
+        let hay = String::from_utf8_lossy(&bytes);
+        for secret in [
+            "Mueller",
+            "Doe^Jane",
+            "PID-0042",
+            "PID-0077",
+            "19600101",
+            "20240115",
+            "ACC123",
+            "Who^Doctor",
+            "S-77",
+            "CT head",
+            "CT-ROOM-7",
+            "SN-998877",
+            STUDY_1,
+            STUDY_2,
+            SERIES_1,
+            "77.1.1.1",
+            "Fixture^Synthetic",
+            "FIX-001",
+            "/home/someone",
+            &tmp_path,
+        ] {
+            assert!(!hay.contains(secret), "{} leaks {secret}", path.display());
+        }
+    }
+
+    // Identified: the same studies and patients, and each row's source file path.
+    let identified = tmp.path().join("identified");
+    let (summary, _) = export_sources(
+        &sources,
+        &identified,
+        DicomExport {
+            identified: true,
+            ..DicomExport::default()
+        },
+    );
+    assert_eq!(summary.reports[0].study_instance_uid, STUDY_1);
+    let sr = dicom_object::open_file(identified.join(results_sr_name(1))).unwrap();
+    assert_eq!(text(&sr, tags::PATIENT_NAME).unwrap(), "Mueller^Hans");
+    let (images, ..) = parse_sr(&sr);
+    assert_eq!(
+        images[0].texts["SOURCEFILE"],
+        sources[0].0.display().to_string()
+    );
+    assert_eq!(
+        images[1].images["SOURCEIMAGE"].1,
+        "1.2.826.0.1.3680043.8.498.77.1.1.2"
+    );
+    assert_ne!(text(&sr, tags::CONTENT_DATE).unwrap(), "19000101");
+
+    // Without the DICOM export nothing changes: no SR.
+    let plain = tmp.path().join("plain");
+    let options = ExportOptions {
+        heatmap_png: false,
+        ..ExportOptions::default()
+    };
+    let mut exporter =
+        Exporter::new(&plain, options, synthetic_facts(), InputSet::default()).unwrap();
+    let display = Image8::new(6, 5, Channels::Gray, vec![90; 30]).unwrap();
+    exporter
+        .write_frame(FrameToExport {
+            source: &sources[0].0,
+            frame: 0,
+            frames: 1,
+            label: "a1".into(),
+            display: &display,
+            result: &sources[0].3,
+            model_size: 4,
+        })
+        .unwrap();
+    let summary = exporter.finish().unwrap();
+    assert!(summary.reports.is_empty());
+    assert!(!plain.join(results_sr_name(1)).exists());
+    assert_eq!(summary.files.len(), 2);
 }

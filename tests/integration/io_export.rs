@@ -557,7 +557,7 @@ fn secondary_capture_anonymised() {
 /// PS3.15 Table E.1-1, basic profile column, for every attribute a de-identified Secondary
 /// Capture carries that the table lists (our descriptions: "C", kept under the Clean
 /// Descriptors option because they are generated text).
-const PROFILE_TABLE: &[(dicom_core::Tag, &str)] = &[
+pub(crate) const PROFILE_TABLE: &[(dicom_core::Tag, &str)] = &[
     (tags::PATIENT_NAME, "Z"),
     (tags::PATIENT_ID, "Z"),
     (tags::PATIENT_BIRTH_DATE, "Z"),
@@ -584,7 +584,7 @@ const PROFILE_TABLE: &[(dicom_core::Tag, &str)] = &[
 ];
 
 /// Attributes of our export that Table E.1-1 does not list (nothing to protect).
-const NOT_IN_TABLE: &[dicom_core::Tag] = &[
+pub(crate) const NOT_IN_TABLE: &[dicom_core::Tag] = &[
     tags::SPECIFIC_CHARACTER_SET,
     tags::IMAGE_TYPE,
     tags::SOP_CLASS_UID,

@@ -2,6 +2,7 @@
 //! storage, generated config; skipped with a printed reason where Orthanc is not installed),
 //! and against tiny hostile servers on 127.0.0.1 (always run).
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,9 @@ use std::time::{Duration, Instant};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use mvfa_studio::io::export::{ScOptions, SourceAttributes, write_secondary_capture};
+use mvfa_studio::io::export::{
+    BASIC_TEXT_SR_SOP_CLASS, ScOptions, SourceAttributes, write_secondary_capture,
+};
 use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::resample::Image8;
 use mvfa_studio::pacs::node::{DimseEndpoint, WebEndpoint};
@@ -21,6 +24,7 @@ use mvfa_studio::pacs::{
     Endpoint, GetTarget, InstanceRef, Level, Limits, Node, PacsClient, PacsError, Query, Secret,
     WebAuth, connect, retrieve,
 };
+use mvfa_studio::workflow::{DicomExport, results_sr_name};
 
 use crate::support::fixture_dir;
 
@@ -1026,4 +1030,93 @@ fn oversized_dimse_object_is_refused() {
     );
     assert!(matches!(e, PacsError::TooLarge { .. }), "{e:?}");
     server.join().unwrap();
+}
+
+/// An export folder of `score --dicom` (Secondary Captures and the SRs of the score table)
+/// sent by `pacs send` over DIMSE and over DICOMweb: every SR is found back at instance level
+/// as a Basic Text SR in its study, and its series by modality SR.
+#[test]
+fn export_folder_with_score_srs_is_sent_over_dimse_and_dicomweb() {
+    let Some(orthanc) = orthanc_or_skip("sending score SRs") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = crate::export::sr_sources(&tmp.path().join("in"));
+    let nodes = tmp.path().join("nodes.json");
+    let port = orthanc.dicom_port.to_string();
+    let url = format!("http://127.0.0.1:{}/dicom-web", orthanc.http_port);
+    let protocols: [(&str, Vec<&str>, Node); 2] = [
+        (
+            "dimse",
+            vec!["--host", "127.0.0.1", "--port", &port, "--aet", "ORTHANC"],
+            orthanc.dimse(),
+        ),
+        ("dicomweb", vec!["--url", &url], orthanc.web()),
+    ];
+    for (name, node_args, node) in protocols {
+        // A fresh key per export: each protocol's copy lands in studies of its own.
+        let out = tmp.path().join(name);
+        let (summary, _) = crate::export::export_sources(&sources, &out, DicomExport::default());
+        assert_eq!(summary.reports.len(), 4);
+        let mut args = vec![
+            OsString::from("pacs"),
+            "--nodes".into(),
+            nodes.clone().into(),
+        ];
+        args.extend(node_args.iter().map(OsString::from));
+        args.extend([OsString::from("send"), out.clone().into()]);
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (ok, stdout, stderr) = cli(&refs);
+        assert!(ok, "{name}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.contains("9 of 9 file(s) stored"), "{name}: {stdout}");
+        for n in 1..=4 {
+            assert!(stdout.contains(&results_sr_name(n)), "{name}: {stdout}");
+        }
+
+        let client = connect(&node).unwrap();
+        for report in &summary.reports {
+            let instances = client
+                .find(&Query {
+                    level: Level::Instance,
+                    study_uid: Some(report.study_instance_uid.clone()),
+                    series_uid: Some(report.series_instance_uid.clone()),
+                    ..Query::default()
+                })
+                .unwrap();
+            assert_eq!(instances.len(), 1, "{name}: {instances:?}");
+            assert_eq!(instances[0].sop_instance_uid, report.sop_instance_uid);
+            assert_eq!(instances[0].sop_class_uid, BASIC_TEXT_SR_SOP_CLASS);
+            let series = client
+                .find(&Query {
+                    level: Level::Series,
+                    study_uid: Some(report.study_instance_uid.clone()),
+                    modality: Some("SR".into()),
+                    ..Query::default()
+                })
+                .unwrap();
+            assert!(
+                series
+                    .iter()
+                    .any(|m| m.series_uid == report.series_instance_uid),
+                "{name}: {series:?}"
+            );
+            // The study also holds that study's Secondary Captures (modality OT).
+            let captures = client
+                .find(&Query {
+                    level: Level::Series,
+                    study_uid: Some(report.study_instance_uid.clone()),
+                    modality: Some("OT".into()),
+                    ..Query::default()
+                })
+                .unwrap();
+            assert_eq!(
+                captures
+                    .iter()
+                    .map(|m| m.series_uid.clone())
+                    .collect::<Vec<_>>(),
+                [summary.series_instance_uid.clone().unwrap()],
+                "{name}"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! PACS actions: search studies on the selected node, retrieve one into the browser, send the
-//! last export's Secondary Captures back. Each runs as a background job through the `pacs`
-//! library; the node's credentials never reach the log.
+//! last export's DICOM files (Secondary Captures and the SRs of the score table) back. Each
+//! runs as a background job through the `pacs` library; the node's credentials never reach
+//! the log.
 use std::path::PathBuf;
 
 use eframe::egui;

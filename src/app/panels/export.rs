@@ -70,7 +70,10 @@ fn form(ui: &mut egui::Ui, state: &AppState, d: &mut ExportDialog, actions: &mut
         }
     });
     let mut dicom = o.dicom.is_some();
-    ui.checkbox(&mut dicom, "DICOM Secondary Capture of the overlay");
+    ui.checkbox(
+        &mut dicom,
+        "DICOM Secondary Capture of the overlay, and an SR of the scores",
+    );
     if dicom {
         let sc = o.dicom.get_or_insert_with(DicomExport::default);
         ui.indent("dicom options", |ui| {

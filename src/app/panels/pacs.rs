@@ -78,7 +78,9 @@ fn contents(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 results > 0,
                 egui::Button::new(format!("Send results ({results})")),
             )
-            .on_hover_text("Store the Secondary Captures of the last export on this node")
+            .on_hover_text(
+                "Store the Secondary Captures and score SRs of the last export on this node",
+            )
             .on_disabled_hover_text("Export with \"DICOM Secondary Capture\" ticked first")
             .clicked()
         {

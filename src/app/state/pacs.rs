@@ -1,6 +1,6 @@
 //! The PACS window's state: the configured nodes, the query form, the studies found, the
-//! running PACS job, and the Secondary Captures of the last export (what "send results"
-//! sends).
+//! running PACS job, and the DICOM files of the last export, Secondary Captures and score SRs
+//! (what "send results" sends).
 use std::path::PathBuf;
 
 use crate::app::jobs::Job;
@@ -66,7 +66,8 @@ pub struct PacsState {
     pub status: String,
     /// Where retrieved studies go (one folder per study).
     pub folder: PathBuf,
-    /// The Secondary Captures written by the last export, for "send results".
+    /// The DICOM files written by the last export (Secondary Captures and score SRs), for
+    /// "send results".
     pub last_export_dicom: Vec<PathBuf>,
 }
 

@@ -92,6 +92,7 @@ pub struct SourceAttributes {
     elements: Vec<DataElement<InMemDicomObject>>,
     sop_class_uid: Option<String>,
     sop_instance_uid: Option<String>,
+    series_instance_uid: Option<String>,
 }
 
 impl SourceAttributes {
@@ -128,7 +129,30 @@ impl SourceAttributes {
             elements,
             sop_class_uid: get(tags::SOP_CLASS_UID),
             sop_instance_uid: get(tags::SOP_INSTANCE_UID),
+            series_instance_uid: get(tags::SERIES_INSTANCE_UID),
         }
+    }
+
+    /// The source's own Study Instance UID (before any de-identification); `None` for no
+    /// source or a source without one.
+    pub fn study_instance_uid(&self) -> Option<String> {
+        self.get_str(tags::STUDY_INSTANCE_UID)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The source's SOP Class UID, when it has one.
+    pub fn sop_class_uid(&self) -> Option<&str> {
+        self.sop_class_uid.as_deref()
+    }
+
+    /// The source's own SOP Instance UID (before any de-identification), when it has one.
+    pub fn sop_instance_uid(&self) -> Option<&str> {
+        self.sop_instance_uid.as_deref()
+    }
+
+    /// The source's own Series Instance UID (before any de-identification), when it has one.
+    pub fn series_instance_uid(&self) -> Option<&str> {
+        self.series_instance_uid.as_deref()
     }
 
     fn get(&self, tag: Tag) -> Option<&DataElement<InMemDicomObject>> {
@@ -212,6 +236,9 @@ pub struct ScOptions {
     pub instance_number: i32,
     /// Put the export into this series (e.g. one series per export session); `None`: new.
     pub series_instance_uid: Option<String>,
+    /// The study of an export whose source has no study (not DICOM), e.g. one new study for
+    /// all such images of one export; `None`: a new study per instance.
+    pub study_instance_uid: Option<String>,
     /// De-identification (default: the basic profile with a fresh key); `None`: an identified
     /// export that keeps the source's patient and study.
     pub anonymise: Option<Anonymise>,
@@ -228,6 +255,7 @@ impl Default for ScOptions {
             series_number: 9001,
             instance_number: 1,
             series_instance_uid: None,
+            study_instance_uid: None,
             anonymise: Some(Anonymise::default()),
         }
     }
@@ -331,7 +359,7 @@ fn shift_date(value: &str, days: i64) -> Option<String> {
 }
 
 /// Current UTC date (DA) and time (TM).
-fn now_da_tm() -> (String, String) {
+pub(super) fn now_da_tm() -> (String, String) {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -365,7 +393,7 @@ pub fn write_secondary_capture(
     Ok(written)
 }
 
-fn str_of(obj: &InMemDicomObject, tag: Tag) -> String {
+pub(super) fn str_of(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.element_opt(tag)
         .ok()
         .flatten()
@@ -395,34 +423,7 @@ pub fn build_secondary_capture(
 
     // Patient and study.
     let anon = opts.anonymise.as_ref();
-    for e in &source.elements {
-        obj.put(e.clone());
-    }
-    let study_uid = match (source.get_str(tags::STUDY_INSTANCE_UID), anon) {
-        (Some(old), Some(a)) if !old.is_empty() => derived_uid(&a.key, &old),
-        (Some(old), None) if !old.is_empty() => old,
-        _ => new_uid(),
-    };
-    put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
-    if let Some(a) = anon {
-        deidentify(&mut obj, source, a);
-    }
-    // Type 2 attributes of the Patient and General Study modules: present even when empty.
-    for (tag, vr) in [
-        (tags::PATIENT_NAME, VR::PN),
-        (tags::PATIENT_ID, VR::LO),
-        (tags::PATIENT_BIRTH_DATE, VR::DA),
-        (tags::PATIENT_SEX, VR::CS),
-        (tags::STUDY_DATE, VR::DA),
-        (tags::STUDY_TIME, VR::TM),
-        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
-        (tags::STUDY_ID, VR::SH),
-        (tags::ACCESSION_NUMBER, VR::SH),
-    ] {
-        if obj.element_opt(tag).ok().flatten().is_none() {
-            obj.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
-        }
-    }
+    put_patient_and_study(&mut obj, source, anon, opts.study_instance_uid.as_deref());
 
     // Series, equipment, image.
     let series_uid = opts.series_instance_uid.clone().unwrap_or_else(new_uid);
@@ -467,17 +468,9 @@ pub fn build_secondary_capture(
         VR::IS,
         &opts.instance_number.to_string(),
     );
-    let shift = anon.and_then(|a| match a.dates {
-        Dates::Remove => None,
-        Dates::Shift => Some(date_shift_days(
-            &a.key,
-            &source.get_str(tags::PATIENT_ID).unwrap_or_default(),
-        )),
-        Dates::Keep => Some(0),
-    });
-    match (anon.is_some(), shift) {
+    match own_date(source, anon, &date) {
         // Content date and time are type 2C here (Z/D): present and empty.
-        (true, None) => {
+        None => {
             obj.put(DataElement::new(
                 tags::CONTENT_DATE,
                 VR::DA,
@@ -489,14 +482,7 @@ pub fn build_secondary_capture(
                 PrimitiveValue::Empty,
             ));
         }
-        (_, shift) => {
-            let date = shift_date(&date, shift.unwrap_or(0)).unwrap_or(date);
-            put_str(&mut obj, tags::INSTANCE_CREATION_DATE, VR::DA, &date);
-            put_str(&mut obj, tags::INSTANCE_CREATION_TIME, VR::TM, &time);
-            put_str(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
-            put_str(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
-            put_str(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
-        }
+        Some(date) => put_own_dates(&mut obj, &date, &time),
     }
     put_str(&mut obj, tags::MANUFACTURER, VR::LO, "MVFA Studio");
     put_str(
@@ -519,10 +505,7 @@ pub fn build_secondary_capture(
     put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
     put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
     if let (Some(class), Some(inst)) = (&source.sop_class_uid, &source.sop_instance_uid) {
-        let inst = match anon {
-            Some(a) => derived_uid(&a.key, inst),
-            None => inst.clone(),
-        };
+        let inst = referenced_uid(anon, inst);
         let item = InMemDicomObject::from_element_iter([
             DataElement::new(
                 tags::REFERENCED_SOP_CLASS_UID,
@@ -567,6 +550,85 @@ pub fn build_secondary_capture(
     ));
     debug_assert_eq!(rgb.channels, Channels::Rgb);
     Ok(obj)
+}
+
+/// Puts the Patient and General Study modules of a new instance into `obj`: the source's
+/// attributes ([`COPIED`]), de-identified by `anon` when given, type 2 attributes present even
+/// when empty. The study is the source's (a derived UID when de-identifying), else
+/// `study_without_source`, else a new one. Returns the Study Instance UID written. Shared by
+/// the Secondary Capture and the SR export so both de-identify alike.
+pub(super) fn put_patient_and_study(
+    obj: &mut InMemDicomObject,
+    source: &SourceAttributes,
+    anon: Option<&Anonymise>,
+    study_without_source: Option<&str>,
+) -> String {
+    for e in &source.elements {
+        obj.put(e.clone());
+    }
+    let study_uid = match (source.study_instance_uid(), anon) {
+        (Some(old), Some(a)) => derived_uid(&a.key, &old),
+        (Some(old), None) => old,
+        (None, _) => study_without_source.map_or_else(new_uid, str::to_string),
+    };
+    put_str(obj, tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
+    if let Some(a) = anon {
+        deidentify(obj, source, a);
+    }
+    // Type 2 attributes of the Patient and General Study modules: present even when empty.
+    for (tag, vr) in [
+        (tags::PATIENT_NAME, VR::PN),
+        (tags::PATIENT_ID, VR::LO),
+        (tags::PATIENT_BIRTH_DATE, VR::DA),
+        (tags::PATIENT_SEX, VR::CS),
+        (tags::STUDY_DATE, VR::DA),
+        (tags::STUDY_TIME, VR::TM),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN),
+        (tags::STUDY_ID, VR::SH),
+        (tags::ACCESSION_NUMBER, VR::SH),
+    ] {
+        if obj.element_opt(tag).ok().flatten().is_none() {
+            obj.put(DataElement::new(tag, vr, PrimitiveValue::Empty));
+        }
+    }
+    study_uid
+}
+
+/// The date (DA) to write as the new instance's own creation/content date, from today's
+/// `today`: shifted like the study date under [`Dates::Shift`], as is under [`Dates::Keep`] or
+/// without de-identification; `None` when de-identification removes dates.
+pub(super) fn own_date(
+    source: &SourceAttributes,
+    anon: Option<&Anonymise>,
+    today: &str,
+) -> Option<String> {
+    let shift = match anon.map(|a| (a, a.dates)) {
+        None | Some((_, Dates::Keep)) => 0,
+        Some((_, Dates::Remove)) => return None,
+        Some((a, Dates::Shift)) => date_shift_days(
+            &a.key,
+            &source.get_str(tags::PATIENT_ID).unwrap_or_default(),
+        ),
+    };
+    Some(shift_date(today, shift).unwrap_or_else(|| today.to_string()))
+}
+
+/// Writes InstanceCreationDate/Time, ContentDate/Time and TimezoneOffsetFromUTC ("+0000").
+pub(super) fn put_own_dates(obj: &mut InMemDicomObject, date: &str, time: &str) {
+    put_str(obj, tags::INSTANCE_CREATION_DATE, VR::DA, date);
+    put_str(obj, tags::INSTANCE_CREATION_TIME, VR::TM, time);
+    put_str(obj, tags::CONTENT_DATE, VR::DA, date);
+    put_str(obj, tags::CONTENT_TIME, VR::TM, time);
+    put_str(obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
+}
+
+/// A source UID as referenced from the export: derived from the key when de-identifying
+/// (the same replacement the study UID gets), else as is.
+pub(super) fn referenced_uid(anon: Option<&Anonymise>, uid: &str) -> String {
+    match anon {
+        Some(a) => derived_uid(&a.key, uid),
+        None => uid.to_string(),
+    }
 }
 
 /// Applies the profile (see the module docs) to the source attributes copied into `obj`.
@@ -681,12 +743,12 @@ fn deidentify(obj: &mut InMemDicomObject, source: &SourceAttributes, a: &Anonymi
     );
 }
 
-fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
+pub(super) fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
     obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary (DICOM VR length limits).
-fn truncate(s: &str, max: usize) -> String {
+pub(super) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
