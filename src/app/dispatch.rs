@@ -1032,5 +1032,6 @@ fn open_project(state: &mut AppState, path: &Path, recovered: bool, ctx: &egui::
 
 /// What to do when the window closes: keep unsaved work in the autosave for recovery.
 pub fn on_exit(state: &mut AppState) {
+    model::finish_results_save(state);
     autosave(state, true);
 }

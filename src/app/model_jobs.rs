@@ -6,12 +6,15 @@ use std::sync::{Arc, MutexGuard};
 
 use crate::app::jobs::{Job, JobContext};
 use crate::app::state::labels::ImageKey;
-use crate::app::state::model::{ModelItem, ModelJob, ModelJobKind, ModelOutcome, SharedSession};
+use crate::app::state::model::{
+    ModelItem, ModelJob, ModelJobKind, ModelOutcome, ResultsSnapshot, SharedSession,
+};
 use crate::io::input::load_model_images;
 use crate::io::output::InputSet;
 use crate::model::mvfa::detector::ImageResult;
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
+use crate::workflow::results_file::write_results;
 use crate::workflow::{
     DetectorFacts, ExportOptions, Exporter, FitRequest, FrameToExport, LabelledImage, ModelSession,
     Schedule, ShotSource, collect_shots,
@@ -216,6 +219,33 @@ pub fn save(
             .save(&path, "MVFA Studio")
             .map_err(|e| e.to_string())?;
         Ok(ModelOutcome::Saved(path))
+    })
+}
+
+/// Writes a project's results file from `snapshot`.
+pub fn save_results(
+    snapshot: ResultsSnapshot,
+    repaint: impl Fn() + Send + Sync + 'static,
+) -> Job<()> {
+    Job::spawn("Saving results", repaint, move |ctx| {
+        ctx.progress(None, format!("{} scored frames", snapshot.rows.len()));
+        write_results_snapshot(&snapshot)
+    })
+}
+
+/// Writes `snapshot` on the calling thread (what [`save_results`] runs; also the last write
+/// at exit).
+pub fn write_results_snapshot(snapshot: &ResultsSnapshot) -> Result<(), String> {
+    let rows: Vec<(&std::path::Path, usize, &ImageResult)> = snapshot
+        .rows
+        .iter()
+        .map(|(k, r)| (k.path.as_path(), k.frame, r.as_ref()))
+        .collect();
+    write_results(&snapshot.path, &rows, snapshot.model_size).map_err(|e| {
+        format!(
+            "Could not save the results to {}: {e}",
+            snapshot.path.display()
+        )
     })
 }
 

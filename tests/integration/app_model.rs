@@ -317,13 +317,29 @@ fn app_model_label_train_review_correct_export_and_reopen() {
         .pending
         .push(Action::SaveProjectTo(project.clone()));
     h.step();
-    wait_until(&mut h, "the detector saved", 60, |s| {
-        s.model.job.is_none() && !s.model.detector_unsaved
+    // The results file is written by a background job, shown in the status bar.
+    assert!(h.state().state.model.results_save.is_some());
+    wait_until(&mut h, "the detector and results saved", 60, |s| {
+        s.model.job.is_none() && !s.model.detector_unsaved && s.model.results_save.is_none()
     });
     assert!(dir.path().join("study.detector.safetensors").is_file());
     assert!(dir.path().join("study.results.safetensors").is_file());
     let before = h.state().state.model.results.clone();
     let detector_before = h.state().state.model.detector.clone().unwrap();
+    // Saved twice and closed at once: exit waits for the write under way and writes the
+    // snapshot still waiting, so the second copy has its results too.
+    let copy = dir.path().join("copy.mvfa.json");
+    for path in [&copy, &copy] {
+        h.state_mut()
+            .pending
+            .push(Action::SaveProjectTo(path.clone()));
+        h.step();
+    }
+    mvfa_studio::app::dispatch::on_exit(&mut h.state_mut().state);
+    assert_eq!(
+        std::fs::read(dir.path().join("copy.results.safetensors")).unwrap(),
+        std::fs::read(dir.path().join("study.results.safetensors")).unwrap()
+    );
     drop(h);
 
     let mut h = harness();

@@ -3,6 +3,7 @@
 //! with the labels (memory bank rebuilt after a label edit, the study rescored nearest image
 //! first after every new detector).
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eframe::egui;
@@ -15,11 +16,13 @@ use crate::app::state::AppState;
 use crate::app::state::labels::{ImageKey, Label};
 use crate::app::state::model::PendingRestore;
 use crate::app::state::model::{
-    ExportDialog, ExportScope, LossPoint, ModelItem, ModelJobKind, ModelOutcome, Scored,
+    ExportDialog, ExportScope, LossPoint, ModelItem, ModelJobKind, ModelOutcome, ResultsSnapshot,
+    Scored,
 };
 use crate::app::state::project::ModelEntry as ProjectModel;
 use crate::io::mask::Mask;
-use crate::workflow::results_file::{read_results, write_results};
+use crate::model::mvfa::detector::ImageResult;
+use crate::workflow::results_file::read_results;
 use crate::workflow::{
     DetectorFacts, ExportOptions, FitSummary, LabelledImage, MapLayer, MaskSource, RawFormat,
     ShotLabel, layer_map,
@@ -423,25 +426,30 @@ pub fn project_entry(
     })
 }
 
-/// Writes the sidecar files a project save names: the results now, the detector through a
-/// save job when it is not saved yet.
+/// Writes the sidecar files a project save names: the results through a background job (a
+/// long series holds hundreds of MB of maps), the detector through a save job when it is not
+/// saved yet.
 pub fn save_sidecars(state: &mut AppState, sidecars: &(PathBuf, PathBuf), ctx: &egui::Context) {
     let (detector_path, results_path) = sidecars;
     if let Some(detector) = &state.model.detector
         && !state.model.results.is_empty()
     {
-        let mut entries: Vec<(&ImageKey, &Scored)> = state.model.results.iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        let rows: Vec<(
-            &std::path::Path,
-            usize,
-            &crate::model::mvfa::detector::ImageResult,
-        )> = entries
+        let mut rows: Vec<(ImageKey, Arc<ImageResult>)> = state
+            .model
+            .results
             .iter()
-            .map(|(k, s)| (k.path.as_path(), k.frame, s.result.as_ref()))
+            .map(|(k, s)| (k.clone(), s.result.clone()))
             .collect();
-        if let Err(e) = write_results(results_path, &rows, detector.model_size) {
-            state.log.push(format!("Could not save the results: {e}"));
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let snapshot = ResultsSnapshot {
+            path: results_path.clone(),
+            rows,
+            model_size: detector.model_size,
+        };
+        if state.model.results_save.is_some() {
+            state.model.results_save_next = Some(snapshot);
+        } else {
+            state.model.results_save = Some(model_jobs::save_results(snapshot, repaint(ctx)));
         }
     }
     let unsaved = state.model.detector.is_some()
@@ -454,6 +462,38 @@ pub fn save_sidecars(state: &mut AppState, sidecars: &(PathBuf, PathBuf), ctx: &
         } else {
             save(state, detector_path.clone(), ctx);
         }
+    }
+}
+
+/// Reports a finished results write and starts the next snapshot, if one waits.
+fn poll_results_save(state: &mut AppState, ctx: &egui::Context) {
+    let Some(job) = state.model.results_save.as_mut() else {
+        return;
+    };
+    match job.poll() {
+        JobStatus::Running { .. } => return,
+        JobStatus::Succeeded(()) | JobStatus::Cancelled => {}
+        JobStatus::Failed(message) => state.log.push(message),
+    }
+    state.model.results_save = state
+        .model
+        .results_save_next
+        .take()
+        .map(|snapshot| model_jobs::save_results(snapshot, repaint(ctx)));
+}
+
+/// At exit: waits for the results write under way and writes the snapshot still waiting, so
+/// that a project saved just before closing keeps its results.
+pub fn finish_results_save(state: &mut AppState) {
+    if let Some(job) = state.model.results_save.take()
+        && let JobStatus::Failed(message) = job.wait()
+    {
+        eprintln!("{message}");
+    }
+    if let Some(snapshot) = state.model.results_save_next.take()
+        && let Err(message) = model_jobs::write_results_snapshot(&snapshot)
+    {
+        eprintln!("{message}");
     }
 }
 
@@ -529,6 +569,7 @@ pub fn restore(state: &mut AppState, entry: Option<&ProjectModel>, ctx: &egui::C
 /// results call for.
 pub fn poll(state: &mut AppState, ctx: &egui::Context) {
     poll_download(state, ctx);
+    poll_results_save(state, ctx);
     if state.labels.revision != state.model.seen_revision.0 {
         state.model.seen_revision = (state.labels.revision, Instant::now());
     }

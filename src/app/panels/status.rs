@@ -36,6 +36,11 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 .job
                 .as_ref()
                 .map(|j| (j.job.title.as_str(), j.job.progress())),
+            state
+                .model
+                .results_save
+                .as_ref()
+                .map(|j| (j.title.as_str(), j.progress())),
         ];
         for (title, (fraction, message)) in jobs.into_iter().flatten() {
             ui.label(title);

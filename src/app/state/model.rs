@@ -295,6 +295,22 @@ pub struct ModelState {
     pub restore: Option<PendingRestore>,
     /// While the restore import runs: whether its memory bank matches the labels.
     pub restoring: Option<bool>,
+    /// The project's results file being written in the background.
+    pub results_save: Option<Job<()>>,
+    /// A newer results snapshot to write once `results_save` is done (only the latest is
+    /// kept, so the file always ends up with the last one saved).
+    pub results_save_next: Option<ResultsSnapshot>,
+}
+
+/// The results of a project save, taken on the UI thread (cheap: the maps are shared) and
+/// written by a job.
+pub struct ResultsSnapshot {
+    /// The results file beside the project.
+    pub path: PathBuf,
+    /// Every scored frame, in key order.
+    pub rows: Vec<(ImageKey, Arc<ImageResult>)>,
+    /// Side of the stored maps.
+    pub model_size: usize,
 }
 
 /// A project's detector checkpoint waiting for the weights.
@@ -332,6 +348,8 @@ impl Default for ModelState {
             rank_cursor: None,
             restore: None,
             restoring: None,
+            results_save: None,
+            results_save_next: None,
         }
     }
 }
