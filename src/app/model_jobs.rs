@@ -9,7 +9,7 @@ use crate::app::state::labels::ImageKey;
 use crate::app::state::model::{
     ModelItem, ModelJob, ModelJobKind, ModelOutcome, ResultsSnapshot, SharedSession,
 };
-use crate::io::input::load_model_images;
+use crate::io::input::{load_model_frames, load_model_images};
 use crate::io::output::InputSet;
 use crate::model::mvfa::detector::ImageResult;
 use crate::model::mvfa::detector::TaskKind;
@@ -145,7 +145,8 @@ pub fn score(
                 Some(done as f32 / total.max(1) as f32),
                 format!("{} of {total} images", done + 1),
             );
-            let frames = match load_model_images(&path) {
+            let frame_numbers: Vec<usize> = wanted.iter().map(|k| k.frame).collect();
+            let selected = match load_model_frames(&path, Some(&frame_numbers)) {
                 Ok(frames) => frames,
                 Err(e) => {
                     for key in wanted {
@@ -155,10 +156,6 @@ pub fn score(
                     continue;
                 }
             };
-            let selected: Vec<_> = frames
-                .into_iter()
-                .filter(|f| wanted.iter().any(|k| k.frame == f.frame))
-                .collect();
             for key in wanted
                 .iter()
                 .filter(|k| !selected.iter().any(|f| f.frame == k.frame))

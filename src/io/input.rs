@@ -127,6 +127,17 @@ pub fn thumbnail(path: &Path, side: u32) -> Result<Image8, InputError> {
 
 /// Every frame of `path` as model input, windowed with the file's default preset.
 pub fn load_model_images(path: &Path) -> Result<Vec<ModelImage>, InputError> {
+    load_model_frames(path, None)
+}
+
+/// The frames of `path` listed in `wanted` (all frames for `None`) as model input, in frame
+/// order; frame numbers the file does not have are left out. Only the frames asked for are
+/// windowed and resized, so scoring a long series a chunk at a time does not convert every
+/// slice for every chunk.
+pub fn load_model_frames(
+    path: &Path,
+    wanted: Option<&[usize]>,
+) -> Result<Vec<ModelImage>, InputError> {
     let stack = load_stack(path)?;
     let window = stack
         .default_window()
@@ -137,6 +148,7 @@ pub fn load_model_images(path: &Path) -> Result<Vec<ModelImage>, InputError> {
         return Err(InputError::new(path, "the file holds no image frames"));
     }
     (0..frames)
+        .filter(|frame| wanted.is_none_or(|w| w.contains(frame)))
         .map(|frame| {
             let display = display_frame(&stack, frame, &window)
                 .ok_or_else(|| InputError::new(path, format!("frame {frame} has a bad size")))?;

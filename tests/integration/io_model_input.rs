@@ -297,3 +297,18 @@ fn tensors_have_model_shapes() {
     let err = model_input_batch::<B>(&[&v[..10]], &device).unwrap_err();
     assert!(err.to_string().contains("expected 172800"), "{err}");
 }
+
+#[test]
+fn model_frames_of_a_multiframe_file_are_those_of_the_whole_load() {
+    use mvfa_studio::io::input::{load_model_frames, load_model_images};
+    let path = support::fixture_dir("dicom/multiframe_rle.dcm");
+    let all = load_model_images(&path).unwrap();
+    assert_eq!(all.len(), 2);
+    // Asked out of order, with a frame the file does not have: frame order, that one left out.
+    let some = load_model_frames(&path, Some(&[999, 1])).unwrap();
+    assert_eq!(some.iter().map(|f| f.frame).collect::<Vec<_>>(), [1]);
+    for f in &some {
+        let whole = &all[f.frame];
+        assert_eq!((f.frames, &f.input), (whole.frames, &whole.input));
+    }
+}
