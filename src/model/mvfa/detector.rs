@@ -167,25 +167,68 @@ pub struct Detector<B: Backend, V: TappedBackbone<B>> {
     cache: Option<FeatureCache<B>>,
 }
 
-/// Most images a [`FeatureCache`] keeps (an image's adapted tokens take about 7 MB at
-/// ViT-L/14 and 240 px); past it the cache starts over.
-const FEATURE_CACHE_IMAGES: usize = 256;
+/// Most bytes of adapted tokens a [`FeatureCache`] keeps (an image's tokens take about 7 MB
+/// at ViT-L/14 and 240 px, so about 150 images: a 6+6-shot set with its 11 augmentations).
+/// Past it the least recently used images go, never one that the request being served needs.
+const FEATURE_CACHE_BYTES: usize = 1 << 30;
+
+/// One cached image: its tokens, their size, and when a request last used it.
+struct CachedFeatures<B: Backend> {
+    features: AdaptedFeatures<B>,
+    bytes: usize,
+    last_used: u64,
+}
+
+/// The cache's contents and bookkeeping.
+struct CacheInner<B: Backend> {
+    entries: HashMap<[u8; 32], CachedFeatures<B>>,
+    bytes: usize,
+    /// Request counter, for least-recently-used eviction.
+    clock: u64,
+}
+
+impl<B: Backend> Default for CacheInner<B> {
+    fn default() -> Self {
+        CacheInner {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+        }
+    }
+}
 
 /// Adapted tokens of images these adapters have already seen, keyed by the SHA-256 of the
 /// image's values. A session shares one between the detectors it builds around the same
 /// adapters, so that rebuilding the memory bank and calibration after a label edit runs the
 /// backbone only on the shots that are new (and only once per shot within a rebuild, where the
 /// bank and the calibration see the same support images). Only support, held-out and
-/// abnormal shots go through it, never the images being scored.
-#[derive(Clone, Default)]
+/// abnormal shots go through it, never the images being scored. Bounded by
+/// [`FEATURE_CACHE_BYTES`], least recently used first out.
+#[derive(Clone)]
 pub struct FeatureCache<B: Backend> {
-    entries: Arc<Mutex<HashMap<[u8; 32], AdaptedFeatures<B>>>>,
+    inner: Arc<Mutex<CacheInner<B>>>,
+    limit: usize,
+}
+
+impl<B: Backend> Default for FeatureCache<B> {
+    fn default() -> Self {
+        Self::with_limit(FEATURE_CACHE_BYTES)
+    }
 }
 
 impl<B: Backend> FeatureCache<B> {
+    /// An empty cache that keeps at most `limit_bytes` of tokens (beyond what one request
+    /// needs at once).
+    pub fn with_limit(limit_bytes: usize) -> Self {
+        FeatureCache {
+            inner: Arc::new(Mutex::new(CacheInner::default())),
+            limit: limit_bytes,
+        }
+    }
+
     /// Images cached.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Whether nothing is cached.
@@ -193,10 +236,66 @@ impl<B: Backend> FeatureCache<B> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], AdaptedFeatures<B>>> {
-        self.entries
+    /// Bytes of tokens cached.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner<B>> {
+        self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cached tokens of `key`, marked as used by the current request.
+    fn get(&self, key: &[u8; 32]) -> Option<AdaptedFeatures<B>> {
+        let mut inner = self.lock();
+        let now = inner.clock;
+        let entry = inner.entries.get_mut(key)?;
+        entry.last_used = now;
+        Some(entry.features.clone())
+    }
+
+    /// Starts a request: entries it touches count as newer than all before.
+    fn begin_request(&self) {
+        let mut inner = self.lock();
+        inner.clock = inner.clock.wrapping_add(1);
+    }
+
+    /// Adds `features` for `key`, then evicts the least recently used entries of earlier
+    /// requests until the cache fits its limit again (or only this request's are left).
+    fn insert(&self, key: [u8; 32], features: AdaptedFeatures<B>) {
+        let bytes = features
+            .seg_tokens
+            .iter()
+            .chain(&features.det_tokens)
+            .map(|t| t.shape().num_elements() * std::mem::size_of::<f32>())
+            .sum();
+        let mut inner = self.lock();
+        let now = inner.clock;
+        if let Some(old) = inner.entries.insert(
+            key,
+            CachedFeatures {
+                features,
+                bytes,
+                last_used: now,
+            },
+        ) {
+            inner.bytes -= old.bytes;
+        }
+        inner.bytes += bytes;
+        while inner.bytes > self.limit {
+            let oldest = inner
+                .entries
+                .iter()
+                .filter(|(_, e)| e.last_used < now)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k);
+            let Some(oldest) = oldest else { break };
+            if let Some(gone) = inner.entries.remove(&oldest) {
+                inner.bytes -= gone.bytes;
+            }
+        }
     }
 }
 
@@ -344,27 +443,19 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                 hash.finalize().into()
             })
             .collect();
-        for (i, key) in keys.iter().enumerate() {
-            if cache.lock().contains_key(key) {
-                continue;
-            }
-            let f = self.features(images.clone().narrow(0, i, 1))?;
-            let mut entries = cache.lock();
-            if entries.len() >= FEATURE_CACHE_IMAGES {
-                entries.clear();
-            }
-            entries.insert(*key, f);
-        }
-        let entries = cache.lock();
+        cache.begin_request();
         let mut cached = Vec::with_capacity(n);
-        for key in &keys {
-            match entries.get(key) {
-                Some(f) => cached.push(f.clone()),
-                // Evicted by a concurrent fill: compute it again.
-                None => return self.features(images),
-            }
+        for (i, key) in keys.iter().enumerate() {
+            let f = match cache.get(key) {
+                Some(f) => f,
+                None => {
+                    let f = self.features(images.clone().narrow(0, i, 1))?;
+                    cache.insert(*key, f.clone());
+                    f
+                }
+            };
+            cached.push(f);
         }
-        drop(entries);
         let levels = cached.first().map_or(0, |f| f.seg_tokens.len());
         let cat = |pick: fn(&AdaptedFeatures<B>) -> &Vec<Tensor<B, 3>>, l: usize| {
             Tensor::cat(cached.iter().map(|f| pick(f)[l].clone()).collect(), 0)
@@ -650,5 +741,48 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             start += len;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    /// Tokens of 1 KiB (2 levels x 2 heads x 64 values of 4 bytes).
+    fn features(value: f32) -> AdaptedFeatures<B> {
+        let t = || Tensor::<B, 3>::full([1, 8, 8], value, &Default::default());
+        AdaptedFeatures {
+            seg_tokens: vec![t(), t()],
+            det_tokens: vec![t(), t()],
+        }
+    }
+
+    #[test]
+    fn feature_cache_evicts_least_recently_used_but_never_the_current_request() {
+        let cache = FeatureCache::<B>::with_limit(3 * 1024);
+        let key = |i: u8| [i; 32];
+        cache.begin_request();
+        for i in 0..3 {
+            cache.insert(key(i), features(f32::from(i)));
+        }
+        assert_eq!((cache.len(), cache.bytes()), (3, 3 * 1024));
+        // A new request uses image 0, then adds image 3: image 1, the oldest unused, goes.
+        cache.begin_request();
+        assert!(cache.get(&key(0)).is_some());
+        cache.insert(key(3), features(3.0));
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&key(1)).is_none());
+        assert!(cache.get(&key(2)).is_some());
+        // One request larger than the limit keeps all it needs.
+        cache.begin_request();
+        for i in 10..15 {
+            cache.insert(key(i), features(f32::from(i)));
+        }
+        assert_eq!(cache.len(), 5);
+        assert!((10..15).all(|i| cache.get(&key(i)).is_some()));
+        assert_eq!(cache.bytes(), 5 * 1024);
     }
 }
