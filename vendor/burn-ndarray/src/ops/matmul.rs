@@ -26,8 +26,17 @@ pub(crate) fn matmul<E: NdArrayElement>(
     let num_r_batches = shape_rhs.num_elements() / r_mat_size;
     let num_out_batches = out_shape.num_elements() / out_mat_size;
 
-    let lhs_array = NdArrayOps::reshape(lhs, Shape::new([num_l_batches, m, k]));
-    let rhs_array = NdArrayOps::reshape(rhs, Shape::new([num_r_batches, k, n]));
+    // [mvfa patch 1] `NdArrayOps::reshape` copies every non-standard-layout operand into
+    // standard layout, e.g. the whole transposed weight `W^T` of every backward matmul.
+    // `to_shape` gives a strided view whenever the batch axes can be merged without moving
+    // data (always for a transposed matrix), and `general_mat_mul` (matrixmultiply) takes
+    // arbitrary row and column strides; it copies only when no view is possible.
+    let lhs_array = lhs
+        .to_shape((num_l_batches, m, k))
+        .expect("matmul: lhs shape");
+    let rhs_array = rhs
+        .to_shape((num_r_batches, k, n))
+        .expect("matmul: rhs shape");
 
     let alpha: E = 1.0.elem();
     let beta: E = 0.0.elem();

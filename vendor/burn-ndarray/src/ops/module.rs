@@ -14,7 +14,7 @@ use crate::ops::simd::{
 };
 use crate::{
     NdArray, SharedArray, element::FloatNdArrayElement, execute_with_int_dtype,
-    tensor::NdArrayTensor,
+    ops::matmul::matmul, tensor::NdArrayTensor,
 };
 use crate::{
     element::{IntNdArrayElement, QuantElement},
@@ -377,6 +377,28 @@ where
         options: AttentionModuleOptions,
     ) -> FloatTensor<Self> {
         attention_fallback::<Self>(query, key, value, mask, attn_bias, options)
+    }
+
+    // [mvfa patch 1] Upstream's default reshapes the transposed weight to add leading axes,
+    // and a reshape copies any non-standard-layout array: the whole weight, on every
+    // backward pass. Axes of length 1 are inserted as views here, and the matmul reads the
+    // transposed weight through its strides.
+    fn linear_x_backward(
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        module_op!(inp(weight, output_grad), opt(), E, |weight: SharedArray<
+            E,
+        >,
+                                                        grad: SharedArray<
+            E,
+        >| {
+            let mut weight_t = weight.reversed_axes();
+            while weight_t.ndim() < grad.ndim() {
+                weight_t = weight_t.insert_axis(ndarray::Axis(0));
+            }
+            matmul::<E>(grad, weight_t).into()
+        })
     }
 
     fn rfft(
