@@ -174,9 +174,14 @@ mod ndarray_patch_tests {
     #[test]
     fn attention_matches_upstream_fallback() {
         let device = Default::default();
-        for (batch, causal) in [(1, false), (2, true)] {
+        // The first case has enough rows to be split across threads.
+        for (batch, heads, tokens, causal) in [(1, 4, 290, false), (2, 3, 37, true)] {
             let qkv = |_| {
-                Tensor::<B, 4>::random([batch, 3, 37, 16], Distribution::Normal(0.0, 2.0), &device)
+                Tensor::<B, 4>::random(
+                    [batch, heads, tokens, 16],
+                    Distribution::Normal(0.0, 2.0),
+                    &device,
+                )
             };
             let (q, k, v) = (qkv(0), qkv(1), qkv(2));
             let options = AttentionModuleOptions {

@@ -13,15 +13,15 @@ use crate::ops::simd::{
     avgpool::try_avg_pool2d_simd, conv::try_conv2d_simd, maxpool::try_max_pool2d_simd,
 };
 use crate::{
-    NdArray, SharedArray, element::FloatNdArrayElement, execute_with_int_dtype,
-    ops::matmul::matmul, tensor::NdArrayTensor,
+    NdArray, SharedArray, element::FloatNdArrayElement, execute_with_float_dtype,
+    execute_with_int_dtype, ops::fused, ops::matmul::matmul, tensor::NdArrayTensor,
 };
 use crate::{
     element::{IntNdArrayElement, QuantElement},
     ops::interpolate::nearest_interpolate_backward,
 };
 use burn_backend::{
-    ElementConversion, TensorMetadata,
+    ElementConversion, Scalar, TensorMetadata,
     ops::{attention::attention_fallback, *},
     tensor::FloatTensor,
 };
@@ -376,7 +376,33 @@ where
         attn_bias: Option<FloatTensor<Self>>,
         options: AttentionModuleOptions,
     ) -> FloatTensor<Self> {
-        attention_fallback::<Self>(query, key, value, mask, attn_bias, options)
+        // [mvfa patch 2] Without an explicit mask, bias or softcap, `attention_fallback` with
+        // its softmax (scale, causal mask, max, sub, exp, sum, clamps, div: single-threaded
+        // ops) fused into one multi-threaded pass over the rows; the same values bit for bit.
+        if mask.is_some() || attn_bias.is_some() || options.softcap.is_some() {
+            return attention_fallback::<Self>(query, key, value, mask, attn_bias, options);
+        }
+        let head_dim = *query.shape().dims::<4>().last().unwrap();
+        let scale = options
+            .scale
+            .unwrap_or_else(|| 1.0 / (head_dim as f64).sqrt());
+        let dtype = query.dtype();
+        let finfo = dtype.finfo().expect("float tensor");
+        let scores = Self::float_matmul(query, Self::float_transpose(key));
+        let probs =
+            execute_with_float_dtype!(scores, FloatElem, |array: SharedArray<FloatElem>| {
+                let scale: Scalar = scale.into();
+                let min: Scalar = finfo.min.into();
+                let min_positive: Scalar = finfo.min_positive.into();
+                fused::attention_softmax::<FloatElem>(
+                    array,
+                    scale.elem(),
+                    options.is_causal,
+                    min.elem(),
+                    min_positive.elem(),
+                )
+            });
+        Self::float_matmul(probs, value)
     }
 
     // [mvfa patch 1] Upstream's default reshapes the transposed weight to add leading axes,
