@@ -222,4 +222,35 @@ mod ndarray_patch_tests {
             Tensor::<B, 4>::from_data(k.clone().swap_dims(2, 3).to_data(), &Default::default());
         assert_same(q.clone().matmul(k.swap_dims(2, 3)), q.matmul(kt_copy));
     }
+
+    /// The matmul splits output rows across the thread pool: the values must not depend on
+    /// how many threads there are (a fit on 2 cores and one on 16 give the same adapters).
+    #[test]
+    fn matmul_does_not_depend_on_the_thread_count() {
+        // Split by rows (m > n) and by columns (n > m).
+        let x = input([290, 256]);
+        let w = input([256, 96]);
+        let w_wide = input([256, 700]);
+        let k = Tensor::<B, 4>::random([1, 3, 100, 64], Distribution::Default, &Default::default());
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                (
+                    x.clone().matmul(w.clone()),
+                    x.clone().matmul(w_wide.clone()),
+                    k.clone().matmul(k.clone().swap_dims(2, 3)),
+                )
+            })
+        };
+        let (a1, b1, c1) = run(1);
+        for threads in [2, 3, 5] {
+            let (a, b, c) = run(threads);
+            assert_same(a, a1.clone());
+            assert_same(b, b1.clone());
+            assert_same(c, c1.clone());
+        }
+    }
 }
