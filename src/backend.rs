@@ -109,3 +109,148 @@ macro_rules! with_backend {
         }
     }};
 }
+
+/// The patched burn-ndarray (vendor/burn-ndarray, PATCHES.md) against upstream's own
+/// compositions of the same ops: the fused kernels and strided matmuls must give the same
+/// values bit for bit, or the fits and scores of earlier releases would silently change.
+#[cfg(test)]
+mod ndarray_patch_tests {
+    use burn::backend::Autodiff;
+    use burn::tensor::activation::gelu;
+    use burn::tensor::module::{attention, attention_fallback, linear};
+    use burn::tensor::ops::AttentionModuleOptions;
+    use burn::tensor::{Distribution, Tensor, TensorData};
+
+    type B = super::CpuBackend;
+    type AD = Autodiff<B>;
+
+    fn bits(data: TensorData) -> Vec<u32> {
+        data.to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect()
+    }
+
+    fn assert_same<const D: usize>(got: Tensor<B, D>, want: Tensor<B, D>) {
+        assert_eq!(got.dims(), want.dims());
+        let (got, want) = (bits(got.into_data()), bits(want.into_data()));
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{differ} of {} values differ", got.len());
+    }
+
+    /// Large enough to be split across threads (several chunks), with values in GELU's
+    /// curved range and beyond.
+    fn input(shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::random(shape, Distribution::Normal(0.0, 3.0), &Default::default())
+    }
+
+    #[test]
+    fn gelu_matches_upstream_composition() {
+        let x = input([70, 1030]);
+        let want = (x.clone() * (x.clone().div_scalar(std::f64::consts::SQRT_2).erf() + 1.0))
+            .div_scalar(2.0);
+        assert_same(gelu(x), want);
+    }
+
+    #[test]
+    fn gelu_backward_matches_upstream_composition() {
+        let x = input([70, 1030]);
+        let g = input([70, 1030]);
+        let xa = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+        let y = gelu(xa.clone()) * Tensor::<AD, 2>::from_inner(g.clone());
+        let grads = y.sum().backward();
+        let got = xa.grad(&grads).unwrap();
+        // burn-backend's default `gelu_backward`, op by op.
+        let x3 = x.clone().powi_scalar(3);
+        let inner1 = x3.clone().mul_scalar(0.0356774) + x.clone().mul_scalar(0.797885);
+        let inner2 = x3.mul_scalar(0.0535161) + x.mul_scalar(0.398942);
+        let tanh = inner1.tanh();
+        let sech = tanh.clone().powi_scalar(2).neg().add_scalar(1);
+        let y = tanh.mul_scalar(0.5) + (inner2 * sech).add_scalar(0.5);
+        assert_same(got, y * g);
+    }
+
+    #[test]
+    fn attention_matches_upstream_fallback() {
+        let device = Default::default();
+        // The first case has enough rows to be split across threads.
+        for (batch, heads, tokens, causal) in [(1, 4, 290, false), (2, 3, 37, true)] {
+            let qkv = |_| {
+                Tensor::<B, 4>::random(
+                    [batch, heads, tokens, 16],
+                    Distribution::Normal(0.0, 2.0),
+                    &device,
+                )
+            };
+            let (q, k, v) = (qkv(0), qkv(1), qkv(2));
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: causal,
+            };
+            let got = attention(q.clone(), k.clone(), v.clone(), None, None, options);
+            let want = attention_fallback(q, k, v, None, None, options);
+            assert_same(got, want);
+        }
+    }
+
+    #[test]
+    fn transposed_matmul_and_linear_backward_match_contiguous_copies() {
+        let x = input([29, 48]);
+        let w = input([48, 64]);
+        let g = input([29, 64]);
+        // A strided (transposed) operand against the same values copied contiguous.
+        let wt = w.clone().transpose();
+        let wt_copy = Tensor::<B, 2>::from_data(wt.to_data(), &Default::default());
+        assert_same(g.clone().matmul(wt), g.clone().matmul(wt_copy.clone()));
+        assert_same(x.clone().transpose().matmul(g.clone()), {
+            let xt =
+                Tensor::<B, 2>::from_data(x.clone().transpose().to_data(), &Default::default());
+            xt.matmul(g.clone())
+        });
+        // linear's input gradient through autodiff, frozen weight.
+        let xa = Tensor::<AD, 2>::from_inner(x).require_grad();
+        let wa = Tensor::<AD, 2>::from_inner(w);
+        let y = linear(xa.clone(), wa, None) * Tensor::<AD, 2>::from_inner(g.clone());
+        let grads = y.sum().backward();
+        assert_same(xa.grad(&grads).unwrap(), g.matmul(wt_copy));
+        // Batched: the transposed key of attention, [2, 3, 16, 37].
+        let k = Tensor::<B, 4>::random([2, 3, 37, 16], Distribution::Default, &Default::default());
+        let q = Tensor::<B, 4>::random([2, 3, 37, 16], Distribution::Default, &Default::default());
+        let kt_copy =
+            Tensor::<B, 4>::from_data(k.clone().swap_dims(2, 3).to_data(), &Default::default());
+        assert_same(q.clone().matmul(k.swap_dims(2, 3)), q.matmul(kt_copy));
+    }
+
+    /// The matmul splits output rows across the thread pool: the values must not depend on
+    /// how many threads there are (a fit on 2 cores and one on 16 give the same adapters).
+    #[test]
+    fn matmul_does_not_depend_on_the_thread_count() {
+        // Split by rows (m > n) and by columns (n > m).
+        let x = input([290, 256]);
+        let w = input([256, 96]);
+        let w_wide = input([256, 700]);
+        let k = Tensor::<B, 4>::random([1, 3, 100, 64], Distribution::Default, &Default::default());
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                (
+                    x.clone().matmul(w.clone()),
+                    x.clone().matmul(w_wide.clone()),
+                    k.clone().matmul(k.clone().swap_dims(2, 3)),
+                )
+            })
+        };
+        let (a1, b1, c1) = run(1);
+        for threads in [2, 3, 5] {
+            let (a, b, c) = run(threads);
+            assert_same(a, a1.clone());
+            assert_same(b, b1.clone());
+            assert_same(c, c1.clone());
+        }
+    }
+}
