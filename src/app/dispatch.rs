@@ -120,6 +120,10 @@ pub enum Action {
     PacsSearch,
     /// Retrieve the study at this row of the search results into the browser.
     PacsRetrieve(usize),
+    /// List the series of the study at this row of the search results.
+    PacsListSeries(usize),
+    /// Retrieve the series at this row of the listed series into the browser.
+    PacsRetrieveSeries(usize),
     /// Send the last export's Secondary Captures and score SRs to the PACS node.
     PacsSendResults,
 }
@@ -164,6 +168,8 @@ pub fn apply(state: &mut AppState, action: Action, ctx: &egui::Context) {
         | Action::SetPacsForm(_)
         | Action::PacsSearch
         | Action::PacsRetrieve(_)
+        | Action::PacsListSeries(_)
+        | Action::PacsRetrieveSeries(_)
         | Action::PacsSendResults => unreachable!("applied by dispatch::pacs"),
         Action::Run(command) => run(state, command, ctx),
         Action::Open(paths) => open(state, paths, ctx),

@@ -1,5 +1,6 @@
 //! The PACS window of the real app against a real Orthanc (skipped with a printed reason
-//! where Orthanc is not installed): search studies, retrieve one into the study browser,
+//! where Orthanc is not installed): search studies, list a study's series, retrieve a study or
+//! one series into the study browser,
 //! send results back and find them on the server.
 use std::time::{Duration, Instant};
 
@@ -140,4 +141,99 @@ fn app_pacs_without_a_node_says_how_to_add_one() {
     h.step();
     let status = h.state().state.pacs.status.clone();
     assert!(status.contains("export"), "{status}");
+}
+
+#[test]
+fn app_pacs_lists_a_studys_series_and_retrieves_one_series() {
+    let Some(orthanc) = orthanc_or_skip("app_pacs_lists_a_studys_series_and_retrieves_one_series")
+    else {
+        return;
+    };
+    let node = orthanc.dimse();
+    let corpus = corpus();
+    let server = connect(&node).unwrap();
+    for path in corpus.values() {
+        server.store(path).unwrap();
+    }
+    // The corpus is one study of several series; the test retrieves the one with most images.
+    let mut per_series = std::collections::BTreeMap::<String, usize>::new();
+    for path in corpus.values() {
+        *per_series
+            .entry(text(&open(path), tags::SERIES_INSTANCE_UID))
+            .or_default() += 1;
+    }
+    assert!(per_series.len() > 1, "{per_series:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
+    state.pacs = PacsState::load(None, dir.path().join("pacs"));
+    state.pacs.node = Some(node.name.clone());
+    state.pacs.settings.upsert(node.clone());
+    state.pacs.open = true;
+    let mut h: H = Harness::builder()
+        .with_size(vec2(1400.0, 900.0))
+        .build_ui_state(
+            |ui, app: &mut StudioApp| app.frame(ui),
+            StudioApp::with_state(state),
+        );
+    h.run();
+    h.get_by_label("Search").click();
+    h.step();
+    wait_until(&mut h, "the search", |s| {
+        s.pacs.job.is_none() && !s.pacs.matches.is_empty()
+    });
+    let study = h.state().state.pacs.matches[0].study_uid.clone();
+
+    h.run();
+    h.get_by_label("Series").click();
+    h.step();
+    wait_until(&mut h, "the series list", |s| {
+        s.pacs.job.is_none() && s.pacs.series.is_some()
+    });
+    let (listed_study, series) = h.state().state.pacs.series.clone().unwrap();
+    assert_eq!(listed_study, study);
+    let listed: std::collections::BTreeSet<_> =
+        series.iter().map(|s| s.series_uid.clone()).collect();
+    assert_eq!(listed, per_series.keys().cloned().collect());
+
+    let (row, biggest) = series
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, s)| per_series[&s.series_uid])
+        .map(|(i, s)| (i, s.series_uid.clone()))
+        .unwrap();
+    h.run();
+    h.get_all_by_label("Retrieve series")
+        .nth(row)
+        .unwrap()
+        .click();
+    h.step();
+    let expected = per_series[&biggest];
+    wait_until(&mut h, "the series retrieval", |s| {
+        s.pacs.job.is_none() && s.scan_job.is_none() && s.browser.len() == expected
+    });
+    let series_folder = dir.path().join("pacs").join(&study).join(&biggest);
+    for group in &h.state().state.browser.groups {
+        for item in &group.items {
+            assert!(
+                item.path.starts_with(&series_folder),
+                "{}",
+                item.path.display()
+            );
+            assert_eq!(text(&open(&item.path), tags::SERIES_INSTANCE_UID), biggest);
+        }
+    }
+    // Only that series came: the study folder holds no other.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("pacs").join(&study))
+            .unwrap()
+            .count(),
+        1
+    );
 }

@@ -1,4 +1,5 @@
-//! PACS actions: search studies on the selected node, retrieve one into the browser, send the
+//! PACS actions: search studies on the selected node, list a study's series, retrieve a study
+//! or one series into the browser, send the
 //! last export's DICOM files (Secondary Captures and the SRs of the score table) back. Each
 //! runs as a background job through the `pacs` library; the node's credentials never reach
 //! the log.
@@ -38,7 +39,24 @@ pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool
         Action::SetPacsNode(name) => state.pacs.node = Some(name.clone()),
         Action::SetPacsForm(form) => state.pacs.form = form.clone(),
         Action::PacsSearch => search(state, ctx),
-        Action::PacsRetrieve(index) => retrieve_study(state, *index, ctx),
+        Action::PacsRetrieve(index) => {
+            if let Some(study) = state.pacs.matches.get(*index).cloned() {
+                retrieve(state, study, None, ctx);
+            }
+        }
+        Action::PacsListSeries(index) => list_series(state, *index, ctx),
+        Action::PacsRetrieveSeries(index) => {
+            let chosen = state
+                .pacs
+                .series
+                .as_ref()
+                .and_then(|(_, series)| series.get(*index))
+                .cloned();
+            if let Some(series) = chosen {
+                let uid = series.series_uid.clone();
+                retrieve(state, series, Some(uid), ctx);
+            }
+        }
         Action::PacsSendResults => send_results(state, ctx),
         _ => return false,
     }
@@ -86,23 +104,57 @@ fn search(state: &mut AppState, ctx: &egui::Context) {
     state.pacs.job = Some((PacsJobKind::Find, job));
 }
 
-fn retrieve_study(state: &mut AppState, index: usize, ctx: &egui::Context) {
+/// Lists the series of the study at `index` of the search results.
+fn list_series(state: &mut AppState, index: usize, ctx: &egui::Context) {
     if busy(state) {
         return;
     }
-    let Some(found) = state.pacs.matches.get(index).cloned() else {
+    let Some(study) = state.pacs.matches.get(index).cloned() else {
         return;
     };
     let Some(node) = node(state) else {
         return;
     };
+    let query = Query {
+        level: Level::Series,
+        study_uid: Some(study.study_uid.clone()),
+        ..Query::default()
+    };
+    state.pacs.status = format!("Listing the series of study {}…", study.study_uid);
+    let job = Job::spawn("Listing series on the PACS", repaint(ctx), move |_| {
+        let client = connect(&node).map_err(|e| e.to_string())?;
+        client
+            .find(&query)
+            .map(|series| PacsOutcome::Series(study.study_uid, series))
+            .map_err(|e| e.to_string())
+    });
+    state.pacs.job = Some((PacsJobKind::FindSeries, job));
+}
+
+/// Retrieves the study of `found` (or only its series `series_uid`) into the PACS folder and
+/// opens what arrived in the browser.
+fn retrieve(
+    state: &mut AppState,
+    found: crate::pacs::Match,
+    series_uid: Option<String>,
+    ctx: &egui::Context,
+) {
+    if busy(state) {
+        return;
+    }
+    let Some(node) = node(state) else {
+        return;
+    };
     let folder = state.pacs.folder.clone();
-    state.pacs.status = format!("Retrieving study {}…", found.study_uid);
+    state.pacs.status = match &series_uid {
+        Some(series) => format!("Retrieving series {series}…"),
+        None => format!("Retrieving study {}…", found.study_uid),
+    };
     let job = Job::spawn("Retrieving from the PACS", repaint(ctx), move |job| {
         let client = connect(&node).map_err(|e| e.to_string())?;
         let target = GetTarget {
             study_uid: found.study_uid.clone(),
-            series_uid: None,
+            series_uid: series_uid.clone(),
         };
         retrieve::get(
             client.as_ref(),
@@ -117,7 +169,11 @@ fn retrieve_study(state: &mut AppState, index: usize, ctx: &egui::Context) {
             job.cancel_flag(),
         )
         .map_err(|e| e.to_string())?;
-        Ok(PacsOutcome::Retrieved(folder.join(&found.study_uid)))
+        let study_folder = folder.join(&found.study_uid);
+        Ok(PacsOutcome::Retrieved(match &series_uid {
+            Some(series) => study_folder.join(series),
+            None => study_folder,
+        }))
     });
     state.pacs.job = Some((PacsJobKind::Retrieve, job));
 }
@@ -181,6 +237,11 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
                 PacsOutcome::Found(matches) => {
                     state.pacs.status = format!("{} study(ies) found", matches.len());
                     state.pacs.matches = matches;
+                    state.pacs.series = None;
+                }
+                PacsOutcome::Series(study_uid, series) => {
+                    state.pacs.status = format!("{} series in study {study_uid}", series.len());
+                    state.pacs.series = Some((study_uid, series));
                 }
                 PacsOutcome::Retrieved(folder) => {
                     state.pacs.status = format!("Retrieved into {}", folder.display());

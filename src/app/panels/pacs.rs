@@ -1,5 +1,6 @@
-//! The PACS window: the node, the study search, the studies found with a retrieve button
-//! each, and sending the last export's results back.
+//! The PACS window: the node, the study search, the studies found (each with its series list
+//! and a retrieve button), the series of one study (each retrievable on its own), and sending
+//! the last export's results back.
 use eframe::egui::{self, RichText};
 
 use crate::app::dispatch::Action;
@@ -15,6 +16,11 @@ pub fn show_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Acti
     egui::Window::new("PACS")
         .open(&mut open)
         .default_width(560.0)
+        // The window takes the size of its content, which grows as search results and then
+        // a series list arrive (a resizable window keeps its first size and cuts them off);
+        // the two lists scroll inside their own bounded areas.
+        .auto_sized()
+        .max_width(760.0)
         .show(ctx, |ui| contents(ui, state, actions));
     if !open {
         actions.push(Action::Run(crate::app::commands::Command::TogglePacs));
@@ -102,30 +108,84 @@ fn contents(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         return;
     }
     ui.separator();
-    egui::ScrollArea::both().max_height(300.0).show(ui, |ui| {
-        egui::Grid::new("pacs studies")
-            .num_columns(6)
-            .striped(true)
-            .show(ui, |ui| {
-                for title in ["Patient", "ID", "Date", "Modality", "Description", ""] {
-                    ui.label(RichText::new(title).strong());
-                }
-                ui.end_row();
-                for (i, m) in pacs.matches.iter().enumerate() {
-                    ui.label(&m.patient_name);
-                    ui.label(&m.patient_id);
-                    ui.label(&m.study_date);
-                    ui.label(&m.modality);
-                    ui.label(&m.description);
-                    if ui
-                        .button("Retrieve")
-                        .on_hover_text(format!("Study {}", m.study_uid))
-                        .clicked()
-                    {
-                        actions.push(Action::PacsRetrieve(i));
+    egui::ScrollArea::both()
+        .id_salt("pacs studies")
+        .max_height(260.0)
+        .show(ui, |ui| {
+            egui::Grid::new("pacs studies")
+                .num_columns(7)
+                .striped(true)
+                .show(ui, |ui| {
+                    for title in ["Patient", "ID", "Date", "Modality", "Description", "", ""] {
+                        ui.label(RichText::new(title).strong());
                     }
                     ui.end_row();
-                }
-            });
-    });
+                    for (i, m) in pacs.matches.iter().enumerate() {
+                        ui.label(&m.patient_name);
+                        ui.label(&m.patient_id);
+                        ui.label(&m.study_date);
+                        ui.label(&m.modality);
+                        ui.label(&m.description);
+                        if ui
+                            .button("Series")
+                            .on_hover_text("List the series of this study")
+                            .clicked()
+                        {
+                            actions.push(Action::PacsListSeries(i));
+                        }
+                        if ui
+                            .button("Retrieve")
+                            .on_hover_text(format!("The whole study {}", m.study_uid))
+                            .clicked()
+                        {
+                            actions.push(Action::PacsRetrieve(i));
+                        }
+                        ui.end_row();
+                    }
+                });
+        });
+    if let Some((study_uid, series)) = &pacs.series {
+        series_list(ui, study_uid, series, actions);
+    }
+}
+
+/// The series listed for one study, each with its own retrieve button.
+fn series_list(
+    ui: &mut egui::Ui,
+    study_uid: &str,
+    series: &[crate::pacs::Match],
+    actions: &mut Vec<Action>,
+) {
+    ui.separator();
+    ui.label(RichText::new(format!("Series of study {study_uid}")).strong());
+    egui::ScrollArea::both()
+        .id_salt("pacs series")
+        .max_height(200.0)
+        .show(ui, |ui| {
+            egui::Grid::new("pacs series")
+                .num_columns(4)
+                .striped(true)
+                .show(ui, |ui| {
+                    for title in ["Modality", "Description", "Images", ""] {
+                        ui.label(RichText::new(title).strong());
+                    }
+                    ui.end_row();
+                    for (i, s) in series.iter().enumerate() {
+                        ui.label(&s.modality);
+                        ui.label(&s.description);
+                        ui.label(
+                            s.related_instances
+                                .map_or_else(|| "?".to_string(), |n| n.to_string()),
+                        );
+                        if ui
+                            .button("Retrieve series")
+                            .on_hover_text(format!("Series {}", s.series_uid))
+                            .clicked()
+                        {
+                            actions.push(Action::PacsRetrieveSeries(i));
+                        }
+                        ui.end_row();
+                    }
+                });
+        });
 }

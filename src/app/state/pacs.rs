@@ -1,5 +1,5 @@
-//! The PACS window's state: the configured nodes, the query form, the studies found, the
-//! running PACS job, and the DICOM files of the last export, Secondary Captures and score SRs
+//! The PACS window's state: the configured nodes, the query form, the studies found and the
+//! series of one of them, the running PACS job, and the DICOM files of the last export, Secondary Captures and score SRs
 //! (what "send results" sends).
 use std::path::PathBuf;
 
@@ -27,6 +27,8 @@ pub struct QueryForm {
 pub enum PacsOutcome {
     /// The studies found.
     Found(Vec<Match>),
+    /// The series of one study (its StudyInstanceUID, the series found).
+    Series(String, Vec<Match>),
     /// A study retrieved into this folder.
     Retrieved(PathBuf),
     /// Results sent: how many files.
@@ -38,6 +40,8 @@ pub enum PacsOutcome {
 pub enum PacsJobKind {
     /// Searching studies.
     Find,
+    /// Listing the series of a study.
+    FindSeries,
     /// Retrieving a study.
     Retrieve,
     /// Sending results.
@@ -60,6 +64,8 @@ pub struct PacsState {
     pub form: QueryForm,
     /// The studies of the last search.
     pub matches: Vec<Match>,
+    /// The series listed for one of those studies: its StudyInstanceUID and its series.
+    pub series: Option<(String, Vec<Match>)>,
     /// The running PACS job.
     pub job: Option<(PacsJobKind, Job<PacsOutcome>)>,
     /// What the last PACS job did (or why it failed).
@@ -91,6 +97,7 @@ impl PacsState {
             node,
             form: QueryForm::default(),
             matches: Vec::new(),
+            series: None,
             job: None,
             status: String::new(),
             folder,
