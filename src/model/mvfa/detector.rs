@@ -172,19 +172,24 @@ pub struct Detector<B: Backend, V: TappedBackbone<B>> {
 /// Past it the least recently used images go, never one that the request being served needs.
 const FEATURE_CACHE_BYTES: usize = 1 << 30;
 
-/// One cached image: its tokens, their size, and when a request last used it.
+/// One cached image: its tokens, their size, and when it was last used.
 struct CachedFeatures<B: Backend> {
     features: AdaptedFeatures<B>,
     bytes: usize,
+    /// The use counter at its last use (a strict order, so eviction is deterministic).
     last_used: u64,
+    /// The request that last used it.
+    request: u64,
 }
 
 /// The cache's contents and bookkeeping.
 struct CacheInner<B: Backend> {
     entries: HashMap<[u8; 32], CachedFeatures<B>>,
     bytes: usize,
-    /// Request counter, for least-recently-used eviction.
-    clock: u64,
+    /// Request counter: entries of the current request are never evicted.
+    request: u64,
+    /// Use counter, for least-recently-used eviction.
+    uses: u64,
 }
 
 impl<B: Backend> Default for CacheInner<B> {
@@ -192,7 +197,8 @@ impl<B: Backend> Default for CacheInner<B> {
         CacheInner {
             entries: HashMap::new(),
             bytes: 0,
-            clock: 0,
+            request: 0,
+            uses: 0,
         }
     }
 }
@@ -250,16 +256,18 @@ impl<B: Backend> FeatureCache<B> {
     /// The cached tokens of `key`, marked as used by the current request.
     fn get(&self, key: &[u8; 32]) -> Option<AdaptedFeatures<B>> {
         let mut inner = self.lock();
-        let now = inner.clock;
+        inner.uses += 1;
+        let (uses, request) = (inner.uses, inner.request);
         let entry = inner.entries.get_mut(key)?;
-        entry.last_used = now;
+        entry.last_used = uses;
+        entry.request = request;
         Some(entry.features.clone())
     }
 
     /// Starts a request: entries it touches count as newer than all before.
     fn begin_request(&self) {
         let mut inner = self.lock();
-        inner.clock = inner.clock.wrapping_add(1);
+        inner.request += 1;
     }
 
     /// Adds `features` for `key`, then evicts the least recently used entries of earlier
@@ -272,13 +280,15 @@ impl<B: Backend> FeatureCache<B> {
             .map(|t| t.shape().num_elements() * std::mem::size_of::<f32>())
             .sum();
         let mut inner = self.lock();
-        let now = inner.clock;
+        inner.uses += 1;
+        let (uses, now) = (inner.uses, inner.request);
         if let Some(old) = inner.entries.insert(
             key,
             CachedFeatures {
                 features,
                 bytes,
-                last_used: now,
+                last_used: uses,
+                request: now,
             },
         ) {
             inner.bytes -= old.bytes;
@@ -288,7 +298,7 @@ impl<B: Backend> FeatureCache<B> {
             let oldest = inner
                 .entries
                 .iter()
-                .filter(|(_, e)| e.last_used < now)
+                .filter(|(_, e)| e.request < now)
                 .min_by_key(|(_, e)| e.last_used)
                 .map(|(k, _)| *k);
             let Some(oldest) = oldest else { break };
