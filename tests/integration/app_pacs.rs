@@ -12,7 +12,7 @@ use mvfa_studio::app::dispatch::Action;
 use mvfa_studio::app::state::pacs::PacsState;
 use mvfa_studio::app::state::{AppState, PersistedState};
 use mvfa_studio::app::ui::StudioApp;
-use mvfa_studio::pacs::{Level, Query, connect};
+use mvfa_studio::pacs::{Level, Node, Query, connect};
 
 use dicom_dictionary_std::tags;
 
@@ -33,6 +33,26 @@ fn wait_until(h: &mut H, what: &str, done: impl Fn(&AppState) -> bool) {
     }
 }
 
+/// The app with `node` as its only PACS node, retrieving under `dir/pacs`.
+fn app_with_node(node: &Node, dir: &std::path::Path) -> H {
+    let mut state = AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    );
+    state.pacs = PacsState::load(None, dir.join("pacs"));
+    state.pacs.node = Some(node.name.clone());
+    state.pacs.settings.upsert(node.clone());
+    Harness::builder()
+        .with_size(vec2(1400.0, 900.0))
+        .build_ui_state(
+            |ui, app: &mut StudioApp| app.frame(ui),
+            StudioApp::with_state(state),
+        )
+}
+
 #[test]
 fn app_pacs_search_retrieve_and_send_results() {
     let Some(orthanc) = orthanc_or_skip("app_pacs_search_retrieve_and_send_results") else {
@@ -44,22 +64,7 @@ fn app_pacs_search_retrieve_and_send_results() {
     server.store(&files[0]).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
-    state.pacs = PacsState::load(None, dir.path().join("pacs"));
-    state.pacs.node = Some(node.name.clone());
-    state.pacs.settings.upsert(node.clone());
-    let mut h: H = Harness::builder()
-        .with_size(vec2(1400.0, 900.0))
-        .build_ui_state(
-            |ui, app: &mut StudioApp| app.frame(ui),
-            StudioApp::with_state(state),
-        );
+    let mut h = app_with_node(&node, dir.path());
 
     h.key_press(Command::TogglePacs.shortcut().unwrap().logical_key);
     h.step();
@@ -165,23 +170,8 @@ fn app_pacs_lists_a_studys_series_and_retrieves_one_series() {
     assert!(per_series.len() > 1, "{per_series:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
-    state.pacs = PacsState::load(None, dir.path().join("pacs"));
-    state.pacs.node = Some(node.name.clone());
-    state.pacs.settings.upsert(node.clone());
-    state.pacs.open = true;
-    let mut h: H = Harness::builder()
-        .with_size(vec2(1400.0, 900.0))
-        .build_ui_state(
-            |ui, app: &mut StudioApp| app.frame(ui),
-            StudioApp::with_state(state),
-        );
+    let mut h = app_with_node(&node, dir.path());
+    h.state_mut().state.pacs.open = true;
     h.run();
     h.get_by_label("Search").click();
     h.step();

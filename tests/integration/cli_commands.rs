@@ -584,20 +584,23 @@ fn eval_paper_protocol_with_shot_list_and_zero_shot_checkpoint() {
     assert_auc(&brain["pixel_auc"]);
 }
 
+/// A tower small enough for `bench` to run in a test.
+const BENCH_SMALL_TOWER: [&str; 10] = [
+    "--layers",
+    "2",
+    "--width",
+    "64",
+    "--embed-dim",
+    "16",
+    "--text-layers",
+    "1",
+    "--text-width",
+    "32",
+];
+
 #[test]
 fn bench_prints_the_table_on_a_small_tower() {
-    let (o, stdout, stderr) = run(bin().args([
-        "bench",
-        "--layers",
-        "2",
-        "--width",
-        "64",
-        "--embed-dim",
-        "16",
-        "--text-layers",
-        "1",
-        "--text-width",
-        "32",
+    let (o, stdout, stderr) = run(bin().arg("bench").args(BENCH_SMALL_TOWER).args([
         "--batches",
         "1,2",
         "--shots",
@@ -626,27 +629,20 @@ fn bench_prints_the_table_on_a_small_tower() {
 
 #[test]
 fn bench_compare_without_torch_says_why_and_prints_our_column() {
-    let (o, stdout, stderr) = run(bin().env("MVFA_PYTHON", "/nonexistent/python3").args([
-        "bench",
-        "--layers",
-        "2",
-        "--width",
-        "64",
-        "--embed-dim",
-        "16",
-        "--text-layers",
-        "1",
-        "--text-width",
-        "32",
-        "--batches",
-        "1",
-        "--shots",
-        "1",
-        "--repeat",
-        "1",
-        "--cpu",
-        "--compare",
-    ]));
+    let (o, stdout, stderr) = run(bin()
+        .env("MVFA_PYTHON", "/nonexistent/python3")
+        .arg("bench")
+        .args(BENCH_SMALL_TOWER)
+        .args([
+            "--batches",
+            "1",
+            "--shots",
+            "1",
+            "--repeat",
+            "1",
+            "--cpu",
+            "--compare",
+        ]));
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
         stdout.contains("compare: PyTorch side skipped: cannot run the Python interpreter \"/nonexistent/python3\" (MVFA_PYTHON)"),

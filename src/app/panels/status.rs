@@ -36,11 +36,6 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 .job
                 .as_ref()
                 .map(|j| (j.job.title.as_str(), j.job.progress())),
-            state
-                .model
-                .results_save
-                .as_ref()
-                .map(|j| (j.title.as_str(), j.progress())),
         ];
         for (title, (fraction, message)) in jobs.into_iter().flatten() {
             ui.label(title);
@@ -56,6 +51,17 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             {
                 actions.push(Action::Run(Command::CancelJob));
             }
+            ui.separator();
+        }
+        // Writing the results file is not cancellable (a project save must finish): no button.
+        if let Some(job) = &state.model.results_save {
+            ui.label(&job.title);
+            ui.add(
+                egui::ProgressBar::new(0.0)
+                    .animate(true)
+                    .desired_width(120.0)
+                    .text(job.progress().1),
+            );
             ui.separator();
         }
         let counts = state.labels.counts();
