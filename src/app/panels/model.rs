@@ -297,8 +297,11 @@ fn loss_plot(ui: &mut egui::Ui, state: &AppState) {
             .map(|p| [p.step as f64, get(p) as f64])
             .collect()
     };
+    // As tall as the panel has room for (with the axis caption), between 110 and 170 points,
+    // so that on a short window the caption is not cut off below the panel's edge.
+    let height = (ui.available_height() - 24.0).clamp(110.0, 170.0);
     Plot::new("losses")
-        .height(170.0)
+        .height(height)
         .legend(Legend::default())
         .x_axis_label("step")
         .allow_scroll(false)
