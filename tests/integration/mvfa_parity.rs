@@ -5,8 +5,8 @@
 //! taps after blocks 2, 4, 6, 8, width 64, bottleneck 32, 290 tokens, maps at 240) so that the
 //! hook chaining and the gradient flow through the stream are the real ones, against a float32
 //! PyTorch reference. Tolerances: 1e-4 max-abs for tensors and for the weights after the Adam
-//! step, 1e-5 relative for loss terms, 1e-3 of the largest gradient for gradients (see
-//! `GRAD_RTOL`). Run with `--nocapture` to see the measured errors.
+//! step, 1e-5 relative for loss terms, 1e-5 of the largest gradient for gradients (see
+//! `GRAD_TOL`). Run with `--nocapture` to see the measured errors.
 //!
 //! Phase B runs the same checks through the CLIP fixture tower of `tests/fixtures/clip`
 //! (8 blocks, width 32, embed 16, 240 px, erf GELU, loaded with `load_clip_vision`) on its
@@ -41,11 +41,13 @@ const SIZE: usize = 240;
 const TOKENS: usize = 1 + GRID * GRID;
 const TOL: f32 = 1e-4;
 const LOSS_RTOL: f64 = 1e-5;
-/// Gradients: max-abs error relative to the largest gradient of the tensor. Measured: about
-/// 2e-5 in phase A and 2.5e-4 in phase B, where gradients of earlier levels cross the CLIP
-/// blocks (burn 0.21 composes softmax and layer norm from primitive ops under autodiff, and
-/// their f32 backward is less accurate than PyTorch's fused kernels).
-///
+/// Gradients: max-abs error relative to the largest gradient of the tensor, at most
+/// [`GRAD_TOL`] on the CPU. Measured: under 2e-6 in both phases, also where gradients of
+/// earlier levels cross the CLIP blocks. (Before the patched burn-ndarray computed the exact
+/// GELU derivative it was 2.5e-4 in phase B: burn-backend's default `gelu_backward`
+/// differentiates the tanh approximation; the CUDA backend still does, hence 1e-3 there.)
+const GRAD_TOL: f32 = 1e-5;
+
 /// The first Adam step is lr * g / (|g| + eps): +-lr for a gradient well above eps, and
 /// ill-conditioned where |g| is at the level of the f32 noise above (its sign, and near eps
 /// its size, are noise; a release build's different instruction order moved one such weight
@@ -196,6 +198,8 @@ fn check(name: &str, err: f32, worst: &mut f32) {
 thread_local! {
     /// The tolerance of [`check`] on this test's thread: [`TOL`], or 1e-3 on the GPU.
     static TOL_NOW: std::cell::Cell<f32> = const { std::cell::Cell::new(TOL) };
+    /// The gradient tolerance on this test's thread: [`GRAD_TOL`], or 1e-3 on the GPU.
+    static GRAD_TOL_NOW: std::cell::Cell<f32> = const { std::cell::Cell::new(GRAD_TOL) };
 }
 
 fn check_rel(name: &str, got: f64, want: f64, worst: &mut f64) {
@@ -479,7 +483,8 @@ fn check_losses_and_adam<AB: AutodiffBackend, V: TappedBackbone<AB> + AutodiffMo
                 let rel = max_abs(got, want.clone()) / scale;
                 eprintln!("{phase} grad {name:<18} max-abs / max|g| {rel:.3e}");
                 worst_grad = worst_grad.max(rel);
-                assert!(rel <= GRAD_RTOL, "{phase} gradient {name}: {rel:e}");
+                let grad_tol = GRAD_TOL_NOW.with(|t| t.get());
+                assert!(rel <= grad_tol, "{phase} gradient {name}: {rel:e} > {grad_tol:e}");
                 // The step is compared where the gradient is clearly above the noise.
                 grad_mask.insert(name, want.abs().greater_elem(GRAD_RTOL * scale));
             }
@@ -707,6 +712,7 @@ fn cuda_mvfa_parity() {
         return;
     }
     TOL_NOW.with(|t| t.set(1e-3));
+    GRAD_TOL_NOW.with(|t| t.set(1e-3));
     let device = burn::backend::cuda::CudaDevice::new(0);
     let fa = Fixture::load("phase_a.safetensors");
     let pth_a = fixture_dir().join("phase_a_adapters.pth");

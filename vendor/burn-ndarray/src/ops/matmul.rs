@@ -38,6 +38,28 @@ pub(crate) fn matmul<E: NdArrayElement>(
         .to_shape((num_r_batches, k, n))
         .expect("matmul: rhs shape");
 
+    // [mvfa patch 4] On CPUs with AVX-512, f32 products whose right operand is not stored
+    // k-contiguous go through the `gemm` crate's AVX-512 kernels (see `avx512_gemm`).
+    #[cfg(all(
+        feature = "std",
+        target_arch = "x86_64",
+        not(any(
+            feature = "blas-accelerate",
+            feature = "blas-netlib",
+            feature = "blas-openblas",
+            feature = "blas-openblas-system"
+        ))
+    ))]
+    if let Some(out) = avx512_gemm::matmul(&lhs_array.view(), &rhs_array.view(), num_out_batches, |batch| {
+        let out_index = strides_out.unflatten(batch);
+        (
+            strides_lhs.flatten(&out_index),
+            strides_rhs.flatten(&out_index),
+        )
+    }) {
+        return NdArrayOps::reshape(out.into_shared().into_dyn(), out_shape);
+    }
+
     let alpha: E = 1.0.elem();
     let beta: E = 0.0.elem();
 
@@ -109,6 +131,278 @@ fn blocks(batches: usize, len: usize, multiply_adds: usize) -> usize {
         return 1;
     }
     threads.div_ceil(batches).min(len / 64).max(1)
+}
+
+/// [mvfa patch 4] f32 matrix products through the `gemm` crate's AVX-512 kernels.
+///
+/// On an AVX-512 CPU (AMD Zen 4/5, Intel since Skylake-SP) these run 1.2-1.35x faster than
+/// matrixmultiply's AVX2 kernel on the shapes of a ViT (measured in `PATCHES.md`); without
+/// AVX-512, or for other element types, `matmul` keeps matrixmultiply (gemm's AVX2 kernel is
+/// slower than matrixmultiply's there). A right operand stored k-contiguous (a transposed
+/// weight in a backward pass, the transposed key of attention) also stays on matrixmultiply,
+/// which packs it faster at 290-row batches.
+///
+/// Values: within gemm's blocked path every output element is the same function of its row
+/// of `lhs` and column of `rhs` (the k blocking depends only on k and the CPU's caches), so
+/// results do not depend on m, n, operand strides, batch merging or the thread count. gemm
+/// has other paths for tiny or degenerate shapes (a matrix-vector product for m or n = 1,
+/// another k blocking when m and n are both at most 64); such products are zero-padded to
+/// 65 rows and 2 columns so that a row's value is the same in a batch of 1 as in a batch of
+/// 100. `BURN_NDARRAY_MATMUL=matrixmultiply` turns this path off (for A/B measurements), and
+/// so does a BLAS feature (the user asked for BLAS).
+#[cfg(all(
+    feature = "std",
+    target_arch = "x86_64",
+    not(any(
+        feature = "blas-accelerate",
+        feature = "blas-netlib",
+        feature = "blas-openblas",
+        feature = "blas-openblas-system"
+    ))
+))]
+pub(crate) mod avx512_gemm {
+    use core::any::TypeId;
+    use gemm_common::Parallelism;
+    use ndarray::{ArrayView3, ArrayViewMut2};
+    use std::sync::OnceLock;
+
+    /// Rows and columns below which gemm leaves its blocked path (see the module doc).
+    const MIN_ROWS: usize = 65;
+    const MIN_COLS: usize = 2;
+
+    /// Whether f32 products take this path in this process.
+    pub(crate) fn enabled() -> bool {
+        static ENABLED: OnceLock<bool> = OnceLock::new();
+        *ENABLED.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::env::var("BURN_NDARRAY_MATMUL").map_or(true, |v| v != "matrixmultiply")
+        })
+    }
+
+    /// `Some([batches, m, n])` when the product ran here, `None` to use matrixmultiply.
+    /// `batch_of(out_batch)` gives the (lhs, rhs) batch of an output batch (broadcasting).
+    pub(super) fn matmul<E: 'static + Copy>(
+        lhs: &ArrayView3<'_, E>,
+        rhs: &ArrayView3<'_, E>,
+        batches: usize,
+        batch_of: impl Fn(usize) -> (usize, usize) + Sync,
+    ) -> Option<ndarray::Array3<E>> {
+        if TypeId::of::<E>() != TypeId::of::<f32>() || !enabled() {
+            return None;
+        }
+        let (_, m, k) = lhs.dim();
+        let n = rhs.dim().2;
+        let [_, rhs_rs, rhs_cs] = [rhs.strides()[0], rhs.strides()[1], rhs.strides()[2]];
+        let positive = |dim: usize, stride: isize| dim <= 1 || stride > 0;
+        let strides_ok = positive(m, lhs.strides()[1])
+            && positive(k, lhs.strides()[2])
+            && positive(k, rhs_rs)
+            && positive(n, rhs_cs);
+        if !strides_ok || m == 0 || n == 0 {
+            return None;
+        }
+        // SAFETY: `E` is `f32` (checked above); same size, alignment and representation.
+        let lhs: &ArrayView3<'_, f32> = unsafe { &*(lhs as *const _ as *const ArrayView3<'_, f32>) };
+        let rhs: &ArrayView3<'_, f32> = unsafe { &*(rhs as *const _ as *const ArrayView3<'_, f32>) };
+        let mut out = ndarray::Array3::<f32>::zeros((batches, m, n));
+
+        #[cfg(feature = "multi-threads")]
+        let threads = rayon::current_num_threads();
+        #[cfg(not(feature = "multi-threads"))]
+        let threads = 1;
+        if batches >= threads && threads > 1 {
+            #[cfg(feature = "multi-threads")]
+            {
+                use ndarray::parallel::prelude::*;
+                out.outer_iter_mut()
+                    .into_par_iter()
+                    .enumerate()
+                    .for_each(|(batch, dst)| {
+                        let (l, r) = batch_of(batch);
+                        product(lhs.index_axis(ndarray::Axis(0), l), rhs.index_axis(ndarray::Axis(0), r), dst, Parallelism::None);
+                    });
+            }
+        } else {
+            #[cfg(feature = "multi-threads")]
+            let parallelism = if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            };
+            #[cfg(not(feature = "multi-threads"))]
+            let parallelism = Parallelism::None;
+            for (batch, dst) in out.outer_iter_mut().enumerate() {
+                let (l, r) = batch_of(batch);
+                product(lhs.index_axis(ndarray::Axis(0), l), rhs.index_axis(ndarray::Axis(0), r), dst, parallelism);
+            }
+        }
+        // SAFETY: `E` is `f32`.
+        Some(unsafe { core::mem::transmute::<ndarray::Array3<f32>, ndarray::Array3<E>>(out) })
+    }
+
+    /// `dst = lhs rhs` for one matrix.
+    fn product(
+        lhs: ndarray::ArrayView2<'_, f32>,
+        rhs: ndarray::ArrayView2<'_, f32>,
+        dst: ArrayViewMut2<'_, f32>,
+        parallelism: Parallelism,
+    ) {
+        let (m, k) = lhs.dim();
+        let n = rhs.dim().1;
+        // gemm is fastest (its orientation: dst[m, n] = lhs[m, k] rhs[k, n]) with a column-
+        // major dst, an m-contiguous lhs and a k-contiguous rhs; `call` gets there for
+        // row-major operands by computing dst^T = rhs^T lhs^T. A right operand stored
+        // k-contiguous (a transposed weight in a backward pass, the transposed key of
+        // attention, transposed queries) spoils that: up to half the speed. So:
+        if rhs.strides()[0] == 1 && k > 1 && n > 1 {
+            if n <= m {
+                // the smaller operand, `rhs`, is copied into row-major;
+                let rhs = standard_copy(rhs);
+                return padded_product(lhs, rhs.view(), dst, parallelism);
+            }
+            // or else `lhs` is copied into column-major, gemm writes a column-major
+            // temporary, and that is copied into `dst` (copies of m x (k + n) elements,
+            // under 1/min(m, n) of the product's multiply-adds).
+            let lhs_t;
+            let lhs = if lhs.strides()[0] == 1 {
+                lhs
+            } else {
+                lhs_t = standard_copy(lhs.t());
+                lhs_t.t()
+            };
+            let mut dst_t = ndarray::Array2::<f32>::zeros((n, m));
+            padded_product(lhs, rhs, dst_t.view_mut().reversed_axes(), parallelism);
+            return tiled_assign(dst, dst_t.t());
+        }
+        padded_product(lhs, rhs, dst, parallelism)
+    }
+
+    /// `src` copied into a new row-major array.
+    fn standard_copy(src: ndarray::ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
+        let mut out = ndarray::Array2::<f32>::zeros(src.dim());
+        tiled_assign(out.view_mut(), src);
+        out
+    }
+
+    /// `dst = src` for a `dst` with contiguous rows, tile by tile over rayon's pool: a
+    /// plain element-order copy of a transposed view misses the cache on every read.
+    fn tiled_assign(mut dst: ArrayViewMut2<'_, f32>, src: ndarray::ArrayView2<'_, f32>) {
+        const TILE: usize = 32;
+        let (rows, cols) = src.dim();
+        assert_eq!(dst.dim(), (rows, cols), "tiled_assign: shapes differ");
+        assert!(cols <= 1 || dst.strides()[1] == 1, "tiled_assign: dst rows not contiguous");
+        let (src_rs, src_cs) = (src.strides()[0], src.strides()[1]);
+        let dst_rs = dst.strides()[0];
+        let (src_ptr, dst_ptr) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
+        let copy_block = |block: usize| {
+            let row_end = ((block + 1) * TILE).min(rows);
+            for col0 in (0..cols).step_by(TILE) {
+                for r in block * TILE..row_end {
+                    for c in col0..(col0 + TILE).min(cols) {
+                        // SAFETY: (r, c) lies inside both views, whose strides are those of
+                        // valid arrays; each block writes only its own rows of `dst`.
+                        unsafe {
+                            *(dst_ptr as *mut f32).offset(r as isize * dst_rs + c as isize) =
+                                *(src_ptr as *const f32)
+                                    .offset(r as isize * src_rs + c as isize * src_cs);
+                        }
+                    }
+                }
+            }
+        };
+        let blocks = rows.div_ceil(TILE);
+        #[cfg(feature = "multi-threads")]
+        {
+            use rayon::prelude::*;
+            (0..blocks).into_par_iter().for_each(copy_block);
+        }
+        #[cfg(not(feature = "multi-threads"))]
+        (0..blocks).for_each(copy_block);
+    }
+
+    /// `dst = lhs rhs`, zero-padding shapes that gemm would send off its blocked path.
+    fn padded_product(
+        lhs: ndarray::ArrayView2<'_, f32>,
+        rhs: ndarray::ArrayView2<'_, f32>,
+        mut dst: ArrayViewMut2<'_, f32>,
+        parallelism: Parallelism,
+    ) {
+        let (m, k) = lhs.dim();
+        let n = rhs.dim().1;
+        let padded_m = if m < MIN_COLS || (m < MIN_ROWS && n < MIN_ROWS) { MIN_ROWS } else { m };
+        let padded_n = n.max(MIN_COLS);
+        if (padded_m, padded_n) == (m, n) {
+            // SAFETY: the views are valid for their shapes and strides; gemm writes only
+            // `dst`'s m x n elements and reads nothing else outside the operands.
+            unsafe { call(m, n, k, lhs, rhs, &mut dst, parallelism) };
+            return;
+        }
+        let mut lhs_padded = ndarray::Array2::<f32>::zeros((padded_m, k));
+        lhs_padded.slice_mut(ndarray::s![..m, ..]).assign(&lhs);
+        let mut rhs_padded = ndarray::Array2::<f32>::zeros((k, padded_n));
+        rhs_padded.slice_mut(ndarray::s![.., ..n]).assign(&rhs);
+        let mut dst_padded = ndarray::Array2::<f32>::zeros((padded_m, padded_n));
+        // SAFETY: as above, on owned contiguous arrays.
+        unsafe {
+            call(
+                padded_m,
+                padded_n,
+                k,
+                lhs_padded.view(),
+                rhs_padded.view(),
+                &mut dst_padded.view_mut(),
+                parallelism,
+            )
+        };
+        dst.assign(&dst_padded.slice(ndarray::s![..m, ..n]));
+    }
+
+    unsafe fn call(
+        m: usize,
+        n: usize,
+        k: usize,
+        lhs: ndarray::ArrayView2<'_, f32>,
+        rhs: ndarray::ArrayView2<'_, f32>,
+        dst: &mut ArrayViewMut2<'_, f32>,
+        parallelism: Parallelism,
+    ) {
+        let (dst_rs, dst_cs) = (dst.strides()[0], dst.strides()[1]);
+        let (lhs_rs, lhs_cs) = (lhs.strides()[0], lhs.strides()[1]);
+        let (rhs_rs, rhs_cs) = (rhs.strides()[0], rhs.strides()[1]);
+        // gemm's microkernels write columns of dst: for a row-major dst, compute the
+        // transposed product dst^T = rhs^T lhs^T instead (as the `gemm` crate's front end
+        // does; 3.5x faster here). Every element gets the same value either way.
+        let (m, n, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs) =
+            if dst_cs.abs() < dst_rs.abs() {
+                (n, m, dst_cs, dst_rs, rhs.as_ptr(), rhs_cs, rhs_rs, lhs.as_ptr(), lhs_cs, lhs_rs)
+            } else {
+                (m, n, dst_rs, dst_cs, lhs.as_ptr(), lhs_rs, lhs_cs, rhs.as_ptr(), rhs_rs, rhs_cs)
+            };
+        // dst := 0 * dst + 1 * lhs rhs, without reading dst.
+        unsafe {
+            gemm_f32::gemm::f32::get_gemm_fn()(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                dst_cs,
+                dst_rs,
+                false,
+                lhs,
+                lhs_cs,
+                lhs_rs,
+                rhs,
+                rhs_cs,
+                rhs_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]

@@ -461,6 +461,14 @@ where
         })
     }
 
+    // [mvfa patch 6] One pass over the values instead of burn-backend's default
+    // (`float_argmax`, one strided lane per output element, then `float_gather`).
+    fn float_max_dim(tensor: FloatTensor<Self>, dim: usize) -> FloatTensor<Self> {
+        execute_with_float_dtype!(tensor, FloatElem, |array: SharedArray<FloatElem>| {
+            crate::ops::fused::max_dim(array, dim)
+        })
+    }
+
     fn float_argtopk(
         _tensor: FloatTensor<Self>,
         _dim: usize,
