@@ -167,7 +167,12 @@ mod ndarray_patch_tests {
         let xa = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
         let y = gelu(xa.clone()) * Tensor::<AD, 2>::from_inner(g.clone());
         let grads = y.sum().backward();
-        let got = xa.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let got = xa
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let xs = x.into_data().to_vec::<f32>().unwrap();
         let gs = g.into_data().to_vec::<f32>().unwrap();
         let mut worst = 0f64;
@@ -281,13 +286,19 @@ mod ndarray_patch_tests {
                 let want = full.clone().narrow(0, start, rows);
                 assert_same(part.clone().matmul(b.clone()), want.clone());
                 // The same right operand stored k-contiguous (a transposed view).
-                assert_same(part.clone().matmul(b_t_copy.clone().transpose()), want.clone());
+                assert_same(
+                    part.clone().matmul(b_t_copy.clone().transpose()),
+                    want.clone(),
+                );
                 // The left operand stored column-major.
                 let part_t = Tensor::<B, 2>::from_data(part.clone().transpose().to_data(), &device);
                 assert_same(part_t.transpose().matmul(b.clone()), want);
             }
             // Batched with a broadcast weight, as `linear` runs it.
-            let batched = a.clone().reshape([3, 100, k]).matmul(b.clone().unsqueeze::<3>());
+            let batched = a
+                .clone()
+                .reshape([3, 100, k])
+                .matmul(b.clone().unsqueeze::<3>());
             assert_same(batched.reshape([300, n]), full);
         }
     }
@@ -299,7 +310,12 @@ mod ndarray_patch_tests {
         let (m, k, n) = (70, 300, 90);
         let a = input([m, k]);
         let b = input([k, n]);
-        let got = a.clone().matmul(b.clone()).into_data().to_vec::<f32>().unwrap();
+        let got = a
+            .clone()
+            .matmul(b.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let a = a.into_data().to_vec::<f32>().unwrap();
         let b = b.into_data().to_vec::<f32>().unwrap();
         for i in 0..m {
@@ -311,7 +327,10 @@ mod ndarray_patch_tests {
                     scale += p.abs();
                 }
                 let err = (f64::from(got[i * n + j]) - sum).abs();
-                assert!(err <= 1e-5 * scale, "({i}, {j}): {err:e} for a sum of {scale}");
+                assert!(
+                    err <= 1e-5 * scale,
+                    "({i}, {j}): {err:e} for a sum of {scale}"
+                );
             }
         }
     }
@@ -321,7 +340,11 @@ mod ndarray_patch_tests {
     #[test]
     fn max_dim_matches_argmax_then_gather() {
         let device = Default::default();
-        let mut values = input([6, 7]).reshape([2, 3, 7]).into_data().to_vec::<f32>().unwrap();
+        let mut values = input([6, 7])
+            .reshape([2, 3, 7])
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         values[0] = f32::NAN;
         values[9] = f32::NAN;
         values[1] = 0.0;

@@ -484,7 +484,10 @@ fn check_losses_and_adam<AB: AutodiffBackend, V: TappedBackbone<AB> + AutodiffMo
                 eprintln!("{phase} grad {name:<18} max-abs / max|g| {rel:.3e}");
                 worst_grad = worst_grad.max(rel);
                 let grad_tol = GRAD_TOL_NOW.with(|t| t.get());
-                assert!(rel <= grad_tol, "{phase} gradient {name}: {rel:e} > {grad_tol:e}");
+                assert!(
+                    rel <= grad_tol,
+                    "{phase} gradient {name}: {rel:e} > {grad_tol:e}"
+                );
                 // The step is compared where the gradient is clearly above the noise.
                 grad_mask.insert(name, want.abs().greater_elem(GRAD_RTOL * scale));
             }

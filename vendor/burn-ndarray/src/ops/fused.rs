@@ -204,11 +204,17 @@ pub(crate) fn attention_softmax<E: FloatNdArrayElement>(
 /// place stays, later NaNs are skipped). Along an inner axis, whole sub-arrays are merged
 /// element-wise in order (contiguous rows for a row-major array); along the last axis, each
 /// contiguous lane is folded.
-pub(crate) fn max_dim<E: FloatNdArrayElement>(tensor: SharedArray<E>, dim: usize) -> SharedArray<E> {
+pub(crate) fn max_dim<E: FloatNdArrayElement>(
+    tensor: SharedArray<E>,
+    dim: usize,
+) -> SharedArray<E> {
     use ndarray::{Axis, Zip};
     let view = tensor.view();
     let ndim = view.ndim();
-    assert!(dim < ndim, "max_dim: dim {dim} out of range for {ndim} dims");
+    assert!(
+        dim < ndim,
+        "max_dim: dim {dim} out of range for {ndim} dims"
+    );
     let keep = |e: E, best: E| e > best;
     let out = if dim + 1 == ndim {
         view.map_axis(Axis(dim), |lane| {

@@ -50,13 +50,18 @@ pub(crate) fn matmul<E: NdArrayElement>(
             feature = "blas-openblas-system"
         ))
     ))]
-    if let Some(out) = avx512_gemm::matmul(&lhs_array.view(), &rhs_array.view(), num_out_batches, |batch| {
-        let out_index = strides_out.unflatten(batch);
-        (
-            strides_lhs.flatten(&out_index),
-            strides_rhs.flatten(&out_index),
-        )
-    }) {
+    if let Some(out) = avx512_gemm::matmul(
+        &lhs_array.view(),
+        &rhs_array.view(),
+        num_out_batches,
+        |batch| {
+            let out_index = strides_out.unflatten(batch);
+            (
+                strides_lhs.flatten(&out_index),
+                strides_rhs.flatten(&out_index),
+            )
+        },
+    ) {
         return NdArrayOps::reshape(out.into_shared().into_dyn(), out_shape);
     }
 
@@ -202,14 +207,41 @@ pub(crate) mod avx512_gemm {
             return None;
         }
         // SAFETY: `E` is `f32` (checked above); same size, alignment and representation.
-        let lhs: &ArrayView3<'_, f32> = unsafe { &*(lhs as *const _ as *const ArrayView3<'_, f32>) };
-        let rhs: &ArrayView3<'_, f32> = unsafe { &*(rhs as *const _ as *const ArrayView3<'_, f32>) };
+        let lhs: &ArrayView3<'_, f32> =
+            unsafe { &*(lhs as *const _ as *const ArrayView3<'_, f32>) };
+        let rhs: &ArrayView3<'_, f32> =
+            unsafe { &*(rhs as *const _ as *const ArrayView3<'_, f32>) };
         let mut out = ndarray::Array3::<f32>::zeros((batches, m, n));
 
         #[cfg(feature = "multi-threads")]
         let threads = rayon::current_num_threads();
         #[cfg(not(feature = "multi-threads"))]
         let threads = 1;
+        #[cfg(feature = "multi-threads")]
+        let whole = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        #[cfg(not(feature = "multi-threads"))]
+        let whole = Parallelism::None;
+
+        // A batch of token matrices times one shared weight (`linear` on [batch, tokens,
+        // d]): one product of all the rows, so that the weight is packed once, not once per
+        // batch (rows get the same values either way).
+        if batches > 1 && rhs.dim().0 == 1 && lhs.dim().0 == batches {
+            if let Ok(rows) = lhs.view().into_shape_with_order((batches * m, k)) {
+                let dst = out
+                    .view_mut()
+                    .into_shape_with_order((batches * m, n))
+                    .expect("new array is contiguous");
+                product(rows, rhs.index_axis(ndarray::Axis(0), 0), dst, whole);
+                // SAFETY: `E` is `f32`.
+                return Some(unsafe {
+                    core::mem::transmute::<ndarray::Array3<f32>, ndarray::Array3<E>>(out)
+                });
+            }
+        }
         if batches >= threads && threads > 1 {
             #[cfg(feature = "multi-threads")]
             {
@@ -219,21 +251,23 @@ pub(crate) mod avx512_gemm {
                     .enumerate()
                     .for_each(|(batch, dst)| {
                         let (l, r) = batch_of(batch);
-                        product(lhs.index_axis(ndarray::Axis(0), l), rhs.index_axis(ndarray::Axis(0), r), dst, Parallelism::None);
+                        product(
+                            lhs.index_axis(ndarray::Axis(0), l),
+                            rhs.index_axis(ndarray::Axis(0), r),
+                            dst,
+                            Parallelism::None,
+                        );
                     });
             }
         } else {
-            #[cfg(feature = "multi-threads")]
-            let parallelism = if threads > 1 {
-                Parallelism::Rayon(threads)
-            } else {
-                Parallelism::None
-            };
-            #[cfg(not(feature = "multi-threads"))]
-            let parallelism = Parallelism::None;
             for (batch, dst) in out.outer_iter_mut().enumerate() {
                 let (l, r) = batch_of(batch);
-                product(lhs.index_axis(ndarray::Axis(0), l), rhs.index_axis(ndarray::Axis(0), r), dst, parallelism);
+                product(
+                    lhs.index_axis(ndarray::Axis(0), l),
+                    rhs.index_axis(ndarray::Axis(0), r),
+                    dst,
+                    whole,
+                );
             }
         }
         // SAFETY: `E` is `f32`.
@@ -290,7 +324,10 @@ pub(crate) mod avx512_gemm {
         const TILE: usize = 32;
         let (rows, cols) = src.dim();
         assert_eq!(dst.dim(), (rows, cols), "tiled_assign: shapes differ");
-        assert!(cols <= 1 || dst.strides()[1] == 1, "tiled_assign: dst rows not contiguous");
+        assert!(
+            cols <= 1 || dst.strides()[1] == 1,
+            "tiled_assign: dst rows not contiguous"
+        );
         let (src_rs, src_cs) = (src.strides()[0], src.strides()[1]);
         let dst_rs = dst.strides()[0];
         let (src_ptr, dst_ptr) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
@@ -329,7 +366,11 @@ pub(crate) mod avx512_gemm {
     ) {
         let (m, k) = lhs.dim();
         let n = rhs.dim().1;
-        let padded_m = if m < MIN_COLS || (m < MIN_ROWS && n < MIN_ROWS) { MIN_ROWS } else { m };
+        let padded_m = if m < MIN_COLS || (m < MIN_ROWS && n < MIN_ROWS) {
+            MIN_ROWS
+        } else {
+            m
+        };
         let padded_n = n.max(MIN_COLS);
         if (padded_m, padded_n) == (m, n) {
             // SAFETY: the views are valid for their shapes and strides; gemm writes only
@@ -374,9 +415,31 @@ pub(crate) mod avx512_gemm {
         // does; 3.5x faster here). Every element gets the same value either way.
         let (m, n, dst_rs, dst_cs, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs) =
             if dst_cs.abs() < dst_rs.abs() {
-                (n, m, dst_cs, dst_rs, rhs.as_ptr(), rhs_cs, rhs_rs, lhs.as_ptr(), lhs_cs, lhs_rs)
+                (
+                    n,
+                    m,
+                    dst_cs,
+                    dst_rs,
+                    rhs.as_ptr(),
+                    rhs_cs,
+                    rhs_rs,
+                    lhs.as_ptr(),
+                    lhs_cs,
+                    lhs_rs,
+                )
             } else {
-                (m, n, dst_rs, dst_cs, lhs.as_ptr(), lhs_rs, lhs_cs, rhs.as_ptr(), rhs_rs, rhs_cs)
+                (
+                    m,
+                    n,
+                    dst_rs,
+                    dst_cs,
+                    lhs.as_ptr(),
+                    lhs_rs,
+                    lhs_cs,
+                    rhs.as_ptr(),
+                    rhs_rs,
+                    rhs_cs,
+                )
             };
         // dst := 0 * dst + 1 * lhs rhs, without reading dst.
         unsafe {
