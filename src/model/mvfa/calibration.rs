@@ -33,10 +33,10 @@
 //!
 //! Measured on the synthetic learning task (48 held-out images): after a long fine-tuning
 //! (30 epochs on 88 images) the calibrated fused pixel map keeps up with the better branch,
-//! but the fused image score falls (0.93 before fine-tuning, 0.78 after). The cause is not
+//! but the fused image score falls (0.93 before fine-tuning, 0.76 after). The cause is not
 //! the calibration (held-out exemplars move it by about 0.01) but the memory bank: it is built
 //! from the fine-tuned seg adapters' tokens, and long fine-tuning makes them worse for
-//! nearest-neighbour search (few-shot map maximum 0.98 -> 0.81 AUC). The quick schedule
+//! nearest-neighbour search (few-shot map maximum 0.98 -> 0.78 AUC). The quick schedule
 //! (3 augmentations, 5 epochs) improves the text branch as much (image 0.47 -> 0.73) while the
 //! bank keeps its features, and the fused image and pixel AUC stay at or above both the
 //! untrained detector and the better branch minus 0.02 (the learning test asserts this).
