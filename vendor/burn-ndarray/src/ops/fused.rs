@@ -146,8 +146,9 @@ pub(crate) fn attention_softmax<E: FloatNdArrayElement>(
     let (seq_q, seq_k) = (shape[ndims - 2], shape[ndims - 1]);
     let offset = seq_k as i64 - seq_q as i64;
     let neg_inf: E = Scalar::from(f32::NEG_INFINITY).elem();
-    let input = scores.as_slice().expect("standard layout");
-    let mut out = input.to_vec();
+    // In place: `scores` is normally the fresh output of the matmul (no copy then).
+    let mut scores = scores.into_owned();
+    let out = scores.as_slice_mut().expect("standard layout");
     let row_op = |row_index: usize, row: &mut [E]| {
         for v in row.iter_mut() {
             *v = *v * scale;
@@ -195,7 +196,7 @@ pub(crate) fn attention_softmax<E: FloatNdArrayElement>(
             row_op(i, row);
         }
     }
-    from_vec(&shape, out)
+    scores.into_shared()
 }
 
 /// [mvfa patch 6] Maximum along `dim`, keeping the axis (length 1): the values of upstream's
