@@ -157,11 +157,38 @@ impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = linear(x, &self.c_fc);
         let h = match self.activation {
-            Activation::Gelu => gelu(h),
+            Activation::Gelu => exact_gelu(h),
             Activation::QuickGelu => h.clone() * sigmoid(h * 1.702),
         };
         linear(h, &self.c_proj)
     }
+}
+
+/// Exact (erf) GELU whose gradient, under autodiff, is the exact derivative
+/// `Phi(x) + x phi(x)` as in PyTorch.
+///
+/// burn's `gelu` op computes the exact GELU, but burn-backend's default `gelu_backward`
+/// differentiates its tanh approximation (up to 8.7e-4 off per element). The vendored
+/// burn-ndarray overrides that with the exact derivative (vendor/burn-ndarray/PATCHES.md,
+/// patch 5); on other backends (CUDA) training composes the GELU from `erf`, whose autodiff
+/// gradient is exact. Inference always uses the `gelu` op.
+fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if gelu_is_composed::<B>(&x.device()) {
+        composed_gelu(x)
+    } else {
+        gelu(x)
+    }
+}
+
+/// Whether [`exact_gelu`] composes the GELU from `erf`: under autodiff, on a backend other
+/// than the patched burn-ndarray.
+fn gelu_is_composed<B: Backend>(device: &B::Device) -> bool {
+    B::ad_enabled(device) && !B::name(device).contains("ndarray")
+}
+
+/// `x (1 + erf(x / sqrt 2)) / 2`, in the order of burn-backend's default `gelu`.
+fn composed_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    (x.clone() * (x.div_scalar(std::f64::consts::SQRT_2).erf() + 1.0)).div_scalar(2.0)
 }
 
 #[cfg(test)]
@@ -234,5 +261,36 @@ mod tests {
             (y[0] - q(-1.0)).abs() < 1e-6 && (y[1] - q(2.0)).abs() < 1e-6,
             "{y:?}"
         );
+    }
+
+    /// The composed GELU (training on backends without patched kernels) has the same values
+    /// and, under autodiff, the same exact gradient as the patched burn-ndarray's `gelu`.
+    #[test]
+    fn composed_gelu_matches_the_patched_kernel_with_its_gradient() {
+        type AD = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let x = Tensor::<B, 2>::random([40, 300], Distribution::Normal(0.0, 3.0), &device);
+        let g = Tensor::<B, 2>::random([40, 300], Distribution::Normal(0.0, 1.0), &device);
+        composed_gelu(x.clone())
+            .into_data()
+            .assert_eq(&gelu(x.clone()).into_data(), true);
+        let gradient = |composed: bool| {
+            let xa = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
+            let y = if composed {
+                composed_gelu(xa.clone())
+            } else {
+                gelu(xa.clone())
+            };
+            let grads = (y * Tensor::<AD, 2>::from_inner(g.clone()))
+                .sum()
+                .backward();
+            xa.grad(&grads).unwrap()
+        };
+        gradient(true)
+            .into_data()
+            .assert_approx_eq::<f32>(&gradient(false).into_data(), Tolerance::absolute(2e-6));
+        // On the CPU backends the fused op is used, with and without autodiff.
+        assert!(!gelu_is_composed::<B>(&device));
+        assert!(!gelu_is_composed::<AD>(&device));
     }
 }
