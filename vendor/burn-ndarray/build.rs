@@ -3,4 +3,22 @@ fn main() {
     if cfg!(feature = "blas-accelerate") {
         println!("cargo:rustc-link-lib=framework=Accelerate");
     }
+
+    // [mvfa patch 4] `cfg(avx512_gemm)`: the AVX-512 matmul path through gemm-f32 is built
+    // (x86-64 with `std`, and no BLAS feature: a user who asks for BLAS gets BLAS). Whether
+    // it runs is decided at run time from the CPU's features.
+    println!("cargo:rustc-check-cfg=cfg(avx512_gemm)");
+    let feature = |name: &str| std::env::var_os(format!("CARGO_FEATURE_{name}")).is_some();
+    let x86_64 = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|arch| arch == "x86_64");
+    let blas = [
+        "BLAS_ACCELERATE",
+        "BLAS_NETLIB",
+        "BLAS_OPENBLAS",
+        "BLAS_OPENBLAS_SYSTEM",
+    ]
+    .iter()
+    .any(|name| feature(name));
+    if x86_64 && feature("STD") && !blas {
+        println!("cargo:rustc-cfg=avx512_gemm");
+    }
 }

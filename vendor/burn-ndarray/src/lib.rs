@@ -29,16 +29,7 @@ pub use tensor::*;
 /// [mvfa patch 4] The kernel of this process's f32 matrix products: `"gemm (AVX-512)"` or
 /// `"matrixmultiply"` (or BLAS, with a BLAS feature).
 pub fn f32_matmul_kernel() -> &'static str {
-    #[cfg(all(
-        feature = "std",
-        target_arch = "x86_64",
-        not(any(
-            feature = "blas-accelerate",
-            feature = "blas-netlib",
-            feature = "blas-openblas",
-            feature = "blas-openblas-system"
-        ))
-    ))]
+    #[cfg(avx512_gemm)]
     if ops::matmul::avx512_gemm::enabled() {
         return "gemm (AVX-512)";
     }

@@ -1,12 +1,13 @@
-//! [mvfa patch 2] Fused, multi-threaded element-wise kernels (GELU and its backward, the
-//! softmax of attention).
+//! [mvfa patches 2, 5, 6] Fused, multi-threaded kernels: GELU and its backward, the softmax
+//! of attention, `max_dim`.
 //!
 //! Upstream builds these from 5 to 15 separate single-threaded tensor ops, each allocating
 //! a full-size temporary. Here each runs as one pass, split into fixed chunks (element-wise
-//! maps) or whole rows (softmax) over rayon's pool. Every output element is computed by
-//! exactly the same sequence of f32/f64 operations as the upstream composition, in the same
-//! order, so the results are bit for bit those of upstream, whatever the thread count or
-//! scheduling: no reduction is ever split between threads.
+//! maps) or whole rows (softmax) over rayon's pool. Every output element of `gelu`, the
+//! softmax and `max_dim` is computed by exactly the same sequence of f32/f64 operations as
+//! the upstream composition, in the same order, so those results are bit for bit upstream's,
+//! whatever the thread count or scheduling: no reduction is ever split between threads.
+//! `gelu_backward` deliberately differs (patch 5: the exact derivative).
 
 use alloc::vec::Vec;
 use burn_backend::{ElementConversion, Scalar};

@@ -38,18 +38,9 @@ pub(crate) fn matmul<E: NdArrayElement>(
         .to_shape((num_r_batches, k, n))
         .expect("matmul: rhs shape");
 
-    // [mvfa patch 4] On CPUs with AVX-512, f32 products whose right operand is not stored
-    // k-contiguous go through the `gemm` crate's AVX-512 kernels (see `avx512_gemm`).
-    #[cfg(all(
-        feature = "std",
-        target_arch = "x86_64",
-        not(any(
-            feature = "blas-accelerate",
-            feature = "blas-netlib",
-            feature = "blas-openblas",
-            feature = "blas-openblas-system"
-        ))
-    ))]
+    // [mvfa patch 4] On CPUs with AVX-512, f32 products go through the `gemm` crate's
+    // AVX-512 kernels (see `avx512_gemm`).
+    #[cfg(avx512_gemm)]
     if let Some(out) = avx512_gemm::matmul(
         &lhs_array.view(),
         &rhs_array.view(),
@@ -143,9 +134,7 @@ fn blocks(batches: usize, len: usize, multiply_adds: usize) -> usize {
 /// On an AVX-512 CPU (AMD Zen 4/5, Intel since Skylake-SP) these run 1.2-1.35x faster than
 /// matrixmultiply's AVX2 kernel on the shapes of a ViT (measured in `PATCHES.md`); without
 /// AVX-512, or for other element types, `matmul` keeps matrixmultiply (gemm's AVX2 kernel is
-/// slower than matrixmultiply's there). A right operand stored k-contiguous (a transposed
-/// weight in a backward pass, the transposed key of attention) also stays on matrixmultiply,
-/// which packs it faster at 290-row batches.
+/// slower than matrixmultiply's there).
 ///
 /// Values: within gemm's blocked path every output element is the same function of its row
 /// of `lhs` and column of `rhs` (the k blocking depends only on k and the CPU's caches), so
@@ -153,25 +142,17 @@ fn blocks(batches: usize, len: usize, multiply_adds: usize) -> usize {
 /// has other paths for tiny or degenerate shapes (a matrix-vector product for m or n = 1,
 /// another k blocking when m and n are both at most 64); such products are zero-padded to
 /// 65 rows and 2 columns so that a row's value is the same in a batch of 1 as in a batch of
-/// 100. `BURN_NDARRAY_MATMUL=matrixmultiply` turns this path off (for A/B measurements), and
-/// so does a BLAS feature (the user asked for BLAS).
-#[cfg(all(
-    feature = "std",
-    target_arch = "x86_64",
-    not(any(
-        feature = "blas-accelerate",
-        feature = "blas-netlib",
-        feature = "blas-openblas",
-        feature = "blas-openblas-system"
-    ))
-))]
+/// 100. `BURN_NDARRAY_MATMUL=matrixmultiply` turns this path off (for A/B measurements); a
+/// BLAS feature leaves it out of the build (`cfg(avx512_gemm)`, `build.rs`).
+#[cfg(avx512_gemm)]
 pub(crate) mod avx512_gemm {
     use core::any::TypeId;
     use gemm_common::Parallelism;
     use ndarray::{ArrayView3, ArrayViewMut2};
     use std::sync::OnceLock;
 
-    /// Rows and columns below which gemm leaves its blocked path (see the module doc).
+    /// gemm leaves its blocked path for one row or one column, and for products with at most
+    /// 64 rows and 64 columns (see the module doc): such products are padded to these sizes.
     const MIN_ROWS: usize = 65;
     const MIN_COLS: usize = 2;
 
@@ -366,7 +347,7 @@ pub(crate) mod avx512_gemm {
     ) {
         let (m, k) = lhs.dim();
         let n = rhs.dim().1;
-        let padded_m = if m < MIN_COLS || (m < MIN_ROWS && n < MIN_ROWS) {
+        let padded_m = if m < 2 || (m < MIN_ROWS && n < MIN_ROWS) {
             MIN_ROWS
         } else {
             m
