@@ -194,4 +194,57 @@ mod tests {
         );
         assert!(scalar(one) > 0.31);
     }
+
+    /// Training with batches: a batch's loss, and so its gradients, is the mean of the
+    /// single-image ones (what batch 1 computes), so batch size only changes how many images
+    /// one Adam step averages over.
+    #[test]
+    fn batch_loss_and_gradients_are_the_mean_of_single_images() {
+        use crate::model::mvfa::adapter::AdaptedFeatures;
+        use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
+        use burn::tensor::Distribution;
+        type AD = burn::backend::Autodiff<B>;
+        let device = Default::default();
+        let text = Tensor::<AD, 2>::random([6, 2], Distribution::Normal(0.0, 1.0), &device);
+        let scorer = Scorer::new(
+            ScoringConfig::new().with_grid_size(3).with_image_size(7),
+            text,
+        );
+        let tokens = |seed: f64| {
+            Tensor::<B, 3>::random([2, 10, 6], Distribution::Normal(seed, 1.0), &device)
+        };
+        let (seg, det) = ([tokens(0.1), tokens(0.2)], [tokens(-0.1), tokens(0.3)]);
+        let mut mask = vec![0.0f32; 2 * 7 * 7];
+        mask[49 + 10..49 + 20].fill(1.0);
+        let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [2, 7, 7]), &device);
+        let labels = Tensor::<B, 1>::from_floats([0.0, 1.0], &device);
+        // Loss and the gradient of the first seg level's tokens, for images `range`.
+        let run = |range: std::ops::Range<usize>| {
+            let pick = |t: &Tensor<B, 3>| {
+                Tensor::<AD, 3>::from_inner(t.clone().slice(range.clone())).require_grad()
+            };
+            let features = AdaptedFeatures {
+                seg_tokens: seg.iter().map(pick).collect(),
+                det_tokens: det.iter().map(pick).collect(),
+            };
+            let target = LossTarget {
+                labels: Tensor::from_inner(labels.clone().slice(range.clone())),
+                mask: Some(Tensor::from_inner(mask.clone().slice(range.clone()))),
+            };
+            let loss = mvfa_loss(&scorer, &features, &target).total;
+            let value = loss.clone().into_scalar().to_f64();
+            let grads = loss.backward();
+            (value, features.seg_tokens[0].grad(&grads).unwrap())
+        };
+        let (both, grad_both) = run(0..2);
+        let (first, grad_first) = run(0..1);
+        let (second, grad_second) = run(1..2);
+        let mean = (first + second) / 2.0;
+        assert!((both - mean).abs() <= 1e-6 * mean.abs(), "{both} vs {mean}");
+        let singles = Tensor::cat(vec![grad_first, grad_second], 0).div_scalar(2.0);
+        grad_both.into_data().assert_approx_eq::<f32>(
+            &singles.into_data(),
+            burn::tensor::Tolerance::absolute(1e-6),
+        );
+    }
 }
