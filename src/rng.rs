@@ -19,6 +19,8 @@ pub enum Stream {
     ShotDraw = 3,
     /// Synthetic images.
     Synthetic = 4,
+    /// The cross-validation folds of a fit's model selection.
+    Folds = 5,
 }
 
 /// The generator of `stream` under `seed`.

@@ -46,6 +46,8 @@ pub fn fit_request(organ: &str, schedule: Schedule, seed: u64) -> FitRequest {
         init: None,
         batch_size: 8,
         normal_only_task: TaskKind::Segmentation,
+        fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
+        selection: crate::train::select::SelectionSettings::default(),
     }
 }
 
@@ -106,6 +108,14 @@ pub fn train(
                 training_images, ..
             } => ctx.emit(ModelItem::Stage(format!(
                 "fine-tuning on {training_images} augmented images"
+            ))),
+            FitEvent::Run {
+                run, runs, purpose, ..
+            } => ctx.emit(ModelItem::Run(format!(
+                "fine-tuning run {run} of {runs}: {purpose}"
+            ))),
+            FitEvent::Validating { fold, folds } => ctx.emit(ModelItem::Stage(format!(
+                "validating the candidates on fold {fold} of {folds}"
             ))),
             FitEvent::BuildingMemoryBank { images } => ctx.emit(ModelItem::Stage(format!(
                 "building the memory bank from {images} images"

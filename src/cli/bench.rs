@@ -476,6 +476,8 @@ fn fit_synthetic<B: Backend>(
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
         training_augmentations: schedule.training_augmentations(),
+        fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
+        selection: crate::train::select::SelectionSettings::default(),
     };
     println!(
         "fit: k={k} normal + {k} abnormal synthetic shots with masks, {:?} schedule ({epochs} epochs x {} augmented images)",

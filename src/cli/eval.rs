@@ -17,6 +17,11 @@
 //! `--checkpoint` and no `--zero-shot`, an already fitted checkpoint is scored as it is.
 //! Zero-shot: the checkpoint's adapters without memory bank or calibration.
 //!
+//! Few-shot results depend on which shots were drawn. `--draws N` (default 3) repeats the
+//! protocol with N shot draws (seeds `--seed`, `--seed + 1`, ...; with `--shot-dir`, the
+//! lines `--iterate`, `--iterate + 1`, ...) and reports per dataset the mean, the standard
+//! deviation and the minimum over the draws; `--seeds 1,5,9` names the seeds instead.
+//!
 //! `--protocol calibrated` uses the stored single-image calibration; `--protocol paper` the
 //! reference's test-set min-max and 0.5 / 0.5 fusion (see [`crate::eval::protocol`]).
 use std::collections::BTreeMap;
@@ -93,6 +98,17 @@ pub struct EvalArgs {
     /// Fine-tuning epochs (fixed: no epoch is selected on test data).
     #[arg(long, default_value_t = 50)]
     pub epochs: usize,
+    /// Shot draws per dataset for the few-shot protocol (each one a fit and a scoring of the
+    /// test split): the report gives mean, standard deviation and minimum over them.
+    #[arg(long, default_value_t = 3, value_parser = parse_positive)]
+    pub draws: usize,
+    /// The seeds of the draws (comma-separated), instead of `--seed` and `--draws`.
+    #[arg(long, value_name = "SEED[,SEED..]", value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Install the fine-tuned adapters as they end, without validating candidates on the
+    /// shots (the selection of `train`; it never looks at test data either way).
+    #[arg(long)]
+    pub no_select: bool,
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -149,6 +165,63 @@ pub struct DatasetReport {
     pub abnormal: usize,
     pub fit_seconds: Option<f64>,
     pub score_seconds: f64,
+    /// Standard deviation of the image AUC over the draws (0 for one draw).
+    pub image_auc_sd: f64,
+    /// Smallest image AUC over the draws.
+    pub image_auc_min: f64,
+    /// Standard deviation of the pixel AUC over the draws.
+    pub pixel_auc_sd: Option<f64>,
+    /// Smallest pixel AUC over the draws.
+    pub pixel_auc_min: Option<f64>,
+    /// Each draw's numbers (`image_auc` and `pixel_auc` above are their means).
+    pub draws: Vec<DrawReport>,
+}
+
+/// One shot draw of a dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrawReport {
+    /// Seed of the draw (shot draw, adapter initialisation and training order).
+    pub seed: u64,
+    /// Line group of the shot file, when the shots came from one.
+    pub iterate: Option<u32>,
+    /// Where the shots came from.
+    pub source: String,
+    pub image_auc: f64,
+    pub pixel_auc: Option<f64>,
+    pub fit_seconds: Option<f64>,
+    pub score_seconds: f64,
+}
+
+/// Mean, sample standard deviation and minimum of `values` (sd 0 for one value).
+pub fn mean_sd_min(values: &[f64]) -> (f64, f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let sd = if values.len() > 1 {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    (mean, sd, min)
+}
+
+/// The draws of the few-shot protocol: (seed, shot-file line) pairs.
+pub fn draw_plan(args: &EvalArgs) -> Vec<(u64, u32)> {
+    if args.checkpoint.is_some() {
+        // A fitted checkpoint has its shots already: one evaluation.
+        return vec![(args.seed, args.iterate)];
+    }
+    if !args.seeds.is_empty() {
+        return args
+            .seeds
+            .iter()
+            .enumerate()
+            .map(|(i, &seed)| (seed, args.iterate + i as u32))
+            .collect();
+    }
+    (0..args.draws)
+        .map(|i| (args.seed + i as u64, args.iterate + i as u32))
+        .collect()
 }
 
 /// The whole JSON file.
@@ -249,9 +322,10 @@ fn evaluate<B: Backend>(
     };
     let mut metrics: BTreeMap<MvfaKey, Metrics> = BTreeMap::new();
     let mut failures = Vec::new();
+    let plan = draw_plan(args);
     for &key in keys {
         eprintln!("== {} ({}) ==", key, key.paper_name());
-        match evaluate_dataset::<B>(args, &mut backbone, key, device) {
+        match evaluate_draws::<B>(args, &plan, &mut backbone, key, device) {
             Ok((m, entry)) => {
                 println!(
                     "{key}: image AUC {}, pixel AUC {} ({} test images: {} normal, {} abnormal; {})",
@@ -262,6 +336,9 @@ fn evaluate<B: Backend>(
                     m.abnormal,
                     entry.protocol
                 );
+                if entry.draws.len() > 1 {
+                    println!("{key}: {}", draw_summary(&entry));
+                }
                 metrics.insert(key, m);
                 report.datasets.insert(key.code_key().to_string(), entry);
                 report.table = table_values(&metrics);
@@ -276,8 +353,23 @@ fn evaluate<B: Backend>(
         }
     }
     println!();
-    println!("{} (AUC %)", protocol.name());
+    if plan.len() > 1 {
+        println!(
+            "{} (AUC %, mean over {} shot draws; spread per dataset above)",
+            protocol.name(),
+            plan.len()
+        );
+    } else {
+        println!("{} (AUC %)", protocol.name());
+    }
     print!("{}", format_table(&metrics));
+    if plan.len() > 1 {
+        println!();
+        println!("over {} shot draws (mean ± sd, min):", plan.len());
+        for entry in report.datasets.values() {
+            println!("  {:<14} {}", entry.paper_name, draw_summary(entry));
+        }
+    }
     if let Some(path) = &args.json
         && !report.datasets.is_empty()
     {
@@ -345,11 +437,81 @@ pub fn resolve_checkpoint(path: &Path, key: MvfaKey) -> anyhow::Result<PathBuf> 
         })
 }
 
+/// "image 91.20 ± 1.30 (min 89.50), pixel 97.10 ± 0.20 (min 96.90) over 3 draws".
+pub fn draw_summary(entry: &DatasetReport) -> String {
+    let image = format!(
+        "image {:.2} ± {:.2} (min {:.2})",
+        100.0 * entry.image_auc,
+        100.0 * entry.image_auc_sd,
+        100.0 * entry.image_auc_min
+    );
+    let pixel = match (entry.pixel_auc, entry.pixel_auc_sd, entry.pixel_auc_min) {
+        (Some(mean), Some(sd), Some(min)) => format!(
+            ", pixel {:.2} ± {:.2} (min {:.2})",
+            100.0 * mean,
+            100.0 * sd,
+            100.0 * min
+        ),
+        _ => String::new(),
+    };
+    format!("{image}{pixel} over {} draws", entry.draws.len())
+}
+
+/// Evaluates `key` once per draw of `plan` and summarises: the mean metrics, and the report
+/// with every draw, the spread and the minimum.
+fn evaluate_draws<B: Backend>(
+    args: &EvalArgs,
+    plan: &[(u64, u32)],
+    backbone: &mut Backbone<B>,
+    key: MvfaKey,
+    device: &B::Device,
+) -> anyhow::Result<(Metrics, DatasetReport)> {
+    let mut runs = Vec::with_capacity(plan.len());
+    for (i, &(seed, iterate)) in plan.iter().enumerate() {
+        if plan.len() > 1 {
+            eprintln!("draw {} of {} (seed {seed})", i + 1, plan.len());
+        }
+        runs.push(evaluate_dataset::<B>(
+            args, backbone, key, device, seed, iterate,
+        )?);
+    }
+    let images: Vec<f64> = runs.iter().map(|(m, _)| m.image_auc).collect();
+    let pixels: Option<Vec<f64>> = runs.iter().map(|(m, _)| m.pixel_auc).collect();
+    let (image_mean, image_sd, image_min) = mean_sd_min(&images);
+    let pixel = pixels.as_deref().map(mean_sd_min);
+    let draws: Vec<DrawReport> = runs
+        .iter()
+        .zip(plan)
+        .map(|((m, e), &(seed, iterate))| DrawReport {
+            seed,
+            iterate: args.shot_dir.as_ref().map(|_| iterate),
+            source: e.source.clone(),
+            image_auc: m.image_auc,
+            pixel_auc: m.pixel_auc,
+            fit_seconds: e.fit_seconds,
+            score_seconds: e.score_seconds,
+        })
+        .collect();
+    let (mut metrics, mut entry) = runs.swap_remove(0);
+    metrics.image_auc = image_mean;
+    metrics.pixel_auc = pixel.map(|p| p.0);
+    entry.image_auc = image_mean;
+    entry.image_auc_sd = image_sd;
+    entry.image_auc_min = image_min;
+    entry.pixel_auc = pixel.map(|p| p.0);
+    entry.pixel_auc_sd = pixel.map(|p| p.1);
+    entry.pixel_auc_min = pixel.map(|p| p.2);
+    entry.draws = draws;
+    Ok((metrics, entry))
+}
+
 fn evaluate_dataset<B: Backend>(
     args: &EvalArgs,
     backbone: &mut Backbone<B>,
     key: MvfaKey,
     device: &B::Device,
+    seed: u64,
+    iterate: u32,
 ) -> anyhow::Result<(Metrics, DatasetReport)> {
     let dataset = MvfaDataset::open(&args.data, key)?;
     let test = dataset.test_set()?;
@@ -405,8 +567,8 @@ fn evaluate_dataset<B: Backend>(
                 shot_file: args
                     .shot_dir
                     .as_ref()
-                    .map(|dir| (shot_file_path(dir, key, args.shots), args.iterate)),
-                seed: args.seed,
+                    .map(|dir| (shot_file_path(dir, key, args.shots), iterate)),
+                seed,
             };
             let collected = collect_shots(&ShotSource::Dataset(spec))?;
             let organ = args
@@ -415,7 +577,7 @@ fn evaluate_dataset<B: Backend>(
                 .clone()
                 .unwrap_or_else(|| key.organ_word().to_string());
             let started = Instant::now();
-            let detector = fit::<B>(args, backbone, &collected.shots, &organ, task)?;
+            let detector = fit::<B>(args, backbone, &collected.shots, &organ, task, seed)?;
             fit_seconds = Some(started.elapsed().as_secs_f64());
             (
                 detector,
@@ -470,6 +632,11 @@ fn evaluate_dataset<B: Backend>(
         abnormal: metrics.abnormal,
         fit_seconds,
         score_seconds: started.elapsed().as_secs_f64(),
+        image_auc_sd: 0.0,
+        image_auc_min: metrics.image_auc,
+        pixel_auc_sd: metrics.pixel_auc.map(|_| 0.0),
+        pixel_auc_min: metrics.pixel_auc,
+        draws: Vec::new(),
     };
     Ok((metrics, entry))
 }
@@ -482,6 +649,7 @@ fn fit<B: Backend>(
     shots: &Shots,
     organ: &str,
     task: TaskKind,
+    seed: u64,
 ) -> anyhow::Result<Detector<B, VisionTransformer<B>>> {
     let request = FitRequest {
         organ: organ.to_string(),
@@ -489,20 +657,35 @@ fn fit<B: Backend>(
         epochs: Some(args.epochs),
         learning_rate: args.lr,
         train_batch: 1,
-        seed: args.seed,
+        seed,
         init: None,
         batch_size: args.model.batch,
         normal_only_task: task,
+        fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
+        selection: if args.no_select {
+            crate::train::select::SelectionSettings {
+                folds: 0,
+                ..Default::default()
+            }
+        } else {
+            crate::train::select::SelectionSettings::default()
+        },
     };
     let bar = common::progress_bar(0, "steps");
     bar.set_message("fine-tuning");
     let on_event = |event: FitEvent| match event {
-        FitEvent::Started {
-            training_images, ..
-        } => bar.set_length((training_images * args.epochs) as u64),
+        FitEvent::Started { .. } => {}
+        FitEvent::Run { steps, purpose, .. } => {
+            bar.set_length(steps as u64);
+            bar.set_position(0);
+            bar.set_message(purpose);
+        }
         FitEvent::Training(TrainEvent::Step(step)) => {
             bar.set_position(((step.epoch - 1) * step.steps_per_epoch + step.step) as u64);
             bar.set_message(format!("loss {:.4}", step.total));
+        }
+        FitEvent::Validating { fold, folds } => {
+            bar.set_message(format!("validating fold {fold} of {folds}"))
         }
         FitEvent::Training(TrainEvent::EpochFinished { .. }) => {}
         FitEvent::BuildingMemoryBank { .. } => bar.set_message("memory bank"),
@@ -526,6 +709,9 @@ fn fit<B: Backend>(
                     .map(|l| format!(", last mean loss {l:.4}"))
                     .unwrap_or_default()
             );
+            if let Some(report) = &fitted.selection {
+                eprintln!("{}", report.message);
+            }
             Ok(fitted.detector)
         }
         FitResult::Cancelled { .. } => Err(anyhow!("fine-tuning stopped unexpectedly")),

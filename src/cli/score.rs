@@ -83,6 +83,11 @@ pub struct ScoreArgs {
     /// Leave overlay pixels whose map value is below this uncoloured.
     #[arg(long, value_name = "VALUE")]
     pub hide_below: Option<f32>,
+    /// Share of normal images the decision threshold may flag (default: the rate the
+    /// checkpoint was fitted for, 0.05 unless `train --fpr` said otherwise). Recomputed from
+    /// the normal exemplar scores the checkpoint stores.
+    #[arg(long, value_parser = super::train::parse_rate)]
+    pub fpr: Option<f32>,
     /// Also write each overlay as a DICOM Secondary Capture, `<name>.sc.dcm`, and the score
     /// table as one DICOM Basic Text SR per source study, `results-sr-<n>.dcm`.
     #[arg(long)]
@@ -200,7 +205,7 @@ fn score<B: Backend>(
     device: &B::Device,
 ) -> anyhow::Result<ExitCode> {
     let mut backbone = open_backbone::<B>(&args.model, device)?;
-    let opened = open_detector(
+    let mut opened = open_detector(
         &mut backbone,
         &args.checkpoint,
         args.model.organ.as_deref(),
@@ -209,6 +214,23 @@ fn score<B: Backend>(
     )?;
     if let Some(note) = &opened.note {
         eprintln!("note: {note}");
+    }
+    if let Some(fpr) = args.fpr {
+        match opened.detector.calibration().cloned() {
+            Some(mut cal) => {
+                anyhow::ensure!(
+                    cal.set_fpr(fpr),
+                    "{}: the checkpoint stores no normal exemplar scores (written by an older \
+                     version), so --fpr cannot set its threshold; refit it with `train --fpr`",
+                    args.checkpoint.display()
+                );
+                opened.detector.set_calibration(Some(cal));
+            }
+            None => anyhow::bail!(
+                "{}: the detector is not calibrated, so it has no threshold for --fpr to set",
+                args.checkpoint.display()
+            ),
+        }
     }
     let detector = &opened.detector;
     let organ = opened.organ.as_str();
@@ -323,8 +345,12 @@ fn describe_detector<B: Backend>(
     };
     let cal = match detector.calibration() {
         Some(c) => format!(
-            "calibrated ({}, threshold {:.3}); heatmaps show the calibrated fused map",
-            c.method, c.threshold
+            "calibrated ({}, threshold {:.3}{}); heatmaps show the calibrated fused map",
+            c.method,
+            c.threshold,
+            c.fpr
+                .as_ref()
+                .map_or(String::new(), |t| format!(": {}", t.describe()))
         ),
         None => {
             "not calibrated; heatmaps show the zero-shot map (mean of its levels, 0..1)".to_string()

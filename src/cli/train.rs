@@ -10,6 +10,7 @@ use crate::io::dataset::MvfaKey;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
+use crate::train::select::SelectionSettings;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
     DatasetShots, FitRequest, FitResult, Schedule, ShotSource, checkpoint_meta, collect_shots,
@@ -57,9 +58,31 @@ pub struct TrainArgs {
     pub train_batch: usize,
     #[arg(long, default_value_t = 111)]
     pub seed: u64,
+    /// Share of normal images the decision threshold may flag (split-conformal calibration on
+    /// normal exemplars outside the memory bank).
+    #[arg(long, default_value_t = crate::model::mvfa::calibration::DEFAULT_FPR, value_parser = parse_rate)]
+    pub fpr: f32,
+    /// Cross-validation folds of the model selection (0: install the fine-tuned adapters
+    /// without validating them).
+    #[arg(long, default_value_t = 2)]
+    pub folds: usize,
     /// Checkpoint to write (safetensors).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// A rate strictly between 0 and 1 (`--fpr`).
+pub fn parse_rate(text: &str) -> Result<f32, String> {
+    let rate: f32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if rate > 0.0 && rate < 1.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{text} is not a rate: give a share of normal images between 0 and 1, e.g. 0.05"
+        ))
+    }
 }
 
 /// `--schedule` values.
@@ -151,6 +174,11 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         } else {
             TaskKind::Classification
         },
+        fpr: args.fpr,
+        selection: SelectionSettings {
+            folds: args.folds,
+            ..SelectionSettings::default()
+        },
     };
     let epochs = args
         .epochs
@@ -167,9 +195,21 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
                 training_images,
             } => {
                 eprintln!("mode: {mode:?}, {training_images} training images after augmentation");
-                if training_images > 0 {
-                    bar.set_length((training_images.div_ceil(args.train_batch) * epochs) as u64);
-                }
+            }
+            FitEvent::Run {
+                run,
+                runs,
+                purpose,
+                steps,
+            } => {
+                bar.println(format!("fine-tuning run {run} of {runs}: {purpose}"));
+                bar.set_length(steps as u64);
+                bar.set_position(0);
+            }
+            FitEvent::Validating { fold, folds } => {
+                bar.set_message(format!(
+                    "validating the candidates on fold {fold} of {folds}"
+                ));
             }
             FitEvent::Training(TrainEvent::Step(step)) => {
                 bar.inc(1);
@@ -199,7 +239,19 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     if let Some(note) = &fitted.note {
         eprintln!("note: {note}");
     }
-    let epochs = if shots.abnormal.is_empty() { 0 } else { epochs };
+    // The epochs of the installed adapters: the chosen candidate's (0 when the adapters
+    // before fine-tuning were kept).
+    let epochs = match (
+        shots.abnormal.is_empty(),
+        fitted.selection.as_ref().and_then(|r| r.chosen()),
+    ) {
+        (true, _) => 0,
+        (false, Some(_)) => fitted
+            .selection
+            .as_ref()
+            .map_or(epochs, |r| r.installed_epochs),
+        (false, None) => epochs,
+    };
     let meta = checkpoint_meta(
         &backbone,
         &organ,
@@ -208,7 +260,13 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         format!("mvfa-studio train on {}", collected.description),
     );
     let normal: Vec<Vec<f32>> = shots.normal.iter().map(|s| s.image.clone()).collect();
-    save_detector(&args.out, &fitted.detector, &normal, meta)?;
+    save_detector(
+        &args.out,
+        &fitted.detector,
+        &normal,
+        fitted.selection.as_ref(),
+        meta,
+    )?;
     println!("wrote {}", args.out.display());
     let losses = &fitted.epoch_losses;
     let loss = |l: Option<&f32>| l.map_or("-".into(), |l| format!("{l:.4}"));
@@ -219,17 +277,35 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         loss(losses.last())
     );
     match fitted.detector.calibration() {
-        Some(cal) => println!(
-            "; calibration ({:?}): {} normal / {} abnormal exemplars, threshold {:.2} (normal p95 {:.2}{})",
-            cal.leave_out,
-            cal.normal_exemplars,
-            cal.abnormal_exemplars,
-            cal.threshold,
-            cal.normal_p95,
-            cal.abnormal_median
-                .map_or(String::new(), |m| format!(", abnormal median {m:.2}"))
-        ),
+        Some(cal) => {
+            println!(
+                "; calibration ({:?}): {} normal / {} abnormal exemplars, text weight {:.2}, threshold {:.2} (normal p95 {:.2}{})",
+                cal.leave_out,
+                cal.normal_exemplars,
+                cal.abnormal_exemplars,
+                cal.text_weight,
+                cal.threshold,
+                cal.normal_p95,
+                cal.abnormal_median
+                    .map_or(String::new(), |m| format!(", abnormal median {m:.2}"))
+            );
+            if let Some(t) = &cal.fpr {
+                println!("threshold {:.3}: {}", t.threshold, t.describe());
+            }
+        }
         None => println!(),
+    }
+    if let Some(report) = &fitted.selection {
+        println!(
+            "model selection ({} folds; {} normal, {} abnormal, {} held-out images, {} views each):",
+            report.folds,
+            report.validation_images[0],
+            report.validation_images[1],
+            report.validation_images[2],
+            report.validation_augmentations
+        );
+        print!("{}", report.table());
+        println!("{}", report.message);
     }
     if shots.abnormal.is_empty() {
         println!(

@@ -1,18 +1,25 @@
 //! From labelled shots to a fitted, calibrated detector: augmentation, fine-tuning (when there
-//! are abnormal shots), the few-shot memory bank and the single-image calibration.
+//! are abnormal shots) with the choice of what to install validated on the shots themselves
+//! ([`crate::train::select`]), the few-shot memory bank and the single-image calibration.
 use std::sync::atomic::AtomicBool;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::io::model_input::{ModelInputError, batch_tensor};
 use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{CalibrationImages, Detector, FeatureCache, TaskKind};
+use crate::model::mvfa::adapter::MvfaAdaptersConfig;
+use crate::model::mvfa::detector::{
+    CalibrationImages, CalibrationOptions, Detector, FeatureCache, TaskKind,
+};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 use crate::train::augment::{AUGMENT_FACTOR, Planar, augment_group, augment_group_with_masks};
-use crate::train::trainer::{LabelMode, TrainConfig, TrainError, TrainEvent, TrainSample, train};
+use crate::train::select::{
+    BankSource, FitStart, SelectionOutcome, SelectionReport, SelectionSettings, fine_tune, select,
+    training_samples,
+};
+use crate::train::trainer::{LabelMode, TrainConfig, TrainError, TrainEvent};
 
 /// One labelled shot at model resolution.
 #[derive(Debug, Clone)]
@@ -57,8 +64,27 @@ pub enum FitEvent {
         /// Augmented images fine-tuning runs on (0 for normal-only fits).
         training_images: usize,
     },
+    /// A fine-tuning run begins: one per validation fold, then (unless the current detector
+    /// is kept) the run on all shots.
+    Run {
+        /// 1-based run number.
+        run: usize,
+        /// Runs planned (the last one may be skipped when the current detector wins).
+        runs: usize,
+        /// What the run is for ("validation fold 1 of 2", "all shots").
+        purpose: String,
+        /// Optimiser steps of this run.
+        steps: usize,
+    },
     /// A fine-tuning progress event.
     Training(TrainEvent),
+    /// A validation fold's candidates are being scored.
+    Validating {
+        /// 1-based fold.
+        fold: usize,
+        /// Folds in all.
+        folds: usize,
+    },
     /// The few-shot memory bank is being built from the augmented normal shots.
     BuildingMemoryBank {
         /// Augmented normal images going into the bank.
@@ -80,12 +106,12 @@ pub enum FitOutcome<B: Backend> {
         epoch_losses: Vec<f32>,
         /// Set when mixed masked/unmasked abnormal shots forced image-label training.
         note: Option<String>,
+        /// How the installed detector was chosen (`None` when nothing was fine-tuned).
+        selection: Option<SelectionReport>,
     },
-    /// Cancelled during fine-tuning: the adapters of the last completed step.
+    /// Cancelled during fine-tuning: nothing was fitted.
     Cancelled {
-        /// The adapters after the last completed step.
-        adapters: MvfaAdapters<B>,
-        /// Optimiser steps completed before the cancel.
+        /// Optimiser steps completed (in the run that was cancelled) before the cancel.
         steps_done: usize,
     },
 }
@@ -126,12 +152,12 @@ fn planar(values: &[f32], channels: usize, size: usize) -> Result<Planar, FitErr
     Planar::new(channels, size, size, values.to_vec()).map_err(|e| FitError::Augment(e.to_string()))
 }
 
-/// Augments a group of shots 11x; masks default to zero. Output order is the augmentation
-/// block by block (index = block * k + shot).
 /// An augmented image `[3, S, S]` and its mask `[S, S]`.
 type AugmentedPair = (Vec<f32>, Vec<f32>);
 
-fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<AugmentedPair>, FitError> {
+/// Augments a group of shots 11x; masks default to zero. Output order is the augmentation
+/// block by block (index = block * k + shot).
+pub(crate) fn augment_shots(shots: &[Shot], size: usize) -> Result<Vec<AugmentedPair>, FitError> {
     if shots.is_empty() {
         return Ok(Vec::new());
     }
@@ -204,16 +230,23 @@ pub struct FitSettings {
     /// in [`crate::train::augment::few_shot_augmentations`] order; the paper uses all 11).
     /// The memory bank and the calibration always use all 11.
     pub training_augmentations: usize,
+    /// Share of normal images the decision threshold may flag (split-conformal).
+    pub fpr: f32,
+    /// How fine-tuning's candidates are validated on the shots.
+    pub selection: SelectionSettings,
 }
 
-/// Fits a detector from shots. `vision` and `adapters` live on the inference backend; the
-/// fine-tuning runs on its autodiff wrapper `AB`. `text_features [bottleneck, 2]` come from
-/// the prompt ensemble of the organ word. `feature_cache` (belonging to the adapters the
-/// fit ends with) spares backbone passes over shots it has seen.
+/// Fits a detector from shots. `vision` and the starting detector live on the inference
+/// backend; the fine-tuning runs on its autodiff wrapper `AB`. `text_features [bottleneck, 2]`
+/// come from the prompt ensemble of the organ word. With abnormal shots and epochs to run, the
+/// detector installed is the one that validates best on the shots among the starting detector
+/// and fine-tuned candidates ([`crate::train::select`]). `feature_cache` belongs to
+/// `start.adapters` and spares backbone passes over shots it has seen; the returned detector
+/// keeps it when it keeps those adapters ([`Detector::feature_cache`]).
 #[allow(clippy::too_many_arguments)] // each input is distinct; a settings struct would only rename them
 pub fn fit<AB: AutodiffBackend>(
     vision: VisionTransformer<AB::InnerBackend>,
-    adapters: MvfaAdapters<AB::InnerBackend>,
+    start: impl Into<FitStart<AB::InnerBackend>>,
     text_features: Tensor<AB::InnerBackend, 2>,
     shots: &Shots,
     settings: &FitSettings,
@@ -221,6 +254,7 @@ pub fn fit<AB: AutodiffBackend>(
     cancel: &AtomicBool,
     feature_cache: Option<FeatureCache<AB::InnerBackend>>,
 ) -> Result<FitOutcome<AB::InnerBackend>, FitError> {
+    let start: FitStart<AB::InnerBackend> = start.into();
     let size = settings.scoring.image_size;
     let (normal, abnormal) = (shots.normal.as_slice(), shots.abnormal.as_slice());
     if normal.is_empty() {
@@ -230,7 +264,11 @@ pub fn fit<AB: AutodiffBackend>(
     // and the training copy of the backbone would differ from the scoring copy. Fix the
     // values once; for loaded weights this only re-wraps the same tensors.
     let vision = materialize(vision);
-    let adapters = materialize(adapters);
+    let start = FitStart {
+        adapters: materialize(start.adapters),
+        bank_adapters: start.bank_adapters.map(materialize),
+        text_weight: start.text_weight,
+    };
     for (index, shot) in normal
         .iter()
         .chain(abnormal)
@@ -261,73 +299,122 @@ pub fn fit<AB: AutodiffBackend>(
             )),
         )
     };
-    let device = text_features.device();
-    let augmented_abnormal = augment_shots(abnormal, size)?;
-    let mut epoch_losses = Vec::new();
-    let adapters = if mode == FitMode::NormalOnly {
-        on_event(FitEvent::Started {
-            mode,
-            training_images: 0,
-        });
-        adapters
-    } else {
-        let augmented_normal = augment_shots(normal, size)?;
-        let with_masks = mode == FitMode::Masks;
-        // Augmentations come block by block (block b of shot i at b * k + i).
-        let blocks = settings.training_augmentations.clamp(1, AUGMENT_FACTOR);
-        let samples: Vec<TrainSample> = augmented_abnormal[..blocks * abnormal.len()]
-            .iter()
-            .map(|(image, mask)| (image, mask, true))
-            .chain(
-                augmented_normal[..blocks * normal.len()]
-                    .iter()
-                    .map(|(image, mask)| (image, mask, false)),
-            )
-            .map(|(image, mask, abnormal)| TrainSample {
-                image: image.clone(),
-                mask: with_masks.then(|| mask.clone()),
-                abnormal,
-            })
-            .collect();
-        on_event(FitEvent::Started {
-            mode,
-            training_images: samples.len(),
-        });
-        let label_mode = if with_masks {
-            LabelMode::Masks
-        } else {
-            LabelMode::ImageLabels
-        };
-        let vision_ad = VisionTransformer::<AB>::from_inner(vision.clone()).no_grad();
-        let adapters_ad = MvfaAdapters::<AB>::from_inner(adapters);
-        let text_ad = Tensor::<AB, 2>::from_inner(text_features.clone());
-        let outcome = train(
-            &vision_ad,
-            adapters_ad,
-            &settings.adapters,
-            &settings.scoring,
-            text_ad,
-            &samples,
-            label_mode,
-            &settings.train,
-            |event| on_event(FitEvent::Training(event)),
-            cancel,
-        )?;
-        if outcome.cancelled {
-            return Ok(FitOutcome::Cancelled {
-                adapters: outcome.adapters.valid(),
-                steps_done: outcome.steps_done,
-            });
-        }
-        epoch_losses = outcome.epoch_losses;
-        outcome.adapters.valid()
-    };
-
     let task = match mode {
         FitMode::Masks => TaskKind::Segmentation,
         FitMode::ImageLabels => TaskKind::Classification,
         FitMode::NormalOnly => settings.normal_only_task,
     };
+    let device = text_features.device();
+    let augmented_abnormal = augment_shots(abnormal, size)?;
+    let epochs = settings.train.epochs;
+    let mut epoch_losses = Vec::new();
+    let mut selection = None;
+    // What the fit installs: text adapters, bank adapters and fusion weight.
+    let (adapters, bank_adapters, text_weight, kept_start) =
+        if mode == FitMode::NormalOnly || epochs == 0 {
+            on_event(FitEvent::Started {
+                mode,
+                training_images: 0,
+            });
+            (
+                start.adapters.clone(),
+                start.bank_adapters.clone(),
+                start.text_weight,
+                true,
+            )
+        } else {
+            let augmented_normal = augment_shots(normal, size)?;
+            let with_masks = mode == FitMode::Masks;
+            let label_mode = if with_masks {
+                LabelMode::Masks
+            } else {
+                LabelMode::ImageLabels
+            };
+            let blocks = settings.training_augmentations.clamp(1, AUGMENT_FACTOR);
+            let samples = training_samples(
+                &augmented_abnormal,
+                abnormal.len(),
+                &augmented_normal,
+                normal.len(),
+                blocks,
+                with_masks,
+            );
+            on_event(FitEvent::Started {
+                mode,
+                training_images: samples.len(),
+            });
+            let outcome = select::<AB>(
+                &vision,
+                &start,
+                &text_features,
+                normal,
+                abnormal,
+                &shots.held_out,
+                label_mode,
+                task,
+                settings,
+                epochs,
+                &mut on_event,
+                cancel,
+            )?;
+            let (train_epochs, bank, text_weight, runs) = match outcome {
+                SelectionOutcome::Cancelled { steps_done } => {
+                    return Ok(FitOutcome::Cancelled { steps_done });
+                }
+                SelectionOutcome::Unchecked(mut report) => {
+                    report.installed_epochs = epochs;
+                    selection = Some(report);
+                    (epochs, BankSource::FineTuned, start.text_weight, 1)
+                }
+                SelectionOutcome::Chosen(report, choice) => {
+                    let runs = report.folds + 1;
+                    selection = Some(report);
+                    (choice.epochs, choice.bank, choice.text_weight, runs)
+                }
+            };
+            if train_epochs == 0 {
+                (
+                    start.adapters.clone(),
+                    start.bank_adapters.clone(),
+                    text_weight,
+                    true,
+                )
+            } else {
+                on_event(FitEvent::Run {
+                    run: runs,
+                    runs,
+                    purpose: "all shots".into(),
+                    steps: samples.len().div_ceil(settings.train.batch_size.max(1)) * train_epochs,
+                });
+                let train = settings.train.clone().with_epochs(train_epochs);
+                let run = match fine_tune::<AB>(
+                    &vision,
+                    start.adapters.clone(),
+                    &text_features,
+                    &samples,
+                    label_mode,
+                    settings,
+                    train,
+                    &mut on_event,
+                    cancel,
+                )? {
+                    Ok(run) => run,
+                    Err(steps_done) => return Ok(FitOutcome::Cancelled { steps_done }),
+                };
+                epoch_losses = run.epoch_losses;
+                let bank_adapters = match bank {
+                    BankSource::FineTuned => None,
+                    BankSource::Current => Some(
+                        start
+                            .bank_adapters
+                            .clone()
+                            .unwrap_or_else(|| start.adapters.clone()),
+                    ),
+                };
+                (run.adapters, bank_adapters, text_weight, false)
+            }
+        };
+
     let mut detector = Detector::new(
         vision,
         adapters,
@@ -336,7 +423,21 @@ pub fn fit<AB: AutodiffBackend>(
         task,
         settings.batch_size,
     );
-    detector.set_feature_cache(feature_cache);
+    // The caller's cache belongs to the starting adapters: reuse it wherever they are kept.
+    let start_cache = feature_cache.unwrap_or_default();
+    if kept_start {
+        detector.set_feature_cache(Some(start_cache.clone()));
+        let bank_cache = FeatureCache::default();
+        detector.set_bank_adapters(bank_adapters, Some(bank_cache));
+    } else {
+        detector.set_feature_cache(Some(FeatureCache::default()));
+        let bank_cache = if start.bank_adapters.is_none() {
+            start_cache
+        } else {
+            FeatureCache::default()
+        };
+        detector.set_bank_adapters(bank_adapters, Some(bank_cache));
+    }
     let normal_images: Vec<&[f32]> = normal.iter().map(|s| s.image.as_slice()).collect();
     let groups = support_groups::<AB::InnerBackend>(&normal_images, size, &device)?;
     on_event(FitEvent::BuildingMemoryBank {
@@ -360,15 +461,23 @@ pub fn fit<AB: AutodiffBackend>(
     let images = CalibrationImages {
         support: groups,
         held_out: stack_augmented(&augment_shots(&shots.held_out, size)?)?,
+        held_out_images: shots.held_out.len(),
         abnormal: stack_augmented(&augmented_abnormal)?,
     };
     detector
-        .fit_calibration(&images)
+        .fit_calibration(
+            &images,
+            CalibrationOptions {
+                text_weight,
+                fpr: settings.fpr,
+            },
+        )
         .map_err(|e| FitError::Model(e.to_string()))?;
     Ok(FitOutcome::Fitted {
         detector: Box::new(detector),
         mode,
         epoch_losses,
         note,
+        selection,
     })
 }

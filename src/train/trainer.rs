@@ -49,6 +49,11 @@ pub struct TrainConfig {
     /// Seed of the per-epoch shuffling ([`crate::rng::Stream::Shuffle`]).
     #[config(default = 111)]
     pub seed: u64,
+    /// Epochs after which the adapters are kept as candidates for model selection
+    /// ([`TrainOutcome::snapshots`]); the learning rate is constant, so the adapters after
+    /// epoch `e` of a longer run equal those of an `e`-epoch run with the same seed.
+    #[config(default = "Vec::new()")]
+    pub snapshot_epochs: Vec<usize>,
 }
 
 /// One training image at model resolution.
@@ -121,6 +126,8 @@ pub struct TrainOutcome<B: AutodiffBackend> {
     pub steps_done: usize,
     /// Mean total loss of each completed epoch.
     pub epoch_losses: Vec<f32>,
+    /// The adapters after each epoch of [`TrainConfig::snapshot_epochs`] that completed.
+    pub snapshots: Vec<(usize, MvfaAdapters<B>)>,
 }
 
 /// Errors that stop a run before it starts.
@@ -273,6 +280,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     let mut steps_done = 0;
     let mut images_done = 0usize;
     let mut epoch_losses = Vec::new();
+    let mut snapshots = Vec::new();
 
     // The blocks before the first adapter see no adapted input: their output per training
     // image is computed once here and every epoch resumes from it (no gradient flows there).
@@ -302,6 +310,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
                     cancelled: true,
                     steps_done,
                     epoch_losses,
+                    snapshots,
                 });
             }
             let batch_samples: Vec<&TrainSample> = chunk.iter().map(|&i| &samples[i]).collect();
@@ -360,6 +369,9 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
         }
         let mean_total = epoch_total / steps_per_epoch as f32;
         epoch_losses.push(mean_total);
+        if cfg.snapshot_epochs.contains(&epoch) {
+            snapshots.push((epoch, adapters.clone()));
+        }
         on_event(TrainEvent::EpochFinished { epoch, mean_total });
     }
     Ok(TrainOutcome {
@@ -367,6 +379,7 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
         cancelled: false,
         steps_done,
         epoch_losses,
+        snapshots,
     })
 }
 

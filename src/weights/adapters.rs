@@ -539,6 +539,41 @@ pub fn save_adapters<B: Backend>(
     save_adapters_with_extra(path, adapters, meta, &[])
 }
 
+/// The adapters' weights as tensors under the reference key names, PyTorch layout.
+pub fn adapter_tensors<B: Backend>(adapters: &MvfaAdapters<B>) -> Vec<ExtraTensor> {
+    let mut out = Vec::new();
+    for (head, bank) in HEADS.iter().zip([&adapters.seg, &adapters.det]) {
+        for (level, adapter) in bank.adapters.iter().enumerate() {
+            for (fc, linear) in [(1, &adapter.fc1), (2, &adapter.fc2)] {
+                let (values, shape) = linear_to_torch(linear);
+                out.push((adapter_key(head, level, fc), values, shape.to_vec()));
+            }
+        }
+    }
+    out
+}
+
+/// Adapters from tensors under the reference key names (what [`adapter_tensors`] gives),
+/// checked against `cfg` like a file's; `path` names the file they came from in errors.
+pub fn adapters_from_tensors<B: Backend>(
+    path: &Path,
+    tensors: Vec<ExtraTensor>,
+    cfg: &MvfaAdaptersConfig,
+    device: &B::Device,
+) -> Result<MvfaAdapters<B>> {
+    let found: BTreeMap<String, FoundTensor<'_>> = tensors
+        .into_iter()
+        .map(|(key, values, shape)| {
+            let found = FoundTensor {
+                shape,
+                read: Box::new(move || Ok(values.clone())),
+            };
+            (key, found)
+        })
+        .collect();
+    build_adapters(path, &found, cfg, device)
+}
+
 /// Prefix of the extra tensors a checkpoint may carry besides the adapters (e.g. the normal
 /// support shots the memory bank is rebuilt from). [`load_adapters`] skips them;
 /// [`read_extra_tensors`] reads them.
@@ -630,18 +665,16 @@ pub fn save_adapters_with_extra<B: Backend>(
         reason,
     };
     let mut owned: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
-    for (head, bank) in HEADS.iter().zip([&adapters.seg, &adapters.det]) {
-        for (level, adapter) in bank.adapters.iter().enumerate() {
-            for (fc, linear) in [(1, &adapter.fc1), (2, &adapter.fc2)] {
-                let (values, shape) = linear_to_torch(linear);
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                owned.push((adapter_key(head, level, fc), bytes, shape.to_vec()));
-            }
-        }
-    }
-    for (name, values, shape) in extra {
+    let extra = extra.iter().map(|(name, values, shape)| {
+        (
+            format!("{EXTRA_PREFIX}{name}"),
+            values.clone(),
+            shape.clone(),
+        )
+    });
+    for (name, values, shape) in adapter_tensors(adapters).into_iter().chain(extra) {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        owned.push((format!("{EXTRA_PREFIX}{name}"), bytes, shape.clone()));
+        owned.push((name, bytes, shape));
     }
     let views = owned
         .iter()

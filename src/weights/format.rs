@@ -28,16 +28,23 @@ pub fn f32_from_le_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String>
     })
 }
 
-/// Whether a file starting with `head` is a PyTorch checkpoint: a ZIP (`PK\x03\x04`,
-/// `torch.save` since PyTorch 1.6) or a raw pickle (protocol opcode `\x80`).
+/// Whether a file starting with `head` (its first 9 bytes, or fewer for a shorter file) is a
+/// PyTorch checkpoint: a ZIP (`PK\x03\x04`, `torch.save` since PyTorch 1.6) or a raw pickle
+/// (protocol opcode `\x80` and a protocol of 2 to 5). A safetensors file starts with its
+/// header's length (8 bytes, little-endian) and then the header's `{`: its first byte is
+/// `\x80` whenever that length is 128 modulo 256, so the `{` decides.
 pub fn is_pytorch_checkpoint(head: &[u8]) -> bool {
-    head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
+    if head.get(8) == Some(&b'{') {
+        return false;
+    }
+    head.starts_with(b"PK\x03\x04")
+        || (head.first() == Some(&0x80) && head.get(1).is_some_and(|p| (2..=5).contains(p)))
 }
 
 /// [`is_pytorch_checkpoint`] on the first bytes of the file at `path`.
 pub fn file_is_pytorch_checkpoint(path: &Path) -> std::io::Result<bool> {
-    let mut head = Vec::with_capacity(4);
-    std::fs::File::open(path)?.take(4).read_to_end(&mut head)?;
+    let mut head = Vec::with_capacity(9);
+    std::fs::File::open(path)?.take(9).read_to_end(&mut head)?;
     Ok(is_pytorch_checkpoint(&head))
 }
 
@@ -66,6 +73,9 @@ mod tests {
         assert!(is_pytorch_checkpoint(b"PK\x03\x04rest"));
         assert!(is_pytorch_checkpoint(&[0x80, 2]));
         assert!(!is_pytorch_checkpoint(&[8, 0, 0, 0, 0, 0, 0, 0]));
+        // A safetensors header of 0x0280 bytes starts like a protocol-2 pickle.
+        assert!(!is_pytorch_checkpoint(&[0x80, 2, 0, 0, 0, 0, 0, 0, b'{']));
+        assert!(!is_pytorch_checkpoint(&[0x80, 0x41, 0, 0, 0, 0, 0, 0]));
         assert!(!is_pytorch_checkpoint(&[]));
     }
 }

@@ -8,6 +8,7 @@ use super::{Backbone, WorkflowError};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::train::fit::support_groups;
+use crate::train::select::SelectionReport;
 use crate::weights::adapters::{AdapterCheckpointMeta, read_checkpoint_meta};
 use crate::weights::detector::load_detector;
 
@@ -23,6 +24,8 @@ pub struct OpenedDetector<B: Backend> {
     pub organ: String,
     /// Set when the organ word differs from the checkpoint's.
     pub note: Option<String>,
+    /// How the fit that wrote the checkpoint chose the detector, when the file says.
+    pub selection: Option<SelectionReport>,
 }
 
 /// The organ word to score a checkpoint with: the user's, else the checkpoint's. The second
@@ -100,6 +103,7 @@ pub fn open_detector<B: Backend>(
         normal_shots: loaded.normal_shots,
         organ,
         note,
+        selection: loaded.selection,
     })
 }
 
@@ -127,17 +131,19 @@ pub fn checkpoint_meta<B: Backend>(
     }
 }
 
-/// Writes `detector` with its normal support shots to `path` (atomically).
+/// Writes `detector` with its normal support shots and the report of how it was chosen to
+/// `path` (atomically).
 pub fn save_detector<B: Backend>(
     path: &Path,
     detector: &Detector<B, VisionTransformer<B>>,
     normal_shots: &[Vec<f32>],
+    selection: Option<&SelectionReport>,
     meta: AdapterCheckpointMeta,
 ) -> Result<(), WorkflowError> {
-    crate::weights::detector::save_detector(path, detector, normal_shots, meta).map_err(|e| {
-        WorkflowError::DetectorFile {
+    crate::weights::detector::save_detector(path, detector, normal_shots, selection, meta).map_err(
+        |e| WorkflowError::DetectorFile {
             path: path.to_path_buf(),
             source: e.into(),
-        }
-    })
+        },
+    )
 }

@@ -1072,6 +1072,9 @@ mod tests {
             threshold: 3.0,
             normal_p95: 0.0,
             abnormal_median: None,
+            text_weight: 0.5,
+            normal_scores: Vec::new(),
+            fpr: None,
         }
     }
 

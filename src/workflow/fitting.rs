@@ -9,11 +9,13 @@ use burn::prelude::*;
 
 use super::{Backbone, WorkflowError};
 use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
+use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::detector::{Detector, FeatureCache, TaskKind};
 use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
+use crate::train::select::{FitStart, SelectionReport, SelectionSettings};
 use crate::train::trainer::TrainConfig;
 use crate::weights::adapters::{MixingRatios, load_adapter_file};
+use crate::weights::detector::{load_bank_adapters, read_detector_state};
 
 /// How long fine-tuning runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -67,6 +69,10 @@ pub struct FitRequest {
     pub batch_size: usize,
     /// The task of a fit without abnormal shots (with them, masks decide).
     pub normal_only_task: TaskKind,
+    /// Share of normal images the decision threshold may flag (split-conformal, e.g. 0.05).
+    pub fpr: f32,
+    /// How fine-tuning's candidates are validated on the shots before one is installed.
+    pub selection: SelectionSettings,
 }
 
 /// A finished fit.
@@ -79,6 +85,8 @@ pub struct FittedDetector<B: Backend> {
     pub epoch_losses: Vec<f32>,
     /// A remark for the user (e.g. masks ignored because some were missing).
     pub note: Option<String>,
+    /// How the installed detector was chosen (`None` when nothing was fine-tuned).
+    pub selection: Option<SelectionReport>,
 }
 
 /// How a fit ended.
@@ -103,13 +111,32 @@ pub fn fit_detector<B: Backend>(
 ) -> Result<FitResult<B>, WorkflowError> {
     let device = backbone.device().clone();
     let adapters_cfg = backbone.adapters_config(MixingRatios::default(), request.seed);
-    let adapters = match &request.init {
-        Some(path) => load_adapter_file::<B>(path, &adapters_cfg, &device)?.adapters,
-        None => adapters_cfg.init::<B>(&device),
+    let start = match &request.init {
+        Some(path) => {
+            let adapters = load_adapter_file::<B>(path, &adapters_cfg, &device)?.adapters;
+            let file_error = |e: anyhow::Error| WorkflowError::DetectorFile {
+                path: path.clone(),
+                source: e.into(),
+            };
+            let bank_adapters =
+                load_bank_adapters::<B>(path, &adapters_cfg, &device).map_err(file_error)?;
+            let text_weight = read_detector_state(path)
+                .map_err(file_error)?
+                .and_then(|state| state.calibration)
+                .map_or(FitStart::<B>::from(adapters.clone()).text_weight, |c| {
+                    c.text_weight
+                });
+            FitStart {
+                adapters,
+                bank_adapters,
+                text_weight,
+            }
+        }
+        None => adapters_cfg.init::<B>(&device).into(),
     };
     fit_adapters(
         backbone,
-        adapters,
+        start,
         adapters_cfg,
         shots,
         request,
@@ -119,15 +146,15 @@ pub fn fit_detector<B: Backend>(
     )
 }
 
-/// Like [`fit_detector`], starting from `adapters` already in memory (the app keeps the
+/// Like [`fit_detector`], starting from a detector already in memory (the app keeps the
 /// adapters of its last fit or import; `request.init` is ignored). With `request.epochs` of
 /// `Some(0)` nothing is fine-tuned: the memory bank and the calibration are rebuilt from the
-/// shots around the given adapters. `feature_cache` belongs to the adapters the fit ends
-/// with (the given ones without fine-tuning, a fresh cache with it).
+/// shots around the given adapters. `feature_cache` belongs to `start.adapters`; the fitted
+/// detector keeps it where it keeps them ([`Detector::feature_cache`]).
 #[allow(clippy::too_many_arguments)]
 pub fn fit_adapters<B: Backend>(
     backbone: &mut Backbone<B>,
-    adapters: MvfaAdapters<B>,
+    start: FitStart<B>,
     adapters_cfg: MvfaAdaptersConfig,
     shots: &Shots,
     request: &FitRequest,
@@ -147,10 +174,12 @@ pub fn fit_adapters<B: Backend>(
         normal_only_task: request.normal_only_task,
         batch_size: request.batch_size,
         training_augmentations: request.schedule.training_augmentations(),
+        fpr: request.fpr,
+        selection: request.selection.clone(),
     };
     let outcome = fit::<Autodiff<B>>(
         backbone.vision().clone(),
-        adapters,
+        start,
         text,
         shots,
         &settings,
@@ -164,11 +193,13 @@ pub fn fit_adapters<B: Backend>(
             mode,
             epoch_losses,
             note,
+            selection,
         } => FitResult::Fitted(Box::new(FittedDetector {
             detector: *detector,
             mode,
             epoch_losses,
             note,
+            selection,
         })),
         FitOutcome::Cancelled { steps_done, .. } => FitResult::Cancelled { steps_done },
     })

@@ -16,10 +16,11 @@ use super::{
 };
 use crate::io::input::ModelImage;
 use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::adapter::{MvfaAdapters, MvfaAdaptersConfig};
+use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::Calibration;
 use crate::model::mvfa::detector::{Detector, FeatureCache, ImageResult, TaskKind};
 use crate::train::fit::{FitEvent, FitMode, Shots};
+use crate::train::select::{FitStart, SelectionReport, Verdict};
 use crate::weights::adapters::MixingRatios;
 use crate::weights::clip::LoadReport;
 
@@ -47,6 +48,8 @@ pub struct DetectorSummary {
     pub model_size: usize,
     /// A remark for the user (organ word differs from the checkpoint's, masks ignored).
     pub note: Option<String>,
+    /// How the last fit chose this detector: every candidate's validation numbers.
+    pub selection: Option<SelectionReport>,
 }
 
 /// How a fine-tuning run ended.
@@ -110,7 +113,10 @@ pub trait ModelSession: Send {
 /// The backend-typed session behind [`ModelSession`].
 pub struct Session<B: Backend> {
     backbone: Backbone<B>,
-    adapters: Option<(MvfaAdapters<B>, MvfaAdaptersConfig)>,
+    /// The current detector's adapters, bank adapters and mix: what the next fit starts from.
+    adapters: Option<(FitStart<B>, MvfaAdaptersConfig)>,
+    /// How the current detector was chosen.
+    selection: Option<SelectionReport>,
     adapters_source: String,
     detector: Option<Detector<B, VisionTransformer<B>>>,
     summary: Option<DetectorSummary>,
@@ -130,6 +136,7 @@ impl<B: Backend> Session<B> {
         Ok(Self {
             backbone: Backbone::open(weights, config, device)?,
             adapters: None,
+            selection: None,
             adapters_source: String::new(),
             detector: None,
             summary: None,
@@ -141,11 +148,12 @@ impl<B: Backend> Session<B> {
 
     /// The current adapters, or fresh ones from `seed` (kept, so that every later step
     /// builds on the same adapters).
-    fn current_adapters(&mut self, seed: u64) -> (MvfaAdapters<B>, MvfaAdaptersConfig) {
+    fn current_adapters(&mut self, seed: u64) -> (FitStart<B>, MvfaAdaptersConfig) {
         if self.adapters.is_none() {
             let cfg = self.backbone.adapters_config(MixingRatios::default(), seed);
             let adapters = crate::train::fit::materialize(cfg.init::<B>(self.backbone.device()));
-            self.adapters = Some((adapters, cfg));
+            self.adapters = Some((adapters.into(), cfg));
+            self.selection = None;
             self.cache = FeatureCache::default();
             self.adapters_source = format!("fresh adapters (seed {seed}), not fine-tuned");
         }
@@ -171,6 +179,20 @@ impl<B: Backend> Session<B> {
             levels: detector.adapters_config().levels,
             model_size: detector.scorer().config().image_size,
             note,
+            selection: self.selection.clone(),
+        }
+    }
+
+    /// What the next fit starts from: the detector's adapters, bank adapters and mix.
+    fn start_of(detector: &Detector<B, VisionTransformer<B>>) -> FitStart<B> {
+        FitStart {
+            adapters: detector.adapters().clone(),
+            bank_adapters: detector.bank_adapters().cloned(),
+            text_weight: detector
+                .calibration()
+                .map_or(crate::model::mvfa::calibration::DEFAULT_TEXT_WEIGHT, |c| {
+                    c.text_weight
+                }),
         }
     }
 
@@ -207,9 +229,10 @@ where
         let opened = open_detector(&mut self.backbone, path, organ, TaskKind::Segmentation, 8)?;
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         self.adapters = Some((
-            opened.detector.adapters().clone(),
+            Self::start_of(&opened.detector),
             opened.detector.adapters_config().clone(),
         ));
+        self.selection = opened.selection;
         self.adapters_source = format!("imported {name}");
         self.cache = FeatureCache::default();
         self.normal_shots = opened.normal_shots;
@@ -225,7 +248,7 @@ where
         shots: &Shots,
         request: &FitRequest,
     ) -> Result<DetectorSummary, WorkflowError> {
-        let (adapters, cfg) = self.current_adapters(request.seed);
+        let (start, cfg) = self.current_adapters(request.seed);
         let request = FitRequest {
             epochs: Some(0),
             ..request.clone()
@@ -233,7 +256,7 @@ where
         let never = AtomicBool::new(false);
         let fitted = fit_adapters(
             &mut self.backbone,
-            adapters,
+            start,
             cfg,
             shots,
             &request,
@@ -261,38 +284,39 @@ where
         on_event: &mut dyn FnMut(FitEvent),
         cancel: &AtomicBool,
     ) -> Result<FitSummary, WorkflowError> {
-        let (adapters, cfg) = self.current_adapters(request.seed);
-        // Fine-tuning changes the adapters: the detector it ends with starts a new cache
-        // (a fit without abnormal shots keeps the adapters, and so the cache).
-        let trains = !shots.abnormal.is_empty() && request.epochs != Some(0);
-        let cache = if trains {
-            FeatureCache::default()
-        } else {
-            self.cache.clone()
-        };
+        let (start, cfg) = self.current_adapters(request.seed);
         let result = fit_adapters(
             &mut self.backbone,
-            adapters,
+            start,
             cfg.clone(),
             shots,
             request,
             on_event,
             cancel,
-            Some(cache.clone()),
+            Some(self.cache.clone()),
         )?;
         match result {
             FitResult::Cancelled { steps_done } => Ok(FitSummary::Cancelled { steps_done }),
             FitResult::Fitted(fitted) => {
-                let epochs = request.epochs.unwrap_or(request.schedule.epochs());
-                if fitted.mode != FitMode::NormalOnly {
-                    self.adapters = Some((fitted.detector.adapters().clone(), cfg));
-                    self.cache = cache;
-                    self.epochs_trained += epochs;
-                    self.adapters_source = format!(
-                        "fine-tuned here ({} epochs in all, {:?} schedule)",
-                        self.epochs_trained, request.schedule
-                    );
+                let detector = &fitted.detector;
+                if let Some(report) = &fitted.selection {
+                    let epochs = match report.verdict {
+                        Verdict::KeptCurrent => 0,
+                        Verdict::Improved => report.installed_epochs,
+                        Verdict::Unchecked => request.epochs.unwrap_or(request.schedule.epochs()),
+                    };
+                    if epochs > 0 {
+                        self.epochs_trained += epochs;
+                        self.adapters_source = format!(
+                            "fine-tuned here ({} epochs in all, {:?} schedule)",
+                            self.epochs_trained, request.schedule
+                        );
+                    }
+                    self.selection = Some(report.clone());
                 }
+                self.adapters = Some((Self::start_of(detector), cfg));
+                // The detector's cache belongs to its adapters (the old one where it kept them).
+                self.cache = detector.feature_cache().cloned().unwrap_or_default();
                 let summary = self.summarise(
                     &fitted.detector,
                     &request.organ,
@@ -338,7 +362,13 @@ where
             self.epochs_trained,
             provenance.to_string(),
         );
-        save_detector(path, detector, &self.normal_shots, meta)
+        save_detector(
+            path,
+            detector,
+            &self.normal_shots,
+            self.selection.as_ref(),
+            meta,
+        )
     }
 }
 

@@ -16,6 +16,7 @@ use mvfa_studio::app::state::model::ModelJobKind;
 use mvfa_studio::app::state::viewer::SideTab;
 use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
 use mvfa_studio::app::ui::StudioApp;
+use mvfa_studio::train::select::Verdict;
 use mvfa_studio::train::synthetic::generate;
 use mvfa_studio::workflow::maps::threshold_mask;
 use mvfa_studio::workflow::{Branch, MapLayer, layer_map};
@@ -194,16 +195,43 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     assert_eq!(model.training.losses.len(), model.training.total_steps);
     assert!(model.training.losses.iter().all(|p| p.total.is_finite()));
     assert!(model.generation > generation);
+    // The fit validated its candidates on the labels and says what it installed.
+    let detector = model.detector.clone().unwrap();
+    let report = detector
+        .selection
+        .clone()
+        .expect("the fit reports its choice");
+    let chosen = report.chosen().expect("two of each class validate").clone();
+    assert_eq!(report.candidates.len(), 35, "{}", report.table());
+    let current = &report.candidates[report.current.unwrap()];
+    assert!(chosen.criterion() >= current.criterion());
+    match (report.verdict, chosen.epochs) {
+        (Verdict::Improved, 1..) => assert!(
+            detector.adapters.contains("fine-tuned here"),
+            "{}",
+            detector.adapters
+        ),
+        (Verdict::Improved | Verdict::KeptCurrent, 0) => {
+            assert!(
+                detector.adapters.contains("not fine-tuned"),
+                "{}",
+                detector.adapters
+            )
+        }
+        other => panic!("unexpected verdict {other:?}: {}", report.message),
+    }
     assert!(
-        model
-            .detector
-            .as_ref()
-            .unwrap()
-            .adapters
-            .contains("fine-tuned"),
-        "{:?}",
-        model.detector
+        h.state().state.log.iter().any(|l| l == &report.message),
+        "the log tells the verdict"
     );
+    // The Model tab shows the verdict in plain words and, on request, every candidate.
+    h.run();
+    h.get_by_label(&report.message);
+    h.get_by_label_contains("Validated candidates (35;").click();
+    h.run();
+    h.get_by_label("installed");
+    let threshold = detector.calibration.as_ref().unwrap().fpr.unwrap();
+    h.get_by_label_contains(&threshold.describe());
     wait_until(&mut h, "rescoring", 120, |s| idle_and_scored(s, images));
 
     // Results: the heatmap of the test image is drawn with its legend; maps change with the
@@ -216,6 +244,8 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     assert!(h.state().textures.heatmap_builds > 0);
     let builds = h.state().textures.heatmap_builds;
     h.get_by_label("calibrated (normal spreads) · contour 3.0");
+    // The threshold's meaning beside the score histogram.
+    h.get_by_label_contains("of normal images");
     assert_eq!(h.state().state.model.view.layer, MapLayer::Fused);
     press(&mut h, Modifiers::NONE, Key::Period);
     assert_eq!(

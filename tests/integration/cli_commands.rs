@@ -74,6 +74,8 @@ pub(crate) fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
         training_augmentations: 11,
+        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
+        selection: mvfa_studio::train::select::SelectionSettings::default(),
     };
     let normal: Vec<Shot> = generate(3, 2, SIZE, false).iter().map(shot).collect();
     let outcome = fit::<Autodiff<B>>(
@@ -99,7 +101,7 @@ pub(crate) fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
         ..Default::default()
     };
     let normal: Vec<Vec<f32>> = normal.into_iter().map(|s| s.image).collect();
-    save_detector(path, &detector, &normal, meta).unwrap();
+    save_detector(path, &detector, &normal, None, meta).unwrap();
 }
 
 /// Two readable images (one 240 px, one 200 x 160 so the heatmap must be resized back) in

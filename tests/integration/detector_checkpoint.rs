@@ -56,6 +56,8 @@ fn setup() -> (VisionTransformer<B>, FitSettings, Tensor<B, 2>) {
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
         training_augmentations: 11,
+        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
+        selection: mvfa_studio::train::select::SelectionSettings::default(),
     };
     let text = Tensor::<B, 2>::random(
         [16, 2],
@@ -98,7 +100,7 @@ fn saved_detector_scores_like_the_original() {
         ..Default::default()
     };
     let normal_images: Vec<Vec<f32>> = normal.iter().map(|s| s.image.clone()).collect();
-    save_detector(&path, &detector, &normal_images, meta).unwrap();
+    save_detector(&path, &detector, &normal_images, None, meta).unwrap();
 
     let mut loaded = load_detector::<B>(
         &path,
@@ -198,13 +200,140 @@ fn cancelling_stops_within_one_step_and_keeps_the_adapters() {
     )
     .unwrap();
     match outcome {
-        FitOutcome::Cancelled {
-            steps_done,
-            adapters,
-        } => {
+        FitOutcome::Cancelled { steps_done } => {
             assert_eq!(steps_done, 3);
-            assert_eq!(adapters.levels(), 4);
         }
         FitOutcome::Fitted { .. } => panic!("the run was cancelled"),
     }
+}
+
+/// A detector whose memory bank comes from other adapters than its text branch (what a fit
+/// installs when it keeps the features from before fine-tuning) saves both sets, its fusion
+/// weight and the report of how it was chosen, and scores the same after loading.
+#[test]
+fn bank_adapters_mix_and_report_survive_a_checkpoint() {
+    use mvfa_studio::model::mvfa::detector::{CalibrationImages, CalibrationOptions, Detector};
+    use mvfa_studio::model::mvfa::scoring::Scorer;
+    use mvfa_studio::train::select::{SelectionSettings, unchecked_report};
+    let device = Default::default();
+    let (vision, settings, text) = setup();
+    let text_adapters = settings.adapters.clone().with_seed(1).init::<B>(&device);
+    let bank_adapters = settings.adapters.clone().with_seed(2).init::<B>(&device);
+    let normal = shots(1, 2, false);
+    let stored: Vec<&[f32]> = normal.iter().map(|s| s.image.as_slice()).collect();
+    let groups = support_groups::<B>(&stored, SIZE, &device).unwrap();
+    let build = |bank: bool| {
+        let mut d = Detector::new(
+            vision.clone(),
+            text_adapters.clone(),
+            settings.adapters.clone(),
+            Scorer::new(settings.scoring.clone(), text.clone()),
+            TaskKind::Segmentation,
+            8,
+        );
+        if bank {
+            d.set_bank_adapters(Some(bank_adapters.clone()), None);
+        }
+        d.set_support(groups.clone()).unwrap();
+        d.fit_calibration(
+            &CalibrationImages {
+                support: groups.clone(),
+                held_out: None,
+                held_out_images: 0,
+                abnormal: None,
+            },
+            CalibrationOptions {
+                text_weight: 0.25,
+                fpr: 0.2,
+            },
+        )
+        .unwrap();
+        d
+    };
+    let detector = build(true);
+    let plain = build(false);
+    let test = shots(3, 2, true);
+    let views: Vec<&[f32]> = test.iter().map(|s| s.image.as_slice()).collect();
+    let score = |d: &Detector<B, VisionTransformer<B>>| {
+        d.score(batch_tensor::<B>(&views, [3, SIZE, SIZE], &device).unwrap())
+            .unwrap()
+    };
+    let with_bank = score(&detector);
+    // The bank adapters change the few-shot branch only.
+    let without = score(&plain);
+    assert_eq!(with_bank[0].raw.zero_map, without[0].raw.zero_map);
+    assert_ne!(with_bank[0].raw.few_map, without[0].raw.few_map);
+
+    let report = unchecked_report((2, 1, 0), &SelectionSettings::default());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("detector.safetensors");
+    let normal_images: Vec<Vec<f32>> = normal.iter().map(|s| s.image.clone()).collect();
+    save_detector(
+        &path,
+        &detector,
+        &normal_images,
+        Some(&report),
+        AdapterCheckpointMeta::default(),
+    )
+    .unwrap();
+    let mut loaded = load_detector::<B>(
+        &path,
+        vision.clone(),
+        text.clone(),
+        &settings.adapters,
+        &settings.scoring,
+        TaskKind::Segmentation,
+        8,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(loaded.selection.as_ref(), Some(&report));
+    assert!(loaded.detector.bank_adapters().is_some());
+    let cal = loaded.detector.calibration().unwrap().clone();
+    assert_eq!(cal.text_weight, 0.25);
+    assert_eq!(Some(&cal), detector.calibration());
+    // 2 normal images: the conformal threshold cannot support 20% (it needs 4); it says so.
+    let stated = cal.fpr.unwrap();
+    assert_eq!(stated.exemplars, 2);
+    assert!(!stated.achievable);
+    loaded.detector.set_support(groups.clone()).unwrap();
+    for (a, b) in with_bank.iter().zip(&score(&loaded.detector)) {
+        assert_eq!(a.raw.few_map, b.raw.few_map);
+        assert_eq!(a.score, b.score);
+    }
+}
+
+/// One normal and one abnormal shot cannot validate a fit: it fine-tunes as asked and says
+/// plainly that the choice was not checked.
+#[test]
+fn too_few_shots_to_validate_is_said_never_claimed() {
+    use mvfa_studio::train::select::Verdict;
+    let device = Default::default();
+    let (vision, settings, text) = setup();
+    let FitOutcome::Fitted { selection, .. } = fit::<AB>(
+        vision,
+        settings.adapters.init::<B>(&device),
+        text,
+        &Shots {
+            normal: shots(1, 1, false),
+            abnormal: shots(2, 1, true),
+            held_out: Vec::new(),
+        },
+        &settings,
+        |_| {},
+        &AtomicBool::new(false),
+        None,
+    )
+    .unwrap() else {
+        panic!("not cancelled")
+    };
+    let report = selection.expect("a fine-tuning fit reports its choice");
+    assert_eq!(report.verdict, Verdict::Unchecked);
+    assert!(report.candidates.is_empty() && report.chosen.is_none());
+    assert!(
+        report.message.contains("could not be checked")
+            && report.message.contains("1 normal and 1 abnormal"),
+        "{}",
+        report.message
+    );
 }

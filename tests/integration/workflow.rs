@@ -53,6 +53,8 @@ fn request(seed: u64) -> FitRequest {
         init: None,
         batch_size: 11,
         normal_only_task: TaskKind::Segmentation,
+        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
+        selection: mvfa_studio::train::select::SelectionSettings::default(),
     }
 }
 
@@ -89,7 +91,14 @@ fn fit_and_save(backbone: &mut Backbone<B>, root: &Path, seed: u64, out: &Path) 
         .iter()
         .map(|s| s.image.clone())
         .collect();
-    save_detector(out, &fitted.detector, &normal, meta).unwrap();
+    save_detector(
+        out,
+        &fitted.detector,
+        &normal,
+        fitted.selection.as_ref(),
+        meta,
+    )
+    .unwrap();
     std::fs::read(out).unwrap()
 }
 

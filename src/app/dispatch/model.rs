@@ -659,8 +659,9 @@ fn apply_item(state: &mut AppState, item: ModelItem) {
     let model = &mut state.model;
     match item {
         ModelItem::Step(report) => {
-            let step = (report.epoch - 1) * report.steps_per_epoch + report.step;
-            model.training.total_steps = report.epochs * report.steps_per_epoch;
+            let offset = model.training.run_offset;
+            let step = offset + (report.epoch - 1) * report.steps_per_epoch + report.step;
+            model.training.total_steps = offset + report.epochs * report.steps_per_epoch;
             model.training.eta_seconds = Some(report.eta_seconds);
             model.training.losses.push(LossPoint {
                 step,
@@ -671,6 +672,10 @@ fn apply_item(state: &mut AppState, item: ModelItem) {
             });
         }
         ModelItem::Stage(stage) => model.training.status = stage,
+        ModelItem::Run(purpose) => {
+            model.training.run_offset = model.training.losses.last().map_or(0, |p| p.step);
+            model.training.status = purpose;
+        }
         ModelItem::Scored(key, result) => {
             model.frames_scored += 1;
             model.unscorable.remove(&key);
@@ -729,6 +734,9 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
             model.training.eta_seconds = None;
             if let Some(note) = &summary.note {
                 state.log.push(note.clone());
+            }
+            if let Some(report) = &summary.selection {
+                state.log.push(report.message.clone());
             }
             model.detector = Some(*summary);
             model.detector_revision = Some(revision);

@@ -1,5 +1,6 @@
 //! The Model tab: compute device, CLIP weights, organ word, the current detector and its
-//! checkpoint, and fine-tuning with its progress, ETA and live loss plot.
+//! checkpoint (with how the last fit chose it and what its threshold means), and fine-tuning
+//! with its progress, ETA and live loss plot.
 use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
@@ -10,6 +11,7 @@ use crate::app::state::model::{ModelJobKind, ORGAN_PRESETS};
 use crate::app::state::{AppState, WeightsStatus};
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitMode;
+use crate::train::select::{SelectionReport, Verdict};
 use crate::workflow::Schedule;
 
 /// Draws the Model tab.
@@ -175,9 +177,15 @@ fn detector(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                     Some(c) => {
                         ui.label("Calibration");
                         ui.label(format!(
-                            "{} normal, {} abnormal exemplars; threshold {:.2}",
-                            c.normal_exemplars, c.abnormal_exemplars, c.threshold
+                            "{} normal, {} abnormal exemplars; text branch weight {:.2}",
+                            c.normal_exemplars, c.abnormal_exemplars, c.text_weight
                         ));
+                        ui.end_row();
+                        ui.label("Threshold");
+                        ui.label(match &c.fpr {
+                            Some(t) => format!("{:.2}: {}", c.threshold, t.describe()),
+                            None => format!("{:.2} (no stated false-positive rate)", c.threshold),
+                        });
                     }
                     None => {
                         ui.label("Calibration");
@@ -195,6 +203,9 @@ fn detector(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             });
             if let Some(note) = &d.note {
                 ui.label(RichText::new(note).italics());
+            }
+            if let Some(report) = &d.selection {
+                selection(ui, report);
             }
         }
     }
@@ -215,6 +226,66 @@ fn detector(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     if let Some(error) = &model.error {
         ui.colored_label(ui.visuals().error_fg_color, error);
     }
+}
+
+/// How the last fit chose the detector: the verdict in plain words and every candidate's
+/// cross-validated numbers.
+fn selection(ui: &mut egui::Ui, report: &SelectionReport) {
+    let colour = match report.verdict {
+        Verdict::Improved => ui.visuals().text_color(),
+        Verdict::KeptCurrent | Verdict::Unchecked => ui.visuals().warn_fg_color,
+    };
+    ui.add(egui::Label::new(RichText::new(&report.message).color(colour)).wrap());
+    if report.candidates.is_empty() {
+        return;
+    }
+    egui::CollapsingHeader::new(format!(
+        "Validated candidates ({}; {} folds of {} normal and {} abnormal images{})",
+        report.candidates.len(),
+        report.folds,
+        report.validation_images[0],
+        report.validation_images[1],
+        match report.validation_images[2] {
+            0 => String::new(),
+            n => format!(", {n} held-out normals"),
+        }
+    ))
+    .id_salt("validated candidates")
+    .show(ui, |ui| {
+        egui::ScrollArea::vertical()
+            .max_height(160.0)
+            .show(ui, |ui| {
+                egui::Grid::new("candidates")
+                    .num_columns(4)
+                    .striped(true)
+                    .show(ui, |ui| {
+                        ui.label(RichText::new("Candidate").strong());
+                        ui.label(RichText::new("Image AUC").strong());
+                        ui.label(RichText::new("Pixel AUC").strong());
+                        ui.label("");
+                        ui.end_row();
+                        for (i, c) in report.candidates.iter().enumerate() {
+                            let chosen = report.chosen == Some(i);
+                            let text = |t: String| {
+                                if chosen {
+                                    RichText::new(t).strong()
+                                } else {
+                                    RichText::new(t)
+                                }
+                            };
+                            ui.label(text(c.name()));
+                            ui.label(text(format!("{:.3}", c.image_auc)));
+                            ui.label(text(c.pixel_auc.map_or("-".into(), |p| format!("{p:.3}"))));
+                            ui.label(match (chosen, c.current) {
+                                (true, _) => "installed",
+                                (false, true) => "current",
+                                _ => "",
+                            });
+                            ui.end_row();
+                        }
+                    });
+            });
+    });
 }
 
 fn training(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {

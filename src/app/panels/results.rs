@@ -173,6 +173,9 @@ fn histogram(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             "{above} of {} image(s) at or above the threshold {t:.2}",
             scores.len()
         ));
+        if let Some(meaning) = model.threshold_meaning() {
+            ui.add(egui::Label::new(RichText::new(meaning).italics()).wrap());
+        }
     }
     let lo = scores.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -69,6 +69,9 @@ pub enum ModelItem {
     Step(StepReport),
     /// A stage of the fit (building the bank, calibrating).
     Stage(String),
+    /// A fine-tuning run begins (a validation fold, or the run on all shots): its steps
+    /// continue the loss plot's step axis.
+    Run(String),
     /// One frame scored.
     Scored(ImageKey, Arc<ImageResult>),
     /// A frame that could not be scored, and why.
@@ -118,8 +121,10 @@ pub struct LossPoint {
 pub struct TrainingRun {
     /// Loss terms per step.
     pub losses: Vec<LossPoint>,
-    /// Steps the run will take.
+    /// Steps the run will take (all runs so far and the current one).
     pub total_steps: usize,
+    /// Steps of the runs before the current one (validation folds).
+    pub run_offset: usize,
     /// Estimated seconds left.
     pub eta_seconds: Option<f32>,
     /// What the run is doing now (or how it ended).
@@ -386,7 +391,22 @@ impl ModelState {
         self.results.get(key)
     }
 
-    /// The image-score threshold in use.
+    /// What the threshold in use means, in plain words, when the calibration states it:
+    /// "The threshold flags <= 5% of normal images (estimated from 33 normal exemplars)."
+    pub fn threshold_meaning(&self) -> Option<String> {
+        let calibration = self.detector.as_ref()?.calibration.as_ref()?;
+        let stated = calibration.fpr.as_ref()?;
+        Some(match self.view.score_threshold {
+            Some(t) if t != calibration.threshold => format!(
+                "Threshold set by hand. The calibrated one ({:.2}) {}.",
+                calibration.threshold,
+                stated.describe()
+            ),
+            _ => format!("The threshold {}.", stated.describe()),
+        })
+    }
+
+    /// The image-score threshold in use: the one set by hand, else the calibration's.
     pub fn score_threshold(&self) -> Option<f32> {
         self.view.score_threshold.or_else(|| {
             self.detector

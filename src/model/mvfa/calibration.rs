@@ -20,13 +20,25 @@
 //!    1.4826 x the median absolute deviation (the normal-consistent MAD), floored so that a
 //!    constant branch cannot divide by zero. A calibrated value is the robust z-score
 //!    `(raw - median) / scale`: "how many normal spreads above a typical normal exemplar".
-//! 4. Branches are fused with equal weights (0.5 / 0.5, as the reference) after this
-//!    normalisation. The image score of a segmentation task is the maximum of the fused map,
-//!    itself calibrated against the maxima of the normal exemplars' fused maps; of a
+//! 4. Branches are fused after this normalisation with the weight `text_weight` on the
+//!    zero-shot (text) branch and `1 - text_weight` on the few-shot branch: 0.5 / 0.5 as in the
+//!    reference unless the fit chose another mix on the user's labels
+//!    ([`crate::train::select`]). The image score of a segmentation task is the maximum of the
+//!    fused map, itself calibrated against the maxima of the normal exemplars' fused maps; of a
 //!    classification task, the fused det-head image score.
-//! 5. When abnormal shots exist, their calibrated image scores are recorded and a decision
-//!    threshold is set halfway between the 95th percentile of the normal exemplars and the
-//!    median of the abnormal ones; without them the threshold is 3 (three normal spreads).
+//! 5. The decision threshold has a stated meaning: it flags at most a chosen share of normal
+//!    images (5% by default). It is set by split-conformal calibration on the calibrated image
+//!    scores of the normal images that did not build the memory bank (held-out normals, or
+//!    the normal shots scored leave-one-out as above), one score per image: its augmented
+//!    copies are not new draws of a normal image, and counting them would claim a rate the
+//!    images cannot support (measured: 14% observed for a 10% target). With `n` such scores
+//!    and a target rate `a`, the
+//!    threshold lies just above the `ceil((n + 1)(1 - a))`-th smallest, so that a new normal
+//!    image exchangeable with the exemplars scores at or above it with probability at most
+//!    `a` (the finite-sample correction). With too few exemplars for the target
+//!    (`a < 1 / (n + 1)`), the threshold lies above the largest exemplar and guarantees only
+//!    `1 / (n + 1)`; [`ConformalThreshold::achievable`] says so. The exemplars' scores are
+//!    stored, so the threshold can be recomputed for another rate without rescoring.
 //!
 //! Everything about one image's calibrated score is a function of that image and the stored
 //! calibration, so it does not depend on which other images are scored with it.
@@ -131,12 +143,110 @@ pub struct Calibration {
     pub normal_exemplars: usize,
     /// Abnormal exemplars whose calibrated scores set the threshold (0 without abnormal shots).
     pub abnormal_exemplars: usize,
-    /// Calibrated image-score threshold suggested for "abnormal".
+    /// Calibrated image-score threshold for "abnormal" (score >= threshold): the conformal
+    /// threshold of [`Self::fpr`] (see the module docs).
     pub threshold: f32,
     /// 95th percentile of the normal exemplars' calibrated image scores.
     pub normal_p95: f32,
     /// Median of the abnormal exemplars' calibrated image scores, when there were any.
     pub abnormal_median: Option<f32>,
+    /// Weight of the zero-shot (text) branch in the fusion; the few-shot branch gets the rest.
+    #[serde(default = "default_text_weight")]
+    pub text_weight: f32,
+    /// Calibrated image scores of the normal images outside the memory bank (held out, or
+    /// shots left out), one per image, ascending: what the conformal threshold is computed
+    /// from.
+    #[serde(default)]
+    pub normal_scores: Vec<f32>,
+    /// What the threshold means: the false-positive rate it was set for (absent in files
+    /// written before the threshold had a stated meaning).
+    #[serde(default)]
+    pub fpr: Option<ConformalThreshold>,
+}
+
+fn default_text_weight() -> f32 {
+    DEFAULT_TEXT_WEIGHT
+}
+
+/// The reference's fusion: 0.5 / 0.5 (spec 4.4).
+pub const DEFAULT_TEXT_WEIGHT: f32 = 0.5;
+
+/// The default share of normal images the threshold may flag.
+pub const DEFAULT_FPR: f32 = 0.05;
+
+/// A threshold set by split-conformal calibration for a target false-positive rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ConformalThreshold {
+    /// The share of normal images the user asked the threshold to flag at most.
+    pub target: f32,
+    /// The rate the threshold guarantees (`<= target` when achievable, else `1 / (n + 1)`).
+    pub guaranteed: f32,
+    /// Normal images the threshold was estimated from (`n`, one score each).
+    pub exemplars: usize,
+    /// Whether `n` exemplars suffice for the target (`target >= 1 / (n + 1)`).
+    pub achievable: bool,
+    /// The calibrated score threshold (flag when score >= threshold).
+    pub threshold: f32,
+}
+
+impl ConformalThreshold {
+    /// The split-conformal threshold of `sorted` (ascending) normal scores for `target`.
+    /// `None` without scores or with a target outside (0, 1).
+    pub fn from_sorted(sorted: &[f32], target: f32) -> Option<Self> {
+        let n = sorted.len();
+        if n == 0 || !(target > 0.0 && target < 1.0) {
+            return None;
+        }
+        // Rank k (1-based) of the order statistic: ceil((n + 1)(1 - a)); computed in f64 and
+        // nudged down so that e.g. (19 + 1) * 0.95 = 19 is not rounded up to 20.
+        let k = (((n + 1) as f64) * (1.0 - f64::from(target)) - 1e-9).ceil() as usize;
+        let k = k.max(1);
+        let achievable = k <= n;
+        let k = k.min(n);
+        // "score >= threshold" flags exactly the scores above the k-th smallest.
+        let threshold = sorted[k - 1].next_up();
+        Some(Self {
+            target,
+            guaranteed: ((n + 1 - k) as f32 / (n + 1) as f32).max(1.0 / (n + 1) as f32),
+            exemplars: n,
+            achievable,
+            threshold,
+        })
+    }
+
+    /// The smallest rate `n` exemplars can guarantee: `1 / (n + 1)`.
+    pub fn smallest_rate(exemplars: usize) -> f32 {
+        1.0 / (exemplars + 1) as f32
+    }
+
+    /// The threshold's meaning in plain words, e.g. "flags <= 5% of normal images (estimated
+    /// from 33 normal exemplars)".
+    pub fn describe(&self) -> String {
+        let pct = |r: f32| {
+            let p = 100.0 * r;
+            if (p - p.round()).abs() < 0.05 {
+                format!("{p:.0}%")
+            } else {
+                format!("{p:.1}%")
+            }
+        };
+        if self.achievable {
+            format!(
+                "flags \u{2264} {} of normal images (estimated from {} normal images outside the memory bank)",
+                pct(self.target),
+                self.exemplars
+            )
+        } else {
+            format!(
+                "flags \u{2264} {} of normal images: {} normal images cannot support {}; \
+                 the smallest rate they support is {} (label more normal images)",
+                pct(self.guaranteed),
+                self.exemplars,
+                pct(self.target),
+                pct(self.guaranteed)
+            )
+        }
+    }
 }
 
 /// Calibration method tag written into checkpoints.
@@ -147,8 +257,32 @@ impl Calibration {
     pub fn fuse_pixel(&self, zero: f32, few: Option<f32>) -> f32 {
         let z = self.zero_map.normalise(zero);
         match (few, &self.few_map) {
-            (Some(f), Some(stats)) => 0.5 * z + 0.5 * stats.normalise(f),
+            (Some(f), Some(stats)) => self.mix(z, stats.normalise(f)),
             _ => z,
+        }
+    }
+
+    /// `text_weight * text + (1 - text_weight) * few`.
+    fn mix(&self, text: f32, few: f32) -> f32 {
+        self.text_weight * text + (1.0 - self.text_weight) * few
+    }
+
+    /// The threshold for another target rate, from the stored normal scores (`None` when
+    /// the file stores none).
+    pub fn threshold_for(&self, target: f32) -> Option<ConformalThreshold> {
+        ConformalThreshold::from_sorted(&self.normal_scores, target)
+    }
+
+    /// Sets the threshold for `target` from the stored normal scores; without them (an old
+    /// file) the threshold stays as it was and `false` is returned.
+    pub fn set_fpr(&mut self, target: f32) -> bool {
+        match self.threshold_for(target) {
+            Some(t) => {
+                self.threshold = t.threshold;
+                self.fpr = Some(t);
+                true
+            }
+            None => false,
         }
     }
 
@@ -174,7 +308,7 @@ impl Calibration {
     pub fn image_score_from_scores(&self, zero: f32, few: Option<f32>) -> f32 {
         let z = self.zero_image.normalise(zero);
         match (few, &self.few_image) {
-            (Some(f), Some(stats)) => 0.5 * z + 0.5 * stats.normalise(f),
+            (Some(f), Some(stats)) => self.mix(z, stats.normalise(f)),
             _ => z,
         }
     }
@@ -215,6 +349,30 @@ mod tests {
         assert!(s.scale > 0.0);
         assert_eq!(s.normalise(0.5), 0.0);
         assert!(BranchStats::robust(&mut []).is_none());
+    }
+
+    #[test]
+    fn conformal_threshold_has_the_finite_sample_rank() {
+        let scores: Vec<f32> = (1..=19).map(|i| i as f32).collect();
+        // n = 19, a = 0.05: k = ceil(20 * 0.95) = 19: above the largest score.
+        let t = ConformalThreshold::from_sorted(&scores, 0.05).unwrap();
+        assert!(t.achievable);
+        assert!(t.threshold > 19.0 && t.threshold < 19.001);
+        assert!((t.guaranteed - 0.05).abs() < 1e-6);
+        // a = 0.10: k = 18, so 19 is flagged and 18 is not.
+        let t = ConformalThreshold::from_sorted(&scores, 0.10).unwrap();
+        assert!(t.threshold > 18.0 && t.threshold <= 19.0);
+        // n = 9 cannot support 5%: the smallest rate is 10%.
+        let t = ConformalThreshold::from_sorted(&scores[..9], 0.05).unwrap();
+        assert!(!t.achievable);
+        assert!((t.guaranteed - 0.1).abs() < 1e-6);
+        assert!(
+            t.describe().contains("smallest rate they support is 10%"),
+            "{}",
+            t.describe()
+        );
+        assert!(ConformalThreshold::from_sorted(&[], 0.05).is_none());
+        assert!(ConformalThreshold::from_sorted(&scores, 0.0).is_none());
     }
 
     #[test]

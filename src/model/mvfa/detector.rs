@@ -9,6 +9,12 @@
 //! few-shot path ([`Scorer::few_shot_maps`]) gives the full branch and the leave-one-out
 //! branch used for calibration (the bank without the exemplar's own rows).
 //!
+//! The memory bank may come from other adapters than the text comparison
+//! ([`Detector::set_bank_adapters`]): a fit can keep the segmentation features of the adapters
+//! before fine-tuning for the nearest-neighbour search, which fine-tuning tends to degrade,
+//! while the text branch uses the fine-tuned ones (chosen on the user's labels,
+//! [`crate::train::select`]).
+//!
 //! A detector keeps its invariants: its fields are private, and a step that fails (building a
 //! bank, calibrating) leaves the detector as it was.
 use std::collections::HashMap;
@@ -19,7 +25,10 @@ use burn::prelude::*;
 use crate::model::mvfa::adapter::{
     AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig, MvfaError, TappedBackbone,
 };
-use crate::model::mvfa::calibration::{BranchStats, Calibration, LeaveOut, METHOD, quantile};
+use crate::model::mvfa::calibration::{
+    BranchStats, Calibration, ConformalThreshold, DEFAULT_FPR, DEFAULT_TEXT_WEIGHT, LeaveOut,
+    METHOD, quantile,
+};
 use crate::model::mvfa::scoring::{LevelMaps, MemoryBank, Scorer};
 
 /// What the user's labels describe, which decides the image-score branch (spec 4.3).
@@ -148,16 +157,63 @@ pub struct CalibrationImages<B: Backend> {
     pub support: Vec<Tensor<B, 4>>,
     /// Normal images `[n, 3, S, S]` that neither the adapters nor the memory bank have seen,
     /// when the user supplied some: every branch is calibrated on them (the adapters are
-    /// over-confident on the images they were trained on).
+    /// over-confident on the images they were trained on). Augmented block-major: the first
+    /// `held_out_images` are the images themselves.
     pub held_out: Option<Tensor<B, 4>>,
+    /// How many held-out source images `held_out` holds (its first rows).
+    pub held_out_images: usize,
     /// Augmented abnormal shots `[n, 3, S, S]`, used only to place the threshold.
     pub abnormal: Option<Tensor<B, 4>>,
+}
+
+/// How a calibration fuses the branches and places its threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CalibrationOptions {
+    /// Weight of the zero-shot (text) branch in the fusion (the few-shot branch gets the rest).
+    pub text_weight: f32,
+    /// Share of normal images the threshold may flag (split-conformal).
+    pub fpr: f32,
+}
+
+impl Default for CalibrationOptions {
+    fn default() -> Self {
+        Self {
+            text_weight: DEFAULT_TEXT_WEIGHT,
+            fpr: DEFAULT_FPR,
+        }
+    }
+}
+
+/// The raw outputs a calibration is computed from.
+#[derive(Debug, Clone)]
+pub struct CalibrationRaws {
+    /// Normal exemplars outside the memory bank (held out, or scored leave-one-out).
+    pub normal: Vec<RawResult>,
+    /// Abnormal shots (scored against the full bank).
+    pub abnormal: Vec<RawResult>,
+    /// Which leave-out the normal exemplars' few-shot branch used.
+    pub leave_out: LeaveOut,
+    /// Indices in `normal` of the exemplars that are source images themselves, not
+    /// augmentations: the ones exchangeable with a new normal image, which the conformal
+    /// threshold is computed from.
+    pub sources: Vec<usize>,
+}
+
+/// Which adapters a forward pass runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdapterSet {
+    /// The adapters compared with the text features.
+    Text,
+    /// The adapters whose tokens fill the memory bank.
+    Bank,
 }
 
 /// A fitted detector. `V` is the frozen vision tower.
 pub struct Detector<B: Backend, V: TappedBackbone<B>> {
     vision: V,
     adapters: MvfaAdapters<B>,
+    /// Adapters of the memory bank when they differ from `adapters`.
+    bank_adapters: Option<MvfaAdapters<B>>,
     adapters_cfg: MvfaAdaptersConfig,
     scorer: Scorer<B>,
     bank: Option<SupportBank<B>>,
@@ -165,6 +221,7 @@ pub struct Detector<B: Backend, V: TappedBackbone<B>> {
     task: TaskKind,
     batch_size: usize,
     cache: Option<FeatureCache<B>>,
+    bank_cache: Option<FeatureCache<B>>,
 }
 
 /// Most bytes of adapted tokens a [`FeatureCache`] keeps (an image's tokens take about 7 MB
@@ -325,13 +382,105 @@ fn split_rows(flat: Vec<f32>, rows: usize) -> Vec<Vec<f32>> {
 }
 
 /// Calibrated fused map and image score of `raw` under `cal` for `task`.
-fn apply_calibration(cal: &Calibration, task: TaskKind, raw: &RawResult) -> (Vec<f32>, f32) {
+pub fn apply_calibration(cal: &Calibration, task: TaskKind, raw: &RawResult) -> (Vec<f32>, f32) {
     let fused = cal.fuse_map(&raw.zero_map, raw.few_map.as_deref());
     let score = match task {
         TaskKind::Segmentation => cal.image_score_from_map(&fused),
         TaskKind::Classification => cal.image_score_from_scores(raw.zero_image, raw.few_image),
     };
     (fused, score)
+}
+
+/// The calibration of a detector of `task` from the raw outputs of its exemplars (see
+/// [`crate::model::mvfa::calibration`]); a pure function, so a fit can try several fusion
+/// weights on the same forward passes.
+///
+/// # Panics
+/// When `raws.normal` is empty ([`Detector::calibration_raws`] never returns that).
+pub fn calibration_from_raws(
+    raws: &CalibrationRaws,
+    task: TaskKind,
+    options: CalibrationOptions,
+) -> Calibration {
+    let normal = &raws.normal;
+    let has_few = normal
+        .iter()
+        .all(|r| r.few_map.is_some() && r.few_image.is_some());
+    let robust = |mut v: Vec<f32>| BranchStats::robust(&mut v).expect("non-empty exemplars");
+    let zero_map = robust(
+        normal
+            .iter()
+            .flat_map(|r| r.zero_map.iter().copied())
+            .collect(),
+    );
+    let few_map = has_few.then(|| {
+        robust(
+            normal
+                .iter()
+                .flat_map(|r| r.few_map.iter().flatten().copied())
+                .collect(),
+        )
+    });
+    let zero_image = robust(normal.iter().map(|r| r.zero_image).collect());
+    let few_image = has_few.then(|| robust(normal.iter().filter_map(|r| r.few_image).collect()));
+    let mut cal = Calibration {
+        method: METHOD.into(),
+        zero_map,
+        few_map,
+        zero_image,
+        few_image,
+        fused_map_max: BranchStats {
+            median: 0.0,
+            scale: 1.0,
+        },
+        leave_out: raws.leave_out,
+        normal_exemplars: normal.len(),
+        abnormal_exemplars: 0,
+        threshold: 3.0,
+        normal_p95: 0.0,
+        abnormal_median: None,
+        text_weight: options.text_weight.clamp(0.0, 1.0),
+        normal_scores: Vec::new(),
+        fpr: None,
+    };
+    let maxima: Vec<f32> = normal
+        .iter()
+        .map(|r| {
+            cal.fuse_map(&r.zero_map, r.few_map.as_deref())
+                .into_iter()
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect();
+    cal.fused_map_max = robust(maxima);
+
+    let mut all_scores: Vec<f32> = normal
+        .iter()
+        .map(|r| apply_calibration(&cal, task, r).1)
+        .collect();
+    // The conformal scores: one per normal source image (its augmentations are near-copies,
+    // not new draws, and would make the threshold look better supported than it is).
+    let mut normal_scores: Vec<f32> = raws
+        .sources
+        .iter()
+        .filter_map(|&i| all_scores.get(i).copied())
+        .collect();
+    normal_scores.sort_unstable_by(f32::total_cmp);
+    cal.normal_p95 = quantile(&mut all_scores, 0.95).expect("non-empty");
+    let mut abnormal_scores: Vec<f32> = raws
+        .abnormal
+        .iter()
+        .map(|r| apply_calibration(&cal, task, r).1)
+        .collect();
+    cal.abnormal_exemplars = abnormal_scores.len();
+    cal.abnormal_median = quantile(&mut abnormal_scores, 0.5);
+    let conformal = ConformalThreshold::from_sorted(&normal_scores, options.fpr)
+        .or_else(|| ConformalThreshold::from_sorted(&normal_scores, DEFAULT_FPR));
+    cal.normal_scores = normal_scores;
+    if let Some(t) = conformal {
+        cal.threshold = t.threshold;
+        cal.fpr = Some(t);
+    }
+    cal
 }
 
 impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
@@ -348,6 +497,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         Self {
             vision,
             adapters,
+            bank_adapters: None,
             adapters_cfg,
             scorer,
             bank: None,
@@ -355,7 +505,25 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             task,
             batch_size: batch_size.max(1),
             cache: None,
+            bank_cache: None,
         }
+    }
+
+    /// Makes the memory bank come from `adapters` (`None`: the text adapters), with their own
+    /// feature cache. Rebuild the bank and the calibration afterwards.
+    pub fn set_bank_adapters(
+        &mut self,
+        adapters: Option<MvfaAdapters<B>>,
+        cache: Option<FeatureCache<B>>,
+    ) {
+        self.bank_cache = adapters.as_ref().and(cache);
+        self.bank_adapters = adapters;
+        self.bank = None;
+    }
+
+    /// The adapters of the memory bank when they differ from [`Self::adapters`].
+    pub fn bank_adapters(&self) -> Option<&MvfaAdapters<B>> {
+        self.bank_adapters.as_ref()
     }
 
     /// The frozen vision tower.
@@ -420,10 +588,21 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         self.bank = bank;
     }
 
-    /// Adapted tokens of `images [n, 3, S, S]`.
+    /// Adapted tokens of `images [n, 3, S, S]` (the text adapters).
     pub fn features(&self, images: Tensor<B, 4>) -> Result<AdaptedFeatures<B>, MvfaError> {
-        self.adapters
-            .forward_adapted(&self.vision, images, &self.adapters_cfg)
+        self.features_of(AdapterSet::Text, images)
+    }
+
+    fn features_of(
+        &self,
+        set: AdapterSet,
+        images: Tensor<B, 4>,
+    ) -> Result<AdaptedFeatures<B>, MvfaError> {
+        let adapters = match (set, &self.bank_adapters) {
+            (AdapterSet::Bank, Some(bank)) => bank,
+            _ => &self.adapters,
+        };
+        adapters.forward_adapted(&self.vision, images, &self.adapters_cfg)
     }
 
     /// Shares `cache` with this detector: its shots' adapted tokens are taken from it and
@@ -432,12 +611,26 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         self.cache = cache;
     }
 
+    /// The feature cache of the text adapters, if one is set (a session keeps it for the next
+    /// fit around the same adapters).
+    pub fn feature_cache(&self) -> Option<&FeatureCache<B>> {
+        self.cache.as_ref()
+    }
+
     /// [`Self::features`] through the feature cache, when there is one: only images it lacks
     /// run through the backbone, each on its own so that its tokens never depend on the
     /// batch it came in.
-    fn shot_features(&self, images: Tensor<B, 4>) -> Result<AdaptedFeatures<B>, MvfaError> {
-        let Some(cache) = &self.cache else {
-            return self.features(images);
+    fn shot_features(
+        &self,
+        set: AdapterSet,
+        images: Tensor<B, 4>,
+    ) -> Result<AdaptedFeatures<B>, MvfaError> {
+        let (set, cache) = match (set, &self.bank_adapters) {
+            (AdapterSet::Bank, Some(_)) => (AdapterSet::Bank, &self.bank_cache),
+            _ => (AdapterSet::Text, &self.cache),
+        };
+        let Some(cache) = cache else {
+            return self.features_of(set, images);
         };
         let n = images.dims()[0];
         let values = to_host(images.clone());
@@ -459,7 +652,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             let f = match cache.get(key) {
                 Some(f) => f,
                 None => {
-                    let f = self.features(images.clone().narrow(0, i, 1))?;
+                    let f = self.features_of(set, images.clone().narrow(0, i, 1))?;
                     cache.insert(*key, f.clone());
                     f
                 }
@@ -488,7 +681,8 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             let mut start = 0;
             while start < n {
                 let len = self.batch_size.min(n - start);
-                let f = self.shot_features(images.clone().narrow(0, start, len))?;
+                let f =
+                    self.shot_features(AdapterSet::Bank, images.clone().narrow(0, start, len))?;
                 seg_parts.push(f.seg_tokens);
                 det_parts.push(f.det_tokens);
                 start += len;
@@ -534,17 +728,25 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         shots: bool,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
+        let bank_images = (bank.is_some() && self.bank_adapters.is_some()).then(|| images.clone());
         let features = if shots {
-            self.shot_features(images)?
+            self.shot_features(AdapterSet::Text, images)?
         } else {
             self.features(images)?
         };
+        // The few-shot branch compares the bank adapters' tokens with the bank.
+        let bank_features = match bank_images {
+            Some(images) if shots => Some(self.shot_features(AdapterSet::Bank, images)?),
+            Some(images) => Some(self.features_of(AdapterSet::Bank, images)?),
+            None => None,
+        };
+        let few_features = bank_features.as_ref().unwrap_or(&features);
         let zero_images = self.scorer.zero_shot_image_scores(&features.det_tokens);
         let zero_maps = self.scorer.zero_shot_maps(&features.seg_tokens);
-        let few_seg = bank.map(|bank| self.few_shot_maps(&features, Head::Seg, bank));
+        let few_seg = bank.map(|bank| self.few_shot_maps(few_features, Head::Seg, bank));
         let few_image = bank.map(|bank| {
             to_host(
-                self.few_shot_maps(&features, Head::Det, bank)
+                self.few_shot_maps(few_features, Head::Det, bank)
                     .mean_scores()
                     .fused,
             )
@@ -612,12 +814,19 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             .collect())
     }
 
-    /// Fits the calibration (see [`crate::model::mvfa::calibration`]) and installs it. On
-    /// error the detector is unchanged.
-    pub fn fit_calibration(
-        &mut self,
+    /// Raw outputs of `images [n, 3, S, S]` against the full memory bank, taking the tokens
+    /// of images seen before from the feature caches (for the shots and validation images of
+    /// a fit, which are scored under several settings).
+    pub fn score_raw_cached(&self, images: Tensor<B, 4>) -> Result<Vec<RawResult>, MvfaError> {
+        self.score_batched(images, self.bank.as_ref(), true)
+    }
+
+    /// Scores the calibration exemplars: the normal ones outside the memory bank (held out,
+    /// or leave-one-out; see [`crate::model::mvfa::calibration`]) and the abnormal shots.
+    pub fn calibration_raws(
+        &self,
         images: &CalibrationImages<B>,
-    ) -> Result<Calibration, MvfaError> {
+    ) -> Result<CalibrationRaws, MvfaError> {
         let bank = self.bank.as_ref();
         let leave_out = match (&images.held_out, bank) {
             (Some(_), _) => LeaveOut::HeldOut,
@@ -625,20 +834,24 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             (None, Some(bank)) if bank.groups() == 1 => LeaveOut::Augmentation,
             (None, Some(_)) => LeaveOut::SourceShot,
         };
-        // Raw results of the calibration exemplars.
         let mut raws: Vec<RawResult> = Vec::new();
+        // Support groups start with their source image (augmentation 0 is the identity).
+        let mut sources = Vec::new();
         match (leave_out, bank) {
             (LeaveOut::HeldOut, _) => {
                 let held_out = images.held_out.clone().expect("matched above");
                 raws.extend(self.score_batched(held_out, bank, true)?);
+                sources.extend(0..images.held_out_images.min(raws.len()));
             }
             (LeaveOut::None, _) | (_, None) => {
                 for group in &images.support {
+                    sources.push(raws.len());
                     raws.extend(self.score_batched(group.clone(), None, true)?);
                 }
             }
             (LeaveOut::SourceShot, Some(bank)) => {
                 for (g, group) in images.support.iter().enumerate() {
+                    sources.push(raws.len());
                     raws.extend(self.score_batched(
                         group.clone(),
                         bank.without_group(g).as_ref(),
@@ -652,6 +865,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                 let group = images.support.first().ok_or_else(|| {
                     MvfaError::Bank("calibration needs the support images".into())
                 })?;
+                sources.push(0);
                 for i in 0..group.dims()[0] {
                     let image = group.clone().narrow(0, i, 1);
                     raws.extend(self.score_raw_with(
@@ -667,71 +881,27 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                 "calibration needs at least one normal exemplar".into(),
             ));
         }
-        let has_few = raws
-            .iter()
-            .all(|r| r.few_map.is_some() && r.few_image.is_some());
-        let robust = |mut v: Vec<f32>| BranchStats::robust(&mut v).expect("non-empty exemplars");
-        let zero_map = robust(
-            raws.iter()
-                .flat_map(|r| r.zero_map.iter().copied())
-                .collect(),
-        );
-        let few_map = has_few.then(|| {
-            robust(
-                raws.iter()
-                    .flat_map(|r| r.few_map.iter().flatten().copied())
-                    .collect(),
-            )
-        });
-        let zero_image = robust(raws.iter().map(|r| r.zero_image).collect());
-        let few_image = has_few.then(|| robust(raws.iter().filter_map(|r| r.few_image).collect()));
-        let mut cal = Calibration {
-            method: METHOD.into(),
-            zero_map,
-            few_map,
-            zero_image,
-            few_image,
-            fused_map_max: BranchStats {
-                median: 0.0,
-                scale: 1.0,
-            },
-            leave_out,
-            normal_exemplars: raws.len(),
-            abnormal_exemplars: 0,
-            threshold: 3.0,
-            normal_p95: 0.0,
-            abnormal_median: None,
-        };
-        let maxima: Vec<f32> = raws
-            .iter()
-            .map(|r| {
-                cal.fuse_map(&r.zero_map, r.few_map.as_deref())
-                    .into_iter()
-                    .fold(f32::NEG_INFINITY, f32::max)
-            })
-            .collect();
-        cal.fused_map_max = robust(maxima);
-
-        let mut normal_scores: Vec<f32> = raws
-            .iter()
-            .map(|r| apply_calibration(&cal, self.task, r).1)
-            .collect();
-        let normal_p95 = quantile(&mut normal_scores, 0.95).expect("non-empty");
-        let mut abnormal_scores: Vec<f32> = match &images.abnormal {
-            Some(abnormal) => self
-                .score_batched(abnormal.clone(), self.bank.as_ref(), true)?
-                .iter()
-                .map(|r| apply_calibration(&cal, self.task, r).1)
-                .collect(),
+        let abnormal = match &images.abnormal {
+            Some(abnormal) => self.score_batched(abnormal.clone(), self.bank.as_ref(), true)?,
             None => Vec::new(),
         };
-        cal.normal_p95 = normal_p95;
-        cal.abnormal_exemplars = abnormal_scores.len();
-        cal.abnormal_median = quantile(&mut abnormal_scores, 0.5);
-        cal.threshold = match cal.abnormal_median {
-            Some(abnormal) if abnormal > normal_p95 => 0.5 * (normal_p95 + abnormal),
-            _ => normal_p95.max(3.0),
-        };
+        Ok(CalibrationRaws {
+            normal: raws,
+            abnormal,
+            leave_out,
+            sources,
+        })
+    }
+
+    /// Fits the calibration (see [`crate::model::mvfa::calibration`]) and installs it. On
+    /// error the detector is unchanged.
+    pub fn fit_calibration(
+        &mut self,
+        images: &CalibrationImages<B>,
+        options: CalibrationOptions,
+    ) -> Result<Calibration, MvfaError> {
+        let raws = self.calibration_raws(images)?;
+        let cal = calibration_from_raws(&raws, self.task, options);
         self.calibration = Some(cal.clone());
         Ok(cal)
     }

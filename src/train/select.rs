@@ -1,0 +1,823 @@
+//! Choosing what a fit installs, on the user's own labels.
+//!
+//! Fine-tuning on a handful of shots can leave the detector worse on images it never saw: the
+//! memory bank is built from the fine-tuned segmentation features, which lose their
+//! nearest-neighbour quality, and a long schedule over-fits. So a fit does not install the
+//! adapters it ends with; it validates candidates first:
+//!
+//! - **Cross-fitting.** The labelled shots are split into `folds` (normal and abnormal shots
+//!   dealt out separately, in a seeded order). For each fold, fine-tuning runs on the other
+//!   folds' shots, keeping the adapters at a few points along the schedule
+//!   ([`checkpoint_epochs`]). The fold's own shots, with the user's held-out normals, are the
+//!   validation images; each is scored in its first `validation_augmentations` augmentations
+//!   (spec 7.2), so that a few shots still give a usable ranking.
+//! - **Candidates.** The detector before fine-tuning (its adapters, memory-bank adapters and
+//!   mix), and every fine-tuned checkpoint with the memory bank built either from its own
+//!   features or from the features the detector had before; each with the text branch weighted
+//!   0, 0.25, 0.5, 0.75 or 1 against the memory bank. A fold detector is calibrated as a real
+//!   fit is (memory bank from the fold's normal training shots, calibration leave-one-out), so
+//!   the validation scores are the calibrated fused scores the user would see.
+//! - **Judgement.** Image AUC of the calibrated fused score, pooled over the folds, plus the
+//!   pixel AUC of the fused map where the abnormal shots have masks (on a subsampled grid).
+//!   The best candidate wins; ties go to the current detector, then to fewer epochs. It
+//!   replaces the current detector only when it validates strictly better, so the installed
+//!   detector always validates at least as well as the one it replaces.
+//! - **Installing.** The chosen checkpoint is reproduced on all shots (same seed: the adapters
+//!   after epoch `e` of a run are those of an `e`-epoch run), with the chosen memory bank and
+//!   mix. When the current detector wins, it stays and fine-tuning's adapters are dropped.
+//!
+//! Validation needs at least two normal and two abnormal shots (one of each to train a fold
+//! on, one of each to validate it with). With fewer, the fit fine-tunes as asked and says that
+//! its choice could not be checked ([`Verdict::Unchecked`]).
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::eval::auc::roc_auc;
+use crate::io::model_input::batch_tensor;
+use crate::model::clip::vision::VisionTransformer;
+use crate::model::mvfa::adapter::MvfaAdapters;
+use crate::model::mvfa::detector::{
+    CalibrationImages, CalibrationOptions, Detector, FeatureCache, RawResult, TaskKind,
+    apply_calibration, calibration_from_raws,
+};
+use crate::model::mvfa::scoring::Scorer;
+use crate::train::fit::{FitError, FitEvent, FitSettings, Shot, augment_shots, support_groups};
+use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent};
+
+/// How a fit validates its candidates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectionSettings {
+    /// Cross-validation folds (fewer when there are fewer shots of a class); 0 or 1 switches
+    /// the selection off (the fine-tuned adapters are installed unchecked).
+    pub folds: usize,
+    /// Augmentations of each validation image that are scored (the first ones of spec 7.2:
+    /// identity, then rotations).
+    pub validation_augmentations: usize,
+    /// Fine-tuned checkpoints validated along the schedule (see [`checkpoint_epochs`]).
+    pub checkpoints: usize,
+    /// Weights of the text branch tried in the fusion (the memory bank gets the rest; the
+    /// current detector's weight is always tried too).
+    pub text_weights: Vec<f32>,
+    /// How much better (in image AUC plus pixel AUC) a fine-tuned candidate must validate
+    /// than the best candidate with the current adapters to replace them.
+    pub margin: f64,
+}
+
+impl Default for SelectionSettings {
+    fn default() -> Self {
+        Self {
+            folds: 2,
+            validation_augmentations: 3,
+            checkpoints: 3,
+            text_weights: vec![0.0, 0.25, 0.5, 0.75, 1.0],
+            margin: 0.02,
+        }
+    }
+}
+
+/// The epochs after which fine-tuned adapters are validated: `checkpoints` points spread
+/// evenly up to `epochs` (e.g. 2, 4 and 5 of 5; 17, 34 and 50 of 50).
+pub fn checkpoint_epochs(epochs: usize, checkpoints: usize) -> Vec<usize> {
+    let c = checkpoints.max(1);
+    let mut out: Vec<usize> = (1..=c).map(|i| (epochs * i).div_ceil(c)).collect();
+    out.retain(|&e| e > 0);
+    out.dedup();
+    out
+}
+
+/// Where a candidate's memory bank takes its features from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BankSource {
+    /// The adapters of the detector before fine-tuning (its own bank adapters, if it had any).
+    Current,
+    /// The fine-tuned adapters themselves.
+    FineTuned,
+}
+
+/// One candidate and how it validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateReport {
+    /// Fine-tuning epochs of its adapters (0: the adapters before fine-tuning).
+    pub epochs: usize,
+    /// Where its memory bank's features come from.
+    pub bank: BankSource,
+    /// Weight of the text branch in its fusion.
+    pub text_weight: f32,
+    /// Cross-validated image AUC of its calibrated fused score.
+    pub image_auc: f64,
+    /// Cross-validated pixel AUC of its calibrated fused map (abnormal shots with masks only).
+    pub pixel_auc: Option<f64>,
+    /// Whether this is the detector the fit would replace.
+    pub current: bool,
+}
+
+impl CandidateReport {
+    /// What the choice maximises: image AUC plus pixel AUC where there are masks.
+    pub fn criterion(&self) -> f64 {
+        self.image_auc + self.pixel_auc.unwrap_or(0.0)
+    }
+
+    /// A short name: "before fine-tuning, text 0.50" or "epoch 4, bank before fine-tuning,
+    /// text 0.25".
+    pub fn name(&self) -> String {
+        let adapters = if self.epochs == 0 {
+            "before fine-tuning".to_string()
+        } else {
+            format!("epoch {}", self.epochs)
+        };
+        let bank = match (self.epochs, self.bank) {
+            (0, _) => String::new(),
+            (_, BankSource::FineTuned) => ", bank fine-tuned".into(),
+            (_, BankSource::Current) => ", bank before fine-tuning".into(),
+        };
+        format!("{adapters}{bank}, text {:.2}", self.text_weight)
+    }
+
+    /// The validation numbers: "image AUC 0.912, pixel AUC 0.973".
+    pub fn numbers(&self) -> String {
+        match self.pixel_auc {
+            Some(p) => format!("image AUC {:.3}, pixel AUC {p:.3}", self.image_auc),
+            None => format!("image AUC {:.3}", self.image_auc),
+        }
+    }
+}
+
+/// What the selection concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// A candidate validated better than the current detector and was installed.
+    Improved,
+    /// Nothing validated better: the current detector was kept.
+    KeptCurrent,
+    /// Too few labelled images to validate: the fine-tuned detector was installed unchecked.
+    Unchecked,
+}
+
+/// The fit report: every candidate's validation numbers and the choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionReport {
+    /// What happened.
+    pub verdict: Verdict,
+    /// The same in plain words, for the user.
+    pub message: String,
+    /// Every candidate (empty when unchecked), in the order they were evaluated.
+    pub candidates: Vec<CandidateReport>,
+    /// Index of the installed candidate in `candidates`.
+    pub chosen: Option<usize>,
+    /// Index of the current detector in `candidates`.
+    pub current: Option<usize>,
+    /// Cross-validation folds.
+    pub folds: usize,
+    /// Normal shots, abnormal shots and held-out normals behind the validation.
+    pub validation_images: [usize; 3],
+    /// Augmentations of each validation image that were scored.
+    pub validation_augmentations: usize,
+    /// Epochs the installed adapters were fine-tuned for on all shots: as many optimiser
+    /// steps as the chosen candidate took on its fold's share (0 when none was fine-tuned).
+    #[serde(default)]
+    pub installed_epochs: usize,
+}
+
+impl SelectionReport {
+    /// The installed candidate.
+    pub fn chosen(&self) -> Option<&CandidateReport> {
+        self.chosen.and_then(|i| self.candidates.get(i))
+    }
+
+    /// The report as a table, one candidate a line, the chosen one marked `*` and the current
+    /// one `=`.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for (i, c) in self.candidates.iter().enumerate() {
+            let mark = match (Some(i) == self.chosen, Some(i) == self.current) {
+                (true, _) => '*',
+                (false, true) => '=',
+                _ => ' ',
+            };
+            out.push_str(&format!("{mark} {:<44} {}\n", c.name(), c.numbers()));
+        }
+        out
+    }
+}
+
+/// What an installed detector is made of, as chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// Fine-tuning epochs on all shots (0: keep the adapters before fine-tuning).
+    pub epochs: usize,
+    /// The memory bank's features.
+    pub bank: BankSource,
+    /// The text branch's weight in the fusion.
+    pub text_weight: f32,
+}
+
+/// The detector a fit starts from: its adapters, the adapters of its memory bank when they
+/// differ, and its fusion weight.
+#[derive(Clone)]
+pub struct FitStart<B: Backend> {
+    /// Adapters compared with the text features (and fine-tuned).
+    pub adapters: MvfaAdapters<B>,
+    /// Adapters of the memory bank, when not `adapters`.
+    pub bank_adapters: Option<MvfaAdapters<B>>,
+    /// Weight of the text branch in the fusion.
+    pub text_weight: f32,
+}
+
+impl<B: Backend> From<MvfaAdapters<B>> for FitStart<B> {
+    fn from(adapters: MvfaAdapters<B>) -> Self {
+        Self {
+            adapters,
+            bank_adapters: None,
+            text_weight: crate::model::mvfa::calibration::DEFAULT_TEXT_WEIGHT,
+        }
+    }
+}
+
+/// How the selection ended.
+pub enum SelectionOutcome {
+    /// Validated: install `choice`.
+    Chosen(SelectionReport, Choice),
+    /// Too few shots to validate (the report says why).
+    Unchecked(SelectionReport),
+    /// Cancelled during a fold's fine-tuning.
+    Cancelled {
+        /// Optimiser steps completed before the cancel.
+        steps_done: usize,
+    },
+}
+
+/// The message of an unchecked fit.
+fn unchecked_message(normal: usize, abnormal: usize, folds: usize) -> String {
+    if folds < 2 {
+        "Fine-tuning ran without validation (switched off), so the choice of the fine-tuned \
+         detector was not checked."
+            .to_string()
+    } else {
+        format!(
+            "Fine-tuning ran, but its result could not be checked: validating it needs at least \
+             2 normal and 2 abnormal labelled images (you gave {normal} normal and {abnormal} \
+             abnormal). The fine-tuned detector was installed unchecked."
+        )
+    }
+}
+
+/// The report of a fit that could not be validated.
+pub fn unchecked_report(
+    shots: (usize, usize, usize),
+    settings: &SelectionSettings,
+) -> SelectionReport {
+    SelectionReport {
+        verdict: Verdict::Unchecked,
+        message: unchecked_message(shots.0, shots.1, settings.folds),
+        candidates: Vec::new(),
+        chosen: None,
+        current: None,
+        folds: 0,
+        validation_images: [shots.0, shots.1, shots.2],
+        validation_augmentations: settings.validation_augmentations,
+        installed_epochs: 0,
+    }
+}
+
+/// One validation image: its augmented views, label and (abnormal, with masks) mask views.
+struct ValidationImage {
+    views: Vec<Vec<f32>>,
+    masks: Vec<Option<Vec<bool>>>,
+    abnormal: bool,
+}
+
+/// The pooled validation data of one candidate.
+#[derive(Default)]
+struct Pool {
+    scores: Vec<f32>,
+    labels: Vec<bool>,
+    pixels: Vec<f32>,
+    pixel_labels: Vec<bool>,
+}
+
+/// A raw result without its per-level maps (the selection keeps many).
+fn slim(mut raw: RawResult) -> RawResult {
+    raw.zero_map_levels = Vec::new();
+    raw.few_map_levels = Vec::new();
+    raw.zero_image_levels = Vec::new();
+    raw
+}
+
+/// Pixel stride of the validation pixel AUC: about 64 x 64 pixels per image are enough to
+/// rank candidates and keep the pools small.
+fn pixel_stride(size: usize) -> usize {
+    size.div_ceil(64).max(1)
+}
+
+/// Training images of a run: the first `blocks` augmentations of each shot.
+pub(crate) fn training_samples(
+    abnormal: &[(Vec<f32>, Vec<f32>)],
+    abnormal_shots: usize,
+    normal: &[(Vec<f32>, Vec<f32>)],
+    normal_shots: usize,
+    blocks: usize,
+    with_masks: bool,
+) -> Vec<crate::train::trainer::TrainSample> {
+    abnormal[..blocks * abnormal_shots]
+        .iter()
+        .map(|(image, mask)| (image, mask, true))
+        .chain(
+            normal[..blocks * normal_shots]
+                .iter()
+                .map(|(image, mask)| (image, mask, false)),
+        )
+        .map(
+            |(image, mask, abnormal)| crate::train::trainer::TrainSample {
+                image: image.clone(),
+                mask: with_masks.then(|| mask.clone()),
+                abnormal,
+            },
+        )
+        .collect()
+}
+
+/// A fine-tuning run on the inference backend's autodiff wrapper; returns the adapters after
+/// each of `snapshots` (and at the end), or `None` when cancelled (with the steps done).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fine_tune<AB: AutodiffBackend>(
+    vision: &VisionTransformer<AB::InnerBackend>,
+    adapters: MvfaAdapters<AB::InnerBackend>,
+    text_features: &Tensor<AB::InnerBackend, 2>,
+    samples: &[crate::train::trainer::TrainSample],
+    label_mode: LabelMode,
+    settings: &FitSettings,
+    train: TrainConfig,
+    on_event: &mut dyn FnMut(FitEvent),
+    cancel: &AtomicBool,
+) -> Result<Result<TunedRun<AB::InnerBackend>, usize>, FitError> {
+    let vision_ad = VisionTransformer::<AB>::from_inner(vision.clone()).no_grad();
+    let adapters_ad = MvfaAdapters::<AB>::from_inner(adapters);
+    let text_ad = Tensor::<AB, 2>::from_inner(text_features.clone());
+    let outcome = crate::train::trainer::train(
+        &vision_ad,
+        adapters_ad,
+        &settings.adapters,
+        &settings.scoring,
+        text_ad,
+        samples,
+        label_mode,
+        &train,
+        |event: TrainEvent| on_event(FitEvent::Training(event)),
+        cancel,
+    )?;
+    if outcome.cancelled {
+        return Ok(Err(outcome.steps_done));
+    }
+    Ok(Ok(TunedRun {
+        adapters: outcome.adapters.valid(),
+        snapshots: outcome
+            .snapshots
+            .into_iter()
+            .map(|(epoch, a)| (epoch, a.valid()))
+            .collect(),
+        epoch_losses: outcome.epoch_losses,
+    }))
+}
+
+/// A finished fine-tuning run on the inference backend.
+pub(crate) struct TunedRun<B: Backend> {
+    pub adapters: MvfaAdapters<B>,
+    pub snapshots: Vec<(usize, MvfaAdapters<B>)>,
+    pub epoch_losses: Vec<f32>,
+}
+
+/// Deals `n` indices into `folds` folds in a seeded order.
+fn deal(n: usize, folds: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    let mut fold_of = vec![0; n];
+    for (position, &i) in order.iter().enumerate() {
+        fold_of[i] = position % folds;
+    }
+    fold_of
+}
+
+/// Validates the candidates of a fit on `shots` (see the module docs) and chooses one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn select<AB: AutodiffBackend>(
+    vision: &VisionTransformer<AB::InnerBackend>,
+    start: &FitStart<AB::InnerBackend>,
+    text_features: &Tensor<AB::InnerBackend, 2>,
+    normal: &[Shot],
+    abnormal: &[Shot],
+    held_out: &[Shot],
+    label_mode: LabelMode,
+    task: TaskKind,
+    settings: &FitSettings,
+    epochs: usize,
+    on_event: &mut dyn FnMut(FitEvent),
+    cancel: &AtomicBool,
+) -> Result<SelectionOutcome, FitError> {
+    type B<AB> = <AB as AutodiffBackend>::InnerBackend;
+    let sel = &settings.selection;
+    let mut weights = sel.text_weights.clone();
+    if !weights.iter().any(|w| (w - start.text_weight).abs() < 1e-6) {
+        weights.push(start.text_weight);
+    }
+    let counts = (normal.len(), abnormal.len(), held_out.len());
+    let folds = sel.folds.min(normal.len()).min(abnormal.len());
+    if folds < 2 || sel.folds < 2 {
+        return Ok(SelectionOutcome::Unchecked(unchecked_report(counts, sel)));
+    }
+    let size = settings.scoring.image_size;
+    let device = text_features.device();
+    let blocks = settings
+        .training_augmentations
+        .clamp(1, crate::train::augment::AUGMENT_FACTOR);
+    let views = sel
+        .validation_augmentations
+        .clamp(1, crate::train::augment::AUGMENT_FACTOR);
+    let with_masks = label_mode == LabelMode::Masks;
+    let stride = pixel_stride(size);
+
+    let mut rng = crate::rng::seeded(settings.train.seed, crate::rng::Stream::Folds);
+    let normal_fold = deal(normal.len(), folds, &mut rng);
+    let abnormal_fold = deal(abnormal.len(), folds, &mut rng);
+    let snapshot_epochs = checkpoint_epochs(epochs, sel.checkpoints);
+
+    // Validation views: the first `views` augmentations of each image (block-major order).
+    let validation_views =
+        |shots: &[&Shot], abnormal: bool| -> Result<Vec<ValidationImage>, FitError> {
+            let owned: Vec<Shot> = shots.iter().map(|s| (*s).clone()).collect();
+            let augmented = augment_shots(&owned, size)?;
+            let k = owned.len();
+            Ok((0..k)
+                .map(|i| {
+                    let pairs: Vec<&(Vec<f32>, Vec<f32>)> =
+                        (0..views).map(|b| &augmented[b * k + i]).collect();
+                    ValidationImage {
+                        views: pairs.iter().map(|(image, _)| image.clone()).collect(),
+                        masks: pairs
+                            .iter()
+                            .map(|(_, mask)| {
+                                (abnormal && owned[i].mask.is_some())
+                                    .then(|| mask.iter().map(|&m| m > 0.5).collect())
+                            })
+                            .collect(),
+                        abnormal,
+                    }
+                })
+                .collect())
+        };
+    let held_out_refs: Vec<&Shot> = held_out.iter().collect();
+    let held_out_views = validation_views(&held_out_refs, false)?;
+
+    // Candidate configurations: (epochs, bank) in evaluation order, each with every weight.
+    let mut configs: Vec<(usize, BankSource)> = vec![(0, BankSource::Current)];
+    for &e in &snapshot_epochs {
+        configs.push((e, BankSource::FineTuned));
+        configs.push((e, BankSource::Current));
+    }
+    let mut pools: HashMap<(usize, BankSource, usize), Pool> = HashMap::new();
+    let with_pixels = with_masks && abnormal.iter().all(|s| s.mask.is_some());
+
+    // Features of the starting adapters are shared by every fold's candidates.
+    let start_cache = FeatureCache::<B<AB>>::default();
+    // Training images of the fold runs (summed) and of a run on all shots.
+    let mut fold_samples = 0;
+    let full_samples = blocks * (normal.len() + abnormal.len());
+    let start_bank_cache = FeatureCache::<B<AB>>::default();
+
+    for fold in 0..folds {
+        let train_normal: Vec<Shot> = normal
+            .iter()
+            .zip(&normal_fold)
+            .filter(|(_, f)| **f != fold)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let train_abnormal: Vec<Shot> = abnormal
+            .iter()
+            .zip(&abnormal_fold)
+            .filter(|(_, f)| **f != fold)
+            .map(|(s, _)| s.clone())
+            .collect();
+        let val_normal: Vec<&Shot> = normal
+            .iter()
+            .zip(&normal_fold)
+            .filter(|(_, f)| **f == fold)
+            .map(|(s, _)| s)
+            .collect();
+        let val_abnormal: Vec<&Shot> = abnormal
+            .iter()
+            .zip(&abnormal_fold)
+            .filter(|(_, f)| **f == fold)
+            .map(|(s, _)| s)
+            .collect();
+
+        fold_samples += blocks * (train_abnormal.len() + train_normal.len());
+        let samples = training_samples(
+            &augment_shots(&train_abnormal, size)?,
+            train_abnormal.len(),
+            &augment_shots(&train_normal, size)?,
+            train_normal.len(),
+            blocks,
+            with_masks,
+        );
+        on_event(FitEvent::Run {
+            run: fold + 1,
+            runs: folds + 1,
+            purpose: format!("validation fold {} of {folds}", fold + 1),
+            steps: samples.len().div_ceil(settings.train.batch_size.max(1)) * epochs,
+        });
+        let train = settings
+            .train
+            .clone()
+            .with_epochs(epochs)
+            .with_snapshot_epochs(snapshot_epochs.clone());
+        let run = match fine_tune::<AB>(
+            vision,
+            start.adapters.clone(),
+            text_features,
+            &samples,
+            label_mode,
+            settings,
+            train,
+            on_event,
+            cancel,
+        )? {
+            Ok(run) => run,
+            Err(steps_done) => return Ok(SelectionOutcome::Cancelled { steps_done }),
+        };
+        on_event(FitEvent::Validating {
+            fold: fold + 1,
+            folds,
+        });
+
+        let mut images: Vec<ValidationImage> = validation_views(&val_normal, false)?;
+        images.extend(validation_views(&val_abnormal, true)?);
+        let fold_held_out = held_out_views.iter().map(|v| ValidationImage {
+            views: v.views.clone(),
+            masks: v.masks.clone(),
+            abnormal: false,
+        });
+        images.extend(fold_held_out);
+        let flat: Vec<&[f32]> = images
+            .iter()
+            .flat_map(|v| v.views.iter().map(Vec::as_slice))
+            .collect();
+        let validation = batch_tensor::<B<AB>>(&flat, [3, size, size], &device)?;
+        let train_normal_images: Vec<&[f32]> =
+            train_normal.iter().map(|s| s.image.as_slice()).collect();
+        let groups = support_groups::<B<AB>>(&train_normal_images, size, &device)?;
+
+        let mut snapshot_caches: HashMap<usize, FeatureCache<B<AB>>> = HashMap::new();
+        for &(e, bank) in &configs {
+            let (text_adapters, text_cache) = if e == 0 {
+                (start.adapters.clone(), start_cache.clone())
+            } else {
+                let adapters = run
+                    .snapshots
+                    .iter()
+                    .find(|(epoch, _)| *epoch == e)
+                    .map(|(_, a)| a.clone())
+                    .unwrap_or_else(|| run.adapters.clone());
+                (adapters, snapshot_caches.entry(e).or_default().clone())
+            };
+            let bank_adapters = match bank {
+                BankSource::Current if e == 0 => start
+                    .bank_adapters
+                    .clone()
+                    .map(|a| (a, start_bank_cache.clone())),
+                BankSource::Current => Some(match &start.bank_adapters {
+                    Some(a) => (a.clone(), start_bank_cache.clone()),
+                    None => (start.adapters.clone(), start_cache.clone()),
+                }),
+                BankSource::FineTuned => None,
+            };
+            let mut detector = Detector::new(
+                vision.clone(),
+                text_adapters,
+                settings.adapters.clone(),
+                Scorer::new(settings.scoring.clone(), text_features.clone()),
+                task,
+                settings.batch_size,
+            );
+            detector.set_feature_cache(Some(text_cache));
+            if let Some((adapters, cache)) = bank_adapters {
+                detector.set_bank_adapters(Some(adapters), Some(cache));
+            }
+            detector
+                .set_support(groups.clone())
+                .map_err(|e| FitError::Model(e.to_string()))?;
+            let mut raws = detector
+                .calibration_raws(&CalibrationImages {
+                    support: groups.clone(),
+                    held_out: None,
+                    held_out_images: 0,
+                    abnormal: None,
+                })
+                .map_err(|e| FitError::Model(e.to_string()))?;
+            raws.normal = raws.normal.into_iter().map(slim).collect();
+            let scored: Vec<RawResult> = detector
+                .score_raw_cached(validation.clone())
+                .map_err(|e| FitError::Model(e.to_string()))?
+                .into_iter()
+                .map(slim)
+                .collect();
+            for (wi, &w) in weights.iter().enumerate() {
+                let cal = calibration_from_raws(
+                    &raws,
+                    task,
+                    CalibrationOptions {
+                        text_weight: w,
+                        fpr: settings.fpr,
+                    },
+                );
+                let pool = pools.entry((e, bank, wi)).or_default();
+                let mut r = scored.iter();
+                for image in &images {
+                    for mask in &image.masks {
+                        let raw = r.next().expect("one result per view");
+                        let (fused, score) = apply_calibration(&cal, task, raw);
+                        pool.scores.push(score);
+                        pool.labels.push(image.abnormal);
+                        if with_pixels {
+                            for y in (0..size).step_by(stride) {
+                                for x in (0..size).step_by(stride) {
+                                    let i = y * size + x;
+                                    pool.pixels.push(fused[i]);
+                                    pool.pixel_labels.push(mask.as_ref().is_some_and(|m| m[i]));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let current_weight = start.text_weight;
+    let mut candidates = Vec::new();
+    let mut current = None;
+    for &(e, bank) in &configs {
+        for (wi, &w) in weights.iter().enumerate() {
+            let Some(pool) = pools.remove(&(e, bank, wi)) else {
+                continue;
+            };
+            let image_auc =
+                roc_auc(&pool.scores, &pool.labels).map_err(|e| FitError::Model(e.to_string()))?;
+            let pixel_auc = if with_pixels {
+                Some(
+                    roc_auc(&pool.pixels, &pool.pixel_labels)
+                        .map_err(|e| FitError::Model(e.to_string()))?,
+                )
+            } else {
+                None
+            };
+            let is_current = e == 0 && (w - current_weight).abs() < 1e-6;
+            if is_current {
+                current = Some(candidates.len());
+            }
+            candidates.push(CandidateReport {
+                epochs: e,
+                bank,
+                text_weight: w,
+                image_auc,
+                pixel_auc,
+                current: is_current,
+            });
+        }
+    }
+    let current = current.expect("the current weight is always tried");
+    // Best first; ties to the current detector, then fewer epochs, then the bank it had, then
+    // the mix closest to the current one.
+    let rank = |c: &CandidateReport| {
+        (
+            c.current,
+            std::cmp::Reverse(c.epochs),
+            c.bank == BankSource::Current,
+            std::cmp::Reverse(((c.text_weight - current_weight).abs() * 1000.0) as i64),
+        )
+    };
+    let best_of = |keep: &dyn Fn(&CandidateReport) -> bool| {
+        (0..candidates.len())
+            .filter(|&i| keep(&candidates[i]))
+            .max_by(|&a, &b| {
+                let (ca, cb) = (&candidates[a], &candidates[b]);
+                ca.criterion()
+                    .total_cmp(&cb.criterion())
+                    .then_with(|| rank(ca).cmp(&rank(cb)))
+            })
+    };
+    // The current adapters with the best mix; a new mix must validate strictly better.
+    let best_kept = best_of(&|c| c.epochs == 0).expect("the current candidate");
+    let kept = if candidates[best_kept].criterion() > candidates[current].criterion() {
+        best_kept
+    } else {
+        current
+    };
+    // Fine-tuned adapters must beat that by the margin: a handful of validation images
+    // rank dozens of candidates, and the best of many noisy estimates is optimistic.
+    let chosen = match best_of(&|c| c.epochs > 0) {
+        Some(tuned)
+            if candidates[tuned].criterion() > candidates[kept].criterion() + sel.margin =>
+        {
+            tuned
+        }
+        _ => kept,
+    };
+    let c = &candidates[chosen];
+    let cur = &candidates[current];
+    // The validated adapters took `c.epochs` epochs over a fold's share of the shots; on all
+    // shots the same number of optimiser steps takes proportionally fewer epochs.
+    let installed_epochs = if c.epochs == 0 {
+        0
+    } else {
+        ((c.epochs * fold_samples) as f64 / (folds * full_samples) as f64)
+            .round()
+            .max(1.0) as usize
+    };
+    let (verdict, message) = if chosen == current {
+        let best_tuned = candidates
+            .iter()
+            .filter(|c| c.epochs > 0)
+            .max_by(|a, b| a.criterion().total_cmp(&b.criterion()));
+        (
+            Verdict::KeptCurrent,
+            format!(
+                "Fine-tuning did not beat the current detector on your labelled images, so the \
+                 current one was kept (cross-validated {}; best fine-tuned candidate: {}).",
+                cur.numbers(),
+                best_tuned.map_or("none".into(), |b| format!("{}, {}", b.name(), b.numbers()))
+            ),
+        )
+    } else if c.epochs == 0 {
+        (
+            Verdict::Improved,
+            format!(
+                "Fine-tuning did not beat the current adapters on your labelled images, so they \
+                 were kept; weighting the text branch {:.2} instead of {:.2} validated better \
+                 ({} instead of {}), so the branches are now mixed that way.",
+                c.text_weight,
+                cur.text_weight,
+                c.numbers(),
+                cur.numbers()
+            ),
+        )
+    } else {
+        (
+            Verdict::Improved,
+            format!(
+                "Fine-tuning improved the detector on your labelled images (cross-validated {} \
+                 instead of {}): installed {} (the same number of training steps on all \
+                 shots: {installed_epochs} epochs).",
+                c.numbers(),
+                cur.numbers(),
+                c.name()
+            ),
+        )
+    };
+    let choice = Choice {
+        epochs: installed_epochs,
+        bank: c.bank,
+        text_weight: c.text_weight,
+    };
+    let report = SelectionReport {
+        verdict,
+        message,
+        chosen: Some(chosen),
+        current: Some(current),
+        folds,
+        validation_images: [counts.0, counts.1, counts.2],
+        validation_augmentations: views,
+        installed_epochs,
+        candidates,
+    };
+    Ok(SelectionOutcome::Chosen(report, choice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_spread_over_the_schedule() {
+        assert_eq!(checkpoint_epochs(5, 3), vec![2, 4, 5]);
+        assert_eq!(checkpoint_epochs(50, 3), vec![17, 34, 50]);
+        assert_eq!(checkpoint_epochs(1, 3), vec![1]);
+        assert_eq!(checkpoint_epochs(2, 3), vec![1, 2]);
+        assert!(checkpoint_epochs(0, 3).is_empty());
+    }
+
+    #[test]
+    fn folds_are_dealt_evenly_and_reproducibly() {
+        let mut a = crate::rng::seeded(3, crate::rng::Stream::Folds);
+        let mut b = crate::rng::seeded(3, crate::rng::Stream::Folds);
+        let fa = deal(5, 2, &mut a);
+        assert_eq!(fa, deal(5, 2, &mut b));
+        assert_eq!(fa.iter().filter(|&&f| f == 0).count(), 3);
+    }
+}
