@@ -21,6 +21,8 @@ pub enum Stream {
     Synthetic = 4,
     /// The cross-validation folds of a fit's model selection.
     Folds = 5,
+    /// The bootstrap of the model selection's validation images.
+    Bootstrap = 6,
 }
 
 /// The generator of `stream` under `seed`.

@@ -36,7 +36,8 @@ use serde::Serialize;
 
 use super::common::{self, ModelArgs, open_backbone, parse_positive};
 use crate::eval::protocol::{
-    Evaluation, Fusion, Level, Metrics, PAPER_COLUMNS, Protocol, column_name, format_table,
+    Evaluation, Fusion, Level, Metrics, PAPER_COLUMNS, Protocol, column_name,
+    format_paper_comparison, format_table,
 };
 use crate::io::dataset::{MvfaDataset, MvfaKey, shot_file_path};
 use crate::io::export::write_atomically;
@@ -363,6 +364,14 @@ fn evaluate<B: Backend>(
         println!("{} (AUC %)", protocol.name());
     }
     print!("{}", format_table(&metrics));
+    if protocol != Protocol::ZeroShot && !metrics.is_empty() {
+        println!();
+        println!(
+            "beside the paper's few-shot k = 4 numbers (MVFA, Table 1; AUC %; this run k = {}):",
+            args.shots
+        );
+        print!("{}", format_paper_comparison(&metrics));
+    }
     if plan.len() > 1 {
         println!();
         println!("over {} shot draws (mean ± sd, min):", plan.len());

@@ -482,6 +482,79 @@ pub fn column_name(key: MvfaKey, level: Level) -> String {
 /// The AUC table in the paper's column order, as percentages with two decimals, `-` where a
 /// dataset was not run (or has no pixel metric). Two lines: headings and values, columns
 /// right-aligned to the widest entry.
+/// The paper's few-shot k = 4 numbers for MVFA (Table 1, AUC %), in [`PAPER_COLUMNS`] order.
+pub const PAPER_K4: [f64; 9] = [
+    82.71, 81.95, 99.38, 92.44, 97.30, 81.18, 99.73, 96.18, 98.97,
+];
+
+/// Our results beside the paper's k = 4 row, with the image (AC) and pixel (AS) averages over
+/// the datasets this run has.
+pub fn format_paper_comparison(results: &BTreeMap<MvfaKey, Metrics>) -> String {
+    let ours: Vec<Option<f64>> = PAPER_COLUMNS
+        .iter()
+        .map(|&(key, level)| {
+            results.get(&key).and_then(|m| match level {
+                Level::Image => Some(100.0 * m.image_auc),
+                Level::Pixel => m.pixel_auc.map(|p| 100.0 * p),
+            })
+        })
+        .collect();
+    let average = |values: &[Option<f64>], level: Level| {
+        let picked: Vec<f64> = PAPER_COLUMNS
+            .iter()
+            .zip(values)
+            .filter(|((_, l), v)| *l == level && v.is_some())
+            .filter_map(|(_, v)| *v)
+            .collect();
+        (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
+    };
+    // The paper's averages over the same datasets as ours, for a fair comparison.
+    let paper: Vec<Option<f64>> = PAPER_K4
+        .iter()
+        .zip(&ours)
+        .map(|(&p, o)| o.map(|_| p))
+        .collect();
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let mut headers: Vec<String> = vec!["".into()];
+    headers.extend(PAPER_COLUMNS.iter().map(|&(k, l)| column_name(k, l)));
+    headers.extend(["avg AC".into(), "avg AS".into()]);
+    let row = |name: &str, values: &[Option<f64>]| {
+        let mut r = vec![name.to_string()];
+        r.extend(values.iter().map(|&v| cell(v)));
+        r.push(cell(average(values, Level::Image)));
+        r.push(cell(average(values, Level::Pixel)));
+        r
+    };
+    let paper_all: Vec<Option<f64>> = PAPER_K4.iter().map(|&v| Some(v)).collect();
+    let rows = [
+        headers,
+        row("paper, all datasets", &paper_all),
+        row("paper, these datasets", &paper),
+        row("this run", &ours),
+    ];
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (c, &w))| {
+                    if i == 0 {
+                        format!("{c:<w$}")
+                    } else {
+                        format!("{c:>w$}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+                + "\n"
+        })
+        .collect()
+}
+
+/// Our results as one row under the paper's column headings.
 pub fn format_table(results: &BTreeMap<MvfaKey, Metrics>) -> String {
     let cells: Vec<(String, String)> = PAPER_COLUMNS
         .iter()

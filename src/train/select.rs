@@ -67,6 +67,8 @@ pub struct SelectionSettings {
     /// How much better (in image AUC plus pixel AUC) a fine-tuned candidate must validate
     /// than the best candidate with the current adapters to replace them.
     pub margin: f64,
+    /// In what share of bootstrap resamples of the validation images it must validate better.
+    pub confidence: f64,
 }
 
 impl Default for SelectionSettings {
@@ -77,6 +79,7 @@ impl Default for SelectionSettings {
             checkpoints: 3,
             text_weights: vec![0.0, 0.25, 0.5, 0.75, 1.0],
             margin: 0.02,
+            confidence: 0.9,
         }
     }
 }
@@ -180,6 +183,11 @@ pub struct SelectionReport {
     pub validation_images: [usize; 3],
     /// Augmentations of each validation image that were scored.
     pub validation_augmentations: usize,
+    /// The share of bootstrap resamples of the validation images in which the best fine-tuned
+    /// candidate validated better than the best one with the current adapters (computed when
+    /// it beat it by the margin).
+    #[serde(default)]
+    pub confidence: Option<f64>,
     /// Epochs the installed adapters were fine-tuned for on all shots: as many optimiser
     /// steps as the chosen candidate took on its fold's share (0 when none was fine-tuned).
     #[serde(default)]
@@ -284,6 +292,7 @@ pub fn unchecked_report(
         validation_images: [shots.0, shots.1, shots.2],
         validation_augmentations: settings.validation_augmentations,
         installed_epochs: 0,
+        confidence: None,
     }
 }
 
@@ -299,8 +308,72 @@ struct ValidationImage {
 struct Pool {
     scores: Vec<f32>,
     labels: Vec<bool>,
+    /// The validation image (unit of resampling) of each score.
+    units: Vec<usize>,
     pixels: Vec<f32>,
     pixel_labels: Vec<bool>,
+    pixel_units: Vec<usize>,
+}
+
+impl Pool {
+    /// Image AUC plus pixel AUC (when there are pixels), with validation image `u` counted
+    /// `counts[u]` times (all once: `None`).
+    fn criterion(&self, counts: Option<&[usize]>) -> Result<f64, FitError> {
+        let expand = |values: &[f32], labels: &[bool], units: &[usize]| {
+            let mut v = Vec::with_capacity(values.len());
+            let mut l = Vec::with_capacity(values.len());
+            for ((&x, &y), &u) in values.iter().zip(labels).zip(units) {
+                let times = counts.map_or(1, |c| c[u]);
+                for _ in 0..times {
+                    v.push(x);
+                    l.push(y);
+                }
+            }
+            (v, l)
+        };
+        let auc = |values: &[f32], labels: &[bool], units: &[usize]| {
+            let (v, l) = expand(values, labels, units);
+            roc_auc(&v, &l).map_err(|e| FitError::Model(e.to_string()))
+        };
+        let image = auc(&self.scores, &self.labels, &self.units)?;
+        if self.pixels.is_empty() {
+            return Ok(image);
+        }
+        Ok(image + auc(&self.pixels, &self.pixel_labels, &self.pixel_units)?)
+    }
+}
+
+/// Bootstrap resamples of the validation images behind [`bootstrap_confidence`].
+const RESAMPLES: usize = 100;
+
+/// The share of bootstrap resamples of the validation images (normal and abnormal ones drawn
+/// separately, with replacement) in which `a` validates strictly better than `b`.
+fn bootstrap_confidence(
+    a: &Pool,
+    b: &Pool,
+    unit_abnormal: &[bool],
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<f64, FitError> {
+    use rand::Rng;
+    let normal: Vec<usize> = (0..unit_abnormal.len())
+        .filter(|&u| !unit_abnormal[u])
+        .collect();
+    let abnormal: Vec<usize> = (0..unit_abnormal.len())
+        .filter(|&u| unit_abnormal[u])
+        .collect();
+    let mut wins = 0;
+    for _ in 0..RESAMPLES {
+        let mut counts = vec![0; unit_abnormal.len()];
+        for class in [&normal, &abnormal] {
+            for _ in 0..class.len() {
+                counts[class[rng.random_range(0..class.len())]] += 1;
+            }
+        }
+        if a.criterion(Some(&counts))? > b.criterion(Some(&counts))? {
+            wins += 1;
+        }
+    }
+    Ok(wins as f64 / RESAMPLES as f64)
 }
 
 /// A raw result without its per-level maps (the selection keeps many).
@@ -482,6 +555,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
         configs.push((e, BankSource::Current));
     }
     let mut pools: HashMap<(usize, BankSource, usize), Pool> = HashMap::new();
+    let mut unit_abnormal: Vec<bool> = Vec::new();
     let with_pixels = with_masks && abnormal.iter().all(|s| s.mask.is_some());
 
     // Features of the starting adapters are shared by every fold's candidates.
@@ -564,6 +638,9 @@ pub(crate) fn select<AB: AutodiffBackend>(
             abnormal: false,
         });
         images.extend(fold_held_out);
+        // Every (fold, validation image) is one unit of the bootstrap.
+        let first_unit = unit_abnormal.len();
+        unit_abnormal.extend(images.iter().map(|v| v.abnormal));
         let flat: Vec<&[f32]> = images
             .iter()
             .flat_map(|v| v.views.iter().map(Vec::as_slice))
@@ -638,18 +715,21 @@ pub(crate) fn select<AB: AutodiffBackend>(
                 );
                 let pool = pools.entry((e, bank, wi)).or_default();
                 let mut r = scored.iter();
-                for image in &images {
+                for (index, image) in images.iter().enumerate() {
+                    let unit = first_unit + index;
                     for mask in &image.masks {
                         let raw = r.next().expect("one result per view");
                         let (fused, score) = apply_calibration(&cal, task, raw);
                         pool.scores.push(score);
                         pool.labels.push(image.abnormal);
+                        pool.units.push(unit);
                         if with_pixels {
                             for y in (0..size).step_by(stride) {
                                 for x in (0..size).step_by(stride) {
                                     let i = y * size + x;
                                     pool.pixels.push(fused[i]);
                                     pool.pixel_labels.push(mask.as_ref().is_some_and(|m| m[i]));
+                                    pool.pixel_units.push(unit);
                                 }
                             }
                         }
@@ -661,6 +741,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
 
     let current_weight = start.text_weight;
     let mut candidates = Vec::new();
+    let mut candidate_pools = Vec::new();
     let mut current = None;
     for &(e, bank) in &configs {
         for (wi, &w) in weights.iter().enumerate() {
@@ -689,6 +770,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
                 pixel_auc,
                 current: is_current,
             });
+            candidate_pools.push(pool);
         }
     }
     let current = current.expect("the current weight is always tried");
@@ -719,13 +801,23 @@ pub(crate) fn select<AB: AutodiffBackend>(
     } else {
         current
     };
-    // Fine-tuned adapters must beat that by the margin: a handful of validation images
-    // rank dozens of candidates, and the best of many noisy estimates is optimistic.
+    // Fine-tuned adapters must beat that by the margin, and in most bootstrap resamples of
+    // the validation images: a handful of images rank dozens of candidates, and the best of
+    // many noisy estimates is optimistic.
+    let mut confidence = None;
     let chosen = match best_of(&|c| c.epochs > 0) {
         Some(tuned)
             if candidates[tuned].criterion() > candidates[kept].criterion() + sel.margin =>
         {
-            tuned
+            let mut rng = crate::rng::seeded(settings.train.seed, crate::rng::Stream::Bootstrap);
+            let share = bootstrap_confidence(
+                &candidate_pools[tuned],
+                &candidate_pools[kept],
+                &unit_abnormal,
+                &mut rng,
+            )?;
+            confidence = Some(share);
+            if share >= sel.confidence { tuned } else { kept }
         }
         _ => kept,
     };
@@ -740,18 +832,28 @@ pub(crate) fn select<AB: AutodiffBackend>(
             .round()
             .max(1.0) as usize
     };
+    let best_tuned = best_of(&|c| c.epochs > 0).map(|i| &candidates[i]);
+    // Why the best fine-tuned candidate was not taken, when it was not.
+    let tuned_note = match (best_tuned, confidence) {
+        (Some(b), Some(share)) if chosen != best_of(&|c| c.epochs > 0).unwrap_or(usize::MAX) => {
+            format!(
+                " The best fine-tuned candidate ({}, {}) validated higher, but only in {:.0}% of \
+                 resamples of your images, too few to trust it.",
+                b.name(),
+                b.numbers(),
+                100.0 * share
+            )
+        }
+        (Some(b), _) => format!(" Best fine-tuned candidate: {}, {}.", b.name(), b.numbers()),
+        (None, _) => String::new(),
+    };
     let (verdict, message) = if chosen == current {
-        let best_tuned = candidates
-            .iter()
-            .filter(|c| c.epochs > 0)
-            .max_by(|a, b| a.criterion().total_cmp(&b.criterion()));
         (
             Verdict::KeptCurrent,
             format!(
                 "Fine-tuning did not beat the current detector on your labelled images, so the \
-                 current one was kept (cross-validated {}; best fine-tuned candidate: {}).",
+                 current one was kept (cross-validated {}).{tuned_note}",
                 cur.numbers(),
-                best_tuned.map_or("none".into(), |b| format!("{}, {}", b.name(), b.numbers()))
             ),
         )
     } else if c.epochs == 0 {
@@ -760,7 +862,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
             format!(
                 "Fine-tuning did not beat the current adapters on your labelled images, so they \
                  were kept; weighting the text branch {:.2} instead of {:.2} validated better \
-                 ({} instead of {}), so the branches are now mixed that way.",
+                 ({} instead of {}), so the branches are now mixed that way.{tuned_note}",
                 c.text_weight,
                 cur.text_weight,
                 c.numbers(),
@@ -768,14 +870,18 @@ pub(crate) fn select<AB: AutodiffBackend>(
             ),
         )
     } else {
+        let k = &candidates[kept];
         (
             Verdict::Improved,
             format!(
-                "Fine-tuning improved the detector on your labelled images (cross-validated {} \
-                 instead of {}): installed {} (the same number of training steps on all \
-                 shots: {installed_epochs} epochs).",
+                "Fine-tuning improved the detector on your labelled images: cross-validated {} \
+                 instead of {} for the current detector ({} with its best mix), better in {:.0}% \
+                 of resamples of your images. Installed {}, trained on all shots for the same \
+                 number of steps ({installed_epochs} epochs).",
                 c.numbers(),
                 cur.numbers(),
+                k.numbers(),
+                100.0 * confidence.unwrap_or(1.0),
                 c.name()
             ),
         )
@@ -794,6 +900,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
         validation_images: [counts.0, counts.1, counts.2],
         validation_augmentations: views,
         installed_epochs,
+        confidence,
         candidates,
     };
     Ok(SelectionOutcome::Chosen(report, choice))

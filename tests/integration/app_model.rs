@@ -227,7 +227,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     // The Model tab shows the verdict in plain words and, on request, every candidate.
     h.run();
     h.get_by_label(&report.message);
-    h.get_by_label_contains("Validated candidates (35;").click();
+    h.get_by_label("Validated candidates (35)").click();
     h.run();
     h.get_by_label("installed");
     let threshold = detector.calibration.as_ref().unwrap().fpr.unwrap();

@@ -414,7 +414,11 @@ fn write_mvfa_layout(root: &Path) {
     // A reference-style shot list for k = 1 (iterate 0 names the second files).
     let seed_dir = root.join("fewshot_seed/Brain");
     std::fs::create_dir_all(&seed_dir).unwrap();
-    std::fs::write(seed_dir.join("1-shot.txt"), "a-0: a1.png\nn-0: n1.png\n").unwrap();
+    std::fs::write(
+        seed_dir.join("1-shot.txt"),
+        "a-0: a1.png\nn-0: n1.png\na-1: a0.png\nn-1: n0.png\n",
+    )
+    .unwrap();
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -475,9 +479,39 @@ fn eval_few_shot_prints_the_table_and_writes_json() {
         }
     }
 
+    // Three shot draws by default: mean ± sd and minimum per dataset.
+    assert!(
+        stdout.contains("over 3 shot draws (mean ± sd, min):"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("beside the paper's few-shot k = 4 numbers"),
+        "{stdout}"
+    );
     let report = read_json(&json);
     assert_eq!(report["protocol"], "few-shot/calibrated");
     let brain = &report["datasets"]["Brain"];
+    let draws = brain["draws"].as_array().unwrap();
+    assert_eq!(draws.len(), 3);
+    let mean = draws
+        .iter()
+        .map(|d| d["image_auc"].as_f64().unwrap())
+        .sum::<f64>()
+        / 3.0;
+    assert!((brain["image_auc"].as_f64().unwrap() - mean).abs() < 1e-9);
+    let min = draws
+        .iter()
+        .map(|d| d["image_auc"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(brain["image_auc_min"].as_f64().unwrap(), min);
+    assert!(brain["image_auc_sd"].as_f64().unwrap() >= 0.0);
+    assert_eq!(
+        draws
+            .iter()
+            .map(|d| d["seed"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [111, 112, 113]
+    );
     assert_eq!(brain["k"], 1);
     assert_eq!(brain["epochs"], 1);
     assert_eq!(brain["images"], 8);
@@ -515,6 +549,8 @@ fn eval_paper_protocol_with_shot_list_and_zero_shot_checkpoint() {
         "--shot-dir".as_ref(),
         data.join("fewshot_seed").as_os_str(),
         "--epochs".as_ref(),
+        "1".as_ref(),
+        "--draws".as_ref(),
         "1".as_ref(),
         "--protocol".as_ref(),
         "paper".as_ref(),
@@ -718,6 +754,52 @@ fn train_on_plain_folders_then_score_with_the_checkpoint() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("mode Masks"), "{stdout}");
     assert!(ckpt.exists());
+    // The fit report: every candidate, the choice and the verdict in plain words; the
+    // threshold's meaning (2 normal images cannot support 5%: it says what they can).
+    assert!(
+        stdout.contains("model selection (2 folds; 2 normal, 2 abnormal"),
+        "{stdout}"
+    );
+    // One epoch: one checkpoint, so 3 adapter choices x 5 mixes.
+    let table_lines = stdout
+        .lines()
+        .filter(|l| ["* ", "= ", "  "].iter().any(|m| l.starts_with(m)) && l.contains("image AUC"))
+        .count();
+    assert_eq!(table_lines, 15, "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("* ")), "{stdout}");
+    assert!(
+        stdout.contains("Fine-tuning did not beat the current")
+            || stdout.contains("Fine-tuning improved the detector"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 normal images cannot support 5%; the smallest rate they support is 33%"),
+        "{stdout}"
+    );
+    // The checkpoint keeps the report.
+    let meta = mvfa_studio::weights::adapters::read_checkpoint_meta(&ckpt)
+        .unwrap()
+        .unwrap();
+    let state = &meta.calibration.unwrap();
+    assert_eq!(
+        state["selection"]["candidates"].as_array().unwrap().len(),
+        15
+    );
+    assert!(state["selection"]["chosen"].is_u64(), "{state}");
+    // A rate outside (0, 1) is refused before any work.
+    let (out, _, stderr) = run(bin()
+        .args(["train", "--clip", clip_fixture().to_str().unwrap(), "--cpu"])
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--organ",
+            "Brain",
+            "--fpr",
+            "5",
+        ])
+        .args(["--out", tmp.path().join("x.safetensors").to_str().unwrap()]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not a rate"), "{stderr}");
 
     let scored = tmp.path().join("scored");
     let (out, _, stderr) = run(bin()
@@ -728,8 +810,53 @@ fn train_on_plain_folders_then_score_with_the_checkpoint() {
             "--out",
             scored.to_str().unwrap(),
         ])
-        .arg(data.join("abnormal")));
+        .arg(data.join("abnormal"))
+        .args(["--fpr", "0.4"]));
     assert!(out.status.success(), "{stderr}");
+    // `score --fpr` recomputes the threshold from the scores the checkpoint stores.
+    assert!(
+        stderr.contains("flags \u{2264} 40% of normal images (estimated from 2 normal images"),
+        "{stderr}"
+    );
     let rows = csv_lines(&scored.join("scores.csv"));
     assert_eq!(rows.len(), 3, "header + 2 images: {rows:?}");
+}
+
+/// The recipe for the real numbers (`tools/bmad_recipe.sh`) runs its whole flow on the tiny
+/// fixtures: both protocols, several shot draws, the paper's table beside ours, a JSON each.
+#[test]
+fn bmad_recipe_runs_both_protocols_over_draws() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_mvfa_layout(&data);
+    let out = tmp.path().join("results");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bmad_recipe.sh");
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(&script)
+        .arg(clip_fixture())
+        .arg(&data)
+        .arg(data.join("fewshot_seed"))
+        .env("MVFA", env!("CARGO_BIN_EXE_mvfa-studio"))
+        .env("DRAWS", "2")
+        .env("SHOTS", "1")
+        .env("EPOCHS", "1")
+        .env("DATASETS", "Brain")
+        .env("OUT", &out);
+    let (o, stdout, stderr) = run(&mut command);
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for protocol in ["paper", "calibrated"] {
+        assert!(
+            stdout.contains(&format!("== protocol: {protocol}")),
+            "{stdout}"
+        );
+        let report = read_json(&out.join(format!("{protocol}.json")));
+        let brain = &report["datasets"]["Brain"];
+        assert_eq!(brain["draws"].as_array().unwrap().len(), 2, "{brain}");
+        // The shots of each draw come from the reference's list, line a-0 then a-1.
+        assert_eq!(brain["draws"][1]["iterate"], 1, "{brain}");
+        assert_auc(&brain["image_auc"]);
+    }
+    assert!(stdout.contains("paper, all datasets"), "{stdout}");
+    assert!(stdout.contains("over 2 shot draws"), "{stdout}");
 }

@@ -11,7 +11,7 @@ use crate::app::state::model::{ModelJobKind, ORGAN_PRESETS};
 use crate::app::state::{AppState, WeightsStatus};
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitMode;
-use crate::train::select::{SelectionReport, Verdict};
+use crate::train::select::{BankSource, SelectionReport, Verdict};
 use crate::workflow::Schedule;
 
 /// Draws the Model tab.
@@ -176,16 +176,24 @@ fn detector(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 match &d.calibration {
                     Some(c) => {
                         ui.label("Calibration");
-                        ui.label(format!(
-                            "{} normal, {} abnormal exemplars; text branch weight {:.2}",
-                            c.normal_exemplars, c.abnormal_exemplars, c.text_weight
-                        ));
+                        ui.add(
+                            egui::Label::new(format!(
+                                "{} normal, {} abnormal exemplars; text branch weight {:.2}",
+                                c.normal_exemplars, c.abnormal_exemplars, c.text_weight
+                            ))
+                            .wrap(),
+                        );
                         ui.end_row();
                         ui.label("Threshold");
-                        ui.label(match &c.fpr {
-                            Some(t) => format!("{:.2}: {}", c.threshold, t.describe()),
-                            None => format!("{:.2} (no stated false-positive rate)", c.threshold),
-                        });
+                        ui.add(
+                            egui::Label::new(match &c.fpr {
+                                Some(t) => format!("{:.2}: {}", c.threshold, t.describe()),
+                                None => {
+                                    format!("{:.2} (no stated false-positive rate)", c.threshold)
+                                }
+                            })
+                            .wrap(),
+                        );
                     }
                     None => {
                         ui.label("Calibration");
@@ -240,51 +248,76 @@ fn selection(ui: &mut egui::Ui, report: &SelectionReport) {
         return;
     }
     egui::CollapsingHeader::new(format!(
-        "Validated candidates ({}; {} folds of {} normal and {} abnormal images{})",
-        report.candidates.len(),
-        report.folds,
-        report.validation_images[0],
-        report.validation_images[1],
-        match report.validation_images[2] {
-            0 => String::new(),
-            n => format!(", {n} held-out normals"),
-        }
+        "Validated candidates ({})",
+        report.candidates.len()
     ))
     .id_salt("validated candidates")
     .show(ui, |ui| {
-        egui::ScrollArea::vertical()
-            .max_height(160.0)
-            .show(ui, |ui| {
-                egui::Grid::new("candidates")
-                    .num_columns(4)
-                    .striped(true)
-                    .show(ui, |ui| {
-                        ui.label(RichText::new("Candidate").strong());
-                        ui.label(RichText::new("Image AUC").strong());
-                        ui.label(RichText::new("Pixel AUC").strong());
-                        ui.label("");
+        ui.add(
+            egui::Label::new(
+                RichText::new(format!(
+                    "Cross-validated on {} folds of {} normal and {} abnormal images{}, {} views \
+                     each. Image and pixel AUC of the calibrated fused output.",
+                    report.folds,
+                    report.validation_images[0],
+                    report.validation_images[1],
+                    match report.validation_images[2] {
+                        0 => String::new(),
+                        n => format!(" and {n} held-out normals"),
+                    },
+                    report.validation_augmentations
+                ))
+                .small(),
+            )
+            .wrap(),
+        );
+        // No inner scroll area: the panel scrolls, and the column headings stay with the rows.
+        egui::Grid::new("candidates")
+                .num_columns(6)
+                .striped(true)
+                .show(ui, |ui| {
+                    for heading in ["Epochs", "Bank", "Text", "Image", "Pixel", ""] {
+                        ui.label(RichText::new(heading).strong());
+                    }
+                    ui.end_row();
+                    for (i, c) in report.candidates.iter().enumerate() {
+                        let chosen = report.chosen == Some(i);
+                        let text = |t: String| {
+                            if chosen {
+                                RichText::new(t).strong()
+                            } else {
+                                RichText::new(t)
+                            }
+                        };
+                        ui.label(text(if c.epochs == 0 {
+                            "before".into()
+                        } else {
+                            c.epochs.to_string()
+                        }))
+                        .on_hover_text(
+                            "Fine-tuning epochs on a fold's shots (before: the adapters before fine-tuning)",
+                        );
+                        ui.label(text(match (c.epochs, c.bank) {
+                            (0, _) | (_, BankSource::Current) => "before".into(),
+                            (_, BankSource::FineTuned) => "tuned".into(),
+                        }))
+                        .on_hover_text(
+                            "Features of the memory bank: from the adapters before fine-tuning, or the fine-tuned ones",
+                        );
+                        ui.label(text(format!("{:.2}", c.text_weight)))
+                            .on_hover_text("Weight of the text branch against the memory bank");
+                        ui.label(text(format!("{:.3}", c.image_auc)));
+                        ui.label(text(
+                            c.pixel_auc.map_or("-".into(), |p| format!("{p:.3}")),
+                        ));
+                        ui.label(match (chosen, c.current) {
+                            (true, _) => "installed",
+                            (false, true) => "current",
+                            _ => "",
+                        });
                         ui.end_row();
-                        for (i, c) in report.candidates.iter().enumerate() {
-                            let chosen = report.chosen == Some(i);
-                            let text = |t: String| {
-                                if chosen {
-                                    RichText::new(t).strong()
-                                } else {
-                                    RichText::new(t)
-                                }
-                            };
-                            ui.label(text(c.name()));
-                            ui.label(text(format!("{:.3}", c.image_auc)));
-                            ui.label(text(c.pixel_auc.map_or("-".into(), |p| format!("{p:.3}"))));
-                            ui.label(match (chosen, c.current) {
-                                (true, _) => "installed",
-                                (false, true) => "current",
-                                _ => "",
-                            });
-                            ui.end_row();
-                        }
-                    });
-            });
+                    }
+                });
     });
 }
 
