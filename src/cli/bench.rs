@@ -486,7 +486,8 @@ fn fit_synthetic<B: Backend>(
     );
     let cancel = AtomicBool::new(false);
     let start = Instant::now();
-    let mut tuned: Option<f64> = None;
+    // When each phase began: the validation folds, the run on all shots, the memory bank.
+    let mut phases: Vec<(String, f64)> = Vec::new();
     let outcome = fit::<Autodiff<B>>(
         vision,
         adapters,
@@ -494,8 +495,21 @@ fn fit_synthetic<B: Backend>(
         &shots,
         &settings,
         |event| {
-            if let FitEvent::BuildingMemoryBank { .. } = event {
-                tuned.get_or_insert(start.elapsed().as_secs_f64());
+            let now = start.elapsed().as_secs_f64();
+            match event {
+                FitEvent::Run { purpose, .. } if purpose.starts_with("validation") => {
+                    if phases.is_empty() {
+                        phases.push((
+                            "validation folds (fine-tuning, scoring the candidates)".into(),
+                            now,
+                        ));
+                    }
+                }
+                FitEvent::Run { .. } => phases.push(("fine-tuning on all shots".into(), now)),
+                FitEvent::BuildingMemoryBank { .. } => {
+                    phases.push(("memory bank and calibration".into(), now))
+                }
+                _ => {}
             }
         },
         &cancel,
@@ -503,14 +517,19 @@ fn fit_synthetic<B: Backend>(
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let total = start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        matches!(outcome, FitOutcome::Fitted { .. }),
-        "the fit did not finish"
-    );
-    println!(
-        "fit k={k}: {total:.1} s in all (fine-tuning {:.1} s, then memory bank and calibration)",
-        tuned.unwrap_or(total)
-    );
+    let FitOutcome::Fitted { selection, .. } = outcome else {
+        anyhow::bail!("the fit did not finish");
+    };
+    let ends = phases.iter().skip(1).map(|p| p.1).chain([total]);
+    let parts: Vec<String> = phases
+        .iter()
+        .zip(ends)
+        .map(|((what, begin), end)| format!("{what} {:.1} s", end - begin))
+        .collect();
+    println!("fit k={k}: {total:.1} s in all ({})", parts.join(", "));
+    if let Some(report) = selection {
+        println!("{}", report.message);
+    }
     Ok(())
 }
 

@@ -269,13 +269,13 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     )?;
     println!("wrote {}", args.out.display());
     let losses = &fitted.epoch_losses;
-    let loss = |l: Option<&f32>| l.map_or("-".into(), |l| format!("{l:.4}"));
-    print!(
-        "mode {:?}; loss {} -> {}",
-        fitted.mode,
-        loss(losses.first()),
-        loss(losses.last())
-    );
+    match (losses.first(), losses.last()) {
+        (Some(first), Some(last)) => print!(
+            "mode {:?}; loss {first:.4} -> {last:.4} on all shots",
+            fitted.mode
+        ),
+        _ => print!("mode {:?}; no fine-tuned adapters installed", fitted.mode),
+    }
     match fitted.detector.calibration() {
         Some(cal) => {
             println!(
@@ -311,7 +311,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         println!(
             "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
         );
-    } else if epochs == 0 {
+    } else if args.epochs == Some(0) {
         println!("note: --epochs 0, so the adapters are untrained (zero-shot + memory bank)");
     }
     Ok(ExitCode::SUCCESS)

@@ -117,7 +117,8 @@ impl SeedOutcome {
     }
 }
 
-fn to_shot(img: &SyntheticImage) -> Shot {
+/// A synthetic image as a shot at [`SIZE`] (grey replicated to 3 channels, mask > 127).
+pub fn to_shot(img: &SyntheticImage) -> Shot {
     let grey: Vec<f32> = img.pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
     let mut image = Vec::with_capacity(3 * SIZE * SIZE);
     for _ in 0..3 {
@@ -134,8 +135,28 @@ fn to_shot(img: &SyntheticImage) -> Shot {
     }
 }
 
-/// The tiny random tower and text embedding of a draw.
-fn tiny_model(
+/// The tiny random tower (8 blocks of width 64 at [`SIZE`] px) and text embedding of a draw,
+/// from burn's seeded backend generator. Callers that draw from that generator elsewhere at
+/// the same time can still shift these values; within this module the draws are serialised.
+pub fn tiny_model(
+    seed: u64,
+    device: &burn::backend::ndarray::NdArrayDevice,
+) -> (VisionTransformer<B>, Tensor<B, 2>) {
+    with_backend_rng(|| tiny_model_unguarded(seed, device))
+}
+
+/// Runs `draw` holding the process's lock on burn's backend random generator, which is one
+/// for the process: a seed and the draws after it then come as one sequence, whatever other
+/// threads (tests run in parallel) draw through this function.
+pub fn with_backend_rng<T>(draw: impl FnOnce() -> T) -> T {
+    static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = BACKEND_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    draw()
+}
+
+fn tiny_model_unguarded(
     seed: u64,
     device: &burn::backend::ndarray::NdArrayDevice,
 ) -> (VisionTransformer<B>, Tensor<B, 2>) {

@@ -753,6 +753,7 @@ fn train_on_plain_folders_then_score_with_the_checkpoint() {
         .args(["--out", ckpt.to_str().unwrap()]));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("mode Masks"), "{stdout}");
+    assert!(!stdout.contains("--epochs 0"), "{stdout}");
     assert!(ckpt.exists());
     // The fit report: every candidate, the choice and the verdict in plain words; the
     // threshold's meaning (2 normal images cannot support 5%: it says what they can).
@@ -773,7 +774,8 @@ fn train_on_plain_folders_then_score_with_the_checkpoint() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("2 normal images cannot support 5%; the smallest rate they support is 33%"),
+        stdout
+            .contains("2 normal images cannot support 5%; the smallest rate they support is 33.3%"),
         "{stdout}"
     );
     // The checkpoint keeps the report.

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use mvfa_studio::eval::auc::{PixelAucAccumulator, roc_auc};
+use mvfa_studio::eval::fit_check::{SIZE, to_shot, with_backend_rng};
 use mvfa_studio::io::model_input::batch_tensor;
 use mvfa_studio::model::clip::config::VisionConfig;
 use mvfa_studio::model::clip::vision::VisionTransformer;
@@ -20,26 +21,6 @@ use mvfa_studio::train::trainer::TrainConfig;
 
 type B = NdArray<f32>;
 type AB = Autodiff<B>;
-
-/// A reduced input size (8x8 patch grid) keeps the test quick; the code path is the 240 px one.
-const SIZE: usize = 112;
-
-fn to_shot(img: &SyntheticImage) -> Shot {
-    let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
-    let mut image = Vec::with_capacity(3 * SIZE * SIZE);
-    for _ in 0..3 {
-        image.extend_from_slice(&grey);
-    }
-    Shot {
-        image,
-        mask: img.abnormal.then(|| {
-            img.mask
-                .iter()
-                .map(|&m| if m > 127 { 1.0 } else { 0.0 })
-                .collect()
-        }),
-    }
-}
 
 fn tiny_vision(device: &burn::backend::ndarray::NdArrayDevice) -> VisionTransformer<B> {
     B::seed(device, 5);
@@ -168,25 +149,28 @@ fn evaluate(
 #[test]
 fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
     let device = Default::default();
-    let vision = tiny_vision(&device);
     let cfg = settings(30);
+    // The seed and every draw after it in one sequence (tests run in parallel).
+    let (vision, text) = with_backend_rng(|| {
+        let vision = tiny_vision(&device);
+        // A fixed random text embedding (the tiny backbone has no meaningful text tower), like
+        // real prompt-ensemble features (spec 3.4): unit columns, the normal and abnormal
+        // directions close to each other (CLIP's are, cosine about 0.9).
+        let base = Tensor::<B, 2>::random(
+            [32, 1],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let noise = Tensor::<B, 2>::random(
+            [32, 2],
+            burn::tensor::Distribution::Normal(0.0, 0.3),
+            &device,
+        );
+        let text = base.repeat_dim(1, 2) + noise;
+        let text = text.clone() / text.powi_scalar(2).sum_dim(0).sqrt();
+        (vision, text)
+    });
     let adapters = mvfa_studio::train::fit::materialize(cfg.adapters.init::<B>(&device));
-    // A fixed random text embedding: the tiny backbone has no meaningful text tower.
-    // Unit columns, like real prompt-ensemble features (spec 3.4).
-    // Like real prompt-ensemble features (spec 3.4): unit columns, the normal and abnormal
-    // directions close to each other (CLIP's are, cosine about 0.9).
-    let base = Tensor::<B, 2>::random(
-        [32, 1],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let noise = Tensor::<B, 2>::random(
-        [32, 2],
-        burn::tensor::Distribution::Normal(0.0, 0.3),
-        &device,
-    );
-    let text = base.repeat_dim(1, 2) + noise;
-    let text = text.clone() / text.powi_scalar(2).sum_dim(0).sqrt();
 
     let normal: Vec<Shot> = generate(11, 4, SIZE, false).iter().map(to_shot).collect();
     let abnormal: Vec<Shot> = generate(12, 4, SIZE, true).iter().map(to_shot).collect();
