@@ -497,14 +497,15 @@ fn fit_synthetic<B: Backend>(
         |event| {
             let now = start.elapsed().as_secs_f64();
             match event {
-                FitEvent::Run { purpose, .. } if purpose.starts_with("validation") => {
-                    if phases.is_empty() {
-                        phases.push((
-                            "validation folds (fine-tuning, scoring the candidates)".into(),
-                            now,
-                        ));
-                    }
+                FitEvent::Run { purpose, .. }
+                    if purpose.starts_with("validation") && phases.is_empty() =>
+                {
+                    phases.push((
+                        "validation folds (fine-tuning, scoring the candidates)".into(),
+                        now,
+                    ));
                 }
+                FitEvent::Run { purpose, .. } if purpose.starts_with("validation") => {}
                 FitEvent::Run { .. } => phases.push(("fine-tuning on all shots".into(), now)),
                 FitEvent::BuildingMemoryBank { .. } => {
                     phases.push(("memory bank and calibration".into(), now))

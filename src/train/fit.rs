@@ -95,6 +95,10 @@ pub enum FitEvent {
 }
 
 /// A finished (or cancelled) fit.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per fit, moved once; boxing the report would only add a step"
+)]
 pub enum FitOutcome<B: Backend> {
     /// The detector is fitted, with its memory bank and calibration.
     Fitted {

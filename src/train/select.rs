@@ -417,8 +417,9 @@ pub(crate) fn training_samples(
         .collect()
 }
 
-/// A fine-tuning run on the inference backend's autodiff wrapper; returns the adapters after
-/// each of `snapshots` (and at the end), or `None` when cancelled (with the steps done).
+/// A fine-tuning run on the inference backend's autodiff wrapper: the adapters at the end and
+/// after each epoch of `train.snapshot_epochs`, or, when cancelled, `Err` with the optimiser
+/// steps done.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fine_tune<AB: AutodiffBackend>(
     vision: &VisionTransformer<AB::InnerBackend>,
