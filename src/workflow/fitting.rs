@@ -10,6 +10,7 @@ use burn::prelude::*;
 use super::{Backbone, WorkflowError};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::MvfaAdaptersConfig;
+use crate::model::mvfa::calibration::DEFAULT_TEXT_WEIGHT;
 use crate::model::mvfa::detector::{Detector, FeatureCache, TaskKind};
 use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
 use crate::train::select::{FitStart, SelectionReport, SelectionSettings};
@@ -123,9 +124,7 @@ pub fn fit_detector<B: Backend>(
             let text_weight = read_detector_state(path)
                 .map_err(file_error)?
                 .and_then(|state| state.calibration)
-                .map_or(FitStart::<B>::from(adapters.clone()).text_weight, |c| {
-                    c.text_weight
-                });
+                .map_or(DEFAULT_TEXT_WEIGHT, |c| c.text_weight);
             FitStart {
                 adapters,
                 bank_adapters,

@@ -610,16 +610,15 @@ fn time_frames(
 /// working on a 4096 x 4096 16-bit radiograph. A measurement, printed, not asserted: run with
 /// `cargo test --test integration app_workspace_frame_times -- --ignored --nocapture`.
 #[test]
-#[ignore = "a measurement: run with --ignored --nocapture"]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom); a measurement: run with --ignored --nocapture"]
 fn app_workspace_frame_times() {
     let ct = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/dicom/pydicom/J2K_pixelrep_mismatch.dcm");
-    if !ct.is_file() {
-        eprintln!(
-            "skipped: the shared DICOM corpus (a 512 x 512 CT slice) is not beside the project"
-        );
-        return;
-    }
+    assert!(
+        ct.is_file(),
+        "needs the shared DICOM corpus (a 512 x 512 CT slice) beside the project: {}",
+        ct.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let series = dir.path().join("ct");
     std::fs::create_dir_all(&series).unwrap();
