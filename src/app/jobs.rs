@@ -1,341 +1,130 @@
-//! Background jobs: a worker thread per job, progress, partial results and the result sent
-//! back over a channel, cooperative cancellation through a shared flag. The UI polls
-//! [`Job::poll`] once per frame. Partial results (`I`, e.g. each file a folder scan finds) let
-//! the UI show the first items long before a large job ends.
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::thread::JoinHandle;
+//! The app's background work, owned by the app object (not by [`AppState`], which is plain
+//! data): one spawn / poll / cancel mechanism ([`runner`]) and one file of thin job functions
+//! per domain. The handlers start jobs and apply what they report; panels see only the
+//! [`Activity`] summary copied into the state each frame.
+pub mod dialogs;
+pub mod export;
+pub mod files;
+pub mod model;
+pub mod pacs;
+pub mod project;
+pub mod runner;
+pub mod weights;
 
-use crate::app::state::WeightsSummary;
-use crate::backend::BackendInfo;
-use crate::workflow::{ModelSession, open_session};
+use std::collections::HashSet;
+use std::path::PathBuf;
 
-/// Handed to the worker: report progress, check for cancellation.
-#[derive(Clone)]
-pub struct JobContext<T, I = ()> {
-    sender: Sender<JobEvent<T, I>>,
-    cancelled: Arc<AtomicBool>,
-    repaint: Arc<dyn Fn() + Send + Sync>,
+use crate::app::state::pacs::PacsJobKind;
+use crate::app::state::{Activity, AppState, Progress};
+use crate::io::study::ScanItem;
+use export::ResultsSnapshot;
+use files::{LoadedFile, Thumbnail};
+use model::{ModelJob, SharedSession};
+use pacs::PacsOutcome;
+use project::{OpenedProject, SavedProject};
+use runner::Job;
+use weights::LoadedWeights;
+
+/// Every running job and the machinery around them.
+#[derive(Default)]
+pub struct Jobs {
+    /// The loaded weights' session, shared with the model jobs; `None` until weights load.
+    pub session: Option<SharedSession>,
+    /// Loads the CLIP weights.
+    pub weights: Option<Job<LoadedWeights>>,
+    /// Downloads the public CLIP weights.
+    pub download: Option<Job<PathBuf>>,
+    /// Reads opened files and folders; hands over each file as it is examined.
+    pub scan: Option<Job<(), ScanItem>>,
+    /// Decodes the pixels of the files the viewer needs, current one first.
+    pub load: Option<Job<(), LoadedFile>>,
+    /// The files the running loader was asked for.
+    pub load_queue: Vec<PathBuf>,
+    /// Makes the browser's previews once a scan has ended.
+    pub thumbnails: Option<Job<(), Thumbnail>>,
+    /// Files a preview was attempted for (failures are not retried).
+    pub thumbnails_tried: HashSet<PathBuf>,
+    /// The running model job (prepare, fine-tune, score, import, save, export).
+    pub model: Option<ModelJob>,
+    /// The project's results file being written.
+    pub results_save: Option<Job<()>>,
+    /// A newer results snapshot to write once `results_save` is done (only the latest is
+    /// kept, so the file always ends up with the last one saved).
+    pub results_save_next: Option<ResultsSnapshot>,
+    /// The running PACS job.
+    pub pacs: Option<(PacsJobKind, Job<PacsOutcome>)>,
+    /// Opens a project file.
+    pub project_open: Option<Job<OpenedProject>>,
+    /// Writes the project file the user saves to.
+    pub project_save: Option<Job<SavedProject>>,
+    /// A project save asked for while `project_save` runs; it follows.
+    pub project_save_next: Option<PathBuf>,
+    /// Writes the autosave.
+    pub autosave: Option<Job<SavedProject>>,
+    /// Read imported mask images, oldest first.
+    pub mask_imports: Vec<Job<project::ImportedMask>>,
+    /// A file dialog waiting for the user.
+    pub dialog: Option<Job<Option<crate::app::action::Action>>>,
 }
 
-impl<T, I> JobContext<T, I> {
-    /// `fraction` in 0..=1 (or `None` when unknown) and a short message.
-    pub fn progress(&self, fraction: Option<f32>, message: impl Into<String>) {
-        let _ = self.sender.send(JobEvent::Progress {
-            fraction,
-            message: message.into(),
-        });
-        (self.repaint)();
-    }
-
-    /// Hands one partial result to the UI (it appears after the next [`Job::poll`]).
-    pub fn emit(&self, item: I) {
-        let _ = self.sender.send(JobEvent::Item(item));
-        (self.repaint)();
-    }
-
-    /// The cancel flag itself, for library calls that poll an `AtomicBool`.
-    pub fn cancel_flag(&self) -> &AtomicBool {
-        &self.cancelled
-    }
-
-    /// Whether the UI asked the job to stop; the worker should check it regularly and return.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
-    }
-}
-
-/// A message from the worker thread to the UI.
-pub enum JobEvent<T, I = ()> {
-    /// A progress report.
+fn progress<T: Send + 'static, I: Send + 'static>(job: &Job<T, I>) -> Progress {
+    let (fraction, message) = job.progress();
     Progress {
-        /// Share done, in 0..=1, or `None` when unknown.
-        fraction: Option<f32>,
-        /// What the worker is doing, in a few words.
-        message: String,
-    },
-    /// One partial result.
-    Item(I),
-    /// The job's outcome (sent once, last; a panic arrives as an error).
-    Finished(Result<T, String>),
-}
-
-/// What the UI sees of a job after polling.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JobStatus<T> {
-    /// The job has not finished yet.
-    Running {
-        /// Share done, in 0..=1, or `None` when unknown.
-        fraction: Option<f32>,
-        /// What the worker is doing, in a few words.
-        message: String,
-    },
-    /// The job finished with its result.
-    Succeeded(T),
-    /// The job failed (or panicked); the message says why.
-    Failed(String),
-    /// The job stopped with an error after [`Job::cancel`] was called.
-    Cancelled,
-}
-
-/// A running or finished background job producing a `T`, and partial results `I` on the way.
-pub struct Job<T, I = ()> {
-    /// What the job does, shown to the user.
-    pub title: String,
-    receiver: Receiver<JobEvent<T, I>>,
-    cancelled: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
-    last_progress: (Option<f32>, String),
-    items: Vec<I>,
-}
-
-impl<T: Send + 'static, I: Send + 'static> Job<T, I> {
-    /// Starts `work` on a new thread. `repaint` is called after each event so that the UI
-    /// wakes up (pass `ctx.request_repaint()` from egui).
-    pub fn spawn(
-        title: impl Into<String>,
-        repaint: impl Fn() + Send + Sync + 'static,
-        work: impl FnOnce(&JobContext<T, I>) -> Result<T, String> + Send + 'static,
-    ) -> Self {
-        let (sender, receiver) = mpsc::channel();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let ctx = JobContext {
-            sender,
-            cancelled: cancelled.clone(),
-            repaint: Arc::new(repaint),
-        };
-        let handle = std::thread::spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&ctx)))
-                .unwrap_or_else(|panic| Err(panic_message(&panic)));
-            let _ = ctx.sender.send(JobEvent::Finished(result));
-            (ctx.repaint)();
-        });
-        Self {
-            title: title.into(),
-            receiver,
-            cancelled,
-            handle: Some(handle),
-            last_progress: (None, "starting".into()),
-            items: Vec::new(),
-        }
-    }
-
-    /// The partial results received by the polls so far, oldest first; they are handed over
-    /// once.
-    pub fn take_items(&mut self) -> Vec<I> {
-        std::mem::take(&mut self.items)
-    }
-
-    /// The latest progress report: fraction (when known) and message.
-    pub fn progress(&self) -> (Option<f32>, &str) {
-        (self.last_progress.0, &self.last_progress.1)
-    }
-
-    /// Asks the worker to stop at its next check.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
-    }
-
-    /// Drains the channel; returns the latest status. A finished job stays finished.
-    pub fn poll(&mut self) -> JobStatus<T> {
-        loop {
-            match self.receiver.try_recv() {
-                Ok(JobEvent::Progress { fraction, message }) => {
-                    self.last_progress = (fraction, message)
-                }
-                Ok(JobEvent::Item(item)) => self.items.push(item),
-                Ok(JobEvent::Finished(result)) => {
-                    if let Some(handle) = self.handle.take() {
-                        let _ = handle.join();
-                    }
-                    return match result {
-                        Err(_) if self.cancelled.load(Ordering::Relaxed) => JobStatus::Cancelled,
-                        Ok(value) => JobStatus::Succeeded(value),
-                        Err(message) => JobStatus::Failed(message),
-                    };
-                }
-                Err(TryRecvError::Empty) => {
-                    return JobStatus::Running {
-                        fraction: self.last_progress.0,
-                        message: self.last_progress.1.clone(),
-                    };
-                }
-                Err(TryRecvError::Disconnected) => {
-                    return JobStatus::Failed("the worker stopped without a result".into());
-                }
-            }
-        }
-    }
-
-    /// Blocks until the job ends (for tests and the CLI).
-    pub fn wait(mut self) -> JobStatus<T> {
-        loop {
-            match self.poll() {
-                JobStatus::Running { .. } => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
-                }
-                done => return done,
-            }
-        }
+        title: job.title.clone(),
+        fraction,
+        message: message.to_string(),
     }
 }
 
-/// A job that runs `work` on each of `paths` in order and hands over each result as it comes
-/// (with progress "i of n files"; cancellation is checked between files).
-pub fn each_file<I: Send + 'static>(
-    title: &str,
-    repaint: impl Fn() + Send + Sync + 'static,
-    paths: Vec<PathBuf>,
-    work: impl Fn(&Path) -> I + Send + 'static,
-) -> Job<(), (PathBuf, I)> {
-    Job::spawn(title, repaint, move |job| {
-        let total = paths.len();
-        for (i, path) in paths.into_iter().enumerate() {
-            if job.is_cancelled() {
-                return Err("cancelled".into());
-            }
-            job.progress(
-                Some(i as f32 / total as f32),
-                format!("{} of {total} files", i + 1),
-            );
-            let result = work(&path);
-            job.emit((path, result));
-        }
-        Ok(())
-    })
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown cause".into());
-    format!("internal error in the background job: {detail}")
-}
-
-/// Weights opened by the load job: the summary to show and the session the model jobs use.
-pub struct LoadedWeights {
-    /// What the load found, for display.
-    pub summary: WeightsSummary,
-    /// The backbone, ready for the model jobs.
-    pub session: Box<dyn ModelSession>,
-}
-
-/// Opens the CLIP weights at `path` as a model session on the selected backend (both towers,
-/// as scoring needs them), on a worker thread (see
-/// [`crate::app::state::AppState::start_loading_weights`]), and summarises the load report.
-pub fn load_weights(
-    path: &Path,
-    backend: &BackendInfo,
-    ctx: &JobContext<LoadedWeights>,
-) -> Result<LoadedWeights, String> {
-    ctx.progress(None, "reading the file");
-    let started = std::time::Instant::now();
-    let session = open_session(path, None, backend).map_err(|err| err.to_string())?;
-    if ctx.is_cancelled() {
-        return Err("cancelled".into());
-    }
-    let report = session.report();
-    let vision = &report.config.vision;
-    let summary = WeightsSummary {
-        path: path.to_path_buf(),
-        lines: vec![
-            format!("Layout: {}", report.layout),
-            format!(
-                "Vision tower: {} blocks, width {}, patch {}, {} px input ({}x{} grid), {}",
-                vision.layers,
-                vision.width,
-                vision.patch_size,
-                vision.image_size,
-                vision.grid_size(),
-                vision.grid_size(),
-                vision.activation.name()
-            ),
-            format!(
-                "{} tensors applied ({}), {} ignored",
-                report.applied.len(),
-                report.tower_names(),
-                report.ignored.len()
-            ),
-            format!(
-                "{:.1} MB read in {:.1} s on {}",
-                report.file_bytes as f64 / 1e6,
-                started.elapsed().as_secs_f64(),
-                backend.device
-            ),
-        ],
-    };
-    Ok(LoadedWeights { summary, session })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_progress_and_result() {
-        let job: Job<i32> = Job::spawn(
-            "sum",
-            || {},
-            |ctx| {
-                ctx.progress(Some(0.5), "half");
-                Ok(1 + 1)
+impl Jobs {
+    /// What the panels show of the running jobs.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            weights: self.weights.as_ref().map(progress),
+            download: self.download.as_ref().map(progress),
+            scan: self.scan.as_ref().map(progress),
+            load: self.load.as_ref().map(progress),
+            model: self.model.as_ref().map(|m| (m.kind, progress(&m.job))),
+            results_save: self.results_save.as_ref().map(progress),
+            pacs: self.pacs.as_ref().map(|(kind, job)| (*kind, progress(job))),
+            project: match (&self.project_open, &self.project_save) {
+                (Some(job), _) => Some(progress(job)),
+                (None, Some(job)) => Some(progress(job)),
+                (None, None) => None,
             },
-        );
-        assert_eq!(job.wait(), JobStatus::Succeeded(2));
-    }
-
-    #[test]
-    fn partial_results_arrive_before_the_end() {
-        let (go, wait) = std::sync::mpsc::channel::<()>();
-        let mut job: Job<usize, u32> = Job::spawn(
-            "count",
-            || {},
-            move |ctx| {
-                ctx.emit(7);
-                let _ = wait.recv();
-                Ok(1)
-            },
-        );
-        let mut items = Vec::new();
-        for _ in 0..1000 {
-            assert!(matches!(job.poll(), JobStatus::Running { .. }));
-            items.extend(job.take_items());
-            if !items.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            dialog: self.dialog.is_some(),
+            session: self.session.is_some(),
         }
-        assert_eq!(items, vec![7]);
-        go.send(()).unwrap();
-        assert_eq!(job.wait(), JobStatus::Succeeded(1));
     }
 
-    #[test]
-    fn cancellation_is_reported_as_cancelled() {
-        let job: Job<()> = Job::spawn(
-            "spin",
-            || {},
-            |ctx| {
-                while !ctx.is_cancelled() {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err("cancelled".into())
-            },
-        );
-        job.cancel();
-        assert_eq!(job.wait(), JobStatus::Cancelled);
+    /// Whether a model job of `kind` runs.
+    pub fn model_running(&self, kind: crate::app::state::model::ModelJobKind) -> bool {
+        self.model.as_ref().is_some_and(|j| j.kind == kind)
     }
 
-    #[test]
-    fn a_panicking_worker_becomes_an_error() {
-        let job: Job<()> = Job::spawn("boom", || {}, |_| panic!("bad tensor"));
-        match job.wait() {
-            JobStatus::Failed(message) => assert!(message.contains("bad tensor"), "{message}"),
-            other => panic!("unexpected {other:?}"),
+    /// Asks the scan, loader and preview jobs to stop (they report when they have).
+    pub fn cancel_file_jobs(&self) {
+        if let Some(job) = &self.scan {
+            job.cancel();
         }
+        if let Some(job) = &self.load {
+            job.cancel();
+        }
+        if let Some(job) = &self.thumbnails {
+            job.cancel();
+        }
+    }
+
+    /// Shows `dialog` on a worker thread unless another dialog is open; its answer is applied
+    /// as an action when it comes.
+    pub fn ask(&mut self, dialog: dialogs::Dialog, ctx: &eframe::egui::Context) {
+        if self.dialog.is_none() {
+            self.dialog = Some(dialogs::show(dialog, runner::repaint(ctx)));
+        }
+    }
+
+    /// Copies the activity into `state` for the panels.
+    pub fn publish(&self, state: &mut AppState) {
+        state.activity = self.activity();
     }
 }

@@ -10,11 +10,11 @@ mod pacs;
 mod results;
 mod status;
 mod viewer;
+mod widgets;
 
 use eframe::egui;
 
-use crate::app::commands::Command;
-use crate::app::dispatch::Action;
+use crate::app::action::Action;
 use crate::app::state::AppState;
 use crate::app::state::viewer::SideTab;
 use crate::app::textures::Textures;
@@ -66,21 +66,4 @@ fn side_panel(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             SideTab::Model => model::show(ui, state, actions),
             SideTab::Results => results::show(ui, state, actions),
         });
-}
-
-/// A button that runs `command`, with its shortcut and tooltip.
-fn command_button(
-    ui: &mut egui::Ui,
-    command: Command,
-    actions: &mut Vec<Action>,
-) -> egui::Response {
-    let mut button = egui::Button::new(command.label());
-    if command.shortcut().is_some() {
-        button = button.shortcut_text(command.shortcut_text(ui.ctx()));
-    }
-    let response = ui.add(button).on_hover_text(command.tooltip());
-    if response.clicked() {
-        actions.push(Action::Run(command));
-    }
-    response
 }

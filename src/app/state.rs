@@ -1,6 +1,8 @@
-//! Application state: what is persisted between sessions (settings, recent files) and what
-//! lives while the app runs (opened studies, loaded images, labels, view, jobs). Only the UI
-//! thread touches it; only [`dispatch`](super::dispatch) changes it.
+//! Application state: plain data that panels read. What is persisted between sessions
+//! (settings, recent files) and what lives while the app runs (opened studies, loaded images,
+//! labels, view, results, and a summary of the running jobs). Only the UI thread touches it;
+//! only the handlers that [`dispatch`](super::dispatch) calls change it. The jobs themselves
+//! and the model session are the app object's machinery ([`super::jobs::Jobs`]).
 pub mod browser;
 pub mod labels;
 pub mod model;
@@ -8,22 +10,23 @@ pub mod pacs;
 pub mod project;
 pub mod viewer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::jobs::{Job, JobStatus, LoadedWeights};
 use crate::backend::BackendInfo;
 use crate::io::image::ImageStack;
 use crate::io::resample::Image8;
-use crate::io::study::ScanItem;
 use browser::Browser;
 use labels::{ImageKey, Labels};
 use model::ModelState;
 use project::Project;
 use viewer::{Display, Viewer};
+
+/// The application id: window title and the name of the data folder (settings, autosave).
+pub const APP_ID: &str = "MVFA Studio";
 
 /// How many recent files and folders the File menu lists.
 pub const RECENT_MAX: usize = 10;
@@ -84,14 +87,51 @@ pub enum WeightsStatus {
     },
 }
 
-/// A file read by the loader job: its pixels and content hash, or why it could not be read.
-pub type LoadedFile = (PathBuf, Result<(Arc<ImageStack>, String), String>);
-
-/// A browser preview made by the thumbnail job, or why the file could not be read.
-pub type Thumbnail = (PathBuf, Result<Arc<Image8>, String>);
-
 /// Side of the browser's previews, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 40;
+
+/// How far a running job is, as the panels show it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Progress {
+    /// What the job does.
+    pub title: String,
+    /// Share done, in 0..=1, or `None` when unknown.
+    pub fraction: Option<f32>,
+    /// The job's latest progress message.
+    pub message: String,
+}
+
+/// The running background jobs, copied from the app's jobs each frame for the panels.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Activity {
+    /// Loading the CLIP weights.
+    pub weights: Option<Progress>,
+    /// Downloading the CLIP weights.
+    pub download: Option<Progress>,
+    /// Reading opened files and folders.
+    pub scan: Option<Progress>,
+    /// Decoding images.
+    pub load: Option<Progress>,
+    /// The model job and what it does.
+    pub model: Option<(model::ModelJobKind, Progress)>,
+    /// Writing the project's results file.
+    pub results_save: Option<Progress>,
+    /// The PACS job and what it does.
+    pub pacs: Option<(pacs::PacsJobKind, Progress)>,
+    /// Opening or saving the project.
+    pub project: Option<Progress>,
+    /// A file dialog is open.
+    pub dialog: bool,
+    /// Weights are loaded and a model session is ready.
+    pub session: bool,
+}
+
+impl Activity {
+    /// Whether a model job of `kind` runs.
+    pub fn model_running(&self, kind: model::ModelJobKind) -> bool {
+        self.model.as_ref().is_some_and(|(k, _)| *k == kind)
+    }
+}
 
 /// Decoded pixels kept in memory by default (4 bytes a sample in modality units): 2 GiB, a
 /// 1000-slice 512 x 512 CT series, or 32 radiographs of 4k x 4k.
@@ -105,26 +145,14 @@ pub struct AppState {
     pub backend: BackendInfo,
     /// Where the CLIP weights stand.
     pub weights: WeightsStatus,
-    /// Downloads the public CLIP weights; `None` when no download runs.
-    pub download_job: Option<Job<PathBuf>>,
     /// Where the download comes from (the hub's ViT-L/14-336; tests point it elsewhere).
     pub download_source: crate::weights::download::DownloadSource,
     /// The Hugging Face cache the download goes to (`None`: the standard one).
     pub download_cache: Option<PathBuf>,
-    /// Loads the CLIP weights in the background; `None` when no load runs.
-    pub weights_job: Option<Job<LoadedWeights>>,
-    /// Reads opened files and folders; hands over each file as it is examined.
-    pub scan_job: Option<Job<(), ScanItem>>,
-    /// Decodes the pixels of the files the viewer needs, current one first.
-    pub load_job: Option<Job<(), LoadedFile>>,
-    /// The files the running loader was asked for.
-    pub load_queue: Vec<PathBuf>,
-    /// Makes the browser's previews once a scan has ended.
-    pub thumbnail_job: Option<Job<(), Thumbnail>>,
+    /// The running background jobs, for display.
+    pub activity: Activity,
     /// Browser previews that were made, by file.
     pub thumbnails: HashMap<PathBuf, Arc<Image8>>,
-    /// Files a thumbnail was attempted for (failures are not retried).
-    pub thumbnails_tried: HashSet<PathBuf>,
     /// The opened files, grouped into series and folders.
     pub browser: Browser,
     /// Decoded files, in modality units.
@@ -161,16 +189,10 @@ impl AppState {
             persisted,
             backend,
             weights: WeightsStatus::NotLoaded,
-            weights_job: None,
-            download_job: None,
             download_source: crate::weights::download::DownloadSource::vit_l14_336(),
             download_cache: None,
-            scan_job: None,
-            load_job: None,
-            load_queue: Vec::new(),
-            thumbnail_job: None,
+            activity: Activity::default(),
             thumbnails: HashMap::new(),
-            thumbnails_tried: HashSet::new(),
             browser: Browser::default(),
             images: HashMap::new(),
             image_budget: IMAGE_BUDGET,
@@ -181,7 +203,7 @@ impl AppState {
             model: ModelState::default(),
             pacs: pacs::PacsState::load(
                 crate::pacs::PacsSettings::default_path(),
-                eframe::storage_dir(crate::app::ui::APP_ID)
+                eframe::storage_dir(APP_ID)
                     .unwrap_or_else(std::env::temp_dir)
                     .join("pacs"),
             ),
@@ -189,107 +211,17 @@ impl AppState {
         }
     }
 
-    /// Starts loading `path` in the background, cancelling a load already running.
-    pub fn start_loading_weights(
-        &mut self,
-        path: PathBuf,
-        repaint: impl Fn() + Send + Sync + 'static,
-    ) {
-        if let Some(job) = self.weights_job.take() {
-            job.cancel();
-        }
-        self.model.detach();
-        let backend = self.backend.clone();
-        let job_path = path.clone();
-        self.weights_job = Some(Job::spawn("Loading CLIP weights", repaint, move |ctx| {
-            crate::app::jobs::load_weights(&job_path, &backend, ctx)
-        }));
-        self.weights = WeightsStatus::Loading {
-            path,
-            fraction: None,
-            message: "starting".into(),
-        };
-    }
-
-    /// Downloads the public ViT-L/14-336 weights into the Hugging Face cache (checked
-    /// against the hub's SHA-256), then loads them. Offline, the failure says to choose a
-    /// file instead.
-    pub fn start_downloading_weights(&mut self, repaint: impl Fn() + Send + Sync + 'static) {
-        if self.download_job.is_some() {
-            return;
-        }
-        let source = self.download_source.clone();
-        let cache = self.download_cache.clone();
-        self.download_job = Some(Job::spawn(
-            "Downloading CLIP weights",
-            repaint,
-            move |ctx| {
-                let mut report = |p: crate::weights::download::DownloadProgress| {
-                    let fraction = (p.total > 0).then(|| p.done as f32 / p.total as f32);
-                    ctx.progress(
-                        fraction,
-                        format!(
-                            "{} ({} of {}): {:.0} of {:.0} MB",
-                            p.file,
-                            p.index + 1,
-                            p.count,
-                            p.done as f64 / 1e6,
-                            p.total as f64 / 1e6
-                        ),
-                    );
-                };
-                crate::weights::download::download_weights(
-                    &source,
-                    cache.as_deref(),
-                    &mut report,
-                    ctx.cancel_flag(),
-                )
-                .map_err(|e| e.to_string())
-            },
-        ));
-    }
-
-    /// Applies the weights job's events to the state; call once per frame.
-    pub fn poll_jobs(&mut self) {
-        let Some(job) = self.weights_job.as_mut() else {
-            return;
-        };
-        let path = match &self.weights {
-            WeightsStatus::Loading { path, .. } => path.clone(),
-            _ => PathBuf::new(),
-        };
-        match job.poll() {
-            JobStatus::Running { fraction, message } => {
-                self.weights = WeightsStatus::Loading {
-                    path,
-                    fraction,
-                    message,
-                };
-            }
-            JobStatus::Succeeded(LoadedWeights { summary, session }) => {
-                self.model.attach(session);
-                self.persisted.weights_path = Some(summary.path.clone());
-                self.log.push(format!("Loaded {}", summary.path.display()));
-                self.weights = WeightsStatus::Loaded(summary);
-                self.weights_job = None;
-            }
-            JobStatus::Failed(message) => {
-                self.log.push(message.clone());
-                self.weights = WeightsStatus::Failed { path, message };
-                self.weights_job = None;
-            }
-            JobStatus::Cancelled => {
-                self.log.push("Loading the weights was cancelled".into());
-                self.weights = WeightsStatus::NotLoaded;
-                self.weights_job = None;
-            }
-        }
-    }
-
     /// The decoded stack of the current image, when loaded.
     pub fn current_stack(&self) -> Option<&Arc<ImageStack>> {
         let key = self.viewer.current.as_ref()?;
         self.images.get(&key.path)
+    }
+
+    /// Width and height of the current frame, when loaded.
+    pub fn current_size(&self) -> Option<(u32, u32)> {
+        let key = self.viewer.current.as_ref()?;
+        let frame = self.images.get(&key.path)?.frames.get(key.frame)?;
+        Some((frame.width, frame.height))
     }
 
     /// The display key of the file at `path` (series or file).
@@ -351,11 +283,6 @@ impl AppState {
                 .collect();
         }
         self.viewer.current.iter().cloned().collect()
-    }
-
-    /// Whether a background job other than the weights load is running.
-    pub fn busy(&self) -> bool {
-        self.scan_job.is_some() || self.load_job.is_some() || self.thumbnail_job.is_some()
     }
 
     /// Whether labels or masks changed since the last save.

@@ -1,24 +1,32 @@
-//! The eframe integration: [`StudioApp`] runs one frame as poll jobs -> shortcuts and dropped
-//! files -> draw (pure, pushes actions) -> dispatch.
+//! The eframe integration: [`StudioApp`] owns the state, the jobs and the textures, and runs
+//! one frame as poll jobs -> shortcuts and dropped files -> draw (pure, pushes actions) ->
+//! dispatch.
 use std::path::PathBuf;
+use std::time::Duration;
 
 use eframe::egui;
 
+use crate::app::action::Action;
 use crate::app::commands::Command;
-use crate::app::dispatch::{self, Action};
+use crate::app::dispatch;
+use crate::app::jobs::Jobs;
 use crate::app::panels;
-use crate::app::state::{AppState, PersistedState};
+use crate::app::state::{APP_ID, AppState, PersistedState};
 use crate::app::textures::Textures;
 
 const STORAGE_KEY: &str = "mvfa-studio-state";
-/// The application id: window title and the name of the data folder (settings, autosave).
-pub const APP_ID: &str = "MVFA Studio";
 
-/// The eframe application: the state, the textures and the actions waiting for the next
-/// frame.
+/// Overrides the autosave interval, in seconds (for tests and for sites that want it
+/// shorter than a minute).
+pub const AUTOSAVE_SECONDS_VAR: &str = "MVFA_STUDIO_AUTOSAVE_SECONDS";
+
+/// The eframe application: the state panels read, the jobs and machinery, the textures and
+/// the actions waiting for the next frame.
 pub struct StudioApp {
-    /// Everything the UI shows.
+    /// Everything the UI shows (plain data).
     pub state: AppState,
+    /// The background jobs and the model session.
+    pub jobs: Jobs,
     /// Textures the viewer draws, cached.
     pub textures: Textures,
     /// Actions to apply at the next frame (files from the command line, tests).
@@ -39,12 +47,17 @@ impl StudioApp {
             .unwrap_or_default();
         let autosave = eframe::storage_dir(APP_ID).map(|dir| dir.join("autosave.mvfa.json"));
         let mut app = Self::with_state(AppState::new(persisted, autosave));
+        if let Some(seconds) = std::env::var(AUTOSAVE_SECONDS_VAR)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+        {
+            app.state.project.autosave_every = Duration::from_secs_f64(seconds);
+        }
         if let Some(path) = clip.or_else(|| app.state.persisted.weights_path.clone())
             && path.exists()
         {
-            let ctx = cc.egui_ctx.clone();
-            app.state
-                .start_loading_weights(path, move || ctx.request_repaint());
+            app.pending.push(Action::LoadWeightsFrom(path));
         }
         if !paths.is_empty() {
             app.pending.push(Action::Open(paths));
@@ -57,15 +70,32 @@ impl StudioApp {
     pub fn with_state(state: AppState) -> Self {
         Self {
             state,
+            jobs: Jobs::default(),
             textures: Textures::default(),
             pending: Vec::new(),
         }
     }
 
+    /// Applies `action` at once (what a frame does with the actions of its panels).
+    pub fn apply(&mut self, action: Action, ctx: &egui::Context) {
+        dispatch::apply(&mut self.state, &mut self.jobs, action, ctx);
+        self.jobs.publish(&mut self.state);
+    }
+
+    /// Applies what the jobs reported (what each frame does first).
+    pub fn poll(&mut self, ctx: &egui::Context) {
+        dispatch::poll(&mut self.state, &mut self.jobs, ctx);
+    }
+
+    /// Finishes what must not be lost when the window closes (results file, autosave).
+    pub fn exit(&mut self) {
+        dispatch::on_exit(&mut self.state, &mut self.jobs);
+    }
+
     /// One frame: what eframe calls, and what UI tests drive.
     pub fn frame(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
-        dispatch::poll(&mut self.state, &ctx);
+        self.poll(&ctx);
         let mut actions = std::mem::take(&mut self.pending);
         actions.extend(shortcut_actions(&ctx, self.state.viewer.show_palette));
         let dropped: Vec<PathBuf> = ctx.input(|i| {
@@ -80,7 +110,7 @@ impl StudioApp {
         }
         panels::draw(ui, &self.state, &mut self.textures, &mut actions);
         for action in actions {
-            dispatch::apply(&mut self.state, action, &ctx);
+            self.apply(action, &ctx);
         }
     }
 }
@@ -95,7 +125,7 @@ impl eframe::App for StudioApp {
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
-        dispatch::on_exit(&mut self.state);
+        self.exit();
     }
 }
 

@@ -76,6 +76,28 @@ pub struct FitRequest {
     pub selection: SelectionSettings,
 }
 
+impl FitRequest {
+    /// The settings every fit starts from (the app's fits, the CLI's defaults): the quick
+    /// schedule for `organ`, Adam at 1e-3 with one image per step, seed 111, fresh adapters,
+    /// batches of 8 for the bank and calibration, segmentation for normal-only fits, the
+    /// default false-positive rate and model selection.
+    pub fn new(organ: &str) -> Self {
+        Self {
+            organ: organ.to_string(),
+            schedule: Schedule::Quick,
+            epochs: None,
+            learning_rate: 1e-3,
+            train_batch: 1,
+            seed: 111,
+            init: None,
+            batch_size: 8,
+            normal_only_task: TaskKind::Segmentation,
+            fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
+            selection: SelectionSettings::default(),
+        }
+    }
+}
+
 /// A finished fit.
 pub struct FittedDetector<B: Backend> {
     /// The detector with its memory bank and calibration.

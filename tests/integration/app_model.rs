@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use eframe::egui::{Key, Modifiers, vec2};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::action::Action;
 use mvfa_studio::app::commands::Command;
-use mvfa_studio::app::dispatch::{Action, score_queue};
+use mvfa_studio::app::handlers::model::score_queue;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::model::ModelJobKind;
 use mvfa_studio::app::state::viewer::SideTab;
@@ -105,7 +106,7 @@ fn press(h: &mut H, modifiers: Modifiers, key: Key) {
 
 fn idle_and_scored(s: &AppState, images: usize) -> bool {
     let m = &s.model;
-    m.job.is_none()
+    s.activity.model.is_none()
         && m.detector.is_some()
         && m.results.len() == images
         && m.results.values().all(|r| r.generation == m.generation)
@@ -120,16 +121,19 @@ fn app_model_label_train_review_correct_export_and_reopen() {
 
     // Weights load in the background into a session.
     h.state_mut()
-        .state
-        .start_loading_weights(fixture_dir("clip/hf/model.safetensors"), || {});
+        .pending
+        .push(Action::LoadWeightsFrom(fixture_dir(
+            "clip/hf/model.safetensors",
+        )));
+    h.step();
     wait_until(&mut h, "the weights", 60, |s| {
-        matches!(s.weights, WeightsStatus::Loaded(_)) && s.model.session.is_some()
+        matches!(s.weights, WeightsStatus::Loaded(_)) && s.activity.session
     });
     h.state_mut()
         .pending
         .push(Action::Open(vec![folder.clone()]));
     wait_until(&mut h, "the scan", 20, |s| {
-        s.scan_job.is_none() && s.browser.len() == images
+        s.activity.scan.is_none() && s.browser.len() == images
     });
 
     // Label shots: two normal, two abnormal with imported masks.
@@ -145,7 +149,9 @@ fn app_model_label_train_review_correct_export_and_reopen() {
             .push(Action::ImportMaskFrom(dir.path().join("masks").join(name)));
         h.step();
     }
-    assert_eq!(h.state().state.labels.counts().masks, 2);
+    wait_until(&mut h, "the imported masks", 20, |s| {
+        s.labels.counts().masks == 2
+    });
 
     // Before any training: the zero-shot adapters and the memory bank score the study.
     wait_until(&mut h, "the untrained detector and scores", 120, |s| {
@@ -167,10 +173,10 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     h.get_by_label_contains(Command::StartTraining.label())
         .click();
     h.step();
-    assert!(h.state().state.model.running(ModelJobKind::Train));
+    assert!(h.state().state.activity.model_running(ModelJobKind::Train));
     press(&mut h, Modifiers::NONE, Key::Escape);
     wait_until(&mut h, "the cancel", 60, |s| {
-        !s.model.running(ModelJobKind::Train)
+        !s.activity.model_running(ModelJobKind::Train)
     });
     assert!(
         h.state().state.model.training.status.contains("cancelled"),
@@ -184,7 +190,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     let generation = h.state().state.model.generation;
     press(&mut h, Modifiers::COMMAND, Key::T);
     wait_until(&mut h, "fine-tuning", 600, |s| {
-        !s.model.running(ModelJobKind::Train)
+        !s.activity.model_running(ModelJobKind::Train)
     });
     let model = &h.state().state.model;
     assert!(
@@ -224,7 +230,9 @@ fn app_model_label_train_review_correct_export_and_reopen() {
         h.state().state.log.iter().any(|l| l == &report.message),
         "the log tells the verdict"
     );
-    // The Model tab shows the verdict in plain words and, on request, every candidate.
+    // The Model tab shows the verdict in plain words and, on request, every candidate (once
+    // the study is rescored: a running job's progress bar keeps the UI repainting).
+    wait_until(&mut h, "the rescoring", 120, |s| idle_and_scored(s, images));
     h.run();
     h.get_by_label(&report.message);
     h.get_by_label("Validated candidates (35)").click();
@@ -332,7 +340,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     h.step();
     h.state_mut().pending.push(Action::StartExport);
     h.step();
-    wait_until(&mut h, "the export", 120, |s| s.model.job.is_none());
+    wait_until(&mut h, "the export", 120, |s| s.activity.model.is_none());
     let csv = std::fs::read_to_string(out.join("scores.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + images, "{csv}");
     for name in ["t3.overlay.png", "t3.heatmap.png", "t3.raw.safetensors"] {
@@ -346,11 +354,11 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     h.state_mut()
         .pending
         .push(Action::SaveProjectTo(project.clone()));
-    h.step();
-    // The results file is written by a background job, shown in the status bar.
-    assert!(h.state().state.model.results_save.is_some());
+    // The project file, then the results file and the detector, are written by background
+    // jobs.
+    wait_until(&mut h, "the project saved", 60, |s| !s.unsaved());
     wait_until(&mut h, "the detector and results saved", 60, |s| {
-        s.model.job.is_none() && !s.model.detector_unsaved && s.model.results_save.is_none()
+        s.activity.model.is_none() && !s.model.detector_unsaved && s.activity.results_save.is_none()
     });
     assert!(dir.path().join("study.detector.safetensors").is_file());
     assert!(dir.path().join("study.results.safetensors").is_file());
@@ -365,7 +373,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
             .push(Action::SaveProjectTo(path.clone()));
         h.step();
     }
-    mvfa_studio::app::dispatch::on_exit(&mut h.state_mut().state);
+    h.state_mut().exit();
     assert_eq!(
         std::fs::read(dir.path().join("copy.results.safetensors")).unwrap(),
         std::fs::read(dir.path().join("study.results.safetensors")).unwrap()
@@ -375,7 +383,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     let mut h = harness();
     h.state_mut().pending.push(Action::OpenProject(project));
     wait_until(&mut h, "the reopened project", 120, |s| {
-        s.model.detector.is_some() && s.model.job.is_none() && s.model.restore.is_none()
+        s.model.detector.is_some() && s.activity.model.is_none() && s.model.restore.is_none()
     });
     let s = &h.state().state;
     assert_eq!(s.labels.counts().abnormal, 3);
@@ -408,9 +416,12 @@ fn app_model_frame_times_while_training() {
     let folder = study(dir.path());
     let mut h = harness();
     h.state_mut()
-        .state
-        .start_loading_weights(fixture_dir("clip/hf/model.safetensors"), || {});
-    wait_until(&mut h, "the weights", 60, |s| s.model.session.is_some());
+        .pending
+        .push(Action::LoadWeightsFrom(fixture_dir(
+            "clip/hf/model.safetensors",
+        )));
+    h.step();
+    wait_until(&mut h, "the weights", 60, |s| s.activity.session);
     h.state_mut()
         .pending
         .push(Action::Open(vec![folder.clone()]));
@@ -435,7 +446,7 @@ fn app_model_frame_times_while_training() {
         let t = Instant::now();
         h.step();
         let dt = t.elapsed();
-        if h.state().state.model.running(ModelJobKind::Train)
+        if h.state().state.activity.model_running(ModelJobKind::Train)
             && !h.state().state.model.training.losses.is_empty()
         {
             times.push(dt);
@@ -468,7 +479,7 @@ fn app_model_scores_nearest_first_and_side_by_side_halves_the_panes() {
         .pending
         .push(Action::Open(vec![folder.clone()]));
     wait_until(&mut h, "the scan", 20, |s| {
-        s.scan_job.is_none() && s.browser.len() == 8
+        s.activity.scan.is_none() && s.browser.len() == 8
     });
     // Browser order: a0 a1 n0 n1 t0 t1 t2 t3.
     show(&mut h, &key(&folder, "n1.png"));

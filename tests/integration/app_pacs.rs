@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use eframe::egui::vec2;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::action::Action;
 use mvfa_studio::app::commands::Command;
-use mvfa_studio::app::dispatch::Action;
 use mvfa_studio::app::state::pacs::PacsState;
 use mvfa_studio::app::state::{AppState, PersistedState};
 use mvfa_studio::app::ui::StudioApp;
@@ -71,7 +71,7 @@ fn app_pacs_search_retrieve_and_send_results() {
     h.get_by_label("Search").click();
     h.step();
     wait_until(&mut h, "the search", |s| {
-        s.pacs.job.is_none() && !s.pacs.matches.is_empty()
+        s.activity.pacs.is_none() && !s.pacs.matches.is_empty()
     });
     assert_eq!(h.state().state.pacs.matches.len(), 1);
     let study = h.state().state.pacs.matches[0].study_uid.clone();
@@ -80,7 +80,7 @@ fn app_pacs_search_retrieve_and_send_results() {
     h.get_by_label("Retrieve").click();
     h.step();
     wait_until(&mut h, "the retrieval", |s| {
-        s.pacs.job.is_none() && s.scan_job.is_none() && s.browser.len() == 1
+        s.activity.pacs.is_none() && s.activity.scan.is_none() && s.browser.len() == 1
     });
     let retrieved = &h.state().state.browser.groups[0].items[0].path;
     assert!(retrieved.starts_with(dir.path().join("pacs").join(&study)));
@@ -103,7 +103,7 @@ fn app_pacs_search_retrieve_and_send_results() {
     h.state_mut().state.pacs.last_export_dicom = vec![files[1].clone()];
     h.state_mut().pending.push(Action::PacsSendResults);
     h.step();
-    wait_until(&mut h, "the send", |s| s.pacs.job.is_none());
+    wait_until(&mut h, "the send", |s| s.activity.pacs.is_none());
     assert!(
         h.state().state.pacs.status.starts_with("Sent 1"),
         "{}",
@@ -173,7 +173,7 @@ fn app_pacs_lists_a_studys_series_and_retrieves_one_series() {
     h.get_by_label("Search").click();
     h.step();
     wait_until(&mut h, "the search", |s| {
-        s.pacs.job.is_none() && !s.pacs.matches.is_empty()
+        s.activity.pacs.is_none() && !s.pacs.matches.is_empty()
     });
     let study = h.state().state.pacs.matches[0].study_uid.clone();
 
@@ -181,7 +181,7 @@ fn app_pacs_lists_a_studys_series_and_retrieves_one_series() {
     h.get_by_label("Series").click();
     h.step();
     wait_until(&mut h, "the series list", |s| {
-        s.pacs.job.is_none() && s.pacs.series.is_some()
+        s.activity.pacs.is_none() && s.pacs.series.is_some()
     });
     let (listed_study, series) = h.state().state.pacs.series.clone().unwrap();
     assert_eq!(listed_study, study);
@@ -203,7 +203,7 @@ fn app_pacs_lists_a_studys_series_and_retrieves_one_series() {
     h.step();
     let expected = per_series[&biggest];
     wait_until(&mut h, "the series retrieval", |s| {
-        s.pacs.job.is_none() && s.scan_job.is_none() && s.browser.len() == expected
+        s.activity.pacs.is_none() && s.activity.scan.is_none() && s.browser.len() == expected
     });
     let series_folder = dir.path().join("pacs").join(&study).join(&biggest);
     for group in &h.state().state.browser.groups {

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::action::Action;
 use mvfa_studio::app::commands::Command;
-use mvfa_studio::app::dispatch::Action;
 use mvfa_studio::app::panels::draw;
 use mvfa_studio::app::state::viewer::SideTab;
 use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
 use mvfa_studio::app::textures::Textures;
+use mvfa_studio::app::ui::StudioApp;
 
 fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,10 +18,24 @@ fn fixture(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn wait_for_load(state: &mut AppState) {
+/// An app on the CPU with no window, loading `weights`.
+fn app_loading(weights: PathBuf) -> (StudioApp, eframe::egui::Context) {
+    let mut app = StudioApp::with_state(AppState::new(
+        PersistedState {
+            force_cpu: true,
+            ..Default::default()
+        },
+        None,
+    ));
+    let ctx = eframe::egui::Context::default();
+    app.apply(Action::LoadWeightsFrom(weights), &ctx);
+    (app, ctx)
+}
+
+fn wait_for_load(app: &mut StudioApp, ctx: &eframe::egui::Context) {
     for _ in 0..2000 {
-        state.poll_jobs();
-        if !matches!(state.weights, WeightsStatus::Loading { .. }) {
+        app.poll(ctx);
+        if !matches!(app.state.weights, WeightsStatus::Loading { .. }) {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -57,15 +72,9 @@ fn shows_backend_device_and_weights_status() {
 
 #[test]
 fn loads_weights_in_the_background_and_reports_them() {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
-    state.start_loading_weights(fixture("clip/hf/model.safetensors"), || {});
-    wait_for_load(&mut state);
+    let (mut app, ctx) = app_loading(fixture("clip/hf/model.safetensors"));
+    wait_for_load(&mut app, &ctx);
+    let mut state = app.state;
     let WeightsStatus::Loaded(summary) = &state.weights else {
         panic!("expected a loaded status, got {:?}", state.weights);
     };
@@ -93,15 +102,9 @@ fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.safetensors");
     std::fs::write(&bad, b"this is not a safetensors file").unwrap();
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
-    state.start_loading_weights(bad.clone(), || {});
-    wait_for_load(&mut state);
+    let (mut app, ctx) = app_loading(bad.clone());
+    wait_for_load(&mut app, &ctx);
+    let state = app.state;
     let WeightsStatus::Failed { path, message } = &state.weights else {
         panic!("expected a failure, got {:?}", state.weights);
     };
@@ -128,27 +131,27 @@ fn offline_download_says_to_choose_a_file() {
     state.download_source.endpoint = Some(endpoint);
     let cache = tempfile::tempdir().unwrap();
     state.download_cache = Some(cache.path().to_path_buf());
-    let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(
-        |ui, state: &mut AppState| {
-            mvfa_studio::app::dispatch::poll(state, ui.ctx());
-            let mut actions = Vec::new();
-            draw(ui, state, &mut textures, &mut actions);
-        },
-        state,
+        |ui, app: &mut StudioApp| app.frame(ui),
+        StudioApp::with_state(state),
     );
-    harness.state_mut().start_downloading_weights(|| {});
+    harness
+        .state_mut()
+        .pending
+        .push(Action::Run(Command::DownloadWeights));
+    harness.step();
     for _ in 0..2000 {
         harness.step();
-        if harness.state().download_job.is_none() {
+        if harness.state().jobs.download.is_none() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let WeightsStatus::Failed { message, .. } = &harness.state().weights else {
-        panic!("expected a failure, got {:?}", harness.state().weights);
+    let state = &harness.state().state;
+    let WeightsStatus::Failed { message, .. } = &state.weights else {
+        panic!("expected a failure, got {:?}", state.weights);
     };
     assert!(message.contains("cannot be reached"), "{message}");
     assert!(message.contains("Open CLIP weights"), "{message}");
-    assert!(harness.state().model.session.is_none());
+    assert!(!state.activity.session);
 }

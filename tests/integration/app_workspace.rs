@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use eframe::egui::{self, Event, Key, Modifiers, PointerButton, Pos2, pos2, vec2};
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use mvfa_studio::app::dispatch::Action;
+use mvfa_studio::app::action::Action;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::viewer::Tool;
 use mvfa_studio::app::state::{AppState, PersistedState};
@@ -53,7 +53,7 @@ fn wait_until(h: &mut Harness<'static, StudioApp>, what: &str, done: impl Fn(&Ap
 fn open(h: &mut Harness<'static, StudioApp>, paths: Vec<PathBuf>) {
     h.state_mut().pending.push(Action::Open(paths));
     wait_until(h, "the scan and the first image", |s| {
-        s.scan_job.is_none() && s.current_stack().is_some()
+        s.activity.scan.is_none() && s.current_stack().is_some()
     });
 }
 
@@ -195,16 +195,14 @@ fn app_workspace_opens_a_dicomdir() {
         s.browser.unreadable
     );
     // Previews follow in the background, one per file.
-    wait_until(&mut h, "the previews", |s| {
-        s.thumbnail_job.is_none() && s.thumbnails.len() == 6
-    });
+    wait_until(&mut h, "the previews", |s| s.thumbnails.len() == 6);
 }
 
 #[test]
 fn app_workspace_window_zoom_and_frame_scrolling_on_a_ct_series() {
     let mut h = harness(app(None));
     open(&mut h, vec![fixture_dir("dicom/study_folder/sub")]);
-    wait_until(&mut h, "the whole series", |s| s.load_job.is_none());
+    wait_until(&mut h, "the whole series", |s| s.activity.load.is_none());
     let first = current(&h);
     assert!(first.path.ends_with("a.dcm"));
 
@@ -283,7 +281,7 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     let pngs = png_folder(dir.path(), 3);
     let mut h = harness(app(None));
     open(&mut h, vec![pngs.clone()]);
-    wait_until(&mut h, "the folder", |s| s.load_job.is_none());
+    wait_until(&mut h, "the folder", |s| s.activity.load.is_none());
     let img = |i: usize| ImageKey {
         path: pngs.join(format!("img{i}.png")),
         frame: 0,
@@ -360,7 +358,9 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
         .save(&drawn)
         .unwrap();
     h.state_mut().pending.push(Action::ImportMaskFrom(drawn));
-    h.step();
+    wait_until(&mut h, "the imported mask", |s| {
+        s.labels.mask(&img(1)).is_some_and(|m| m.count() == 16 * 48)
+    });
     assert_eq!(
         h.state().state.labels.mask(&img(1)).unwrap().count(),
         16 * 48
@@ -388,8 +388,7 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     h.state_mut()
         .pending
         .push(Action::SaveProjectTo(project.clone()));
-    h.step();
-    assert!(!h.state().state.unsaved());
+    wait_until(&mut h, "the save", |s| !s.unsaved());
     let text = std::fs::read_to_string(&project).unwrap();
     assert!(
         text.contains("\"label\": \"Abnormal\"") && text.contains("sha256"),
@@ -402,7 +401,7 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
         .pending
         .push(Action::OpenProject(project.clone()));
     wait_until(&mut h, "the project's studies", |s| {
-        s.scan_job.is_none() && s.current_stack().is_some()
+        s.activity.scan.is_none() && s.current_stack().is_some()
     });
     let s = &h.state().state;
     assert_eq!(s.labels.label(&img(0)), Some(Label::Normal));
@@ -421,7 +420,9 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     h.state_mut()
         .pending
         .push(Action::OpenProject(project.clone()));
-    wait_until(&mut h, "the project's studies", |s| s.scan_job.is_none());
+    wait_until(&mut h, "the project's studies", |s| {
+        s.activity.project.is_none() && s.activity.scan.is_none()
+    });
     let s = &h.state().state;
     assert_eq!(s.labels.label(&img(1)), None);
     assert!(s.labels.mask(&img(1)).is_none());
@@ -437,7 +438,9 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     h.state_mut()
         .pending
         .push(Action::OpenProject(project.clone()));
-    wait_until(&mut h, "the project's studies", |s| s.scan_job.is_none());
+    wait_until(&mut h, "the project's studies", |s| {
+        s.activity.project.is_none() && s.activity.scan.is_none()
+    });
     let s = &h.state().state;
     assert_eq!(s.project.set_aside.len(), 2);
     assert!(
@@ -453,6 +456,7 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
         .pending
         .push(Action::SaveProjectTo(project.clone()));
     h.step();
+    wait_until(&mut h, "the save", |s| s.activity.project.is_none());
     let text = std::fs::read_to_string(&project).unwrap();
     assert!(text.contains("set_aside") && text.contains("img0.png"));
 }
@@ -473,7 +477,9 @@ fn app_workspace_recovers_after_a_crash() {
         VIEWER,
         VIEWER + vec2(30.0, 30.0),
     );
-    h.step();
+    wait_until(&mut h, "the autosave", |s| {
+        s.project.autosaved_revision == s.labels.revision
+    });
     assert!(autosave.is_file(), "autosaved");
     let mask = h.state().state.labels.mask(&current(&h)).unwrap().clone();
     // A crash: the app goes away without its exit handler.
@@ -484,7 +490,7 @@ fn app_workspace_recovers_after_a_crash() {
     assert!(h.state().state.project.recovery.is_some());
     h.get_by_label("Recover").click();
     wait_until(&mut h, "the recovered studies", |s| {
-        s.scan_job.is_none() && s.current_stack().is_some()
+        s.activity.scan.is_none() && s.current_stack().is_some()
     });
     let s = &h.state().state;
     let key = ImageKey {
@@ -569,7 +575,7 @@ fn app_workspace_unreadable_file_is_reported_not_fatal() {
         fixture_dir("dicom/ct_rescale_windows.dcm"),
     ]));
     wait_until(&mut h, "the scan and loads", |s| {
-        s.scan_job.is_none() && s.load_job.is_none() && !s.browser.unreadable.is_empty()
+        s.activity.scan.is_none() && s.activity.load.is_none() && !s.browser.unreadable.is_empty()
     });
     let unreadable = &h.state().state.browser.unreadable;
     assert!(unreadable[0].0.ends_with("truncated.dcm"), "{unreadable:?}");
@@ -628,7 +634,7 @@ fn app_workspace_frame_times() {
     }
     let mut h = harness(app(None));
     open(&mut h, vec![series]);
-    wait_until(&mut h, "the series", |s| s.load_job.is_none());
+    wait_until(&mut h, "the series", |s| s.activity.load.is_none());
     assert_eq!(h.state().state.sequence().len(), slices);
     let down = |h: &mut Harness<'static, StudioApp>, _| h.key_press(Key::ArrowDown);
     let first = time_frames(&mut h, slices - 1, down);
@@ -712,7 +718,7 @@ fn app_workspace_opens_dropped_files_and_remembers_them() {
         .dropped_files
         .push(std::sync::Arc::new(Dropped(dropped.clone())));
     wait_until(&mut h, "the dropped file", |s| {
-        s.scan_job.is_none() && s.current_stack().is_some()
+        s.activity.scan.is_none() && s.current_stack().is_some()
     });
     assert_eq!(current(&h).path, dropped);
     assert_eq!(h.state().state.persisted.recent, vec![dropped.clone()]);
@@ -735,7 +741,7 @@ fn app_workspace_keeps_decoded_images_within_the_memory_budget() {
     // Room for two 64 x 48 images in modality units (4 bytes a sample).
     h.state_mut().state.image_budget = 2 * 64 * 48 * 4;
     open(&mut h, vec![pngs.clone()]);
-    wait_until(&mut h, "the loader to stop", |s| s.load_job.is_none());
+    wait_until(&mut h, "the loader to stop", |s| s.activity.load.is_none());
     let s = &h.state().state;
     assert!(s.images.len() <= 2, "{} images kept", s.images.len());
     assert!(s.current_stack().is_some(), "the current image stays");

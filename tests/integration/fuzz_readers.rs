@@ -13,7 +13,7 @@ use base64::Engine;
 use burn::backend::NdArray;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::project::{
-    self, FileEntry, LabelEntry, ModelEntry, Project, ProjectFile, SetAside,
+    self, FileEntry, LabelEntry, ModelEntry, ProjectFile, SetAside,
 };
 use mvfa_studio::app::state::viewer::{Display, Measurement};
 use mvfa_studio::io::dicom::load_dicom_bytes;
@@ -342,6 +342,7 @@ fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
 fn read_and_verify(path: &Path) {
     match project::read(path) {
         Err(e) => {
+            let e = e.to_string();
             assert!(
                 e.starts_with(&path.display().to_string()),
                 "the error names the file: {e}"
@@ -350,7 +351,7 @@ fn read_and_verify(path: &Path) {
             assert!(!e.contains('\n'), "one line: {e}");
         }
         Ok(file) => {
-            let verified = project::verify(&file, &mut Project::new(None));
+            let verified = project::verify(&file, &mut Default::default());
             for p in &verified.problems {
                 assert!(p.starts_with("mask of "), "the problem names the mask: {p}");
                 assert!(!p.contains('\n'), "one line: {p}");
@@ -431,7 +432,7 @@ fn project_reader_reports_bad_masks_and_missing_files_clearly() {
     project::write(&path, &file).unwrap();
     let read = project::read(&path).unwrap();
     assert_eq!(read, file);
-    let verified = project::verify(&read, &mut Project::new(None));
+    let verified = project::verify(&read, &mut Default::default());
     assert_eq!(verified.masks.len(), 1, "{:?}", verified.problems);
     assert_eq!(verified.problems.len(), 2, "{:?}", verified.problems);
     for p in &verified.problems {
@@ -439,7 +440,7 @@ fn project_reader_reports_bad_masks_and_missing_files_clearly() {
     }
     // The labelled files and the set-aside entry survive; a missing file is set aside.
     std::fs::remove_file(dir.path().join("a.png")).unwrap();
-    let verified = project::verify(&read, &mut Project::new(None));
+    let verified = project::verify(&read, &mut Default::default());
     assert_eq!(verified.set_aside.len(), 2);
     assert!(verified.set_aside[1].reason.starts_with("missing"));
     // Not a project, a newer version, a missing file: one-line errors naming the file.
@@ -455,10 +456,12 @@ fn project_reader_reports_bad_masks_and_missing_files_clearly() {
         (&b"[1, 2"[..], "not a project file"),
     ] {
         std::fs::write(&path, bytes).unwrap();
-        let e = project::read(&path).unwrap_err();
+        let e = project::read(&path).unwrap_err().to_string();
         assert!(e.contains(what), "{e}");
         read_and_verify(&path);
     }
-    let e = project::read(&dir.path().join("none.json")).unwrap_err();
+    let e = project::read(&dir.path().join("none.json"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("No such file"), "{e}");
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod app_model;
 mod app_pacs;
+mod app_project;
 mod app_ui;
 mod app_workspace;
 mod augment;

@@ -3,7 +3,7 @@
 //! that could not be read with the reason.
 use eframe::egui::{self, RichText};
 
-use crate::app::dispatch::{Action, SelectMode};
+use crate::app::action::{Action, SelectMode};
 use crate::app::state::AppState;
 use crate::app::state::browser::{Group, GroupKind};
 use crate::app::state::labels::Label;
@@ -121,11 +121,21 @@ fn group_items(
         .id_salt(("group", index))
         .default_open(current_group == Some(index) || group.items.len() <= 50)
         .show(ui, |ui| {
+            let side = crate::app::state::THUMBNAIL_SIDE as f32;
             for item in &group.items {
+                // Rows scrolled out of sight only take their room: a series of hundreds of
+                // slices costs what the rows on screen cost.
+                let row = egui::Rect::from_min_size(
+                    ui.cursor().min,
+                    egui::vec2(ui.available_width(), side),
+                );
+                if !ui.is_rect_visible(row) {
+                    ui.allocate_space(row.size());
+                    continue;
+                }
                 let selected =
                     state.selection.contains(&item.path) || current_path == Some(&item.path);
                 ui.horizontal(|ui| {
-                    let side = crate::app::state::THUMBNAIL_SIDE as f32;
                     match state.thumbnails.get(&item.path) {
                         Some(image) => {
                             let texture = textures.thumbnail(ui.ctx(), &item.path, image);
@@ -172,7 +182,7 @@ fn badge(ui: &mut egui::Ui, state: &AppState, path: &std::path::Path) {
     let masked = state
         .labels
         .masks()
-        .any(|(k, m)| k.path == path && m.count() > 0);
+        .any(|(k, m)| k.path == path && crate::app::state::labels::has_lesion(m));
     let text = match (normal, abnormal) {
         (0, 0) => String::new(),
         (1, 0) => "N".into(),

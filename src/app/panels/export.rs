@@ -3,7 +3,7 @@
 //! shown before anything is written.
 use eframe::egui::{self, RichText};
 
-use crate::app::dispatch::Action;
+use crate::app::action::Action;
 use crate::app::state::AppState;
 use crate::app::state::model::{ExportDialog, ExportScope};
 use crate::io::export::dicom_sc::Dates;

@@ -3,8 +3,8 @@
 //! the unsaved work of a session that ended without saving.
 use eframe::egui::{self, RichText};
 
+use crate::app::action::Action;
 use crate::app::commands::{Command, Menu};
-use crate::app::dispatch::Action;
 use crate::app::state::AppState;
 use crate::io::image::MetadataNode;
 

@@ -3,9 +3,9 @@
 //! their files moved or changed.
 use eframe::egui::{self, RichText};
 
-use super::command_button;
+use super::widgets::command_button;
+use crate::app::action::Action;
 use crate::app::commands::Command;
-use crate::app::dispatch::Action;
 use crate::app::state::AppState;
 use crate::app::state::viewer::{Tool, presets};
 

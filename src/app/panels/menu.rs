@@ -1,9 +1,9 @@
 //! The menu bar: one menu per [`Menu`], listing its commands; File also lists recent files.
 use eframe::egui;
 
-use super::command_button;
+use super::widgets::command_button;
+use crate::app::action::Action;
 use crate::app::commands::{Command, Menu};
-use crate::app::dispatch::Action;
 use crate::app::state::AppState;
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {

@@ -4,9 +4,9 @@
 use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
-use super::command_button;
+use super::widgets::command_button;
+use crate::app::action::Action;
 use crate::app::commands::Command;
-use crate::app::dispatch::Action;
 use crate::app::state::model::{ModelJobKind, ORGAN_PRESETS};
 use crate::app::state::{AppState, WeightsStatus};
 use crate::model::mvfa::detector::TaskKind;
@@ -41,8 +41,8 @@ fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         }
     });
     ui.label(RichText::new("CLIP weights").strong());
-    if let Some(job) = &state.download_job {
-        let (fraction, message) = job.progress();
+    if let Some(job) = &state.activity.download {
+        let (fraction, message) = (job.fraction, &job.message);
         let bar = match fraction {
             Some(f) => egui::ProgressBar::new(f).show_percentage(),
             None => egui::ProgressBar::new(0.0).animate(true),
@@ -138,7 +138,7 @@ fn detector(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.label(RichText::new("Detector").strong());
     let model = &state.model;
     match &model.detector {
-        None if model.session.is_none() => {
+        None if !state.activity.session => {
             ui.label("Load the CLIP weights first.");
         }
         None => {
@@ -221,15 +221,14 @@ fn detector(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         command_button(ui, Command::ImportAdapters, actions);
         command_button(ui, Command::SaveDetector, actions);
     });
-    if let Some(job) = &model.job
-        && job.kind != ModelJobKind::Train
+    if let Some((kind, job)) = &state.activity.model
+        && *kind != ModelJobKind::Train
     {
-        let (fraction, message) = job.job.progress();
-        let bar = match fraction {
+        let bar = match job.fraction {
             Some(f) => egui::ProgressBar::new(f),
             None => egui::ProgressBar::new(0.0).animate(true),
         };
-        ui.add(bar.text(format!("{}: {message}", job.kind.title())));
+        ui.add(bar.text(format!("{}: {}", kind.title(), job.message)));
     }
     if let Some(error) = &model.error {
         ui.colored_label(ui.visuals().error_fg_color, error);
@@ -346,9 +345,9 @@ fn training(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             }
         }
     });
-    let training = model.running(ModelJobKind::Train);
+    let training = state.activity.model_running(ModelJobKind::Train);
     ui.horizontal(|ui| {
-        ui.add_enabled_ui(!training && model.session.is_some(), |ui| {
+        ui.add_enabled_ui(!training && state.activity.session, |ui| {
             command_button(ui, Command::StartTraining, actions);
         });
         if training

@@ -3,7 +3,7 @@
 //! the last export's results back.
 use eframe::egui::{self, RichText};
 
-use crate::app::dispatch::Action;
+use crate::app::action::Action;
 use crate::app::state::AppState;
 use crate::app::state::pacs::QueryForm;
 
@@ -93,13 +93,12 @@ fn contents(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             actions.push(Action::PacsSendResults);
         }
     });
-    if let Some((_, job)) = &pacs.job {
-        let (fraction, message) = job.progress();
-        let bar = match fraction {
+    if let Some((_, job)) = &state.activity.pacs {
+        let bar = match job.fraction {
             Some(f) => egui::ProgressBar::new(f),
             None => egui::ProgressBar::new(0.0).animate(true),
         };
-        ui.add(bar.text(message));
+        ui.add(bar.text(&job.message));
     }
     if !pacs.status.is_empty() {
         ui.label(&pacs.status);

@@ -4,9 +4,9 @@
 use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Bar, BarChart, Plot, VLine};
 
-use super::command_button;
+use super::widgets::command_button;
+use crate::app::action::Action;
 use crate::app::commands::Command;
-use crate::app::dispatch::Action;
 use crate::app::state::AppState;
 use crate::app::state::labels::ImageKey;
 use crate::app::state::model::{ModelJobKind, ResultsView, Scored, SortColumn};
@@ -23,7 +23,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         .values()
         .filter(|s| s.generation == model.generation)
         .count();
-    ui.label(if model.running(ModelJobKind::Score) {
+    ui.label(if state.activity.model_running(ModelJobKind::Score) {
         format!("{current} image(s) scored by the current detector; scoring goes on")
     } else if model.scoring_paused {
         format!("{total} image(s) scored; scoring paused (Escape) until the detector changes")

@@ -2,8 +2,8 @@
 //! counts, whether work is unsaved, and the last message.
 use eframe::egui;
 
+use crate::app::action::Action;
 use crate::app::commands::Command;
-use crate::app::dispatch::Action;
 use crate::app::state::{AppState, WeightsStatus};
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -22,28 +22,20 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         };
         ui.label(weights);
         ui.separator();
+        let activity = &state.activity;
         let jobs = [
-            state
-                .scan_job
-                .as_ref()
-                .map(|j| (j.title.as_str(), j.progress())),
-            state
-                .load_job
-                .as_ref()
-                .map(|j| (j.title.as_str(), j.progress())),
-            state
-                .model
-                .job
-                .as_ref()
-                .map(|j| (j.job.title.as_str(), j.job.progress())),
+            activity.scan.as_ref(),
+            activity.load.as_ref(),
+            activity.model.as_ref().map(|(_, p)| p),
+            activity.project.as_ref(),
         ];
-        for (title, (fraction, message)) in jobs.into_iter().flatten() {
-            ui.label(title);
-            let bar = match fraction {
+        for progress in jobs.into_iter().flatten() {
+            ui.label(&progress.title);
+            let bar = match progress.fraction {
                 Some(f) => egui::ProgressBar::new(f),
                 None => egui::ProgressBar::new(0.0).animate(true),
             };
-            ui.add(bar.desired_width(120.0).text(message));
+            ui.add(bar.desired_width(120.0).text(&progress.message));
             if ui
                 .small_button("Cancel")
                 .on_hover_text(Command::CancelJob.tooltip())
@@ -54,13 +46,13 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
             ui.separator();
         }
         // Writing the results file is not cancellable (a project save must finish): no button.
-        if let Some(job) = &state.model.results_save {
+        if let Some(job) = &state.activity.results_save {
             ui.label(&job.title);
             ui.add(
                 egui::ProgressBar::new(0.0)
                     .animate(true)
                     .desired_width(120.0)
-                    .text(job.progress().1),
+                    .text(&job.message),
             );
             ui.separator();
         }

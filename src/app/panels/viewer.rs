@@ -5,7 +5,7 @@
 //! drag (or left drag with the pan tool) pans, left drag uses the tool.
 use eframe::egui::{self, Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, Vec2, pos2, vec2};
 
-use crate::app::dispatch::Action;
+use crate::app::action::Action;
 use crate::app::state::AppState;
 use crate::app::state::labels::ImageKey;
 use crate::app::state::viewer::Tool;
@@ -33,83 +33,20 @@ pub fn show(
     textures: &mut Textures,
     actions: &mut Vec<Action>,
 ) {
-    let sequence = state.sequence();
-    let position = state
-        .viewer
-        .current
-        .as_ref()
-        .and_then(|k| sequence.iter().position(|s| s == k));
-    if let Some(at) = position.filter(|_| sequence.len() > 1) {
-        ui.horizontal(|ui| {
-            ui.add_space(6.0);
-            ui.label(
-                egui::RichText::new(format!("Frame {}/{}", at + 1, sequence.len()))
-                    .color(Color32::LIGHT_GRAY),
-            );
-            let mut index = at;
-            ui.spacing_mut().slider_width = (ui.available_width() - 20.0).max(50.0);
-            if ui
-                .add(egui::Slider::new(&mut index, 0..=sequence.len() - 1).show_value(false))
-                .on_hover_text("Frame / slice (arrows, Page Up/Down, Shift+wheel)")
-                .changed()
-            {
-                actions.push(Action::GoTo(index));
-            }
-        });
-    }
+    frame_slider(ui, state, actions);
     let (response, painter) = ui.allocate_painter(ui.available_size(), Sense::click_and_drag());
-    let rect = response.rect;
     // Side by side: the image on the left, the image with its heatmap on the right; both
     // panes share zoom and pan.
     let side_by_side = state.model.view.side_by_side;
-    let panes: Vec<Rect> = if side_by_side {
-        let (left, right) = rect.split_left_right_at_fraction(0.5);
-        vec![left.shrink2(vec2(1.0, 0.0)), right.shrink2(vec2(1.0, 0.0))]
-    } else {
-        vec![rect]
-    };
+    let panes = panes_of(response.rect, side_by_side);
     let viewport = [panes[0].width(), panes[0].height()];
     if viewport != state.viewer.viewport {
         actions.push(Action::Viewport(viewport));
     }
-    let hovering_files = ui.input(|i| !i.raw.hovered_files.is_empty());
-    let message = |text: &str| {
-        painter.text(
-            rect.center(),
-            Align2::CENTER_CENTER,
-            text,
-            FontId::proportional(16.0),
-            Color32::GRAY,
-        );
-    };
-    if hovering_files {
-        message("Drop to open");
-        return;
-    }
-    let Some(key) = state.viewer.current.clone() else {
-        message("Open files or a folder (Ctrl+O, Ctrl+Shift+O) or drop them here");
+    let Some(shown) = shown(ui, state, &painter, response.rect) else {
         return;
     };
-    let Some(stack) = state.images.get(&key.path) else {
-        match state
-            .browser
-            .unreadable
-            .iter()
-            .find(|(p, _)| *p == key.path)
-        {
-            Some((_, reason)) => message(&format!("Cannot show this file: {reason}")),
-            None => message("Loading…"),
-        }
-        return;
-    };
-    let Some(frame) = stack.frames.get(key.frame) else {
-        message("Loading…");
-        return;
-    };
-    let Some(display) = state.display_for(&key.path) else {
-        message("No window for this image");
-        return;
-    };
+    let frame = &shown.stack.frames[shown.key.frame];
     let size = [frame.width, frame.height];
     let zoom = state.viewer.effective_zoom(size);
     let pan = if state.viewer.fit {
@@ -128,58 +65,200 @@ pub fn show(
             pane,
         }
     };
-    let ctx = ui.ctx().clone();
-    let factor = reduction_for(zoom * ctx.pixels_per_point());
-    let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
-    let heat = heatmap_of(state, &key);
+    let heat = heatmap_of(state, &shown.key);
     let pointer = response.hover_pos().or(response.interact_pointer_pos());
     let active = panes
         .iter()
         .position(|p| pointer.is_some_and(|q| p.contains(q)))
         .unwrap_or(0);
     for (index, &pane) in panes.iter().enumerate() {
-        let view = view_of(pane);
-        let painter = painter.with_clip_rect(pane);
-        let top_left = view.to_image(pane.min);
-        let bottom_right = view.to_image(pane.max);
-        let visible = [top_left[0], top_left[1], bottom_right[0], bottom_right[1]];
-        for tile in textures.image_tiles(&ctx, stack, &key, factor, &display, visible) {
-            let [x0, y0, x1, y1] = tile.rect;
-            let screen = Rect::from_min_max(view.to_screen([x0, y0]), view.to_screen([x1, y1]));
-            painter.image(tile.texture.id(), screen, uv, Color32::WHITE);
-        }
-        if let Some(mask) = state.labels.mask(&key) {
-            let max_side = ctx.input(|i| i.max_texture_side);
-            let texture = textures.mask(&ctx, &key, state.labels.revision, mask, factor, max_side);
-            painter.image(texture.id(), view.image_rect, uv, Color32::WHITE);
-        }
         let with_heatmap = if side_by_side {
             index == 1
         } else {
             state.model.view.show_heatmap
         };
-        if let (true, Some(heat)) = (with_heatmap, &heat) {
-            draw_heatmap(&painter, state, textures, &ctx, heat, &view);
-        }
-        let hover = pointer.filter(|_| index == active);
-        if index == 0 || hover.is_some() {
-            overlays(
-                &painter,
-                pane,
-                state,
-                stack,
-                &key,
-                &view,
-                &display.window,
-                hover,
-                heat.as_ref(),
-            );
-        }
-        if index == active {
-            tool_feedback(ui, &painter, state, &response, &view);
-        }
+        let pane = Pane {
+            view: view_of(pane),
+            heat: heat.as_ref().filter(|_| with_heatmap),
+            hover: pointer.filter(|_| index == active),
+            first: index == 0,
+            active: index == active,
+        };
+        draw_pane(
+            ui,
+            &painter,
+            state,
+            textures,
+            &shown,
+            &pane,
+            heat.as_ref(),
+            &response,
+        );
     }
     mouse(ui, state, &response, &view_of(panes[active]), pan, actions);
+}
+
+/// The frame slider above the image, for a series or multi-frame file.
+fn frame_slider(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let sequence = state.sequence();
+    let position = state
+        .viewer
+        .current
+        .as_ref()
+        .and_then(|k| sequence.iter().position(|s| s == k));
+    let Some(at) = position.filter(|_| sequence.len() > 1) else {
+        return;
+    };
+    ui.horizontal(|ui| {
+        ui.add_space(6.0);
+        ui.label(
+            egui::RichText::new(format!("Frame {}/{}", at + 1, sequence.len()))
+                .color(Color32::LIGHT_GRAY),
+        );
+        let mut index = at;
+        ui.spacing_mut().slider_width = (ui.available_width() - 20.0).max(50.0);
+        if ui
+            .add(egui::Slider::new(&mut index, 0..=sequence.len() - 1).show_value(false))
+            .on_hover_text("Frame / slice (arrows, Page Up/Down, Shift+wheel)")
+            .changed()
+        {
+            actions.push(Action::GoTo(index));
+        }
+    });
+}
+
+/// One pane, or two side by side.
+fn panes_of(rect: Rect, side_by_side: bool) -> Vec<Rect> {
+    if side_by_side {
+        let (left, right) = rect.split_left_right_at_fraction(0.5);
+        vec![left.shrink2(vec2(1.0, 0.0)), right.shrink2(vec2(1.0, 0.0))]
+    } else {
+        vec![rect]
+    }
+}
+
+/// The image the viewer shows: its key, decoded stack and display.
+struct Shown<'a> {
+    key: ImageKey,
+    stack: &'a ImageStack,
+    display: crate::app::state::viewer::Display,
+}
+
+/// What there is to show; else says why not in the middle of `rect` (drop target, nothing
+/// open, loading, unreadable) and gives `None`.
+fn shown<'a>(
+    ui: &egui::Ui,
+    state: &'a AppState,
+    painter: &egui::Painter,
+    rect: Rect,
+) -> Option<Shown<'a>> {
+    let message = |text: &str| {
+        painter.text(
+            rect.center(),
+            Align2::CENTER_CENTER,
+            text,
+            FontId::proportional(16.0),
+            Color32::GRAY,
+        );
+    };
+    if ui.input(|i| !i.raw.hovered_files.is_empty()) {
+        message("Drop to open");
+        return None;
+    }
+    let Some(key) = state.viewer.current.clone() else {
+        message("Open files or a folder (Ctrl+O, Ctrl+Shift+O) or drop them here");
+        return None;
+    };
+    let Some(stack) = state.images.get(&key.path) else {
+        match state
+            .browser
+            .unreadable
+            .iter()
+            .find(|(p, _)| *p == key.path)
+        {
+            Some((_, reason)) => message(&format!("Cannot show this file: {reason}")),
+            None => message("Loading…"),
+        }
+        return None;
+    };
+    if stack.frames.get(key.frame).is_none() {
+        message("Loading…");
+        return None;
+    }
+    let Some(display) = state.display_for(&key.path) else {
+        message("No window for this image");
+        return None;
+    };
+    Some(Shown {
+        key,
+        stack,
+        display,
+    })
+}
+
+/// How one pane is drawn.
+struct Pane<'a> {
+    view: View,
+    /// The heatmap, when this pane shows it.
+    heat: Option<&'a Heat>,
+    /// The pointer, when it is over this pane.
+    hover: Option<Pos2>,
+    /// The left (or only) pane, which always carries the overlays.
+    first: bool,
+    /// The pane the pointer is over, which shows the tool's feedback.
+    active: bool,
+}
+
+/// Draws one pane: the image tiles, the mask, the heatmap, the overlays and the tool.
+#[allow(clippy::too_many_arguments)] // the pieces of one frame's drawing, each distinct
+fn draw_pane(
+    ui: &egui::Ui,
+    painter: &egui::Painter,
+    state: &AppState,
+    textures: &mut Textures,
+    shown: &Shown,
+    pane: &Pane,
+    heat: Option<&Heat>,
+    response: &egui::Response,
+) {
+    let ctx = ui.ctx().clone();
+    let view = &pane.view;
+    let key = &shown.key;
+    let factor = reduction_for(view.zoom * ctx.pixels_per_point());
+    let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
+    let painter = painter.with_clip_rect(view.pane);
+    let top_left = view.to_image(view.pane.min);
+    let bottom_right = view.to_image(view.pane.max);
+    let visible = [top_left[0], top_left[1], bottom_right[0], bottom_right[1]];
+    for tile in textures.image_tiles(&ctx, shown.stack, key, factor, &shown.display, visible) {
+        let [x0, y0, x1, y1] = tile.rect;
+        let screen = Rect::from_min_max(view.to_screen([x0, y0]), view.to_screen([x1, y1]));
+        painter.image(tile.texture.id(), screen, uv, Color32::WHITE);
+    }
+    if let Some(mask) = state.labels.mask(key) {
+        let max_side = ctx.input(|i| i.max_texture_side);
+        let texture = textures.mask(&ctx, key, state.labels.revision, mask, factor, max_side);
+        painter.image(texture.id(), view.image_rect, uv, Color32::WHITE);
+    }
+    if let Some(heat) = pane.heat {
+        draw_heatmap(&painter, state, textures, &ctx, heat, view);
+    }
+    if pane.first || pane.hover.is_some() {
+        overlays(
+            &painter,
+            view.pane,
+            state,
+            shown.stack,
+            key,
+            view,
+            &shown.display.window,
+            pane.hover,
+            heat,
+        );
+    }
+    if pane.active {
+        tool_feedback(ui, &painter, state, response, view);
+    }
 }
 
 /// The map of the current image under the current display settings.
@@ -335,47 +414,8 @@ fn mouse(
     pan: [f32; 2],
     actions: &mut Vec<Action>,
 ) {
-    let rect = view.pane;
     if let Some(pointer) = response.hover_pos() {
-        let wheel: Vec<(Vec2, egui::Modifiers, egui::MouseWheelUnit)> = ui.input(|i| {
-            i.events
-                .iter()
-                .filter_map(|e| match e {
-                    egui::Event::MouseWheel {
-                        unit,
-                        delta,
-                        modifiers,
-                        ..
-                    } => Some((*delta, *modifiers, *unit)),
-                    _ => None,
-                })
-                .collect()
-        });
-        for (delta, modifiers, unit) in wheel {
-            // Notches: a line is one notch, 50 points about one.
-            let notches = match unit {
-                egui::MouseWheelUnit::Point => (delta.y + delta.x) / 50.0,
-                egui::MouseWheelUnit::Line => delta.y + delta.x,
-                egui::MouseWheelUnit::Page => (delta.y + delta.x) * 10.0,
-            };
-            if notches == 0.0 {
-                continue;
-            }
-            if modifiers.shift {
-                actions.push(Action::Step(if notches > 0.0 { -1 } else { 1 }));
-            } else if modifiers.command {
-                actions.push(Action::ScaleBrush(1.15f32.powf(notches)));
-            } else {
-                let new_zoom = view.zoom * 1.15f32.powf(notches);
-                // Keep the image point under the cursor where it is.
-                let offset = pointer - rect.center() - vec2(pan[0], pan[1]);
-                let new_pan = pointer - rect.center() - offset * (new_zoom / view.zoom);
-                actions.push(Action::SetView {
-                    zoom: new_zoom,
-                    pan: [new_pan.x, new_pan.y],
-                });
-            }
-        }
+        wheel(ui, view, pointer, pan, actions);
     }
     let delta = response.drag_delta();
     if response.dragged_by(egui::PointerButton::Secondary)
@@ -403,58 +443,194 @@ fn mouse(
             pan: [pan[0] + delta.x, pan[1] + delta.y],
         });
     }
-    let primary_pos = response.interact_pointer_pos();
     match state.viewer.tool {
-        Tool::Brush | Tool::Eraser => {
-            if let Some(p) = primary_pos
-                && (response.dragged_by(egui::PointerButton::Primary)
-                    || response.clicked_by(egui::PointerButton::Primary))
-            {
-                let from = if response.drag_started_by(egui::PointerButton::Primary)
-                    || response.clicked()
-                {
-                    p
-                } else {
-                    p - delta
-                };
-                actions.push(Action::Paint {
-                    from: view.to_image(from),
-                    to: view.to_image(p),
-                });
-            }
-            if response.drag_stopped_by(egui::PointerButton::Primary)
-                || response.clicked_by(egui::PointerButton::Primary)
-            {
-                actions.push(Action::EndStroke);
-            }
-        }
-        Tool::Fill | Tool::Measure => {
-            let id = response.id.with("outline");
-            if response.dragged_by(egui::PointerButton::Primary)
-                && let Some(p) = primary_pos
-            {
-                let q = view.to_image(p);
-                let started = response.drag_started_by(egui::PointerButton::Primary);
-                ui.ctx().data_mut(|d| {
-                    let points: &mut Vec<[f32; 2]> = d.get_temp_mut_or_default(id);
-                    if started {
-                        points.clear();
-                    }
-                    points.push(q);
-                });
-            }
-            if response.drag_stopped_by(egui::PointerButton::Primary) {
-                let points: Vec<[f32; 2]> =
-                    ui.ctx().data_mut(|d| d.remove_temp(id).unwrap_or_default());
-                if state.viewer.tool == Tool::Fill {
-                    actions.push(Action::FillOutline(points));
-                } else if let (Some(&from), Some(&to)) = (points.first(), points.last()) {
-                    actions.push(Action::Measure { from, to });
-                }
-            }
-        }
+        Tool::Brush | Tool::Eraser => brush(response, view, actions),
+        Tool::Fill | Tool::Measure => outline(ui, state, response, view, actions),
         Tool::Navigate => {}
     }
+}
+
+/// The wheel: zoom about the cursor, Shift scrolls frames, Ctrl sizes the brush.
+fn wheel(ui: &egui::Ui, view: &View, pointer: Pos2, pan: [f32; 2], actions: &mut Vec<Action>) {
+    let rect = view.pane;
+    let wheel: Vec<(Vec2, egui::Modifiers, egui::MouseWheelUnit)> = ui.input(|i| {
+        i.events
+            .iter()
+            .filter_map(|e| match e {
+                egui::Event::MouseWheel {
+                    unit,
+                    delta,
+                    modifiers,
+                    ..
+                } => Some((*delta, *modifiers, *unit)),
+                _ => None,
+            })
+            .collect()
+    });
+    for (delta, modifiers, unit) in wheel {
+        // Notches: a line is one notch, 50 points about one.
+        let notches = match unit {
+            egui::MouseWheelUnit::Point => (delta.y + delta.x) / 50.0,
+            egui::MouseWheelUnit::Line => delta.y + delta.x,
+            egui::MouseWheelUnit::Page => (delta.y + delta.x) * 10.0,
+        };
+        if notches == 0.0 {
+            continue;
+        }
+        if modifiers.shift {
+            actions.push(Action::Step(if notches > 0.0 { -1 } else { 1 }));
+        } else if modifiers.command {
+            actions.push(Action::ScaleBrush(1.15f32.powf(notches)));
+        } else {
+            let new_zoom = view.zoom * 1.15f32.powf(notches);
+            // Keep the image point under the cursor where it is.
+            let offset = pointer - rect.center() - vec2(pan[0], pan[1]);
+            let new_pan = pointer - rect.center() - offset * (new_zoom / view.zoom);
+            actions.push(Action::SetView {
+                zoom: new_zoom,
+                pan: [new_pan.x, new_pan.y],
+            });
+        }
+    }
+}
+
+/// Brush and eraser: each drag segment paints; releasing ends the stroke (one undo step).
+fn brush(response: &egui::Response, view: &View, actions: &mut Vec<Action>) {
+    let delta = response.drag_delta();
+    if let Some(p) = response.interact_pointer_pos()
+        && (response.dragged_by(egui::PointerButton::Primary)
+            || response.clicked_by(egui::PointerButton::Primary))
+    {
+        let from = if response.drag_started_by(egui::PointerButton::Primary) || response.clicked() {
+            p
+        } else {
+            p - delta
+        };
+        actions.push(Action::Paint {
+            from: view.to_image(from),
+            to: view.to_image(p),
+        });
+    }
+    if response.drag_stopped_by(egui::PointerButton::Primary)
+        || response.clicked_by(egui::PointerButton::Primary)
+    {
+        actions.push(Action::EndStroke);
+    }
+}
+
+/// Fill and measure: the drag's points are kept until release, then filled or measured.
+fn outline(
+    ui: &egui::Ui,
+    state: &AppState,
+    response: &egui::Response,
+    view: &View,
+    actions: &mut Vec<Action>,
+) {
+    let id = response.id.with("outline");
+    if response.dragged_by(egui::PointerButton::Primary)
+        && let Some(p) = response.interact_pointer_pos()
+    {
+        let q = view.to_image(p);
+        let started = response.drag_started_by(egui::PointerButton::Primary);
+        ui.ctx().data_mut(|d| {
+            let points: &mut Vec<[f32; 2]> = d.get_temp_mut_or_default(id);
+            if started {
+                points.clear();
+            }
+            points.push(q);
+        });
+    }
+    if response.drag_stopped_by(egui::PointerButton::Primary) {
+        let points: Vec<[f32; 2]> = ui.ctx().data_mut(|d| d.remove_temp(id).unwrap_or_default());
+        if state.viewer.tool == Tool::Fill {
+            actions.push(Action::FillOutline(points));
+        } else if let (Some(&from), Some(&to)) = (points.first(), points.last()) {
+            actions.push(Action::Measure { from, to });
+        }
+    }
+}
+
+/// What is under the cursor at `p`: position, pixel value, the map's value and the patient
+/// coordinates in mm where the file gives its geometry; `None` outside the image.
+fn pixel_readout(
+    stack: &ImageStack,
+    key: &ImageKey,
+    view: &View,
+    p: Pos2,
+    heat: Option<&Heat>,
+    unit: &str,
+) -> Option<String> {
+    let frame = stack.frames.get(key.frame)?;
+    let q = view.to_image(p);
+    if q[0] < 0.0 || q[1] < 0.0 {
+        return None;
+    }
+    let (x, y) = (q[0] as u32, q[1] as u32);
+    let value = frame
+        .pixel(x, y)?
+        .iter()
+        .map(|v| format!("{v:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!("x {x}  y {y}   {value}{unit}");
+    if let Some(heat) = heat {
+        let s = heat.size as f32;
+        let v = sample(
+            &heat.map.values,
+            heat.size,
+            q[0] * s / stack_width(stack, key),
+            q[1] * s / stack_height(stack, key),
+        );
+        text.push_str(&format!("   {}: {v:.2}", heat.key.layer.label()));
+    }
+    if let (Some(o), Some(Some(origin)), Some([row, col])) = (
+        stack.info.image_orientation,
+        stack.info.frame_positions.get(key.frame),
+        stack.info.pixel_spacing,
+    ) {
+        let (fx, fy) = (x as f64 * col, y as f64 * row);
+        let mm: Vec<String> = (0..3)
+            .map(|a| format!("{:.1}", origin[a] + fx * o[a] + fy * o[3 + a]))
+            .collect();
+        text.push_str(&format!("\n({}) mm", mm.join(", ")));
+    }
+    Some(text)
+}
+
+/// The patient directions at the four edges (R/L, A/P, H/F), where the file gives them.
+fn orientation_labels(painter: &egui::Painter, rect: Rect, stack: &ImageStack, margin: f32) {
+    let Some([left, right, top, bottom]) = stack.info.orientation_labels() else {
+        return;
+    };
+    let big = FontId::proportional(16.0);
+    painter.text(
+        pos2(rect.left() + margin, rect.center().y),
+        Align2::LEFT_CENTER,
+        left,
+        big.clone(),
+        OVERLAY,
+    );
+    painter.text(
+        pos2(rect.right() - margin, rect.center().y),
+        Align2::RIGHT_CENTER,
+        right,
+        big.clone(),
+        OVERLAY,
+    );
+    painter.text(
+        pos2(rect.center().x, rect.top() + margin),
+        Align2::CENTER_TOP,
+        top,
+        big.clone(),
+        OVERLAY,
+    );
+    painter.text(
+        pos2(rect.center().x, rect.bottom() - margin),
+        Align2::CENTER_BOTTOM,
+        bottom,
+        big,
+        OVERLAY,
+    );
 }
 
 /// The brush circle, the outline being drawn, the measurement being dragged.
@@ -544,80 +720,17 @@ fn overlays(
         OVERLAY,
     );
     if let Some(p) = hover
-        && let Some(frame) = stack.frames.get(key.frame)
+        && let Some(text) = pixel_readout(stack, key, view, p, heat, unit)
     {
-        let q = view.to_image(p);
-        if q[0] >= 0.0 && q[1] >= 0.0 {
-            let (x, y) = (q[0] as u32, q[1] as u32);
-            if let Some(value) = frame.pixel(x, y) {
-                let value = value
-                    .iter()
-                    .map(|v| format!("{v:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let mut text = format!("x {x}  y {y}   {value}{unit}");
-                if let Some(heat) = heat {
-                    let s = heat.size as f32;
-                    let v = sample(
-                        &heat.map.values,
-                        heat.size,
-                        q[0] * s / stack_width(stack, key),
-                        q[1] * s / stack_height(stack, key),
-                    );
-                    text.push_str(&format!("   {}: {v:.2}", heat.key.layer.label()));
-                }
-                if let (Some(o), Some(Some(origin)), Some([row, col])) = (
-                    stack.info.image_orientation,
-                    stack.info.frame_positions.get(key.frame),
-                    stack.info.pixel_spacing,
-                ) {
-                    let (fx, fy) = (x as f64 * col, y as f64 * row);
-                    let mm: Vec<String> = (0..3)
-                        .map(|a| format!("{:.1}", origin[a] + fx * o[a] + fy * o[3 + a]))
-                        .collect();
-                    text.push_str(&format!("\n({}) mm", mm.join(", ")));
-                }
-                painter.text(
-                    rect.left_bottom() + vec2(margin, -margin),
-                    Align2::LEFT_BOTTOM,
-                    text,
-                    font.clone(),
-                    OVERLAY,
-                );
-            }
-        }
-    }
-    if let Some([left, right, top, bottom]) = stack.info.orientation_labels() {
-        let big = FontId::proportional(16.0);
         painter.text(
-            pos2(rect.left() + margin, rect.center().y),
-            Align2::LEFT_CENTER,
-            left,
-            big.clone(),
-            OVERLAY,
-        );
-        painter.text(
-            pos2(rect.right() - margin, rect.center().y),
-            Align2::RIGHT_CENTER,
-            right,
-            big.clone(),
-            OVERLAY,
-        );
-        painter.text(
-            pos2(rect.center().x, rect.top() + margin),
-            Align2::CENTER_TOP,
-            top,
-            big.clone(),
-            OVERLAY,
-        );
-        painter.text(
-            pos2(rect.center().x, rect.bottom() - margin),
-            Align2::CENTER_BOTTOM,
-            bottom,
-            big,
+            rect.left_bottom() + vec2(margin, -margin),
+            Align2::LEFT_BOTTOM,
+            text,
+            font.clone(),
             OVERLAY,
         );
     }
+    orientation_labels(painter, rect, stack, margin);
     if let Some([_, col]) = stack.info.pixel_spacing {
         scale_bar(painter, rect, view.zoom as f64 / col);
     }

@@ -87,6 +87,21 @@ pub struct Labels {
     pub revision: u64,
 }
 
+/// Whether `mask` marks any pixel. Stops at the first lesion pixel: called for every mask on
+/// every frame (status bar, browser badges), where counting them all would cost a full scan
+/// of each mask.
+pub fn has_lesion(mask: &Mask) -> bool {
+    mask.as_bytes().iter().any(|&v| v != 0)
+}
+
+/// Why a mask edit was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MaskEditError {
+    /// Masks belong to abnormal shots only.
+    #[error("Mark the image abnormal (A) before drawing its lesion mask")]
+    NotAbnormal,
+}
+
 /// How many shots and masks the project holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
@@ -129,7 +144,7 @@ impl Labels {
         Counts {
             normal,
             abnormal: self.labels.len() - normal,
-            masks: self.masks.values().filter(|m| m.count() > 0).count(),
+            masks: self.masks.values().filter(|m| has_lesion(m)).count(),
         }
     }
 
@@ -189,7 +204,7 @@ impl Labels {
         to: [f32; 2],
         radius: f32,
         value: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), MaskEditError> {
         self.begin_stroke(key, size)?;
         let mask = self.masks.get_mut(key).expect("begin_stroke made the mask");
         let touched = mask.paint_segment(from, to, radius, value);
@@ -206,7 +221,7 @@ impl Labels {
         key: &ImageKey,
         size: (u32, u32),
         outline: &[[f32; 2]],
-    ) -> Result<(), String> {
+    ) -> Result<(), MaskEditError> {
         self.begin_stroke(key, size)?;
         let mask = self.masks.get_mut(key).expect("begin_stroke made the mask");
         let touched = mask.fill_polygon(outline, true);
@@ -218,7 +233,7 @@ impl Labels {
     }
 
     /// Replaces the mask of `key` by `mask` (an imported one) as one undo step.
-    pub fn replace_mask(&mut self, key: &ImageKey, mask: Mask) -> Result<(), String> {
+    pub fn replace_mask(&mut self, key: &ImageKey, mask: Mask) -> Result<(), MaskEditError> {
         let size = (mask.width, mask.height);
         self.begin_stroke(key, size)?;
         self.masks.insert(key.clone(), mask);
@@ -234,9 +249,9 @@ impl Labels {
         Ok(())
     }
 
-    fn begin_stroke(&mut self, key: &ImageKey, size: (u32, u32)) -> Result<(), String> {
+    fn begin_stroke(&mut self, key: &ImageKey, size: (u32, u32)) -> Result<(), MaskEditError> {
         if self.labels.get(key) != Some(&Label::Abnormal) {
-            return Err("Mark the image abnormal (A) before drawing its lesion mask".into());
+            return Err(MaskEditError::NotAbnormal);
         }
         if self.stroke.as_ref().is_some_and(|s| &s.key != key) {
             self.end_stroke();

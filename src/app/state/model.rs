@@ -1,26 +1,18 @@
-//! The model side of the app: the loaded session, the current detector, the running model job,
-//! the training run's history and the scored results with how they are shown.
-//!
-//! The session itself lives behind a mutex that only model jobs lock: the UI thread reads the
-//! summaries and results the jobs hand over, never the model.
+//! The model side of the app: the fit settings, the current detector, the training run's
+//! history and the scored results with how they are shown. The model session and its jobs
+//! are the app's machinery ([`crate::app::jobs`]): the UI reads the summaries and results the
+//! jobs hand over, never the model.
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::labels::ImageKey;
-use crate::app::jobs::Job;
 use crate::io::export::overlay::Colormap;
 use crate::model::mvfa::detector::ImageResult;
-use crate::train::trainer::StepReport;
-use crate::workflow::{
-    DetectorSummary, ExportOptions, FitSummary, MapLayer, MapScale, ModelSession, Schedule,
-};
-
-/// The session shared with the model jobs.
-pub type SharedSession = Arc<Mutex<Box<dyn ModelSession>>>;
+use crate::workflow::{DetectorSummary, ExportOptions, FitRequest, MapLayer, MapScale, Schedule};
 
 /// Organ words offered as presets: the reference's prompt subjects for its datasets (see
 /// [`crate::io::dataset::MvfaKey::organ_word`]), by the name a radiologist looks for.
@@ -61,44 +53,6 @@ impl ModelJobKind {
             ModelJobKind::Export => "Exporting",
         }
     }
-}
-
-/// A partial result of a model job.
-pub enum ModelItem {
-    /// One optimiser step of fine-tuning.
-    Step(StepReport),
-    /// A stage of the fit (building the bank, calibrating).
-    Stage(String),
-    /// A fine-tuning run begins (a validation fold, or the run on all shots): its steps
-    /// continue the loss plot's step axis.
-    Run(String),
-    /// One frame scored.
-    Scored(ImageKey, Arc<ImageResult>),
-    /// A frame that could not be scored, and why.
-    Unscorable(ImageKey, String),
-}
-
-/// How a model job ended.
-pub enum ModelOutcome {
-    /// A detector was built (prepare or import); `revision` is the labels revision its
-    /// shots came from.
-    Detector(Box<DetectorSummary>, Option<u64>),
-    /// Fine-tuning ended (or was cancelled).
-    Trained(FitSummary, u64),
-    /// Scoring ended (its frames came as items).
-    Scored,
-    /// The detector was written here.
-    Saved(PathBuf),
-    /// Result files were written; the message says what and where; the DICOM files written.
-    Exported(String, Vec<PathBuf>),
-}
-
-/// The running model job.
-pub struct ModelJob {
-    /// What it does.
-    pub kind: ModelJobKind,
-    /// The worker.
-    pub job: Job<ModelOutcome, ModelItem>,
 }
 
 /// One point of the loss plot.
@@ -252,8 +206,6 @@ pub struct ExportDialog {
 
 /// Everything about the model the UI shows.
 pub struct ModelState {
-    /// The loaded weights' session; `None` until weights load.
-    pub session: Option<SharedSession>,
     /// The organ word of the prompts.
     pub organ: String,
     /// The fine-tuning schedule.
@@ -270,8 +222,6 @@ pub struct ModelState {
     pub checkpoint: Option<PathBuf>,
     /// Whether the detector differs from its checkpoint (fitted or rebuilt since).
     pub detector_unsaved: bool,
-    /// The running model job.
-    pub job: Option<ModelJob>,
     /// The latest fine-tuning run.
     pub training: TrainingRun,
     /// Scored frames.
@@ -300,22 +250,6 @@ pub struct ModelState {
     pub restore: Option<PendingRestore>,
     /// While the restore import runs: whether its memory bank matches the labels.
     pub restoring: Option<bool>,
-    /// The project's results file being written in the background.
-    pub results_save: Option<Job<()>>,
-    /// A newer results snapshot to write once `results_save` is done (only the latest is
-    /// kept, so the file always ends up with the last one saved).
-    pub results_save_next: Option<ResultsSnapshot>,
-}
-
-/// The results of a project save, taken on the UI thread (cheap: the maps are shared) and
-/// written by a job.
-pub struct ResultsSnapshot {
-    /// The results file beside the project.
-    pub path: PathBuf,
-    /// Every scored frame, in key order.
-    pub rows: Vec<(ImageKey, Arc<ImageResult>)>,
-    /// Side of the stored maps.
-    pub model_size: usize,
 }
 
 /// A project's detector checkpoint waiting for the weights.
@@ -330,7 +264,6 @@ pub struct PendingRestore {
 impl Default for ModelState {
     fn default() -> Self {
         Self {
-            session: None,
             organ: "Brain".into(),
             schedule: Schedule::Quick,
             seed: 111,
@@ -339,7 +272,6 @@ impl Default for ModelState {
             detector_revision: None,
             checkpoint: None,
             detector_unsaved: false,
-            job: None,
             training: TrainingRun::default(),
             results: HashMap::new(),
             unscorable: HashMap::new(),
@@ -353,37 +285,29 @@ impl Default for ModelState {
             rank_cursor: None,
             restore: None,
             restoring: None,
-            results_save: None,
-            results_save_next: None,
         }
     }
 }
 
 impl ModelState {
-    /// Takes the session of newly loaded weights: the old detector no longer applies, and
-    /// the results kept are stale until rescored (or made current by a project's detector).
-    pub fn attach(&mut self, session: Box<dyn ModelSession>) {
-        self.detach();
-        self.session = Some(Arc::new(Mutex::new(session)));
-    }
-
-    /// Drops the session (new weights are loading), cancelling its job. Results stay, as
-    /// stale ones (rescored by the next detector), so that a reopened project's stored
+    /// Forgets the detector of the previous weights (new weights are loading). Results stay,
+    /// as stale ones (rescored by the next detector), so that a reopened project's stored
     /// results survive the loading of its weights.
-    pub fn detach(&mut self) {
-        if let Some(job) = self.job.take() {
-            job.job.cancel();
-        }
-        self.session = None;
+    pub fn forget_detector(&mut self) {
         self.detector = None;
         self.detector_revision = None;
         self.generation += 1;
         self.unscorable.clear();
     }
 
-    /// Whether a model job of `kind` runs.
-    pub fn running(&self, kind: ModelJobKind) -> bool {
-        self.job.as_ref().is_some_and(|j| j.kind == kind)
+    /// The settings of the app's fits: the organ word, schedule and seed chosen here, the
+    /// rest as every fit has them ([`FitRequest::new`]).
+    pub fn fit_request(&self) -> FitRequest {
+        FitRequest {
+            schedule: self.schedule,
+            seed: self.seed,
+            ..FitRequest::new(&self.organ)
+        }
     }
 
     /// The result of `key` when it is current (scored by the current detector) or stale.

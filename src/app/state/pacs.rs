@@ -3,7 +3,6 @@
 //! (what "send results" sends).
 use std::path::PathBuf;
 
-use crate::app::jobs::Job;
 use crate::pacs::{Match, PacsSettings};
 
 /// The search criteria as typed (empty: no criterion).
@@ -21,18 +20,6 @@ pub struct QueryForm {
     pub modality: String,
     /// Accession number.
     pub accession: String,
-}
-
-/// How a PACS job ended.
-pub enum PacsOutcome {
-    /// The studies found.
-    Found(Vec<Match>),
-    /// The series of one study (its StudyInstanceUID, the series found).
-    Series(String, Vec<Match>),
-    /// A study retrieved into this folder.
-    Retrieved(PathBuf),
-    /// Results sent: how many files.
-    Sent(usize),
 }
 
 /// What a PACS job does.
@@ -66,8 +53,6 @@ pub struct PacsState {
     pub matches: Vec<Match>,
     /// The series listed for one of those studies: its StudyInstanceUID and its series.
     pub series: Option<(String, Vec<Match>)>,
-    /// The running PACS job.
-    pub job: Option<(PacsJobKind, Job<PacsOutcome>)>,
     /// What the last PACS job did (or why it failed).
     pub status: String,
     /// Where retrieved studies go (one folder per study).
@@ -98,7 +83,6 @@ impl PacsState {
             form: QueryForm::default(),
             matches: Vec::new(),
             series: None,
-            job: None,
             status: String::new(),
             folder,
             last_export_dicom: Vec::new(),

@@ -11,7 +11,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::labels::{ImageKey, Label};
-use super::viewer::{Display, Measurement, Tool};
+use super::viewer::{Display, Measurement, Tool, Viewer};
 use crate::io::mask::Mask;
 
 /// The `format` field of every project file.
@@ -74,9 +74,23 @@ pub struct ViewEntry {
     pub brush_radius: f32,
 }
 
+impl ViewEntry {
+    /// What a project file keeps of `viewer`.
+    pub fn of(viewer: &Viewer) -> Self {
+        Self {
+            current: viewer.current.clone(),
+            fit: viewer.fit,
+            zoom: viewer.zoom,
+            pan: viewer.pan,
+            tool: viewer.tool,
+            brush_radius: viewer.brush_radius,
+        }
+    }
+}
+
 impl Default for ViewEntry {
     fn default() -> Self {
-        super::viewer::Viewer::default().view_entry()
+        Self::of(&Viewer::default())
     }
 }
 
@@ -221,75 +235,182 @@ impl Project {
             recovery,
         }
     }
+}
 
-    /// The SHA-256 of `path`, computed on first use.
-    pub fn hash(&mut self, path: &Path) -> Result<String, String> {
-        if let Some(h) = self.hashes.get(path) {
-            return Ok(h.clone());
-        }
-        let h = crate::weights::adapters::file_sha256_hex(path)
-            .map_err(|e| format!("{}: cannot read the file to hash it: {e}", path.display()))?;
-        self.hashes.insert(path.to_path_buf(), h.clone());
-        Ok(h)
+/// Why a project file could not be read or written, or one of its masks decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// The project file could not be read.
+    #[error("{}: cannot read: {cause}", path.display())]
+    Read {
+        /// The project file.
+        path: PathBuf,
+        /// What the system said.
+        cause: std::io::Error,
+    },
+    /// The file is not JSON of the project's shape.
+    #[error("{}: not a project file: {cause}", path.display())]
+    Parse {
+        /// The project file.
+        path: PathBuf,
+        /// What the JSON reader said.
+        cause: serde_json::Error,
+    },
+    /// JSON of another program.
+    #[error("{}: not an MVFA Studio project", path.display())]
+    NotAProject {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A project written by a newer version of this program.
+    #[error("{}: project version {version} is newer than this program reads ({VERSION})", path.display())]
+    TooNew {
+        /// The project file.
+        path: PathBuf,
+        /// Its version.
+        version: u32,
+    },
+    /// A labelled file could not be read to hash it.
+    #[error("{}: cannot read the file to hash it: {cause}", path.display())]
+    Hash {
+        /// The labelled file.
+        path: PathBuf,
+        /// What the system said.
+        cause: std::io::Error,
+    },
+    /// A mask entry's base64 is damaged.
+    #[error("mask of {}: bad base64: {cause}", path.display())]
+    MaskBase64 {
+        /// The masked image file.
+        path: PathBuf,
+        /// What the decoder said.
+        cause: base64::DecodeError,
+    },
+    /// A mask entry's PNG could not be decoded, or a mask encoded.
+    #[error("mask of {}: {reason}", path.display())]
+    MaskImage {
+        /// The masked image file.
+        path: PathBuf,
+        /// What the PNG codec said.
+        reason: String,
+    },
+    /// A mask entry's PNG has another size than the entry says.
+    #[error("mask of {} is {}x{}, the file says {}x{}", path.display(), png.0, png.1, entry.0, entry.1)]
+    MaskSize {
+        /// The masked image file.
+        path: PathBuf,
+        /// Width and height of the PNG.
+        png: (u32, u32),
+        /// Width and height the entry records.
+        entry: (u32, u32),
+    },
+    /// The project could not be written (the cause names the file).
+    #[error("{cause}")]
+    Write {
+        /// The project file.
+        path: PathBuf,
+        /// What failed.
+        cause: crate::io::export::ExportError,
+    },
+}
+
+/// The SHA-256 of `path` from `hashes`, computed (and kept there) on first use. Reads the
+/// whole file: called by the project jobs, never on the UI thread.
+pub fn cached_hash(
+    hashes: &mut HashMap<PathBuf, String>,
+    path: &Path,
+) -> Result<String, ProjectError> {
+    if let Some(h) = hashes.get(path) {
+        return Ok(h.clone());
     }
+    let h =
+        crate::weights::adapters::file_sha256_hex(path).map_err(|cause| ProjectError::Hash {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+    hashes.insert(path.to_path_buf(), h.clone());
+    Ok(h)
 }
 
 /// Encodes the mask of `key` as a project entry (8-bit grey PNG, base64).
-pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, String> {
+pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, ProjectError> {
+    let png = mask.to_png().map_err(|reason| ProjectError::MaskImage {
+        path: key.path.clone(),
+        reason: reason.to_string(),
+    })?;
     Ok(MaskEntry {
         path: key.path.clone(),
         frame: key.frame,
         width: mask.width,
         height: mask.height,
-        png_base64: base64::engine::general_purpose::STANDARD.encode(mask.to_png()?),
+        png_base64: base64::engine::general_purpose::STANDARD.encode(png),
     })
 }
 
 /// Decodes a project mask entry; fails on bad base64 or PNG, or when the PNG's size differs
 /// from the entry's.
-pub fn decode_mask(entry: &MaskEntry) -> Result<Mask, String> {
+pub fn decode_mask(entry: &MaskEntry) -> Result<Mask, ProjectError> {
+    let path = || entry.path.clone();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&entry.png_base64)
-        .map_err(|e| format!("mask of {}: bad base64: {e}", entry.path.display()))?;
-    let mask =
-        Mask::from_png(&bytes).map_err(|e| format!("mask of {}: {e}", entry.path.display()))?;
+        .map_err(|cause| ProjectError::MaskBase64 {
+            path: path(),
+            cause,
+        })?;
+    let mask = Mask::from_png(&bytes).map_err(|reason| ProjectError::MaskImage {
+        path: path(),
+        reason: reason.to_string(),
+    })?;
     if (mask.width, mask.height) != (entry.width, entry.height) {
-        return Err(format!(
-            "mask of {} is {}x{}, the file says {}x{}",
-            entry.path.display(),
-            mask.width,
-            mask.height,
-            entry.width,
-            entry.height
-        ));
+        return Err(ProjectError::MaskSize {
+            path: path(),
+            png: (mask.width, mask.height),
+            entry: (entry.width, entry.height),
+        });
     }
     Ok(mask)
 }
 
 /// Writes `project` to `path` atomically (a crash mid-write leaves the previous file).
-pub fn write(path: &Path, project: &ProjectFile) -> Result<(), String> {
-    let json = serde_json::to_vec_pretty(project).map_err(|e| e.to_string())?;
+/// A missing parent folder is made first (the data folder of a fresh installation, where
+/// the autosave goes).
+pub fn write(path: &Path, project: &ProjectFile) -> Result<(), ProjectError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| ProjectError::Write {
+            path: path.to_path_buf(),
+            cause: crate::io::export::ExportError::write(parent, e.to_string()),
+        })?;
+    }
     crate::io::export::write_atomically(path, |w| {
-        w.write_all(&json)?;
+        serde_json::to_writer_pretty(&mut *w, project)?;
         Ok(())
     })
-    .map_err(|e| e.to_string())
+    .map_err(|cause| ProjectError::Write {
+        path: path.to_path_buf(),
+        cause,
+    })
 }
 
 /// Reads and checks a project file.
-pub fn read(path: &Path) -> Result<ProjectFile, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let project: ProjectFile = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{}: not a project file: {e}", path.display()))?;
+pub fn read(path: &Path) -> Result<ProjectFile, ProjectError> {
+    let path_buf = || path.to_path_buf();
+    let bytes = std::fs::read(path).map_err(|cause| ProjectError::Read {
+        path: path_buf(),
+        cause,
+    })?;
+    let project: ProjectFile =
+        serde_json::from_slice(&bytes).map_err(|cause| ProjectError::Parse {
+            path: path_buf(),
+            cause,
+        })?;
     if project.format != FORMAT {
-        return Err(format!("{}: not an MVFA Studio project", path.display()));
+        return Err(ProjectError::NotAProject { path: path_buf() });
     }
     if project.version > VERSION {
-        return Err(format!(
-            "{}: project version {} is newer than this program reads ({VERSION})",
-            path.display(),
-            project.version
-        ));
+        return Err(ProjectError::TooNew {
+            path: path_buf(),
+            version: project.version,
+        });
     }
     Ok(project)
 }
@@ -307,8 +428,9 @@ pub struct Verified {
     pub problems: Vec<String>,
 }
 
-/// Checks each labelled file of `project` against its recorded hash.
-pub fn verify(project: &ProjectFile, hashes: &mut Project) -> Verified {
+/// Checks each labelled file of `project` against its recorded hash (`hashes` caches the
+/// hashes of this session).
+pub fn verify(project: &ProjectFile, hashes: &mut HashMap<PathBuf, String>) -> Verified {
     let mut out = Verified {
         labels: BTreeMap::new(),
         masks: BTreeMap::new(),
@@ -320,10 +442,10 @@ pub fn verify(project: &ProjectFile, hashes: &mut Project) -> Verified {
         let reason = if !file.path.is_file() {
             Some("missing: moved or deleted since the project was saved".to_string())
         } else {
-            match hashes.hash(&file.path) {
+            match cached_hash(hashes, &file.path) {
                 Ok(h) if h == file.sha256 => None,
                 Ok(_) => Some("changed since the project was saved (different content)".into()),
-                Err(e) => Some(e),
+                Err(e) => Some(e.to_string()),
             }
         };
         if let Some(reason) = reason {
@@ -367,7 +489,7 @@ pub fn verify(project: &ProjectFile, hashes: &mut Project) -> Verified {
                     mask,
                 );
             }
-            Err(e) => out.problems.push(e),
+            Err(e) => out.problems.push(e.to_string()),
         }
     }
     let mut bad: Vec<SetAside> = bad.into_values().collect();

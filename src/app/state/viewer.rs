@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::app::state::labels::ImageKey;
-use crate::app::state::project::ViewEntry;
 use crate::io::image::{ImageStack, VoiFunction, Window};
 
 /// What a left drag in the viewer does (right drag always sets the window).
@@ -146,18 +145,6 @@ impl Default for Viewer {
 }
 
 impl Viewer {
-    /// What a project file keeps of the view.
-    pub fn view_entry(&self) -> ViewEntry {
-        ViewEntry {
-            current: self.current.clone(),
-            fit: self.fit,
-            zoom: self.zoom,
-            pan: self.pan,
-            tool: self.tool,
-            brush_radius: self.brush_radius,
-        }
-    }
-
     /// The zoom that fits an image of `size` pixels in the viewport.
     pub fn fit_zoom(&self, size: [u32; 2]) -> f32 {
         let zx = self.viewport[0] / size[0].max(1) as f32;

@@ -7,11 +7,14 @@ use std::path::PathBuf;
 
 use eframe::egui;
 
-use super::{Action, open, repaint};
-use crate::app::jobs::{Job, JobStatus};
+use super::files;
+use crate::app::action::Action;
+use crate::app::jobs::Jobs;
+use crate::app::jobs::pacs::{self as pacs_jobs, PacsOutcome};
+use crate::app::jobs::runner::{JobStatus, repaint};
 use crate::app::state::AppState;
-use crate::app::state::pacs::{PacsJobKind, PacsOutcome};
-use crate::pacs::{GetTarget, Level, Node, Query, connect, retrieve};
+use crate::app::state::pacs::PacsJobKind;
+use crate::pacs::{Level, Match, Node, Query};
 
 fn node(state: &mut AppState) -> Option<Node> {
     let pacs = &state.pacs;
@@ -34,17 +37,17 @@ fn optional(s: &str) -> Option<String> {
 }
 
 /// Applies a PACS action; false when `action` is not one.
-pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool {
+pub fn apply(state: &mut AppState, jobs: &mut Jobs, action: &Action, ctx: &egui::Context) -> bool {
     match action {
         Action::SetPacsNode(name) => state.pacs.node = Some(name.clone()),
         Action::SetPacsForm(form) => state.pacs.form = form.clone(),
-        Action::PacsSearch => search(state, ctx),
+        Action::PacsSearch => search(state, jobs, ctx),
         Action::PacsRetrieve(index) => {
             if let Some(study) = state.pacs.matches.get(*index).cloned() {
-                retrieve(state, study, None, ctx);
+                retrieve(state, jobs, study, None, ctx);
             }
         }
-        Action::PacsListSeries(index) => list_series(state, *index, ctx),
+        Action::PacsListSeries(index) => list_series(state, jobs, *index, ctx),
         Action::PacsRetrieveSeries(index) => {
             let chosen = state
                 .pacs
@@ -54,25 +57,25 @@ pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool
                 .cloned();
             if let Some(series) = chosen {
                 let uid = series.series_uid.clone();
-                retrieve(state, series, Some(uid), ctx);
+                retrieve(state, jobs, series, Some(uid), ctx);
             }
         }
-        Action::PacsSendResults => send_results(state, ctx),
+        Action::PacsSendResults => send_results(state, jobs, ctx),
         _ => return false,
     }
     true
 }
 
-fn busy(state: &mut AppState) -> bool {
-    if state.pacs.job.is_some() {
+fn busy(state: &mut AppState, jobs: &Jobs) -> bool {
+    if jobs.pacs.is_some() {
         state.pacs.status = "A PACS job is running: wait for it or cancel it (Escape)".into();
         return true;
     }
     false
 }
 
-fn search(state: &mut AppState, ctx: &egui::Context) {
-    if busy(state) {
+fn search(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    if busy(state, jobs) {
         return;
     }
     let Some(node) = node(state) else {
@@ -94,19 +97,15 @@ fn search(state: &mut AppState, ctx: &egui::Context) {
         return;
     }
     state.pacs.status = format!("Searching {}…", node.name);
-    let job = Job::spawn("Searching the PACS", repaint(ctx), move |_| {
-        let client = connect(&node).map_err(|e| e.to_string())?;
-        client
-            .find(&query)
-            .map(PacsOutcome::Found)
-            .map_err(|e| e.to_string())
-    });
-    state.pacs.job = Some((PacsJobKind::Find, job));
+    jobs.pacs = Some((
+        PacsJobKind::Find,
+        pacs_jobs::find(node, query, repaint(ctx)),
+    ));
 }
 
 /// Lists the series of the study at `index` of the search results.
-fn list_series(state: &mut AppState, index: usize, ctx: &egui::Context) {
-    if busy(state) {
+fn list_series(state: &mut AppState, jobs: &mut Jobs, index: usize, ctx: &egui::Context) {
+    if busy(state, jobs) {
         return;
     }
     let Some(study) = state.pacs.matches.get(index).cloned() else {
@@ -115,31 +114,21 @@ fn list_series(state: &mut AppState, index: usize, ctx: &egui::Context) {
     let Some(node) = node(state) else {
         return;
     };
-    let query = Query {
-        level: Level::Series,
-        study_uid: Some(study.study_uid.clone()),
-        ..Query::default()
-    };
     state.pacs.status = format!("Listing the series of study {}…", study.study_uid);
-    let job = Job::spawn("Listing series on the PACS", repaint(ctx), move |_| {
-        let client = connect(&node).map_err(|e| e.to_string())?;
-        client
-            .find(&query)
-            .map(|series| PacsOutcome::Series(study.study_uid, series))
-            .map_err(|e| e.to_string())
-    });
-    state.pacs.job = Some((PacsJobKind::FindSeries, job));
+    let job = pacs_jobs::list_series(node, study.study_uid, repaint(ctx));
+    jobs.pacs = Some((PacsJobKind::FindSeries, job));
 }
 
 /// Retrieves the study of `found` (or only its series `series_uid`) into the PACS folder and
 /// opens what arrived in the browser.
 fn retrieve(
     state: &mut AppState,
-    found: crate::pacs::Match,
+    jobs: &mut Jobs,
+    found: Match,
     series_uid: Option<String>,
     ctx: &egui::Context,
 ) {
-    if busy(state) {
+    if busy(state, jobs) {
         return;
     }
     let Some(node) = node(state) else {
@@ -150,36 +139,12 @@ fn retrieve(
         Some(series) => format!("Retrieving series {series}…"),
         None => format!("Retrieving study {}…", found.study_uid),
     };
-    let job = Job::spawn("Retrieving from the PACS", repaint(ctx), move |job| {
-        let client = connect(&node).map_err(|e| e.to_string())?;
-        let target = GetTarget {
-            study_uid: found.study_uid.clone(),
-            series_uid: series_uid.clone(),
-        };
-        retrieve::get(
-            client.as_ref(),
-            &target,
-            &folder,
-            &mut |p| {
-                job.progress(
-                    Some((p.skipped + p.written) as f32 / p.total.max(1) as f32),
-                    format!("{} of {} instances", p.skipped + p.written, p.total),
-                )
-            },
-            job.cancel_flag(),
-        )
-        .map_err(|e| e.to_string())?;
-        let study_folder = folder.join(&found.study_uid);
-        Ok(PacsOutcome::Retrieved(match &series_uid {
-            Some(series) => study_folder.join(series),
-            None => study_folder,
-        }))
-    });
-    state.pacs.job = Some((PacsJobKind::Retrieve, job));
+    let job = pacs_jobs::retrieve(node, found, series_uid, folder, repaint(ctx));
+    jobs.pacs = Some((PacsJobKind::Retrieve, job));
 }
 
-fn send_results(state: &mut AppState, ctx: &egui::Context) {
-    if busy(state) {
+fn send_results(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    if busy(state, jobs) {
         return;
     }
     let files: Vec<PathBuf> = state
@@ -199,28 +164,13 @@ fn send_results(state: &mut AppState, ctx: &egui::Context) {
         return;
     };
     state.pacs.status = format!("Sending {} result(s) to {}…", files.len(), node.name);
-    let job = Job::spawn("Sending results to the PACS", repaint(ctx), move |job| {
-        let client = connect(&node).map_err(|e| e.to_string())?;
-        for (i, file) in files.iter().enumerate() {
-            if job.is_cancelled() {
-                return Err("cancelled".into());
-            }
-            job.progress(
-                Some(i as f32 / files.len() as f32),
-                format!("{} of {}", i + 1, files.len()),
-            );
-            client
-                .store(file)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-        }
-        Ok(PacsOutcome::Sent(files.len()))
-    });
-    state.pacs.job = Some((PacsJobKind::Send, job));
+    let job = pacs_jobs::send(node, files, repaint(ctx));
+    jobs.pacs = Some((PacsJobKind::Send, job));
 }
 
 /// Applies the PACS job's outcome; a retrieved study opens in the browser.
-pub fn poll(state: &mut AppState, ctx: &egui::Context) {
-    let Some((kind, job)) = state.pacs.job.as_mut() else {
+pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    let Some((kind, job)) = jobs.pacs.as_mut() else {
         return;
     };
     let kind = *kind;
@@ -232,7 +182,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
             }
         }
         JobStatus::Succeeded(outcome) => {
-            state.pacs.job = None;
+            jobs.pacs = None;
             match outcome {
                 PacsOutcome::Found(matches) => {
                     state.pacs.status = format!("{} study(ies) found", matches.len());
@@ -246,7 +196,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
                 PacsOutcome::Retrieved(folder) => {
                     state.pacs.status = format!("Retrieved into {}", folder.display());
                     state.log.push(state.pacs.status.clone());
-                    open(state, vec![folder], ctx);
+                    files::open(state, jobs, vec![folder], ctx);
                 }
                 PacsOutcome::Sent(n) => {
                     state.pacs.status = format!("Sent {n} result(s)");
@@ -254,13 +204,13 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
                 }
             }
         }
-        JobStatus::Failed(message) => {
-            state.pacs.job = None;
-            state.pacs.status = message.clone();
-            state.log.push(message);
+        JobStatus::Failed(error) => {
+            jobs.pacs = None;
+            state.pacs.status = error.message();
+            state.log.push(error.message());
         }
         JobStatus::Cancelled => {
-            state.pacs.job = None;
+            jobs.pacs = None;
             state.pacs.status = "Cancelled".into();
         }
     }

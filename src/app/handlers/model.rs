@@ -8,20 +8,25 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 
-use super::{Action, repaint, show};
+use super::{files, weights};
+use crate::app::action::Action;
 use crate::app::commands::Command;
-use crate::app::jobs::JobStatus;
-use crate::app::model_jobs;
+use crate::app::jobs::Jobs;
+use crate::app::jobs::dialogs::{Dialog, Pick};
+use crate::app::jobs::export::{self, ExportItem, ResultsSnapshot};
+use crate::app::jobs::model::{self as model_jobs, ModelItem, ModelOutcome};
+use crate::app::jobs::runner::{JobStatus, repaint};
 use crate::app::state::AppState;
 use crate::app::state::labels::{ImageKey, Label};
 use crate::app::state::model::PendingRestore;
 use crate::app::state::model::{
-    ExportDialog, ExportScope, LossPoint, ModelItem, ModelJobKind, ModelOutcome, ResultsSnapshot,
-    Scored,
+    ExportDialog, ExportScope, LossPoint, ModelJobKind, Scored, TrainingRun,
 };
 use crate::app::state::project::ModelEntry as ProjectModel;
 use crate::io::mask::Mask;
 use crate::model::mvfa::detector::ImageResult;
+use crate::train::fit::FitEvent;
+use crate::train::trainer::TrainEvent;
 use crate::workflow::results_file::read_results;
 use crate::workflow::{
     DetectorFacts, ExportOptions, FitSummary, LabelledImage, MapLayer, MaskSource, RawFormat,
@@ -34,35 +39,33 @@ const SETTLE: Duration = Duration::from_millis(400);
 const SCORE_BATCH: usize = 48;
 
 /// Runs a model command; false when `command` is not one.
-pub fn run(state: &mut AppState, command: Command, ctx: &egui::Context) -> bool {
+pub fn run(state: &mut AppState, jobs: &mut Jobs, command: Command, ctx: &egui::Context) -> bool {
     match command {
-        Command::ImportAdapters => {
-            if let Some(path) = rfd::FileDialog::new()
-                .set_title("Import MVFA adapters (MVFA Studio checkpoint or reference .pth)")
-                .add_filter("Adapters", &["safetensors", "pth", "pt"])
-                .pick_file()
-            {
-                import(state, path, ctx);
-            }
-        }
-        Command::SaveDetector => {
-            if let Some(path) = rfd::FileDialog::new()
-                .set_title("Save the detector")
-                .add_filter("Safetensors", &["safetensors"])
-                .set_file_name("detector.safetensors")
-                .save_file()
-            {
-                save(state, path, ctx);
-            }
-        }
-        Command::StartTraining => start_training(state, ctx),
-        Command::DownloadWeights => state.start_downloading_weights(repaint(ctx)),
+        Command::ImportAdapters => jobs.ask(
+            Dialog::new(
+                "Import MVFA adapters (MVFA Studio checkpoint or reference .pth)",
+                Pick::File,
+                |paths| Action::ImportAdaptersFrom(paths[0].clone()),
+            )
+            .filter("Adapters", &["safetensors", "pth", "pt"]),
+            ctx,
+        ),
+        Command::SaveDetector => jobs.ask(
+            Dialog::new("Save the detector", Pick::SaveFile, |paths| {
+                Action::SaveDetectorTo(paths[0].clone())
+            })
+            .filter("Safetensors", &["safetensors"])
+            .file_name("detector.safetensors"),
+            ctx,
+        ),
+        Command::StartTraining => start_training(state, jobs, ctx),
+        Command::CancelJob => cancel_jobs(state, jobs),
         Command::ToggleHeatmap => state.model.view.show_heatmap = !state.model.view.show_heatmap,
         Command::ToggleSideBySide => state.model.view.side_by_side = !state.model.view.side_by_side,
         Command::NextLayer => step_layer(state, 1),
         Command::PreviousLayer => step_layer(state, -1),
-        Command::NextAnomalous => step_ranked(state, 1, ctx),
-        Command::PreviousAnomalous => step_ranked(state, -1, ctx),
+        Command::NextAnomalous => step_ranked(state, jobs, 1, ctx),
+        Command::PreviousAnomalous => step_ranked(state, jobs, -1, ctx),
         Command::AcceptNormal => accept(state, Label::Normal),
         Command::AcceptAbnormal => accept(state, Label::Abnormal),
         Command::ExportImage => open_export(state, ExportScope::Current),
@@ -73,21 +76,21 @@ pub fn run(state: &mut AppState, command: Command, ctx: &egui::Context) -> bool 
 }
 
 /// Imports the adapters at `path`.
-pub fn import(state: &mut AppState, path: PathBuf, ctx: &egui::Context) {
-    let Some(session) = state.model.session.clone() else {
+pub fn import(state: &mut AppState, jobs: &mut Jobs, path: PathBuf, ctx: &egui::Context) {
+    let Some(session) = jobs.session.clone() else {
         state
             .log
             .push("Load the CLIP weights before importing adapters".into());
         return;
     };
-    cancel_model_job(state);
+    cancel_model_job(state, jobs);
     state.model.checkpoint = Some(path.clone());
-    state.model.job = Some(model_jobs::import(session, path, None, repaint(ctx)));
+    jobs.model = Some(model_jobs::import(session, path, None, repaint(ctx)));
 }
 
 /// Writes the detector to `path`.
-pub fn save(state: &mut AppState, path: PathBuf, ctx: &egui::Context) {
-    let Some(session) = state.model.session.clone() else {
+pub fn save(state: &mut AppState, jobs: &mut Jobs, path: PathBuf, ctx: &egui::Context) {
+    let Some(session) = jobs.session.clone() else {
         state.log.push("No detector to save yet".into());
         return;
     };
@@ -97,19 +100,43 @@ pub fn save(state: &mut AppState, path: PathBuf, ctx: &egui::Context) {
             .push("No detector to save yet: label a normal image or import adapters first".into());
         return;
     }
-    if state.model.running(ModelJobKind::Train) {
+    if jobs.model_running(ModelJobKind::Train) {
         state
             .log
             .push("Fine-tuning is running: save when it has ended".into());
         return;
     }
-    cancel_model_job(state);
-    state.model.job = Some(model_jobs::save(session, path, repaint(ctx)));
+    cancel_model_job(state, jobs);
+    jobs.model = Some(model_jobs::save(session, path, repaint(ctx)));
 }
 
-fn cancel_model_job(state: &mut AppState) {
+/// Escape: stops every background job (file jobs, weights, model, download, PACS); stopped
+/// scoring waits for the next detector.
+fn cancel_jobs(state: &mut AppState, jobs: &mut Jobs) {
+    if let Some(job) = &jobs.weights {
+        job.cancel();
+    }
+    if let Some(job) = &jobs.model {
+        job.job.cancel();
+        if job.kind == ModelJobKind::Score {
+            state.model.scoring_paused = true;
+            state
+                .log
+                .push("Scoring paused until the detector changes".into());
+        }
+    }
+    if let Some(job) = &jobs.download {
+        job.cancel();
+    }
+    if let Some((_, job)) = &jobs.pacs {
+        job.cancel();
+    }
+    jobs.cancel_file_jobs();
+}
+
+fn cancel_model_job(state: &mut AppState, jobs: &mut Jobs) {
     state.model.restoring = None;
-    if let Some(job) = state.model.job.take() {
+    if let Some(job) = jobs.model.take() {
         job.job.cancel();
     }
 }
@@ -139,14 +166,14 @@ pub fn labelled_images(state: &AppState) -> Vec<LabelledImage> {
         .collect()
 }
 
-fn start_training(state: &mut AppState, ctx: &egui::Context) {
-    let Some(session) = state.model.session.clone() else {
+fn start_training(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    let Some(session) = jobs.session.clone() else {
         state
             .log
             .push("Load the CLIP weights before fine-tuning (Model tab)".into());
         return;
     };
-    if state.model.running(ModelJobKind::Train) {
+    if jobs.model_running(ModelJobKind::Train) {
         return;
     }
     let counts = state.labels.counts();
@@ -159,16 +186,15 @@ fn start_training(state: &mut AppState, ctx: &egui::Context) {
         return;
     }
     state.labels.end_stroke();
-    cancel_model_job(state);
-    let request =
-        model_jobs::fit_request(&state.model.organ, state.model.schedule, state.model.seed);
+    cancel_model_job(state, jobs);
+    let request = state.model.fit_request();
     state.model.error = None;
     state.model.training = crate::app::state::model::TrainingRun {
         status: "starting".into(),
         started: Some(Instant::now()),
         ..Default::default()
     };
-    state.model.job = Some(model_jobs::train(
+    jobs.model = Some(model_jobs::train(
         session,
         labelled_images(state),
         request,
@@ -194,7 +220,7 @@ fn step_layer(state: &mut AppState, delta: isize) {
 
 /// Walks the ranking of decreasing score: the first J goes to the most anomalous image, each
 /// further J to the next one (K back up). Navigating elsewhere restarts at the top.
-fn step_ranked(state: &mut AppState, delta: isize, ctx: &egui::Context) {
+fn step_ranked(state: &mut AppState, jobs: &mut Jobs, delta: isize, ctx: &egui::Context) {
     let ranked: Vec<ImageKey> = state
         .model
         .ranked()
@@ -223,7 +249,7 @@ fn step_ranked(state: &mut AppState, delta: isize, ctx: &egui::Context) {
         ranked.len(),
         state.model.results[&key].score()
     ));
-    show(state, key, ctx);
+    files::show(state, jobs, key, ctx);
 }
 
 /// Accepts the current result as a label; an abnormal label gets the region above the
@@ -279,7 +305,7 @@ fn accept(state: &mut AppState, label: Label) {
                 Ok(()) => state.log.push(format!(
                     "Accepted as abnormal with a starting mask of {pixels} pixels (edit it with the brush, B)"
                 )),
-                Err(e) => state.log.push(e),
+                Err(e) => state.log.push(e.to_string()),
             }
         }
         _ => state
@@ -327,7 +353,7 @@ fn open_export(state: &mut AppState, scope: ExportScope) {
     });
 }
 
-fn start_export(state: &mut AppState, ctx: &egui::Context) {
+fn start_export(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     let Some(dialog) = state.model.export.clone() else {
         return;
     };
@@ -339,15 +365,15 @@ fn start_export(state: &mut AppState, ctx: &egui::Context) {
         state.log.push("No detector: nothing to export".into());
         return;
     };
-    if state.model.job.is_some() {
+    if jobs.model.is_some() {
         // Scoring resumes after the export; fine-tuning is never interrupted by one.
-        if state.model.running(ModelJobKind::Train) {
+        if jobs.model_running(ModelJobKind::Train) {
             state
                 .log
                 .push("Fine-tuning is running: export when it has ended".into());
             return;
         }
-        cancel_model_job(state);
+        cancel_model_job(state, jobs);
     }
     let keys: Vec<ImageKey> = match dialog.scope {
         ExportScope::Current => state.viewer.current.iter().cloned().collect(),
@@ -357,7 +383,7 @@ fn start_export(state: &mut AppState, ctx: &egui::Context) {
             keys
         }
     };
-    let items: Vec<model_jobs::ExportItem> = keys
+    let items: Vec<ExportItem> = keys
         .into_iter()
         .filter_map(|key| {
             let result = state.model.results.get(&key)?.result.clone();
@@ -378,7 +404,7 @@ fn start_export(state: &mut AppState, ctx: &egui::Context) {
             .map_or_else(|| detector.adapters.clone(), |p| p.display().to_string()),
         organ: detector.organ.clone(),
     };
-    state.model.job = Some(model_jobs::export(
+    jobs.model = Some(export::export(
         items,
         folder,
         dialog.options,
@@ -429,7 +455,12 @@ pub fn project_entry(
 /// Writes the sidecar files a project save names: the results through a background job (a
 /// long series holds hundreds of MB of maps), the detector through a save job when it is not
 /// saved yet.
-pub fn save_sidecars(state: &mut AppState, sidecars: &(PathBuf, PathBuf), ctx: &egui::Context) {
+pub fn save_sidecars(
+    state: &mut AppState,
+    jobs: &mut Jobs,
+    sidecars: &(PathBuf, PathBuf),
+    ctx: &egui::Context,
+) {
     let (detector_path, results_path) = sidecars;
     if let Some(detector) = &state.model.detector
         && !state.model.results.is_empty()
@@ -446,52 +477,51 @@ pub fn save_sidecars(state: &mut AppState, sidecars: &(PathBuf, PathBuf), ctx: &
             rows,
             model_size: detector.model_size,
         };
-        if state.model.results_save.is_some() {
-            state.model.results_save_next = Some(snapshot);
+        if jobs.results_save.is_some() {
+            jobs.results_save_next = Some(snapshot);
         } else {
-            state.model.results_save = Some(model_jobs::save_results(snapshot, repaint(ctx)));
+            jobs.results_save = Some(export::save_results(snapshot, repaint(ctx)));
         }
     }
     let unsaved = state.model.detector.is_some()
         && (state.model.detector_unsaved || state.model.checkpoint.is_none());
     if unsaved {
-        if state.model.running(ModelJobKind::Train) {
+        if jobs.model_running(ModelJobKind::Train) {
             state.log.push(
                 "Fine-tuning is running: the project keeps the last saved detector; save again when it ends".into(),
             );
         } else {
-            save(state, detector_path.clone(), ctx);
+            save(state, jobs, detector_path.clone(), ctx);
         }
     }
 }
 
 /// Reports a finished results write and starts the next snapshot, if one waits.
-fn poll_results_save(state: &mut AppState, ctx: &egui::Context) {
-    let Some(job) = state.model.results_save.as_mut() else {
+fn poll_results_save(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    let Some(job) = jobs.results_save.as_mut() else {
         return;
     };
     match job.poll() {
         JobStatus::Running { .. } => return,
         JobStatus::Succeeded(()) | JobStatus::Cancelled => {}
-        JobStatus::Failed(message) => state.log.push(message),
+        JobStatus::Failed(error) => state.log.push(error.message()),
     }
-    state.model.results_save = state
-        .model
+    jobs.results_save = jobs
         .results_save_next
         .take()
-        .map(|snapshot| model_jobs::save_results(snapshot, repaint(ctx)));
+        .map(|snapshot| export::save_results(snapshot, repaint(ctx)));
 }
 
 /// At exit: waits for the results write under way and writes the snapshot still waiting, so
 /// that a project saved just before closing keeps its results.
-pub fn finish_results_save(state: &mut AppState) {
-    if let Some(job) = state.model.results_save.take()
+pub fn finish_results_save(jobs: &mut Jobs) {
+    if let Some(job) = jobs.results_save.take()
         && let JobStatus::Failed(message) = job.wait()
     {
         eprintln!("{message}");
     }
-    if let Some(snapshot) = state.model.results_save_next.take()
-        && let Err(message) = model_jobs::write_results_snapshot(&snapshot)
+    if let Some(snapshot) = jobs.results_save_next.take()
+        && let Err(message) = export::write_results_snapshot(&snapshot)
     {
         eprintln!("{message}");
     }
@@ -499,8 +529,13 @@ pub fn finish_results_save(state: &mut AppState) {
 
 /// Takes up a reopened project's model: settings at once; stored results; its detector
 /// once its weights are loaded (loading them when they are not).
-pub fn restore(state: &mut AppState, entry: Option<&ProjectModel>, ctx: &egui::Context) {
-    cancel_model_job(state);
+pub fn restore(
+    state: &mut AppState,
+    jobs: &mut Jobs,
+    entry: Option<&ProjectModel>,
+    ctx: &egui::Context,
+) {
+    cancel_model_job(state, jobs);
     state.model.results.clear();
     state.model.unscorable.clear();
     state.model.restore = None;
@@ -521,7 +556,7 @@ pub fn restore(state: &mut AppState, entry: Option<&ProjectModel>, ctx: &egui::C
         };
         if loaded != Some(weights) {
             if weights.is_file() {
-                state.start_loading_weights(weights.clone(), repaint(ctx));
+                weights::start_loading(state, jobs, weights.clone(), ctx);
             } else {
                 state.log.push(format!(
                     "The project's CLIP weights {} are missing: open them to use its detector",
@@ -567,13 +602,12 @@ pub fn restore(state: &mut AppState, entry: Option<&ProjectModel>, ctx: &egui::C
 
 /// Applies what the model job reported, then starts the next piece of work the labels and
 /// results call for.
-pub fn poll(state: &mut AppState, ctx: &egui::Context) {
-    poll_download(state, ctx);
-    poll_results_save(state, ctx);
+pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    poll_results_save(state, jobs, ctx);
     if state.labels.revision != state.model.seen_revision.0 {
         state.model.seen_revision = (state.labels.revision, Instant::now());
     }
-    if let Some(model_job) = state.model.job.as_mut() {
+    if let Some(model_job) = jobs.model.as_mut() {
         let kind = model_job.kind;
         let status = model_job.job.poll();
         let items = model_job.job.take_items();
@@ -587,18 +621,19 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
                 }
                 if kind == ModelJobKind::Score && labels_moved_on(state) {
                     // New labels make these scores stale: stop, rebuild, rescore.
-                    if let Some(job) = &state.model.job {
+                    if let Some(job) = &jobs.model {
                         job.job.cancel();
                     }
                 }
                 return;
             }
             JobStatus::Succeeded(outcome) => {
-                state.model.job = None;
+                jobs.model = None;
                 apply_outcome(state, outcome);
             }
-            JobStatus::Failed(message) => {
-                state.model.job = None;
+            JobStatus::Failed(error) => {
+                let message = error.message();
+                jobs.model = None;
                 state.model.restoring = None;
                 if kind == ModelJobKind::Prepare {
                     state.model.prepare_failed = Some(state.labels.revision);
@@ -610,7 +645,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
                 state.model.error = Some(message);
             }
             JobStatus::Cancelled => {
-                state.model.job = None;
+                jobs.model = None;
                 if kind == ModelJobKind::Train {
                     state.model.training.status = "cancelled; the previous detector is kept".into();
                     state.log.push("Fine-tuning was cancelled".into());
@@ -618,34 +653,7 @@ pub fn poll(state: &mut AppState, ctx: &egui::Context) {
             }
         }
     }
-    schedule(state, ctx);
-}
-
-/// A finished download loads its weights; a failed one (offline) says to choose a file.
-fn poll_download(state: &mut AppState, ctx: &egui::Context) {
-    let Some(job) = state.download_job.as_mut() else {
-        return;
-    };
-    match job.poll() {
-        JobStatus::Running { .. } => {}
-        JobStatus::Succeeded(path) => {
-            state.download_job = None;
-            state.log.push(format!("Downloaded {}", path.display()));
-            state.start_loading_weights(path, repaint(ctx));
-        }
-        JobStatus::Failed(message) => {
-            state.download_job = None;
-            state.log.push(message.clone());
-            state.weights = crate::app::state::WeightsStatus::Failed {
-                path: PathBuf::from("the Hugging Face hub"),
-                message,
-            };
-        }
-        JobStatus::Cancelled => {
-            state.download_job = None;
-            state.log.push("The download was cancelled".into());
-        }
-    }
+    schedule(state, jobs, ctx);
 }
 
 /// Whether labels changed since the detector was built in a way the next detector follows.
@@ -658,24 +666,7 @@ fn labels_moved_on(state: &AppState) -> bool {
 fn apply_item(state: &mut AppState, item: ModelItem) {
     let model = &mut state.model;
     match item {
-        ModelItem::Step(report) => {
-            let offset = model.training.run_offset;
-            let step = offset + (report.epoch - 1) * report.steps_per_epoch + report.step;
-            model.training.total_steps = offset + report.epochs * report.steps_per_epoch;
-            model.training.eta_seconds = Some(report.eta_seconds);
-            model.training.losses.push(LossPoint {
-                step,
-                focal: report.focal,
-                dice: report.dice,
-                bce: report.bce,
-                total: report.total,
-            });
-        }
-        ModelItem::Stage(stage) => model.training.status = stage,
-        ModelItem::Run(purpose) => {
-            model.training.run_offset = model.training.losses.last().map_or(0, |p| p.step);
-            model.training.status = purpose;
-        }
+        ModelItem::Fit(event) => follow_fit(&mut model.training, event),
         ModelItem::Scored(key, result) => {
             model.frames_scored += 1;
             model.unscorable.remove(&key);
@@ -691,6 +682,43 @@ fn apply_item(state: &mut AppState, item: ModelItem) {
             state.log.push(format!("{}: {reason}", key.path.display()));
             model.unscorable.insert(key, (model.generation, reason));
         }
+    }
+}
+
+/// Follows a fit on the loss plot and in the status line.
+fn follow_fit(training: &mut TrainingRun, event: FitEvent) {
+    match event {
+        FitEvent::Training(TrainEvent::Step(report)) => {
+            let offset = training.run_offset;
+            let step = offset + (report.epoch - 1) * report.steps_per_epoch + report.step;
+            training.total_steps = offset + report.epochs * report.steps_per_epoch;
+            training.eta_seconds = Some(report.eta_seconds);
+            training.losses.push(LossPoint {
+                step,
+                focal: report.focal,
+                dice: report.dice,
+                bce: report.bce,
+                total: report.total,
+            });
+        }
+        FitEvent::Training(TrainEvent::EpochFinished { .. }) => {}
+        FitEvent::Started {
+            training_images, ..
+        } => training.status = format!("fine-tuning on {training_images} augmented images"),
+        FitEvent::Run {
+            run, runs, purpose, ..
+        } => {
+            // The run's steps continue the loss plot's step axis.
+            training.run_offset = training.losses.last().map_or(0, |p| p.step);
+            training.status = format!("fine-tuning run {run} of {runs}: {purpose}");
+        }
+        FitEvent::Validating { fold, folds } => {
+            training.status = format!("validating the candidates on fold {fold} of {folds}")
+        }
+        FitEvent::BuildingMemoryBank { images } => {
+            training.status = format!("building the memory bank from {images} images")
+        }
+        FitEvent::Calibrating => training.status = "calibrating".into(),
     }
 }
 
@@ -770,17 +798,17 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
 
 /// Starts what is due: a memory-bank rebuild after label edits have settled, else scoring
 /// of the frames without a current result, nearest to the shown image first.
-fn schedule(state: &mut AppState, ctx: &egui::Context) {
-    if state.model.job.is_some() {
+fn schedule(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    if jobs.model.is_some() {
         return;
     }
-    let Some(session) = state.model.session.clone() else {
+    let Some(session) = jobs.session.clone() else {
         return;
     };
     if let Some(restore) = state.model.restore.take() {
         state.model.restoring = Some(restore.matches_labels);
         state.model.checkpoint = Some(restore.checkpoint.clone());
-        state.model.job = Some(model_jobs::import(
+        jobs.model = Some(model_jobs::import(
             session,
             restore.checkpoint,
             None,
@@ -794,9 +822,8 @@ fn schedule(state: &mut AppState, ctx: &egui::Context) {
             ctx.request_repaint_after(SETTLE - waited);
             return;
         }
-        let request =
-            model_jobs::fit_request(&state.model.organ, state.model.schedule, state.model.seed);
-        state.model.job = Some(model_jobs::prepare(
+        let request = state.model.fit_request();
+        jobs.model = Some(model_jobs::prepare(
             session,
             labelled_images(state),
             request,
@@ -810,7 +837,7 @@ fn schedule(state: &mut AppState, ctx: &egui::Context) {
     }
     let queue = score_queue(state, SCORE_BATCH);
     if !queue.is_empty() {
-        state.model.job = Some(model_jobs::score(session, queue, repaint(ctx)));
+        jobs.model = Some(model_jobs::score(session, queue, repaint(ctx)));
     }
 }
 
@@ -871,7 +898,7 @@ pub fn score_queue(state: &AppState, limit: usize) -> Vec<ImageKey> {
 }
 
 /// Applies a model action from the panels; false when `action` is not one.
-pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool {
+pub fn apply(state: &mut AppState, jobs: &mut Jobs, action: &Action, ctx: &egui::Context) -> bool {
     match action {
         Action::SetOrgan(word) => {
             let word = word.trim();
@@ -884,11 +911,11 @@ pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool
                 state.model.seen_revision.1 = Instant::now() - SETTLE;
                 if state.labels.counts().normal == 0
                     && let (Some(session), Some(checkpoint)) =
-                        (state.model.session.clone(), state.model.checkpoint.clone())
-                    && !state.model.running(ModelJobKind::Train)
+                        (jobs.session.clone(), state.model.checkpoint.clone())
+                    && !jobs.model_running(ModelJobKind::Train)
                 {
-                    cancel_model_job(state);
-                    state.model.job = Some(model_jobs::import(
+                    cancel_model_job(state, jobs);
+                    jobs.model = Some(model_jobs::import(
                         session,
                         checkpoint,
                         Some(word.to_string()),
@@ -899,19 +926,21 @@ pub fn apply(state: &mut AppState, action: &Action, ctx: &egui::Context) -> bool
         }
         Action::SetSchedule(schedule) => state.model.schedule = *schedule,
         Action::SetResultsView(view) => state.model.view = view.clone(),
-        Action::ImportAdaptersFrom(path) => import(state, path.clone(), ctx),
-        Action::SaveDetectorTo(path) => save(state, path.clone(), ctx),
+        Action::ImportAdaptersFrom(path) => import(state, jobs, path.clone(), ctx),
+        Action::SaveDetectorTo(path) => save(state, jobs, path.clone(), ctx),
         Action::SetExportDialog(dialog) => state.model.export = dialog.clone(),
-        Action::ChooseExportFolder => {
-            if let Some(folder) = rfd::FileDialog::new()
-                .set_title("Export results to this folder")
-                .pick_folder()
-                && let Some(dialog) = &mut state.model.export
-            {
-                dialog.folder = Some(folder);
+        Action::ChooseExportFolder => jobs.ask(
+            Dialog::new("Export results to this folder", Pick::Folder, |paths| {
+                Action::SetExportFolder(paths[0].clone())
+            }),
+            ctx,
+        ),
+        Action::SetExportFolder(folder) => {
+            if let Some(dialog) = &mut state.model.export {
+                dialog.folder = Some(folder.clone());
             }
         }
-        Action::StartExport => start_export(state, ctx),
+        Action::StartExport => start_export(state, jobs, ctx),
         _ => return false,
     }
     true

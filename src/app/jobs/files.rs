@@ -1,0 +1,72 @@
+//! File jobs: read opened files and folders into the browser, decode the pixels the viewer
+//! needs (with each file's content hash), make the browser's previews.
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::runner::{Job, JobError};
+use crate::app::state::THUMBNAIL_SIDE;
+use crate::io::image::ImageStack;
+use crate::io::resample::Image8;
+use crate::io::study::{ScanItem, scan_for_viewer};
+
+/// A file read by the loader job: its pixels and content hash, or why it could not be read.
+pub type LoadedFile = (PathBuf, Result<(Arc<ImageStack>, String), String>);
+
+/// A browser preview made by the thumbnail job, or why the file could not be read.
+pub type Thumbnail = (PathBuf, Result<Arc<Image8>, String>);
+
+/// Reads `roots` (files, folders, DICOMDIRs), handing over each file as it is examined.
+pub fn scan(roots: Vec<PathBuf>, repaint: impl Fn() + Send + Sync + 'static) -> Job<(), ScanItem> {
+    Job::spawn("Reading files", repaint, move |job| {
+        scan_for_viewer(&roots, &mut |item, progress| {
+            if let Some(item) = item {
+                job.emit(item);
+            }
+            let fraction =
+                (progress.total > 0).then(|| progress.done as f32 / progress.total as f32);
+            job.progress(
+                fraction,
+                format!("{} of {} files", progress.done, progress.total),
+            );
+            if job.is_cancelled() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if job.is_cancelled() {
+            Err(JobError::cancelled())
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Decodes the files of `queue` in order, with each one's SHA-256 (what a project records).
+pub fn load(
+    queue: Vec<PathBuf>,
+    repaint: impl Fn() + Send + Sync + 'static,
+) -> Job<(), LoadedFile> {
+    super::runner::each_file("Loading images", repaint, queue, |path| {
+        let stack = crate::io::input::load_stack(path).map_err(|e| e.message)?;
+        if stack.frames.is_empty() {
+            return Err("the file holds no image frames".to_string());
+        }
+        let hash = crate::weights::adapters::file_sha256_hex(path)
+            .map_err(|e| format!("cannot read the file: {e}"))?;
+        Ok((Arc::new(stack), hash))
+    })
+}
+
+/// Makes the previews of `paths`.
+pub fn thumbnails(
+    paths: Vec<PathBuf>,
+    repaint: impl Fn() + Send + Sync + 'static,
+) -> Job<(), Thumbnail> {
+    super::runner::each_file("Making previews", repaint, paths, |path| {
+        crate::io::input::thumbnail(path, THUMBNAIL_SIDE)
+            .map(Arc::new)
+            .map_err(|e| e.message)
+    })
+}
