@@ -241,7 +241,8 @@ pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, String> {
         frame: key.frame,
         width: mask.width,
         height: mask.height,
-        png_base64: base64::engine::general_purpose::STANDARD.encode(mask.to_png()?),
+        png_base64: base64::engine::general_purpose::STANDARD
+            .encode(mask.to_png().map_err(|e| e.to_string())?),
     })
 }
 

@@ -84,7 +84,9 @@ fn required_uint(
 ) -> Result<u64, DicomError> {
     match attrs::int(ds, tag) {
         None => Err(malformed(path, format!("image without {name}"))),
-        Some(Err(raw)) => Err(malformed(path, format!("invalid {name} value {raw:?}"))),
+        Some(Err(attrs::NotAnInteger { raw })) => {
+            Err(malformed(path, format!("invalid {name} value {raw:?}")))
+        }
         Some(Ok(v)) if v < 0 => Err(malformed(path, format!("invalid {name} value {v}"))),
         Some(Ok(v)) => Ok(v as u64),
     }
@@ -169,7 +171,7 @@ fn read_bit_depths(ds: &Obj, path: &Path) -> Result<(u16, u16, u16), DicomError>
 fn read_frame_count(ds: &Obj, path: &Path) -> Result<u64, DicomError> {
     match attrs::int(ds, tags::NUMBER_OF_FRAMES) {
         None => Ok(1),
-        Some(Err(raw)) => Err(malformed(
+        Some(Err(attrs::NotAnInteger { raw })) => Err(malformed(
             path,
             format!("invalid NumberOfFrames value {raw:?} (not an integer)"),
         )),
