@@ -146,12 +146,12 @@ pub fn load_raster_bytes_with(
     })
 }
 
+/// An in-memory reader and the format it will decode.
+type Sniffed<'a> = (ImageReader<Cursor<&'a [u8]>>, image::ImageFormat);
+
 /// A reader whose format is sniffed from the content, falling back to the extension so that
 /// a mislabelled or headerless file still opens.
-fn sniffed_reader<'a>(
-    bytes: &'a [u8],
-    source: &Path,
-) -> Result<(ImageReader<Cursor<&'a [u8]>>, image::ImageFormat), RasterError> {
+fn sniffed_reader<'a>(bytes: &'a [u8], source: &Path) -> Result<Sniffed<'a>, RasterError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(source, e.to_string()))?;

@@ -896,7 +896,7 @@ fn colour_frames(
     path: &Path,
 ) -> Result<Vec<Frame>, DicomError> {
     let pi = l.photometric.as_str();
-    if !raw.decoded && is_422(pi) && l.cols % 2 != 0 {
+    if !raw.decoded && is_422(pi) && !l.cols.is_multiple_of(2) {
         // Stored samples come in pairs of pixels along a row (PS3.3 C.7.6.3.1.2).
         return Err(malformed(
             path,
