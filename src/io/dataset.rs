@@ -845,34 +845,8 @@ pub fn open_plain_folders(root: &Path, opts: &PlainFolderOptions) -> Result<Data
     let normal_dir = root.join("normal");
     let abnormal_dir = root.join("abnormal");
     let mask_dir = root.join("masks");
-    let keep = crate::io::input::is_supported_file;
 
-    require_dir(&normal_dir, "normal images")?;
-    let normal = list_files(&normal_dir, keep)?;
-    if normal.is_empty() {
-        return Err(DatasetError::EmptyFolder {
-            path: normal_dir,
-            what: "normal images".into(),
-        });
-    }
-    let abnormal = if is_dir(&abnormal_dir) {
-        let names = list_files(&abnormal_dir, keep)?;
-        if names.is_empty() && !opts.allow_normal_only {
-            return Err(DatasetError::EmptyFolder {
-                path: abnormal_dir,
-                what: "abnormal images".into(),
-            });
-        }
-        names
-    } else if opts.allow_normal_only {
-        Vec::new()
-    } else {
-        return Err(DatasetError::MissingFolder {
-            path: abnormal_dir,
-            what: "abnormal images".into(),
-        });
-    };
-
+    let (normal, abnormal) = list_plain_images(&normal_dir, &abnormal_dir, opts)?;
     let has_masks = is_dir(&mask_dir);
     let mut items: Vec<Sample> = normal
         .iter()
@@ -889,47 +863,7 @@ pub fn open_plain_folders(root: &Path, opts: &PlainFolderOptions) -> Result<Data
         .collect();
 
     if has_masks {
-        let stem_of = |p: &Path| -> String {
-            let name = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
-            image_stem(name).to_string()
-        };
-        let mut by_stem: HashMap<String, usize> = HashMap::new();
-        for (i, s) in items.iter().enumerate() {
-            if let Some(&j) = by_stem.get(&stem_of(&s.image)) {
-                return Err(DatasetError::DuplicateStem {
-                    first: items[j].image.clone(),
-                    second: s.image.clone(),
-                });
-            }
-            by_stem.insert(stem_of(&s.image), i);
-        }
-        let mut mask_by_stem: HashMap<String, PathBuf> = HashMap::new();
-        for m in list_files(&mask_dir, keep)? {
-            let path = mask_dir.join(&m);
-            let stem = stem_of(&path);
-            if let Some(prev) = mask_by_stem.get(&stem) {
-                return Err(DatasetError::DuplicateStem {
-                    first: prev.clone(),
-                    second: path,
-                });
-            }
-            let Some(&i) = by_stem.get(&stem) else {
-                return Err(DatasetError::UnmatchedMask {
-                    mask: path,
-                    rule: "file stem in normal/ or abnormal/",
-                });
-            };
-            items[i].mask = Some(path.clone());
-            mask_by_stem.insert(stem, path);
-        }
-        if !opts.allow_unmasked_abnormal
-            && let Some(s) = items.iter().find(|s| s.label && s.mask.is_none())
-        {
-            return Err(DatasetError::MissingMask {
-                image: s.image.clone(),
-                expected: mask_dir.join(format!("{}.<ext>", stem_of(&s.image))),
-            });
-        }
+        attach_masks_by_stem(&mut items, &mask_dir, opts)?;
     }
 
     Ok(Dataset {
@@ -937,6 +871,94 @@ pub fn open_plain_folders(root: &Path, opts: &PlainFolderOptions) -> Result<Data
         organ_word: opts.organ_word.clone(),
         has_masks,
     })
+}
+
+/// The sorted image names of `normal/` (required, not empty) and `abnormal/` (required and
+/// not empty unless [`PlainFolderOptions::allow_normal_only`]).
+fn list_plain_images(
+    normal_dir: &Path,
+    abnormal_dir: &Path,
+    opts: &PlainFolderOptions,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let keep = crate::io::input::is_supported_file;
+    require_dir(normal_dir, "normal images")?;
+    let normal = list_files(normal_dir, keep)?;
+    if normal.is_empty() {
+        return Err(DatasetError::EmptyFolder {
+            path: normal_dir.to_path_buf(),
+            what: "normal images".into(),
+        });
+    }
+    let abnormal = if is_dir(abnormal_dir) {
+        let names = list_files(abnormal_dir, keep)?;
+        if names.is_empty() && !opts.allow_normal_only {
+            return Err(DatasetError::EmptyFolder {
+                path: abnormal_dir.to_path_buf(),
+                what: "abnormal images".into(),
+            });
+        }
+        names
+    } else if opts.allow_normal_only {
+        Vec::new()
+    } else {
+        return Err(DatasetError::MissingFolder {
+            path: abnormal_dir.to_path_buf(),
+            what: "abnormal images".into(),
+        });
+    };
+    Ok((normal, abnormal))
+}
+
+/// Gives each of `items` the mask in `mask_dir` with its file stem. Stems must be unique
+/// among the images and among the masks, every mask must match an image, and every abnormal
+/// image needs a mask unless [`PlainFolderOptions::allow_unmasked_abnormal`].
+fn attach_masks_by_stem(
+    items: &mut [Sample],
+    mask_dir: &Path,
+    opts: &PlainFolderOptions,
+) -> Result<()> {
+    let stem_of = |p: &Path| -> String {
+        let name = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        image_stem(name).to_string()
+    };
+    let mut by_stem: HashMap<String, usize> = HashMap::new();
+    for (i, s) in items.iter().enumerate() {
+        if let Some(&j) = by_stem.get(&stem_of(&s.image)) {
+            return Err(DatasetError::DuplicateStem {
+                first: items[j].image.clone(),
+                second: s.image.clone(),
+            });
+        }
+        by_stem.insert(stem_of(&s.image), i);
+    }
+    let mut mask_by_stem: HashMap<String, PathBuf> = HashMap::new();
+    for m in list_files(mask_dir, crate::io::input::is_supported_file)? {
+        let path = mask_dir.join(&m);
+        let stem = stem_of(&path);
+        if let Some(prev) = mask_by_stem.get(&stem) {
+            return Err(DatasetError::DuplicateStem {
+                first: prev.clone(),
+                second: path,
+            });
+        }
+        let Some(&i) = by_stem.get(&stem) else {
+            return Err(DatasetError::UnmatchedMask {
+                mask: path,
+                rule: "file stem in normal/ or abnormal/",
+            });
+        };
+        items[i].mask = Some(path.clone());
+        mask_by_stem.insert(stem, path);
+    }
+    if !opts.allow_unmasked_abnormal
+        && let Some(s) = items.iter().find(|s| s.label && s.mask.is_none())
+    {
+        return Err(DatasetError::MissingMask {
+            image: s.image.clone(),
+            expected: mask_dir.join(format!("{}.<ext>", stem_of(&s.image))),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

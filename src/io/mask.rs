@@ -200,21 +200,21 @@ impl Mask {
     }
 
     /// An 8-bit grey PNG (0 / 255) of the mask: what project files and exports store.
-    pub fn to_png(&self) -> Result<Vec<u8>, String> {
+    pub fn to_png(&self) -> Result<Vec<u8>, MaskPngError> {
         let grey: Vec<u8> = self.data.iter().map(|&v| v * 255).collect();
         let img = ::image::GrayImage::from_raw(self.width, self.height, grey)
-            .ok_or_else(|| "mask buffer does not match its size".to_string())?;
+            .ok_or(MaskPngError::Size)?;
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, ::image::ImageFormat::Png)
-            .map_err(|e| format!("cannot encode the mask as PNG: {e}"))?;
+            .map_err(MaskPngError::Encode)?;
         Ok(out.into_inner())
     }
 
     /// Decodes a PNG written by [`Mask::to_png`] (any grey or colour PNG: lesion where the
     /// grey level is above 127).
-    pub fn from_png(bytes: &[u8]) -> Result<Mask, String> {
+    pub fn from_png(bytes: &[u8]) -> Result<Mask, MaskPngError> {
         let img = ::image::load_from_memory_with_format(bytes, ::image::ImageFormat::Png)
-            .map_err(|e| format!("cannot decode the mask PNG: {e}"))?
+            .map_err(MaskPngError::Decode)?
             .to_luma8();
         let (width, height) = img.dimensions();
         let data = img
@@ -228,6 +228,20 @@ impl Mask {
             data,
         })
     }
+}
+
+/// Why a mask could not be stored as, or read from, a PNG.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskPngError {
+    /// The mask's data is not `width * height` values.
+    #[error("mask buffer does not match its size")]
+    Size,
+    /// The PNG encoder failed.
+    #[error("cannot encode the mask as PNG: {0}")]
+    Encode(::image::ImageError),
+    /// The bytes are not a PNG the decoder reads.
+    #[error("cannot decode the mask PNG: {0}")]
+    Decode(::image::ImageError),
 }
 
 /// Reads a mask drawn elsewhere (any image the loaders read: PNG, TIFF, DICOM, ...) for an

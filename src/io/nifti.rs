@@ -165,6 +165,40 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
     let header = obj.header().clone();
     let raw = obj.into_volume().into_raw_data();
 
+    let (dims, nvox) = volume_dims(path, &header)?;
+    let datatype = header
+        .data_type()
+        .map_err(|e| err(path, format!("data type: {e}")))?;
+    let (channels, values) = decode_first_volume(path, &header, datatype, &raw, nvox)?;
+    let geometry = display_geometry(&header, dims);
+
+    // Permute and flip.
+    let frames = display_frames(
+        &values,
+        dims,
+        geometry.display_axes,
+        geometry.flipped,
+        channels,
+    );
+
+    let windows = windows_for(&header, datatype, channels, &values);
+    let metadata = metadata_for(&header, datatype, &geometry);
+    let stack = ImageStack {
+        source: path.to_path_buf(),
+        frames,
+        windows,
+        invert: false,
+        metadata,
+        info: display_info(&geometry),
+        overlays: Vec::new(),
+        warnings: Vec::new(),
+    };
+    Ok((stack, geometry))
+}
+
+/// The voxel grid (i, j, k) of the first volume and its voxel count, checked: `dim[0]` in
+/// 1..=7, no empty axis, no overflow.
+fn volume_dims(path: &Path, header: &NiftiHeader) -> Result<([usize; 3], usize), NiftiError> {
     let ndim = header.dim[0] as usize;
     if !(1..=7).contains(&ndim) {
         return Err(err(path, format!("dim[0] = {ndim}, expected 1..=7")));
@@ -178,12 +212,13 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         .checked_mul(dims[1])
         .and_then(|n| n.checked_mul(dims[2]))
         .ok_or_else(|| err(path, format!("volume of {dims:?} voxels overflows")))?;
-    let datatype = header
-        .data_type()
-        .map_err(|e| err(path, format!("data type: {e}")))?;
-    let (channels, values) = decode_first_volume(path, &header, datatype, &raw, nvox)?;
+    Ok((dims, nvox))
+}
 
-    let (affine, affine_source) = choose_affine(&header);
+/// The display layout of a voxel grid of `dims`: the affine the header chooses, the voxel
+/// orientation, and which voxel axis (flipped or not) each display axis follows.
+fn display_geometry(header: &NiftiHeader, dims: [usize; 3]) -> NiftiGeometry {
+    let (affine, affine_source) = choose_affine(header);
     let (axis_world, sign) = orientation(&affine);
     let voxel_orientation: String = (0..3)
         .map(|j| axis_letter(axis_world[j], sign[j]))
@@ -214,12 +249,7 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
             }
         }
     }
-
-    // Permute and flip.
-    let frames = display_frames(&values, dims, display_axes, flipped, channels);
-
-    let windows = windows_for(&header, datatype, channels, &values);
-    let geometry = NiftiGeometry {
+    NiftiGeometry {
         voxel_dims: dims,
         voxel_orientation,
         display_axes,
@@ -228,19 +258,7 @@ pub fn load_nifti_with_geometry(path: &Path) -> Result<(ImageStack, NiftiGeometr
         affine_source,
         voxel_to_ras: affine,
         display_to_ras,
-    };
-    let metadata = metadata_for(&header, datatype, &geometry);
-    let stack = ImageStack {
-        source: path.to_path_buf(),
-        frames,
-        windows,
-        invert: false,
-        metadata,
-        info: display_info(&geometry),
-        overlays: Vec::new(),
-        warnings: Vec::new(),
-    };
-    Ok((stack, geometry))
+    }
 }
 
 /// The display frames: `values` (voxels of `dims`, i fastest, `channels` interleaved)

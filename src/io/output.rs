@@ -184,18 +184,26 @@ pub fn check_output(out: &Path, kind: OutputKind, inputs: &InputSet) -> Result<(
     })
 }
 
+/// Why files cannot be created in a folder.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("the folder is read-only")]
+    ReadOnly,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 /// Whether files can be created in `dir`: refused when the folder is marked read-only (even
 /// for a user whom the system would let write), else tried with a temporary file.
-fn probe_writable(dir: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+fn probe_writable(dir: &Path) -> Result<(), ProbeError> {
+    let meta = std::fs::metadata(dir)?;
     if meta.permissions().readonly() {
-        return Err("the folder is read-only".into());
+        return Err(ProbeError::ReadOnly);
     }
     tempfile::Builder::new()
         .prefix(".mvfa-write-check")
-        .tempfile_in(dir)
-        .map(drop)
-        .map_err(|e| e.to_string())
+        .tempfile_in(dir)?;
+    Ok(())
 }
 
 #[cfg(test)]

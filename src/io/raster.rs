@@ -103,6 +103,55 @@ pub fn load_raster_bytes_with(
     source: &Path,
     limits: &RasterLimits,
 ) -> Result<ImageStack, RasterError> {
+    let (reader, format) = sniffed_reader(bytes, source)?;
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| err(source, e.to_string()))?;
+    // From the header, before any pixel buffer exists.
+    check_pixel_limit(&decoder, source, limits)?;
+    let stored = decoder.original_color_type();
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| err(source, e.to_string()))?;
+    let (width, height) = (img.width(), img.height());
+    if width == 0 || height == 0 {
+        return Err(err(source, "image has no pixels"));
+    }
+    let loaded = loaded_samples(img, source)?;
+    let (channels, data, layout) =
+        neutral_colour_as_grey(loaded.channels, loaded.data, loaded.layout);
+    let node = |name: &str, value: String| MetadataNode {
+        name: name.to_string(),
+        value,
+        children: Vec::new(),
+    };
+    let metadata = vec![
+        node("Format", format!("{format:?}")),
+        node("Size", format!("{width} x {height}")),
+        node("Stored colour type", format!("{stored:?}")),
+        node("Loaded as", layout.to_string()),
+    ];
+    Ok(ImageStack {
+        source: source.to_path_buf(),
+        frames: vec![Frame {
+            width,
+            height,
+            channels,
+            data,
+        }],
+        windows: loaded.windows,
+        invert: false,
+        metadata,
+        info: Default::default(),
+        overlays: Vec::new(),
+        warnings: Vec::new(),
+    })
+}
+
+/// An in-memory reader and the format it will decode.
+type Sniffed<'a> = (ImageReader<Cursor<&'a [u8]>>, image::ImageFormat);
+
+/// A reader whose format is sniffed from the content, falling back to the extension so that
+/// a mislabelled or headerless file still opens.
+fn sniffed_reader<'a>(bytes: &'a [u8], source: &Path) -> Result<Sniffed<'a>, RasterError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(source, e.to_string()))?;
@@ -119,10 +168,15 @@ pub fn load_raster_bytes_with(
             "unrecognised format (expected PNG, JPEG, TIFF or BMP)",
         )
     })?;
-    let decoder = reader
-        .into_decoder()
-        .map_err(|e| err(source, e.to_string()))?;
-    // From the header, before any pixel buffer exists.
+    Ok((reader, format))
+}
+
+/// Refuses images above `limits` from the header's size, before any pixel buffer exists.
+fn check_pixel_limit(
+    decoder: &impl ImageDecoder,
+    source: &Path,
+    limits: &RasterLimits,
+) -> Result<(), RasterError> {
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w).saturating_mul(u64::from(h));
     if pixels > limits.max_pixels {
@@ -138,13 +192,21 @@ pub fn load_raster_bytes_with(
             ),
         ));
     }
-    let stored = decoder.original_color_type();
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| err(source, e.to_string()))?;
-    let (width, height) = (img.width(), img.height());
-    if width == 0 || height == 0 {
-        return Err(err(source, "image has no pixels"));
-    }
+    Ok(())
+}
 
+/// The decoded samples of one raster, before neutral colour is folded to grey.
+struct Loaded {
+    channels: Channels,
+    data: Vec<f32>,
+    windows: Vec<Window>,
+    /// How the stored layout was loaded, for the metadata panel.
+    layout: &'static str,
+}
+
+/// The samples of `img` on the scales described in the module documentation, with the
+/// default window of each layout.
+fn loaded_samples(img: DynamicImage, source: &Path) -> Result<Loaded, RasterError> {
     let full8 = Window {
         center: 127.5,
         width: 256.0,
@@ -153,10 +215,55 @@ pub fn load_raster_bytes_with(
         lut: None,
     };
     let (channels, data, windows, layout) = match img {
-        DynamicImage::ImageLuma8(b) => {
-            let data = b.into_raw().into_iter().map(f32::from).collect();
-            (Channels::Gray, data, vec![full8], "8-bit grey")
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageLumaA16(_) => grey_samples(img, full8),
+        DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_)
+        | DynamicImage::ImageRgb16(_)
+        | DynamicImage::ImageRgba16(_) => integer_colour_samples(img, full8),
+        DynamicImage::ImageRgb32F(b) => {
+            let (data, w, unit) = float_samples(b.into_raw(), &full8);
+            let layout = if unit {
+                "float RGB (0..1, scaled to 0..255)"
+            } else {
+                "float RGB (windowed from its own range)"
+            };
+            (Channels::Rgb, data, vec![w], layout)
         }
+        DynamicImage::ImageRgba32F(b) => {
+            let values = b.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]]).collect();
+            let (data, w, unit) = float_samples(values, &full8);
+            let layout = if unit {
+                "float RGBA (0..1, scaled to 0..255, alpha dropped)"
+            } else {
+                "float RGBA (windowed from its own range, alpha dropped)"
+            };
+            (Channels::Rgb, data, vec![w], layout)
+        }
+        other => {
+            return Err(err(
+                source,
+                format!("unsupported pixel layout {:?}", other.color()),
+            ));
+        }
+    };
+    Ok(Loaded {
+        channels,
+        data,
+        windows,
+        layout,
+    })
+}
+
+/// Samples, windows and layout label of a decoded image.
+type Samples = (Channels, Vec<f32>, Vec<Window>, &'static str);
+
+/// Grey 8- and 16-bit images (alpha dropped): raw stored values; 16-bit data gets a window
+/// over its own range.
+fn grey_samples(img: DynamicImage, full8: Window) -> Samples {
+    match img {
         DynamicImage::ImageLumaA8(b) => {
             let data = b.pixels().map(|p| f32::from(p.0[0])).collect();
             (
@@ -181,10 +288,22 @@ pub fn load_raster_bytes_with(
                 "16-bit grey + alpha (alpha dropped)",
             )
         }
-        DynamicImage::ImageRgb8(b) => {
-            let data = b.into_raw().into_iter().map(f32::from).collect();
-            (Channels::Rgb, data, vec![full8], "8-bit RGB")
+        // ImageLuma8, the only other layout sent here: into_luma8 hands its buffer back as is.
+        other => {
+            let data = other
+                .into_luma8()
+                .into_raw()
+                .into_iter()
+                .map(f32::from)
+                .collect();
+            (Channels::Gray, data, vec![full8], "8-bit grey")
         }
+    }
+}
+
+/// 8- and 16-bit colour (alpha dropped) on the 0..=255 scale.
+fn integer_colour_samples(img: DynamicImage, full8: Window) -> Samples {
+    match img {
         DynamicImage::ImageRgba8(b) => {
             let data = b
                 .pixels()
@@ -222,33 +341,27 @@ pub fn load_raster_bytes_with(
                 "16-bit RGBA (scaled to 0..255, alpha dropped)",
             )
         }
-        DynamicImage::ImageRgb32F(b) => {
-            let (data, w, unit) = float_samples(b.into_raw(), &full8);
-            let layout = if unit {
-                "float RGB (0..1, scaled to 0..255)"
-            } else {
-                "float RGB (windowed from its own range)"
-            };
-            (Channels::Rgb, data, vec![w], layout)
-        }
-        DynamicImage::ImageRgba32F(b) => {
-            let values = b.pixels().flat_map(|p| [p.0[0], p.0[1], p.0[2]]).collect();
-            let (data, w, unit) = float_samples(values, &full8);
-            let layout = if unit {
-                "float RGBA (0..1, scaled to 0..255, alpha dropped)"
-            } else {
-                "float RGBA (windowed from its own range, alpha dropped)"
-            };
-            (Channels::Rgb, data, vec![w], layout)
-        }
+        // ImageRgb8, the only other layout sent here: into_rgb8 hands its buffer back as is.
         other => {
-            return Err(err(
-                source,
-                format!("unsupported pixel layout {:?}", other.color()),
-            ));
+            let data = other
+                .into_rgb8()
+                .into_raw()
+                .into_iter()
+                .map(f32::from)
+                .collect();
+            (Channels::Rgb, data, vec![full8], "8-bit RGB")
         }
-    };
-    let (channels, data, layout) = if channels == Channels::Rgb
+    }
+}
+
+/// 8-bit colour whose pixels are all neutral (R = G = B) loads as grey: same values, and the
+/// viewer's grey windowing then applies.
+fn neutral_colour_as_grey(
+    channels: Channels,
+    data: Vec<f32>,
+    layout: &'static str,
+) -> (Channels, Vec<f32>, &'static str) {
+    if channels == Channels::Rgb
         && matches!(layout, "8-bit RGB" | "8-bit RGBA (alpha dropped)")
         && data.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2])
     {
@@ -260,33 +373,7 @@ pub fn load_raster_bytes_with(
         )
     } else {
         (channels, data, layout)
-    };
-    let node = |name: &str, value: String| MetadataNode {
-        name: name.to_string(),
-        value,
-        children: Vec::new(),
-    };
-    let metadata = vec![
-        node("Format", format!("{format:?}")),
-        node("Size", format!("{width} x {height}")),
-        node("Stored colour type", format!("{stored:?}")),
-        node("Loaded as", layout.to_string()),
-    ];
-    Ok(ImageStack {
-        source: source.to_path_buf(),
-        frames: vec![Frame {
-            width,
-            height,
-            channels,
-            data,
-        }],
-        windows,
-        invert: false,
-        metadata,
-        info: Default::default(),
-        overlays: Vec::new(),
-        warnings: Vec::new(),
-    })
+    }
 }
 
 /// Window covering the data range ([`Window::data_range`]): center `(min + max) / 2`, width

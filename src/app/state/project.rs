@@ -287,12 +287,12 @@ pub enum ProjectError {
         cause: base64::DecodeError,
     },
     /// A mask entry's PNG could not be decoded, or a mask encoded.
-    #[error("mask of {}: {reason}", path.display())]
+    #[error("mask of {}: {cause}", path.display())]
     MaskImage {
         /// The masked image file.
         path: PathBuf,
         /// What the PNG codec said.
-        reason: String,
+        cause: crate::io::mask::MaskPngError,
     },
     /// A mask entry's PNG has another size than the entry says.
     #[error("mask of {} is {}x{}, the file says {}x{}", path.display(), png.0, png.1, entry.0, entry.1)]
@@ -334,9 +334,9 @@ pub fn cached_hash(
 
 /// Encodes the mask of `key` as a project entry (8-bit grey PNG, base64).
 pub fn encode_mask(key: &ImageKey, mask: &Mask) -> Result<MaskEntry, ProjectError> {
-    let png = mask.to_png().map_err(|reason| ProjectError::MaskImage {
+    let png = mask.to_png().map_err(|cause| ProjectError::MaskImage {
         path: key.path.clone(),
-        reason: reason.to_string(),
+        cause,
     })?;
     Ok(MaskEntry {
         path: key.path.clone(),
@@ -357,9 +357,9 @@ pub fn decode_mask(entry: &MaskEntry) -> Result<Mask, ProjectError> {
             path: path(),
             cause,
         })?;
-    let mask = Mask::from_png(&bytes).map_err(|reason| ProjectError::MaskImage {
+    let mask = Mask::from_png(&bytes).map_err(|cause| ProjectError::MaskImage {
         path: path(),
-        reason: reason.to_string(),
+        cause,
     })?;
     if (mask.width, mask.height) != (entry.width, entry.height) {
         return Err(ProjectError::MaskSize {

@@ -141,22 +141,31 @@ pub(super) fn f64_1(obj: &Obj, tag: Tag) -> Option<f64> {
     f64s(obj, tag)?.first().copied()
 }
 
-/// An integer attribute (US/UL/SS/IS...). `Err(raw)` when present but not an integer, so
-/// that callers can report the bad value.
-pub(super) fn int(obj: &Obj, tag: Tag) -> Option<Result<i64, String>> {
+/// An attribute that is present but not an integer, with its raw value for the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{raw:?} is not an integer")]
+pub(super) struct NotAnInteger {
+    pub raw: String,
+}
+
+/// An integer attribute (US/UL/SS/IS...). `Err` when present but not an integer, so that
+/// callers can report the bad value.
+pub(super) fn int(obj: &Obj, tag: Tag) -> Option<Result<i64, NotAnInteger>> {
     let p = primitive(obj, tag)?;
     match p.as_ref() {
         PrimitiveValue::Empty => None,
         PrimitiveValue::Str(_) | PrimitiveValue::Strs(_) => {
             let s = string(obj, tag)?;
             let first = s.split('\\').next().unwrap_or("").trim();
-            Some(first.parse::<i64>().map_err(|_| s.clone()))
+            Some(
+                first
+                    .parse::<i64>()
+                    .map_err(|_| NotAnInteger { raw: s.clone() }),
+            )
         }
-        other => Some(
-            other
-                .to_int::<i64>()
-                .map_err(|_| other.to_str().into_owned()),
-        ),
+        other => Some(other.to_int::<i64>().map_err(|_| NotAnInteger {
+            raw: other.to_str().into_owned(),
+        })),
     }
 }
 

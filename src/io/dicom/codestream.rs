@@ -113,6 +113,15 @@ fn has_adobe_app14(data: &[u8]) -> bool {
         .any(|w| w[0] == 0xFF && w[1] == 0xEE && &w[4..9] == b"Adobe")
 }
 
+/// Why a JPEG frame could not be decoded as stored RGB.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JpegRgbError {
+    #[error("decoded {found} bytes, expected {expected}")]
+    Short { found: usize, expected: usize },
+    #[error(transparent)]
+    Decoder(#[from] jpeg_decoder::Error),
+}
+
 /// Decodes a JPEG frame whose DICOM PhotometricInterpretation is RGB without colour
 /// conversion. `jpeg-decoder` assumes YCbCr for 3-component streams without JFIF or Adobe
 /// markers; DICOM's RGB says the components are R, G, B as stored (PS3.5 8.2.1), which is how
@@ -121,7 +130,7 @@ fn has_adobe_app14(data: &[u8]) -> bool {
 pub(super) fn decode_jpeg_rgb_as_stored(
     data: &[u8],
     expected_len: usize,
-) -> Option<Result<Vec<u8>, String>> {
+) -> Option<Result<Vec<u8>, JpegRgbError>> {
     if has_adobe_app14(data) {
         return None;
     }
@@ -130,11 +139,11 @@ pub(super) fn decode_jpeg_rgb_as_stored(
     decoder.set_max_decoding_buffer_size(expected_len.saturating_mul(2).max(1 << 16));
     Some(match decoder.decode() {
         Ok(px) if px.len() >= expected_len => Ok(px),
-        Ok(px) => Err(format!(
-            "decoded {} bytes, expected {expected_len}",
-            px.len()
-        )),
-        Err(e) => Err(e.to_string()),
+        Ok(px) => Err(JpegRgbError::Short {
+            found: px.len(),
+            expected: expected_len,
+        }),
+        Err(e) => Err(JpegRgbError::Decoder(e)),
     })
 }
 

@@ -84,18 +84,38 @@ fn starts_codestream(ts_uid: &str, fragment: &[u8]) -> bool {
     }
 }
 
+/// Why encapsulated fragments could not be grouped into frames.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum FragmentError {
+    #[error("pixel data is not encapsulated")]
+    NotEncapsulated,
+    #[error("encapsulated pixel data has no fragments")]
+    NoFragments,
+    #[error("encapsulated pixel data has {fragments} fragment(s) for {frames} frames")]
+    TooFew { fragments: usize, frames: usize },
+    #[error(
+        "cannot tell which of the {fragments} fragments belong to which of the {frames} frames \
+         (no usable basic offset table, {starts} codestream starts found)"
+    )]
+    Ambiguous {
+        fragments: usize,
+        frames: usize,
+        starts: usize,
+    },
+}
+
 /// Groups the encapsulated fragments of `obj` into `frames` frames, or explains why not.
 pub(super) fn group_fragments(
     obj: &DefaultDicomObject,
     frames: usize,
-) -> Result<Vec<Vec<u8>>, String> {
+) -> Result<Vec<Vec<u8>>, FragmentError> {
     let seq = match obj.get(tags::PIXEL_DATA).map(|e| e.value()) {
         Some(DicomValue::PixelSequence(seq)) => seq,
-        _ => return Err("pixel data is not encapsulated".to_string()),
+        _ => return Err(FragmentError::NotEncapsulated),
     };
     let fragments: Vec<&[u8]> = seq.fragments().iter().map(|f| f.as_slice()).collect();
     if fragments.is_empty() {
-        return Err("encapsulated pixel data has no fragments".to_string());
+        return Err(FragmentError::NoFragments);
     }
     if fragments.len() == frames {
         return Ok(fragments.iter().map(|f| f.to_vec()).collect());
@@ -104,10 +124,10 @@ pub(super) fn group_fragments(
         return Ok(vec![fragments.concat()]);
     }
     if fragments.len() < frames {
-        return Err(format!(
-            "encapsulated pixel data has {} fragment(s) for {frames} frames",
-            fragments.len()
-        ));
+        return Err(FragmentError::TooFew {
+            fragments: fragments.len(),
+            frames,
+        });
     }
     // Basic offset table: byte offsets of each frame's first fragment item, counted from the
     // first item after the table (each item has an 8-byte header).
@@ -148,12 +168,11 @@ pub(super) fn group_fragments(
     if out.len() == frames {
         Ok(out)
     } else {
-        Err(format!(
-            "cannot tell which of the {} fragments belong to which of the {frames} frames \
-             (no usable basic offset table, {} codestream starts found)",
-            fragments.len(),
-            out.len()
-        ))
+        Err(FragmentError::Ambiguous {
+            fragments: fragments.len(),
+            frames,
+            starts: out.len(),
+        })
     }
 }
 

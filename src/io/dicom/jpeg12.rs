@@ -17,6 +17,32 @@ pub(super) struct Grey {
     pub samples: Vec<u16>,
 }
 
+/// Why a JPEG stream could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Jpeg12Error {
+    /// A malformed or truncated stream, described by a fixed message.
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("JPEG segment 0xFF{0:02X} runs past the end of the data")]
+    SegmentPastEnd(u8),
+    #[error("{components}-component {precision}-bit JPEG is not supported")]
+    Components { components: u8, precision: u8 },
+    #[error("invalid JPEG sample precision {0}")]
+    Precision(u8),
+    #[error("invalid JPEG frame size {width} x {height}")]
+    FrameSize { width: usize, height: usize },
+    #[error("JPEG process of marker 0xFF{0:02X} is not supported by the 12-bit decoder")]
+    Process(u8),
+    #[error("invalid SOS parameters for a sequential DCT scan (Ss={ss}, Se={se}, Ah/Al={a:#04x})")]
+    ScanParameters { ss: u8, se: u8, a: u8 },
+}
+
+impl From<&'static str> for Jpeg12Error {
+    fn from(message: &'static str) -> Self {
+        Jpeg12Error::Invalid(message)
+    }
+}
+
 /// Natural (row-major) index of the k-th coefficient in zig-zag order.
 const ZIGZAG: [usize; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
@@ -37,7 +63,7 @@ struct Huffman {
 }
 
 impl Huffman {
-    fn new(counts: &[u8; 16], values: Vec<u8>) -> Result<Huffman, String> {
+    fn new(counts: &[u8; 16], values: Vec<u8>) -> Result<Huffman, Jpeg12Error> {
         let mut h = Huffman {
             maxcode: [-1; 17],
             valptr: [0; 17],
@@ -136,7 +162,7 @@ impl<'a> Bits<'a> {
         v
     }
 
-    fn decode(&mut self, h: &Huffman) -> Result<u8, String> {
+    fn decode(&mut self, h: &Huffman) -> Result<u8, Jpeg12Error> {
         let mut code = 0i32;
         for len in 1..=16 {
             code = (code << 1) | self.bit() as i32;
@@ -146,7 +172,7 @@ impl<'a> Bits<'a> {
                     .values
                     .get(idx)
                     .copied()
-                    .ok_or_else(|| "invalid Huffman code".to_string());
+                    .ok_or(Jpeg12Error::Invalid("invalid Huffman code"));
             }
         }
         Err("invalid Huffman code".into())
@@ -167,7 +193,7 @@ impl<'a> Bits<'a> {
     }
 
     /// Skips to the next RSTn marker after a restart interval.
-    fn restart(&mut self) -> Result<(), String> {
+    fn restart(&mut self) -> Result<(), Jpeg12Error> {
         self.acc = 0;
         self.n = 0;
         if self.marker.is_none() {
@@ -191,10 +217,10 @@ impl<'a> Bits<'a> {
     }
 }
 
-fn u16_at(d: &[u8], i: usize) -> Result<usize, String> {
+fn u16_at(d: &[u8], i: usize) -> Result<usize, Jpeg12Error> {
     d.get(i..i + 2)
         .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        .ok_or_else(|| "unexpected end of JPEG data".to_string())
+        .ok_or(Jpeg12Error::Invalid("unexpected end of JPEG data"))
 }
 
 /// Separable 8x8 inverse DCT (T.81 A.3.3), in place.
@@ -229,15 +255,11 @@ fn idct(block: &mut [f32; 64]) {
 }
 
 /// Decodes a single-component sequential (baseline or extended) Huffman JPEG.
-pub(super) fn decode_grey(d: &[u8]) -> Result<Grey, String> {
+pub(super) fn decode_grey(d: &[u8]) -> Result<Grey, Jpeg12Error> {
     if !d.starts_with(&[0xFF, 0xD8]) {
         return Err("not a JPEG stream (no SOI marker)".into());
     }
-    let mut qt: [Option<[u16; 64]>; 4] = [None; 4];
-    let mut dc: [Option<Huffman>; 4] = Default::default();
-    let mut ac: [Option<Huffman>; 4] = Default::default();
-    let mut frame: Option<(u8, usize, usize, usize)> = None; // precision, width, height, quant table
-    let mut restart_interval = 0usize;
+    let mut tables = Tables::default();
     let mut out: Option<Grey> = None;
     let mut i = 2usize;
     loop {
@@ -259,177 +281,246 @@ pub(super) fn decode_grey(d: &[u8]) -> Result<Grey, String> {
         }
         let len = u16_at(d, i)?;
         if len < 2 || i + len > d.len() {
-            return Err(format!(
-                "JPEG segment 0xFF{marker:02X} runs past the end of the data"
-            ));
+            return Err(Jpeg12Error::SegmentPastEnd(marker));
         }
         let seg = &d[i + 2..i + len];
         match marker {
-            0xDB => {
-                let mut p = 0;
-                while p < seg.len() {
-                    let (pq, tq) = (seg[p] >> 4, usize::from(seg[p] & 15));
-                    p += 1;
-                    if tq > 3 {
-                        return Err("invalid quantisation table id".into());
-                    }
-                    let mut t = [0u16; 64];
-                    for v in t.iter_mut() {
-                        *v = if pq == 0 {
-                            let b = *seg.get(p).ok_or("short DQT segment")?;
-                            p += 1;
-                            u16::from(b)
-                        } else {
-                            let w = u16_at(seg, p)? as u16;
-                            p += 2;
-                            w
-                        };
-                    }
-                    qt[tq] = Some(t);
-                }
-            }
-            0xC4 => {
-                let mut p = 0;
-                while p < seg.len() {
-                    let (tc, th) = (seg[p] >> 4, usize::from(seg[p] & 15));
-                    let counts: [u8; 16] = seg
-                        .get(p + 1..p + 17)
-                        .ok_or("short DHT segment")?
-                        .try_into()
-                        .map_err(|_| "DHT")?;
-                    let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
-                    let values = seg
-                        .get(p + 17..p + 17 + total)
-                        .ok_or("short DHT segment")?
-                        .to_vec();
-                    p += 17 + total;
-                    if th > 3 || tc > 1 {
-                        return Err("invalid Huffman table id".into());
-                    }
-                    let h = Huffman::new(&counts, values)?;
-                    if tc == 0 {
-                        dc[th] = Some(h)
-                    } else {
-                        ac[th] = Some(h)
-                    }
-                }
-            }
-            0xC0 | 0xC1 => {
-                let precision = *seg.first().ok_or("short SOF segment")?;
-                let height = u16_at(seg, 1)?;
-                let width = u16_at(seg, 3)?;
-                let nf = *seg.get(5).ok_or("short SOF segment")?;
-                if nf != 1 {
-                    return Err(format!(
-                        "{nf}-component {precision}-bit JPEG is not supported"
-                    ));
-                }
-                if precision != 8 && precision != 12 {
-                    return Err(format!("invalid JPEG sample precision {precision}"));
-                }
-                if width == 0 || height == 0 || width * height > MAX_PIXELS {
-                    return Err(format!("invalid JPEG frame size {width} x {height}"));
-                }
-                let tq = usize::from(*seg.get(8).ok_or("short SOF segment")?);
-                frame = Some((precision, width, height, tq.min(3)));
-            }
+            0xDB => tables.read_dqt(seg)?,
+            0xC4 => tables.read_dht(seg)?,
+            0xC0 | 0xC1 => tables.frame = Some(read_sof(seg)?),
             0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
-                return Err(format!(
-                    "JPEG process of marker 0xFF{marker:02X} is not supported by the 12-bit decoder"
-                ));
+                return Err(Jpeg12Error::Process(marker));
             }
-            0xDD => restart_interval = u16_at(seg, 0)?,
+            0xDD => tables.restart_interval = u16_at(seg, 0)?,
             0xDA => {
-                let (precision, width, height, tq) = frame.ok_or("scan before the frame header")?;
-                let ns = *seg.first().ok_or("short SOS segment")?;
-                if ns != 1 {
-                    return Err("invalid SOS: more components than the frame".into());
-                }
-                let tables = *seg.get(2).ok_or("short SOS segment")?;
-                let (ss, se, a) = (
-                    *seg.get(3).ok_or("short SOS")?,
-                    *seg.get(4).ok_or("short SOS")?,
-                    *seg.get(5).ok_or("short SOS")?,
-                );
-                if ss != 0 || se != 63 || a != 0 {
-                    return Err(format!(
-                        "invalid SOS parameters for a sequential DCT scan (Ss={ss}, Se={se}, Ah/Al={a:#04x})"
-                    ));
-                }
-                let hdc = dc[usize::from(tables >> 4) & 3]
-                    .as_ref()
-                    .ok_or("missing DC Huffman table")?;
-                let hac = ac[usize::from(tables & 15) & 3]
-                    .as_ref()
-                    .ok_or("missing AC Huffman table")?;
-                let q = qt[tq].ok_or("missing quantisation table")?;
-                let (bw, bh) = (width.div_ceil(8), height.div_ceil(8));
-                let shift = (1i32 << (precision - 1)) as f32;
-                let max = ((1u32 << precision) - 1) as f32;
-                let mut samples = vec![0u16; width * height];
-                let mut bits = Bits::new(d, i + len);
-                let mut pred = 0i32;
-                for b in 0..bw * bh {
-                    if restart_interval > 0 && b > 0 && b % restart_interval == 0 {
-                        bits.restart()?;
-                        pred = 0;
-                    }
-                    let mut block = [0f32; 64];
-                    let s = bits.decode(hdc)?;
-                    if s > 16 {
-                        return Err("invalid DC difference size".into());
-                    }
-                    pred = pred.wrapping_add(bits.receive_extend(s));
-                    block[0] = pred as f32 * f32::from(q[0]);
-                    let mut k = 1usize;
-                    while k < 64 {
-                        let rs = bits.decode(hac)?;
-                        let (r, s) = (usize::from(rs >> 4), rs & 15);
-                        if s == 0 {
-                            if r == 15 {
-                                k += 16;
-                                continue;
-                            }
-                            break;
-                        }
-                        k += r;
-                        if k > 63 {
-                            return Err("AC coefficient index beyond 63".into());
-                        }
-                        block[ZIGZAG[k]] = bits.receive_extend(s) as f32 * f32::from(q[k]);
-                        k += 1;
-                    }
-                    idct(&mut block);
-                    let (bx, by) = (b % bw, b / bw);
-                    for y in 0..8 {
-                        let py = by * 8 + y;
-                        if py >= height {
-                            break;
-                        }
-                        for x in 0..8 {
-                            let px = bx * 8 + x;
-                            if px < width {
-                                samples[py * width + px] =
-                                    (block[y * 8 + x] + shift).round().clamp(0.0, max) as u16;
-                            }
-                        }
-                    }
-                }
-                out = Some(Grey {
-                    width,
-                    height,
-                    precision,
-                    samples,
-                });
+                let (grey, end) = tables.decode_scan(seg, d, i + len)?;
+                out = Some(grey);
                 // Continue after the entropy-coded data (its end is the next marker).
-                i = bits.pos;
+                i = end;
                 continue;
             }
             _ => {}
         }
         i += len;
     }
-    out.ok_or_else(|| "JPEG stream without a scan".to_string())
+    out.ok_or(Jpeg12Error::Invalid("JPEG stream without a scan"))
+}
+
+/// The frame header: precision, width, height and quantisation table of the component.
+#[derive(Clone, Copy)]
+struct FrameHeader {
+    precision: u8,
+    width: usize,
+    height: usize,
+    tq: usize,
+}
+
+/// Reads a SOF0/SOF1 segment (one component, 8 or 12 bits).
+fn read_sof(seg: &[u8]) -> Result<FrameHeader, Jpeg12Error> {
+    let precision = *seg.first().ok_or("short SOF segment")?;
+    let height = u16_at(seg, 1)?;
+    let width = u16_at(seg, 3)?;
+    let nf = *seg.get(5).ok_or("short SOF segment")?;
+    if nf != 1 {
+        return Err(Jpeg12Error::Components {
+            components: nf,
+            precision,
+        });
+    }
+    if precision != 8 && precision != 12 {
+        return Err(Jpeg12Error::Precision(precision));
+    }
+    if width == 0 || height == 0 || width * height > MAX_PIXELS {
+        return Err(Jpeg12Error::FrameSize { width, height });
+    }
+    let tq = usize::from(*seg.get(8).ok_or("short SOF segment")?);
+    Ok(FrameHeader {
+        precision,
+        width,
+        height,
+        tq: tq.min(3),
+    })
+}
+
+/// What the segments before a scan define.
+#[derive(Default)]
+struct Tables {
+    qt: [Option<[u16; 64]>; 4],
+    dc: [Option<Huffman>; 4],
+    ac: [Option<Huffman>; 4],
+    frame: Option<FrameHeader>,
+    restart_interval: usize,
+}
+
+impl Tables {
+    /// Reads the quantisation tables of a DQT segment (8- or 16-bit entries).
+    fn read_dqt(&mut self, seg: &[u8]) -> Result<(), Jpeg12Error> {
+        let mut p = 0;
+        while p < seg.len() {
+            let (pq, tq) = (seg[p] >> 4, usize::from(seg[p] & 15));
+            p += 1;
+            if tq > 3 {
+                return Err("invalid quantisation table id".into());
+            }
+            let mut t = [0u16; 64];
+            for v in t.iter_mut() {
+                *v = if pq == 0 {
+                    let b = *seg.get(p).ok_or("short DQT segment")?;
+                    p += 1;
+                    u16::from(b)
+                } else {
+                    let w = u16_at(seg, p)? as u16;
+                    p += 2;
+                    w
+                };
+            }
+            self.qt[tq] = Some(t);
+        }
+        Ok(())
+    }
+
+    /// Reads the Huffman tables of a DHT segment.
+    fn read_dht(&mut self, seg: &[u8]) -> Result<(), Jpeg12Error> {
+        let mut p = 0;
+        while p < seg.len() {
+            let (tc, th) = (seg[p] >> 4, usize::from(seg[p] & 15));
+            let counts: [u8; 16] = seg
+                .get(p + 1..p + 17)
+                .ok_or("short DHT segment")?
+                .try_into()
+                .map_err(|_| "DHT")?;
+            let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+            let values = seg
+                .get(p + 17..p + 17 + total)
+                .ok_or("short DHT segment")?
+                .to_vec();
+            p += 17 + total;
+            if th > 3 || tc > 1 {
+                return Err("invalid Huffman table id".into());
+            }
+            let h = Huffman::new(&counts, values)?;
+            if tc == 0 {
+                self.dc[th] = Some(h)
+            } else {
+                self.ac[th] = Some(h)
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the scan whose SOS segment is `seg` and whose entropy-coded data starts at
+    /// `d[start]`; returns the image and where the data ends.
+    fn decode_scan(
+        &self,
+        seg: &[u8],
+        d: &[u8],
+        start: usize,
+    ) -> Result<(Grey, usize), Jpeg12Error> {
+        let frame = self.frame.ok_or("scan before the frame header")?;
+        let ns = *seg.first().ok_or("short SOS segment")?;
+        if ns != 1 {
+            return Err("invalid SOS: more components than the frame".into());
+        }
+        let tables = *seg.get(2).ok_or("short SOS segment")?;
+        let (ss, se, a) = (
+            *seg.get(3).ok_or("short SOS")?,
+            *seg.get(4).ok_or("short SOS")?,
+            *seg.get(5).ok_or("short SOS")?,
+        );
+        if ss != 0 || se != 63 || a != 0 {
+            return Err(Jpeg12Error::ScanParameters { ss, se, a });
+        }
+        let scan = Scan {
+            dc: self.dc[usize::from(tables >> 4) & 3]
+                .as_ref()
+                .ok_or("missing DC Huffman table")?,
+            ac: self.ac[usize::from(tables & 15) & 3]
+                .as_ref()
+                .ok_or("missing AC Huffman table")?,
+            q: self.qt[frame.tq].ok_or("missing quantisation table")?,
+        };
+        let FrameHeader {
+            precision,
+            width,
+            height,
+            ..
+        } = frame;
+        let (bw, bh) = (width.div_ceil(8), height.div_ceil(8));
+        let shift = (1i32 << (precision - 1)) as f32;
+        let max = ((1u32 << precision) - 1) as f32;
+        let mut samples = vec![0u16; width * height];
+        let mut bits = Bits::new(d, start);
+        let mut pred = 0i32;
+        for b in 0..bw * bh {
+            if self.restart_interval > 0 && b > 0 && b % self.restart_interval == 0 {
+                bits.restart()?;
+                pred = 0;
+            }
+            let mut block = scan.block(&mut bits, &mut pred)?;
+            idct(&mut block);
+            let (bx, by) = (b % bw, b / bw);
+            for y in 0..8 {
+                let py = by * 8 + y;
+                if py >= height {
+                    break;
+                }
+                for x in 0..8 {
+                    let px = bx * 8 + x;
+                    if px < width {
+                        samples[py * width + px] =
+                            (block[y * 8 + x] + shift).round().clamp(0.0, max) as u16;
+                    }
+                }
+            }
+        }
+        let grey = Grey {
+            width,
+            height,
+            precision,
+            samples,
+        };
+        Ok((grey, bits.pos))
+    }
+}
+
+/// The tables one scan decodes with.
+struct Scan<'a> {
+    dc: &'a Huffman,
+    ac: &'a Huffman,
+    q: [u16; 64],
+}
+
+impl Scan<'_> {
+    /// Decodes and dequantises one 8x8 block (natural order); `pred` is the DC predictor.
+    fn block(&self, bits: &mut Bits, pred: &mut i32) -> Result<[f32; 64], Jpeg12Error> {
+        let q = &self.q;
+        let mut block = [0f32; 64];
+        let s = bits.decode(self.dc)?;
+        if s > 16 {
+            return Err("invalid DC difference size".into());
+        }
+        *pred = pred.wrapping_add(bits.receive_extend(s));
+        block[0] = *pred as f32 * f32::from(q[0]);
+        let mut k = 1usize;
+        while k < 64 {
+            let rs = bits.decode(self.ac)?;
+            let (r, s) = (usize::from(rs >> 4), rs & 15);
+            if s == 0 {
+                if r == 15 {
+                    k += 16;
+                    continue;
+                }
+                break;
+            }
+            k += r;
+            if k > 63 {
+                return Err("AC coefficient index beyond 63".into());
+            }
+            block[ZIGZAG[k]] = bits.receive_extend(s) as f32 * f32::from(q[k]);
+            k += 1;
+        }
+        Ok(block)
+    }
 }
 
 /// Precision of a JPEG stream's frame header (SOFn), when there is one.
@@ -474,6 +565,7 @@ mod tests {
         assert!(
             decode_grey(&d)
                 .unwrap_err()
+                .to_string()
                 .contains("missing DC Huffman table")
         );
     }

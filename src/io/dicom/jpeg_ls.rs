@@ -6,6 +6,30 @@
 //! reported as unsupported rather than guessed.
 #![deny(clippy::arithmetic_side_effects)]
 
+/// Why a JPEG-LS frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JpegLsError {
+    #[error("JPEG-LS with {0} samples per pixel is not supported (only greyscale)")]
+    Colour(usize),
+    #[error("image size overflows")]
+    SizeOverflows,
+    /// The decoder's own account.
+    #[error("{0}")]
+    Codec(String),
+    #[error("decoded {w} x {h} pixels ({samples} samples), expected {cols} x {rows}")]
+    Size {
+        w: u32,
+        h: u32,
+        samples: usize,
+        cols: usize,
+        rows: usize,
+    },
+    #[error("sample {0} exceeds 8 bits allocated")]
+    SampleRange(u32),
+    #[error("JPEG-LS with BitsAllocated {0} is not supported")]
+    BitsAllocated(u16),
+}
+
 /// Decodes one JPEG-LS frame into little-endian samples of `bits_allocated` bits, the layout
 /// the other decoders produce: `cols * rows` samples. Stored values are returned as coded
 /// (two's complement bit patterns for signed data); the caller extracts `bits_stored` bits.
@@ -15,31 +39,31 @@ pub(super) fn decode_frame(
     rows: usize,
     samples_per_pixel: usize,
     bits_allocated: u16,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, JpegLsError> {
     if samples_per_pixel != 1 {
-        return Err(format!(
-            "JPEG-LS with {samples_per_pixel} samples per pixel is not supported (only greyscale)"
-        ));
+        return Err(JpegLsError::Colour(samples_per_pixel));
     }
     let (Ok(width), Ok(height)) = (u32::try_from(cols), u32::try_from(rows)) else {
-        return Err("image size overflows".into());
+        return Err(JpegLsError::SizeOverflows);
     };
-    let (samples, w, h) = jpegls::decode(data, width, height).map_err(|e| e.to_string())?;
+    let (samples, w, h) =
+        jpegls::decode(data, width, height).map_err(|e| JpegLsError::Codec(e.to_string()))?;
     if (w, h) != (width, height) || cols.checked_mul(rows) != Some(samples.len()) {
-        return Err(format!(
-            "decoded {w} x {h} pixels ({} samples), expected {cols} x {rows}",
-            samples.len()
-        ));
+        return Err(JpegLsError::Size {
+            w,
+            h,
+            samples: samples.len(),
+            cols,
+            rows,
+        });
     }
     match bits_allocated {
         8 => samples
             .iter()
-            .map(|&v| u8::try_from(v).map_err(|_| format!("sample {v} exceeds 8 bits allocated")))
+            .map(|&v| u8::try_from(v).map_err(|_| JpegLsError::SampleRange(u32::from(v))))
             .collect(),
         16 => Ok(samples.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        other => Err(format!(
-            "JPEG-LS with BitsAllocated {other} is not supported"
-        )),
+        other => Err(JpegLsError::BitsAllocated(other)),
     }
 }
 
@@ -69,7 +93,7 @@ mod tests {
     #[test]
     fn colour_and_truncated_frames_are_clear_errors() {
         let err = decode_frame(&[0xFF, 0xD8], 8, 8, 3, 8).unwrap_err();
-        assert!(err.contains("3 samples per pixel"), "{err}");
+        assert!(err.to_string().contains("3 samples per pixel"), "{err}");
         let pixels: Vec<u16> = (0..256u16).collect();
         let mut coded = Vec::new();
         jpegls::encode(&pixels, 16, 16, &mut coded).unwrap();

@@ -156,8 +156,26 @@ fn expand_into(words: &[u16], limit: usize, out: &mut Vec<u16>, depth: u32) -> O
     Some(())
 }
 
+/// What is wrong with the palette of a PALETTE COLOR image (`name` is Red, Green or Blue).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum PaletteError {
+    #[error("PALETTE COLOR image without a valid {name} Palette Color Lookup Table Descriptor")]
+    Descriptor { name: &'static str },
+    #[error(
+        "{name} Palette Color Lookup Table Data is shorter than its descriptor's {entries} entries"
+    )]
+    ShortData { name: &'static str, entries: usize },
+    #[error("Segmented {name} Palette Color Lookup Table Data is invalid")]
+    Segmented { name: &'static str },
+    #[error("PALETTE COLOR image without {name} Palette Color Lookup Table Data")]
+    NoData { name: &'static str },
+    /// Not three tables (cannot happen: one is made per colour).
+    #[error("palette")]
+    Count,
+}
+
 /// The three palette LUTs of a PALETTE COLOR image, or a description of what is wrong.
-pub(super) fn palette(obj: &Obj, signed_input: bool) -> Result<[Lut; 3], String> {
+pub(super) fn palette(obj: &Obj, signed_input: bool) -> Result<[Lut; 3], PaletteError> {
     let chans = [
         (
             "Red",
@@ -180,25 +198,17 @@ pub(super) fn palette(obj: &Obj, signed_input: bool) -> Result<[Lut; 3], String>
     ];
     let mut luts = Vec::with_capacity(3);
     for (name, desc_tag, data_tag, seg_tag) in chans {
-        let (n, first, bits) = descriptor(obj, desc_tag, signed_input).ok_or_else(|| {
-            format!(
-                "PALETTE COLOR image without a valid {name} Palette Color Lookup Table Descriptor"
-            )
-        })?;
+        let (n, first, bits) =
+            descriptor(obj, desc_tag, signed_input).ok_or(PaletteError::Descriptor { name })?;
         let data = if let Some(w) = words(obj, data_tag) {
-            entries(&w, n, bits).ok_or_else(|| {
-                format!("{name} Palette Color Lookup Table Data is shorter than its descriptor's {n} entries")
-            })?
+            entries(&w, n, bits).ok_or(PaletteError::ShortData { name, entries: n })?
         } else if let Some(w) = words(obj, seg_tag) {
-            let mut e = expand_segmented(&w, MAX_ENTRIES).ok_or_else(|| {
-                format!("Segmented {name} Palette Color Lookup Table Data is invalid")
-            })?;
+            let mut e =
+                expand_segmented(&w, MAX_ENTRIES).ok_or(PaletteError::Segmented { name })?;
             e.resize(n, *e.last().unwrap_or(&0));
             e
         } else {
-            return Err(format!(
-                "PALETTE COLOR image without {name} Palette Color Lookup Table Data"
-            ));
+            return Err(PaletteError::NoData { name });
         };
         // Some writers declare 16 bits but store 8-bit values, or the other way round.
         let max = data.iter().copied().max().unwrap_or(0);
@@ -209,7 +219,7 @@ pub(super) fn palette(obj: &Obj, signed_input: bool) -> Result<[Lut; 3], String>
             bits,
         });
     }
-    let [r, g, b]: [Lut; 3] = luts.try_into().map_err(|_| "palette".to_string())?;
+    let [r, g, b]: [Lut; 3] = luts.try_into().map_err(|_| PaletteError::Count)?;
     Ok([r, g, b])
 }
 

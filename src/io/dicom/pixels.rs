@@ -9,8 +9,9 @@ use std::path::Path;
 
 use dicom_core::{DicomValue, PrimitiveValue};
 use dicom_dictionary_std::tags;
-use dicom_encoding::Codec;
+use dicom_encoding::adapters::DynPixelDataReader;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_encoding::{Codec, TransferSyntax};
 use dicom_object::DefaultDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
@@ -83,7 +84,9 @@ fn required_uint(
 ) -> Result<u64, DicomError> {
     match attrs::int(ds, tag) {
         None => Err(malformed(path, format!("image without {name}"))),
-        Some(Err(raw)) => Err(malformed(path, format!("invalid {name} value {raw:?}"))),
+        Some(Err(attrs::NotAnInteger { raw })) => {
+            Err(malformed(path, format!("invalid {name} value {raw:?}")))
+        }
         Some(Ok(v)) if v < 0 => Err(malformed(path, format!("invalid {name} value {v}"))),
         Some(Ok(v)) => Ok(v as u64),
     }
@@ -98,6 +101,40 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
             format!("empty image: {rows} rows x {cols} columns"),
         ));
     }
+    let (bits_allocated, bits_stored, high_bit) = read_bit_depths(ds, path)?;
+    let spp = attrs::int_opt(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    if !(1..=4).contains(&spp) {
+        return Err(malformed(path, format!("invalid SamplesPerPixel {spp}")));
+    }
+    let frames = read_frame_count(ds, path)?;
+    check_sample_limit(path, rows, cols, frames, spp)?;
+    let photometric = attrs::string(ds, tags::PHOTOMETRIC_INTERPRETATION)
+        .map(|s| s.to_ascii_uppercase())
+        .unwrap_or_else(|| {
+            if spp == 1 {
+                "MONOCHROME2".into()
+            } else {
+                "RGB".into()
+            }
+        });
+
+    Ok(Layout {
+        rows: rows as usize,
+        cols: cols as usize,
+        frames: frames as usize,
+        spp: spp as usize,
+        bits_allocated,
+        bits_stored,
+        high_bit,
+        signed: attrs::int_opt(ds, tags::PIXEL_REPRESENTATION) == Some(1),
+        planar: spp > 1 && attrs::int_opt(ds, tags::PLANAR_CONFIGURATION) == Some(1),
+        photometric,
+    })
+}
+
+/// BitsAllocated, BitsStored and HighBit, checked so that
+/// `1 <= bits_stored <= high_bit + 1 <= bits_allocated <= 32` (which [`extract`] relies on).
+fn read_bit_depths(ds: &Obj, path: &Path) -> Result<(u16, u16, u16), DicomError> {
     let bits_allocated = required_uint(ds, tags::BITS_ALLOCATED, "BitsAllocated", path)?;
     if !matches!(bits_allocated, 1 | 8 | 16 | 32) {
         return Err(DicomError::new(
@@ -127,62 +164,46 @@ fn read_layout(ds: &Obj, path: &Path) -> Result<Layout, DicomError> {
         // (BitsStored is at least 1 here).
         _ => bits_stored.saturating_sub(1),
     };
-    let spp = attrs::int_opt(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    if !(1..=4).contains(&spp) {
-        return Err(malformed(path, format!("invalid SamplesPerPixel {spp}")));
+    Ok((bits_allocated, bits_stored, high_bit))
+}
+
+/// NumberOfFrames, 1 when absent (or 0).
+fn read_frame_count(ds: &Obj, path: &Path) -> Result<u64, DicomError> {
+    match attrs::int(ds, tags::NUMBER_OF_FRAMES) {
+        None => Ok(1),
+        Some(Err(attrs::NotAnInteger { raw })) => Err(malformed(
+            path,
+            format!("invalid NumberOfFrames value {raw:?} (not an integer)"),
+        )),
+        Some(Ok(n)) if n < 0 => Err(malformed(path, format!("invalid NumberOfFrames value {n}"))),
+        Some(Ok(n)) => Ok((n as u64).max(1)),
     }
-    let frames = match attrs::int(ds, tags::NUMBER_OF_FRAMES) {
-        None => 1,
-        Some(Err(raw)) => {
-            return Err(malformed(
-                path,
-                format!("invalid NumberOfFrames value {raw:?} (not an integer)"),
-            ));
-        }
-        Some(Ok(n)) if n < 0 => {
-            return Err(malformed(path, format!("invalid NumberOfFrames value {n}")));
-        }
-        Some(Ok(n)) => (n as u64).max(1),
-    };
+}
+
+/// Refuses images of more than [`MAX_SAMPLES`] samples, so that later products of the sizes
+/// cannot overflow.
+fn check_sample_limit(
+    path: &Path,
+    rows: u64,
+    cols: u64,
+    frames: u64,
+    spp: i64,
+) -> Result<(), DicomError> {
     let samples = rows
         .checked_mul(cols)
         .and_then(|v| v.checked_mul(frames))
         .and_then(|v| v.checked_mul(spp as u64));
     match samples {
-        Some(n) if n <= MAX_SAMPLES => {}
-        _ => {
-            return Err(DicomError::new(
-                path,
-                K::TooLarge,
-                format!(
-                    "image of {rows} x {cols} x {frames} frames x {spp} samples exceeds the \
-                     {MAX_SAMPLES}-sample limit"
-                ),
-            ));
-        }
+        Some(n) if n <= MAX_SAMPLES => Ok(()),
+        _ => Err(DicomError::new(
+            path,
+            K::TooLarge,
+            format!(
+                "image of {rows} x {cols} x {frames} frames x {spp} samples exceeds the \
+                 {MAX_SAMPLES}-sample limit"
+            ),
+        )),
     }
-    let photometric = attrs::string(ds, tags::PHOTOMETRIC_INTERPRETATION)
-        .map(|s| s.to_ascii_uppercase())
-        .unwrap_or_else(|| {
-            if spp == 1 {
-                "MONOCHROME2".into()
-            } else {
-                "RGB".into()
-            }
-        });
-
-    Ok(Layout {
-        rows: rows as usize,
-        cols: cols as usize,
-        frames: frames as usize,
-        spp: spp as usize,
-        bits_allocated,
-        bits_stored,
-        high_bit,
-        signed: attrs::int_opt(ds, tags::PIXEL_REPRESENTATION) == Some(1),
-        planar: spp > 1 && attrs::int_opt(ds, tags::PLANAR_CONFIGURATION) == Some(1),
-        photometric,
-    })
 }
 
 /// How the per-frame byte runs are to be read.
@@ -253,237 +274,329 @@ fn raw_frames(obj: &DefaultDicomObject, l: &Layout, path: &Path) -> Result<RawFr
         .ok_or_else(|| DicomError::new(path, K::NoPixelData, "no pixel data"))?;
     match element.value() {
         DicomValue::Primitive(p) => {
-            let stream = native_stream(p, big_endian);
-            let frame_bytes = native_frame_bytes(l)
-                .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
-            let expected = if l.bits_allocated == 1 {
-                l.samples().div_ceil(8)
-            } else {
-                frame_bytes
-                    .checked_mul(l.frames)
-                    .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?
-            };
-            if stream.len() < expected {
-                return Err(DicomError::new(
-                    path,
-                    K::Truncated,
-                    format!(
-                        "truncated pixel data: expected {expected} bytes, found {}",
-                        stream.len()
-                    ),
-                ));
-            }
-            let frames = if l.bits_allocated == 1 {
-                // Frames of 1-bit data need not start on a byte boundary: keep the whole
-                // stream and let the extractor index bits from the frame's bit offset.
-                vec![stream]
-            } else {
-                stream
-                    .chunks(frame_bytes)
-                    .take(l.frames)
-                    .map(|c| c.to_vec())
-                    .collect()
-            };
-            Ok(RawFrames {
-                frames,
-                big_endian,
-                decoded: false,
-                j2k_precision: None,
-                j2k_mct: None,
-            })
+            native_frames(native_stream(p, big_endian), l, big_endian, path)
         }
         DicomValue::Sequence(_) => Err(malformed(
             path,
             "pixel data is a sequence, not pixel values",
         )),
         DicomValue::PixelSequence(_) => {
-            let grouped = frames::group_fragments(obj, l.frames).map_err(|m| malformed(path, m))?;
+            let grouped = frames::group_fragments(obj, l.frames)
+                .map_err(|m| malformed(path, m.to_string()))?;
             if ts_uid == ts::ENCAPSULATED_UNCOMPRESSED {
-                let frame_bytes = native_frame_bytes(l)
-                    .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
-                for (k, f) in grouped.iter().enumerate() {
-                    if f.len() < frame_bytes {
-                        return Err(DicomError::new(
-                            path,
-                            K::Truncated,
-                            format!(
-                                "truncated pixel data: frame {} has {} bytes, expected {frame_bytes}",
-                                k.saturating_add(1),
-                                f.len()
-                            ),
-                        ));
-                    }
-                }
-                return Ok(RawFrames {
-                    frames: grouped,
-                    big_endian: false,
-                    decoded: false,
-                    j2k_precision: None,
-                    j2k_mct: None,
-                });
+                return encapsulated_native_frames(grouped, l, path);
             }
-            // JPEG-LS goes to the pure-Rust decoder (no reader); everything else to the
-            // registry's.
-            let reader = match ts_entry.codec() {
-                _ if ts::is_jpeg_ls(&ts_uid) => None,
-                Codec::EncapsulatedPixelData(Some(reader), _) if ts_entry.can_decode_all() => {
-                    Some(reader)
-                }
-                _ => {
-                    return Err(DicomError::new(
-                        path,
-                        K::UnsupportedTransferSyntax,
-                        format!(
-                            "unsupported transfer syntax {ts_uid} ({}): no decoder for this encoding",
-                            ts_entry.name()
-                        ),
-                    ));
-                }
-            };
-            if l.bits_allocated == 1 || l.bits_allocated == 32 {
-                return Err(DicomError::new(
-                    path,
-                    K::Unsupported,
-                    format!(
-                        "BitsAllocated {} in {} is not supported by the decoder",
-                        l.bits_allocated,
-                        ts_entry.name()
-                    ),
-                ));
-            }
-            let (j2k_precision, j2k_mct) = if ts::is_jpeg2000(&ts_uid) {
-                let first = grouped.first();
-                (
-                    first.and_then(|f| frames::jpeg2000_precision(f)),
-                    first.and_then(|f| codestream::j2k_mct(f)),
-                )
-            } else {
-                (None, None)
-            };
-            let (Ok(rows), Ok(cols)) = (u16::try_from(l.rows), u16::try_from(l.cols)) else {
-                return Err(malformed(path, "Rows/Columns beyond 65535"));
-            };
-            let framed = Framed {
-                ts_uid: ts_uid.clone(),
-                rows,
-                cols,
-                samples_per_pixel: l.spp as u16,
-                bits_allocated: l.bits_allocated,
-                bits_stored: l.bits_stored,
-                photometric: l.photometric.clone(),
-                frames: grouped,
-            };
-            // Decoders deliver every sample of every pixel (422 comes back as full RGB).
-            let expected = l
-                .pixels()
-                .checked_mul(l.spp)
-                .and_then(|v| v.checked_mul(usize::from(l.bits_allocated / 8)))
-                .ok_or_else(|| DicomError::new(path, K::TooLarge, "image size overflows"))?;
-            let rgb_as_stored = l.spp == 3
-                && l.photometric == "RGB"
-                && l.bits_allocated == 8
-                && matches!(
-                    ts_uid.as_str(),
-                    "1.2.840.10008.1.2.4.50"
-                        | "1.2.840.10008.1.2.4.51"
-                        | "1.2.840.10008.1.2.4.57"
-                        | "1.2.840.10008.1.2.4.70"
-                );
-            let mut out = Vec::with_capacity(l.frames);
-            for k in 0..l.frames {
-                let data = &framed.frames[k];
-                if let Some((w, h, c)) = codestream::dimensions(&ts_uid, data)
-                    && (w as usize != l.cols || h as usize != l.rows || c as usize != l.spp)
-                {
-                    return Err(DicomError::new(
-                        path,
-                        K::Decode,
-                        format!(
-                            "{} frame {}: the codestream holds {w}x{h} pixels with {c} component(s), \
-                             the DICOM attributes say {}x{} with {}",
-                            ts_entry.name(),
-                            k.saturating_add(1),
-                            l.cols,
-                            l.rows,
-                            l.spp
-                        ),
-                    ));
-                }
-                let frame_error = |detail: String| {
-                    DicomError::new(
-                        path,
-                        K::Decode,
-                        format!(
-                            "{} frame {} failed to decode: {detail}",
-                            ts_entry.name(),
-                            k.saturating_add(1)
-                        ),
-                    )
-                };
-                let twelve_bit = matches!(
-                    ts_uid.as_str(),
-                    "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51"
-                ) && jpeg12::precision(data) == Some(12);
-                let mut buf = match rgb_as_stored
-                    .then(|| codestream::decode_jpeg_rgb_as_stored(data, expected))
-                    .flatten()
-                {
-                    Some(r) => r.map_err(frame_error)?,
-                    None if ts_uid == ts::RLE_LOSSLESS => rle::decode_frame(
-                        data,
-                        l.pixels(),
-                        l.spp,
-                        usize::from(l.bits_allocated / 8),
-                    )
-                    .map_err(frame_error)?,
-                    // jpeg-decoder stops at 8 bits: 12-bit frames go to our own decoder.
-                    None if twelve_bit => {
-                        if l.bits_allocated != 16 {
-                            return Err(frame_error(format!(
-                                "12-bit JPEG needs BitsAllocated 16, the file says {}",
-                                l.bits_allocated
-                            )));
-                        }
-                        let g = jpeg12::decode_grey(data).map_err(frame_error)?;
-                        if (g.width, g.height) != (l.cols, l.rows) || g.precision > 16 {
-                            return Err(frame_error(format!(
-                                "decoded {} x {} pixels, expected {} x {}",
-                                g.width, g.height, l.cols, l.rows
-                            )));
-                        }
-                        g.samples.iter().flat_map(|v| v.to_le_bytes()).collect()
-                    }
-                    None => match reader {
-                        Some(reader) => {
-                            let mut buf = Vec::new();
-                            reader
-                                .decode_frame(&framed, k as u32, &mut buf)
-                                .map_err(|e| frame_error(error_chain(&e)))?;
-                            buf
-                        }
-                        None => {
-                            jpeg_ls::decode_frame(data, l.cols, l.rows, l.spp, l.bits_allocated)
-                                .map_err(frame_error)?
-                        }
-                    },
-                };
-                if buf.len() < expected {
-                    return Err(frame_error(format!(
-                        "{} bytes decoded, expected {expected}",
-                        buf.len()
-                    )));
-                }
-                buf.truncate(expected);
-                out.push(buf);
-            }
-            Ok(RawFrames {
-                frames: out,
-                big_endian: false,
-                decoded: true,
-                j2k_precision,
-                j2k_mct,
-            })
+            decoded_frames(grouped, l, &ts_uid, ts_entry, path)
         }
+    }
+}
+
+fn image_size_overflows(path: &Path) -> DicomError {
+    DicomError::new(path, K::TooLarge, "image size overflows")
+}
+
+/// Native (uncompressed) pixel data cut into frames, after checking that the stream holds
+/// all of them.
+fn native_frames(
+    stream: Vec<u8>,
+    l: &Layout,
+    big_endian: bool,
+    path: &Path,
+) -> Result<RawFrames, DicomError> {
+    let frame_bytes = native_frame_bytes(l).ok_or_else(|| image_size_overflows(path))?;
+    let expected = if l.bits_allocated == 1 {
+        l.samples().div_ceil(8)
+    } else {
+        frame_bytes
+            .checked_mul(l.frames)
+            .ok_or_else(|| image_size_overflows(path))?
+    };
+    if stream.len() < expected {
+        return Err(DicomError::new(
+            path,
+            K::Truncated,
+            format!(
+                "truncated pixel data: expected {expected} bytes, found {}",
+                stream.len()
+            ),
+        ));
+    }
+    let frames = if l.bits_allocated == 1 {
+        // Frames of 1-bit data need not start on a byte boundary: keep the whole
+        // stream and let the extractor index bits from the frame's bit offset.
+        vec![stream]
+    } else {
+        stream
+            .chunks(frame_bytes)
+            .take(l.frames)
+            .map(|c| c.to_vec())
+            .collect()
+    };
+    Ok(RawFrames {
+        frames,
+        big_endian,
+        decoded: false,
+        j2k_precision: None,
+        j2k_mct: None,
+    })
+}
+
+/// Encapsulated Uncompressed Explicit VR Little Endian: native frames, one per fragment
+/// group, each checked to be complete.
+fn encapsulated_native_frames(
+    grouped: Vec<Vec<u8>>,
+    l: &Layout,
+    path: &Path,
+) -> Result<RawFrames, DicomError> {
+    let frame_bytes = native_frame_bytes(l).ok_or_else(|| image_size_overflows(path))?;
+    for (k, f) in grouped.iter().enumerate() {
+        if f.len() < frame_bytes {
+            return Err(DicomError::new(
+                path,
+                K::Truncated,
+                format!(
+                    "truncated pixel data: frame {} has {} bytes, expected {frame_bytes}",
+                    k.saturating_add(1),
+                    f.len()
+                ),
+            ));
+        }
+    }
+    Ok(RawFrames {
+        frames: grouped,
+        big_endian: false,
+        decoded: false,
+        j2k_precision: None,
+        j2k_mct: None,
+    })
+}
+
+/// Compressed frames, each decoded to every sample of every pixel.
+fn decoded_frames(
+    grouped: Vec<Vec<u8>>,
+    l: &Layout,
+    ts_uid: &str,
+    ts_entry: &TransferSyntax,
+    path: &Path,
+) -> Result<RawFrames, DicomError> {
+    let reader = frame_reader(l, ts_uid, ts_entry, path)?;
+    let (j2k_precision, j2k_mct) = if ts::is_jpeg2000(ts_uid) {
+        let first = grouped.first();
+        (
+            first.and_then(|f| frames::jpeg2000_precision(f)),
+            first.and_then(|f| codestream::j2k_mct(f)),
+        )
+    } else {
+        (None, None)
+    };
+    let (Ok(rows), Ok(cols)) = (u16::try_from(l.rows), u16::try_from(l.cols)) else {
+        return Err(malformed(path, "Rows/Columns beyond 65535"));
+    };
+    // Decoders deliver every sample of every pixel (422 comes back as full RGB).
+    let expected = l
+        .pixels()
+        .checked_mul(l.spp)
+        .and_then(|v| v.checked_mul(usize::from(l.bits_allocated / 8)))
+        .ok_or_else(|| image_size_overflows(path))?;
+    let decoder = FrameDecoder {
+        l,
+        path,
+        ts_uid,
+        ts_name: ts_entry.name(),
+        reader,
+        framed: Framed {
+            ts_uid: ts_uid.to_string(),
+            rows,
+            cols,
+            samples_per_pixel: l.spp as u16,
+            bits_allocated: l.bits_allocated,
+            bits_stored: l.bits_stored,
+            photometric: l.photometric.clone(),
+            frames: grouped,
+        },
+        expected,
+        rgb_as_stored: l.spp == 3
+            && l.photometric == "RGB"
+            && l.bits_allocated == 8
+            && matches!(
+                ts_uid,
+                "1.2.840.10008.1.2.4.50"
+                    | "1.2.840.10008.1.2.4.51"
+                    | "1.2.840.10008.1.2.4.57"
+                    | "1.2.840.10008.1.2.4.70"
+            ),
+    };
+    let frames = (0..l.frames)
+        .map(|k| decoder.decode(k))
+        .collect::<Result<_, _>>()?;
+    Ok(RawFrames {
+        frames,
+        big_endian: false,
+        decoded: true,
+        j2k_precision,
+        j2k_mct,
+    })
+}
+
+/// The registry's decoder for `ts_entry`, `None` for JPEG-LS (which goes to the pure-Rust
+/// [`jpeg_ls`] decoder), or why the frames cannot be decoded.
+fn frame_reader<'a>(
+    l: &Layout,
+    ts_uid: &str,
+    ts_entry: &'a TransferSyntax,
+    path: &Path,
+) -> Result<Option<&'a DynPixelDataReader>, DicomError> {
+    let reader = match ts_entry.codec() {
+        _ if ts::is_jpeg_ls(ts_uid) => None,
+        Codec::EncapsulatedPixelData(Some(reader), _) if ts_entry.can_decode_all() => Some(reader),
+        _ => {
+            return Err(DicomError::new(
+                path,
+                K::UnsupportedTransferSyntax,
+                format!(
+                    "unsupported transfer syntax {ts_uid} ({}): no decoder for this encoding",
+                    ts_entry.name()
+                ),
+            ));
+        }
+    };
+    if l.bits_allocated == 1 || l.bits_allocated == 32 {
+        return Err(DicomError::new(
+            path,
+            K::Unsupported,
+            format!(
+                "BitsAllocated {} in {} is not supported by the decoder",
+                l.bits_allocated,
+                ts_entry.name()
+            ),
+        ));
+    }
+    Ok(reader)
+}
+
+/// What every frame of one compressed image is decoded with.
+struct FrameDecoder<'a> {
+    l: &'a Layout,
+    path: &'a Path,
+    ts_uid: &'a str,
+    /// The transfer syntax's name, for messages.
+    ts_name: &'a str,
+    /// The registry's decoder; `None` for JPEG-LS.
+    reader: Option<&'a DynPixelDataReader>,
+    framed: Framed,
+    /// Bytes of one decoded frame.
+    expected: usize,
+    /// 8-bit RGB JPEG, decoded without colour conversion (PS3.5 8.2.1).
+    rgb_as_stored: bool,
+}
+
+impl FrameDecoder<'_> {
+    /// Frame `k` (0-based) failed to decode because of `detail`.
+    fn frame_error(&self, k: usize, detail: impl std::fmt::Display) -> DicomError {
+        DicomError::new(
+            self.path,
+            K::Decode,
+            format!(
+                "{} frame {} failed to decode: {detail}",
+                self.ts_name,
+                k.saturating_add(1)
+            ),
+        )
+    }
+
+    /// The samples of frame `k`, exactly [`FrameDecoder::expected`] bytes.
+    fn decode(&self, k: usize) -> Result<Vec<u8>, DicomError> {
+        let l = self.l;
+        let data = &self.framed.frames[k];
+        self.check_codestream_size(k, data)?;
+        let mut buf = match self
+            .rgb_as_stored
+            .then(|| codestream::decode_jpeg_rgb_as_stored(data, self.expected))
+            .flatten()
+        {
+            Some(r) => r.map_err(|e| self.frame_error(k, e))?,
+            None if self.ts_uid == ts::RLE_LOSSLESS => {
+                rle::decode_frame(data, l.pixels(), l.spp, usize::from(l.bits_allocated / 8))
+                    .map_err(|e| self.frame_error(k, e))?
+            }
+            // jpeg-decoder stops at 8 bits: 12-bit frames go to our own decoder.
+            None if self.is_twelve_bit(data) => self.decode_twelve_bit(k, data)?,
+            None => match self.reader {
+                Some(reader) => {
+                    let mut buf = Vec::new();
+                    reader
+                        .decode_frame(&self.framed, k as u32, &mut buf)
+                        .map_err(|e| self.frame_error(k, error_chain(&e)))?;
+                    buf
+                }
+                None => jpeg_ls::decode_frame(data, l.cols, l.rows, l.spp, l.bits_allocated)
+                    .map_err(|e| self.frame_error(k, e))?,
+            },
+        };
+        if buf.len() < self.expected {
+            return Err(self.frame_error(
+                k,
+                format!("{} bytes decoded, expected {}", buf.len(), self.expected),
+            ));
+        }
+        buf.truncate(self.expected);
+        Ok(buf)
+    }
+
+    /// Refuses a codestream whose own header disagrees with the DICOM attributes.
+    fn check_codestream_size(&self, k: usize, data: &[u8]) -> Result<(), DicomError> {
+        let l = self.l;
+        if let Some((w, h, c)) = codestream::dimensions(self.ts_uid, data)
+            && (w as usize != l.cols || h as usize != l.rows || c as usize != l.spp)
+        {
+            return Err(DicomError::new(
+                self.path,
+                K::Decode,
+                format!(
+                    "{} frame {}: the codestream holds {w}x{h} pixels with {c} component(s), \
+                     the DICOM attributes say {}x{} with {}",
+                    self.ts_name,
+                    k.saturating_add(1),
+                    l.cols,
+                    l.rows,
+                    l.spp
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A 12-bit JPEG Baseline/Extended frame, which `jpeg-decoder` cannot read.
+    fn is_twelve_bit(&self, data: &[u8]) -> bool {
+        matches!(
+            self.ts_uid,
+            "1.2.840.10008.1.2.4.50" | "1.2.840.10008.1.2.4.51"
+        ) && jpeg12::precision(data) == Some(12)
+    }
+
+    /// Frame `k` through the 12-bit greyscale decoder, as 16-bit little-endian samples.
+    fn decode_twelve_bit(&self, k: usize, data: &[u8]) -> Result<Vec<u8>, DicomError> {
+        let l = self.l;
+        if l.bits_allocated != 16 {
+            return Err(self.frame_error(
+                k,
+                format!(
+                    "12-bit JPEG needs BitsAllocated 16, the file says {}",
+                    l.bits_allocated
+                ),
+            ));
+        }
+        let g = jpeg12::decode_grey(data).map_err(|e| self.frame_error(k, e))?;
+        if (g.width, g.height) != (l.cols, l.rows) || g.precision > 16 {
+            return Err(self.frame_error(
+                k,
+                format!(
+                    "decoded {} x {} pixels, expected {} x {}",
+                    g.width, g.height, l.cols, l.rows
+                ),
+            ));
+        }
+        Ok(g.samples.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 }
 
@@ -608,201 +721,283 @@ pub(super) fn decode_stack(
 ) -> Result<ImageStack, DicomError> {
     let ds: &Obj = obj;
     if ds.get(tags::PIXEL_DATA).is_none() {
-        if frames::has_float_pixel_data(obj) {
-            return Err(DicomError::new(
-                path,
-                K::Unsupported,
-                "float pixel data is not supported",
-            ));
-        }
-        let class = sop_class_name(obj.meta().media_storage_sop_class_uid());
-        let what = if class.is_empty() {
-            String::new()
-        } else {
-            format!(" ({class})")
-        };
-        return Err(DicomError::new(
-            path,
-            K::NoPixelData,
-            format!("no pixel data{what}"),
-        ));
+        return Err(missing_pixel_data(obj, path));
     }
     let l = read_layout(ds, path)?;
     let raw = raw_frames(obj, &l, path)?;
     let ts_uid = obj.meta().transfer_syntax().to_string();
-
-    // Decoders follow the JPEG 2000 codestream's precision and sign (pydicom and GDCM do the
-    // same when BitsStored or PixelRepresentation disagree with it).
-    // The precision comes from the codestream; the sign from either (a signed codestream
-    // decodes to negative values; an unsigned one with PixelRepresentation 1 holds two's
-    // complement values, which is how pydicom reads such files too).
-    let (bits_stored, high_bit, signed) = match raw.j2k_precision {
-        // The codestream's precision is at least 1.
-        Some((p, s)) if p <= l.bits_allocated => (p, p.saturating_sub(1), s || l.signed),
-        _ => (l.bits_stored, l.high_bit, l.signed),
-    };
-    let max_stored = ((1u64 << bits_stored).wrapping_sub(1)) as f64;
-
-    let pi = l.photometric.as_str();
-    // Decoders hand back RGB, except RLE (stored samples) and JPEG 2000 without its MCT
-    // (stored components: YBR_FULL there still needs converting).
-    let colour_decoded_rgb =
-        raw.decoded && ts_uid != ts::RLE_LOSSLESS && raw.j2k_mct != Some(false);
-    let n = l.pixels();
-    let mut frames_out = Vec::with_capacity(l.frames);
-
-    if l.spp == 1 {
-        let palette = if pi == "PALETTE COLOR" {
-            Some(lut::palette(ds, signed).map_err(|m| malformed(path, m))?)
-        } else {
-            None
-        };
-        let table = lut::modality_lut(ds, signed);
-        for k in 0..l.frames {
-            let (bytes, bit_offset) = if l.bits_allocated == 1 {
-                // Within the stream's samples (read_layout bounds them): no overflow.
-                (&raw.frames[0][..], k.saturating_mul(n))
-            } else {
-                (&raw.frames[k][..], 0)
-            };
-            let stored = extract(
-                bytes,
-                n,
-                l.bits_allocated,
-                bits_stored,
-                high_bit,
-                signed,
-                raw.big_endian,
-                bit_offset,
-            );
-            let frame = if let Some([r, g, b]) = &palette {
-                let mut data = Vec::with_capacity(n.saturating_mul(3));
-                for &v in &stored {
-                    for t in [r, g, b] {
-                        data.push((f64::from(t.lookup(v)) * 255.0 / t.max_value()) as f32);
-                    }
-                }
-                Frame {
-                    width: l.cols as u32,
-                    height: l.rows as u32,
-                    channels: Channels::Rgb,
-                    data,
-                }
-            } else {
-                let data = match modality_lut(ds, k, &table) {
-                    ModalityLut::Table(t) => {
-                        stored.iter().map(|&v| f32::from(t.lookup(v))).collect()
-                    }
-                    ModalityLut::Rescale(s, i) => {
-                        stored.iter().map(|&v| (v * s + i) as f32).collect()
-                    }
-                };
-                Frame {
-                    width: l.cols as u32,
-                    height: l.rows as u32,
-                    channels: Channels::Gray,
-                    data,
-                }
-            };
-            frames_out.push(frame);
+    let stored = Stored::of(&l, &raw);
+    let frames_out = match l.spp {
+        1 => grey_frames(ds, &l, &raw, &stored, path)?,
+        3 => {
+            // Decoders hand back RGB, except RLE (stored samples) and JPEG 2000 without its
+            // MCT (stored components: YBR_FULL there still needs converting).
+            let colour_decoded_rgb =
+                raw.decoded && ts_uid != ts::RLE_LOSSLESS && raw.j2k_mct != Some(false);
+            colour_frames(&l, &raw, &stored, colour_decoded_rgb, path)?
         }
-    } else if l.spp == 3 {
-        if !raw.decoded && is_422(pi) && l.cols % 2 != 0 {
-            // Stored samples come in pairs of pixels along a row (PS3.3 C.7.6.3.1.2).
-            return Err(malformed(
+        _ => {
+            return Err(DicomError::new(
                 path,
+                K::Unsupported,
                 format!(
-                    "{pi} pixel data needs an even number of columns, the file has {}",
-                    l.cols
+                    "{} samples per pixel ({}) is not supported",
+                    l.spp, l.photometric
                 ),
             ));
         }
-        let scale = 255.0 / max_stored;
-        for k in 0..l.frames {
-            let bytes = &raw.frames[k][..];
-            let rgb: Vec<f64> = if !raw.decoded && is_422(pi) {
-                // Y0 Y1 Cb Cr per pair of pixels along a row.
-                // Two samples per pixel (an even column count, checked above, so pairs do
-                // not cross rows).
-                let stored = extract(
-                    bytes,
-                    n.saturating_mul(2),
-                    l.bits_allocated,
-                    bits_stored,
-                    high_bit,
-                    false,
-                    raw.big_endian,
-                    0,
-                );
-                let to_rgb = |y, cb, cr| {
-                    if pi == "YBR_FULL_422" {
-                        ybr_full_to_rgb(y, cb, cr, max_stored)
-                    } else {
-                        ybr_partial_to_rgb(y, cb, cr, max_stored)
-                    }
-                };
-                stored
-                    .chunks_exact(4)
-                    .flat_map(|q| [to_rgb(q[0], q[2], q[3]), to_rgb(q[1], q[2], q[3])])
-                    .flatten()
-                    .collect()
-            } else {
-                let stored = extract(
-                    bytes,
-                    l.samples_per_frame(),
-                    l.bits_allocated,
-                    bits_stored,
-                    high_bit,
-                    false,
-                    raw.big_endian,
-                    0,
-                );
-                // Planar configuration 1 (native only: decoders deliver interleaved samples).
-                let stored = if l.planar && !raw.decoded {
-                    // R plane, G plane, B plane, each of n samples, interleaved.
-                    let (r, gb) = stored.split_at(n);
-                    let (g, b) = gb.split_at(n);
-                    r.iter()
-                        .zip(g)
-                        .zip(b)
-                        .flat_map(|((&r, &g), &b)| [r, g, b])
-                        .collect()
-                } else {
-                    stored
-                };
-                let needs_ybr = !colour_decoded_rgb
-                    && (pi == "YBR_FULL" || is_422(pi) || pi == "YBR_PARTIAL_420");
-                if needs_ybr {
-                    stored
-                        .chunks_exact(3)
-                        .flat_map(|c| {
-                            if pi == "YBR_FULL" || pi == "YBR_FULL_422" {
-                                ybr_full_to_rgb(c[0], c[1], c[2], max_stored)
-                            } else {
-                                ybr_partial_to_rgb(c[0], c[1], c[2], max_stored)
-                            }
-                        })
-                        .collect()
-                } else {
-                    stored
-                }
-            };
-            let data = rgb.iter().map(|&v| (v * scale) as f32).collect();
-            frames_out.push(Frame {
-                width: l.cols as u32,
-                height: l.rows as u32,
-                channels: Channels::Rgb,
-                data,
-            });
-        }
+    };
+    Ok(assemble_stack(
+        obj,
+        path,
+        &l,
+        stored.bits_stored,
+        frames_out,
+    ))
+}
+
+/// Why an object without (7FE0,0010) has no image: float pixel data, or no pixel data at all
+/// (naming the SOP class, when known).
+fn missing_pixel_data(obj: &DefaultDicomObject, path: &Path) -> DicomError {
+    if frames::has_float_pixel_data(obj) {
+        return DicomError::new(path, K::Unsupported, "float pixel data is not supported");
+    }
+    let class = sop_class_name(obj.meta().media_storage_sop_class_uid());
+    let what = if class.is_empty() {
+        String::new()
     } else {
-        return Err(DicomError::new(
-            path,
-            K::Unsupported,
-            format!("{} samples per pixel ({pi}) is not supported", l.spp),
-        ));
+        format!(" ({class})")
+    };
+    DicomError::new(path, K::NoPixelData, format!("no pixel data{what}"))
+}
+
+/// How stored values are read out of the sample bytes.
+struct Stored {
+    bits_stored: u16,
+    high_bit: u16,
+    signed: bool,
+    /// Largest stored value, `2^bits_stored - 1`.
+    max_stored: f64,
+}
+
+impl Stored {
+    /// The layout's precision, or the JPEG 2000 codestream's: decoders follow the
+    /// codestream's precision and sign (pydicom and GDCM do the same when BitsStored or
+    /// PixelRepresentation disagree with it). The precision comes from the codestream; the
+    /// sign from either (a signed codestream decodes to negative values; an unsigned one with
+    /// PixelRepresentation 1 holds two's complement values, which is how pydicom reads such
+    /// files too).
+    fn of(l: &Layout, raw: &RawFrames) -> Self {
+        let (bits_stored, high_bit, signed) = match raw.j2k_precision {
+            // The codestream's precision is at least 1.
+            Some((p, s)) if p <= l.bits_allocated => (p, p.saturating_sub(1), s || l.signed),
+            _ => (l.bits_stored, l.high_bit, l.signed),
+        };
+        Stored {
+            bits_stored,
+            high_bit,
+            signed,
+            max_stored: ((1u64 << bits_stored).wrapping_sub(1)) as f64,
+        }
     }
 
+    /// [`extract`] of `count` samples with this precision.
+    fn extract(
+        &self,
+        l: &Layout,
+        raw: &RawFrames,
+        bytes: &[u8],
+        count: usize,
+        signed: bool,
+        bit_offset: usize,
+    ) -> Vec<f64> {
+        extract(
+            bytes,
+            count,
+            l.bits_allocated,
+            self.bits_stored,
+            self.high_bit,
+            signed,
+            raw.big_endian,
+            bit_offset,
+        )
+    }
+}
+
+/// Single-sample frames: palette colour through its lookup tables, otherwise grey values
+/// through the modality LUT.
+fn grey_frames(
+    ds: &Obj,
+    l: &Layout,
+    raw: &RawFrames,
+    s: &Stored,
+    path: &Path,
+) -> Result<Vec<Frame>, DicomError> {
+    let palette = if l.photometric == "PALETTE COLOR" {
+        Some(lut::palette(ds, s.signed).map_err(|m| malformed(path, m.to_string()))?)
+    } else {
+        None
+    };
+    let table = lut::modality_lut(ds, s.signed);
+    let n = l.pixels();
+    let mut frames_out = Vec::with_capacity(l.frames);
+    for k in 0..l.frames {
+        let (bytes, bit_offset) = if l.bits_allocated == 1 {
+            // Within the stream's samples (read_layout bounds them): no overflow.
+            (&raw.frames[0][..], k.saturating_mul(n))
+        } else {
+            (&raw.frames[k][..], 0)
+        };
+        let stored = s.extract(l, raw, bytes, n, s.signed, bit_offset);
+        frames_out.push(match &palette {
+            Some(palette) => palette_frame(l, &stored, palette),
+            None => modality_frame(ds, l, k, &stored, &table),
+        });
+    }
+    Ok(frames_out)
+}
+
+/// A palette colour frame on the 0..=255 scale.
+fn palette_frame(l: &Layout, stored: &[f64], [r, g, b]: &[Lut; 3]) -> Frame {
+    let mut data = Vec::with_capacity(l.pixels().saturating_mul(3));
+    for &v in stored {
+        for t in [r, g, b] {
+            data.push((f64::from(t.lookup(v)) * 255.0 / t.max_value()) as f32);
+        }
+    }
+    Frame {
+        width: l.cols as u32,
+        height: l.rows as u32,
+        channels: Channels::Rgb,
+        data,
+    }
+}
+
+/// Grey frame `k` in modality units.
+fn modality_frame(ds: &Obj, l: &Layout, k: usize, stored: &[f64], table: &Option<Lut>) -> Frame {
+    let data = match modality_lut(ds, k, table) {
+        ModalityLut::Table(t) => stored.iter().map(|&v| f32::from(t.lookup(v))).collect(),
+        ModalityLut::Rescale(s, i) => stored.iter().map(|&v| (v * s + i) as f32).collect(),
+    };
+    Frame {
+        width: l.cols as u32,
+        height: l.rows as u32,
+        channels: Channels::Gray,
+        data,
+    }
+}
+
+/// Three-sample frames as RGB on the 0..=255 scale.
+fn colour_frames(
+    l: &Layout,
+    raw: &RawFrames,
+    s: &Stored,
+    colour_decoded_rgb: bool,
+    path: &Path,
+) -> Result<Vec<Frame>, DicomError> {
+    let pi = l.photometric.as_str();
+    if !raw.decoded && is_422(pi) && !l.cols.is_multiple_of(2) {
+        // Stored samples come in pairs of pixels along a row (PS3.3 C.7.6.3.1.2).
+        return Err(malformed(
+            path,
+            format!(
+                "{pi} pixel data needs an even number of columns, the file has {}",
+                l.cols
+            ),
+        ));
+    }
+    let scale = 255.0 / s.max_stored;
+    let mut frames_out = Vec::with_capacity(l.frames);
+    for k in 0..l.frames {
+        let bytes = &raw.frames[k][..];
+        let rgb = if !raw.decoded && is_422(pi) {
+            rgb_from_422(l, raw, s, bytes)
+        } else {
+            rgb_from_samples(l, raw, s, bytes, colour_decoded_rgb)
+        };
+        let data = rgb.iter().map(|&v| (v * scale) as f32).collect();
+        frames_out.push(Frame {
+            width: l.cols as u32,
+            height: l.rows as u32,
+            channels: Channels::Rgb,
+            data,
+        });
+    }
+    Ok(frames_out)
+}
+
+/// Stored YBR_FULL_422 / YBR_PARTIAL_422 samples (Y0 Y1 Cb Cr per pair of pixels along a
+/// row) as interleaved RGB on `0..=max_stored`.
+fn rgb_from_422(l: &Layout, raw: &RawFrames, s: &Stored, bytes: &[u8]) -> Vec<f64> {
+    // Two samples per pixel (an even column count, checked by the caller, so pairs do not
+    // cross rows).
+    let stored = s.extract(l, raw, bytes, l.pixels().saturating_mul(2), false, 0);
+    let max_stored = s.max_stored;
+    let to_rgb = |y, cb, cr| {
+        if l.photometric == "YBR_FULL_422" {
+            ybr_full_to_rgb(y, cb, cr, max_stored)
+        } else {
+            ybr_partial_to_rgb(y, cb, cr, max_stored)
+        }
+    };
+    stored
+        .chunks_exact(4)
+        .flat_map(|q| [to_rgb(q[0], q[2], q[3]), to_rgb(q[1], q[2], q[3])])
+        .flatten()
+        .collect()
+}
+
+/// Three samples per pixel as interleaved RGB on `0..=max_stored`: planar samples
+/// interleaved, YBR converted unless the decoder already did.
+fn rgb_from_samples(
+    l: &Layout,
+    raw: &RawFrames,
+    s: &Stored,
+    bytes: &[u8],
+    colour_decoded_rgb: bool,
+) -> Vec<f64> {
+    let pi = l.photometric.as_str();
+    let n = l.pixels();
+    let stored = s.extract(l, raw, bytes, l.samples_per_frame(), false, 0);
+    // Planar configuration 1 (native only: decoders deliver interleaved samples).
+    let stored = if l.planar && !raw.decoded {
+        // R plane, G plane, B plane, each of n samples, interleaved.
+        let (r, gb) = stored.split_at(n);
+        let (g, b) = gb.split_at(n);
+        r.iter()
+            .zip(g)
+            .zip(b)
+            .flat_map(|((&r, &g), &b)| [r, g, b])
+            .collect()
+    } else {
+        stored
+    };
+    let needs_ybr =
+        !colour_decoded_rgb && (pi == "YBR_FULL" || is_422(pi) || pi == "YBR_PARTIAL_420");
+    if !needs_ybr {
+        return stored;
+    }
+    stored
+        .chunks_exact(3)
+        .flat_map(|c| {
+            if pi == "YBR_FULL" || pi == "YBR_FULL_422" {
+                ybr_full_to_rgb(c[0], c[1], c[2], s.max_stored)
+            } else {
+                ybr_partial_to_rgb(c[0], c[1], c[2], s.max_stored)
+            }
+        })
+        .collect()
+}
+
+/// The stack of decoded frames with its windows, presentation and acquisition info.
+fn assemble_stack(
+    obj: &DefaultDicomObject,
+    path: &Path,
+    l: &Layout,
+    bits_stored: u16,
+    frames_out: Vec<Frame>,
+) -> ImageStack {
+    let ds: &Obj = obj;
     let is_colour = frames_out
         .first()
         .is_some_and(|f| f.channels == Channels::Rgb);
@@ -817,12 +1012,12 @@ pub(super) fn decode_stack(
     } else {
         window_presets(ds, &frames_out)
     };
-    let invert = !is_colour && pi == "MONOCHROME1";
-    let mut info = image_info(obj, &l, bits_stored);
+    let invert = !is_colour && l.photometric == "MONOCHROME1";
+    let mut info = image_info(obj, l, bits_stored);
     if !is_colour {
         info.frame_windows = per_frame_windows(ds, &frames_out, &windows);
     }
-    Ok(ImageStack {
+    ImageStack {
         source: path.to_path_buf(),
         frames: frames_out,
         windows,
@@ -831,7 +1026,7 @@ pub(super) fn decode_stack(
         info,
         overlays: overlay::overlay_planes(ds),
         warnings: Vec::new(),
-    })
+    }
 }
 
 fn voi_function(ds: &Obj) -> Option<VoiFunction> {

@@ -117,6 +117,14 @@ const SEQ_END: Tag = Tag(0xFFFE, 0xE0DD);
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 
+/// An element's tag, VR (explicit encoding only) and value length.
+#[derive(Clone, Copy)]
+struct Element {
+    tag: Tag,
+    vr: Option<VR>,
+    len: u32,
+}
+
 struct Walker<'a, S: Source> {
     src: &'a mut S,
     big: bool,
@@ -191,83 +199,103 @@ impl<S: Source> Walker<'_, S> {
             if tag.group() == 0xFFFE {
                 return Err(Stop::Done);
             }
-            let (vr, len, header) = if explicit {
-                let mut vrb = [0u8; 2];
-                if !self.src.read_at(pos + 4, &mut vrb) {
-                    return Err(Stop::Done);
-                }
-                // dicom-encoding reads an unknown VR as UN (long form), and so must we.
-                let vr = VR::from_binary(vrb).unwrap_or(VR::UN);
-                let long = matches!(
-                    vr,
-                    VR::OB
-                        | VR::OD
-                        | VR::OF
-                        | VR::OL
-                        | VR::OV
-                        | VR::OW
-                        | VR::SQ
-                        | VR::SV
-                        | VR::UC
-                        | VR::UN
-                        | VR::UR
-                        | VR::UT
-                        | VR::UV
-                );
-                if long {
-                    let Some(len) = self.u32_at(pos + 8) else {
-                        return Err(Stop::Done);
-                    };
-                    (Some(vr), len, 12u64)
-                } else {
-                    let Some(len) = self.u16_at(pos + 6) else {
-                        return Err(Stop::Done);
-                    };
-                    (Some(vr), u32::from(len), 8u64)
-                }
-            } else {
-                let Some(len) = self.u32_at(pos + 4) else {
-                    return Err(Stop::Done);
-                };
-                (None, len, 8u64)
-            };
+            let (vr, len, header) = self.element_header(pos, explicit)?;
             if depth == 0 && tag == PIXEL_DATA && self.stop_at_pixel_data {
                 return Err(Stop::Done);
             }
             pos += header;
-            let is_sq = match vr {
-                Some(VR::SQ) => true,
-                Some(_) => false,
-                None => {
-                    StandardDataDictionary
-                        .by_tag(tag)
-                        .is_some_and(|e| e.vr().relaxed() == VR::SQ)
-                        || len == UNDEFINED
-                }
+            let element = Element { tag, vr, len };
+            pos = self.element_value(&element, pos, end, explicit, depth)?;
+        }
+        Ok(pos)
+    }
+
+    /// The VR (explicit encoding only), value length and header size of the element at `pos`.
+    fn element_header(&mut self, pos: u64, explicit: bool) -> Result<(Option<VR>, u32, u64), Stop> {
+        if !explicit {
+            let Some(len) = self.u32_at(pos + 4) else {
+                return Err(Stop::Done);
             };
-            if len == UNDEFINED {
-                if tag == PIXEL_DATA {
-                    pos = self.fragments(pos)?;
-                    if depth == 0 {
-                        self.pixel_data_end = Some(pos);
-                    }
-                } else {
-                    // dicom-parser reads every other undefined-length element as a sequence in
-                    // the same encoding (even UN, whose items PS3.5 6.2.2 says are implicit VR).
-                    pos = self.items(pos, None, explicit, depth + 1)?;
-                }
-            } else if is_sq {
-                // A sequence's length only bounds its items; the parser allocates nothing for
-                // it, so an over-long one is left to the parser (it reads to the end of file).
-                let seq_end = self.fit(pos, len, end, pos - 4);
-                self.items(pos, Some(seq_end), explicit, depth + 1)?;
-                pos = seq_end;
-            } else {
-                self.check_len(tag, len, pos)?;
-                pos += u64::from(len);
-                if depth == 0 && tag == PIXEL_DATA {
+            return Ok((None, len, 8u64));
+        }
+        let mut vrb = [0u8; 2];
+        if !self.src.read_at(pos + 4, &mut vrb) {
+            return Err(Stop::Done);
+        }
+        // dicom-encoding reads an unknown VR as UN (long form), and so must we.
+        let vr = VR::from_binary(vrb).unwrap_or(VR::UN);
+        let long = matches!(
+            vr,
+            VR::OB
+                | VR::OD
+                | VR::OF
+                | VR::OL
+                | VR::OV
+                | VR::OW
+                | VR::SQ
+                | VR::SV
+                | VR::UC
+                | VR::UN
+                | VR::UR
+                | VR::UT
+                | VR::UV
+        );
+        if long {
+            let Some(len) = self.u32_at(pos + 8) else {
+                return Err(Stop::Done);
+            };
+            Ok((Some(vr), len, 12u64))
+        } else {
+            let Some(len) = self.u16_at(pos + 6) else {
+                return Err(Stop::Done);
+            };
+            Ok((Some(vr), u32::from(len), 8u64))
+        }
+    }
+
+    /// Walks the value of `element` starting at `pos` (within a data set ending at `end`);
+    /// returns the position after it.
+    fn element_value(
+        &mut self,
+        element: &Element,
+        mut pos: u64,
+        end: u64,
+        explicit: bool,
+        depth: usize,
+    ) -> Result<u64, Stop> {
+        let Element { tag, vr, len } = *element;
+        let is_sq = match vr {
+            Some(VR::SQ) => true,
+            Some(_) => false,
+            None => {
+                StandardDataDictionary
+                    .by_tag(tag)
+                    .is_some_and(|e| e.vr().relaxed() == VR::SQ)
+                    || len == UNDEFINED
+            }
+        };
+        if len == UNDEFINED {
+            if tag == PIXEL_DATA {
+                pos = self.fragments(pos)?;
+                if depth == 0 {
                     self.pixel_data_end = Some(pos);
                 }
+            } else {
+                // dicom-parser reads every other undefined-length element as a sequence in
+                // the same encoding (even UN, whose items PS3.5 6.2.2 says are implicit VR).
+                pos = self.items(pos, None, explicit, depth + 1)?;
+            }
+        } else if is_sq {
+            // A sequence's length only bounds its items; the parser allocates nothing for
+            // it, so an over-long one is left to the parser (it reads to the end of file).
+            let seq_end = self.fit(pos, len, end, pos - 4);
+            self.items(pos, Some(seq_end), explicit, depth + 1)?;
+            pos = seq_end;
+        } else {
+            self.check_len(tag, len, pos)?;
+            pos += u64::from(len);
+            if depth == 0 && tag == PIXEL_DATA {
+                self.pixel_data_end = Some(pos);
             }
         }
         Ok(pos)

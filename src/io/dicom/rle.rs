@@ -6,6 +6,36 @@
 //! that say which segment is wrong.
 #![deny(clippy::arithmetic_side_effects)]
 
+/// What is wrong with an RLE frame.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RleError {
+    #[error("RLE frame shorter than its 64-byte header")]
+    ShortHeader,
+    #[error(
+        "RLE cannot hold {samples_per_pixel} sample(s) of {bytes_per_sample} byte(s) \
+         per pixel (1 to 15 segments)"
+    )]
+    Layout {
+        samples_per_pixel: usize,
+        bytes_per_sample: usize,
+    },
+    #[error("RLE header lists {segments} segment(s), expected {expected}")]
+    SegmentCount { segments: usize, expected: usize },
+    #[error("RLE frame of {pixels} pixels x {expected} bytes overflows")]
+    FrameOverflows { pixels: usize, expected: usize },
+    #[error("RLE segment {number} has invalid offsets {start}..{end} (frame of {len} bytes)")]
+    Offsets {
+        number: usize,
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+    #[error("RLE segment {number} decodes to fewer than {pixels} bytes")]
+    ShortSegment { number: usize, pixels: usize },
+    #[error("RLE segment offset overflows")]
+    OffsetOverflows,
+}
+
 /// Decodes one RLE frame into interleaved little-endian samples (the layout the other
 /// decoders produce): `pixels * samples_per_pixel * bytes_per_sample` bytes.
 pub(super) fn decode_frame(
@@ -13,10 +43,8 @@ pub(super) fn decode_frame(
     pixels: usize,
     samples_per_pixel: usize,
     bytes_per_sample: usize,
-) -> Result<Vec<u8>, String> {
-    let header = data
-        .get(..64)
-        .ok_or("RLE frame shorter than its 64-byte header")?;
+) -> Result<Vec<u8>, RleError> {
+    let header = data.get(..64).ok_or(RleError::ShortHeader)?;
     // 16 little-endian words: the segment count, then up to 15 segment offsets.
     let words: Vec<usize> = header
         .chunks_exact(4)
@@ -26,20 +54,16 @@ pub(super) fn decode_frame(
     let expected = samples_per_pixel
         .checked_mul(bytes_per_sample)
         .filter(|&n| n > 0 && n < words.len())
-        .ok_or_else(|| {
-            format!(
-                "RLE cannot hold {samples_per_pixel} sample(s) of {bytes_per_sample} byte(s) \
-                 per pixel (1 to 15 segments)"
-            )
+        .ok_or(RleError::Layout {
+            samples_per_pixel,
+            bytes_per_sample,
         })?;
     if segments != expected {
-        return Err(format!(
-            "RLE header lists {segments} segment(s), expected {expected}"
-        ));
+        return Err(RleError::SegmentCount { segments, expected });
     }
     let size = pixels
         .checked_mul(expected)
-        .ok_or_else(|| format!("RLE frame of {pixels} pixels x {expected} bytes overflows"))?;
+        .ok_or(RleError::FrameOverflows { pixels, expected })?;
     let mut out = vec![0u8; size];
     // Segment `number` (1-based) starts at word `number` and ends where the next one starts
     // (the last one at the end of the frame); `number <= segments < words.len()`.
@@ -51,13 +75,15 @@ pub(super) fn decode_frame(
             data.len()
         };
         if start < 64 || start > end || end > data.len() {
-            return Err(format!(
-                "RLE segment {number} has invalid offsets {start}..{end} (frame of {} bytes)",
-                data.len()
-            ));
+            return Err(RleError::Offsets {
+                number,
+                start,
+                end,
+                len: data.len(),
+            });
         }
         let seg = unpack_bits(&data[start..end], pixels)
-            .ok_or_else(|| format!("RLE segment {number} decodes to fewer than {pixels} bytes"))?;
+            .ok_or(RleError::ShortSegment { number, pixels })?;
         // Segments run from the most significant byte down; output is little endian:
         // segment k is byte `bytes_per_sample - 1 - k % bytes_per_sample` of sample
         // `k / bytes_per_sample`, which is below `expected`.
@@ -70,7 +96,7 @@ pub(super) fn decode_frame(
                 .checked_mul(bytes_per_sample)?
                 .checked_add(bytes_per_sample.checked_sub(byte)?.checked_sub(1)?)
         })()
-        .ok_or("RLE segment offset overflows")?;
+        .ok_or(RleError::OffsetOverflows)?;
         for (dst, &v) in out.iter_mut().skip(offset).step_by(expected).zip(&seg) {
             *dst = v;
         }
@@ -135,6 +161,7 @@ mod tests {
         assert!(
             decode_frame(&data, 2, 1, 2)
                 .unwrap_err()
+                .to_string()
                 .contains("segment 1")
         );
     }

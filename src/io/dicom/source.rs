@@ -379,30 +379,50 @@ pub(super) fn parse_header_from_file(path: &Path) -> Result<DefaultDicomObject, 
         let bytes = read_file(path)?;
         return parse(&bytes, path, true);
     }
-    {
-        let mut magic_and_len = [0u8; 16];
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| io_error(path, "read the file", e))?;
-        file.read_exact(&mut magic_and_len)
-            .map_err(|e| io_error(path, "read the file", e))?;
-        if let Some(ds_offset) = dataset_offset(&magic_and_len) {
-            let uid = meta.transfer_syntax();
-            let mut src = prescan::FileSource {
-                file: file
-                    .try_clone()
-                    .map_err(|e| io_error(path, "read the file", e))?,
-                len: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-            };
-            prescan::check(
-                &mut src,
-                offset + ds_offset,
-                uid != "1.2.840.10008.1.2",
-                uid == ts::EXPLICIT_VR_BIG_ENDIAN,
-                true,
-            )
-            .map_err(|p| problem_error(&p, path))?;
-        }
+    prescan_file(&mut file, &meta, offset, path)?;
+    parse_header_after_meta(file, offset, path)
+}
+
+/// Walks the data set on disk (without reading pixel data) so that a malformed or truncated
+/// file is explained before the parser meets it.
+fn prescan_file(
+    file: &mut File,
+    meta: &FileMetaTable,
+    offset: u64,
+    path: &Path,
+) -> Result<(), DicomError> {
+    let mut magic_and_len = [0u8; 16];
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| io_error(path, "read the file", e))?;
+    file.read_exact(&mut magic_and_len)
+        .map_err(|e| io_error(path, "read the file", e))?;
+    if let Some(ds_offset) = dataset_offset(&magic_and_len) {
+        let uid = meta.transfer_syntax();
+        let mut src = prescan::FileSource {
+            file: file
+                .try_clone()
+                .map_err(|e| io_error(path, "read the file", e))?,
+            len: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        };
+        prescan::check(
+            &mut src,
+            offset + ds_offset,
+            uid != "1.2.840.10008.1.2",
+            uid == ts::EXPLICIT_VR_BIG_ENDIAN,
+            true,
+        )
+        .map_err(|p| problem_error(&p, path))?;
     }
+    Ok(())
+}
+
+/// Parses the header from the meta group at `offset` up to the pixel data, retrying small
+/// files with the lenient reader.
+fn parse_header_after_meta(
+    mut file: File,
+    offset: u64,
+    path: &Path,
+) -> Result<DefaultDicomObject, DicomError> {
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| io_error(path, "read the file", e))?;
     let parsed = OpenFileOptions::new()

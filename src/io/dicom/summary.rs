@@ -96,7 +96,7 @@ pub(super) fn summarize(obj: &DefaultDicomObject, path: &Path) -> Result<DicomSu
     let columns = attrs::int_opt(ds, tags::COLUMNS).and_then(|v| u32::try_from(v).ok());
     let frames = match attrs::int(ds, tags::NUMBER_OF_FRAMES) {
         Some(Ok(n)) => Some(u32::try_from(n.max(1)).unwrap_or(u32::MAX)),
-        Some(Err(raw)) => {
+        Some(Err(attrs::NotAnInteger { raw })) => {
             return Err(DicomError::new(
                 path,
                 DicomErrorKind::Malformed,

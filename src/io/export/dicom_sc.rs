@@ -426,48 +426,68 @@ pub fn build_secondary_capture(
     put_patient_and_study(&mut obj, source, anon, opts.study_instance_uid.as_deref());
 
     // Series, equipment, image.
+    put_sc_series(&mut obj, opts);
+    put_sc_content_dates(&mut obj, source, anon);
+    put_sc_equipment_and_image(&mut obj);
+    put_source_image_reference(&mut obj, source, anon);
+    put_rgb_pixels(&mut obj, rgb);
+    Ok(obj)
+}
+
+/// SOP Common, General Series and SC Image identification: UIDs, type, descriptions and
+/// numbers.
+fn put_sc_series(obj: &mut InMemDicomObject, opts: &ScOptions) {
     let series_uid = opts.series_instance_uid.clone().unwrap_or_else(new_uid);
     let sop_uid = new_uid();
-    let (date, time) = now_da_tm();
     put_str(
-        &mut obj,
+        obj,
         tags::SOP_CLASS_UID,
         VR::UI,
         SECONDARY_CAPTURE_SOP_CLASS,
     );
-    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-    put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
-    put_str(&mut obj, tags::MODALITY, VR::CS, "OT");
-    put_str(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
+    put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
+    put_str(obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+    put_str(obj, tags::MODALITY, VR::CS, "OT");
+    put_str(obj, tags::CONVERSION_TYPE, VR::CS, "WSD");
     obj.put(DataElement::new(
         tags::IMAGE_TYPE,
         VR::CS,
         PrimitiveValue::Strs(["DERIVED".to_string(), "SECONDARY".to_string()].into()),
     ));
     put_str(
-        &mut obj,
+        obj,
         tags::SERIES_DESCRIPTION,
         VR::LO,
         &truncate(&opts.series_description, 64),
     );
     put_str(
-        &mut obj,
+        obj,
         tags::DERIVATION_DESCRIPTION,
         VR::ST,
         &truncate(&opts.derivation_description, 1024),
     );
     put_str(
-        &mut obj,
+        obj,
         tags::SERIES_NUMBER,
         VR::IS,
         &opts.series_number.to_string(),
     );
     put_str(
-        &mut obj,
+        obj,
         tags::INSTANCE_NUMBER,
         VR::IS,
         &opts.instance_number.to_string(),
     );
+}
+
+/// The capture's own creation and content dates ([`own_date`]), present and empty when
+/// de-identification removes dates.
+fn put_sc_content_dates(
+    obj: &mut InMemDicomObject,
+    source: &SourceAttributes,
+    anon: Option<&Anonymise>,
+) {
+    let (date, time) = now_da_tm();
     match own_date(source, anon, &date) {
         // Content date and time are type 2C here (Z/D): present and empty.
         None => {
@@ -482,17 +502,22 @@ pub fn build_secondary_capture(
                 PrimitiveValue::Empty,
             ));
         }
-        Some(date) => put_own_dates(&mut obj, &date, &time),
+        Some(date) => put_own_dates(obj, &date, &time),
     }
-    put_str(&mut obj, tags::MANUFACTURER, VR::LO, "MVFA Studio");
+}
+
+/// General and SC Equipment, and the General Image attributes that do not depend on the
+/// source.
+fn put_sc_equipment_and_image(obj: &mut InMemDicomObject) {
+    put_str(obj, tags::MANUFACTURER, VR::LO, "MVFA Studio");
     put_str(
-        &mut obj,
+        obj,
         tags::SECONDARY_CAPTURE_DEVICE_MANUFACTURER,
         VR::LO,
         "MVFA Studio",
     );
     put_str(
-        &mut obj,
+        obj,
         tags::SECONDARY_CAPTURE_DEVICE_SOFTWARE_VERSIONS,
         VR::LO,
         env!("CARGO_PKG_VERSION"),
@@ -502,8 +527,17 @@ pub fn build_secondary_capture(
         VR::CS,
         PrimitiveValue::Empty,
     ));
-    put_str(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
-    put_str(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+    put_str(obj, tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
+    put_str(obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+}
+
+/// The Source Image Sequence naming the source instance (its UID derived when
+/// de-identifying), when the source is a DICOM instance.
+fn put_source_image_reference(
+    obj: &mut InMemDicomObject,
+    source: &SourceAttributes,
+    anon: Option<&Anonymise>,
+) {
     if let (Some(class), Some(inst)) = (&source.sop_class_uid, &source.sop_instance_uid) {
         let inst = referenced_uid(anon, inst);
         let item = InMemDicomObject::from_element_iter([
@@ -524,10 +558,13 @@ pub fn build_secondary_capture(
             DataSetSequence::from(vec![item]),
         ));
     }
+}
 
+/// Image Pixel module: 8-bit interleaved RGB (`rgb`'s size was checked to fit US).
+fn put_rgb_pixels(obj: &mut InMemDicomObject, rgb: Image8) {
     let us = |v: u16| PrimitiveValue::from(v);
     obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, us(3)));
-    put_str(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
+    put_str(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB");
     obj.put(DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, us(0)));
     obj.put(DataElement::new(tags::ROWS, VR::US, us(rgb.height as u16)));
     obj.put(DataElement::new(
@@ -549,7 +586,6 @@ pub fn build_secondary_capture(
         PrimitiveValue::from(pixels),
     ));
     debug_assert_eq!(rgb.channels, Channels::Rgb);
-    Ok(obj)
 }
 
 /// Puts the Patient and General Study modules of a new instance into `obj`: the source's
@@ -633,6 +669,17 @@ pub(super) fn referenced_uid(anon: Option<&Anonymise>, uid: &str) -> String {
 
 /// Applies the profile (see the module docs) to the source attributes copied into `obj`.
 fn deidentify(obj: &mut InMemDicomObject, source: &SourceAttributes, a: &Anonymise) {
+    clean_identifying_attributes(obj, source, a);
+    put_deidentification_method(obj, a);
+}
+
+/// Replaces, empties or removes the identifying attributes the profile names (dates by
+/// [`Anonymise::dates`]).
+fn clean_identifying_attributes(
+    obj: &mut InMemDicomObject,
+    source: &SourceAttributes,
+    a: &Anonymise,
+) {
     put_str(obj, tags::PATIENT_NAME, VR::PN, "ANONYMOUS");
     let id = source.get_str(tags::PATIENT_ID).unwrap_or_default();
     put_str(obj, tags::PATIENT_ID, VR::LO, &pseudonymous_id(&a.key, &id));
@@ -680,6 +727,11 @@ fn deidentify(obj: &mut InMemDicomObject, source: &SourceAttributes, a: &Anonymi
             &derived_uid(&a.key, &old),
         );
     }
+}
+
+/// Records what was done: Patient Identity Removed, the method and its CID 7050 codes,
+/// and whether longitudinal temporal information was modified.
+fn put_deidentification_method(obj: &mut InMemDicomObject, a: &Anonymise) {
     put_str(obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
     // CID 7050 codes: the profile, then each option in effect.
     let mut codes = vec![

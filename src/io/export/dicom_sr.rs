@@ -261,6 +261,20 @@ pub fn build_results_sr(
     detector: &SrDetector,
     opts: &SrOptions,
 ) -> Result<InMemDicomObject, ExportError> {
+    let first = one_study(images)?;
+    let anon = opts.anonymise.as_ref();
+    let mut obj = InMemDicomObject::new_empty();
+    let study_uid = put_patient_and_study_of_sr(&mut obj, first, anon, opts);
+    put_series_and_equipment(&mut obj, opts);
+    put_document_general(&mut obj, first, anon, opts);
+    put_evidence(&mut obj, images, anon, &study_uid);
+    put_content(&mut obj, images, detector, anon);
+    Ok(obj)
+}
+
+/// The first image, after checking that all images belong to its study (an SR belongs to
+/// one study).
+fn one_study(images: &[SrImage]) -> Result<&SrImage, ExportError> {
     let first = images
         .first()
         .ok_or_else(|| ExportError::Invalid("an SR needs at least one image".into()))?;
@@ -274,14 +288,19 @@ pub fn build_results_sr(
             other.label, first.label
         )));
     }
-    let anon = opts.anonymise.as_ref();
-    let mut obj = InMemDicomObject::new_empty();
-    let study_uid = put_patient_and_study(
-        &mut obj,
-        &first.source,
-        anon,
-        opts.study_instance_uid.as_deref(),
-    );
+    Ok(first)
+}
+
+/// Patient and General Study modules (de-identified when `anon`), and the character set;
+/// returns the Study Instance UID written.
+fn put_patient_and_study_of_sr(
+    obj: &mut InMemDicomObject,
+    first: &SrImage,
+    anon: Option<&Anonymise>,
+    opts: &SrOptions,
+) -> String {
+    let study_uid =
+        put_patient_and_study(obj, &first.source, anon, opts.study_instance_uid.as_deref());
     // Copied for the Secondary Capture's image modules; not part of an SR.
     for tag in [tags::FRAME_OF_REFERENCE_UID, tags::BODY_PART_EXAMINED] {
         obj.remove_element(tag);
@@ -298,27 +317,25 @@ pub fn build_results_sr(
         codes.push(code(CLEAN_STRUCTURED_CONTENT));
         obj.put(sequence(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE, codes));
     }
-    put_str(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put_str(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    study_uid
+}
 
-    // SOP Common, SR Document Series, General Equipment.
-    put_str(
-        &mut obj,
-        tags::SOP_CLASS_UID,
-        VR::UI,
-        BASIC_TEXT_SR_SOP_CLASS,
-    );
-    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &new_uid());
+/// SOP Common, SR Document Series and General Equipment modules.
+fn put_series_and_equipment(obj: &mut InMemDicomObject, opts: &SrOptions) {
+    put_str(obj, tags::SOP_CLASS_UID, VR::UI, BASIC_TEXT_SR_SOP_CLASS);
+    put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, &new_uid());
     let series_uid = opts.series_instance_uid.clone().unwrap_or_else(new_uid);
-    put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
-    put_str(&mut obj, tags::MODALITY, VR::CS, "SR");
+    put_str(obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+    put_str(obj, tags::MODALITY, VR::CS, "SR");
     put_str(
-        &mut obj,
+        obj,
         tags::SERIES_NUMBER,
         VR::IS,
         &opts.series_number.to_string(),
     );
     put_str(
-        &mut obj,
+        obj,
         tags::SERIES_DESCRIPTION,
         VR::LO,
         &truncate(&opts.series_description, 64),
@@ -326,9 +343,9 @@ pub fn build_results_sr(
     obj.put(empty_sequence(
         tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE,
     ));
-    put_str(&mut obj, tags::MANUFACTURER, VR::LO, "MVFA Studio");
+    put_str(obj, tags::MANUFACTURER, VR::LO, "MVFA Studio");
     put_str(
-        &mut obj,
+        obj,
         tags::SOFTWARE_VERSIONS,
         VR::LO,
         env!("CARGO_PKG_VERSION"),
@@ -345,26 +362,43 @@ pub fn build_results_sr(
             ),
         ])],
     ));
+}
 
-    // SR Document General.
+/// SR Document General module, except the evidence sequences ([`put_evidence`]).
+fn put_document_general(
+    obj: &mut InMemDicomObject,
+    first: &SrImage,
+    anon: Option<&Anonymise>,
+    opts: &SrOptions,
+) {
     put_str(
-        &mut obj,
+        obj,
         tags::INSTANCE_NUMBER,
         VR::IS,
         &opts.instance_number.to_string(),
     );
-    put_str(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
-    put_str(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put_str(obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+    put_str(obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
     let (today, time) = now_da_tm();
     match own_date(&first.source, anon, &today) {
-        Some(date) => put_own_dates(&mut obj, &date, &time),
+        Some(date) => put_own_dates(obj, &date, &time),
         None => {
             // Type 1 in an SR: a dummy value (D) rather than an empty one (Z).
-            put_str(&mut obj, tags::CONTENT_DATE, VR::DA, "19000101");
-            put_str(&mut obj, tags::CONTENT_TIME, VR::TM, "000000");
+            put_str(obj, tags::CONTENT_DATE, VR::DA, "19000101");
+            put_str(obj, tags::CONTENT_TIME, VR::TM, "000000");
         }
     }
     obj.put(empty_sequence(tags::PERFORMED_PROCEDURE_CODE_SEQUENCE));
+}
+
+/// The evidence sequences: the source images (current requested procedure evidence) and the
+/// Secondary Captures written with them (pertinent other evidence).
+fn put_evidence(
+    obj: &mut InMemDicomObject,
+    images: &[SrImage],
+    anon: Option<&Anonymise>,
+    study_uid: &str,
+) {
     let sources: Vec<(String, String, String)> = images
         .iter()
         .filter_map(|i| {
@@ -379,7 +413,7 @@ pub fn build_results_sr(
     if !sources.is_empty() {
         obj.put(evidence(
             tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
-            &study_uid,
+            study_uid,
             &sources,
         ));
     }
@@ -397,15 +431,23 @@ pub fn build_results_sr(
     if !captures.is_empty() {
         obj.put(evidence(
             tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
-            &study_uid,
+            study_uid,
             &captures,
         ));
     }
+}
 
-    // SR Document Content: the root container.
-    put_str(&mut obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+/// SR Document Content: the root container with the observer context, the detector and one
+/// result container per image.
+fn put_content(
+    obj: &mut InMemDicomObject,
+    images: &[SrImage],
+    detector: &SrDetector,
+    anon: Option<&Anonymise>,
+) {
+    put_str(obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
     obj.put(concept_name(DOCUMENT_TITLE));
-    put_str(&mut obj, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+    put_str(obj, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
     let mut root = vec![
         code_item("HAS OBS CONTEXT", concepts::OBSERVER_TYPE, concepts::DEVICE),
         text_item(
@@ -427,7 +469,6 @@ pub fn build_results_sr(
         .collect();
     root.push(container(concepts::FINDINGS, results));
     obj.put(sequence(tags::CONTENT_SEQUENCE, root));
-    Ok(obj)
 }
 
 fn detector_items(d: &SrDetector) -> Vec<InMemDicomObject> {
