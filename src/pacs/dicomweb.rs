@@ -422,8 +422,7 @@ pub(crate) fn multipart_parts<'a>(
         if body[pos..].starts_with(b"--") {
             return Ok(parts);
         }
-        let headers_end =
-            find(body, b"\r\n\r\n", pos).ok_or(MultipartError::TruncatedHeaders)?;
+        let headers_end = find(body, b"\r\n\r\n", pos).ok_or(MultipartError::TruncatedHeaders)?;
         let start = headers_end + 4;
         let mut closing = b"\r\n".to_vec();
         closing.extend_from_slice(&delimiter);

@@ -1051,16 +1051,14 @@ enum EncodeError {
 fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, EncodeError> {
     let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
     let mut body = Vec::new();
-    InMemDicomObject::from_element_iter(elements)
-        .write_dataset_with_ts(&mut body, &ts)?;
+    InMemDicomObject::from_element_iter(elements).write_dataset_with_ts(&mut body, &ts)?;
     let length = DataElement::new(
         tags::COMMAND_GROUP_LENGTH,
         VR::UL,
         PrimitiveValue::from(body.len() as u32),
     );
     let mut out = Vec::with_capacity(body.len() + 12);
-    InMemDicomObject::from_element_iter([length])
-        .write_dataset_with_ts(&mut out, &ts)?;
+    InMemDicomObject::from_element_iter([length]).write_dataset_with_ts(&mut out, &ts)?;
     out.extend_from_slice(&body);
     Ok(out)
 }

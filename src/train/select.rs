@@ -1082,8 +1082,8 @@ fn choose(
 ) -> Result<Judgement, FitError> {
     let sel = &settings.selection;
     // The current adapters with the best mix; a new mix must validate strictly better.
-    let best_kept = best_of(candidates, current_weight, &|c| c.epochs == 0)
-        .expect("the current candidate");
+    let best_kept =
+        best_of(candidates, current_weight, &|c| c.epochs == 0).expect("the current candidate");
     let kept = if candidates[best_kept].criterion() > candidates[current].criterion() {
         best_kept
     } else {

@@ -13,14 +13,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 
 use crate::io::model_input::batch_tensor;
-use crate::model::mvfa::adapter::{AdaptedInput, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone};
+use crate::model::mvfa::adapter::{
+    AdaptedInput, AdapterBank, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone,
+};
 use crate::model::mvfa::losses::{LossTarget, mvfa_loss};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 
@@ -239,29 +241,22 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     let size = scoring_cfg.image_size;
     check_inputs(samples, mode, cfg, size)?;
     let device = text_features.device();
-    let mut adapters = adapters.map(&mut RequireGrad);
+    let mut outcome = TrainOutcome {
+        adapters: adapters.map(&mut RequireGrad),
+        cancelled: false,
+        steps_done: 0,
+        epoch_losses: Vec::new(),
+        snapshots: Vec::new(),
+    };
     let scorer = Scorer::new(scoring_cfg.clone(), text_features.detach());
-    let adam = AdamConfig::new()
-        .with_beta_1(cfg.beta_1)
-        .with_beta_2(cfg.beta_2)
-        .with_epsilon(cfg.epsilon);
-    let mut opt_seg = adam.init::<B, _>();
-    let mut opt_det = adam.init::<B, _>();
+    let mut opt_seg = adam::<B, AdapterBank<B>>(cfg);
+    let mut opt_det = adam::<B, AdapterBank<B>>(cfg);
 
     let batch = cfg.batch_size.max(1);
     let steps_per_epoch = samples.len().div_ceil(batch);
     let mut rng = crate::rng::seeded(cfg.seed, crate::rng::Stream::Shuffle);
     let mut order: Vec<usize> = (0..samples.len()).collect();
-    let mut progress = Progress {
-        started: Instant::now(),
-        steps_done: 0,
-        images_done: 0,
-        steps_per_epoch,
-        epochs: cfg.epochs,
-        total_steps: steps_per_epoch.saturating_mul(cfg.epochs),
-    };
-    let mut epoch_losses = Vec::new();
-    let mut snapshots = Vec::new();
+    let mut progress = Progress::start(steps_per_epoch, cfg.epochs);
     let steps = Steps {
         vision,
         adapters_cfg,
@@ -278,50 +273,44 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
         let mut epoch_total = 0.0f32;
         for (step_index, chunk) in order.chunks(batch).enumerate() {
             if cancel.load(Ordering::Relaxed) {
-                return Ok(TrainOutcome {
-                    adapters,
-                    cancelled: true,
-                    steps_done: progress.steps_done,
-                    epoch_losses,
-                    snapshots,
-                });
+                outcome.cancelled = true;
+                outcome.steps_done = progress.steps_done;
+                return Ok(outcome);
             }
-            let (loss, terms) = steps.loss(&adapters, chunk)?;
-            if !terms.finite() {
-                // A NaN or infinite loss poisons every later step: stop before the update.
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: step_index + 1,
-                    global_step: progress.steps_done + 1,
-                    loss: terms.total,
-                });
-            }
+            let (loss, terms) = steps.loss(&outcome.adapters, chunk)?;
+            // A NaN or infinite loss poisons every later step: stop before the update.
+            terms.check_finite(epoch, step_index + 1, progress.steps_done + 1)?;
             let mut grads = loss.backward();
-            let det_grads = GradientsParams::from_module(&mut grads, &adapters.det);
+            let lr = cfg.learning_rate;
+            let det_grads = GradientsParams::from_module(&mut grads, &outcome.adapters.det);
             if mode == LabelMode::Masks {
-                let seg_grads = GradientsParams::from_module(&mut grads, &adapters.seg);
-                adapters.seg = opt_seg.step(cfg.learning_rate, adapters.seg, seg_grads);
+                let seg_grads = GradientsParams::from_module(&mut grads, &outcome.adapters.seg);
+                outcome.adapters.seg = opt_seg.step(lr, outcome.adapters.seg, seg_grads);
             }
-            adapters.det = opt_det.step(cfg.learning_rate, adapters.det, det_grads);
+            outcome.adapters.det = opt_det.step(lr, outcome.adapters.det, det_grads);
 
             epoch_total += terms.total;
             let report = progress.step(epoch, step_index + 1, chunk.len(), &terms);
             on_event(TrainEvent::Step(report));
         }
         let mean_total = epoch_total / steps_per_epoch as f32;
-        epoch_losses.push(mean_total);
+        outcome.epoch_losses.push(mean_total);
         if cfg.snapshot_epochs.contains(&epoch) {
-            snapshots.push((epoch, adapters.clone()));
+            outcome.snapshots.push((epoch, outcome.adapters.clone()));
         }
         on_event(TrainEvent::EpochFinished { epoch, mean_total });
     }
-    Ok(TrainOutcome {
-        adapters,
-        cancelled: false,
-        steps_done: progress.steps_done,
-        epoch_losses,
-        snapshots,
-    })
+    outcome.steps_done = progress.steps_done;
+    Ok(outcome)
+}
+
+/// Adam with the run's betas and epsilon (one per adapter head).
+fn adam<B: AutodiffBackend, M: AutodiffModule<B>>(cfg: &TrainConfig) -> impl Optimizer<M, B> {
+    AdamConfig::new()
+        .with_beta_1(cfg.beta_1)
+        .with_beta_2(cfg.beta_2)
+        .with_epsilon(cfg.epsilon)
+        .init::<B, M>()
 }
 
 /// Refuses a run that cannot train: no images, no abnormal image, a bad learning rate, an
@@ -398,11 +387,27 @@ struct LossTerms {
 }
 
 impl LossTerms {
-    fn finite(&self) -> bool {
-        self.total.is_finite()
+    /// [`TrainError::Diverged`] when a term is NaN or infinite (at 1-based `step` of `epoch`,
+    /// `global_step` of the run).
+    fn check_finite(
+        &self,
+        epoch: usize,
+        step: usize,
+        global_step: usize,
+    ) -> Result<(), TrainError> {
+        let finite = self.total.is_finite()
             && self.focal.is_finite()
             && self.dice.is_finite()
-            && self.bce.is_finite()
+            && self.bce.is_finite();
+        if !finite {
+            return Err(TrainError::Diverged {
+                epoch,
+                step,
+                global_step,
+                loss: self.total,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -468,6 +473,18 @@ struct Progress {
 }
 
 impl Progress {
+    /// Counters of a run starting now.
+    fn start(steps_per_epoch: usize, epochs: usize) -> Self {
+        Progress {
+            started: Instant::now(),
+            steps_done: 0,
+            images_done: 0,
+            steps_per_epoch,
+            epochs,
+            total_steps: steps_per_epoch.saturating_mul(epochs),
+        }
+    }
+
     /// Counts a finished step of `images` images and reports it (rate and time left from
     /// the run so far).
     fn step(&mut self, epoch: usize, step: usize, images: usize, terms: &LossTerms) -> StepReport {

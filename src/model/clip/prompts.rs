@@ -299,11 +299,12 @@ pub fn build_text_features<B: Backend>(
     if organ.is_empty() {
         return Err(PromptErrorKind::EmptyOrgan.into());
     }
-    let normal = state_feature(tokenizer, &normal_sentences(organ), device, &mut encode)
-        .map_err(|cause| PromptErrorKind::Normal {
+    let normal = state_feature(tokenizer, &normal_sentences(organ), device, &mut encode).map_err(
+        |cause| PromptErrorKind::Normal {
             organ: organ.to_string(),
             cause,
-        })?;
+        },
+    )?;
     let abnormal = state_feature(tokenizer, &abnormal_sentences(organ), device, &mut encode)
         .map_err(|cause| PromptErrorKind::Abnormal {
             organ: organ.to_string(),
