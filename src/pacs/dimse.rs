@@ -610,32 +610,40 @@ impl Session<'_> {
     }
 
     /// Reads the next complete message.
+    /// The next P-DATA value, receiving PDUs as needed; an abort, a release or any other PDU
+    /// in the middle of a message is an error.
+    fn next_pdv(&mut self) -> Result<PDataValue, PacsError> {
+        let client = self.client;
+        loop {
+            if let Some(pdv) = self.pending.pop_front() {
+                return Ok(pdv);
+            }
+            match self.receive_pdu()? {
+                Pdu::PData { data } => self.pending.extend(data),
+                Pdu::AbortRQ { source } => {
+                    return Err(client.protocol_error(format!(
+                        "the server aborted the association ({source:?})"
+                    )));
+                }
+                Pdu::ReleaseRQ => {
+                    return Err(client.protocol_error("the server released the association early"));
+                }
+                other => {
+                    return Err(
+                        client.protocol_error(format!("unexpected {}", other.short_description()))
+                    );
+                }
+            }
+        }
+    }
+
     fn receive(&mut self) -> Result<Message, PacsError> {
         let client = self.client;
         let mut command = Vec::new();
         let mut parsed: Option<(u8, InMemDicomObject)> = None;
         let mut data = Vec::new();
         loop {
-            let Some(pdv) = self.pending.pop_front() else {
-                match self.receive_pdu()? {
-                    Pdu::PData { data } => self.pending.extend(data),
-                    Pdu::AbortRQ { source } => {
-                        return Err(client.protocol_error(format!(
-                            "the server aborted the association ({source:?})"
-                        )));
-                    }
-                    Pdu::ReleaseRQ => {
-                        return Err(
-                            client.protocol_error("the server released the association early")
-                        );
-                    }
-                    other => {
-                        return Err(client
-                            .protocol_error(format!("unexpected {}", other.short_description())));
-                    }
-                }
-                continue;
-            };
+            let pdv = self.next_pdv()?;
             match (&parsed, pdv.value_type) {
                 (None, PDataValueType::Command) => {
                     command.extend_from_slice(&pdv.data);
