@@ -1049,10 +1049,16 @@ fn ui(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
 enum EncodeError {
     /// The data set writer failed.
     #[error("{0}")]
-    Write(#[from] dicom_object::WriteError),
+    Write(Box<dicom_object::WriteError>),
     /// A transfer syntax the registry does not know.
     #[error("unknown transfer syntax {0}")]
     UnknownSyntax(String),
+}
+
+impl From<dicom_object::WriteError> for EncodeError {
+    fn from(e: dicom_object::WriteError) -> Self {
+        EncodeError::Write(Box::new(e))
+    }
 }
 
 /// A command set in implicit VR little endian, led by its group length (PS3.7 6.3.1).

@@ -36,7 +36,7 @@ use crate::weights::adapters::{
 pub enum DetectorFileError {
     /// The checkpoint's adapter file layer failed (the message names the file).
     #[error(transparent)]
-    Checkpoint(#[from] AdapterCheckpointError),
+    Checkpoint(Box<AdapterCheckpointError>),
     /// The detector state could not be turned into JSON.
     #[error(transparent)]
     StateJson(#[from] serde_json::Error),
@@ -55,7 +55,7 @@ pub enum DetectorFileError {
         path: PathBuf,
         /// Why.
         #[source]
-        cause: AdapterCheckpointError,
+        cause: Box<AdapterCheckpointError>,
     },
     /// The detector state in the metadata is not the JSON of a [`DetectorState`].
     #[error("{}: the detector state in the metadata is not readable", path.display())]
@@ -73,7 +73,7 @@ pub enum DetectorFileError {
         path: PathBuf,
         /// Why.
         #[source]
-        cause: AdapterCheckpointError,
+        cause: Box<AdapterCheckpointError>,
     },
     /// The adapters could not be read.
     #[error("{}: could not read the adapters", path.display())]
@@ -82,7 +82,7 @@ pub enum DetectorFileError {
         path: PathBuf,
         /// Why.
         #[source]
-        cause: AdapterCheckpointError,
+        cause: Box<AdapterCheckpointError>,
     },
     /// The detector was fitted at another input size than the model runs at.
     #[error(
@@ -110,6 +110,12 @@ pub enum DetectorFileError {
         /// Model input side.
         size: usize,
     },
+}
+
+impl From<AdapterCheckpointError> for DetectorFileError {
+    fn from(e: AdapterCheckpointError) -> Self {
+        DetectorFileError::Checkpoint(Box::new(e))
+    }
 }
 
 type Result<T> = std::result::Result<T, DetectorFileError>;
@@ -177,7 +183,7 @@ pub fn save_detector<B: Backend>(
     save_adapters_with_extra(path, detector.adapters(), &meta, &extra).map_err(|cause| {
         DetectorFileError::Save {
             path: path.to_path_buf(),
-            cause,
+            cause: Box::new(cause),
         }
     })
 }
@@ -233,7 +239,7 @@ pub fn load_bank_adapters<B: Backend>(
     let adapters = adapters_from_tensors(path, tensors, cfg, device).map_err(|cause| {
         DetectorFileError::BankAdapters {
             path: path.to_path_buf(),
-            cause,
+            cause: Box::new(cause),
         }
     })?;
     Ok(Some(adapters))
@@ -256,7 +262,7 @@ pub fn load_detector<B: Backend>(
     let loaded = load_adapter_file::<B>(path, adapters_cfg, device).map_err(|cause| {
         DetectorFileError::Adapters {
             path: path.to_path_buf(),
-            cause,
+            cause: Box::new(cause),
         }
     })?;
     let mut detector = Detector::new(
