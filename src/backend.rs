@@ -72,7 +72,7 @@ pub fn probe(force_cpu: bool) -> BackendInfo {
                     device: "NVIDIA GPU 0".into(),
                     fallback_reason: None,
                 },
-                Err(reason) => cpu_info(Some(reason)),
+                Err(reason) => cpu_info(Some(reason.to_string())),
             };
         }
     }
@@ -80,16 +80,20 @@ pub fn probe(force_cpu: bool) -> BackendInfo {
     cpu_info(None)
 }
 
+/// A CUDA build on a machine without the NVIDIA driver library.
+#[cfg(feature = "cuda")]
+#[derive(Debug, thiserror::Error)]
+#[error("built with CUDA support but no NVIDIA driver was found ({0}); using the CPU")]
+struct NoCudaDriver(libloading::Error);
+
 /// Checks that the NVIDIA driver library can be loaded, without touching the device.
 #[cfg(feature = "cuda")]
-fn cuda_driver_present() -> Result<(), String> {
+fn cuda_driver_present() -> Result<(), NoCudaDriver> {
     // SAFETY: loading the driver library runs no user code beyond its initialisers, which is
     // what the CUDA backend does itself moments later.
     match unsafe { libloading::Library::new("libcuda.so.1") } {
         Ok(_) => Ok(()),
-        Err(err) => Err(format!(
-            "built with CUDA support but no NVIDIA driver was found ({err}); using the CPU"
-        )),
+        Err(err) => Err(NoCudaDriver(err)),
     }
 }
 

@@ -188,6 +188,23 @@ impl PacsError {
     }
 }
 
+/// Why bytes could not be taken (or framed) as a DICOM Part 10 file.
+#[derive(Debug, thiserror::Error)]
+pub enum Part10Error {
+    /// No preamble and `DICM` prefix.
+    #[error("not a DICOM file (no DICM prefix)")]
+    NoPrefix,
+    /// The file meta group could not be parsed.
+    #[error("unreadable file meta group: {0}")]
+    UnreadableMeta(dicom_object::meta::Error),
+    /// The file meta group for a received data set could not be built.
+    #[error("cannot build a file meta group: {0}")]
+    BuildMeta(dicom_object::meta::Error),
+    /// The file meta group could not be written.
+    #[error("cannot write a file meta group: {0}")]
+    WriteMeta(dicom_object::meta::Error),
+}
+
 /// One instance as received: a complete DICOM Part 10 file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -200,12 +217,12 @@ pub struct Received {
 impl Received {
     /// Checks that `bytes` start like a Part 10 file (preamble, `DICM`, a readable file meta
     /// group) and takes the SOP Instance UID from the meta group.
-    pub fn from_part10(bytes: Vec<u8>) -> Result<Self, String> {
+    pub fn from_part10(bytes: Vec<u8>) -> Result<Self, Part10Error> {
         if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
-            return Err("not a DICOM file (no DICM prefix)".into());
+            return Err(Part10Error::NoPrefix);
         }
         let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
-            .map_err(|e| format!("unreadable file meta group: {e}"))?;
+            .map_err(Part10Error::UnreadableMeta)?;
         let sop_instance_uid = meta
             .media_storage_sop_instance_uid()
             .trim_end_matches(['\0', ' '])
@@ -224,17 +241,16 @@ impl Received {
         sop_instance_uid: &str,
         transfer_syntax: &str,
         dataset: &[u8],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Part10Error> {
         let meta = dicom_object::meta::FileMetaTableBuilder::new()
             .media_storage_sop_class_uid(sop_class_uid)
             .media_storage_sop_instance_uid(sop_instance_uid)
             .transfer_syntax(transfer_syntax)
             .build()
-            .map_err(|e| format!("cannot build a file meta group: {e}"))?;
+            .map_err(Part10Error::BuildMeta)?;
         let mut bytes = vec![0u8; 128];
         bytes.extend_from_slice(b"DICM");
-        meta.write(&mut bytes)
-            .map_err(|e| format!("cannot write a file meta group: {e}"))?;
+        meta.write(&mut bytes).map_err(Part10Error::WriteMeta)?;
         bytes.extend_from_slice(dataset);
         Ok(Received {
             sop_instance_uid: sop_instance_uid.to_string(),

@@ -79,8 +79,8 @@ impl WebClient {
         PacsError::timeout(&self.base, &self.limits)
     }
 
-    fn protocol_error(&self, reason: impl Into<String>) -> PacsError {
-        PacsError::protocol(&self.base, reason)
+    fn protocol_error(&self, reason: impl ToString) -> PacsError {
+        PacsError::protocol(&self.base, reason.to_string())
     }
 
     fn http_error(&self, e: ureq::Error) -> PacsError {
@@ -374,18 +374,38 @@ fn json_text(item: &serde_json::Map<String, Value>, tag: Tag) -> Option<String> 
     (!joined.is_empty()).then_some(joined)
 }
 
+/// Why a `multipart/related` response could not be split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MultipartError {
+    /// Another content type.
+    #[error("expected multipart/related, got {0:?}")]
+    NotMultipart(String),
+    /// The content type names no boundary.
+    #[error("multipart response without a boundary")]
+    NoBoundary,
+    /// The body never has the boundary.
+    #[error("no multipart boundary in the response")]
+    BoundaryAbsent,
+    /// A part's headers never end.
+    #[error("truncated multipart headers")]
+    TruncatedHeaders,
+    /// The closing delimiter never comes.
+    #[error("multipart response truncated (no closing boundary)")]
+    Truncated,
+}
+
 /// The bodies of a `multipart/related` response (RFC 2046). Fails when the boundary is
 /// missing or the closing delimiter never comes (a truncated response).
 pub(crate) fn multipart_parts<'a>(
     content_type: &str,
     body: &'a [u8],
-) -> Result<Vec<&'a [u8]>, String> {
+) -> Result<Vec<&'a [u8]>, MultipartError> {
     if !content_type
         .trim_start()
         .to_ascii_lowercase()
         .starts_with("multipart/related")
     {
-        return Err(format!("expected multipart/related, got {content_type:?}"));
+        return Err(MultipartError::NotMultipart(content_type.to_string()));
     }
     let boundary = content_type
         .split(';')
@@ -393,21 +413,20 @@ pub(crate) fn multipart_parts<'a>(
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
         .map(|(_, v)| v.trim().trim_matches('"').to_string())
         .filter(|b| !b.is_empty())
-        .ok_or("multipart response without a boundary")?;
+        .ok_or(MultipartError::NoBoundary)?;
     let delimiter = format!("--{boundary}").into_bytes();
-    let mut pos = find(body, &delimiter, 0).ok_or("no multipart boundary in the response")?;
+    let mut pos = find(body, &delimiter, 0).ok_or(MultipartError::BoundaryAbsent)?;
     let mut parts = Vec::new();
     loop {
         pos += delimiter.len();
         if body[pos..].starts_with(b"--") {
             return Ok(parts);
         }
-        let headers_end = find(body, b"\r\n\r\n", pos).ok_or("truncated multipart headers")?;
+        let headers_end = find(body, b"\r\n\r\n", pos).ok_or(MultipartError::TruncatedHeaders)?;
         let start = headers_end + 4;
         let mut closing = b"\r\n".to_vec();
         closing.extend_from_slice(&delimiter);
-        let end = find(body, &closing, start)
-            .ok_or("multipart response truncated (no closing boundary)")?;
+        let end = find(body, &closing, start).ok_or(MultipartError::Truncated)?;
         parts.push(&body[start..end]);
         pos = end + 2;
     }

@@ -313,8 +313,8 @@ impl DimseClient {
         PacsError::timeout(&self.address, &self.limits)
     }
 
-    fn protocol_error(&self, reason: impl Into<String>) -> PacsError {
-        PacsError::protocol(&self.address, reason)
+    fn protocol_error(&self, reason: impl ToString) -> PacsError {
+        PacsError::protocol(&self.address, reason.to_string())
     }
 
     fn ul_error(&self, e: dicom_ul::association::Error) -> PacsError {
@@ -610,32 +610,40 @@ impl Session<'_> {
     }
 
     /// Reads the next complete message.
+    /// The next P-DATA value, receiving PDUs as needed; an abort, a release or any other PDU
+    /// in the middle of a message is an error.
+    fn next_pdv(&mut self) -> Result<PDataValue, PacsError> {
+        let client = self.client;
+        loop {
+            if let Some(pdv) = self.pending.pop_front() {
+                return Ok(pdv);
+            }
+            match self.receive_pdu()? {
+                Pdu::PData { data } => self.pending.extend(data),
+                Pdu::AbortRQ { source } => {
+                    return Err(client.protocol_error(format!(
+                        "the server aborted the association ({source:?})"
+                    )));
+                }
+                Pdu::ReleaseRQ => {
+                    return Err(client.protocol_error("the server released the association early"));
+                }
+                other => {
+                    return Err(
+                        client.protocol_error(format!("unexpected {}", other.short_description()))
+                    );
+                }
+            }
+        }
+    }
+
     fn receive(&mut self) -> Result<Message, PacsError> {
         let client = self.client;
         let mut command = Vec::new();
         let mut parsed: Option<(u8, InMemDicomObject)> = None;
         let mut data = Vec::new();
         loop {
-            let Some(pdv) = self.pending.pop_front() else {
-                match self.receive_pdu()? {
-                    Pdu::PData { data } => self.pending.extend(data),
-                    Pdu::AbortRQ { source } => {
-                        return Err(client.protocol_error(format!(
-                            "the server aborted the association ({source:?})"
-                        )));
-                    }
-                    Pdu::ReleaseRQ => {
-                        return Err(
-                            client.protocol_error("the server released the association early")
-                        );
-                    }
-                    other => {
-                        return Err(client
-                            .protocol_error(format!("unexpected {}", other.short_description())));
-                    }
-                }
-                continue;
-            };
+            let pdv = self.next_pdv()?;
             match (&parsed, pdv.value_type) {
                 (None, PDataValueType::Command) => {
                     command.extend_from_slice(&pdv.data);
@@ -1036,29 +1044,42 @@ fn ui(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::UI, PrimitiveValue::from(v))
 }
 
+/// Why a command or identifier could not be encoded.
+#[derive(Debug, thiserror::Error)]
+enum EncodeError {
+    /// The data set writer failed.
+    #[error("{0}")]
+    Write(Box<dicom_object::WriteError>),
+    /// A transfer syntax the registry does not know.
+    #[error("unknown transfer syntax {0}")]
+    UnknownSyntax(String),
+}
+
+impl From<dicom_object::WriteError> for EncodeError {
+    fn from(e: dicom_object::WriteError) -> Self {
+        EncodeError::Write(Box::new(e))
+    }
+}
+
 /// A command set in implicit VR little endian, led by its group length (PS3.7 6.3.1).
-fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, String> {
+fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, EncodeError> {
     let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
     let mut body = Vec::new();
-    InMemDicomObject::from_element_iter(elements)
-        .write_dataset_with_ts(&mut body, &ts)
-        .map_err(|e| e.to_string())?;
+    InMemDicomObject::from_element_iter(elements).write_dataset_with_ts(&mut body, &ts)?;
     let length = DataElement::new(
         tags::COMMAND_GROUP_LENGTH,
         VR::UL,
         PrimitiveValue::from(body.len() as u32),
     );
     let mut out = Vec::with_capacity(body.len() + 12);
-    InMemDicomObject::from_element_iter([length])
-        .write_dataset_with_ts(&mut out, &ts)
-        .map_err(|e| e.to_string())?;
+    InMemDicomObject::from_element_iter([length]).write_dataset_with_ts(&mut out, &ts)?;
     out.extend_from_slice(&body);
     Ok(out)
 }
 
 /// An identifier data set (empty values are return keys) in transfer syntax `ts`.
-fn encode_dataset(elements: &[(Tag, VR, &str)], ts: &str) -> Result<Vec<u8>, String> {
-    let syntax = registry_syntax(ts).ok_or_else(|| format!("unknown transfer syntax {ts}"))?;
+fn encode_dataset(elements: &[(Tag, VR, &str)], ts: &str) -> Result<Vec<u8>, EncodeError> {
+    let syntax = registry_syntax(ts).ok_or_else(|| EncodeError::UnknownSyntax(ts.to_string()))?;
     let obj = InMemDicomObject::from_element_iter(elements.iter().map(|&(tag, vr, value)| {
         let value = if value.is_empty() {
             PrimitiveValue::Empty
@@ -1068,8 +1089,7 @@ fn encode_dataset(elements: &[(Tag, VR, &str)], ts: &str) -> Result<Vec<u8>, Str
         DataElement::new(tag, vr, value)
     }));
     let mut out = Vec::new();
-    obj.write_dataset_with_ts(&mut out, syntax)
-        .map_err(|e| e.to_string())?;
+    obj.write_dataset_with_ts(&mut out, syntax)?;
     Ok(out)
 }
 

@@ -157,6 +157,22 @@ impl Query {
     }
 }
 
+/// Why a search answer cannot be used: a UID its level needs is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// A UID that is not a valid UID.
+    #[error("malformed UID {uid:?} in ({:04X},{:04X})", tag.0, tag.1)]
+    MalformedUid {
+        /// What the answer held.
+        uid: String,
+        /// Where.
+        tag: Tag,
+    },
+    /// A UID the level needs is absent.
+    #[error("missing UID ({:04X},{:04X})", .0.0, .0.1)]
+    MissingUid(Tag),
+}
+
 /// One study, series or instance found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Match {
@@ -193,13 +209,13 @@ impl Match {
     pub(crate) fn from_lookup(
         level: Level,
         get: impl Fn(Tag) -> Option<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AnswerError> {
         let text = |t| get(t).unwrap_or_default();
-        let uid = |t: Tag, needed: bool| -> Result<String, String> {
+        let uid = |t: Tag, needed: bool| -> Result<String, AnswerError> {
             match get(t) {
                 Some(u) if valid_uid(&u) => Ok(u),
-                Some(u) => Err(format!("malformed UID {u:?} in ({:04X},{:04X})", t.0, t.1)),
-                None if needed => Err(format!("missing UID ({:04X},{:04X})", t.0, t.1)),
+                Some(u) => Err(AnswerError::MalformedUid { uid: u, tag: t }),
+                None if needed => Err(AnswerError::MissingUid(t)),
                 None => Ok(String::new()),
             }
         };

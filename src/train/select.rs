@@ -42,6 +42,7 @@ use crate::eval::auc::roc_auc;
 use crate::io::model_input::batch_tensor;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::MvfaAdapters;
+use crate::model::mvfa::calibration::Calibration;
 use crate::model::mvfa::detector::{
     CalibrationImages, CalibrationOptions, Detector, FeatureCache, RawResult, TaskKind,
     apply_calibration, calibration_from_raws,
@@ -495,198 +496,379 @@ pub(crate) fn select<AB: AutodiffBackend>(
     on_event: &mut dyn FnMut(FitEvent),
     cancel: &AtomicBool,
 ) -> Result<SelectionOutcome, FitError> {
-    type B<AB> = <AB as AutodiffBackend>::InnerBackend;
     let sel = &settings.selection;
-    let mut weights = sel.text_weights.clone();
-    if !weights.iter().any(|w| (w - start.text_weight).abs() < 1e-6) {
-        weights.push(start.text_weight);
-    }
     let counts = (normal.len(), abnormal.len(), held_out.len());
     let folds = sel.folds.min(normal.len()).min(abnormal.len());
     if folds < 2 || sel.folds < 2 {
         return Ok(SelectionOutcome::Unchecked(unchecked_report(counts, sel)));
     }
-    let size = settings.scoring.image_size;
-    let device = text_features.device();
-    let blocks = settings
-        .training_augmentations
-        .clamp(1, crate::train::augment::AUGMENT_FACTOR);
-    let views = sel
-        .validation_augmentations
-        .clamp(1, crate::train::augment::AUGMENT_FACTOR);
-    let with_masks = label_mode == LabelMode::Masks;
-    let stride = pixel_stride(size);
-
+    let s = Selection::new(
+        vision,
+        start,
+        text_features,
+        [normal, abnormal, held_out],
+        label_mode,
+        task,
+        settings,
+        epochs,
+    );
     let mut rng = crate::rng::seeded(settings.train.seed, crate::rng::Stream::Folds);
     let normal_fold = deal(normal.len(), folds, &mut rng);
     let abnormal_fold = deal(abnormal.len(), folds, &mut rng);
-    let snapshot_epochs = checkpoint_epochs(epochs, sel.checkpoints);
-
-    // Validation views: the first `views` augmentations of each image (block-major order).
-    let validation_views =
-        |shots: &[&Shot], abnormal: bool| -> Result<Vec<ValidationImage>, FitError> {
-            let owned: Vec<Shot> = shots.iter().map(|s| (*s).clone()).collect();
-            let augmented = augment_shots(&owned, size)?;
-            let k = owned.len();
-            Ok((0..k)
-                .map(|i| {
-                    let pairs: Vec<&(Vec<f32>, Vec<f32>)> =
-                        (0..views).map(|b| &augmented[b * k + i]).collect();
-                    ValidationImage {
-                        views: pairs.iter().map(|(image, _)| image.clone()).collect(),
-                        masks: pairs
-                            .iter()
-                            .map(|(_, mask)| {
-                                (abnormal && owned[i].mask.is_some())
-                                    .then(|| mask.iter().map(|&m| m > 0.5).collect())
-                            })
-                            .collect(),
-                        abnormal,
-                    }
-                })
-                .collect())
+    let validated =
+        match s.validate_folds::<AB>(folds, &normal_fold, &abnormal_fold, on_event, cancel)? {
+            Ok(validated) => validated,
+            Err(steps_done) => return Ok(SelectionOutcome::Cancelled { steps_done }),
         };
-    let held_out_refs: Vec<&Shot> = held_out.iter().collect();
-    let held_out_views = validation_views(&held_out_refs, false)?;
 
-    // Candidate configurations: (epochs, bank) in evaluation order, each with every weight.
+    let (candidates, candidate_pools, current) = s.candidates(validated.pools)?;
+    let judgement = choose(
+        &candidates,
+        &candidate_pools,
+        current,
+        start.text_weight,
+        &validated.unit_abnormal,
+        settings,
+    )?;
+    let c = &candidates[judgement.chosen];
+    // The validated adapters took `c.epochs` epochs over a fold's share of the shots; on all
+    // shots the same number of optimiser steps takes proportionally fewer epochs.
+    let full_samples = s.blocks * (normal.len() + abnormal.len());
+    let installed_epochs = if c.epochs == 0 {
+        0
+    } else {
+        ((c.epochs * validated.fold_samples) as f64 / (folds * full_samples) as f64)
+            .round()
+            .max(1.0) as usize
+    };
+    let (verdict, message) = verdict(&candidates, &judgement, installed_epochs);
+    let choice = Choice {
+        epochs: installed_epochs,
+        bank: c.bank,
+        text_weight: c.text_weight,
+    };
+    let report = SelectionReport {
+        verdict,
+        message,
+        chosen: Some(judgement.chosen),
+        current: Some(current),
+        folds,
+        validation_images: [counts.0, counts.1, counts.2],
+        validation_augmentations: s.views,
+        installed_epochs,
+        confidence: judgement.confidence,
+        candidates,
+    };
+    Ok(SelectionOutcome::Chosen(report, choice))
+}
+
+/// What the folds' validation gathered: every candidate's pool, whether each bootstrap unit
+/// (fold, validation image) is abnormal, and the training images of the fold runs (summed).
+struct Validated {
+    pools: HashMap<(usize, BankSource, usize), Pool>,
+    unit_abnormal: Vec<bool>,
+    fold_samples: usize,
+}
+
+/// Candidate configurations, (epochs, bank) in evaluation order (each is tried with every
+/// weight): the adapters before fine-tuning, then each checkpoint with its own bank and with
+/// the bank before fine-tuning.
+fn candidate_configs(snapshot_epochs: &[usize]) -> Vec<(usize, BankSource)> {
     let mut configs: Vec<(usize, BankSource)> = vec![(0, BankSource::Current)];
-    for &e in &snapshot_epochs {
+    for &e in snapshot_epochs {
         configs.push((e, BankSource::FineTuned));
         configs.push((e, BankSource::Current));
     }
-    let mut pools: HashMap<(usize, BankSource, usize), Pool> = HashMap::new();
-    let mut unit_abnormal: Vec<bool> = Vec::new();
-    let with_pixels = with_masks && abnormal.iter().all(|s| s.mask.is_some());
+    configs
+}
 
-    // Features of the starting adapters are shared by every fold's candidates.
-    let start_cache = FeatureCache::<B<AB>>::default();
-    // Training images of the fold runs (summed) and of a run on all shots.
-    let mut fold_samples = 0;
-    let full_samples = blocks * (normal.len() + abnormal.len());
-    let start_bank_cache = FeatureCache::<B<AB>>::default();
+/// Validation views: the first `views` augmentations of each image (block-major order), with
+/// the masks of abnormal shots that have one.
+fn validation_images(
+    shots: &[&Shot],
+    abnormal: bool,
+    size: usize,
+    views: usize,
+) -> Result<Vec<ValidationImage>, FitError> {
+    let owned: Vec<Shot> = shots.iter().map(|s| (*s).clone()).collect();
+    let augmented = augment_shots(&owned, size)?;
+    let k = owned.len();
+    Ok((0..k)
+        .map(|i| {
+            let pairs: Vec<&(Vec<f32>, Vec<f32>)> =
+                (0..views).map(|b| &augmented[b * k + i]).collect();
+            ValidationImage {
+                views: pairs.iter().map(|(image, _)| image.clone()).collect(),
+                masks: pairs
+                    .iter()
+                    .map(|(_, mask)| {
+                        (abnormal && owned[i].mask.is_some())
+                            .then(|| mask.iter().map(|&m| m > 0.5).collect())
+                    })
+                    .collect(),
+                abnormal,
+            }
+        })
+        .collect())
+}
 
-    for fold in 0..folds {
-        let train_normal: Vec<Shot> = normal
-            .iter()
-            .zip(&normal_fold)
-            .filter(|(_, f)| **f != fold)
-            .map(|(s, _)| s.clone())
-            .collect();
-        let train_abnormal: Vec<Shot> = abnormal
-            .iter()
-            .zip(&abnormal_fold)
-            .filter(|(_, f)| **f != fold)
-            .map(|(s, _)| s.clone())
-            .collect();
-        let val_normal: Vec<&Shot> = normal
-            .iter()
-            .zip(&normal_fold)
-            .filter(|(_, f)| **f == fold)
-            .map(|(s, _)| s)
-            .collect();
-        let val_abnormal: Vec<&Shot> = abnormal
-            .iter()
-            .zip(&abnormal_fold)
-            .filter(|(_, f)| **f == fold)
-            .map(|(s, _)| s)
-            .collect();
+/// The shots of one fold: the other folds' shots to fine-tune on, its own to validate with.
+struct FoldSplit<'a> {
+    train_normal: Vec<Shot>,
+    train_abnormal: Vec<Shot>,
+    val_normal: Vec<&'a Shot>,
+    val_abnormal: Vec<&'a Shot>,
+}
 
-        fold_samples += blocks * (train_abnormal.len() + train_normal.len());
-        let samples = training_samples(
-            &augment_shots(&train_abnormal, size)?,
-            train_abnormal.len(),
-            &augment_shots(&train_normal, size)?,
-            train_normal.len(),
-            blocks,
-            with_masks,
-        );
-        on_event(FitEvent::Run {
-            run: fold + 1,
-            runs: folds + 1,
-            purpose: format!("validation fold {} of {folds}", fold + 1),
-            steps: samples.len().div_ceil(settings.train.batch_size.max(1)) * epochs,
-        });
-        let train = settings
-            .train
-            .clone()
-            .with_epochs(epochs)
-            .with_snapshot_epochs(snapshot_epochs.clone());
-        let run = match fine_tune::<AB>(
-            vision,
-            start.adapters.clone(),
-            text_features,
-            &samples,
-            label_mode,
-            settings,
-            train,
-            on_event,
-            cancel,
-        )? {
-            Ok(run) => run,
-            Err(steps_done) => return Ok(SelectionOutcome::Cancelled { steps_done }),
+impl<'a> FoldSplit<'a> {
+    fn new(
+        fold: usize,
+        normal: &'a [Shot],
+        normal_fold: &[usize],
+        abnormal: &'a [Shot],
+        abnormal_fold: &[usize],
+    ) -> Self {
+        let train = |shots: &[Shot], fold_of: &[usize]| -> Vec<Shot> {
+            shots
+                .iter()
+                .zip(fold_of)
+                .filter(|(_, f)| **f != fold)
+                .map(|(s, _)| s.clone())
+                .collect()
         };
-        on_event(FitEvent::Validating {
-            fold: fold + 1,
-            folds,
-        });
+        let val = |shots: &'a [Shot], fold_of: &[usize]| -> Vec<&'a Shot> {
+            shots
+                .iter()
+                .zip(fold_of)
+                .filter(|(_, f)| **f == fold)
+                .map(|(s, _)| s)
+                .collect()
+        };
+        Self {
+            train_normal: train(normal, normal_fold),
+            train_abnormal: train(abnormal, abnormal_fold),
+            val_normal: val(normal, normal_fold),
+            val_abnormal: val(abnormal, abnormal_fold),
+        }
+    }
 
-        let mut images: Vec<ValidationImage> = validation_views(&val_normal, false)?;
-        images.extend(validation_views(&val_abnormal, true)?);
+    /// The fold's validation images: its normal shots, its abnormal shots, then the user's
+    /// held-out normals (the same in every fold).
+    fn validation_images(
+        &self,
+        held_out_views: &[ValidationImage],
+        size: usize,
+        views: usize,
+    ) -> Result<Vec<ValidationImage>, FitError> {
+        let mut images: Vec<ValidationImage> =
+            validation_images(&self.val_normal, false, size, views)?;
+        images.extend(validation_images(&self.val_abnormal, true, size, views)?);
         let fold_held_out = held_out_views.iter().map(|v| ValidationImage {
             views: v.views.clone(),
             masks: v.masks.clone(),
             abnormal: false,
         });
         images.extend(fold_held_out);
-        // Every (fold, validation image) is one unit of the bootstrap.
-        let first_unit = unit_abnormal.len();
-        unit_abnormal.extend(images.iter().map(|v| v.abnormal));
+        Ok(images)
+    }
+}
+
+/// What every fold of one selection shares: its inputs, the sizes derived from the settings,
+/// the candidate configurations, and the feature caches of the starting adapters (their
+/// features are the same in every fold).
+struct Selection<'a, B: Backend> {
+    vision: &'a VisionTransformer<B>,
+    start: &'a FitStart<B>,
+    text_features: &'a Tensor<B, 2>,
+    normal: &'a [Shot],
+    abnormal: &'a [Shot],
+    held_out: &'a [Shot],
+    label_mode: LabelMode,
+    task: TaskKind,
+    settings: &'a FitSettings,
+    epochs: usize,
+    /// Model input side.
+    size: usize,
+    device: B::Device,
+    /// Augmentations of each training shot.
+    blocks: usize,
+    /// Augmentations of each validation image.
+    views: usize,
+    with_masks: bool,
+    /// Whether the candidates are judged on pixels too (every abnormal shot has a mask).
+    with_pixels: bool,
+    /// Pixel stride of the pixel AUC.
+    stride: usize,
+    /// Text weights tried in the fusion.
+    weights: Vec<f32>,
+    /// (epochs, bank) of the candidates, in evaluation order.
+    configs: Vec<(usize, BankSource)>,
+    /// Epochs after which a fold run keeps its adapters.
+    snapshot_epochs: Vec<usize>,
+    start_cache: FeatureCache<B>,
+    start_bank_cache: FeatureCache<B>,
+}
+
+impl<'a, B: Backend> Selection<'a, B> {
+    /// The shared state of a selection on `[normal, abnormal, held_out]` shots.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        vision: &'a VisionTransformer<B>,
+        start: &'a FitStart<B>,
+        text_features: &'a Tensor<B, 2>,
+        [normal, abnormal, held_out]: [&'a [Shot]; 3],
+        label_mode: LabelMode,
+        task: TaskKind,
+        settings: &'a FitSettings,
+        epochs: usize,
+    ) -> Self {
+        let sel = &settings.selection;
+        let mut weights = sel.text_weights.clone();
+        if !weights.iter().any(|w| (w - start.text_weight).abs() < 1e-6) {
+            weights.push(start.text_weight);
+        }
+        let size = settings.scoring.image_size;
+        let with_masks = label_mode == LabelMode::Masks;
+        let snapshot_epochs = checkpoint_epochs(epochs, sel.checkpoints);
+        Selection {
+            vision,
+            start,
+            text_features,
+            normal,
+            abnormal,
+            held_out,
+            label_mode,
+            task,
+            settings,
+            epochs,
+            size,
+            device: text_features.device(),
+            blocks: settings
+                .training_augmentations
+                .clamp(1, crate::train::augment::AUGMENT_FACTOR),
+            views: sel
+                .validation_augmentations
+                .clamp(1, crate::train::augment::AUGMENT_FACTOR),
+            with_masks,
+            with_pixels: with_masks && abnormal.iter().all(|s| s.mask.is_some()),
+            stride: pixel_stride(size),
+            weights,
+            configs: candidate_configs(&snapshot_epochs),
+            snapshot_epochs,
+            start_cache: FeatureCache::default(),
+            start_bank_cache: FeatureCache::default(),
+        }
+    }
+
+    /// Cross-fitting: for each fold, fine-tunes on the other folds' shots and scores every
+    /// candidate on the fold's own shots and the held-out normals. `Err` with the steps done
+    /// when a fold's fine-tuning was cancelled.
+    fn validate_folds<AB: AutodiffBackend<InnerBackend = B>>(
+        &self,
+        folds: usize,
+        normal_fold: &[usize],
+        abnormal_fold: &[usize],
+        on_event: &mut dyn FnMut(FitEvent),
+        cancel: &AtomicBool,
+    ) -> Result<Result<Validated, usize>, FitError> {
+        let held_out_refs: Vec<&Shot> = self.held_out.iter().collect();
+        let held_out_views = validation_images(&held_out_refs, false, self.size, self.views)?;
+        let mut validated = Validated {
+            pools: HashMap::new(),
+            unit_abnormal: Vec::new(),
+            fold_samples: 0,
+        };
+        for fold in 0..folds {
+            let split =
+                FoldSplit::new(fold, self.normal, normal_fold, self.abnormal, abnormal_fold);
+            validated.fold_samples +=
+                self.blocks * (split.train_abnormal.len() + split.train_normal.len());
+            let run = match self.fine_tune_fold::<AB>(&split, fold, folds, on_event, cancel)? {
+                Ok(run) => run,
+                Err(steps_done) => return Ok(Err(steps_done)),
+            };
+            on_event(FitEvent::Validating {
+                fold: fold + 1,
+                folds,
+            });
+            let images = split.validation_images(&held_out_views, self.size, self.views)?;
+            // Every (fold, validation image) is one unit of the bootstrap.
+            let first_unit = validated.unit_abnormal.len();
+            validated
+                .unit_abnormal
+                .extend(images.iter().map(|v| v.abnormal));
+            let pools = &mut validated.pools;
+            self.score_fold(&run, &split.train_normal, &images, first_unit, pools)?;
+        }
+        Ok(Ok(validated))
+    }
+
+    /// Fine-tunes on a fold's training shots (announcing the run), keeping the adapters at
+    /// the validated epochs; `Err` with the steps done when cancelled.
+    fn fine_tune_fold<AB: AutodiffBackend<InnerBackend = B>>(
+        &self,
+        split: &FoldSplit<'_>,
+        fold: usize,
+        folds: usize,
+        on_event: &mut dyn FnMut(FitEvent),
+        cancel: &AtomicBool,
+    ) -> Result<Result<TunedRun<B>, usize>, FitError> {
+        let (size, settings) = (self.size, self.settings);
+        let samples = training_samples(
+            &augment_shots(&split.train_abnormal, size)?,
+            split.train_abnormal.len(),
+            &augment_shots(&split.train_normal, size)?,
+            split.train_normal.len(),
+            self.blocks,
+            self.with_masks,
+        );
+        on_event(FitEvent::Run {
+            run: fold + 1,
+            runs: folds + 1,
+            purpose: format!("validation fold {} of {folds}", fold + 1),
+            steps: samples.len().div_ceil(settings.train.batch_size.max(1)) * self.epochs,
+        });
+        let train = settings
+            .train
+            .clone()
+            .with_epochs(self.epochs)
+            .with_snapshot_epochs(self.snapshot_epochs.clone());
+        fine_tune::<AB>(
+            self.vision,
+            self.start.adapters.clone(),
+            self.text_features,
+            &samples,
+            self.label_mode,
+            settings,
+            train,
+            on_event,
+            cancel,
+        )
+    }
+
+    /// Scores a fold's validation images with every candidate of the fold's run, adding the
+    /// calibrated scores (and the subsampled fused maps) to each candidate's pool.
+    fn score_fold(
+        &self,
+        run: &TunedRun<B>,
+        train_normal: &[Shot],
+        images: &[ValidationImage],
+        first_unit: usize,
+        pools: &mut HashMap<(usize, BankSource, usize), Pool>,
+    ) -> Result<(), FitError> {
+        let (size, settings, task) = (self.size, self.settings, self.task);
         let flat: Vec<&[f32]> = images
             .iter()
             .flat_map(|v| v.views.iter().map(Vec::as_slice))
             .collect();
-        let validation = batch_tensor::<B<AB>>(&flat, [3, size, size], &device)?;
+        let validation = batch_tensor::<B>(&flat, [3, size, size], &self.device)?;
         let train_normal_images: Vec<&[f32]> =
             train_normal.iter().map(|s| s.image.as_slice()).collect();
-        let groups = support_groups::<B<AB>>(&train_normal_images, size, &device)?;
+        let groups = support_groups::<B>(&train_normal_images, size, &self.device)?;
 
-        let mut snapshot_caches: HashMap<usize, FeatureCache<B<AB>>> = HashMap::new();
-        for &(e, bank) in &configs {
-            let (text_adapters, text_cache) = if e == 0 {
-                (start.adapters.clone(), start_cache.clone())
-            } else {
-                let adapters = run
-                    .snapshots
-                    .iter()
-                    .find(|(epoch, _)| *epoch == e)
-                    .map(|(_, a)| a.clone())
-                    .unwrap_or_else(|| run.adapters.clone());
-                (adapters, snapshot_caches.entry(e).or_default().clone())
-            };
-            let bank_adapters = match bank {
-                BankSource::Current if e == 0 => start
-                    .bank_adapters
-                    .clone()
-                    .map(|a| (a, start_bank_cache.clone())),
-                BankSource::Current => Some(match &start.bank_adapters {
-                    Some(a) => (a.clone(), start_bank_cache.clone()),
-                    None => (start.adapters.clone(), start_cache.clone()),
-                }),
-                BankSource::FineTuned => None,
-            };
-            let mut detector = Detector::new(
-                vision.clone(),
-                text_adapters,
-                settings.adapters.clone(),
-                Scorer::new(settings.scoring.clone(), text_features.clone()),
-                task,
-                settings.batch_size,
-            );
-            detector.set_feature_cache(Some(text_cache));
-            if let Some((adapters, cache)) = bank_adapters {
-                detector.set_bank_adapters(Some(adapters), Some(cache));
-            }
+        let mut snapshot_caches: HashMap<usize, FeatureCache<B>> = HashMap::new();
+        for &(e, bank) in &self.configs {
+            let mut detector = self.candidate_detector(run, e, bank, &mut snapshot_caches);
             detector
                 .set_support(groups.clone())
                 .map_err(|e| FitError::Model(e.to_string()))?;
@@ -705,7 +887,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
                 .into_iter()
                 .map(slim)
                 .collect();
-            for (wi, &w) in weights.iter().enumerate() {
+            for (wi, &w) in self.weights.iter().enumerate() {
                 let cal = calibration_from_raws(
                     &raws,
                     task,
@@ -715,24 +897,87 @@ pub(crate) fn select<AB: AutodiffBackend>(
                     },
                 );
                 let pool = pools.entry((e, bank, wi)).or_default();
-                let mut r = scored.iter();
-                for (index, image) in images.iter().enumerate() {
-                    let unit = first_unit + index;
-                    for mask in &image.masks {
-                        let raw = r.next().expect("one result per view");
-                        let (fused, score) = apply_calibration(&cal, task, raw);
-                        pool.scores.push(score);
-                        pool.labels.push(image.abnormal);
-                        pool.units.push(unit);
-                        if with_pixels {
-                            for y in (0..size).step_by(stride) {
-                                for x in (0..size).step_by(stride) {
-                                    let i = y * size + x;
-                                    pool.pixels.push(fused[i]);
-                                    pool.pixel_labels.push(mask.as_ref().is_some_and(|m| m[i]));
-                                    pool.pixel_units.push(unit);
-                                }
-                            }
+                self.pool_results(pool, &cal, &scored, images, first_unit);
+            }
+        }
+        Ok(())
+    }
+
+    /// The detector of candidate (`e` epochs, `bank`) of a fold's run, without its support:
+    /// text adapters from the start (`e` = 0) or the run's snapshot, memory-bank adapters as
+    /// `bank` says, each with the feature cache its adapters share across candidates.
+    fn candidate_detector(
+        &self,
+        run: &TunedRun<B>,
+        e: usize,
+        bank: BankSource,
+        snapshot_caches: &mut HashMap<usize, FeatureCache<B>>,
+    ) -> Detector<B, VisionTransformer<B>> {
+        let start = self.start;
+        let (text_adapters, text_cache) = if e == 0 {
+            (start.adapters.clone(), self.start_cache.clone())
+        } else {
+            let adapters = run
+                .snapshots
+                .iter()
+                .find(|(epoch, _)| *epoch == e)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_else(|| run.adapters.clone());
+            (adapters, snapshot_caches.entry(e).or_default().clone())
+        };
+        let bank_adapters = match bank {
+            BankSource::Current if e == 0 => start
+                .bank_adapters
+                .clone()
+                .map(|a| (a, self.start_bank_cache.clone())),
+            BankSource::Current => Some(match &start.bank_adapters {
+                Some(a) => (a.clone(), self.start_bank_cache.clone()),
+                None => (start.adapters.clone(), self.start_cache.clone()),
+            }),
+            BankSource::FineTuned => None,
+        };
+        let mut detector = Detector::new(
+            self.vision.clone(),
+            text_adapters,
+            self.settings.adapters.clone(),
+            Scorer::new(self.settings.scoring.clone(), self.text_features.clone()),
+            self.task,
+            self.settings.batch_size,
+        );
+        detector.set_feature_cache(Some(text_cache));
+        if let Some((adapters, cache)) = bank_adapters {
+            detector.set_bank_adapters(Some(adapters), Some(cache));
+        }
+        detector
+    }
+
+    /// Adds one candidate's calibrated results on a fold's images to its pool: a score per
+    /// view, and the fused map on a subsampled grid where pixels are judged.
+    fn pool_results(
+        &self,
+        pool: &mut Pool,
+        cal: &Calibration,
+        scored: &[RawResult],
+        images: &[ValidationImage],
+        first_unit: usize,
+    ) {
+        let (size, stride) = (self.size, self.stride);
+        let mut r = scored.iter();
+        for (index, image) in images.iter().enumerate() {
+            let unit = first_unit + index;
+            for mask in &image.masks {
+                let raw = r.next().expect("one result per view");
+                let (fused, score) = apply_calibration(cal, self.task, raw);
+                pool.scores.push(score);
+                pool.labels.push(image.abnormal);
+                pool.units.push(unit);
+                if self.with_pixels {
+                    for y in (0..size).step_by(stride) {
+                        for x in (0..size).step_by(stride) {
+                            let i = y * size + x;
+                            pool.pixels.push(fused[i]);
+                            pool.pixel_labels.push(mask.as_ref().is_some_and(|m| m[i]));
+                            pool.pixel_units.push(unit);
                         }
                     }
                 }
@@ -740,43 +985,58 @@ pub(crate) fn select<AB: AutodiffBackend>(
         }
     }
 
-    let current_weight = start.text_weight;
-    let mut candidates = Vec::new();
-    let mut candidate_pools = Vec::new();
-    let mut current = None;
-    for &(e, bank) in &configs {
-        for (wi, &w) in weights.iter().enumerate() {
-            let Some(pool) = pools.remove(&(e, bank, wi)) else {
-                continue;
-            };
-            let image_auc =
-                roc_auc(&pool.scores, &pool.labels).map_err(|e| FitError::Model(e.to_string()))?;
-            let pixel_auc = if with_pixels {
-                Some(
-                    roc_auc(&pool.pixels, &pool.pixel_labels)
-                        .map_err(|e| FitError::Model(e.to_string()))?,
-                )
-            } else {
-                None
-            };
-            let is_current = e == 0 && (w - current_weight).abs() < 1e-6;
-            if is_current {
-                current = Some(candidates.len());
+    /// Every candidate's report and pool, in evaluation order, and the index of the current
+    /// detector (the starting adapters with the starting weight).
+    fn candidates(
+        &self,
+        mut pools: HashMap<(usize, BankSource, usize), Pool>,
+    ) -> Result<(Vec<CandidateReport>, Vec<Pool>, usize), FitError> {
+        let current_weight = self.start.text_weight;
+        let mut candidates = Vec::new();
+        let mut candidate_pools = Vec::new();
+        let mut current = None;
+        for &(e, bank) in &self.configs {
+            for (wi, &w) in self.weights.iter().enumerate() {
+                let Some(pool) = pools.remove(&(e, bank, wi)) else {
+                    continue;
+                };
+                let image_auc = roc_auc(&pool.scores, &pool.labels)
+                    .map_err(|e| FitError::Model(e.to_string()))?;
+                let pixel_auc = if self.with_pixels {
+                    Some(
+                        roc_auc(&pool.pixels, &pool.pixel_labels)
+                            .map_err(|e| FitError::Model(e.to_string()))?,
+                    )
+                } else {
+                    None
+                };
+                let is_current = e == 0 && (w - current_weight).abs() < 1e-6;
+                if is_current {
+                    current = Some(candidates.len());
+                }
+                candidates.push(CandidateReport {
+                    epochs: e,
+                    bank,
+                    text_weight: w,
+                    image_auc,
+                    pixel_auc,
+                    current: is_current,
+                });
+                candidate_pools.push(pool);
             }
-            candidates.push(CandidateReport {
-                epochs: e,
-                bank,
-                text_weight: w,
-                image_auc,
-                pixel_auc,
-                current: is_current,
-            });
-            candidate_pools.push(pool);
         }
+        let current = current.expect("the current weight is always tried");
+        Ok((candidates, candidate_pools, current))
     }
-    let current = current.expect("the current weight is always tried");
-    // Best first; ties to the current detector, then fewer epochs, then the bank it had, then
-    // the mix closest to the current one.
+}
+
+/// The best candidate that `keep` admits: highest criterion; ties to the current detector,
+/// then fewer epochs, then the bank it had, then the mix closest to the current one.
+fn best_of(
+    candidates: &[CandidateReport],
+    current_weight: f32,
+    keep: &dyn Fn(&CandidateReport) -> bool,
+) -> Option<usize> {
     let rank = |c: &CandidateReport| {
         (
             c.current,
@@ -785,18 +1045,45 @@ pub(crate) fn select<AB: AutodiffBackend>(
             std::cmp::Reverse(((c.text_weight - current_weight).abs() * 1000.0) as i64),
         )
     };
-    let best_of = |keep: &dyn Fn(&CandidateReport) -> bool| {
-        (0..candidates.len())
-            .filter(|&i| keep(&candidates[i]))
-            .max_by(|&a, &b| {
-                let (ca, cb) = (&candidates[a], &candidates[b]);
-                ca.criterion()
-                    .total_cmp(&cb.criterion())
-                    .then_with(|| rank(ca).cmp(&rank(cb)))
-            })
-    };
+    (0..candidates.len())
+        .filter(|&i| keep(&candidates[i]))
+        .max_by(|&a, &b| {
+            let (ca, cb) = (&candidates[a], &candidates[b]);
+            ca.criterion()
+                .total_cmp(&cb.criterion())
+                .then_with(|| rank(ca).cmp(&rank(cb)))
+        })
+}
+
+/// The choice among the candidates (indices into them).
+struct Judgement {
+    /// The candidate to install.
+    chosen: usize,
+    /// The current detector.
+    current: usize,
+    /// The current adapters with their best mix: what stays when fine-tuning does not win.
+    kept: usize,
+    /// The best fine-tuned candidate.
+    best_tuned: Option<usize>,
+    /// The bootstrap confidence of the best fine-tuned candidate (when it beat `kept` by the
+    /// margin).
+    confidence: Option<f64>,
+}
+
+/// Chooses the candidate to install: a new mix must validate strictly better than the
+/// current detector, fine-tuned adapters better by the margin and in enough resamples.
+fn choose(
+    candidates: &[CandidateReport],
+    pools: &[Pool],
+    current: usize,
+    current_weight: f32,
+    unit_abnormal: &[bool],
+    settings: &FitSettings,
+) -> Result<Judgement, FitError> {
+    let sel = &settings.selection;
     // The current adapters with the best mix; a new mix must validate strictly better.
-    let best_kept = best_of(&|c| c.epochs == 0).expect("the current candidate");
+    let best_kept =
+        best_of(candidates, current_weight, &|c| c.epochs == 0).expect("the current candidate");
     let kept = if candidates[best_kept].criterion() > candidates[current].criterion() {
         best_kept
     } else {
@@ -806,37 +1093,45 @@ pub(crate) fn select<AB: AutodiffBackend>(
     // the validation images: a handful of images rank dozens of candidates, and the best of
     // many noisy estimates is optimistic.
     let mut confidence = None;
-    let chosen = match best_of(&|c| c.epochs > 0) {
+    let chosen = match best_of(candidates, current_weight, &|c| c.epochs > 0) {
         Some(tuned)
             if candidates[tuned].criterion() > candidates[kept].criterion() + sel.margin =>
         {
             let mut rng = crate::rng::seeded(settings.train.seed, crate::rng::Stream::Bootstrap);
-            let share = bootstrap_confidence(
-                &candidate_pools[tuned],
-                &candidate_pools[kept],
-                &unit_abnormal,
-                &mut rng,
-            )?;
+            let share = bootstrap_confidence(&pools[tuned], &pools[kept], unit_abnormal, &mut rng)?;
             confidence = Some(share);
             if share >= sel.confidence { tuned } else { kept }
         }
         _ => kept,
     };
+    Ok(Judgement {
+        chosen,
+        current,
+        kept,
+        best_tuned: best_of(candidates, current_weight, &|c| c.epochs > 0),
+        confidence,
+    })
+}
+
+/// The verdict and its message for the user: what was installed and why, and why the best
+/// fine-tuned candidate was not, when it was not.
+fn verdict(
+    candidates: &[CandidateReport],
+    judgement: &Judgement,
+    installed_epochs: usize,
+) -> (Verdict, String) {
+    let &Judgement {
+        chosen,
+        current,
+        kept,
+        best_tuned,
+        confidence,
+    } = judgement;
     let c = &candidates[chosen];
     let cur = &candidates[current];
-    // The validated adapters took `c.epochs` epochs over a fold's share of the shots; on all
-    // shots the same number of optimiser steps takes proportionally fewer epochs.
-    let installed_epochs = if c.epochs == 0 {
-        0
-    } else {
-        ((c.epochs * fold_samples) as f64 / (folds * full_samples) as f64)
-            .round()
-            .max(1.0) as usize
-    };
-    let best_tuned = best_of(&|c| c.epochs > 0).map(|i| &candidates[i]);
     // Why the best fine-tuned candidate was not taken, when it was not.
-    let tuned_note = match (best_tuned, confidence) {
-        (Some(b), Some(share)) if chosen != best_of(&|c| c.epochs > 0).unwrap_or(usize::MAX) => {
+    let tuned_note = match (best_tuned.map(|i| &candidates[i]), confidence) {
+        (Some(b), Some(share)) if chosen != best_tuned.unwrap_or(usize::MAX) => {
             format!(
                 " The best fine-tuned candidate ({}, {}) validated higher, but only in {:.0}% of \
                  resamples of your images, too few to trust it.",
@@ -848,7 +1143,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
         (Some(b), _) => format!(" Best fine-tuned candidate: {}, {}.", b.name(), b.numbers()),
         (None, _) => String::new(),
     };
-    let (verdict, message) = if chosen == current {
+    if chosen == current {
         (
             Verdict::KeptCurrent,
             format!(
@@ -886,25 +1181,7 @@ pub(crate) fn select<AB: AutodiffBackend>(
                 c.name()
             ),
         )
-    };
-    let choice = Choice {
-        epochs: installed_epochs,
-        bank: c.bank,
-        text_weight: c.text_weight,
-    };
-    let report = SelectionReport {
-        verdict,
-        message,
-        chosen: Some(chosen),
-        current: Some(current),
-        folds,
-        validation_images: [counts.0, counts.1, counts.2],
-        validation_augmentations: views,
-        installed_epochs,
-        confidence,
-        candidates,
-    };
-    Ok(SelectionOutcome::Chosen(report, choice))
+    }
 }
 
 #[cfg(test)]

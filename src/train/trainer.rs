@@ -13,14 +13,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use rand::seq::SliceRandom;
 
 use crate::io::model_input::batch_tensor;
-use crate::model::mvfa::adapter::{AdaptedInput, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone};
+use crate::model::mvfa::adapter::{
+    AdaptedInput, AdapterBank, MvfaAdapters, MvfaAdaptersConfig, TappedBackbone,
+};
 use crate::model::mvfa::losses::{LossTarget, mvfa_loss};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 
@@ -236,6 +238,90 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     mut on_event: impl FnMut(TrainEvent),
     cancel: &AtomicBool,
 ) -> Result<TrainOutcome<B>, TrainError> {
+    let size = scoring_cfg.image_size;
+    check_inputs(samples, mode, cfg, size)?;
+    let device = text_features.device();
+    let mut outcome = TrainOutcome {
+        adapters: adapters.map(&mut RequireGrad),
+        cancelled: false,
+        steps_done: 0,
+        epoch_losses: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    let scorer = Scorer::new(scoring_cfg.clone(), text_features.detach());
+    let mut opt_seg = adam::<B, AdapterBank<B>>(cfg);
+    let mut opt_det = adam::<B, AdapterBank<B>>(cfg);
+
+    let batch = cfg.batch_size.max(1);
+    let steps_per_epoch = samples.len().div_ceil(batch);
+    let mut rng = crate::rng::seeded(cfg.seed, crate::rng::Stream::Shuffle);
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let mut progress = Progress::start(steps_per_epoch, cfg.epochs);
+    let steps = Steps {
+        vision,
+        adapters_cfg,
+        scorer,
+        samples,
+        size,
+        mode,
+        frozen_prefix: frozen_prefix(vision, samples, batch, size, mode, &device),
+        device,
+    };
+
+    for epoch in 1..=cfg.epochs {
+        order.shuffle(&mut rng);
+        let mut epoch_total = 0.0f32;
+        for (step_index, chunk) in order.chunks(batch).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                outcome.cancelled = true;
+                outcome.steps_done = progress.steps_done;
+                return Ok(outcome);
+            }
+            let (loss, terms) = steps.loss(&outcome.adapters, chunk)?;
+            // A NaN or infinite loss poisons every later step: stop before the update.
+            terms.check_finite(epoch, step_index + 1, progress.steps_done + 1)?;
+            let mut grads = loss.backward();
+            let lr = cfg.learning_rate;
+            let det_grads = GradientsParams::from_module(&mut grads, &outcome.adapters.det);
+            if mode == LabelMode::Masks {
+                let seg_grads = GradientsParams::from_module(&mut grads, &outcome.adapters.seg);
+                outcome.adapters.seg = opt_seg.step(lr, outcome.adapters.seg, seg_grads);
+            }
+            outcome.adapters.det = opt_det.step(lr, outcome.adapters.det, det_grads);
+
+            epoch_total += terms.total;
+            let report = progress.step(epoch, step_index + 1, chunk.len(), &terms);
+            on_event(TrainEvent::Step(report));
+        }
+        let mean_total = epoch_total / steps_per_epoch as f32;
+        outcome.epoch_losses.push(mean_total);
+        if cfg.snapshot_epochs.contains(&epoch) {
+            outcome.snapshots.push((epoch, outcome.adapters.clone()));
+        }
+        on_event(TrainEvent::EpochFinished { epoch, mean_total });
+    }
+    outcome.steps_done = progress.steps_done;
+    Ok(outcome)
+}
+
+/// Adam with the run's betas and epsilon (one per adapter head).
+fn adam<B: AutodiffBackend, M: AutodiffModule<B>>(cfg: &TrainConfig) -> impl Optimizer<M, B> {
+    AdamConfig::new()
+        .with_beta_1(cfg.beta_1)
+        .with_beta_2(cfg.beta_2)
+        .with_epsilon(cfg.epsilon)
+        .init::<B, M>()
+}
+
+/// Refuses a run that cannot train: no images, no abnormal image, a bad learning rate, an
+/// image of the wrong size, or a missing mask in `Masks` mode (checked up front, so that a
+/// run never fails half-way on its inputs).
+fn check_inputs(
+    samples: &[TrainSample],
+    mode: LabelMode,
+    cfg: &TrainConfig,
+    size: usize,
+) -> Result<(), TrainError> {
     if samples.is_empty() {
         return Err(TrainError::Empty);
     }
@@ -247,7 +333,6 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
     if !(cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0) {
         return Err(TrainError::LearningRate(cfg.learning_rate));
     }
-    let size = scoring_cfg.image_size;
     for (index, s) in samples.iter().enumerate() {
         if s.image.len() != 3 * size * size {
             return Err(TrainError::ImageSize {
@@ -261,34 +346,25 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
             return Err(TrainError::MissingMask { index });
         }
     }
-    let device = text_features.device();
-    let mut adapters = adapters.map(&mut RequireGrad);
-    let scorer = Scorer::new(scoring_cfg.clone(), text_features.detach());
-    let adam = AdamConfig::new()
-        .with_beta_1(cfg.beta_1)
-        .with_beta_2(cfg.beta_2)
-        .with_epsilon(cfg.epsilon);
-    let mut opt_seg = adam.init::<B, _>();
-    let mut opt_det = adam.init::<B, _>();
+    Ok(())
+}
 
-    let batch = cfg.batch_size.max(1);
-    let steps_per_epoch = samples.len().div_ceil(batch);
-    let total_steps = steps_per_epoch.saturating_mul(cfg.epochs);
-    let mut rng = crate::rng::seeded(cfg.seed, crate::rng::Stream::Shuffle);
-    let mut order: Vec<usize> = (0..samples.len()).collect();
-    let started = Instant::now();
-    let mut steps_done = 0;
-    let mut images_done = 0usize;
-    let mut epoch_losses = Vec::new();
-    let mut snapshots = Vec::new();
-
-    // The blocks before the first adapter see no adapted input: their output per training
-    // image is computed once here and every epoch resumes from it (no gradient flows there).
+/// The blocks before the first adapter see no adapted input: their output per training
+/// image is computed once here and every epoch resumes from it (no gradient flows there).
+/// `None` when the backbone cannot resume from a tap.
+fn frozen_prefix<B: AutodiffBackend, V: TappedBackbone<B>>(
+    vision: &V,
+    samples: &[TrainSample],
+    batch: usize,
+    size: usize,
+    mode: LabelMode,
+    device: &B::Device,
+) -> Option<Vec<Tensor<B, 3>>> {
     let first_tap = vision.default_taps().first().copied().unwrap_or(0);
     let mut frozen_prefix: Option<Vec<Tensor<B, 3>>> = Some(Vec::with_capacity(samples.len()));
     for chunk in samples.chunks(batch) {
         let refs: Vec<&TrainSample> = chunk.iter().collect();
-        let (images, _) = batch_tensors::<B>(&refs, size, mode, &device);
+        let (images, _) = batch_tensors::<B>(&refs, size, mode, device);
         match (
             frozen_prefix.as_mut(),
             vision.stream_after(images, first_tap),
@@ -299,88 +375,136 @@ pub fn train<B: AutodiffBackend, V: TappedBackbone<B>>(
             _ => frozen_prefix = None,
         }
     }
+    frozen_prefix
+}
 
-    for epoch in 1..=cfg.epochs {
-        order.shuffle(&mut rng);
-        let mut epoch_total = 0.0f32;
-        for (step_index, chunk) in order.chunks(batch).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(TrainOutcome {
-                    adapters,
-                    cancelled: true,
-                    steps_done,
-                    epoch_losses,
-                    snapshots,
-                });
-            }
-            let batch_samples: Vec<&TrainSample> = chunk.iter().map(|&i| &samples[i]).collect();
-            let (images, target) = batch_tensors::<B>(&batch_samples, size, mode, &device);
-            let input = match &frozen_prefix {
-                Some(streams) => AdaptedInput::FirstTap(Tensor::cat(
-                    chunk.iter().map(|&i| streams[i].clone()).collect(),
-                    0,
-                )),
-                None => AdaptedInput::Images(images),
-            };
-            let features = adapters
-                .forward_adapted_from(vision, input, adapters_cfg)
-                .map_err(|e| TrainError::Model(e.to_string()))?;
-            let loss = mvfa_loss(&scorer, &features, &target);
-            let (focal, dice, bce) = (
-                sum_terms(&loss.focal),
-                sum_terms(&loss.dice),
-                sum_terms(&loss.bce),
-            );
-            let total = scalar(loss.total.clone());
-            if !(total.is_finite() && focal.is_finite() && dice.is_finite() && bce.is_finite()) {
-                // A NaN or infinite loss poisons every later step: stop before the update.
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: step_index + 1,
-                    global_step: steps_done + 1,
-                    loss: total,
-                });
-            }
-            let mut grads = loss.total.backward();
-            let det_grads = GradientsParams::from_module(&mut grads, &adapters.det);
-            if mode == LabelMode::Masks {
-                let seg_grads = GradientsParams::from_module(&mut grads, &adapters.seg);
-                adapters.seg = opt_seg.step(cfg.learning_rate, adapters.seg, seg_grads);
-            }
-            adapters.det = opt_det.step(cfg.learning_rate, adapters.det, det_grads);
+/// The loss terms of one step, summed over levels.
+struct LossTerms {
+    focal: f32,
+    dice: f32,
+    bce: f32,
+    total: f32,
+}
 
-            steps_done += 1;
-            images_done += chunk.len();
-            epoch_total += total;
-            let elapsed = started.elapsed().as_secs_f32().max(1e-6);
-            let per_step = elapsed / steps_done as f32;
-            on_event(TrainEvent::Step(StepReport {
+impl LossTerms {
+    /// [`TrainError::Diverged`] when a term is NaN or infinite (at 1-based `step` of `epoch`,
+    /// `global_step` of the run).
+    fn check_finite(
+        &self,
+        epoch: usize,
+        step: usize,
+        global_step: usize,
+    ) -> Result<(), TrainError> {
+        let finite = self.total.is_finite()
+            && self.focal.is_finite()
+            && self.dice.is_finite()
+            && self.bce.is_finite();
+        if !finite {
+            return Err(TrainError::Diverged {
                 epoch,
-                epochs: cfg.epochs,
-                step: step_index + 1,
-                steps_per_epoch,
-                focal,
-                dice,
-                bce,
-                total,
-                images_per_second: images_done as f32 / elapsed,
-                eta_seconds: per_step * total_steps.saturating_sub(steps_done) as f32,
-            }));
+                step,
+                global_step,
+                loss: self.total,
+            });
         }
-        let mean_total = epoch_total / steps_per_epoch as f32;
-        epoch_losses.push(mean_total);
-        if cfg.snapshot_epochs.contains(&epoch) {
-            snapshots.push((epoch, adapters.clone()));
-        }
-        on_event(TrainEvent::EpochFinished { epoch, mean_total });
+        Ok(())
     }
-    Ok(TrainOutcome {
-        adapters,
-        cancelled: false,
-        steps_done,
-        epoch_losses,
-        snapshots,
-    })
+}
+
+/// What every step of a run reads: the frozen tower (and its precomputed prefix), the
+/// scorer holding the text features, and the training images.
+struct Steps<'a, B: AutodiffBackend, V> {
+    vision: &'a V,
+    adapters_cfg: &'a MvfaAdaptersConfig,
+    scorer: Scorer<B>,
+    samples: &'a [TrainSample],
+    size: usize,
+    mode: LabelMode,
+    device: B::Device,
+    frozen_prefix: Option<Vec<Tensor<B, 3>>>,
+}
+
+impl<B: AutodiffBackend, V: TappedBackbone<B>> Steps<'_, B, V> {
+    /// The loss of `adapters` on the training images `chunk` (indices), as a tensor to
+    /// differentiate and as numbers.
+    fn loss(
+        &self,
+        adapters: &MvfaAdapters<B>,
+        chunk: &[usize],
+    ) -> Result<(Tensor<B, 1>, LossTerms), TrainError> {
+        let batch_samples: Vec<&TrainSample> = chunk.iter().map(|&i| &self.samples[i]).collect();
+        let (images, target) =
+            batch_tensors::<B>(&batch_samples, self.size, self.mode, &self.device);
+        let input = match &self.frozen_prefix {
+            Some(streams) => AdaptedInput::FirstTap(Tensor::cat(
+                chunk.iter().map(|&i| streams[i].clone()).collect(),
+                0,
+            )),
+            None => AdaptedInput::Images(images),
+        };
+        let features = adapters
+            .forward_adapted_from(self.vision, input, self.adapters_cfg)
+            .map_err(|e| TrainError::Model(e.to_string()))?;
+        let loss = mvfa_loss(&self.scorer, &features, &target);
+        let (focal, dice, bce) = (
+            sum_terms(&loss.focal),
+            sum_terms(&loss.dice),
+            sum_terms(&loss.bce),
+        );
+        let total = scalar(loss.total.clone());
+        let terms = LossTerms {
+            focal,
+            dice,
+            bce,
+            total,
+        };
+        Ok((loss.total, terms))
+    }
+}
+
+/// Step and throughput counters of a run.
+struct Progress {
+    started: Instant,
+    steps_done: usize,
+    images_done: usize,
+    steps_per_epoch: usize,
+    epochs: usize,
+    total_steps: usize,
+}
+
+impl Progress {
+    /// Counters of a run starting now.
+    fn start(steps_per_epoch: usize, epochs: usize) -> Self {
+        Progress {
+            started: Instant::now(),
+            steps_done: 0,
+            images_done: 0,
+            steps_per_epoch,
+            epochs,
+            total_steps: steps_per_epoch.saturating_mul(epochs),
+        }
+    }
+
+    /// Counts a finished step of `images` images and reports it (rate and time left from
+    /// the run so far).
+    fn step(&mut self, epoch: usize, step: usize, images: usize, terms: &LossTerms) -> StepReport {
+        self.steps_done += 1;
+        self.images_done += images;
+        let elapsed = self.started.elapsed().as_secs_f32().max(1e-6);
+        let per_step = elapsed / self.steps_done as f32;
+        StepReport {
+            epoch,
+            epochs: self.epochs,
+            step,
+            steps_per_epoch: self.steps_per_epoch,
+            focal: terms.focal,
+            dice: terms.dice,
+            bce: terms.bce,
+            total: terms.total,
+            images_per_second: self.images_done as f32 / elapsed,
+            eta_seconds: per_step * self.total_steps.saturating_sub(self.steps_done) as f32,
+        }
+    }
 }
 
 /// Marks every float parameter as trainable (a module loaded from a record, or wrapped with

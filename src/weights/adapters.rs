@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::model::mvfa::adapter::{Adapter, AdapterBank, MvfaAdapters, MvfaAdaptersConfig};
-use crate::weights::format::{f32_from_le_bytes, file_is_pytorch_checkpoint};
+use crate::weights::format::{NotFloatError, f32_from_le_bytes, file_is_pytorch_checkpoint};
 
 /// `__metadata__` key holding the JSON of [`AdapterCheckpointMeta`].
 pub const META_KEY: &str = "mvfa";
@@ -273,10 +273,27 @@ pub fn adapter_key(head: &str, level: usize, fc: usize) -> String {
 
 const HEADS: [&str; 2] = ["seg", "det"];
 
+/// Why a tensor's values could not be read as f32.
+#[derive(Debug, thiserror::Error)]
+enum TensorReadError {
+    /// Stored in a type that is not floating point; what follows `dtype ` in the message.
+    #[error("dtype {0}")]
+    Dtype(String),
+    /// The reader failed.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<NotFloatError> for TensorReadError {
+    fn from(e: NotFloatError) -> Self {
+        TensorReadError::Dtype(format!("{:?} is not a floating-point type", e.0))
+    }
+}
+
 /// A tensor found in a file: its shape and a way to get its f32 values.
 struct FoundTensor<'a> {
     shape: Vec<usize>,
-    read: Box<dyn Fn() -> std::result::Result<Vec<f32>, String> + 'a>,
+    read: Box<dyn Fn() -> std::result::Result<Vec<f32>, TensorReadError> + 'a>,
 }
 
 /// Parses `seg_adapters.3.fc1.0.weight` into (head, level, fc).
@@ -300,7 +317,30 @@ fn build_adapters<B: Backend>(
     cfg: &MvfaAdaptersConfig,
     device: &B::Device,
 ) -> Result<MvfaAdapters<B>> {
-    let path_buf = || path.to_path_buf();
+    check_adapter_keys(path, tensors, cfg)?;
+    let mut banks: Vec<AdapterBank<B>> = Vec::with_capacity(2);
+    for head in HEADS {
+        let mut adapters = Vec::with_capacity(cfg.levels);
+        for level in 0..cfg.levels {
+            let fc1 = read_linear::<B>(path, tensors, cfg, head, level, 1, device)?;
+            let fc2 = read_linear::<B>(path, tensors, cfg, head, level, 2, device)?;
+            adapters.push(Adapter { fc1, fc2 });
+        }
+        banks.push(AdapterBank { adapters });
+    }
+    let det = banks.pop().expect("two banks");
+    let seg = banks.pop().expect("two banks");
+    Ok(MvfaAdapters { seg, det })
+}
+
+/// Refuses a tensor set that is not MVFA adapters at all (saying what it looks like
+/// instead), or that holds a tensor which is not an adapter weight of a tapped level: such a
+/// file belongs to another model or backbone, and loading part of it would hide that.
+fn check_adapter_keys(
+    path: &Path,
+    tensors: &BTreeMap<String, FoundTensor<'_>>,
+    cfg: &MvfaAdaptersConfig,
+) -> Result<()> {
     if !tensors.keys().any(|k| parse_key(k).is_some()) {
         let sample: Vec<&str> = tensors.keys().take(5).map(String::as_str).collect();
         let reason = if tensors.is_empty() {
@@ -315,7 +355,7 @@ fn build_adapters<B: Backend>(
             )
         };
         return Err(AdapterCheckpointError::NotMvfa {
-            path: path_buf(),
+            path: path.to_path_buf(),
             reason,
         });
     }
@@ -323,14 +363,14 @@ fn build_adapters<B: Backend>(
         match parse_key(key) {
             None => {
                 return Err(AdapterCheckpointError::UnexpectedKey {
-                    path: path_buf(),
+                    path: path.to_path_buf(),
                     key: key.clone(),
                     reason: "not an MVFA adapter weight".into(),
                 });
             }
             Some((_, level, _)) if level >= cfg.levels => {
                 return Err(AdapterCheckpointError::UnexpectedKey {
-                    path: path_buf(),
+                    path: path.to_path_buf(),
                     key: key.clone(),
                     reason: format!(
                         "level {level}, but the backbone taps {} levels (0 to {})",
@@ -342,59 +382,56 @@ fn build_adapters<B: Backend>(
             Some(_) => {}
         }
     }
+    Ok(())
+}
+
+/// One adapter weight (`fc` 1 or 2 of `head` at `level`), checked for presence, shape and
+/// dtype before its values are read, as a burn `Linear`.
+fn read_linear<B: Backend>(
+    path: &Path,
+    tensors: &BTreeMap<String, FoundTensor<'_>>,
+    cfg: &MvfaAdaptersConfig,
+    head: &str,
+    level: usize,
+    fc: usize,
+    device: &B::Device,
+) -> Result<Linear<B>> {
+    let path_buf = || path.to_path_buf();
     let (w, e) = (cfg.width, cfg.bottleneck);
-    let mut banks: Vec<AdapterBank<B>> = Vec::with_capacity(2);
-    for head in HEADS {
-        let mut adapters = Vec::with_capacity(cfg.levels);
-        for level in 0..cfg.levels {
-            let mut linears = Vec::with_capacity(2);
-            for (fc, expected, what) in [
-                (1, [e, w], "[bottleneck, width]"),
-                (2, [w, e], "[width, bottleneck]"),
-            ] {
-                let key = adapter_key(head, level, fc);
-                let found =
-                    tensors
-                        .get(&key)
-                        .ok_or_else(|| AdapterCheckpointError::MissingKey {
-                            path: path_buf(),
-                            key: key.clone(),
-                            last_level: cfg.levels.saturating_sub(1),
-                        })?;
-                if found.shape != expected {
-                    return Err(AdapterCheckpointError::WrongShape {
-                        path: path_buf(),
-                        key,
-                        found: found.shape.clone(),
-                        expected: expected.to_vec(),
-                        what: format!("{what} with width {w} and bottleneck {e}"),
-                    });
-                }
-                let values = (found.read)().map_err(|reason| {
-                    if reason.starts_with("dtype ") {
-                        AdapterCheckpointError::Dtype {
-                            path: path_buf(),
-                            key: key.clone(),
-                            dtype: reason.trim_start_matches("dtype ").to_string(),
-                        }
-                    } else {
-                        AdapterCheckpointError::NotPytorch {
-                            path: path_buf(),
-                            reason: format!("reading '{key}': {reason}"),
-                        }
-                    }
-                })?;
-                linears.push(linear_from_torch::<B>(&values, expected, device));
-            }
-            let fc2 = linears.pop().expect("two linears");
-            let fc1 = linears.pop().expect("two linears");
-            adapters.push(Adapter { fc1, fc2 });
-        }
-        banks.push(AdapterBank { adapters });
+    let (expected, what) = if fc == 1 {
+        ([e, w], "[bottleneck, width]")
+    } else {
+        ([w, e], "[width, bottleneck]")
+    };
+    let key = adapter_key(head, level, fc);
+    let found = tensors
+        .get(&key)
+        .ok_or_else(|| AdapterCheckpointError::MissingKey {
+            path: path_buf(),
+            key: key.clone(),
+            last_level: cfg.levels.saturating_sub(1),
+        })?;
+    if found.shape != expected {
+        return Err(AdapterCheckpointError::WrongShape {
+            path: path_buf(),
+            key,
+            found: found.shape.clone(),
+            expected: expected.to_vec(),
+            what: format!("{what} with width {w} and bottleneck {e}"),
+        });
     }
-    let det = banks.pop().expect("two banks");
-    let seg = banks.pop().expect("two banks");
-    Ok(MvfaAdapters { seg, det })
+    let values = (found.read)().map_err(|e| match e {
+        TensorReadError::Dtype(dtype) => AdapterCheckpointError::Dtype {
+            path: path_buf(),
+            key: key.clone(),
+            dtype,
+        },
+        TensorReadError::Unreadable(reason) => AdapterCheckpointError::NotPytorch {
+            path: path_buf(),
+            reason: format!("reading '{key}': {reason}"),
+        },
+    })?;
+    Ok(linear_from_torch::<B>(&values, expected, device))
 }
 
 /// A bias-free burn `Linear` (`weight [in, out]`) from a PyTorch weight `[out, in]`.
@@ -429,14 +466,14 @@ fn linear_to_torch<B: Backend>(linear: &Linear<B>) -> (Vec<f32>, [usize; 2]) {
     (t, [out, inp])
 }
 
-fn float_data_to_f32(data: TensorData) -> std::result::Result<Vec<f32>, String> {
+fn float_data_to_f32(data: TensorData) -> std::result::Result<Vec<f32>, TensorReadError> {
     use burn::tensor::DType;
     match data.dtype {
         DType::F32 | DType::F64 | DType::F16 | DType::BF16 => data
             .convert::<f32>()
             .to_vec::<f32>()
-            .map_err(|e| format!("{e:?}")),
-        other => Err(format!("dtype {other:?}")),
+            .map_err(|e| TensorReadError::Unreadable(format!("{e:?}"))),
+        other => Err(TensorReadError::Dtype(format!("{other:?}"))),
     }
 }
 
@@ -465,7 +502,9 @@ pub fn import_mvfa_pth<B: Backend>(
             let found = FoundTensor {
                 shape: snap.shape.to_vec(),
                 read: Box::new(move || {
-                    let data = snap.to_data().map_err(|e| format!("{e:?}"))?;
+                    let data = snap
+                        .to_data()
+                        .map_err(|e| TensorReadError::Unreadable(format!("{e:?}")))?;
                     float_data_to_f32(data)
                 }),
             };
@@ -520,7 +559,7 @@ pub fn load_adapters<B: Backend>(
         .map(|(k, view)| {
             let found = FoundTensor {
                 shape: view.shape().to_vec(),
-                read: Box::new(move || f32_from_le_bytes(view.dtype(), view.data())),
+                read: Box::new(move || Ok(f32_from_le_bytes(view.dtype(), view.data())?)),
             };
             (k.clone(), found)
         })

@@ -303,6 +303,15 @@ impl LoadReport {
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_architecture(f)?;
+        self.write_parameters(f)?;
+        self.write_problems(f)
+    }
+}
+
+impl LoadReport {
+    /// The report's first lines: the file, its layout and the architecture used.
+    fn write_architecture(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = &self.config.vision;
         let t = &self.config.text;
         writeln!(
@@ -348,7 +357,11 @@ impl fmt::Display for LoadReport {
             v.activation.name(),
             self.file_activation.as_deref().unwrap_or("nothing")
         )?;
-        writeln!(f, "towers:      {}", self.tower_names())?;
+        writeln!(f, "towers:      {}", self.tower_names())
+    }
+
+    /// What was (or would be) filled: parameters per conversion, dtypes, keys left aside.
+    fn write_parameters(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut by_transform: Vec<(Transform, usize)> = Vec::new();
         for a in &self.applied {
             match by_transform.iter_mut().find(|(t, _)| *t == a.transform) {
@@ -387,7 +400,12 @@ impl fmt::Display for LoadReport {
             } else {
                 format!("{} keys of the unrequested tower", self.skipped.len())
             }
-        )?;
+        )
+    }
+
+    /// The problems: missing, unexpected, mismatched and unconvertible keys (the last line
+    /// has no newline).
+    fn write_problems(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
             "missing:     {}",
@@ -494,8 +512,55 @@ fn layers(tower: Tower, cfg: &ClipConfig) -> usize {
 fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, WeightsError> {
     let file = WeightFile::open(path)?;
     let layout = detect_layout(&file)?;
-    let found = arch::discover(path, opts.config.as_deref(), layout == Layout::OpenClip)
-        .map_err(|(path, detail)| WeightsError::Config { path, detail })?;
+    let found = arch::discover(path, opts.config.as_deref(), layout == Layout::OpenClip).map_err(
+        |(path, detail)| WeightsError::Config {
+            path,
+            detail: detail.to_string(),
+        },
+    )?;
+    let config = load_config(path, opts, towers, &found)?;
+    let mut report = LoadReport {
+        path: path.to_path_buf(),
+        file_bytes: file.len(),
+        layout,
+        config_source: found.source,
+        config: config.clone(),
+        file_activation: found.activation,
+        towers: towers.to_vec(),
+        applied: Vec::new(),
+        missing: Vec::new(),
+        unexpected: Vec::new(),
+        mismatched: Vec::new(),
+        ignored: Vec::new(),
+        skipped: Vec::new(),
+        bad_dtypes: Vec::new(),
+    };
+    let (params, used) = plan_rules(&file, layout, &config, towers, &mut report);
+    sort_unused_keys(&file, &used, towers, &mut report);
+    report.missing.sort();
+    report.unexpected.sort();
+    if !report.is_complete() {
+        return Err(WeightsError::Mismatch {
+            report: Box::new(report),
+        });
+    }
+    Ok(Plan {
+        file,
+        report,
+        params,
+    })
+}
+
+/// The architecture a load uses: the file's, at the requested input size and activation,
+/// checked for the requested towers only (a vision-only load does not care about the text
+/// tower's numbers). A bad config is blamed on the config file, or on the weights file when
+/// the defaults were assumed.
+fn load_config(
+    path: &Path,
+    opts: &LoadOptions,
+    towers: &[Tower],
+    found: &arch::FileArch,
+) -> Result<ClipConfig, WeightsError> {
     let mut config = found.config.clone();
     config.vision.image_size = opts.image_size;
     let activation = match opts.activation {
@@ -523,25 +588,21 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
             ConfigSource::HuggingFace(p) | ConfigSource::OpenClip(p) => p.clone(),
             ConfigSource::Defaults => path.to_path_buf(),
         },
-        detail,
+        detail: detail.to_string(),
     })?;
+    Ok(config)
+}
 
-    let mut report = LoadReport {
-        path: path.to_path_buf(),
-        file_bytes: file.len(),
-        layout,
-        config_source: found.source,
-        config: config.clone(),
-        file_activation: found.activation,
-        towers: towers.to_vec(),
-        applied: Vec::new(),
-        missing: Vec::new(),
-        unexpected: Vec::new(),
-        mismatched: Vec::new(),
-        ignored: Vec::new(),
-        skipped: Vec::new(),
-        bad_dtypes: Vec::new(),
-    };
+/// Looks up every stored key the remap rules of the requested towers name, recording in
+/// `report` what is missing, misshapen or of an unconvertible dtype, and plans each
+/// parameter whose keys are all usable. Returns the plan and the keys the rules used.
+fn plan_rules(
+    file: &WeightFile,
+    layout: Layout,
+    config: &ClipConfig,
+    towers: &[Tower],
+    report: &mut LoadReport,
+) -> (HashMap<(Tower, String), Planned>, HashSet<String>) {
     let mut params = HashMap::new();
     let mut used: HashSet<String> = HashSet::new();
     for rule in CLIP_REMAP.iter().filter(|r| towers.contains(&r.tower)) {
@@ -550,67 +611,90 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
             Layout::OpenClip => &rule.open_clip,
         };
         let blocks: Vec<Option<usize>> = if rule.ours.contains("{n}") {
-            (0..layers(rule.tower, &config)).map(Some).collect()
+            (0..layers(rule.tower, config)).map(Some).collect()
         } else {
             vec![None]
         };
         let expected: Vec<usize> = source
             .shape
             .iter()
-            .map(|&d| resolve(d, rule.tower, &config))
+            .map(|&d| resolve(d, rule.tower, config))
             .collect();
         for n in blocks {
             let ex = |s: &str| n.map_or_else(|| s.to_string(), |n| remap::expand(s, n));
             let keys: Vec<String> = source.keys.iter().map(|k| ex(k)).collect();
-            let mut complete = true;
-            let mut dtype = String::new();
-            for key in &keys {
-                used.insert(key.clone());
-                match file.info(key) {
-                    None => {
-                        report.missing.push(key.clone());
-                        complete = false;
-                    }
-                    Some(info) => {
-                        if info.shape != expected {
-                            report.mismatched.push(ShapeMismatch {
-                                key: key.clone(),
-                                expected: expected.clone(),
-                                found: info.shape.clone(),
-                            });
-                            complete = false;
-                        }
-                        if !file::supported_dtype(info.dtype) {
-                            report
-                                .bad_dtypes
-                                .push((key.clone(), format!("{:?}", info.dtype)));
-                            complete = false;
-                        }
-                        if dtype.is_empty() {
-                            dtype = format!("{:?}", info.dtype);
-                        }
-                    }
-                }
-            }
-            if complete {
-                let ours = ex(rule.ours);
-                report.applied.push(Applied {
-                    tower: rule.tower,
-                    ours: ours.clone(),
-                    keys: keys.clone(),
-                    dtype,
+            used.extend(keys.iter().cloned());
+            let Some(dtype) = check_keys(file, &keys, &expected, report) else {
+                continue;
+            };
+            let ours = ex(rule.ours);
+            report.applied.push(Applied {
+                tower: rule.tower,
+                ours: ours.clone(),
+                keys: keys.clone(),
+                dtype,
+                transform: source.transform,
+            });
+            params.insert(
+                (rule.tower, ours),
+                Planned {
+                    keys,
                     transform: source.transform,
-                });
-                params.insert(
-                    (rule.tower, ours),
-                    Planned {
-                        keys,
-                        transform: source.transform,
-                    },
-                );
+                },
+            );
+        }
+    }
+    (params, used)
+}
+
+/// Checks the stored keys of one parameter, recording every problem in `report`. The dtype
+/// of the first key when all of them are usable.
+fn check_keys(
+    file: &WeightFile,
+    keys: &[String],
+    expected: &[usize],
+    report: &mut LoadReport,
+) -> Option<String> {
+    let mut complete = true;
+    let mut dtype = String::new();
+    for key in keys {
+        match file.info(key) {
+            None => {
+                report.missing.push(key.clone());
+                complete = false;
+            }
+            Some(info) => {
+                if info.shape != expected {
+                    report.mismatched.push(ShapeMismatch {
+                        key: key.clone(),
+                        expected: expected.to_vec(),
+                        found: info.shape.clone(),
+                    });
+                    complete = false;
+                }
+                if !file::supported_dtype(info.dtype) {
+                    report
+                        .bad_dtypes
+                        .push((key.clone(), format!("{:?}", info.dtype)));
+                    complete = false;
+                }
+                if dtype.is_empty() {
+                    dtype = format!("{:?}", info.dtype);
+                }
             }
         }
     }
+    complete.then_some(dtype)
+}
+
+/// Files the stored keys no rule used: known non-parameters are ignored, keys of an
+/// unrequested tower skipped, anything else is unexpected (an error).
+fn sort_unused_keys(
+    file: &WeightFile,
+    used: &HashSet<String>,
+    towers: &[Tower],
+    report: &mut LoadReport,
+) {
     for (key, _) in file.tensors() {
         if used.contains(&key) {
             continue;
@@ -623,18 +707,6 @@ fn plan(path: &Path, opts: &LoadOptions, towers: &[Tower]) -> Result<Plan, Weigh
             report.unexpected.push(key);
         }
     }
-    report.missing.sort();
-    report.unexpected.sort();
-    if !report.is_complete() {
-        return Err(WeightsError::Mismatch {
-            report: Box::new(report),
-        });
-    }
-    Ok(Plan {
-        file,
-        report,
-        params,
-    })
 }
 
 /// Reads and converts one planned parameter to our layout: `(values, shape)`.

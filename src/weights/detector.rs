@@ -13,9 +13,8 @@
 //!
 //! This module only reads and writes: rebuilding the memory bank from the stored shots (which
 //! runs the augmentation and the backbone) is the workflow layer's job.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -26,9 +25,100 @@ use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::model::mvfa::scoring::{Scorer, ScoringConfig};
 use crate::train::select::SelectionReport;
 use crate::weights::adapters::{
-    AdapterCheckpointMeta, AdapterFileFormat, adapter_tensors, adapters_from_tensors,
-    load_adapter_file, read_checkpoint_meta, read_extra_tensors, save_adapters_with_extra,
+    AdapterCheckpointError, AdapterCheckpointMeta, AdapterFileFormat, adapter_tensors,
+    adapters_from_tensors, load_adapter_file, read_checkpoint_meta, read_extra_tensors,
+    save_adapters_with_extra,
 };
+
+/// Why a detector checkpoint could not be written or read. The messages that wrap a cause
+/// name the file; the cause is the error's source.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorFileError {
+    /// The checkpoint's adapter file layer failed (the message names the file).
+    #[error(transparent)]
+    Checkpoint(Box<AdapterCheckpointError>),
+    /// The detector state could not be turned into JSON.
+    #[error(transparent)]
+    StateJson(#[from] serde_json::Error),
+    /// A support shot of the wrong size.
+    #[error("support shot has {values} values, expected 3x{size}x{size}")]
+    ShotSize {
+        /// Values in the shot.
+        values: usize,
+        /// Model input side.
+        size: usize,
+    },
+    /// Writing the checkpoint failed.
+    #[error("{}: could not save the detector", path.display())]
+    Save {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        cause: Box<AdapterCheckpointError>,
+    },
+    /// The detector state in the metadata is not the JSON of a [`DetectorState`].
+    #[error("{}: the detector state in the metadata is not readable", path.display())]
+    State {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        cause: serde_json::Error,
+    },
+    /// The memory bank's adapters stored in the checkpoint do not fit the backbone.
+    #[error("{}: the memory bank's adapters", path.display())]
+    BankAdapters {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        cause: Box<AdapterCheckpointError>,
+    },
+    /// The adapters could not be read.
+    #[error("{}: could not read the adapters", path.display())]
+    Adapters {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        cause: Box<AdapterCheckpointError>,
+    },
+    /// The detector was fitted at another input size than the model runs at.
+    #[error(
+        "{}: the detector was fitted at {fitted} px, the model runs at {model} px",
+        path.display()
+    )]
+    ImageSize {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Input side of the fit.
+        fitted: usize,
+        /// Input side of the model.
+        model: usize,
+    },
+    /// The stored support shots do not have the model's input size.
+    #[error(
+        "{}: support shots have shape {shape:?}, expected [k, 3, {size}, {size}]",
+        path.display()
+    )]
+    ShotShape {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Stored shape.
+        shape: Vec<usize>,
+        /// Model input side.
+        size: usize,
+    },
+}
+
+impl From<AdapterCheckpointError> for DetectorFileError {
+    fn from(e: AdapterCheckpointError) -> Self {
+        DetectorFileError::Checkpoint(Box::new(e))
+    }
+}
+
+type Result<T> = std::result::Result<T, DetectorFileError>;
 
 /// Name of the extra tensor holding the normal support shots.
 pub const NORMAL_SHOTS: &str = "normal_shots";
@@ -58,7 +148,7 @@ pub fn save_detector<B: Backend>(
     normal_shots: &[Vec<f32>],
     selection: Option<&SelectionReport>,
     mut meta: AdapterCheckpointMeta,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let size = detector.scorer().config().image_size;
     let state = DetectorState {
         task: detector.task(),
@@ -70,11 +160,12 @@ pub fn save_detector<B: Backend>(
     meta.shots = meta.shots.or(Some(normal_shots.len()));
     let mut values = Vec::with_capacity(normal_shots.len() * 3 * size * size);
     for shot in normal_shots {
-        anyhow::ensure!(
-            shot.len() == 3 * size * size,
-            "support shot has {} values, expected 3x{size}x{size}",
-            shot.len()
-        );
+        if shot.len() != 3 * size * size {
+            return Err(DetectorFileError::ShotSize {
+                values: shot.len(),
+                size,
+            });
+        }
         values.extend_from_slice(shot);
     }
     let mut extra = vec![(
@@ -89,8 +180,12 @@ pub fn save_detector<B: Backend>(
                 .map(|(key, values, shape)| (format!("{BANK_ADAPTERS}{key}"), values, shape)),
         );
     }
-    save_adapters_with_extra(path, detector.adapters(), &meta, &extra)
-        .with_context(|| format!("{}: could not save the detector", path.display()))
+    save_adapters_with_extra(path, detector.adapters(), &meta, &extra).map_err(|cause| {
+        DetectorFileError::Save {
+            path: path.to_path_buf(),
+            cause: Box::new(cause),
+        }
+    })
 }
 
 /// A detector read back from a file.
@@ -107,17 +202,15 @@ pub struct LoadedDetector<B: Backend> {
 
 /// The detector state stored in one of our checkpoints (`None` for a reference `.pth` or a
 /// bare adapter file).
-pub fn read_detector_state(path: &Path) -> anyhow::Result<Option<DetectorState>> {
+pub fn read_detector_state(path: &Path) -> Result<Option<DetectorState>> {
     let Some(meta) = read_checkpoint_meta(path)? else {
         return Ok(None);
     };
     meta.calibration
         .map(|value| {
-            serde_json::from_value(value).with_context(|| {
-                format!(
-                    "{}: the detector state in the metadata is not readable",
-                    path.display()
-                )
+            serde_json::from_value(value).map_err(|cause| DetectorFileError::State {
+                path: path.to_path_buf(),
+                cause,
             })
         })
         .transpose()
@@ -129,7 +222,7 @@ pub fn load_bank_adapters<B: Backend>(
     path: &Path,
     cfg: &MvfaAdaptersConfig,
     device: &B::Device,
-) -> anyhow::Result<Option<MvfaAdapters<B>>> {
+) -> Result<Option<MvfaAdapters<B>>> {
     if read_checkpoint_meta(path)?.is_none() {
         return Ok(None);
     }
@@ -143,8 +236,12 @@ pub fn load_bank_adapters<B: Backend>(
     if tensors.is_empty() {
         return Ok(None);
     }
-    let adapters = adapters_from_tensors(path, tensors, cfg, device)
-        .with_context(|| format!("{}: the memory bank's adapters", path.display()))?;
+    let adapters = adapters_from_tensors(path, tensors, cfg, device).map_err(|cause| {
+        DetectorFileError::BankAdapters {
+            path: path.to_path_buf(),
+            cause: Box::new(cause),
+        }
+    })?;
     Ok(Some(adapters))
 }
 
@@ -161,9 +258,13 @@ pub fn load_detector<B: Backend>(
     default_task: TaskKind,
     batch_size: usize,
     device: &B::Device,
-) -> anyhow::Result<LoadedDetector<B>> {
-    let loaded = load_adapter_file::<B>(path, adapters_cfg, device)
-        .with_context(|| format!("{}: could not read the adapters", path.display()))?;
+) -> Result<LoadedDetector<B>> {
+    let loaded = load_adapter_file::<B>(path, adapters_cfg, device).map_err(|cause| {
+        DetectorFileError::Adapters {
+            path: path.to_path_buf(),
+            cause: Box::new(cause),
+        }
+    })?;
     let mut detector = Detector::new(
         vision,
         loaded.adapters,
@@ -180,20 +281,19 @@ pub fn load_detector<B: Backend>(
             .as_ref()
             .expect("safetensors files carry metadata");
         if let Some(value) = &meta.calibration {
-            let state: DetectorState =
-                serde_json::from_value(value.clone()).with_context(|| {
-                    format!(
-                        "{}: the detector state in the metadata is not readable",
-                        path.display()
-                    )
-                })?;
-            anyhow::ensure!(
-                state.image_size == scoring_cfg.image_size,
-                "{}: the detector was fitted at {} px, the model runs at {} px",
-                path.display(),
-                state.image_size,
-                scoring_cfg.image_size
-            );
+            let state: DetectorState = serde_json::from_value(value.clone()).map_err(|cause| {
+                DetectorFileError::State {
+                    path: path.to_path_buf(),
+                    cause,
+                }
+            })?;
+            if state.image_size != scoring_cfg.image_size {
+                return Err(DetectorFileError::ImageSize {
+                    path: path.to_path_buf(),
+                    fitted: state.image_size,
+                    model: scoring_cfg.image_size,
+                });
+            }
             detector.set_task(state.task);
             detector.set_calibration(state.calibration);
             selection = state.selection;
@@ -206,11 +306,13 @@ pub fn load_detector<B: Backend>(
             if name != NORMAL_SHOTS {
                 continue;
             }
-            anyhow::ensure!(
-                shape.len() == 4 && shape[1..] == [3, size, size],
-                "{}: support shots have shape {shape:?}, expected [k, 3, {size}, {size}]",
-                path.display()
-            );
+            if shape.len() != 4 || shape[1..] != [3, size, size] {
+                return Err(DetectorFileError::ShotShape {
+                    path: path.to_path_buf(),
+                    shape,
+                    size,
+                });
+            }
             normal_shots = values
                 .chunks(3 * size * size)
                 .map(<[f32]>::to_vec)

@@ -440,60 +440,14 @@ pub fn download_weights(
     };
     let endpoint = source.resolved_endpoint();
     let cache = Cache::new(root.clone());
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| cache.token());
-    let api = ApiBuilder::from_cache(cache.clone())
-        .with_endpoint(endpoint.clone())
-        .with_token(token.clone())
-        .with_progress(false)
-        .with_user_agent("mvfa-studio", env!("CARGO_PKG_VERSION"))
-        .build()
-        .map_err(|e| classify_api_error(e, &endpoint, source, "", ""))?;
+    let (api, token) = hub_api(&cache, &endpoint, source)?;
     let count = source.files.len();
     let weights = &source.files[0];
-    let report = |file: &RemoteFile, index: usize, stage, done, total| DownloadProgress {
-        file: file.name.clone(),
-        index,
-        count,
-        stage,
-        done,
-        total,
-        sha256: None,
-    };
-
-    // The revision the weights file exists at, and the commit that revision points to.
-    let mut resolved = None;
-    let mut tried = Vec::new();
-    for rev in source.revisions() {
-        check_cancel(cancel)?;
-        progress(report(weights, 0, DownloadStage::Resolving, 0, 0));
-        let repo = Repo::with_revision(source.repo.clone(), RepoType::Model, rev.to_string());
-        let url = api.repo(repo).url(&weights.name);
-        match metadata(&api, &url, cancel, &endpoint, source, rev, &weights.name) {
-            Ok(m) => {
-                resolved = Some((rev, m));
-                break;
-            }
-            Err(DownloadError::NotFound { .. }) => tried.push(rev),
-            Err(e @ DownloadError::Offline { .. }) => {
-                if let Some(path) = cached_weights(source, Some(&root)) {
-                    report_cached(source, &path, progress);
-                    return Ok(path);
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let Some((revision, weights_meta)) = resolved else {
-        return Err(DownloadError::NotFound {
-            repo: source.repo.clone(),
-            revision: tried.join(", "),
-            file: weights.name.clone(),
-        });
-    };
+    let (revision, weights_meta) =
+        match resolve_revision(&api, source, &endpoint, &root, progress, cancel)? {
+            Resolved::At(revision, meta) => (revision, meta),
+            Resolved::Cached(path) => return Ok(path),
+        };
     let commit = weights_meta.commit_hash().trim().to_string();
     if !is_plain_name(&commit) {
         return Err(DownloadError::NotAHub {
@@ -520,7 +474,7 @@ pub fn download_weights(
         let meta = match weights_meta.take() {
             Some(m) if index == 0 => m,
             _ => {
-                progress(report(file, index, DownloadStage::Resolving, 0, 0));
+                progress(resolving(file, index, count));
                 metadata(&api, &url, cancel, &endpoint, source, &commit, &file.name)?
             }
         };
@@ -542,6 +496,100 @@ pub fn download_weights(
         .create_ref(&commit)
         .map_err(io_err(&cache_repo.pointer_path(&commit)))?;
     Ok(cache_repo.pointer_path(&commit).join(&weights.name))
+}
+
+/// The hub client for `endpoint`, with the token from `HF_TOKEN` or the cache (also
+/// returned: the file transfers send it themselves).
+fn hub_api(
+    cache: &Cache,
+    endpoint: &str,
+    source: &DownloadSource,
+) -> Result<(Api, Option<String>), DownloadError> {
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| cache.token());
+    let api = ApiBuilder::from_cache(cache.clone())
+        .with_endpoint(endpoint.to_string())
+        .with_token(token.clone())
+        .with_progress(false)
+        .with_user_agent("mvfa-studio", env!("CARGO_PKG_VERSION"))
+        .build()
+        .map_err(|e| classify_api_error(e, endpoint, source, "", ""))?;
+    Ok((api, token))
+}
+
+/// The `Resolving` report of one file.
+fn resolving(file: &RemoteFile, index: usize, count: usize) -> DownloadProgress {
+    DownloadProgress {
+        file: file.name.clone(),
+        index,
+        count,
+        stage: DownloadStage::Resolving,
+        done: 0,
+        total: 0,
+        sha256: None,
+    }
+}
+
+/// Where the weights file was found.
+enum Resolved<'a> {
+    /// At this revision, with the file's metadata (which names the commit).
+    At(&'a str, Metadata),
+    /// The hub is unreachable, but an earlier download is complete in the cache.
+    Cached(PathBuf),
+}
+
+/// The first of the source's revisions the weights file exists at, and its metadata; the
+/// cached download when the hub cannot be reached.
+fn resolve_revision<'a>(
+    api: &Api,
+    source: &'a DownloadSource,
+    endpoint: &str,
+    root: &Path,
+    progress: &mut dyn FnMut(DownloadProgress),
+    cancel: &AtomicBool,
+) -> Result<Resolved<'a>, DownloadError> {
+    let weights = &source.files[0];
+    let mut tried = Vec::new();
+    for rev in source.revisions() {
+        check_cancel(cancel)?;
+        progress(resolving(weights, 0, source.files.len()));
+        let repo = Repo::with_revision(source.repo.clone(), RepoType::Model, rev.to_string());
+        let url = api.repo(repo).url(&weights.name);
+        match metadata(api, &url, cancel, endpoint, source, rev, &weights.name) {
+            Ok(m) => return Ok(Resolved::At(rev, m)),
+            Err(DownloadError::NotFound { .. }) => tried.push(rev),
+            Err(e @ DownloadError::Offline { .. }) => {
+                if let Some(path) = cached_weights(source, Some(root)) {
+                    report_cached(source, &path, progress);
+                    return Ok(Resolved::Cached(path));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DownloadError::NotFound {
+        repo: source.repo.clone(),
+        revision: tried.join(", "),
+        file: weights.name.clone(),
+    })
+}
+
+/// Whether a blob already in the cache has the expected SHA-256 (any blob does when none is
+/// expected).
+fn blob_matches(
+    blob: &Path,
+    size: u64,
+    expected: Option<&str>,
+    rep: &mut Reporter,
+    cancel: &AtomicBool,
+) -> Result<bool, DownloadError> {
+    Ok(match expected {
+        None => true,
+        Some(want) => hash_file(blob, size, rep, cancel)? == want,
+    })
 }
 
 /// `Finished` reports for files found complete in the cache.
@@ -752,31 +800,8 @@ impl FileJob<'_> {
         cancel: &AtomicBool,
     ) -> Result<(), DownloadError> {
         let name = &self.file.name;
-        let etag = meta
-            .etag()
-            .trim()
-            .trim_start_matches("W/")
-            .trim_matches('"')
-            .to_string();
-        if !is_plain_name(&etag) {
-            return Err(self.not_a_hub(format!("unusable ETag `{etag}` for {name}")));
-        }
+        let (etag, expected) = self.checked_etag(meta)?;
         let size = meta.size() as u64;
-        let hub_sha = is_sha256(&etag).then(|| etag.to_ascii_lowercase());
-        let expected = match (&self.file.sha256, &hub_sha) {
-            (Some(pinned), Some(hub)) if !pinned.eq_ignore_ascii_case(hub) => {
-                return Err(DownloadError::PinnedMismatch {
-                    file: name.clone(),
-                    pinned: pinned.to_ascii_lowercase(),
-                    hub: hub.clone(),
-                });
-            }
-            (Some(pinned), _) => Some(pinned.to_ascii_lowercase()),
-            (None, hub) => hub.clone(),
-        };
-        if self.index == 0 && expected.is_none() {
-            return Err(DownloadError::NoChecksum { file: name.clone() });
-        }
         let mut rep = Reporter {
             job: self,
             sink,
@@ -797,19 +822,12 @@ impl FileJob<'_> {
         let _lock = lock(&lock_path, name)?;
 
         // A blob an earlier download (of another revision, or by another tool) completed.
-        if fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == size) {
-            let good = match &expected {
-                None => true,
-                Some(want) => {
-                    let got = hash_file(&blob, size, &mut rep, cancel)?;
-                    got == *want
-                }
-            };
-            if good {
-                self.link(&blob, &pointer)?;
-                rep.send(DownloadStage::Finished, size, expected);
-                return Ok(());
-            }
+        if fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == size)
+            && blob_matches(&blob, size, expected.as_deref(), &mut rep, cancel)?
+        {
+            self.link(&blob, &pointer)?;
+            rep.send(DownloadStage::Finished, size, expected);
+            return Ok(());
         }
         if fs::symlink_metadata(&blob).is_ok() {
             fs::remove_file(&blob).map_err(io_err(&blob))?;
@@ -831,6 +849,38 @@ impl FileJob<'_> {
         self.link(&blob, &pointer)?;
         rep.send(DownloadStage::Finished, size, expected);
         Ok(())
+    }
+
+    /// The file's ETag (its blob name in the cache) and the SHA-256 it must have: the pinned
+    /// one, else the hub's when the ETag is one. Refuses an unusable ETag, a pin the hub
+    /// contradicts, and a weights file with no checksum at all.
+    fn checked_etag(&self, meta: &Metadata) -> Result<(String, Option<String>), DownloadError> {
+        let name = &self.file.name;
+        let etag = meta
+            .etag()
+            .trim()
+            .trim_start_matches("W/")
+            .trim_matches('"')
+            .to_string();
+        if !is_plain_name(&etag) {
+            return Err(self.not_a_hub(format!("unusable ETag `{etag}` for {name}")));
+        }
+        let hub_sha = is_sha256(&etag).then(|| etag.to_ascii_lowercase());
+        let expected = match (&self.file.sha256, &hub_sha) {
+            (Some(pinned), Some(hub)) if !pinned.eq_ignore_ascii_case(hub) => {
+                return Err(DownloadError::PinnedMismatch {
+                    file: name.clone(),
+                    pinned: pinned.to_ascii_lowercase(),
+                    hub: hub.clone(),
+                });
+            }
+            (Some(pinned), _) => Some(pinned.to_ascii_lowercase()),
+            (None, hub) => hub.clone(),
+        };
+        if self.index == 0 && expected.is_none() {
+            return Err(DownloadError::NoChecksum { file: name.clone() });
+        }
+        Ok((etag, expected))
     }
 
     fn not_a_hub(&self, reason: String) -> DownloadError {
@@ -862,42 +912,7 @@ impl FileJob<'_> {
         }
         let mut done = start;
         if done < size {
-            let mut request = self.agent.get(&self.url);
-            if let Some(token) = self.token {
-                request = request.header("Authorization", format!("Bearer {token}"));
-            }
-            if start > 0 {
-                request = request.header("Range", format!("bytes={start}-"));
-            }
-            let response = request.call().map_err(|e| {
-                classify_ureq_error(&e, self.endpoint, self.source, self.commit, name)
-            })?;
-            let status = response.status().as_u16();
-            let resumed = match status {
-                206 if start > 0 => {
-                    let range = response
-                        .headers()
-                        .get("content-range")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    if !range.starts_with(&format!("bytes {start}-")) {
-                        return Err(self.not_a_hub(format!(
-                            "asked for {name} from byte {start}, got range `{range}`"
-                        )));
-                    }
-                    true
-                }
-                200 => false,
-                // The stored part no longer fits the file: start again next time.
-                416 => {
-                    fs::remove_file(part).map_err(io_err(part))?;
-                    return Err(DownloadError::Interrupted {
-                        file: name.clone(),
-                        reason: "the hub refused to resume the partial download".into(),
-                    });
-                }
-                s => return Err(status_error(s, &self.url, self.source, self.commit, name)),
-            };
+            let (response, resumed) = self.request(part, start)?;
             let mut out = if resumed {
                 OpenOptions::new().append(true).open(part)
             } else {
@@ -907,39 +922,25 @@ impl FileJob<'_> {
             }
             .map_err(io_err(part))?;
             let mut body = response.into_body().into_reader();
-            let mut buf = vec![0u8; CHUNK];
             rep.send(DownloadStage::Downloading, done, None);
-            loop {
-                if cancel.load(Ordering::Relaxed) {
-                    out.flush().map_err(io_err(part))?;
-                    return Err(DownloadError::Cancelled);
-                }
-                let n = match body.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        out.flush().map_err(io_err(part))?;
-                        return Err(DownloadError::Interrupted {
-                            file: name.clone(),
-                            reason: e.to_string(),
-                        });
-                    }
-                };
-                if done + n as u64 > size {
-                    drop(out);
-                    let _ = fs::remove_file(part);
-                    return Err(DownloadError::SizeMismatch {
-                        file: name.clone(),
-                        expected: size,
-                        actual: done + n as u64,
-                    });
-                }
-                out.write_all(&buf[..n]).map_err(io_err(part))?;
-                hasher.update(&buf[..n]);
-                done += n as u64;
-                rep.tick(DownloadStage::Downloading, done);
+            let streamed = self.stream(
+                &mut body,
+                &mut out,
+                part,
+                done,
+                size,
+                &mut hasher,
+                rep,
+                cancel,
+            );
+            if let Err(e @ DownloadError::SizeMismatch { .. }) = streamed {
+                // More bytes than the file has: the part is useless (closed first, so that
+                // every system lets it go).
+                drop(out);
+                let _ = fs::remove_file(part);
+                return Err(e);
             }
+            done = streamed?;
             out.sync_all().map_err(io_err(part))?;
         }
         if done < size {
@@ -949,6 +950,104 @@ impl FileJob<'_> {
             });
         }
         Ok(hex(&hasher.finalize()))
+    }
+
+    /// Asks for the file from byte `start` (the whole file when 0); whether the answer
+    /// resumes `part`. A 416 means the stored part no longer fits the file: it is deleted so
+    /// that the next try starts again.
+    fn request(
+        &self,
+        part: &Path,
+        start: u64,
+    ) -> Result<(ureq::http::Response<ureq::Body>, bool), DownloadError> {
+        let name = &self.file.name;
+        let mut request = self.agent.get(&self.url);
+        if let Some(token) = self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if start > 0 {
+            request = request.header("Range", format!("bytes={start}-"));
+        }
+        let response = request
+            .call()
+            .map_err(|e| classify_ureq_error(&e, self.endpoint, self.source, self.commit, name))?;
+        let status = response.status().as_u16();
+        let resumed = match status {
+            206 if start > 0 => {
+                let range = response
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !range.starts_with(&format!("bytes {start}-")) {
+                    return Err(self.not_a_hub(format!(
+                        "asked for {name} from byte {start}, got range `{range}`"
+                    )));
+                }
+                true
+            }
+            200 => false,
+            // The stored part no longer fits the file: start again next time.
+            416 => {
+                fs::remove_file(part).map_err(io_err(part))?;
+                return Err(DownloadError::Interrupted {
+                    file: name.clone(),
+                    reason: "the hub refused to resume the partial download".into(),
+                });
+            }
+            s => return Err(status_error(s, &self.url, self.source, self.commit, name)),
+        };
+        Ok((response, resumed))
+    }
+
+    /// Copies the response body into `out` (holding `done` bytes so far) and the hasher
+    /// until the body ends; returns the bytes held then. A cancel or a broken connection
+    /// keeps what was written for a resume; more bytes than `size` are a
+    /// [`DownloadError::SizeMismatch`] (the caller deletes the part).
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        body: &mut impl Read,
+        out: &mut File,
+        part: &Path,
+        mut done: u64,
+        size: u64,
+        hasher: &mut Sha256,
+        rep: &mut Reporter,
+        cancel: &AtomicBool,
+    ) -> Result<u64, DownloadError> {
+        let name = &self.file.name;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                out.flush().map_err(io_err(part))?;
+                return Err(DownloadError::Cancelled);
+            }
+            let n = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    out.flush().map_err(io_err(part))?;
+                    return Err(DownloadError::Interrupted {
+                        file: name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            if done + n as u64 > size {
+                return Err(DownloadError::SizeMismatch {
+                    file: name.clone(),
+                    expected: size,
+                    actual: done + n as u64,
+                });
+            }
+            out.write_all(&buf[..n]).map_err(io_err(part))?;
+            hasher.update(&buf[..n]);
+            done += n as u64;
+            rep.tick(DownloadStage::Downloading, done);
+        }
+        Ok(done)
     }
 
     /// Puts the snapshot entry for the file: a relative link to the blob where the system

@@ -5,8 +5,13 @@ use std::path::Path;
 
 use safetensors::Dtype;
 
+/// A tensor stored in a type that is not floating point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("dtype {0:?} is not a floating-point type")]
+pub struct NotFloatError(pub Dtype);
+
 /// Little-endian floats of `dtype` as f32 (f64 rounded, f16 / bf16 widened).
-pub fn f32_from_le_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+pub fn f32_from_le_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, NotFloatError> {
     Ok(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
@@ -24,7 +29,7 @@ pub fn f32_from_le_bytes(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String>
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        other => return Err(format!("dtype {other:?} is not a floating-point type")),
+        other => return Err(NotFloatError(other)),
     })
 }
 

@@ -810,6 +810,14 @@ fn describe_dicom(d: &DicomExport) -> Vec<String> {
         out.push("Nothing is de-identified; use this only inside the hospital network.".into());
         return out;
     }
+    out.extend(describe_deidentification(d));
+    out
+}
+
+/// The lines of [`describe_dicom`] that say what the de-identification did with each group
+/// of attributes (a de-identified export only).
+fn describe_deidentification(d: &DicomExport) -> Vec<String> {
+    let mut out = Vec::new();
     out.push(
         "De-identified by the DICOM PS3.15 Basic Application Level Confidentiality Profile \
          (Clean Descriptors option); PatientIdentityRemoved is YES and the method is recorded."

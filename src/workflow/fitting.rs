@@ -16,7 +16,7 @@ use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
 use crate::train::select::{FitStart, SelectionReport, SelectionSettings};
 use crate::train::trainer::TrainConfig;
 use crate::weights::adapters::{MixingRatios, load_adapter_file};
-use crate::weights::detector::{load_bank_adapters, read_detector_state};
+use crate::weights::detector::{DetectorFileError, load_bank_adapters, read_detector_state};
 
 /// How long fine-tuning runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -137,7 +137,7 @@ pub fn fit_detector<B: Backend>(
     let start = match &request.init {
         Some(path) => {
             let adapters = load_adapter_file::<B>(path, &adapters_cfg, &device)?.adapters;
-            let file_error = |e: anyhow::Error| WorkflowError::DetectorFile {
+            let file_error = |e: DetectorFileError| WorkflowError::DetectorFile {
                 path: path.clone(),
                 source: e.into(),
             };

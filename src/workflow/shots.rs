@@ -104,92 +104,100 @@ pub fn collect_shots(source: &ShotSource) -> Result<CollectedShots, WorkflowErro
         ShotSource::PlainFolders {
             root,
             allow_unmasked,
-        } => {
-            let opts = PlainFolderOptions {
-                organ_word: String::new(),
-                allow_unmasked_abnormal: *allow_unmasked,
-                allow_normal_only: true,
-            };
-            let few = open_plain_folders(root, &opts)?.to_few_shot();
-            let mut collected =
-                from_few_shot(&few, None, root.display().to_string(), MaskSizes::MustMatch)?;
-            let held_out = root.join("held_out");
-            if held_out.is_dir() {
-                for path in walk_files(&held_out, is_supported_file)
-                    .map_err(|e| crate::io::input::InputError {
-                        path: held_out.clone(),
-                        message: e.to_string(),
-                    })?
-                    .files
-                {
-                    collected.shots.held_out.push(Shot {
-                        image: load_model_image(&path)?.input,
-                        mask: None,
-                    });
-                }
-            }
-            Ok(collected)
-        }
-        ShotSource::Dataset(spec) => {
-            // A missing, unreadable or non-folder --data is a read error with the system's
-            // reason, not "no known layout".
-            std::fs::read_dir(&spec.root).map_err(|source| {
-                crate::io::dataset::DatasetError::Io {
-                    path: spec.root.clone(),
-                    source,
-                }
-            })?;
-            let dataset = match spec.key {
-                Some(key) => MvfaDataset::open(&spec.root, key)?,
-                None => MvfaDataset::open_dir(&spec.root).map_err(|source| {
-                    WorkflowError::UnknownDataLayout {
-                        path: spec.root.clone(),
-                        source,
-                    }
-                })?,
-            };
-            let (few, how) = match &spec.shot_file {
-                Some((path, iterate)) => {
-                    let list = ShotFile::read(path)?.list(*iterate)?;
-                    (
-                        dataset.shots_from_list(&list, spec.shots)?,
-                        format!("{} iterate {iterate}", path.display()),
-                    )
-                }
-                None => (
-                    dataset.shots_random(spec.shots, spec.seed)?,
-                    format!("seeded draw (seed {})", spec.seed),
-                ),
-            };
-            let organ = Some(dataset.key.organ_word().to_string());
-            // The reference resizes the datasets' masks with their images; so do we.
-            from_few_shot(
-                &few,
-                organ,
-                format!("{}, {how}", spec.root.display()),
-                MaskSizes::Resize,
-            )
-        }
-        ShotSource::Labelled(images) => {
-            let mut shots = Shots::default();
-            for item in images {
-                let shot = labelled_shot(item)?;
-                match item.label {
-                    ShotLabel::Normal => shots.normal.push(shot),
-                    ShotLabel::Abnormal => shots.abnormal.push(shot),
-                    ShotLabel::HeldOutNormal => shots.held_out.push(shot),
-                }
-            }
-            let has_masks =
-                !shots.abnormal.is_empty() && shots.abnormal.iter().all(|s| s.mask.is_some());
-            Ok(CollectedShots {
-                shots,
-                organ: None,
-                has_masks,
-                description: format!("{} labelled image(s)", images.len()),
-            })
+        } => plain_folder_shots(root, *allow_unmasked),
+        ShotSource::Dataset(spec) => dataset_shots(spec),
+        ShotSource::Labelled(images) => labelled_shots(images),
+    }
+}
+
+/// The shots of plain folders (`normal/`, `abnormal/` with masks, `held_out/`): masks must
+/// have their image's size.
+fn plain_folder_shots(root: &Path, allow_unmasked: bool) -> Result<CollectedShots, WorkflowError> {
+    let opts = PlainFolderOptions {
+        organ_word: String::new(),
+        allow_unmasked_abnormal: allow_unmasked,
+        allow_normal_only: true,
+    };
+    let few = open_plain_folders(root, &opts)?.to_few_shot();
+    let mut collected =
+        from_few_shot(&few, None, root.display().to_string(), MaskSizes::MustMatch)?;
+    let held_out = root.join("held_out");
+    if held_out.is_dir() {
+        for path in walk_files(&held_out, is_supported_file)
+            .map_err(|e| crate::io::input::InputError {
+                path: held_out.clone(),
+                message: e.to_string(),
+            })?
+            .files
+        {
+            collected.shots.held_out.push(Shot {
+                image: load_model_image(&path)?.input,
+                mask: None,
+            });
         }
     }
+    Ok(collected)
+}
+
+/// The shots of an MVFA dataset: listed in a shot file, or a seeded draw; masks resized with
+/// their images as the reference does.
+fn dataset_shots(spec: &DatasetShots) -> Result<CollectedShots, WorkflowError> {
+    // A missing, unreadable or non-folder --data is a read error with the system's
+    // reason, not "no known layout".
+    std::fs::read_dir(&spec.root).map_err(|source| crate::io::dataset::DatasetError::Io {
+        path: spec.root.clone(),
+        source,
+    })?;
+    let dataset = match spec.key {
+        Some(key) => MvfaDataset::open(&spec.root, key)?,
+        None => MvfaDataset::open_dir(&spec.root).map_err(|source| {
+            WorkflowError::UnknownDataLayout {
+                path: spec.root.clone(),
+                source,
+            }
+        })?,
+    };
+    let (few, how) = match &spec.shot_file {
+        Some((path, iterate)) => {
+            let list = ShotFile::read(path)?.list(*iterate)?;
+            (
+                dataset.shots_from_list(&list, spec.shots)?,
+                format!("{} iterate {iterate}", path.display()),
+            )
+        }
+        None => (
+            dataset.shots_random(spec.shots, spec.seed)?,
+            format!("seeded draw (seed {})", spec.seed),
+        ),
+    };
+    let organ = Some(dataset.key.organ_word().to_string());
+    // The reference resizes the datasets' masks with their images; so do we.
+    from_few_shot(
+        &few,
+        organ,
+        format!("{}, {how}", spec.root.display()),
+        MaskSizes::Resize,
+    )
+}
+
+/// The shots of images the user labelled one by one.
+fn labelled_shots(images: &[LabelledImage]) -> Result<CollectedShots, WorkflowError> {
+    let mut shots = Shots::default();
+    for item in images {
+        let shot = labelled_shot(item)?;
+        match item.label {
+            ShotLabel::Normal => shots.normal.push(shot),
+            ShotLabel::Abnormal => shots.abnormal.push(shot),
+            ShotLabel::HeldOutNormal => shots.held_out.push(shot),
+        }
+    }
+    let has_masks = !shots.abnormal.is_empty() && shots.abnormal.iter().all(|s| s.mask.is_some());
+    Ok(CollectedShots {
+        shots,
+        organ: None,
+        has_masks,
+        description: format!("{} labelled image(s)", images.len()),
+    })
 }
 
 /// Whether a mask of another size than its image is an error or resized with it.

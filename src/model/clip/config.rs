@@ -90,7 +90,7 @@ impl VisionConfig {
     }
 
     /// Checks the numbers fit together (heads divide the width, the image holds a patch...).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_common(
             "vision",
             self.width,
@@ -99,13 +99,13 @@ impl VisionConfig {
             self.mlp_width,
         )?;
         if self.patch_size == 0 || self.grid_size() == 0 {
-            return Err(format!(
-                "vision: image_size {} holds no {}-pixel patch",
-                self.image_size, self.patch_size
-            ));
+            return Err(ConfigError::NoPatch {
+                image_size: self.image_size,
+                patch_size: self.patch_size,
+            });
         }
         if self.pretrained_grid == 0 || self.embed_dim == 0 {
-            return Err("vision: pretrained_grid and embed_dim must be positive".into());
+            return Err(ConfigError::VisionSizes);
         }
         Ok(())
     }
@@ -158,10 +158,10 @@ pub struct TextConfig {
 
 impl TextConfig {
     /// Checks the numbers fit together.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_common("text", self.width, self.heads, self.layers, self.mlp_width)?;
         if self.context_length == 0 || self.vocab_size == 0 || self.embed_dim == 0 {
-            return Err("text: context_length, vocab_size and embed_dim must be positive".into());
+            return Err(ConfigError::TextSizes);
         }
         Ok(())
     }
@@ -179,22 +179,81 @@ impl TextConfig {
     }
 }
 
+/// Why a tower configuration does not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A size of the shared block layout is zero.
+    #[error(
+        "{tower}: width {width}, heads {heads}, layers {layers} and mlp width {mlp} must all be positive"
+    )]
+    NonPositive {
+        /// `vision` or `text`.
+        tower: &'static str,
+        /// Residual width.
+        width: usize,
+        /// Attention heads.
+        heads: usize,
+        /// Blocks.
+        layers: usize,
+        /// MLP width.
+        mlp: usize,
+    },
+    /// The heads do not divide the width.
+    #[error("{tower}: width {width} is not a multiple of {heads} heads")]
+    HeadsSplit {
+        /// `vision` or `text`.
+        tower: &'static str,
+        /// Residual width.
+        width: usize,
+        /// Attention heads.
+        heads: usize,
+    },
+    /// The input image holds no patch.
+    #[error("vision: image_size {image_size} holds no {patch_size}-pixel patch")]
+    NoPatch {
+        /// Input side in pixels.
+        image_size: usize,
+        /// Patch side in pixels.
+        patch_size: usize,
+    },
+    /// The vision tower's position grid or embedding is empty.
+    #[error("vision: pretrained_grid and embed_dim must be positive")]
+    VisionSizes,
+    /// The text tower's context, vocabulary or embedding is empty.
+    #[error("text: context_length, vocab_size and embed_dim must be positive")]
+    TextSizes,
+    /// The towers project into joint spaces of different widths.
+    #[error("vision embed_dim {vision} differs from text embed_dim {text}")]
+    EmbedMismatch {
+        /// Vision embedding width.
+        vision: usize,
+        /// Text embedding width.
+        text: usize,
+    },
+}
+
 fn check_common(
-    tower: &str,
+    tower: &'static str,
     width: usize,
     heads: usize,
     layers: usize,
     mlp: usize,
-) -> Result<(), String> {
+) -> Result<(), ConfigError> {
     if width == 0 || heads == 0 || layers == 0 || mlp == 0 {
-        return Err(format!(
-            "{tower}: width {width}, heads {heads}, layers {layers} and mlp width {mlp} must all be positive"
-        ));
+        return Err(ConfigError::NonPositive {
+            tower,
+            width,
+            heads,
+            layers,
+            mlp,
+        });
     }
     if !width.is_multiple_of(heads) {
-        return Err(format!(
-            "{tower}: width {width} is not a multiple of {heads} heads"
-        ));
+        return Err(ConfigError::HeadsSplit {
+            tower,
+            width,
+            heads,
+        });
     }
     Ok(())
 }
@@ -212,14 +271,14 @@ pub struct ClipConfig {
 
 impl ClipConfig {
     /// Checks both towers (see [`VisionConfig::validate`]) and that they share the joint width.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.vision.validate()?;
         self.text.validate()?;
         if self.vision.embed_dim != self.text.embed_dim {
-            return Err(format!(
-                "vision embed_dim {} differs from text embed_dim {}",
-                self.vision.embed_dim, self.text.embed_dim
-            ));
+            return Err(ConfigError::EmbedMismatch {
+                vision: self.vision.embed_dim,
+                text: self.text.embed_dim,
+            });
         }
         Ok(())
     }
@@ -265,12 +324,14 @@ mod tests {
         assert!(
             c.validate()
                 .unwrap_err()
+                .to_string()
                 .contains("not a multiple of 7 heads")
         );
         let c = VisionConfig::new().with_image_size(10);
         assert!(
             c.validate()
                 .unwrap_err()
+                .to_string()
                 .contains("holds no 14-pixel patch")
         );
     }

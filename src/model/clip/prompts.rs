@@ -5,12 +5,147 @@
 //! maps `[n, 77]` token ids to `[n, embed]` projected sentence embeddings will do.
 use std::collections::BTreeMap;
 
-use anyhow::{Context, bail, ensure};
+use std::fmt;
+
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
-use super::tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use super::tokenizer::{CONTEXT_LENGTH, ClipTokenizer, TokenizeError};
+
+/// Why the features of one prompt state (all normal or all abnormal sentences) could not be
+/// built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFeatureError {
+    /// Nothing to average.
+    #[error("no sentences to encode")]
+    NoSentences,
+    /// A sentence the tokenizer refused (too long for the context...).
+    #[error("tokenising the prompt sentences")]
+    Tokenize(#[source] TokenizeError),
+    /// The encoder's output does not have one row per sentence.
+    #[error(
+        "the text encoder returned [{rows}, {embed}] for {sentences} sentences; expected [{sentences}, embed]"
+    )]
+    EncoderShape {
+        /// Rows returned.
+        rows: usize,
+        /// Columns returned.
+        embed: usize,
+        /// Sentences given.
+        sentences: usize,
+    },
+    /// The encoder's embedding size changed between chunks.
+    #[error("the text encoder changed its embedding size from {from} to {to}")]
+    EmbeddingChanged {
+        /// Size of the first chunk's embeddings.
+        from: usize,
+        /// Size of this chunk's.
+        to: usize,
+    },
+}
+
+/// What went wrong with prompt features: building, copying or reading them back.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptErrorKind {
+    /// An organ word of only blanks.
+    #[error("the organ word for the prompts is empty")]
+    EmptyOrgan,
+    /// The normal state's features could not be built.
+    #[error("normal text features for {organ:?}")]
+    Normal {
+        /// The organ word.
+        organ: String,
+        /// Why.
+        #[source]
+        cause: StateFeatureError,
+    },
+    /// The abnormal state's features could not be built.
+    #[error("abnormal text features for {organ:?}")]
+    Abnormal {
+        /// The organ word.
+        organ: String,
+        /// Why.
+        #[source]
+        cause: StateFeatureError,
+    },
+    /// The device could not hand the features back.
+    #[error("reading the text features back: {0}")]
+    ReadBack(String),
+    /// NaN or infinite features.
+    #[error(
+        "text features for {0:?} are not finite (an all-zero or non-finite sentence embedding?)"
+    )]
+    NotFinite(String),
+    /// A tensor that is not `[embed, 2]`.
+    #[error("text features must be [embed, 2], got [{embed_dim}, {states}]")]
+    NotTwoStates {
+        /// Rows.
+        embed_dim: usize,
+        /// Columns.
+        states: usize,
+    },
+    /// Host features whose value count does not match their size.
+    #[error("text features hold {values} values, expected {embed_dim} x 2")]
+    WrongLength {
+        /// Values held.
+        values: usize,
+        /// Embedding size claimed.
+        embed_dim: usize,
+    },
+    /// A cache file that is not the cache's JSON.
+    #[error("parsing the text feature cache")]
+    CacheJson(#[source] serde_json::Error),
+    /// A cache entry whose value count does not match its size.
+    #[error("text feature cache: entry {organ:?} holds {values} values for embed_dim {embed_dim}")]
+    CacheEntry {
+        /// The organ key.
+        organ: String,
+        /// Values held.
+        values: usize,
+        /// Embedding size claimed.
+        embed_dim: usize,
+    },
+}
+
+/// A prompt feature error ([`PromptErrorKind`]). `{}` shows the outermost message, `{:#}`
+/// the whole chain of causes separated by `: ` (so a context such as `normal text features
+/// for "brain"` is followed by what went wrong).
+#[derive(Debug)]
+pub struct PromptError(pub PromptErrorKind);
+
+impl PromptError {
+    /// What went wrong.
+    pub fn kind(&self) -> &PromptErrorKind {
+        &self.0
+    }
+}
+
+impl From<PromptErrorKind> for PromptError {
+    fn from(kind: PromptErrorKind) -> Self {
+        PromptError(kind)
+    }
+}
+
+impl fmt::Display for PromptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        if f.alternate() {
+            let mut cause = std::error::Error::source(&self.0);
+            while let Some(e) = cause {
+                write!(f, ": {e}")?;
+                cause = e.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PromptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// Normal state phrases, `{}` = organ word (spec 3.2, code order).
 pub const NORMAL_STATES: [&str; 7] = [
@@ -105,14 +240,16 @@ fn state_feature<B: Backend>(
     sentences: &[String],
     device: &B::Device,
     encode: &mut impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
-) -> anyhow::Result<Tensor<B, 2>> {
-    ensure!(!sentences.is_empty(), "no sentences to encode");
+) -> Result<Tensor<B, 2>, StateFeatureError> {
+    if sentences.is_empty() {
+        return Err(StateFeatureError::NoSentences);
+    }
     let mut sum: Option<Tensor<B, 2>> = None;
     for chunk in sentences.chunks(ENCODE_CHUNK) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let rows = tokenizer
             .tokenize(&refs, CONTEXT_LENGTH)
-            .context("tokenising the prompt sentences")?;
+            .map_err(StateFeatureError::Tokenize)?;
         let ids: Vec<i64> = rows.iter().flatten().map(|&id| i64::from(id)).collect();
         let tokens = Tensor::<B, 2, Int>::from_data(
             TensorData::new(ids, [chunk.len(), CONTEXT_LENGTH]),
@@ -120,18 +257,18 @@ fn state_feature<B: Backend>(
         );
         let emb = encode(tokens);
         let [n, e] = emb.dims();
-        ensure!(
-            n == chunk.len() && e > 0,
-            "the text encoder returned [{n}, {e}] for {} sentences; expected [{}, embed]",
-            chunk.len(),
-            chunk.len()
-        );
+        if n != chunk.len() || e == 0 {
+            return Err(StateFeatureError::EncoderShape {
+                rows: n,
+                embed: e,
+                sentences: chunk.len(),
+            });
+        }
         if let Some(s) = &sum {
             let [_, e0] = s.dims();
-            ensure!(
-                e == e0,
-                "the text encoder changed its embedding size from {e0} to {e}"
-            );
+            if e != e0 {
+                return Err(StateFeatureError::EmbeddingChanged { from: e0, to: e });
+            }
         }
         let norm = emb.clone().powf_scalar(2.0).sum_dim(1).sqrt(); // [n, 1]
         let part = (emb / norm).sum_dim(0); // [1, e]
@@ -157,23 +294,30 @@ pub fn build_text_features<B: Backend>(
     organ: &str,
     device: &B::Device,
     mut encode: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
-) -> anyhow::Result<Tensor<B, 2>> {
+) -> Result<Tensor<B, 2>, PromptError> {
     let organ = organ.trim();
-    ensure!(!organ.is_empty(), "the organ word for the prompts is empty");
-    let normal = state_feature(tokenizer, &normal_sentences(organ), device, &mut encode)
-        .with_context(|| format!("normal text features for {organ:?}"))?;
+    if organ.is_empty() {
+        return Err(PromptErrorKind::EmptyOrgan.into());
+    }
+    let normal = state_feature(tokenizer, &normal_sentences(organ), device, &mut encode).map_err(
+        |cause| PromptErrorKind::Normal {
+            organ: organ.to_string(),
+            cause,
+        },
+    )?;
     let abnormal = state_feature(tokenizer, &abnormal_sentences(organ), device, &mut encode)
-        .with_context(|| format!("abnormal text features for {organ:?}"))?;
+        .map_err(|cause| PromptErrorKind::Abnormal {
+            organ: organ.to_string(),
+            cause,
+        })?;
     let features = Tensor::cat(vec![normal, abnormal], 0).transpose(); // [e, 2]
     let values = features
         .to_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading the text features back: {e:?}"))?;
+        .map_err(|e| PromptErrorKind::ReadBack(format!("{e:?}")))?;
     if values.iter().any(|v| !v.is_finite()) {
-        bail!(
-            "text features for {organ:?} are not finite (an all-zero or non-finite sentence embedding?)"
-        );
+        return Err(PromptErrorKind::NotFinite(organ.to_string()).into());
     }
     Ok(features)
 }
@@ -190,29 +334,29 @@ pub struct TextFeatures {
 
 impl TextFeatures {
     /// Copies a `[embed_dim, 2]` tensor to the host.
-    pub fn from_tensor<B: Backend>(t: Tensor<B, 2>) -> anyhow::Result<Self> {
+    pub fn from_tensor<B: Backend>(t: Tensor<B, 2>) -> Result<Self, PromptError> {
         let [embed_dim, states] = t.dims();
-        ensure!(
-            states == 2,
-            "text features must be [embed, 2], got [{embed_dim}, {states}]"
-        );
+        if states != 2 {
+            return Err(PromptErrorKind::NotTwoStates { embed_dim, states }.into());
+        }
         let data = t
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading the text features back: {e:?}"))?;
+            .map_err(|e| PromptErrorKind::ReadBack(format!("{e:?}")))?;
         Ok(Self { embed_dim, data })
     }
 
     /// The `[embed_dim, 2]` tensor on `device`; errors if `data` does not hold `embed_dim * 2`
     /// values (a corrupt cache file).
-    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> anyhow::Result<Tensor<B, 2>> {
-        ensure!(
-            self.embed_dim > 0 && self.data.len() == self.embed_dim * 2,
-            "text features hold {} values, expected {} x 2",
-            self.data.len(),
-            self.embed_dim
-        );
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Result<Tensor<B, 2>, PromptError> {
+        if self.embed_dim == 0 || self.data.len() != self.embed_dim * 2 {
+            return Err(PromptErrorKind::WrongLength {
+                values: self.data.len(),
+                embed_dim: self.embed_dim,
+            }
+            .into());
+        }
         Ok(Tensor::from_data(
             TensorData::new(self.data.clone(), [self.embed_dim, 2]),
             device,
@@ -279,7 +423,7 @@ impl TextFeatureCache {
         organ: &str,
         device: &B::Device,
         encode: impl FnMut(Tensor<B, 2, Int>) -> Tensor<B, 2>,
-    ) -> anyhow::Result<Tensor<B, 2>> {
+    ) -> Result<Tensor<B, 2>, PromptError> {
         let key = Self::key(organ);
         if let Some(f) = self.entries.get(&key) {
             return f.to_tensor(device);
@@ -296,16 +440,17 @@ impl TextFeatureCache {
     }
 
     /// Reads a cache written by [`TextFeatureCache::to_json`], checking every entry's size.
-    pub fn from_json(bytes: &[u8]) -> anyhow::Result<Self> {
-        let cache: Self =
-            serde_json::from_slice(bytes).context("parsing the text feature cache")?;
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PromptError> {
+        let cache: Self = serde_json::from_slice(bytes).map_err(PromptErrorKind::CacheJson)?;
         for (organ, f) in &cache.entries {
-            ensure!(
-                f.embed_dim > 0 && f.data.len() == f.embed_dim * 2,
-                "text feature cache: entry {organ:?} holds {} values for embed_dim {}",
-                f.data.len(),
-                f.embed_dim
-            );
+            if f.embed_dim == 0 || f.data.len() != f.embed_dim * 2 {
+                return Err(PromptErrorKind::CacheEntry {
+                    organ: organ.clone(),
+                    values: f.data.len(),
+                    embed_dim: f.embed_dim,
+                }
+                .into());
+            }
         }
         Ok(cache)
     }

@@ -402,6 +402,15 @@ pub fn calibration_from_raws(
     task: TaskKind,
     options: CalibrationOptions,
 ) -> Calibration {
+    let mut cal = branch_calibration(raws, options.text_weight);
+    set_threshold(&mut cal, raws, task, options);
+    cal
+}
+
+/// The robust statistics of the normal exemplars' raw results: of each branch's map and
+/// image score, and of the fused map's maximum (which needs the others first). The
+/// threshold is left at its default.
+fn branch_calibration(raws: &CalibrationRaws, text_weight: f32) -> Calibration {
     let normal = &raws.normal;
     let has_few = normal
         .iter()
@@ -439,7 +448,7 @@ pub fn calibration_from_raws(
         threshold: 3.0,
         normal_p95: 0.0,
         abnormal_median: None,
-        text_weight: options.text_weight.clamp(0.0, 1.0),
+        text_weight: text_weight.clamp(0.0, 1.0),
         normal_scores: Vec::new(),
         fpr: None,
     };
@@ -452,10 +461,21 @@ pub fn calibration_from_raws(
         })
         .collect();
     cal.fused_map_max = robust(maxima);
+    cal
+}
 
+/// The image scores of the normal and abnormal exemplars under `cal`, and the conformal
+/// threshold at `options.fpr` (the default rate when too few normal images support it).
+fn set_threshold(
+    cal: &mut Calibration,
+    raws: &CalibrationRaws,
+    task: TaskKind,
+    options: CalibrationOptions,
+) {
+    let normal = &raws.normal;
     let mut all_scores: Vec<f32> = normal
         .iter()
-        .map(|r| apply_calibration(&cal, task, r).1)
+        .map(|r| apply_calibration(cal, task, r).1)
         .collect();
     // The conformal scores: one per normal source image (its augmentations are near-copies,
     // not new draws, and would make the threshold look better supported than it is).
@@ -469,7 +489,7 @@ pub fn calibration_from_raws(
     let mut abnormal_scores: Vec<f32> = raws
         .abnormal
         .iter()
-        .map(|r| apply_calibration(&cal, task, r).1)
+        .map(|r| apply_calibration(cal, task, r).1)
         .collect();
     cal.abnormal_exemplars = abnormal_scores.len();
     cal.abnormal_median = quantile(&mut abnormal_scores, 0.5);
@@ -480,7 +500,6 @@ pub fn calibration_from_raws(
         cal.threshold = t.threshold;
         cal.fpr = Some(t);
     }
-    cal
 }
 
 impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {

@@ -42,11 +42,84 @@ pub struct FileArch {
     pub source: ConfigSource,
 }
 
+/// Why a config file cannot describe the towers.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    /// A key that should hold a size holds something else.
+    #[error("{ctx}.{key} = {value} is not a positive integer (or square pair)")]
+    NotInteger {
+        /// The section (`config`, `vision_config`, `text_cfg`...).
+        ctx: &'static str,
+        /// The key.
+        key: &'static str,
+        /// What it holds.
+        value: Value,
+    },
+    /// A key that should hold a number holds something else.
+    #[error("{ctx}.{key} = {value} is not a number")]
+    NotNumber {
+        /// The section.
+        ctx: &'static str,
+        /// The key.
+        key: &'static str,
+        /// What it holds.
+        value: Value,
+    },
+    /// A vision tower that does not take RGB images.
+    #[error("vision_config.num_channels = {0}; only RGB (3) is supported")]
+    Channels(usize),
+    /// A Hugging Face config with zero-pixel patches.
+    #[error("vision_config.patch_size is 0")]
+    ZeroPatch,
+    /// An open_clip config without its joint embedding width.
+    #[error("open_clip config has no integer embed_dim")]
+    NoEmbedDim,
+    /// An open_clip option this port does not implement.
+    #[error("open_clip {section}.{key} = {value} is not supported by this CLIP port")]
+    Unsupported {
+        /// `vision_cfg` or `text_cfg`.
+        section: &'static str,
+        /// The option.
+        key: &'static str,
+        /// Its value.
+        value: Value,
+    },
+    /// A vision pooling other than the class token.
+    #[error("open_clip vision_cfg.pool_type = {0:?} is not supported (only \"tok\")")]
+    VisionPool(String),
+    /// A text pooling other than the end token.
+    #[error("open_clip text_cfg.pool_type = {0:?} is not supported (only \"argmax\")")]
+    TextPool(String),
+    /// A ResNet vision tower.
+    #[error("open_clip vision_cfg.layers is not an integer (ResNet towers are not supported)")]
+    ResNet,
+    /// Zero head width or patch size in an open_clip config.
+    #[error("open_clip vision_cfg.head_width and patch_size must be positive")]
+    HeadWidthPatch,
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Read(std::io::Error),
+    /// The file is not JSON.
+    #[error("not valid JSON: {0}")]
+    Json(serde_json::Error),
+    /// JSON in neither format.
+    #[error(
+        "neither a Hugging Face CLIPConfig (vision_config) nor an open_clip model config \
+         (embed_dim, vision_cfg)"
+    )]
+    UnknownFormat,
+}
+
 fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.get(key).filter(|x| !x.is_null())
 }
 
-fn usize_or(v: &Value, key: &str, default: usize, ctx: &str) -> Result<usize, String> {
+fn usize_or(
+    v: &Value,
+    key: &'static str,
+    default: usize,
+    ctx: &'static str,
+) -> Result<usize, ArchError> {
     match get(v, key) {
         None => Ok(default),
         Some(x) => {
@@ -60,19 +133,23 @@ fn usize_or(v: &Value, key: &str, default: usize, ctx: &str) -> Result<usize, St
             {
                 return Ok(a as usize);
             }
-            Err(format!(
-                "{ctx}.{key} = {x} is not a positive integer (or square pair)"
-            ))
+            Err(ArchError::NotInteger {
+                ctx,
+                key,
+                value: x.clone(),
+            })
         }
     }
 }
 
-fn f64_or(v: &Value, key: &str, default: f64, ctx: &str) -> Result<f64, String> {
+fn f64_or(v: &Value, key: &'static str, default: f64, ctx: &'static str) -> Result<f64, ArchError> {
     match get(v, key) {
         None => Ok(default),
-        Some(x) => x
-            .as_f64()
-            .ok_or_else(|| format!("{ctx}.{key} = {x} is not a number")),
+        Some(x) => x.as_f64().ok_or_else(|| ArchError::NotNumber {
+            ctx,
+            key,
+            value: x.clone(),
+        }),
     }
 }
 
@@ -98,7 +175,7 @@ fn merged(a: Option<&Value>, b: Option<&Value>) -> Value {
 
 /// Parses a Hugging Face `CLIPConfig` JSON. Missing keys take transformers' own defaults
 /// (`CLIPVisionConfig` / `CLIPTextConfig`), exactly as transformers would read the file.
-pub fn parse_hf(root: &Value) -> Result<(ClipConfig, Option<String>), String> {
+pub fn parse_hf(root: &Value) -> Result<(ClipConfig, Option<String>), ArchError> {
     let vis = merged(get(root, "vision_config"), get(root, "vision_config_dict"));
     let txt = merged(get(root, "text_config"), get(root, "text_config_dict"));
     let top_proj = usize_or(root, "projection_dim", 512, "config")?;
@@ -107,12 +184,10 @@ pub fn parse_hf(root: &Value) -> Result<(ClipConfig, Option<String>), String> {
     let image = usize_or(&vis, "image_size", 224, "vision_config")?;
     let channels = usize_or(&vis, "num_channels", 3, "vision_config")?;
     if channels != 3 {
-        return Err(format!(
-            "vision_config.num_channels = {channels}; only RGB (3) is supported"
-        ));
+        return Err(ArchError::Channels(channels));
     }
     if patch == 0 {
-        return Err("vision_config.patch_size is 0".into());
+        return Err(ArchError::ZeroPatch);
     }
     let vision = VisionConfig::new()
         .with_width(width)
@@ -158,14 +233,31 @@ pub fn parse_hf(root: &Value) -> Result<(ClipConfig, Option<String>), String> {
 /// Parses an open_clip model config (bare, or wrapped in `model_cfg`). Missing keys take
 /// open_clip's `CLIPVisionCfg` / `CLIPTextCfg` defaults; configurations this port does not
 /// implement (timm or Hugging Face towers, attentional pooling, no ln_pre, ...) are errors.
-pub fn parse_open_clip(root: &Value) -> Result<(ClipConfig, Option<String>), String> {
+pub fn parse_open_clip(root: &Value) -> Result<(ClipConfig, Option<String>), ArchError> {
     let cfg = get(root, "model_cfg").unwrap_or(root);
     let embed = get(cfg, "embed_dim")
         .and_then(Value::as_u64)
-        .ok_or("open_clip config has no integer embed_dim")? as usize;
+        .ok_or(ArchError::NoEmbedDim)? as usize;
     let empty = Value::Object(Default::default());
     let vis = get(cfg, "vision_cfg").unwrap_or(&empty);
     let txt = get(cfg, "text_cfg").unwrap_or(&empty);
+    check_open_clip_support(vis, txt)?;
+    let vision = open_clip_vision(vis, embed)?;
+    let text = open_clip_text(txt, embed)?;
+    let quick = get(cfg, "quick_gelu")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let activation = if quick { "quick_gelu" } else { "gelu" };
+    Ok((
+        ClipConfig::new().with_vision(vision).with_text(text),
+        Some(activation.to_string()),
+    ))
+}
+
+/// Refuses the open_clip options this port does not implement (timm or Hugging Face
+/// towers, attentional pooling, other pooling, ResNet towers...), so that such a file fails
+/// with its option named instead of loading into the wrong architecture.
+fn check_open_clip_support(vis: &Value, txt: &Value) -> Result<(), ArchError> {
     for (section, v, keys) in [
         (
             "vision_cfg",
@@ -189,76 +281,72 @@ pub fn parse_open_clip(root: &Value) -> Result<(ClipConfig, Option<String>), Str
             ][..],
         ),
     ] {
-        for k in keys {
-            if let Some(x) = get(v, k)
+        for &key in keys {
+            if let Some(x) = get(v, key)
                 && x != &Value::Bool(false)
             {
-                return Err(format!(
-                    "open_clip {section}.{k} = {x} is not supported by this CLIP port"
-                ));
+                return Err(ArchError::Unsupported {
+                    section,
+                    key,
+                    value: x.clone(),
+                });
             }
         }
     }
     if let Some(p) = get(vis, "pool_type").and_then(Value::as_str)
         && p != "tok"
     {
-        return Err(format!(
-            "open_clip vision_cfg.pool_type = {p:?} is not supported (only \"tok\")"
-        ));
+        return Err(ArchError::VisionPool(p.to_string()));
     }
     if let Some(p) = get(txt, "pool_type").and_then(Value::as_str)
         && p != "argmax"
     {
-        return Err(format!(
-            "open_clip text_cfg.pool_type = {p:?} is not supported (only \"argmax\")"
-        ));
+        return Err(ArchError::TextPool(p.to_string()));
     }
     if get(vis, "layers").is_some_and(|l| !l.is_u64()) {
-        return Err(
-            "open_clip vision_cfg.layers is not an integer (ResNet towers are not supported)"
-                .into(),
-        );
+        return Err(ArchError::ResNet);
     }
+    Ok(())
+}
+
+/// The vision tower of an open_clip `vision_cfg` (open_clip's `CLIPVisionCfg` defaults).
+fn open_clip_vision(vis: &Value, embed: usize) -> Result<VisionConfig, ArchError> {
     let width = usize_or(vis, "width", 768, "vision_cfg")?;
     let head_width = usize_or(vis, "head_width", 64, "vision_cfg")?;
     let patch = usize_or(vis, "patch_size", 16, "vision_cfg")?;
     let image = usize_or(vis, "image_size", 224, "vision_cfg")?;
     if head_width == 0 || patch == 0 {
-        return Err("open_clip vision_cfg.head_width and patch_size must be positive".into());
+        return Err(ArchError::HeadWidthPatch);
     }
     let v_ratio = f64_or(vis, "mlp_ratio", 4.0, "vision_cfg")?;
-    let vision = VisionConfig::new()
+    Ok(VisionConfig::new()
         .with_width(width)
         .with_heads(width / head_width)
         .with_mlp_width((width as f64 * v_ratio) as usize)
         .with_patch_size(patch)
         .with_pretrained_grid(image / patch)
         .with_layers(usize_or(vis, "layers", 12, "vision_cfg")?)
-        .with_embed_dim(embed);
+        .with_embed_dim(embed))
+}
+
+/// The text tower of an open_clip `text_cfg` (open_clip's `CLIPTextCfg` defaults).
+fn open_clip_text(txt: &Value, embed: usize) -> Result<TextConfig, ArchError> {
     let t_width = usize_or(txt, "width", 512, "text_cfg")?;
     let t_ratio = f64_or(txt, "mlp_ratio", 4.0, "text_cfg")?;
-    let text = TextConfig::new()
+    Ok(TextConfig::new()
         .with_context_length(usize_or(txt, "context_length", 77, "text_cfg")?)
         .with_vocab_size(usize_or(txt, "vocab_size", 49408, "text_cfg")?)
         .with_width(t_width)
         .with_heads(usize_or(txt, "heads", 8, "text_cfg")?)
         .with_layers(usize_or(txt, "layers", 12, "text_cfg")?)
         .with_mlp_width((t_width as f64 * t_ratio) as usize)
-        .with_embed_dim(embed);
-    let quick = get(cfg, "quick_gelu")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let activation = if quick { "quick_gelu" } else { "gelu" };
-    Ok((
-        ClipConfig::new().with_vision(vision).with_text(text),
-        Some(activation.to_string()),
-    ))
+        .with_embed_dim(embed))
 }
 
 /// Reads a config file and parses it as whichever format its keys show.
-pub fn read_config_file(path: &Path) -> Result<FileArch, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let root: Value = serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))?;
+pub fn read_config_file(path: &Path) -> Result<FileArch, ArchError> {
+    let text = std::fs::read_to_string(path).map_err(ArchError::Read)?;
+    let root: Value = serde_json::from_str(&text).map_err(ArchError::Json)?;
     let inner = get(&root, "model_cfg").unwrap_or(&root);
     if get(&root, "vision_config").is_some() || get(&root, "vision_config_dict").is_some() {
         let (config, activation) = parse_hf(&root)?;
@@ -275,11 +363,7 @@ pub fn read_config_file(path: &Path) -> Result<FileArch, String> {
             source: ConfigSource::OpenClip(path.to_path_buf()),
         })
     } else {
-        Err(
-            "neither a Hugging Face CLIPConfig (vision_config) nor an open_clip model config \
-             (embed_dim, vision_cfg)"
-                .into(),
-        )
+        Err(ArchError::UnknownFormat)
     }
 }
 
@@ -293,7 +377,7 @@ pub fn discover(
     weights: &Path,
     explicit: Option<&Path>,
     prefer_open_clip: bool,
-) -> Result<FileArch, (PathBuf, String)> {
+) -> Result<FileArch, (PathBuf, ArchError)> {
     if let Some(p) = explicit {
         return read_config_file(p).map_err(|e| (p.to_path_buf(), e));
     }
@@ -351,8 +435,10 @@ mod tests {
     #[test]
     fn unsupported_open_clip_features_are_errors() {
         let v = serde_json::json!({"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_x"}});
-        assert!(parse_open_clip(&v).unwrap_err().contains("timm_model_name"));
+        let err = parse_open_clip(&v).unwrap_err().to_string();
+        assert!(err.contains("timm_model_name"));
         let v = serde_json::json!({"embed_dim": 512, "vision_cfg": {"layers": [3, 4, 6, 3]}});
-        assert!(parse_open_clip(&v).unwrap_err().contains("ResNet"));
+        let err = parse_open_clip(&v).unwrap_err().to_string();
+        assert!(err.contains("ResNet"));
     }
 }
