@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use burn::prelude::*;
 
-use crate::cli::common::{ModelArgs, open_backbone, parse_positive, progress_bar};
+use crate::cli::common::{ModelArgs, ScheduleArg, open_backbone, parse_positive, progress_bar};
 use crate::io::dataset::MvfaKey;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::mvfa::detector::TaskKind;
@@ -82,24 +82,6 @@ pub fn parse_rate(text: &str) -> Result<f32, String> {
         Err(format!(
             "{text} is not a rate: give a share of normal images between 0 and 1, e.g. 0.05"
         ))
-    }
-}
-
-/// `--schedule` values.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleArg {
-    /// The reference's schedule.
-    Paper,
-    /// The quick CPU schedule.
-    Quick,
-}
-
-impl From<ScheduleArg> for Schedule {
-    fn from(arg: ScheduleArg) -> Self {
-        match arg {
-            ScheduleArg::Paper => Schedule::Paper,
-            ScheduleArg::Quick => Schedule::Quick,
-        }
     }
 }
 

@@ -21,7 +21,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::bench::{BenchArgs, print_cells};
-use crate::model::clip::transformer::{BlockConfig, ResidualAttentionBlock};
+use mvfa_studio::model::clip::transformer::{BlockConfig, ResidualAttentionBlock};
 
 /// Process CPU time (user + system), seconds.
 fn cpu_seconds() -> f64 {
@@ -86,13 +86,13 @@ fn linear<B: Backend>(x: Tensor<B, 2>, layer: &burn::nn::Linear<B>) -> Tensor<B,
     burn::tensor::module::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
-pub(super) fn run(args: &BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    let info = crate::backend::probe(args.cpu);
+pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let info = mvfa_studio::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
         eprintln!("note: {reason}");
     }
     println!("backend: {} on {}", info.backend, info.device);
-    crate::with_backend!(info, |B, device| profile::<B>(args, &device))
+    mvfa_studio::with_backend!(info, |B, device| profile::<B>(args, &device))
 }
 
 fn profile<B: Backend>(
@@ -109,7 +109,7 @@ fn profile<B: Backend>(
     let hd = width / heads;
     let mlp = 4 * width;
     let batch = *args.batches.first().unwrap_or(&1);
-    let tokens = crate::model::clip::config::VisionConfig::new().num_tokens();
+    let tokens = mvfa_studio::model::clip::config::VisionConfig::new().num_tokens();
     let n = batch * tokens;
     let r = args.repeat;
     println!(

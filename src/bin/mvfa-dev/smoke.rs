@@ -1,11 +1,11 @@
-//! `mvfa-studio smoke`: build the CLIP vision tower (ViT-L/14-336 by default, random weights)
+//! `mvfa-dev smoke`: build the CLIP vision tower (ViT-L/14-336 by default, random weights)
 //! or load it from a file, run one 240 px image end to end and print the tap shapes, the wall
 //! time and the peak memory. Run it in release mode:
 //!
 //! ```text
-//! cargo run --release -- smoke                 # random ViT-L/14-336, 240 px
-//! cargo run --release -- smoke --weights clip.safetensors
-//! cargo run --release -- smoke --layers 8 --width 64 --heads 4   # a small tower
+//! cargo run --release --bin mvfa-dev -- smoke     # random ViT-L/14-336, 240 px
+//! cargo run --release --bin mvfa-dev -- smoke --weights clip.safetensors
+//! cargo run --release --bin mvfa-dev -- smoke --layers 8 --width 64 --heads 4   # a small tower
 //! ```
 // Sizes here come from the command line: checked arithmetic only.
 #![deny(clippy::arithmetic_side_effects)]
@@ -17,10 +17,10 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use super::common::{parse_image_side, parse_positive};
-use super::weights_cmd::{mb, peak_rss_bytes};
-use crate::model::clip::config::VisionConfig;
-use crate::weights::clip::{LoadOptions, load_clip_vision};
+use mvfa_studio::cli::common::{mb, peak_rss_bytes};
+use mvfa_studio::cli::common::{parse_image_side, parse_positive};
+use mvfa_studio::model::clip::config::VisionConfig;
+use mvfa_studio::weights::clip::{LoadOptions, load_clip_vision};
 
 #[derive(clap::Args, Debug)]
 pub struct SmokeArgs {
@@ -175,12 +175,12 @@ fn check_memory(args: &SmokeArgs, tower: &Tower) -> anyhow::Result<()> {
 }
 
 pub fn run(args: SmokeArgs) -> anyhow::Result<ExitCode> {
-    let info = crate::backend::probe(args.cpu);
+    let info = mvfa_studio::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
         eprintln!("note: {reason}");
     }
     println!("backend: {} on {}", info.backend, info.device);
-    crate::with_backend!(info, |B, device| smoke::<B>(&args, &device))
+    mvfa_studio::with_backend!(info, |B, device| smoke::<B>(&args, &device))
 }
 
 fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<ExitCode> {

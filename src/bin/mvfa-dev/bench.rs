@@ -1,11 +1,11 @@
-//! `mvfa-studio bench`: timings of the MVFA building blocks with random weights on the active
+//! `mvfa-dev bench`: timings of the MVFA building blocks with random weights on the active
 //! backend, printed as a table. Full ViT-L/14-336 at 240 px by default; run it in release mode:
 //!
 //! ```text
-//! cargo run --release -- bench                    # ViT-L/14-336, 240 px, 3 timed repeats
-//! cargo run --release -- bench --repeat 5 --cpu
-//! cargo run --release -- bench --layers 4 --width 64 --embed-dim 32 \
-//!     --text-layers 2 --text-width 32          # a quick run on a small tower
+//! cargo run --release --bin mvfa-dev -- bench        # ViT-L/14-336, 240 px, 3 timed repeats
+//! cargo run --release --bin mvfa-dev -- bench --repeat 5 --cpu
+//! cargo run --release --bin mvfa-dev -- bench --layers 4 --width 64 --embed-dim 32 \
+//!     --text-layers 2 --text-width 32                # a quick run on a small tower
 //! ```
 //!
 //! Each row runs once untimed (warm-up: lazy parameter initialisation, kernel compilation),
@@ -23,18 +23,20 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::bench_compare::Ours;
-use super::common::parse_positive;
-use super::weights_cmd::{mb, peak_rss_bytes};
-use crate::io::model_input::MODEL_INPUT_SIZE;
-use crate::model::clip::config::{TextConfig, VisionConfig};
-use crate::model::clip::prompts::{abnormal_sentences, build_text_features, normal_sentences};
-use crate::model::clip::tokenizer::ClipTokenizer;
-use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::adapter::{AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{Detector, SupportBank, TaskKind};
-use crate::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
-use crate::train::augment::AUGMENT_FACTOR;
-use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, train};
+use mvfa_studio::cli::common::parse_positive;
+use mvfa_studio::cli::common::{mb, peak_rss_bytes};
+use mvfa_studio::io::model_input::MODEL_INPUT_SIZE;
+use mvfa_studio::model::clip::config::{TextConfig, VisionConfig};
+use mvfa_studio::model::clip::prompts::{
+    abnormal_sentences, build_text_features, normal_sentences,
+};
+use mvfa_studio::model::clip::tokenizer::ClipTokenizer;
+use mvfa_studio::model::clip::vision::VisionTransformer;
+use mvfa_studio::model::mvfa::adapter::{AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig};
+use mvfa_studio::model::mvfa::detector::{Detector, SupportBank, TaskKind};
+use mvfa_studio::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
+use mvfa_studio::train::augment::AUGMENT_FACTOR;
+use mvfa_studio::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, train};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -88,7 +90,7 @@ pub struct BenchArgs {
     pub fit: Option<usize>,
     /// Fine-tuning schedule of `--fit`.
     #[arg(long, value_enum, default_value = "paper")]
-    pub schedule: super::train::ScheduleArg,
+    pub schedule: mvfa_studio::cli::common::ScheduleArg,
     /// Epochs of `--fit`, overriding the schedule's (a quick check of the path).
     #[arg(long, value_parser = parse_positive)]
     pub fit_epochs: Option<usize>,
@@ -166,12 +168,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.profile_block {
         return super::bench_profile::run(&args);
     }
-    let info = crate::backend::probe(args.cpu);
+    let info = mvfa_studio::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
         eprintln!("note: {reason}");
     }
     println!("backend: {} on {}", info.backend, info.device);
-    crate::with_backend!(info, |B, device| bench::<B>(&args, &device))
+    mvfa_studio::with_backend!(info, |B, device| bench::<B>(&args, &device))
 }
 
 fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
@@ -444,10 +446,10 @@ fn fit_synthetic<B: Backend>(
     scoring: ScoringConfig,
     text_features: Tensor<B, 2>,
 ) -> anyhow::Result<()> {
-    use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, Shots, fit};
-    use crate::workflow::Schedule;
+    use mvfa_studio::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, Shots, fit};
+    use mvfa_studio::workflow::Schedule;
     let s = MODEL_INPUT_SIZE;
-    let shot = |img: &crate::train::synthetic::SyntheticImage| {
+    let shot = |img: &mvfa_studio::train::synthetic::SyntheticImage| {
         let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
         Shot {
             image: [grey.clone(), grey.clone(), grey].concat(),
@@ -457,11 +459,11 @@ fn fit_synthetic<B: Backend>(
         }
     };
     let shots = Shots {
-        normal: crate::train::synthetic::generate(1, k, s, false)
+        normal: mvfa_studio::train::synthetic::generate(1, k, s, false)
             .iter()
             .map(shot)
             .collect(),
-        abnormal: crate::train::synthetic::generate(2, k, s, true)
+        abnormal: mvfa_studio::train::synthetic::generate(2, k, s, true)
             .iter()
             .map(shot)
             .collect(),
@@ -476,8 +478,8 @@ fn fit_synthetic<B: Backend>(
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
         training_augmentations: schedule.training_augmentations(),
-        fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
-        selection: crate::train::select::SelectionSettings::default(),
+        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
+        selection: mvfa_studio::train::select::SelectionSettings::default(),
     };
     println!(
         "fit: k={k} normal + {k} abnormal synthetic shots with masks, {:?} schedule ({epochs} epochs x {} augmented images)",
@@ -552,7 +554,7 @@ fn print_table(rows: &[Row]) {
 }
 
 /// Prints a table: the first column left-aligned, the others right-aligned.
-pub(super) fn print_cells<const N: usize>(head: &[String; N], cells: &[[String; N]]) {
+pub(crate) fn print_cells<const N: usize>(head: &[String; N], cells: &[[String; N]]) {
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for c in cells {
         for (w, v) in widths.iter_mut().zip(c) {
