@@ -95,40 +95,45 @@ pub(crate) fn run(args: &BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     mvfa_studio::with_backend!(info, |B, device| profile::<B>(args, &device))
 }
 
-fn profile<B: Backend>(
-    args: &BenchArgs,
-    device: &B::Device,
-) -> anyhow::Result<std::process::ExitCode> {
-    type AD<B> = Autodiff<B>;
-    let width = args.width;
-    let heads = args.heads.unwrap_or((width / 64).max(1));
-    anyhow::ensure!(
-        width.is_multiple_of(heads),
-        "width {width} is not a multiple of {heads} heads"
-    );
-    let hd = width / heads;
-    let mlp = 4 * width;
-    let batch = *args.batches.first().unwrap_or(&1);
-    let tokens = mvfa_studio::model::clip::config::VisionConfig::new().num_tokens();
-    let n = batch * tokens;
-    let r = args.repeat;
-    println!(
-        "one vision block: batch {batch}, {tokens} tokens, width {width}, {heads} heads of {hd}, MLP {mlp}; \
-         median of {r} timed run(s) after one warm-up"
-    );
-    B::seed(device, 7);
-    let block: ResidualAttentionBlock<B> = BlockConfig::new(width, heads, mlp).init(device);
-    let rnd =
-        |shape: [usize; 2]| Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 1.0), device);
-    let rnd4 =
-        |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
-    let x = rnd([n, width]);
-    let opts = AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: false,
-    };
-    let split = |qkv: Tensor<B, 2>| {
+/// The shapes of the profiled block and the number of timed runs.
+struct Shapes {
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    heads: usize,
+    /// Head dimension.
+    hd: usize,
+    mlp: usize,
+    /// Rows of the token matrix: batch x tokens.
+    n: usize,
+    repeat: usize,
+}
+
+impl Shapes {
+    fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+        let width = args.width;
+        let heads = args.heads.unwrap_or((width / 64).max(1));
+        anyhow::ensure!(
+            width.is_multiple_of(heads),
+            "width {width} is not a multiple of {heads} heads"
+        );
+        let batch = *args.batches.first().unwrap_or(&1);
+        let tokens = mvfa_studio::model::clip::config::VisionConfig::new().num_tokens();
+        Ok(Self {
+            batch,
+            tokens,
+            width,
+            heads,
+            hd: width / heads,
+            mlp: 4 * width,
+            n: batch * tokens,
+            repeat: args.repeat,
+        })
+    }
+
+    /// The q, k, v views of a qkv projection, as the block takes them.
+    fn split<B: Backend>(&self, qkv: Tensor<B, 2>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let (batch, tokens, heads, hd) = (self.batch, self.tokens, self.heads, self.hd);
         let qkv = qkv
             .reshape([batch, tokens, 3, heads, hd])
             .permute([2, 0, 3, 1, 4]);
@@ -138,10 +143,119 @@ fn profile<B: Backend>(
                 .reshape([batch, heads, tokens, hd])
         };
         (part(0), part(1), part(2))
-    };
-    let scale = 1.0 / (hd as f64).sqrt();
+    }
 
-    // ---- forward, inner backend ----
+    /// `1 / sqrt(head dimension)`.
+    fn scale(&self) -> f64 {
+        1.0 / (self.hd as f64).sqrt()
+    }
+}
+
+/// Random inputs of each op, drawn in this order from the seeded generator.
+struct Inputs<B: Backend> {
+    /// Block input, `[n, width]`.
+    x: Tensor<B, 2>,
+    /// Output of the qkv projection, `[n, 3 width]`.
+    qkv_out: Tensor<B, 2>,
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    /// Attention scores, `[batch, heads, tokens, tokens]`.
+    scores: Tensor<B, 4>,
+    /// Attention output per head, `[batch, heads, tokens, hd]`.
+    ctx: Tensor<B, 4>,
+    /// MLP hidden layer, `[n, mlp]`.
+    hidden: Tensor<B, 2>,
+}
+
+impl<B: Backend> Inputs<B> {
+    fn new(sh: &Shapes, device: &B::Device) -> Self {
+        let rnd = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 1.0), device)
+        };
+        let rnd4 = |shape: [usize; 4]| {
+            Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device)
+        };
+        let per_head = [sh.batch, sh.heads, sh.tokens, sh.hd];
+        Self {
+            x: rnd([sh.n, sh.width]),
+            qkv_out: rnd([sh.n, 3 * sh.width]),
+            q: rnd4(per_head),
+            k: rnd4(per_head),
+            v: rnd4(per_head),
+            scores: rnd4([sh.batch, sh.heads, sh.tokens, sh.tokens]),
+            ctx: rnd4(per_head),
+            hidden: rnd([sh.n, sh.mlp]),
+        }
+    }
+}
+
+fn attention_options() -> AttentionModuleOptions {
+    AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    }
+}
+
+/// A copy of `t` on the autodiff backend that needs a gradient.
+fn ad<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Tensor<Autodiff<B>, D> {
+    Tensor::<Autodiff<B>, D>::from_inner(t.clone()).require_grad()
+}
+
+/// The timed part of a backward row: the gradient of the sum of `y`.
+fn back<B: burn::tensor::backend::AutodiffBackend, const D: usize>(y: Tensor<B, D>) -> f32 {
+    let g = y.backward();
+    std::hint::black_box(g);
+    0.0
+}
+
+fn profile<B: Backend>(
+    args: &BenchArgs,
+    device: &B::Device,
+) -> anyhow::Result<std::process::ExitCode> {
+    let sh = Shapes::new(args)?;
+    let (batch, tokens, width, heads, hd, mlp) =
+        (sh.batch, sh.tokens, sh.width, sh.heads, sh.hd, sh.mlp);
+    let r = sh.repeat;
+    println!(
+        "one vision block: batch {batch}, {tokens} tokens, width {width}, {heads} heads of {hd}, MLP {mlp}; \
+         median of {r} timed run(s) after one warm-up"
+    );
+    B::seed(device, 7);
+    let block: ResidualAttentionBlock<B> = BlockConfig::new(width, heads, mlp).init(device);
+    let inputs = Inputs::<B>::new(&sh, device);
+
+    let mut fwd = forward_attention(&sh, &block, &inputs);
+    let whole_fwd = forward_mlp(&sh, &block, &inputs, &mut fwd);
+    let ad_block = ResidualAttentionBlock::<Autodiff<B>>::from_inner(block.clone()).no_grad();
+    let mut bwd = backward_attention(&sh, &ad_block, &inputs);
+    let whole_bwd = backward_mlp(&sh, &ad_block, &inputs, &mut bwd);
+
+    for (title, ops, whole) in [("forward", fwd, whole_fwd), ("backward", bwd, whole_bwd)] {
+        print_ops(title, &ops, &whole);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Forward rows, inner backend: from `ln_1` to the attention's output projection.
+fn forward_attention<B: Backend>(
+    sh: &Shapes,
+    block: &ResidualAttentionBlock<B>,
+    inp: &Inputs<B>,
+) -> Vec<Op> {
+    let (r, n, width, heads, tokens, hd) = (sh.repeat, sh.n, sh.width, sh.heads, sh.tokens, sh.hd);
+    let Inputs {
+        x,
+        qkv_out,
+        q,
+        k,
+        v,
+        scores,
+        ctx,
+        ..
+    } = inp;
+    let scale = sh.scale();
     let mut fwd: Vec<Op> = Vec::new();
     fwd.push(measure(
         r,
@@ -155,32 +269,25 @@ fn profile<B: Backend>(
         || x.clone(),
         |x| first(linear(x, &block.attn.qkv)),
     ));
-    let qkv_out = rnd([n, 3 * width]);
     fwd.push(measure(
         r,
         "attention (burn module::attention on the q k v views, as the block runs it)",
-        || split(qkv_out.clone()),
-        |(q, k, v)| first(attention(q, k, v, None, None, opts)),
+        || sh.split(qkv_out.clone()),
+        |(q, k, v)| first(attention(q, k, v, None, None, attention_options())),
     ));
     // The same attention written out, to split it: layout, q k^T, softmax, p v.
     fwd.push(measure(
         r,
         "  of which: q, k, v views to contiguous (copies)",
-        || split(qkv_out.clone()),
+        || sh.split(qkv_out.clone()),
         |(q, k, v)| first(q * 1.0) + first(k * 1.0) + first(v * 1.0),
     ));
-    let (q, k, v) = (
-        rnd4([batch, heads, tokens, hd]),
-        rnd4([batch, heads, tokens, hd]),
-        rnd4([batch, heads, tokens, hd]),
-    );
     fwd.push(measure(
         r,
         format!("  of which: scores q k^T x scale [{heads}x{tokens}x{hd}]x[{hd}x{tokens}]"),
         || (q.clone(), k.clone()),
         |(q, k)| first(q.matmul(k.swap_dims(2, 3)) * scale),
     ));
-    let scores = rnd4([batch, heads, tokens, tokens]);
     fwd.push(measure(
         r,
         format!("  of which: softmax [{heads}x{tokens}x{tokens}]"),
@@ -193,7 +300,6 @@ fn profile<B: Backend>(
         || (scores.clone(), v.clone()),
         |(p, v)| first(p.matmul(v)),
     ));
-    let ctx = rnd4([batch, heads, tokens, hd]);
     fwd.push(measure(
         r,
         "merge heads (swap_dims + reshape: a copy)",
@@ -206,6 +312,19 @@ fn profile<B: Backend>(
         || x.clone(),
         |x| first(linear(x, &block.attn.out_proj)),
     ));
+    fwd
+}
+
+/// Forward rows from the attention's residual add to the MLP's, appended to `fwd`; returns
+/// the whole block's forward.
+fn forward_mlp<B: Backend>(
+    sh: &Shapes,
+    block: &ResidualAttentionBlock<B>,
+    inp: &Inputs<B>,
+    fwd: &mut Vec<Op>,
+) -> Op {
+    let (r, n, width, mlp) = (sh.repeat, sh.n, sh.width, sh.mlp);
+    let Inputs { x, hidden, .. } = inp;
     fwd.push(measure(
         r,
         "residual add",
@@ -224,7 +343,6 @@ fn profile<B: Backend>(
         || x.clone(),
         |x| first(linear(x, &block.mlp.c_fc)),
     ));
-    let hidden = rnd([n, mlp]);
     fwd.push(measure(
         r,
         format!("erf GELU [{n}x{mlp}]"),
@@ -243,150 +361,167 @@ fn profile<B: Backend>(
         || (x.clone(), x.clone()),
         |(a, b)| first(a + b),
     ));
-    let x3 = x.clone().reshape([batch, tokens, width]);
-    let whole_fwd = measure(
+    let x3 = x.clone().reshape([sh.batch, sh.tokens, width]);
+    measure(
         r,
         "whole block forward (block.forward)",
         || x3.clone(),
         |x| first(block.forward(x, false)),
-    );
+    )
+}
 
-    // ---- backward, autodiff backend, frozen weights, input needs a gradient ----
-    let ad_block = ResidualAttentionBlock::<AD<B>>::from_inner(block.clone()).no_grad();
-    let ad = |t: &Tensor<B, 2>| Tensor::<AD<B>, 2>::from_inner(t.clone()).require_grad();
-    let ad4 = |t: &Tensor<B, 4>| Tensor::<AD<B>, 4>::from_inner(t.clone()).require_grad();
+/// Backward rows (autodiff backend, frozen weights, input needs a gradient): from `ln_1` to
+/// the attention's residual add.
+fn backward_attention<B: Backend>(
+    sh: &Shapes,
+    block: &ResidualAttentionBlock<Autodiff<B>>,
+    inp: &Inputs<B>,
+) -> Vec<Op> {
+    let (r, n, width) = (sh.repeat, sh.n, sh.width);
+    let Inputs {
+        x,
+        qkv_out,
+        q,
+        k,
+        v,
+        scores,
+        ctx,
+        ..
+    } = inp;
+    let scale = sh.scale();
     let mut bwd: Vec<Op> = Vec::new();
-    fn back<B: burn::tensor::backend::AutodiffBackend, const D: usize>(y: Tensor<B, D>) -> f32 {
-        let g = y.backward();
-        std::hint::black_box(g);
-        0.0
-    }
     bwd.push(measure(
         r,
         "LayerNorm ln_1",
-        || ad_block.ln_1.forward(ad(&x)),
+        || block.ln_1.forward(ad(x)),
         back,
     ));
     bwd.push(measure(
         r,
         "matmul qkv (input gradient only)",
-        || linear(ad(&x), &ad_block.attn.qkv),
+        || linear(ad(x), &block.attn.qkv),
         back,
     ));
     bwd.push(measure(
         r,
         "attention incl. head split (burn module::attention)",
         || {
-            let qkv = ad(&qkv_out)
-                .reshape([batch, tokens, 3, heads, hd])
-                .permute([2, 0, 3, 1, 4]);
-            let part = |i: usize| {
-                qkv.clone()
-                    .slice(s![i..i + 1])
-                    .reshape([batch, heads, tokens, hd])
-            };
-            attention(part(0), part(1), part(2), None, None, opts)
+            let (q, k, v) = sh.split(ad(qkv_out));
+            attention(q, k, v, None, None, attention_options())
         },
         back,
     ));
     bwd.push(measure(
         r,
         "  of which: scores q k^T x scale",
-        || ad4(&q).matmul(ad4(&k).swap_dims(2, 3)) * scale,
+        || ad(q).matmul(ad(k).swap_dims(2, 3)) * scale,
         back,
     ));
     bwd.push(measure(
         r,
         "  of which: softmax",
-        || softmax(ad4(&scores), 3),
+        || softmax(ad(scores), 3),
         back,
     ));
     bwd.push(measure(
         r,
         "  of which: probs v",
-        || ad4(&scores).matmul(ad4(&v)),
+        || ad(scores).matmul(ad(v)),
         back,
     ));
     bwd.push(measure(
         r,
         "merge heads (swap_dims + reshape)",
-        || ad4(&ctx).swap_dims(1, 2).reshape([n, width]),
+        || ad(ctx).swap_dims(1, 2).reshape([n, width]),
         back,
     ));
     bwd.push(measure(
         r,
         "matmul out_proj (input gradient only)",
-        || linear(ad(&x), &ad_block.attn.out_proj),
+        || linear(ad(x), &block.attn.out_proj),
         back,
     ));
-    bwd.push(measure(r, "residual add", || ad(&x) + ad(&x), back));
+    bwd.push(measure(r, "residual add", || ad(x) + ad(x), back));
+    bwd
+}
+
+/// Backward rows from `ln_2` to the MLP's residual add, appended to `bwd`; returns the whole
+/// block's backward.
+fn backward_mlp<B: Backend>(
+    sh: &Shapes,
+    block: &ResidualAttentionBlock<Autodiff<B>>,
+    inp: &Inputs<B>,
+    bwd: &mut Vec<Op>,
+) -> Op {
+    let r = sh.repeat;
+    let Inputs { x, hidden, .. } = inp;
     bwd.push(measure(
         r,
         "LayerNorm ln_2",
-        || ad_block.ln_2.forward(ad(&x)),
+        || block.ln_2.forward(ad(x)),
         back,
     ));
     bwd.push(measure(
         r,
         "matmul c_fc (input gradient only)",
-        || linear(ad(&x), &ad_block.mlp.c_fc),
+        || linear(ad(x), &block.mlp.c_fc),
         back,
     ));
-    bwd.push(measure(r, "erf GELU", || gelu(ad(&hidden)), back));
+    bwd.push(measure(r, "erf GELU", || gelu(ad(hidden)), back));
     bwd.push(measure(
         r,
         "matmul c_proj (input gradient only)",
-        || linear(ad(&hidden), &ad_block.mlp.c_proj),
+        || linear(ad(hidden), &block.mlp.c_proj),
         back,
     ));
-    bwd.push(measure(r, "residual add", || ad(&x) + ad(&x), back));
-    let whole_bwd = measure(
+    bwd.push(measure(r, "residual add", || ad(x) + ad(x), back));
+    measure(
         r,
         "whole block backward",
-        || ad_block.forward(ad(&x).reshape([batch, tokens, width]), false),
+        || block.forward(ad(x).reshape([sh.batch, sh.tokens, sh.width]), false),
         back,
-    );
+    )
+}
 
-    for (title, ops, whole) in [("forward", fwd, whole_fwd), ("backward", bwd, whole_bwd)] {
-        // Sub-rows ("of which") are inside the attention row: not added to the sum.
-        let sum: f64 = ops
-            .iter()
-            .filter(|o| !o.name.starts_with("  "))
-            .map(|o| o.ms)
-            .sum();
-        let mut cells: Vec<[String; 4]> = ops
-            .iter()
-            .map(|o| {
-                [
-                    o.name.clone(),
-                    format!("{:.2}", o.ms),
-                    format!("{:.1}%", 100.0 * o.ms / sum),
-                    format!("{:.2}", o.cores),
-                ]
-            })
-            .collect();
-        cells.push([
-            "sum of the ops above".into(),
-            format!("{sum:.2}"),
-            "100.0%".into(),
-            "".into(),
-        ]);
-        cells.push([
-            whole.name.clone(),
-            format!("{:.2}", whole.ms),
-            format!("{:.1}%", 100.0 * whole.ms / sum),
-            format!("{:.2}", whole.cores),
-        ]);
-        println!();
-        print_cells(
-            &[
-                format!("{title} op"),
-                "ms".into(),
-                "share".into(),
-                "cores busy".into(),
-            ],
-            &cells,
-        );
-    }
-    Ok(std::process::ExitCode::SUCCESS)
+/// One table: the ops, their sum (sub-rows left out) and the whole block.
+fn print_ops(title: &str, ops: &[Op], whole: &Op) {
+    // Sub-rows ("of which") are inside the attention row: not added to the sum.
+    let sum: f64 = ops
+        .iter()
+        .filter(|o| !o.name.starts_with("  "))
+        .map(|o| o.ms)
+        .sum();
+    let mut cells: Vec<[String; 4]> = ops
+        .iter()
+        .map(|o| {
+            [
+                o.name.clone(),
+                format!("{:.2}", o.ms),
+                format!("{:.1}%", 100.0 * o.ms / sum),
+                format!("{:.2}", o.cores),
+            ]
+        })
+        .collect();
+    cells.push([
+        "sum of the ops above".into(),
+        format!("{sum:.2}"),
+        "100.0%".into(),
+        "".into(),
+    ]);
+    cells.push([
+        whole.name.clone(),
+        format!("{:.2}", whole.ms),
+        format!("{:.1}%", 100.0 * whole.ms / sum),
+        format!("{:.2}", whole.cores),
+    ]);
+    println!();
+    print_cells(
+        &[
+            format!("{title} op"),
+            "ms".into(),
+            "share".into(),
+            "cores busy".into(),
+        ],
+        &cells,
+    );
 }
