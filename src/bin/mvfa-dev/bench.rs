@@ -249,7 +249,11 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
     let mut rows: Vec<Row> = Vec::new();
     time_forward(args, device, &tower, &mut rows)?;
     let sentences = time_text(args, device, &tower, &mut rows)?;
-    let (detector, bank, text_features) = time_few_shot(args, device, &tower, &mut rows)?;
+    let FewShot {
+        detector,
+        bank,
+        text_features,
+    } = time_few_shot(args, device, &tower, &mut rows)?;
     time_score(args, device, detector, bank, &mut rows)?;
     time_train_step(args, &tower, &text_features, &mut rows)?;
 
@@ -344,6 +348,16 @@ fn time_text<B: Backend>(
     Ok(sentences)
 }
 
+/// What the few-shot row leaves for the next rows.
+struct FewShot<B: Backend> {
+    /// The detector on the random tower (no bank installed yet).
+    detector: Detector<B, VisionTransformer<B>>,
+    /// A random k-shot bank.
+    bank: SupportBank<B>,
+    /// Random text features `[embed, 2]`.
+    text_features: Tensor<B, 2>,
+}
+
 /// 3. Few-shot search: one query image against a bank of 11k support images, all levels,
 ///    one head (scoring runs it for both heads). Random tokens: the cost does not depend
 ///    on the values. Returns the detector, its bank and the random text features.
@@ -352,11 +366,7 @@ fn time_few_shot<B: Backend>(
     device: &B::Device,
     tower: &Tower<B>,
     rows: &mut Vec<Row>,
-) -> anyhow::Result<(
-    Detector<B, VisionTransformer<B>>,
-    SupportBank<B>,
-    Tensor<B, 2>,
-)> {
+) -> anyhow::Result<FewShot<B>> {
     let (tokens, levels) = (tower.tokens, tower.levels);
     let bank_images = AUGMENT_FACTOR * args.shots;
     let random_tokens = |n: usize| {
@@ -405,7 +415,11 @@ fn time_few_shot<B: Backend>(
         "1".into(),
         t,
     );
-    Ok((detector, bank, text_features))
+    Ok(FewShot {
+        detector,
+        bank,
+        text_features,
+    })
 }
 
 /// 4. Scoring one image end to end: forward, zero-shot maps and scores, few-shot maps of
