@@ -4,17 +4,18 @@
 # fine-tune on synthetic shots, printed as one table. No cargo and no network needed there.
 #
 # Build here (any machine with the toolchain; no GPU needed to build):
-#     cargo build --release --features cuda
+#     cargo build --release --features cuda        # builds target/release/mvfa-dev too
 #     cargo test --release --features cuda --test integration --no-run   # prints the test binary
 # Carry the repository folder (tests/fixtures and this script are what is read) with the two
 # binaries to the GPU machine, then from the repository root:
 #     tools/cuda_check.sh
-#     MVFA_BIN=path/to/mvfa-studio MVFA_TEST_BIN=path/to/integration-HASH tools/cuda_check.sh
-# Defaults: target/release/mvfa-studio and the newest target/release/deps/integration-*.
+#     MVFA_BIN=path/to/mvfa-dev MVFA_TEST_BIN=path/to/integration-HASH tools/cuda_check.sh
+# Defaults: target/release/mvfa-dev (the developer binary, which has `bench`) and the newest
+# target/release/deps/integration-*.
 # Needs only the NVIDIA driver (libcuda.so.1): burn-cuda compiles its kernels at run time.
 #
 # There are no real CLIP weights here: the timings use the random full-size ViT-L/14-336 of
-# `mvfa-studio bench` (same shapes and work as the real tower), and the fine-tune is
+# `mvfa-dev bench` (same shapes and work as the real tower), and the fine-tune is
 # `bench --fit 4 --schedule paper`: 4 normal + 4 abnormal synthetic shots with masks, 11
 # augmentations, 50 epochs, then the memory bank and the calibration (what `train --schedule
 # paper` runs, minus loading weights from a file). Exit status: 0 when the parity passed.
@@ -22,7 +23,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
-BIN=${MVFA_BIN:-target/release/mvfa-studio}
+BIN=${MVFA_BIN:-target/release/mvfa-dev}
 TEST_BIN=${MVFA_TEST_BIN:-$(ls -t target/release/deps/integration-* 2>/dev/null | grep -v '\.d$' | head -n 1)}
 OUT=${MVFA_CHECK_OUT:-$(mktemp -d)}
 REPEAT=${MVFA_REPEAT:-3}
@@ -30,7 +31,7 @@ REPEAT=${MVFA_REPEAT:-3}
 #   MVFA_BENCH_ARGS="--layers 2 --width 64 --embed-dim 16 --text-layers 1 --text-width 32 --fit-epochs 1"
 read -r -a EXTRA <<<"${MVFA_BENCH_ARGS:-}"
 
-[ -x "$BIN" ] || { echo "no mvfa-studio binary at $BIN (set MVFA_BIN)" >&2; exit 2; }
+[ -x "$BIN" ] || { echo "no mvfa-dev binary at $BIN (set MVFA_BIN)" >&2; exit 2; }
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 else

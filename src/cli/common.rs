@@ -1,6 +1,7 @@
 //! Pieces shared by the model-driven subcommands (`train`, `score`, `eval`): the CLIP
-//! arguments, opening the backbone with a printed summary, progress bars. Everything else is
-//! the workflow layer's ([`crate::workflow`]).
+//! arguments, opening the backbone with a printed summary, progress bars, argument parsers,
+//! the `--schedule` values and memory figures (also used by the developer binary `mvfa-dev`).
+//! Everything else is the workflow layer's ([`crate::workflow`]).
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::BackendInfo;
 use crate::weights::clip::LoadReport;
-use crate::workflow::Backbone;
+use crate::workflow::{Backbone, Schedule};
 
 /// The backbone arguments every model-driven subcommand takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -133,4 +134,35 @@ pub fn parse_image_side(s: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// `--schedule` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleArg {
+    /// The reference's schedule.
+    Paper,
+    /// The quick CPU schedule.
+    Quick,
+}
+
+impl From<ScheduleArg> for Schedule {
+    fn from(arg: ScheduleArg) -> Self {
+        match arg {
+            ScheduleArg::Paper => Schedule::Paper,
+            ScheduleArg::Quick => Schedule::Quick,
+        }
+    }
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes, where /proc is available.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `12.3 MB` style size.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }

@@ -39,7 +39,7 @@ use crate::eval::protocol::{
     Evaluation, Fusion, Level, Metrics, PAPER_COLUMNS, Protocol, column_name,
     format_paper_comparison, format_table,
 };
-use crate::io::dataset::{MvfaDataset, MvfaKey, shot_file_path};
+use crate::io::dataset::{Dataset, MvfaDataset, MvfaKey, shot_file_path};
 use crate::io::export::write_atomically;
 use crate::io::input::{load_mask, load_model_image};
 use crate::io::output::{InputSet, OutputKind, check_output};
@@ -328,18 +328,7 @@ fn evaluate<B: Backend>(
         eprintln!("== {} ({}) ==", key, key.paper_name());
         match evaluate_draws::<B>(args, &plan, &mut backbone, key, device) {
             Ok((m, entry)) => {
-                println!(
-                    "{key}: image AUC {}, pixel AUC {} ({} test images: {} normal, {} abnormal; {})",
-                    pct(Some(m.image_auc)),
-                    pct(m.pixel_auc),
-                    m.images,
-                    m.normal,
-                    m.abnormal,
-                    entry.protocol
-                );
-                if entry.draws.len() > 1 {
-                    println!("{key}: {}", draw_summary(&entry));
-                }
+                print_dataset(key, &m, &entry);
                 metrics.insert(key, m);
                 report.datasets.insert(key.code_key().to_string(), entry);
                 report.table = table_values(&metrics);
@@ -353,37 +342,7 @@ fn evaluate<B: Backend>(
             }
         }
     }
-    println!();
-    if plan.len() > 1 {
-        println!(
-            "{} (AUC %, mean over {} shot draws; spread per dataset above)",
-            protocol.name(),
-            plan.len()
-        );
-    } else {
-        println!("{} (AUC %)", protocol.name());
-    }
-    print!("{}", format_table(&metrics));
-    if protocol != Protocol::ZeroShot && !metrics.is_empty() {
-        println!();
-        println!(
-            "beside the paper's few-shot k = 4 numbers (MVFA, Table 1; AUC %; this run k = {}):",
-            args.shots
-        );
-        print!("{}", format_paper_comparison(&metrics));
-    }
-    if plan.len() > 1 {
-        println!();
-        println!("over {} shot draws (mean ± sd, min):", plan.len());
-        for entry in report.datasets.values() {
-            println!("  {:<14} {}", entry.paper_name, draw_summary(entry));
-        }
-    }
-    if let Some(path) = &args.json
-        && !report.datasets.is_empty()
-    {
-        println!("wrote {}", path.display());
-    }
+    print_summary(args, protocol, plan.len(), &metrics, &report);
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -392,6 +351,64 @@ fn evaluate<B: Backend>(
             eprintln!("  {f}");
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The result line of one dataset (and the spread over the draws).
+fn print_dataset(key: MvfaKey, m: &Metrics, entry: &DatasetReport) {
+    println!(
+        "{key}: image AUC {}, pixel AUC {} ({} test images: {} normal, {} abnormal; {})",
+        pct(Some(m.image_auc)),
+        pct(m.pixel_auc),
+        m.images,
+        m.normal,
+        m.abnormal,
+        entry.protocol
+    );
+    if entry.draws.len() > 1 {
+        println!("{key}: {}", draw_summary(entry));
+    }
+}
+
+/// The AUC table, the paper's numbers beside it, the spread over `draws` shot draws and the
+/// JSON file written.
+fn print_summary(
+    args: &EvalArgs,
+    protocol: Protocol,
+    draws: usize,
+    metrics: &BTreeMap<MvfaKey, Metrics>,
+    report: &Report,
+) {
+    println!();
+    if draws > 1 {
+        println!(
+            "{} (AUC %, mean over {} shot draws; spread per dataset above)",
+            protocol.name(),
+            draws
+        );
+    } else {
+        println!("{} (AUC %)", protocol.name());
+    }
+    print!("{}", format_table(metrics));
+    if protocol != Protocol::ZeroShot && !metrics.is_empty() {
+        println!();
+        println!(
+            "beside the paper's few-shot k = 4 numbers (MVFA, Table 1; AUC %; this run k = {}):",
+            args.shots
+        );
+        print!("{}", format_paper_comparison(metrics));
+    }
+    if draws > 1 {
+        println!();
+        println!("over {} shot draws (mean ± sd, min):", draws);
+        for entry in report.datasets.values() {
+            println!("  {:<14} {}", entry.paper_name, draw_summary(entry));
+        }
+    }
+    if let Some(path) = &args.json
+        && !report.datasets.is_empty()
+    {
+        println!("wrote {}", path.display());
     }
 }
 
@@ -530,79 +547,144 @@ fn evaluate_dataset<B: Backend>(
         TaskKind::Classification
     };
     let protocol = protocol_of(args);
+    let organ = args
+        .model
+        .organ
+        .clone()
+        .unwrap_or_else(|| key.organ_word().to_string());
 
-    let mut fit_seconds = None;
-    let (mut detector, organ, k, epochs, source) = match &args.checkpoint {
-        Some(ckpt) => {
-            let path = resolve_checkpoint(ckpt, key)?;
-            let organ = args
-                .model
-                .organ
-                .clone()
-                .unwrap_or_else(|| key.organ_word().to_string());
-            let opened = open_detector(backbone, &path, Some(&organ), task, args.model.batch)?;
-            let mut detector = opened.detector;
-            if protocol == Protocol::ZeroShot {
-                detector = detector.into_zero_shot();
-            } else {
-                anyhow::ensure!(
-                    detector.support_bank().is_some(),
-                    "{}: the checkpoint holds no normal shots, so it has no few-shot branch; \
-                     use --zero-shot",
-                    path.display()
-                );
-                if protocol == Protocol::FewShot(Fusion::Calibrated) {
-                    anyhow::ensure!(
-                        detector.calibration().is_some(),
-                        "{}: the checkpoint is not calibrated; use --protocol paper",
-                        path.display()
-                    );
-                }
-            }
-            let meta = opened.meta;
-            (
-                detector,
-                organ,
-                meta.as_ref().and_then(|m| m.shots),
-                meta.as_ref().and_then(|m| m.epochs),
-                format!("checkpoint {}", path.display()),
-            )
-        }
-        None => {
-            let spec = DatasetShots {
-                root: args.data.clone(),
-                key: Some(key),
-                shots: args.shots,
-                shot_file: args
-                    .shot_dir
-                    .as_ref()
-                    .map(|dir| (shot_file_path(dir, key, args.shots), iterate)),
-                seed,
-            };
-            let collected = collect_shots(&ShotSource::Dataset(spec))?;
-            let organ = args
-                .model
-                .organ
-                .clone()
-                .unwrap_or_else(|| key.organ_word().to_string());
-            let started = Instant::now();
-            let detector = fit::<B>(args, backbone, &collected.shots, &organ, task, seed)?;
-            fit_seconds = Some(started.elapsed().as_secs_f64());
-            (
-                detector,
-                organ,
-                Some(args.shots),
-                Some(args.epochs),
-                collected.description,
-            )
-        }
+    let prepared = match &args.checkpoint {
+        Some(ckpt) => checkpoint_detector(args, backbone, key, ckpt, &organ, task)?,
+        None => fitted_detector(args, backbone, key, &organ, task, seed, iterate)?,
     };
+    let mut detector = prepared.detector;
     detector.set_task(task);
 
     // Score the test split once, streaming into the metrics.
     let started = Instant::now();
+    let metrics = score_test(args, &detector, &test, key, task, device)?;
+    let entry = DatasetReport {
+        dataset: key.code_key().to_string(),
+        paper_name: key.paper_name().to_string(),
+        protocol: protocol.name().to_string(),
+        k: prepared.k,
+        epochs: prepared.epochs,
+        source: prepared.source,
+        organ_word: organ,
+        image_auc: metrics.image_auc,
+        pixel_auc: metrics.pixel_auc,
+        images: metrics.images,
+        normal: metrics.normal,
+        abnormal: metrics.abnormal,
+        fit_seconds: prepared.fit_seconds,
+        score_seconds: started.elapsed().as_secs_f64(),
+        image_auc_sd: 0.0,
+        image_auc_min: metrics.image_auc,
+        pixel_auc_sd: metrics.pixel_auc.map(|_| 0.0),
+        pixel_auc_min: metrics.pixel_auc,
+        draws: Vec::new(),
+    };
+    Ok((metrics, entry))
+}
+
+/// The detector a dataset is scored with, and where it came from.
+struct Prepared<B: Backend> {
+    detector: Detector<B, VisionTransformer<B>>,
+    /// Shots per class (`None`: unknown, e.g. a reference checkpoint).
+    k: Option<usize>,
+    epochs: Option<usize>,
+    /// "checkpoint <path>" or the description of the shots.
+    source: String,
+    /// Wall time of the fit (`None` for a checkpoint).
+    fit_seconds: Option<f64>,
+}
+
+/// `--checkpoint`: the checkpoint for `key`, checked against the protocol (zero-shot drops
+/// the memory bank; few-shot needs one, and the calibrated protocol a calibration).
+fn checkpoint_detector<B: Backend>(
+    args: &EvalArgs,
+    backbone: &mut Backbone<B>,
+    key: MvfaKey,
+    ckpt: &Path,
+    organ: &str,
+    task: TaskKind,
+) -> anyhow::Result<Prepared<B>> {
+    let protocol = protocol_of(args);
+    let path = resolve_checkpoint(ckpt, key)?;
+    let opened = open_detector(backbone, &path, Some(organ), task, args.model.batch)?;
+    let mut detector = opened.detector;
+    if protocol == Protocol::ZeroShot {
+        detector = detector.into_zero_shot();
+    } else {
+        anyhow::ensure!(
+            detector.support_bank().is_some(),
+            "{}: the checkpoint holds no normal shots, so it has no few-shot branch; \
+             use --zero-shot",
+            path.display()
+        );
+        if protocol == Protocol::FewShot(Fusion::Calibrated) {
+            anyhow::ensure!(
+                detector.calibration().is_some(),
+                "{}: the checkpoint is not calibrated; use --protocol paper",
+                path.display()
+            );
+        }
+    }
+    let meta = opened.meta;
+    Ok(Prepared {
+        detector,
+        k: meta.as_ref().and_then(|m| m.shots),
+        epochs: meta.as_ref().and_then(|m| m.epochs),
+        source: format!("checkpoint {}", path.display()),
+        fit_seconds: None,
+    })
+}
+
+/// No checkpoint: draws the shots of `key` (seed, or line `iterate` of the shot list) and
+/// fits a detector on them.
+fn fitted_detector<B: Backend>(
+    args: &EvalArgs,
+    backbone: &mut Backbone<B>,
+    key: MvfaKey,
+    organ: &str,
+    task: TaskKind,
+    seed: u64,
+    iterate: u32,
+) -> anyhow::Result<Prepared<B>> {
+    let spec = DatasetShots {
+        root: args.data.clone(),
+        key: Some(key),
+        shots: args.shots,
+        shot_file: args
+            .shot_dir
+            .as_ref()
+            .map(|dir| (shot_file_path(dir, key, args.shots), iterate)),
+        seed,
+    };
+    let collected = collect_shots(&ShotSource::Dataset(spec))?;
+    let started = Instant::now();
+    let detector = fit::<B>(args, backbone, &collected.shots, organ, task, seed)?;
+    Ok(Prepared {
+        detector,
+        k: Some(args.shots),
+        epochs: Some(args.epochs),
+        source: collected.description,
+        fit_seconds: Some(started.elapsed().as_secs_f64()),
+    })
+}
+
+/// Scores the test split in batches with a progress bar, streaming into the metrics (pixel
+/// metrics from the masks of abnormal images on segmentation datasets).
+fn score_test<B: Backend>(
+    args: &EvalArgs,
+    detector: &Detector<B, VisionTransformer<B>>,
+    test: &Dataset,
+    key: MvfaKey,
+    task: TaskKind,
+    device: &B::Device,
+) -> anyhow::Result<Metrics> {
     let pixel_metrics = key.has_masks();
-    let mut evaluation = Evaluation::new(protocol, task, pixel_metrics);
+    let mut evaluation = Evaluation::new(protocol_of(args), task, pixel_metrics);
     let bar = common::progress_bar(test.len() as u64, "images");
     bar.set_message(format!("{key} test"));
     for chunk in test.items.chunks(args.model.batch) {
@@ -616,7 +698,7 @@ fn evaluate_dataset<B: Backend>(
             };
             masks.push(mask);
         }
-        let results = score_frames(&detector, &frames, device)?;
+        let results = score_frames(detector, &frames, device)?;
         for ((sample, result), mask) in chunk.iter().zip(&results).zip(&masks) {
             evaluation
                 .add(result, sample.label, mask.as_deref())
@@ -625,29 +707,7 @@ fn evaluate_dataset<B: Backend>(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let metrics = evaluation.finish()?;
-    let entry = DatasetReport {
-        dataset: key.code_key().to_string(),
-        paper_name: key.paper_name().to_string(),
-        protocol: protocol.name().to_string(),
-        k,
-        epochs,
-        source,
-        organ_word: organ,
-        image_auc: metrics.image_auc,
-        pixel_auc: metrics.pixel_auc,
-        images: metrics.images,
-        normal: metrics.normal,
-        abnormal: metrics.abnormal,
-        fit_seconds,
-        score_seconds: started.elapsed().as_secs_f64(),
-        image_auc_sd: 0.0,
-        image_auc_min: metrics.image_auc,
-        pixel_auc_sd: metrics.pixel_auc.map(|_| 0.0),
-        pixel_auc_min: metrics.pixel_auc,
-        draws: Vec::new(),
-    };
-    Ok((metrics, entry))
+    Ok(evaluation.finish()?)
 }
 
 /// Fits fresh adapters (seeded) on the shots for a fixed number of epochs, builds the memory

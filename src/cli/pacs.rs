@@ -187,93 +187,107 @@ pub fn run(args: PacsArgs) -> anyhow::Result<ExitCode> {
         }
         Action::Find(f) => {
             let (_, client) = open()?;
-            let query = Query {
-                level: match f.level {
-                    LevelArg::Study => Level::Study,
-                    LevelArg::Series => Level::Series,
-                    LevelArg::Instance => Level::Instance,
-                },
-                patient_id: f.patient_id,
-                patient_name: f.patient_name,
-                date_from: f.from,
-                date_to: f.to,
-                modality: f.modality,
-                accession: f.accession,
-                study_uid: f.study,
-                series_uid: f.series,
-            };
-            let matches = client.find(&query)?;
-            for m in &matches {
-                let uid = match query.level {
-                    Level::Study => &m.study_uid,
-                    Level::Series => &m.series_uid,
-                    Level::Instance => &m.sop_instance_uid,
-                };
-                let count = m
-                    .related_instances
-                    .map(|n| format!("\t{n} instance(s)"))
-                    .unwrap_or_default();
-                println!(
-                    "{uid}\t{}\t{}\t{}\t{}\t{}\t{}{count}",
-                    m.patient_id,
-                    m.patient_name,
-                    m.study_date,
-                    m.accession,
-                    m.modality,
-                    m.description
-                );
-            }
-            eprintln!("{} match(es)", matches.len());
+            find(client.as_ref(), f)?;
         }
         Action::Get(g) => {
             let (_, client) = open()?;
-            let target = GetTarget {
-                study_uid: g.study,
-                series_uid: g.series,
-            };
-            let bar = super::common::progress_bar(0, "instances");
-            // Ctrl+C ends the process; the files written so far are complete.
-            let never_cancelled = AtomicBool::new(false);
-            let report = retrieve::get(
-                client.as_ref(),
-                &target,
-                &g.out,
-                &mut |p: Progress| {
-                    bar.set_length(p.total as u64);
-                    bar.set_position((p.skipped + p.written) as u64);
-                },
-                &never_cancelled,
-            );
-            bar.finish_and_clear();
-            let report = report?;
-            println!(
-                "{} instance(s) in {}: {} retrieved, {} already present",
-                report.total,
-                g.out.display(),
-                report.written,
-                report.skipped
-            );
+            get(client.as_ref(), g)?;
         }
         Action::Send(s) => {
             let files = dicom_files(&s.paths)?;
             let (_, client) = open()?;
-            let mut failed = 0usize;
-            for file in &files {
-                match client.store(file) {
-                    Ok(uid) => println!("{}: stored as {uid}", file.display()),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("error: {}: {e}", file.display());
-                    }
-                }
-            }
-            println!("{} of {} file(s) stored", files.len() - failed, files.len());
-            if failed > 0 {
-                return Ok(ExitCode::FAILURE);
-            }
+            return Ok(send(client.as_ref(), &files));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `find`: one tab-separated line per match, the count on stderr.
+fn find(client: &dyn PacsClient, f: FindArgs) -> anyhow::Result<()> {
+    let query = Query {
+        level: match f.level {
+            LevelArg::Study => Level::Study,
+            LevelArg::Series => Level::Series,
+            LevelArg::Instance => Level::Instance,
+        },
+        patient_id: f.patient_id,
+        patient_name: f.patient_name,
+        date_from: f.from,
+        date_to: f.to,
+        modality: f.modality,
+        accession: f.accession,
+        study_uid: f.study,
+        series_uid: f.series,
+    };
+    let matches = client.find(&query)?;
+    for m in &matches {
+        let uid = match query.level {
+            Level::Study => &m.study_uid,
+            Level::Series => &m.series_uid,
+            Level::Instance => &m.sop_instance_uid,
+        };
+        let count = m
+            .related_instances
+            .map(|n| format!("\t{n} instance(s)"))
+            .unwrap_or_default();
+        println!(
+            "{uid}\t{}\t{}\t{}\t{}\t{}\t{}{count}",
+            m.patient_id, m.patient_name, m.study_date, m.accession, m.modality, m.description
+        );
+    }
+    eprintln!("{} match(es)", matches.len());
+    Ok(())
+}
+
+/// `get`: retrieves the study or series into `--out` with a progress bar.
+fn get(client: &dyn PacsClient, g: GetArgs) -> anyhow::Result<()> {
+    let target = GetTarget {
+        study_uid: g.study,
+        series_uid: g.series,
+    };
+    let bar = super::common::progress_bar(0, "instances");
+    // Ctrl+C ends the process; the files written so far are complete.
+    let never_cancelled = AtomicBool::new(false);
+    let report = retrieve::get(
+        client,
+        &target,
+        &g.out,
+        &mut |p: Progress| {
+            bar.set_length(p.total as u64);
+            bar.set_position((p.skipped + p.written) as u64);
+        },
+        &never_cancelled,
+    );
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "{} instance(s) in {}: {} retrieved, {} already present",
+        report.total,
+        g.out.display(),
+        report.written,
+        report.skipped
+    );
+    Ok(())
+}
+
+/// `send`: stores each file, going on after a failure; fails when any file failed.
+fn send(client: &dyn PacsClient, files: &[PathBuf]) -> ExitCode {
+    let mut failed = 0usize;
+    for file in files {
+        match client.store(file) {
+            Ok(uid) => println!("{}: stored as {uid}", file.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}: {e}", file.display());
+            }
+        }
+    }
+    println!("{} of {} file(s) stored", files.len() - failed, files.len());
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// The named files, and the `.dcm` files directly inside named folders, sorted.

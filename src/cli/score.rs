@@ -39,7 +39,7 @@ use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::workflow::{
     DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, FrameWritten,
-    open_detector, score_file,
+    WorkflowError, open_detector, score_file,
 };
 
 /// File format of `--raw` outputs.
@@ -216,27 +216,74 @@ fn score<B: Backend>(
         eprintln!("note: {note}");
     }
     if let Some(fpr) = args.fpr {
-        match opened.detector.calibration().cloned() {
-            Some(mut cal) => {
-                anyhow::ensure!(
-                    cal.set_fpr(fpr),
-                    "{}: the checkpoint stores no normal exemplar scores (written by an older \
-                     version), so --fpr cannot set its threshold; refit it with `train --fpr`",
-                    args.checkpoint.display()
-                );
-                opened.detector.set_calibration(Some(cal));
-            }
-            None => anyhow::bail!(
-                "{}: the detector is not calibrated, so it has no threshold for --fpr to set",
-                args.checkpoint.display()
-            ),
-        }
+        set_fpr(args, &mut opened.detector, fpr)?;
     }
     let detector = &opened.detector;
     let organ = opened.organ.as_str();
     eprintln!("{}", describe_detector(&args.checkpoint, detector, organ));
 
-    // Inputs: each path on its own, so a missing one is listed and the rest still run.
+    let (files, mut failures) = input_files(args);
+    // No output file may replace one of the files being scored (the files, not their
+    // folders: earlier outputs inside a scanned folder may be replaced).
+    let mut scored_inputs = InputSet::new(files.iter().map(PathBuf::as_path));
+    scored_inputs.add(&args.checkpoint);
+    for path in args.model.input_paths() {
+        scored_inputs.add(path);
+    }
+    let facts = DetectorFacts::from_detector(detector, &args.checkpoint, organ);
+    let mut exporter = Exporter::new(&args.out, options, facts, scored_inputs)?;
+    let export_error = score_files(detector, &files, &mut exporter, &mut failures, device);
+
+    // The frames written so far get their CSV rows even when an export failed.
+    let summary = exporter.finish()?;
+    if let Some(csv) = &summary.csv {
+        println!(
+            "wrote {} scored frame(s) to {}",
+            summary.frames,
+            csv.display()
+        );
+    }
+    if let Some(e) = export_error {
+        return Err(e.into());
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} input(s) could not be scored:", failures.len());
+        for f in &failures {
+            eprintln!("  {f}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `--fpr`: moves the detector's threshold to flag at most that share of normal images.
+fn set_fpr<B: Backend>(
+    args: &ScoreArgs,
+    detector: &mut Detector<B, VisionTransformer<B>>,
+    fpr: f32,
+) -> anyhow::Result<()> {
+    match detector.calibration().cloned() {
+        Some(mut cal) => {
+            anyhow::ensure!(
+                cal.set_fpr(fpr),
+                "{}: the checkpoint stores no normal exemplar scores (written by an older \
+                 version), so --fpr cannot set its threshold; refit it with `train --fpr`",
+                args.checkpoint.display()
+            );
+            detector.set_calibration(Some(cal));
+        }
+        None => anyhow::bail!(
+            "{}: the detector is not calibrated, so it has no threshold for --fpr to set",
+            args.checkpoint.display()
+        ),
+    }
+    Ok(())
+}
+
+/// The files to score, each input on its own (so a missing one is listed and the rest still
+/// run), and the inputs that failed, printed as they are found.
+fn input_files(args: &ScoreArgs) -> (Vec<PathBuf>, Vec<String>) {
     let mut failures: Vec<String> = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
     let mut seen = HashSet::new();
@@ -263,21 +310,23 @@ fn score<B: Backend>(
     for f in &failures {
         eprintln!("error: {f}");
     }
-    // No output file may replace one of the files being scored (the files, not their
-    // folders: earlier outputs inside a scanned folder may be replaced).
-    let mut scored_inputs = InputSet::new(files.iter().map(PathBuf::as_path));
-    scored_inputs.add(&args.checkpoint);
-    for path in args.model.input_paths() {
-        scored_inputs.add(path);
-    }
-    let facts = DetectorFacts::from_detector(detector, &args.checkpoint, organ);
-    let mut exporter = Exporter::new(&args.out, options, facts, scored_inputs)?;
-    let model_size = detector.scorer().config().image_size;
+    (files, failures)
+}
 
+/// Scores each file and exports its frames, with a progress bar. A file that cannot be
+/// scored joins `failures`; an export error stops the run and is returned.
+fn score_files<B: Backend>(
+    detector: &Detector<B, VisionTransformer<B>>,
+    files: &[PathBuf],
+    exporter: &mut Exporter,
+    failures: &mut Vec<String>,
+    device: &B::Device,
+) -> Option<WorkflowError> {
+    let model_size = detector.scorer().config().image_size;
     let bar = common::progress_bar(files.len() as u64, "files");
     bar.set_message("scoring");
     let mut export_error = None;
-    'files: for file in &files {
+    'files: for file in files {
         bar.inc(1);
         let scored = match score_file(detector, file, device) {
             Ok(scored) => scored,
@@ -302,28 +351,7 @@ fn score<B: Backend>(
         }
     }
     bar.finish_and_clear();
-
-    // The frames written so far get their CSV rows even when an export failed.
-    let summary = exporter.finish()?;
-    if let Some(csv) = &summary.csv {
-        println!(
-            "wrote {} scored frame(s) to {}",
-            summary.frames,
-            csv.display()
-        );
-    }
-    if let Some(e) = export_error {
-        return Err(e.into());
-    }
-    if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("{} input(s) could not be scored:", failures.len());
-        for f in &failures {
-            eprintln!("  {f}");
-        }
-        Ok(ExitCode::FAILURE)
-    }
+    export_error
 }
 
 /// Whether `file` lies inside `folder` (both resolved; false when either cannot be).

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::prelude::*;
+use indicatif::ProgressBar;
 
-use crate::cli::common::{ModelArgs, open_backbone, parse_positive, progress_bar};
+use crate::cli::common::{ModelArgs, ScheduleArg, open_backbone, parse_positive, progress_bar};
 use crate::io::dataset::MvfaKey;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::mvfa::detector::TaskKind;
@@ -13,8 +14,8 @@ use crate::train::fit::FitEvent;
 use crate::train::select::SelectionSettings;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    DatasetShots, FitRequest, FitResult, Schedule, ShotSource, checkpoint_meta, collect_shots,
-    fit_detector, save_detector,
+    CollectedShots, DatasetShots, FitRequest, FitResult, FittedDetector, Schedule, ShotSource,
+    checkpoint_meta, collect_shots, fit_detector, save_detector,
 };
 
 #[derive(clap::Args, Debug)]
@@ -85,24 +86,6 @@ pub fn parse_rate(text: &str) -> Result<f32, String> {
     }
 }
 
-/// `--schedule` values.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleArg {
-    /// The reference's schedule.
-    Paper,
-    /// The quick CPU schedule.
-    Quick,
-}
-
-impl From<ScheduleArg> for Schedule {
-    fn from(arg: ScheduleArg) -> Self {
-        match arg {
-            ScheduleArg::Paper => Schedule::Paper,
-            ScheduleArg::Quick => Schedule::Quick,
-        }
-    }
-}
-
 /// Where `--data` says the shots are.
 fn shot_source(args: &TrainArgs) -> anyhow::Result<ShotSource> {
     if args.data.join("normal").is_dir() {
@@ -134,18 +117,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
     let collected = collect_shots(&shot_source(args)?)?;
-    let organ = args
-        .model
-        .organ
-        .clone()
-        .or_else(|| collected.organ.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: plain folders carry no organ word: pass --organ (e.g. --organ Brain or \
-                 --organ \"Chest X-ray film\")",
-                args.data.display()
-            )
-        })?;
+    let organ = organ_word(args, &collected)?;
     let shots = &collected.shots;
     eprintln!(
         "shots: {} normal, {} abnormal ({}), {} held out for calibration, organ word \"{organ}\"",
@@ -160,26 +132,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     );
 
     let mut backbone = open_backbone::<B>(&args.model, device)?;
-    let request = FitRequest {
-        organ: organ.clone(),
-        schedule: args.schedule.into(),
-        epochs: args.epochs,
-        learning_rate: args.lr,
-        train_batch: args.train_batch,
-        seed: args.seed,
-        init: args.init.clone(),
-        batch_size: args.model.batch,
-        normal_only_task: if collected.has_masks {
-            TaskKind::Segmentation
-        } else {
-            TaskKind::Classification
-        },
-        fpr: args.fpr,
-        selection: SelectionSettings {
-            folds: args.folds,
-            ..SelectionSettings::default()
-        },
-    };
+    let request = fit_request(args, &organ, collected.has_masks);
     let epochs = args
         .epochs
         .unwrap_or_else(|| Schedule::from(args.schedule).epochs());
@@ -189,48 +142,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         &mut backbone,
         shots,
         &request,
-        |event| match event {
-            FitEvent::Started {
-                mode,
-                training_images,
-            } => {
-                eprintln!("mode: {mode:?}, {training_images} training images after augmentation");
-            }
-            FitEvent::Run {
-                run,
-                runs,
-                purpose,
-                steps,
-            } => {
-                bar.println(format!("fine-tuning run {run} of {runs}: {purpose}"));
-                bar.set_length(steps as u64);
-                bar.set_position(0);
-            }
-            FitEvent::Validating { fold, folds } => {
-                bar.set_message(format!(
-                    "validating the candidates on fold {fold} of {folds}"
-                ));
-            }
-            FitEvent::Training(TrainEvent::Step(step)) => {
-                bar.inc(1);
-                bar.set_message(format!(
-                    "epoch {}/{} loss {:.4} (focal {:.4} dice {:.4} bce {:.4}) {:.2} img/s",
-                    step.epoch,
-                    step.epochs,
-                    step.total,
-                    step.focal,
-                    step.dice,
-                    step.bce,
-                    step.images_per_second
-                ));
-            }
-            FitEvent::Training(TrainEvent::EpochFinished { .. }) => {}
-            FitEvent::BuildingMemoryBank { images } => {
-                bar.finish_and_clear();
-                eprintln!("building the memory bank from {images} augmented normal images");
-            }
-            FitEvent::Calibrating => eprintln!("calibrating on the exemplars"),
-        },
+        |event| show_progress(&bar, event),
         &cancel,
     )?;
     let FitResult::Fitted(fitted) = outcome else {
@@ -268,6 +180,104 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         meta,
     )?;
     println!("wrote {}", args.out.display());
+    print_fit(&fitted);
+    if shots.abnormal.is_empty() {
+        println!(
+            "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
+        );
+    } else if args.epochs == Some(0) {
+        println!("note: --epochs 0, so the adapters are untrained (zero-shot + memory bank)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--organ`, else the one the dataset names; plain folders need `--organ`.
+fn organ_word(args: &TrainArgs, collected: &CollectedShots) -> anyhow::Result<String> {
+    args.model
+        .organ
+        .clone()
+        .or_else(|| collected.organ.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: plain folders carry no organ word: pass --organ (e.g. --organ Brain or \
+                 --organ \"Chest X-ray film\")",
+                args.data.display()
+            )
+        })
+}
+
+/// The fit the arguments ask for.
+fn fit_request(args: &TrainArgs, organ: &str, has_masks: bool) -> FitRequest {
+    FitRequest {
+        organ: organ.to_string(),
+        schedule: args.schedule.into(),
+        epochs: args.epochs,
+        learning_rate: args.lr,
+        train_batch: args.train_batch,
+        seed: args.seed,
+        init: args.init.clone(),
+        batch_size: args.model.batch,
+        normal_only_task: if has_masks {
+            TaskKind::Segmentation
+        } else {
+            TaskKind::Classification
+        },
+        fpr: args.fpr,
+        selection: SelectionSettings {
+            folds: args.folds,
+            ..SelectionSettings::default()
+        },
+    }
+}
+
+/// Shows a fit event on the progress bar (or as a line on stderr).
+fn show_progress(bar: &ProgressBar, event: FitEvent) {
+    match event {
+        FitEvent::Started {
+            mode,
+            training_images,
+        } => {
+            eprintln!("mode: {mode:?}, {training_images} training images after augmentation");
+        }
+        FitEvent::Run {
+            run,
+            runs,
+            purpose,
+            steps,
+        } => {
+            bar.println(format!("fine-tuning run {run} of {runs}: {purpose}"));
+            bar.set_length(steps as u64);
+            bar.set_position(0);
+        }
+        FitEvent::Validating { fold, folds } => {
+            bar.set_message(format!(
+                "validating the candidates on fold {fold} of {folds}"
+            ));
+        }
+        FitEvent::Training(TrainEvent::Step(step)) => {
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.4} (focal {:.4} dice {:.4} bce {:.4}) {:.2} img/s",
+                step.epoch,
+                step.epochs,
+                step.total,
+                step.focal,
+                step.dice,
+                step.bce,
+                step.images_per_second
+            ));
+        }
+        FitEvent::Training(TrainEvent::EpochFinished { .. }) => {}
+        FitEvent::BuildingMemoryBank { images } => {
+            bar.finish_and_clear();
+            eprintln!("building the memory bank from {images} augmented normal images");
+        }
+        FitEvent::Calibrating => eprintln!("calibrating on the exemplars"),
+    }
+}
+
+/// The fit's losses, calibration and model selection.
+fn print_fit<B: Backend>(fitted: &FittedDetector<B>) {
     let losses = &fitted.epoch_losses;
     match (losses.first(), losses.last()) {
         (Some(first), Some(last)) => print!(
@@ -307,12 +317,4 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
         print!("{}", report.table());
         println!("{}", report.message);
     }
-    if shots.abnormal.is_empty() {
-        println!(
-            "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
-        );
-    } else if args.epochs == Some(0) {
-        println!("note: --epochs 0, so the adapters are untrained (zero-shot + memory bank)");
-    }
-    Ok(ExitCode::SUCCESS)
 }

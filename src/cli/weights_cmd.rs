@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::common::{mb, peak_rss_bytes};
+
 use crate::weights::clip::{
     ActivationChoice, LoadOptions, inspect_clip, load_clip, load_clip_vision,
 };
@@ -66,19 +68,6 @@ pub struct WeightsArgs {
     /// MLP activation.
     #[arg(long, value_enum, default_value = "gelu")]
     pub activation: ActivationArg,
-}
-
-/// Peak resident memory of this process (`VmHWM`), in bytes, where /proc is available.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// `12.3 MB` style size.
-pub fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// The subcommands of `weights`.

@@ -1,5 +1,5 @@
-//! End-to-end runs of the built binary: `score`, `eval` and `bench` on the tiny random CLIP
-//! fixture (open_clip layout, 8 blocks of width 32, embed 16, loaded at 240 px) and synthetic
+//! End-to-end runs of the built binaries: `score` and `eval` (`mvfa-studio`) and `bench` (the
+//! developer binary `mvfa-dev`) on the tiny random CLIP fixture (open_clip layout, 8 blocks of width 32, embed 16, loaded at 240 px) and synthetic
 //! images written as PNG files.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,6 +30,13 @@ pub(crate) fn clip_fixture() -> PathBuf {
 
 pub(crate) fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// The developer binary (`bench`, `smoke`).
+pub(crate) fn dev_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mvfa-dev"));
     c.env("NO_COLOR", "1");
     c
 }
@@ -637,8 +644,39 @@ const BENCH_SMALL_TOWER: [&str; 10] = [
 ];
 
 #[test]
+fn developer_commands_are_only_in_the_developer_binary() {
+    let (o, stdout, stderr) = run(bin().arg("--help"));
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("train") && stdout.contains("score"),
+        "{stdout}"
+    );
+    for dev in ["bench", "smoke"] {
+        assert!(
+            !stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{dev} "))),
+            "{dev} listed in:\n{stdout}"
+        );
+        let (o, _, stderr) = run(bin().arg(dev));
+        assert_eq!(o.status.code(), Some(2), "{dev}: {stderr}");
+        assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
+    }
+    let (o, stdout, stderr) = run(dev_bin().arg("--help"));
+    assert!(o.status.success(), "{stderr}");
+    for dev in ["bench", "smoke"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{dev} "))),
+            "{dev} missing in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
 fn bench_prints_the_table_on_a_small_tower() {
-    let (o, stdout, stderr) = run(bin().arg("bench").args(BENCH_SMALL_TOWER).args([
+    let (o, stdout, stderr) = run(dev_bin().arg("bench").args(BENCH_SMALL_TOWER).args([
         "--batches",
         "1,2",
         "--shots",
@@ -667,7 +705,7 @@ fn bench_prints_the_table_on_a_small_tower() {
 
 #[test]
 fn bench_compare_without_torch_says_why_and_prints_our_column() {
-    let (o, stdout, stderr) = run(bin()
+    let (o, stdout, stderr) = run(dev_bin()
         .env("MVFA_PYTHON", "/nonexistent/python3")
         .arg("bench")
         .args(BENCH_SMALL_TOWER)

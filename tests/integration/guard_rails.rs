@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use crate::cli_commands::{
-    bin, clip_fixture, csv_lines, make_checkpoint, no_temp_files, run, write_inputs,
+    bin, clip_fixture, csv_lines, dev_bin, make_checkpoint, no_temp_files, run, write_inputs,
 };
 
 fn args<'a>(list: &'a [&'a OsStr]) -> impl Iterator<Item = &'a OsStr> {
@@ -204,7 +204,11 @@ fn absurd_sizes_are_clear_errors_not_panics() {
             "0",
         ],
     ] {
-        let (o, _, stderr) = run(bin().args(&flags));
+        let binary = match flags[0] {
+            "smoke" | "bench" => dev_bin,
+            _ => bin,
+        };
+        let (o, _, stderr) = run(binary().args(&flags));
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(
             stderr.contains("error: invalid value"),
@@ -213,7 +217,7 @@ fn absurd_sizes_are_clear_errors_not_panics() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
     // Parsed, but rejected by the model configuration.
-    let (o, _, stderr) = run(bin().args([
+    let (o, _, stderr) = run(dev_bin().args([
         "smoke",
         "--cpu",
         "--image-size",
@@ -243,7 +247,7 @@ fn absurd_sizes_are_clear_errors_not_panics() {
         ],
         ["--image-size", "28", "--batch", "1", "--width", "1000000"],
     ] {
-        let (o, _, stderr) = run(bin().args(["smoke", "--cpu"]).args(tiny).args(flags));
+        let (o, _, stderr) = run(dev_bin().args(["smoke", "--cpu"]).args(tiny).args(flags));
         assert_eq!(o.status.code(), Some(1), "{flags:?}: {stderr}");
         assert!(
             stderr.contains("GB of memory, more than this machine's"),

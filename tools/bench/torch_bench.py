@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch side of `mvfa-studio bench --compare`: the same measurements as our `bench`, with
+"""PyTorch side of `mvfa-dev bench --compare`: the same measurements as our `bench`, with
 random weights, on the CPU, printed as one JSON object on stdout (progress on stderr).
 
     python3 tools/bench/torch_bench.py                     # ViT-L/14 at 240 px, as `bench`

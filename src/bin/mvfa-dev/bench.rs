@@ -1,11 +1,11 @@
-//! `mvfa-studio bench`: timings of the MVFA building blocks with random weights on the active
+//! `mvfa-dev bench`: timings of the MVFA building blocks with random weights on the active
 //! backend, printed as a table. Full ViT-L/14-336 at 240 px by default; run it in release mode:
 //!
 //! ```text
-//! cargo run --release -- bench                    # ViT-L/14-336, 240 px, 3 timed repeats
-//! cargo run --release -- bench --repeat 5 --cpu
-//! cargo run --release -- bench --layers 4 --width 64 --embed-dim 32 \
-//!     --text-layers 2 --text-width 32          # a quick run on a small tower
+//! cargo run --release --bin mvfa-dev -- bench        # ViT-L/14-336, 240 px, 3 timed repeats
+//! cargo run --release --bin mvfa-dev -- bench --repeat 5 --cpu
+//! cargo run --release --bin mvfa-dev -- bench --layers 4 --width 64 --embed-dim 32 \
+//!     --text-layers 2 --text-width 32                # a quick run on a small tower
 //! ```
 //!
 //! Each row runs once untimed (warm-up: lazy parameter initialisation, kernel compilation),
@@ -23,18 +23,19 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::bench_compare::Ours;
-use super::common::parse_positive;
-use super::weights_cmd::{mb, peak_rss_bytes};
-use crate::io::model_input::MODEL_INPUT_SIZE;
-use crate::model::clip::config::{TextConfig, VisionConfig};
-use crate::model::clip::prompts::{abnormal_sentences, build_text_features, normal_sentences};
-use crate::model::clip::tokenizer::ClipTokenizer;
-use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::adapter::{AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig};
-use crate::model::mvfa::detector::{Detector, SupportBank, TaskKind};
-use crate::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
-use crate::train::augment::AUGMENT_FACTOR;
-use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, train};
+use mvfa_studio::cli::common::{mb, parse_positive, peak_rss_bytes};
+use mvfa_studio::io::model_input::MODEL_INPUT_SIZE;
+use mvfa_studio::model::clip::config::{TextConfig, VisionConfig};
+use mvfa_studio::model::clip::prompts::{
+    abnormal_sentences, build_text_features, normal_sentences,
+};
+use mvfa_studio::model::clip::tokenizer::ClipTokenizer;
+use mvfa_studio::model::clip::vision::VisionTransformer;
+use mvfa_studio::model::mvfa::adapter::{AdaptedFeatures, Head, MvfaAdapters, MvfaAdaptersConfig};
+use mvfa_studio::model::mvfa::detector::{Detector, SupportBank, TaskKind};
+use mvfa_studio::model::mvfa::scoring::{MemoryBank, Scorer, ScoringConfig};
+use mvfa_studio::train::augment::AUGMENT_FACTOR;
+use mvfa_studio::train::trainer::{LabelMode, TrainConfig, TrainEvent, TrainSample, train};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -88,7 +89,7 @@ pub struct BenchArgs {
     pub fit: Option<usize>,
     /// Fine-tuning schedule of `--fit`.
     #[arg(long, value_enum, default_value = "paper")]
-    pub schedule: super::train::ScheduleArg,
+    pub schedule: mvfa_studio::cli::common::ScheduleArg,
     /// Epochs of `--fit`, overriding the schedule's (a quick check of the path).
     #[arg(long, value_parser = parse_positive)]
     pub fit_epochs: Option<usize>,
@@ -166,16 +167,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.profile_block {
         return super::bench_profile::run(&args);
     }
-    let info = crate::backend::probe(args.cpu);
+    let info = mvfa_studio::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
         eprintln!("note: {reason}");
     }
     println!("backend: {} on {}", info.backend, info.device);
-    crate::with_backend!(info, |B, device| bench::<B>(&args, &device))
+    mvfa_studio::with_backend!(info, |B, device| bench::<B>(&args, &device))
 }
 
-fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
-    let s = MODEL_INPUT_SIZE;
+/// The random tower, adapters and configurations that the rows share.
+struct Tower<B: Backend> {
+    text_cfg: TextConfig,
+    vision: VisionTransformer<B>,
+    adapters: MvfaAdapters<B>,
+    adapters_cfg: MvfaAdaptersConfig,
+    scoring: ScoringConfig,
+    /// Tokens per image.
+    tokens: usize,
+    /// Tapped levels.
+    levels: usize,
+}
+
+/// Builds the random tower of `args` (seed 2024) and prints its sizes.
+fn build_tower<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Tower<B>> {
     let heads = args.heads.unwrap_or((args.width / 64).max(1));
     let vision_cfg = VisionConfig::new()
         .with_layers(args.layers)
@@ -200,16 +214,16 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         .with_bottleneck(args.embed_dim);
     let adapters: MvfaAdapters<B> = adapters_cfg.init(device);
     let scoring = ScoringConfig::new()
-        .with_image_size(s)
+        .with_image_size(MODEL_INPUT_SIZE)
         .with_grid_size(vision_cfg.grid_size());
     let tokens = vision_cfg.num_tokens();
-    let levels = taps.len();
     println!(
-        "vision: {} blocks, width {}, {} heads, embed {}, {s} px ({} tokens), taps {:?}; {} parameters + {} adapter parameters",
+        "vision: {} blocks, width {}, {} heads, embed {}, {} px ({} tokens), taps {:?}; {} parameters + {} adapter parameters",
         args.layers,
         args.width,
         heads,
         args.embed_dim,
+        MODEL_INPUT_SIZE,
         tokens,
         taps,
         vision.num_params(),
@@ -219,54 +233,141 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         "text: {} blocks, width {}; {} timed run(s) per row after one warm-up",
         args.text_layers, args.text_width, args.repeat
     );
-    let mut rows: Vec<Row> = Vec::new();
+    Ok(Tower {
+        text_cfg,
+        vision,
+        adapters,
+        adapters_cfg,
+        scoring,
+        tokens,
+        levels: taps.len(),
+    })
+}
 
-    // 1. Adapted forward pass (backbone + both adapter heads at every tapped level).
+fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
+    let tower = build_tower::<B>(args, device)?;
+    let mut rows: Vec<Row> = Vec::new();
+    time_forward(args, device, &tower, &mut rows)?;
+    let sentences = time_text(args, device, &tower, &mut rows)?;
+    let FewShot {
+        detector,
+        bank,
+        text_features,
+    } = time_few_shot(args, device, &tower, &mut rows)?;
+    time_score(args, device, detector, bank, &mut rows)?;
+    time_train_step(args, &tower, &text_features, &mut rows)?;
+
+    print_table(&rows);
+    let peak = peak_rss_bytes();
+    if let Some(peak) = peak {
+        println!("peak memory (VmHWM): {}", mb(peak));
+    }
+    if let Some(k) = args.fit {
+        let Tower {
+            vision,
+            adapters,
+            adapters_cfg,
+            scoring,
+            ..
+        } = tower;
+        fit_synthetic::<B>(
+            args,
+            k,
+            vision,
+            adapters,
+            adapters_cfg,
+            scoring,
+            text_features,
+        )?;
+    }
+    if args.compare {
+        println!();
+        super::bench_compare::compare(args, &compared_rows(args, &rows, sentences), peak);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 1. Adapted forward pass (backbone + both adapter heads at every tapped level).
+fn time_forward<B: Backend>(
+    args: &BenchArgs,
+    device: &B::Device,
+    tower: &Tower<B>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let s = MODEL_INPUT_SIZE;
+    let levels = tower.levels;
     for &batch in &args.batches {
         let images =
             Tensor::<B, 4>::random([batch, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
         let t = time::<B>(args.repeat, batch, device, || {
-            let f = adapters
-                .forward_adapted(&vision, images.clone(), &adapters_cfg)
+            let f = tower
+                .adapters
+                .forward_adapted(&tower.vision, images.clone(), &tower.adapters_cfg)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let last = f.seg_tokens[levels - 1].clone() + f.det_tokens[levels - 1].clone();
             finish(last);
             Ok(())
         })?;
         push(
-            &mut rows,
+            rows,
             Some(&format!("forward_b{batch}")),
             "adapted forward pass, ms/image".into(),
             batch.to_string(),
             t,
         );
     }
+    Ok(())
+}
 
-    // 2. Text features of one organ word (the full prompt ensemble).
+/// 2. Text features of one organ word (the full prompt ensemble). Returns the number of
+///    sentences.
+fn time_text<B: Backend>(
+    args: &BenchArgs,
+    device: &B::Device,
+    tower: &Tower<B>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<usize> {
     let sentences = normal_sentences(&args.organ).len() + abnormal_sentences(&args.organ).len();
-    {
-        let text = text_cfg.init::<B>(device);
-        let tokenizer = ClipTokenizer::new();
-        let t = time::<B>(args.repeat, 1, device, || {
-            let f = build_text_features(&tokenizer, &args.organ, device, |ids| text.encode(ids))?;
-            finish(f);
-            Ok(())
-        })?;
-        push(
-            &mut rows,
-            Some("text"),
-            format!(
-                "text features for {:?} ({sentences} sentences), ms",
-                args.organ
-            ),
-            "-".into(),
-            t,
-        );
-    }
+    let text = tower.text_cfg.init::<B>(device);
+    let tokenizer = ClipTokenizer::new();
+    let t = time::<B>(args.repeat, 1, device, || {
+        let f = build_text_features(&tokenizer, &args.organ, device, |ids| text.encode(ids))?;
+        finish(f);
+        Ok(())
+    })?;
+    push(
+        rows,
+        Some("text"),
+        format!(
+            "text features for {:?} ({sentences} sentences), ms",
+            args.organ
+        ),
+        "-".into(),
+        t,
+    );
+    Ok(sentences)
+}
 
-    // 3. Few-shot search: one query image against a bank of 11k support images, all levels,
-    //    one head (scoring runs it for both heads). Random tokens: the cost does not depend
-    //    on the values.
+/// What the few-shot row leaves for the next rows.
+struct FewShot<B: Backend> {
+    /// The detector on the random tower (no bank installed yet).
+    detector: Detector<B, VisionTransformer<B>>,
+    /// A random k-shot bank.
+    bank: SupportBank<B>,
+    /// Random text features `[embed, 2]`.
+    text_features: Tensor<B, 2>,
+}
+
+/// 3. Few-shot search: one query image against a bank of 11k support images, all levels,
+///    one head (scoring runs it for both heads). Random tokens: the cost does not depend
+///    on the values. Returns the detector, its bank and the random text features.
+fn time_few_shot<B: Backend>(
+    args: &BenchArgs,
+    device: &B::Device,
+    tower: &Tower<B>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<FewShot<B>> {
+    let (tokens, levels) = (tower.tokens, tower.levels);
     let bank_images = AUGMENT_FACTOR * args.shots;
     let random_tokens = |n: usize| {
         (0..levels)
@@ -281,11 +382,11 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
     };
     let text_features =
         Tensor::<B, 2>::random([args.embed_dim, 2], Distribution::Normal(0.0, 1.0), device);
-    let mut detector = Detector::new(
-        vision.clone(),
-        adapters.clone(),
-        adapters_cfg.clone(),
-        Scorer::new(scoring.clone(), text_features.clone()),
+    let detector = Detector::new(
+        tower.vision.clone(),
+        tower.adapters.clone(),
+        tower.adapters_cfg.clone(),
+        Scorer::new(tower.scoring.clone(), text_features.clone()),
         TaskKind::Segmentation,
         1,
     );
@@ -295,143 +396,192 @@ fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Exi
         vec![AUGMENT_FACTOR; args.shots],
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    {
-        // The detector's own few-shot path, on adapted tokens of one image.
-        let query = AdaptedFeatures {
-            seg_tokens: random_tokens(1),
-            det_tokens: random_tokens(1),
-        };
-        let t = time::<B>(args.repeat, 1, device, || {
-            finish(detector.few_shot_maps(&query, Head::Seg, &bank).fused);
-            Ok(())
-        })?;
-        push(
-            &mut rows,
-            Some("few_shot"),
-            format!(
-                "few-shot search k={} ({bank_images} x {tokens} bank rows, {levels} levels, one head), ms/image",
-                args.shots
-            ),
-            "1".into(),
-            t,
-        );
-    }
+    // The detector's own few-shot path, on adapted tokens of one image.
+    let query = AdaptedFeatures {
+        seg_tokens: random_tokens(1),
+        det_tokens: random_tokens(1),
+    };
+    let t = time::<B>(args.repeat, 1, device, || {
+        finish(detector.few_shot_maps(&query, Head::Seg, &bank).fused);
+        Ok(())
+    })?;
+    push(
+        rows,
+        Some("few_shot"),
+        format!(
+            "few-shot search k={} ({bank_images} x {tokens} bank rows, {levels} levels, one head), ms/image",
+            args.shots
+        ),
+        "1".into(),
+        t,
+    );
+    Ok(FewShot {
+        detector,
+        bank,
+        text_features,
+    })
+}
 
-    // 4. Scoring one image end to end: forward, zero-shot maps and scores, few-shot maps of
-    //    both heads against the k-shot bank (k groups of 11 augmentations), upsampling.
-    {
-        detector.set_support_bank(Some(bank));
-        let image = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
-        let t = time::<B>(args.repeat, 1, device, || {
-            detector
-                .score(image.clone())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(())
-        })?;
-        push(
-            &mut rows,
-            None,
-            format!(
-                "score one image (forward + both branches, k={}), ms/image",
-                args.shots
-            ),
-            "1".into(),
-            t,
-        );
-    }
+/// 4. Scoring one image end to end: forward, zero-shot maps and scores, few-shot maps of
+///    both heads against the k-shot bank (k groups of 11 augmentations), upsampling.
+fn time_score<B: Backend>(
+    args: &BenchArgs,
+    device: &B::Device,
+    mut detector: Detector<B, VisionTransformer<B>>,
+    bank: SupportBank<B>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let s = MODEL_INPUT_SIZE;
+    detector.set_support_bank(Some(bank));
+    let image = Tensor::<B, 4>::random([1, 3, s, s], Distribution::Uniform(0.0, 1.0), device);
+    let t = time::<B>(args.repeat, 1, device, || {
+        detector
+            .score(image.clone())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    })?;
+    push(
+        rows,
+        None,
+        format!(
+            "score one image (forward + both branches, k={}), ms/image",
+            args.shots
+        ),
+        "1".into(),
+        t,
+    );
+    Ok(())
+}
 
-    // 5. One training step on the autodiff backend: forward, focal + dice + BCE, backward,
-    //    Adam steps of both heads (batch 1), through the trainer itself.
-    {
-        type AB<B> = Autodiff<B>;
-        let vision_ad = VisionTransformer::<AB<B>>::from_inner(vision.clone()).no_grad();
-        let adapters_ad = MvfaAdapters::<AB<B>>::from_inner(adapters.clone());
-        let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features.clone());
-        let mut mask = vec![0f32; s * s];
-        for y in s / 3..s / 2 {
-            for x in s / 3..s / 2 {
-                mask[y * s + x] = 1.0;
-            }
+/// 5. One training step on the autodiff backend: forward, focal + dice + BCE, backward,
+///    Adam steps of both heads (batch 1), through the trainer itself.
+fn time_train_step<B: Backend>(
+    args: &BenchArgs,
+    tower: &Tower<B>,
+    text_features: &Tensor<B, 2>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    type AB<B> = Autodiff<B>;
+    let s = MODEL_INPUT_SIZE;
+    let vision_ad = VisionTransformer::<AB<B>>::from_inner(tower.vision.clone()).no_grad();
+    let adapters_ad = MvfaAdapters::<AB<B>>::from_inner(tower.adapters.clone());
+    let text_ad = Tensor::<AB<B>, 2>::from_inner(text_features.clone());
+    let mut mask = vec![0f32; s * s];
+    for y in s / 3..s / 2 {
+        for x in s / 3..s / 2 {
+            mask[y * s + x] = 1.0;
         }
-        let sample = TrainSample {
-            image: (0..3 * s * s)
-                .map(|i| ((i * 37) % 251) as f32 / 250.0)
-                .collect(),
-            mask: Some(mask),
-            abnormal: true,
-        };
-        let cfg = TrainConfig::new().with_epochs(args.repeat + 1);
-        let mut stamps = vec![Instant::now()];
-        let cancel = AtomicBool::new(false);
-        train(
-            &vision_ad,
-            adapters_ad,
-            &adapters_cfg,
-            &scoring,
-            text_ad,
-            std::slice::from_ref(&sample),
-            LabelMode::Masks,
-            &cfg,
-            |event| {
-                if let TrainEvent::Step(_) = event {
-                    stamps.push(Instant::now());
-                }
-            },
-            &cancel,
-        )?;
-        let times: Vec<f64> = stamps
-            .windows(2)
-            .skip(1)
-            .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
-            .collect();
-        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        push(
-            &mut rows,
-            Some("train_step"),
-            "training step (forward + loss + backward + 2 Adam), ms".into(),
-            "1".into(),
-            (median(times), min),
-        );
     }
+    let sample = TrainSample {
+        image: (0..3 * s * s)
+            .map(|i| ((i * 37) % 251) as f32 / 250.0)
+            .collect(),
+        mask: Some(mask),
+        abnormal: true,
+    };
+    let cfg = TrainConfig::new().with_epochs(args.repeat + 1);
+    let mut stamps = vec![Instant::now()];
+    let cancel = AtomicBool::new(false);
+    train(
+        &vision_ad,
+        adapters_ad,
+        &tower.adapters_cfg,
+        &tower.scoring,
+        text_ad,
+        std::slice::from_ref(&sample),
+        LabelMode::Masks,
+        &cfg,
+        |event| {
+            if let TrainEvent::Step(_) = event {
+                stamps.push(Instant::now());
+            }
+        },
+        &cancel,
+    )?;
+    let times: Vec<f64> = stamps
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .collect();
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    push(
+        rows,
+        Some("train_step"),
+        "training step (forward + loss + backward + 2 Adam), ms".into(),
+        "1".into(),
+        (median(times), min),
+    );
+    Ok(())
+}
 
-    print_table(&rows);
-    let peak = peak_rss_bytes();
-    if let Some(peak) = peak {
-        println!("peak memory (VmHWM): {}", mb(peak));
-    }
-    if let Some(k) = args.fit {
-        fit_synthetic::<B>(
-            args,
-            k,
-            vision,
-            adapters,
-            adapters_cfg,
-            scoring,
-            text_features,
-        )?;
-    }
-    if args.compare {
-        let ours: Vec<Ours> = rows
-            .iter()
-            .filter_map(|r| {
-                let key = r.key.clone()?;
-                let label = match key.as_str() {
-                    "text" => format!("text features, one organ word ({sentences} sentences)"),
-                    "few_shot" => format!("few-shot search k={}, one head, per image", args.shots),
-                    "train_step" => "training step, batch 1".to_string(),
-                    _ => format!("adapted forward, batch {}, per image", r.batch),
-                };
-                Some(Ours {
-                    key,
-                    label,
-                    ms: r.median_ms,
-                })
+/// The rows that `--compare` matches with the PyTorch script's keys, with their labels.
+fn compared_rows(args: &BenchArgs, rows: &[Row], sentences: usize) -> Vec<Ours> {
+    rows.iter()
+        .filter_map(|r| {
+            let key = r.key.clone()?;
+            let label = match key.as_str() {
+                "text" => format!("text features, one organ word ({sentences} sentences)"),
+                "few_shot" => format!("few-shot search k={}, one head, per image", args.shots),
+                "train_step" => "training step, batch 1".to_string(),
+                _ => format!("adapted forward, batch {}, per image", r.batch),
+            };
+            Some(Ours {
+                key,
+                label,
+                ms: r.median_ms,
             })
-            .collect();
-        println!();
-        super::bench_compare::compare(args, &ours, peak);
+        })
+        .collect()
+}
+
+/// Synthetic k normal and k abnormal shots with masks, at the model's input size.
+fn synthetic_shots(k: usize) -> mvfa_studio::train::fit::Shots {
+    use mvfa_studio::train::fit::{Shot, Shots};
+    let s = MODEL_INPUT_SIZE;
+    let shot = |img: &mvfa_studio::train::synthetic::SyntheticImage| {
+        let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+        Shot {
+            image: [grey.clone(), grey.clone(), grey].concat(),
+            mask: img
+                .abnormal
+                .then(|| img.mask.iter().map(|&m| f32::from(m > 127)).collect()),
+        }
+    };
+    Shots {
+        normal: mvfa_studio::train::synthetic::generate(1, k, s, false)
+            .iter()
+            .map(shot)
+            .collect(),
+        abnormal: mvfa_studio::train::synthetic::generate(2, k, s, true)
+            .iter()
+            .map(shot)
+            .collect(),
+        held_out: Vec::new(),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// Notes when each phase of the fit began: the validation folds, the run on all shots, the
+/// memory bank.
+fn record_phase(
+    phases: &mut Vec<(String, f64)>,
+    event: &mvfa_studio::train::fit::FitEvent,
+    now: f64,
+) {
+    use mvfa_studio::train::fit::FitEvent;
+    match event {
+        FitEvent::Run { purpose, .. } if purpose.starts_with("validation") && phases.is_empty() => {
+            phases.push((
+                "validation folds (fine-tuning, scoring the candidates)".into(),
+                now,
+            ));
+        }
+        FitEvent::Run { purpose, .. } if purpose.starts_with("validation") => {}
+        FitEvent::Run { .. } => phases.push(("fine-tuning on all shots".into(), now)),
+        FitEvent::BuildingMemoryBank { .. } => {
+            phases.push(("memory bank and calibration".into(), now))
+        }
+        _ => {}
+    }
 }
 
 /// `--fit K`: the whole fit (fine-tuning, memory bank, calibration) on synthetic shots.
@@ -444,29 +594,9 @@ fn fit_synthetic<B: Backend>(
     scoring: ScoringConfig,
     text_features: Tensor<B, 2>,
 ) -> anyhow::Result<()> {
-    use crate::train::fit::{FitEvent, FitOutcome, FitSettings, Shot, Shots, fit};
-    use crate::workflow::Schedule;
-    let s = MODEL_INPUT_SIZE;
-    let shot = |img: &crate::train::synthetic::SyntheticImage| {
-        let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
-        Shot {
-            image: [grey.clone(), grey.clone(), grey].concat(),
-            mask: img
-                .abnormal
-                .then(|| img.mask.iter().map(|&m| f32::from(m > 127)).collect()),
-        }
-    };
-    let shots = Shots {
-        normal: crate::train::synthetic::generate(1, k, s, false)
-            .iter()
-            .map(shot)
-            .collect(),
-        abnormal: crate::train::synthetic::generate(2, k, s, true)
-            .iter()
-            .map(shot)
-            .collect(),
-        held_out: Vec::new(),
-    };
+    use mvfa_studio::train::fit::{FitOutcome, FitSettings, fit};
+    use mvfa_studio::workflow::Schedule;
+    let shots = synthetic_shots(k);
     let schedule = Schedule::from(args.schedule);
     let epochs = args.fit_epochs.unwrap_or(schedule.epochs());
     let settings = FitSettings {
@@ -476,8 +606,8 @@ fn fit_synthetic<B: Backend>(
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
         training_augmentations: schedule.training_augmentations(),
-        fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
-        selection: crate::train::select::SelectionSettings::default(),
+        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
+        selection: mvfa_studio::train::select::SelectionSettings::default(),
     };
     println!(
         "fit: k={k} normal + {k} abnormal synthetic shots with masks, {:?} schedule ({epochs} epochs x {} augmented images)",
@@ -494,25 +624,7 @@ fn fit_synthetic<B: Backend>(
         text_features,
         &shots,
         &settings,
-        |event| {
-            let now = start.elapsed().as_secs_f64();
-            match event {
-                FitEvent::Run { purpose, .. }
-                    if purpose.starts_with("validation") && phases.is_empty() =>
-                {
-                    phases.push((
-                        "validation folds (fine-tuning, scoring the candidates)".into(),
-                        now,
-                    ));
-                }
-                FitEvent::Run { purpose, .. } if purpose.starts_with("validation") => {}
-                FitEvent::Run { .. } => phases.push(("fine-tuning on all shots".into(), now)),
-                FitEvent::BuildingMemoryBank { .. } => {
-                    phases.push(("memory bank and calibration".into(), now))
-                }
-                _ => {}
-            }
-        },
+        |event| record_phase(&mut phases, &event, start.elapsed().as_secs_f64()),
         &cancel,
         None,
     )
@@ -552,7 +664,7 @@ fn print_table(rows: &[Row]) {
 }
 
 /// Prints a table: the first column left-aligned, the others right-aligned.
-pub(super) fn print_cells<const N: usize>(head: &[String; N], cells: &[[String; N]]) {
+pub(crate) fn print_cells<const N: usize>(head: &[String; N], cells: &[[String; N]]) {
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for c in cells {
         for (w, v) in widths.iter_mut().zip(c) {

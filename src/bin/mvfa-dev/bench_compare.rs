@@ -11,16 +11,16 @@ use std::process::Command;
 use anyhow::Context;
 
 use super::bench::BenchArgs;
-use super::weights_cmd::mb;
-use crate::model::clip::prompts::{ENCODE_CHUNK, abnormal_sentences, normal_sentences};
-use crate::model::clip::tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
+use mvfa_studio::cli::common::mb;
+use mvfa_studio::model::clip::prompts::{ENCODE_CHUNK, abnormal_sentences, normal_sentences};
+use mvfa_studio::model::clip::tokenizer::{CONTEXT_LENGTH, ClipTokenizer};
 
 /// Environment variable naming the Python interpreter of `--compare`.
 pub const PYTHON_ENV: &str = "MVFA_PYTHON";
 const SCRIPT: &str = "tools/bench/torch_bench.py";
 
 /// One measurement of ours that the PyTorch script also makes.
-pub(super) struct Ours {
+pub(crate) struct Ours {
     /// Key of the script's JSON rows (`forward_b1`, `text`, `few_shot`, `train_step`).
     pub key: String,
     /// Operation, as the table shows it.
@@ -148,7 +148,7 @@ fn load_average() -> String {
 }
 
 /// Runs the PyTorch side and prints the comparison table.
-pub(super) fn compare(args: &BenchArgs, ours: &[Ours], our_peak: Option<u64>) {
+pub(crate) fn compare(args: &BenchArgs, ours: &[Ours], our_peak: Option<u64>) {
     let before = load_average();
     let theirs = run_torch(args);
     let head = match &theirs {

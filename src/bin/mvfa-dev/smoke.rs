@@ -1,11 +1,11 @@
-//! `mvfa-studio smoke`: build the CLIP vision tower (ViT-L/14-336 by default, random weights)
+//! `mvfa-dev smoke`: build the CLIP vision tower (ViT-L/14-336 by default, random weights)
 //! or load it from a file, run one 240 px image end to end and print the tap shapes, the wall
 //! time and the peak memory. Run it in release mode:
 //!
 //! ```text
-//! cargo run --release -- smoke                 # random ViT-L/14-336, 240 px
-//! cargo run --release -- smoke --weights clip.safetensors
-//! cargo run --release -- smoke --layers 8 --width 64 --heads 4   # a small tower
+//! cargo run --release --bin mvfa-dev -- smoke     # random ViT-L/14-336, 240 px
+//! cargo run --release --bin mvfa-dev -- smoke --weights clip.safetensors
+//! cargo run --release --bin mvfa-dev -- smoke --layers 8 --width 64 --heads 4   # a small tower
 //! ```
 // Sizes here come from the command line: checked arithmetic only.
 #![deny(clippy::arithmetic_side_effects)]
@@ -17,10 +17,11 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
-use super::common::{parse_image_side, parse_positive};
-use super::weights_cmd::{mb, peak_rss_bytes};
-use crate::model::clip::config::VisionConfig;
-use crate::weights::clip::{LoadOptions, load_clip_vision};
+use mvfa_studio::cli::common::{mb, peak_rss_bytes};
+use mvfa_studio::cli::common::{parse_image_side, parse_positive};
+use mvfa_studio::model::clip::config::VisionConfig;
+use mvfa_studio::model::clip::vision::VisionTransformer;
+use mvfa_studio::weights::clip::{LoadOptions, load_clip_vision};
 
 #[derive(clap::Args, Debug)]
 pub struct SmokeArgs {
@@ -175,12 +176,12 @@ fn check_memory(args: &SmokeArgs, tower: &Tower) -> anyhow::Result<()> {
 }
 
 pub fn run(args: SmokeArgs) -> anyhow::Result<ExitCode> {
-    let info = crate::backend::probe(args.cpu);
+    let info = mvfa_studio::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {
         eprintln!("note: {reason}");
     }
     println!("backend: {} on {}", info.backend, info.device);
-    crate::with_backend!(info, |B, device| smoke::<B>(&args, &device))
+    mvfa_studio::with_backend!(info, |B, device| smoke::<B>(&args, &device))
 }
 
 fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
@@ -196,36 +197,7 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
             println!("{report}");
             vit
         }
-        None => {
-            let mlp_width = match args.mlp_width {
-                Some(m) => m,
-                None => args
-                    .width
-                    .checked_mul(4)
-                    .ok_or_else(|| anyhow::anyhow!("--width {} is too large", args.width))?,
-            };
-            let cfg = VisionConfig::new()
-                .with_image_size(args.image_size)
-                .with_layers(args.layers)
-                .with_width(args.width)
-                .with_heads(args.heads)
-                .with_mlp_width(mlp_width)
-                .with_patch_size(args.patch_size)
-                .with_embed_dim(args.embed_dim);
-            cfg.validate().map_err(anyhow::Error::msg)?;
-            let tower = Tower {
-                params: vision_params(&cfg),
-                width: cfg.width,
-                heads: cfg.heads,
-                mlp_width: cfg.mlp_width,
-                grid: cfg.grid_size(),
-            };
-            check_memory(args, &tower)?;
-            B::seed(device, 2024);
-            let vit = cfg.init::<B>(device);
-            vit.visit(&mut Touch);
-            vit
-        }
+        None => random_tower::<B>(args, device)?,
     };
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let weights_s = start.elapsed().as_secs_f64();
@@ -254,7 +226,60 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
         };
         check_memory(args, &tower)?;
     }
+    forward(args, device, &vit)?;
+    if let (Some(w), Some(p)) = (peak_after_weights, peak_rss_bytes()) {
+        println!(
+            "peak memory (VmHWM): {} after weights, {} after forward",
+            mb(w),
+            mb(p)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// The tower of the size flags with random weights (seed 2024), every parameter
+/// materialised; sizes beyond this machine's memory are refused first.
+fn random_tower<B: Backend>(
+    args: &SmokeArgs,
+    device: &B::Device,
+) -> anyhow::Result<VisionTransformer<B>> {
+    let mlp_width = match args.mlp_width {
+        Some(m) => m,
+        None => args
+            .width
+            .checked_mul(4)
+            .ok_or_else(|| anyhow::anyhow!("--width {} is too large", args.width))?,
+    };
+    let cfg = VisionConfig::new()
+        .with_image_size(args.image_size)
+        .with_layers(args.layers)
+        .with_width(args.width)
+        .with_heads(args.heads)
+        .with_mlp_width(mlp_width)
+        .with_patch_size(args.patch_size)
+        .with_embed_dim(args.embed_dim);
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let tower = Tower {
+        params: vision_params(&cfg),
+        width: cfg.width,
+        heads: cfg.heads,
+        mlp_width: cfg.mlp_width,
+        grid: cfg.grid_size(),
+    };
+    check_memory(args, &tower)?;
+    B::seed(device, 2024);
+    let vit = cfg.init::<B>(device);
+    vit.visit(&mut Touch);
+    Ok(vit)
+}
+
+/// Runs the first and the `--repeat` timed forward passes on random images and prints the
+/// tap shapes, the embedding shape and the times.
+fn forward<B: Backend>(
+    args: &SmokeArgs,
+    device: &B::Device,
+    vit: &VisionTransformer<B>,
+) -> anyhow::Result<()> {
     let s = args.image_size;
     let images = Tensor::<B, 4>::random(
         [args.batch, 3, s, s],
@@ -287,12 +312,5 @@ fn smoke<B: Backend>(args: &SmokeArgs, device: &B::Device) -> anyhow::Result<Exi
             format!(", then {}", rest.join(", "))
         }
     );
-    if let (Some(w), Some(p)) = (peak_after_weights, peak_rss_bytes()) {
-        println!(
-            "peak memory (VmHWM): {} after weights, {} after forward",
-            mb(w),
-            mb(p)
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
