@@ -1,6 +1,5 @@
 //! UI tests of the app shell (egui_kittest, no window): backend and weights status, a real
 //! weights load through the background job, and a clear message for a bad file.
-use std::path::PathBuf;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -8,14 +7,11 @@ use mvfa_studio::app::commands::Command;
 use mvfa_studio::app::dispatch::Action;
 use mvfa_studio::app::panels::draw;
 use mvfa_studio::app::state::viewer::SideTab;
-use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
+use mvfa_studio::app::state::{AppState, WeightsStatus};
 use mvfa_studio::app::textures::Textures;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+use crate::support::app::cpu_state;
+use crate::support::tiny_clip_hf;
 
 fn wait_for_load(state: &mut AppState) {
     for _ in 0..2000 {
@@ -30,13 +26,7 @@ fn wait_for_load(state: &mut AppState) {
 
 #[test]
 fn shows_backend_device_and_weights_status() {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
+    let mut state = cpu_state(None);
     state.viewer.tab = SideTab::Model;
     let mut actions = Vec::new();
     let mut textures = Textures::default();
@@ -57,14 +47,8 @@ fn shows_backend_device_and_weights_status() {
 
 #[test]
 fn loads_weights_in_the_background_and_reports_them() {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
-    state.start_loading_weights(fixture("clip/hf/model.safetensors"), || {});
+    let mut state = cpu_state(None);
+    state.start_loading_weights(tiny_clip_hf(), || {});
     wait_for_load(&mut state);
     let WeightsStatus::Loaded(summary) = &state.weights else {
         panic!("expected a loaded status, got {:?}", state.weights);
@@ -76,7 +60,7 @@ fn loads_weights_in_the_background_and_reports_them() {
     );
     assert_eq!(
         state.persisted.weights_path.as_deref(),
-        Some(fixture("clip/hf/model.safetensors").as_path())
+        Some(tiny_clip_hf().as_path())
     );
     state.viewer.tab = SideTab::Model;
     let mut textures = Textures::default();
@@ -93,13 +77,7 @@ fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.safetensors");
     std::fs::write(&bad, b"this is not a safetensors file").unwrap();
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
+    let mut state = cpu_state(None);
     state.start_loading_weights(bad.clone(), || {});
     wait_for_load(&mut state);
     let WeightsStatus::Failed { path, message } = &state.weights else {
@@ -115,13 +93,7 @@ fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
 
 #[test]
 fn offline_download_says_to_choose_a_file() {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
+    let mut state = cpu_state(None);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
