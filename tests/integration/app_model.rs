@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use eframe::egui::{Key, Modifiers, vec2};
-use egui_kittest::Harness;
+use eframe::egui::{Key, Modifiers};
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::action::Action;
 use mvfa_studio::app::commands::Command;
@@ -15,43 +14,20 @@ use mvfa_studio::app::handlers::model::score_queue;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::model::ModelJobKind;
 use mvfa_studio::app::state::viewer::SideTab;
-use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
-use mvfa_studio::app::ui::StudioApp;
+use mvfa_studio::app::state::{AppState, WeightsStatus};
 use mvfa_studio::train::select::Verdict;
 use mvfa_studio::train::synthetic::generate;
 use mvfa_studio::workflow::maps::threshold_mask;
 use mvfa_studio::workflow::{Branch, MapLayer, layer_map};
 
-use crate::support::fixture_dir;
+use crate::support::app::{AppHarness, cpu_state, press, wait_until};
+use crate::support::images::write_grey;
+use crate::support::{self, tiny_clip_hf};
 
-type H = Harness<'static, StudioApp>;
+type H = AppHarness;
 
 fn harness() -> H {
-    let persisted = PersistedState {
-        force_cpu: true,
-        ..Default::default()
-    };
-    let app = StudioApp::with_state(AppState::new(persisted, None));
-    Harness::builder()
-        .with_size(vec2(1400.0, 900.0))
-        .build_ui_state(|ui, app: &mut StudioApp| app.frame(ui), app)
-}
-
-/// Steps frames until `done` holds (jobs run on threads), failing after `secs`.
-fn wait_until(h: &mut H, what: &str, secs: u64, done: impl Fn(&AppState) -> bool) {
-    let start = Instant::now();
-    loop {
-        h.step();
-        if done(&h.state().state) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}; log: {:?}",
-            h.state().state.log
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    support::app::harness(cpu_state(None), [1400.0, 900.0])
 }
 
 /// Synthetic 96 px images: `n0..n2` normal, `a0..a2` abnormal (masks in `masks/`), and
@@ -61,12 +37,7 @@ fn study(dir: &Path) -> PathBuf {
     let masks = dir.join("masks");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::create_dir_all(&masks).unwrap();
-    let save = |path: PathBuf, size: usize, pixels: &[u8]| {
-        image::GrayImage::from_raw(size as u32, size as u32, pixels.to_vec())
-            .unwrap()
-            .save(path)
-            .unwrap();
-    };
+    let save = |path: PathBuf, size: usize, pixels: &[u8]| write_grey(&path, size, size, pixels);
     for (i, img) in generate(1, 2, 96, false).iter().enumerate() {
         save(folder.join(format!("n{i}.png")), img.size, &img.pixels);
     }
@@ -99,11 +70,6 @@ fn show(h: &mut H, key: &ImageKey) {
     });
 }
 
-fn press(h: &mut H, modifiers: Modifiers, key: Key) {
-    h.key_press_modifiers(modifiers, key);
-    h.step();
-}
-
 fn idle_and_scored(s: &AppState, images: usize) -> bool {
     let m = &s.model;
     s.activity.model.is_none()
@@ -122,9 +88,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     // Weights load in the background into a session.
     h.state_mut()
         .pending
-        .push(Action::LoadWeightsFrom(fixture_dir(
-            "clip/hf/model.safetensors",
-        )));
+        .push(Action::LoadWeightsFrom(tiny_clip_hf()));
     h.step();
     wait_until(&mut h, "the weights", 60, |s| {
         matches!(s.weights, WeightsStatus::Loaded(_)) && s.activity.session
@@ -417,9 +381,7 @@ fn app_model_frame_times_while_training() {
     let mut h = harness();
     h.state_mut()
         .pending
-        .push(Action::LoadWeightsFrom(fixture_dir(
-            "clip/hf/model.safetensors",
-        )));
+        .push(Action::LoadWeightsFrom(tiny_clip_hf()));
     h.step();
     wait_until(&mut h, "the weights", 60, |s| s.activity.session);
     h.state_mut()

@@ -1,56 +1,34 @@
-//! The PACS window of the real app against a real Orthanc (skipped with a printed reason
-//! where Orthanc is not installed): search studies, list a study's series, retrieve a study or
+//! The PACS window of the real app against a real Orthanc (`#[ignore = "needs Orthanc"]`;
+//! run with `--ignored`, they fail where Orthanc is not installed): search studies, list a study's series, retrieve a study or
 //! one series into the study browser,
 //! send results back and find them on the server.
-use std::time::{Duration, Instant};
 
-use eframe::egui::vec2;
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::action::Action;
 use mvfa_studio::app::commands::Command;
 use mvfa_studio::app::state::pacs::PacsState;
 use mvfa_studio::app::state::{AppState, PersistedState};
-use mvfa_studio::app::ui::StudioApp;
 use mvfa_studio::pacs::{Level, Node, Query, connect};
 
 use dicom_dictionary_std::tags;
 
 use crate::pacs::{corpus, open, orthanc, text};
+use crate::support::{
+    self,
+    app::{AppHarness, cpu_state, harness},
+};
 
-type H = Harness<'static, StudioApp>;
-
-fn wait_until(h: &mut H, what: &str, done: impl Fn(&AppState) -> bool) {
-    let start = Instant::now();
-    while !done(&h.state().state) {
-        h.step();
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}: {}",
-            h.state().state.pacs.status
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_until(h: &mut AppHarness, what: &str, done: impl Fn(&AppState) -> bool) {
+    support::app::wait_until(h, what, 60, done)
 }
 
 /// The app with `node` as its only PACS node, retrieving under `dir/pacs`.
-fn app_with_node(node: &Node, dir: &std::path::Path) -> H {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
+fn app_with_node(node: &Node, dir: &std::path::Path) -> AppHarness {
+    let mut state = cpu_state(None);
     state.pacs = PacsState::load(None, dir.join("pacs"));
     state.pacs.node = Some(node.name.clone());
     state.pacs.settings.upsert(node.clone());
-    Harness::builder()
-        .with_size(vec2(1400.0, 900.0))
-        .build_ui_state(
-            |ui, app: &mut StudioApp| app.frame(ui),
-            StudioApp::with_state(state),
-        )
+    harness(state, [1400.0, 900.0])
 }
 
 #[test]
@@ -131,12 +109,7 @@ fn app_pacs_without_a_node_says_how_to_add_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut state = AppState::new(PersistedState::default(), None);
     state.pacs = PacsState::load(None, dir.path().join("pacs"));
-    let mut h: H = Harness::builder()
-        .with_size(vec2(1400.0, 900.0))
-        .build_ui_state(
-            |ui, app: &mut StudioApp| app.frame(ui),
-            StudioApp::with_state(state),
-        );
+    let mut h = harness(state, [1400.0, 900.0]);
     h.state_mut().pending.push(Action::PacsSearch);
     h.step();
     let status = h.state().state.pacs.status.clone();

@@ -6,28 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eframe::egui::vec2;
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::action::Action;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::project::{self, FileEntry, LabelEntry, ProjectFile, ViewEntry};
 use mvfa_studio::app::state::viewer::Viewer;
-use mvfa_studio::app::state::{AppState, PersistedState};
-use mvfa_studio::app::ui::{AUTOSAVE_SECONDS_VAR, StudioApp};
+use mvfa_studio::app::state::AppState;
+use mvfa_studio::app::ui::AUTOSAVE_SECONDS_VAR;
 use mvfa_studio::io::mask::{Mask, PixelRect};
 
-type H = Harness<'static, StudioApp>;
+use crate::support::app::{AppHarness as H, cpu_state};
 
 fn harness(autosave: Option<PathBuf>) -> H {
-    let persisted = PersistedState {
-        force_cpu: true,
-        ..Default::default()
-    };
-    let app = StudioApp::with_state(AppState::new(persisted, autosave));
-    Harness::builder()
-        .with_size(vec2(1280.0, 800.0))
-        .build_ui_state(|ui, app: &mut StudioApp| app.frame(ui), app)
+    crate::support::app::harness(cpu_state(autosave), [1280.0, 800.0])
 }
 
 /// Frame times of the frames stepped until `done` holds (failing after `limit`).

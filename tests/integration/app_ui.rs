@@ -1,6 +1,5 @@
 //! UI tests of the app shell (egui_kittest, no window): backend and weights status, a real
 //! weights load through the background job, and a clear message for a bad file.
-use std::path::PathBuf;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -8,25 +7,16 @@ use mvfa_studio::app::action::Action;
 use mvfa_studio::app::commands::Command;
 use mvfa_studio::app::panels::draw;
 use mvfa_studio::app::state::viewer::SideTab;
-use mvfa_studio::app::state::{AppState, PersistedState, WeightsStatus};
+use mvfa_studio::app::state::{AppState, WeightsStatus};
 use mvfa_studio::app::textures::Textures;
 use mvfa_studio::app::ui::StudioApp;
 
-fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
-}
+use crate::support::app::cpu_state;
+use crate::support::tiny_clip_hf;
 
 /// An app on the CPU with no window, loading `weights`.
-fn app_loading(weights: PathBuf) -> (StudioApp, eframe::egui::Context) {
-    let mut app = StudioApp::with_state(AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    ));
+fn app_loading(weights: std::path::PathBuf) -> (StudioApp, eframe::egui::Context) {
+    let mut app = StudioApp::with_state(cpu_state(None));
     let ctx = eframe::egui::Context::default();
     app.apply(Action::LoadWeightsFrom(weights), &ctx);
     (app, ctx)
@@ -45,13 +35,7 @@ fn wait_for_load(app: &mut StudioApp, ctx: &eframe::egui::Context) {
 
 #[test]
 fn shows_backend_device_and_weights_status() {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
+    let mut state = cpu_state(None);
     state.viewer.tab = SideTab::Model;
     let mut actions = Vec::new();
     let mut textures = Textures::default();
@@ -72,7 +56,7 @@ fn shows_backend_device_and_weights_status() {
 
 #[test]
 fn loads_weights_in_the_background_and_reports_them() {
-    let (mut app, ctx) = app_loading(fixture("clip/hf/model.safetensors"));
+    let (mut app, ctx) = app_loading(tiny_clip_hf());
     wait_for_load(&mut app, &ctx);
     let mut state = app.state;
     let WeightsStatus::Loaded(summary) = &state.weights else {
@@ -85,7 +69,7 @@ fn loads_weights_in_the_background_and_reports_them() {
     );
     assert_eq!(
         state.persisted.weights_path.as_deref(),
-        Some(fixture("clip/hf/model.safetensors").as_path())
+        Some(tiny_clip_hf().as_path())
     );
     state.viewer.tab = SideTab::Model;
     let mut textures = Textures::default();
@@ -118,13 +102,7 @@ fn a_bad_weights_file_gives_a_clear_message_not_a_panic() {
 
 #[test]
 fn offline_download_says_to_choose_a_file() {
-    let mut state = AppState::new(
-        PersistedState {
-            force_cpu: true,
-            ..Default::default()
-        },
-        None,
-    );
+    let mut state = cpu_state(None);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);

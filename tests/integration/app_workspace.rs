@@ -6,58 +6,41 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use eframe::egui::{self, Event, Key, Modifiers, PointerButton, Pos2, pos2, vec2};
-use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::action::Action;
+use mvfa_studio::app::state::AppState;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::viewer::Tool;
-use mvfa_studio::app::state::{AppState, PersistedState};
-use mvfa_studio::app::ui::StudioApp;
 
-use crate::support::fixture_dir;
+use crate::support::app::{AppHarness as H, cpu_state, press};
+use crate::support::images::png_folder;
+use crate::support::{self, fixture_dir};
 
 /// A point inside the viewer (between the browser and the right panel).
 const VIEWER: Pos2 = pos2(640.0, 430.0);
 
-fn app(autosave: Option<PathBuf>) -> StudioApp {
-    let persisted = PersistedState {
-        force_cpu: true,
-        ..Default::default()
-    };
-    StudioApp::with_state(AppState::new(persisted, autosave))
+fn app(autosave: Option<PathBuf>) -> AppState {
+    cpu_state(autosave)
 }
 
-fn harness(app: StudioApp) -> Harness<'static, StudioApp> {
-    Harness::builder()
-        .with_size(vec2(1280.0, 800.0))
-        .build_ui_state(|ui, app: &mut StudioApp| app.frame(ui), app)
+fn harness(state: AppState) -> H {
+    support::app::harness(state, [1280.0, 800.0])
 }
 
 /// Steps frames until `done` holds (jobs run on threads), failing after 20 s.
-fn wait_until(h: &mut Harness<'static, StudioApp>, what: &str, done: impl Fn(&AppState) -> bool) {
-    let start = Instant::now();
-    loop {
-        h.step();
-        if done(&h.state().state) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_until(h: &mut H, what: &str, done: impl Fn(&AppState) -> bool) {
+    support::app::wait_until(h, what, 20, done)
 }
 
 /// Opens `paths` and waits until the scan is over and the current image is decoded.
-fn open(h: &mut Harness<'static, StudioApp>, paths: Vec<PathBuf>) {
+fn open(h: &mut H, paths: Vec<PathBuf>) {
     h.state_mut().pending.push(Action::Open(paths));
     wait_until(h, "the scan and the first image", |s| {
         s.activity.scan.is_none() && s.current_stack().is_some()
     });
 }
 
-fn current(h: &Harness<'static, StudioApp>) -> ImageKey {
+fn current(h: &H) -> ImageKey {
     h.state()
         .state
         .viewer
@@ -66,13 +49,8 @@ fn current(h: &Harness<'static, StudioApp>) -> ImageKey {
         .expect("an image is shown")
 }
 
-fn press(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, key: Key) {
-    h.key_press_modifiers(modifiers, key);
-    h.step();
-}
-
 /// Presses `button` at the first point, moves through the others and releases at the last.
-fn pointer_path(h: &mut Harness<'static, StudioApp>, button: PointerButton, points: &[Pos2]) {
+fn pointer_path(h: &mut H, button: PointerButton, points: &[Pos2]) {
     let (Some(&first), Some(&last)) = (points.first(), points.last()) else {
         return;
     };
@@ -95,14 +73,14 @@ fn pointer_path(h: &mut Harness<'static, StudioApp>, button: PointerButton, poin
 }
 
 /// A drag with `button` from `from` to `to` in a few moves.
-fn drag(h: &mut Harness<'static, StudioApp>, button: PointerButton, from: Pos2, to: Pos2) {
+fn drag(h: &mut H, button: PointerButton, from: Pos2, to: Pos2) {
     let points: Vec<Pos2> = (0..=4)
         .map(|i| from + (to - from) * (i as f32 / 4.0))
         .collect();
     pointer_path(h, button, &points);
 }
 
-fn wheel(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, notches: f32) {
+fn wheel(h: &mut H, modifiers: Modifiers, notches: f32) {
     h.event(Event::PointerMoved(VIEWER));
     h.event(Event::MouseWheel {
         unit: egui::MouseWheelUnit::Line,
@@ -112,19 +90,6 @@ fn wheel(h: &mut Harness<'static, StudioApp>, modifiers: Modifiers, notches: f32
         modifiers,
     });
     h.step();
-}
-
-/// A folder of `n` 64 x 48 grey PNGs, each a different gradient.
-fn png_folder(dir: &Path, n: usize) -> PathBuf {
-    let folder = dir.join("pngs");
-    std::fs::create_dir_all(&folder).unwrap();
-    for i in 0..n {
-        let img = image::GrayImage::from_fn(64, 48, |x, y| {
-            image::Luma([((x + y) as u8).wrapping_mul(i as u8 + 1)])
-        });
-        img.save(folder.join(format!("img{i}.png"))).unwrap();
-    }
-    folder
 }
 
 #[test]
@@ -224,8 +189,7 @@ fn app_workspace_window_zoom_and_frame_scrolling_on_a_ct_series() {
 
     // Window: CT presets on the number keys, right drag, inversion.
     press(&mut h, Modifiers::NONE, Key::Num3);
-    let display =
-        |h: &Harness<'static, StudioApp>| h.state().state.display_for(&current(h).path).unwrap();
+    let display = |h: &H| h.state().state.display_for(&current(h).path).unwrap();
     assert_eq!(display(&h).window.label, "Lung");
     assert_eq!(
         (display(&h).window.center, display(&h).window.width),
@@ -292,7 +256,7 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
     press(&mut h, Modifiers::NONE, Key::N);
     press(&mut h, Modifiers::NONE, Key::ArrowDown);
     press(&mut h, Modifiers::NONE, Key::A);
-    let labels = |h: &Harness<'static, StudioApp>, i: usize| h.state().state.labels.label(&img(i));
+    let labels = |h: &H, i: usize| h.state().state.labels.label(&img(i));
     assert_eq!(
         (labels(&h, 0), labels(&h, 1)),
         (Some(Label::Normal), Some(Label::Abnormal))
@@ -596,11 +560,7 @@ fn summary(times: &[Duration]) -> String {
 }
 
 /// Times `frames` UI frames, each after `input` queued its events.
-fn time_frames(
-    h: &mut Harness<'static, StudioApp>,
-    frames: usize,
-    mut input: impl FnMut(&mut Harness<'static, StudioApp>, usize),
-) -> Vec<Duration> {
+fn time_frames(h: &mut H, frames: usize, mut input: impl FnMut(&mut H, usize)) -> Vec<Duration> {
     (0..frames)
         .map(|i| {
             input(h, i);
@@ -614,17 +574,12 @@ fn time_frames(
 /// Frame times of the viewer on the UI thread (windowing, texture creation, layout; not the
 /// GPU upload, which the test harness does not do): scrolling a 512 x 512 CT series and
 /// working on a 4096 x 4096 16-bit radiograph. A measurement, printed, not asserted: run with
-/// `cargo test --test integration app_workspace_frame_times -- --ignored --nocapture`.
+/// `cargo test --test integration app_workspace_corpus_frame_times -- --ignored --nocapture`.
 #[test]
 #[ignore = "needs the shared DICOM corpus (../shared/data/dicom); a measurement: run with --ignored --nocapture"]
-fn app_workspace_frame_times() {
-    let ct = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/dicom/pydicom/J2K_pixelrep_mismatch.dcm");
-    assert!(
-        ct.is_file(),
-        "needs the shared DICOM corpus (a 512 x 512 CT slice) beside the project: {}",
-        ct.display()
-    );
+fn app_workspace_corpus_frame_times() {
+    // A 512 x 512 CT slice.
+    let ct = support::corpus::file("pydicom/J2K_pixelrep_mismatch.dcm");
     let dir = tempfile::tempdir().unwrap();
     let series = dir.path().join("ct");
     std::fs::create_dir_all(&series).unwrap();
@@ -636,7 +591,7 @@ fn app_workspace_frame_times() {
     open(&mut h, vec![series]);
     wait_until(&mut h, "the series", |s| s.activity.load.is_none());
     assert_eq!(h.state().state.sequence().len(), slices);
-    let down = |h: &mut Harness<'static, StudioApp>, _| h.key_press(Key::ArrowDown);
+    let down = |h: &mut H, _| h.key_press(Key::ArrowDown);
     let first = time_frames(&mut h, slices - 1, down);
     press(&mut h, Modifiers::NONE, Key::Home);
     let again = time_frames(&mut h, slices - 1, down);
@@ -662,7 +617,7 @@ fn app_workspace_frame_times() {
         "4096x4096 16-bit radiograph: decoded and first shown in {:.0} ms",
         start.elapsed().as_secs_f64() * 1e3
     );
-    let drag_frames = |h: &mut Harness<'static, StudioApp>| {
+    let drag_frames = |h: &mut H| {
         h.event(Event::PointerMoved(VIEWER));
         h.event(Event::PointerButton {
             pos: VIEWER,
@@ -725,7 +680,7 @@ fn app_workspace_opens_dropped_files_and_remembers_them() {
 
     // The recent list reopens it in a new session.
     let persisted = h.state().state.persisted.clone();
-    let mut h = harness(StudioApp::with_state(AppState::new(persisted, None)));
+    let mut h = harness(AppState::new(persisted, None));
     h.state_mut()
         .pending
         .push(Action::OpenRecent(dropped.clone()));

@@ -7,11 +7,12 @@ use mvfa_studio::train::augment::{
 };
 use serde::Deserialize;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/augment");
+use crate::support::fixture_dir;
+
 const TOL: f32 = 1e-5;
 
 fn read_f32(name: &str) -> Vec<f32> {
-    let bytes = std::fs::read(format!("{DIR}/{name}")).expect("read fixture");
+    let bytes = std::fs::read(fixture_dir("augment").join(name)).expect("read fixture");
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -107,7 +108,7 @@ fn large_image(h: usize, w: usize) -> Planar {
 
 #[test]
 fn full_size_image_matches_torch_samples_and_sums() {
-    let text = std::fs::read_to_string(format!("{DIR}/meta.json")).unwrap();
+    let text = std::fs::read_to_string(fixture_dir("augment/meta.json")).unwrap();
     let meta: Meta = serde_json::from_str(&text).unwrap();
     let l = meta.large;
     let img = large_image(l.height, l.width);

@@ -2,7 +2,7 @@
 //! developer binary `mvfa-dev`) on the tiny random CLIP fixture (open_clip layout, 8 blocks of width 32, embed 16, loaded at 240 px) and synthetic
 //! images written as PNG files.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, NdArray};
@@ -19,42 +19,13 @@ use mvfa_studio::weights::clip::{LoadOptions, load_clip};
 use mvfa_studio::weights::detector::save_detector;
 use safetensors::SafeTensors;
 
+use crate::support::cli::{bin, csv_lines, dev_bin, no_temp_files, run};
+use crate::support::images::write_grey;
+use crate::support::tiny_clip as clip_fixture;
+
 type B = NdArray<f32>;
 
 const SIZE: usize = 240;
-
-pub(crate) fn clip_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/clip/open_clip/open_clip_model.safetensors")
-}
-
-pub(crate) fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"));
-    c.env("NO_COLOR", "1");
-    c
-}
-
-/// The developer binary (`bench`, `smoke`).
-pub(crate) fn dev_bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mvfa-dev"));
-    c.env("NO_COLOR", "1");
-    c
-}
-
-pub(crate) fn run(cmd: &mut Command) -> (Output, String, String) {
-    let out = cmd.output().expect("the binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out, stdout, stderr)
-}
-
-pub(crate) fn write_grey(path: &Path, width: usize, height: usize, pixels: &[u8]) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    image::GrayImage::from_raw(width as u32, height as u32, pixels.to_vec())
-        .unwrap()
-        .save(path)
-        .unwrap();
-}
 
 fn shot(img: &SyntheticImage) -> Shot {
     let grey: Vec<f32> = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
@@ -127,21 +98,6 @@ fn png_size(path: &Path) -> (u32, u32) {
     image::image_dimensions(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-pub(crate) fn csv_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-pub(crate) fn no_temp_files(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(!name.starts_with('.'), "temporary file left behind: {name}");
-    }
-}
-
 /// `score --clip <tiny CLIP> --checkpoint <ckpt> <input> --out <out>`.
 fn score_command(ckpt: &Path, input: &Path, out: &Path) -> Command {
     let mut c = bin();
@@ -161,8 +117,7 @@ fn score_writes_deidentified_secondary_captures_for_the_pacs() {
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("brain.safetensors");
     make_checkpoint(&ckpt, None);
-    let source =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_rescale_windows.dcm");
+    let source = crate::support::dicom_fixture("ct_rescale_windows.dcm");
     let out = tmp.path().join("out");
     let score = |out: &Path, extra: &[&str]| {
         let mut c = score_command(&ckpt, &source, out);

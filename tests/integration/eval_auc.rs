@@ -32,10 +32,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/eval/auc_cases.json"
-    );
+    let path = crate::support::fixture_dir("eval/auc_cases.json");
     let text = std::fs::read_to_string(path).expect("read auc fixture");
     serde_json::from_str(&text).expect("parse auc fixture")
 }

@@ -22,16 +22,17 @@ use mvfa_studio::workflow::{
 };
 use safetensors::SafeTensors;
 
-use crate::cli_commands::{clip_fixture, csv_lines, make_checkpoint, no_temp_files, write_inputs};
+use crate::cli_commands::{make_checkpoint, write_inputs};
 use crate::io_export::{NOT_IN_TABLE, PROFILE_TABLE};
+use crate::support::cli::{csv_lines, no_temp_files};
 use crate::support::fixture_dir;
+use crate::support::tiny_clip as clip_fixture;
 
 type B = NdArray<f32>;
 
 /// The DICOM fixture with patient and study attributes added, at `path`.
 fn patient_dicom(path: &Path) {
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_rescale_windows.dcm");
+    let fixture = crate::support::dicom_fixture("ct_rescale_windows.dcm");
     let mut obj = dicom_object::open_file(&fixture).unwrap();
     let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
     for e in [
@@ -245,8 +246,7 @@ const SERIES_2: &str = "1.2.826.0.1.3680043.8.498.77.2.1";
 
 /// The CT fixture as an instance of another patient, study, series and SOP instance.
 fn study_dicom(path: &Path, study: &str, series: &str, sop: &str, name: &str, id: &str) {
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/ct_rescale_windows.dcm");
+    let fixture = crate::support::dicom_fixture("ct_rescale_windows.dcm");
     let mut obj = dicom_object::open_file(&fixture).unwrap();
     let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
     for e in [

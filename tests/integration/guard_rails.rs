@@ -6,9 +6,9 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::cli_commands::{
-    bin, clip_fixture, csv_lines, dev_bin, make_checkpoint, no_temp_files, run, write_inputs,
-};
+use crate::cli_commands::{make_checkpoint, write_inputs};
+use crate::support::cli::{bin, csv_lines, dev_bin, no_temp_files, run};
+use crate::support::tiny_clip as clip_fixture;
 
 fn args<'a>(list: &'a [&'a OsStr]) -> impl Iterator<Item = &'a OsStr> {
     list.iter().copied()

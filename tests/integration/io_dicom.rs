@@ -1,26 +1,15 @@
 //! DICOM loader, windowing and study scan on the committed synthetic fixtures
 //! (tests/fixtures/dicom, written by tools/make_dicom_fixtures.py). Every expected pixel value
 //! is the formula the fixture was written with, independent of any decoder.
-use crate::support;
+use crate::support::{corpus, dicom_fixture};
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mvfa_studio::io::dicom::{
     DicomErrorKind, inspect_dicom, load_dicom, load_dicom_bytes, looks_like_dicom,
 };
 use mvfa_studio::io::image::{Channels, Frame, VoiFunction, Window};
 use mvfa_studio::io::study::{ScanProgress, scan_dicomdir, scan_folder, scan_paths};
-
-fn fixture(name: &str) -> PathBuf {
-    support::fixture_dir("dicom").join(name)
-}
-
-fn corpus(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/dicom")
-        .join(rel);
-    p.exists().then_some(p)
-}
 
 fn window(center: f64, width: f64, function: VoiFunction) -> Window {
     Window {
@@ -40,7 +29,7 @@ fn ct_modality_lut_masking_windows_and_geometry() {
         "ct_rescale_windows_implicit.dcm",
         "ct_rescale_windows_bigendian.dcm",
     ] {
-        let s = load_dicom(&fixture(name)).unwrap();
+        let s = load_dicom(&dicom_fixture(name)).unwrap();
         assert_eq!(s.frames.len(), 1, "{name}");
         let f = &s.frames[0];
         assert_eq!(
@@ -81,7 +70,7 @@ fn ct_modality_lut_masking_windows_and_geometry() {
 
 #[test]
 fn monochrome1_is_flagged_and_sigmoid_voi_is_read() {
-    let s = load_dicom(&fixture("cr_mono1_sigmoid.dcm")).unwrap();
+    let s = load_dicom(&dicom_fixture("cr_mono1_sigmoid.dcm")).unwrap();
     assert!(s.invert);
     let f = &s.frames[0];
     assert_eq!((f.width, f.height), (16, 4));
@@ -100,7 +89,7 @@ fn monochrome1_is_flagged_and_sigmoid_voi_is_read() {
 
 #[test]
 fn colour_planar_ybr_and_palette_become_rgb() {
-    let rgb = load_dicom(&fixture("rgb_planar.dcm")).unwrap();
+    let rgb = load_dicom(&dicom_fixture("rgb_planar.dcm")).unwrap();
     let f = &rgb.frames[0];
     assert_eq!((f.width, f.height, f.channels), (4, 3, Channels::Rgb));
     for r in 0..3 {
@@ -118,7 +107,7 @@ fn colour_planar_ybr_and_palette_become_rgb() {
     assert_eq!(shown, f.data.iter().map(|&v| v as u8).collect::<Vec<_>>());
 
     for name in ["ybr_full.dcm", "ybr_full_422.dcm"] {
-        let s = load_dicom(&fixture(name)).unwrap();
+        let s = load_dicom(&dicom_fixture(name)).unwrap();
         let f = &s.frames[0];
         assert_eq!(f.channels, Channels::Rgb, "{name}");
         for r in 0..3 {
@@ -130,7 +119,7 @@ fn colour_planar_ybr_and_palette_become_rgb() {
         }
     }
 
-    let p = load_dicom(&fixture("palette.dcm")).unwrap();
+    let p = load_dicom(&dicom_fixture("palette.dcm")).unwrap();
     let f = &p.frames[0];
     let lut = [
         [0.0, 0.0, 255.0],
@@ -148,7 +137,7 @@ fn colour_planar_ybr_and_palette_become_rgb() {
 
 #[test]
 fn enhanced_multiframe_per_frame_rescale_positions_and_frame_voi() {
-    let s = load_dicom(&fixture("enhanced_multiframe.dcm")).unwrap();
+    let s = load_dicom(&dicom_fixture("enhanced_multiframe.dcm")).unwrap();
     assert_eq!(s.frames.len(), 3);
     for (k, f) in s.frames.iter().enumerate() {
         assert_eq!((f.width, f.height), (5, 4));
@@ -190,7 +179,7 @@ fn compressed_multiframe_rle_jpegls_j2k_are_lossless() {
         "multiframe_jpegls.dcm",
         "multiframe_j2k.dcm",
     ] {
-        let s = load_dicom(&fixture(name)).unwrap();
+        let s = load_dicom(&dicom_fixture(name)).unwrap();
         assert_eq!(s.frames.len(), 2, "{name}");
         for (k, f) in s.frames.iter().enumerate() {
             assert_eq!((f.width, f.height), (32, 32), "{name}");
@@ -209,7 +198,7 @@ fn compressed_multiframe_rle_jpegls_j2k_are_lossless() {
 
 #[test]
 fn errors_name_the_file_and_the_problem() {
-    let p = fixture("mpeg2.dcm");
+    let p = dicom_fixture("mpeg2.dcm");
     let e = load_dicom(&p).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::UnsupportedTransferSyntax);
     assert_eq!(
@@ -223,7 +212,7 @@ fn errors_name_the_file_and_the_problem() {
     let sum = inspect_dicom(&p).unwrap();
     assert_eq!(sum.transfer_syntax_uid, "1.2.840.10008.1.2.4.100");
 
-    let p = fixture("truncated.dcm");
+    let p = dicom_fixture("truncated.dcm");
     let e = load_dicom(&p).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::Truncated);
     assert_eq!(
@@ -234,7 +223,7 @@ fn errors_name_the_file_and_the_problem() {
         )
     );
 
-    let p = fixture("not_dicom.txt");
+    let p = dicom_fixture("not_dicom.txt");
     let e = load_dicom(&p).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::NotDicom);
     assert!(e.to_string().starts_with(&format!(
@@ -243,19 +232,19 @@ fn errors_name_the_file_and_the_problem() {
     )));
     assert!(!looks_like_dicom(&p));
 
-    let p = fixture("dicomdir_set/DICOMDIR");
+    let p = dicom_fixture("dicomdir_set/DICOMDIR");
     let e = load_dicom(&p).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::NoPixelData);
     assert!(e.message.contains("Media Storage Directory"), "{e}");
 
-    let e = load_dicom(&fixture("no_such_file.dcm")).unwrap_err();
+    let e = load_dicom(&dicom_fixture("no_such_file.dcm")).unwrap_err();
     assert_eq!(e.kind, DicomErrorKind::Io);
 }
 
 #[test]
 fn absurd_sizes_are_refused_before_allocating() {
     // Rows = Columns = 65535 and NumberOfFrames = 2^31-ish: far beyond the sample limit.
-    let mut bytes = std::fs::read(fixture("ct_rescale_windows.dcm")).unwrap();
+    let mut bytes = std::fs::read(dicom_fixture("ct_rescale_windows.dcm")).unwrap();
     let patch = |bytes: &mut Vec<u8>, tag: [u8; 4], vr: &[u8; 2], value: &[u8]| {
         let pos = bytes
             .windows(6)
@@ -272,14 +261,14 @@ fn absurd_sizes_are_refused_before_allocating() {
 
 #[test]
 fn summary_reads_header_facts() {
-    let s = inspect_dicom(&fixture("enhanced_multiframe.dcm")).unwrap();
+    let s = inspect_dicom(&dicom_fixture("enhanced_multiframe.dcm")).unwrap();
     assert_eq!(s.modality.as_deref(), Some("CT"));
     assert_eq!(s.transfer_syntax_name, "Explicit VR Little Endian");
     assert_eq!((s.rows, s.columns, s.frames), (Some(4), Some(5), Some(3)));
     assert_eq!(s.sop_class_name, "Enhanced CT Image Storage");
     assert_eq!(s.image_position, Some([0.0, 0.0, 0.0]));
     assert!(s.has_image() && !s.is_dicomdir);
-    let d = inspect_dicom(&fixture("dicomdir_set/DICOMDIR")).unwrap();
+    let d = inspect_dicom(&dicom_fixture("dicomdir_set/DICOMDIR")).unwrap();
     assert!(d.is_dicomdir && !d.has_image());
 }
 
@@ -346,7 +335,7 @@ fn frames_render_to_display_images() {
         rgb.to_display_image(&w, false).as_rgb8().unwrap().as_raw(),
         &vec![10, 20, 30]
     );
-    let s = load_dicom(&fixture("ct_rescale_windows.dcm")).unwrap();
+    let s = load_dicom(&dicom_fixture("ct_rescale_windows.dcm")).unwrap();
     let shown = s.display_frame(0, s.default_window().unwrap()).unwrap();
     assert_eq!((shown.width(), shown.height()), (8, 6));
     assert!(s.display_frame(1, &s.windows[0]).is_none());
@@ -359,7 +348,7 @@ fn no_progress(_: &ScanProgress) -> ControlFlow<()> {
 #[test]
 fn folder_scan_groups_orders_and_reports() {
     let mut reports = Vec::new();
-    let scan = scan_folder(&fixture("study_folder"), &mut |p| {
+    let scan = scan_folder(&dicom_fixture("study_folder"), &mut |p| {
         reports.push(p.clone());
         ControlFlow::Continue(())
     });
@@ -411,7 +400,7 @@ fn folder_scan_groups_orders_and_reports() {
 
 #[test]
 fn scan_can_be_cancelled() {
-    let scan = scan_folder(&fixture("study_folder"), &mut |p| {
+    let scan = scan_folder(&dicom_fixture("study_folder"), &mut |p| {
         if p.done == 2 {
             ControlFlow::Break(())
         } else {
@@ -424,7 +413,7 @@ fn scan_can_be_cancelled() {
 
 #[test]
 fn dicomdir_scan_matches_the_folder_scan() {
-    let scan = scan_dicomdir(&fixture("dicomdir_set/DICOMDIR"), &mut no_progress).unwrap();
+    let scan = scan_dicomdir(&dicom_fixture("dicomdir_set/DICOMDIR"), &mut no_progress).unwrap();
     assert!(scan.errors.is_empty(), "{:?}", scan.errors);
     assert_eq!(
         (
@@ -435,22 +424,20 @@ fn dicomdir_scan_matches_the_folder_scan() {
         (2, 3, 6)
     );
     // Given on a path list, a DICOMDIR is followed too; a folder holding it counts it apart.
-    let listed = scan_paths(&[fixture("dicomdir_set/DICOMDIR")], &mut no_progress);
+    let listed = scan_paths(&[dicom_fixture("dicomdir_set/DICOMDIR")], &mut no_progress);
     assert_eq!(listed.instance_count(), 6);
-    let walked = scan_folder(&fixture("dicomdir_set"), &mut no_progress);
+    let walked = scan_folder(&dicom_fixture("dicomdir_set"), &mut no_progress);
     assert_eq!((walked.instance_count(), walked.dicomdir_files), (6, 1));
 }
 
 #[test]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
 fn corpus_dicomdir_resolves_its_files() {
-    let Some(dd) = corpus("pydicom/dicomdirtests/DICOMDIR") else {
-        eprintln!("skipped: DICOM corpus not found beside the project");
-        return;
-    };
+    let dd = corpus::file("pydicom/dicomdirtests/DICOMDIR");
     let scan = scan_dicomdir(&dd, &mut no_progress).unwrap();
     assert!(scan.errors.is_empty(), "{:?}", scan.errors);
     // 3 patients: CR (3 images), CT (4 + 2 + 5), MR (3 + 7 + 7): 31 instances.
     assert_eq!(scan.instance_count(), 31);
-    let mr = load_dicom(&corpus("pydicom/MR_small.dcm").unwrap()).unwrap();
+    let mr = load_dicom(&corpus::file("pydicom/MR_small.dcm")).unwrap();
     assert_eq!(mr.frames[0].width, 64);
 }

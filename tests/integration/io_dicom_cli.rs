@@ -1,32 +1,21 @@
-//! `mvfa-studio inspect` end to end: the built binary on fixture files (and corpus files when
-//! the corpus is present).
-use crate::support;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! `mvfa-studio inspect` end to end: the built binary on fixture files (and on corpus files,
+//! where the shared corpus is present: `corpus_files`, ignored by default).
+use std::path::Path;
 
-fn fixture(name: &str) -> PathBuf {
-    support::fixture_dir("dicom").join(name)
-}
+use crate::support::cli::{bin, run};
+use crate::support::{corpus, dicom_fixture};
 
 fn inspect(args: &[&Path], extra: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"))
-        .arg("inspect")
-        .args(extra)
-        .args(args)
-        .output()
-        .expect("run mvfa-studio");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (out, stdout, _) = run(bin().arg("inspect").args(extra).args(args));
+    (out.status.code().unwrap_or(-1), stdout)
 }
 
 #[test]
 fn one_line_per_file_and_a_summary() {
-    let ct = fixture("ct_rescale_windows.dcm");
-    let mf = fixture("multiframe_j2k.dcm");
-    let mpeg = fixture("mpeg2.dcm");
-    let txt = fixture("not_dicom.txt");
+    let ct = dicom_fixture("ct_rescale_windows.dcm");
+    let mf = dicom_fixture("multiframe_j2k.dcm");
+    let mpeg = dicom_fixture("mpeg2.dcm");
+    let txt = dicom_fixture("not_dicom.txt");
     let (code, out) = inspect(&[&ct, &mf, &mpeg, &txt], &[]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -68,7 +57,7 @@ fn one_line_per_file_and_a_summary() {
 
 #[test]
 fn folders_are_scanned_and_non_dicom_files_counted_silently() {
-    let (code, out) = inspect(&[&fixture("study_folder")], &[]);
+    let (code, out) = inspect(&[&dicom_fixture("study_folder")], &[]);
     assert_eq!(code, 1, "broken.dcm is an error");
     assert!(
         !out.contains("README.txt"),
@@ -84,12 +73,9 @@ fn folders_are_scanned_and_non_dicom_files_counted_silently() {
 }
 
 #[test]
-fn corpus_files_when_present() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dicom");
-    if !dir.join("MANIFEST.csv").is_file() {
-        eprintln!("skipped: DICOM corpus not found beside the project");
-        return;
-    }
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
+fn corpus_files() {
+    let dir = corpus::dir();
     let mr = dir.join("pydicom/MR_small_RLE.dcm");
     let sr = dir.join("pydicom/test-SR.dcm");
     let trunc = dir.join("malformed/pydicom__MR_truncated.dcm");
@@ -118,7 +104,7 @@ fn corpus_files_when_present() {
 
 #[test]
 fn tolerated_problems_are_shown_as_warnings() {
-    let (code, out) = inspect(&[&fixture("trailing_truncated_element.dcm")], &[]);
+    let (code, out) = inspect(&[&dicom_fixture("trailing_truncated_element.dcm")], &[]);
     assert_eq!(code, 0, "{out}");
     let line = out.lines().next().unwrap_or_default();
     assert!(

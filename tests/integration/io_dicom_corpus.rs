@@ -1,9 +1,10 @@
-//! Conformance of the DICOM loader against the shared corpus (`../shared/data/dicom`, skipped
-//! when absent) and a deterministic mutation test (truncations and byte corruptions of
-//! corpus files and of the committed synthetic fixtures) that must never panic or hang.
+//! Conformance of the DICOM loader against the shared corpus (`../shared/data/dicom`; those
+//! tests are ignored by default and fail where the corpus is absent) and a deterministic
+//! mutation test (truncations and byte corruptions of the committed synthetic fixtures and,
+//! with the corpus, of corpus files) that must never panic or hang.
 //!
-//! Run with `cargo test --test io_dicom_corpus -- --nocapture` to see the pass table by
-//! transfer syntax (decoded / clear error / failed).
+//! Run with `cargo test --test integration io_dicom_corpus -- --include-ignored --nocapture`
+//! to see the pass table by transfer syntax (decoded / clear error / failed).
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -12,13 +13,10 @@ use std::time::Duration;
 use mvfa_studio::io::dicom::{DicomError, DicomErrorKind, load_dicom, load_dicom_bytes};
 use mvfa_studio::io::image::{Channels, ImageStack};
 
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/dicom");
-    dir.join("MANIFEST.csv").is_file().then_some(dir)
-}
+use crate::support::{self, corpus};
 
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom")
+    support::fixture_dir("dicom")
 }
 
 /// Minimal RFC 4180 reader (quoted fields with doubled quotes, commas and newlines inside).
@@ -191,11 +189,9 @@ struct Tally {
 }
 
 #[test]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
 fn corpus_conformance() {
-    let Some(dir) = corpus_dir() else {
-        eprintln!("skipped: DICOM corpus not found beside the project");
-        return;
-    };
+    let dir = corpus::dir();
     let manifest = read_table(&dir.join("MANIFEST.csv"));
     let reference: HashMap<String, HashMap<String, String>> =
         read_table(&fixtures_dir().join("reference_stats.csv"))
@@ -345,11 +341,9 @@ fn corpus_conformance() {
 
 /// Lossless encodings of the same image must decode to identical pixels.
 #[test]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
 fn corpus_same_image_in_every_lossless_encoding() {
-    let Some(dir) = corpus_dir() else {
-        eprintln!("skipped: DICOM corpus not found beside the project");
-        return;
-    };
+    let dir = corpus::dir();
     let groups: [&[&str]; 2] = [
         &[
             "pydicom/MR_small.dcm",
@@ -382,11 +376,9 @@ fn corpus_same_image_in_every_lossless_encoding() {
 
 /// Display-pipeline facts the corpus can check: MONOCHROME1 inversion and window presets.
 #[test]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
 fn corpus_display_attributes() {
-    let Some(dir) = corpus_dir() else {
-        eprintln!("skipped: DICOM corpus not found beside the project");
-        return;
-    };
+    let dir = corpus::dir();
     let cr = load_dicom(&dir.join("pydicom/dicomdirtests/77654033/CR1/6154")).unwrap();
     assert!(cr.invert, "CR MONOCHROME1 must be flagged for inversion");
     let ct = load_dicom(&dir.join("pydicom/CT_small.dcm")).unwrap();
@@ -492,10 +484,10 @@ fn mutations(
     out
 }
 
+/// The committed synthetic fixtures, mutated.
 #[test]
 fn mutated_files_never_panic_or_hang() {
     let mut inputs: Vec<(PathBuf, usize, usize)> = Vec::new();
-    // Synthetic fixtures: always present.
     for name in [
         "ct_rescale_windows.dcm",
         "ct_rescale_windows_implicit.dcm",
@@ -514,31 +506,44 @@ fn mutated_files_never_panic_or_hang() {
     ] {
         inputs.push((fixtures_dir().join(name), 24, 60));
     }
-    if let Some(dir) = corpus_dir() {
-        for name in [
-            "pydicom/MR_small.dcm",
-            "pydicom/MR_small_bigendian.dcm",
-            "pydicom/MR_small_RLE.dcm",
-            "pydicom/MR_small_jp2klossless.dcm",
-            "pydicom/MR_small_jpeg_ls_lossless.dcm",
-            "pydicom/JPGExtended.dcm",
-            "pydicom/JPEG2000.dcm",
-            "pydicom/SC_jpeg_no_color_transform.dcm",
-            "pydicom/image_dfl.dcm",
-            "pydicom/rtdose.dcm",
-            "pydicom/test-SR.dcm",
-            "pydicom/ExplVR_BigEnd.dcm",
-            "pydicom/zipMR.gz",
-            "pydicom/liver_1frame.dcm",
-            "pydicom-data/emri_small_RLE.dcm",
-            "pydicom/dicomdirtests/DICOMDIR",
-        ] {
-            inputs.push((dir.join(name), 16, 40));
-        }
-    } else {
-        eprintln!("corpus not found: mutating the synthetic fixtures only");
-    }
+    check_mutations(&inputs, 0);
+}
 
+/// Files of the shared corpus (other encoders, real-world quirks), mutated.
+#[test]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
+fn corpus_mutated_files_never_panic_or_hang() {
+    let dir = corpus::dir();
+    let mut inputs: Vec<(PathBuf, usize, usize)> = Vec::new();
+    for name in [
+        "pydicom/MR_small.dcm",
+        "pydicom/MR_small_bigendian.dcm",
+        "pydicom/MR_small_RLE.dcm",
+        "pydicom/MR_small_jp2klossless.dcm",
+        "pydicom/MR_small_jpeg_ls_lossless.dcm",
+        "pydicom/JPGExtended.dcm",
+        "pydicom/JPEG2000.dcm",
+        "pydicom/SC_jpeg_no_color_transform.dcm",
+        "pydicom/image_dfl.dcm",
+        "pydicom/rtdose.dcm",
+        "pydicom/test-SR.dcm",
+        "pydicom/ExplVR_BigEnd.dcm",
+        "pydicom/zipMR.gz",
+        "pydicom/liver_1frame.dcm",
+        "pydicom-data/emri_small_RLE.dcm",
+        "pydicom/dicomdirtests/DICOMDIR",
+    ] {
+        inputs.push((dir.join(name), 16, 40));
+    }
+    // The seeds these files had when one test mutated the fixtures and then them.
+    check_mutations(&inputs, 14);
+}
+
+/// Loads `truncations` truncated and `corruptions` corrupted copies of each file: every
+/// load must end within 10 s, without a panic escaping, in an image or in an error that
+/// names the file and the problem.
+/// File `i` of `inputs` is mutated from seed `0x5EED_0000 + first_seed + i`.
+fn check_mutations(inputs: &[(PathBuf, usize, usize)], first_seed: u64) {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut panic_examples = Vec::new();
@@ -547,7 +552,7 @@ fn mutated_files_never_panic_or_hang() {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for (what, data) in mutations(
             &bytes,
-            0x5EED_0000 + seed as u64,
+            0x5EED_0000 + first_seed + seed as u64,
             *truncations,
             *corruptions,
         ) {

@@ -26,6 +26,7 @@ use mvfa_studio::pacs::{
 };
 use mvfa_studio::workflow::{DicomExport, results_sr_name};
 
+use crate::support::cli::{bin, run};
 use crate::support::fixture_dir;
 
 const ORTHANC: &str = "/usr/sbin/Orthanc";
@@ -401,7 +402,7 @@ pub(crate) fn orthanc(what: &str) -> Orthanc {
     started(what, Orthanc::start())
 }
 
-fn started(what: &str, started: Result<Orthanc, String>) -> Orthanc {
+pub(crate) fn started(what: &str, started: Result<Orthanc, String>) -> Orthanc {
     started.unwrap_or_else(|reason| {
         panic!("{what} {NEEDS_ORTHANC} (Debian orthanc, orthanc-dicomweb): {reason}")
     })
@@ -525,13 +526,9 @@ fn orthanc_dicomweb_store_find_get_byte_identical_and_send_back() {
 }
 
 fn cli(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"))
+    let (out, stdout, stderr) = run(bin()
         .args(args)
-        .env("MVFA_TEST_PACS_PASSWORD", "pw-that-must-not-leak")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        .env("MVFA_TEST_PACS_PASSWORD", "pw-that-must-not-leak"));
     assert!(
         !stdout.contains("pw-that-must-not-leak") && !stderr.contains("pw-that-must-not-leak"),
         "credential printed"

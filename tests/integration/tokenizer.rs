@@ -56,10 +56,7 @@ struct Fixture {
 }
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tokenizer/tokenizer_cases.json"
-    );
+    let path = crate::support::fixture_dir("tokenizer/tokenizer_cases.json");
     let text = std::fs::read_to_string(path).expect("tokenizer fixture present");
     serde_json::from_str(&text).expect("tokenizer fixture parses")
 });

@@ -2,11 +2,11 @@
 //! std `TcpListener` thread answering like the Hugging Face hub (`/resolve/` with
 //! `X-Repo-Commit`, an LFS file redirected to a "CDN" path with `X-Linked-Etag`, byte ranges).
 //! No test touches the network.
+use crate::support::cli::bin;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -472,17 +472,9 @@ fn a_fallback_revision_is_tried_when_main_lacks_the_weights() {
 }
 
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mvfa-studio"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env_remove("HF_ENDPOINT")
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (out, stdout, stderr) =
+        crate::support::cli::run(bin().args(args).env_remove("HF_ENDPOINT"));
+    (out.status.code(), stdout, stderr)
 }
 
 #[test]

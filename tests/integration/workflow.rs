@@ -1,44 +1,31 @@
 //! The workflow layer end to end on the tiny random CLIP fixture: shots from plain folders,
 //! a seeded fit that is reproducible bit for bit, a checkpoint round trip, and scoring.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use burn::backend::NdArray;
 use mvfa_studio::model::mvfa::detector::TaskKind;
-use mvfa_studio::train::synthetic::{SyntheticImage, generate};
+use mvfa_studio::train::synthetic::generate;
 use mvfa_studio::workflow::{
     Backbone, CollectedShots, FitRequest, FitResult, Schedule, ShotSource, WorkflowError,
     checkpoint_meta, collect_shots, fit_detector, open_detector, save_detector, score_file,
 };
 
-use crate::support;
+use crate::support::images::write_synthetic;
+use crate::support::tiny_clip as clip_fixture;
 
 type B = NdArray<f32>;
 
-fn clip_fixture() -> PathBuf {
-    support::fixture_dir("clip/open_clip/open_clip_model.safetensors")
-}
-
-fn write_png(path: &Path, img: &SyntheticImage, mask: bool) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let pixels = if mask { &img.mask } else { &img.pixels };
-    image::GrayImage::from_raw(img.size as u32, img.size as u32, pixels.clone())
-        .unwrap()
-        .save(path)
-        .unwrap();
-}
-
-/// `normal/` (2), `abnormal/` (2) with `masks/`, and `held_out/` (2) synthetic images.
 fn plain_folders(root: &Path) {
     for (i, img) in generate(1, 2, 96, false).iter().enumerate() {
-        write_png(&root.join(format!("normal/n{i}.png")), img, false);
+        write_synthetic(&root.join(format!("normal/n{i}.png")), img, false);
     }
     for (i, img) in generate(2, 2, 96, true).iter().enumerate() {
-        write_png(&root.join(format!("abnormal/a{i}.png")), img, false);
-        write_png(&root.join(format!("masks/a{i}.png")), img, true);
+        write_synthetic(&root.join(format!("abnormal/a{i}.png")), img, false);
+        write_synthetic(&root.join(format!("masks/a{i}.png")), img, true);
     }
     for (i, img) in generate(3, 2, 96, false).iter().enumerate() {
-        write_png(&root.join(format!("held_out/h{i}.png")), img, false);
+        write_synthetic(&root.join(format!("held_out/h{i}.png")), img, false);
     }
 }
 
