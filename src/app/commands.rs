@@ -88,6 +88,9 @@ commands! {
     MarkAbnormal = "Mark abnormal", Label, key(Key::A);
     /// Remove the label (and mask) of the current or selected images
     ClearLabel = "Clear label", Label, key(Key::Backspace);
+    /// Go to the next image of the series or folder that has no label yet (after the current
+    /// one, wrapping around), to label a series slice by slice.
+    NextUnlabelled = "Next unlabelled image", Label, key(Key::U);
     /// Next frame or slice of the series (also Shift+wheel)
     NextFrame = "Next frame", View, key(Key::ArrowDown);
     /// Previous frame or slice of the series (also Shift+wheel)

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::kittest::Queryable;
 use mvfa_studio::app::action::Action;
+use mvfa_studio::app::state::AppState;
 use mvfa_studio::app::state::labels::{ImageKey, Label};
 use mvfa_studio::app::state::project::{self, FileEntry, LabelEntry, ProjectFile, ViewEntry};
 use mvfa_studio::app::state::viewer::Viewer;
-use mvfa_studio::app::state::AppState;
 use mvfa_studio::app::ui::AUTOSAVE_SECONDS_VAR;
 use mvfa_studio::io::mask::{Mask, PixelRect};
 

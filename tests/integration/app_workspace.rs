@@ -426,6 +426,36 @@ fn app_workspace_labels_masks_undo_redo_save_and_reopen() {
 }
 
 #[test]
+fn app_workspace_next_unlabelled_skips_labelled_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let pngs = png_folder(dir.path(), 4);
+    let img = |i: usize| ImageKey {
+        path: pngs.join(format!("img{i}.png")),
+        frame: 0,
+    };
+    let mut h = harness(app(None));
+    open(&mut h, vec![pngs.clone()]);
+    press(&mut h, Modifiers::NONE, Key::N);
+    press(&mut h, Modifiers::NONE, Key::ArrowDown);
+    press(&mut h, Modifiers::NONE, Key::A);
+    press(&mut h, Modifiers::NONE, Key::Home);
+    // U skips the two labelled images.
+    press(&mut h, Modifiers::NONE, Key::U);
+    assert_eq!(current(&h), img(2));
+    press(&mut h, Modifiers::NONE, Key::N);
+    press(&mut h, Modifiers::NONE, Key::U);
+    assert_eq!(current(&h), img(3));
+    press(&mut h, Modifiers::NONE, Key::N);
+    // Every image labelled: it stays and says so.
+    press(&mut h, Modifiers::NONE, Key::U);
+    assert_eq!(current(&h), img(3));
+    assert_eq!(
+        h.state().state.log.last().map(String::as_str),
+        Some("Every image of this series is labelled")
+    );
+}
+
+#[test]
 fn app_workspace_recovers_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let pngs = png_folder(dir.path(), 2);

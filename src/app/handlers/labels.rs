@@ -18,6 +18,7 @@ pub fn run(state: &mut AppState, jobs: &mut Jobs, command: Command, ctx: &egui::
         Command::MarkNormal => set_label(state, Some(Label::Normal)),
         Command::MarkAbnormal => set_label(state, Some(Label::Abnormal)),
         Command::ClearLabel => set_label(state, None),
+        Command::NextUnlabelled => next_unlabelled(state, jobs, ctx),
         Command::Undo => {
             let message = state.labels.undo();
             state
@@ -60,6 +61,27 @@ pub fn apply(state: &mut AppState, jobs: &mut Jobs, action: &Action, ctx: &egui:
         _ => return false,
     }
     true
+}
+
+/// Shows the first unlabelled frame after the current one in its series (wrapping around).
+fn next_unlabelled(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    let sequence = state.sequence();
+    let at = state
+        .viewer
+        .current
+        .as_ref()
+        .and_then(|c| sequence.iter().position(|k| k == c))
+        .unwrap_or(0);
+    let next = (1..=sequence.len())
+        .map(|d| &sequence[(at + d) % sequence.len()])
+        .find(|k| state.labels.label(k).is_none())
+        .cloned();
+    match next {
+        Some(key) => super::files::show(state, jobs, key, ctx),
+        None => state
+            .log
+            .push("Every image of this series is labelled".into()),
+    }
 }
 
 fn set_label(state: &mut AppState, label: Option<Label>) {
