@@ -18,6 +18,7 @@ mod session;
 mod shots;
 pub mod text_cache;
 
+pub use crate::train::fit::{FitSettings, Schedule};
 pub use backbone::Backbone;
 pub use checkpoint::{
     OpenedDetector, checkpoint_meta, open_detector, resolve_organ, save_detector,
@@ -27,7 +28,7 @@ pub use export::{
     DetectorFacts, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport,
     FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options, results_sr_name,
 };
-pub use fitting::{FitRequest, FitResult, FittedDetector, Schedule, fit_adapters, fit_detector};
+pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
 pub use session::{DetectorSummary, FitSummary, ModelSession, Session, open_session};

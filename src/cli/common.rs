@@ -110,12 +110,15 @@ pub const MAX_COUNT: usize = 1_000_000;
 
 /// Parses a count of at least 1 and at most [`MAX_COUNT`] (for `--batch`, `--shots`,
 /// `--repeat`...).
-pub fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) if n > MAX_COUNT => Err(format!("{n} is too large (at most {MAX_COUNT})")),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+pub fn parse_positive(s: &str) -> Result<usize, ArgValueError> {
+    match s.parse::<usize>()? {
+        0 => Err(ArgValueError::Zero { least: "1" }),
+        n if n > MAX_COUNT => Err(ArgValueError::TooLarge {
+            value: n,
+            unit: "",
+            max: MAX_COUNT,
+        }),
+        n => Ok(n),
     }
 }
 
@@ -125,15 +128,71 @@ pub const MAX_IMAGE_SIDE: usize = 2048;
 
 /// Parses an image side in pixels, 1 to [`MAX_IMAGE_SIDE`] (the model configuration then
 /// checks that it holds a patch).
-pub fn parse_image_side(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1 pixel".into()),
-        Ok(n) if n > MAX_IMAGE_SIDE => Err(format!(
-            "{n} pixels is too large (at most {MAX_IMAGE_SIDE})"
-        )),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
+pub fn parse_image_side(s: &str) -> Result<usize, ArgValueError> {
+    match s.parse::<usize>()? {
+        0 => Err(ArgValueError::Zero { least: "1 pixel" }),
+        n if n > MAX_IMAGE_SIDE => Err(ArgValueError::TooLarge {
+            value: n,
+            unit: " pixels",
+            max: MAX_IMAGE_SIDE,
+        }),
+        n => Ok(n),
     }
+}
+
+/// A command-line value that its option does not take (clap prints it after the option).
+#[derive(Debug, thiserror::Error)]
+pub enum ArgValueError {
+    /// Not a whole number.
+    #[error("{0}")]
+    NotAWholeNumber(#[from] std::num::ParseIntError),
+    /// Not a number.
+    #[error("{text:?} is not a number")]
+    NotANumber {
+        /// The value given.
+        text: String,
+    },
+    /// Zero, where the option needs at least `least`.
+    #[error("must be at least {least}")]
+    Zero {
+        /// The least value, with its unit.
+        least: &'static str,
+    },
+    /// Above the largest value the option takes.
+    #[error("{value}{unit} is too large (at most {max})")]
+    TooLarge {
+        /// The value given.
+        value: usize,
+        /// Its unit, with a leading space ("" for counts).
+        unit: &'static str,
+        /// The largest value taken.
+        max: usize,
+    },
+    /// Not strictly between 0 and 1.
+    #[error("{text} is not a rate: give a share of normal images between 0 and 1, e.g. 0.05")]
+    NotARate {
+        /// The value given.
+        text: String,
+    },
+    /// A range without its comma.
+    #[error("expected MIN,MAX")]
+    NotARange,
+    /// One end of a range is not a number.
+    #[error("{text:?}: {source}")]
+    RangeEnd {
+        /// The end given.
+        text: String,
+        /// Why it is not a number.
+        source: std::num::ParseFloatError,
+    },
+    /// A range that is empty or not finite.
+    #[error("need finite MIN < MAX, got {lo},{hi}")]
+    EmptyRange {
+        /// The lower end given.
+        lo: f32,
+        /// The upper end given.
+        hi: f32,
+    },
 }
 
 /// `--schedule` values.

@@ -48,8 +48,8 @@ use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::train::fit::{FitEvent, Shots};
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    Backbone, DatasetShots, FitRequest, FitResult, Schedule, ShotSource, collect_shots,
-    fit_detector, open_detector, score_frames,
+    Backbone, DatasetShots, FitRequest, FitResult, FitSettings, Schedule, ShotSource,
+    collect_shots, fit_detector, open_detector, score_frames,
 };
 
 /// `--protocol` values.
@@ -720,25 +720,20 @@ fn fit<B: Backend>(
     task: TaskKind,
     seed: u64,
 ) -> anyhow::Result<Detector<B, VisionTransformer<B>>> {
+    let mut settings = FitSettings::default()
+        .with_schedule(Schedule::Paper)
+        .with_seed(seed);
+    settings.train.epochs = args.epochs;
+    settings.train.learning_rate = args.lr;
+    settings.batch_size = args.model.batch;
+    settings.normal_only_task = task;
+    if args.no_select {
+        settings.selection.folds = 0;
+    }
     let request = FitRequest {
         organ: organ.to_string(),
-        schedule: Schedule::Paper,
-        epochs: Some(args.epochs),
-        learning_rate: args.lr,
-        train_batch: 1,
-        seed,
         init: None,
-        batch_size: args.model.batch,
-        normal_only_task: task,
-        fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
-        selection: if args.no_select {
-            crate::train::select::SelectionSettings {
-                folds: 0,
-                ..Default::default()
-            }
-        } else {
-            crate::train::select::SelectionSettings::default()
-        },
+        settings,
     };
     let bar = common::progress_bar(0, "steps");
     bar.set_message("fine-tuning");

@@ -31,7 +31,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use burn::prelude::*;
 
-use super::common::{self, ModelArgs, open_backbone};
+use super::common::{self, ArgValueError, ModelArgs, open_backbone};
 use crate::io::export::Dates;
 use crate::io::input::collect_files;
 use crate::io::output::{InputSet, OutputKind, check_output};
@@ -170,14 +170,19 @@ impl ScoreArgs {
     }
 }
 
-fn parse_range(s: &str) -> Result<(f32, f32), String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| "expected MIN,MAX".to_string())?;
-    let parse = |v: &str| v.trim().parse::<f32>().map_err(|e| format!("{v:?}: {e}"));
+fn parse_range(s: &str) -> Result<(f32, f32), ArgValueError> {
+    let (a, b) = s.split_once(',').ok_or(ArgValueError::NotARange)?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f32>()
+            .map_err(|source| ArgValueError::RangeEnd {
+                text: v.to_string(),
+                source,
+            })
+    };
     let (lo, hi) = (parse(a)?, parse(b)?);
     if !(lo.is_finite() && hi.is_finite() && hi > lo) {
-        return Err(format!("need finite MIN < MAX, got {lo},{hi}"));
+        return Err(ArgValueError::EmptyRange { lo, hi });
     }
     Ok((lo, hi))
 }
@@ -412,8 +417,12 @@ mod tests {
 
     #[test]
     fn range_parses_two_ordered_numbers() {
-        assert_eq!(parse_range("0,3.5"), Ok((0.0, 3.5)));
-        assert!(parse_range("3,1").is_err());
-        assert!(parse_range("1").is_err());
+        assert_eq!(parse_range("0,3.5").unwrap(), (0.0, 3.5));
+        let empty = parse_range("3,1").unwrap_err().to_string();
+        assert_eq!(empty, "need finite MIN < MAX, got 3,1");
+        assert_eq!(
+            parse_range("1").unwrap_err().to_string(),
+            "expected MIN,MAX"
+        );
     }
 }

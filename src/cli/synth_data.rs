@@ -101,7 +101,7 @@ pub fn run(args: SynthDataArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         };
     write_set(
-        try_generate(args.seed, args.normal, args.size, false).map_err(anyhow::Error::msg)?,
+        try_generate(args.seed, args.normal, args.size, false)?,
         "normal",
         "normal",
     )?;
@@ -111,8 +111,7 @@ pub fn run(args: SynthDataArgs) -> anyhow::Result<ExitCode> {
             args.abnormal,
             args.size,
             true,
-        )
-        .map_err(anyhow::Error::msg)?,
+        )?,
         "abnormal",
         "abnormal",
     )?;

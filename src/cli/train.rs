@@ -6,15 +6,16 @@ use std::process::ExitCode;
 use burn::prelude::*;
 use indicatif::ProgressBar;
 
-use crate::cli::common::{ModelArgs, ScheduleArg, open_backbone, parse_positive, progress_bar};
+use crate::cli::common::{
+    ArgValueError, ModelArgs, ScheduleArg, open_backbone, parse_positive, progress_bar,
+};
 use crate::io::dataset::MvfaKey;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
-use crate::train::select::SelectionSettings;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    CollectedShots, DatasetShots, FitRequest, FitResult, FittedDetector, Schedule, ShotSource,
+    CollectedShots, DatasetShots, FitRequest, FitResult, FitSettings, FittedDetector, ShotSource,
     checkpoint_meta, collect_shots, fit_detector, save_detector,
 };
 
@@ -73,16 +74,16 @@ pub struct TrainArgs {
 }
 
 /// A rate strictly between 0 and 1 (`--fpr`).
-pub fn parse_rate(text: &str) -> Result<f32, String> {
-    let rate: f32 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
+pub fn parse_rate(text: &str) -> Result<f32, ArgValueError> {
+    let rate: f32 = text.parse().map_err(|_| ArgValueError::NotANumber {
+        text: text.to_string(),
+    })?;
     if rate > 0.0 && rate < 1.0 {
         Ok(rate)
     } else {
-        Err(format!(
-            "{text} is not a rate: give a share of normal images between 0 and 1, e.g. 0.05"
-        ))
+        Err(ArgValueError::NotARate {
+            text: text.to_string(),
+        })
     }
 }
 
@@ -133,9 +134,7 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
 
     let mut backbone = open_backbone::<B>(&args.model, device)?;
     let request = fit_request(args, &organ, collected.has_masks);
-    let epochs = args
-        .epochs
-        .unwrap_or_else(|| Schedule::from(args.schedule).epochs());
+    let epochs = request.settings.train.epochs;
     let bar = progress_bar(0, "steps");
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let outcome = fit_detector(
@@ -208,25 +207,26 @@ fn organ_word(args: &TrainArgs, collected: &CollectedShots) -> anyhow::Result<St
 
 /// The fit the arguments ask for.
 fn fit_request(args: &TrainArgs, organ: &str, has_masks: bool) -> FitRequest {
+    let mut settings = FitSettings::default()
+        .with_schedule(args.schedule.into())
+        .with_seed(args.seed);
+    if let Some(epochs) = args.epochs {
+        settings.train.epochs = epochs;
+    }
+    settings.train.learning_rate = args.lr;
+    settings.train.batch_size = args.train_batch;
+    settings.batch_size = args.model.batch;
+    settings.normal_only_task = if has_masks {
+        TaskKind::Segmentation
+    } else {
+        TaskKind::Classification
+    };
+    settings.fpr = args.fpr;
+    settings.selection.folds = args.folds;
     FitRequest {
         organ: organ.to_string(),
-        schedule: args.schedule.into(),
-        epochs: args.epochs,
-        learning_rate: args.lr,
-        train_batch: args.train_batch,
-        seed: args.seed,
         init: args.init.clone(),
-        batch_size: args.model.batch,
-        normal_only_task: if has_masks {
-            TaskKind::Segmentation
-        } else {
-            TaskKind::Classification
-        },
-        fpr: args.fpr,
-        selection: SelectionSettings {
-            folds: args.folds,
-            ..SelectionSettings::default()
-        },
+        settings,
     }
 }
 

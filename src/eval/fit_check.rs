@@ -25,7 +25,7 @@ use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::DEFAULT_FPR;
 use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
 use crate::model::mvfa::scoring::ScoringConfig;
-use crate::train::fit::{FitOutcome, FitSettings, Shot, Shots, fit, materialize};
+use crate::train::fit::{FitModel, FitOutcome, FitSettings, Shot, Shots, fit, materialize};
 use crate::train::select::{SelectionReport, SelectionSettings};
 use crate::train::synthetic::{SyntheticImage, generate};
 use crate::train::trainer::TrainConfig;
@@ -186,13 +186,9 @@ fn tiny_model_unguarded(
     (materialize(vision), text)
 }
 
-/// The fit settings of the check for `schedule` (`None`: no fine-tuning).
-pub fn settings(schedule: Option<CheckSchedule>, seed: u64) -> FitSettings {
-    let schedule = schedule.unwrap_or(CheckSchedule {
-        epochs: 0,
-        training_augmentations: 1,
-    });
-    FitSettings {
+/// The adapter and scoring shapes of the check's tiny model, adapters seeded with `seed`.
+pub fn fit_model(seed: u64) -> FitModel {
+    FitModel {
         adapters: MvfaAdaptersConfig::new()
             .with_width(64)
             .with_bottleneck(32)
@@ -201,6 +197,16 @@ pub fn settings(schedule: Option<CheckSchedule>, seed: u64) -> FitSettings {
             .with_image_size(SIZE)
             .with_grid_size(SIZE / 14)
             .with_logit_scale(100.0),
+    }
+}
+
+/// The fit settings of the check for `schedule` (`None`: no fine-tuning).
+pub fn settings(schedule: Option<CheckSchedule>, seed: u64) -> FitSettings {
+    let schedule = schedule.unwrap_or(CheckSchedule {
+        epochs: 0,
+        training_augmentations: 1,
+    });
+    FitSettings {
         train: TrainConfig::new()
             .with_epochs(schedule.epochs)
             .with_learning_rate(1e-3)
@@ -291,7 +297,7 @@ pub fn run_seed(seed: u64, schedule: CheckSchedule, size: TaskSize) -> SeedOutco
         SIZE,
         true,
     ));
-    let adapters = materialize(settings(None, seed).adapters.init::<B>(&device));
+    let adapters = materialize(fit_model(seed).adapters.init::<B>(&device));
     let cancel = AtomicBool::new(false);
     let shots = Shots {
         normal,
@@ -303,6 +309,7 @@ pub fn run_seed(seed: u64, schedule: CheckSchedule, size: TaskSize) -> SeedOutco
         adapters.clone(),
         text.clone(),
         &shots,
+        &fit_model(seed),
         &settings(schedule, seed),
         |_| {},
         &cancel,
@@ -354,7 +361,7 @@ pub fn normal_false_positives(
         .iter()
         .map(to_shot)
         .collect();
-    let adapters = materialize(settings(None, seed).adapters.init::<B>(&device));
+    let adapters = materialize(fit_model(seed).adapters.init::<B>(&device));
     let mut cfg = settings(None, seed);
     cfg.fpr = fpr;
     let FitOutcome::Fitted { detector, .. } = fit::<AB>(
@@ -366,6 +373,7 @@ pub fn normal_false_positives(
             abnormal: Vec::new(),
             held_out,
         },
+        &fit_model(seed),
         &cfg,
         |_| {},
         &AtomicBool::new(false),

@@ -48,7 +48,9 @@ use crate::model::mvfa::detector::{
     apply_calibration, calibration_from_raws,
 };
 use crate::model::mvfa::scoring::Scorer;
-use crate::train::fit::{FitError, FitEvent, FitSettings, Shot, augment_shots, support_groups};
+use crate::train::fit::{
+    FitError, FitEvent, FitModel, FitSettings, Shot, augment_shots, support_groups,
+};
 use crate::train::trainer::{LabelMode, TrainConfig, TrainEvent};
 
 /// How a fit validates its candidates.
@@ -240,6 +242,21 @@ pub struct FitStart<B: Backend> {
     pub text_weight: f32,
 }
 
+impl<B: Backend> FitStart<B> {
+    /// The bank adapters of a detector fine-tuned from this start whose bank comes from
+    /// `bank` (`None`: the fine-tuned adapters).
+    pub(crate) fn bank_adapters_of(&self, bank: BankSource) -> Option<MvfaAdapters<B>> {
+        match bank {
+            BankSource::FineTuned => None,
+            BankSource::Current => Some(
+                self.bank_adapters
+                    .clone()
+                    .unwrap_or_else(|| self.adapters.clone()),
+            ),
+        }
+    }
+}
+
 impl<B: Backend> From<MvfaAdapters<B>> for FitStart<B> {
     fn from(adapters: MvfaAdapters<B>) -> Self {
         Self {
@@ -334,7 +351,7 @@ impl Pool {
         };
         let auc = |values: &[f32], labels: &[bool], units: &[usize]| {
             let (v, l) = expand(values, labels, units);
-            roc_auc(&v, &l).map_err(|e| FitError::Model(e.to_string()))
+            roc_auc(&v, &l).map_err(FitError::from)
         };
         let image = auc(&self.scores, &self.labels, &self.units)?;
         if self.pixels.is_empty() {
@@ -428,7 +445,7 @@ pub(crate) fn fine_tune<AB: AutodiffBackend>(
     text_features: &Tensor<AB::InnerBackend, 2>,
     samples: &[crate::train::trainer::TrainSample],
     label_mode: LabelMode,
-    settings: &FitSettings,
+    model: &FitModel,
     train: TrainConfig,
     on_event: &mut dyn FnMut(FitEvent),
     cancel: &AtomicBool,
@@ -439,8 +456,8 @@ pub(crate) fn fine_tune<AB: AutodiffBackend>(
     let outcome = crate::train::trainer::train(
         &vision_ad,
         adapters_ad,
-        &settings.adapters,
-        &settings.scoring,
+        &model.adapters,
+        &model.scoring,
         text_ad,
         samples,
         label_mode,
@@ -480,19 +497,18 @@ fn deal(n: usize, folds: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<usize>
     fold_of
 }
 
-/// Validates the candidates of a fit on `shots` (see the module docs) and chooses one.
+/// Validates the candidates of a fit of `settings.train.epochs` on the `[normal, abnormal,
+/// held_out]` shots (see the module docs) and chooses one.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn select<AB: AutodiffBackend>(
     vision: &VisionTransformer<AB::InnerBackend>,
     start: &FitStart<AB::InnerBackend>,
     text_features: &Tensor<AB::InnerBackend, 2>,
-    normal: &[Shot],
-    abnormal: &[Shot],
-    held_out: &[Shot],
+    [normal, abnormal, held_out]: [&[Shot]; 3],
     label_mode: LabelMode,
     task: TaskKind,
+    model: &FitModel,
     settings: &FitSettings,
-    epochs: usize,
     on_event: &mut dyn FnMut(FitEvent),
     cancel: &AtomicBool,
 ) -> Result<SelectionOutcome, FitError> {
@@ -509,8 +525,9 @@ pub(crate) fn select<AB: AutodiffBackend>(
         [normal, abnormal, held_out],
         label_mode,
         task,
+        model,
         settings,
-        epochs,
+        settings.train.epochs,
     );
     let mut rng = crate::rng::seeded(settings.train.seed, crate::rng::Stream::Folds);
     let normal_fold = deal(normal.len(), folds, &mut rng);
@@ -685,6 +702,7 @@ struct Selection<'a, B: Backend> {
     held_out: &'a [Shot],
     label_mode: LabelMode,
     task: TaskKind,
+    model: &'a FitModel,
     settings: &'a FitSettings,
     epochs: usize,
     /// Model input side.
@@ -719,6 +737,7 @@ impl<'a, B: Backend> Selection<'a, B> {
         [normal, abnormal, held_out]: [&'a [Shot]; 3],
         label_mode: LabelMode,
         task: TaskKind,
+        model: &'a FitModel,
         settings: &'a FitSettings,
         epochs: usize,
     ) -> Self {
@@ -727,7 +746,7 @@ impl<'a, B: Backend> Selection<'a, B> {
         if !weights.iter().any(|w| (w - start.text_weight).abs() < 1e-6) {
             weights.push(start.text_weight);
         }
-        let size = settings.scoring.image_size;
+        let size = model.scoring.image_size;
         let with_masks = label_mode == LabelMode::Masks;
         let snapshot_epochs = checkpoint_epochs(epochs, sel.checkpoints);
         Selection {
@@ -739,6 +758,7 @@ impl<'a, B: Backend> Selection<'a, B> {
             held_out,
             label_mode,
             task,
+            model,
             settings,
             epochs,
             size,
@@ -839,7 +859,7 @@ impl<'a, B: Backend> Selection<'a, B> {
             self.text_features,
             &samples,
             self.label_mode,
-            settings,
+            self.model,
             train,
             on_event,
             cancel,
@@ -869,21 +889,16 @@ impl<'a, B: Backend> Selection<'a, B> {
         let mut snapshot_caches: HashMap<usize, FeatureCache<B>> = HashMap::new();
         for &(e, bank) in &self.configs {
             let mut detector = self.candidate_detector(run, e, bank, &mut snapshot_caches);
-            detector
-                .set_support(groups.clone())
-                .map_err(|e| FitError::Model(e.to_string()))?;
-            let mut raws = detector
-                .calibration_raws(&CalibrationImages {
-                    support: groups.clone(),
-                    held_out: None,
-                    held_out_images: 0,
-                    abnormal: None,
-                })
-                .map_err(|e| FitError::Model(e.to_string()))?;
+            detector.set_support(groups.clone())?;
+            let mut raws = detector.calibration_raws(&CalibrationImages {
+                support: groups.clone(),
+                held_out: None,
+                held_out_images: 0,
+                abnormal: None,
+            })?;
             raws.normal = raws.normal.into_iter().map(slim).collect();
             let scored: Vec<RawResult> = detector
-                .score_raw_cached(validation.clone())
-                .map_err(|e| FitError::Model(e.to_string()))?
+                .score_raw_cached(validation.clone())?
                 .into_iter()
                 .map(slim)
                 .collect();
@@ -939,8 +954,8 @@ impl<'a, B: Backend> Selection<'a, B> {
         let mut detector = Detector::new(
             self.vision.clone(),
             text_adapters,
-            self.settings.adapters.clone(),
-            Scorer::new(self.settings.scoring.clone(), self.text_features.clone()),
+            self.model.adapters.clone(),
+            Scorer::new(self.model.scoring.clone(), self.text_features.clone()),
             self.task,
             self.settings.batch_size,
         );
@@ -1000,13 +1015,9 @@ impl<'a, B: Backend> Selection<'a, B> {
                 let Some(pool) = pools.remove(&(e, bank, wi)) else {
                     continue;
                 };
-                let image_auc = roc_auc(&pool.scores, &pool.labels)
-                    .map_err(|e| FitError::Model(e.to_string()))?;
+                let image_auc = roc_auc(&pool.scores, &pool.labels)?;
                 let pixel_auc = if self.with_pixels {
-                    Some(
-                        roc_auc(&pool.pixels, &pool.pixel_labels)
-                            .map_err(|e| FitError::Model(e.to_string()))?,
-                    )
+                    Some(roc_auc(&pool.pixels, &pool.pixel_labels)?)
                 } else {
                     None
                 };

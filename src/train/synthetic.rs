@@ -124,6 +124,14 @@ pub fn generate(seed: u64, count: usize, size: usize, abnormal: bool) -> Vec<Syn
     try_generate(seed, count, size, abnormal).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A synthetic image side above [`MAX_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("synthetic images of {size} x {size} pixels are too large (at most {MAX_SIZE} a side)")]
+pub struct SyntheticSizeError {
+    /// The side asked for.
+    pub size: usize,
+}
+
 /// [`generate`], refusing a side above [`MAX_SIZE`] (whose pixel count could overflow or
 /// exhaust memory) with a message saying so.
 pub fn try_generate(
@@ -131,11 +139,9 @@ pub fn try_generate(
     count: usize,
     size: usize,
     abnormal: bool,
-) -> Result<Vec<SyntheticImage>, String> {
+) -> Result<Vec<SyntheticImage>, SyntheticSizeError> {
     if size > MAX_SIZE {
-        return Err(format!(
-            "synthetic images of {size} x {size} pixels are too large (at most {MAX_SIZE} a side)"
-        ));
+        return Err(SyntheticSizeError { size });
     }
     let pixels = size.saturating_mul(size);
     let mut rng = crate::rng::seeded(seed, crate::rng::Stream::Synthetic);
@@ -183,7 +189,7 @@ mod tests {
     #[test]
     fn absurd_sides_are_errors() {
         let e = try_generate(1, 1, usize::MAX, true).unwrap_err();
-        assert!(e.contains("too large"), "{e}");
+        assert!(e.to_string().contains("too large"), "{e}");
         assert_eq!(try_generate(1, 2, 40, false).unwrap().len(), 2);
     }
 }

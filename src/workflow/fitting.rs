@@ -11,89 +11,33 @@ use super::{Backbone, WorkflowError};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::DEFAULT_TEXT_WEIGHT;
-use crate::model::mvfa::detector::{Detector, FeatureCache, TaskKind};
-use crate::train::fit::{FitEvent, FitMode, FitOutcome, FitSettings, Shots, fit};
-use crate::train::select::{FitStart, SelectionReport, SelectionSettings};
-use crate::train::trainer::TrainConfig;
+use crate::model::mvfa::detector::{Detector, FeatureCache};
+use crate::train::fit::{FitEvent, FitMode, FitModel, FitOutcome, FitSettings, Shots, fit};
+use crate::train::select::{FitStart, SelectionReport};
 use crate::weights::adapters::{MixingRatios, load_adapter_file};
 use crate::weights::detector::{DetectorFileError, load_bank_adapters, read_detector_state};
 
-/// How long fine-tuning runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum Schedule {
-    /// The reference's few-shot schedule: all 11 augmentations of every shot, 50 epochs
-    /// ((4 + 4) x 11 x 50 = 4400 steps for k = 4: hours on a CPU, minutes on a GPU).
-    #[default]
-    Paper,
-    /// For CPUs: the first 3 augmentations (identity and two rotations) and 5 epochs,
-    /// (4 + 4) x 3 x 5 = 120 steps for k = 4. Its cost in quality on the synthetic learning
-    /// task is measured in the learning test and stated in the README.
-    Quick,
-}
-
-impl Schedule {
-    /// Fine-tuning epochs.
-    pub fn epochs(self) -> usize {
-        match self {
-            Schedule::Paper => 50,
-            Schedule::Quick => 5,
-        }
-    }
-
-    /// Augmentations of each shot that fine-tuning trains on.
-    pub fn training_augmentations(self) -> usize {
-        match self {
-            Schedule::Paper => 11,
-            Schedule::Quick => 3,
-        }
-    }
-}
-
-/// Everything about a fit besides the shots.
+/// A fit as the app and the CLI ask for it: the organ word and the adapters to start from,
+/// which this layer resolves (to text features, to loaded adapters), and the settings, which
+/// go to the trainer unchanged.
 #[derive(Debug, Clone)]
 pub struct FitRequest {
     /// The organ word of the prompts.
     pub organ: String,
-    /// Epochs and augmentations of the fine-tuning.
-    pub schedule: Schedule,
-    /// Fine-tuning epochs, overriding the schedule's (0: the adapters stay as initialised).
-    pub epochs: Option<usize>,
-    /// Adam learning rate.
-    pub learning_rate: f64,
-    /// Images per optimiser step.
-    pub train_batch: usize,
-    /// The one seed every random choice of the fit comes from ([`crate::rng`]).
-    pub seed: u64,
     /// Adapters to start from (our checkpoint or a reference `.pth`); else fresh, seeded.
     pub init: Option<PathBuf>,
-    /// Images per forward pass when building the bank and calibrating.
-    pub batch_size: usize,
-    /// The task of a fit without abnormal shots (with them, masks decide).
-    pub normal_only_task: TaskKind,
-    /// Share of normal images the decision threshold may flag (split-conformal, e.g. 0.05).
-    pub fpr: f32,
-    /// How fine-tuning's candidates are validated on the shots before one is installed.
-    pub selection: SelectionSettings,
+    /// How the fit runs: schedule, optimiser, seed, calibration, model selection.
+    pub settings: FitSettings,
 }
 
 impl FitRequest {
-    /// The settings every fit starts from (the app's fits, the CLI's defaults): the quick
-    /// schedule for `organ`, Adam at 1e-3 with one image per step, seed 111, fresh adapters,
-    /// batches of 8 for the bank and calibration, segmentation for normal-only fits, the
-    /// default false-positive rate and model selection.
+    /// A fit for `organ` with fresh adapters and the settings every fit starts from
+    /// ([`FitSettings::default`]).
     pub fn new(organ: &str) -> Self {
         Self {
             organ: organ.to_string(),
-            schedule: Schedule::Quick,
-            epochs: None,
-            learning_rate: 1e-3,
-            train_batch: 1,
-            seed: 111,
             init: None,
-            batch_size: 8,
-            normal_only_task: TaskKind::Segmentation,
-            fpr: crate::model::mvfa::calibration::DEFAULT_FPR,
-            selection: SelectionSettings::default(),
+            settings: FitSettings::default(),
         }
     }
 }
@@ -133,7 +77,7 @@ pub fn fit_detector<B: Backend>(
     cancel: &AtomicBool,
 ) -> Result<FitResult<B>, WorkflowError> {
     let device = backbone.device().clone();
-    let adapters_cfg = backbone.adapters_config(MixingRatios::default(), request.seed);
+    let adapters_cfg = backbone.adapters_config(MixingRatios::default(), request.settings.seed());
     let start = match &request.init {
         Some(path) => {
             let adapters = load_adapter_file::<B>(path, &adapters_cfg, &device)?.adapters;
@@ -168,8 +112,8 @@ pub fn fit_detector<B: Backend>(
 }
 
 /// Like [`fit_detector`], starting from a detector already in memory (the app keeps the
-/// adapters of its last fit or import; `request.init` is ignored). With `request.epochs` of
-/// `Some(0)` nothing is fine-tuned: the memory bank and the calibration are rebuilt from the
+/// adapters of its last fit or import; `request.init` is ignored). With 0 epochs in
+/// `request.settings.train` nothing is fine-tuned: the memory bank and the calibration are rebuilt from the
 /// shots around the given adapters. `feature_cache` belongs to `start.adapters`; the fitted
 /// detector keeps it where it keeps them ([`Detector::feature_cache`]).
 #[allow(clippy::too_many_arguments)]
@@ -184,26 +128,17 @@ pub fn fit_adapters<B: Backend>(
     feature_cache: Option<FeatureCache<B>>,
 ) -> Result<FitResult<B>, WorkflowError> {
     let text = backbone.text_features(&request.organ)?;
-    let settings = FitSettings {
+    let model = FitModel {
         adapters: adapters_cfg,
         scoring: backbone.scoring_config(),
-        train: TrainConfig::new()
-            .with_epochs(request.epochs.unwrap_or(request.schedule.epochs()))
-            .with_learning_rate(request.learning_rate)
-            .with_batch_size(request.train_batch)
-            .with_seed(request.seed),
-        normal_only_task: request.normal_only_task,
-        batch_size: request.batch_size,
-        training_augmentations: request.schedule.training_augmentations(),
-        fpr: request.fpr,
-        selection: request.selection.clone(),
     };
     let outcome = fit::<Autodiff<B>>(
         backbone.vision().clone(),
         start,
         text,
         shots,
-        &settings,
+        &model,
+        &request.settings,
         on_event,
         cancel,
         feature_cache,

@@ -248,11 +248,9 @@ where
         shots: &Shots,
         request: &FitRequest,
     ) -> Result<DetectorSummary, WorkflowError> {
-        let (start, cfg) = self.current_adapters(request.seed);
-        let request = FitRequest {
-            epochs: Some(0),
-            ..request.clone()
-        };
+        let (start, cfg) = self.current_adapters(request.settings.seed());
+        let mut request = request.clone();
+        request.settings.train.epochs = 0;
         let never = AtomicBool::new(false);
         let fitted = fit_adapters(
             &mut self.backbone,
@@ -284,7 +282,7 @@ where
         on_event: &mut dyn FnMut(FitEvent),
         cancel: &AtomicBool,
     ) -> Result<FitSummary, WorkflowError> {
-        let (start, cfg) = self.current_adapters(request.seed);
+        let (start, cfg) = self.current_adapters(request.settings.seed());
         let result = fit_adapters(
             &mut self.backbone,
             start,
@@ -303,13 +301,13 @@ where
                     let epochs = match report.verdict {
                         Verdict::KeptCurrent => 0,
                         Verdict::Improved => report.installed_epochs,
-                        Verdict::Unchecked => request.epochs.unwrap_or(request.schedule.epochs()),
+                        Verdict::Unchecked => request.settings.train.epochs,
                     };
                     if epochs > 0 {
                         self.epochs_trained += epochs;
                         self.adapters_source = format!(
-                            "fine-tuned here ({} epochs in all, {:?} schedule)",
-                            self.epochs_trained, request.schedule
+                            "fine-tuned here ({} epochs in all, {} augmentations of each shot)",
+                            self.epochs_trained, request.settings.training_augmentations
                         );
                     }
                     self.selection = Some(report.clone());

@@ -11,7 +11,7 @@ use mvfa_studio::model::clip::tokenizer::ClipTokenizer;
 use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
 use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::model::mvfa::scoring::ScoringConfig;
-use mvfa_studio::train::fit::{FitOutcome, FitSettings, Shot, Shots, fit};
+use mvfa_studio::train::fit::{FitModel, FitOutcome, FitSettings, Shot, Shots, fit};
 use mvfa_studio::train::synthetic::{SyntheticImage, generate};
 use mvfa_studio::train::trainer::TrainConfig;
 use mvfa_studio::weights::adapters::{AdapterCheckpointMeta, BackboneIdentity};
@@ -45,9 +45,11 @@ pub(crate) fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
     })
     .unwrap();
     let adapters_cfg = MvfaAdaptersConfig::new().with_width(32).with_bottleneck(16);
-    let settings = FitSettings {
+    let model = FitModel {
         adapters: adapters_cfg.clone(),
         scoring: ScoringConfig::new(),
+    };
+    let settings = FitSettings {
         train: TrainConfig::new(),
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
@@ -64,6 +66,7 @@ pub(crate) fn make_checkpoint(path: &Path, backbone: Option<BackboneIdentity>) {
             normal: normal.clone(),
             ..Shots::default()
         },
+        &model,
         &settings,
         |_| {},
         &AtomicBool::new(false),

@@ -12,7 +12,7 @@ use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
 use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::model::mvfa::scoring::ScoringConfig;
 use mvfa_studio::train::fit::{
-    FitEvent, FitOutcome, FitSettings, Shot, Shots, fit, support_groups,
+    FitEvent, FitModel, FitOutcome, FitSettings, Shot, Shots, fit, support_groups,
 };
 use mvfa_studio::train::synthetic::generate;
 use mvfa_studio::train::trainer::{TrainConfig, TrainEvent};
@@ -36,7 +36,7 @@ fn shots(seed: u64, n: usize, abnormal: bool) -> Vec<Shot> {
         .collect()
 }
 
-fn setup() -> (VisionTransformer<B>, FitSettings, Tensor<B, 2>) {
+fn setup() -> (VisionTransformer<B>, FitModel, FitSettings, Tensor<B, 2>) {
     let device = Default::default();
     let vision = VisionConfig::new()
         .with_image_size(SIZE)
@@ -47,11 +47,13 @@ fn setup() -> (VisionTransformer<B>, FitSettings, Tensor<B, 2>) {
         .with_embed_dim(16)
         .init::<B>(&device);
     let vision = mvfa_studio::train::fit::materialize(vision);
-    let settings = FitSettings {
+    let model = FitModel {
         adapters: MvfaAdaptersConfig::new().with_width(32).with_bottleneck(16),
         scoring: ScoringConfig::new()
             .with_image_size(SIZE)
             .with_grid_size(SIZE / 14),
+    };
+    let settings = FitSettings {
         train: TrainConfig::new().with_epochs(1).with_batch_size(4),
         normal_only_task: TaskKind::Segmentation,
         batch_size: 8,
@@ -65,17 +67,17 @@ fn setup() -> (VisionTransformer<B>, FitSettings, Tensor<B, 2>) {
         &device,
     );
     let text = text.clone() / text.powi_scalar(2).sum_dim(0).sqrt();
-    (vision, settings, text)
+    (vision, model, settings, text)
 }
 
 #[test]
 fn saved_detector_scores_like_the_original() {
     let device = Default::default();
-    let (vision, settings, text) = setup();
+    let (vision, model, settings, text) = setup();
     let normal = shots(1, 2, false);
     let abnormal = shots(2, 2, true);
     let cancel = AtomicBool::new(false);
-    let adapters = settings.adapters.init::<B>(&device);
+    let adapters = model.adapters.init::<B>(&device);
     let FitOutcome::Fitted { detector, .. } = fit::<AB>(
         vision.clone(),
         adapters,
@@ -85,6 +87,7 @@ fn saved_detector_scores_like_the_original() {
             abnormal: abnormal.clone(),
             held_out: Vec::new(),
         },
+        &model,
         &settings,
         |_| {},
         &cancel,
@@ -106,8 +109,8 @@ fn saved_detector_scores_like_the_original() {
         &path,
         vision,
         text,
-        &settings.adapters,
-        &settings.scoring,
+        &model.adapters,
+        &model.scoring,
         TaskKind::Classification,
         8,
         &device,
@@ -151,7 +154,7 @@ fn saved_detector_scores_like_the_original() {
 #[test]
 fn a_broken_checkpoint_is_a_clear_error() {
     let device = Default::default();
-    let (vision, settings, text) = setup();
+    let (vision, model, _, text) = setup();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("broken.safetensors");
     std::fs::write(&path, b"not a checkpoint").unwrap();
@@ -159,8 +162,8 @@ fn a_broken_checkpoint_is_a_clear_error() {
         &path,
         vision,
         text,
-        &settings.adapters,
-        &settings.scoring,
+        &model.adapters,
+        &model.scoring,
         TaskKind::Segmentation,
         8,
         &device,
@@ -173,19 +176,20 @@ fn a_broken_checkpoint_is_a_clear_error() {
 #[test]
 fn cancelling_stops_within_one_step_and_keeps_the_adapters() {
     let device = Default::default();
-    let (vision, mut settings, text) = setup();
+    let (vision, model, mut settings, text) = setup();
     settings.train = TrainConfig::new().with_epochs(50).with_batch_size(1);
     let cancel = AtomicBool::new(false);
     let mut steps_seen = 0;
     let outcome = fit::<AB>(
         vision,
-        settings.adapters.init::<B>(&device),
+        model.adapters.init::<B>(&device),
         text,
         &Shots {
             normal: shots(1, 1, false),
             abnormal: shots(2, 1, true),
             held_out: Vec::new(),
         },
+        &model,
         &settings,
         |event| {
             if let FitEvent::Training(TrainEvent::Step(_)) = event {
@@ -216,9 +220,9 @@ fn bank_adapters_mix_and_report_survive_a_checkpoint() {
     use mvfa_studio::model::mvfa::scoring::Scorer;
     use mvfa_studio::train::select::{SelectionSettings, unchecked_report};
     let device = Default::default();
-    let (vision, settings, text) = setup();
-    let text_adapters = settings.adapters.clone().with_seed(1).init::<B>(&device);
-    let bank_adapters = settings.adapters.clone().with_seed(2).init::<B>(&device);
+    let (vision, model, _, text) = setup();
+    let text_adapters = model.adapters.clone().with_seed(1).init::<B>(&device);
+    let bank_adapters = model.adapters.clone().with_seed(2).init::<B>(&device);
     let normal = shots(1, 2, false);
     let stored: Vec<&[f32]> = normal.iter().map(|s| s.image.as_slice()).collect();
     let groups = support_groups::<B>(&stored, SIZE, &device).unwrap();
@@ -226,8 +230,8 @@ fn bank_adapters_mix_and_report_survive_a_checkpoint() {
         let mut d = Detector::new(
             vision.clone(),
             text_adapters.clone(),
-            settings.adapters.clone(),
-            Scorer::new(settings.scoring.clone(), text.clone()),
+            model.adapters.clone(),
+            Scorer::new(model.scoring.clone(), text.clone()),
             TaskKind::Segmentation,
             8,
         );
@@ -280,8 +284,8 @@ fn bank_adapters_mix_and_report_survive_a_checkpoint() {
         &path,
         vision.clone(),
         text.clone(),
-        &settings.adapters,
-        &settings.scoring,
+        &model.adapters,
+        &model.scoring,
         TaskKind::Segmentation,
         8,
         &device,
@@ -309,16 +313,17 @@ fn bank_adapters_mix_and_report_survive_a_checkpoint() {
 fn too_few_shots_to_validate_is_said_never_claimed() {
     use mvfa_studio::train::select::Verdict;
     let device = Default::default();
-    let (vision, settings, text) = setup();
+    let (vision, model, settings, text) = setup();
     let FitOutcome::Fitted { selection, .. } = fit::<AB>(
         vision,
-        settings.adapters.init::<B>(&device),
+        model.adapters.init::<B>(&device),
         text,
         &Shots {
             normal: shots(1, 1, false),
             abnormal: shots(2, 1, true),
             held_out: Vec::new(),
         },
+        &model,
         &settings,
         |_| {},
         &AtomicBool::new(false),

@@ -14,7 +14,7 @@ use mvfa_studio::model::clip::vision::VisionTransformer;
 use mvfa_studio::model::mvfa::adapter::MvfaAdaptersConfig;
 use mvfa_studio::model::mvfa::detector::{Detector, ImageResult, TaskKind};
 use mvfa_studio::model::mvfa::scoring::ScoringConfig;
-use mvfa_studio::train::fit::{FitOutcome, FitSettings, Shot, Shots, fit};
+use mvfa_studio::train::fit::{FitModel, FitOutcome, FitSettings, Shot, Shots, fit};
 use mvfa_studio::train::select::SelectionSettings;
 use mvfa_studio::train::synthetic::{SyntheticImage, generate};
 use mvfa_studio::train::trainer::TrainConfig;
@@ -35,13 +35,18 @@ fn tiny_vision(device: &burn::backend::ndarray::NdArrayDevice) -> VisionTransfor
     mvfa_studio::train::fit::materialize(vision)
 }
 
-fn settings(epochs: usize) -> FitSettings {
-    FitSettings {
+fn fit_model() -> FitModel {
+    FitModel {
         adapters: MvfaAdaptersConfig::new().with_width(64).with_bottleneck(32),
         scoring: ScoringConfig::new()
             .with_image_size(SIZE)
             .with_grid_size(SIZE / 14)
             .with_logit_scale(100.0), // the reference value, spelled out
+    }
+}
+
+fn settings(epochs: usize) -> FitSettings {
+    FitSettings {
         train: TrainConfig::new()
             .with_epochs(epochs)
             .with_learning_rate(1e-3)
@@ -150,6 +155,7 @@ fn evaluate(
 fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
     let device = Default::default();
     let cfg = settings(30);
+    let model = fit_model();
     // The seed and every draw after it in one sequence (tests run in parallel).
     let (vision, text) = with_backend_rng(|| {
         let vision = tiny_vision(&device);
@@ -170,7 +176,7 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         let text = text.clone() / text.powi_scalar(2).sum_dim(0).sqrt();
         (vision, text)
     });
-    let adapters = mvfa_studio::train::fit::materialize(cfg.adapters.init::<B>(&device));
+    let adapters = mvfa_studio::train::fit::materialize(model.adapters.init::<B>(&device));
 
     let normal: Vec<Shot> = generate(11, 4, SIZE, false).iter().map(to_shot).collect();
     let abnormal: Vec<Shot> = generate(12, 4, SIZE, true).iter().map(to_shot).collect();
@@ -189,6 +195,7 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         adapters.clone(),
         text.clone(),
         &normal_only,
+        &model,
         &cfg,
         |_| {},
         &cancel,
@@ -204,19 +211,30 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         abnormal: abnormal.clone(),
         held_out,
     };
-    let trained =
-        match fit::<AB>(vision, adapters, text, &shots, &cfg, |_| {}, &cancel, None).unwrap() {
-            FitOutcome::Fitted {
-                detector,
-                epoch_losses,
-                ..
-            } => {
-                eprintln!("epoch losses: {epoch_losses:?}");
-                assert!(epoch_losses.last().unwrap() < epoch_losses.first().unwrap());
-                detector
-            }
-            FitOutcome::Cancelled { .. } => unreachable!(),
-        };
+    let trained = match fit::<AB>(
+        vision,
+        adapters,
+        text,
+        &shots,
+        &model,
+        &cfg,
+        |_| {},
+        &cancel,
+        None,
+    )
+    .unwrap()
+    {
+        FitOutcome::Fitted {
+            detector,
+            epoch_losses,
+            ..
+        } => {
+            eprintln!("epoch losses: {epoch_losses:?}");
+            assert!(epoch_losses.last().unwrap() < epoch_losses.first().unwrap());
+            detector
+        }
+        FitOutcome::Cancelled { .. } => unreachable!(),
+    };
     let (before, _) = evaluate(&untrained, &test);
     let (after, results) = evaluate(&trained, &test);
     eprintln!("before fine-tuning: {before:#?}");
@@ -273,6 +291,7 @@ fn fine_tuning_beats_untrained_adapters_and_scores_are_batch_independent() {
         quick_inputs.1,
         quick_inputs.2,
         &shots,
+        &model,
         &quick_cfg,
         |_| {},
         &cancel,

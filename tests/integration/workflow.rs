@@ -30,19 +30,15 @@ fn plain_folders(root: &Path) {
 }
 
 fn request(seed: u64) -> FitRequest {
-    FitRequest {
-        organ: "Brain".into(),
-        schedule: Schedule::Quick,
-        epochs: Some(1),
-        learning_rate: 1e-3,
-        train_batch: 11,
-        seed,
-        init: None,
-        batch_size: 11,
-        normal_only_task: TaskKind::Segmentation,
-        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
-        selection: mvfa_studio::train::select::SelectionSettings::default(),
-    }
+    let mut request = FitRequest::new("Brain");
+    request.settings = request
+        .settings
+        .with_schedule(Schedule::Quick)
+        .with_seed(seed);
+    request.settings.train.epochs = 1;
+    request.settings.train.batch_size = 11;
+    request.settings.batch_size = 11;
+    request
 }
 
 /// Plain folders in a temporary folder, the fixture backbone, and the shots read back.
@@ -218,7 +214,7 @@ fn session_prepare_with_cached_shot_features_matches_an_uncached_fit() {
     use mvfa_studio::workflow::{ModelSession, Session};
     let (_dir, mut backbone, collected) = setup();
     let mut request = request(7);
-    request.epochs = Some(0);
+    request.settings.train.epochs = 0;
     let never = AtomicBool::new(false);
     let FitResult::Fitted(reference) =
         fit_detector(&mut backbone, &collected.shots, &request, |_| {}, &never).unwrap()

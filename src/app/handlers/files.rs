@@ -276,7 +276,7 @@ fn poll_load(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
             }
             Err(reason) => {
                 state.log.push(format!("{}: {reason}", path.display()));
-                state.browser.add_unreadable(path, reason);
+                state.browser.add_unreadable(path, reason.to_string());
             }
         }
     }
@@ -339,7 +339,7 @@ fn poll_thumbnails(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
                 Ok(image) => {
                     state.thumbnails.insert(path, image);
                 }
-                Err(reason) => state.browser.add_unreadable(path, reason),
+                Err(reason) => state.browser.add_unreadable(path, reason.to_string()),
             }
         }
         if !matches!(status, JobStatus::Running { .. }) {

@@ -7,14 +7,30 @@ use std::sync::Arc;
 use super::runner::{Job, JobError};
 use crate::app::state::THUMBNAIL_SIDE;
 use crate::io::image::ImageStack;
+use crate::io::input::InputError;
 use crate::io::resample::Image8;
 use crate::io::study::{ScanItem, scan_for_viewer};
 
 /// A file read by the loader job: its pixels and content hash, or why it could not be read.
-pub type LoadedFile = (PathBuf, Result<(Arc<ImageStack>, String), String>);
+pub type LoadedFile = (PathBuf, Result<(Arc<ImageStack>, String), FileReadError>);
 
 /// A browser preview made by the thumbnail job, or why the file could not be read.
-pub type Thumbnail = (PathBuf, Result<Arc<Image8>, String>);
+pub type Thumbnail = (PathBuf, Result<Arc<Image8>, FileReadError>);
+
+/// Why a file job could not use a file. The text (without the path, which the browser row
+/// shows) is what the browser and the log show.
+#[derive(Debug, thiserror::Error)]
+pub enum FileReadError {
+    /// Not an image this app decodes, or a damaged one.
+    #[error("{}", .0.message)]
+    Input(#[from] InputError),
+    /// Decoded, but without a single frame.
+    #[error("the file holds no image frames")]
+    NoFrames,
+    /// The bytes could not be read again for the content hash.
+    #[error("cannot read the file: {0}")]
+    Hash(#[source] std::io::Error),
+}
 
 /// Reads `roots` (files, folders, DICOMDIRs), handing over each file as it is examined.
 pub fn scan(roots: Vec<PathBuf>, repaint: impl Fn() + Send + Sync + 'static) -> Job<(), ScanItem> {
@@ -49,12 +65,11 @@ pub fn load(
     repaint: impl Fn() + Send + Sync + 'static,
 ) -> Job<(), LoadedFile> {
     super::runner::each_file("Loading images", repaint, queue, |path| {
-        let stack = crate::io::input::load_stack(path).map_err(|e| e.message)?;
+        let stack = crate::io::input::load_stack(path)?;
         if stack.frames.is_empty() {
-            return Err("the file holds no image frames".to_string());
+            return Err(FileReadError::NoFrames);
         }
-        let hash = crate::weights::adapters::file_sha256_hex(path)
-            .map_err(|e| format!("cannot read the file: {e}"))?;
+        let hash = crate::weights::adapters::file_sha256_hex(path).map_err(FileReadError::Hash)?;
         Ok((Arc::new(stack), hash))
     })
 }
@@ -67,6 +82,6 @@ pub fn thumbnails(
     super::runner::each_file("Making previews", repaint, paths, |path| {
         crate::io::input::thumbnail(path, THUMBNAIL_SIDE)
             .map(Arc::new)
-            .map_err(|e| e.message)
+            .map_err(FileReadError::from)
     })
 }

@@ -324,18 +324,19 @@ fn training(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.label(RichText::new("Fine-tuning").strong());
     let model = &state.model;
     ui.horizontal(|ui| {
-        for (schedule, name, tip) in [
-            (
-                Schedule::Quick,
-                "Quick",
-                "3 augmentations, 5 epochs: minutes on a CPU",
-            ),
+        for (schedule, name, cost) in [
+            (Schedule::Quick, "Quick", "minutes on a CPU"),
             (
                 Schedule::Paper,
                 "Paper",
-                "The reference's 11 augmentations and 50 epochs: hours on a CPU, minutes on a GPU",
+                "the reference's: hours on a CPU, minutes on a GPU",
             ),
         ] {
+            let tip = format!(
+                "{} augmentations of each shot, {} epochs: {cost}",
+                schedule.training_augmentations(),
+                schedule.epochs()
+            );
             if ui
                 .radio(model.schedule == schedule, name)
                 .on_hover_text(tip)

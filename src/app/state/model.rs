@@ -301,13 +301,14 @@ impl ModelState {
     }
 
     /// The settings of the app's fits: the organ word, schedule and seed chosen here, the
-    /// rest as every fit has them ([`FitRequest::new`]).
+    /// rest as every fit has them ([`crate::workflow::FitSettings::default`]).
     pub fn fit_request(&self) -> FitRequest {
-        FitRequest {
-            schedule: self.schedule,
-            seed: self.seed,
-            ..FitRequest::new(&self.organ)
-        }
+        let mut request = FitRequest::new(&self.organ);
+        request.settings = request
+            .settings
+            .with_schedule(self.schedule)
+            .with_seed(self.seed);
+        request
     }
 
     /// The result of `key` when it is current (scored by the current detector) or stale.

@@ -594,21 +594,16 @@ fn fit_synthetic<B: Backend>(
     scoring: ScoringConfig,
     text_features: Tensor<B, 2>,
 ) -> anyhow::Result<()> {
-    use mvfa_studio::train::fit::{FitOutcome, FitSettings, fit};
-    use mvfa_studio::workflow::Schedule;
+    use mvfa_studio::train::fit::{FitModel, FitOutcome, FitSettings, Schedule, fit};
     let shots = synthetic_shots(k);
     let schedule = Schedule::from(args.schedule);
     let epochs = args.fit_epochs.unwrap_or(schedule.epochs());
-    let settings = FitSettings {
+    let model = FitModel {
         adapters: adapters_cfg,
         scoring,
-        train: TrainConfig::new().with_epochs(epochs),
-        normal_only_task: TaskKind::Segmentation,
-        batch_size: 8,
-        training_augmentations: schedule.training_augmentations(),
-        fpr: mvfa_studio::model::mvfa::calibration::DEFAULT_FPR,
-        selection: mvfa_studio::train::select::SelectionSettings::default(),
     };
+    let mut settings = FitSettings::default().with_schedule(schedule);
+    settings.train.epochs = epochs;
     println!(
         "fit: k={k} normal + {k} abnormal synthetic shots with masks, {:?} schedule ({epochs} epochs x {} augmented images)",
         args.schedule,
@@ -623,6 +618,7 @@ fn fit_synthetic<B: Backend>(
         adapters,
         text_features,
         &shots,
+        &model,
         &settings,
         |event| record_phase(&mut phases, &event, start.elapsed().as_secs_f64()),
         &cancel,
