@@ -266,6 +266,16 @@ impl AppState {
             .collect()
     }
 
+    /// Where the current image stands in `sequence` (from [`Self::sequence`]); 0 when it is
+    /// not in it.
+    pub fn position_in(&self, sequence: &[ImageKey]) -> usize {
+        self.viewer
+            .current
+            .as_ref()
+            .and_then(|c| sequence.iter().position(|k| k == c))
+            .unwrap_or(0)
+    }
+
     /// The images a label command applies to: the browser selection when it holds more than
     /// one file (every frame of each), else the current image.
     pub fn label_targets(&self) -> Vec<ImageKey> {

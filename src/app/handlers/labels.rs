@@ -66,12 +66,7 @@ pub fn apply(state: &mut AppState, jobs: &mut Jobs, action: &Action, ctx: &egui:
 /// Shows the first unlabelled frame after the current one in its series (wrapping around).
 fn next_unlabelled(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     let sequence = state.sequence();
-    let at = state
-        .viewer
-        .current
-        .as_ref()
-        .and_then(|c| sequence.iter().position(|k| k == c))
-        .unwrap_or(0);
+    let at = state.position_in(&sequence);
     let next = (1..=sequence.len())
         .map(|d| &sequence[(at + d) % sequence.len()])
         .find(|k| state.labels.label(k).is_none())

@@ -857,12 +857,7 @@ pub fn score_queue(state: &AppState, limit: usize) -> Vec<ImageKey> {
                 .is_none_or(|(g, _)| *g != generation)
     };
     let sequence = state.sequence();
-    let at = state
-        .viewer
-        .current
-        .as_ref()
-        .and_then(|c| sequence.iter().position(|k| k == c))
-        .unwrap_or(0);
+    let at = state.position_in(&sequence);
     let mut near: Vec<(usize, &ImageKey)> = sequence
         .iter()
         .enumerate()
