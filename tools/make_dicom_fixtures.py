@@ -267,11 +267,18 @@ def unsupported_and_broken(out):
 def trailing_bytes(out):
     """Complete pixel data followed by bytes that do not parse as elements: a trailing
     DataSetTrailingPadding (FFFC,FFFC) whose declared length runs past the end of the file,
-    and three stray bytes. pydicom opens both (with a warning); so must we."""
+    three stray bytes, and a run of empty (0000,0000) elements. pydicom opens them all; so
+    must we (with a warning)."""
     data = (out / "ct_rescale_windows.dcm").read_bytes()
     cut_element = b"\xfc\xff\xfc\xffOB\x00\x00" + (4096).to_bytes(4, "little") + bytes(10)
     (out / "trailing_truncated_element.dcm").write_bytes(data + cut_element)
     (out / "trailing_junk.dcm").write_bytes(data + b"\x01\x02\x03")
+    # A long run of zeros, which reads as empty (0000,0000) elements, ending in a cut element
+    # header (4 bytes), in explicit and implicit VR: the shape of a damaged GE MR series.
+    zeros = bytes(8 * 600) + bytes(4)
+    (out / "trailing_zero_elements.dcm").write_bytes(data + zeros)
+    implicit = (out / "ct_rescale_windows_implicit.dcm").read_bytes()
+    (out / "trailing_zero_elements_implicit.dcm").write_bytes(implicit + zeros)
 
 
 def voi_lut(out):

@@ -13,7 +13,14 @@ fn unparsable_bytes_after_complete_pixel_data_open_with_a_warning() {
     let dir = fixture_dir("dicom");
     let clean = load_dicom(&dir.join("ct_rescale_windows.dcm")).unwrap();
     assert!(clean.warnings.is_empty(), "{:?}", clean.warnings);
-    for name in ["trailing_truncated_element.dcm", "trailing_junk.dcm"] {
+    let implicit = load_dicom(&dir.join("ct_rescale_windows_implicit.dcm")).unwrap();
+    assert_eq!(implicit.frames, clean.frames);
+    for name in [
+        "trailing_truncated_element.dcm",
+        "trailing_junk.dcm",
+        "trailing_zero_elements.dcm",
+        "trailing_zero_elements_implicit.dcm",
+    ] {
         let stack = load_dicom(&dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             stack.frames, clean.frames,

@@ -239,7 +239,8 @@ pub(super) fn parse(
 /// [`parse`] of a whole file, lenient where pydicom and the common viewers are, with a
 /// warning saying what was tolerated:
 /// - bytes after a complete top-level pixel data element that do not parse as elements
-///   (trailing padding, a truncated trailing element) are ignored;
+///   (trailing padding, a truncated trailing element, a run of empty (0000,0000) elements
+///   that ends in a cut element header) are ignored;
 /// - a defined-length sequence or item that claims more bytes than its container or the file
 ///   holds (e.g. pydicom's `DICOMDIR-nooffset`) is read up to where its container ends.
 ///
@@ -264,16 +265,25 @@ pub(super) fn parse_lenient(
             };
             return Ok((obj, warning));
         }
-        Err(e) if e.kind == K::Truncated => return Err(e),
         Err(e) => e,
     };
     let Some(w) = walked() else {
         return Err(error);
     };
+    // The pixel data is whole and something after it fails to parse (a truncation there
+    // reads as a truncated file): what it holds is dropped, as pydicom drops it.
     if let Some(end) = w.trailing
         && let Ok(obj) = parse(&bytes[..end], path, false)
     {
-        return Ok((obj, Some(ignored(bytes.len() - end, &error.message))));
+        let why = if bytes[end..].iter().all(|&b| b == 0) {
+            "zeros, read as empty (0000,0000) elements up to a cut element header"
+        } else {
+            &error.message
+        };
+        return Ok((obj, Some(ignored(bytes.len() - end, why))));
+    }
+    if error.kind == K::Truncated {
+        return Err(error);
     }
     if !w.overlong.is_empty() {
         let mut repaired = bytes.to_vec();
