@@ -134,6 +134,10 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     h.state_mut().pending.push(Action::SetTab(SideTab::Model));
     h.step();
     h.step();
+    // The button may be below the tab's fold: scroll it into view, as a user would.
+    h.get_by_label_contains(Command::StartTraining.label())
+        .scroll_to_me();
+    h.step();
     h.get_by_label_contains(Command::StartTraining.label())
         .click();
     h.step();

@@ -738,3 +738,97 @@ fn app_workspace_keeps_decoded_images_within_the_memory_budget() {
     assert_eq!(current(&h).path, pngs.join("img4.png"));
     assert!(h.state().state.images.len() <= 2);
 }
+
+/// A series whose first slice does not decode opens on the next slice that does; the broken
+/// one is listed as unreadable, and the user can still go back to it (and read why).
+#[test]
+fn app_workspace_series_with_a_broken_first_slice_opens_on_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.dcm", "b.dcm", "c.dcm"] {
+        std::fs::copy(
+            fixture_dir("dicom/study_folder/sub").join(name),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    let opened = |h: &mut H| {
+        h.state_mut()
+            .pending
+            .push(Action::Open(vec![dir.path().to_path_buf()]));
+        wait_until(h, "the scan and the first load", |s| {
+            s.activity.scan.is_none() && s.activity.load.is_none() && s.viewer.current.is_some()
+        });
+    };
+    // The series' order, then its first slice made undecodable with a header that still
+    // reads: Rows doubled, so the pixel data falls short (found when it is loaded, not when
+    // the folder is scanned).
+    let mut h = harness(app(None));
+    opened(&mut h);
+    let first = h.state().state.browser.groups[0].items[0].path.clone();
+    drop(h);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let rows = bytes
+        .windows(6)
+        .position(|w| w == b"\x28\x00\x10\x00US")
+        .expect("Rows in explicit VR")
+        + 8;
+    bytes[rows] *= 2;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let mut h = harness(app(None));
+    opened(&mut h);
+    wait_until(&mut h, "an image on show", |s| s.current_stack().is_some());
+    let s = &h.state().state;
+    let current = s.viewer.current.clone().unwrap();
+    assert_ne!(current.path, first, "opened on the broken slice");
+    assert_eq!(current.path, s.browser.groups[0].items[1].path);
+    assert!(
+        s.browser.unreadable.iter().any(|(p, _)| *p == first),
+        "the broken slice is listed: {:?}",
+        s.browser.unreadable
+    );
+    // Going back to it shows why it cannot be shown (in a viewer narrower than the message).
+    h.state_mut().pending.push(Action::Show(ImageKey {
+        path: first.clone(),
+        frame: 0,
+    }));
+    h.step();
+    h.step();
+    assert_eq!(h.state().state.viewer.current.as_ref().unwrap().path, first);
+}
+
+/// The right-hand panel keeps its width whichever tab it shows.
+#[test]
+fn app_workspace_side_panel_keeps_its_width_across_tabs() {
+    use mvfa_studio::app::state::viewer::SideTab;
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(app(None));
+    open(&mut h, vec![png_folder(dir.path(), 3)]);
+    // The tab row's "Results" button: its left edge moves with the panel's.
+    let tab_left = |h: &H| {
+        h.get_all_by_label("Results")
+            .map(|n| n.rect())
+            .filter(|r| r.left() > 640.0 && r.top() > 20.0 && r.top() < 60.0)
+            .map(|r| r.left())
+            .next()
+            .expect("the Results tab")
+    };
+    let mut lefts = Vec::new();
+    for tab in [
+        SideTab::Image,
+        SideTab::Model,
+        SideTab::Results,
+        SideTab::Image,
+    ] {
+        h.state_mut().pending.push(Action::SetTab(tab));
+        for _ in 0..3 {
+            h.step();
+        }
+        lefts.push((tab, tab_left(&h)));
+    }
+    eprintln!("{lefts:?}");
+    assert!(
+        lefts.iter().all(|(_, x)| *x == lefts[0].1),
+        "the panel's width changed: {lefts:?}"
+    );
+}

@@ -94,7 +94,36 @@ pub fn show(state: &mut AppState, jobs: &mut Jobs, key: ImageKey, ctx: &egui::Co
     state.labels.end_stroke();
     state.selection = vec![key.path.clone()];
     state.viewer.current = Some(key);
+    state.viewer.opened_by_app = false;
     ensure_loading(state, jobs, ctx);
+}
+
+/// When the image the app opened on cannot be read, moves on to the next file of its series
+/// or folder that is not known to be unreadable: a series whose first file is damaged opens
+/// on an image, and the damaged file stays listed (and shown, with why, when the user picks it).
+fn pass_over_an_unreadable_opening(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    if !state.viewer.opened_by_app {
+        return;
+    }
+    let Some(key) = state.viewer.current.clone() else {
+        return;
+    };
+    let unreadable =
+        |state: &AppState, path: &Path| state.browser.unreadable.iter().any(|(p, _)| p == path);
+    if !unreadable(state, &key.path) {
+        return;
+    }
+    let Some((g, i)) = state.browser.locate(&key.path) else {
+        return;
+    };
+    let next = state.browser.groups[g].items[i + 1..]
+        .iter()
+        .map(|item| item.path.clone())
+        .find(|path| !unreadable(state, path));
+    if let Some(path) = next {
+        show(state, jobs, ImageKey { path, frame: 0 }, ctx);
+        state.viewer.opened_by_app = true;
+    }
 }
 
 fn select(
@@ -214,6 +243,7 @@ pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     poll_scan(state, jobs, ctx);
     poll_load(state, jobs, ctx);
     poll_thumbnails(state, jobs, ctx);
+    pass_over_an_unreadable_opening(state, jobs, ctx);
     // A frame index beyond what the loaded file holds (a NIfTI volume counted as one frame
     // before loading, a project from another version of the file) falls back to the last one.
     if let Some(key) = state.viewer.current.clone()
@@ -242,6 +272,7 @@ fn poll_scan(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
             frame: 0,
         };
         show(state, jobs, key, ctx);
+        state.viewer.opened_by_app = true;
     }
     let done = match status {
         JobStatus::Running { .. } => None,

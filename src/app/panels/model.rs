@@ -27,16 +27,17 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
 
 fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.heading("Model");
+    // Values wrap within the panel: a long device name must not widen it.
     egui::Grid::new("backend").num_columns(2).show(ui, |ui| {
         ui.label("Backend");
-        ui.label(&state.backend.backend);
+        ui.add(egui::Label::new(&state.backend.backend).wrap());
         ui.end_row();
         ui.label("Device");
-        ui.label(&state.backend.device);
+        ui.add(egui::Label::new(&state.backend.device).wrap());
         ui.end_row();
         if let Some(reason) = &state.backend.fallback_reason {
             ui.label("Note");
-            ui.label(reason);
+            ui.add(egui::Label::new(reason).wrap());
             ui.end_row();
         }
     });
@@ -53,7 +54,7 @@ fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     match &state.weights {
         WeightsStatus::NotLoaded => {
             ui.label("No weights loaded");
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 command_button(ui, Command::OpenWeights, actions);
                 command_button(ui, Command::DownloadWeights, actions);
             });
@@ -84,7 +85,7 @@ fn weights(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 format!("Could not load {}", path.display()),
             );
             ui.label(message);
-            ui.horizontal(|ui| {
+            ui.horizontal_wrapped(|ui| {
                 command_button(ui, Command::OpenWeights, actions);
                 command_button(ui, Command::DownloadWeights, actions);
             });
@@ -120,7 +121,7 @@ fn organ(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         .add(
             egui::TextEdit::singleline(&mut text)
                 .hint_text("free text, e.g. knee MRI")
-                .desired_width(200.0),
+                .desired_width(ui.available_width().min(240.0)),
         )
         .labelled_by(heading.id);
     if response.changed() {

@@ -152,14 +152,13 @@ fn shown<'a>(
     painter: &egui::Painter,
     rect: Rect,
 ) -> Option<Shown<'a>> {
+    // Wrapped to the viewer's width: a decoder's message can be long.
     let message = |text: &str| {
-        painter.text(
-            rect.center(),
-            Align2::CENTER_CENTER,
-            text,
-            FontId::proportional(16.0),
-            Color32::GRAY,
-        );
+        let wrap = (rect.width() - 48.0).max(120.0);
+        let font = FontId::proportional(16.0);
+        let galley = painter.layout(text.to_string(), font, Color32::GRAY, wrap);
+        let top_left = rect.center() - galley.size() / 2.0;
+        painter.galley(top_left, galley, Color32::GRAY);
     };
     if ui.input(|i| !i.raw.hovered_files.is_empty()) {
         message("Drop to open");
@@ -336,10 +335,7 @@ fn legend(
     caption: &str,
 ) {
     let font = FontId::proportional(12.0);
-    let bar = Rect::from_min_size(
-        pos2(pane.right() - 60.0, pane.bottom() - 190.0),
-        vec2(14.0, 140.0),
-    );
+    let bar = legend_bar(pane);
     let steps = 64;
     for i in 0..steps {
         let t0 = i as f32 / steps as f32;
@@ -384,6 +380,15 @@ fn legend(
         font,
         OVERLAY,
     );
+}
+
+/// The legend's colour bar, in the pane's lower right corner. Its labels take up to 50
+/// points to its right, its caption the row from 14 to 30 points below it.
+fn legend_bar(pane: Rect) -> Rect {
+    Rect::from_min_size(
+        pos2(pane.right() - 60.0, pane.bottom() - 190.0),
+        vec2(14.0, 140.0),
+    )
 }
 
 /// Where the image sits on screen.
@@ -759,10 +764,7 @@ fn scale_bar(painter: &egui::Painter, rect: Rect, points_per_mm: f64) {
         .map(|m| m * magnitude)
         .find(|&m| m <= target)
         .unwrap_or(magnitude);
-    let length = (mm * points_per_mm) as f32;
-    let y = rect.bottom() - 30.0;
-    let x1 = rect.right() - 12.0;
-    let x0 = x1 - length;
+    let [x0, x1, y] = scale_bar_place(rect, (mm * points_per_mm) as f32);
     let stroke = Stroke::new(2.0, OVERLAY);
     painter.line_segment([pos2(x0, y), pos2(x1, y)], stroke);
     painter.line_segment([pos2(x0, y - 5.0), pos2(x0, y + 5.0)], stroke);
@@ -781,4 +783,50 @@ fn scale_bar(painter: &egui::Painter, rect: Rect, points_per_mm: f64) {
         FontId::proportional(12.0),
         OVERLAY,
     );
+}
+
+/// Where a scale bar `length` points long goes: `[x0, x1, y]`, in the lower left corner above
+/// the pixel readout, with its text above it. The legend keeps the lower right corner and its
+/// caption the bottom row, so the two never meet.
+fn scale_bar_place(rect: Rect, length: f32) -> [f32; 3] {
+    let x0 = rect.left() + 12.0;
+    [x0, x0 + length, rect.bottom() - 44.0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The legend (bar, labels, caption row) and the scale bar (ticks and text) share no
+    /// point, whatever the pane's size and the bar's length (at most a fifth of the width).
+    #[test]
+    fn legend_and_scale_bar_never_overlap() {
+        for (w, h) in [
+            (240.0, 240.0),
+            (400.0, 300.0),
+            (900.0, 500.0),
+            (2400.0, 1400.0),
+        ] {
+            let pane = Rect::from_min_size(pos2(10.0, 20.0), vec2(w, h));
+            let bar = legend_bar(pane);
+            let legend = Rect::from_min_max(
+                bar.min - vec2(4.0, 8.0),
+                pos2(pane.right(), bar.bottom() + 8.0),
+            );
+            let caption = Rect::from_min_max(
+                pos2(pane.left(), bar.bottom() + 14.0),
+                pos2(pane.right(), bar.bottom() + 30.0),
+            );
+            let [x0, x1, y] = scale_bar_place(pane, w / 5.0);
+            let scale = Rect::from_min_max(pos2(x0 - 30.0, y - 20.0), pos2(x1 + 30.0, y + 5.0));
+            assert!(
+                !scale.intersects(legend),
+                "{w}x{h}: scale bar on the legend"
+            );
+            assert!(
+                !scale.intersects(caption),
+                "{w}x{h}: scale bar on the caption"
+            );
+        }
+    }
 }

@@ -71,6 +71,9 @@ pub const ZOOM_MAX: f32 = 512.0;
 pub struct Viewer {
     /// The image shown.
     pub current: Option<ImageKey>,
+    /// Whether the app chose `current` when files opened (the user has not moved since): an
+    /// opening image that turns out unreadable is passed over for the next one that reads.
+    pub opened_by_app: bool,
     /// Fit the image to the viewport (zoom and pan follow the viewport size).
     pub fit: bool,
     /// Screen points per image pixel when not fitting.
@@ -128,6 +131,7 @@ impl Default for Viewer {
     fn default() -> Self {
         Self {
             current: None,
+            opened_by_app: false,
             fit: true,
             zoom: 1.0,
             pan: [0.0, 0.0],
