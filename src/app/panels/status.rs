@@ -66,6 +66,10 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                 .on_hover_text("Autosaved every minute; Ctrl+S saves the project");
         }
         ui.separator();
-        ui.label(state.log.last().map(String::as_str).unwrap_or("Ready"));
+        // A long message (a file's path and a decoder's reason) ends in "…" at the window's
+        // edge; hovering shows it whole.
+        let message = state.log.last().map(String::as_str).unwrap_or("Ready");
+        ui.add(egui::Label::new(message).truncate())
+            .on_hover_text(message);
     });
 }
