@@ -23,6 +23,10 @@ pub enum Stream {
     Folds = 5,
     /// The bootstrap of the model selection's validation images.
     Bootstrap = 6,
+    /// The app's "label next" proposals with the random strategy.
+    LabelNext = 7,
+    /// Synthetic volumes (lesions across slices).
+    SyntheticVolume = 8,
 }
 
 /// The generator of `stream` under `seed`.

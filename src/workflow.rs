@@ -11,9 +11,11 @@ mod checkpoint;
 mod error;
 mod export;
 mod fitting;
+pub mod label_next;
 pub mod maps;
 pub mod results_file;
 mod scoring;
+pub mod series;
 mod session;
 mod shots;
 pub mod text_cache;
@@ -31,6 +33,9 @@ pub use export::{
 pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
+pub use series::{
+    SERIES_RULE, SeriesRule, SeriesScore, SliceContext, TOP_K, series_score, study_score,
+};
 pub use session::{DetectorSummary, FitSummary, ModelSession, Session, open_session};
 pub use shots::{
     CollectedShots, DatasetShots, LabelledImage, MaskSource, ShotLabel, ShotSource, collect_shots,

@@ -91,6 +91,10 @@ commands! {
     /// Go to the next image of the series or folder that has no label yet (after the current
     /// one, wrapping around), to label a series slice by slice.
     NextUnlabelled = "Next unlabelled image", Label, key(Key::U);
+    /// Go to the unlabelled image whose label would help the detector most, by the strategy
+    /// chosen in the Model tab (most uncertain, most anomalous or random); the status bar says
+    /// why it was chosen
+    LabelNext = "Label next (suggested)", Label, shift(Key::U);
     /// Next frame or slice of the series (also Shift+wheel)
     NextFrame = "Next frame", View, key(Key::ArrowDown);
     /// Previous frame or slice of the series (also Shift+wheel)
@@ -157,11 +161,16 @@ commands! {
     NextLayer = "Next map", Results, key(Key::Period);
     /// Show the previous map (fused, branches, levels)
     PreviousLayer = "Previous map", Results, key(Key::Comma);
-    /// Walk the images in order of decreasing anomaly score: the first press goes to the most
-    /// anomalous
+    /// Walk the results the way a series is read: series by decreasing series score, and
+    /// within a series its slices by decreasing score (the first press: the peak slice of the
+    /// most anomalous series)
     NextAnomalous = "Next most anomalous", Results, key(Key::J);
-    /// Go back to the previous image in order of decreasing anomaly score
+    /// Go back one step in the reading order of J
     PreviousAnomalous = "Previous most anomalous", Results, key(Key::K);
+    /// Go to the peak slice of the next series in order of decreasing series score
+    NextSeries = "Next most anomalous series", Results, shift(Key::J);
+    /// Go to the peak slice of the previous series in order of decreasing series score
+    PreviousSeries = "Previous most anomalous series", Results, shift(Key::K);
     /// Label the current image normal: the memory bank and the scores update at once
     AcceptNormal = "Accept as normal", Results, shift(Key::N);
     /// Label the current image abnormal with the region above the contour level as its starting

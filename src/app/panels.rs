@@ -9,6 +9,7 @@ mod model;
 mod pacs;
 mod results;
 mod status;
+mod strip;
 mod viewer;
 mod widgets;
 

@@ -8,6 +8,7 @@ pub mod labels;
 pub mod model;
 pub mod pacs;
 pub mod project;
+pub mod series;
 pub mod viewer;
 
 use std::collections::HashMap;
@@ -254,16 +255,7 @@ impl AppState {
         let Some((g, _)) = self.browser.locate(&key.path) else {
             return vec![key.clone()];
         };
-        self.browser.groups[g]
-            .items
-            .iter()
-            .flat_map(|item| {
-                (0..item.frames).map(|frame| ImageKey {
-                    path: item.path.clone(),
-                    frame,
-                })
-            })
-            .collect()
+        self.group_frames(g)
     }
 
     /// Where the current image stands in `sequence` (from [`Self::sequence`]); 0 when it is

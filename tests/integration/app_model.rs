@@ -238,14 +238,7 @@ fn app_model_label_train_review_correct_export_and_reopen() {
     assert!(h.state().textures.heatmap_builds >= builds + 4);
 
     // J walks the ranking from the most anomalous image down, K back up.
-    let ranked: Vec<ImageKey> = h
-        .state()
-        .state
-        .model
-        .ranked()
-        .into_iter()
-        .map(|(k, _)| k.clone())
-        .collect();
+    let (ranked, _) = h.state().state.reading_order();
     for expected in [&ranked[0], &ranked[1], &ranked[2]] {
         press(&mut h, Modifiers::NONE, Key::J);
         assert_eq!(h.state().state.viewer.current.as_ref(), Some(expected));

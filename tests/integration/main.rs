@@ -6,6 +6,7 @@ mod support;
 mod app_model;
 mod app_pacs;
 mod app_project;
+mod app_series;
 mod app_ui;
 mod app_workspace;
 mod augment;

@@ -11,6 +11,7 @@ use crate::app::jobs::runner::{JobStatus, repaint};
 use crate::app::state::AppState;
 use crate::app::state::labels::{ImageKey, Label, Labels, MaskEditError};
 use crate::app::state::viewer::Tool;
+use crate::workflow::label_next::{Candidate, propose};
 
 /// Runs a label command; false when `command` is not one.
 pub fn run(state: &mut AppState, jobs: &mut Jobs, command: Command, ctx: &egui::Context) -> bool {
@@ -19,6 +20,7 @@ pub fn run(state: &mut AppState, jobs: &mut Jobs, command: Command, ctx: &egui::
         Command::MarkAbnormal => set_label(state, Some(Label::Abnormal)),
         Command::ClearLabel => set_label(state, None),
         Command::NextUnlabelled => next_unlabelled(state, jobs, ctx),
+        Command::LabelNext => label_next(state, jobs, ctx),
         Command::Undo => {
             let message = state.labels.undo();
             state
@@ -61,6 +63,62 @@ pub fn apply(state: &mut AppState, jobs: &mut Jobs, action: &Action, ctx: &egui:
         _ => return false,
     }
     true
+}
+
+/// Shows the unlabelled frame the chosen strategy proposes, and says why in the status bar.
+fn label_next(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    let strategy = state.model.view.label_strategy;
+    let calibration = state
+        .model
+        .detector
+        .as_ref()
+        .and_then(|d| d.calibration.as_ref());
+    let mut keys = Vec::new();
+    let mut candidates = Vec::new();
+    for g in 0..state.browser.groups.len() {
+        for key in state.group_frames(g) {
+            if state.labels.label(&key).is_some() {
+                continue;
+            }
+            let result = state
+                .model
+                .results
+                .get(&key)
+                .filter(|s| s.generation == state.model.generation);
+            let branches = result.and_then(|s| {
+                let c = calibration?;
+                let few = s.result.raw.few_image?;
+                Some((
+                    c.zero_image.normalise(s.result.raw.zero_image),
+                    c.few_image.as_ref()?.normalise(few),
+                ))
+            });
+            candidates.push(Candidate {
+                score: result.and_then(|s| s.result.score),
+                branches,
+            });
+            keys.push(key);
+        }
+    }
+    let draw = (state.model.seed, state.labels.labels().count() as u64);
+    match propose(&candidates, strategy, state.model.score_threshold(), draw) {
+        Ok(proposal) => {
+            let key = keys[proposal.index].clone();
+            let name = key.path.file_name().unwrap_or_default().to_string_lossy();
+            state.log.push(format!(
+                "Label next ({}): {name}{}, because {}",
+                strategy.label(),
+                if key.frame > 0 {
+                    format!(" frame {}", key.frame + 1)
+                } else {
+                    String::new()
+                },
+                proposal.reason
+            ));
+            super::files::show(state, jobs, key, ctx);
+        }
+        Err(why) => state.log.push(format!("Label next: {why}")),
+    }
 }
 
 /// Shows the first unlabelled frame after the current one in its series (wrapping around).

@@ -64,8 +64,10 @@ pub fn run(state: &mut AppState, jobs: &mut Jobs, command: Command, ctx: &egui::
         Command::ToggleSideBySide => state.model.view.side_by_side = !state.model.view.side_by_side,
         Command::NextLayer => step_layer(state, 1),
         Command::PreviousLayer => step_layer(state, -1),
-        Command::NextAnomalous => step_ranked(state, jobs, 1, ctx),
-        Command::PreviousAnomalous => step_ranked(state, jobs, -1, ctx),
+        Command::NextAnomalous => step_ranked(state, jobs, Step::Slice(1), ctx),
+        Command::PreviousAnomalous => step_ranked(state, jobs, Step::Slice(-1), ctx),
+        Command::NextSeries => step_ranked(state, jobs, Step::Series(1), ctx),
+        Command::PreviousSeries => step_ranked(state, jobs, Step::Series(-1), ctx),
         Command::AcceptNormal => accept(state, Label::Normal),
         Command::AcceptAbnormal => accept(state, Label::Abnormal),
         Command::ExportImage => open_export(state, ExportScope::Current),
@@ -218,16 +220,19 @@ fn step_layer(state: &mut AppState, delta: isize) {
     state.model.view.layer = layers[next];
 }
 
-/// Walks the ranking of decreasing score: the first J goes to the most anomalous image, each
-/// further J to the next one (K back up). Navigating elsewhere restarts at the top.
-fn step_ranked(state: &mut AppState, jobs: &mut Jobs, delta: isize, ctx: &egui::Context) {
-    let ranked: Vec<ImageKey> = state
-        .model
-        .ranked()
-        .into_iter()
-        .map(|(k, _)| k.clone())
-        .collect();
-    if ranked.is_empty() {
+/// A step of J/K (one slice in the reading order) or Shift+J/K (one series).
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Slice(isize),
+    Series(isize),
+}
+
+/// Walks the reading order ([`AppState::reading_order`]): series by decreasing score, slices
+/// of a series by decreasing score. The first J goes to the peak of the most anomalous series;
+/// navigating elsewhere restarts at the top.
+fn step_ranked(state: &mut AppState, jobs: &mut Jobs, step: Step, ctx: &egui::Context) {
+    let (order, starts) = state.reading_order();
+    if order.is_empty() {
         state.log.push("No scored images yet".into());
         return;
     }
@@ -235,18 +240,29 @@ fn step_ranked(state: &mut AppState, jobs: &mut Jobs, delta: isize, ctx: &egui::
         .viewer
         .current
         .as_ref()
-        .and_then(|c| ranked.iter().position(|k| k == c))
+        .and_then(|c| order.iter().position(|k| k == c))
         .filter(|&i| state.model.rank_cursor == Some(i));
-    let next = match at {
-        None => 0,
-        Some(i) => (i as isize + delta).clamp(0, ranked.len() as isize - 1) as usize,
+    let last = order.len() as isize - 1;
+    let next = match (at, step) {
+        (None, _) => 0,
+        (Some(i), Step::Slice(d)) => (i as isize + d).clamp(0, last) as usize,
+        (Some(i), Step::Series(d)) => {
+            let series = starts.iter().rposition(|&s| s <= i).unwrap_or(0) as isize;
+            let to = (series + d).clamp(0, starts.len() as isize - 1) as usize;
+            starts[to]
+        }
     };
     state.model.rank_cursor = Some(next);
-    let key = ranked[next].clone();
+    let key = order[next].clone();
+    let series = starts.iter().rposition(|&s| s <= next).unwrap_or(0);
+    let in_series = next - starts[series];
+    let in_series_len = starts.get(series + 1).unwrap_or(&order.len()) - starts[series];
     state.log.push(format!(
-        "Rank {} of {}: score {:.2}",
-        next + 1,
-        ranked.len(),
+        "Series {} of {} by score, slice {} of its {} scored by score: score {:.2}",
+        series + 1,
+        starts.len(),
+        in_series + 1,
+        in_series_len,
         state.model.results[&key].score()
     ));
     files::show(state, jobs, key, ctx);

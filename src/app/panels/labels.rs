@@ -8,6 +8,7 @@ use crate::app::action::Action;
 use crate::app::commands::Command;
 use crate::app::state::AppState;
 use crate::app::state::viewer::{Tool, presets};
+use crate::workflow::label_next::LabelStrategy;
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     labels(ui, state, actions);
@@ -57,6 +58,7 @@ fn labels(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         command_button(ui, Command::MarkAbnormal, actions);
         command_button(ui, Command::ClearLabel, actions);
     });
+    label_next(ui, state, actions);
     ui.horizontal_wrapped(|ui| {
         ui.add_enabled_ui(state.labels.can_undo(), |ui| {
             command_button(ui, Command::Undo, actions)
@@ -64,6 +66,27 @@ fn labels(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         ui.add_enabled_ui(state.labels.can_redo(), |ui| {
             command_button(ui, Command::Redo, actions)
         });
+    });
+}
+
+/// The "Label next" command with its strategy.
+fn label_next(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    ui.horizontal_wrapped(|ui| {
+        command_button(ui, Command::NextUnlabelled, actions);
+        command_button(ui, Command::LabelNext, actions);
+        let mut view = state.model.view.clone();
+        egui::ComboBox::from_id_salt("label next strategy")
+            .selected_text(view.label_strategy.label())
+            .show_ui(ui, |ui| {
+                for strategy in LabelStrategy::ALL {
+                    ui.selectable_value(&mut view.label_strategy, strategy, strategy.label());
+                }
+            })
+            .response
+            .on_hover_text("How Label next (Shift+U) chooses the image");
+        if view != state.model.view {
+            actions.push(Action::SetResultsView(view));
+        }
     });
 }
 

@@ -8,10 +8,11 @@ use super::widgets::command_button;
 use crate::app::action::Action;
 use crate::app::commands::Command;
 use crate::app::state::AppState;
-use crate::app::state::labels::ImageKey;
+use crate::app::state::labels::{ImageKey, Label};
 use crate::app::state::model::{ModelJobKind, ResultsView, Scored, SortColumn};
+use crate::app::state::series::SeriesRow;
 use crate::io::export::overlay::Colormap;
-use crate::workflow::{MapLayer, MapScale};
+use crate::workflow::{MapLayer, MapScale, SERIES_RULE, SeriesRule, SliceContext, TOP_K};
 
 /// Draws the Results tab.
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -34,6 +35,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.separator();
     ui.horizontal_wrapped(|ui| {
         command_button(ui, Command::NextAnomalous, actions);
+        command_button(ui, Command::NextSeries, actions);
         command_button(ui, Command::AcceptNormal, actions);
         command_button(ui, Command::AcceptAbnormal, actions);
     });
@@ -233,26 +235,149 @@ fn histogram(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     }
 }
 
+/// The scores grouped by study and series (expandable), most anomalous series first; each
+/// series heading shows its max and top-k mean with the peak slice, and its slices sort by the
+/// chosen column.
 fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let studies = state.studies();
+    if studies.is_empty() {
+        return;
+    }
+    ui.horizontal_wrapped(|ui| {
+        ui.label(RichText::new("By series").strong());
+        context_choice(ui, state, actions);
+    });
+    ui.label(
+        RichText::new(format!(
+            "Series score: {} of its slices (also shown: mean of the top {TOP_K})",
+            if SERIES_RULE == SeriesRule::Max {
+                "the maximum"
+            } else {
+                "the top-k mean"
+            }
+        ))
+        .small(),
+    );
+    let single = studies.len() == 1 && studies[0].series.len() == 1;
+    egui::ScrollArea::vertical()
+        .id_salt("score table")
+        .max_height(360.0)
+        .show(ui, |ui| {
+            for study in &studies {
+                let heading = match study.score {
+                    Some(s) => format!("{}: study score {s:.2}", study.title),
+                    None => format!("{}: not scored", study.title),
+                };
+                egui::CollapsingHeader::new(heading)
+                    .id_salt(("study", &study.title))
+                    .default_open(true)
+                    .show(ui, |ui| {
+                        for series in &study.series {
+                            series_block(ui, state, series, single, actions);
+                        }
+                    });
+            }
+        });
+}
+
+/// The slice context choice (applies to the strip, the table and the series scores).
+fn context_choice(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
+    let mut view = state.model.view.clone();
+    let choices = [
+        SliceContext::Off,
+        SliceContext::WeightedMax { weight: 0.5 },
+        SliceContext::WeightedMean { weight: 0.5 },
+    ];
+    let label = ui.label("Slice context");
+    egui::ComboBox::from_id_salt("slice context")
+        .selected_text(view.slice_context.describe())
+        .show_ui(ui, |ui| {
+            for c in choices {
+                ui.selectable_value(&mut view.slice_context, c, c.describe());
+            }
+        })
+        .response
+        .labelled_by(label.id)
+        .on_hover_text(
+            "Mix each slice's score with its neighbours' in the series (off by default: it did \
+             not help on the synthetic volumes measured)",
+        );
+    if view != state.model.view {
+        actions.push(Action::SetResultsView(view));
+    }
+}
+
+fn series_block(
+    ui: &mut egui::Ui,
+    state: &AppState,
+    series: &SeriesRow,
+    open: bool,
+    actions: &mut Vec<Action>,
+) {
+    let n = series.frames.len();
+    let heading = match series.score {
+        Some(s) => format!(
+            "{}: {:.2} (peak slice {} of {n}) · top-{TOP_K} mean {:.2}{}",
+            series.title,
+            s.max,
+            s.peak + 1,
+            s.top_mean,
+            s.flagged
+                .map_or(String::new(), |f| format!(" · {f} at or above threshold")),
+        ),
+        None => format!("{}: {n} slice(s), not scored", series.title),
+    };
+    let id = series.frames.first().map(|k| k.path.clone());
+    egui::CollapsingHeader::new(heading)
+        .id_salt(("series", id))
+        .default_open(open)
+        .show(ui, |ui| {
+            if let (Some(s), Some(peak)) = (series.score, series.peak()) {
+                ui.horizontal_wrapped(|ui| {
+                    if ui
+                        .button(format!("Go to peak slice {}", s.peak + 1))
+                        .on_hover_text("Show the slice with the highest score")
+                        .clicked()
+                    {
+                        actions.push(Action::Show(peak.clone()));
+                    }
+                    if s.scored < n {
+                        ui.label(format!("{} of {n} scored", s.scored));
+                    }
+                });
+            }
+            slice_rows(ui, state, series, actions);
+        });
+}
+
+fn slice_rows(ui: &mut egui::Ui, state: &AppState, series: &SeriesRow, actions: &mut Vec<Action>) {
     let model = &state.model;
-    let mut rows: Vec<(&ImageKey, &Scored)> = model.results.iter().collect();
     let view = &model.view;
+    let mut rows: Vec<(usize, &ImageKey, &Scored, f32)> = series
+        .frames
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| {
+            let scored = model.results.get(k)?;
+            Some((i, k, scored, series.scores[i].unwrap_or(f32::NAN)))
+        })
+        .collect();
     rows.sort_by(|a, b| {
         let order = match view.sort {
-            SortColumn::Image => a.0.cmp(b.0),
-            SortColumn::Score => a.1.score().total_cmp(&b.1.score()),
+            SortColumn::Image => a.0.cmp(&b.0),
+            SortColumn::Score => a.3.total_cmp(&b.3),
             SortColumn::ZeroShot => {
-                a.1.result
+                a.2.result
                     .raw
                     .zero_image
-                    .total_cmp(&b.1.result.raw.zero_image)
+                    .total_cmp(&b.2.result.raw.zero_image)
             }
             SortColumn::FewShot => {
-                a.1.result
+                a.2.result
                     .raw
                     .few_image
                     .unwrap_or(f32::NAN)
-                    .total_cmp(&b.1.result.raw.few_image.unwrap_or(f32::NAN))
+                    .total_cmp(&b.2.result.raw.few_image.unwrap_or(f32::NAN))
             }
         };
         let order = if view.ascending {
@@ -260,92 +385,88 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         } else {
             order.reverse()
         };
-        order.then(a.0.cmp(b.0))
+        order.then(a.0.cmp(&b.0))
     });
     let threshold = model.score_threshold();
     let current = state.viewer.current.as_ref();
-    egui::ScrollArea::both()
-        .id_salt("score table")
-        .max_height(320.0)
+    egui::Grid::new(("scores", series.frames.first()))
+        .num_columns(4)
+        .striped(true)
         .show(ui, |ui| {
-            egui::Grid::new("scores")
-                .num_columns(4)
-                .striped(true)
-                .show(ui, |ui| {
-                    for (column, title) in [
-                        (SortColumn::Image, "Image"),
-                        (SortColumn::Score, "Score"),
-                        (SortColumn::ZeroShot, "Zero-shot"),
-                        (SortColumn::FewShot, "Few-shot"),
-                    ] {
-                        let arrow = match (view.sort == column, view.ascending) {
-                            (true, true) => " ^",
-                            (true, false) => " v",
-                            _ => "",
-                        };
-                        if ui
-                            .button(RichText::new(format!("{title}{arrow}")).strong())
-                            .on_hover_text("Sort by this column (again: reverse)")
-                            .clicked()
-                        {
-                            let mut v = view.clone();
-                            v.ascending = if v.sort == column {
-                                !v.ascending
-                            } else {
-                                column == SortColumn::Image
-                            };
-                            v.sort = column;
-                            actions.push(Action::SetResultsView(v));
-                        }
-                    }
-                    ui.end_row();
-                    for (key, scored) in rows {
-                        let name = key.path.file_name().unwrap_or_default().to_string_lossy();
-                        let frames = state
-                            .browser
-                            .item(&key.path)
-                            .map_or(1, |(_, item)| item.frames);
-                        let mut text = if frames > 1 {
-                            format!("{name} [{}]", key.frame + 1)
-                        } else {
-                            name.to_string()
-                        };
-                        if let Some(label) = state.labels.label(key) {
-                            text.push_str(match label {
-                                crate::app::state::labels::Label::Normal => "  N",
-                                crate::app::state::labels::Label::Abnormal => "  A",
-                            });
-                        }
-                        let stale = scored.generation != model.generation;
-                        let mut rich = RichText::new(text);
-                        if stale {
-                            rich = rich.italics().weak();
-                        }
-                        if ui
-                            .selectable_label(current == Some(key), rich)
-                            .on_hover_text(key.path.display().to_string())
-                            .clicked()
-                        {
-                            actions.push(Action::Show(key.clone()));
-                        }
-                        let score = scored.score();
-                        let flagged = threshold.is_some_and(|t| score >= t);
-                        let colour = if flagged {
-                            Color32::from_rgb(240, 130, 100)
-                        } else {
-                            ui.visuals().text_color()
-                        };
-                        ui.colored_label(colour, format!("{score:.2}"));
-                        ui.label(format!("{:.3}", scored.result.raw.zero_image));
-                        ui.label(
-                            scored
-                                .result
-                                .raw
-                                .few_image
-                                .map_or("-".to_string(), |v| format!("{v:.3}")),
-                        );
-                        ui.end_row();
-                    }
-                });
+            for (column, title) in [
+                (SortColumn::Image, "Slice"),
+                (SortColumn::Score, "Score"),
+                (SortColumn::ZeroShot, "Zero"),
+                (SortColumn::FewShot, "Few"),
+            ] {
+                let arrow = match (view.sort == column, view.ascending) {
+                    (true, true) => " ^",
+                    (true, false) => " v",
+                    _ => "",
+                };
+                if ui
+                    .button(RichText::new(format!("{title}{arrow}")).strong())
+                    .on_hover_text("Sort by this column (again: reverse)")
+                    .clicked()
+                {
+                    let mut v = view.clone();
+                    v.ascending = if v.sort == column {
+                        !v.ascending
+                    } else {
+                        column == SortColumn::Image
+                    };
+                    v.sort = column;
+                    actions.push(Action::SetResultsView(v));
+                }
+            }
+            ui.end_row();
+            for (index, key, scored, score) in rows {
+                let name = key.path.file_name().unwrap_or_default().to_string_lossy();
+                let mut text = if series.frames.len() > 1 {
+                    format!("{}: {name}", index + 1)
+                } else {
+                    name.to_string()
+                };
+                let frames = state
+                    .browser
+                    .item(&key.path)
+                    .map_or(1, |(_, item)| item.frames);
+                if frames > 1 {
+                    text.push_str(&format!(" [{}]", key.frame + 1));
+                }
+                if let Some(label) = state.labels.label(key) {
+                    text.push_str(match label {
+                        Label::Normal => "  N",
+                        Label::Abnormal => "  A",
+                    });
+                }
+                let mut rich = RichText::new(text);
+                if scored.generation != model.generation {
+                    rich = rich.italics().weak();
+                }
+                if ui
+                    .selectable_label(current == Some(key), rich)
+                    .on_hover_text(key.path.display().to_string())
+                    .clicked()
+                {
+                    actions.push(Action::Show(key.clone()));
+                }
+                let flagged = threshold.is_some_and(|t| score >= t);
+                let colour = if flagged {
+                    Color32::from_rgb(240, 130, 100)
+                } else {
+                    ui.visuals().text_color()
+                };
+                ui.colored_label(colour, format!("{score:.2}"));
+                ui.label(format!("{:.3}", scored.result.raw.zero_image));
+                ui.label(
+                    scored
+                        .result
+                        .raw
+                        .few_image
+                        .map_or("-".to_string(), |v| format!("{v:.3}")),
+                );
+                ui.end_row();
+            }
         });
 }

@@ -98,7 +98,8 @@ pub fn show(
     mouse(ui, state, &response, &view_of(panes[active]), pan, actions);
 }
 
-/// The frame slider above the image, for a series or multi-frame file.
+/// The frame slider above the image, for a series or multi-frame file, with the score strip
+/// under it.
 fn frame_slider(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     let sequence = state.sequence();
     let position = state
@@ -124,6 +125,14 @@ fn frame_slider(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) 
         {
             actions.push(Action::GoTo(index));
         }
+    });
+    ui.horizontal(|ui| {
+        ui.add_space(6.0);
+        ui.spacing_mut().item_spacing.x = 0.0;
+        let right = ui.available_width() - 6.0;
+        ui.allocate_ui(vec2(right, super::strip::STRIP_HEIGHT), |ui| {
+            super::strip::show(ui, state, &sequence, at, actions)
+        });
     });
 }
 

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::labels::ImageKey;
 use crate::io::export::overlay::Colormap;
 use crate::model::mvfa::detector::ImageResult;
-use crate::workflow::{DetectorSummary, ExportOptions, FitRequest, MapLayer, MapScale, Schedule};
+use crate::workflow::label_next::LabelStrategy;
+use crate::workflow::{
+    DetectorSummary, ExportOptions, FitRequest, MapLayer, MapScale, Schedule, SliceContext,
+};
 
 /// Organ words offered as presets: the reference's prompt subjects for its datasets (see
 /// [`crate::io::dataset::MvfaKey::organ_word`]), by the name a radiologist looks for.
@@ -129,6 +132,10 @@ pub struct ResultsView {
     pub sort: SortColumn,
     /// Sort ascending.
     pub ascending: bool,
+    /// Context across slices for scores (strip, table, series); off by default.
+    pub slice_context: SliceContext,
+    /// How "Label next" picks the image.
+    pub label_strategy: LabelStrategy,
 }
 
 impl Default for ResultsView {
@@ -145,6 +152,8 @@ impl Default for ResultsView {
             side_by_side: false,
             sort: SortColumn::Score,
             ascending: false,
+            slice_context: SliceContext::Off,
+            label_strategy: LabelStrategy::default(),
         }
     }
 }
@@ -339,12 +348,5 @@ impl ModelState {
                 .and_then(|d| d.calibration.as_ref())
                 .map(|c| c.threshold)
         })
-    }
-
-    /// Scored frames, most anomalous first.
-    pub fn ranked(&self) -> Vec<(&ImageKey, &Scored)> {
-        let mut ranked: Vec<_> = self.results.iter().collect();
-        ranked.sort_by(|a, b| b.1.score().total_cmp(&a.1.score()).then(a.0.cmp(b.0)));
-        ranked
     }
 }

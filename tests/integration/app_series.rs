@@ -1,0 +1,270 @@
+//! Reading series (issue 22) through the real app: the score strip along the frame slider,
+//! the Results tab grouped by series with each series' peak slice, J/K and Shift+J/K across
+//! series, and "label next" with its strategies. The scores are set by the test (no model),
+//! so that every expectation is known exactly.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use eframe::egui::{Event, Key, Modifiers, PointerButton, Pos2, pos2};
+use egui_kittest::kittest::Queryable;
+use mvfa_studio::app::action::Action;
+use mvfa_studio::app::commands::Command;
+use mvfa_studio::app::state::AppState;
+use mvfa_studio::app::state::labels::{ImageKey, Label};
+use mvfa_studio::app::state::model::Scored;
+use mvfa_studio::app::state::viewer::SideTab;
+use mvfa_studio::model::mvfa::detector::{ImageResult, RawResult};
+use mvfa_studio::workflow::label_next::LabelStrategy;
+
+use crate::support::app::{AppHarness, cpu_state, harness, press, wait_until};
+use crate::support::images::write_grey;
+
+/// Series `s1` (12 slices, peak 6.0 at slice 8) and `s2` (8 slices, peak 9.0 at slice 3):
+/// each slice's score.
+const S1: [f32; 12] = [0.1, 0.4, 0.2, 1.0, 2.4, 3.5, 5.0, 6.0, 4.0, 1.5, 0.3, 0.2];
+const S2: [f32; 8] = [0.5, 2.0, 9.0, 3.2, 0.1, 0.0, -0.5, 0.2];
+
+fn series(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let folder = dir.join(name);
+    for i in 0..n {
+        let pixels: Vec<u8> = (0..48 * 48).map(|p| ((p + 7 * i) % 200) as u8).collect();
+        write_grey(&folder.join(format!("slice{i:02}.png")), 48, 48, &pixels);
+    }
+    folder
+}
+
+fn key(folder: &Path, i: usize) -> ImageKey {
+    ImageKey {
+        path: folder.join(format!("slice{i:02}.png")),
+        frame: 0,
+    }
+}
+
+fn result(score: f32) -> Scored {
+    Scored {
+        result: Arc::new(ImageResult {
+            raw: RawResult {
+                zero_image: 0.5,
+                zero_image_levels: vec![0.5; 4],
+                few_image: Some(0.1),
+                zero_map: vec![0.0; 4],
+                zero_map_levels: vec![],
+                few_map: None,
+                few_map_levels: vec![],
+            },
+            fused_map: None,
+            score: Some(score),
+        }),
+        generation: 0,
+    }
+}
+
+/// The app over two opened series, all scored as [`S1`] and [`S2`], threshold 3.0, showing
+/// the first slice of `s1`.
+fn scored_series() -> (tempfile::TempDir, AppHarness, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let s1 = series(dir.path(), "s1", S1.len());
+    let s2 = series(dir.path(), "s2", S2.len());
+    let mut h = harness(cpu_state(None), [1300.0, 900.0]);
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![s1.clone(), s2.clone()]));
+    wait_until(&mut h, "the scan and the first image", 20, |s| {
+        s.activity.scan.is_none() && s.browser.len() == 20 && s.current_stack().is_some()
+    });
+    let state = &mut h.state_mut().state;
+    for (i, &v) in S1.iter().enumerate() {
+        state.model.results.insert(key(&s1, i), result(v));
+    }
+    for (i, &v) in S2.iter().enumerate() {
+        state.model.results.insert(key(&s2, i), result(v));
+    }
+    state.model.view.score_threshold = Some(3.0);
+    show(&mut h, &key(&s1, 0));
+    (dir, h, s1, s2)
+}
+
+fn show(h: &mut AppHarness, key: &ImageKey) {
+    h.state_mut().pending.push(Action::Show(key.clone()));
+    let wanted = key.clone();
+    wait_until(h, "the image", 20, move |s| {
+        s.viewer.current.as_ref() == Some(&wanted) && s.current_stack().is_some()
+    });
+}
+
+fn current(h: &AppHarness) -> ImageKey {
+    h.state().state.viewer.current.clone().unwrap()
+}
+
+fn click_at(h: &mut AppHarness, p: Pos2) {
+    h.event(Event::PointerMoved(p));
+    h.step();
+    for pressed in [true, false] {
+        h.event(Event::PointerButton {
+            pos: p,
+            button: PointerButton::Primary,
+            pressed,
+            modifiers: Modifiers::NONE,
+        });
+        h.step();
+    }
+    h.step();
+}
+
+#[test]
+fn app_series_strip_is_drawn_and_a_click_goes_to_its_frame() {
+    let (_dir, mut h, s1, _s2) = scored_series();
+    let rect = h.get_by_label("Score strip").rect();
+    let cell = rect.width() / S1.len() as f32;
+    assert!(cell > 20.0, "{rect:?}");
+    // Frame 8 (index 7), the peak.
+    click_at(&mut h, pos2(rect.left() + 7.5 * cell, rect.center().y));
+    assert_eq!(current(&h), key(&s1, 7));
+    // A drag ends where it is released.
+    let (from, to) = (
+        pos2(rect.left() + 1.5 * cell, rect.center().y),
+        pos2(rect.left() + 10.5 * cell, rect.center().y),
+    );
+    h.event(Event::PointerMoved(from));
+    h.step();
+    h.event(Event::PointerButton {
+        pos: from,
+        button: PointerButton::Primary,
+        pressed: true,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    for i in 1..=4 {
+        h.event(Event::PointerMoved(from + (to - from) * (i as f32 / 4.0)));
+        h.step();
+    }
+    h.event(Event::PointerButton {
+        pos: to,
+        button: PointerButton::Primary,
+        pressed: false,
+        modifiers: Modifiers::NONE,
+    });
+    h.step();
+    h.step();
+    assert_eq!(current(&h), key(&s1, 10));
+}
+
+#[test]
+fn app_series_results_group_by_series_with_the_peak_slice() {
+    let (_dir, mut h, s1, s2) = scored_series();
+    let studies = h.state().state.studies();
+    let series: Vec<(&str, f32, usize, Option<usize>)> = studies
+        .iter()
+        .flat_map(|s| &s.series)
+        .map(|s| {
+            let score = s.score.unwrap();
+            (s.title.as_str(), score.max, score.peak, score.flagged)
+        })
+        .collect();
+    // Most anomalous series first; flagged = slices at or above the threshold 3.0.
+    assert_eq!(series, [("s2", 9.0, 2, Some(2)), ("s1", 6.0, 7, Some(4))]);
+    let s1_row = &studies.iter().flat_map(|s| &s.series).nth(1).unwrap();
+    assert!((s1_row.score.unwrap().top_mean - 5.0).abs() < 1e-6);
+
+    h.state_mut().pending.push(Action::SetTab(SideTab::Results));
+    h.step();
+    h.step();
+    // The series rows of the Results tab, each with its series score and peak slice.
+    h.get_by_label_contains("s2: 9.00 (peak slice 3 of 8)");
+    h.get_by_label_contains("s1: 6.00 (peak slice 8 of 12) · top-3 mean 5.00 · 4 at or above");
+    // Expand s1 and go to its peak.
+    h.get_by_label_contains("s1: 6.00").click();
+    h.step();
+    h.step();
+    h.get_by_label("Go to peak slice 8").click();
+    h.step();
+    wait_until(&mut h, "the peak", 20, |s| s.current_stack().is_some());
+    assert_eq!(current(&h), key(&s1, 7));
+    let _ = s2;
+}
+
+#[test]
+fn app_series_j_and_k_walk_series_by_score_then_their_slices() {
+    let (_dir, mut h, s1, s2) = scored_series();
+    // s2's slices by score, then s1's.
+    let expected = [key(&s2, 2), key(&s2, 3), key(&s2, 1), key(&s2, 0)];
+    for want in &expected {
+        press(&mut h, Modifiers::NONE, Key::J);
+        assert_eq!(&current(&h), want);
+    }
+    press(&mut h, Modifiers::NONE, Key::K);
+    assert_eq!(current(&h), key(&s2, 1));
+    // Shift+J: the next series' peak; Shift+K back to the first series' peak.
+    press(&mut h, Modifiers::SHIFT, Key::J);
+    assert_eq!(current(&h), key(&s1, 7));
+    press(&mut h, Modifiers::NONE, Key::J);
+    assert_eq!(current(&h), key(&s1, 6));
+    press(&mut h, Modifiers::SHIFT, Key::K);
+    assert_eq!(current(&h), key(&s2, 2));
+    let log = &h.state().state.log;
+    assert!(
+        log.last()
+            .unwrap()
+            .starts_with("Series 1 of 2 by score, slice 1 of its 8"),
+        "{log:?}"
+    );
+    let (order, starts) = h.state().state.reading_order();
+    assert_eq!((order.len(), starts), (20, vec![0, 8]));
+}
+
+#[test]
+fn app_series_label_next_proposes_by_strategy_and_says_why() {
+    let (_dir, mut h, s1, s2) = scored_series();
+    let set = |h: &mut AppHarness, strategy: LabelStrategy| {
+        let mut view = h.state().state.model.view.clone();
+        view.label_strategy = strategy;
+        h.state_mut().pending.push(Action::SetResultsView(view));
+        h.step();
+    };
+    let last_log = |h: &AppHarness| h.state().state.log.last().cloned().unwrap();
+    // Nearest the threshold 3.0: s2 slice 4 (3.2).
+    set(&mut h, LabelStrategy::NearThreshold);
+    press(&mut h, Modifiers::SHIFT, Key::U);
+    assert_eq!(current(&h), key(&s2, 3));
+    assert!(
+        last_log(&h).contains("nearest to the threshold 3.00"),
+        "{}",
+        last_log(&h)
+    );
+    // Labelled, it is no longer proposed: next nearest is s1 slice 6 (3.5).
+    h.state_mut()
+        .state
+        .labels
+        .set(&[key(&s2, 3)], Some(Label::Normal));
+    press(&mut h, Modifiers::SHIFT, Key::U);
+    assert_eq!(current(&h), key(&s1, 5));
+    set(&mut h, LabelStrategy::MostAnomalous);
+    press(&mut h, Modifiers::SHIFT, Key::U);
+    assert_eq!(current(&h), key(&s2, 2));
+    assert!(
+        last_log(&h).contains("most anomalous unlabelled image (score 9.00)"),
+        "{}",
+        last_log(&h)
+    );
+    // Random: some unlabelled slice, the same one for the same labels and seed.
+    set(&mut h, LabelStrategy::Random);
+    h.state_mut().pending.push(Action::Run(Command::LabelNext));
+    h.step();
+    let first = current(&h);
+    assert_ne!(first, key(&s2, 3));
+    assert!(
+        last_log(&h).contains("drawn at random from 19 unlabelled"),
+        "{}",
+        last_log(&h)
+    );
+    h.state_mut().pending.push(Action::Run(Command::LabelNext));
+    h.step();
+    assert_eq!(current(&h), first);
+    // Disagreement needs both branches calibrated: without a detector, it says so.
+    set(&mut h, LabelStrategy::Disagreement);
+    press(&mut h, Modifiers::SHIFT, Key::U);
+    assert!(last_log(&h).starts_with("Label next: "), "{}", last_log(&h));
+    // The strip marks the labelled slice and the status bar shows the reason.
+    let state: &AppState = &h.state().state;
+    assert_eq!(state.labels.label(&key(&s2, 3)), Some(Label::Normal));
+}
