@@ -34,7 +34,8 @@ pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detec
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
 pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
 pub use series::{
-    SERIES_RULE, SeriesRule, SeriesScore, SliceContext, TOP_K, series_score, study_score,
+    FileSeries, SERIES_CSV, SERIES_RULE, SeriesRule, SeriesScore, SliceContext, TOP_K, group_files,
+    series_csv, series_score, study_score,
 };
 pub use session::{DetectorSummary, FitSummary, ModelSession, Session, open_session};
 pub use shots::{

@@ -143,6 +143,9 @@ pub fn parse_image_side(s: &str) -> Result<usize, ArgValueError> {
 /// A command-line value that its option does not take (clap prints it after the option).
 #[derive(Debug, thiserror::Error)]
 pub enum ArgValueError {
+    /// Not a slice context.
+    #[error("{0:?} is not a slice context: give off, max:W or mean:W with W from 0 to 1")]
+    SliceContext(String),
     /// Not a whole number.
     #[error("{0}")]
     NotAWholeNumber(#[from] std::num::ParseIntError),

@@ -16,6 +16,11 @@
 //! its UIDs and pseudonyms are consistent and the SRs land in the same de-identified studies
 //! as their Secondary Captures.
 //!
+//! `series.csv` goes next to `scores.csv`: one row per series (a DICOM series in slice order
+//! by geometry, a NIfTI volume, or the other images of one folder) with its series score, max
+//! and top-3 mean, peak slice and the slices at or above the threshold, most anomalous first
+//! (see [`crate::workflow::series`]).
+//!
 //! The heatmap is the calibrated fused map when the checkpoint is calibrated, else the
 //! zero-shot map (the mean of its levels), resized from the model's 240 px square back to the
 //! frame's original size. The overlay colours are on that map's fixed scale (0..8 normal
@@ -24,7 +29,7 @@
 //! Unreadable inputs are reported (naming the file) and skipped; the command then exits
 //! non-zero after scoring the rest. Every file is written atomically and `scores.csv` last,
 //! so an interrupted run leaves no partial file and no CSV row without its images.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -33,13 +38,14 @@ use burn::prelude::*;
 
 use super::common::{self, ArgValueError, ModelArgs, open_backbone};
 use crate::io::export::Dates;
+use crate::io::export::atomic::write_atomically;
 use crate::io::input::collect_files;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::workflow::{
-    DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, FrameWritten,
-    WorkflowError, open_detector, score_file,
+    DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, FrameWritten, SERIES_CSV,
+    SliceContext, WorkflowError, group_files, open_detector, score_file, series_csv,
 };
 
 /// File format of `--raw` outputs.
@@ -92,8 +98,30 @@ pub struct ScoreArgs {
     /// table as one DICOM Basic Text SR per source study, `results-sr-<n>.dcm`.
     #[arg(long)]
     pub dicom: bool,
+    /// Context across slices for `series.csv`: `off`, `max:W` (weighted maximum with the
+    /// neighbouring slices) or `mean:W` (weighted mean), W in 0..1. Off by default: it did not
+    /// help on the synthetic volumes `mvfa-dev slice-context` measures.
+    #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_context)]
+    pub slice_context: SliceContext,
     #[command(flatten)]
     pub deid: DeidArgs,
+}
+
+fn parse_context(s: &str) -> Result<SliceContext, ArgValueError> {
+    if s == "off" {
+        return Ok(SliceContext::Off);
+    }
+    let bad = || ArgValueError::SliceContext(s.to_string());
+    let (mode, weight) = s.split_once(':').ok_or_else(bad)?;
+    let weight: f32 = weight.trim().parse().map_err(|_| bad())?;
+    if !(0.0..=1.0).contains(&weight) {
+        return Err(bad());
+    }
+    match mode {
+        "max" => Ok(SliceContext::WeightedMax { weight }),
+        "mean" => Ok(SliceContext::WeightedMean { weight }),
+        _ => Err(bad()),
+    }
 }
 
 /// De-identification of the `--dicom` Secondary Captures (PS3.15 basic profile by default).
@@ -237,7 +265,15 @@ fn score<B: Backend>(
     }
     let facts = DetectorFacts::from_detector(detector, &args.checkpoint, organ);
     let mut exporter = Exporter::new(&args.out, options, facts, scored_inputs)?;
-    let export_error = score_files(detector, &files, &mut exporter, &mut failures, device);
+    let mut scores = FrameScores::default();
+    let export_error = score_files(
+        detector,
+        &files,
+        &mut exporter,
+        &mut scores,
+        &mut failures,
+        device,
+    );
 
     // The frames written so far get their CSV rows even when an export failed.
     let summary = exporter.finish()?;
@@ -246,6 +282,22 @@ fn score<B: Backend>(
             "wrote {} scored frame(s) to {}",
             summary.frames,
             csv.display()
+        );
+        let series = group_files(&files);
+        let threshold = detector.calibration().map(|c| c.threshold);
+        let text = series_csv(
+            &series,
+            |file, frame| scores.score.get(&(file.to_path_buf(), frame)).copied(),
+            |file| scores.frames.get(file).copied().unwrap_or(0),
+            threshold,
+            args.slice_context,
+        );
+        let path = args.out.join(SERIES_CSV);
+        write_atomically(&path, |w| Ok(w.write_all(text.as_bytes())?))?;
+        println!(
+            "wrote {} series to {}",
+            text.lines().count().saturating_sub(1),
+            path.display()
         );
     }
     if let Some(e) = export_error {
@@ -318,12 +370,21 @@ fn input_files(args: &ScoreArgs) -> (Vec<PathBuf>, Vec<String>) {
     (files, failures)
 }
 
+/// Each scored frame's image score (calibrated, else the zero-shot score) and each scored
+/// file's frame count, for `series.csv`.
+#[derive(Default)]
+struct FrameScores {
+    score: HashMap<(PathBuf, usize), f32>,
+    frames: HashMap<PathBuf, usize>,
+}
+
 /// Scores each file and exports its frames, with a progress bar. A file that cannot be
 /// scored joins `failures`; an export error stops the run and is returned.
 fn score_files<B: Backend>(
     detector: &Detector<B, VisionTransformer<B>>,
     files: &[PathBuf],
     exporter: &mut Exporter,
+    scores: &mut FrameScores,
     failures: &mut Vec<String>,
     device: &B::Device,
 ) -> Option<WorkflowError> {
@@ -343,6 +404,12 @@ fn score_files<B: Backend>(
         };
         for frame in &scored {
             let image = &frame.image;
+            let result = &frame.result;
+            scores.score.insert(
+                (file.clone(), image.frame),
+                result.score.unwrap_or(result.raw.zero_image),
+            );
+            scores.frames.insert(file.clone(), image.frames);
             if let Some(note) = &image.note {
                 bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
             }

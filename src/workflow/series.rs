@@ -13,6 +13,9 @@
 //! [`SliceContext`] optionally mixes each slice's map and score with its neighbours along the
 //! slice axis. It is off by default: see [`SliceContext::default`].
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
 /// Slices whose scores the top-k mean averages.
 pub const TOP_K: usize = 3;
 
@@ -257,4 +260,163 @@ mod tests {
         assert_eq!(out[0].as_deref(), Some(&[1.0, 1.0][..]));
         assert_eq!(out[1].as_deref(), Some(&[1.0, 1.0][..]));
     }
+}
+
+/// A series of files to score: a DICOM series (its instances in slice order, by geometry),
+/// one NIfTI volume, or the other images of one folder (by name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSeries {
+    /// StudyInstanceUID (DICOM).
+    pub study_uid: Option<String>,
+    /// SeriesInstanceUID (DICOM).
+    pub series_uid: Option<String>,
+    /// The folder of the images, or the volume file.
+    pub location: PathBuf,
+    /// SeriesDescription (DICOM), or empty.
+    pub description: String,
+    /// Its files in slice order; every frame of a file is a slice, in frame order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Groups `files` into series: DICOM by study and series (read from the headers and ordered
+/// by Image Position along the slice normal, see [`crate::io::study`]), NIfTI volumes one
+/// each, and the other images by folder.
+pub fn group_files(files: &[PathBuf]) -> Vec<FileSeries> {
+    let (dicom, other): (Vec<PathBuf>, Vec<PathBuf>) = files.iter().cloned().partition(|f| {
+        !crate::io::nifti::is_nifti_path(f) && crate::io::dicom::looks_like_dicom(f)
+    });
+    let scan = crate::io::study::scan_paths(&dicom, &mut |_| std::ops::ControlFlow::Continue(()));
+    let mut out = Vec::new();
+    let mut placed: HashSet<PathBuf> = HashSet::new();
+    for study in scan.studies {
+        for series in study.series {
+            let files: Vec<PathBuf> = series
+                .instances
+                .iter()
+                .map(|i| i.path().to_path_buf())
+                .collect();
+            placed.extend(files.iter().cloned());
+            out.push(FileSeries {
+                study_uid: Some(study.study_instance_uid.clone()).filter(|u| !u.is_empty()),
+                series_uid: Some(series.series_instance_uid.clone()).filter(|u| !u.is_empty()),
+                location: files
+                    .first()
+                    .and_then(|f| f.parent())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                description: series.description.clone().unwrap_or_default(),
+                files,
+            });
+        }
+    }
+    // DICOM files whose headers did not read are scored (or reported) on their own.
+    let rest = dicom
+        .into_iter()
+        .filter(|f| !placed.contains(f))
+        .chain(other);
+    let mut folders: Vec<FileSeries> = Vec::new();
+    for file in rest {
+        if crate::io::nifti::is_nifti_path(&file) {
+            out.push(FileSeries {
+                study_uid: None,
+                series_uid: None,
+                location: file.clone(),
+                description: String::new(),
+                files: vec![file],
+            });
+            continue;
+        }
+        let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        match folders.iter_mut().find(|s| s.location == folder) {
+            Some(s) => s.files.push(file),
+            None => folders.push(FileSeries {
+                study_uid: None,
+                series_uid: None,
+                location: folder,
+                description: String::new(),
+                files: vec![file],
+            }),
+        }
+    }
+    for folder in &mut folders {
+        folder.files.sort();
+    }
+    out.extend(folders);
+    out
+}
+
+/// Name of the series table in the output folder.
+pub const SERIES_CSV: &str = "series.csv";
+
+/// Columns of `series.csv`.
+pub const SERIES_COLUMNS: [&str; 14] = [
+    "study_instance_uid",
+    "series_instance_uid",
+    "location",
+    "description",
+    "slices",
+    "scored_slices",
+    "series_score",
+    "max_score",
+    "top3_mean_score",
+    "peak_slice",
+    "peak_file",
+    "peak_frame",
+    "slices_at_or_above_threshold",
+    "threshold",
+];
+
+/// The text of `series.csv` (RFC 4180, CRLF, like `scores.csv`): one row per series that has
+/// a scored slice, most anomalous first. `score_of(file, frame)` gives a frame's image score
+/// and `frames_of(file)` a file's frame count (files that could not be read have none);
+/// `context` mixes neighbouring slices first. `peak_slice` counts from 1 along the series,
+/// `peak_frame` from 0 within the peak file (as `scores.csv` names frames).
+pub fn series_csv(
+    series: &[FileSeries],
+    score_of: impl Fn(&Path, usize) -> Option<f32>,
+    frames_of: impl Fn(&Path) -> usize,
+    threshold: Option<f32>,
+    context: SliceContext,
+) -> String {
+    use crate::io::export::csv::quote_field;
+    let mut rows: Vec<(f32, String)> = Vec::new();
+    for s in series {
+        let slices: Vec<(&Path, usize)> = s
+            .files
+            .iter()
+            .flat_map(|f| (0..frames_of(f)).map(move |i| (f.as_path(), i)))
+            .collect();
+        let own: Vec<Option<f32>> = slices.iter().map(|&(f, i)| score_of(f, i)).collect();
+        let Some(score) = series_score(&context.scores(&own), threshold) else {
+            continue;
+        };
+        let (peak_file, peak_frame) = slices[score.peak];
+        let number = |v: f32| format!("{v}");
+        let fields = [
+            s.study_uid.clone().unwrap_or_default(),
+            s.series_uid.clone().unwrap_or_default(),
+            s.location.display().to_string(),
+            s.description.clone(),
+            slices.len().to_string(),
+            score.scored.to_string(),
+            number(score.score()),
+            number(score.max),
+            number(score.top_mean),
+            (score.peak + 1).to_string(),
+            peak_file.display().to_string(),
+            peak_frame.to_string(),
+            score.flagged.map_or(String::new(), |n| n.to_string()),
+            threshold.map_or(String::new(), number),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| quote_field(f)).collect();
+        rows.push((score.score(), line.join(",")));
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut text = SERIES_COLUMNS.join(",");
+    text.push_str("\r\n");
+    for (_, line) in rows {
+        text.push_str(&line);
+        text.push_str("\r\n");
+    }
+    text
 }

@@ -11,6 +11,7 @@ mod app_ui;
 mod app_workspace;
 mod augment;
 mod cli_commands;
+mod cli_series;
 mod clip_loader_errors;
 mod clip_parity;
 mod dataset_layout;
