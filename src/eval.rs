@@ -2,3 +2,4 @@
 pub mod auc;
 pub mod fit_check;
 pub mod protocol;
+pub mod slice_context;

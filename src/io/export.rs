@@ -11,6 +11,7 @@ pub mod atomic;
 pub mod csv;
 pub mod dicom_sc;
 pub mod dicom_sr;
+pub mod dicom_volume;
 pub mod font;
 pub mod heatmap;
 pub mod overlay;

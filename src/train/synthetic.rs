@@ -171,6 +171,111 @@ pub fn try_generate(
         .collect())
 }
 
+/// A synthetic volume: slices of one textured background that changes slowly along the
+/// slice axis, and for an abnormal volume one ellipsoid lesion spanning several slices (faint
+/// and small at its ends, like a real lesion cut obliquely by thin slices). For measuring
+/// context across slices ([`crate::eval::slice_context`]) and for `synth-data --volumes`.
+#[derive(Debug, Clone)]
+pub struct SyntheticVolume {
+    /// The slices in order; each slice's mask marks the lesion on it (`abnormal` is whether
+    /// that slice shows lesion).
+    pub slices: Vec<SyntheticImage>,
+    /// Whether the volume holds a lesion.
+    pub abnormal: bool,
+}
+
+/// Draws one volume of `slices` slices of `size` x `size` pixels; the lesion of an abnormal
+/// volume shows on 2 to 7 adjacent slices (fewer when the volume is thinner) and lies inside
+/// the volume.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "y * size + x < size * size, checked against MAX_SIZE first"
+)]
+pub fn generate_volume(
+    seed: u64,
+    slices: usize,
+    size: usize,
+    abnormal: bool,
+) -> Result<SyntheticVolume, SyntheticSizeError> {
+    if size > MAX_SIZE {
+        return Err(SyntheticSizeError { size });
+    }
+    let mut rng = crate::rng::seeded(seed, crate::rng::Stream::SyntheticVolume);
+    // (angle, frequency, phase, amplitude, phase step per slice)
+    let waves: Vec<[f32; 5]> = (0..4)
+        .map(|_| {
+            [
+                rng.random_range(0.0..std::f32::consts::PI),
+                rng.random_range(0.04..0.12),
+                rng.random_range(0.0..std::f32::consts::TAU),
+                rng.random_range(8.0..18.0),
+                rng.random_range(0.1..0.4),
+            ]
+        })
+        .collect();
+    let s = size as f32;
+    let lesion = abnormal.then(|| {
+        let half_depth = rng.random_range(1.5f32..3.5).min(slices as f32 / 2.0);
+        let lo = half_depth - 0.5;
+        let hi = (slices as f32 - half_depth - 0.5).max(lo + 1e-3);
+        [
+            rng.random_range(0.25 * s..0.75 * s),
+            rng.random_range(0.25 * s..0.75 * s),
+            rng.random_range(lo..hi),
+            rng.random_range(0.07 * s..0.13 * s),
+            half_depth,
+            rng.random_range(45.0..85.0),
+        ]
+    });
+    let mut out = Vec::with_capacity(slices);
+    for z in 0..slices {
+        let mut image = vec![0.0f32; size * size];
+        let mut mask = vec![0u8; size * size];
+        for y in 0..size {
+            for x in 0..size {
+                let mut v = 110.0;
+                for &[angle, freq, phase, amp, step] in &waves {
+                    let t = x as f32 * angle.cos() + y as f32 * angle.sin();
+                    v += amp * (t * freq + phase + step * z as f32).sin();
+                }
+                image[y * size + x] = v + rng.random_range(-6.0..6.0);
+            }
+        }
+        if let Some([cx, cy, cz, radius, half_depth, contrast]) = lesion {
+            let dz = (z as f32 - cz) / half_depth;
+            if dz.abs() < 1.0 {
+                let r = radius * (1.0 - dz * dz).sqrt();
+                let strength = contrast * (1.0 - dz * dz).sqrt();
+                for y in 0..size {
+                    for x in 0..size {
+                        let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt() / r;
+                        if d < 1.0 {
+                            image[y * size + x] += strength * (1.0 - d * d).sqrt();
+                            if d < 0.8 {
+                                mask[y * size + x] = 255;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let shows = mask.contains(&255);
+        out.push(SyntheticImage {
+            size,
+            pixels: image
+                .iter()
+                .map(|v| v.round().clamp(0.0, 255.0) as u8)
+                .collect(),
+            mask,
+            abnormal: shows,
+        });
+    }
+    Ok(SyntheticVolume {
+        slices: out,
+        abnormal,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +289,35 @@ mod tests {
         let normal = generate(8, 2, 64, false);
         assert!(normal.iter().all(|img| img.mask.iter().all(|&m| m == 0)));
         assert_ne!(normal[0].pixels, normal[1].pixels);
+    }
+
+    #[test]
+    fn volume_lesions_span_several_adjacent_slices() {
+        for seed in 0..20 {
+            let v = generate_volume(seed, 12, 48, true).unwrap();
+            let shows: Vec<usize> = (0..12).filter(|&z| v.slices[z].abnormal).collect();
+            assert!((2..=7).contains(&shows.len()), "seed {seed}: {shows:?}");
+            assert_eq!(
+                shows.last().unwrap() - shows[0] + 1,
+                shows.len(),
+                "contiguous"
+            );
+            let normal = generate_volume(seed, 12, 48, false).unwrap();
+            assert!(normal.slices.iter().all(|s| !s.abnormal));
+            // Neighbouring slices look alike: closer than slices far apart.
+            let diff = |a: &SyntheticImage, b: &SyntheticImage| -> i64 {
+                a.pixels
+                    .iter()
+                    .zip(&b.pixels)
+                    .map(|(&x, &y)| (i64::from(x) - i64::from(y)).abs())
+                    .sum()
+            };
+            let s = &normal.slices;
+            assert!(diff(&s[0], &s[1]) < diff(&s[0], &s[11]), "seed {seed}");
+        }
+        let a = generate_volume(3, 4, 32, true).unwrap();
+        let b = generate_volume(3, 4, 32, true).unwrap();
+        assert_eq!(a.slices[2].pixels, b.slices[2].pixels);
     }
 
     #[test]

@@ -28,9 +28,9 @@ pub enum SeriesRule {
     TopMean,
 }
 
-/// The rule the series score uses. Measured on synthetic volumes by `mvfa-dev slice-context`:
-/// the maximum ranks series as well as the top-3 mean or better, and it says which slice
-/// made the series anomalous, so that J goes to it.
+/// The rule the series score uses. Measured by `mvfa-dev slice-context` (10 seeds, 20
+/// synthetic volumes each), the maximum ranked volumes with series AUC 0.627 against 0.622 for
+/// the top-3 mean, and it names the slice that made the series anomalous, so that J goes to it.
 pub const SERIES_RULE: SeriesRule = SeriesRule::Max;
 
 impl SeriesRule {
@@ -116,8 +116,13 @@ pub fn study_score<'a>(series: impl IntoIterator<Item = &'a SeriesScore>) -> Opt
 /// raw ones.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, Default)]
 pub enum SliceContext {
-    /// Each slice on its own. The default: on the synthetic volumes `mvfa-dev slice-context`
-    /// draws, neither mix raised both image and pixel AUC over every seed.
+    /// Each slice on its own: the default. Measured by `mvfa-dev slice-context` (10 seeds,
+    /// 20 synthetic volumes of 12 slices each), the weighted max at w=0.5 raised slice image
+    /// AUC from 0.674 to 0.704 (9 of 10 seeds) and pixel AUC from 0.920 to 0.935 (10 of 10).
+    /// But it lifts every normal slice next to a higher one, and the calibrated threshold is
+    /// set on single slices: at that threshold the share of flagged slices of lesion-free
+    /// volumes rose from 0.135 to 0.152, so the threshold no longer means what it states. It
+    /// stays an option until the threshold is calibrated on mixed scores of normal series.
     #[default]
     Off,
     /// `v + w * max(0, neighbour - v)` with the higher neighbour: a weighted maximum. A

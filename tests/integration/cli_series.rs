@@ -159,3 +159,84 @@ fn score_writes_series_csv_in_geometric_slice_order() {
     assert!(!o.status.success());
     assert!(stderr.contains("give off, max:W or mean:W"), "{stderr}");
 }
+
+#[test]
+fn synth_data_writes_volumes_as_dicom_series_in_shuffled_file_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth");
+    let (o, stdout, stderr) = run(bin().args([
+        "synth-data".as_ref(),
+        out.as_os_str(),
+        "--normal".as_ref(),
+        "0".as_ref(),
+        "--abnormal".as_ref(),
+        "0".as_ref(),
+        "--size".as_ref(),
+        "48".as_ref(),
+        "--volumes".as_ref(),
+        "4".as_ref(),
+        "--slices".as_ref(),
+        "8".as_ref(),
+    ]));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("wrote 4 volume(s) of 8 slices"), "{stdout}");
+    let scan = mvfa_studio::io::study::scan_paths(&[out.join("volumes")], &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    });
+    assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+    assert_eq!((scan.series_count(), scan.instance_count()), (4, 32));
+    let mut shuffled = 0;
+    for study in &scan.studies {
+        for series in &study.series {
+            let files: Vec<PathBuf> = series
+                .instances
+                .iter()
+                .map(|i| i.path().to_path_buf())
+                .collect();
+            let z: Vec<f64> = files.iter().map(|f| z_of(f)).collect();
+            assert!(
+                z.windows(2).all(|w| w[0] < w[1]),
+                "slice order by position: {z:?}"
+            );
+            let mut by_name = files.clone();
+            by_name.sort();
+            shuffled += usize::from(by_name != files);
+            // Lesion volumes: masks for the slices that show the lesion, adjacent slices.
+            let lesion = files[0]
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("lesion");
+            let masked: Vec<usize> = files
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| {
+                    let volume = f.parent().unwrap().file_name().unwrap();
+                    let stem = f.file_stem().unwrap().to_string_lossy();
+                    out.join("masks/volumes")
+                        .join(volume)
+                        .join(format!("{stem}.png"))
+                        .exists()
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if lesion {
+                assert!(masked.len() >= 2, "{masked:?}");
+                assert_eq!(
+                    masked.last().unwrap() - masked[0] + 1,
+                    masked.len(),
+                    "{masked:?}"
+                );
+            } else {
+                assert!(masked.is_empty());
+            }
+        }
+    }
+    assert!(
+        shuffled >= 3,
+        "file names follow the geometry in {} of 4",
+        4 - shuffled
+    );
+}

@@ -33,6 +33,7 @@ mod mvfa_checkpoints;
 mod mvfa_parity;
 mod pacs;
 mod pacs_tls;
+mod slice_context;
 mod tokenizer;
 mod weights_download;
 mod workflow;

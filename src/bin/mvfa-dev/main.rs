@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --bin mvfa-dev -- bench          # timing table (bench.rs)
 //! cargo run --release --bin mvfa-dev -- smoke          # one image through the tower (smoke.rs)
+//! cargo run --release --bin mvfa-dev -- slice-context  # context across slices, measured
 //! ```
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_compare;
 mod bench_profile;
+mod slice_context;
 mod smoke;
 
 /// The command line of the developer binary.
@@ -35,6 +37,9 @@ enum Command {
     /// Time the adapted forward pass, text features, few-shot search and a training step with
     /// random weights (full ViT-L/14-336 at 240 px by default), and report peak memory.
     Bench(bench::BenchArgs),
+    /// Measure context across slices (off, weighted max, weighted mean) on synthetic volumes
+    /// whose lesions span several slices: slice image, pixel and series AUC over seeds.
+    SliceContext(slice_context::SliceContextArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +48,6 @@ fn main() -> ExitCode {
     mvfa_studio::cli::process::run_headless(|| match cli.command {
         Command::Smoke(args) => smoke::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::SliceContext(args) => slice_context::run(args),
     })
 }
