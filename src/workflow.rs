@@ -32,12 +32,17 @@ pub use export::{
 };
 pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
-pub use scoring::{ScoredFrame, map_at_original, score_file, score_frames};
+pub use scoring::{
+    BatchTuner, PREFETCH_FRAMES, Prefetched, ScoredFrame, Streamed, map_at_original, score_file,
+    score_frames, score_stream, with_prefetched_frames,
+};
 pub use series::{
     FileSeries, SERIES_CSV, SERIES_RULE, SeriesRule, SeriesScore, SliceContext, TOP_K, group_files,
     series_csv, series_score, study_score,
 };
-pub use session::{DetectorSummary, FitSummary, ModelSession, Session, open_session};
+pub use session::{
+    DetectorSummary, FitSummary, ModelSession, SCORE_BATCH_MAX, Session, open_session,
+};
 pub use shots::{
     CollectedShots, DatasetShots, LabelledImage, MaskSource, ShotLabel, ShotSource, collect_shots,
 };

@@ -30,8 +30,10 @@
 //! non-zero after scoring the rest. Every file is written atomically and `scores.csv` last,
 //! so an interrupted run leaves no partial file and no CSV row without its images.
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use burn::prelude::*;
@@ -44,8 +46,9 @@ use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::workflow::{
-    DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, FrameWritten, SERIES_CSV,
-    SliceContext, WorkflowError, group_files, open_detector, score_file, series_csv,
+    BatchTuner, DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, FrameWritten,
+    SERIES_CSV, SliceContext, Streamed, WorkflowError, group_files, open_detector, score_stream,
+    series_csv,
 };
 
 /// File format of `--raw` outputs.
@@ -379,8 +382,10 @@ struct FrameScores {
     frames: HashMap<PathBuf, usize>,
 }
 
-/// Scores each file and exports its frames, with a progress bar. A file that cannot be
-/// scored joins `failures`; an export error stops the run and is returned.
+/// Scores the frames of every file and exports them, with a progress bar: the next frames
+/// are decoded while the current batch runs, and batches of `--batch` frames span files
+/// ([`score_stream`]). A file that cannot be read joins `failures`; an export or
+/// model error stops the run and is returned.
 fn score_files<B: Backend>(
     detector: &Detector<B, VisionTransformer<B>>,
     files: &[PathBuf],
@@ -393,38 +398,48 @@ fn score_files<B: Backend>(
     let bar = common::progress_bar(files.len() as u64, "files");
     bar.set_message("scoring");
     let mut export_error = None;
-    'files: for file in files {
-        bar.inc(1);
-        let scored = match score_file(detector, file, device) {
-            Ok(scored) => scored,
-            Err(e) => {
+    let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
+        files.iter().map(|f| (f.clone(), None)).collect();
+    // A fixed batch: per-image results depend on the batch they run in at the level of float
+    // rounding, so a batch picked by timing would make runs differ in their last digits.
+    let mut tuner = BatchTuner::fixed(detector.batch_size());
+    let cancel = AtomicBool::new(false);
+    let outcome = score_stream(detector, &listed, &mut tuner, &cancel, device, |item| {
+        let frame = match item {
+            Streamed::Failed(_, e) => {
+                bar.inc(1);
                 bar.suspend(|| eprintln!("error: {e}"));
                 failures.push(e.to_string());
-                continue;
+                return ControlFlow::Continue(());
             }
+            Streamed::Scored(frame) => frame,
         };
-        for frame in &scored {
-            let image = &frame.image;
-            let result = &frame.result;
-            scores.score.insert(
-                (file.clone(), image.frame),
-                result.score.unwrap_or(result.raw.zero_image),
-            );
-            scores.frames.insert(file.clone(), image.frames);
-            if let Some(note) = &image.note {
-                bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
+        let image = &frame.image;
+        if image.frame + 1 == image.frames {
+            bar.inc(1);
+        }
+        let result = &frame.result;
+        scores.score.insert(
+            (image.source.clone(), image.frame),
+            result.score.unwrap_or(result.raw.zero_image),
+        );
+        scores.frames.insert(image.source.clone(), image.frames);
+        if let Some(note) = &image.note {
+            bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
+        }
+        match exporter.write_frame(FrameToExport::from_scored(&frame, model_size)) {
+            Ok(w) => {
+                bar.suspend(|| println!("{}", summary_line(&w, &image.label())));
+                ControlFlow::Continue(())
             }
-            match exporter.write_frame(FrameToExport::from_scored(frame, model_size)) {
-                Ok(w) => bar.suspend(|| println!("{}", summary_line(&w, &image.label()))),
-                Err(e) => {
-                    export_error = Some(e);
-                    break 'files;
-                }
+            Err(e) => {
+                export_error = Some(e);
+                ControlFlow::Break(())
             }
         }
-    }
+    });
     bar.finish_and_clear();
-    export_error
+    export_error.or(outcome.err())
 }
 
 /// Whether `file` lies inside `folder` (both resolved; false when either cannot be).

@@ -2,6 +2,7 @@
 //! (DICOM, PNG/JPEG/TIFF/BMP, NIfTI) becomes frames, each windowed with the file's default
 //! preset to an 8-bit display image and resized to the 240 px model input (spec 7.1).
 //! The CLI and the app both load images through here.
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::io::dicom::{load_dicom, looks_like_dicom};
@@ -138,6 +139,32 @@ pub fn load_model_frames(
     path: &Path,
     wanted: Option<&[usize]>,
 ) -> Result<Vec<ModelImage>, InputError> {
+    let mut out = Vec::new();
+    let mut failed = None;
+    for_each_model_frame(path, wanted, |frame| match frame {
+        Ok(f) => {
+            out.push(f);
+            ControlFlow::Continue(())
+        }
+        Err(e) => {
+            failed = Some(e);
+            ControlFlow::Break(())
+        }
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// [`load_model_frames`] one frame at a time: the file is decoded once, then each frame asked
+/// for is windowed, resized and handed to `each` (which may stop the walk), so that only one
+/// frame's model input is made ahead of its use. A file that cannot be read is the error.
+pub fn for_each_model_frame(
+    path: &Path,
+    wanted: Option<&[usize]>,
+    mut each: impl FnMut(Result<ModelImage, InputError>) -> ControlFlow<()>,
+) -> Result<(), InputError> {
     let stack = load_stack(path)?;
     let window = stack
         .default_window()
@@ -147,23 +174,26 @@ pub fn load_model_frames(
     if frames == 0 {
         return Err(InputError::new(path, "the file holds no image frames"));
     }
-    (0..frames)
-        .filter(|frame| wanted.is_none_or(|w| w.contains(frame)))
-        .map(|frame| {
-            let display = display_frame(&stack, frame, &window)
-                .ok_or_else(|| InputError::new(path, format!("frame {frame} has a bad size")))?;
-            let input = model_input(&display)
-                .map_err(|e| InputError::new(path, format!("frame {frame}: {e}")))?;
-            Ok(ModelImage {
-                source: path.to_path_buf(),
-                frame,
-                frames,
-                display,
-                input,
-                note: constant_frame_note(&stack.frames[frame].data),
-            })
-        })
-        .collect()
+    for frame in (0..frames).filter(|frame| wanted.is_none_or(|w| w.contains(frame))) {
+        let converted = display_frame(&stack, frame, &window)
+            .ok_or_else(|| InputError::new(path, format!("frame {frame} has a bad size")))
+            .and_then(|display| {
+                let input = model_input(&display)
+                    .map_err(|e| InputError::new(path, format!("frame {frame}: {e}")))?;
+                Ok(ModelImage {
+                    source: path.to_path_buf(),
+                    frame,
+                    frames,
+                    display,
+                    input,
+                    note: constant_frame_note(&stack.frames[frame].data),
+                })
+            });
+        if each(converted).is_break() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// "constant image" when every sample of a frame has the same value (a blank slice, an

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::prelude::*;
 
 use super::{
-    Backbone, FitRequest, FitResult, WorkflowError, checkpoint_meta, fit_adapters, open_detector,
-    save_detector, score_frames,
+    Backbone, BatchTuner, FitRequest, FitResult, WorkflowError, checkpoint_meta, fit_adapters,
+    open_detector, save_detector,
 };
 use crate::io::input::ModelImage;
+use crate::io::model_input::batch_tensor;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::Calibration;
@@ -98,8 +99,8 @@ pub trait ModelSession: Send {
         cancel: &AtomicBool,
     ) -> Result<FitSummary, WorkflowError>;
 
-    /// Scores frames (in the detector's batches), checking `cancel` between batches; returns
-    /// the results of the frames scored so far when cancelled.
+    /// Scores frames in batches of [`SCORE_BATCH_MAX`], checking `cancel` between batches;
+    /// returns the results of the frames scored so far when cancelled.
     fn score(
         &self,
         frames: &[ModelImage],
@@ -109,6 +110,9 @@ pub trait ModelSession: Send {
     /// Writes the current detector with its normal shots to `path`.
     fn save(&self, path: &Path, provenance: &str) -> Result<(), WorkflowError>;
 }
+
+/// The forward batch of the app's scoring.
+pub const SCORE_BATCH_MAX: usize = 8;
 
 /// The backend-typed session behind [`ModelSession`].
 pub struct Session<B: Backend> {
@@ -124,6 +128,10 @@ pub struct Session<B: Backend> {
     epochs_trained: usize,
     /// Adapted tokens of the shots under the current adapters (replaced when they change).
     cache: FeatureCache<B>,
+    /// The forward batch of scoring. Fixed: per-image results depend on the batch they run in
+    /// at the level of float rounding, so a batch picked by timing would break bit-for-bit
+    /// reproducibility (`mvfa-dev bench --series` measures which size is fastest).
+    tuner: std::sync::Mutex<BatchTuner>,
 }
 
 impl<B: Backend> Session<B> {
@@ -143,6 +151,7 @@ impl<B: Backend> Session<B> {
             normal_shots: Vec::new(),
             epochs_trained: 0,
             cache: FeatureCache::default(),
+            tuner: std::sync::Mutex::new(BatchTuner::fixed(SCORE_BATCH_MAX)),
         })
     }
 
@@ -339,12 +348,30 @@ where
         let Some(detector) = &self.detector else {
             return Err(WorkflowError::NoDetector);
         };
+        let mut tuner = self
+            .tuner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let size = detector.scorer().config().image_size;
         let mut results = Vec::with_capacity(frames.len());
-        for chunk in frames.chunks(detector.batch_size()) {
+        let mut start = 0;
+        while start < frames.len() {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            results.extend(score_frames(detector, chunk, self.backbone.device())?);
+            let batch = tuner.next_batch();
+            let chunk = &frames[start..(start + batch).min(frames.len())];
+            let began = std::time::Instant::now();
+            let views: Vec<&[f32]> = chunk.iter().map(|f| f.input.as_slice()).collect();
+            let images = batch_tensor::<B>(&views, [3, size, size], self.backbone.device())?;
+            results.extend(detector.score_one_batch(images).map_err(|source| {
+                WorkflowError::Model {
+                    context: chunk[0].source.display().to_string(),
+                    source,
+                }
+            })?);
+            tuner.record(batch, chunk.len(), began.elapsed().as_secs_f64());
+            start += chunk.len();
         }
         Ok(results)
     }

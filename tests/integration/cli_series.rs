@@ -240,3 +240,89 @@ fn synth_data_writes_volumes_as_dicom_series_in_shuffled_file_order() {
         4 - shuffled
     );
 }
+
+/// Batches span files: a run is reproducible digit for digit, and the batch size moves a
+/// score only at the level of float rounding.
+#[test]
+fn score_batches_across_files_reproducibly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("brain.safetensors");
+    make_checkpoint(&ckpt, None);
+    let folder = tmp.path().join("series");
+    for (i, img) in mvfa_studio::train::synthetic::generate(11, 10, 64, true)
+        .iter()
+        .enumerate()
+    {
+        crate::support::images::write_grey(
+            &folder.join(format!("s{i:02}.png")),
+            64,
+            64,
+            &img.pixels,
+        );
+    }
+    let scores = |batch: &str, run_name: &str| -> Vec<(String, Vec<f64>)> {
+        let out = tmp.path().join(run_name);
+        let mut c = bin();
+        c.arg("score")
+            .arg("--clip")
+            .arg(tiny_clip())
+            .arg("--checkpoint")
+            .arg(&ckpt)
+            .arg(&folder)
+            .arg("--out")
+            .arg(&out)
+            .args(["--cpu", "--batch", batch]);
+        let (o, stdout, stderr) = run(&mut c);
+        assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        csv_lines(&out.join("scores.csv"))[1..]
+            .iter()
+            .map(|l| {
+                let f = fields(l);
+                (
+                    f[0].clone(),
+                    f[1..4].iter().map(|v| v.parse().unwrap()).collect(),
+                )
+            })
+            .collect()
+    };
+    let eight = scores("8", "a");
+    assert_eq!(eight.len(), 10);
+    assert_eq!(eight, scores("8", "b"), "the same run twice");
+    for ((path, a), (_, b)) in eight.iter().zip(&scores("1", "c")) {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                "{path}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_series_prints_the_throughput_of_a_whole_series() {
+    let (o, stdout, stderr) = run(crate::support::cli::dev_bin().args([
+        "bench",
+        "--series",
+        "6",
+        "--slice-size",
+        "64",
+        "--layers",
+        "2",
+        "--width",
+        "64",
+        "--embed-dim",
+        "32",
+        "--text-layers",
+        "1",
+        "--text-width",
+        "32",
+        "--cpu",
+    ]));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("| slices | 6 (64 x 64, DICOM, 8-bit) |"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("slices/s"), "{stdout}");
+    assert!(stdout.contains("| batch picked |"), "{stdout}");
+}

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::runner::{Job, JobContext, JobError, JobResult};
 use crate::app::state::labels::ImageKey;
 use crate::app::state::model::ModelJobKind;
-use crate::io::input::load_model_frames;
+use crate::io::input::ModelImage;
 use crate::model::mvfa::detector::ImageResult;
 use crate::train::fit::FitEvent;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    DetectorSummary, FitRequest, FitSummary, LabelledImage, ModelSession, ShotSource, collect_shots,
+    DetectorSummary, FitRequest, FitSummary, LabelledImage, ModelSession, Prefetched, ShotSource,
+    collect_shots, with_prefetched_frames,
 };
 
 /// The session shared with the model jobs: only they lock it; the UI thread reads the
@@ -52,9 +53,9 @@ pub struct ModelJob {
     pub job: Job<ModelOutcome, ModelItem>,
 }
 
-/// Frames scored per forward batch: small, so that results appear one by one and a cancel
-/// is honoured quickly.
-const SCORE_CHUNK: usize = 4;
+/// Frames handed to the session at a time: enough for its largest forward batch, few enough
+/// that results appear a few at a time (the session checks for a cancel between batches).
+const SCORE_CHUNK: usize = crate::workflow::SCORE_BATCH_MAX;
 
 type Ctx = JobContext<ModelOutcome, ModelItem>;
 
@@ -123,7 +124,9 @@ pub fn train(
     })
 }
 
-/// Scores `keys` in order, handing over each frame as it is done.
+/// Scores `keys` in order, handing over each frame as it is done. The frames are decoded on a
+/// thread of their own ahead of the forward pass ([`with_prefetched_frames`]), and the session
+/// picks the forward batch for throughput.
 pub fn score(
     session: SharedSession,
     keys: Vec<ImageKey>,
@@ -131,61 +134,101 @@ pub fn score(
 ) -> ModelJob {
     spawn(ModelJobKind::Score, repaint, move |ctx| {
         let total = keys.len();
-        let mut done = 0;
         // Consecutive keys of one file share one read of the file.
-        let mut start = 0;
-        while start < keys.len() {
-            let path = keys[start].path.clone();
-            let end = keys[start..]
-                .iter()
-                .position(|k| k.path != path)
-                .map_or(keys.len(), |n| start + n);
-            let wanted = &keys[start..end];
-            start = end;
-            if ctx.is_cancelled() {
-                return Err(JobError::cancelled());
+        let mut files: Vec<(PathBuf, Option<Vec<usize>>)> = Vec::new();
+        for key in &keys {
+            match files.last_mut() {
+                Some((path, Some(frames))) if *path == key.path => frames.push(key.frame),
+                _ => files.push((key.path.clone(), Some(vec![key.frame]))),
             }
-            ctx.progress(
-                Some(done as f32 / total.max(1) as f32),
-                format!("{} of {total} images", done + 1),
-            );
-            let frame_numbers: Vec<usize> = wanted.iter().map(|k| k.frame).collect();
-            let selected = match load_model_frames(&path, Some(&frame_numbers)) {
-                Ok(frames) => frames,
-                Err(e) => {
-                    for key in wanted {
-                        ctx.emit(ModelItem::Unscorable(key.clone(), e.to_string()));
-                    }
-                    done += wanted.len();
-                    continue;
+        }
+        let mut done = 0;
+        let cancel = ctx.cancel_flag();
+        let outcome = with_prefetched_frames(&files, cancel, |rx| -> JobResult<()> {
+            let mut pending: Vec<ModelImage> = Vec::new();
+            let mut delivered: Vec<Vec<usize>> = vec![Vec::new(); files.len()];
+            let mut failed: Vec<bool> = vec![false; files.len()];
+            let flush = |pending: &mut Vec<ModelImage>, done: &mut usize| -> JobResult<()> {
+                if pending.is_empty() {
+                    return Ok(());
                 }
-            };
-            for key in wanted
-                .iter()
-                .filter(|k| !selected.iter().any(|f| f.frame == k.frame))
-            {
-                ctx.emit(ModelItem::Unscorable(
-                    key.clone(),
-                    "the file has no such frame".into(),
-                ));
-            }
-            for chunk in selected.chunks(SCORE_CHUNK) {
-                let results = lock(&session).score(chunk, ctx.cancel_flag())?;
-                if results.len() < chunk.len() {
+                ctx.progress(
+                    Some(*done as f32 / total.max(1) as f32),
+                    format!("{} of {total} images", *done + 1),
+                );
+                let results = lock(&session).score(pending, ctx.cancel_flag())?;
+                if results.len() < pending.len() {
                     return Err(JobError::cancelled());
                 }
-                for (frame, result) in chunk.iter().zip(results) {
+                for (frame, result) in pending.drain(..).zip(results) {
+                    *done += 1;
                     ctx.emit(ModelItem::Scored(
                         ImageKey {
-                            path: path.clone(),
+                            path: frame.source,
                             frame: frame.frame,
                         },
                         Arc::new(result),
                     ));
                 }
+                Ok(())
+            };
+            for message in rx {
+                if ctx.is_cancelled() {
+                    return Err(JobError::cancelled());
+                }
+                match message {
+                    Prefetched::Frame(n, frame) => {
+                        delivered[n].push(frame.frame);
+                        pending.push(frame);
+                        if pending.len() >= SCORE_CHUNK {
+                            flush(&mut pending, &mut done)?;
+                        }
+                    }
+                    Prefetched::Failed(n, e) => {
+                        flush(&mut pending, &mut done)?;
+                        // The frames of the file not handed over yet.
+                        let (path, wanted) = &files[n];
+                        failed[n] = true;
+                        for &frame in wanted
+                            .iter()
+                            .flatten()
+                            .filter(|f| !delivered[n].contains(f))
+                        {
+                            done += 1;
+                            ctx.emit(ModelItem::Unscorable(
+                                ImageKey {
+                                    path: path.clone(),
+                                    frame,
+                                },
+                                e.to_string(),
+                            ));
+                        }
+                    }
+                }
             }
-            done += wanted.len();
+            flush(&mut pending, &mut done)?;
+            // Frames a file turned out not to have.
+            for (n, (path, wanted)) in files.iter().enumerate().filter(|(n, _)| !failed[*n]) {
+                for &frame in wanted
+                    .iter()
+                    .flatten()
+                    .filter(|f| !delivered[n].contains(f))
+                {
+                    ctx.emit(ModelItem::Unscorable(
+                        ImageKey {
+                            path: path.clone(),
+                            frame,
+                        },
+                        "the file has no such frame".into(),
+                    ));
+                }
+            }
+            Ok(())
+        });
+        if ctx.is_cancelled() {
+            return Err(JobError::cancelled());
         }
+        outcome?;
         Ok(ModelOutcome::Scored)
     })
 }

@@ -96,6 +96,14 @@ pub struct BenchArgs {
     /// The PyTorch script of `--compare` (default: tools/bench/torch_bench.py).
     #[arg(long)]
     pub torch_script: Option<std::path::PathBuf>,
+    /// Instead of the table: write a synthetic DICOM series of this many slices and score it
+    /// end to end from the files (decoding overlapped, batch picked for throughput); prints
+    /// slices per second.
+    #[arg(long, value_name = "SLICES", value_parser = parse_positive)]
+    pub series: Option<usize>,
+    /// Side of the `--series` slices in pixels.
+    #[arg(long, default_value_t = 512, value_parser = parse_positive)]
+    pub slice_size: usize,
 }
 
 /// One table row.
@@ -176,16 +184,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The random tower, adapters and configurations that the rows share.
-struct Tower<B: Backend> {
-    text_cfg: TextConfig,
-    vision: VisionTransformer<B>,
-    adapters: MvfaAdapters<B>,
-    adapters_cfg: MvfaAdaptersConfig,
-    scoring: ScoringConfig,
+pub(super) struct Tower<B: Backend> {
+    pub(super) text_cfg: TextConfig,
+    pub(super) vision: VisionTransformer<B>,
+    pub(super) adapters: MvfaAdapters<B>,
+    pub(super) adapters_cfg: MvfaAdaptersConfig,
+    pub(super) scoring: ScoringConfig,
     /// Tokens per image.
-    tokens: usize,
+    pub(super) tokens: usize,
     /// Tapped levels.
-    levels: usize,
+    pub(super) levels: usize,
 }
 
 /// Builds the random tower of `args` (seed 2024) and prints its sizes.
@@ -246,6 +254,10 @@ fn build_tower<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Resu
 
 fn bench<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
     let tower = build_tower::<B>(args, device)?;
+    if let Some(slices) = args.series {
+        super::bench_series::run(args, slices, &tower, device)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut rows: Vec<Row> = Vec::new();
     time_forward(args, device, &tower, &mut rows)?;
     let sentences = time_text(args, device, &tower, &mut rows)?;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_compare;
 mod bench_profile;
+mod bench_series;
 mod slice_context;
 mod smoke;
 

@@ -833,6 +833,17 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             .collect())
     }
 
+    /// Scores `images [n, 3, S, S]` in one forward pass of all `n`, whatever the batch size:
+    /// for callers that choose the batch themselves ([`crate::workflow::BatchTuner`]). The
+    /// results equal [`Self::score`]'s.
+    pub fn score_one_batch(&self, images: Tensor<B, 4>) -> Result<Vec<ImageResult>, MvfaError> {
+        Ok(self
+            .score_raw_with(images, self.bank.as_ref(), false)?
+            .into_iter()
+            .map(|raw| self.calibrate(raw))
+            .collect())
+    }
+
     /// Raw outputs of `images [n, 3, S, S]` against the full memory bank, taking the tokens
     /// of images seen before from the feature caches (for the shots and validation images of
     /// a fit, which are scored under several settings).
