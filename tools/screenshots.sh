@@ -2,7 +2,8 @@
 # Starts MVFA Studio under Xvfb on fixture data, drives it with xdotool and saves a screenshot
 # of each main view (CT viewer, labelling with a mask, NIfTI volume, help, palette, metadata,
 # and the model loop on the tiny random CLIP fixture: fine-tuning with its loss plot, results
-# with heatmap, legend, histogram and score table, side by side, the export window).
+# with heatmap, legend, histogram and score table, side by side, the export window; a series
+# with its score strip and the Results grouped by series).
 #
 # Needs: xvfb, xdotool, imagemagick (apt-get install xvfb xdotool imagemagick).
 # Usage: tools/screenshots.sh [OUT_DIR]   (default docs/screenshots)
@@ -120,5 +121,18 @@ shot side-by-side
 key d
 key ctrl+shift+e
 shot export
+stop
+
+# Series: two synthetic 24-slice DICOM volumes (the second with a lesion over a few slices).
+# Label four normal slices of the first; the memory bank scores both series and the strip
+# fills in; Shift+J goes to the peak of the most anomalous series.
+"$bin" synth-data "$work/volumes" --normal 0 --abnormal 0 --size 256 --volumes 2 --slices 24 >/dev/null
+start --clip tests/fixtures/clip/hf/model.safetensors "$work/volumes/volumes"
+for k in n Down Down Down n Down Down Down n Down Down Down n; do key "$k"; done
+sleep "${MVFA_SCORE_WAIT:-40}"
+key shift+j
+shot series-strip
+key F4
+shot series-results
 stop
 

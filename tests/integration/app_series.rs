@@ -268,3 +268,116 @@ fn app_series_label_next_proposes_by_strategy_and_says_why() {
     let state: &AppState = &h.state().state;
     assert_eq!(state.labels.label(&key(&s2, 3)), Some(Label::Normal));
 }
+
+/// A synthetic DICOM volume of `slices` 128 px slices in `dir/volume` (file names in order).
+fn dicom_volume(dir: &Path, slices: usize) -> PathBuf {
+    use mvfa_studio::io::export::dicom_volume::{SliceInVolume, write_slice};
+    let folder = dir.join("volume");
+    std::fs::create_dir_all(&folder).unwrap();
+    let volume = mvfa_studio::train::synthetic::generate_volume(5, slices, 128, true).unwrap();
+    for (index, slice) in volume.slices.iter().enumerate() {
+        write_slice(
+            &folder.join(format!("IM{index:04}.dcm")),
+            128,
+            &slice.pixels,
+            &SliceInVolume {
+                volume: "app-series",
+                description: "test volume",
+                index,
+                instance_number: index + 1,
+                spacing: 2.0,
+            },
+        )
+        .unwrap();
+    }
+    folder
+}
+
+/// Opens `slices` slices with the tiny CLIP loaded, labels the first normal and returns the
+/// harness with scoring started.
+fn scoring_volume(dir: &Path, slices: usize) -> AppHarness {
+    let folder = dicom_volume(dir, slices);
+    let mut h = harness(cpu_state(None), [1300.0, 900.0]);
+    h.state_mut()
+        .pending
+        .push(Action::LoadWeightsFrom(crate::support::tiny_clip_hf()));
+    h.step();
+    wait_until(&mut h, "the weights", 60, |s| s.activity.session);
+    h.state_mut().pending.push(Action::Open(vec![folder]));
+    wait_until(&mut h, "the series", 30, move |s| {
+        s.activity.scan.is_none() && s.browser.len() == slices && s.current_stack().is_some()
+    });
+    press(&mut h, Modifiers::NONE, Key::N);
+    h
+}
+
+/// The strip reads the scores every frame: it fills in while background scoring runs, the
+/// slices nearest the one shown first.
+#[test]
+fn app_series_strip_fills_in_while_scoring_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = scoring_volume(dir.path(), 24);
+    let mut counts = Vec::new();
+    let start = std::time::Instant::now();
+    loop {
+        h.step();
+        let s = &h.state().state;
+        let scored = s
+            .frame_scores(&s.sequence())
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if counts.last() != Some(&scored) {
+            counts.push(scored);
+        }
+        if scored == 24 && s.activity.model.is_none() {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 120, "scores so far: {counts:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        counts.iter().any(|&c| c > 0 && c < 24),
+        "the strip went from {counts:?} without a partial frame"
+    );
+    h.get_by_label("Score strip");
+}
+
+/// Frame times of the UI while a 300-slice series is scored in the background, and the
+/// slices scored per second (tiny CLIP; printed, not asserted).
+#[test]
+#[ignore = "a timing run: cargo test --test integration app_series_frame_times -- --ignored --nocapture"]
+fn app_series_frame_times_while_scoring_300_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = scoring_volume(dir.path(), 300);
+    let start = std::time::Instant::now();
+    let mut times = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(16));
+        let t = std::time::Instant::now();
+        h.step();
+        let dt = t.elapsed();
+        let s = &h.state().state;
+        let done = s.model.results.len();
+        if s.activity
+            .model_running(mvfa_studio::app::state::model::ModelJobKind::Score)
+        {
+            times.push(dt);
+        }
+        if done == 300 && s.activity.model.is_none() {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 600, "{done} scored");
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    times.sort();
+    let ms = |d: &std::time::Duration| d.as_secs_f64() * 1e3;
+    let mean = times.iter().map(ms).sum::<f64>() / times.len().max(1) as f64;
+    println!(
+        "300 slices scored in {seconds:.1} s ({:.1} slices/s, tiny CLIP); UI frames meanwhile: {} frames, mean {mean:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        300.0 / seconds,
+        times.len(),
+        ms(&times[times.len() * 95 / 100]),
+        ms(times.last().unwrap())
+    );
+}
