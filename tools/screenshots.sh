@@ -124,14 +124,21 @@ shot export
 stop
 
 # Series: two synthetic 24-slice DICOM volumes (the second with a lesion over a few slices).
-# Label four normal slices of the first; the memory bank scores both series and the strip
-# fills in; Shift+J goes to the peak of the most anomalous series.
+# Label four normal slices of the first and two of the second; the memory bank scores both
+# series and the strip fills in; Shift+J goes to the peak of the most anomalous series.
+export XDG_DATA_HOME=$work/xdg-series
 "$bin" synth-data "$work/volumes" --normal 0 --abnormal 0 --size 256 --volumes 2 --slices 24 >/dev/null
 start --clip tests/fixtures/clip/hf/model.safetensors "$work/volumes/volumes"
 for k in n Down Down Down n Down Down Down n Down Down Down n; do key "$k"; done
 sleep "${MVFA_SCORE_WAIT:-40}"
+# Two normal labels at the start of the lesion series, so that the strip shows its N marks.
+for k in shift+j Home n Down n; do key "$k"; done
+sleep "${MVFA_SCORE_WAIT:-40}"
 key shift+j
 shot series-strip
+# The strip at full size: the frame slider and the strip above the viewer.
+convert "$work/raw.png" -crop 870x64+258+22 +repage -strip "$out/series-strip-detail.png"
+echo "$out/series-strip-detail.png"
 key F4
 shot series-results
 stop

@@ -205,7 +205,7 @@ fn app_series_j_and_k_walk_series_by_score_then_their_slices() {
     assert!(
         log.last()
             .unwrap()
-            .starts_with("Series 1 of 2 by score, slice 1 of its 8"),
+            .starts_with("Series 1 of 2 by series score, its slice 1 of 8 by score"),
         "{log:?}"
     );
     let (order, starts) = h.state().state.reading_order();

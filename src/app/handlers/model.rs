@@ -258,7 +258,7 @@ fn step_ranked(state: &mut AppState, jobs: &mut Jobs, step: Step, ctx: &egui::Co
     let in_series = next - starts[series];
     let in_series_len = starts.get(series + 1).unwrap_or(&order.len()) - starts[series];
     state.log.push(format!(
-        "Series {} of {} by score, slice {} of its {} scored by score: score {:.2}",
+        "Series {} of {} by series score, its slice {} of {} by score: {:.2}",
         series + 1,
         starts.len(),
         in_series + 1,

@@ -1,6 +1,6 @@
 //! The Results tab: which map is shown and how (colormap, opacity, range, contour level),
-//! the score histogram with the decision threshold, the sortable table of image scores, and
-//! the corrections and export commands.
+//! the corrections and export commands, the scores grouped by study and series (most anomalous
+//! first, each slice sortable), and the score histogram with the decision threshold.
 use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Bar, BarChart, Plot, VLine};
 
@@ -44,9 +44,9 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         command_button(ui, Command::ExportStudy, actions);
     });
     ui.separator();
-    histogram(ui, state, actions);
-    ui.separator();
     table(ui, state, actions);
+    ui.separator();
+    histogram(ui, state, actions);
 }
 
 fn display(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
@@ -268,14 +268,11 @@ fn table(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
                     Some(s) => format!("{}: study score {s:.2}", study.title),
                     None => format!("{}: not scored", study.title),
                 };
-                egui::CollapsingHeader::new(heading)
-                    .id_salt(("study", &study.title))
-                    .default_open(true)
-                    .show(ui, |ui| {
-                        for series in &study.series {
-                            series_block(ui, state, series, single, actions);
-                        }
-                    });
+                section(ui, ("study", &study.title), &heading, true, |ui| {
+                    for series in &study.series {
+                        series_block(ui, state, series, single, actions);
+                    }
+                });
             }
         });
 }
@@ -329,26 +326,52 @@ fn series_block(
         None => format!("{}: {n} slice(s), not scored", series.title),
     };
     let id = series.frames.first().map(|k| k.path.clone());
-    egui::CollapsingHeader::new(heading)
-        .id_salt(("series", id))
-        .default_open(open)
-        .show(ui, |ui| {
-            if let (Some(s), Some(peak)) = (series.score, series.peak()) {
-                ui.horizontal_wrapped(|ui| {
-                    if ui
-                        .button(format!("Go to peak slice {}", s.peak + 1))
-                        .on_hover_text("Show the slice with the highest score")
-                        .clicked()
-                    {
-                        actions.push(Action::Show(peak.clone()));
-                    }
-                    if s.scored < n {
-                        ui.label(format!("{} of {n} scored", s.scored));
-                    }
-                });
-            }
-            slice_rows(ui, state, series, actions);
-        });
+    section(ui, ("series", id), &heading, open, |ui| {
+        if let (Some(s), Some(peak)) = (series.score, series.peak()) {
+            ui.horizontal_wrapped(|ui| {
+                if ui
+                    .button(format!("Go to peak slice {}", s.peak + 1))
+                    .on_hover_text("Show the slice with the highest score")
+                    .clicked()
+                {
+                    actions.push(Action::Show(peak.clone()));
+                }
+                if s.scored < n {
+                    ui.label(format!("{} of {n} scored", s.scored));
+                }
+            });
+        }
+        slice_rows(ui, state, series, actions);
+    });
+}
+
+/// A collapsible section whose heading is cut at the panel's edge (whole on hover), so that a
+/// long series description never widens the side panel; a click on the heading opens it.
+fn section(
+    ui: &mut egui::Ui,
+    id_salt: impl egui::AsIdSalt,
+    heading: &str,
+    default_open: bool,
+    body: impl FnOnce(&mut egui::Ui),
+) {
+    use egui::collapsing_header::CollapsingState;
+    let id = ui.make_persistent_id(id_salt);
+    let (_, header, _) = CollapsingState::load_with_default_open(ui.ctx(), id, default_open)
+        .show_header(ui, |ui| {
+            ui.add(
+                egui::Label::new(heading)
+                    .truncate()
+                    .sense(egui::Sense::click()),
+            )
+            .on_hover_text(heading)
+            .clicked()
+        })
+        .body(body);
+    if header.inner {
+        let mut state = CollapsingState::load_with_default_open(ui.ctx(), id, default_open);
+        state.toggle(ui);
+        state.store(ui.ctx());
+    }
 }
 
 fn slice_rows(ui: &mut egui::Ui, state: &AppState, series: &SeriesRow, actions: &mut Vec<Action>) {

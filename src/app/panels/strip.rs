@@ -1,5 +1,6 @@
 //! The score strip under the frame slider: one cell per frame of the series, coloured by its
-//! image score with the heatmap's colormap and range, grey until scored; frames at or above
+//! image score with the heatmap's colormap and range, dark grey with a light middle line until
+//! scored; frames at or above
 //! the threshold carry a white mark on top, labelled frames an N or A mark below, the current
 //! frame an outline. A click or drag goes to the frame under the pointer. It reads the scores
 //! every frame, so it fills in while background scoring runs.
@@ -12,8 +13,10 @@ use crate::workflow::MapScale;
 
 /// Height of the strip in points.
 pub const STRIP_HEIGHT: f32 = 18.0;
-/// Colour of a frame not scored yet.
-const UNSCORED: Color32 = Color32::from_gray(70);
+/// A frame not scored yet: dark grey with a light line through the middle, which no colormap
+/// cell has (a grey of its own could be read as a score on Cividis).
+const UNSCORED: Color32 = Color32::from_gray(45);
+const UNSCORED_LINE: Color32 = Color32::from_gray(140);
 /// Marks of labelled frames.
 const NORMAL_MARK: Color32 = Color32::from_rgb(90, 200, 120);
 const ABNORMAL_MARK: Color32 = Color32::from_rgb(240, 80, 70);
@@ -68,6 +71,17 @@ pub fn show(
             None => UNSCORED,
         };
         painter.rect_filled(cell_rect, 0.0, colour);
+        if scores[i].is_none() {
+            let y = cell_rect.center().y;
+            painter.rect_filled(
+                Rect::from_min_max(
+                    pos2(cell_rect.left(), y - 1.0),
+                    pos2(cell_rect.right(), y + 1.0),
+                ),
+                0.0,
+                UNSCORED_LINE,
+            );
+        }
         if let (Some(s), Some(t)) = (scores[i], threshold)
             && s >= t
         {
