@@ -14,6 +14,21 @@ fn fields(line: &str) -> Vec<String> {
         .collect()
 }
 
+/// `score --clip <tiny CLIP> --checkpoint <ckpt> <inputs> --out <out> --cpu`.
+fn score_command(ckpt: &Path, inputs: &[&Path], out: &Path) -> std::process::Command {
+    let mut c = bin();
+    c.arg("score")
+        .arg("--clip")
+        .arg(tiny_clip())
+        .arg("--checkpoint")
+        .arg(ckpt)
+        .args(inputs)
+        .arg("--out")
+        .arg(out)
+        .arg("--cpu");
+    c
+}
+
 /// Image Position Patient's z of a DICOM file (the fixtures are axial).
 fn z_of(path: &Path) -> f64 {
     let obj = dicom_object::open_file(path).unwrap();
@@ -46,18 +61,8 @@ fn score_writes_series_csv_in_geometric_slice_order() {
         .unwrap();
     }
     let out = tmp.path().join("out");
-    let mut c = bin();
-    c.arg("score")
-        .arg("--clip")
-        .arg(tiny_clip())
-        .arg("--checkpoint")
-        .arg(&ckpt)
-        .arg(tmp.path().join("images"))
-        .arg(&series_dir)
-        .arg("--out")
-        .arg(&out)
-        .arg("--cpu");
-    let (o, stdout, stderr) = run(&mut c);
+    let images = tmp.path().join("images");
+    let (o, stdout, stderr) = run(&mut score_command(&ckpt, &[&images, &series_dir], &out));
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("wrote 2 series to"), "{stdout}");
     no_temp_files(&out);
@@ -262,16 +267,8 @@ fn score_batches_across_files_reproducibly() {
     }
     let scores = |batch: &str, run_name: &str| -> Vec<(String, Vec<f64>)> {
         let out = tmp.path().join(run_name);
-        let mut c = bin();
-        c.arg("score")
-            .arg("--clip")
-            .arg(tiny_clip())
-            .arg("--checkpoint")
-            .arg(&ckpt)
-            .arg(&folder)
-            .arg("--out")
-            .arg(&out)
-            .args(["--cpu", "--batch", batch]);
+        let mut c = score_command(&ckpt, &[&folder], &out);
+        c.args(["--batch", batch]);
         let (o, stdout, stderr) = run(&mut c);
         assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
         csv_lines(&out.join("scores.csv"))[1..]

@@ -142,88 +142,8 @@ pub fn score(
                 _ => files.push((key.path.clone(), Some(vec![key.frame]))),
             }
         }
-        let mut done = 0;
-        let cancel = ctx.cancel_flag();
-        let outcome = with_prefetched_frames(&files, cancel, |rx| -> JobResult<()> {
-            let mut pending: Vec<ModelImage> = Vec::new();
-            let mut delivered: Vec<Vec<usize>> = vec![Vec::new(); files.len()];
-            let mut failed: Vec<bool> = vec![false; files.len()];
-            let flush = |pending: &mut Vec<ModelImage>, done: &mut usize| -> JobResult<()> {
-                if pending.is_empty() {
-                    return Ok(());
-                }
-                ctx.progress(
-                    Some(*done as f32 / total.max(1) as f32),
-                    format!("{} of {total} images", *done + 1),
-                );
-                let results = lock(&session).score(pending, ctx.cancel_flag())?;
-                if results.len() < pending.len() {
-                    return Err(JobError::cancelled());
-                }
-                for (frame, result) in pending.drain(..).zip(results) {
-                    *done += 1;
-                    ctx.emit(ModelItem::Scored(
-                        ImageKey {
-                            path: frame.source,
-                            frame: frame.frame,
-                        },
-                        Arc::new(result),
-                    ));
-                }
-                Ok(())
-            };
-            for message in rx {
-                if ctx.is_cancelled() {
-                    return Err(JobError::cancelled());
-                }
-                match message {
-                    Prefetched::Frame(n, frame) => {
-                        delivered[n].push(frame.frame);
-                        pending.push(frame);
-                        if pending.len() >= SCORE_CHUNK {
-                            flush(&mut pending, &mut done)?;
-                        }
-                    }
-                    Prefetched::Failed(n, e) => {
-                        flush(&mut pending, &mut done)?;
-                        // The frames of the file not handed over yet.
-                        let (path, wanted) = &files[n];
-                        failed[n] = true;
-                        for &frame in wanted
-                            .iter()
-                            .flatten()
-                            .filter(|f| !delivered[n].contains(f))
-                        {
-                            done += 1;
-                            ctx.emit(ModelItem::Unscorable(
-                                ImageKey {
-                                    path: path.clone(),
-                                    frame,
-                                },
-                                e.to_string(),
-                            ));
-                        }
-                    }
-                }
-            }
-            flush(&mut pending, &mut done)?;
-            // Frames a file turned out not to have.
-            for (n, (path, wanted)) in files.iter().enumerate().filter(|(n, _)| !failed[*n]) {
-                for &frame in wanted
-                    .iter()
-                    .flatten()
-                    .filter(|f| !delivered[n].contains(f))
-                {
-                    ctx.emit(ModelItem::Unscorable(
-                        ImageKey {
-                            path: path.clone(),
-                            frame,
-                        },
-                        "the file has no such frame".into(),
-                    ));
-                }
-            }
-            Ok(())
+        let outcome = with_prefetched_frames(&files, ctx.cancel_flag(), |rx| {
+            score_prefetched(ctx, &session, &files, rx, total)
         });
         if ctx.is_cancelled() {
             return Err(JobError::cancelled());
@@ -231,6 +151,98 @@ pub fn score(
         outcome?;
         Ok(ModelOutcome::Scored)
     })
+}
+
+/// The scoring side of [`score`]: hands the session the frames the decoding thread has
+/// ready, a chunk at a time, and reports each result, each unreadable file's frames and each
+/// frame a file turned out not to have.
+fn score_prefetched(
+    ctx: &Ctx,
+    session: &SharedSession,
+    files: &[(PathBuf, Option<Vec<usize>>)],
+    rx: std::sync::mpsc::Receiver<Prefetched>,
+    total: usize,
+) -> JobResult<()> {
+    let mut done = 0;
+    let mut pending: Vec<ModelImage> = Vec::new();
+    let mut delivered: Vec<Vec<usize>> = vec![Vec::new(); files.len()];
+    let mut failed: Vec<bool> = vec![false; files.len()];
+    let flush = |pending: &mut Vec<ModelImage>, done: &mut usize| -> JobResult<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        ctx.progress(
+            Some(*done as f32 / total.max(1) as f32),
+            format!("{} of {total} images", *done + 1),
+        );
+        let results = lock(session).score(pending, ctx.cancel_flag())?;
+        if results.len() < pending.len() {
+            return Err(JobError::cancelled());
+        }
+        for (frame, result) in pending.drain(..).zip(results) {
+            *done += 1;
+            ctx.emit(ModelItem::Scored(
+                ImageKey {
+                    path: frame.source,
+                    frame: frame.frame,
+                },
+                Arc::new(result),
+            ));
+        }
+        Ok(())
+    };
+    for message in rx {
+        if ctx.is_cancelled() {
+            return Err(JobError::cancelled());
+        }
+        match message {
+            Prefetched::Frame(n, frame) => {
+                delivered[n].push(frame.frame);
+                pending.push(frame);
+                if pending.len() >= SCORE_CHUNK {
+                    flush(&mut pending, &mut done)?;
+                }
+            }
+            Prefetched::Failed(n, e) => {
+                flush(&mut pending, &mut done)?;
+                // The frames of the file not handed over yet.
+                let (path, wanted) = &files[n];
+                failed[n] = true;
+                for &frame in wanted
+                    .iter()
+                    .flatten()
+                    .filter(|f| !delivered[n].contains(f))
+                {
+                    done += 1;
+                    ctx.emit(ModelItem::Unscorable(
+                        ImageKey {
+                            path: path.clone(),
+                            frame,
+                        },
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    flush(&mut pending, &mut done)?;
+    // Frames a file turned out not to have.
+    for (n, (path, wanted)) in files.iter().enumerate().filter(|(n, _)| !failed[*n]) {
+        for &frame in wanted
+            .iter()
+            .flatten()
+            .filter(|f| !delivered[n].contains(f))
+        {
+            ctx.emit(ModelItem::Unscorable(
+                ImageKey {
+                    path: path.clone(),
+                    frame,
+                },
+                "the file has no such frame".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Makes the adapters of `path` current.

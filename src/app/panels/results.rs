@@ -417,33 +417,7 @@ fn slice_rows(ui: &mut egui::Ui, state: &AppState, series: &SeriesRow, actions: 
         .num_columns(4)
         .striped(true)
         .show(ui, |ui| {
-            for (column, title) in [
-                (SortColumn::Image, "Slice"),
-                (SortColumn::Score, "Score"),
-                (SortColumn::ZeroShot, "Zero"),
-                (SortColumn::FewShot, "Few"),
-            ] {
-                let arrow = match (view.sort == column, view.ascending) {
-                    (true, true) => " ^",
-                    (true, false) => " v",
-                    _ => "",
-                };
-                if ui
-                    .button(RichText::new(format!("{title}{arrow}")).strong())
-                    .on_hover_text("Sort by this column (again: reverse)")
-                    .clicked()
-                {
-                    let mut v = view.clone();
-                    v.ascending = if v.sort == column {
-                        !v.ascending
-                    } else {
-                        column == SortColumn::Image
-                    };
-                    v.sort = column;
-                    actions.push(Action::SetResultsView(v));
-                }
-            }
-            ui.end_row();
+            sort_header(ui, view, actions);
             for (index, key, scored, score) in rows {
                 let name = key.path.file_name().unwrap_or_default().to_string_lossy();
                 let mut text = if series.frames.len() > 1 {
@@ -493,4 +467,35 @@ fn slice_rows(ui: &mut egui::Ui, state: &AppState, series: &SeriesRow, actions: 
                 ui.end_row();
             }
         });
+}
+
+/// The column titles of a series' slice rows; a click sorts by the column (again: reverses).
+fn sort_header(ui: &mut egui::Ui, view: &ResultsView, actions: &mut Vec<Action>) {
+    for (column, title) in [
+        (SortColumn::Image, "Slice"),
+        (SortColumn::Score, "Score"),
+        (SortColumn::ZeroShot, "Zero"),
+        (SortColumn::FewShot, "Few"),
+    ] {
+        let arrow = match (view.sort == column, view.ascending) {
+            (true, true) => " ^",
+            (true, false) => " v",
+            _ => "",
+        };
+        if ui
+            .button(RichText::new(format!("{title}{arrow}")).strong())
+            .on_hover_text("Sort by this column (again: reverse)")
+            .clicked()
+        {
+            let mut v = view.clone();
+            v.ascending = if v.sort == column {
+                !v.ascending
+            } else {
+                column == SortColumn::Image
+            };
+            v.sort = column;
+            actions.push(Action::SetResultsView(v));
+        }
+    }
+    ui.end_row();
 }

@@ -62,50 +62,20 @@ pub fn show(
     for (i, key) in sequence.iter().enumerate() {
         let x0 = rect.left() + i as f32 * cell;
         let cell_rect = Rect::from_min_max(pos2(x0, rect.top()), pos2(x0 + cell, rect.bottom()));
-        let colour = match scores[i] {
-            Some(s) => {
-                let t = ((s - lo) / (hi - lo)).clamp(0.0, 1.0);
-                let [r, g, b] = view.colormap.rgb(t);
-                Color32::from_rgb(r, g, b)
-            }
-            None => UNSCORED,
-        };
-        painter.rect_filled(cell_rect, 0.0, colour);
-        if scores[i].is_none() {
-            let y = cell_rect.center().y;
-            painter.rect_filled(
-                Rect::from_min_max(
-                    pos2(cell_rect.left(), y - 1.0),
-                    pos2(cell_rect.right(), y + 1.0),
-                ),
-                0.0,
-                UNSCORED_LINE,
-            );
-        }
-        if let (Some(s), Some(t)) = (scores[i], threshold)
-            && s >= t
-        {
-            let top = Rect::from_min_max(cell_rect.min, pos2(cell_rect.right(), rect.top() + 3.0));
-            painter.rect_filled(top, 0.0, Color32::WHITE);
-        }
-        if let Some(label) = state.labels.label(key) {
-            let (mark, letter) = match label {
-                Label::Normal => (NORMAL_MARK, "N"),
-                Label::Abnormal => (ABNORMAL_MARK, "A"),
-            };
-            if letters {
-                painter.text(
-                    cell_rect.center(),
-                    Align2::CENTER_CENTER,
-                    letter,
-                    FontId::proportional(11.0),
-                    Color32::BLACK,
-                );
-            }
-            let bottom =
-                Rect::from_min_max(pos2(cell_rect.left(), rect.bottom() - 4.0), cell_rect.max);
-            painter.rect_filled(bottom, 0.0, mark);
-        }
+        let colour = scores[i].map(|s| {
+            let t = ((s - lo) / (hi - lo)).clamp(0.0, 1.0);
+            let [r, g, b] = view.colormap.rgb(t);
+            Color32::from_rgb(r, g, b)
+        });
+        let flagged = matches!((scores[i], threshold), (Some(s), Some(t)) if s >= t);
+        paint_cell(
+            &painter,
+            cell_rect,
+            colour,
+            flagged,
+            state.labels.label(key),
+            letters,
+        );
     }
     let x = rect.left() + at as f32 * cell;
     painter.rect_stroke(
@@ -137,6 +107,48 @@ pub fn show(
         });
         ui.label(format!("Frame {}: {score}{label}{mark}", i + 1));
     });
+}
+
+/// One frame's cell: its colour (`None`: not scored yet), the threshold mark on top, the
+/// label's mark below (with its letter when `letters`).
+fn paint_cell(
+    painter: &egui::Painter,
+    cell: Rect,
+    colour: Option<Color32>,
+    flagged: bool,
+    label: Option<Label>,
+    letters: bool,
+) {
+    painter.rect_filled(cell, 0.0, colour.unwrap_or(UNSCORED));
+    if colour.is_none() {
+        let y = cell.center().y;
+        painter.rect_filled(
+            Rect::from_min_max(pos2(cell.left(), y - 1.0), pos2(cell.right(), y + 1.0)),
+            0.0,
+            UNSCORED_LINE,
+        );
+    }
+    if flagged {
+        let top = Rect::from_min_max(cell.min, pos2(cell.right(), cell.top() + 3.0));
+        painter.rect_filled(top, 0.0, Color32::WHITE);
+    }
+    if let Some(label) = label {
+        let (mark, letter) = match label {
+            Label::Normal => (NORMAL_MARK, "N"),
+            Label::Abnormal => (ABNORMAL_MARK, "A"),
+        };
+        if letters {
+            painter.text(
+                cell.center(),
+                Align2::CENTER_CENTER,
+                letter,
+                FontId::proportional(11.0),
+                Color32::BLACK,
+            );
+        }
+        let bottom = Rect::from_min_max(pos2(cell.left(), cell.bottom() - 4.0), cell.max);
+        painter.rect_filled(bottom, 0.0, mark);
+    }
 }
 
 #[cfg(test)]

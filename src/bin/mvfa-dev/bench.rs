@@ -196,6 +196,27 @@ pub(super) struct Tower<B: Backend> {
     pub(super) levels: usize,
 }
 
+impl<B: Backend> Tower<B> {
+    /// Random adapted tokens of `n` images, `[n, tokens, embed_dim]` per tapped level: the
+    /// cost of the few-shot search does not depend on the values.
+    pub(super) fn random_tokens(
+        &self,
+        n: usize,
+        embed_dim: usize,
+        device: &B::Device,
+    ) -> Vec<Tensor<B, 3>> {
+        (0..self.levels)
+            .map(|_| {
+                Tensor::<B, 3>::random(
+                    [n, self.tokens, embed_dim],
+                    Distribution::Normal(0.0, 1.0),
+                    device,
+                )
+            })
+            .collect()
+    }
+}
+
 /// Builds the random tower of `args` (seed 2024) and prints its sizes.
 fn build_tower<B: Backend>(args: &BenchArgs, device: &B::Device) -> anyhow::Result<Tower<B>> {
     let heads = args.heads.unwrap_or((args.width / 64).max(1));
@@ -381,17 +402,7 @@ fn time_few_shot<B: Backend>(
 ) -> anyhow::Result<FewShot<B>> {
     let (tokens, levels) = (tower.tokens, tower.levels);
     let bank_images = AUGMENT_FACTOR * args.shots;
-    let random_tokens = |n: usize| {
-        (0..levels)
-            .map(|_| {
-                Tensor::<B, 3>::random(
-                    [n, tokens, args.embed_dim],
-                    Distribution::Normal(0.0, 1.0),
-                    device,
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let random_tokens = |n: usize| tower.random_tokens(n, args.embed_dim, device);
     let text_features =
         Tensor::<B, 2>::random([args.embed_dim, 2], Distribution::Normal(0.0, 1.0), device);
     let detector = Detector::new(
