@@ -86,9 +86,9 @@ pub fn map_at_original<B: Backend>(
 /// their results kept like any other, then the candidate with the least time per image is
 /// used for the rest. Batches shorter than their size (the end of a run) are not timed.
 ///
-/// `score` and the app use [`BatchTuner::fixed`]: per-image results depend on the batch they
-/// run in at the level of float rounding (about 1e-6 relative on the CPU), so a batch chosen by
-/// timing would make two runs differ in their last digits. `mvfa-dev bench --series` tunes,
+/// `score` uses [`BatchTuner::fixed`] and the app the detector's batch: per-image results
+/// depend on the batch they run in at the level of float rounding (about 1e-5 on the CPU), so a
+/// batch chosen by timing would make two runs differ in their last digits. `mvfa-dev bench --series` tunes,
 /// to say which size is fastest on a machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchTuner {

@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::prelude::*;
 
 use super::{
-    Backbone, BatchTuner, FitRequest, FitResult, WorkflowError, checkpoint_meta, fit_adapters,
-    open_detector, save_detector,
+    Backbone, FitRequest, FitResult, WorkflowError, checkpoint_meta, fit_adapters, open_detector,
+    save_detector, score_frames,
 };
 use crate::io::input::ModelImage;
-use crate::io::model_input::batch_tensor;
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::Calibration;
@@ -99,8 +98,8 @@ pub trait ModelSession: Send {
         cancel: &AtomicBool,
     ) -> Result<FitSummary, WorkflowError>;
 
-    /// Scores frames in batches of [`SCORE_BATCH_MAX`], checking `cancel` between batches;
-    /// returns the results of the frames scored so far when cancelled.
+    /// Scores frames in the detector's batches, checking `cancel` between batches; returns
+    /// the results of the frames scored so far when cancelled.
     fn score(
         &self,
         frames: &[ModelImage],
@@ -111,7 +110,7 @@ pub trait ModelSession: Send {
     fn save(&self, path: &Path, provenance: &str) -> Result<(), WorkflowError>;
 }
 
-/// The forward batch of the app's scoring.
+/// Frames the app hands the session at a time (one detector batch by default).
 pub const SCORE_BATCH_MAX: usize = 8;
 
 /// The backend-typed session behind [`ModelSession`].
@@ -128,10 +127,6 @@ pub struct Session<B: Backend> {
     epochs_trained: usize,
     /// Adapted tokens of the shots under the current adapters (replaced when they change).
     cache: FeatureCache<B>,
-    /// The forward batch of scoring. Fixed: per-image results depend on the batch they run in
-    /// at the level of float rounding, so a batch picked by timing would break bit-for-bit
-    /// reproducibility (`mvfa-dev bench --series` measures which size is fastest).
-    tuner: std::sync::Mutex<BatchTuner>,
 }
 
 impl<B: Backend> Session<B> {
@@ -151,7 +146,6 @@ impl<B: Backend> Session<B> {
             normal_shots: Vec::new(),
             epochs_trained: 0,
             cache: FeatureCache::default(),
-            tuner: std::sync::Mutex::new(BatchTuner::fixed(SCORE_BATCH_MAX)),
         })
     }
 
@@ -348,30 +342,15 @@ where
         let Some(detector) = &self.detector else {
             return Err(WorkflowError::NoDetector);
         };
-        let mut tuner = self
-            .tuner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let size = detector.scorer().config().image_size;
+        // A fixed batch (the detector's): per-image results depend on the batch they run in
+        // at float-rounding level, so a batch picked by timing would break bit-for-bit
+        // reproducibility.
         let mut results = Vec::with_capacity(frames.len());
-        let mut start = 0;
-        while start < frames.len() {
+        for chunk in frames.chunks(detector.batch_size()) {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            let batch = tuner.next_batch();
-            let chunk = &frames[start..(start + batch).min(frames.len())];
-            let began = std::time::Instant::now();
-            let views: Vec<&[f32]> = chunk.iter().map(|f| f.input.as_slice()).collect();
-            let images = batch_tensor::<B>(&views, [3, size, size], self.backbone.device())?;
-            results.extend(detector.score_one_batch(images).map_err(|source| {
-                WorkflowError::Model {
-                    context: chunk[0].source.display().to_string(),
-                    source,
-                }
-            })?);
-            tuner.record(batch, chunk.len(), began.elapsed().as_secs_f64());
-            start += chunk.len();
+            results.extend(score_frames(detector, chunk, self.backbone.device())?);
         }
         Ok(results)
     }
