@@ -133,7 +133,8 @@ for k in n Down Down Down n Down Down Down n Down Down Down n; do key "$k"; done
 sleep "${MVFA_SCORE_WAIT:-40}"
 # Two normal labels at the start of the lesion series, so that the strip shows its N marks.
 for k in shift+j Home n Down n; do key "$k"; done
-sleep "${MVFA_SCORE_WAIT:-40}"
+# Both series rescored after the new labels (Xvfb's software rendering takes a core).
+sleep "${MVFA_SERIES_WAIT:-90}"
 key shift+j
 shot series-strip
 # The strip at full size: the frame slider and the strip above the viewer.
