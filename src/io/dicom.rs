@@ -25,6 +25,7 @@ use super::image::{ImageStack, MetadataNode};
 mod attrs;
 mod codestream;
 mod frames;
+mod geometry;
 mod guard;
 mod jpeg12;
 mod jpeg_ls;
@@ -38,6 +39,7 @@ mod source;
 mod summary;
 mod ts;
 
+pub use geometry::{FrameGeometry, frame_geometries};
 pub use summary::DicomSummary;
 pub use ts::transfer_syntax_name;
 

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 pub mod atomic;
 pub mod csv;
+pub mod dicom_derived;
+pub mod dicom_items;
+pub mod dicom_pm;
 pub mod dicom_sc;
+pub mod dicom_seg;
 pub mod dicom_sr;
 pub mod dicom_volume;
 pub mod font;
@@ -26,6 +30,9 @@ pub use dicom_sr::{
     BASIC_TEXT_SR_SOP_CLASS, SrDetector, SrImage, SrOptions, SrWritten, build_results_sr,
     write_results_sr,
 };
+pub use dicom_derived::{DerivedFrame, DerivedOptions, ObjectWritten, is_placed, write_object};
+pub use dicom_pm::{MapQuantity, PARAMETRIC_MAP_SOP_CLASS, ParametricMapInput, build_parametric_map};
+pub use dicom_seg::{Segment, SegmentationInput, SEGMENTATION_SOP_CLASS, build_segmentation};
 pub use heatmap::{FloatMap, HeatmapScale, read_heatmap_png, write_heatmap_png};
 pub use overlay::{
     Colormap, LegendLayout, Overlay, OverlayOptions, render_overlay, write_overlay_png, write_png,

@@ -12,6 +12,7 @@ mod app_workspace;
 mod augment;
 mod cli_commands;
 mod cli_series;
+mod dicom_objects;
 mod clip_loader_errors;
 mod clip_parity;
 mod dataset_layout;

@@ -58,6 +58,7 @@ use sha2::{Digest, Sha256};
 
 use super::ExportError;
 use super::atomic::write_atomically;
+use crate::io::dicom::{FrameGeometry, frame_geometries};
 use crate::io::image::Channels;
 use crate::io::resample::Image8;
 
@@ -93,6 +94,14 @@ pub struct SourceAttributes {
     sop_class_uid: Option<String>,
     sop_instance_uid: Option<String>,
     series_instance_uid: Option<String>,
+    /// Where each of the source's frames lies (one entry for a single-frame image).
+    geometry: Vec<FrameGeometry>,
+    /// Rows and Columns of the source's pixel data.
+    size: Option<(u32, u32)>,
+    modality: Option<String>,
+    series_description: Option<String>,
+    laterality: Option<String>,
+    patient_orientation: Option<String>,
 }
 
 impl SourceAttributes {
@@ -125,12 +134,61 @@ impl SourceAttributes {
                 .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
                 .filter(|s| !s.is_empty())
         };
+        let int = |t: Tag| get(t).and_then(|s| s.trim().parse::<u32>().ok());
+        let frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
         SourceAttributes {
             elements,
             sop_class_uid: get(tags::SOP_CLASS_UID),
             sop_instance_uid: get(tags::SOP_INSTANCE_UID),
             series_instance_uid: get(tags::SERIES_INSTANCE_UID),
+            geometry: frame_geometries(obj, frames),
+            size: int(tags::ROWS).zip(int(tags::COLUMNS)),
+            modality: get(tags::MODALITY),
+            series_description: get(tags::SERIES_DESCRIPTION),
+            laterality: get(tags::LATERALITY).or_else(|| get(tags::IMAGE_LATERALITY)),
+            patient_orientation: get(tags::PATIENT_ORIENTATION),
         }
+    }
+
+    /// The geometry of frame `frame` (0-based); the default (nothing known) past the last.
+    pub fn frame_geometry(&self, frame: usize) -> FrameGeometry {
+        self.geometry.get(frame).copied().unwrap_or_default()
+    }
+
+    /// Frames in the source (1 for a single-frame image or no source).
+    pub fn frames(&self) -> usize {
+        self.geometry.len().max(1)
+    }
+
+    /// Rows and Columns of the source's pixel data.
+    pub fn size(&self) -> Option<(u32, u32)> {
+        self.size
+    }
+
+    /// The source's Modality.
+    pub fn modality(&self) -> Option<&str> {
+        self.modality.as_deref()
+    }
+
+    /// The source's Series Description (never copied into a de-identified export).
+    pub fn series_description(&self) -> Option<&str> {
+        self.series_description.as_deref()
+    }
+
+    /// The source's Laterality (or Image Laterality): R, L, B or U.
+    pub fn laterality(&self) -> Option<&str> {
+        self.laterality.as_deref()
+    }
+
+    /// The source's Patient Orientation (e.g. `A\\F`), when it states one.
+    pub fn patient_orientation(&self) -> Option<String> {
+        self.patient_orientation.clone()
+    }
+
+    /// The source's own Frame of Reference UID (before any de-identification).
+    pub fn frame_of_reference_uid(&self) -> Option<String> {
+        self.get_str(tags::FRAME_OF_REFERENCE_UID)
+            .filter(|s| !s.is_empty())
     }
 
     /// The source's own Study Instance UID (before any de-identification); `None` for no
@@ -159,7 +217,7 @@ impl SourceAttributes {
         self.elements.iter().find(|e| e.tag() == tag)
     }
 
-    fn get_str(&self, tag: Tag) -> Option<String> {
+    pub(super) fn get_str(&self, tag: Tag) -> Option<String> {
         self.get(tag)
             .and_then(|e| e.to_str().ok())
             .map(|s| s.trim_end_matches(['\0', ' ']).to_string())

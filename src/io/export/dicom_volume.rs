@@ -91,6 +91,18 @@ pub fn write_slice(
         "1\\0\\0\\0\\1\\0",
     );
     put_str(&mut obj, tags::PIXEL_SPACING, VR::DS, "1\\1");
+    let frame_of_reference = derived_uid(key, &format!("frame-of-reference:{}", slice.volume));
+    put_str(
+        &mut obj,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &frame_of_reference,
+    );
+    obj.put(DataElement::new(
+        tags::POSITION_REFERENCE_INDICATOR,
+        VR::LO,
+        PrimitiveValue::Empty,
+    ));
     put_str(
         &mut obj,
         tags::SLICE_THICKNESS,
