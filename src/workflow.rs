@@ -10,6 +10,7 @@ mod backbone;
 mod checkpoint;
 mod error;
 mod export;
+mod export_dicom;
 mod fitting;
 pub mod label_next;
 pub mod maps;

@@ -50,6 +50,7 @@ use crate::workflow::{
     SERIES_CSV, SliceContext, Streamed, WorkflowError, group_files, open_detector, score_stream,
     series_csv,
 };
+use crate::workflow::{Branch, MapLayer};
 
 /// File format of `--raw` outputs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +98,19 @@ pub struct ScoreArgs {
     /// the normal exemplar scores the checkpoint stores.
     #[arg(long, value_parser = super::train::parse_rate)]
     pub fpr: Option<f32>,
-    /// Also write each overlay as a DICOM Secondary Capture, `<name>.sc.dcm`, and the score
-    /// table as one DICOM Basic Text SR per source study, `results-sr-<n>.dcm`.
+    /// Also write DICOM results that PACS viewers lay over the source series: per DICOM source
+    /// series a Parametric Map of the map (`series-<n>.pm.dcm`) and a Segmentation of the
+    /// region at or above the threshold (`series-<n>.seg.dcm`), and per source study a
+    /// measurement report (TID 1500 SR, `results-sr-<n>.dcm`) with every score.
     #[arg(long)]
     pub dicom: bool,
+    /// With --dicom: also burn each overlay into a Secondary Capture, `<name>.sc.dcm`, for
+    /// viewers that show neither Parametric Maps nor Segmentations.
+    #[arg(long, requires = "dicom")]
+    pub dicom_sc: bool,
+    /// With --dicom: also write Parametric Maps of the zero-shot and few-shot branch maps.
+    #[arg(long, requires = "dicom")]
+    pub dicom_branch_maps: bool,
     /// Context across slices for `series.csv`: `off`, `max:W` (weighted maximum with the
     /// neighbouring slices) or `mean:W` (weighted mean), W in 0..1. Off by default: it ranks
     /// better on synthetic volumes, but the threshold is calibrated on single slices, so with it
@@ -109,6 +119,15 @@ pub struct ScoreArgs {
     pub slice_context: SliceContext,
     #[command(flatten)]
     pub deid: DeidArgs,
+}
+
+/// A short name of the result objects' SOP classes, for the summary lines.
+fn sop_class_name(uid: &str) -> &'static str {
+    match uid {
+        crate::io::export::PARAMETRIC_MAP_SOP_CLASS => "a Parametric Map",
+        crate::io::export::SEGMENTATION_SOP_CLASS => "a Segmentation",
+        _ => "a DICOM object",
+    }
 }
 
 fn parse_context(s: &str) -> Result<SliceContext, ArgValueError> {
@@ -177,6 +196,7 @@ impl DeidArgs {
             retain_patient_characteristics: self.retain_patient_characteristics,
             retain_device_identity: self.retain_device_identity,
             key,
+            ..DicomExport::default()
         })
     }
 }
@@ -190,7 +210,15 @@ impl ScoreArgs {
                 RawFormat::Npy => crate::workflow::RawFormat::Npy,
             }),
             dicom: if self.dicom {
-                Some(self.deid.dicom_export()?)
+                let mut export = self.deid.dicom_export()?;
+                export.secondary_capture = self.dicom_sc;
+                if self.dicom_branch_maps {
+                    export.extra_maps = vec![
+                        MapLayer::Branch(Branch::ZeroShot),
+                        MapLayer::Branch(Branch::FewShot),
+                    ];
+                }
+                Some(export)
             } else {
                 None
             },
@@ -281,6 +309,23 @@ fn score<B: Backend>(
 
     // The frames written so far get their CSV rows even when an export failed.
     let summary = exporter.finish()?;
+    for (path, object) in &summary.objects {
+        println!(
+            "wrote {} ({} frame(s)) to {}",
+            sop_class_name(&object.sop_class_uid),
+            object.frames,
+            path.display()
+        );
+    }
+    for report in &summary.reports {
+        println!(
+            "wrote a measurement report of {} series and {} image(s), SOP Instance UID {}",
+            report.series, report.images, report.object.sop_instance_uid
+        );
+    }
+    for note in &summary.notes {
+        println!("note: {note}");
+    }
     if let Some(csv) = &summary.csv {
         println!(
             "wrote {} scored frame(s) to {}",

@@ -22,17 +22,19 @@ pub mod overlay;
 
 pub use atomic::write_atomically;
 pub use csv::{ScoreRow, scores_csv_string, write_scores_csv};
+pub use dicom_derived::{DerivedFrame, DerivedOptions, ObjectWritten, is_placed, write_object};
+pub use dicom_pm::{
+    MapQuantity, PARAMETRIC_MAP_SOP_CLASS, ParametricMapInput, build_parametric_map,
+};
 pub use dicom_sc::{
     Anonymise, Dates, ScOptions, ScWritten, SourceAttributes, derived_uid, new_uid,
     write_secondary_capture,
 };
+pub use dicom_seg::{SEGMENTATION_SOP_CLASS, Segment, SegmentationInput, build_segmentation};
 pub use dicom_sr::{
-    BASIC_TEXT_SR_SOP_CLASS, SrDetector, SrImage, SrOptions, SrWritten, build_results_sr,
-    write_results_sr,
+    COMPREHENSIVE_SR_SOP_CLASS, MapFrame, SrDetector, SrImage, SrOptions, SrSeries, SrWritten,
+    build_results_sr, write_results_sr,
 };
-pub use dicom_derived::{DerivedFrame, DerivedOptions, ObjectWritten, is_placed, write_object};
-pub use dicom_pm::{MapQuantity, PARAMETRIC_MAP_SOP_CLASS, ParametricMapInput, build_parametric_map};
-pub use dicom_seg::{Segment, SegmentationInput, SEGMENTATION_SOP_CLASS, build_segmentation};
 pub use heatmap::{FloatMap, HeatmapScale, read_heatmap_png, write_heatmap_png};
 pub use overlay::{
     Colormap, LegendLayout, Overlay, OverlayOptions, render_overlay, write_overlay_png, write_png,

@@ -19,14 +19,15 @@ use std::path::{Path, PathBuf};
 use burn::prelude::Backend;
 use safetensors::{Dtype, tensor::TensorView};
 
+use super::export_dicom::{DicomState, DicomWritten, PendingFrame};
 use super::{Branch, LayerMap, MapLayer, MapScale, WorkflowError, layer_map, map_at_original};
 use crate::backend::CpuBackend;
 use crate::io::dicom::looks_like_dicom;
+use crate::io::export::dicom_sc::SECONDARY_CAPTURE_SOP_CLASS;
 use crate::io::export::{
-    Anonymise, Colormap, Dates, ExportError, FloatMap, OverlayOptions, ScOptions, ScWritten,
-    ScoreRow, SourceAttributes, SrDetector, SrImage, SrOptions, SrWritten, new_uid, render_overlay,
-    write_atomically, write_heatmap_png, write_png, write_results_sr, write_scores_csv,
-    write_secondary_capture,
+    Anonymise, Colormap, Dates, ExportError, FloatMap, ObjectWritten, OverlayOptions, ScWritten,
+    ScoreRow, SourceAttributes, SrImage, SrWritten, render_overlay, write_atomically,
+    write_heatmap_png, write_png, write_scores_csv,
 };
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::io::resample::Image8;
@@ -82,6 +83,11 @@ pub struct DicomExport {
     /// Secret de-identification key: the same key gives the same pseudonyms, UIDs and date
     /// shifts across exports. `None`: a fresh random key for this export.
     pub key: Option<String>,
+    /// Also burn each overlay into a Secondary Capture (`<name>.sc.dcm`), for viewers that
+    /// show neither Parametric Maps nor Segmentations.
+    pub secondary_capture: bool,
+    /// Parametric Maps of these layers too (each branch or level), besides the drawn one.
+    pub extra_maps: Vec<MapLayer>,
 }
 
 impl std::fmt::Debug for DicomExport {
@@ -96,6 +102,8 @@ impl std::fmt::Debug for DicomExport {
             )
             .field("retain_device_identity", &self.retain_device_identity)
             .field("key", &self.key.as_ref().map(|_| "***"))
+            .field("secondary_capture", &self.secondary_capture)
+            .field("extra_maps", &self.extra_maps)
             .finish()
     }
 }
@@ -253,77 +261,16 @@ pub struct ExportSummary {
     pub files: Vec<PathBuf>,
     /// The score table; `None` when no frame was written.
     pub csv: Option<PathBuf>,
-    /// The one series of the Secondary Captures, when DICOM was exported.
+    /// The one series of the Secondary Captures, when they were exported.
     pub series_instance_uid: Option<String>,
-    /// The Basic Text SRs of the score table (one per source study, in the order of
+    /// The measurement reports (TID 1500; one per source study, in the order of
     /// [`results_sr_name`]), when DICOM was exported.
     pub reports: Vec<SrWritten>,
-}
-
-/// The DICOM objects of one export: the Secondary Captures in one series, under one
-/// de-identification key, with one new study for the sources that are not DICOM; and the
-/// score table's rows for the SRs written by [`Exporter::finish`].
-struct ScSeries {
-    options: ScOptions,
-    sources: HashMap<PathBuf, SourceAttributes>,
-    /// One per written frame, in CSV order.
-    images: Vec<SrImage>,
-}
-
-impl ScSeries {
-    fn new(dicom: &DicomExport) -> Self {
-        ScSeries {
-            options: ScOptions {
-                series_instance_uid: Some(new_uid()),
-                study_instance_uid: Some(new_uid()),
-                instance_number: 0,
-                anonymise: dicom.anonymise(),
-                ..ScOptions::default()
-            },
-            sources: HashMap::new(),
-            images: Vec::new(),
-        }
-    }
-
-    /// The attributes of `source` (read once per file; none when it is not DICOM).
-    fn attributes(&mut self, source: &Path) -> Result<SourceAttributes, ExportError> {
-        if let Some(a) = self.sources.get(source) {
-            return Ok(a.clone());
-        }
-        let a = if looks_like_dicom(source) {
-            SourceAttributes::from_file(source)?
-        } else {
-            SourceAttributes::none()
-        };
-        self.sources.insert(source.to_path_buf(), a.clone());
-        Ok(a)
-    }
-
-    /// Writes `path` under the study of `source` (a DICOM file) or the export's new one.
-    fn write(
-        &mut self,
-        path: &Path,
-        source: &Path,
-        overlay: &Image8,
-    ) -> Result<ScWritten, ExportError> {
-        let attributes = self.attributes(source)?;
-        self.options.instance_number += 1;
-        write_secondary_capture(path, overlay, &attributes, &self.options)
-    }
-
-    /// The images grouped by source study (the sources without a study together), in the
-    /// order each study first appears.
-    fn studies(&self) -> Vec<Vec<SrImage>> {
-        let mut groups: Vec<(Option<String>, Vec<SrImage>)> = Vec::new();
-        for image in &self.images {
-            let study = image.source.study_instance_uid();
-            match groups.iter_mut().find(|(s, _)| *s == study) {
-                Some((_, list)) => list.push(image.clone()),
-                None => groups.push((study, vec![image.clone()])),
-            }
-        }
-        groups.into_iter().map(|(_, list)| list).collect()
-    }
+    /// The Parametric Maps and Segmentations (one each per source series), with their files.
+    pub objects: Vec<(PathBuf, ObjectWritten)>,
+    /// Why a DICOM object was not written (a series without geometry, an empty region, an
+    /// uncalibrated detector).
+    pub notes: Vec<String>,
 }
 
 /// How a frame's map was drawn, and its Secondary Capture.
@@ -332,6 +279,7 @@ struct Drawn {
     scale: MapScale,
     range: (f32, f32),
     dicom: Option<ScWritten>,
+    pending: Option<PendingFrame>,
 }
 
 /// One export into one folder: [`Exporter::new`], [`Exporter::write_frame`] per frame (a
@@ -344,7 +292,7 @@ pub struct Exporter {
     names: NameAllocator,
     rows: Vec<ScoreRow>,
     files: Vec<PathBuf>,
-    sc: Option<ScSeries>,
+    dicom: Option<DicomState>,
 }
 
 impl Exporter {
@@ -364,7 +312,7 @@ impl Exporter {
         std::fs::create_dir_all(out_dir).map_err(|e| {
             ExportError::write(out_dir, format!("cannot create the output folder: {e}"))
         })?;
-        let sc = options.dicom.as_ref().map(ScSeries::new);
+        let dicom = options.dicom.as_ref().map(DicomState::new);
         Ok(Exporter {
             out: out_dir.to_path_buf(),
             options,
@@ -373,7 +321,7 @@ impl Exporter {
             names: NameAllocator::default(),
             rows: Vec::new(),
             files: Vec::new(),
-            sc,
+            dicom,
         })
     }
 
@@ -403,20 +351,16 @@ impl Exporter {
                 scale,
                 range,
                 dicom,
+                pending,
             }) => {
                 let row = score_row(&frame, self.facts.calibration.as_ref());
                 self.rows.push(row.clone());
                 self.files.extend(files.iter().cloned());
-                if let Some(sc) = &mut self.sc {
-                    // Read when its Secondary Capture was written.
-                    let source = sc.sources.get(frame.source).cloned().unwrap_or_default();
-                    sc.images.push(sr_image(
-                        self.rows.len(),
-                        &row,
-                        source,
-                        &frame,
-                        dicom.clone(),
-                    ));
+                if let Some(state) = &mut self.dicom {
+                    // Read when the frame's maps were kept.
+                    let source = state.attributes(frame.source).unwrap_or_default();
+                    let image = sr_image(self.rows.len(), &row, source, &frame, dicom.clone());
+                    state.push(image, pending);
                 }
                 Ok(FrameWritten {
                     name,
@@ -463,18 +407,26 @@ impl Exporter {
         let device = Default::default();
         let resized =
             map_at_original::<CpuBackend>(&map.values, s, w as usize, h as usize, &device)?;
+        let range = self
+            .options
+            .range
+            .unwrap_or_else(|| map.scale.default_range());
+        let pending = match &self.dicom {
+            Some(_) => self.pending_frame(frame, layer, (map.scale, range), &resized)?,
+            None => None,
+        };
         let heat = FloatMap::new(w, h, resized)?;
         if self.options.heatmap_png {
             let path = self.out.join(format!("{name}.heatmap.png"));
             write_heatmap_png(&path, &heat)?;
             files.push(path);
         }
-        let range = self
-            .options
-            .range
-            .unwrap_or_else(|| map.scale.default_range());
         let mut dicom = None;
-        if self.options.overlay || self.sc.is_some() {
+        let secondary_capture = self
+            .dicom
+            .as_ref()
+            .is_some_and(DicomState::secondary_capture);
+        if self.options.overlay || secondary_capture {
             let opts = OverlayOptions {
                 colormap: self.options.colormap,
                 opacity: self.options.opacity,
@@ -488,9 +440,9 @@ impl Exporter {
                 write_png(&path, &overlay.image)?;
                 files.push(path);
             }
-            if let Some(sc) = &mut self.sc {
+            if let Some(state) = self.dicom.as_mut().filter(|d| d.secondary_capture()) {
                 let path = self.out.join(format!("{name}.sc.dcm"));
-                dicom = Some(sc.write(&path, frame.source, &overlay.image)?);
+                dicom = Some(state.write_sc(&path, frame.source, &overlay.image)?);
                 files.push(path);
             }
         }
@@ -514,7 +466,64 @@ impl Exporter {
             scale: map.scale,
             range,
             dicom,
+            pending,
         })
+    }
+
+    /// The maps a DICOM source's frame leaves for its series' Parametric Maps and
+    /// Segmentation, at the frame's size: the drawn layer (`drawn`, already resized), the extra
+    /// layers, and the calibrated fused map for the region. `None` for a source that is not
+    /// DICOM.
+    fn pending_frame(
+        &mut self,
+        frame: &FrameToExport,
+        layer: MapLayer,
+        drawn: (MapScale, (f32, f32)),
+        resized: &[f32],
+    ) -> Result<Option<PendingFrame>, WorkflowError> {
+        let state = self.dicom.as_mut().expect("called with a DICOM export");
+        if !looks_like_dicom(frame.source) {
+            return Ok(None);
+        }
+        let (w, h) = (frame.display.width, frame.display.height);
+        let s = frame.model_size;
+        let cal = self.facts.calibration.as_ref();
+        let device = Default::default();
+        let at_size = |values: &[f32]| {
+            map_at_original::<CpuBackend>(values, s, w as usize, h as usize, &device)
+        };
+        let layers = state.layers(layer);
+        let mut maps = vec![resized.to_vec()];
+        let mut described = vec![(layer, drawn.0, drawn.1)];
+        // An extra layer the detector lacks (few-shot without a memory bank, a level past its
+        // last) is left out; which layers exist is the same for every frame of one detector.
+        for &extra in &layers[1..] {
+            let Some(m) = layer_map(frame.result, cal, extra) else {
+                continue;
+            };
+            maps.push(at_size(&m.values)?);
+            let range = self
+                .options
+                .range
+                .unwrap_or_else(|| m.scale.default_range());
+            described.push((extra, m.scale, range));
+        }
+        state.set_layers(described);
+        let fused = match layer_map(frame.result, cal, MapLayer::Fused) {
+            Some(m) if layer == MapLayer::Fused => {
+                Some(resized.to_vec()).filter(|_| m.scale == MapScale::Calibrated)
+            }
+            Some(m) => Some(at_size(&m.values)?),
+            None => None,
+        };
+        Ok(Some(PendingFrame {
+            image: 0,
+            source: frame.source.to_path_buf(),
+            frame: frame.frame,
+            size: (h, w),
+            maps,
+            fused,
+        }))
     }
 
     /// The requested layer's map, or the zero-shot branch for a fused map that is missing.
@@ -558,9 +567,20 @@ impl Exporter {
     /// be written, the SRs already written are removed again and no CSV is written.
     pub fn finish(self) -> Result<ExportSummary, WorkflowError> {
         let mut files = self.files;
-        let reports = match &self.sc {
-            Some(sc) => write_reports(&self.out, &self.inputs, sc, &self.facts, &mut files)?,
-            None => Vec::new(),
+        let series_instance_uid = self
+            .dicom
+            .as_ref()
+            .filter(|d| d.secondary_capture())
+            .and_then(|d| d.sc_options.series_instance_uid.clone());
+        let dicom = match self.dicom {
+            Some(state) => {
+                let written = state.finish(&self.out, &self.inputs, &self.facts)?;
+                files.extend(written.objects.iter().map(|(p, _)| p.clone()));
+                files
+                    .extend((1..=written.reports.len()).map(|n| self.out.join(results_sr_name(n))));
+                written
+            }
+            None => DicomWritten::default(),
         };
         let csv = if self.rows.is_empty() {
             None
@@ -575,8 +595,10 @@ impl Exporter {
             frames: self.rows.len(),
             files,
             csv,
-            series_instance_uid: self.sc.and_then(|sc| sc.options.series_instance_uid),
-            reports,
+            series_instance_uid,
+            reports: dicom.reports,
+            objects: dicom.objects,
+            notes: dicom.notes,
         })
     }
 }
@@ -599,55 +621,15 @@ fn sr_image(
         abnormal: column(3).map(|d| d >= 0.5),
         source,
         frame_number: (frame.frames > 1).then(|| frame.frame as u32 + 1),
-        secondary_capture,
+        map_frame: None,
+        secondary_capture: secondary_capture.map(|sc| ObjectWritten {
+            sop_class_uid: SECONDARY_CAPTURE_SOP_CLASS.to_string(),
+            sop_instance_uid: sc.sop_instance_uid,
+            series_instance_uid: sc.series_instance_uid,
+            study_instance_uid: sc.study_instance_uid,
+            frames: 1,
+        }),
     }
-}
-
-/// Writes `results-sr-<n>.dcm`, one per source study of the export, and adds them to `files`;
-/// on an error, removes the ones already written.
-fn write_reports(
-    out: &Path,
-    inputs: &InputSet,
-    sc: &ScSeries,
-    facts: &DetectorFacts,
-    files: &mut Vec<PathBuf>,
-) -> Result<Vec<SrWritten>, WorkflowError> {
-    let cal = facts.calibration.as_ref();
-    let detector = SrDetector {
-        checkpoint: Path::new(&facts.checkpoint)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        organ: facts.organ.clone(),
-        calibration_method: cal.map(|c| c.method.clone()),
-        threshold: cal.map(|c| short(c.threshold)),
-        normal_exemplars: cal.map(|c| c.normal_exemplars),
-        abnormal_exemplars: cal.map(|c| c.abnormal_exemplars),
-    };
-    let options = SrOptions {
-        study_instance_uid: sc.options.study_instance_uid.clone(),
-        anonymise: sc.options.anonymise.clone(),
-        ..SrOptions::default()
-    };
-    let mut written = Vec::new();
-    let mut paths = Vec::new();
-    let result = (|| -> Result<(), WorkflowError> {
-        for (i, images) in sc.studies().iter().enumerate() {
-            let path = out.join(results_sr_name(i + 1));
-            inputs.ensure_not_input(&path)?;
-            written.push(write_results_sr(&path, images, &detector, &options)?);
-            paths.push(path);
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        for p in &paths {
-            let _ = std::fs::remove_file(p);
-        }
-        return Err(e);
-    }
-    files.extend(paths);
-    Ok(written)
 }
 
 fn check_options(o: &ExportOptions) -> Result<(), ExportError> {
@@ -780,17 +762,32 @@ pub fn describe_options(options: &ExportOptions) -> Vec<String> {
 }
 
 fn describe_dicom(d: &DicomExport) -> Vec<String> {
+    let extra = if d.extra_maps.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = d.extra_maps.iter().map(|l| l.label()).collect();
+        format!(
+            " (and series-<n>.<layer>.pm.dcm of the {} maps)",
+            names.join(", ")
+        )
+    };
     let mut out = vec![
-        "<name>.sc.dcm: the overlay as a DICOM Secondary Capture, all of this export in one \
-         new series, filed under the study of its DICOM source; the sources that are not \
-         DICOM share one new study with empty patient attributes."
+        format!(
+            "series-<n>.pm.dcm{extra}: per DICOM source series, a DICOM Parametric Map of the \
+             map as 32-bit floats, one frame per source frame at the source's geometry, so a \
+             PACS viewer lays it over the series; written only for sources placed in the \
+             patient (Frame of Reference, Image Position)."
+        ),
+        "series-<n>.seg.dcm: per DICOM source series, a BINARY DICOM Segmentation of the \
+         anomalous region (the pixels where the image score reaches the decision threshold), \
+         frames without region left out; none for an uncalibrated detector or an empty region."
             .to_string(),
         format!(
-            "{}, {}, ...: the rows of {SCORES_CSV} as a DICOM Basic Text SR (structured \
-             report, unverified research tool output), one per source study, filed in that \
-             study in a new series and de-identified like the Secondary Captures; it \
-             references the source images and the Secondary Captures, and names the \
-             checkpoint file and the organ word{}.",
+            "{}, {}, ...: a DICOM measurement report (TID 1500 in a Comprehensive SR, \
+             unverified research tool output), one per source study: each series' and \
+             image's score as coded numbers, the threshold and its meaning, the decision, \
+             references to the source images, the Parametric Map and the Segmentation, and \
+             the checkpoint's SHA-256 and organ word{}.",
             results_sr_name(1),
             results_sr_name(2),
             if d.identified {
@@ -799,7 +796,17 @@ fn describe_dicom(d: &DicomExport) -> Vec<String> {
                 ", but no file paths"
             }
         ),
+        "All of them go into the source's study as new series; the sources that are not DICOM \
+         share one new study with empty patient attributes."
+            .to_string(),
     ];
+    if d.secondary_capture {
+        out.push(
+            "<name>.sc.dcm: the overlay burned into a DICOM Secondary Capture, all of this \
+             export in one new series, for viewers that show neither of the above."
+                .to_string(),
+        );
+    }
     if d.identified {
         out.push(
             "IDENTIFIED: the source's patient name, patient ID, birth date, sex and age, study \

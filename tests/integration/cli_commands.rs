@@ -138,7 +138,14 @@ fn score_writes_deidentified_secondary_captures_for_the_pacs() {
     use dicom_dictionary_std::tags;
     let original = dicom_object::open_file(&source).unwrap();
 
-    score(&out, &[]);
+    // By default no burned-in Secondary Capture: the measurement report (and the series
+    // objects the source's geometry allows).
+    let plain = tmp.path().join("plain");
+    score(&plain, &[]);
+    assert!(!plain.join("ct_rescale_windows.sc.dcm").exists());
+    assert!(plain.join("results-sr-1.dcm").exists());
+
+    score(&out, &["--dicom-sc"]);
     let sc = dicom_object::open_file(out.join("ct_rescale_windows.sc.dcm")).unwrap();
     assert!(text(&sc, tags::PATIENT_ID).starts_with("ANON-"));
     assert_eq!(text(&sc, tags::PATIENT_IDENTITY_REMOVED), "YES");
@@ -147,11 +154,11 @@ fn score_writes_deidentified_secondary_captures_for_the_pacs() {
         text(&sc, tags::STUDY_INSTANCE_UID),
         text(&original, tags::STUDY_INSTANCE_UID)
     );
-    // The score table as a Basic Text SR in the Secondary Capture's (de-identified) study.
+    // The measurement report (TID 1500) in the Secondary Capture's (de-identified) study.
     let sr = dicom_object::open_file(out.join("results-sr-1.dcm")).unwrap();
     assert_eq!(
         text(&sr, tags::SOP_CLASS_UID),
-        "1.2.840.10008.5.1.4.1.1.88.11"
+        "1.2.840.10008.5.1.4.1.1.88.33"
     );
     assert_eq!(
         text(&sr, tags::STUDY_INSTANCE_UID),
@@ -163,7 +170,7 @@ fn score_writes_deidentified_secondary_captures_for_the_pacs() {
 
     // Identified on request: filed under the source's study.
     let identified = tmp.path().join("identified");
-    score(&identified, &["--identified"]);
+    score(&identified, &["--identified", "--dicom-sc"]);
     let sc = dicom_object::open_file(identified.join("ct_rescale_windows.sc.dcm")).unwrap();
     assert_eq!(
         text(&sc, tags::STUDY_INSTANCE_UID),

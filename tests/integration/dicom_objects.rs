@@ -13,6 +13,13 @@ use mvfa_studio::io::export::{
     SegmentationInput, SourceAttributes, build_parametric_map, build_segmentation, is_placed,
     new_uid, write_object,
 };
+use mvfa_studio::io::export::{ObjectWritten, PARAMETRIC_MAP_SOP_CLASS};
+use mvfa_studio::io::image::Channels;
+use mvfa_studio::io::output::InputSet;
+use mvfa_studio::io::resample::Image8;
+use mvfa_studio::workflow::{
+    Branch, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport, MapLayer,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -105,7 +112,10 @@ fn write_pm_and_seg(
         Some(path)
     } else {
         let message = pm.unwrap_err().to_string();
-        assert!(message.contains("needs sources placed in the patient"), "{message}");
+        assert!(
+            message.contains("needs sources placed in the patient"),
+            "{message}"
+        );
         None
     };
     let masks: Vec<Vec<bool>> = maps
@@ -177,7 +187,12 @@ fn frame_sources(obj: &InMemDicomObject) -> Vec<String> {
 fn frame_z(obj: &InMemDicomObject) -> Vec<f64> {
     items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
         .iter()
-        .map(|f| floats(&items(f, tags::PLANE_POSITION_SEQUENCE)[0], tags::IMAGE_POSITION_PATIENT)[2])
+        .map(|f| {
+            floats(
+                &items(f, tags::PLANE_POSITION_SEQUENCE)[0],
+                tags::IMAGE_POSITION_PATIENT,
+            )[2]
+        })
         .collect()
 }
 
@@ -193,11 +208,18 @@ fn parametric_map_lays_frames_in_slice_order_at_the_source_geometry() {
     std::fs::create_dir(&out).unwrap();
     let written = write_pm_and_seg(&sources, &out, 3.5, None);
     let pm = open(written.pm.as_ref().unwrap());
-    assert_eq!(string(&pm, tags::SOP_CLASS_UID), "1.2.840.10008.5.1.4.1.1.30");
+    assert_eq!(
+        string(&pm, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.30"
+    );
     assert_eq!(string(&pm, tags::NUMBER_OF_FRAMES), "5");
     // Identified: in the source's study and frame of reference, a new series.
     let source = open(&files[0]);
-    for tag in [tags::STUDY_INSTANCE_UID, tags::FRAME_OF_REFERENCE_UID, tags::PATIENT_ID] {
+    for tag in [
+        tags::STUDY_INSTANCE_UID,
+        tags::FRAME_OF_REFERENCE_UID,
+        tags::PATIENT_ID,
+    ] {
         assert_eq!(string(&pm, tag), string(&source, tag));
     }
     assert_ne!(
@@ -207,11 +229,20 @@ fn parametric_map_lays_frames_in_slice_order_at_the_source_geometry() {
     // Frames run along z, each naming the source slice at its position.
     assert_eq!(frame_z(&pm), [0.0, 2.5, 5.0, 7.5, 10.0]);
     let by_z: Vec<String> = (0..5)
-        .map(|k| string(&open(&dir.path().join(format!("slice{}.dcm", 4 - k))), tags::SOP_INSTANCE_UID))
+        .map(|k| {
+            string(
+                &open(&dir.path().join(format!("slice{}.dcm", 4 - k))),
+                tags::SOP_INSTANCE_UID,
+            )
+        })
         .collect();
     assert_eq!(frame_sources(&pm), by_z);
     // Float values come back as written (source order == slice order here).
-    let bytes = pm.element(tags::FLOAT_PIXEL_DATA).unwrap().to_bytes().unwrap();
+    let bytes = pm
+        .element(tags::FLOAT_PIXEL_DATA)
+        .unwrap()
+        .to_bytes()
+        .unwrap();
     let values: Vec<f32> = bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -219,10 +250,17 @@ fn parametric_map_lays_frames_in_slice_order_at_the_source_geometry() {
     let sent: Vec<f32> = maps(5, 256).concat();
     let order: Vec<usize> = files
         .iter()
-        .map(|f| by_z.iter().position(|u| *u == string(&open(f), tags::SOP_INSTANCE_UID)).unwrap())
+        .map(|f| {
+            by_z.iter()
+                .position(|u| *u == string(&open(f), tags::SOP_INSTANCE_UID))
+                .unwrap()
+        })
         .collect();
     for (i, &rank) in order.iter().enumerate() {
-        assert_eq!(values[rank * 256..(rank + 1) * 256], sent[i * 256..(i + 1) * 256]);
+        assert_eq!(
+            values[rank * 256..(rank + 1) * 256],
+            sent[i * 256..(i + 1) * 256]
+        );
     }
     let shared = &items(&pm, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)[0];
     let identity = &items(shared, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)[0];
@@ -263,7 +301,11 @@ fn segmentation_keeps_only_frames_with_region_and_packs_their_bits() {
         let f = expected.iter().position(|u| u == uid).unwrap() + 3;
         for i in 0..256 {
             let bit = bits[(rank * 256 + i) / 8] >> ((rank * 256 + i) % 8) & 1 == 1;
-            assert_eq!(bit, f as f32 + i as f32 / 100.0 >= 4.6, "frame {f} pixel {i}");
+            assert_eq!(
+                bit,
+                f as f32 + i as f32 / 100.0 >= 4.6,
+                "frame {f} pixel {i}"
+            );
         }
     }
     // Nothing at or above the level: no Segmentation.
@@ -286,18 +328,27 @@ fn de_identified_objects_reference_derived_uids() {
     for path in [written.pm.unwrap(), written.seg.unwrap()] {
         let obj = open(&path);
         assert_eq!(string(&obj, tags::PATIENT_NAME), "ANONYMOUS");
-        assert_eq!(string(&obj, tags::STUDY_INSTANCE_UID), derived(tags::STUDY_INSTANCE_UID));
+        assert_eq!(
+            string(&obj, tags::STUDY_INSTANCE_UID),
+            derived(tags::STUDY_INSTANCE_UID)
+        );
         assert_eq!(
             string(&obj, tags::FRAME_OF_REFERENCE_UID),
             derived(tags::FRAME_OF_REFERENCE_UID)
         );
         // Three frames of one multi-frame source: its derived UID and frame numbers 1..=3.
-        assert_eq!(frame_sources(&obj), vec![derived(tags::SOP_INSTANCE_UID); 3]);
+        assert_eq!(
+            frame_sources(&obj),
+            vec![derived(tags::SOP_INSTANCE_UID); 3]
+        );
         let numbers: Vec<String> = items(&obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
             .iter()
             .map(|f| {
                 let derivation = &items(f, tags::DERIVATION_IMAGE_SEQUENCE)[0];
-                string(&items(derivation, tags::SOURCE_IMAGE_SEQUENCE)[0], tags::REFERENCED_FRAME_NUMBER)
+                string(
+                    &items(derivation, tags::SOURCE_IMAGE_SEQUENCE)[0],
+                    tags::REFERENCED_FRAME_NUMBER,
+                )
             })
             .collect();
         assert_eq!(numbers, ["1", "2", "3"]);
@@ -324,8 +375,8 @@ pub fn dciodvfy_errors(path: &Path) -> Vec<String> {
         .arg(path)
         .output()
         .expect("dciodvfy runs (Debian dicom3tools)");
-    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-        + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     eprintln!("dciodvfy {}:\n{text}", path.display());
     text.lines()
         .filter(|l| l.starts_with("Error"))
@@ -346,10 +397,22 @@ fn dciodvfy_finds_no_error_in_parametric_maps_and_segmentations() {
     let enhanced = placed_enhanced_multiframe(dir.path());
     let cases: Vec<(&str, Vec<SourceAttributes>)> = vec![
         ("mr series", series),
-        ("enhanced multi-frame, placed", vec![SourceAttributes::from_file(&enhanced).unwrap()]),
-        ("ct", vec![SourceAttributes::from_file(&fixture("ct_rescale_windows.dcm")).unwrap()]),
-        ("enhanced multi-frame", vec![SourceAttributes::from_file(&fixture("enhanced_per_frame.dcm")).unwrap()]),
-        ("cr (no frame of reference)", vec![SourceAttributes::from_file(&fixture("cr_mono1_sigmoid.dcm")).unwrap()]),
+        (
+            "enhanced multi-frame, placed",
+            vec![SourceAttributes::from_file(&enhanced).unwrap()],
+        ),
+        (
+            "ct",
+            vec![SourceAttributes::from_file(&fixture("ct_rescale_windows.dcm")).unwrap()],
+        ),
+        (
+            "enhanced multi-frame",
+            vec![SourceAttributes::from_file(&fixture("enhanced_per_frame.dcm")).unwrap()],
+        ),
+        (
+            "cr (no frame of reference)",
+            vec![SourceAttributes::from_file(&fixture("cr_mono1_sigmoid.dcm")).unwrap()],
+        ),
     ];
     let mut failures = Vec::new();
     for (name, sources) in &cases {
@@ -361,12 +424,158 @@ fn dciodvfy_finds_no_error_in_parametric_maps_and_segmentations() {
                 if !errors.is_empty() {
                     failures.push(format!(
                         "{name} ({}) {}: {errors:?}",
-                        if anonymise.is_some() { "de-identified" } else { "identified" },
+                        if anonymise.is_some() {
+                            "de-identified"
+                        } else {
+                            "identified"
+                        },
                         path.file_name().unwrap().to_string_lossy()
                     ));
                 }
             }
         }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A whole DICOM export (Parametric Maps of three layers, Segmentation, measurement report,
+/// Secondary Captures) of the synthetic MR series and of the CT sources of the report tests,
+/// identified and de-identified, with the synthetic calibrated results of those tests.
+fn export_everything(dir: &Path, identified: bool) -> (PathBuf, ExportSummary) {
+    let mr = dir.join("mr");
+    std::fs::create_dir_all(&mr).unwrap();
+    let mut sources = crate::export::sr_sources(&dir.join("ct"));
+    let result = sources[0].3.clone();
+    for path in synthetic_series(&mr) {
+        sources.push((path, 0, 1, result.clone()));
+    }
+    let out = dir.join(if identified {
+        "identified"
+    } else {
+        "anonymous"
+    });
+    let options = ExportOptions {
+        heatmap_png: false,
+        overlay: false,
+        dicom: Some(DicomExport {
+            identified,
+            secondary_capture: true,
+            extra_maps: vec![
+                MapLayer::Branch(Branch::ZeroShot),
+                MapLayer::Branch(Branch::FewShot),
+            ],
+            ..DicomExport::default()
+        }),
+        ..ExportOptions::default()
+    };
+    let inputs = InputSet::new(sources.iter().map(|s| s.0.as_path()));
+    let facts = crate::export::synthetic_facts();
+    let mut exporter = Exporter::new(&out, options, facts, inputs).unwrap();
+    for (path, frame, frames, result) in &sources {
+        let size = if path.extension().is_some_and(|e| e == "dcm") {
+            SourceAttributes::from_file(path).unwrap().size().unwrap()
+        } else {
+            (5, 6)
+        };
+        let display = Image8::new(
+            size.1,
+            size.0,
+            Channels::Gray,
+            vec![90; (size.0 * size.1) as usize],
+        )
+        .unwrap();
+        exporter
+            .write_frame(FrameToExport {
+                source: path,
+                frame: *frame,
+                frames: *frames,
+                label: path.display().to_string(),
+                display: &display,
+                result,
+                model_size: 4,
+            })
+            .unwrap();
+    }
+    (out, exporter.finish().unwrap())
+}
+
+#[test]
+fn an_export_writes_maps_regions_and_a_report_that_references_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, summary) = export_everything(dir.path(), true);
+    // The MR series is placed: three Parametric Maps (fused and both branches); the CT
+    // sources are not: no map, and a note that says why.
+    let maps: Vec<&ObjectWritten> = summary
+        .objects
+        .iter()
+        .map(|(_, o)| o)
+        .filter(|o| o.sop_class_uid == PARAMETRIC_MAP_SOP_CLASS)
+        .collect();
+    assert_eq!(maps.len(), 3, "{:#?}", summary.objects);
+    assert!(maps.iter().all(|m| m.frames == 5));
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("no Parametric Map")),
+        "{:?}",
+        summary.notes
+    );
+    // Identified: the maps are in the MR's own study, a new series each.
+    let source = open(&dir.path().join("mr/slice0.dcm"));
+    for m in &maps {
+        assert_eq!(
+            m.study_instance_uid,
+            string(&source, tags::STUDY_INSTANCE_UID)
+        );
+    }
+    // The report of the MR study references the fused map, frame by frame in slice order.
+    let mr_report = summary
+        .reports
+        .iter()
+        .find(|r| r.object.study_instance_uid == string(&source, tags::STUDY_INSTANCE_UID))
+        .unwrap();
+    assert_eq!(mr_report.series, 1);
+    assert_eq!(mr_report.images, 5);
+    let report_file = (1..=summary.reports.len())
+        .map(|n| out.join(mvfa_studio::workflow::results_sr_name(n)))
+        .find(|p| string(&open(p), tags::SOP_INSTANCE_UID) == mr_report.object.sop_instance_uid)
+        .unwrap();
+    let bytes = std::fs::read(&report_file).unwrap();
+    let hay = String::from_utf8_lossy(&bytes);
+    assert!(hay.contains(&maps[0].sop_instance_uid));
+    assert!(hay.contains("DCMR") && hay.contains("1500"));
+}
+
+#[test]
+#[ignore = "needs dciodvfy (Debian dicom3tools)"]
+fn dciodvfy_finds_no_error_in_any_object_of_an_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut classes = std::collections::BTreeSet::new();
+    for identified in [false, true] {
+        let (out, _) = export_everything(dir.path(), identified);
+        for entry in std::fs::read_dir(&out).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "dcm") {
+                continue;
+            }
+            classes.insert(string(&open(&path), tags::SOP_CLASS_UID));
+            let errors = dciodvfy_errors(&path);
+            if !errors.is_empty() {
+                failures.push(format!("{}: {errors:?}", path.display()));
+            }
+        }
+    }
+    // Secondary Capture, Parametric Map, Segmentation and Comprehensive SR were all checked.
+    assert_eq!(
+        classes.into_iter().collect::<Vec<_>>(),
+        [
+            "1.2.840.10008.5.1.4.1.1.30",
+            "1.2.840.10008.5.1.4.1.1.66.4",
+            "1.2.840.10008.5.1.4.1.1.7",
+            "1.2.840.10008.5.1.4.1.1.88.33",
+        ]
+    );
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -9,7 +9,10 @@ use burn::backend::NdArray;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use mvfa_studio::io::export::{BASIC_TEXT_SR_SOP_CLASS, Dates, derived_uid, read_heatmap_png};
+use mvfa_studio::io::export::{
+    COMPREHENSIVE_SR_SOP_CLASS, Dates, PARAMETRIC_MAP_SOP_CLASS, SEGMENTATION_SOP_CLASS,
+    derived_uid, read_heatmap_png,
+};
 use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::output::InputSet;
 use mvfa_studio::io::resample::Image8;
@@ -93,6 +96,7 @@ fn one_export_writes_every_kind_and_deidentifies_the_secondary_captures() {
             dates: Dates::Shift,
             retain_patient_characteristics: true,
             key: Some(key.into()),
+            secondary_capture: true,
             ..DicomExport::default()
         }),
         ..ExportOptions::default()
@@ -212,6 +216,7 @@ fn one_export_writes_every_kind_and_deidentifies_the_secondary_captures() {
         overlay: false,
         dicom: Some(DicomExport {
             identified: true,
+            secondary_capture: true,
             ..DicomExport::default()
         }),
         ..ExportOptions::default()
@@ -291,7 +296,7 @@ fn synthetic_result(score: f32, zero: f32, few: Option<f32>) -> ImageResult {
     }
 }
 
-fn synthetic_facts() -> DetectorFacts {
+pub(crate) fn synthetic_facts() -> DetectorFacts {
     let stats = |median, scale| BranchStats { median, scale };
     DetectorFacts {
         calibration: Some(Calibration {
@@ -423,14 +428,23 @@ fn children(item: &InMemDicomObject) -> &[InMemDicomObject] {
         .unwrap()
 }
 
-/// Checks the structure of every content item below `item`: relationship, value type (those
-/// Basic Text SR allows), concept name, and what each value type carries.
+/// Checks the structure of every content item below `item`: relationship, value type,
+/// concept name, and what each value type carries.
 fn check_tree(item: &InMemDicomObject, depth: usize) {
-    for child in children(item) {
+    let Ok(content) = item.element(tags::CONTENT_SEQUENCE) else {
+        return;
+    };
+    for child in content.items().unwrap() {
         let rel = obj_text(child, tags::RELATIONSHIP_TYPE).unwrap();
         let vt = obj_text(child, tags::VALUE_TYPE).unwrap();
         assert!(
-            ["CONTAINS", "HAS OBS CONTEXT"].contains(&rel.as_str()),
+            [
+                "CONTAINS",
+                "HAS OBS CONTEXT",
+                "HAS CONCEPT MOD",
+                "INFERRED FROM"
+            ]
+            .contains(&rel.as_str()),
             "{rel}"
         );
         concept(child);
@@ -445,6 +459,17 @@ fn check_tree(item: &InMemDicomObject, depth: usize) {
             }
             "TEXT" => assert!(obj_text(child, tags::TEXT_VALUE).is_some()),
             "CODE" => assert!(child.element(tags::CONCEPT_CODE_SEQUENCE).is_ok()),
+            "UIDREF" => assert!(obj_text(child, tags::UID).is_some()),
+            "NUM" => {
+                let value = &child
+                    .element(tags::MEASURED_VALUE_SEQUENCE)
+                    .unwrap()
+                    .items()
+                    .unwrap()[0];
+                assert!(obj_text(value, tags::NUMERIC_VALUE).is_some());
+                assert!(value.element(tags::MEASUREMENT_UNITS_CODE_SEQUENCE).is_ok());
+                check_tree(child, depth + 1);
+            }
             "IMAGE" => assert_eq!(
                 child
                     .element(tags::REFERENCED_SOP_SEQUENCE)
@@ -454,68 +479,101 @@ fn check_tree(item: &InMemDicomObject, depth: usize) {
                     .len(),
                 1
             ),
-            other => panic!("value type {other} is not allowed in Basic Text SR"),
+            other => panic!("value type {other} is not expected"),
         }
     }
-    assert!(depth <= 3);
+    assert!(depth <= 4);
 }
 
-/// One image result of an SR: its TEXT values and IMAGE references by concept.
+/// One image's measurement group of a report: its TEXT values, NUM values (as written), CODE
+/// values by concept, and the images its score is inferred from ("SOURCEIMAGE", "MAP").
 struct ParsedImage {
     texts: BTreeMap<String, String>,
     images: BTreeMap<String, (String, String, Option<String>)>,
 }
 
-fn parse_sr(sr: &InMemDicomObject) -> (Vec<ParsedImage>, BTreeMap<String, String>, String) {
+/// The image groups of a report, its algorithm parameters, and its comment.
+fn parse_sr(sr: &InMemDicomObject) -> (Vec<ParsedImage>, Vec<String>, String) {
     let root = children(sr);
     let comment = root
         .iter()
         .find(|i| concept(i) == "121106")
         .and_then(|i| obj_text(i, tags::TEXT_VALUE))
         .unwrap();
-    let detector = root.iter().find(|i| concept(i) == "DETECTOR").unwrap();
-    let detector = children(detector)
+    let measurements = root.iter().find(|i| concept(i) == "126010").unwrap();
+    let groups = children(measurements);
+    let parameters = children(&groups[0])
         .iter()
-        .map(|i| (concept(i), obj_text(i, tags::TEXT_VALUE).unwrap()))
+        .filter(|i| concept(i) == "111002")
+        .map(|i| obj_text(i, tags::TEXT_VALUE).unwrap())
         .collect();
-    let findings = root.iter().find(|i| concept(i) == "121070").unwrap();
-    let images = children(findings)
+    let tracking = |g: &InMemDicomObject| {
+        children(g)
+            .iter()
+            .find(|i| concept(i) == "112039")
+            .and_then(|i| obj_text(i, tags::TEXT_VALUE))
+            .unwrap()
+    };
+    let images = groups
         .iter()
-        .map(|result| {
-            assert_eq!(concept(result), "IMAGE");
+        .filter(|g| tracking(g).starts_with("image "))
+        .map(|group| {
             let mut parsed = ParsedImage {
                 texts: BTreeMap::new(),
                 images: BTreeMap::new(),
             };
-            for item in children(result) {
-                match obj_text(item, tags::VALUE_TYPE).unwrap().as_str() {
-                    "TEXT" => {
-                        parsed
-                            .texts
-                            .insert(concept(item), obj_text(item, tags::TEXT_VALUE).unwrap());
-                    }
-                    "IMAGE" => {
-                        let r = &item
-                            .element(tags::REFERENCED_SOP_SEQUENCE)
+            let row = tracking(group).trim_start_matches("image ").to_string();
+            parsed.texts.insert("CSVROW".into(), row);
+            for item in children(group) {
+                let value = match obj_text(item, tags::VALUE_TYPE).unwrap().as_str() {
+                    "TEXT" => obj_text(item, tags::TEXT_VALUE).unwrap(),
+                    "NUM" => {
+                        let v = &item
+                            .element(tags::MEASURED_VALUE_SEQUENCE)
                             .unwrap()
                             .items()
                             .unwrap()[0];
-                        parsed.images.insert(
-                            concept(item),
-                            (
-                                obj_text(r, tags::REFERENCED_SOP_CLASS_UID).unwrap(),
-                                obj_text(r, tags::REFERENCED_SOP_INSTANCE_UID).unwrap(),
-                                obj_text(r, tags::REFERENCED_FRAME_NUMBER),
-                            ),
-                        );
+                        if concept(item) == "SCORE" {
+                            for source in children(item) {
+                                let r = &source
+                                    .element(tags::REFERENCED_SOP_SEQUENCE)
+                                    .unwrap()
+                                    .items()
+                                    .unwrap()[0];
+                                let class = obj_text(r, tags::REFERENCED_SOP_CLASS_UID).unwrap();
+                                let key = if class == PARAMETRIC_MAP_SOP_CLASS {
+                                    "MAP"
+                                } else {
+                                    "SOURCEIMAGE"
+                                };
+                                parsed.images.insert(
+                                    key.into(),
+                                    (
+                                        class,
+                                        obj_text(r, tags::REFERENCED_SOP_INSTANCE_UID).unwrap(),
+                                        obj_text(r, tags::REFERENCED_FRAME_NUMBER),
+                                    ),
+                                );
+                            }
+                        }
+                        obj_text(v, tags::NUMERIC_VALUE).unwrap()
                     }
-                    other => panic!("unexpected {other} in an image result"),
-                }
+                    "CODE" => {
+                        let c = &item
+                            .element(tags::CONCEPT_CODE_SEQUENCE)
+                            .unwrap()
+                            .items()
+                            .unwrap()[0];
+                        obj_text(c, tags::CODE_VALUE).unwrap()
+                    }
+                    _ => continue,
+                };
+                parsed.texts.insert(concept(item), value);
             }
             parsed
         })
         .collect();
-    (images, detector, comment)
+    (images, parameters, comment)
 }
 
 /// The evidence sequence `tag` as (study, series, class, instance) tuples.
@@ -566,6 +624,8 @@ const SR_NOT_IN_SC_TABLE: &[dicom_core::Tag] = &[
     tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
     tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE,
     tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
+    tags::PRELIMINARY_FLAG,
+    tags::CONTENT_TEMPLATE_SEQUENCE,
 ];
 
 #[test]
@@ -579,23 +639,42 @@ fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
         &out,
         DicomExport {
             key: Some(key.into()),
+            secondary_capture: true,
             ..DicomExport::default()
         },
     );
     no_temp_files(&out);
-    // Per frame its Secondary Capture; then one SR per study, in the order the studies first
-    // appear (study 1, the PNG's new study, study 2, the fixture's study); the CSV last.
+    // Per frame its Secondary Capture; then the series objects; then one report per study, in
+    // the order the studies first appear (study 1, the PNG's new study, study 2, the fixture's
+    // study); the CSV last.
     assert_eq!(summary.reports.len(), 4);
     let srs: Vec<PathBuf> = (1..=4).map(|n| out.join(results_sr_name(n))).collect();
-    assert_eq!(summary.files.len(), 5 + 4 + 1);
-    assert_eq!(&summary.files[5..9], srs.as_slice());
+    let objects = summary.objects.len();
+    assert_eq!(summary.files.len(), 5 + objects + 4 + 1);
+    assert_eq!(&summary.files[5 + objects..9 + objects], srs.as_slice());
     assert_eq!(summary.files.last(), Some(&out.join("scores.csv")));
+    // The CT sources state no Frame of Reference: Segmentations, no Parametric Maps, and a
+    // note that says why.
+    assert!(
+        summary
+            .objects
+            .iter()
+            .all(|(_, o)| o.sop_class_uid == SEGMENTATION_SOP_CLASS)
+    );
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("no Parametric Map")),
+        "{:?}",
+        summary.notes
+    );
     let described = describe_options(&ExportOptions {
         dicom: Some(DicomExport::default()),
         ..ExportOptions::default()
     })
     .join("\n");
-    assert!(described.contains("results-sr-1.dcm") && described.contains("Basic Text SR"));
+    assert!(described.contains("results-sr-1.dcm") && described.contains("TID 1500"));
 
     // The CSV, parsed: path, score, zero-shot, few-shot, abnormal.
     let lines = csv_lines(summary.csv.as_ref().unwrap());
@@ -616,15 +695,15 @@ fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
             sr.meta()
                 .media_storage_sop_class_uid()
                 .trim_end_matches('\0'),
-            BASIC_TEXT_SR_SOP_CLASS
+            COMPREHENSIVE_SR_SOP_CLASS
         );
         assert_eq!(
             text(&sr, tags::SOP_CLASS_UID).unwrap(),
-            BASIC_TEXT_SR_SOP_CLASS
+            COMPREHENSIVE_SR_SOP_CLASS
         );
         assert_eq!(
             text(&sr, tags::SOP_INSTANCE_UID).unwrap(),
-            report.sop_instance_uid
+            report.object.sop_instance_uid
         );
         assert_eq!(text(&sr, tags::MODALITY).unwrap(), "SR");
         assert_eq!(text(&sr, tags::COMPLETION_FLAG).unwrap(), "COMPLETE");
@@ -635,26 +714,27 @@ fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
         assert_eq!(text(&sr, tags::CONTENT_DATE).unwrap(), "19000101");
         assert_eq!(text(&sr, tags::CONTENT_TIME).unwrap(), "000000");
         assert_eq!(text(&sr, tags::VALUE_TYPE).unwrap(), "CONTAINER");
-        assert_eq!(concept(&sr), "18748-4");
+        assert_eq!(concept(&sr), "126000");
         assert_eq!(text(&sr, tags::CONTINUITY_OF_CONTENT).unwrap(), "SEPARATE");
         check_tree(&sr, 0);
         let study = text(&sr, tags::STUDY_INSTANCE_UID).unwrap();
-        assert_eq!(study, report.study_instance_uid);
+        assert_eq!(study, report.object.study_instance_uid);
         // Its own series, not the Secondary Captures'.
         let series = text(&sr, tags::SERIES_INSTANCE_UID).unwrap();
         assert_ne!(Some(series.clone()), summary.series_instance_uid);
-        assert_eq!(series, report.series_instance_uid);
+        assert_eq!(series, report.object.series_instance_uid);
         studies.push(study.clone());
 
-        let (images, detector, comment) = parse_sr(&sr);
+        let (images, parameters, comment) = parse_sr(&sr);
         assert!(
             comment.contains("Research tool output")
                 && comment.contains("not for primary diagnosis")
         );
-        assert_eq!(detector["CHECKPOINT"], "brain.safetensors");
-        assert_eq!(detector["ORGAN"], "Brain");
-        assert_eq!(detector["THRESHOLD"], "3.25");
-        assert_eq!(detector["CALIBRATION"], "exemplar-robust-z/v1");
+        assert!(
+            parameters.contains(&"organ word=Brain".to_string()),
+            "{parameters:?}"
+        );
+        assert!(parameters.contains(&"calibration=exemplar-robust-z/v1".to_string()));
         assert_eq!(report.images, images.len());
         let mut captures = Vec::new();
         for image in &images {
@@ -672,19 +752,20 @@ fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
                     ),
                 }
             }
-            let decision = if csv[4] == "1" { "abnormal" } else { "normal" };
+            // The decision as a SNOMED code: Abnormal or Normal.
+            let decision = if csv[4] == "1" {
+                "263654008"
+            } else {
+                "17621005"
+            };
             assert_eq!(image.texts["DECISION"], decision, "row {row}");
             assert_eq!(image.texts["THRESHOLD"], "3.25");
             // De-identified: no file path.
             assert!(!image.texts.contains_key("SOURCEFILE"));
-            // The overlay is this row's Secondary Capture, in the same study.
+            // This row's Secondary Capture is in the same study, listed as evidence.
             let sc = sc_of(row);
-            let (class, inst, frame) = &image.images["OVERLAY"];
-            assert_eq!(class, "1.2.840.10008.5.1.4.1.1.7");
-            assert_eq!(Some(inst.clone()), text(&sc, tags::SOP_INSTANCE_UID));
-            assert_eq!(*frame, None);
             assert_eq!(text(&sc, tags::STUDY_INSTANCE_UID).unwrap(), study);
-            captures.push(inst.clone());
+            captures.push(text(&sc, tags::SOP_INSTANCE_UID).unwrap());
             // The source image, referenced by its de-identified UID (as in the SC).
             let source = &sources[row - 1].0;
             if source.extension().is_some_and(|e| e == "dcm") {
@@ -721,15 +802,23 @@ fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
         assert_eq!(current.len(), sources_here);
         assert!(current.iter().all(|(s, ..)| *s == study));
         let other = evidence(&sr, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE);
+        let other_captures: Vec<_> = other
+            .iter()
+            .filter(|e| e.2 == "1.2.840.10008.5.1.4.1.1.7")
+            .collect();
         assert_eq!(
-            other.iter().map(|e| e.3.clone()).collect::<Vec<_>>(),
+            other_captures
+                .iter()
+                .map(|e| e.3.clone())
+                .collect::<Vec<_>>(),
             captures
         );
         assert!(
-            other
+            other_captures
                 .iter()
                 .all(|(s, se, ..)| *s == study && Some(se.clone()) == summary.series_instance_uid)
         );
+        assert!(other.iter().all(|(s, ..)| *s == study));
         if n == 0 {
             // Study 1: both of its images, from one source series (derived UID).
             assert_eq!(images.len(), 2);
@@ -827,10 +916,11 @@ fn dicom_export_writes_one_structured_report_per_study_matching_the_csv() {
         &identified,
         DicomExport {
             identified: true,
+            secondary_capture: true,
             ..DicomExport::default()
         },
     );
-    assert_eq!(summary.reports[0].study_instance_uid, STUDY_1);
+    assert_eq!(summary.reports[0].object.study_instance_uid, STUDY_1);
     let sr = dicom_object::open_file(identified.join(results_sr_name(1))).unwrap();
     assert_eq!(text(&sr, tags::PATIENT_NAME).unwrap(), "Mueller^Hans");
     let (images, ..) = parse_sr(&sr);

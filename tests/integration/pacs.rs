@@ -15,7 +15,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use mvfa_studio::io::export::{
-    BASIC_TEXT_SR_SOP_CLASS, ScOptions, SourceAttributes, write_secondary_capture,
+    COMPREHENSIVE_SR_SOP_CLASS, ScOptions, SourceAttributes, write_secondary_capture,
 };
 use mvfa_studio::io::image::Channels;
 use mvfa_studio::io::resample::Image8;
@@ -1057,8 +1057,13 @@ fn export_folder_with_score_srs_is_sent_over_dimse_and_dicomweb() {
     for (name, node_args, node) in protocols {
         // A fresh key per export: each protocol's copy lands in studies of its own.
         let out = tmp.path().join(name);
-        let (summary, _) = crate::export::export_sources(&sources, &out, DicomExport::default());
+        let dicom = DicomExport {
+            secondary_capture: true,
+            ..DicomExport::default()
+        };
+        let (summary, _) = crate::export::export_sources(&sources, &out, dicom);
         assert_eq!(summary.reports.len(), 4);
+        let files = 5 + summary.objects.len() + 4;
         let mut args = vec![
             OsString::from("pacs"),
             "--nodes".into(),
@@ -1069,7 +1074,10 @@ fn export_folder_with_score_srs_is_sent_over_dimse_and_dicomweb() {
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         let (ok, stdout, stderr) = cli(&refs);
         assert!(ok, "{name}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-        assert!(stdout.contains("9 of 9 file(s) stored"), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("{files} of {files} file(s) stored")),
+            "{name}: {stdout}"
+        );
         for n in 1..=4 {
             assert!(stdout.contains(&results_sr_name(n)), "{name}: {stdout}");
         }
@@ -1079,18 +1087,21 @@ fn export_folder_with_score_srs_is_sent_over_dimse_and_dicomweb() {
             let instances = client
                 .find(&Query {
                     level: Level::Instance,
-                    study_uid: Some(report.study_instance_uid.clone()),
-                    series_uid: Some(report.series_instance_uid.clone()),
+                    study_uid: Some(report.object.study_instance_uid.clone()),
+                    series_uid: Some(report.object.series_instance_uid.clone()),
                     ..Query::default()
                 })
                 .unwrap();
             assert_eq!(instances.len(), 1, "{name}: {instances:?}");
-            assert_eq!(instances[0].sop_instance_uid, report.sop_instance_uid);
-            assert_eq!(instances[0].sop_class_uid, BASIC_TEXT_SR_SOP_CLASS);
+            assert_eq!(
+                instances[0].sop_instance_uid,
+                report.object.sop_instance_uid
+            );
+            assert_eq!(instances[0].sop_class_uid, COMPREHENSIVE_SR_SOP_CLASS);
             let series = client
                 .find(&Query {
                     level: Level::Series,
-                    study_uid: Some(report.study_instance_uid.clone()),
+                    study_uid: Some(report.object.study_instance_uid.clone()),
                     modality: Some("SR".into()),
                     ..Query::default()
                 })
@@ -1098,14 +1109,14 @@ fn export_folder_with_score_srs_is_sent_over_dimse_and_dicomweb() {
             assert!(
                 series
                     .iter()
-                    .any(|m| m.series_uid == report.series_instance_uid),
+                    .any(|m| m.series_uid == report.object.series_instance_uid),
                 "{name}: {series:?}"
             );
             // The study also holds that study's Secondary Captures (modality OT).
             let captures = client
                 .find(&Query {
                     level: Level::Series,
-                    study_uid: Some(report.study_instance_uid.clone()),
+                    study_uid: Some(report.object.study_instance_uid.clone()),
                     modality: Some("OT".into()),
                     ..Query::default()
                 })

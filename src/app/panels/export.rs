@@ -7,7 +7,7 @@ use crate::app::action::Action;
 use crate::app::state::AppState;
 use crate::app::state::model::{ExportDialog, ExportScope};
 use crate::io::export::dicom_sc::Dates;
-use crate::workflow::{DicomExport, RawFormat, describe_options};
+use crate::workflow::{Branch, DicomExport, MapLayer, RawFormat, describe_options};
 
 /// Draws the export window when it is open.
 pub fn show_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action>) {
@@ -72,11 +72,25 @@ fn form(ui: &mut egui::Ui, state: &AppState, d: &mut ExportDialog, actions: &mut
     let mut dicom = o.dicom.is_some();
     ui.checkbox(
         &mut dicom,
-        "DICOM Secondary Capture of the overlay, and an SR of the scores",
+        "DICOM results: Parametric Map, Segmentation and measurement report",
     );
     if dicom {
         let sc = o.dicom.get_or_insert_with(DicomExport::default);
         ui.indent("dicom options", |ui| {
+            ui.checkbox(
+                &mut sc.secondary_capture,
+                "Also burn the overlay into a Secondary Capture (old viewers)",
+            );
+            let mut branches = !sc.extra_maps.is_empty();
+            ui.checkbox(&mut branches, "Also Parametric Maps of each branch");
+            sc.extra_maps = if branches {
+                vec![
+                    MapLayer::Branch(Branch::ZeroShot),
+                    MapLayer::Branch(Branch::FewShot),
+                ]
+            } else {
+                Vec::new()
+            };
             ui.checkbox(
                 &mut sc.identified,
                 "Keep the patient's identity (for your own PACS only)",

@@ -27,6 +27,7 @@ use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 
 use super::ExportError;
+use super::atomic::write_atomically;
 use super::dicom_items::{
     Code, at, code, code_sequence, ds_values, empty_sequence, sequence, text_element, ul,
 };
@@ -34,7 +35,6 @@ use super::dicom_sc::{
     Anonymise, SourceAttributes, new_uid, now_da_tm, own_date, put_own_dates,
     put_patient_and_study, put_str, referenced_uid, str_of, truncate,
 };
-use super::atomic::write_atomically;
 use crate::io::dicom::FrameGeometry;
 
 /// Purpose of reference of a source image (CID 7202).
@@ -117,8 +117,7 @@ pub(super) fn check_frames(frames: &[DerivedFrame]) -> Result<Placement, ExportE
             || f.source.study_instance_uid() != first.source.study_instance_uid()
         {
             return invalid(
-                "the frames of one Parametric Map or Segmentation must come from one series"
-                    .into(),
+                "the frames of one Parametric Map or Segmentation must come from one series".into(),
             );
         }
         if f.frame >= f.source.frames() {
@@ -135,7 +134,10 @@ pub(super) fn check_frames(frames: &[DerivedFrame]) -> Result<Placement, ExportE
             let g = f.geometry();
             g.is_placed()
                 && f.source.frame_of_reference_uid() == first.source.frame_of_reference_uid()
-                && close(&g.orientation.unwrap_or_default(), &g0.orientation.unwrap_or_default())
+                && close(
+                    &g.orientation.unwrap_or_default(),
+                    &g0.orientation.unwrap_or_default(),
+                )
                 && close(
                     &g.pixel_spacing.unwrap_or_default(),
                     &g0.pixel_spacing.unwrap_or_default(),
@@ -320,10 +322,8 @@ pub(super) fn shared_geometry(
     let g = first.geometry();
     let mut out = Vec::new();
     if let Some(spacing) = g.pixel_spacing {
-        let mut measures = InMemDicomObject::from_element_iter([ds_values(
-            tags::PIXEL_SPACING,
-            &spacing,
-        )]);
+        let mut measures =
+            InMemDicomObject::from_element_iter([ds_values(tags::PIXEL_SPACING, &spacing)]);
         if let Some(t) = g.slice_thickness {
             measures.put(ds_values(tags::SLICE_THICKNESS, &[t]));
         }
@@ -353,11 +353,15 @@ pub(super) fn per_frame_groups(
     derivation: Code,
     anon: Option<&Anonymise>,
 ) -> Vec<DataElement<InMemDicomObject>> {
-    let mut content = InMemDicomObject::from_element_iter([ul(tags::DIMENSION_INDEX_VALUES, index)]);
+    let mut content =
+        InMemDicomObject::from_element_iter([ul(tags::DIMENSION_INDEX_VALUES, index)]);
     if placement == Placement::Unplaced {
         // The stack position is the dimension of unplaced frames: the last index value.
         content.put(text_element(tags::STACK_ID, VR::SH, "1"));
-        content.put(ul(tags::IN_STACK_POSITION_NUMBER, &index[index.len() - 1..]));
+        content.put(ul(
+            tags::IN_STACK_POSITION_NUMBER,
+            &index[index.len() - 1..],
+        ));
     }
     let mut out = vec![sequence(tags::FRAME_CONTENT_SEQUENCE, vec![content])];
     if placement == Placement::Placed
@@ -383,7 +387,10 @@ pub(super) fn per_frame_groups(
             VR::UI,
             &referenced_uid(anon, source.sop_instance_uid().unwrap_or_default()),
         ),
-        code_sequence(tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE, SOURCE_FOR_PROCESSING),
+        code_sequence(
+            tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+            SOURCE_FOR_PROCESSING,
+        ),
         text_element(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"),
     ]);
     if let Some(n) = frame.frame_number() {
@@ -426,6 +433,15 @@ pub(super) fn put_functional_groups(
             .map(InMemDicomObject::from_element_iter)
             .collect(),
     ));
+}
+
+/// The order in which a derived object of `frames` writes them: along the slice normal when
+/// they are placed, else as given.
+pub fn frame_order(frames: &[DerivedFrame]) -> Vec<usize> {
+    match check_frames(frames) {
+        Ok(placement) => slice_order(frames, placement),
+        Err(_) => (0..frames.len()).collect(),
+    }
 }
 
 /// The sorted order of `frames` along the slice normal (by Image Position projected on the

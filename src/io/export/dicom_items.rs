@@ -64,7 +64,11 @@ pub fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
 
 /// An Unsigned Long element (of one or several values).
 pub fn ul(tag: Tag, v: &[u32]) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::UL, PrimitiveValue::U32(v.iter().copied().collect()))
+    DataElement::new(
+        tag,
+        VR::UL,
+        PrimitiveValue::U32(v.iter().copied().collect()),
+    )
 }
 
 /// A Code String of several values.
@@ -75,7 +79,11 @@ pub fn cs_values(tag: Tag, values: &[&str]) -> DataElement<InMemDicomObject> {
 
 /// An Attribute Tag element (a Dimension Index Pointer, say).
 pub fn at(tag: Tag, value: Tag) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::AT, PrimitiveValue::Tags(std::iter::once(value).collect()))
+    DataElement::new(
+        tag,
+        VR::AT,
+        PrimitiveValue::Tags(std::iter::once(value).collect()),
+    )
 }
 
 #[cfg(test)]
@@ -84,7 +92,13 @@ mod tests {
 
     #[test]
     fn decimal_strings_fit_sixteen_characters() {
-        for v in [0.0, 1.5, -0.123_456_789_012_345_67, 1e-30, 123_456_789.123_456_78] {
+        for v in [
+            0.0,
+            1.5,
+            -0.123_456_789_012_345_67,
+            1e-30,
+            123_456_789.123_456_78,
+        ] {
             let s = ds(v);
             assert!(s.len() <= 16, "{s}");
             let back: f64 = s.parse().unwrap();

@@ -190,7 +190,8 @@ fn put_image(obj: &mut InMemDicomObject, rows: u32, columns: u32) {
 /// window and real world value mapping.
 fn value_groups(q: &MapQuantity) -> Vec<DataElement<InMemDicomObject>> {
     let (lo, hi) = q.display_range;
-    let frame_type = InMemDicomObject::from_element_iter([cs_values(tags::FRAME_TYPE, &IMAGE_TYPE)]);
+    let frame_type =
+        InMemDicomObject::from_element_iter([cs_values(tags::FRAME_TYPE, &IMAGE_TYPE)]);
     let identity = InMemDicomObject::from_element_iter([
         text_element(tags::RESCALE_INTERCEPT, VR::DS, "0"),
         text_element(tags::RESCALE_SLOPE, VR::DS, "1"),
@@ -233,10 +234,9 @@ fn value_groups(q: &MapQuantity) -> Vec<DataElement<InMemDicomObject>> {
 
 /// Frame Anatomy: the source's laterality (R, L or B; U when unknown) and the whole body.
 fn frame_anatomy(laterality: Option<&str>) -> DataElement<InMemDicomObject> {
-    let laterality = match laterality {
-        Some(l @ ("R" | "L" | "B")) => l,
-        _ => "U",
-    };
+    let laterality = laterality
+        .filter(|l| matches!(*l, "R" | "L" | "B"))
+        .unwrap_or("U");
     sequence(
         tags::FRAME_ANATOMY_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([

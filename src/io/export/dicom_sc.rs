@@ -482,6 +482,18 @@ pub fn build_secondary_capture(
     // Patient and study.
     let anon = opts.anonymise.as_ref();
     put_patient_and_study(&mut obj, source, anon, opts.study_instance_uid.as_deref());
+    // The Secondary Capture IOD has no Frame of Reference: a capture is not placed.
+    obj.remove_element(tags::FRAME_OF_REFERENCE_UID);
+    // General Series' Laterality (type 2C): the source's, else present and empty.
+    put_str(
+        &mut obj,
+        tags::LATERALITY,
+        VR::CS,
+        source
+            .laterality()
+            .filter(|l| matches!(*l, "R" | "L"))
+            .unwrap_or_default(),
+    );
 
     // Series, equipment, image.
     put_sc_series(&mut obj, opts);

@@ -21,9 +21,8 @@ use dicom_object::InMemDicomObject;
 
 use super::ExportError;
 use super::dicom_derived::{
-    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, per_frame_groups,
-    put_common, put_dimensions, put_functional_groups, put_references, shared_geometry,
-    slice_order,
+    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, per_frame_groups, put_common,
+    put_dimensions, put_functional_groups, put_references, shared_geometry, slice_order,
 };
 use super::dicom_items::{Code, code_sequence, cs_values, sequence, text_element, us};
 use super::dicom_sc::{put_str, truncate};
@@ -196,8 +195,15 @@ fn put_image(obj: &mut InMemDicomObject, rows: u32, columns: u32) {
 /// The Segment Sequence of the one segment.
 fn put_segment(obj: &mut InMemDicomObject, s: &Segment) {
     let algorithm = InMemDicomObject::from_element_iter([
-        code_sequence(tags::ALGORITHM_FAMILY_CODE_SEQUENCE, ARTIFICIAL_INTELLIGENCE),
-        text_element(tags::ALGORITHM_NAME, VR::LO, &truncate(&s.algorithm_name, 64)),
+        code_sequence(
+            tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
+            ARTIFICIAL_INTELLIGENCE,
+        ),
+        text_element(
+            tags::ALGORITHM_NAME,
+            VR::LO,
+            &truncate(&s.algorithm_name, 64),
+        ),
         text_element(
             tags::ALGORITHM_VERSION,
             VR::LO,
@@ -255,7 +261,9 @@ mod tests {
 
     #[test]
     fn bits_run_on_across_frames_least_significant_first() {
-        let a = [true, false, false, false, false, false, false, false, false, true];
+        let a = [
+            true, false, false, false, false, false, false, false, false, true,
+        ];
         let b = [true, true, false];
         let packed = pack_bits(&[&a, &b]);
         // Pixels 0, 9, 10 and 11 are set: byte 0 = 0b0000_0001, byte 1 = 0b0000_1110.

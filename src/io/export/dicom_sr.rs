@@ -1,82 +1,95 @@
-//! DICOM Basic Text SR (SOP Class 1.2.840.10008.5.1.4.1.1.88.11) of the score table: the rows
-//! of `scores.csv` that belong to one study, filed in that study (a new series), so a PACS
-//! keeps the numbers next to the images and their Secondary Captures
-//! ([`super::dicom_sc`]).
+//! The measurement report of an export (DICOM SR TID 1500, "Imaging Measurement Report", in a
+//! Comprehensive SR, SOP Class 1.2.840.10008.5.1.4.1.1.88.33): one per source study, filed in
+//! that study as a new series, so a PACS keeps the numbers next to the images and the result
+//! objects (Parametric Map, Segmentation) they refer to, and any viewer or script can query the
+//! scores as coded numbers.
 //!
 //! Patient and study come from the study's first source image and are de-identified exactly
-//! like the Secondary Captures ([`super::dicom_sc::put_patient_and_study`], the same
-//! [`Anonymise`] key), so the SR and the Secondary Captures of one export end up in the same
-//! (de-identified) study. Images that are not DICOM have no study: their SR goes into the
-//! study given by [`SrOptions::study_instance_uid`] (the export's new study, shared with their
-//! Secondary Captures).
+//! like every object of the export ([`super::dicom_sc::put_patient_and_study`], the same
+//! [`Anonymise`] key). Images that are not DICOM have no study: their report goes into the study
+//! given by [`SrOptions::study_instance_uid`] (the export's new study).
 //!
-//! Modules: Patient, General Study, SR Document Series (Modality "SR", a new series),
-//! General Equipment, SR Document General (InstanceNumber, CompletionFlag COMPLETE,
-//! VerificationFlag UNVERIFIED, ContentDate/Time, an empty PerformedProcedureCodeSequence,
-//! CurrentRequestedProcedureEvidenceSequence listing the DICOM source images and
-//! PertinentOtherEvidenceSequence listing the Secondary Captures), SR Document Content and
-//! SOP Common (SpecificCharacterSet ISO_IR 192: all text is UTF-8).
+//! Modules: Patient, General Study, SR Document Series (Modality "SR", a new series), General
+//! Equipment, SR Document General (CompletionFlag COMPLETE, VerificationFlag UNVERIFIED,
+//! PreliminaryFlag FINAL, ContentDate/Time, an empty PerformedProcedureCodeSequence, the source
+//! images in CurrentRequestedProcedureEvidenceSequence and the result objects in
+//! PertinentOtherEvidenceSequence), SR Document Content with ContentTemplateSequence
+//! (DCMR 1500), and SOP Common (SpecificCharacterSet ISO_IR 192).
 //!
-//! Document title: (18748-4, LN, "Diagnostic imaging report"), the LOINC title of CID 7000
-//! that TID 2000 (Basic Diagnostic Imaging Report, the template Basic Text SR is made for)
-//! uses, and the one title PACS viewers generally recognise. The document does not claim
-//! TID 2000 conformance (no ContentTemplateSequence): its result items use local codes. The
-//! tree (every item with a ConceptNameCodeSequence; only CONTAINER, TEXT, CODE and IMAGE
-//! items, as Basic Text SR allows; numbers are TEXT because NUM is not allowed in Basic Text
-//! SR, written exactly as in `scores.csv`):
+//! The tree (local codes use the scheme "99MVFA", described in
+//! CodingSchemeIdentificationSequence; scores are NUM items in the unit [`SCORE_UNIT`]):
 //!
 //! ```text
-//! CONTAINER (18748-4, LN, "Diagnostic imaging report"), SEPARATE
+//! CONTAINER (126000, DCM, "Imaging Measurement Report") [DCMR 1500]
+//! ├ HAS CONCEPT MOD CODE (121049, DCM, "Language of Content Item and Descendants") = en-US
 //! ├ HAS OBS CONTEXT CODE (121005, DCM, "Observer Type") = (121007, DCM, "Device")
-//! ├ HAS OBS CONTEXT TEXT (121013, DCM, "Device Observer Name") = "MVFA Studio"
-//! ├ HAS OBS CONTEXT TEXT (121014, DCM, "Device Observer Manufacturer") = "MVFA Studio"
+//! ├ HAS OBS CONTEXT UIDREF (121012, DCM, "Device Observer UID"), TEXT name and manufacturer
+//! ├ HAS CONCEPT MOD CODE (121058, DCM, "Procedure reported") = (363679005, SCT, "Imaging")
 //! ├ CONTAINS TEXT (121106, DCM, "Comment") = research tool statement
-//! ├ CONTAINS CONTAINER (DETECTOR, 99MVFA, "Detector")
-//! │ ├ CONTAINS TEXT (111001, DCM, "Algorithm Name"), (111003, DCM, "Algorithm Version")
-//! │ └ CONTAINS TEXT checkpoint file name, organ word, calibration method, decision threshold,
-//! │   normal and abnormal exemplars (99MVFA codes; the calibration items when calibrated)
-//! └ CONTAINS CONTAINER (121070, DCM, "Findings")
-//!   └ per image: CONTAINS CONTAINER (IMAGE, 99MVFA, "Image result")
-//!     ├ CONTAINS TEXT (CSVROW, 99MVFA, "Row in scores.csv") = 1-based data row
-//!     ├ CONTAINS TEXT (SOURCEFILE, 99MVFA, "Source file") = the CSV path (identified only)
-//!     ├ CONTAINS IMAGE (SOURCEIMAGE, 99MVFA, "Source image") (DICOM sources; frame number
-//!     │ for multi-frame sources)
-//!     ├ CONTAINS IMAGE (OVERLAY, 99MVFA, "Anomaly overlay") = its Secondary Capture
-//!     └ CONTAINS TEXT score, zero-shot score, few-shot score, decision, threshold (99MVFA;
-//!       an item is left out when the CSV field is empty)
+//! └ CONTAINS CONTAINER (126010, DCM, "Imaging Measurements")
+//!   ├ per DICOM source series: CONTAINER (125007, DCM, "Measurement Group")
+//!   │   [DCMR 1411 when it has a Segmentation, else DCMR 1501]
+//!   │ ├ HAS OBS CONTEXT TEXT (112039, "Tracking Identifier"), UIDREF (112040, "Tracking
+//!   │ │ Unique Identifier"): the Segmentation's segment carries the same pair
+//!   │ ├ CONTAINS CODE (121071, DCM, "Finding") = (ANOMALY, 99MVFA, "Image anomaly")
+//!   │ ├ HAS CONCEPT MOD TEXT (111001, "Algorithm Name"), (111003, "Algorithm Version"),
+//!   │ │ (111002, "Algorithm Parameters"): checkpoint SHA-256, organ word, calibration
+//!   │ ├ CONTAINS IMAGE (121191, DCM, "Referenced Segment") = the Segmentation, segment 1, and
+//!   │ │ UIDREF (121232, DCM, "Source series for segmentation") [1411 only]
+//!   │ ├ CONTAINS NUM series score (the maximum), mean of the top 3 slice scores, slices,
+//!   │ │ slices at or above the threshold, decision threshold
+//!   │ │ └ the series score: INFERRED FROM IMAGE (121112, DCM, "Source of Measurement") = the
+//!   │ │   peak slice, and the Parametric Map frame of it
+//!   │ ├ CONTAINS TEXT (THRMEANING, 99MVFA, "Threshold meaning")
+//!   │ └ CONTAINS CODE (DECISION, 99MVFA, "Decision") = (263654008, SCT, "Abnormal") or
+//!   │   (17621005, SCT, "Normal")
+//!   └ per image: CONTAINER (125007, DCM, "Measurement Group") [DCMR 1501]
+//!     ├ Tracking Identifier "image <row in scores.csv>" and a Tracking UID
+//!     ├ Finding, algorithm identification
+//!     ├ CONTAINS TEXT (SOURCEFILE, 99MVFA, "Source file") (identified exports only)
+//!     ├ CONTAINS NUM calibrated score, INFERRED FROM the source image (and frame) and the
+//!     │ Parametric Map frame; NUM zero-shot and few-shot image scores (uncalibrated, unit 1)
+//!     ├ CONTAINS NUM decision threshold, TEXT its meaning
+//!     └ CONTAINS CODE decision
 //! ```
 //!
-//! The local codes use the private coding scheme designator "99MVFA" (PS3.16 8.2: local
-//! schemes start with "99"), described in CodingSchemeIdentificationSequence.
-//!
-//! De-identified, the SR never carries a file path: images are identified by their CSV row,
-//! their (de-identified) source image reference and their Secondary Capture. The basic profile
-//! removes an SR's ContentSequence unless it is cleaned (Clean Structured Content Option,
+//! De-identified, the report never carries a file path or a series description; the basic
+//! profile removes an SR's content unless it is cleaned (Clean Structured Content Option,
 //! 113104, added to DeidentificationMethodCodeSequence): the tree holds only generated text,
-//! the checkpoint's file name, the organ word, and UIDs replaced like the Secondary Captures'
-//! (the source instance, series and study UIDs derived from the key), also in the evidence
-//! sequences. ContentDate and ContentTime are type 1 in an SR, so when dates are removed they
-//! get the dummy values 19000101 and 000000 (action D of PS3.15 Table E.1-1).
+//! the checkpoint's hash, the organ word and UIDs replaced like every object's. ContentDate
+//! and ContentTime are type 1 in an SR, so when dates are removed they get the dummy values
+//! 19000101 and 000000 (action D of PS3.15 Table E.1-1).
 use std::path::Path;
 
-use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::{tags, uids};
+use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
-use dicom_object::meta::FileMetaTableBuilder;
 
 use super::ExportError;
-use super::atomic::write_atomically;
+use super::dicom_derived::{ObjectWritten, write_object};
+use super::dicom_items::{Code, code, ds, empty_sequence, sequence, text_element};
+use super::dicom_pm::PARAMETRIC_MAP_SOP_CLASS;
 use super::dicom_sc::{
-    Anonymise, SECONDARY_CAPTURE_SOP_CLASS, ScWritten, SourceAttributes, new_uid, now_da_tm,
-    own_date, put_own_dates, put_patient_and_study, put_str, referenced_uid, str_of, truncate,
+    Anonymise, SourceAttributes, derived_uid, new_uid, now_da_tm, own_date, put_own_dates,
+    put_patient_and_study, put_str, referenced_uid, truncate,
 };
+use super::dicom_seg::{SEGMENT_NUMBER, SEGMENTATION_SOP_CLASS};
 
-/// SOP Class UID of Basic Text SR Storage.
-pub const BASIC_TEXT_SR_SOP_CLASS: &str = uids::BASIC_TEXT_SR_STORAGE;
+/// SOP Class UID of Comprehensive SR Storage.
+pub const COMPREHENSIVE_SR_SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.33";
 
 /// Coding scheme designator of the local codes (see the module docs).
 pub const LOCAL_SCHEME: &str = "99MVFA";
+
+/// Unit of calibrated scores: robust z-scores, "normal spreads" above a typical normal
+/// exemplar (a UCUM annotation, dimensionless).
+pub const SCORE_UNIT: Code = ("{robust_z}", "UCUM", "robust z-score (normal spreads)");
+
+/// Unit of the uncalibrated branch scores (0 to 1).
+pub const NO_UNITS: Code = ("1", "UCUM", "no units");
+
+/// Unit of slice counts.
+pub const SLICES_UNIT: Code = ("{slices}", "UCUM", "slices");
 
 /// Text of the research-tool statement (the root's Comment item).
 pub const RESEARCH_STATEMENT: &str = "Research tool output of MVFA Studio (few-shot anomaly \
@@ -84,69 +97,65 @@ pub const RESEARCH_STATEMENT: &str = "Research tool output of MVFA Studio (few-s
     physician. The calibrated score is in normal spreads (robust z units) over the normal \
     exemplars; abnormal means score >= decision threshold.";
 
-/// A code: (value, scheme designator, meaning).
-pub type Code = (&'static str, &'static str, &'static str);
-
 /// CID 7050 code of the de-identification option under which a de-identified SR keeps its
 /// content tree.
 pub const CLEAN_STRUCTURED_CONTENT: Code = ("113104", "DCM", "Clean Structured Content Option");
 
-/// Document title (see the module docs for the choice).
-pub const DOCUMENT_TITLE: Code = ("18748-4", "LN", "Diagnostic imaging report");
+/// Document title.
+pub const DOCUMENT_TITLE: Code = ("126000", "DCM", "Imaging Measurement Report");
 
-/// Concept names of the items (see the module docs for the tree).
+/// Concept names and values of the items (see the module docs for the tree); each constant is
+/// the code its meaning names.
+#[allow(missing_docs)]
 pub mod concepts {
     use super::{Code, LOCAL_SCHEME as L};
 
-    /// (121005, DCM, "Observer Type").
+    pub const LANGUAGE: Code = ("121049", "DCM", "Language of Content Item and Descendants");
+    pub const ENGLISH_US: Code = ("en-US", "RFC5646", "English (United States)");
     pub const OBSERVER_TYPE: Code = ("121005", "DCM", "Observer Type");
-    /// (121007, DCM, "Device"): the observer type's value.
     pub const DEVICE: Code = ("121007", "DCM", "Device");
-    /// (121013, DCM, "Device Observer Name").
+    pub const DEVICE_OBSERVER_UID: Code = ("121012", "DCM", "Device Observer UID");
     pub const DEVICE_OBSERVER_NAME: Code = ("121013", "DCM", "Device Observer Name");
-    /// (121014, DCM, "Device Observer Manufacturer").
     pub const DEVICE_OBSERVER_MANUFACTURER: Code =
         ("121014", "DCM", "Device Observer Manufacturer");
-    /// (121106, DCM, "Comment"): the research statement.
+    pub const PROCEDURE_REPORTED: Code = ("121058", "DCM", "Procedure reported");
+    pub const IMAGING_PROCEDURE: Code = ("363679005", "SCT", "Imaging");
     pub const COMMENT: Code = ("121106", "DCM", "Comment");
-    /// The detector section.
-    pub const DETECTOR: Code = ("DETECTOR", L, "Detector");
-    /// (111001, DCM, "Algorithm Name").
+    pub const IMAGING_MEASUREMENTS: Code = ("126010", "DCM", "Imaging Measurements");
+    pub const MEASUREMENT_GROUP: Code = ("125007", "DCM", "Measurement Group");
+    pub const TRACKING_IDENTIFIER: Code = ("112039", "DCM", "Tracking Identifier");
+    pub const TRACKING_UID: Code = ("112040", "DCM", "Tracking Unique Identifier");
+    pub const FINDING: Code = ("121071", "DCM", "Finding");
+    pub const IMAGE_ANOMALY: Code = ("ANOMALY", L, "Image anomaly");
     pub const ALGORITHM_NAME: Code = ("111001", "DCM", "Algorithm Name");
-    /// (111003, DCM, "Algorithm Version").
     pub const ALGORITHM_VERSION: Code = ("111003", "DCM", "Algorithm Version");
-    /// The detector checkpoint's file name.
-    pub const CHECKPOINT: Code = ("CHECKPOINT", L, "Detector checkpoint");
-    /// The organ word the detector scored with.
-    pub const ORGAN: Code = ("ORGAN", L, "Organ word");
-    /// The calibration method, or "uncalibrated".
-    pub const CALIBRATION: Code = ("CALIBRATION", L, "Calibration method");
-    /// The calibrated score at and above which an image is abnormal.
-    pub const THRESHOLD: Code = ("THRESHOLD", L, "Decision threshold");
-    /// Normal exemplars of the calibration.
-    pub const NORMAL_EXEMPLARS: Code = ("NORMALEX", L, "Normal exemplars");
-    /// Abnormal exemplars of the calibration.
-    pub const ABNORMAL_EXEMPLARS: Code = ("ABNORMALEX", L, "Abnormal exemplars");
-    /// (121070, DCM, "Findings"): the section of the image results.
-    pub const FINDINGS: Code = ("121070", "DCM", "Findings");
-    /// One image's results.
-    pub const IMAGE_RESULT: Code = ("IMAGE", L, "Image result");
-    /// The image's 1-based data row in `scores.csv`.
-    pub const CSV_ROW: Code = ("CSVROW", L, "Row in scores.csv");
-    /// The `path` column of `scores.csv` (identified exports only).
-    pub const SOURCE_FILE: Code = ("SOURCEFILE", L, "Source file");
-    /// The DICOM source image.
-    pub const SOURCE_IMAGE: Code = ("SOURCEIMAGE", L, "Source image");
-    /// The image's Secondary Capture.
-    pub const OVERLAY: Code = ("OVERLAY", L, "Anomaly overlay");
-    /// The `score` column.
+    pub const ALGORITHM_PARAMETERS: Code = ("111002", "DCM", "Algorithm Parameters");
+    pub const REFERENCED_SEGMENT: Code = ("121191", "DCM", "Referenced Segment");
+    pub const SOURCE_SERIES_FOR_SEGMENTATION: Code =
+        ("121232", "DCM", "Source series for segmentation");
+    pub const SOURCE_OF_MEASUREMENT: Code = ("121112", "DCM", "Source of Measurement");
+    pub const SERIES_SCORE: Code = ("SERIESSCORE", L, "Series anomaly score");
+    pub const TOP3_MEAN: Code = ("TOP3MEAN", L, "Mean of the 3 highest slice scores");
+    pub const SLICES: Code = ("SLICES", L, "Scored slices");
+    pub const FLAGGED_SLICES: Code = ("FLAGGED", L, "Slices at or above the threshold");
     pub const SCORE: Code = ("SCORE", L, "Calibrated anomaly score");
-    /// The `zero_shot_score` column.
     pub const ZERO_SHOT_SCORE: Code = ("ZEROSHOT", L, "Zero-shot image score");
-    /// The `few_shot_score` column.
     pub const FEW_SHOT_SCORE: Code = ("FEWSHOT", L, "Few-shot image score");
-    /// The `abnormal` column, as "abnormal" or "normal".
+    pub const THRESHOLD: Code = ("THRESHOLD", L, "Decision threshold");
+    pub const THRESHOLD_MEANING: Code = ("THRMEANING", L, "Threshold meaning");
     pub const DECISION: Code = ("DECISION", L, "Decision");
+    pub const ABNORMAL: Code = ("263654008", "SCT", "Abnormal");
+    pub const NORMAL: Code = ("17621005", "SCT", "Normal");
+    pub const SOURCE_FILE: Code = ("SOURCEFILE", L, "Source file");
+}
+
+/// A frame of a written Parametric Map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFrame {
+    /// The Parametric Map.
+    pub map: ObjectWritten,
+    /// Its 1-based frame number.
+    pub frame_number: u32,
 }
 
 /// One image's row of the score table, and what it references.
@@ -154,7 +163,7 @@ pub mod concepts {
 pub struct SrImage {
     /// Its 1-based data row in `scores.csv`.
     pub csv_row: usize,
-    /// Its `path` column (written only into identified SRs).
+    /// Its `path` column (written only into identified reports).
     pub label: String,
     /// Calibrated score (`score` column).
     pub score: Option<f64>,
@@ -168,50 +177,68 @@ pub struct SrImage {
     pub source: SourceAttributes,
     /// 1-based frame number within a multi-frame source; `None` for a single frame.
     pub frame_number: Option<u32>,
+    /// Its frame in the series' Parametric Map, when one was written.
+    pub map_frame: Option<MapFrame>,
     /// Its Secondary Capture, when one was written.
-    pub secondary_capture: Option<ScWritten>,
+    pub secondary_capture: Option<ObjectWritten>,
 }
 
-/// The detector facts written into the SR.
+/// One source series' scores and result objects.
+#[derive(Debug, Clone)]
+pub struct SrSeries {
+    /// Indices into the report's images of the series' frames, in slice order.
+    pub images: Vec<usize>,
+    /// Series score (the maximum slice score).
+    pub score: f64,
+    /// Mean of the 3 highest slice scores.
+    pub top3_mean: f64,
+    /// Index (into the report's images) of the peak slice.
+    pub peak: usize,
+    /// Slices at or above the threshold (calibrated detectors only).
+    pub flagged: Option<usize>,
+    /// Its Parametric Map.
+    pub parametric_map: Option<ObjectWritten>,
+    /// Its Segmentation and the segment's tracking identifier and UID.
+    pub segmentation: Option<(ObjectWritten, String, String)>,
+}
+
+/// The detector facts written into the report.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SrDetector {
-    /// The checkpoint's file name (not its folder, which may name a user).
-    pub checkpoint: String,
+    /// SHA-256 of the checkpoint file (hex), when it was read.
+    pub checkpoint_sha256: Option<String>,
     /// The organ word.
     pub organ: String,
     /// Calibration method; `None`: uncalibrated.
     pub calibration_method: Option<String>,
     /// Calibrated score at and above which an image is abnormal.
     pub threshold: Option<f64>,
-    /// Normal exemplars of the calibration.
-    pub normal_exemplars: Option<usize>,
-    /// Abnormal exemplars of the calibration.
-    pub abnormal_exemplars: Option<usize>,
+    /// What the threshold means, e.g. "flags <= 5% of normal images (estimated from 33 normal
+    /// exemplars)".
+    pub threshold_meaning: Option<String>,
 }
 
-/// SR export settings.
+/// Report settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SrOptions {
-    /// Default "MVFA anomaly scores".
+    /// Default "MVFA measurement report".
     pub series_description: String,
-    /// Default 9002 (next to the Secondary Captures' 9001).
+    /// Default 9002.
     pub series_number: i32,
     /// Default 1.
     pub instance_number: i32,
-    /// The SR's series; `None` (default): a new one. A series belongs to one study, so SRs of
-    /// different studies need different series.
+    /// The report's series; `None` (default): a new one.
     pub series_instance_uid: Option<String>,
-    /// The study when the images are not DICOM (see [`super::ScOptions`]); `None`: new.
+    /// The study when the images are not DICOM; `None`: new.
     pub study_instance_uid: Option<String>,
-    /// De-identification: the same settings (and key) as the export's Secondary Captures;
-    /// `None`: identified.
+    /// De-identification: the export's settings (and key); `None`: identified.
     pub anonymise: Option<Anonymise>,
 }
 
 impl Default for SrOptions {
     fn default() -> Self {
         SrOptions {
-            series_description: "MVFA anomaly scores".into(),
+            series_description: "MVFA measurement report".into(),
             series_number: 9002,
             instance_number: 1,
             series_instance_uid: None,
@@ -221,70 +248,78 @@ impl Default for SrOptions {
     }
 }
 
-/// UIDs of a written SR.
+/// What a written report is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SrWritten {
-    /// SOP Instance UID of the SR.
-    pub sop_instance_uid: String,
-    /// Its series.
-    pub series_instance_uid: String,
-    /// Its study (the images' study as exported).
-    pub study_instance_uid: String,
+    /// Its UIDs.
+    pub object: ObjectWritten,
     /// Image results it carries.
     pub images: usize,
+    /// Series results it carries.
+    pub series: usize,
 }
 
-/// Writes the SR of `images` (all of one study) atomically to `path`.
+/// Writes the report of `images` (all of one study) and their `series` atomically to `path`.
 pub fn write_results_sr(
     path: &Path,
     images: &[SrImage],
+    series: &[SrSeries],
     detector: &SrDetector,
     opts: &SrOptions,
 ) -> Result<SrWritten, ExportError> {
-    let obj = build_results_sr(images, detector, opts)?;
-    let written = SrWritten {
-        sop_instance_uid: str_of(&obj, tags::SOP_INSTANCE_UID),
-        series_instance_uid: str_of(&obj, tags::SERIES_INSTANCE_UID),
-        study_instance_uid: str_of(&obj, tags::STUDY_INSTANCE_UID),
+    let obj = build_results_sr(images, series, detector, opts)?;
+    Ok(SrWritten {
+        object: write_object(path, obj)?,
         images: images.len(),
-    };
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-        .map_err(|e| ExportError::write(path, super::atomic::error_chain(&e)))?;
-    write_atomically(path, |w| Ok(file.write_all(w)?))?;
-    Ok(written)
+        series: series.len(),
+    })
 }
 
-/// Builds the SR data set (without file meta); see the module docs.
+/// Builds the report's data set (without file meta); see the module docs.
 pub fn build_results_sr(
     images: &[SrImage],
+    series: &[SrSeries],
     detector: &SrDetector,
     opts: &SrOptions,
 ) -> Result<InMemDicomObject, ExportError> {
     let first = one_study(images)?;
+    if let Some(bad) = series
+        .iter()
+        .find(|s| s.peak >= images.len() || s.images.iter().any(|&i| i >= images.len()))
+    {
+        return Err(ExportError::Invalid(format!(
+            "a series refers to image {} of {}",
+            bad.peak.max(bad.images.iter().copied().max().unwrap_or(0)) + 1,
+            images.len()
+        )));
+    }
     let anon = opts.anonymise.as_ref();
     let mut obj = InMemDicomObject::new_empty();
     let study_uid = put_patient_and_study_of_sr(&mut obj, first, anon, opts);
     put_series_and_equipment(&mut obj, opts);
     put_document_general(&mut obj, first, anon, opts);
-    put_evidence(&mut obj, images, anon, &study_uid);
-    put_content(&mut obj, images, detector, anon);
+    put_evidence(&mut obj, images, series, anon, &study_uid);
+    let report = Report {
+        images,
+        detector,
+        anon,
+    };
+    put_content(&mut obj, &report, series);
     Ok(obj)
 }
 
-/// The first image, after checking that all images belong to its study (an SR belongs to
-/// one study).
+/// The first image, after checking that all images belong to its study.
 fn one_study(images: &[SrImage]) -> Result<&SrImage, ExportError> {
     let first = images
         .first()
-        .ok_or_else(|| ExportError::Invalid("an SR needs at least one image".into()))?;
+        .ok_or_else(|| ExportError::Invalid("a report needs at least one image".into()))?;
     let study = first.source.study_instance_uid();
     if let Some(other) = images
         .iter()
         .find(|i| i.source.study_instance_uid() != study)
     {
         return Err(ExportError::Invalid(format!(
-            "the images of one SR must share their study ({} differs from {})",
+            "the images of one report must share their study ({} differs from {})",
             other.label, first.label
         )));
     }
@@ -301,8 +336,13 @@ fn put_patient_and_study_of_sr(
 ) -> String {
     let study_uid =
         put_patient_and_study(obj, &first.source, anon, opts.study_instance_uid.as_deref());
-    // Copied for the Secondary Capture's image modules; not part of an SR.
-    for tag in [tags::FRAME_OF_REFERENCE_UID, tags::BODY_PART_EXAMINED] {
+    // Copied for image objects; not part of an SR.
+    for tag in [
+        tags::FRAME_OF_REFERENCE_UID,
+        tags::BODY_PART_EXAMINED,
+        tags::STATION_NAME,
+        tags::DEVICE_SERIAL_NUMBER,
+    ] {
         obj.remove_element(tag);
     }
     if anon.is_some() {
@@ -323,7 +363,7 @@ fn put_patient_and_study_of_sr(
 
 /// SOP Common, SR Document Series and General Equipment modules.
 fn put_series_and_equipment(obj: &mut InMemDicomObject, opts: &SrOptions) {
-    put_str(obj, tags::SOP_CLASS_UID, VR::UI, BASIC_TEXT_SR_SOP_CLASS);
+    put_str(obj, tags::SOP_CLASS_UID, VR::UI, COMPREHENSIVE_SR_SOP_CLASS);
     put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, &new_uid());
     let series_uid = opts.series_instance_uid.clone().unwrap_or_else(new_uid);
     put_str(obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
@@ -379,6 +419,7 @@ fn put_document_general(
     );
     put_str(obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
     put_str(obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED");
+    put_str(obj, tags::PRELIMINARY_FLAG, VR::CS, "FINAL");
     let (today, time) = now_da_tm();
     match own_date(&first.source, anon, &today) {
         Some(date) => put_own_dates(obj, &date, &time),
@@ -392,10 +433,12 @@ fn put_document_general(
 }
 
 /// The evidence sequences: the source images (current requested procedure evidence) and the
-/// Secondary Captures written with them (pertinent other evidence).
+/// result objects of the export (pertinent other evidence): every instance the content
+/// references.
 fn put_evidence(
     obj: &mut InMemDicomObject,
     images: &[SrImage],
+    series: &[SrSeries],
     anon: Option<&Anonymise>,
     study_uid: &str,
 ) {
@@ -417,39 +460,59 @@ fn put_evidence(
             &sources,
         ));
     }
-    let captures: Vec<(String, String, String)> = images
+    let as_ref = |o: &ObjectWritten| {
+        (
+            o.series_instance_uid.clone(),
+            o.sop_class_uid.clone(),
+            o.sop_instance_uid.clone(),
+        )
+    };
+    let results: Vec<(String, String, String)> = series
         .iter()
-        .filter_map(|i| i.secondary_capture.as_ref())
-        .map(|sc| {
-            (
-                sc.series_instance_uid.clone(),
-                SECONDARY_CAPTURE_SOP_CLASS.to_string(),
-                sc.sop_instance_uid.clone(),
-            )
+        .flat_map(|s| {
+            s.parametric_map
+                .iter()
+                .chain(s.segmentation.iter().map(|(o, _, _)| o))
         })
+        .chain(images.iter().filter_map(|i| i.secondary_capture.as_ref()))
+        .map(as_ref)
         .collect();
-    if !captures.is_empty() {
+    if !results.is_empty() {
         obj.put(evidence(
             tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE,
             study_uid,
-            &captures,
+            &results,
         ));
     }
 }
 
-/// SR Document Content: the root container with the observer context, the detector and one
-/// result container per image.
-fn put_content(
-    obj: &mut InMemDicomObject,
-    images: &[SrImage],
-    detector: &SrDetector,
-    anon: Option<&Anonymise>,
-) {
+/// What every measurement group of one report shares.
+struct Report<'a> {
+    images: &'a [SrImage],
+    detector: &'a SrDetector,
+    anon: Option<&'a Anonymise>,
+}
+
+/// SR Document Content: the root container with its context and the measurement groups.
+fn put_content(obj: &mut InMemDicomObject, report: &Report, series: &[SrSeries]) {
     put_str(obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
     obj.put(concept_name(DOCUMENT_TITLE));
     put_str(obj, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
-    let mut root = vec![
+    obj.put(template("1500"));
+    let mut groups: Vec<InMemDicomObject> = series
+        .iter()
+        .enumerate()
+        .map(|(n, s)| series_group(report, n + 1, s))
+        .collect();
+    groups.extend(report.images.iter().map(|i| image_group(report, i)));
+    let root = vec![
+        code_item("HAS CONCEPT MOD", concepts::LANGUAGE, concepts::ENGLISH_US),
         code_item("HAS OBS CONTEXT", concepts::OBSERVER_TYPE, concepts::DEVICE),
+        uidref_item(
+            "HAS OBS CONTEXT",
+            concepts::DEVICE_OBSERVER_UID,
+            &device_observer_uid(),
+        ),
         text_item(
             "HAS OBS CONTEXT",
             concepts::DEVICE_OBSERVER_NAME,
@@ -460,117 +523,211 @@ fn put_content(
             concepts::DEVICE_OBSERVER_MANUFACTURER,
             "MVFA Studio",
         ),
+        code_item(
+            "HAS CONCEPT MOD",
+            concepts::PROCEDURE_REPORTED,
+            concepts::IMAGING_PROCEDURE,
+        ),
         text_item("CONTAINS", concepts::COMMENT, RESEARCH_STATEMENT),
-        container(concepts::DETECTOR, detector_items(detector)),
+        container(concepts::IMAGING_MEASUREMENTS, None, groups),
     ];
-    let results = images
-        .iter()
-        .map(|i| container(concepts::IMAGE_RESULT, image_items(i, detector, anon)))
-        .collect();
-    root.push(container(concepts::FINDINGS, results));
     obj.put(sequence(tags::CONTENT_SEQUENCE, root));
 }
 
-fn detector_items(d: &SrDetector) -> Vec<InMemDicomObject> {
+/// The one UID of this program as an observer device (the same in every report).
+fn device_observer_uid() -> String {
+    derived_uid("mvfa-studio", "device observer")
+}
+
+/// Tracking items, finding and algorithm identification: how every group starts.
+fn group_header(report: &Report, tracking_id: &str, tracking_uid: &str) -> Vec<InMemDicomObject> {
+    let d = report.detector;
     let mut items = vec![
         text_item(
-            "CONTAINS",
+            "HAS OBS CONTEXT",
+            concepts::TRACKING_IDENTIFIER,
+            tracking_id,
+        ),
+        uidref_item("HAS OBS CONTEXT", concepts::TRACKING_UID, tracking_uid),
+        code_item("CONTAINS", concepts::FINDING, concepts::IMAGE_ANOMALY),
+        text_item(
+            "HAS CONCEPT MOD",
             concepts::ALGORITHM_NAME,
-            "MVFA (CLIP ViT-L/14-336 with multi-level adapters), few-shot anomaly detection",
+            "MVFA few-shot anomaly detection (CLIP ViT-L/14-336, multi-level adapters)",
         ),
         text_item(
-            "CONTAINS",
+            "HAS CONCEPT MOD",
             concepts::ALGORITHM_VERSION,
             &format!("MVFA Studio {}", env!("CARGO_PKG_VERSION")),
         ),
-        text_item("CONTAINS", concepts::CHECKPOINT, &d.checkpoint),
-        text_item("CONTAINS", concepts::ORGAN, &d.organ),
-        text_item(
-            "CONTAINS",
-            concepts::CALIBRATION,
-            d.calibration_method.as_deref().unwrap_or("uncalibrated"),
-        ),
     ];
-    if let Some(t) = d.threshold {
-        items.push(text_item("CONTAINS", concepts::THRESHOLD, &t.to_string()));
+    let mut parameters = Vec::new();
+    if let Some(sha) = &d.checkpoint_sha256 {
+        parameters.push(format!("checkpoint sha256={sha}"));
     }
-    for (concept, n) in [
-        (concepts::NORMAL_EXEMPLARS, d.normal_exemplars),
-        (concepts::ABNORMAL_EXEMPLARS, d.abnormal_exemplars),
-    ] {
-        if let Some(n) = n {
-            items.push(text_item("CONTAINS", concept, &n.to_string()));
+    parameters.push(format!("organ word={}", d.organ));
+    parameters.push(format!(
+        "calibration={}",
+        d.calibration_method.as_deref().unwrap_or("uncalibrated")
+    ));
+    items.extend(
+        parameters
+            .iter()
+            .map(|p| text_item("HAS CONCEPT MOD", concepts::ALGORITHM_PARAMETERS, p)),
+    );
+    items
+}
+
+/// The threshold, its meaning and the decision, when the detector is calibrated.
+fn decision_items(d: &SrDetector, abnormal: Option<bool>) -> Vec<InMemDicomObject> {
+    let mut items = Vec::new();
+    if let Some(t) = d.threshold {
+        items.push(num_item(concepts::THRESHOLD, t, SCORE_UNIT, Vec::new()));
+        if let Some(meaning) = &d.threshold_meaning {
+            items.push(text_item("CONTAINS", concepts::THRESHOLD_MEANING, meaning));
         }
+    }
+    if let Some(abnormal) = abnormal {
+        let value = if abnormal {
+            concepts::ABNORMAL
+        } else {
+            concepts::NORMAL
+        };
+        items.push(code_item("CONTAINS", concepts::DECISION, value));
     }
     items
 }
 
-fn image_items(i: &SrImage, d: &SrDetector, anon: Option<&Anonymise>) -> Vec<InMemDicomObject> {
-    let mut items = vec![text_item(
-        "CONTAINS",
-        concepts::CSV_ROW,
-        &i.csv_row.to_string(),
-    )];
-    if anon.is_none() {
-        items.push(text_item("CONTAINS", concepts::SOURCE_FILE, &i.label));
-    }
-    if let (Some(class), Some(inst)) = (i.source.sop_class_uid(), i.source.sop_instance_uid()) {
-        items.push(image_item(
-            concepts::SOURCE_IMAGE,
+/// Where an image's score comes from: its source image (and frame) and its Parametric Map
+/// frame.
+fn sources_of(report: &Report, image: &SrImage) -> Vec<InMemDicomObject> {
+    let mut out = Vec::new();
+    if let (Some(class), Some(inst)) = (
+        image.source.sop_class_uid(),
+        image.source.sop_instance_uid(),
+    ) {
+        out.push(image_item(
+            "INFERRED FROM",
+            concepts::SOURCE_OF_MEASUREMENT,
             class,
-            &referenced_uid(anon, inst),
-            i.frame_number,
-        ));
-    }
-    if let Some(sc) = &i.secondary_capture {
-        items.push(image_item(
-            concepts::OVERLAY,
-            SECONDARY_CAPTURE_SOP_CLASS,
-            &sc.sop_instance_uid,
+            &referenced_uid(report.anon, inst),
+            image.frame_number,
             None,
         ));
     }
+    if let Some(m) = &image.map_frame {
+        out.push(image_item(
+            "INFERRED FROM",
+            concepts::SOURCE_OF_MEASUREMENT,
+            PARAMETRIC_MAP_SOP_CLASS,
+            &m.map.sop_instance_uid,
+            Some(m.frame_number),
+            None,
+        ));
+    }
+    out
+}
+
+/// The measurement group of series `n` (TID 1411 with a Segmentation, else TID 1501).
+fn series_group(report: &Report, n: usize, s: &SrSeries) -> InMemDicomObject {
+    let d = report.detector;
+    let peak = &report.images[s.peak];
+    let (tracking_id, tracking_uid) = match &s.segmentation {
+        Some((_, id, uid)) => (id.clone(), uid.clone()),
+        None => (format!("series {n}"), new_uid()),
+    };
+    let mut items = group_header(report, &tracking_id, &tracking_uid);
+    if let Some((seg, _, _)) = &s.segmentation {
+        items.push(image_item(
+            "CONTAINS",
+            concepts::REFERENCED_SEGMENT,
+            SEGMENTATION_SOP_CLASS,
+            &seg.sop_instance_uid,
+            None,
+            Some(SEGMENT_NUMBER),
+        ));
+        let source_series = peak.source.series_instance_uid().unwrap_or_default();
+        items.push(uidref_item(
+            "CONTAINS",
+            concepts::SOURCE_SERIES_FOR_SEGMENTATION,
+            &referenced_uid(report.anon, source_series),
+        ));
+    }
+    items.push(num_item(
+        concepts::SERIES_SCORE,
+        s.score,
+        SCORE_UNIT,
+        sources_of(report, peak),
+    ));
+    items.push(num_item(
+        concepts::TOP3_MEAN,
+        s.top3_mean,
+        SCORE_UNIT,
+        Vec::new(),
+    ));
+    items.push(num_item(
+        concepts::SLICES,
+        s.images.len() as f64,
+        SLICES_UNIT,
+        Vec::new(),
+    ));
+    if let Some(flagged) = s.flagged {
+        items.push(num_item(
+            concepts::FLAGGED_SLICES,
+            flagged as f64,
+            SLICES_UNIT,
+            Vec::new(),
+        ));
+    }
+    let abnormal = d.threshold.map(|t| s.score >= t);
+    items.extend(decision_items(d, abnormal));
+    let template_id = if s.segmentation.is_some() {
+        "1411"
+    } else {
+        "1501"
+    };
+    container(concepts::MEASUREMENT_GROUP, Some(template_id), items)
+}
+
+/// The measurement group of one image (TID 1501).
+fn image_group(report: &Report, image: &SrImage) -> InMemDicomObject {
+    let mut items = group_header(report, &format!("image {}", image.csv_row), &new_uid());
+    if report.anon.is_none() {
+        items.push(text_item("CONTAINS", concepts::SOURCE_FILE, &image.label));
+    }
+    if let Some(score) = image.score {
+        items.push(num_item(
+            concepts::SCORE,
+            score,
+            SCORE_UNIT,
+            sources_of(report, image),
+        ));
+    }
     for (concept, value) in [
-        (concepts::SCORE, i.score),
-        (concepts::ZERO_SHOT_SCORE, i.zero_shot_score),
-        (concepts::FEW_SHOT_SCORE, i.few_shot_score),
+        (concepts::ZERO_SHOT_SCORE, image.zero_shot_score),
+        (concepts::FEW_SHOT_SCORE, image.few_shot_score),
     ] {
         if let Some(v) = value {
-            items.push(text_item("CONTAINS", concept, &v.to_string()));
+            items.push(num_item(concept, v, NO_UNITS, Vec::new()));
         }
     }
-    if let Some(abnormal) = i.abnormal {
-        let word = if abnormal { "abnormal" } else { "normal" };
-        items.push(text_item("CONTAINS", concepts::DECISION, word));
-        if let Some(t) = d.threshold {
-            items.push(text_item("CONTAINS", concepts::THRESHOLD, &t.to_string()));
-        }
-    }
-    items
-}
-
-fn text_element(tag: dicom_core::Tag, vr: VR, v: &str) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, vr, PrimitiveValue::from(v))
-}
-
-fn sequence(tag: dicom_core::Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-    DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
-}
-
-fn empty_sequence(tag: dicom_core::Tag) -> DataElement<InMemDicomObject> {
-    sequence(tag, Vec::new())
-}
-
-fn code((value, scheme, meaning): Code) -> InMemDicomObject {
-    InMemDicomObject::from_element_iter([
-        text_element(tags::CODE_VALUE, VR::SH, value),
-        text_element(tags::CODING_SCHEME_DESIGNATOR, VR::SH, scheme),
-        text_element(tags::CODE_MEANING, VR::LO, meaning),
-    ])
+    items.extend(decision_items(report.detector, image.abnormal));
+    container(concepts::MEASUREMENT_GROUP, Some("1501"), items)
 }
 
 fn concept_name(concept: Code) -> DataElement<InMemDicomObject> {
     sequence(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code(concept)])
+}
+
+/// A Content Template Sequence naming DCMR template `id`.
+fn template(id: &str) -> DataElement<InMemDicomObject> {
+    sequence(
+        tags::CONTENT_TEMPLATE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text_element(tags::MAPPING_RESOURCE, VR::CS, "DCMR"),
+            text_element(tags::TEMPLATE_IDENTIFIER, VR::CS, id),
+        ])],
+    )
 }
 
 /// A content item: relationship, value type and concept name.
@@ -588,24 +745,74 @@ fn text_item(relationship: &str, concept: Code, text: &str) -> InMemDicomObject 
     i
 }
 
+fn uidref_item(relationship: &str, concept: Code, uid: &str) -> InMemDicomObject {
+    let mut i = item(relationship, "UIDREF", concept);
+    i.put(text_element(tags::UID, VR::UI, uid));
+    i
+}
+
 fn code_item(relationship: &str, concept: Code, value: Code) -> InMemDicomObject {
     let mut i = item(relationship, "CODE", concept);
     i.put(sequence(tags::CONCEPT_CODE_SEQUENCE, vec![code(value)]));
     i
 }
 
-fn container(concept: Code, children: Vec<InMemDicomObject>) -> InMemDicomObject {
+/// A NUM item (CONTAINS) with its value, unit and child items.
+fn num_item(
+    concept: Code,
+    value: f64,
+    unit: Code,
+    children: Vec<InMemDicomObject>,
+) -> InMemDicomObject {
+    let mut i = item("CONTAINS", "NUM", concept);
+    i.put(sequence(
+        tags::MEASURED_VALUE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text_element(tags::NUMERIC_VALUE, VR::DS, &ds(value)),
+            DataElement::new(
+                tags::FLOATING_POINT_VALUE,
+                VR::FD,
+                PrimitiveValue::from(value),
+            ),
+            sequence(tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code(unit)]),
+        ])],
+    ));
+    if !children.is_empty() {
+        i.put(sequence(tags::CONTENT_SEQUENCE, children));
+    }
+    i
+}
+
+/// A CONTAINS container, with a template when given.
+fn container(
+    concept: Code,
+    template_id: Option<&str>,
+    children: Vec<InMemDicomObject>,
+) -> InMemDicomObject {
     let mut i = item("CONTAINS", "CONTAINER", concept);
     i.put(text_element(
         tags::CONTINUITY_OF_CONTENT,
         VR::CS,
         "SEPARATE",
     ));
-    i.put(sequence(tags::CONTENT_SEQUENCE, children));
+    if let Some(id) = template_id {
+        i.put(template(id));
+    }
+    if !children.is_empty() {
+        i.put(sequence(tags::CONTENT_SEQUENCE, children));
+    }
     i
 }
 
-fn image_item(concept: Code, class: &str, instance: &str, frame: Option<u32>) -> InMemDicomObject {
+/// An IMAGE item referencing `instance` (a frame of it, or a segment of a Segmentation).
+fn image_item(
+    relationship: &str,
+    concept: Code,
+    class: &str,
+    instance: &str,
+    frame: Option<u32>,
+    segment: Option<u16>,
+) -> InMemDicomObject {
     let mut reference = InMemDicomObject::from_element_iter([
         text_element(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class),
         text_element(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance),
@@ -617,7 +824,14 @@ fn image_item(concept: Code, class: &str, instance: &str, frame: Option<u32>) ->
             &f.to_string(),
         ));
     }
-    let mut i = item("CONTAINS", "IMAGE", concept);
+    if let Some(s) = segment {
+        reference.put(DataElement::new(
+            tags::REFERENCED_SEGMENT_NUMBER,
+            VR::US,
+            PrimitiveValue::from(s),
+        ));
+    }
+    let mut i = item(relationship, "IMAGE", concept);
     i.put(sequence(tags::REFERENCED_SOP_SEQUENCE, vec![reference]));
     i
 }

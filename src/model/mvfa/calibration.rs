@@ -304,6 +304,13 @@ impl Calibration {
         self.fused_map_max.normalise(max)
     }
 
+    /// The fused-map value at which a segmentation task's image score reaches the threshold:
+    /// an image is flagged exactly when its fused map reaches this level somewhere, so the
+    /// pixels at or above it are the region that makes the decision.
+    pub fn region_level(&self) -> f32 {
+        self.fused_map_max.median + self.threshold * self.fused_map_max.scale
+    }
+
     /// Calibrated image score of a classification task from the raw det-head image scores.
     pub fn image_score_from_scores(&self, zero: f32, few: Option<f32>) -> f32 {
         let z = self.zero_image.normalise(zero);
