@@ -441,7 +441,7 @@ fn dciodvfy_finds_no_error_in_parametric_maps_and_segmentations() {
 /// A whole DICOM export (Parametric Maps of three layers, Segmentation, measurement report,
 /// Secondary Captures) of the synthetic MR series and of the CT sources of the report tests,
 /// identified and de-identified, with the synthetic calibrated results of those tests.
-fn export_everything(dir: &Path, identified: bool) -> (PathBuf, ExportSummary) {
+pub(crate) fn export_everything(dir: &Path, identified: bool) -> (PathBuf, ExportSummary) {
     let mr = dir.join("mr");
     std::fs::create_dir_all(&mr).unwrap();
     let mut sources = crate::export::sr_sources(&dir.join("ct"));
@@ -555,6 +555,14 @@ fn dciodvfy_finds_no_error_in_any_object_of_an_export() {
     let mut classes = std::collections::BTreeSet::new();
     for identified in [false, true] {
         let (out, _) = export_everything(dir.path(), identified);
+        if let Ok(keep) = std::env::var("MVFA_KEEP_OBJECTS") {
+            let target = Path::new(&keep).join(out.file_name().unwrap());
+            std::fs::create_dir_all(&target).unwrap();
+            for e in std::fs::read_dir(&out).unwrap() {
+                let p = e.unwrap().path();
+                std::fs::copy(&p, target.join(p.file_name().unwrap())).unwrap();
+            }
+        }
         for entry in std::fs::read_dir(&out).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_none_or(|e| e != "dcm") {
