@@ -11,6 +11,7 @@ pub mod nifti;
 pub mod output;
 pub mod raster;
 pub mod resample;
+pub mod result_objects;
 pub mod study;
 pub mod walk;
 

@@ -44,6 +44,8 @@ pub struct Jobs {
     pub thumbnails: Option<Job<(), Thumbnail>>,
     /// Files a preview was attempted for (failures are not retried).
     pub thumbnails_tried: HashSet<PathBuf>,
+    /// Reads result objects (Parametric Maps, Segmentations) found by a scan.
+    pub result_objects: Option<Job<(), files::ReadResultObject>>,
     /// The running model job (prepare, fine-tune, score, import, save, export).
     pub model: Option<ModelJob>,
     /// The project's results file being written.
@@ -111,6 +113,9 @@ impl Jobs {
             job.cancel();
         }
         if let Some(job) = &self.thumbnails {
+            job.cancel();
+        }
+        if let Some(job) = &self.result_objects {
             job.cancel();
         }
     }

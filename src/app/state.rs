@@ -4,6 +4,7 @@
 //! only the handlers that [`dispatch`](super::dispatch) calls change it. The jobs themselves
 //! and the model session are the app object's machinery ([`super::jobs::Jobs`]).
 pub mod browser;
+pub mod imported;
 pub mod labels;
 pub mod model;
 pub mod pacs;
@@ -21,6 +22,7 @@ use crate::backend::BackendInfo;
 use crate::io::image::ImageStack;
 use crate::io::resample::Image8;
 use browser::Browser;
+pub use imported::ImportedResults;
 use labels::{ImageKey, Labels};
 use model::ModelState;
 use project::Project;
@@ -173,6 +175,8 @@ pub struct AppState {
     pub model: ModelState,
     /// PACS nodes, search, retrieval and sending results.
     pub pacs: pacs::PacsState,
+    /// Result objects (Parametric Maps, Segmentations) read back, laid over their sources.
+    pub imported: imported::ImportedResults,
     /// Messages for the status bar (newest last).
     pub log: Vec<String>,
 }
@@ -208,6 +212,7 @@ impl AppState {
                     .unwrap_or_else(std::env::temp_dir)
                     .join("pacs"),
             ),
+            imported: imported::ImportedResults::default(),
             log,
         }
     }

@@ -58,7 +58,8 @@ pub type Contour = Arc<Vec<[[f32; 2]; 2]>>;
 pub struct HeatmapKey {
     /// The image.
     pub key: ImageKey,
-    /// The detector generation of the result.
+    /// The detector generation of the result; for an imported result object, its index in
+    /// [`crate::app::state::ImportedResults`] and the frame, with the top bit set.
     pub generation: u64,
     /// The map.
     pub layer: MapLayer,
@@ -309,7 +310,7 @@ impl Textures {
         ctx: &egui::Context,
         key: HeatmapKey,
         values: &[f32],
-        size: usize,
+        [width, height]: [usize; 2],
     ) -> TextureHandle {
         let builds = &mut self.heatmap_builds;
         self.heatmaps.get_or_insert(key.clone(), || {
@@ -331,16 +332,24 @@ impl Textures {
             }
             ctx.load_texture(
                 "heatmap",
-                ColorImage::from_rgba_unmultiplied([size, size], &rgba),
+                ColorImage::from_rgba_unmultiplied([width, height], &rgba),
                 HEATMAP_OPTIONS,
             )
         })
     }
 
     /// The contour of a map at `level` (cached with the heatmap's key), in map pixels.
-    pub fn contour(&mut self, key: HeatmapKey, level: f32, values: &[f32], size: usize) -> Contour {
+    pub fn contour(
+        &mut self,
+        key: HeatmapKey,
+        level: f32,
+        values: &[f32],
+        [width, height]: [usize; 2],
+    ) -> Contour {
         self.contours.get_or_insert((key, level.to_bits()), || {
-            Arc::new(crate::workflow::maps::contour(values, size, level))
+            Arc::new(crate::workflow::maps::contour_rect(
+                values, width, height, level,
+            ))
         })
     }
 }

@@ -188,6 +188,8 @@ pub struct ImageInfo {
     pub series_instance_uid: Option<String>,
     /// SOPInstanceUID (0008,0018).
     pub sop_instance_uid: Option<String>,
+    /// FrameOfReferenceUID (0020,0052): the patient coordinate system of the positions.
+    pub frame_of_reference_uid: Option<String>,
     /// InstanceNumber (0020,0013).
     pub instance_number: Option<i32>,
     /// PixelSpacing (0028,0030) in mm: `[between rows, between columns]`.

@@ -189,6 +189,9 @@ pub enum ScanItem {
     Dicom(Box<Instance>),
     /// A raster image or NIfTI volume (read when shown).
     Image(PathBuf),
+    /// A DICOM result object (Parametric Map or Segmentation), laid over its source images
+    /// rather than shown as an image of its own.
+    ResultObject(PathBuf),
     /// A file that could not be used, and why.
     Unreadable {
         /// The file.
@@ -231,6 +234,13 @@ pub fn scan_for_viewer(
             Some(ScanItem::Image(path))
         } else {
             match examine(&path, false) {
+                Examined::Instance(inst)
+                    if super::result_objects::is_result_object_class(
+                        &inst.summary.sop_class_uid,
+                    ) =>
+                {
+                    Some(ScanItem::ResultObject(path))
+                }
                 Examined::Instance(inst) => Some(ScanItem::Dicom(inst)),
                 Examined::Error(e) => Some(ScanItem::Unreadable {
                     path: e.path,

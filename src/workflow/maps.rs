@@ -205,15 +205,20 @@ pub fn resize(values: &[f32], size: usize, width: usize, height: usize) -> Vec<f
 /// Line segments where the bilinearly interpolated map crosses `level` (marching squares
 /// between pixel centres), in map pixel coordinates (centres at `i + 0.5`).
 pub fn contour(values: &[f32], size: usize, level: f32) -> Vec<[[f32; 2]; 2]> {
+    contour_rect(values, size, size, level)
+}
+
+/// [`contour`] of a `width x height` map.
+pub fn contour_rect(values: &[f32], width: usize, height: usize, level: f32) -> Vec<[[f32; 2]; 2]> {
     let mut segments = Vec::new();
-    if size < 2 || values.len() != size * size {
+    if width < 2 || height < 2 || values.len() != width * height {
         return segments;
     }
-    let at = |x: usize, y: usize| values[y * size + x];
+    let at = |x: usize, y: usize| values[y * width + x];
     // Where the edge from a to b crosses the level, as a fraction from a.
     let cross = |a: f32, b: f32| ((level - a) / (b - a)).clamp(0.0, 1.0);
-    for y in 0..size - 1 {
-        for x in 0..size - 1 {
+    for y in 0..height - 1 {
+        for x in 0..width - 1 {
             let (tl, tr, br, bl) = (at(x, y), at(x + 1, y), at(x + 1, y + 1), at(x, y + 1));
             let case = (tl >= level) as u8
                 | ((tr >= level) as u8) << 1

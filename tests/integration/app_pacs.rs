@@ -197,3 +197,78 @@ fn app_pacs_lists_a_studys_series_and_retrieves_one_series() {
         1
     );
 }
+
+/// A study whose Parametric Map and Segmentation sit in the PACS beside the scan (as an export
+/// sent them, or another tool's): retrieved into the app, the objects are read and laid over
+/// the slices they reference, and the scan's slices stay the browser's images.
+#[test]
+#[ignore = "needs Orthanc (Debian orthanc, orthanc-dicomweb)"]
+fn app_pacs_retrieves_result_objects_and_lays_them_over_their_series() {
+    let orthanc = orthanc("app_pacs_retrieves_result_objects");
+    let node = orthanc.dimse();
+    let server = connect(&node).unwrap();
+    let source_dir = tempfile::tempdir().unwrap();
+    // An identified export: the objects are in the MR series' own study.
+    let (out, summary) = crate::dicom_objects::export_everything(source_dir.path(), true);
+    let mr: Vec<std::path::PathBuf> = std::fs::read_dir(source_dir.path().join("mr"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    for file in &mr {
+        server.store(file).unwrap();
+    }
+    let study = text(&open(&mr[0]), tags::STUDY_INSTANCE_UID);
+    let objects: Vec<&std::path::PathBuf> = summary
+        .objects
+        .iter()
+        .filter(|(_, o)| o.study_instance_uid == study)
+        .map(|(p, _)| p)
+        .collect();
+    assert!(
+        !objects.is_empty(),
+        "{:?} in {}",
+        summary.objects,
+        out.display()
+    );
+    for path in &objects {
+        server.store(path).unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = app_with_node(&node, dir.path());
+    h.state_mut().pending.push(Action::PacsSearch);
+    h.step();
+    wait_until(&mut h, "the search", |s| {
+        s.activity.pacs.is_none() && !s.pacs.matches.is_empty()
+    });
+    let index = h
+        .state()
+        .state
+        .pacs
+        .matches
+        .iter()
+        .position(|m| m.study_uid == study)
+        .unwrap();
+    h.state_mut().pending.push(Action::PacsRetrieve(index));
+    h.step();
+    let expected = objects.len();
+    wait_until(&mut h, "the retrieval and the objects", move |s| {
+        s.activity.pacs.is_none()
+            && s.activity.scan.is_none()
+            && s.imported.objects.len() == expected
+            && s.current_stack().is_some()
+    });
+    let s = &h.state().state;
+    assert_eq!(
+        s.browser.len(),
+        mr.len(),
+        "only the scan's slices are images"
+    );
+    let stack = s.current_stack().unwrap();
+    let key = s.viewer.current.clone().unwrap();
+    let m = s
+        .imported
+        .map_over(stack, key.frame)
+        .expect("a map over the slice shown");
+    assert!(m.caption.starts_with("imported "), "{}", m.caption);
+}

@@ -381,3 +381,120 @@ fn app_series_frame_times_while_scoring_300_slices() {
         ms(times.last().unwrap())
     );
 }
+
+/// A Parametric Map and a Segmentation opened with their series (from disk, as a PACS
+/// retrieval leaves them) are not listed as images: they are read and laid over the slices
+/// they were derived from, and the Results tab says what the current slice shows.
+#[test]
+fn app_series_opens_result_objects_over_their_source_slices() {
+    use mvfa_studio::io::export::{
+        DerivedFrame, DerivedOptions, MapQuantity, ParametricMapInput, SourceAttributes,
+        build_parametric_map, write_object,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dicom_volume(dir.path(), 6);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let sources: Vec<SourceAttributes> = files
+        .iter()
+        .map(|p| SourceAttributes::from_file(p).unwrap())
+        .collect();
+    let (rows, columns) = sources[0].size().unwrap();
+    let n = (rows * columns) as usize;
+    // Slice k: a blob of height k at the centre.
+    let (cx, cy) = (columns as f32 / 2.0, rows as f32 / 2.0);
+    let centre = (rows / 2 * columns + columns / 2) as usize;
+    let maps: Vec<Vec<f32>> = (0..6)
+        .map(|k| {
+            (0..n)
+                .map(|i| {
+                    let (x, y) = ((i % columns as usize) as f32, (i / columns as usize) as f32);
+                    let r2 = (x - cx).powi(2) + (y - cy).powi(2);
+                    k as f32 * (-r2 / 800.0).exp()
+                })
+                .collect()
+        })
+        .collect();
+    let pm = build_parametric_map(
+        &ParametricMapInput {
+            frames: sources
+                .iter()
+                .map(|source| DerivedFrame { source, frame: 0 })
+                .collect(),
+            maps: maps.iter().map(Vec::as_slice).collect(),
+            rows,
+            columns,
+            quantity: MapQuantity {
+                label: "OTHER_TOOL".into(),
+                explanation: "a map".into(),
+                unit: ("1".into(), "no units".into()),
+                display_range: (0.0, 5.0),
+                value_range: (0.0, 5.0),
+            },
+        },
+        &DerivedOptions {
+            series_description: "map".into(),
+            series_number: 99,
+            instance_number: 1,
+            series_instance_uid: None,
+            content_label: "OTHER_TOOL".into(),
+            content_description: "map".into(),
+            anonymise: None,
+        },
+    )
+    .unwrap();
+    write_object(&folder.join("result.pm.dcm"), pm).unwrap();
+    // For a look by hand: `MVFA_KEEP_OBJECTS=DIR` keeps the folder (then `mvfa-studio view`).
+    if let Ok(keep) = std::env::var("MVFA_KEEP_OBJECTS") {
+        let target = Path::new(&keep).join("series-with-map");
+        std::fs::create_dir_all(&target).unwrap();
+        for e in std::fs::read_dir(&folder).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, target.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+
+    let mut h = harness(cpu_state(None), [1300.0, 900.0]);
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![folder.clone()]));
+    wait_until(&mut h, "the series and its map", 30, |s| {
+        s.activity.scan.is_none()
+            && s.browser.len() == 6
+            && s.current_stack().is_some()
+            && !s.imported.objects.is_empty()
+    });
+    // Six slices in the browser: the map is not one of them.
+    assert_eq!(
+        h.state().state.browser.result_objects,
+        [folder.join("result.pm.dcm")]
+    );
+    h.state_mut().pending.push(Action::SetTab(SideTab::Results));
+    for _ in 0..3 {
+        h.step();
+    }
+    h.get_by_label_contains("result.pm.dcm: Parametric Map OTHER_TOOL, 6 frame(s)");
+    h.get_by_label_contains("This image: imported OTHER_TOOL (result.pm.dcm) · no units");
+    // Each slice gets its own frame: the blob's height is the slice's index along z.
+    let s = &h.state().state;
+    for file in &files {
+        let stack = s.images.get(file);
+        if let Some(stack) = stack {
+            let m = s.imported.map_over(stack, 0).unwrap();
+            let z = stack.info.frame_positions[0].unwrap()[2];
+            let index = sources
+                .iter()
+                .position(|a| a.sop_instance_uid() == stack.info.sop_instance_uid.as_deref())
+                .unwrap();
+            assert_eq!(
+                m.values[centre],
+                index as f32,
+                "{} at z {z}",
+                file.display()
+            );
+        }
+    }
+}

@@ -587,3 +587,86 @@ fn dciodvfy_finds_no_error_in_any_object_of_an_export() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Our Parametric Map and Segmentation read back: the same values, each frame naming its
+/// source, matched to the source frames by reference; without references (another tool's
+/// object), by Frame of Reference and position.
+#[test]
+fn result_objects_read_back_and_match_their_source_frames() {
+    use mvfa_studio::io::result_objects::{ResultKind, SourceFrame, read_result_object};
+    let dir = tempfile::tempdir().unwrap();
+    let files = synthetic_series(dir.path());
+    let sources: Vec<SourceAttributes> = files
+        .iter()
+        .map(|p| SourceAttributes::from_file(p).unwrap())
+        .collect();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let written = write_pm_and_seg(&sources, &out, 4.6, None);
+    let pm = read_result_object(written.pm.as_ref().unwrap())
+        .unwrap()
+        .unwrap();
+    let seg = read_result_object(written.seg.as_ref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(matches!(&pm.kind, ResultKind::ParametricMap { label, .. } if label == "MVFA_FUSED"));
+    assert!(matches!(&seg.kind, ResultKind::Segmentation { label } if label == "Anomalous region"));
+    assert_eq!((pm.rows, pm.columns, pm.frames.len()), (16, 16, 5));
+    assert_eq!(seg.frames.len(), 2);
+    let sent = maps(5, 256);
+    for (k, path) in files.iter().enumerate() {
+        let source = open(path);
+        let uid = string(&source, tags::SOP_INSTANCE_UID);
+        let for_uid = string(&source, tags::FRAME_OF_REFERENCE_UID);
+        let position = floats(&source, tags::IMAGE_POSITION_PATIENT);
+        let frame = SourceFrame {
+            sop_instance_uid: Some(&uid),
+            frame: 0,
+            frames: 1,
+            frame_of_reference_uid: Some(&for_uid),
+            position: Some([position[0], position[1], position[2]]),
+            size: (16, 16),
+        };
+        let over = pm.frames_over(&frame);
+        assert_eq!(over.len(), 1, "slice {k}");
+        assert_eq!(pm.frames[over[0]].values, sent[k], "slice {k}");
+        // The region: slices 3 and 4 only, with the pixels at or above the level.
+        let region = seg.frames_over(&frame);
+        if k >= 3 {
+            let mask: Vec<f32> = sent[k]
+                .iter()
+                .map(|&v| f32::from(u8::from(v >= 4.6)))
+                .collect();
+            assert_eq!(seg.frames[region[0]].values, mask, "slice {k}");
+        } else {
+            assert!(region.is_empty(), "slice {k}");
+        }
+        // Without the references, the position finds the same frame.
+        let mut anonymous = pm.clone();
+        for f in &mut anonymous.frames {
+            f.source_sop_instance_uid = None;
+        }
+        assert_eq!(anonymous.frames_over(&frame), over, "slice {k}");
+        let elsewhere = SourceFrame {
+            sop_instance_uid: Some("1.2.3"),
+            frame_of_reference_uid: Some("1.2.4"),
+            ..frame
+        };
+        assert!(anonymous.frames_over(&elsewhere).is_empty());
+        // Another size never matches.
+        assert!(
+            pm.frames_over(&SourceFrame {
+                size: (8, 8),
+                ..frame
+            })
+            .is_empty()
+        );
+    }
+    // Other DICOM files are not result objects; a broken one is an error that names it.
+    assert_eq!(read_result_object(&files[0]).unwrap(), None);
+    let broken = out.join("broken.pm.dcm");
+    let bytes = std::fs::read(written.pm.as_ref().unwrap()).unwrap();
+    std::fs::write(&broken, &bytes[..bytes.len() - 600]).unwrap();
+    let e = read_result_object(&broken).unwrap_err();
+    assert!(e.to_string().contains("broken.pm.dcm"), "{e}");
+}

@@ -241,6 +241,7 @@ pub fn close_all(state: &mut AppState, jobs: &mut Jobs) {
 /// Applies what the scan, loader and preview jobs reported since the last frame.
 pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     poll_scan(state, jobs, ctx);
+    poll_result_objects(state, jobs, ctx);
     poll_load(state, jobs, ctx);
     poll_thumbnails(state, jobs, ctx);
     pass_over_an_unreadable_opening(state, jobs, ctx);
@@ -289,6 +290,48 @@ fn poll_scan(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
         jobs.scan = None;
         // Files found after the viewer asked for its series are loaded now.
         ensure_loading(state, jobs, ctx);
+    }
+}
+
+/// Reads the result objects the scan found (one job at a time; new ones wait for the next),
+/// and keeps what it read for the viewer to lay over their sources.
+fn poll_result_objects(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    if let Some(job) = jobs.result_objects.as_mut() {
+        let status = job.poll();
+        for (path, read) in job.take_items() {
+            match read {
+                Ok(Some(object)) => {
+                    state.log.push(format!(
+                        "Read the result object {} ({} frames)",
+                        path.display(),
+                        object.frames.len()
+                    ));
+                    state.imported.add(object);
+                }
+                Ok(None) => state
+                    .imported
+                    .failed
+                    .push((path, "not a Parametric Map or Segmentation".into())),
+                Err(e) => {
+                    state.log.push(e.to_string());
+                    state.imported.failed.push((path, e.message));
+                }
+            }
+        }
+        if matches!(status, JobStatus::Running { .. }) {
+            return;
+        }
+        jobs.result_objects = None;
+    }
+    let waiting: Vec<PathBuf> = state
+        .browser
+        .result_objects
+        .iter()
+        .filter(|p| !state.imported.knows(p))
+        .cloned()
+        .collect();
+    if !waiting.is_empty() {
+        jobs.result_objects = Some(files::read_result_objects(waiting, repaint(ctx)));
     }
 }
 

@@ -9,6 +9,7 @@ use crate::app::state::THUMBNAIL_SIDE;
 use crate::io::image::ImageStack;
 use crate::io::input::InputError;
 use crate::io::resample::Image8;
+use crate::io::result_objects::ResultObject;
 use crate::io::study::{ScanItem, scan_for_viewer};
 
 /// A file read by the loader job: its pixels and content hash, or why it could not be read.
@@ -71,6 +72,22 @@ pub fn load(
         }
         let hash = crate::weights::adapters::file_sha256_hex(path).map_err(FileReadError::Hash)?;
         Ok((Arc::new(stack), hash))
+    })
+}
+
+/// A result object read by [`read_result_objects`], or why it could not be read.
+pub type ReadResultObject = (
+    PathBuf,
+    Result<Option<ResultObject>, crate::io::result_objects::ResultObjectError>,
+);
+
+/// Reads the result objects (Parametric Maps, Segmentations) of `paths`.
+pub fn read_result_objects(
+    paths: Vec<PathBuf>,
+    repaint: impl Fn() + Send + Sync + 'static,
+) -> Job<(), ReadResultObject> {
+    super::runner::each_file("Reading result objects", repaint, paths, |path| {
+        crate::io::result_objects::read_result_object(path)
     })
 }
 

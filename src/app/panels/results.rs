@@ -32,6 +32,7 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
         format!("{total} image(s) scored")
     });
     display(ui, state, actions);
+    imported(ui, state);
     ui.separator();
     ui.horizontal_wrapped(|ui| {
         command_button(ui, Command::NextAnomalous, actions);
@@ -47,6 +48,28 @@ pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     table(ui, state, actions);
     ui.separator();
     histogram(ui, state, actions);
+}
+
+/// The result objects read back (from disk or the PACS), and what the current image shows of
+/// them: they are laid over their source frames where the detector has no result.
+fn imported(ui: &mut egui::Ui, state: &AppState) {
+    let lines = crate::app::state::imported::summary_lines(&state.imported);
+    if lines.is_empty() {
+        return;
+    }
+    ui.separator();
+    ui.label(RichText::new("Imported results").strong());
+    for line in lines {
+        ui.add(egui::Label::new(line).truncate());
+    }
+    let over_current = state.viewer.current.as_ref().and_then(|key| {
+        let stack = state.images.get(&key.path)?;
+        state.imported.map_over(stack, key.frame)
+    });
+    ui.label(match over_current {
+        Some(m) => format!("This image: {}", m.caption),
+        None => "This image: no imported result matches it".to_string(),
+    });
 }
 
 fn display(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {

@@ -13,7 +13,7 @@ use crate::app::textures::{HeatmapKey, Textures, reduction_for};
 use crate::io::export::overlay::Colormap;
 use crate::io::image::ImageStack;
 use crate::workflow::maps::sample;
-use crate::workflow::{LayerMap, layer_map};
+use crate::workflow::{LayerMap, MapLayer, MapScale, layer_map};
 
 const OVERLAY: Color32 = Color32::from_rgb(230, 230, 120);
 /// The threshold contour: white reads on every colormap and on grey.
@@ -269,14 +269,51 @@ fn draw_pane(
     }
 }
 
-/// The map of the current image under the current display settings.
+/// The map of the current image under the current display settings: the detector's, else an
+/// imported result object's.
 struct Heat {
     key: HeatmapKey,
     map: LayerMap,
-    size: usize,
+    /// Columns and rows of the map.
+    size: [usize; 2],
+    /// Colour range, contour level and legend caption of an imported map (the display
+    /// settings give the detector's).
+    imported: Option<((f32, f32), f32, String)>,
 }
 
+/// The top bit of an imported map's [`HeatmapKey::generation`], apart from every detector's.
+const IMPORTED: u64 = 1 << 63;
+
 fn heatmap_of(state: &AppState, key: &ImageKey) -> Option<Heat> {
+    model_heat(state, key).or_else(|| imported_heat(state, key))
+}
+
+/// An imported Parametric Map or Segmentation over the frame, when one matches it.
+fn imported_heat(state: &AppState, key: &ImageKey) -> Option<Heat> {
+    let stack = state.images.get(&key.path)?;
+    let m = state.imported.map_over(stack, key.frame)?;
+    let colormap = state.model.view.colormap;
+    let (lo, hi) = m.range;
+    // A Segmentation's contour outlines its region; a map's marks the upper half of its range.
+    let level = (lo + hi) / 2.0;
+    Some(Heat {
+        key: HeatmapKey {
+            key: key.clone(),
+            generation: IMPORTED | ((m.object as u64) << 32) | m.frame as u64,
+            layer: MapLayer::Fused,
+            colormap,
+            range: (lo.to_bits(), hi.to_bits()),
+        },
+        map: LayerMap {
+            values: m.values.as_ref().clone(),
+            scale: MapScale::Raw,
+        },
+        size: [m.width, m.height],
+        imported: Some(((lo, hi), level, m.caption)),
+    })
+}
+
+fn model_heat(state: &AppState, key: &ImageKey) -> Option<Heat> {
     let scored = state.model.result(key)?;
     let detector = state.model.detector.as_ref()?;
     let view = &state.model.view;
@@ -291,7 +328,8 @@ fn heatmap_of(state: &AppState, key: &ImageKey) -> Option<Heat> {
             range: (lo.to_bits(), hi.to_bits()),
         },
         map,
-        size: detector.model_size,
+        size: [detector.model_size, detector.model_size],
+        imported: None,
     })
 }
 
@@ -315,22 +353,28 @@ fn draw_heatmap(
         uv,
         Color32::from_white_alpha(alpha),
     );
-    let level = settings.contour(heat.map.scale);
+    let (range, level, caption) = match &heat.imported {
+        Some((range, level, caption)) => (*range, *level, caption.clone()),
+        None => (
+            settings.range(heat.map.scale),
+            settings.contour(heat.map.scale),
+            format!("{} · {}", heat.key.layer.label(), heat.map.scale.caption()),
+        ),
+    };
     let segments = textures.contour(heat.key.clone(), level, &heat.map.values, heat.size);
-    let scale = view.image_rect.size() / heat.size as f32;
+    let scale = view.image_rect.size() / vec2(heat.size[0] as f32, heat.size[1] as f32);
     let to_screen = |p: [f32; 2]| view.image_rect.min + vec2(p[0] * scale.x, p[1] * scale.y);
     let stroke = Stroke::new(1.5, CONTOUR);
     for [a, b] in segments.iter() {
         painter.line_segment([to_screen(*a), to_screen(*b)], stroke);
     }
-    let (lo, hi) = settings.range(heat.map.scale);
     legend(
         painter,
         view.pane,
         settings.colormap,
-        (lo, hi),
+        range,
         level,
-        &format!("{} · {}", heat.key.layer.label(), heat.map.scale.caption()),
+        &caption,
     );
 }
 
@@ -588,14 +632,25 @@ fn pixel_readout(
         .join(", ");
     let mut text = format!("x {x}  y {y}   {value}{unit}");
     if let Some(heat) = heat {
-        let s = heat.size as f32;
-        let v = sample(
-            &heat.map.values,
-            heat.size,
-            q[0] * s / stack_width(stack, key),
-            q[1] * s / stack_height(stack, key),
-        );
-        text.push_str(&format!("   {}: {v:.2}", heat.key.layer.label()));
+        let [w, h] = heat.size;
+        if heat.imported.is_some() {
+            // An imported map lies at the source's pixels.
+            if let Some(v) = heat.map.values.get(y as usize * w + x as usize)
+                && (x as usize) < w
+                && (y as usize) < h
+            {
+                text.push_str(&format!("   imported: {v:.2}"));
+            }
+        } else {
+            let s = w as f32;
+            let v = sample(
+                &heat.map.values,
+                w,
+                q[0] * s / stack_width(stack, key),
+                q[1] * s / stack_height(stack, key),
+            );
+            text.push_str(&format!("   {}: {v:.2}", heat.key.layer.label()));
+        }
     }
     if let (Some(o), Some(Some(origin)), Some([row, col])) = (
         stack.info.image_orientation,

@@ -68,6 +68,9 @@ pub struct Browser {
     pub groups: Vec<Group>,
     /// Files that could not be used, with the reason (scan or load errors).
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Result objects (Parametric Maps, Segmentations) found, in the order found: read and
+    /// laid over their source images, not listed as images.
+    pub result_objects: Vec<PathBuf>,
     studies: Vec<Study>,
     images: Vec<PathBuf>,
     /// Frame counts learnt by loading (NIfTI volumes, multi-frame files).
@@ -96,6 +99,11 @@ impl Browser {
                 ScanItem::Image(path) => {
                     if !self.images.contains(&path) {
                         self.images.push(path)
+                    }
+                }
+                ScanItem::ResultObject(path) => {
+                    if !self.result_objects.contains(&path) {
+                        self.result_objects.push(path)
                     }
                 }
                 ScanItem::Unreadable { path, reason } => self.add_unreadable(path, reason),

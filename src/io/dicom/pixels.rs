@@ -1198,6 +1198,7 @@ fn image_info(obj: &DefaultDicomObject, l: &Layout, bits_stored: u16) -> ImageIn
         study_instance_uid: attrs::string(ds, tags::STUDY_INSTANCE_UID),
         series_instance_uid: attrs::string(ds, tags::SERIES_INSTANCE_UID),
         sop_instance_uid: attrs::string(ds, tags::SOP_INSTANCE_UID),
+        frame_of_reference_uid: attrs::string(ds, tags::FRAME_OF_REFERENCE_UID),
         instance_number: attrs::int_opt(ds, tags::INSTANCE_NUMBER)
             .and_then(|v| i32::try_from(v).ok()),
         pixel_spacing: attrs::fixed::<2>(attrs::frame_f64s(
