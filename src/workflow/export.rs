@@ -312,7 +312,10 @@ impl Exporter {
         std::fs::create_dir_all(out_dir).map_err(|e| {
             ExportError::write(out_dir, format!("cannot create the output folder: {e}"))
         })?;
-        let dicom = options.dicom.as_ref().map(DicomState::new);
+        let dicom = options
+            .dicom
+            .as_ref()
+            .map(|d| DicomState::new(d, options.colormap));
         Ok(Exporter {
             out: out_dir.to_path_buf(),
             options,

@@ -18,7 +18,7 @@ use crate::io::dicom::looks_like_dicom;
 use crate::io::export::dicom_derived::frame_order;
 use crate::io::export::dicom_sr::{NO_UNITS, SCORE_UNIT};
 use crate::io::export::{
-    DerivedFrame, DerivedOptions, ExportError, MapFrame, MapQuantity, ObjectWritten,
+    Colormap, DerivedFrame, DerivedOptions, ExportError, MapFrame, MapQuantity, ObjectWritten,
     ParametricMapInput, ScOptions, ScWritten, Segment, SegmentationInput, SourceAttributes,
     SrDetector, SrImage, SrOptions, SrSeries, SrWritten, build_parametric_map, build_segmentation,
     is_placed, new_uid, write_object, write_results_sr, write_secondary_capture,
@@ -60,6 +60,8 @@ pub(super) struct DicomState {
     /// Layers written as Parametric Maps (the drawn one, then the extra ones), with the scale
     /// and display range of their values.
     layers: Vec<(MapLayer, MapScale, (f32, f32))>,
+    /// The recommended display colormap of the Parametric Maps (the export's).
+    palette: Colormap,
 }
 
 /// What the DICOM part of an export wrote, and what it could not.
@@ -74,7 +76,7 @@ pub struct DicomWritten {
 }
 
 impl DicomState {
-    pub fn new(dicom: &DicomExport) -> Self {
+    pub fn new(dicom: &DicomExport, palette: Colormap) -> Self {
         DicomState {
             export: dicom.clone(),
             sc_options: ScOptions {
@@ -88,6 +90,7 @@ impl DicomState {
             images: Vec::new(),
             pending: Vec::new(),
             layers: Vec::new(),
+            palette,
         }
     }
 
@@ -260,6 +263,7 @@ impl DicomState {
                         rows,
                         columns,
                         quantity,
+                        palette: Some(self.palette),
                     },
                     &DerivedOptions {
                         series_description: format!("MVFA {} anomaly map", layer.label()),

@@ -434,6 +434,7 @@ fn app_series_opens_result_objects_over_their_source_slices() {
                 display_range: (0.0, 5.0),
                 value_range: (0.0, 5.0),
             },
+            palette: None,
         },
         &DerivedOptions {
             series_description: "map".into(),

@@ -103,6 +103,7 @@ fn write_pm_and_seg(
             rows,
             columns,
             quantity: quantity(),
+            palette: Some(mvfa_studio::io::export::Colormap::Turbo),
         },
         &options(anonymise.clone(), "MVFA_FUSED"),
     );
@@ -368,7 +369,15 @@ fn placed_enhanced_multiframe(dir: &Path) -> PathBuf {
     path
 }
 
-/// The error lines `dciodvfy` prints for `path` (warnings are not errors).
+/// A defect of dicom3tools itself, not of the object: its module table gives the float (FD)
+/// attributes MinimumStoredValueMapped and MaximumStoredValueMapped of the Stored Value Color
+/// Range macro `StringEnumValues="YesNoFull"` (libsrc/standard/module/base.tpl, Debian's
+/// 1.00~20220618 and upstream as of July 2025), so every Parametric Map with a recommended
+/// colour palette gets these two lines, whatever it holds.
+const VALIDATOR_DEFECT: &str = "StoredValueMapped(0028,123";
+
+/// The error lines `dciodvfy` prints for `path` (warnings are not errors), less the two of
+/// [`VALIDATOR_DEFECT`].
 pub fn dciodvfy_errors(path: &Path) -> Vec<String> {
     let out = Command::new("dciodvfy")
         .arg("-new")
@@ -378,10 +387,17 @@ pub fn dciodvfy_errors(path: &Path) -> Vec<String> {
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     eprintln!("dciodvfy {}:\n{text}", path.display());
-    text.lines()
+    let errors: Vec<String> = text
+        .lines()
         .filter(|l| l.starts_with("Error"))
         .map(str::to_string)
-        .collect()
+        .collect();
+    let (defect, real): (Vec<String>, Vec<String>) = errors.into_iter().partition(|l| {
+        l.contains(VALIDATOR_DEFECT)
+            && l.ends_with("Non-string attribute while verifying string enumerated value")
+    });
+    assert!(defect.len() <= 2, "{defect:?}");
+    real
 }
 
 #[test]

@@ -12,9 +12,11 @@
 //!   type "US": the modality LUT of a float map must be the identity), a Frame VOI LUT of the
 //!   map's display range, the Parametric Map Frame Type, and one Real World Value Mapping that
 //!   states the map's unit (UCUM), meaning (label and explanation) and value range.
-//! - A recommended display colormap: the Palette Color Lookup Table module with a 256-entry
-//!   16-bit LUT of the export's colormap over the display range, and Pixel Presentation
-//!   "COLOR_RANGE" (viewers without colour support show the grey map instead).
+//! - A recommended display colormap, when asked for: Pixel Presentation COLOR_RANGE, the
+//!   Palette Color Lookup Table module with a 256-entry 16-bit LUT of the colormap, a Stored
+//!   Value Color Range (shared group) that lays the display range on the LUT's first and last
+//!   entries, and the ICC Profile module (sRGB, encoded by `moxcms`) the colours are defined
+//!   in. Viewers without colour support show the grey map instead.
 //! - Frame Anatomy (shared): Frame Laterality from the source (U when it states none) and the
 //!   whole body as the region, so that General Series' Laterality is not needed.
 //! - Each frame names its source frame ([`DERIVATION`]).
@@ -30,6 +32,7 @@ use super::dicom_derived::{
 };
 use super::dicom_items::{Code, code_sequence, cs_values, ds_values, sequence, text_element, us};
 use super::dicom_sc::{put_str, truncate};
+use super::overlay::Colormap;
 
 /// SOP Class UID of Parametric Map Storage.
 pub const PARAMETRIC_MAP_SOP_CLASS: &str = "1.2.840.10008.5.1.4.1.1.30";
@@ -72,6 +75,8 @@ pub struct ParametricMapInput<'a> {
     pub columns: u32,
     /// Meaning of the values.
     pub quantity: MapQuantity,
+    /// The recommended display colormap over the display range; `None`: grey.
+    pub palette: Option<Colormap>,
 }
 
 /// Builds the Parametric Map data set (without file meta); see the module docs. Frames are
@@ -138,6 +143,17 @@ pub fn build_parametric_map(
         .collect();
     let mut shared = shared_geometry(&input.frames[0], placement);
     shared.extend(value_groups(&input.quantity));
+    if let Some(colormap) = input.palette {
+        put_palette(&mut obj, colormap)?;
+        let (lo, hi) = input.quantity.display_range;
+        shared.push(sequence(
+            tags::STORED_VALUE_COLOR_RANGE_SEQUENCE,
+            vec![InMemDicomObject::from_element_iter([
+                fd(tags::MINIMUM_STORED_VALUE_MAPPED, lo),
+                fd(tags::MAXIMUM_STORED_VALUE_MAPPED, hi),
+            ])],
+        ));
+    }
     shared.push(frame_anatomy(input.frames[0].source.laterality()));
     put_functional_groups(&mut obj, shared, per_frame);
     let mut pixels = Vec::with_capacity(n * input.maps.len() * 4);
@@ -230,6 +246,55 @@ fn value_groups(q: &MapQuantity) -> Vec<DataElement<InMemDicomObject>> {
         sequence(tags::FRAME_VOILUT_SEQUENCE, vec![window]),
         sequence(tags::REAL_WORLD_VALUE_MAPPING_SEQUENCE, vec![mapping]),
     ]
+}
+
+/// Pixel Presentation COLOR_RANGE, the palette of `colormap` (256 entries of 16 bits) and the
+/// sRGB ICC profile its colours are in.
+fn put_palette(obj: &mut InMemDicomObject, colormap: Colormap) -> Result<(), ExportError> {
+    put_str(obj, tags::PIXEL_PRESENTATION, VR::CS, "COLOR_RANGE");
+    let entries: Vec<[u8; 3]> = (0..256).map(|i| colormap.rgb(i as f32 / 255.0)).collect();
+    let channels = [
+        (
+            tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        ),
+        (
+            tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        ),
+        (
+            tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        ),
+    ];
+    for (c, (descriptor, data)) in channels.into_iter().enumerate() {
+        // 256 entries (0 means 65536, so 256 is written as is), first stored value 0, 16 bits.
+        obj.put(DataElement::new(
+            descriptor,
+            VR::US,
+            PrimitiveValue::U16([256u16, 0, 16].into_iter().collect()),
+        ));
+        let values: Vec<u16> = entries.iter().map(|e| u16::from(e[c]) * 257).collect();
+        obj.put(DataElement::new(
+            data,
+            VR::OW,
+            PrimitiveValue::U16(values.into_iter().collect()),
+        ));
+    }
+    let icc = moxcms::ColorProfile::new_srgb()
+        .encode()
+        .map_err(|e| ExportError::Invalid(format!("cannot encode the sRGB ICC profile: {e}")))?;
+    let mut icc = icc;
+    if icc.len() % 2 == 1 {
+        icc.push(0);
+    }
+    obj.put(DataElement::new(
+        tags::ICC_PROFILE,
+        VR::OB,
+        PrimitiveValue::from(icc),
+    ));
+    put_str(obj, tags::COLOR_SPACE, VR::CS, "SRGB");
+    Ok(())
 }
 
 /// Frame Anatomy: the source's laterality (R, L or B; U when unknown) and the whole body.
