@@ -32,7 +32,7 @@ pub use export::{
     FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options, results_sr_name,
 };
 pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
-pub use maps::{Branch, LayerMap, MapLayer, MapScale, layer_map};
+pub use maps::{Branch, LayerMap, MAX_LEVELS, MapLayer, MapScale, layer_map};
 pub use scoring::{
     BatchTuner, PREFETCH_FRAMES, Prefetched, ScoredFrame, Streamed, map_at_original, score_file,
     score_frames, score_stream, with_prefetched_frames,

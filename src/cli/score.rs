@@ -111,6 +111,9 @@ pub struct ScoreArgs {
     /// With --dicom: also write Parametric Maps of the zero-shot and few-shot branch maps.
     #[arg(long, requires = "dicom")]
     pub dicom_branch_maps: bool,
+    /// With --dicom: also write a Parametric Map of every level of both branches.
+    #[arg(long, requires = "dicom")]
+    pub dicom_level_maps: bool,
     /// Context across slices for `series.csv`: `off`, `max:W` (weighted maximum with the
     /// neighbouring slices) or `mean:W` (weighted mean), W in 0..1. Off by default: it ranks
     /// better on synthetic volumes, but the threshold is calibrated on single slices, so with it
@@ -213,10 +216,18 @@ impl ScoreArgs {
                 let mut export = self.deid.dicom_export()?;
                 export.secondary_capture = self.dicom_sc;
                 if self.dicom_branch_maps {
-                    export.extra_maps = vec![
+                    export.extra_maps.extend([
                         MapLayer::Branch(Branch::ZeroShot),
                         MapLayer::Branch(Branch::FewShot),
-                    ];
+                    ]);
+                }
+                if self.dicom_level_maps {
+                    // Every tap of MVFA; levels a detector lacks are left out.
+                    export.extra_maps.extend(
+                        MapLayer::all(crate::workflow::MAX_LEVELS)
+                            .into_iter()
+                            .filter(|l| matches!(l, MapLayer::Level(..))),
+                    );
                 }
                 Some(export)
             } else {

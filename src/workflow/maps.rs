@@ -33,6 +33,10 @@ impl Branch {
     }
 }
 
+/// Levels an MVFA detector taps (after blocks 6, 12, 18 and 24 of ViT-L/14): the most a
+/// result has. Smaller test configurations tap fewer.
+pub const MAX_LEVELS: usize = 4;
+
 /// One map of a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum MapLayer {

@@ -479,6 +479,9 @@ pub(crate) fn export_everything(dir: &Path, identified: bool) -> (PathBuf, Expor
             extra_maps: vec![
                 MapLayer::Branch(Branch::ZeroShot),
                 MapLayer::Branch(Branch::FewShot),
+                MapLayer::Level(Branch::ZeroShot, 0),
+                // Past the synthetic result's last level: left out.
+                MapLayer::Level(Branch::ZeroShot, 9),
             ],
             ..DicomExport::default()
         }),
@@ -519,15 +522,16 @@ pub(crate) fn export_everything(dir: &Path, identified: bool) -> (PathBuf, Expor
 fn an_export_writes_maps_regions_and_a_report_that_references_them() {
     let dir = tempfile::tempdir().unwrap();
     let (out, summary) = export_everything(dir.path(), true);
-    // The MR series is placed: three Parametric Maps (fused and both branches); the CT
-    // sources are not: no map, and a note that says why.
+    // The MR series is placed: four Parametric Maps (fused, both branches, the first
+    // zero-shot level; not the level the result lacks); the CT sources are not: no map, and a
+    // note that says why.
     let maps: Vec<&ObjectWritten> = summary
         .objects
         .iter()
         .map(|(_, o)| o)
         .filter(|o| o.sop_class_uid == PARAMETRIC_MAP_SOP_CLASS)
         .collect();
-    assert_eq!(maps.len(), 3, "{:#?}", summary.objects);
+    assert_eq!(maps.len(), 4, "{:#?}", summary.objects);
     assert!(maps.iter().all(|m| m.frames == 5));
     assert!(
         summary

@@ -7,7 +7,7 @@ use crate::app::action::Action;
 use crate::app::state::AppState;
 use crate::app::state::model::{ExportDialog, ExportScope};
 use crate::io::export::dicom_sc::Dates;
-use crate::workflow::{Branch, DicomExport, MapLayer, RawFormat, describe_options};
+use crate::workflow::{DicomExport, MapLayer, RawFormat, describe_options};
 
 /// Draws the export window when it is open.
 pub fn show_window(ctx: &egui::Context, state: &AppState, actions: &mut Vec<Action>) {
@@ -81,16 +81,22 @@ fn form(ui: &mut egui::Ui, state: &AppState, d: &mut ExportDialog, actions: &mut
                 &mut sc.secondary_capture,
                 "Also burn the overlay into a Secondary Capture (old viewers)",
             );
-            let mut branches = !sc.extra_maps.is_empty();
+            let has = |l: &MapLayer| matches!(l, MapLayer::Branch(_));
+            let mut branches = sc.extra_maps.iter().any(has);
+            let mut levels = sc
+                .extra_maps
+                .iter()
+                .any(|l| matches!(l, MapLayer::Level(..)));
             ui.checkbox(&mut branches, "Also Parametric Maps of each branch");
-            sc.extra_maps = if branches {
-                vec![
-                    MapLayer::Branch(Branch::ZeroShot),
-                    MapLayer::Branch(Branch::FewShot),
-                ]
-            } else {
-                Vec::new()
-            };
+            ui.checkbox(&mut levels, "Also Parametric Maps of each level");
+            sc.extra_maps = MapLayer::all(crate::workflow::MAX_LEVELS)
+                .into_iter()
+                .filter(|l| match l {
+                    MapLayer::Branch(_) => branches,
+                    MapLayer::Level(..) => levels,
+                    MapLayer::Fused => false,
+                })
+                .collect();
             ui.checkbox(
                 &mut sc.identified,
                 "Keep the patient's identity (for your own PACS only)",
