@@ -8,6 +8,7 @@
 //! through the object's Real World Value Mapping (slope and intercept) for a map, 0 or 1 for a
 //! binary segment (the fraction for a fractional one).
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -52,8 +53,8 @@ pub struct ResultFrame {
     pub geometry: FrameGeometry,
     /// The segment of a Segmentation frame.
     pub segment: Option<u16>,
-    /// Row-major values, `rows * columns`.
-    pub values: Vec<f32>,
+    /// Row-major values, `rows * columns` (shared: the viewer draws them every frame).
+    pub values: Arc<Vec<f32>>,
 }
 
 /// A result object read from a file.
@@ -204,7 +205,7 @@ pub fn read_result_object(path: &Path) -> Result<Option<ResultObject>, ResultObj
                     .and_then(|g| items(g, tags::SEGMENT_IDENTIFICATION_SEQUENCE).first())
                     .and_then(|s| int(s, tags::REFERENCED_SEGMENT_NUMBER))
                     .map(|v| v as u16),
-                values: values[k * n..(k + 1) * n].to_vec(),
+                values: Arc::new(values[k * n..(k + 1) * n].to_vec()),
             }
         })
         .collect();

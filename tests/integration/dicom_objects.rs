@@ -649,7 +649,7 @@ fn result_objects_read_back_and_match_their_source_frames() {
         };
         let over = pm.frames_over(&frame);
         assert_eq!(over.len(), 1, "slice {k}");
-        assert_eq!(pm.frames[over[0]].values, sent[k], "slice {k}");
+        assert_eq!(*pm.frames[over[0]].values, sent[k], "slice {k}");
         // The region: slices 3 and 4 only, with the pixels at or above the level.
         let region = seg.frames_over(&frame);
         if k >= 3 {
@@ -657,7 +657,7 @@ fn result_objects_read_back_and_match_their_source_frames() {
                 .iter()
                 .map(|&v| f32::from(u8::from(v >= 4.6)))
                 .collect();
-            assert_eq!(seg.frames[region[0]].values, mask, "slice {k}");
+            assert_eq!(*seg.frames[region[0]].values, mask, "slice {k}");
         } else {
             assert!(region.is_empty(), "slice {k}");
         }

@@ -3,6 +3,8 @@
 //! orientation labels, scale bar, measurements) and the mouse: wheel zooms about the cursor,
 //! Shift+wheel scrolls frames, Ctrl+wheel sizes the brush, right drag sets the window, middle
 //! drag (or left drag with the pan tool) pans, left drag uses the tool.
+use std::sync::Arc;
+
 use eframe::egui::{self, Align2, Color32, FontId, Pos2, Rect, Sense, Stroke, Vec2, pos2, vec2};
 
 use crate::app::action::Action;
@@ -13,7 +15,7 @@ use crate::app::textures::{HeatmapKey, Textures, reduction_for};
 use crate::io::export::overlay::Colormap;
 use crate::io::image::ImageStack;
 use crate::workflow::maps::sample;
-use crate::workflow::{LayerMap, MapLayer, MapScale, layer_map};
+use crate::workflow::{MapLayer, MapScale, layer_map};
 
 const OVERLAY: Color32 = Color32::from_rgb(230, 230, 120);
 /// The threshold contour: white reads on every colormap and on grey.
@@ -273,7 +275,11 @@ fn draw_pane(
 /// imported result object's.
 struct Heat {
     key: HeatmapKey,
-    map: LayerMap,
+    /// The map's values, row-major (shared with an imported object's frame: not copied each
+    /// frame).
+    values: Arc<Vec<f32>>,
+    /// What the values mean.
+    scale: MapScale,
     /// Columns and rows of the map.
     size: [usize; 2],
     /// Colour range, contour level and legend caption of an imported map (the display
@@ -304,10 +310,8 @@ fn imported_heat(state: &AppState, key: &ImageKey) -> Option<Heat> {
             colormap,
             range: (lo.to_bits(), hi.to_bits()),
         },
-        map: LayerMap {
-            values: m.values.as_ref().clone(),
-            scale: MapScale::Raw,
-        },
+        values: m.values,
+        scale: MapScale::Raw,
         size: [m.width, m.height],
         imported: Some(((lo, hi), level, m.caption)),
     })
@@ -327,7 +331,8 @@ fn model_heat(state: &AppState, key: &ImageKey) -> Option<Heat> {
             colormap: view.colormap,
             range: (lo.to_bits(), hi.to_bits()),
         },
-        map,
+        values: Arc::new(map.values),
+        scale: map.scale,
         size: [detector.model_size, detector.model_size],
         imported: None,
     })
@@ -345,7 +350,7 @@ fn draw_heatmap(
 ) {
     let settings = &state.model.view;
     let uv = Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0));
-    let texture = textures.heatmap(ctx, heat.key.clone(), &heat.map.values, heat.size);
+    let texture = textures.heatmap(ctx, heat.key.clone(), &heat.values, heat.size);
     let alpha = (settings.opacity.clamp(0.0, 1.0) * 255.0).round() as u8;
     painter.image(
         texture.id(),
@@ -356,12 +361,12 @@ fn draw_heatmap(
     let (range, level, caption) = match &heat.imported {
         Some((range, level, caption)) => (*range, *level, caption.clone()),
         None => (
-            settings.range(heat.map.scale),
-            settings.contour(heat.map.scale),
-            format!("{} · {}", heat.key.layer.label(), heat.map.scale.caption()),
+            settings.range(heat.scale),
+            settings.contour(heat.scale),
+            format!("{} · {}", heat.key.layer.label(), heat.scale.caption()),
         ),
     };
-    let segments = textures.contour(heat.key.clone(), level, &heat.map.values, heat.size);
+    let segments = textures.contour(heat.key.clone(), level, &heat.values, heat.size);
     let scale = view.image_rect.size() / vec2(heat.size[0] as f32, heat.size[1] as f32);
     let to_screen = |p: [f32; 2]| view.image_rect.min + vec2(p[0] * scale.x, p[1] * scale.y);
     let stroke = Stroke::new(1.5, CONTOUR);
@@ -635,7 +640,7 @@ fn pixel_readout(
         let [w, h] = heat.size;
         if heat.imported.is_some() {
             // An imported map lies at the source's pixels.
-            if let Some(v) = heat.map.values.get(y as usize * w + x as usize)
+            if let Some(v) = heat.values.get(y as usize * w + x as usize)
                 && (x as usize) < w
                 && (y as usize) < h
             {
@@ -644,7 +649,7 @@ fn pixel_readout(
         } else {
             let s = w as f32;
             let v = sample(
-                &heat.map.values,
+                &heat.values,
                 w,
                 q[0] * s / stack_width(stack, key),
                 q[1] * s / stack_height(stack, key),

@@ -70,17 +70,22 @@ impl ImportedResults {
             .find_map(|(i, object)| {
                 let frames = object.frames_over(&source);
                 let first = *frames.first()?;
-                let mut values = object.frames[first].values.clone();
-                for &k in &frames[1..] {
-                    for (v, w) in values.iter_mut().zip(&object.frames[k].values) {
-                        *v = v.max(*w);
+                let values = if frames.len() == 1 {
+                    object.frames[first].values.clone()
+                } else {
+                    let mut merged = object.frames[first].values.as_ref().clone();
+                    for &k in &frames[1..] {
+                        for (v, w) in merged.iter_mut().zip(object.frames[k].values.iter()) {
+                            *v = v.max(*w);
+                        }
                     }
-                }
+                    Arc::new(merged)
+                };
                 let (range, caption) = describe(object, &values);
                 Some(ImportedMap {
                     object: i,
                     frame: first,
-                    values: Arc::new(values),
+                    values,
                     width: object.columns as usize,
                     height: object.rows as usize,
                     range,
