@@ -9,14 +9,17 @@ pub mod model;
 pub mod pacs;
 pub mod project;
 pub mod runner;
+pub mod spill;
 pub mod weights;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use crate::app::state::labels::ImageKey;
 use crate::app::state::pacs::PacsJobKind;
 use crate::app::state::{Activity, AppState, Progress};
 use crate::io::study::ScanItem;
+use crate::model::mvfa::detector::ImageResult;
 use export::ResultsSnapshot;
 use files::{LoadedFile, Thumbnail};
 use model::{ModelJob, SharedSession};
@@ -44,6 +47,11 @@ pub struct Jobs {
     pub thumbnails: Option<Job<(), Thumbnail>>,
     /// Files a preview was attempted for (failures are not retried).
     pub thumbnails_tried: HashSet<PathBuf>,
+    /// Where result maps past the memory budget wait (created when first needed).
+    pub spill: Option<spill::Spill>,
+    /// Reads the spilled maps of the image shown back: its key and the generation it was
+    /// scored by.
+    pub spill_reload: Option<(ImageKey, u64, Job<ImageResult>)>,
     /// Reads result objects (Parametric Maps, Segmentations) found by a scan.
     pub result_objects: Option<Job<(), files::ReadResultObject>>,
     /// The running model job (prepare, fine-tune, score, import, save, export).

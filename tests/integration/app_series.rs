@@ -499,3 +499,94 @@ fn app_series_opens_result_objects_over_their_source_slices() {
         }
     }
 }
+
+/// A result with 8 x 8 maps whose values tell it apart (`seed`).
+fn result_with_maps(score: f32, seed: f32) -> Scored {
+    let map = |k: f32| {
+        (0..64)
+            .map(|i| seed + k + i as f32 / 64.0)
+            .collect::<Vec<f32>>()
+    };
+    Scored {
+        result: Arc::new(ImageResult {
+            raw: RawResult {
+                zero_image: 0.5,
+                zero_image_levels: vec![0.5, 0.4],
+                few_image: Some(0.1),
+                zero_map: map(0.0),
+                zero_map_levels: vec![map(1.0), map(2.0)],
+                few_map: Some(map(3.0)),
+                few_map_levels: vec![map(4.0), map(5.0)],
+            },
+            fused_map: Some(map(6.0)),
+            score: Some(score),
+        }),
+        generation: 0,
+    }
+}
+
+/// Past the memory budget, the results farthest from the slice shown keep their scores and
+/// wait on disk; the slice shown gets its maps back; the export and the project save read the
+/// spilled maps exactly as they were.
+#[test]
+fn app_series_spills_result_maps_past_the_budget_and_reads_them_back() {
+    use mvfa_studio::app::jobs::export::ResultSource;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = series(dir.path(), "s1", 20);
+    let mut h = harness(cpu_state(None), [1300.0, 900.0]);
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![folder.clone()]));
+    wait_until(&mut h, "the series", 30, |s| {
+        s.activity.scan.is_none() && s.browser.len() == 20 && s.current_stack().is_some()
+    });
+    let originals: Vec<Scored> = (0..20)
+        .map(|i| result_with_maps(i as f32 / 10.0, i as f32 * 100.0))
+        .collect();
+    let per_result = 7 * 64 * 4;
+    {
+        let s = &mut h.state_mut().state;
+        s.model.map_budget = 5 * per_result;
+        for (i, r) in originals.iter().enumerate() {
+            s.model.results.insert(key(&folder, i), r.clone());
+        }
+    }
+    for _ in 0..3 {
+        h.step();
+    }
+    let s = &h.state().state;
+    let current = s.viewer.current.clone().unwrap();
+    assert_eq!(current, key(&folder, 0));
+    // Five in memory, the current slice and its nearest neighbours; the others spilled with
+    // their scores kept.
+    assert_eq!(s.model.spilled.len(), 15, "{:?}", s.model.spilled.keys());
+    for i in 0..5 {
+        assert!(!s.model.spilled.contains_key(&key(&folder, i)), "slice {i}");
+    }
+    for (i, original) in originals.iter().enumerate().skip(5) {
+        let k = key(&folder, i);
+        assert!(s.model.spilled.contains_key(&k), "slice {i}");
+        assert_eq!(s.model.results[&k].score(), original.score());
+        // What the export and the project save read: the maps exactly as they were.
+        let loaded = ResultSource::of(&s.model, &k).unwrap().load().unwrap();
+        assert_eq!(*loaded, *original.result, "slice {i}");
+    }
+    // Showing a far slice reads its maps back (and spills another to stay in the budget).
+    h.state_mut().pending.push(Action::Show(key(&folder, 15)));
+    wait_until(&mut h, "the maps read back", 30, |s| {
+        !s.model.spilled.contains_key(&key(&s.browser.roots[0], 15))
+            && s.model.results[&key(&s.browser.roots[0], 15)]
+                .result
+                .raw
+                .zero_map
+                .len()
+                == 64
+    });
+    let s = &h.state().state;
+    assert_eq!(
+        *s.model.results[&key(&folder, 15)].result,
+        *originals[15].result
+    );
+    let in_memory = 20 - s.model.spilled.len();
+    assert!(in_memory <= 5, "{in_memory} results in memory");
+}

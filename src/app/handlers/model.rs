@@ -2,6 +2,7 @@
 //! ranking and corrections, and the scheduler that keeps the detector and the scores in step
 //! with the labels (memory bank rebuilt after a label edit, the study rescored nearest image
 //! first after every new detector).
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +14,10 @@ use crate::app::action::Action;
 use crate::app::commands::Command;
 use crate::app::jobs::Jobs;
 use crate::app::jobs::dialogs::{Dialog, Pick};
-use crate::app::jobs::export::{self, ExportItem, ResultsSnapshot};
+use crate::app::jobs::export::{self, ExportItem, ResultSource, ResultsSnapshot};
 use crate::app::jobs::model::{self as model_jobs, ModelItem, ModelOutcome};
 use crate::app::jobs::runner::{JobStatus, repaint};
+use crate::app::jobs::spill;
 use crate::app::state::AppState;
 use crate::app::state::labels::{ImageKey, Label};
 use crate::app::state::model::PendingRestore;
@@ -24,7 +26,6 @@ use crate::app::state::model::{
 };
 use crate::app::state::project::ModelEntry as ProjectModel;
 use crate::io::mask::Mask;
-use crate::model::mvfa::detector::ImageResult;
 use crate::train::fit::FitEvent;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::results_file::read_results;
@@ -289,13 +290,19 @@ fn accept(state: &mut AppState, label: Label) {
         .and_then(|s| s.frames.get(key.frame))
         .map(|f| (f.width, f.height));
     let detector = state.model.detector.as_ref();
-    let map = state.model.results.get(&key).and_then(|scored| {
-        layer_map(
-            &scored.result,
-            detector.and_then(|d| d.calibration.as_ref()),
-            state.model.view.layer,
-        )
-    });
+    let map = state
+        .model
+        .results
+        .get(&key)
+        .and_then(|scored| {
+            layer_map(
+                &scored.result,
+                detector.and_then(|d| d.calibration.as_ref()),
+                state.model.view.layer,
+            )
+        })
+        // Spilled maps are not here until read back.
+        .filter(|m| !m.values.is_empty());
     match (size, map, detector) {
         (Some((width, height)), Some(map), Some(detector)) => {
             let level = state.model.view.contour(map.scale);
@@ -402,7 +409,7 @@ fn start_export(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     let items: Vec<ExportItem> = keys
         .into_iter()
         .filter_map(|key| {
-            let result = state.model.results.get(&key)?.result.clone();
+            let result = ResultSource::of(&state.model, &key)?;
             let frames = state
                 .browser
                 .item(&key.path)
@@ -481,11 +488,11 @@ pub fn save_sidecars(
     if let Some(detector) = &state.model.detector
         && !state.model.results.is_empty()
     {
-        let mut rows: Vec<(ImageKey, Arc<ImageResult>)> = state
+        let mut rows: Vec<(ImageKey, ResultSource)> = state
             .model
             .results
-            .iter()
-            .map(|(k, s)| (k.clone(), s.result.clone()))
+            .keys()
+            .filter_map(|k| Some((k.clone(), ResultSource::of(&state.model, k)?)))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let snapshot = ResultsSnapshot {
@@ -553,6 +560,7 @@ pub fn restore(
 ) {
     cancel_model_job(state, jobs);
     state.model.results.clear();
+    state.model.spilled.clear();
     state.model.unscorable.clear();
     state.model.restore = None;
     let Some(entry) = entry else {
@@ -620,6 +628,7 @@ pub fn restore(
 /// results call for.
 pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     poll_results_save(state, jobs, ctx);
+    keep_maps_under_budget(state, jobs, ctx);
     if state.labels.revision != state.model.seen_revision.0 {
         state.model.seen_revision = (state.labels.revision, Instant::now());
     }
@@ -672,6 +681,148 @@ pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
     schedule(state, jobs, ctx);
 }
 
+/// Keeps the result maps in memory under [`crate::app::state::model::MAP_BUDGET`]: the
+/// results farthest from the image shown (in its series' order; other series farther still)
+/// go to the spill folder, scores kept; the image shown gets its spilled maps back.
+fn keep_maps_under_budget(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    poll_spill_reload(state, jobs);
+    let model = &state.model;
+    let in_memory = |k: &ImageKey| !model.spilled.contains_key(k);
+    let mut total: usize = model
+        .results
+        .iter()
+        .filter(|(k, _)| in_memory(k))
+        .map(|(_, s)| spill::map_bytes(&s.result))
+        .sum();
+    // The maps' side: the detector's, else that of the results' own maps (stored results of a
+    // reopened project, before its weights load).
+    let side = model.detector.as_ref().map(|d| d.model_size).or_else(|| {
+        model
+            .results
+            .values()
+            .map(|s| s.result.raw.zero_map.len())
+            .find(|&n| n > 0)
+            .map(|n| n.isqrt())
+    });
+    if total > model.map_budget
+        && let Some(size) = side
+    {
+        if jobs.spill.as_ref().is_none_or(|s| s.model_size() != size) {
+            match spill::Spill::new(size) {
+                Ok(s) => jobs.spill = Some(s),
+                Err(e) => {
+                    state.model.map_budget = usize::MAX;
+                    state.log.push(format!(
+                        "Cannot spill result maps to the temporary folder ({e}): all stay in memory"
+                    ));
+                    return;
+                }
+            }
+        }
+        let spill = jobs.spill.as_mut().expect("created above");
+        for key in farthest_first(state) {
+            if total <= state.model.map_budget {
+                break;
+            }
+            let Some(scored) = state.model.results.get_mut(&key) else {
+                continue;
+            };
+            let bytes = spill::map_bytes(&scored.result);
+            if bytes == 0 {
+                continue;
+            }
+            let path = spill.put(scored.result.clone());
+            scored.result = Arc::new(spill::scores_only(&scored.result));
+            state.model.spilled.insert(key, path);
+            total -= bytes;
+        }
+    }
+    reload_shown(state, jobs, ctx);
+}
+
+/// The scored keys in memory, farthest from the image shown first (never the image shown).
+fn farthest_first(state: &AppState) -> Vec<ImageKey> {
+    let sequence = state.sequence();
+    let here = state.position_in(&sequence);
+    let position: HashMap<&ImageKey, usize> =
+        sequence.iter().enumerate().map(|(i, k)| (k, i)).collect();
+    let mut keys: Vec<(usize, &ImageKey)> = state
+        .model
+        .results
+        .keys()
+        .filter(|k| !state.model.spilled.contains_key(*k))
+        .filter(|k| state.viewer.current.as_ref() != Some(*k))
+        .map(|k| {
+            let distance = position.get(k).map_or(usize::MAX, |&i| i.abs_diff(here));
+            (distance, k)
+        })
+        .collect();
+    keys.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    keys.into_iter().map(|(_, k)| k.clone()).collect()
+}
+
+/// Starts reading the spilled maps of the image shown back, unless a read runs.
+fn reload_shown(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
+    if jobs.spill_reload.is_some() {
+        return;
+    }
+    let Some(key) = state.viewer.current.clone() else {
+        return;
+    };
+    let Some(path) = state.model.spilled.get(&key).cloned() else {
+        return;
+    };
+    let Some(generation) = state.model.results.get(&key).map(|s| s.generation) else {
+        return;
+    };
+    let job =
+        crate::app::jobs::runner::Job::spawn("Reading spilled maps", repaint(ctx), move |_| {
+            spill::read_spilled(&path).map_err(Into::into)
+        });
+    jobs.spill_reload = Some((key, generation, job));
+}
+
+/// Puts reloaded maps back, when their result is still the one spilled.
+fn poll_spill_reload(state: &mut AppState, jobs: &mut Jobs) {
+    let Some((key, generation, job)) = jobs.spill_reload.as_mut() else {
+        return;
+    };
+    let status = job.poll();
+    match status {
+        JobStatus::Running { .. } => {}
+        JobStatus::Succeeded(result) => {
+            let (key, generation) = (key.clone(), *generation);
+            jobs.spill_reload = None;
+            let still = state
+                .model
+                .results
+                .get(&key)
+                .is_some_and(|s| s.generation == generation)
+                && state.model.spilled.contains_key(&key);
+            if still {
+                state.model.spilled.remove(&key);
+                state.model.results.insert(
+                    key,
+                    Scored {
+                        result: Arc::new(result),
+                        generation,
+                    },
+                );
+            }
+        }
+        JobStatus::Failed(e) => {
+            let key = key.clone();
+            jobs.spill_reload = None;
+            // Not retried: the scores stay; the maps come back with the next scoring.
+            state.model.spilled.remove(&key);
+            state
+                .log
+                .push(format!("{}: {}", key.path.display(), e.message()));
+        }
+        JobStatus::Cancelled => jobs.spill_reload = None,
+    }
+}
+
 /// Whether labels changed since the detector was built in a way the next detector follows.
 fn labels_moved_on(state: &AppState) -> bool {
     state.labels.counts().normal > 0
@@ -686,6 +837,7 @@ fn apply_item(state: &mut AppState, item: ModelItem) {
         ModelItem::Scored(key, result) => {
             model.frames_scored += 1;
             model.unscorable.remove(&key);
+            model.spilled.remove(&key);
             model.results.insert(
                 key,
                 Scored {

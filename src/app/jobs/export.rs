@@ -12,13 +12,43 @@ use crate::model::mvfa::detector::ImageResult;
 use crate::workflow::results_file::write_results;
 use crate::workflow::{DetectorFacts, ExportOptions, Exporter, FrameToExport};
 
-/// The results of a project save, taken on the UI thread (cheap: the maps are shared) and
-/// written by a job.
+/// Where a job finds a result's maps: in memory (shared), or in the spill folder.
+#[derive(Debug, Clone)]
+pub enum ResultSource {
+    /// The result, maps included.
+    Memory(Arc<ImageResult>),
+    /// The file its maps were spilled to ([`super::spill`]).
+    Spilled(PathBuf),
+}
+
+impl ResultSource {
+    /// The source of `key`'s result in `model`: the spill file when its maps were spilled.
+    pub fn of(model: &crate::app::state::model::ModelState, key: &ImageKey) -> Option<Self> {
+        if let Some(path) = model.spilled.get(key) {
+            return Some(ResultSource::Spilled(path.clone()));
+        }
+        model
+            .results
+            .get(key)
+            .map(|s| ResultSource::Memory(s.result.clone()))
+    }
+
+    /// The whole result (read from the spill file on the job's thread when spilled).
+    pub fn load(&self) -> Result<Arc<ImageResult>, String> {
+        match self {
+            ResultSource::Memory(r) => Ok(r.clone()),
+            ResultSource::Spilled(path) => super::spill::read_spilled(path).map(Arc::new),
+        }
+    }
+}
+
+/// The results of a project save, taken on the UI thread (cheap: the maps are shared or on
+/// disk) and written by a job.
 pub struct ResultsSnapshot {
     /// The results file beside the project.
     pub path: PathBuf,
     /// Every scored frame, in key order.
-    pub rows: Vec<(ImageKey, Arc<ImageResult>)>,
+    pub rows: Vec<(ImageKey, ResultSource)>,
     /// Side of the stored maps.
     pub model_size: usize,
 }
@@ -37,10 +67,18 @@ pub fn save_results(
 /// Writes `snapshot` on the calling thread (what [`save_results`] runs; also the last write
 /// at exit).
 pub fn write_results_snapshot(snapshot: &ResultsSnapshot) -> JobResult<()> {
+    // Spilled maps come back for the write (the file holds every map).
+    let loaded = snapshot
+        .rows
+        .iter()
+        .map(|(_, source)| source.load())
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| format!("Could not save the results: {e}"))?;
     let rows: Vec<(&std::path::Path, usize, &ImageResult)> = snapshot
         .rows
         .iter()
-        .map(|(k, r)| (k.path.as_path(), k.frame, r.as_ref()))
+        .zip(&loaded)
+        .map(|((k, _), r)| (k.path.as_path(), k.frame, r.as_ref()))
         .collect();
     write_results(&snapshot.path, &rows, snapshot.model_size).map_err(|e| {
         format!(
@@ -52,7 +90,7 @@ pub fn write_results_snapshot(snapshot: &ResultsSnapshot) -> JobResult<()> {
 }
 
 /// One frame to export: its key, its result, and its file's frame count (for names).
-pub type ExportItem = (ImageKey, Arc<ImageResult>, usize);
+pub type ExportItem = (ImageKey, ResultSource, usize);
 
 /// Writes the export files of `items` into `folder` (overlay, heatmap, raw maps, CSV, DICOM
 /// as `options` say), frame by frame; a cancel stops between frames and still writes the CSV
@@ -86,7 +124,7 @@ pub fn export(
                     continue;
                 }
             };
-            for (key, result, frame_count) in group {
+            for (key, source, frame_count) in group {
                 if ctx.is_cancelled() {
                     problems.push("cancelled".into());
                     break 'files;
@@ -99,13 +137,20 @@ pub fn export(
                     problems.push(format!("{}: no frame {}", path.display(), key.frame));
                     continue;
                 };
+                let result = match source.load() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problems.push(e);
+                        continue;
+                    }
+                };
                 let frame = FrameToExport {
                     source: &key.path,
                     frame: key.frame,
                     frames: *frame_count,
                     label: image.label(),
                     display: &image.display,
-                    result,
+                    result: &result,
                     model_size,
                 };
                 if let Err(e) = exporter.write_frame(frame) {

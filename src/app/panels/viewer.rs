@@ -322,6 +322,10 @@ fn model_heat(state: &AppState, key: &ImageKey) -> Option<Heat> {
     let detector = state.model.detector.as_ref()?;
     let view = &state.model.view;
     let map = layer_map(&scored.result, detector.calibration.as_ref(), view.layer)?;
+    // A result whose maps wait in the spill folder has none until they are read back.
+    if map.values.len() != detector.model_size * detector.model_size {
+        return None;
+    }
     let (lo, hi) = view.range(map.scale);
     Some(Heat {
         key: HeatmapKey {

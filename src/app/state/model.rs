@@ -237,6 +237,12 @@ pub struct ModelState {
     pub results: HashMap<ImageKey, Scored>,
     /// Frames that could not be scored, with the reason (not retried for this generation).
     pub unscorable: HashMap<ImageKey, (u64, String)>,
+    /// Results whose maps were spilled to disk (their entry in `results` keeps the scores
+    /// only), and the file that holds the maps.
+    pub spilled: HashMap<ImageKey, std::path::PathBuf>,
+    /// Bytes of result maps kept in memory at most ([`MAP_BUDGET`]); past it, the results
+    /// farthest from the image shown are spilled.
+    pub map_budget: usize,
     /// Results display settings.
     pub view: ResultsView,
     /// Labels revision seen last, and when it changed (the memory bank follows label edits
@@ -284,6 +290,8 @@ impl Default for ModelState {
             training: TrainingRun::default(),
             results: HashMap::new(),
             unscorable: HashMap::new(),
+            spilled: HashMap::new(),
+            map_budget: MAP_BUDGET,
             view: ResultsView::default(),
             seen_revision: (0, Instant::now()),
             error: None,
@@ -297,6 +305,11 @@ impl Default for ModelState {
         }
     }
 }
+
+/// Bytes of result maps kept in memory: 512 MiB, about 200 slices of the full ViT-L at 240 px
+/// (2.5 MB of maps each: four levels of both branches, the branch sums and the fused map).
+/// A 600-slice series keeps about 1.5 GB of maps; past this budget the rest waits on disk.
+pub const MAP_BUDGET: usize = 512 << 20;
 
 impl ModelState {
     /// Forgets the detector of the previous weights (new weights are loading). Results stay,
