@@ -607,11 +607,14 @@ pub fn restore(
             Ok(stored) => {
                 let generation = state.model.generation;
                 for r in stored {
+                    let key = ImageKey {
+                        path: r.path,
+                        frame: r.frame,
+                    };
+                    // The stored result replaces whatever was spilled for that frame.
+                    state.model.spilled.remove(&key);
                     state.model.results.insert(
-                        ImageKey {
-                            path: r.path,
-                            frame: r.frame,
-                        },
+                        key,
                         Scored {
                             result: std::sync::Arc::new(r.result),
                             generation,
