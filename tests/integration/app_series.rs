@@ -382,17 +382,23 @@ fn app_series_frame_times_while_scoring_300_slices() {
     );
 }
 
-/// A Parametric Map and a Segmentation opened with their series (from disk, as a PACS
-/// retrieval leaves them) are not listed as images: they are read and laid over the slices
-/// they were derived from, and the Results tab says what the current slice shows.
-#[test]
-fn app_series_opens_result_objects_over_their_source_slices() {
+/// A synthetic DICOM volume of `slices` slices and, in its folder, another tool's Parametric
+/// Map of it (`result.pm.dcm`, no palette): slice k carries a blob of height k at the centre.
+/// Returns the folder, the slice files in order, their attributes and the centre pixel.
+fn volume_with_map(
+    dir: &Path,
+    slices: usize,
+) -> (
+    PathBuf,
+    Vec<PathBuf>,
+    Vec<mvfa_studio::io::export::SourceAttributes>,
+    usize,
+) {
     use mvfa_studio::io::export::{
         DerivedFrame, DerivedOptions, MapQuantity, ParametricMapInput, SourceAttributes,
         build_parametric_map, write_object,
     };
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dicom_volume(dir.path(), 6);
+    let folder = dicom_volume(dir, slices);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -407,7 +413,7 @@ fn app_series_opens_result_objects_over_their_source_slices() {
     // Slice k: a blob of height k at the centre.
     let (cx, cy) = (columns as f32 / 2.0, rows as f32 / 2.0);
     let centre = (rows / 2 * columns + columns / 2) as usize;
-    let maps: Vec<Vec<f32>> = (0..6)
+    let maps: Vec<Vec<f32>> = (0..slices)
         .map(|k| {
             (0..n)
                 .map(|i| {
@@ -458,6 +464,16 @@ fn app_series_opens_result_objects_over_their_source_slices() {
         }
     }
 
+    (folder, files, sources, centre)
+}
+
+/// A Parametric Map and a Segmentation opened with their series (from disk, as a PACS
+/// retrieval leaves them) are not listed as images: they are read and laid over the slices
+/// they were derived from, and the Results tab says what the current slice shows.
+#[test]
+fn app_series_opens_result_objects_over_their_source_slices() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, files, sources, centre) = volume_with_map(dir.path(), 6);
     let mut h = harness(cpu_state(None), [1300.0, 900.0]);
     h.state_mut()
         .pending
@@ -589,4 +605,56 @@ fn app_series_spills_result_maps_past_the_budget_and_reads_them_back() {
     );
     let in_memory = 20 - s.model.spilled.len();
     assert!(in_memory <= 5, "{in_memory} results in memory");
+}
+
+/// What a user waits for with an imported map: the UI frame time while scrolling a 60-slice
+/// series (128 x 128 slices) whose Parametric Map is
+/// laid over each slice shown. A measurement: prints the frame times.
+#[test]
+#[ignore = "a timing run: cargo test --test integration app_series_frame_times_scrolling_an_imported_map -- --ignored --nocapture"]
+fn app_series_frame_times_scrolling_an_imported_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, _, _, _) = volume_with_map(dir.path(), 60);
+    let mut h = harness(cpu_state(None), [1300.0, 900.0]);
+    h.state_mut()
+        .pending
+        .push(Action::Open(vec![folder.clone()]));
+    wait_until(&mut h, "the series and its map", 60, |s| {
+        s.activity.scan.is_none()
+            && s.browser.len() == 60
+            && s.current_stack().is_some()
+            && !s.imported.objects.is_empty()
+            && s.activity.load.is_none()
+    });
+    let mut times = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        for key in [Key::ArrowDown, Key::ArrowUp] {
+            for _ in 0..59 {
+                press(&mut h, Modifiers::NONE, key);
+                let t = std::time::Instant::now();
+                h.step();
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                seen.insert(h.state().state.viewer.current.clone());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 60, "every slice was shown");
+    let shown = h.state().state.viewer.current.clone().unwrap();
+    let stack = h.state().state.images.get(&shown.path).cloned().unwrap();
+    assert!(
+        h.state()
+            .state
+            .imported
+            .map_over(&stack, shown.frame)
+            .is_some()
+    );
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    println!(
+        "scrolling 60 slices with an imported map: {} frames, mean {mean:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        times.len(),
+        times[times.len() * 95 / 100],
+        times[times.len() - 1]
+    );
 }
