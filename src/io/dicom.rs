@@ -40,6 +40,28 @@ mod summary;
 mod ts;
 
 pub use geometry::{FrameGeometry, frame_geometries};
+
+/// `element` with a UN value (an implicit-VR element kept in an explicit-VR file) decoded as
+/// its dictionary VR, so that it can be copied into a new object and read as text; other
+/// elements as they are.
+pub fn element_with_dictionary_vr(
+    element: &dicom_core::DataElement<dicom_object::InMemDicomObject>,
+) -> dicom_core::DataElement<dicom_object::InMemDicomObject> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    use dicom_core::header::Header;
+    use dicom_dictionary_std::StandardDataDictionary;
+    if element.vr() != dicom_core::VR::UN {
+        return element.clone();
+    }
+    let tag = element.tag();
+    let (Some(entry), Ok(value)) = (
+        StandardDataDictionary.by_tag(tag),
+        element.value().primitive().ok_or(()),
+    ) else {
+        return element.clone();
+    };
+    dicom_core::DataElement::new(tag, entry.vr().relaxed(), attrs::reinterpret_un(tag, value))
+}
 pub use summary::DicomSummary;
 pub use ts::transfer_syntax_name;
 

@@ -690,3 +690,186 @@ fn result_objects_read_back_and_match_their_source_frames() {
     let e = read_result_object(&broken).unwrap_err();
     assert!(e.to_string().contains("broken.pm.dcm"), "{e}");
 }
+
+/// Every image of the shared corpus (other projects' real DICOM files) as the source of a
+/// Parametric Map and a Segmentation: those placed in the patient get both, the others a
+/// Segmentation; each object reads back and every frame finds its source frame. With
+/// `MVFA_KEEP_OBJECTS=DIR` the objects are kept, for dciodvfy and pydicom by hand.
+#[test]
+#[ignore = "needs the shared DICOM corpus (../shared/data/dicom)"]
+fn corpus_images_get_result_objects_that_read_back_over_them() {
+    use mvfa_studio::io::result_objects::{SourceFrame, read_result_object};
+    let corpus = crate::support::corpus::dir();
+    let mut files = Vec::new();
+    let mut stack = vec![corpus.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() && p.file_name().is_some_and(|n| n != "malformed") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "dcm") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let keep = std::env::var("MVFA_KEEP_OBJECTS").ok().map(PathBuf::from);
+    let out = tempfile::tempdir().unwrap();
+    let (mut placed, mut unplaced) = (0, 0);
+    for (n, file) in files.iter().enumerate() {
+        let Ok(source) = SourceAttributes::from_file(file) else {
+            continue;
+        };
+        let (Some((rows, columns)), Some(_)) = (source.size(), source.sop_instance_uid()) else {
+            continue;
+        };
+        if rows == 0 || columns == 0 || source.frames() > 64 {
+            continue;
+        }
+        let frames: Vec<DerivedFrame> = (0..source.frames())
+            .map(|frame| DerivedFrame {
+                source: &source,
+                frame,
+            })
+            .collect();
+        let pixels = (rows * columns) as usize;
+        let maps: Vec<Vec<f32>> = (0..frames.len())
+            .map(|f| (0..pixels).map(|i| ((i + f) % 97) as f32 / 10.0).collect())
+            .collect();
+        let folder = out.path().join(format!("{n:03}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut written = Vec::new();
+        if is_placed(&frames) {
+            placed += 1;
+            let pm = build_parametric_map(
+                &ParametricMapInput {
+                    frames: frames.clone(),
+                    maps: maps.iter().map(Vec::as_slice).collect(),
+                    rows,
+                    columns,
+                    quantity: quantity(),
+                    palette: Some(mvfa_studio::io::export::Colormap::Turbo),
+                },
+                &options(None, "MVFA_FUSED"),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let path = folder.join("map.pm.dcm");
+            write_object(&path, pm).unwrap();
+            written.push(path);
+        } else {
+            unplaced += 1;
+        }
+        let masks: Vec<Vec<bool>> = maps
+            .iter()
+            .map(|m| m.iter().map(|&v| v >= 9.0).collect())
+            .collect();
+        let seg = build_segmentation(
+            &SegmentationInput {
+                frames: frames.clone(),
+                masks: masks.iter().map(Vec::as_slice).collect(),
+                rows,
+                columns,
+                segment: Segment {
+                    label: "Anomalous region".into(),
+                    description: "test".into(),
+                    algorithm_name: "MVFA".into(),
+                    algorithm_version: "test".into(),
+                    tracking_id: "region".into(),
+                    tracking_uid: new_uid(),
+                },
+            },
+            &options(None, "ANOMALY"),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .expect("a region in every frame");
+        let path = folder.join("region.seg.dcm");
+        write_object(&path, seg).unwrap();
+        written.push(path);
+        for path in &written {
+            let object = read_result_object(path).unwrap().unwrap();
+            for (k, _) in frames.iter().enumerate() {
+                let g = source.frame_geometry(k);
+                let fr = source.frame_of_reference_uid();
+                let over = object.frames_over(&SourceFrame {
+                    sop_instance_uid: source.sop_instance_uid(),
+                    frame: k,
+                    frames: source.frames(),
+                    frame_of_reference_uid: fr.as_deref(),
+                    position: g.position,
+                    size: (rows, columns),
+                });
+                assert_eq!(
+                    over.len(),
+                    1,
+                    "{} frame {k} in {}",
+                    file.display(),
+                    path.display()
+                );
+                if path.ends_with("map.pm.dcm") {
+                    assert_eq!(
+                        *object.frames[over[0]].values,
+                        maps[k],
+                        "{}",
+                        file.display()
+                    );
+                }
+            }
+        }
+        if let Some(keep) = &keep {
+            let target = keep.join("corpus").join(format!("{n:03}"));
+            std::fs::create_dir_all(&target).unwrap();
+            for p in &written {
+                std::fs::copy(p, target.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    println!("corpus: {placed} placed images with a Parametric Map, {unplaced} without");
+    assert!(placed >= 3, "only {placed} placed images in the corpus");
+}
+
+/// An RT Dose places its frames by Grid Frame Offset Vector from its one Image Position: the
+/// viewer's positions and a derived object's planes follow it.
+#[test]
+fn rt_dose_frames_lie_at_their_grid_offsets() {
+    let path = fixture("rt_dose.dcm");
+    let stack = mvfa_studio::io::dicom::load_dicom(&path).unwrap();
+    assert_eq!(
+        stack.info.frame_positions,
+        [Some([0.0, 0.0, 0.0]), Some([0.0, 0.0, 2.5])]
+    );
+    let source = SourceAttributes::from_file(&path).unwrap();
+    assert_eq!(source.frame_geometry(1).position, Some([0.0, 0.0, 2.5]));
+}
+
+/// ACR-NEMA dates and times in a source (seen in real files) are copied in DICOM form, UN
+/// values as their dictionary VR: the objects stay valid.
+#[test]
+fn legacy_dates_and_un_values_are_copied_in_dicom_form() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    let dir = tempfile::tempdir().unwrap();
+    let mut obj = open(&fixture("ct_rescale_windows.dcm"));
+    obj.put(DataElement::new(
+        tags::STUDY_DATE,
+        VR::DA,
+        PrimitiveValue::from("1997.04.24"),
+    ));
+    obj.put(DataElement::new(
+        tags::STUDY_TIME,
+        VR::TM,
+        PrimitiveValue::from("14:04:38"),
+    ));
+    obj.put(DataElement::new(
+        tags::ACCESSION_NUMBER,
+        VR::UN,
+        PrimitiveValue::from(b"ACC-7 ".to_vec()),
+    ));
+    let path = dir.path().join("legacy.dcm");
+    obj.write_to_file(&path).unwrap();
+    let source = SourceAttributes::from_file(&path).unwrap();
+    let written = write_pm_and_seg(&[source], dir.path(), 0.0, None);
+    let seg = open(&written.seg.unwrap());
+    assert_eq!(string(&seg, tags::STUDY_DATE), "19970424");
+    assert_eq!(string(&seg, tags::STUDY_TIME), "140438");
+    assert_eq!(string(&seg, tags::ACCESSION_NUMBER), "ACC-7");
+    assert_eq!(seg.element(tags::ACCESSION_NUMBER).unwrap().vr(), VR::SH);
+}

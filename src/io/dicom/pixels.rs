@@ -1183,15 +1183,11 @@ fn window_presets(ds: &Obj, frames: &[Frame]) -> Vec<Window> {
 
 fn image_info(obj: &DefaultDicomObject, l: &Layout, bits_stored: u16) -> ImageInfo {
     let ds: &Obj = obj;
-    let frame_positions = (0..l.frames)
-        .map(|k| {
-            attrs::fixed::<3>(attrs::frame_f64s(
-                ds,
-                k,
-                tags::PLANE_POSITION_SEQUENCE,
-                tags::IMAGE_POSITION_PATIENT,
-            ))
-        })
+    // Per frame, from the functional groups, or from an RT Dose's Grid Frame Offset Vector.
+    let frame_positions = super::geometry::frame_geometries(ds, l.frames)
+        .into_iter()
+        .take(l.frames)
+        .map(|g| g.position)
         .collect();
     ImageInfo {
         modality: attrs::string(ds, tags::MODALITY),

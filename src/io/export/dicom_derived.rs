@@ -314,17 +314,23 @@ pub(super) fn put_dimensions(obj: &mut InMemDicomObject, dimensions: &[Dimension
 
 /// The shared geometry groups (Pixel Measures, Plane Orientation) of placed frames, from the
 /// first frame; an unplaced object gets Pixel Measures only where the source states a
-/// spacing.
+/// spacing. A placed source without Slice Thickness (an RT Dose grid) gets the distance
+/// between its planes instead, which the Pixel Measures of a placed object require.
 pub(super) fn shared_geometry(
-    first: &DerivedFrame,
+    frames: &[DerivedFrame],
     placement: Placement,
 ) -> Vec<DataElement<InMemDicomObject>> {
-    let g = first.geometry();
+    let g = frames[0].geometry();
     let mut out = Vec::new();
     if let Some(spacing) = g.pixel_spacing {
         let mut measures =
             InMemDicomObject::from_element_iter([ds_values(tags::PIXEL_SPACING, &spacing)]);
-        if let Some(t) = g.slice_thickness {
+        let thickness = g.slice_thickness.or_else(|| {
+            (placement == Placement::Placed)
+                .then(|| plane_spacing(frames))
+                .flatten()
+        });
+        if let Some(t) = thickness {
             measures.put(ds_values(tags::SLICE_THICKNESS, &[t]));
         }
         out.push(sequence(tags::PIXEL_MEASURES_SEQUENCE, vec![measures]));
@@ -341,6 +347,36 @@ pub(super) fn shared_geometry(
         ));
     }
     out
+}
+
+/// Whether a placed object of `frames` can state its Slice Thickness (the source's, or the
+/// distance between its planes), which a placed Segmentation must.
+pub(super) fn has_thickness(frames: &[DerivedFrame]) -> bool {
+    frames[0].geometry().slice_thickness.is_some() || plane_spacing(frames).is_some()
+}
+
+/// The smallest distance between two planes of placed `frames` along their normal; `None` for a
+/// single plane.
+fn plane_spacing(frames: &[DerivedFrame]) -> Option<f64> {
+    let mut along: Vec<f64> = frames.iter().map(|f| along_normal(&f.geometry())).collect();
+    along.sort_by(f64::total_cmp);
+    along
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|d| *d > 1e-6)
+        .min_by(f64::total_cmp)
+}
+
+/// The position of a placed frame along its orientation's normal.
+fn along_normal(g: &FrameGeometry) -> f64 {
+    let o = g.orientation.unwrap_or_default();
+    let p = g.position.unwrap_or_default();
+    let n = [
+        o[1] * o[5] - o[2] * o[4],
+        o[2] * o[3] - o[0] * o[5],
+        o[0] * o[4] - o[1] * o[3],
+    ];
+    p[0] * n[0] + p[1] * n[1] + p[2] * n[2]
 }
 
 /// A frame's Plane Position (placed frames only), Frame Content with `index` as its dimension
@@ -449,17 +485,7 @@ pub fn frame_order(frames: &[DerivedFrame]) -> Vec<usize> {
 pub(super) fn slice_order(frames: &[DerivedFrame], placement: Placement) -> Vec<usize> {
     let mut order: Vec<usize> = (0..frames.len()).collect();
     if placement == Placement::Placed {
-        let key = |i: usize| {
-            let g = frames[i].geometry();
-            let o = g.orientation.unwrap_or_default();
-            let p = g.position.unwrap_or_default();
-            let n = [
-                o[1] * o[5] - o[2] * o[4],
-                o[2] * o[3] - o[0] * o[5],
-                o[0] * o[4] - o[1] * o[3],
-            ];
-            p[0] * n[0] + p[1] * n[1] + p[2] * n[2]
-        };
+        let key = |i: usize| along_normal(&frames[i].geometry());
         order.sort_by(|&a, &b| key(a).total_cmp(&key(b)));
     }
     order

@@ -141,7 +141,7 @@ pub fn build_parametric_map(
             )
         })
         .collect();
-    let mut shared = shared_geometry(&input.frames[0], placement);
+    let mut shared = shared_geometry(&input.frames, placement);
     shared.extend(value_groups(&input.quantity));
     if let Some(colormap) = input.palette {
         put_palette(&mut obj, colormap)?;

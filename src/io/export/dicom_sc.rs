@@ -58,7 +58,7 @@ use sha2::{Digest, Sha256};
 
 use super::ExportError;
 use super::atomic::write_atomically;
-use crate::io::dicom::{FrameGeometry, frame_geometries};
+use crate::io::dicom::{FrameGeometry, element_with_dictionary_vr, frame_geometries};
 use crate::io::image::Channels;
 use crate::io::resample::Image8;
 
@@ -122,15 +122,19 @@ impl SourceAttributes {
 
     /// Takes the attributes from an in-memory data set.
     pub fn from_object(obj: &InMemDicomObject) -> Self {
-        let elements = COPIED
-            .iter()
-            .filter_map(|&t| obj.element_opt(t).ok().flatten().cloned())
-            .collect();
-        let get = |t: Tag| {
+        // UN values (implicit-VR elements in an explicit-VR file) are decoded as their
+        // dictionary VR; ACR-NEMA dates and times (1997.04.24, 14:04:38) become DICOM ones.
+        let element = |t: Tag| {
             obj.element_opt(t)
                 .ok()
                 .flatten()
-                .and_then(|e| e.to_str().ok())
+                .map(element_with_dictionary_vr)
+                .map(legacy_date_time)
+        };
+        let elements = COPIED.iter().filter_map(|&t| element(t)).collect();
+        let get = |t: Tag| {
+            element(t)
+                .and_then(|e| e.to_str().ok().map(|s| s.into_owned()))
                 .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
                 .filter(|s| !s.is_empty())
         };
@@ -222,6 +226,38 @@ impl SourceAttributes {
             .and_then(|e| e.to_str().ok())
             .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
     }
+}
+
+/// A DA or TM element in the ACR-NEMA form (`1997.04.24`, `14:04:38`) rewritten in the DICOM
+/// one (`19970424`, `140438`); a value that is neither is emptied (both are type 2 where we
+/// copy them) rather than copied invalid.
+fn legacy_date_time(e: DataElement<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+    let (tag, vr) = (e.tag(), e.vr());
+    if !matches!(vr, VR::DA | VR::TM) {
+        return e;
+    }
+    let Ok(text) = e.to_str() else {
+        return e;
+    };
+    let text = text.trim_end_matches(['\0', ' ']).trim();
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let dicom = match vr {
+        VR::DA => text.replace('.', ""),
+        _ => text.replace(':', ""),
+    };
+    let ok = match vr {
+        VR::DA => dicom.len() == 8 && dicom.bytes().all(|b| b.is_ascii_digit()),
+        _ => valid(&dicom) && dicom.len() >= 2,
+    };
+    if dicom == text && ok {
+        return e;
+    }
+    let value = if ok {
+        PrimitiveValue::from(dicom)
+    } else {
+        PrimitiveValue::Empty
+    };
+    DataElement::new(tag, vr, value)
 }
 
 /// What de-identification does with dates and times (see the module docs).

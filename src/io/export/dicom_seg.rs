@@ -21,8 +21,9 @@ use dicom_object::InMemDicomObject;
 
 use super::ExportError;
 use super::dicom_derived::{
-    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, per_frame_groups, put_common,
-    put_dimensions, put_functional_groups, put_references, shared_geometry, slice_order,
+    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, has_thickness,
+    per_frame_groups, put_common, put_dimensions, put_functional_groups, put_references,
+    shared_geometry, slice_order,
 };
 use super::dicom_items::{Code, code_sequence, cs_values, sequence, text_element, us};
 use super::dicom_sc::{put_str, truncate};
@@ -96,7 +97,12 @@ pub fn build_segmentation(
             input.frames.len()
         )));
     }
-    let placement = check_frames(&input.frames)?;
+    let mut placement = check_frames(&input.frames)?;
+    if placement == Placement::Placed && !has_thickness(&input.frames) {
+        // A placed Segmentation must state Slice Thickness; a single slice that does not
+        // (seen in real MR files) is matched by its reference alone.
+        placement = Placement::Unplaced;
+    }
     let kept: Vec<usize> = slice_order(&input.frames, placement)
         .into_iter()
         .filter(|&i| input.masks[i].iter().any(|&b| b))
@@ -141,7 +147,7 @@ pub fn build_segmentation(
         .collect();
     put_functional_groups(
         &mut obj,
-        shared_geometry(&input.frames[0], placement),
+        shared_geometry(&input.frames, placement),
         per_frame,
     );
     let masks: Vec<&[bool]> = kept.iter().map(|&i| input.masks[i]).collect();
