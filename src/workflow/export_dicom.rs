@@ -401,8 +401,8 @@ impl DicomState {
         let threshold = facts.calibration.as_ref().map(|c| c.threshold);
         let s = series_score(&scores, threshold);
         SrSeries {
-            score: s.as_ref().map_or(f64::NAN, |s| short(s.max)),
-            top3_mean: s.as_ref().map_or(f64::NAN, |s| short(s.top_mean)),
+            score: s.as_ref().map(|s| short(s.max)),
+            top3_mean: s.as_ref().map(|s| short(s.top_mean)),
             peak: images[s.as_ref().map_or(0, |s| s.peak)],
             flagged: s.and_then(|s| s.flagged),
             images,

@@ -93,6 +93,37 @@ pub(super) enum Placement {
     Unplaced,
 }
 
+/// Checks that `planes` (one per frame) each hold `rows x columns` values that DICOM can store
+/// (1..=65535 rows and columns) and returns the values per plane; `what` names them ("map").
+pub(super) fn check_planes(
+    what: &str,
+    rows: u32,
+    columns: u32,
+    frames: usize,
+    planes: impl ExactSizeIterator<Item = usize>,
+) -> Result<usize, ExportError> {
+    if rows == 0 || columns == 0 || rows > 65535 || columns > 65535 {
+        return Err(ExportError::Invalid(format!(
+            "a {what} of {columns}x{rows} cannot be stored (1..=65535 rows and columns)"
+        )));
+    }
+    let n = rows as usize * columns as usize;
+    if planes.len() != frames {
+        return Err(ExportError::Invalid(format!(
+            "{} {what}s for {frames} frames",
+            planes.len()
+        )));
+    }
+    for len in planes {
+        if len != n {
+            return Err(ExportError::Invalid(format!(
+                "a {what} has {len} values, not {columns} x {rows}"
+            )));
+        }
+    }
+    Ok(n)
+}
+
 /// Whether `frames` lie in a frame of reference, each with a position, and share one
 /// orientation and spacing: what a Parametric Map needs (a Segmentation does without).
 pub fn is_placed(frames: &[DerivedFrame]) -> bool {

@@ -26,9 +26,9 @@ use dicom_object::InMemDicomObject;
 
 use super::ExportError;
 use super::dicom_derived::{
-    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, per_frame_groups,
-    put_acquisition_context, put_common, put_dimensions, put_functional_groups, put_references,
-    shared_geometry, slice_order,
+    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, check_planes,
+    per_frame_groups, put_acquisition_context, put_common, put_dimensions, put_functional_groups,
+    put_references, shared_geometry, slice_order,
 };
 use super::dicom_items::{Code, code_sequence, cs_values, ds_values, sequence, text_element, us};
 use super::dicom_sc::{put_str, truncate};
@@ -86,25 +86,13 @@ pub fn build_parametric_map(
     opts: &DerivedOptions,
 ) -> Result<InMemDicomObject, ExportError> {
     let (rows, columns) = (input.rows, input.columns);
-    if rows == 0 || columns == 0 || rows > 65535 || columns > 65535 {
-        return Err(ExportError::Invalid(format!(
-            "a map of {columns}x{rows} cannot be stored (1..=65535 rows and columns)"
-        )));
-    }
-    if input.maps.len() != input.frames.len() {
-        return Err(ExportError::Invalid(format!(
-            "{} maps for {} frames",
-            input.maps.len(),
-            input.frames.len()
-        )));
-    }
-    let n = rows as usize * columns as usize;
-    if let Some(bad) = input.maps.iter().find(|m| m.len() != n) {
-        return Err(ExportError::Invalid(format!(
-            "a map has {} values, not {columns} x {rows}",
-            bad.len()
-        )));
-    }
+    let n = check_planes(
+        "map",
+        rows,
+        columns,
+        input.frames.len(),
+        input.maps.iter().map(|m| m.len()),
+    )?;
     let placement = check_frames(&input.frames)?;
     if placement == Placement::Unplaced {
         return Err(ExportError::Invalid(

@@ -21,7 +21,7 @@ use dicom_object::InMemDicomObject;
 
 use super::ExportError;
 use super::dicom_derived::{
-    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, has_thickness,
+    DerivedFrame, DerivedOptions, Dimension, Placement, check_frames, check_planes, has_thickness,
     per_frame_groups, put_common, put_dimensions, put_functional_groups, put_references,
     shared_geometry, slice_order,
 };
@@ -85,18 +85,13 @@ pub fn build_segmentation(
     opts: &DerivedOptions,
 ) -> Result<Option<InMemDicomObject>, ExportError> {
     let (rows, columns) = (input.rows, input.columns);
-    if rows == 0 || columns == 0 || rows > 65535 || columns > 65535 {
-        return Err(ExportError::Invalid(format!(
-            "a mask of {columns}x{rows} cannot be stored (1..=65535 rows and columns)"
-        )));
-    }
-    let n = rows as usize * columns as usize;
-    if input.masks.len() != input.frames.len() || input.masks.iter().any(|m| m.len() != n) {
-        return Err(ExportError::Invalid(format!(
-            "the masks do not match the {} frames of {columns} x {rows}",
-            input.frames.len()
-        )));
-    }
+    check_planes(
+        "mask",
+        rows,
+        columns,
+        input.frames.len(),
+        input.masks.iter().map(|m| m.len()),
+    )?;
     let mut placement = check_frames(&input.frames)?;
     if placement == Placement::Placed && !has_thickness(&input.frames) {
         // A placed Segmentation must state Slice Thickness; a single slice that does not

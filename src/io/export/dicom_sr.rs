@@ -188,10 +188,11 @@ pub struct SrImage {
 pub struct SrSeries {
     /// Indices into the report's images of the series' frames, in slice order.
     pub images: Vec<usize>,
-    /// Series score (the maximum slice score).
-    pub score: f64,
+    /// Series score (the maximum slice score); `None` when no slice has a calibrated score
+    /// (an uncalibrated detector): no score item, no decision.
+    pub score: Option<f64>,
     /// Mean of the 3 highest slice scores.
-    pub top3_mean: f64,
+    pub top3_mean: Option<f64>,
     /// Index (into the report's images) of the peak slice.
     pub peak: usize,
     /// Slices at or above the threshold (calibrated detectors only).
@@ -653,18 +654,17 @@ fn series_group(report: &Report, n: usize, s: &SrSeries) -> InMemDicomObject {
             &referenced_uid(report.anon, source_series),
         ));
     }
-    items.push(num_item(
-        concepts::SERIES_SCORE,
-        s.score,
-        SCORE_UNIT,
-        sources_of(report, peak),
-    ));
-    items.push(num_item(
-        concepts::TOP3_MEAN,
-        s.top3_mean,
-        SCORE_UNIT,
-        Vec::new(),
-    ));
+    if let Some(score) = s.score {
+        items.push(num_item(
+            concepts::SERIES_SCORE,
+            score,
+            SCORE_UNIT,
+            sources_of(report, peak),
+        ));
+    }
+    if let Some(mean) = s.top3_mean {
+        items.push(num_item(concepts::TOP3_MEAN, mean, SCORE_UNIT, Vec::new()));
+    }
     items.push(num_item(
         concepts::SLICES,
         s.images.len() as f64,
@@ -679,7 +679,7 @@ fn series_group(report: &Report, n: usize, s: &SrSeries) -> InMemDicomObject {
             Vec::new(),
         ));
     }
-    let abnormal = d.threshold.map(|t| s.score >= t);
+    let abnormal = d.threshold.zip(s.score).map(|(t, score)| score >= t);
     items.extend(decision_items(d, abnormal));
     let template_id = if s.segmentation.is_some() {
         "1411"
