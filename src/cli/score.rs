@@ -456,8 +456,9 @@ fn score_files<B: Backend>(
     let mut export_error = None;
     let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
         files.iter().map(|f| (f.clone(), None)).collect();
-    // A fixed batch: per-image results depend on the batch they run in at the level of float
-    // rounding, so a batch picked by timing would make runs differ in their last digits.
+    // The detector's batch. A frame's results do not depend on the frames that share its
+    // batch (the workflow test `scores_do_not_depend_on_the_batch_they_run_in`), so the
+    // Python package and a Ray job that batch differently write the same numbers.
     let mut tuner = BatchTuner::fixed(detector.batch_size());
     let cancel = AtomicBool::new(false);
     let outcome = score_stream(detector, &listed, &mut tuner, &cancel, device, |item| {

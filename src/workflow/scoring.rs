@@ -86,10 +86,11 @@ pub fn map_at_original<B: Backend>(
 /// their results kept like any other, then the candidate with the least time per image is
 /// used for the rest. Batches shorter than their size (the end of a run) are not timed.
 ///
-/// `score` uses [`BatchTuner::fixed`] and the app the detector's batch: per-image results
-/// depend on the batch they run in at the level of float rounding (about 1e-5 on the CPU), so a
-/// batch chosen by timing would make two runs differ in their last digits. `mvfa-dev bench --series` tunes,
-/// to say which size is fastest on a machine.
+/// `score` uses [`BatchTuner::fixed`] and the app the detector's batch, so that a run's work
+/// is the same from one run to the next; a frame's results do not depend on the batch it runs
+/// in (the sums of the scoring head are taken as matrix rows, see
+/// [`crate::model::mvfa::scoring::sum_last_dim`]). `mvfa-dev bench --series` tunes, to say
+/// which size is fastest on a machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchTuner {
     candidates: Vec<usize>,

@@ -342,9 +342,7 @@ where
         let Some(detector) = &self.detector else {
             return Err(WorkflowError::NoDetector);
         };
-        // A fixed batch (the detector's): per-image results depend on the batch they run in
-        // at float-rounding level, so a batch picked by timing would break bit-for-bit
-        // reproducibility.
+        // The detector's batch; a frame's results do not depend on the frames beside it.
         let mut results = Vec::with_capacity(frames.len());
         for chunk in frames.chunks(detector.batch_size()) {
             if cancel.load(Ordering::Relaxed) {

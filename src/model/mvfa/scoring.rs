@@ -107,8 +107,21 @@ pub struct HeadScores<B: Backend> {
 /// (a single running sum over 57,600 probabilities close to 1 drops their small remainders:
 /// a relative error of ~1e-4 on the CPU backend, against PyTorch's pairwise sums).
 pub fn sum_map<B: Backend>(maps: Tensor<B, 3>) -> Tensor<B, 1> {
-    let [b, _, _] = maps.dims();
-    maps.sum_dim(2).sum_dim(1).reshape([b])
+    let [b, h, _] = maps.dims();
+    sum_last_dim(maps).reshape([b, h]).sum_dim(1).reshape([b])
+}
+
+/// Sum over the last dim (kept, of size 1), computed on the `[rows, len]` matrix. The CPU
+/// backend sums the last axis of a strided 3-D view in another order than a matrix's rows, so
+/// an image's sums (and every score after them) changed in the last bits with the other images
+/// of its batch; as matrix rows, every row is summed alike whatever surrounds it.
+pub fn sum_last_dim<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let len = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let mut kept = dims;
+    kept[D - 1] = 1;
+    x.reshape([rows, len]).sum_dim(1).reshape(kept)
 }
 
 fn sum_all<B: Backend, const D: usize>(tensors: &[Tensor<B, D>]) -> Tensor<B, D> {
@@ -252,7 +265,7 @@ pub struct MemoryBank<B: Backend> {
 
 /// Divides each row (last dim) by max(||v||, eps).
 fn normalize_rows<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    let norm = x.clone().square().sum_dim(D - 1).sqrt().clamp_min(eps);
+    let norm = sum_last_dim(x.clone().square()).sqrt().clamp_min(eps);
     x / norm
 }
 
