@@ -11,10 +11,12 @@ mod checkpoint;
 mod error;
 mod export;
 mod export_dicom;
+mod fit_checkpoint;
 mod fitting;
 pub mod label_next;
 pub mod maps;
 pub mod results_file;
+mod scorer;
 mod scoring;
 pub mod series;
 mod session;
@@ -31,8 +33,12 @@ pub use export::{
     DetectorFacts, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport,
     FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options, results_sr_name,
 };
+pub use fit_checkpoint::{
+    FitOptions, FitOutcome, FitProgress, FitReport, FitSpec, fit_to_checkpoint,
+};
 pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MAX_LEVELS, MapLayer, MapScale, layer_map};
+pub use scorer::{FileScorer, ScorerInfo, ScorerSpec, open_scorer};
 pub use scoring::{
     BatchTuner, PREFETCH_FRAMES, Prefetched, ScoredFrame, Streamed, map_at_original, score_file,
     score_frames, score_stream, with_prefetched_frames,

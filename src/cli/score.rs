@@ -36,19 +36,15 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use burn::prelude::*;
 
-use super::common::{self, ArgValueError, ModelArgs, open_backbone};
+use super::common::{self, ArgValueError, ModelArgs};
 use crate::io::export::Dates;
 use crate::io::export::atomic::write_atomically;
 use crate::io::input::collect_files;
 use crate::io::output::{InputSet, OutputKind, check_output};
-use crate::model::clip::vision::VisionTransformer;
-use crate::model::mvfa::detector::{Detector, TaskKind};
 use crate::workflow::{
-    BatchTuner, DetectorFacts, DicomExport, ExportOptions, Exporter, FrameToExport, FrameWritten,
-    SERIES_CSV, SliceContext, Streamed, WorkflowError, group_files, open_detector, score_stream,
-    series_csv,
+    DicomExport, ExportOptions, Exporter, FileScorer, FrameToExport, FrameWritten, SERIES_CSV,
+    ScorerSpec, SliceContext, Streamed, WorkflowError, group_files, open_scorer, series_csv,
 };
 use crate::workflow::{Branch, MapLayer};
 
@@ -271,32 +267,30 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     }
     check_output(&args.out, OutputKind::Folder, &inputs)?;
     let options = args.export_options()?;
-    let info = args.model.backend();
-    crate::with_backend!(info, |B, device| score::<B>(&args, options, &device))
+    let backend = args.model.backend();
+    let spec = ScorerSpec {
+        clip: args.model.clip.clone(),
+        clip_config: args.model.clip_config.clone(),
+        checkpoint: args.checkpoint.clone(),
+        organ: args.model.organ.clone(),
+        batch: args.model.batch,
+        fpr: args.fpr,
+    };
+    let scorer = open_scorer(&spec, &backend)?;
+    score(&args, options, scorer.as_ref())
 }
 
-fn score<B: Backend>(
+fn score(
     args: &ScoreArgs,
     options: ExportOptions,
-    device: &B::Device,
+    scorer: &dyn FileScorer,
 ) -> anyhow::Result<ExitCode> {
-    let mut backbone = open_backbone::<B>(&args.model, device)?;
-    let mut opened = open_detector(
-        &mut backbone,
-        &args.checkpoint,
-        args.model.organ.as_deref(),
-        TaskKind::Segmentation,
-        args.model.batch,
-    )?;
-    if let Some(note) = &opened.note {
+    let info = scorer.info();
+    eprintln!("{}", common::load_summary(&info.report, info.load_time));
+    if let Some(note) = &info.note {
         eprintln!("note: {note}");
     }
-    if let Some(fpr) = args.fpr {
-        set_fpr(args, &mut opened.detector, fpr)?;
-    }
-    let detector = &opened.detector;
-    let organ = opened.organ.as_str();
-    eprintln!("{}", describe_detector(&args.checkpoint, detector, organ));
+    eprintln!("{}", info.description);
 
     let (files, mut failures) = input_files(args);
     // No output file may replace one of the files being scored (the files, not their
@@ -306,17 +300,9 @@ fn score<B: Backend>(
     for path in args.model.input_paths() {
         scored_inputs.add(path);
     }
-    let facts = DetectorFacts::from_detector(detector, &args.checkpoint, organ);
-    let mut exporter = Exporter::new(&args.out, options, facts, scored_inputs)?;
+    let mut exporter = Exporter::new(&args.out, options, info.facts.clone(), scored_inputs)?;
     let mut scores = FrameScores::default();
-    let export_error = score_files(
-        detector,
-        &files,
-        &mut exporter,
-        &mut scores,
-        &mut failures,
-        device,
-    );
+    let export_error = score_files(scorer, &files, &mut exporter, &mut scores, &mut failures);
 
     // The frames written so far get their CSV rows even when an export failed.
     let summary = exporter.finish()?;
@@ -344,7 +330,7 @@ fn score<B: Backend>(
             csv.display()
         );
         let series = group_files(&files);
-        let threshold = detector.calibration().map(|c| c.threshold);
+        let threshold = info.calibration.as_ref().map(|c| c.threshold);
         let text = series_csv(
             &series,
             |file, frame| scores.score.get(&(file.to_path_buf(), frame)).copied(),
@@ -372,30 +358,6 @@ fn score<B: Backend>(
         }
         Ok(ExitCode::FAILURE)
     }
-}
-
-/// `--fpr`: moves the detector's threshold to flag at most that share of normal images.
-fn set_fpr<B: Backend>(
-    args: &ScoreArgs,
-    detector: &mut Detector<B, VisionTransformer<B>>,
-    fpr: f32,
-) -> anyhow::Result<()> {
-    match detector.calibration().cloned() {
-        Some(mut cal) => {
-            anyhow::ensure!(
-                cal.set_fpr(fpr),
-                "{}: the checkpoint stores no normal exemplar scores (written by an older \
-                 version), so --fpr cannot set its threshold; refit it with `train --fpr`",
-                args.checkpoint.display()
-            );
-            detector.set_calibration(Some(cal));
-        }
-        None => anyhow::bail!(
-            "{}: the detector is not calibrated, so it has no threshold for --fpr to set",
-            args.checkpoint.display()
-        ),
-    }
-    Ok(())
 }
 
 /// The files to score, each input on its own (so a missing one is listed and the rest still
@@ -442,26 +404,21 @@ struct FrameScores {
 /// are decoded while the current batch runs, and batches of `--batch` frames span files
 /// ([`score_stream`]). A file that cannot be read joins `failures`; an export or
 /// model error stops the run and is returned.
-fn score_files<B: Backend>(
-    detector: &Detector<B, VisionTransformer<B>>,
+fn score_files(
+    scorer: &dyn FileScorer,
     files: &[PathBuf],
     exporter: &mut Exporter,
     scores: &mut FrameScores,
     failures: &mut Vec<String>,
-    device: &B::Device,
 ) -> Option<WorkflowError> {
-    let model_size = detector.scorer().config().image_size;
+    let model_size = scorer.info().model_size;
     let bar = common::progress_bar(files.len() as u64, "files");
     bar.set_message("scoring");
     let mut export_error = None;
     let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
         files.iter().map(|f| (f.clone(), None)).collect();
-    // The detector's batch. A frame's results do not depend on the frames that share its
-    // batch (the workflow test `scores_do_not_depend_on_the_batch_they_run_in`), so the
-    // Python package and a Ray job that batch differently write the same numbers.
-    let mut tuner = BatchTuner::fixed(detector.batch_size());
     let cancel = AtomicBool::new(false);
-    let outcome = score_stream(detector, &listed, &mut tuner, &cancel, device, |item| {
+    let outcome = scorer.score_files(&listed, &cancel, &mut |item| {
         let frame = match item {
             Streamed::Failed(_, e) => {
                 bar.inc(1);
@@ -505,35 +462,6 @@ fn in_folder(file: &Path, folder: Option<&Path>) -> bool {
         (Some(folder), Ok(file)) => file.starts_with(folder),
         _ => false,
     }
-}
-
-fn describe_detector<B: Backend>(
-    path: &Path,
-    detector: &Detector<B, VisionTransformer<B>>,
-    organ: &str,
-) -> String {
-    let bank = match detector.support_bank() {
-        None => "no memory bank (zero-shot)".to_string(),
-        Some(bank) => format!("memory bank from {} normal shot(s)", bank.groups()),
-    };
-    let cal = match detector.calibration() {
-        Some(c) => format!(
-            "calibrated ({}, threshold {:.3}{}); heatmaps show the calibrated fused map",
-            c.method,
-            c.threshold,
-            c.fpr
-                .as_ref()
-                .map_or(String::new(), |t| format!(": {}", t.describe()))
-        ),
-        None => {
-            "not calibrated; heatmaps show the zero-shot map (mean of its levels, 0..1)".to_string()
-        }
-    };
-    format!(
-        "detector: {} ({:?} task, organ word {organ:?}), {bank}, {cal}",
-        path.display(),
-        detector.task()
-    )
 }
 
 fn summary_line(w: &FrameWritten, label: &str) -> String {

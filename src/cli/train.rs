@@ -3,20 +3,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::prelude::*;
 use indicatif::ProgressBar;
 
 use crate::cli::common::{
-    ArgValueError, ModelArgs, ScheduleArg, open_backbone, parse_positive, progress_bar,
+    ArgValueError, ModelArgs, ScheduleArg, load_summary, parse_positive, progress_bar,
 };
 use crate::io::dataset::MvfaKey;
 use crate::io::output::{InputSet, OutputKind, check_output};
-use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::FitEvent;
 use crate::train::trainer::TrainEvent;
 use crate::workflow::{
-    CollectedShots, DatasetShots, FitRequest, FitResult, FitSettings, FittedDetector, ShotSource,
-    checkpoint_meta, collect_shots, fit_detector, save_detector,
+    DatasetShots, FitOptions, FitOutcome, FitProgress, FitReport, FitSpec, ShotSource,
+    WorkflowError, fit_to_checkpoint,
 };
 
 #[derive(clap::Args, Debug)]
@@ -112,75 +110,58 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         inputs.add(path);
     }
     check_output(&args.out, OutputKind::File, &inputs)?;
-    let info = args.model.backend();
-    crate::with_backend!(info, |B, device| run_on::<B>(&args, &device))
-}
-
-fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<ExitCode> {
-    let collected = collect_shots(&shot_source(args)?)?;
-    let organ = organ_word(args, &collected)?;
-    let shots = &collected.shots;
-    eprintln!(
-        "shots: {} normal, {} abnormal ({}), {} held out for calibration, organ word \"{organ}\"",
-        shots.normal.len(),
-        shots.abnormal.len(),
-        if collected.has_masks {
-            "with masks"
-        } else {
-            "image labels"
-        },
-        shots.held_out.len(),
-    );
-
-    let mut backbone = open_backbone::<B>(&args.model, device)?;
-    let request = fit_request(args, &organ, collected.has_masks);
-    let epochs = request.settings.train.epochs;
+    let backend = args.model.backend();
+    let spec = FitSpec {
+        clip: args.model.clip.clone(),
+        clip_config: args.model.clip_config.clone(),
+        source: shot_source(&args)?,
+        organ: args.model.organ.clone(),
+        options: fit_options(&args),
+        out: args.out.clone(),
+    };
     let bar = progress_bar(0, "steps");
     let cancel = std::sync::atomic::AtomicBool::new(false);
-    let outcome = fit_detector(
-        &mut backbone,
-        shots,
-        &request,
-        |event| show_progress(&bar, event),
+    let outcome = fit_to_checkpoint(
+        &spec,
+        &backend,
+        &mut |progress| match progress {
+            FitProgress::Shots { collected, organ } => {
+                let shots = &collected.shots;
+                eprintln!(
+                    "shots: {} normal, {} abnormal ({}), {} held out for calibration, organ word \"{organ}\"",
+                    shots.normal.len(),
+                    shots.abnormal.len(),
+                    if collected.has_masks {
+                        "with masks"
+                    } else {
+                        "image labels"
+                    },
+                    shots.held_out.len(),
+                );
+            }
+            FitProgress::Opened { report, time } => eprintln!("{}", load_summary(report, time)),
+            FitProgress::Fit(event) => show_progress(&bar, event),
+        },
         &cancel,
-    )?;
-    let FitResult::Fitted(fitted) = outcome else {
-        anyhow::bail!("training was cancelled; nothing was written");
+    );
+    let report = match outcome {
+        Ok(FitOutcome::Saved(report)) => report,
+        Ok(FitOutcome::Cancelled { .. }) => {
+            anyhow::bail!("training was cancelled; nothing was written")
+        }
+        Err(WorkflowError::NoOrganWord { .. }) if args.model.organ.is_none() => anyhow::bail!(
+            "{}: plain folders carry no organ word: pass --organ (e.g. --organ Brain or \
+             --organ \"Chest X-ray film\")",
+            args.data.display()
+        ),
+        Err(e) => return Err(e.into()),
     };
-    if let Some(note) = &fitted.note {
+    if let Some(note) = &report.note {
         eprintln!("note: {note}");
     }
-    // The epochs of the installed adapters: the chosen candidate's (0 when the adapters
-    // before fine-tuning were kept).
-    let epochs = match (
-        shots.abnormal.is_empty(),
-        fitted.selection.as_ref().and_then(|r| r.chosen()),
-    ) {
-        (true, _) => 0,
-        (false, Some(_)) => fitted
-            .selection
-            .as_ref()
-            .map_or(epochs, |r| r.installed_epochs),
-        (false, None) => epochs,
-    };
-    let meta = checkpoint_meta(
-        &backbone,
-        &organ,
-        shots.normal.len(),
-        epochs,
-        format!("mvfa-studio train on {}", collected.description),
-    );
-    let normal: Vec<Vec<f32>> = shots.normal.iter().map(|s| s.image.clone()).collect();
-    save_detector(
-        &args.out,
-        &fitted.detector,
-        &normal,
-        fitted.selection.as_ref(),
-        meta,
-    )?;
     println!("wrote {}", args.out.display());
-    print_fit(&fitted);
-    if shots.abnormal.is_empty() {
+    print_fit(&report);
+    if report.shots[1] == 0 {
         println!(
             "note: no abnormal shots, so the adapters are untrained (zero-shot + memory bank)"
         );
@@ -190,47 +171,20 @@ fn run_on<B: Backend>(args: &TrainArgs, device: &B::Device) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--organ`, else the one the dataset names; plain folders need `--organ`.
-fn organ_word(args: &TrainArgs, collected: &CollectedShots) -> anyhow::Result<String> {
-    args.model
-        .organ
-        .clone()
-        .or_else(|| collected.organ.clone())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: plain folders carry no organ word: pass --organ (e.g. --organ Brain or \
-                 --organ \"Chest X-ray film\")",
-                args.data.display()
-            )
-        })
-}
-
-/// The fit the arguments ask for.
-fn fit_request(args: &TrainArgs, organ: &str, has_masks: bool) -> FitRequest {
-    let mut settings = FitSettings::default()
-        .with_schedule(args.schedule.into())
-        .with_seed(args.seed);
-    if let Some(epochs) = args.epochs {
-        settings.train.epochs = epochs;
-    }
-    settings.train.learning_rate = args.lr;
-    settings.train.batch_size = args.train_batch;
-    settings.batch_size = args.model.batch;
-    settings.normal_only_task = if has_masks {
-        TaskKind::Segmentation
-    } else {
-        TaskKind::Classification
-    };
-    settings.fpr = args.fpr;
-    settings.selection.folds = args.folds;
-    FitRequest {
-        organ: organ.to_string(),
+fn fit_options(args: &TrainArgs) -> FitOptions {
+    FitOptions {
+        schedule: args.schedule.into(),
+        epochs: args.epochs,
+        learning_rate: args.lr,
+        train_batch: args.train_batch,
+        batch: args.model.batch,
+        seed: args.seed,
+        fpr: args.fpr,
+        folds: args.folds,
         init: args.init.clone(),
-        settings,
     }
 }
 
-/// Shows a fit event on the progress bar (or as a line on stderr).
 fn show_progress(bar: &ProgressBar, event: FitEvent) {
     match event {
         FitEvent::Started {
@@ -277,7 +231,7 @@ fn show_progress(bar: &ProgressBar, event: FitEvent) {
 }
 
 /// The fit's losses, calibration and model selection.
-fn print_fit<B: Backend>(fitted: &FittedDetector<B>) {
+fn print_fit(fitted: &FitReport) {
     let losses = &fitted.epoch_losses;
     match (losses.first(), losses.last()) {
         (Some(first), Some(last)) => print!(
@@ -286,7 +240,7 @@ fn print_fit<B: Backend>(fitted: &FittedDetector<B>) {
         ),
         _ => print!("mode {:?}; no fine-tuned adapters installed", fitted.mode),
     }
-    match fitted.detector.calibration() {
+    match &fitted.calibration {
         Some(cal) => {
             println!(
                 "; calibration ({:?}): {} normal / {} abnormal exemplars, text weight {:.2}, threshold {:.2} (normal p95 {:.2}{})",

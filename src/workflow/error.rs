@@ -60,6 +60,14 @@ pub enum WorkflowError {
         /// What was asked (a checkpoint, plain folders, labelled images).
         what: String,
     },
+    /// A new false-positive rate cannot move this detector's threshold.
+    #[error("{}: {reason}", checkpoint.display())]
+    Threshold {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// Why, in plain words.
+        reason: String,
+    },
     /// Scoring or saving was asked of a session before any detector existed.
     #[error("no detector yet: label at least one normal image, or import adapters")]
     NoDetector,
