@@ -31,13 +31,14 @@ pub use checkpoint::{
 pub use error::WorkflowError;
 pub use export::{
     DetectorFacts, DicomExport, ExportOptions, ExportSummary, Exporter, FrameToExport,
-    FrameWritten, RawFormat, SCORE_COLUMNS, SCORES_CSV, describe_options, results_sr_name,
+    FrameWritten, RawFormat, RawTensor, SCORE_COLUMNS, SCORES_CSV, describe_options, raw_tensors,
+    results_sr_name,
 };
 pub use fit_checkpoint::{
     FitOptions, FitOutcome, FitProgress, FitReport, FitSpec, fit_to_checkpoint,
 };
 pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
-pub use maps::{Branch, LayerMap, MAX_LEVELS, MapLayer, MapScale, layer_map};
+pub use maps::{Branch, LayerMap, MAX_LEVELS, MapLayer, MapScale, layer_map, layer_or_zero_shot};
 pub use scorer::{FileScorer, ScorerInfo, ScorerSpec, open_scorer};
 pub use scoring::{
     BatchTuner, PREFETCH_FRAMES, Prefetched, ScoredFrame, Streamed, map_at_original, score_file,

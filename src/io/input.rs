@@ -24,7 +24,8 @@ pub struct InputError {
 }
 
 impl InputError {
-    fn new(path: &Path, message: impl Into<String>) -> Self {
+    /// `path` and what is wrong with it.
+    pub fn new(path: &Path, message: impl Into<String>) -> Self {
         Self {
             path: path.to_path_buf(),
             message: message.into(),
@@ -163,9 +164,20 @@ pub fn load_model_frames(
 pub fn for_each_model_frame(
     path: &Path,
     wanted: Option<&[usize]>,
-    mut each: impl FnMut(Result<ModelImage, InputError>) -> ControlFlow<()>,
+    each: impl FnMut(Result<ModelImage, InputError>) -> ControlFlow<()>,
 ) -> Result<(), InputError> {
     let stack = load_stack(path)?;
+    for_each_stack_frame(&stack, path, wanted, each)
+}
+
+/// [`for_each_model_frame`] over an image already in memory (`path` names it in messages):
+/// the arrays of the Python package go through the same windowing and resizing as files.
+pub fn for_each_stack_frame(
+    stack: &ImageStack,
+    path: &Path,
+    wanted: Option<&[usize]>,
+    mut each: impl FnMut(Result<ModelImage, InputError>) -> ControlFlow<()>,
+) -> Result<(), InputError> {
     let window = stack
         .default_window()
         .cloned()
@@ -175,7 +187,7 @@ pub fn for_each_model_frame(
         return Err(InputError::new(path, "the file holds no image frames"));
     }
     for frame in (0..frames).filter(|frame| wanted.is_none_or(|w| w.contains(frame))) {
-        let converted = display_frame(&stack, frame, &window)
+        let converted = display_frame(stack, frame, &window)
             .ok_or_else(|| InputError::new(path, format!("frame {frame} has a bad size")))
             .and_then(|display| {
                 let input = model_input(&display)

@@ -20,7 +20,7 @@ use burn::prelude::Backend;
 use safetensors::{Dtype, tensor::TensorView};
 
 use super::export_dicom::{DicomState, DicomWritten, PendingFrame};
-use super::{Branch, LayerMap, MapLayer, MapScale, WorkflowError, layer_map, map_at_original};
+use super::{LayerMap, MapLayer, MapScale, WorkflowError, layer_map, map_at_original};
 use crate::backend::CpuBackend;
 use crate::io::dicom::looks_like_dicom;
 use crate::io::export::dicom_sc::SECONDARY_CAPTURE_SOP_CLASS;
@@ -532,12 +532,7 @@ impl Exporter {
     /// The requested layer's map, or the zero-shot branch for a fused map that is missing.
     fn map_of(&self, frame: &FrameToExport) -> Result<(MapLayer, LayerMap), WorkflowError> {
         let cal = self.facts.calibration.as_ref();
-        let mut layer = self.options.layer;
-        let mut map = layer_map(frame.result, cal, layer);
-        if map.is_none() && layer == MapLayer::Fused {
-            layer = MapLayer::Branch(Branch::ZeroShot);
-            map = layer_map(frame.result, cal, layer);
-        }
+        let (layer, map) = super::maps::layer_or_zero_shot(frame.result, cal, self.options.layer);
         let map = map.ok_or_else(|| {
             ExportError::Invalid(format!(
                 "{}: the result has no {} map",
@@ -942,11 +937,15 @@ fn output_stem(path: &Path, frame: usize, frames: usize) -> String {
 }
 
 /// A named float32 tensor of the raw outputs.
-type RawTensor = (String, Vec<usize>, Vec<f32>);
+/// A named tensor of the raw output: name, shape, values.
+pub type RawTensor = (String, Vec<usize>, Vec<f32>);
 
 /// Every map and score of one frame: per-level and summed zero-/few-shot maps (seg head),
 /// the calibrated fused map, and the image scores (det head, per level and summed).
-fn raw_tensors(result: &ImageResult, s: usize) -> Vec<RawTensor> {
+/// Every map and score of `result` (maps `s x s`) under the names `--raw` writes them:
+/// `zero_map`, `zero_map_level<l>`, `few_map`, `few_map_level<l>`, `fused_map`, `zero_image`,
+/// `zero_image_levels`, `few_image`, `score` (those the result has).
+pub fn raw_tensors(result: &ImageResult, s: usize) -> Vec<RawTensor> {
     let raw = &result.raw;
     let mut out: Vec<RawTensor> = vec![("zero_map".into(), vec![s, s], raw.zero_map.clone())];
     for (l, m) in raw.zero_map_levels.iter().enumerate() {

@@ -109,6 +109,22 @@ pub struct LayerMap {
     pub scale: MapScale,
 }
 
+/// The map of `layer`, or the zero-shot branch where `layer` is the fused map and the detector
+/// is uncalibrated: the map every export draws and the Python package returns.
+pub fn layer_or_zero_shot(
+    result: &ImageResult,
+    calibration: Option<&Calibration>,
+    layer: MapLayer,
+) -> (MapLayer, Option<LayerMap>) {
+    match layer_map(result, calibration, layer) {
+        None if layer == MapLayer::Fused => {
+            let zero = MapLayer::Branch(Branch::ZeroShot);
+            (zero, layer_map(result, calibration, zero))
+        }
+        map => (layer, map),
+    }
+}
+
 /// The map of `layer` from `result`, on the scale the module docs describe; `None` when the
 /// result lacks it (few-shot without a memory bank, fused without a calibration, a level past
 /// the last).
