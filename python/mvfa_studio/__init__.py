@@ -28,6 +28,7 @@ __all__ = [
     "FrameResult",
     "MvfaError",
     "fit",
+    "list_files",
     "series_scores",
     "series_csv",
     "SCORE_COLUMNS",
@@ -295,6 +296,14 @@ def fit(
 
     source = "folders" if (Path(folder) / "normal").is_dir() else "dataset"
     return _native.fit(fspath(clip), fspath(out), source, data=folder, **kwargs)
+
+
+def list_files(inputs: Union[PathLikeStr, Iterable[PathLikeStr]]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """The image files of ``inputs`` (files, and folders walked) in the order ``score`` and
+    :meth:`Detector.score_files` score them, and ``(input, message)`` per unreadable input."""
+    if isinstance(inputs, (str, PathLike)):
+        inputs = [inputs]
+    return _native.list_files([fspath(p) for p in inputs])
 
 
 def series_csv(frames: Sequence[FrameResult], threshold: Optional[float] = None) -> str:

@@ -32,9 +32,9 @@ create_exception!(
     "An error of MVFA Studio, with the message the CLI prints."
 );
 
-/// The workflow error as a Python exception, its message and sources as the CLI prints them.
+/// The workflow error as a Python exception, with the message the CLI prints.
 fn error(e: impl Into<anyhow::Error>) -> PyErr {
-    MvfaError::new_err(format!("{:#}", e.into()))
+    MvfaError::new_err(e.into().to_string())
 }
 
 /// A frame scored, before it becomes a Python dict (built once the GIL is back).
@@ -319,6 +319,19 @@ fn row<'py>(
     Ok(d)
 }
 
+/// The image files of `inputs` in the order `score` scores them, and `(input, message)` for
+/// each input that could not be read.
+#[pyfunction]
+fn list_files(py: Python<'_>, inputs: Vec<PathBuf>) -> (Vec<String>, Vec<(String, String)>) {
+    py.detach(|| {
+        let (files, failures) = input_files(&inputs);
+        (
+            files.iter().map(|f| f.display().to_string()).collect(),
+            failures,
+        )
+    })
+}
+
 /// `series.csv` for the frames scored: `files` in the order they were scored, `scores`
 /// `(file, frame, score)` and `frames` `(file, frame count)`.
 #[pyfunction]
@@ -548,6 +561,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Detector>()?;
     m.add_function(wrap_pyfunction!(fit, m)?)?;
     m.add_function(wrap_pyfunction!(series_table, m)?)?;
+    m.add_function(wrap_pyfunction!(list_files, m)?)?;
     m.add("MvfaError", m.py().get_type::<MvfaError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -34,6 +34,7 @@ mod mvfa_checkpoints;
 mod mvfa_parity;
 mod pacs;
 mod pacs_tls;
+mod python;
 mod slice_context;
 mod tokenizer;
 mod weights_download;
