@@ -203,11 +203,12 @@ def main(argv=None) -> int:
                 batch=args.batch, cpu=args.gpus_per_worker == 0,
             ),
             batch_size=args.files_per_batch,
-            concurrency=args.workers,
+            compute=ray.data.ActorPoolStrategy(size=args.workers),
             num_cpus=args.cpus_per_worker,
             num_gpus=args.gpus_per_worker,
             # A worker that dies is replaced and its batch retried.
-            ray_remote_args={"max_restarts": -1, "max_task_retries": -1},
+            max_restarts=-1,
+            max_task_retries=-1,
         )
         started = time.time()
         files_done = frames_done = 0
