@@ -42,11 +42,11 @@ use crate::io::export::Dates;
 use crate::io::export::atomic::write_atomically;
 use crate::io::input::collect_files;
 use crate::io::output::{InputSet, OutputKind, check_output};
+use crate::workflow::{Branch, MapLayer};
 use crate::workflow::{
     DicomExport, ExportOptions, Exporter, FileScorer, FrameToExport, FrameWritten, SERIES_CSV,
     ScorerSpec, SliceContext, Streamed, WorkflowError, group_files, open_scorer, series_csv,
 };
-use crate::workflow::{Branch, MapLayer};
 
 /// File format of `--raw` outputs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

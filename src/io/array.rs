@@ -130,9 +130,7 @@ fn frame_stack(
                     ImageBuffer::<LumaA<u16>, _>::from_raw(w, h, v).map(DynamicImage::ImageLumaA16)
                 }
                 3 => ImageBuffer::<Rgb<u16>, _>::from_raw(w, h, v).map(DynamicImage::ImageRgb16),
-                _ => {
-                    ImageBuffer::<Rgba<u16>, _>::from_raw(w, h, v).map(DynamicImage::ImageRgba16)
-                }
+                _ => ImageBuffer::<Rgba<u16>, _>::from_raw(w, h, v).map(DynamicImage::ImageRgba16),
             })
         }
         (samples, window) => {
@@ -243,7 +241,10 @@ mod tests {
             ..image.clone()
         };
         let e = array_model_images(&short).unwrap_err().to_string();
-        assert!(e.contains("512 samples for 3 frame(s) of 16 x 16 x 1"), "{e}");
+        assert!(
+            e.contains("512 samples for 3 frame(s) of 16 x 16 x 1"),
+            "{e}"
+        );
         let bad_window = ArrayImage {
             window: Some((0.0, 0.0)),
             ..image

@@ -248,6 +248,10 @@ fn fit_on<B: Backend>(
         selection: fitted.selection.clone(),
         epochs,
         organ: organ.to_string(),
-        shots: [shots.normal.len(), shots.abnormal.len(), shots.held_out.len()],
+        shots: [
+            shots.normal.len(),
+            shots.abnormal.len(),
+            shots.held_out.len(),
+        ],
     })))
 }

@@ -119,7 +119,14 @@ where
         each: &mut dyn FnMut(Streamed) -> ControlFlow<()>,
     ) -> Result<(), WorkflowError> {
         let mut tuner = BatchTuner::fixed(self.detector.batch_size());
-        score_stream(&self.detector, files, &mut tuner, cancel, &self.device, each)
+        score_stream(
+            &self.detector,
+            files,
+            &mut tuner,
+            cancel,
+            &self.device,
+            each,
+        )
     }
 
     fn score_images(&self, images: &[ModelImage]) -> Result<Vec<ImageResult>, WorkflowError> {

@@ -37,15 +37,17 @@ fn cli() -> PathBuf {
 /// Synthetic images and DICOM volumes from `synth-data` (seeded).
 fn synthetic(dir: &Path, seed: u64) -> PathBuf {
     let data = dir.join(format!("data-{seed}"));
-    let (o, _, stderr) = run(bin().args(["synth-data", "--normal", "4", "--abnormal", "4"]).args([
-        "--volumes",
-        "2",
-        "--slices",
-        "4",
-        "--seed",
-        &seed.to_string(),
-        data.to_str().unwrap(),
-    ]));
+    let (o, _, stderr) = run(bin()
+        .args(["synth-data", "--normal", "4", "--abnormal", "4"])
+        .args([
+            "--volumes",
+            "2",
+            "--slices",
+            "4",
+            "--seed",
+            &seed.to_string(),
+            data.to_str().unwrap(),
+        ]));
     assert!(o.status.success(), "{stderr}");
     data
 }
@@ -54,7 +56,14 @@ fn synthetic(dir: &Path, seed: u64) -> PathBuf {
 fn quick_detector(data: &Path, out: &Path) {
     let (o, _, stderr) = run(bin()
         .args(["train", "--clip", tiny_clip().to_str().unwrap(), "--cpu"])
-        .args(["--data", data.to_str().unwrap(), "--organ", "Brain", "--epochs", "0"])
+        .args([
+            "--data",
+            data.to_str().unwrap(),
+            "--organ",
+            "Brain",
+            "--epochs",
+            "0",
+        ])
         .args(["--out", out.to_str().unwrap()]));
     assert!(o.status.success(), "{stderr}");
 }
@@ -129,12 +138,6 @@ fn ray_archive_job_matches_the_cli_resumes_and_survives_a_killed_worker() {
     quick_detector(&data, &ckpt);
     python(
         "ray_job.py",
-        &[
-            &cli(),
-            &tiny_clip(),
-            &ckpt,
-            &dir.path().join("work"),
-            &data,
-        ],
+        &[&cli(), &tiny_clip(), &ckpt, &dir.path().join("work"), &data],
     );
 }
