@@ -1052,6 +1052,7 @@ fn write_raw_npy(
 mod tests {
     use super::*;
     use crate::io::image::Channels;
+    use crate::workflow::Branch;
     use crate::model::mvfa::calibration::{BranchStats, LeaveOut};
     use crate::model::mvfa::detector::RawResult;
 
