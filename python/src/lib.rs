@@ -37,6 +37,12 @@ fn error(e: impl Into<anyhow::Error>) -> PyErr {
     MvfaError::new_err(e.into().to_string())
 }
 
+/// `(input, message)` per input that could not be read.
+type Failures = Vec<(String, String)>;
+
+/// `(path, frame, label, mask path)` of a labelled image.
+type LabelledTuple = (PathBuf, usize, String, Option<PathBuf>);
+
 /// A frame scored, before it becomes a Python dict (built once the GIL is back).
 struct Scored {
     image: ModelImage,
@@ -134,7 +140,7 @@ impl Detector {
         inputs: Vec<PathBuf>,
         all_maps: bool,
         original_size: bool,
-    ) -> PyResult<(Bound<'py, PyList>, Vec<(String, String)>)> {
+    ) -> PyResult<(Bound<'py, PyList>, Failures)> {
         let (files, mut failures) = input_files(&inputs);
         let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
             files.iter().map(|f| (f.clone(), None)).collect();
@@ -242,7 +248,7 @@ impl Detector {
 
 /// The files of `inputs` as `score` finds them (folders walked, duplicates dropped), and the
 /// inputs that failed, with `score`'s messages.
-fn input_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<(String, String)>) {
+fn input_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Failures) {
     let mut files = Vec::new();
     let mut failures = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -331,7 +337,7 @@ fn row<'py>(
 /// The image files of `inputs` in the order `score` scores them, and `(input, message)` for
 /// each input that could not be read.
 #[pyfunction]
-fn list_files(py: Python<'_>, inputs: Vec<PathBuf>) -> (Vec<String>, Vec<(String, String)>) {
+fn list_files(py: Python<'_>, inputs: Vec<PathBuf>) -> (Vec<String>, Failures) {
     py.detach(|| {
         let (files, failures) = input_files(&inputs);
         (
@@ -379,7 +385,7 @@ fn fit<'py>(
     out: PathBuf,
     source: &str,
     data: Option<PathBuf>,
-    images: Option<Vec<(PathBuf, usize, String, Option<PathBuf>)>>,
+    images: Option<Vec<LabelledTuple>>,
     organ: Option<String>,
     clip_config: Option<PathBuf>,
     dataset: Option<String>,

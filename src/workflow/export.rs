@@ -1052,9 +1052,9 @@ fn write_raw_npy(
 mod tests {
     use super::*;
     use crate::io::image::Channels;
-    use crate::workflow::Branch;
     use crate::model::mvfa::calibration::{BranchStats, LeaveOut};
     use crate::model::mvfa::detector::RawResult;
+    use crate::workflow::Branch;
 
     const S: usize = 4;
 
