@@ -138,11 +138,14 @@ def merge(out: Path, files: list, threshold) -> tuple:
         writer.writerow([r["path"], f32(r["score"]), f32(r["zero_shot_score"]),
                          f32(r["few_shot_score"]), abnormal])
     (out / "scores.csv").write_text(text.getvalue(), newline="")
+    # Unreadable files take part in the series grouping, in their place (as in `score`).
+    every = sorted(unique.values(), key=lambda r: (position.get(r["file"], len(files)), r["frame"]))
     results = [
         mvfa.FrameResult(path=r["path"], file=r["file"], frame=r["frame"], frames=r["frames"],
                          score=r["score"], zero_shot_score=r["zero_shot_score"],
-                         few_shot_score=r["few_shot_score"], abnormal=r["abnormal"])
-        for r in scored
+                         few_shot_score=r["few_shot_score"], abnormal=r["abnormal"],
+                         error=r["error"])
+        for r in every
     ]
     series = mvfa.series_csv(results, threshold)
     (out / "series.csv").write_text(series, newline="")

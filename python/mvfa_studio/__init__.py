@@ -169,21 +169,32 @@ class Detector:
             raise ValueError('errors must be "raise" or "report"')
         if isinstance(inputs, (str, PathLike)):
             inputs = [inputs]
-        rows, failures = self._native.score_files(
+        rows, failures, files = self._native.score_files(
             [fspath(p) for p in inputs], all_maps=all_maps, original_size=original_size
         )
-        frames = [_frame(r) for r in rows]
         if failures and errors == "raise":
             lines = "\n".join(f"  {message}" for _, message in failures)
             raise MvfaError(f"{len(failures)} input(s) could not be scored:\n{lines}")
+        # Every file in scoring order (a file that could not be read in its place, as `score`
+        # groups series over every file it found), then inputs that were not files.
+        by_file: Dict[str, List[FrameResult]] = {}
+        for r in rows:
+            by_file.setdefault(r["file"], []).append(_frame(r))
+        failed = {}
         for path, message in failures:
-            frames.append(
+            failed.setdefault(path, []).append(
                 FrameResult(
                     path=path, file=path, frame=0, frames=0, score=None,
                     zero_shot_score=float("nan"), few_shot_score=None, abnormal=None,
                     error=message,
                 )
             )
+        frames: List[FrameResult] = []
+        for f in files:
+            frames.extend(by_file.pop(f, []))
+            frames.extend(failed.pop(f, []))
+        for rest in list(by_file.values()) + list(failed.values()):
+            frames.extend(rest)
         return frames
 
     def score_array(
@@ -309,17 +320,20 @@ def list_files(inputs: Union[PathLikeStr, Iterable[PathLikeStr]]) -> Tuple[List[
 def series_csv(frames: Sequence[FrameResult], threshold: Optional[float] = None) -> str:
     """The CLI's ``series.csv`` for scored frames: DICOM files grouped into series and ordered
     by geometry, one row per series, most anomalous first. Give the detector's threshold to
-    count the slices at or above it."""
+    count the slices at or above it. Pass the frames in scoring order with the unreadable
+    files' rows (``score_files(..., errors="report")``): they take part in the grouping as
+    they do in ``score``."""
     files: List[str] = []
     seen = set()
     scores = []
     counts = {}
     for f in frames:
-        if f.error is not None:
-            continue
+        # Files that could not be read still belong to their series' grouping (as in `score`).
         if f.file not in seen:
             seen.add(f.file)
             files.append(f.file)
+        if f.error is not None:
+            continue
         counts[f.file] = f.frames
         value = f.score if f.score is not None else f.zero_shot_score
         scores.append((f.file, f.frame, float(value)))

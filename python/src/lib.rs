@@ -131,8 +131,8 @@ impl Detector {
     }
 
     /// Scores files and folders (walked as `score` walks them) in the detector's batches.
-    /// Returns `(rows, failures)`: a dict per frame, and `(path, message)` per input that
-    /// could not be read.
+    /// Returns `(rows, failures, files)`: a dict per frame, `(path, message)` per input that
+    /// could not be read, and every file found, in scoring order.
     #[pyo3(signature = (inputs, *, all_maps=false, original_size=false))]
     fn score_files<'py>(
         &self,
@@ -140,7 +140,7 @@ impl Detector {
         inputs: Vec<PathBuf>,
         all_maps: bool,
         original_size: bool,
-    ) -> PyResult<(Bound<'py, PyList>, Failures)> {
+    ) -> PyResult<(Bound<'py, PyList>, Failures, Vec<String>)> {
         let (files, mut failures) = input_files(&inputs);
         let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
             files.iter().map(|f| (f.clone(), None)).collect();
@@ -182,7 +182,8 @@ impl Detector {
         for s in &scored {
             rows.append(row(py, &**scorer, s, all_maps, original_size)?)?;
         }
-        Ok((rows, failures))
+        let files = files.iter().map(|f| f.display().to_string()).collect();
+        Ok((rows, failures, files))
     }
 
     /// Scores frames held in memory. `samples` is the flat array (uint8, uint16 or float32),

@@ -79,7 +79,7 @@ fn python_package_fits_and_scores_as_the_cli_bit_for_bit_on_synthetic_data() {
         "parity.py",
         &[&cli(), &clip, &dir.path().join("fit"), &first],
     );
-    // Another draw of the data, scored with the first draw's detector.
+    // Another draw of the data, and NIfTI volumes, scored with the first draw's detector.
     let second = synthetic(dir.path(), 12);
     let ckpt = dir.path().join("fit/cli.safetensors");
     python(
@@ -91,6 +91,7 @@ fn python_package_fits_and_scores_as_the_cli_bit_for_bit_on_synthetic_data() {
             &clip,
             &dir.path().join("second"),
             &second,
+            &crate::support::fixture_dir("io/nifti"),
         ],
     );
 }
