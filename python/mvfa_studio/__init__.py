@@ -209,7 +209,9 @@ class Detector:
         """Scores images held in memory.
 
         Shapes: ``(H, W)`` grey, ``(H, W, 3)`` or ``(H, W, 4)`` colour, ``(N, H, W)`` a stack
-        of grey frames, ``(N, H, W, C)`` a stack of colour frames. ``uint8`` and ``uint16``
+        of grey frames, ``(N, H, W, C)`` a stack of colour frames. A 3-D array whose last axis
+        is 3 or 4 long and whose first is longer than 4 is one colour image; pass 4-D
+        ``(N, H, W, C)`` or ``(1, H, W, C)`` to say otherwise. ``uint8`` and ``uint16``
         arrays score exactly as the PNG files of them would. Other dtypes are one grey channel
         (converted to float32), windowed over their own range as a DICOM without a window
         preset, or by ``window=(centre, width)``.

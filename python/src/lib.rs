@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use mvfa_studio::backend::probe;
 use mvfa_studio::io::array::{ArrayImage, Samples, array_model_images};
 use mvfa_studio::io::dataset::MvfaKey;
-use mvfa_studio::io::input::{ModelImage, collect_files};
-use mvfa_studio::model::mvfa::detector::{ImageResult, TaskKind};
+use mvfa_studio::io::input::collect_inputs;
+use mvfa_studio::model::mvfa::detector::TaskKind;
 use mvfa_studio::workflow::{
     DatasetShots, FileScorer, FitOptions, FitOutcome, FitProgress, FitSpec, LabelledImage,
-    MapLayer, MaskSource, Schedule, ScorerSpec, ShotLabel, ShotSource, SliceContext, Streamed,
-    fit_to_checkpoint, group_files, layer_or_zero_shot, map_at_original, open_scorer, raw_tensors,
-    series_csv,
+    MapLayer, MaskSource, Schedule, ScoredFrame, ScorerSpec, ShotLabel, ShotSource, SliceContext,
+    Streamed, fit_to_checkpoint, group_files, layer_or_zero_shot, map_at_original, open_scorer,
+    raw_tensors, series_csv,
 };
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::create_exception;
@@ -42,12 +42,6 @@ type Failures = Vec<(String, String)>;
 
 /// `(path, frame, label, mask path)` of a labelled image.
 type LabelledTuple = (PathBuf, usize, String, Option<PathBuf>);
-
-/// A frame scored, before it becomes a Python dict (built once the GIL is back).
-struct Scored {
-    image: ModelImage,
-    result: ImageResult,
-}
 
 /// A detector opened for scoring.
 #[pyclass(module = "mvfa_studio._native", frozen)]
@@ -146,18 +140,12 @@ impl Detector {
             files.iter().map(|f| (f.clone(), None)).collect();
         let cancel = AtomicBool::new(false);
         let mut interrupted: Option<PyErr> = None;
-        let mut scored: Vec<Scored> = Vec::new();
+        let mut scored: Vec<ScoredFrame> = Vec::new();
         let outcome = py.detach(|| {
             let scorer = self.scorer.lock().expect("not poisoned");
             scorer.score_files(&listed, &cancel, &mut |item| {
                 match item {
-                    Streamed::Scored(frame) => {
-                        let frame = *frame;
-                        scored.push(Scored {
-                            image: frame.image,
-                            result: frame.result,
-                        });
-                    }
+                    Streamed::Scored(frame) => scored.push(*frame),
                     Streamed::Failed(_, e) => {
                         failures.push((e.path.display().to_string(), e.to_string()))
                     }
@@ -227,14 +215,14 @@ impl Detector {
             window,
         };
         let scored = py
-            .detach(|| -> Result<Vec<Scored>, anyhow::Error> {
+            .detach(|| -> Result<Vec<ScoredFrame>, anyhow::Error> {
                 let scorer = self.scorer.lock().expect("not poisoned");
                 let images = array_model_images(&image)?;
                 let results = scorer.score_images(&images)?;
                 Ok(images
                     .into_iter()
                     .zip(results)
-                    .map(|(image, result)| Scored { image, result })
+                    .map(|(image, result)| ScoredFrame { image, result })
                     .collect())
             })
             .map_err(error)?;
@@ -247,30 +235,13 @@ impl Detector {
     }
 }
 
-/// The files of `inputs` as `score` finds them (folders walked, duplicates dropped), and the
-/// inputs that failed, with `score`'s messages.
+/// The files of `inputs` as `score` finds them, and `(input, message)` per input that failed.
 fn input_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Failures) {
-    let mut files = Vec::new();
-    let mut failures = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for input in inputs {
-        let (found, errors) = collect_files(std::slice::from_ref(input));
-        failures.extend(
-            errors
-                .iter()
-                .map(|e| (e.path.display().to_string(), e.to_string())),
-        );
-        if found.is_empty() && errors.is_empty() {
-            failures.push((
-                input.display().to_string(),
-                format!(
-                    "{}: no supported image files in this folder",
-                    input.display()
-                ),
-            ));
-        }
-        files.extend(found.into_iter().filter(|f| seen.insert(f.clone())));
-    }
+    let (files, errors) = collect_inputs(inputs, None);
+    let failures = errors
+        .iter()
+        .map(|e| (e.path.display().to_string(), e.to_string()))
+        .collect();
     (files, failures)
 }
 
@@ -279,7 +250,7 @@ fn input_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Failures) {
 fn row<'py>(
     py: Python<'py>,
     scorer: &dyn FileScorer,
-    scored: &Scored,
+    scored: &ScoredFrame,
     all_maps: bool,
     original_size: bool,
 ) -> PyResult<Bound<'py, PyDict>> {

@@ -29,9 +29,9 @@
 //! Unreadable inputs are reported (naming the file) and skipped; the command then exits
 //! non-zero after scoring the rest. Every file is written atomically and `scores.csv` last,
 //! so an interrupted run leaves no partial file and no CSV row without its images.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
@@ -40,7 +40,7 @@ use anyhow::Context;
 use super::common::{self, ArgValueError, ModelArgs};
 use crate::io::export::Dates;
 use crate::io::export::atomic::write_atomically;
-use crate::io::input::collect_files;
+use crate::io::input::collect_inputs;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::workflow::{Branch, MapLayer};
 use crate::workflow::{
@@ -360,32 +360,11 @@ fn score(
     }
 }
 
-/// The files to score, each input on its own (so a missing one is listed and the rest still
-/// run), and the inputs that failed, printed as they are found.
+/// The files to score ([`collect_inputs`], earlier outputs in `--out` left out), and the
+/// inputs that failed, printed as they are found.
 fn input_files(args: &ScoreArgs) -> (Vec<PathBuf>, Vec<String>) {
-    let mut failures: Vec<String> = Vec::new();
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut seen = HashSet::new();
-    let out_dir = args.out.canonicalize().ok();
-    for input in &args.inputs {
-        let (found, errors) = collect_files(std::slice::from_ref(input));
-        failures.extend(errors.iter().map(ToString::to_string));
-        if found.is_empty() && errors.is_empty() {
-            failures.push(format!(
-                "{}: no supported image files in this folder",
-                input.display()
-            ));
-        }
-        // Earlier outputs found by walking a folder are not inputs; a file named on the
-        // command line is scored wherever it lies.
-        let walked = input.is_dir();
-        files.extend(
-            found
-                .into_iter()
-                .filter(|f| !walked || !in_folder(f, out_dir.as_deref()))
-                .filter(|f| seen.insert(f.clone())),
-        );
-    }
+    let (files, errors) = collect_inputs(&args.inputs, Some(&args.out));
+    let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
     for f in &failures {
         eprintln!("error: {f}");
     }
@@ -454,14 +433,6 @@ fn score_files(
     });
     bar.finish_and_clear();
     export_error.or(outcome.err())
-}
-
-/// Whether `file` lies inside `folder` (both resolved; false when either cannot be).
-fn in_folder(file: &Path, folder: Option<&Path>) -> bool {
-    match (folder, file.canonicalize()) {
-        (Some(folder), Ok(file)) => file.starts_with(folder),
-        _ => false,
-    }
 }
 
 fn summary_line(w: &FrameWritten, label: &str) -> String {

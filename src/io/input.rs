@@ -259,6 +259,43 @@ pub fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<InputError>) {
     (files, errors)
 }
 
+/// The files `score` scores for `inputs`, each input on its own (so a missing one is
+/// reported and the rest still run), without duplicates, and one error per input or entry that
+/// could not be read (a folder without images is one). Files found by walking a folder inside
+/// `skip_folder` (the output folder, holding earlier outputs) are left out; a file named
+/// directly is kept wherever it lies. The CLI and the Python package share this list.
+pub fn collect_inputs(
+    inputs: &[PathBuf],
+    skip_folder: Option<&Path>,
+) -> (Vec<PathBuf>, Vec<InputError>) {
+    let mut failures = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let skip = skip_folder.and_then(|f| f.canonicalize().ok());
+    for input in inputs {
+        let (found, errors) = collect_files(std::slice::from_ref(input));
+        if found.is_empty() && errors.is_empty() {
+            failures.push(InputError::new(
+                input,
+                "no supported image files in this folder",
+            ));
+        }
+        failures.extend(errors);
+        let walked = input.is_dir();
+        let inside = |f: &Path| match (&skip, f.canonicalize()) {
+            (Some(folder), Ok(file)) => file.starts_with(folder),
+            _ => false,
+        };
+        files.extend(
+            found
+                .into_iter()
+                .filter(|f| !walked || !inside(f))
+                .filter(|f| seen.insert(f.clone())),
+        );
+    }
+    (files, failures)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

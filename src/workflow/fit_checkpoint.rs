@@ -12,7 +12,7 @@ use super::{
     WorkflowError, checkpoint_meta, collect_shots, fit_detector, save_detector,
 };
 use crate::backend::BackendInfo;
-use crate::model::mvfa::calibration::{Calibration, DEFAULT_FPR};
+use crate::model::mvfa::calibration::Calibration;
 use crate::model::mvfa::detector::TaskKind;
 use crate::train::fit::{FitEvent, FitMode};
 use crate::train::select::SelectionReport;
@@ -39,23 +39,6 @@ pub struct FitOptions {
     pub folds: usize,
     /// Adapters to start from (our checkpoint or a reference `.pth`).
     pub init: Option<PathBuf>,
-}
-
-impl Default for FitOptions {
-    /// `train`'s defaults.
-    fn default() -> Self {
-        Self {
-            schedule: Schedule::Paper,
-            epochs: None,
-            learning_rate: 1e-3,
-            train_batch: 1,
-            batch: 8,
-            seed: 111,
-            fpr: DEFAULT_FPR,
-            folds: 2,
-            init: None,
-        }
-    }
 }
 
 impl FitOptions {

@@ -38,20 +38,6 @@ pub struct ScorerSpec {
     pub fpr: Option<f32>,
 }
 
-impl ScorerSpec {
-    /// Scoring `checkpoint` on `clip` with the defaults of `score`.
-    pub fn new(clip: impl Into<PathBuf>, checkpoint: impl Into<PathBuf>) -> Self {
-        Self {
-            clip: clip.into(),
-            clip_config: None,
-            checkpoint: checkpoint.into(),
-            organ: None,
-            batch: 8,
-            fpr: None,
-        }
-    }
-}
-
 /// What a front end shows of an opened scorer.
 #[derive(Debug, Clone)]
 pub struct ScorerInfo {

@@ -97,10 +97,10 @@ def main() -> None:
     if cli_series != py_series:
         fail(f"series.csv differs:\nCLI:\n{cli_series}\nPython:\n{py_series}")
 
-    # Every raw map: the CLI names each frame's file after its row, in order.
-    raw_files = sorted(out.glob("*.raw.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+    # Every raw map, found by the frame name its metadata records.
+    raw_files = list(out.glob("*.raw.safetensors"))
     by_source = {}
-    for path in out.glob("*.raw.safetensors"):
+    for path in raw_files:
         text = path.read_bytes()
         (n,) = struct.unpack("<Q", text[:8])
         meta = json.loads(text[8 : 8 + n]).get("__metadata__", {})
