@@ -11,6 +11,7 @@ mod inspect;
 mod pacs;
 pub mod process;
 mod score;
+mod serve;
 mod synth_data;
 mod train;
 mod weights_cmd;
@@ -60,6 +61,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Query, retrieve from and store to a PACS over DICOMweb or DIMSE.
     Pacs(Box<pacs::PacsArgs>),
+    /// Run as an AI node: receive studies over DICOM (C-STORE) and STOW-RS, score each
+    /// complete series with the detector its route names, and send the results on.
+    Serve(serve::ServeArgs),
 }
 
 /// Parses the command line and runs the subcommand (the app without one).
@@ -68,6 +72,9 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Gui) {
         Command::Gui => process::exit_code(crate::app::run(Vec::new(), None)),
         Command::View { clip, paths } => process::exit_code(crate::app::run(paths, clip)),
+        // A long-running service: no SIGPIPE shortcut (a peer closing its socket must not
+        // end the node), but interrupted output files are still cleaned up.
+        Command::Serve(args) => process::run_service(|| serve::run(args)),
         command => process::run_headless(|| run(command)),
     }
 }
@@ -83,5 +90,6 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Score(args) => score::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Pacs(args) => pacs::run(*args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -11,6 +11,8 @@
 //! - [`app`]: the egui application.
 //! - [`workflow`]: the user-level steps both front ends run (open weights, load a detector,
 //!   collect shots, fit, score).
+//! - [`serve`]: the AI node: DICOM and STOW-RS receivers, SQLite journal, routing, scoring
+//!   and sending of results.
 //! - [`rng`]: seeded, portable random streams.
 //! - [`cli`]: headless commands.
 pub mod app;
@@ -21,6 +23,7 @@ pub mod io;
 pub mod model;
 pub mod pacs;
 pub mod rng;
+pub mod serve;
 pub mod train;
 pub mod weights;
 pub mod workflow;

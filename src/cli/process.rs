@@ -12,6 +12,13 @@ pub fn run_headless(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitC
     exit_code(command())
 }
 
+/// Runs a long-running service (`serve`): like [`run_headless`] but SIGPIPE keeps Rust's
+/// default (ignored), so a network peer that goes away cannot end the process.
+pub fn run_service(command: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
+    clean_up_on_interrupt();
+    exit_code(command())
+}
+
 /// The status of a finished command; an error is printed to stderr first.
 pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {

@@ -1036,17 +1036,17 @@ fn element_text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
+pub(crate) fn us(tag: Tag, v: u16) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::US, PrimitiveValue::from(v))
 }
 
-fn ui(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
+pub(crate) fn ui(tag: Tag, v: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::UI, PrimitiveValue::from(v))
 }
 
 /// Why a command or identifier could not be encoded.
 #[derive(Debug, thiserror::Error)]
-enum EncodeError {
+pub(crate) enum EncodeError {
     /// The data set writer failed.
     #[error("{0}")]
     Write(Box<dicom_object::WriteError>),
@@ -1062,7 +1062,9 @@ impl From<dicom_object::WriteError> for EncodeError {
 }
 
 /// A command set in implicit VR little endian, led by its group length (PS3.7 6.3.1).
-fn encode_command(elements: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, EncodeError> {
+pub(crate) fn encode_command(
+    elements: Vec<DataElement<InMemDicomObject>>,
+) -> Result<Vec<u8>, EncodeError> {
     let ts = IMPLICIT_VR_LITTLE_ENDIAN.erased();
     let mut body = Vec::new();
     InMemDicomObject::from_element_iter(elements).write_dataset_with_ts(&mut body, &ts)?;

@@ -35,6 +35,7 @@ mod mvfa_parity;
 mod pacs;
 mod pacs_tls;
 mod python;
+mod serve;
 mod slice_context;
 mod tokenizer;
 mod weights_download;

@@ -54,7 +54,7 @@ const NATIVE_SYNTAXES: &[&str] = &[
     "1.2.840.10008.1.2.2",
 ];
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -126,6 +126,17 @@ impl Orthanc {
         if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
             config.extend(extra.clone());
         }
+        // `extra` may name the ports (a destination that must come back on its old port).
+        let port_of = |key: &str, default: u16| {
+            config[key]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(default)
+        };
+        let (http_port, dicom_port) = (
+            port_of("HttpPort", http_port),
+            port_of("DicomPort", dicom_port),
+        );
         let config_path = dir.path().join("orthanc.json");
         std::fs::write(&config_path, config.to_string()).map_err(|e| e.to_string())?;
         let log =
