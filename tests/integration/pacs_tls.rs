@@ -23,12 +23,12 @@ use crate::support::cli::{bin, run};
 
 /// A throw-away PKI: a CA, a server and a client certificate it signs, and a stranger CA
 /// that signs nothing we meet.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
         let ca_params = |name: &str| {
@@ -63,12 +63,12 @@ impl Pki {
         Pki { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// What a node needs to talk to our server: our CA, our client certificate.
-    fn client_settings(&self) -> TlsSettings {
+    pub(crate) fn client_settings(&self) -> TlsSettings {
         TlsSettings {
             ca_file: Some(self.path("ca.pem")),
             client_cert: Some(self.path("client.pem")),

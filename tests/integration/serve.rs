@@ -11,6 +11,7 @@ use mvfa_studio::pacs::node::DimseEndpoint;
 use mvfa_studio::pacs::{Endpoint, Node, PacsError};
 
 use crate::pacs::{Orthanc, free_port, started};
+use crate::pacs_tls::Pki;
 use crate::support::cli::{bin, run};
 use crate::support::tiny_clip;
 
@@ -132,6 +133,18 @@ struct NodeProcess {
     log: PathBuf,
     dimse_port: u16,
     http_port: u16,
+    /// `http` or `https`, and the client that speaks it.
+    scheme: &'static str,
+    agent: ureq::Agent,
+    /// DICOM TLS settings of our DIMSE client.
+    dimse_tls: Option<mvfa_studio::pacs::TlsSettings>,
+}
+
+fn plain_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 impl NodeProcess {
@@ -166,6 +179,61 @@ impl NodeProcess {
             log: root.join("node.log"),
             dimse_port,
             http_port,
+            scheme: "http",
+            agent: plain_agent(),
+            dimse_tls: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// [`NodeProcess::start`] with DICOM TLS and HTTPS, client certificates required; our
+    /// clients present the PKI's client certificate.
+    fn start_tls(root: &Path, ckpt: &Path, s: &Settings, pki: &Pki) -> Self {
+        let (dimse_port, http_port) = (free_port(), free_port());
+        let config = root.join("serve.toml");
+        let tls = Settings {
+            extra_node: format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+                pki.path("server.pem"),
+                pki.path("server.key"),
+                pki.path("ca.pem")
+            ),
+            destination: s.destination.clone(),
+            quiet_seconds: s.quiet_seconds,
+            complete_at_release: s.complete_at_release,
+            max_queued: s.max_queued,
+        };
+        Self::write_config(&config, (dimse_port, http_port), ckpt, &tls);
+        let pem = |name: &str| std::fs::read(pki.path(name)).unwrap();
+        let ca = ureq::tls::Certificate::from_pem(&pem("ca.pem"))
+            .unwrap()
+            .to_owned();
+        let client = ureq::tls::Certificate::from_pem(&pem("client.pem"))
+            .unwrap()
+            .to_owned();
+        let key = ureq::tls::PrivateKey::from_pem(&pem("client.key"))
+            .unwrap()
+            .to_owned();
+        let tls_config = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
+            .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[client], key)))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls_config)
+            .build()
+            .into();
+        let mut node = NodeProcess {
+            child: None,
+            config,
+            data_dir: root.join("node"),
+            log: root.join("node.log"),
+            dimse_port,
+            http_port,
+            scheme: "https",
+            agent,
+            dimse_tls: Some(pki.client_settings()),
         };
         node.restart();
         node
@@ -219,16 +287,22 @@ impl NodeProcess {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
+        // The server certificate names localhost.
+        format!("{}://localhost:{}{path}", self.scheme, self.http_port)
     }
 
     fn try_health(&self) -> Option<serde_json::Value> {
-        let mut r = ureq::get(&self.url("/health")).call().ok()?;
+        let mut r = self.agent.get(&self.url("/health")).call().ok()?;
+        if r.status() != 200 {
+            return None;
+        }
         serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
     }
 
     fn metrics(&self) -> HashMap<String, f64> {
-        let text = ureq::get(&self.url("/metrics"))
+        let text = self
+            .agent
+            .get(&self.url("/metrics"))
             .call()
             .unwrap()
             .body_mut()
@@ -297,16 +371,23 @@ impl NodeProcess {
 
     /// Our own DIMSE client towards the node.
     fn client(&self) -> Box<dyn mvfa_studio::pacs::PacsClient> {
+        self.client_with(self.dimse_tls.clone())
+    }
+
+    fn client_with(
+        &self,
+        tls: Option<mvfa_studio::pacs::TlsSettings>,
+    ) -> Box<dyn mvfa_studio::pacs::PacsClient> {
         mvfa_studio::pacs::connect(&Node {
             name: "node".into(),
             endpoint: Endpoint::Dimse(DimseEndpoint {
-                host: "127.0.0.1".into(),
+                host: "localhost".into(),
                 port: self.dimse_port,
                 called_ae: "MVFA_NODE".into(),
                 calling_ae: "TEST_SCU".into(),
-                tls: None,
+                tls,
             }),
-            timeout_secs: 20,
+            timeout_secs: 5,
         })
         .unwrap()
     }
@@ -330,11 +411,8 @@ fn stow(node: &NodeProcess, files: &[Vec<u8>]) -> (u16, serde_json::Value) {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = agent
+    let mut r = node
+        .agent
         .post(&node.url("/studies"))
         .header(
             "Content-Type",
@@ -613,8 +691,8 @@ fn storescu_study_is_scored_once_per_series_and_the_results_arrive_in_orthanc() 
 
 #[test]
 #[ignore = "needs dcmtk (storescu) and Orthanc (Debian dcmtk, orthanc)"]
-fn kill_9_in_a_200_instance_stream_then_restart_scores_each_series_once_and_sends_each_result_once()
-{
+fn kill_9_in_a_200_instance_stream_then_restart_scores_each_series_once_and_sends_each_result_once_to_orthanc()
+ {
     let o = orthanc("kill_9");
     let fx = fixture(7, 10, 20);
     let mut node = NodeProcess::start(&fx.root, &fx.checkpoint, &Settings::dimse(o.dicom_port));
@@ -681,7 +759,7 @@ fn kill_9_in_a_200_instance_stream_then_restart_scores_each_series_once_and_send
 
 #[test]
 #[ignore = "needs dcmtk (storescu) and Orthanc (Debian dcmtk, orthanc)"]
-fn a_destination_that_is_down_gets_the_results_once_it_is_back() {
+fn a_destination_orthanc_that_is_down_gets_the_results_once_it_is_back() {
     let fx = fixture(8, 2, 4);
     let port = free_port();
     let node = NodeProcess::start(&fx.root, &fx.checkpoint, &Settings::dimse(port));
@@ -785,4 +863,50 @@ fn twenty_associations_at_once_are_all_stored_with_bounded_memory() {
     println!("peak RSS with 20 associations: {} MiB", peak_kib / 1024);
     assert!(peak_kib < 1024 * 1024, "peak RSS {peak_kib} KiB");
     assert_eq!(node.events("scored", "series_uid").len(), 20);
+}
+
+#[test]
+fn dicom_tls_and_https_require_the_client_certificate_and_carry_a_series() {
+    let pki = Pki::new();
+    let fx = fixture(11, 1, 3);
+    let out = fx.root.join("delivered");
+    // One series over two protocols: complete after a quiet time, not at a release.
+    let settings = Settings {
+        quiet_seconds: 2.0,
+        complete_at_release: false,
+        ..Settings::folder(&out)
+    };
+    let node = NodeProcess::start_tls(&fx.root, &fx.checkpoint, &settings, &pki);
+    let files = dcm_files(&series_dirs(&fx.volumes)[0]);
+    // Without TLS, or without a client certificate, nothing gets in.
+    assert!(node.client_with(None).store(&files[0]).is_err());
+    let no_cert = mvfa_studio::pacs::TlsSettings {
+        ca_file: Some(pki.path("ca.pem")),
+        ..Default::default()
+    };
+    assert!(node.client_with(Some(no_cert)).store(&files[0]).is_err());
+    assert!(
+        ureq::get(&format!("http://localhost:{}/health", node.http_port))
+            .call()
+            .is_err()
+    );
+    // With it: the first instance over DICOM TLS, the others over HTTPS (STOW-RS).
+    node.client().store(&files[0]).unwrap();
+    let rest: Vec<Vec<u8>> = files[1..]
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let (status, answer) = stow(&node, &rest);
+    assert_eq!(status, 200, "{answer}");
+    node.wait_done(1, 60);
+    assert_eq!(node.results().len(), 3);
+    let m = node.metrics();
+    assert_eq!(
+        m["mvfa_node_instances_received_total{protocol=\"dimse\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["mvfa_node_instances_received_total{protocol=\"stow\"}"],
+        2.0
+    );
 }
