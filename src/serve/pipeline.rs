@@ -53,6 +53,16 @@ impl Workers {
     /// Scores complete series until stopped.
     pub fn score_loop(&self) {
         let mut scorers: HashMap<String, Box<dyn FileScorer>> = HashMap::new();
+        // Open every detector now, not when its first series is complete: opening rebuilds
+        // the memory bank, which takes minutes with ViT-L on a CPU. One that fails is tried
+        // again for its first series, which then fails with the reason.
+        for route in &self.config.routes {
+            if let Err(SeriesError::Permanent(reason) | SeriesError::Retry(reason)) =
+                self.scorer(route, &mut scorers)
+            {
+                tracing::error!(route = route.name, reason, "detector not opened");
+            }
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let job = {
                 let mut j = self.lock();

@@ -102,6 +102,8 @@ struct Settings {
     max_queued: u64,
     destination: String,
     extra_node: String,
+    /// Extra keys of the one route (matching rules).
+    extra_route: String,
 }
 
 impl Settings {
@@ -112,6 +114,7 @@ impl Settings {
             max_queued: 10_000,
             destination: format!("protocol = \"folder\"\npath = {:?}\n", path),
             extra_node: String::new(),
+            extra_route: String::new(),
         }
     }
 
@@ -156,13 +159,14 @@ impl NodeProcess {
              complete_at_release = {}\nmax_queued_instances = {}\nmax_retry_seconds = 2\n\
              cpu = true\n{}\n\
              [[route]]\nname = \"synthetic\"\ncheckpoint = {:?}\nclip = {:?}\nbatch = 8\n\
-             destination = \"results\"\n\n[[destination]]\nname = \"results\"\n{}",
+             destination = \"results\"\n{}\n[[destination]]\nname = \"results\"\n{}",
             s.quiet_seconds,
             s.complete_at_release,
             s.max_queued,
             s.extra_node,
             ckpt,
             tiny_clip(),
+            s.extra_route,
             s.destination
         );
         std::fs::write(config, text).unwrap();
@@ -203,6 +207,7 @@ impl NodeProcess {
             quiet_seconds: s.quiet_seconds,
             complete_at_release: s.complete_at_release,
             max_queued: s.max_queued,
+            extra_route: s.extra_route.clone(),
         };
         Self::write_config(&config, (dimse_port, http_port), ckpt, &tls);
         let pem = |name: &str| std::fs::read(pki.path(name)).unwrap();
@@ -629,15 +634,51 @@ fn a_malformed_c_store_gets_c000_and_the_rest_of_its_series_is_scored() {
     assert_eq!(instances, 4);
 }
 
+#[test]
+fn a_series_no_route_matches_is_stored_and_logged_not_scored() {
+    let fx = fixture(12, 1, 3);
+    let out = fx.root.join("delivered");
+    let settings = Settings {
+        extra_route: "modality = [\"US\"]\n".into(),
+        ..Settings::folder(&out)
+    };
+    let node = NodeProcess::start(&fx.root, &fx.checkpoint, &settings);
+    let files: Vec<Vec<u8>> = dcm_files(&series_dirs(&fx.volumes)[0])
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let (status, _) = stow(&node, &files);
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = node.try_health().unwrap();
+        if h["series"]["unmatched"] == 1 {
+            assert_eq!(h["queued_instances"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node.metrics()["mvfa_node_series_unmatched_total"], 1.0);
+    assert!(node.results().is_empty());
+    assert!(!out.exists());
+    assert_eq!(dcm_files(&node.data_dir.join("incoming")).len(), 3);
+    assert!(node.log_text().contains("no route matches modality"));
+}
+
 // ---- with DCMTK and Orthanc ----------------------------------------------------------------
 
 const NEEDS: &str = "needs dcmtk (storescu) and Orthanc";
 
 fn storescu(node: &NodeProcess, inputs: &[&Path]) -> std::process::Output {
+    storescu_to(node.dimse_port, "MVFA_NODE", inputs)
+}
+
+fn storescu_to(port: u16, called: &str, inputs: &[&Path]) -> std::process::Output {
     Command::new("storescu")
-        .args(["-aec", "MVFA_NODE", "-aet", "SCANNER", "+sd", "+r", "-nh"])
+        .args(["-aec", called, "-aet", "SCANNER", "+sd", "+r", "-nh"])
         .arg("127.0.0.1")
-        .arg(node.dimse_port.to_string())
+        .arg(port.to_string())
         .args(inputs)
         .output()
         .unwrap_or_else(|e| panic!("{NEEDS}: storescu: {e}"))
@@ -716,10 +757,14 @@ fn kill_9_in_a_200_instance_stream_then_restart_scores_each_series_once_and_send
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed while a series is being scored and the stream is past 140 instances.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let m = node.metrics();
-        if m["mvfa_node_instances_received_total{protocol=\"dimse\"}"] >= 140.0 {
+        let scoring = node
+            .try_health()
+            .is_some_and(|h| h["series"]["scoring"] == 1);
+        if m["mvfa_node_instances_received_total{protocol=\"dimse\"}"] >= 140.0 && scoring {
             break;
         }
         assert!(Instant::now() < deadline, "the stream did not progress");
@@ -734,6 +779,12 @@ fn kill_9_in_a_200_instance_stream_then_restart_scores_each_series_once_and_send
     assert!((140..200).contains(&before), "{before} instances journaled");
     // Restart, and the sender sends everything again (as a modality retrying would).
     node.restart();
+    // The series being scored at the kill is scored again; its first attempt never left.
+    assert!(
+        node.log_text().contains("\"rescore\":1"),
+        "{}",
+        node.log_text()
+    );
     let out = storescu(&node, &rest);
     assert!(
         out.status.success(),
@@ -909,4 +960,69 @@ fn dicom_tls_and_https_require_the_client_certificate_and_carry_a_series() {
         m["mvfa_node_instances_received_total{protocol=\"stow\"}"],
         2.0
     );
+}
+
+#[test]
+#[ignore = "needs dcmtk (storescu) and Orthanc (Debian dcmtk, orthanc, orthanc-dicomweb)"]
+fn orthanc_forwards_studies_over_c_store_and_stow_rs_and_gets_the_results_back_over_stow_rs() {
+    // Orthanc plays the PACS: it holds two studies, sends one to the node over C-STORE and
+    // the other over STOW-RS (its DICOMweb client), and takes the results back over STOW-RS.
+    let fx = fixture(13, 2, 4);
+    let (orthanc_port, orthanc_http) = (free_port(), free_port());
+    let settings = Settings {
+        destination: format!(
+            "protocol = \"dicomweb\"\nbase_url = \"http://127.0.0.1:{orthanc_http}/dicom-web\"\ntimeout_secs = 10\n"
+        ),
+        ..Settings::folder(Path::new("/unused"))
+    };
+    let node = NodeProcess::start(&fx.root, &fx.checkpoint, &settings);
+    let o = started(
+        "orthanc_forwards",
+        Orthanc::start_with(
+            &[],
+            serde_json::json!({
+                "DicomPort": orthanc_port,
+                "HttpPort": orthanc_http,
+                "DicomModalities": { "node": ["MVFA_NODE", "127.0.0.1", node.dimse_port] },
+                "DicomWeb": {
+                    "Enable": true,
+                    "Root": "/dicom-web/",
+                    "Servers": { "node": [format!("http://127.0.0.1:{}/", node.http_port)] },
+                },
+            }),
+        ),
+    );
+    let upload = storescu_to(o.dicom_port, "ORTHANC", &[&fx.volumes]);
+    assert!(upload.status.success());
+    let api = |path: &str| format!("http://127.0.0.1:{}{path}", o.http_port);
+    let studies: Vec<String> = serde_json::from_str(
+        &ureq::get(&api("/studies"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(studies.len(), 2);
+    ureq::post(&api("/modalities/node/store"))
+        .send(studies[0].as_str())
+        .unwrap();
+    let body = serde_json::json!({ "Resources": [studies[1]] }).to_string();
+    ureq::post(&api("/dicom-web/servers/node/stow"))
+        .send(body.as_str())
+        .unwrap();
+    node.wait_done(2, 120);
+    let m = node.metrics();
+    assert_eq!(
+        m["mvfa_node_instances_received_total{protocol=\"dimse\"}"],
+        4.0
+    );
+    assert_eq!(
+        m["mvfa_node_instances_received_total{protocol=\"stow\"}"],
+        4.0
+    );
+    let results = node.results();
+    assert_eq!(results.len(), 6);
+    assert_eq!(orthanc_instances(&o), 8 + 6);
 }
