@@ -233,6 +233,27 @@ pub fn support_groups<B: Backend>(
         .collect()
 }
 
+/// The first view of each [`support_groups`] group alone (augmentation 0, the identity):
+/// one `[1, 3, S, S]` tensor per shot. A memory bank from these holds exactly the rows of the
+/// full bank's unaugmented views, at one backbone pass per shot.
+pub fn unaugmented_groups<B: Backend>(
+    normal: &[&[f32]],
+    size: usize,
+    device: &B::Device,
+) -> Result<Vec<Tensor<B, 4>>, FitError> {
+    normal
+        .iter()
+        .map(|image| {
+            let view = planar(image, 3, size)?;
+            Ok(batch_tensor(
+                &[view.data.as_slice()],
+                [3, size, size],
+                device,
+            )?)
+        })
+        .collect()
+}
+
 /// How long fine-tuning runs: a preset of [`FitSettings`]' epochs and training augmentations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Schedule {

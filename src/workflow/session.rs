@@ -19,7 +19,7 @@ use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::adapter::MvfaAdaptersConfig;
 use crate::model::mvfa::calibration::Calibration;
 use crate::model::mvfa::detector::{Detector, FeatureCache, ImageResult, TaskKind};
-use crate::train::fit::{FitEvent, FitMode, Shots};
+use crate::train::fit::{FitEvent, FitMode, Shots, unaugmented_groups};
 use crate::train::select::{FitStart, SelectionReport, Verdict};
 use crate::weights::adapters::MixingRatios;
 use crate::weights::clip::LoadReport;
@@ -87,6 +87,14 @@ pub trait ModelSession: Send {
         shots: &Shots,
         request: &FitRequest,
     ) -> Result<DetectorSummary, WorkflowError>;
+
+    /// The quick first step of a label correction: rebuilds only the memory bank, from the
+    /// unaugmented view of each normal shot (one backbone pass per shot the cache lacks),
+    /// keeping the adapters and the last calibration. [`ModelSession::prepare`] with the
+    /// same shots then adds the augmented views and refits the calibration; its detector is
+    /// the one `prepare` alone builds, bit for bit. `None` when there is no detector yet or
+    /// the normal shots did not change (only `prepare` helps then).
+    fn prepare_quick(&mut self, shots: &Shots) -> Result<Option<DetectorSummary>, WorkflowError>;
 
     /// Fine-tunes the current adapters on `shots`; a cancelled run keeps the previous
     /// detector.
@@ -276,6 +284,38 @@ where
             fitted.note.clone(),
         );
         Ok(self.install(fitted.detector, summary, shots))
+    }
+
+    fn prepare_quick(&mut self, shots: &Shots) -> Result<Option<DetectorSummary>, WorkflowError> {
+        let unchanged = shots.normal.len() == self.normal_shots.len()
+            && shots
+                .normal
+                .iter()
+                .zip(&self.normal_shots)
+                .all(|(s, old)| s.image == *old);
+        if shots.normal.is_empty() || unchanged {
+            return Ok(None);
+        }
+        let (Some(mut detector), Some(previous)) = (self.detector.take(), self.summary.clone())
+        else {
+            return Ok(None);
+        };
+        let size = detector.scorer().config().image_size;
+        let images: Vec<&[f32]> = shots.normal.iter().map(|s| s.image.as_slice()).collect();
+        let built = unaugmented_groups::<B>(&images, size, self.backbone.device())
+            .and_then(|groups| Ok(detector.set_support(groups)?))
+            .map_err(WorkflowError::from);
+        if let Err(e) = built {
+            self.detector = Some(detector);
+            return Err(e);
+        }
+        let note = format!(
+            "memory bank from the unaugmented view of each of {} normal shot(s); the augmented \
+             views and a new calibration follow",
+            shots.normal.len()
+        );
+        let summary = self.summarise(&detector, &previous.organ, None, Some(shots), Some(note));
+        Ok(Some(self.install(detector, summary, shots)))
     }
 
     fn fit(

@@ -282,6 +282,56 @@ fn app_model_label_train_review_correct_export_and_reopen() {
         3
     );
 
+    // Correct a result as normal: first the quick memory bank (one pass of the new shot, its
+    // unaugmented view; the calibration kept) and the shown image's new score, then the
+    // augmented views and the calibration in the background, with the status bar saying so.
+    let normal_image = key(&folder, "t0.png");
+    show(&mut h, &normal_image);
+    let generation = h.state().state.model.generation;
+    press(&mut h, Modifiers::NONE, Key::N);
+    let revision = h.state().state.labels.revision;
+    wait_until(&mut h, "the quick memory bank", 60, |s| {
+        s.model.quick_revision == Some(revision)
+            && s.model.generation > generation
+            && s.model
+                .detector
+                .as_ref()
+                .is_some_and(|d| d.normal_shots == 3)
+    });
+    assert!(
+        h.state()
+            .state
+            .log
+            .iter()
+            .any(|l| l.contains("Memory bank updated from the unaugmented view")),
+        "{:?}",
+        h.state().state.log
+    );
+    let quick_generation = h.state().state.model.generation;
+    let seen_background = std::cell::Cell::new(false);
+    wait_until(&mut h, "the full memory bank and new scores", 120, |s| {
+        if let Some((ModelJobKind::Prepare, p)) = &s.activity.model {
+            seen_background
+                .set(seen_background.get() || p.message.contains("adding the augmented views"));
+        }
+        s.model.detector_revision == Some(revision) && idle_and_scored(s, images)
+    });
+    let s = &h.state().state;
+    assert!(s.model.generation > quick_generation);
+    let note = s
+        .model
+        .detector
+        .as_ref()
+        .unwrap()
+        .note
+        .clone()
+        .unwrap_or_default();
+    assert!(!note.contains("unaugmented view"), "{note}");
+    assert!(
+        seen_background.get(),
+        "the status bar showed the background step"
+    );
+
     // Export the whole study: overlays with legend, heatmaps, raw maps and the CSV.
     let out = dir.path().join("export");
     press(&mut h, Modifiers::COMMAND | Modifiers::SHIFT, Key::E);

@@ -333,3 +333,78 @@ fn scores_do_not_depend_on_the_batch_they_run_in() {
         }
     }
 }
+
+/// The frames of `shots` as the app hands them to a session.
+fn frames_of(shots: &[mvfa_studio::train::fit::Shot]) -> Vec<mvfa_studio::io::input::ModelImage> {
+    shots
+        .iter()
+        .enumerate()
+        .map(|(frame, s)| mvfa_studio::io::input::ModelImage {
+            source: "shot".into(),
+            frame,
+            frames: shots.len(),
+            display: mvfa_studio::io::resample::Image8 {
+                width: 1,
+                height: 1,
+                channels: mvfa_studio::io::image::Channels::Gray,
+                data: vec![0],
+            },
+            input: s.image.clone(),
+            note: None,
+        })
+        .collect()
+}
+
+/// A label correction's quick step (the new bank from the unaugmented view of each normal
+/// shot, the calibration kept) followed by the full rebuild leaves the detector that the full
+/// rebuild alone builds, bit for bit: the same calibration, and the same maps and scores on
+/// every image. Over two seeds.
+#[test]
+fn a_quick_bank_update_then_the_full_rebuild_equals_the_full_rebuild_bit_for_bit() {
+    use mvfa_studio::workflow::{ModelSession, Session};
+    let (_dir, _backbone, collected) = setup();
+    let never = AtomicBool::new(false);
+    let open = || Session::<B>::open(&clip_fixture(), None, &Default::default()).unwrap();
+    let mut fewer = collected.shots.clone();
+    fewer.normal.pop();
+    let mut probes = collected.shots.abnormal.clone();
+    probes.extend(collected.shots.normal.iter().cloned());
+    let frames = frames_of(&probes);
+    for seed in [7, 9] {
+        let mut request = request(seed);
+        request.settings.train.epochs = 0;
+        let mut direct = open();
+        direct.prepare(&fewer, &request).unwrap();
+        let direct_summary = direct.prepare(&collected.shots, &request).unwrap();
+
+        let mut corrected = open();
+        let before = corrected.prepare(&fewer, &request).unwrap();
+        let scores_before = corrected.score(&frames, &never).unwrap();
+        let quick = corrected
+            .prepare_quick(&collected.shots)
+            .unwrap()
+            .expect("a normal shot was added");
+        assert_eq!(quick.normal_shots, collected.shots.normal.len());
+        assert_eq!(
+            quick.calibration, before.calibration,
+            "the calibration is kept"
+        );
+        assert!(quick.note.unwrap().contains("unaugmented view"));
+        // Nothing new: nothing quick to do.
+        assert!(corrected.prepare_quick(&collected.shots).unwrap().is_none());
+        // The new bank is in use: the few-shot maps moved.
+        let scores_quick = corrected.score(&frames, &never).unwrap();
+        assert_ne!(scores_quick, scores_before);
+
+        let full = corrected.prepare(&collected.shots, &request).unwrap();
+        assert_eq!(full.calibration, direct_summary.calibration);
+        let (ours, theirs) = (
+            corrected.score(&frames, &never).unwrap(),
+            direct.score(&frames, &never).unwrap(),
+        );
+        assert_eq!(ours.len(), frames.len());
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "seed {seed}");
+        }
+    }
+}

@@ -647,7 +647,7 @@ pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
                 if kind == ModelJobKind::Train {
                     state.model.training.status = message;
                 }
-                if kind == ModelJobKind::Score && labels_moved_on(state) {
+                if kind == ModelJobKind::Score && labels_ahead_of_bank(state) {
                     // New labels make these scores stale: stop, rebuild, rescore.
                     if let Some(job) = &jobs.model {
                         job.job.cancel();
@@ -665,6 +665,10 @@ pub fn poll(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
                 state.model.restoring = None;
                 if kind == ModelJobKind::Prepare {
                     state.model.prepare_failed = Some(state.labels.revision);
+                }
+                if kind == ModelJobKind::PrepareQuick {
+                    // The full rebuild follows, and reports what is wrong.
+                    state.model.quick_revision = Some(state.labels.revision);
                 }
                 if kind == ModelJobKind::Train {
                     state.model.training.status = format!("failed: {message}");
@@ -833,6 +837,12 @@ fn labels_moved_on(state: &AppState) -> bool {
         && state.model.prepare_failed != Some(state.labels.revision)
 }
 
+/// Whether the labels are ahead of the memory bank in use, quick or full: scores of the
+/// detector in use are stale then.
+fn labels_ahead_of_bank(state: &AppState) -> bool {
+    labels_moved_on(state) && state.model.quick_revision != Some(state.labels.revision)
+}
+
 fn apply_item(state: &mut AppState, item: ModelItem) {
     let model = &mut state.model;
     match item {
@@ -924,6 +934,21 @@ fn apply_outcome(state: &mut AppState, outcome: ModelOutcome) {
                 }
             }
         }
+        ModelOutcome::QuickBank(summary, revision) => {
+            model.quick_revision = Some(revision);
+            if let Some(summary) = summary {
+                state.log.push(
+                    "Memory bank updated from the unaugmented view of each normal shot; the \
+                     augmented views and the calibration follow in the background"
+                        .into(),
+                );
+                model.detector = Some(*summary);
+                model.detector_unsaved = true;
+                model.generation += 1;
+                model.scoring_paused = false;
+                model.error = None;
+            }
+        }
         ModelOutcome::Trained(FitSummary::Fitted(summary), revision) => {
             let elapsed = model
                 .training
@@ -993,12 +1018,36 @@ fn schedule(state: &mut AppState, jobs: &mut Jobs, ctx: &egui::Context) {
             ctx.request_repaint_after(SETTLE - waited);
             return;
         }
+        let revision = state.labels.revision;
+        // First the quick bank (one pass per new normal shot), then the shown frame's new
+        // result, then the augmented views and the calibration.
+        if state.model.detector.is_some() && state.model.quick_revision != Some(revision) {
+            jobs.model = Some(model_jobs::prepare_quick(
+                session,
+                labelled_images(state),
+                revision,
+                repaint(ctx),
+            ));
+            return;
+        }
+        let after_quick = state.model.quick_revision == Some(revision);
+        if after_quick
+            && !state.model.scoring_paused
+            && let Some(shown) = score_queue(state, 1)
+                .into_iter()
+                .next()
+                .filter(|k| state.viewer.current.as_ref() == Some(k))
+        {
+            jobs.model = Some(model_jobs::score(session, vec![shown], repaint(ctx)));
+            return;
+        }
         let request = state.model.fit_request();
         jobs.model = Some(model_jobs::prepare(
             session,
             labelled_images(state),
             request,
-            state.labels.revision,
+            revision,
+            after_quick,
             repaint(ctx),
         ));
         return;

@@ -35,6 +35,9 @@ pub enum ModelOutcome {
     /// A detector was built (prepare or import); `revision` is the labels revision its
     /// shots came from.
     Detector(Box<DetectorSummary>, Option<u64>),
+    /// The quick memory bank of labels `revision` is in use; `None`: nothing was quick to do
+    /// (no detector yet, or the normal shots did not change).
+    QuickBank(Option<Box<DetectorSummary>>, u64),
     /// Fine-tuning ended (or was cancelled).
     Trained(FitSummary, u64),
     /// Scoring ended (its frames came as items).
@@ -78,19 +81,46 @@ pub(super) fn spawn(
     }
 }
 
+/// The quick first step of a label edit: the memory bank from the unaugmented view of each
+/// normal shot of `shots` (labels `revision`), one backbone pass per new shot, the
+/// calibration kept ([`crate::workflow::ModelSession::prepare_quick`]).
+pub fn prepare_quick(
+    session: SharedSession,
+    shots: Vec<LabelledImage>,
+    revision: u64,
+    repaint: impl Fn() + Send + Sync + 'static,
+) -> ModelJob {
+    spawn(ModelJobKind::PrepareQuick, repaint, move |ctx| {
+        ctx.progress(None, "reading the labelled images");
+        let collected = collect_shots(&ShotSource::Labelled(shots))?;
+        ctx.progress(None, "one pass of each new normal shot");
+        let summary = lock(&session).prepare_quick(&collected.shots)?;
+        Ok(ModelOutcome::QuickBank(summary.map(Box::new), revision))
+    })
+}
+
 /// Rebuilds the memory bank and calibration from `shots` (labels `revision`) around the
-/// current adapters, without fine-tuning.
+/// current adapters, without fine-tuning. `after_quick`: the quick bank is in use, and this
+/// adds the augmented views to it.
 pub fn prepare(
     session: SharedSession,
     shots: Vec<LabelledImage>,
     request: FitRequest,
     revision: u64,
+    after_quick: bool,
     repaint: impl Fn() + Send + Sync + 'static,
 ) -> ModelJob {
     spawn(ModelJobKind::Prepare, repaint, move |ctx| {
         ctx.progress(None, "reading the labelled images");
         let collected = collect_shots(&ShotSource::Labelled(shots))?;
-        ctx.progress(None, "building the memory bank and calibration");
+        ctx.progress(
+            None,
+            if after_quick {
+                "adding the augmented views of each shot and calibrating"
+            } else {
+                "building the memory bank and calibration"
+            },
+        );
         let summary = lock(&session).prepare(&collected.shots, &request)?;
         Ok(ModelOutcome::Detector(Box::new(summary), Some(revision)))
     })

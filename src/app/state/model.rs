@@ -32,6 +32,9 @@ pub const ORGAN_PRESETS: [(&str, &str); 5] = [
 pub enum ModelJobKind {
     /// Rebuilds the memory bank and calibration from the labels, without fine-tuning.
     Prepare,
+    /// The quick first step after a label edit: the memory bank from the unaugmented view
+    /// of each normal shot, the calibration kept; [`ModelJobKind::Prepare`] follows.
+    PrepareQuick,
     /// Fine-tunes the adapters.
     Train,
     /// Scores images.
@@ -49,6 +52,7 @@ impl ModelJobKind {
     pub fn title(self) -> &'static str {
         match self {
             ModelJobKind::Prepare => "Updating the memory bank",
+            ModelJobKind::PrepareQuick => "Updating the memory bank (unaugmented views)",
             ModelJobKind::Train => "Fine-tuning",
             ModelJobKind::Score => "Scoring",
             ModelJobKind::Import => "Importing adapters",
@@ -252,6 +256,9 @@ pub struct ModelState {
     pub error: Option<String>,
     /// Labels revision whose memory-bank rebuild failed (not retried until labels change).
     pub prepare_failed: Option<u64>,
+    /// Labels revision whose quick memory bank (unaugmented views only) is in use, or whose
+    /// quick step found nothing to do; the full rebuild for it follows.
+    pub quick_revision: Option<u64>,
     /// The export window, while open.
     pub export: Option<ExportDialog>,
     /// Background scoring was cancelled by the user (Escape): it resumes with the next
@@ -296,6 +303,7 @@ impl Default for ModelState {
             seen_revision: (0, Instant::now()),
             error: None,
             prepare_failed: None,
+            quick_revision: None,
             export: None,
             scoring_paused: false,
             frames_scored: 0,

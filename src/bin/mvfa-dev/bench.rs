@@ -104,6 +104,15 @@ pub struct BenchArgs {
     /// Side of the `--series` slices in pixels.
     #[arg(long, default_value_t = 512, value_parser = parse_positive)]
     pub slice_size: usize,
+    /// Instead of the table: the correction loop on real weights (`--clip`): a detector from
+    /// K-1 normal and K abnormal synthetic shots, then one more normal shot; prints the time
+    /// of the quick step (unaugmented views), of the shown image's new score, and of the
+    /// background step (augmented views and calibration).
+    #[arg(long, value_name = "K", value_parser = parse_positive, requires = "clip")]
+    pub correction: Option<usize>,
+    /// CLIP weights of `--correction` (e.g. from tools/random_vit_l.py).
+    #[arg(long)]
+    pub clip: Option<std::path::PathBuf>,
 }
 
 /// One table row.
@@ -180,7 +189,85 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {reason}");
     }
     println!("backend: {} on {}", info.backend, info.device);
+    if let (Some(k), Some(clip)) = (args.correction, &args.clip) {
+        return mvfa_studio::with_backend!(info, |B, device| correction::<B>(clip, k, &device));
+    }
     mvfa_studio::with_backend!(info, |B, device| bench::<B>(&args, &device))
+}
+
+/// `--correction`: the two steps of a normal-label correction, timed through the session the
+/// app uses.
+fn correction<B: Backend>(
+    clip: &std::path::Path,
+    k: usize,
+    device: &B::Device,
+) -> anyhow::Result<ExitCode>
+where
+    B::Device: Send,
+{
+    use mvfa_studio::workflow::{FitRequest, ModelSession, Session};
+    anyhow::ensure!(k >= 2, "--correction needs K of at least 2");
+    let started = Instant::now();
+    let mut session = Session::<B>::open(clip, None, device)?;
+    println!("weights opened in {:.1} s", started.elapsed().as_secs_f64());
+    let shots = synthetic_shots(k);
+    let mut fewer = shots.clone();
+    fewer.normal.pop();
+    let mut request = FitRequest::new("Brain");
+    request.settings.train.epochs = 0;
+    let started = Instant::now();
+    session.prepare(&fewer, &request)?;
+    let first = started.elapsed().as_secs_f64();
+    let frame = mvfa_studio::io::input::ModelImage {
+        source: "shown".into(),
+        frame: 0,
+        frames: 1,
+        display: mvfa_studio::io::resample::Image8 {
+            width: 1,
+            height: 1,
+            channels: mvfa_studio::io::image::Channels::Gray,
+            data: vec![0],
+        },
+        input: shots.abnormal[0].image.clone(),
+        note: None,
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let started = Instant::now();
+    session.prepare_quick(&shots)?;
+    let quick = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    session.score(std::slice::from_ref(&frame), &never)?;
+    let score = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    session.prepare(&shots, &request)?;
+    let full = started.elapsed().as_secs_f64();
+    let cpu = cpu_name();
+    println!(
+        "\ncorrection loop, {} normal + {k} abnormal shots, one normal shot added ({cpu}):",
+        k - 1
+    );
+    println!("| step | seconds |\n|---|---:|");
+    println!(
+        "| first detector (memory bank of {} views, calibration) | {first:.1} |",
+        (k - 1) * 11
+    );
+    println!("| quick step: bank from the unaugmented views (one new pass) | {quick:.2} |");
+    println!("| the shown image's new score | {score:.2} |");
+    println!("| background step: augmented views and calibration | {full:.1} |");
+    println!("| label edit to new score | {:.2} |", quick + score);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// The random tower, adapters and configurations that the rows share.
