@@ -37,7 +37,7 @@ use pipeline::Workers;
 use store_scp::ScpContext;
 
 use crate::io::export::write_atomically;
-use crate::workflow::{DicomExport, ScorerSpec, open_scorer};
+use crate::workflow::{DicomExport, open_scorer};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -345,14 +345,6 @@ pub fn check(config: &ServeConfig) -> Vec<CheckLine> {
     }
     let backend = crate::backend::probe(node.cpu);
     for route in &config.routes {
-        let spec = ScorerSpec {
-            clip: route.clip.clone(),
-            clip_config: route.clip_config.clone(),
-            checkpoint: route.checkpoint.clone(),
-            organ: route.organ.clone(),
-            batch: route.batch,
-            fpr: None,
-        };
         line(
             format!(
                 "route {}: detector {} with {}",
@@ -360,7 +352,7 @@ pub fn check(config: &ServeConfig) -> Vec<CheckLine> {
                 route.checkpoint.display(),
                 route.clip.display()
             ),
-            open_scorer(&spec, &backend)
+            open_scorer(&route.scorer_spec(), &backend)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
         );

@@ -307,6 +307,18 @@ impl Route {
             .map_err(|e| format!("route {:?}: series_description: {e}", self.name))
     }
 
+    /// The detector to open for this route (the checkpoint's own false-positive rate).
+    pub fn scorer_spec(&self) -> crate::workflow::ScorerSpec {
+        crate::workflow::ScorerSpec {
+            clip: self.clip.clone(),
+            clip_config: self.clip_config.clone(),
+            checkpoint: self.checkpoint.clone(),
+            organ: self.organ.clone(),
+            batch: self.batch,
+            fpr: None,
+        }
+    }
+
     /// Whether this route scores a series with these facts.
     pub fn matches(&self, facts: &SeriesFacts) -> bool {
         let any_of = |list: &[String], value: &str| {

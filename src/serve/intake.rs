@@ -48,7 +48,7 @@ pub struct Intake {
 }
 
 /// A string attribute, trimmed; empty when absent.
-fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+pub(super) fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
     obj.element_opt(tag)
         .ok()
         .flatten()

@@ -183,6 +183,16 @@ impl Journal {
         Ok(Journal { conn, path })
     }
 
+    /// Wraps SQLite errors with the journal's path, without borrowing the journal (for use
+    /// inside a transaction).
+    fn on_error(&self) -> impl Fn(rusqlite::Error) -> JournalError + use<> {
+        let path = self.path.clone();
+        move |source| JournalError {
+            path: path.clone(),
+            source,
+        }
+    }
+
     fn err(&self, source: rusqlite::Error) -> JournalError {
         JournalError {
             path: self.path.clone(),
@@ -194,25 +204,21 @@ impl Journal {
     /// never left the node), and a series still collecting gets its quiet time afresh, so that
     /// a sender retrying after the outage can finish it.
     pub fn resume(&mut self) -> Result<(usize, usize), JournalError> {
-        let path = self.path.clone();
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let e = self.on_error();
+        let tx = self.conn.transaction().map_err(&e)?;
         let rescore = tx
             .execute(
                 "UPDATE series SET state = 'ready' WHERE state = 'scoring'",
                 [],
             )
-            .map_err(e)?;
+            .map_err(&e)?;
         let collecting = tx
             .execute(
                 "UPDATE series SET last_received = ?1 WHERE state = 'receiving'",
                 params![now()],
             )
-            .map_err(e)?;
-        tx.commit().map_err(e)?;
+            .map_err(&e)?;
+        tx.commit().map_err(&e)?;
         Ok((rescore, collecting))
     }
 
@@ -258,12 +264,8 @@ impl Journal {
     /// returns may the sender be told it is stored.
     pub fn record_instance(&mut self, inst: &NewInstance) -> Result<Recorded, JournalError> {
         let t = now();
-        let path = self.path.clone();
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let e = self.on_error();
+        let tx = self.conn.transaction().map_err(&e)?;
         let known = tx
             .query_row(
                 "SELECT 1 FROM instance WHERE sop_uid = ?1",
@@ -271,7 +273,7 @@ impl Journal {
                 |_| Ok(()),
             )
             .optional()
-            .map_err(e)?
+            .map_err(&e)?
             .is_some();
         if known {
             return Ok(Recorded::Duplicate);
@@ -283,7 +285,7 @@ impl Journal {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(e)?;
+            .map_err(&e)?;
         let recorded = match state.as_deref() {
             None => {
                 tx.execute(
@@ -298,7 +300,7 @@ impl Journal {
                         t
                     ],
                 )
-                .map_err(e)?;
+                .map_err(&e)?;
                 Recorded::New
             }
             Some("receiving") | Some("ready") => {
@@ -307,7 +309,7 @@ impl Journal {
                      WHERE series_uid = ?1",
                     params![inst.series_uid, t],
                 )
-                .map_err(e)?;
+                .map_err(&e)?;
                 Recorded::New
             }
             Some(_) => Recorded::Late,
@@ -324,7 +326,7 @@ impl Journal {
                 recorded == Recorded::Late
             ],
         )
-        .map_err(e)?;
+        .map_err(&e)?;
         let kind = if recorded == Recorded::Late {
             "received-late"
         } else {
@@ -337,27 +339,23 @@ impl Journal {
             Some(&inst.sop_uid),
             &inst.source,
         )
-        .map_err(e)?;
-        tx.commit().map_err(e)?;
+        .map_err(&e)?;
+        tx.commit().map_err(&e)?;
         Ok(recorded)
     }
 
     /// The sender's association (or STOW-RS request) ended: its series are complete.
     pub fn close_series(&mut self, series: &[String]) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let e = self.on_error();
+        let tx = self.conn.transaction().map_err(&e)?;
         for s in series {
             tx.execute(
                 "UPDATE series SET closed = 1 WHERE series_uid = ?1 AND state = 'receiving'",
                 params![s],
             )
-            .map_err(e)?;
+            .map_err(&e)?;
         }
-        tx.commit().map_err(e)
+        tx.commit().map_err(&e)
     }
 
     /// Series that are complete (closed, or quiet for `quiet` seconds) become ready.
@@ -416,19 +414,15 @@ impl Journal {
         state: &str,
         reason: &str,
     ) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let e = self.on_error();
+        let tx = self.conn.transaction().map_err(&e)?;
         tx.execute(
             "UPDATE series SET state = ?2, error = ?3 WHERE series_uid = ?1",
             params![series_uid, state, reason],
         )
-        .map_err(e)?;
-        event(&tx, state, Some(series_uid), None, reason).map_err(e)?;
-        tx.commit().map_err(e)
+        .map_err(&e)?;
+        event(&tx, state, Some(series_uid), None, reason).map_err(&e)?;
+        tx.commit().map_err(&e)
     }
 
     /// A scoring attempt failed in a way a retry may fix: back to ready.
@@ -464,27 +458,23 @@ impl Journal {
         results: &[ResultObject],
         detail: &str,
     ) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let e = self.on_error();
+        let tx = self.conn.transaction().map_err(&e)?;
         for r in results {
             tx.execute(
                 "INSERT OR IGNORE INTO result (sop_uid, series_uid, path) VALUES (?1, ?2, ?3)",
                 params![r.sop_uid, series_uid, r.path.to_string_lossy()],
             )
-            .map_err(e)?;
+            .map_err(&e)?;
         }
         let state = if results.is_empty() { "done" } else { "scored" };
         tx.execute(
             "UPDATE series SET state = ?2, error = NULL WHERE series_uid = ?1",
             params![series_uid, state],
         )
-        .map_err(e)?;
-        event(&tx, "scored", Some(series_uid), None, detail).map_err(e)?;
-        tx.commit().map_err(e)
+        .map_err(&e)?;
+        event(&tx, "scored", Some(series_uid), None, detail).map_err(&e)?;
+        tx.commit().map_err(&e)
     }
 
     /// Results due for sending (never sent, and past their back-off).
@@ -513,23 +503,19 @@ impl Journal {
 
     /// Records a result as sent; the series is done once all of its results are.
     pub fn mark_sent(&mut self, result: &PendingResult, to: &str) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let e = |source| JournalError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
+        let e = self.on_error();
+        let tx = self.conn.transaction().map_err(&e)?;
         tx.execute(
             "UPDATE result SET sent = 1, attempts = attempts + 1, error = NULL WHERE sop_uid = ?1",
             params![result.sop_uid],
         )
-        .map_err(e)?;
+        .map_err(&e)?;
         tx.execute(
             "UPDATE series SET state = 'done' WHERE series_uid = ?1 AND state = 'scored'
              AND NOT EXISTS (SELECT 1 FROM result WHERE series_uid = ?1 AND sent = 0)",
             params![result.series_uid],
         )
-        .map_err(e)?;
+        .map_err(&e)?;
         event(
             &tx,
             "sent",
@@ -537,8 +523,8 @@ impl Journal {
             Some(&result.sop_uid),
             to,
         )
-        .map_err(e)?;
-        tx.commit().map_err(e)
+        .map_err(&e)?;
+        tx.commit().map_err(&e)
     }
 
     /// Records a failed send and when to try again.

@@ -16,8 +16,8 @@ use crate::backend::BackendInfo;
 use crate::io::export::write_atomically;
 use crate::io::output::InputSet;
 use crate::workflow::{
-    DicomExport, ExportOptions, Exporter, FileScorer, FrameToExport, ScorerSpec, Streamed,
-    open_scorer, results_sr_name,
+    DicomExport, ExportOptions, Exporter, FileScorer, FrameToExport, Streamed, open_scorer,
+    results_sr_name,
 };
 
 /// Scoring attempts of one series before it is marked failed.
@@ -94,14 +94,7 @@ impl Workers {
         };
         if job.attempts >= MAX_SCORING_ATTEMPTS {
             let reason = format!("scoring failed {} times; giving up", job.attempts);
-            tracing::error!(
-                series_uid = series,
-                route = route.name,
-                reason,
-                "series failed"
-            );
-            Metrics::inc(&self.metrics.failed);
-            self.journal_write(|j| j.finish_without_results(series, "failed", &reason));
+            self.give_up(series, route, &reason);
             return;
         }
         if !self.journal_write(|j| j.start_scoring(series, &route.name)) {
@@ -137,16 +130,7 @@ impl Workers {
                     }
                 }
             }
-            Err(SeriesError::Permanent(reason)) => {
-                tracing::error!(
-                    series_uid = series,
-                    route = route.name,
-                    reason,
-                    "series failed"
-                );
-                Metrics::inc(&self.metrics.failed);
-                self.journal_write(|j| j.finish_without_results(series, "failed", &reason));
-            }
+            Err(SeriesError::Permanent(reason)) => self.give_up(series, route, &reason),
             Err(SeriesError::Retry(reason)) => {
                 tracing::warn!(
                     series_uid = series,
@@ -157,6 +141,18 @@ impl Workers {
                 self.journal_write(|j| j.retry_later(series, &reason));
             }
         }
+    }
+
+    /// Ends a series as failed, with the reason in the log and the journal.
+    fn give_up(&self, series: &str, route: &Route, reason: &str) {
+        tracing::error!(
+            series_uid = series,
+            route = route.name,
+            reason,
+            "series failed"
+        );
+        Metrics::inc(&self.metrics.failed);
+        self.journal_write(|j| j.finish_without_results(series, "failed", reason));
     }
 
     /// Runs a journal update; logs and returns false when it fails.
@@ -179,16 +175,8 @@ impl Workers {
         scorers: &'s mut HashMap<String, Box<dyn FileScorer>>,
     ) -> Result<&'s dyn FileScorer, SeriesError> {
         if !scorers.contains_key(&route.name) {
-            let spec = ScorerSpec {
-                clip: route.clip.clone(),
-                clip_config: route.clip_config.clone(),
-                checkpoint: route.checkpoint.clone(),
-                organ: route.organ.clone(),
-                batch: route.batch,
-                fpr: None,
-            };
             let started = Instant::now();
-            let scorer = open_scorer(&spec, &self.backend).map_err(|e| {
+            let scorer = open_scorer(&route.scorer_spec(), &self.backend).map_err(|e| {
                 SeriesError::Permanent(format!(
                     "cannot open the detector of route {}: {e}",
                     route.name

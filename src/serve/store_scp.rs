@@ -25,7 +25,7 @@ use dicom_ul::pdu::{
     UserIdentity,
 };
 
-use super::intake::{Intake, Outcome};
+use super::intake::{Intake, Outcome, text};
 use super::metrics::Metrics;
 use crate::pacs::Received;
 use crate::pacs::dimse::{encode_command, ui, us};
@@ -197,18 +197,6 @@ fn field(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
         .ok()
         .flatten()
         .and_then(|e| e.to_int::<u16>().ok())
-}
-
-fn text(obj: &InMemDicomObject, tag: Tag) -> String {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| {
-            e.to_str()
-                .ok()
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        })
-        .unwrap_or_default()
 }
 
 enum Next {

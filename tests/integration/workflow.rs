@@ -242,25 +242,7 @@ fn session_prepare_with_cached_shot_features_matches_an_uncached_fit() {
         );
     }
     assert!(close(ours.threshold, theirs.threshold));
-    let frames: Vec<_> = collected
-        .shots
-        .abnormal
-        .iter()
-        .enumerate()
-        .map(|(frame, s)| mvfa_studio::io::input::ModelImage {
-            source: "shot".into(),
-            frame,
-            frames: 2,
-            display: mvfa_studio::io::resample::Image8 {
-                width: 1,
-                height: 1,
-                channels: mvfa_studio::io::image::Channels::Gray,
-                data: vec![0],
-            },
-            input: s.image.clone(),
-            note: None,
-        })
-        .collect();
+    let frames = frames_of(&collected.shots.abnormal);
     let scored = session.score(&frames, &never).unwrap();
     let size = summary.model_size;
     let images: Vec<&[f32]> = collected
