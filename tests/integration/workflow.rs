@@ -388,5 +388,27 @@ fn a_quick_bank_update_then_the_full_rebuild_equals_the_full_rebuild_bit_for_bit
         for (a, b) in ours.iter().zip(&theirs) {
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "seed {seed}");
         }
+        // The session scores its own shots from the feature cache (no pass); a detector
+        // reopened from the saved checkpoint, which has no cache, runs every pass: the same
+        // maps and scores.
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("corrected.safetensors");
+        corrected.save(&saved, "test").unwrap();
+        let reopened = mvfa_studio::workflow::open_scorer(
+            &mvfa_studio::workflow::ScorerSpec {
+                clip: clip_fixture(),
+                clip_config: None,
+                checkpoint: saved,
+                organ: None,
+                batch: 8,
+                fpr: None,
+            },
+            &mvfa_studio::backend::probe(true),
+        )
+        .unwrap();
+        let fresh = reopened.score_images(&frames).unwrap();
+        for (a, b) in ours.iter().zip(&fresh) {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "seed {seed}, reopened");
+        }
     }
 }

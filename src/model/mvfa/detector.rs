@@ -651,22 +651,9 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         let Some(cache) = cache else {
             return self.features_of(set, images);
         };
-        let n = images.dims()[0];
-        let values = to_host(images.clone());
-        let per_image = values.len() / n.max(1);
-        let keys: Vec<[u8; 32]> = values
-            .chunks(per_image.max(1))
-            .map(|v| {
-                use sha2::Digest;
-                let mut hash = sha2::Sha256::new();
-                for x in v {
-                    hash.update(x.to_le_bytes());
-                }
-                hash.finalize().into()
-            })
-            .collect();
+        let keys = image_keys(&images);
         cache.begin_request();
-        let mut cached = Vec::with_capacity(n);
+        let mut cached = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
             let f = match cache.get(key) {
                 Some(f) => f,
@@ -678,14 +665,39 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             };
             cached.push(f);
         }
-        let levels = cached.first().map_or(0, |f| f.seg_tokens.len());
-        let cat = |pick: fn(&AdaptedFeatures<B>) -> &Vec<Tensor<B, 3>>, l: usize| {
-            Tensor::cat(cached.iter().map(|f| pick(f)[l].clone()).collect(), 0)
+        Ok(concat_features(&cached))
+    }
+
+    /// [`Self::features_of`], taking the tokens of images the feature cache already holds
+    /// (a shot being scored, e.g. the image just labelled) from it, without adding any: the
+    /// tokens are the same either way (the backbone does not depend on the batch), only the
+    /// pass is saved.
+    fn peeked_features(
+        &self,
+        set: AdapterSet,
+        images: Tensor<B, 4>,
+    ) -> Result<AdaptedFeatures<B>, MvfaError> {
+        let (set, cache) = match (set, &self.bank_adapters) {
+            (AdapterSet::Bank, Some(_)) => (AdapterSet::Bank, &self.bank_cache),
+            _ => (AdapterSet::Text, &self.cache),
         };
-        Ok(AdaptedFeatures {
-            seg_tokens: (0..levels).map(|l| cat(|f| &f.seg_tokens, l)).collect(),
-            det_tokens: (0..levels).map(|l| cat(|f| &f.det_tokens, l)).collect(),
-        })
+        let Some(cache) = cache else {
+            return self.features_of(set, images);
+        };
+        let hits: Vec<Option<AdaptedFeatures<B>>> =
+            image_keys(&images).iter().map(|k| cache.get(k)).collect();
+        if hits.iter().all(Option::is_none) {
+            return self.features_of(set, images);
+        }
+        let parts = hits
+            .into_iter()
+            .enumerate()
+            .map(|(i, hit)| match hit {
+                Some(f) => Ok(f),
+                None => self.features_of(set, images.clone().narrow(0, i, 1)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(concat_features(&parts))
     }
 
     /// Builds the memory bank from support images, given as groups of `[n, 3, S, S]` batches
@@ -734,31 +746,30 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
 
     /// Raw branch outputs of `images [n, 3, S, S]` against the full memory bank.
     pub fn score_raw(&self, images: Tensor<B, 4>) -> Result<Vec<RawResult>, MvfaError> {
-        self.score_raw_with(images, self.bank.as_ref(), false)
+        self.score_raw_with(images, self.bank.as_ref(), Tokens::Fresh)
     }
 
     /// Raw branch outputs of `images [n, 3, S, S]` against `bank` (none: zero-shot only).
-    /// `shots`: the images are the detector's own shots (calibration), whose features the
-    /// feature cache may hold.
+    /// `tokens`: where the adapted tokens come from ([`Tokens::Cached`] for the detector's
+    /// own shots in calibration, [`Tokens::Peek`] when scoring).
     fn score_raw_with(
         &self,
         images: Tensor<B, 4>,
         bank: Option<&SupportBank<B>>,
-        shots: bool,
+        tokens: Tokens,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
         let bank_images = (bank.is_some() && self.bank_adapters.is_some()).then(|| images.clone());
-        let features = if shots {
-            self.shot_features(AdapterSet::Text, images)?
-        } else {
-            self.features(images)?
+        let features_of = |set, images| match tokens {
+            Tokens::Fresh => self.features_of(set, images),
+            Tokens::Cached => self.shot_features(set, images),
+            Tokens::Peek => self.peeked_features(set, images),
         };
+        let features = features_of(AdapterSet::Text, images)?;
         // The few-shot branch compares the bank adapters' tokens with the bank.
-        let bank_features = match bank_images {
-            Some(images) if shots => Some(self.shot_features(AdapterSet::Bank, images)?),
-            Some(images) => Some(self.features_of(AdapterSet::Bank, images)?),
-            None => None,
-        };
+        let bank_features = bank_images
+            .map(|images| features_of(AdapterSet::Bank, images))
+            .transpose()?;
         let few_features = bank_features.as_ref().unwrap_or(&features);
         let zero_images = self.scorer.zero_shot_image_scores(&features.det_tokens);
         let zero_maps = self.scorer.zero_shot_maps(&features.seg_tokens);
@@ -827,7 +838,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     /// map and image score. Each image's result depends only on that image.
     pub fn score(&self, images: Tensor<B, 4>) -> Result<Vec<ImageResult>, MvfaError> {
         Ok(self
-            .score_batched(images, self.bank.as_ref(), false)?
+            .score_batched(images, self.bank.as_ref(), Tokens::Peek)?
             .into_iter()
             .map(|raw| self.calibrate(raw))
             .collect())
@@ -838,7 +849,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     /// results equal [`Self::score`]'s.
     pub fn score_one_batch(&self, images: Tensor<B, 4>) -> Result<Vec<ImageResult>, MvfaError> {
         Ok(self
-            .score_raw_with(images, self.bank.as_ref(), false)?
+            .score_raw_with(images, self.bank.as_ref(), Tokens::Peek)?
             .into_iter()
             .map(|raw| self.calibrate(raw))
             .collect())
@@ -848,7 +859,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
     /// of images seen before from the feature caches (for the shots and validation images of
     /// a fit, which are scored under several settings).
     pub fn score_raw_cached(&self, images: Tensor<B, 4>) -> Result<Vec<RawResult>, MvfaError> {
-        self.score_batched(images, self.bank.as_ref(), true)
+        self.score_batched(images, self.bank.as_ref(), Tokens::Cached)
     }
 
     /// Scores the calibration exemplars: the normal ones outside the memory bank (held out,
@@ -870,13 +881,13 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         match (leave_out, bank) {
             (LeaveOut::HeldOut, _) => {
                 let held_out = images.held_out.clone().expect("matched above");
-                raws.extend(self.score_batched(held_out, bank, true)?);
+                raws.extend(self.score_batched(held_out, bank, Tokens::Cached)?);
                 sources.extend(0..images.held_out_images.min(raws.len()));
             }
             (LeaveOut::None, _) | (_, None) => {
                 for group in &images.support {
                     sources.push(raws.len());
-                    raws.extend(self.score_batched(group.clone(), None, true)?);
+                    raws.extend(self.score_batched(group.clone(), None, Tokens::Cached)?);
                 }
             }
             (LeaveOut::SourceShot, Some(bank)) => {
@@ -885,7 +896,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                     raws.extend(self.score_batched(
                         group.clone(),
                         bank.without_group(g).as_ref(),
-                        true,
+                        Tokens::Cached,
                     )?);
                 }
             }
@@ -901,7 +912,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
                     raws.extend(self.score_raw_with(
                         image,
                         singles.without_group(i).as_ref(),
-                        true,
+                        Tokens::Cached,
                     )?);
                 }
             }
@@ -912,7 +923,9 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
             ));
         }
         let abnormal = match &images.abnormal {
-            Some(abnormal) => self.score_batched(abnormal.clone(), self.bank.as_ref(), true)?,
+            Some(abnormal) => {
+                self.score_batched(abnormal.clone(), self.bank.as_ref(), Tokens::Cached)?
+            }
             None => Vec::new(),
         };
         Ok(CalibrationRaws {
@@ -940,18 +953,60 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         &self,
         images: Tensor<B, 4>,
         bank: Option<&SupportBank<B>>,
-        shots: bool,
+        tokens: Tokens,
     ) -> Result<Vec<RawResult>, MvfaError> {
         let n = images.dims()[0];
         let mut out = Vec::with_capacity(n);
         let mut start = 0;
         while start < n {
             let len = self.batch_size.min(n - start);
-            out.extend(self.score_raw_with(images.clone().narrow(0, start, len), bank, shots)?);
+            out.extend(self.score_raw_with(images.clone().narrow(0, start, len), bank, tokens)?);
             start += len;
         }
         Ok(out)
     }
+}
+
+/// The feature cache's key of each image of `images [n, 3, S, S]`: the SHA-256 of its f32
+/// values.
+fn image_keys<B: Backend>(images: &Tensor<B, 4>) -> Vec<[u8; 32]> {
+    let n = images.dims()[0];
+    let values = to_host(images.clone());
+    let per_image = values.len() / n.max(1);
+    values
+        .chunks(per_image.max(1))
+        .map(|v| {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            for x in v {
+                hash.update(x.to_le_bytes());
+            }
+            hash.finalize().into()
+        })
+        .collect()
+}
+
+/// Per-image tokens joined along the batch axis, level by level.
+fn concat_features<B: Backend>(parts: &[AdaptedFeatures<B>]) -> AdaptedFeatures<B> {
+    let levels = parts.first().map_or(0, |f| f.seg_tokens.len());
+    let cat = |pick: fn(&AdaptedFeatures<B>) -> &Vec<Tensor<B, 3>>, l: usize| {
+        Tensor::cat(parts.iter().map(|f| pick(f)[l].clone()).collect(), 0)
+    };
+    AdaptedFeatures {
+        seg_tokens: (0..levels).map(|l| cat(|f| &f.seg_tokens, l)).collect(),
+        det_tokens: (0..levels).map(|l| cat(|f| &f.det_tokens, l)).collect(),
+    }
+}
+
+/// Where [`Detector::score_raw_with`] takes the adapted tokens from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tokens {
+    /// A forward pass of the batch.
+    Fresh,
+    /// The feature cache, adding what it lacks (the detector's own shots).
+    Cached,
+    /// The feature cache where it has them, a forward pass otherwise; nothing added.
+    Peek,
 }
 
 #[cfg(test)]
