@@ -880,7 +880,7 @@ fn storescu_hears_out_of_resources_when_the_queue_is_full() {
 #[test]
 #[ignore = "needs dcmtk (storescu)"]
 fn twenty_associations_at_once_are_all_stored_with_bounded_memory() {
-    let fx = fixture(10, 20, 6);
+    let fx = fixture(10, 20, 3);
     let node = NodeProcess::start(
         &fx.root,
         &fx.checkpoint,
