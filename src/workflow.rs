@@ -39,7 +39,7 @@ pub use fit_checkpoint::{
 };
 pub use fitting::{FitRequest, FitResult, FittedDetector, fit_adapters, fit_detector};
 pub use maps::{Branch, LayerMap, MAX_LEVELS, MapLayer, MapScale, layer_map, layer_or_zero_shot};
-pub use scorer::{FileScorer, ScorerInfo, ScorerSpec, open_scorer};
+pub use scorer::{Exported, FileScorer, ScorerInfo, ScorerSpec, export_files, open_scorer};
 pub use scoring::{
     BatchTuner, PREFETCH_FRAMES, Prefetched, ScoredFrame, Streamed, map_at_original, score_file,
     score_frames, score_stream, with_prefetched_frames,

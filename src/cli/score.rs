@@ -30,10 +30,8 @@
 //! non-zero after scoring the rest. Every file is written atomically and `scores.csv` last,
 //! so an interrupted run leaves no partial file and no CSV row without its images.
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 
@@ -44,8 +42,8 @@ use crate::io::input::collect_inputs;
 use crate::io::output::{InputSet, OutputKind, check_output};
 use crate::workflow::{Branch, MapLayer};
 use crate::workflow::{
-    DicomExport, ExportOptions, Exporter, FileScorer, FrameToExport, FrameWritten, SERIES_CSV,
-    ScorerSpec, SliceContext, Streamed, WorkflowError, group_files, open_scorer, series_csv,
+    DicomExport, ExportOptions, Exported, Exporter, FileScorer, FrameWritten, SERIES_CSV,
+    ScorerSpec, SliceContext, WorkflowError, export_files, group_files, open_scorer, series_csv,
 };
 
 /// File format of `--raw` outputs.
@@ -379,10 +377,10 @@ struct FrameScores {
     frames: HashMap<PathBuf, usize>,
 }
 
-/// Scores the frames of every file and exports them, with a progress bar: the next frames
-/// are decoded while the current batch runs, and batches of `--batch` frames span files
-/// ([`score_stream`]). A file that cannot be read joins `failures`; an export or
-/// model error stops the run and is returned.
+/// Scores the frames of every file and exports them ([`export_files`]), with a progress bar:
+/// the next frames are decoded while the current batch runs, and batches of `--batch` frames
+/// span files. A file that cannot be read joins `failures`; an export or model error stops
+/// the run and is returned.
 fn score_files(
     scorer: &dyn FileScorer,
     files: &[PathBuf],
@@ -390,49 +388,33 @@ fn score_files(
     scores: &mut FrameScores,
     failures: &mut Vec<String>,
 ) -> Option<WorkflowError> {
-    let model_size = scorer.info().model_size;
     let bar = common::progress_bar(files.len() as u64, "files");
     bar.set_message("scoring");
-    let mut export_error = None;
-    let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
-        files.iter().map(|f| (f.clone(), None)).collect();
-    let cancel = AtomicBool::new(false);
-    let outcome = scorer.score_files(&listed, &cancel, &mut |item| {
-        let frame = match item {
-            Streamed::Failed(_, e) => {
-                bar.inc(1);
-                bar.suspend(|| eprintln!("error: {e}"));
-                failures.push(e.to_string());
-                return ControlFlow::Continue(());
-            }
-            Streamed::Scored(frame) => frame,
-        };
-        let image = &frame.image;
-        if image.frame + 1 == image.frames {
+    let outcome = export_files(scorer, files, exporter, &mut |event| match event {
+        Exported::Failed(e) => {
             bar.inc(1);
+            bar.suspend(|| eprintln!("error: {e}"));
+            failures.push(e.to_string());
         }
-        let result = &frame.result;
-        scores.score.insert(
-            (image.source.clone(), image.frame),
-            result.score.unwrap_or(result.raw.zero_image),
-        );
-        scores.frames.insert(image.source.clone(), image.frames);
-        if let Some(note) = &image.note {
-            bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
-        }
-        match exporter.write_frame(FrameToExport::from_scored(&frame, model_size)) {
-            Ok(w) => {
-                bar.suspend(|| println!("{}", summary_line(&w, &image.label())));
-                ControlFlow::Continue(())
+        Exported::Written(frame, written) => {
+            let image = &frame.image;
+            if image.frame + 1 == image.frames {
+                bar.inc(1);
             }
-            Err(e) => {
-                export_error = Some(e);
-                ControlFlow::Break(())
+            let result = &frame.result;
+            scores.score.insert(
+                (image.source.clone(), image.frame),
+                result.score.unwrap_or(result.raw.zero_image),
+            );
+            scores.frames.insert(image.source.clone(), image.frames);
+            if let Some(note) = &image.note {
+                bar.suspend(|| eprintln!("note: {}: {note}", image.label()));
             }
+            bar.suspend(|| println!("{}", summary_line(written, &image.label())));
         }
     });
     bar.finish_and_clear();
-    export_error.or(outcome.err())
+    outcome.err()
 }
 
 fn summary_line(w: &FrameWritten, label: &str) -> String {

@@ -3,7 +3,6 @@
 //! Both take their work from the journal only, so a restart resumes exactly where the last
 //! process stopped.
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +15,7 @@ use crate::backend::BackendInfo;
 use crate::io::export::write_atomically;
 use crate::io::output::InputSet;
 use crate::workflow::{
-    DicomExport, ExportOptions, Exporter, FileScorer, FrameToExport, Streamed, open_scorer,
+    DicomExport, ExportOptions, Exported, Exporter, FileScorer, export_files, open_scorer,
     results_sr_name,
 };
 
@@ -222,35 +221,13 @@ impl Workers {
         let inputs = InputSet::new(files.iter().map(PathBuf::as_path));
         let mut exporter = Exporter::new(&out, options, info.facts.clone(), inputs)
             .map_err(|e| SeriesError::Retry(e.to_string()))?;
-        let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
-            files.iter().map(|f| (f.clone(), None)).collect();
         let mut failures = Vec::new();
         let mut frames = 0;
-        let mut export_error = None;
-        let cancel = AtomicBool::new(false);
-        let model_size = info.model_size;
-        let scored = scorer.score_files(&listed, &cancel, &mut |item| match item {
-            Streamed::Failed(_, e) => {
-                failures.push(e.to_string());
-                ControlFlow::Continue(())
-            }
-            Streamed::Scored(frame) => {
-                match exporter.write_frame(FrameToExport::from_scored(&frame, model_size)) {
-                    Ok(_) => {
-                        frames += 1;
-                        ControlFlow::Continue(())
-                    }
-                    Err(e) => {
-                        export_error = Some(e);
-                        ControlFlow::Break(())
-                    }
-                }
-            }
-        });
-        if let Some(e) = export_error {
-            return Err(SeriesError::Retry(e.to_string()));
-        }
-        scored.map_err(|e| SeriesError::Retry(e.to_string()))?;
+        export_files(scorer, &files, &mut exporter, &mut |event| match event {
+            Exported::Failed(e) => failures.push(e.to_string()),
+            Exported::Written(..) => frames += 1,
+        })
+        .map_err(|e| SeriesError::Retry(e.to_string()))?;
         if frames == 0 {
             return Err(SeriesError::Permanent(format!(
                 "no frame of the series could be scored: {}",

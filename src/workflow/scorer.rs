@@ -11,11 +11,11 @@ use std::time::Duration;
 use burn::prelude::*;
 
 use super::{
-    Backbone, BatchTuner, DetectorFacts, Streamed, WorkflowError, open_detector, score_frames,
-    score_stream,
+    Backbone, BatchTuner, DetectorFacts, Exporter, FrameToExport, FrameWritten, ScoredFrame,
+    Streamed, WorkflowError, open_detector, score_frames, score_stream,
 };
 use crate::backend::BackendInfo;
-use crate::io::input::ModelImage;
+use crate::io::input::{InputError, ModelImage};
 use crate::model::clip::vision::VisionTransformer;
 use crate::model::mvfa::calibration::Calibration;
 use crate::model::mvfa::detector::{Detector, ImageResult, TaskKind};
@@ -82,6 +82,50 @@ pub trait FileScorer: Send {
 
     /// Scores frames already converted to model input.
     fn score_images(&self, images: &[ModelImage]) -> Result<Vec<ImageResult>, WorkflowError>;
+}
+
+/// What [`export_files`] reports of each input as it goes.
+pub enum Exported<'a> {
+    /// A file, or a frame of it, could not be read; the run goes on.
+    Failed(&'a InputError),
+    /// A frame was scored and written.
+    Written(&'a ScoredFrame, &'a FrameWritten),
+}
+
+/// Scores the frames of `files` with `scorer` and writes each into `exporter` as soon as its
+/// batch is done: what `score` and the AI node do. An unreadable file is reported and
+/// skipped; an export or model error stops the run and is returned (the export error first).
+/// The caller finishes the export.
+pub fn export_files(
+    scorer: &dyn FileScorer,
+    files: &[PathBuf],
+    exporter: &mut Exporter,
+    each: &mut dyn FnMut(Exported),
+) -> Result<(), WorkflowError> {
+    let model_size = scorer.info().model_size;
+    let listed: Vec<(PathBuf, Option<Vec<usize>>)> =
+        files.iter().map(|f| (f.clone(), None)).collect();
+    let cancel = AtomicBool::new(false);
+    let mut export_error = None;
+    let outcome = scorer.score_files(&listed, &cancel, &mut |item| match item {
+        Streamed::Failed(_, e) => {
+            each(Exported::Failed(&e));
+            ControlFlow::Continue(())
+        }
+        Streamed::Scored(frame) => {
+            match exporter.write_frame(FrameToExport::from_scored(&frame, model_size)) {
+                Ok(written) => {
+                    each(Exported::Written(&frame, &written));
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    export_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        }
+    });
+    export_error.map_or(outcome, Err)
 }
 
 struct OpenedScorer<B: Backend> {

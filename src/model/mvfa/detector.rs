@@ -636,6 +636,15 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         self.cache.as_ref()
     }
 
+    /// The adapter set whose tokens `set` stands for (the text adapters when there are no
+    /// separate bank adapters) and its feature cache.
+    fn cache_of(&self, set: AdapterSet) -> (AdapterSet, Option<&FeatureCache<B>>) {
+        match (set, &self.bank_adapters) {
+            (AdapterSet::Bank, Some(_)) => (AdapterSet::Bank, self.bank_cache.as_ref()),
+            _ => (AdapterSet::Text, self.cache.as_ref()),
+        }
+    }
+
     /// [`Self::features`] through the feature cache, when there is one: only images it lacks
     /// run through the backbone, each on its own so that its tokens never depend on the
     /// batch it came in.
@@ -644,10 +653,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         set: AdapterSet,
         images: Tensor<B, 4>,
     ) -> Result<AdaptedFeatures<B>, MvfaError> {
-        let (set, cache) = match (set, &self.bank_adapters) {
-            (AdapterSet::Bank, Some(_)) => (AdapterSet::Bank, &self.bank_cache),
-            _ => (AdapterSet::Text, &self.cache),
-        };
+        let (set, cache) = self.cache_of(set);
         let Some(cache) = cache else {
             return self.features_of(set, images);
         };
@@ -677,10 +683,7 @@ impl<B: Backend, V: TappedBackbone<B>> Detector<B, V> {
         set: AdapterSet,
         images: Tensor<B, 4>,
     ) -> Result<AdaptedFeatures<B>, MvfaError> {
-        let (set, cache) = match (set, &self.bank_adapters) {
-            (AdapterSet::Bank, Some(_)) => (AdapterSet::Bank, &self.bank_cache),
-            _ => (AdapterSet::Text, &self.cache),
-        };
+        let (set, cache) = self.cache_of(set);
         let Some(cache) = cache else {
             return self.features_of(set, images);
         };
