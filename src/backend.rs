@@ -5,6 +5,9 @@
 //! present, so [`probe`] checks for `libcuda.so.1` first and falls back to the CPU with a
 //! reason the UI and the CLI can show.
 
+#[cfg(patched_ndarray)]
+pub mod matmul_choice;
+
 /// The default CPU backend (see the README for the measurement behind the choice).
 pub type CpuBackend = burn::backend::NdArray<f32>;
 /// Autodiff wrapper used for fine-tuning on the CPU.
@@ -60,21 +63,21 @@ fn cpu_info(fallback_reason: Option<String>) -> BackendInfo {
     }
 }
 
-/// The kernel of this process's f32 matrix products, as the patched burn-ndarray of vendor/
-/// reports it (AVX-512 gemm or matrixmultiply). `cfg(patched_ndarray)` is set by build.rs.
+/// The kernel of this process's f32 matrix products, chosen once (measured per CPU, cached:
+/// [`matmul_choice`]), with how it was chosen. `cfg(patched_ndarray)` is set by build.rs.
 #[cfg(patched_ndarray)]
-fn f32_matmul_kernel() -> &'static str {
-    burn::backend::ndarray::f32_matmul_kernel()
+fn f32_matmul_kernel() -> String {
+    matmul_choice::choose().describe()
 }
 
 /// The kernel of this process's f32 matrix products with the crates.io burn-ndarray (the
 /// `[patch.crates-io]` entry removed): always matrixmultiply, or BLAS with the `blas` feature.
 #[cfg(not(patched_ndarray))]
-fn f32_matmul_kernel() -> &'static str {
+fn f32_matmul_kernel() -> String {
     if cfg!(feature = "blas") {
-        "BLAS"
+        "BLAS".into()
     } else {
-        "matrixmultiply"
+        "matrixmultiply".into()
     }
 }
 

@@ -865,3 +865,74 @@ fn bmad_recipe_runs_both_protocols_over_draws() {
     assert!(stdout.contains("paper, all datasets"), "{stdout}");
     assert!(stdout.contains("over 2 shot draws"), "{stdout}");
 }
+
+/// The matmul kernel is measured at the first start on a CPU, cached per CPU, read back on the
+/// next start, and can be forced; a kernel that cannot run is refused with a note.
+#[test]
+fn the_matmul_kernel_is_measured_once_cached_and_can_be_forced() {
+    let cache = tempfile::tempdir().unwrap();
+    let kernels = |env: &[(&str, &str)]| {
+        let mut command = dev_bin();
+        command
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("MVFA_BLAS", "")
+            .env_remove("MVFA_MATMUL_KERNEL")
+            .env_remove("BURN_NDARRAY_MATMUL")
+            .args(["bench", "--kernels", "--repeat", "1", "--cpu"]);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let (o, stdout, stderr) = run(&mut command);
+        assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        (stdout, stderr)
+    };
+    let chosen = |stdout: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("kernel of this process: "))
+            .unwrap_or_else(|| panic!("no kernel line in:\n{stdout}"))
+            .to_string()
+    };
+    let file = cache.path().join("mvfa-studio").join("matmul-kernel.json");
+    let (first, _) = kernels(&[]);
+    let columns = first
+        .lines()
+        .find(|l| l.starts_with("| product"))
+        .map_or(0, |l| l.matches('|').count() - 2);
+    if columns > 1 {
+        assert!(
+            chosen(&first).ends_with("the fastest measured on this CPU"),
+            "{first}"
+        );
+        let cached: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let entry = &cached["machines"][0];
+        assert!(
+            entry["key"].as_str().unwrap().contains("threads"),
+            "{cached}"
+        );
+        assert_eq!(entry["measurements"].as_array().unwrap().len(), columns);
+        let (second, _) = kernels(&[]);
+        assert_eq!(
+            chosen(&second),
+            format!("{} (cached)", chosen(&first).trim_end_matches(" (cached)")),
+            "the second start reads the first one's choice"
+        );
+    } else {
+        // One kernel (no AVX-512, no BLAS): nothing to measure or cache.
+        assert!(chosen(&first).ends_with("the only kernel here"), "{first}");
+        assert!(!file.exists());
+    }
+    let (forced, _) = kernels(&[("MVFA_MATMUL_KERNEL", "matrixmultiply")]);
+    assert_eq!(
+        chosen(&forced),
+        "matrixmultiply: named by MVFA_MATMUL_KERNEL or BURN_NDARRAY_MATMUL"
+    );
+    let (_, stderr) = kernels(&[("MVFA_MATMUL_KERNEL", "/nonexistent/libnoblas.so")]);
+    assert!(
+        stderr.contains(
+            "note: MVFA_MATMUL_KERNEL=/nonexistent/libnoblas.so ignored: /nonexistent/libnoblas.so"
+        ),
+        "{stderr}"
+    );
+}

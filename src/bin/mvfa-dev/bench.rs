@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// shapes at 290 tokens and the first of `--batches`; share of the time and cores busy.
     #[arg(long)]
     pub profile_block: bool,
+    /// Instead of the table: GFLOP/s of every f32 matmul kernel this process can run (pure
+    /// Rust and each BLAS it can open) on the ViT's product shapes, and which one it chose.
+    #[arg(long)]
+    pub kernels: bool,
     /// After the table: a full fit on synthetic images (k normal and k abnormal shots with
     /// masks, on the random tower): fine-tuning with `--schedule`, memory bank, calibration;
     /// prints its wall time. `--fit 4` is the paper's k=4 fine-tune.
@@ -183,6 +187,12 @@ fn finish<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.profile_block {
         return super::bench_profile::run(&args);
+    }
+    if args.kernels {
+        #[cfg(patched_ndarray)]
+        return super::bench_kernels::run(args.repeat);
+        #[cfg(not(patched_ndarray))]
+        anyhow::bail!("--kernels needs the patched burn-ndarray of vendor/ (PATCHES.md)");
     }
     let info = mvfa_studio::backend::probe(args.cpu);
     if let Some(reason) = &info.fallback_reason {

@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_compare;
+#[cfg(patched_ndarray)]
+mod bench_kernels;
 mod bench_profile;
 mod bench_series;
 mod slice_context;

@@ -264,7 +264,8 @@ mod tests {
     }
 
     /// The composed GELU (training on backends without patched kernels) has the same values
-    /// and, under autodiff, the same exact gradient as the patched burn-ndarray's `gelu`.
+    /// and, under autodiff, the same exact gradient as the patched burn-ndarray's `gelu`, to
+    /// the accuracy of the patched kernel's f32 `erf` (PyTorch's: 1.5e-7, patch 9).
     #[test]
     fn composed_gelu_matches_the_patched_kernel_with_its_gradient() {
         type AD = burn::backend::Autodiff<B>;
@@ -273,7 +274,7 @@ mod tests {
         let g = Tensor::<B, 2>::random([40, 300], Distribution::Normal(0.0, 1.0), &device);
         composed_gelu(x.clone())
             .into_data()
-            .assert_eq(&gelu(x.clone()).into_data(), true);
+            .assert_approx_eq::<f32>(&gelu(x.clone()).into_data(), Tolerance::absolute(3e-6));
         let gradient = |composed: bool| {
             let xa = Tensor::<AD, 2>::from_inner(x.clone()).require_grad();
             let y = if composed {

@@ -26,23 +26,11 @@ pub(crate) use sharing::*;
 pub(crate) use storage::*;
 pub use tensor::*;
 
-/// [mvfa patch 4] The kernel of this process's f32 matrix products: `"gemm (AVX-512)"` or
-/// `"matrixmultiply"` (or BLAS, with a BLAS feature).
-pub fn f32_matmul_kernel() -> &'static str {
-    #[cfg(avx512_gemm)]
-    if ops::matmul::avx512_gemm::enabled() {
-        return "gemm (AVX-512)";
-    }
-    if cfg!(any(
-        feature = "blas-accelerate",
-        feature = "blas-netlib",
-        feature = "blas-openblas",
-        feature = "blas-openblas-system"
-    )) {
-        "BLAS"
-    } else {
-        "matrixmultiply"
-    }
-}
+/// [mvfa patch 8] The kernel of this process's f32 matrix products, its choice and a BLAS
+/// loaded at run time (`ops/matmul_kernel.rs`).
+pub use ops::matmul_kernel::{
+    BLAS_CANDIDATES, Blas, F32Kernel, bf16_product, blas_libraries, f32_matmul_kernel, f32_product,
+    set_f32_matmul_kernel,
+};
 
 extern crate alloc;

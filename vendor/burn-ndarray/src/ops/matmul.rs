@@ -38,24 +38,110 @@ pub(crate) fn matmul<E: NdArrayElement>(
         .to_shape((num_r_batches, k, n))
         .expect("matmul: rhs shape");
 
-    // [mvfa patch 4] On CPUs with AVX-512, f32 products go through the `gemm` crate's
-    // AVX-512 kernels (see `avx512_gemm`).
-    #[cfg(avx512_gemm)]
-    if let Some(out) = avx512_gemm::matmul(
-        &lhs_array.view(),
-        &rhs_array.view(),
-        num_out_batches,
-        |batch| {
-            let out_index = strides_out.unflatten(batch);
+    let batch_of = |batch: usize| {
+        let out_index = strides_out.unflatten(batch);
+        (
+            strides_lhs.flatten(&out_index),
+            strides_rhs.flatten(&out_index),
+        )
+    };
+    // [mvfa patch 8] f32 products run on the process's kernel (`matmul_kernel`).
+    let out = if core::any::TypeId::of::<E>() == core::any::TypeId::of::<f32>() {
+        let (lhs_view, rhs_view) = (lhs_array.view(), rhs_array.view());
+        // SAFETY: `E` is `f32` (checked above); same size, alignment and representation.
+        let (lhs_f32, rhs_f32) = unsafe {
             (
-                strides_lhs.flatten(&out_index),
-                strides_rhs.flatten(&out_index),
+                &*(&lhs_view as *const _ as *const ndarray::ArrayView3<'_, f32>),
+                &*(&rhs_view as *const _ as *const ndarray::ArrayView3<'_, f32>),
             )
-        },
-    ) {
-        return NdArrayOps::reshape(out.into_shared().into_dyn(), out_shape);
-    }
+        };
+        let out = matmul_f32_with(
+            super::matmul_kernel::f32_matmul_kernel(),
+            lhs_f32,
+            rhs_f32,
+            num_out_batches,
+            batch_of,
+        );
+        // SAFETY: `E` is `f32`.
+        unsafe { core::mem::transmute::<ndarray::Array3<f32>, ndarray::Array3<E>>(out) }
+    } else {
+        matrixmultiply_matmul(
+            &lhs_array.view(),
+            &rhs_array.view(),
+            num_out_batches,
+            batch_of,
+        )
+    };
+    NdArrayOps::reshape(out.into_shared().into_dyn(), out_shape)
+}
 
+/// [mvfa patch 8] An f32 product `[batches, m, n]` on `kernel`. A BLAS takes the products
+/// whose right operand is one matrix for the whole batch (`linear`), as one product of all
+/// the rows; everything else, and what a kernel cannot take (negative strides), goes to gemm
+/// where the CPU has AVX-512, else to matrixmultiply.
+pub(crate) fn matmul_f32_with(
+    kernel: super::matmul_kernel::F32Kernel,
+    lhs: &ndarray::ArrayView3<'_, f32>,
+    rhs: &ndarray::ArrayView3<'_, f32>,
+    batches: usize,
+    batch_of: impl Fn(usize) -> (usize, usize) + Sync,
+) -> ndarray::Array3<f32> {
+    use super::matmul_kernel::F32Kernel;
+    let (_, m, k) = lhs.dim();
+    let n = rhs.dim().2;
+    if let F32Kernel::Blas(blas) = kernel {
+        if rhs.dim().0 == 1 && (lhs.dim().0 == batches || lhs.dim().0 == 1) {
+            let mut out = ndarray::Array3::<f32>::zeros((batches, m, n));
+            let rows_owned;
+            let rows = if lhs.dim().0 == batches {
+                match lhs.view().into_shape_with_order((batches * m, k)) {
+                    Ok(rows) => rows,
+                    Err(_) => {
+                        rows_owned = lhs
+                            .as_standard_layout()
+                            .into_owned()
+                            .into_shape_with_order((batches * m, k))
+                            .expect("standard layout");
+                        rows_owned.view()
+                    }
+                }
+            } else {
+                // One left matrix broadcast over the batch: compute it once.
+                let one = lhs.index_axis(ndarray::Axis(0), 0);
+                let mut first = ndarray::Array2::<f32>::zeros((m, n));
+                blas.product(one, rhs.index_axis(ndarray::Axis(0), 0), first.view_mut());
+                for mut dst in out.outer_iter_mut() {
+                    dst.assign(&first);
+                }
+                return out;
+            };
+            let dst = out
+                .view_mut()
+                .into_shape_with_order((batches * m, n))
+                .expect("new array is contiguous");
+            blas.product(rows, rhs.index_axis(ndarray::Axis(0), 0), dst);
+            return out;
+        }
+    }
+    #[cfg(avx512_gemm)]
+    if super::matmul_kernel::avx512() && kernel != F32Kernel::MatrixMultiply {
+        let whole_threads = kernel != F32Kernel::GemmOneThread;
+        if let Some(out) = avx512_gemm::matmul(lhs, rhs, batches, &batch_of, whole_threads) {
+            return out;
+        }
+    }
+    matrixmultiply_matmul(lhs, rhs, batches, batch_of)
+}
+
+/// Patch 3's path: matrixmultiply over rayon's pool, for every element type.
+fn matrixmultiply_matmul<E: NdArrayElement>(
+    lhs_array: &ndarray::ArrayView3<'_, E>,
+    rhs_array: &ndarray::ArrayView3<'_, E>,
+    num_out_batches: usize,
+    batch_of: impl Fn(usize) -> (usize, usize) + Sync,
+) -> ndarray::Array3<E> {
+    let (_, m, k) = lhs_array.dim();
+    let n = rhs_array.dim().2;
     let alpha: E = 1.0.elem();
     let beta: E = 0.0.elem();
 
@@ -83,13 +169,7 @@ pub(crate) fn matmul<E: NdArrayElement>(
             } else {
                 (part, 0..n)
             };
-            // Here, we:
-            //   1. Un-flatten the output batch into a component-based batch index.
-            //   2. Use the strides for left and right batch indices to convert it to a flattened
-            //      batch for left and right.
-            let out_index = strides_out.unflatten(out_batch);
-            let l_batch = strides_lhs.flatten(&out_index);
-            let r_batch = strides_rhs.flatten(&out_index);
+            let (l_batch, r_batch) = batch_of(out_batch);
 
             let lhs_slice = lhs_array.slice(s!(l_batch, rows.clone(), ..));
             let rhs_slice = rhs_array.slice(s!(r_batch, .., cols.clone()));
@@ -109,10 +189,9 @@ pub(crate) fn matmul<E: NdArrayElement>(
             }
         });
 
-        out_array.into_shared().into_dyn()
+        out_array
     });
-
-    NdArrayOps::reshape(out, out_shape)
+    out
 }
 
 /// [mvfa patch 3] Into how many blocks each output matrix is split along a dimension of
@@ -142,40 +221,29 @@ fn blocks(batches: usize, len: usize, multiply_adds: usize) -> usize {
 /// has other paths for tiny or degenerate shapes (a matrix-vector product for m or n = 1,
 /// another k blocking when m and n are both at most 64); such products are zero-padded to
 /// 65 rows and 2 columns so that a row's value is the same in a batch of 1 as in a batch of
-/// 100. `BURN_NDARRAY_MATMUL=matrixmultiply` turns this path off (for A/B measurements); a
-/// BLAS feature leaves it out of the build (`cfg(avx512_gemm)`, `build.rs`).
+/// 100. Whether it runs is the process's kernel choice (patch 8, `matmul_kernel`); a BLAS
+/// feature leaves it out of the build (`cfg(avx512_gemm)`, `build.rs`).
 #[cfg(avx512_gemm)]
 pub(crate) mod avx512_gemm {
-    use core::any::TypeId;
     use gemm_common::Parallelism;
     use ndarray::{ArrayView3, ArrayViewMut2};
-    use std::sync::OnceLock;
 
     /// gemm leaves its blocked path for one row or one column, and for products with at most
     /// 64 rows and 64 columns (see the module doc): such products are padded to these sizes.
     const MIN_ROWS: usize = 65;
     const MIN_COLS: usize = 2;
 
-    /// Whether f32 products take this path in this process.
-    pub(crate) fn enabled() -> bool {
-        static ENABLED: OnceLock<bool> = OnceLock::new();
-        *ENABLED.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::env::var("BURN_NDARRAY_MATMUL").map_or(true, |v| v != "matrixmultiply")
-        })
-    }
-
     /// `Some([batches, m, n])` when the product ran here, `None` to use matrixmultiply.
     /// `batch_of(out_batch)` gives the (lhs, rhs) batch of an output batch (broadcasting).
-    pub(super) fn matmul<E: 'static + Copy>(
-        lhs: &ArrayView3<'_, E>,
-        rhs: &ArrayView3<'_, E>,
+    /// `whole_threads`: a single product is split over all of rayon's threads (else each
+    /// product runs on one thread).
+    pub(super) fn matmul(
+        lhs: &ArrayView3<'_, f32>,
+        rhs: &ArrayView3<'_, f32>,
         batches: usize,
-        batch_of: impl Fn(usize) -> (usize, usize) + Sync,
-    ) -> Option<ndarray::Array3<E>> {
-        if TypeId::of::<E>() != TypeId::of::<f32>() || !enabled() {
-            return None;
-        }
+        batch_of: &(impl Fn(usize) -> (usize, usize) + Sync),
+        whole_threads: bool,
+    ) -> Option<ndarray::Array3<f32>> {
         let (_, m, k) = lhs.dim();
         let n = rhs.dim().2;
         let [_, rhs_rs, rhs_cs] = [rhs.strides()[0], rhs.strides()[1], rhs.strides()[2]];
@@ -187,11 +255,6 @@ pub(crate) mod avx512_gemm {
         if !strides_ok || m == 0 || n == 0 {
             return None;
         }
-        // SAFETY: `E` is `f32` (checked above); same size, alignment and representation.
-        let lhs: &ArrayView3<'_, f32> =
-            unsafe { &*(lhs as *const _ as *const ArrayView3<'_, f32>) };
-        let rhs: &ArrayView3<'_, f32> =
-            unsafe { &*(rhs as *const _ as *const ArrayView3<'_, f32>) };
         let mut out = ndarray::Array3::<f32>::zeros((batches, m, n));
 
         #[cfg(feature = "multi-threads")]
@@ -199,7 +262,7 @@ pub(crate) mod avx512_gemm {
         #[cfg(not(feature = "multi-threads"))]
         let threads = 1;
         #[cfg(feature = "multi-threads")]
-        let whole = if threads > 1 {
+        let whole = if threads > 1 && whole_threads {
             Parallelism::Rayon(threads)
         } else {
             Parallelism::None
@@ -217,10 +280,7 @@ pub(crate) mod avx512_gemm {
                     .into_shape_with_order((batches * m, n))
                     .expect("new array is contiguous");
                 product(rows, rhs.index_axis(ndarray::Axis(0), 0), dst, whole);
-                // SAFETY: `E` is `f32`.
-                return Some(unsafe {
-                    core::mem::transmute::<ndarray::Array3<f32>, ndarray::Array3<E>>(out)
-                });
+                return Some(out);
             }
         }
         if batches >= threads && threads > 1 {
@@ -251,8 +311,7 @@ pub(crate) mod avx512_gemm {
                 );
             }
         }
-        // SAFETY: `E` is `f32`.
-        Some(unsafe { core::mem::transmute::<ndarray::Array3<f32>, ndarray::Array3<E>>(out) })
+        Some(out)
     }
 
     /// `dst = lhs rhs` for one matrix.

@@ -18,6 +18,7 @@ pub(crate) mod grid_sample;
 pub(crate) mod interpolate;
 pub(crate) mod macros;
 pub(crate) mod matmul;
+pub mod matmul_kernel;
 pub(crate) mod maxpool;
 pub(crate) mod padding;
 pub(crate) mod quantization;
