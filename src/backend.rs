@@ -37,8 +37,11 @@ pub struct BackendInfo {
     pub choice: DeviceChoice,
     /// Short backend name, e.g. "ndarray (CPU)" or "cuda".
     pub backend: String,
-    /// Human-readable device description.
+    /// Human-readable device description, with how the matmul kernel was chosen.
     pub device: String,
+    /// The device in a few words, for the status bar (e.g. "CPU, 2 threads, gemm
+    /// (AVX-512)"); [`Self::device`] has the rest.
+    pub short_device: String,
     /// Set when a faster backend was compiled in but could not be used.
     pub fallback_reason: Option<String>,
 }
@@ -59,6 +62,7 @@ fn cpu_info(fallback_reason: Option<String>) -> BackendInfo {
             "CPU, {threads} threads, f32 matmul: {}",
             f32_matmul_kernel()
         ),
+        short_device: format!("CPU, {threads} threads, {}", f32_matmul_kernel_name()),
         fallback_reason,
     }
 }
@@ -68,6 +72,21 @@ fn cpu_info(fallback_reason: Option<String>) -> BackendInfo {
 #[cfg(patched_ndarray)]
 fn f32_matmul_kernel() -> String {
     matmul_choice::choose().describe()
+}
+
+/// The kernel's name alone, without its library file: "OpenBLAS 0.3.21 Cooperlake".
+#[cfg(patched_ndarray)]
+fn f32_matmul_kernel_name() -> String {
+    let name = matmul_choice::choose().kernel.name();
+    match name.rsplit_once(" (lib") {
+        Some((short, _)) => short.to_string(),
+        None => name,
+    }
+}
+
+#[cfg(not(patched_ndarray))]
+fn f32_matmul_kernel_name() -> String {
+    f32_matmul_kernel()
 }
 
 /// The kernel of this process's f32 matrix products with the crates.io burn-ndarray (the
@@ -81,6 +100,41 @@ fn f32_matmul_kernel() -> String {
     }
 }
 
+/// The CPU as `/proc/cpuinfo` names it: model name, family, model, stepping (VMs often show
+/// only a vendor name, e.g. "AMD EPYC", so the numbers tell the generation). Timings name it.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    match (field("cpu family"), field("model"), field("stepping")) {
+        (Some(family), Some(model), Some(stepping)) => {
+            format!("{name} (family {family}, model {model}, stepping {stepping})")
+        }
+        _ => name,
+    }
+}
+
+/// CPU time (user + system) this process has used, in seconds; NaN where unknown. Divided by
+/// wall time it gives the cores busy that the benchmarks report.
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: RUSAGE_SELF and a valid pointer.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
+            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+            return tv(u.ru_utime) + tv(u.ru_stime);
+        }
+    }
+    f64::NAN
+}
+
 /// Picks the best available device. `force_cpu` skips the GPU even when one is present.
 pub fn probe(force_cpu: bool) -> BackendInfo {
     #[cfg(feature = "cuda")]
@@ -91,6 +145,7 @@ pub fn probe(force_cpu: bool) -> BackendInfo {
                     choice: DeviceChoice::Cuda(0),
                     backend: "cuda".into(),
                     device: "NVIDIA GPU 0".into(),
+                    short_device: "NVIDIA GPU 0".into(),
                     fallback_reason: None,
                 },
                 Err(reason) => cpu_info(Some(reason.to_string())),

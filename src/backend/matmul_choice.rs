@@ -213,7 +213,7 @@ pub fn measure(
     let rhs = pseudo_random(k * n, 2);
     let _ = f32_product(kernel, (m, k, n), &lhs, &rhs, transposed);
     let mut seconds = Vec::with_capacity(repeat);
-    let cpu_before = process_cpu_seconds();
+    let cpu_before = super::process_cpu_seconds();
     let wall = Instant::now();
     for _ in 0..repeat.max(1) {
         let started = Instant::now();
@@ -221,10 +221,7 @@ pub fn measure(
         seconds.push(started.elapsed().as_secs_f64());
         std::hint::black_box(out);
     }
-    let busy = match (cpu_before, process_cpu_seconds()) {
-        (Some(before), Some(after)) => (after - before) / wall.elapsed().as_secs_f64(),
-        _ => f64::NAN,
-    };
+    let busy = (super::process_cpu_seconds() - cpu_before) / wall.elapsed().as_secs_f64();
     seconds.sort_by(f64::total_cmp);
     (flops(m, k, n) / seconds[seconds.len() / 2] / 1e9, busy)
 }
@@ -254,8 +251,9 @@ pub fn rows_independent(kernel: F32Kernel) -> bool {
     })
 }
 
-/// Fixed values in [-1, 1) (a small LCG): the measurement needs no randomness.
-fn pseudo_random(len: usize, stream: u64) -> Vec<f32> {
+/// Fixed values in [-1, 1) (a small LCG, one sequence per `stream`): measurements need
+/// operands, not randomness.
+pub fn pseudo_random(len: usize, stream: u64) -> Vec<f32> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(stream + 1);
     (0..len)
         .map(|_| {
@@ -265,33 +263,6 @@ fn pseudo_random(len: usize, stream: u64) -> Vec<f32> {
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
-}
-
-/// User + system CPU time of this process, from `/proc/self/stat` (Linux).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after_name = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
-/// The CPU as `/proc/cpuinfo` names it: model name, family, model, stepping.
-pub fn cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        info.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    match (field("cpu family"), field("model"), field("stepping")) {
-        (Some(family), Some(model), Some(stepping)) => {
-            format!("{name} (family {family}, model {model}, stepping {stepping})")
-        }
-        _ => name,
-    }
 }
 
 /// What decides the choice: the CPU, its vector extensions, the threads, the candidates.
@@ -311,7 +282,7 @@ fn cache_key(candidates: &[F32Kernel]) -> String {
     let kernels: Vec<String> = candidates.iter().map(F32Kernel::key).collect();
     format!(
         "{} | {} | {threads} threads | {}",
-        cpu_model(),
+        super::cpu_model(),
         features.join(","),
         kernels.join(",")
     )

@@ -37,6 +37,13 @@ fn wait_for_load(app: &mut StudioApp, ctx: &eframe::egui::Context) {
 fn shows_backend_device_and_weights_status() {
     let mut state = cpu_state(None);
     state.viewer.tab = SideTab::Model;
+    // The status bar names the device in a few words; the Model tab says how the matmul
+    // kernel was chosen.
+    let (short_device, device) = (
+        state.backend.short_device.clone(),
+        state.backend.device.clone(),
+    );
+    assert!(short_device.len() < device.len(), "{short_device:?} / {device:?}");
     let mut actions = Vec::new();
     let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(
@@ -46,6 +53,8 @@ fn shows_backend_device_and_weights_status() {
     harness.run();
     harness.get_by_label("Backend");
     harness.get_by_label("ndarray (CPU)");
+    harness.get_by_label(&short_device);
+    harness.get_by_label(&device);
     harness.get_by_label("No weights loaded");
     harness.get_by_label(Command::OpenWeights.label()).click();
     harness.run();

@@ -8,8 +8,10 @@ use crate::app::state::{AppState, WeightsStatus};
 
 pub fn show(ui: &mut egui::Ui, state: &AppState, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
-        ui.label(&state.backend.device)
-            .on_hover_text(format!("Compute backend: {}", state.backend.backend));
+        ui.label(&state.backend.short_device).on_hover_text(format!(
+            "{}\nCompute backend: {}",
+            state.backend.device, state.backend.backend
+        ));
         ui.separator();
         let weights = match &state.weights {
             WeightsStatus::NotLoaded => "Weights: none".to_string(),

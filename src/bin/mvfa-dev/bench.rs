@@ -257,7 +257,7 @@ where
     let started = Instant::now();
     session.prepare(&shots, &request)?;
     let full = started.elapsed().as_secs_f64();
-    let cpu = cpu_name();
+    let cpu = mvfa_studio::backend::cpu_model();
     println!(
         "\ncorrection loop, {} normal + {k} abnormal shots, one normal shot added ({cpu}):",
         k - 1
@@ -276,18 +276,6 @@ where
         quick + score_labelled
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// The random tower, adapters and configurations that the rows share.

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::backend::ndarray::{F32Kernel, bf16_product, blas_libraries, f32_product};
-use mvfa_studio::backend::matmul_choice::{choose, cpu_model, measure, rows_independent};
+use mvfa_studio::backend::cpu_model;
+use mvfa_studio::backend::matmul_choice::{choose, measure, pseudo_random, rows_independent};
 
 /// (what, m, k, n, right operand transposed).
 const SHAPES: [(&str, usize, usize, usize, bool); 7] = [
@@ -84,8 +85,8 @@ bf16 operands, f32 accumulation, {} (conversion of both operands included):
 |---|---:|---:|"
         );
         for (what, m, k, n, transposed) in SHAPES {
-            let lhs = values(m * k, 1);
-            let rhs = values(k * n, 2);
+            let lhs = pseudo_random(m * k, 1);
+            let rhs = pseudo_random(k * n, 2);
             let exact = f32_product(F32Kernel::Blas(blas), (m, k, n), &lhs, &rhs, transposed);
             let mut times = Vec::new();
             let mut last = Vec::new();
@@ -108,17 +109,4 @@ bf16 operands, f32 accumulation, {} (conversion of both operands included):
             );
         }
     }
-}
-
-/// Fixed values in [-1, 1).
-fn values(len: usize, stream: u64) -> Vec<f32> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64.wrapping_mul(stream);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
 }

@@ -23,21 +23,6 @@ use burn::tensor::ops::AttentionModuleOptions;
 use super::bench::{BenchArgs, print_cells};
 use mvfa_studio::model::clip::transformer::{BlockConfig, ResidualAttentionBlock};
 
-/// Process CPU time (user + system), seconds.
-fn cpu_seconds() -> f64 {
-    #[cfg(unix)]
-    {
-        // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a valid value.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: RUSAGE_SELF and a valid pointer.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0 {
-            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-            return tv(u.ru_utime) + tv(u.ru_stime);
-        }
-    }
-    f64::NAN
-}
-
 /// One measured op: median wall ms and mean cores busy.
 struct Op {
     name: String,
@@ -58,11 +43,11 @@ fn measure<S>(
     let mut wall = 0.0;
     for _ in 0..repeat {
         let s = setup();
-        let c = cpu_seconds();
+        let c = mvfa_studio::backend::process_cpu_seconds();
         let t = Instant::now();
         std::hint::black_box(run(s));
         let dt = t.elapsed().as_secs_f64();
-        cpu += cpu_seconds() - c;
+        cpu += mvfa_studio::backend::process_cpu_seconds() - c;
         wall += dt;
         times.push(dt * 1e3);
     }
