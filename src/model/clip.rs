@@ -1,4 +1,5 @@
 //! CLIP towers (vision, text), tokenizer and the MVFA prompt ensemble.
+pub mod attention;
 pub mod config;
 pub mod prompts;
 pub mod text;

@@ -7,15 +7,16 @@
 //! - Every linear runs on the token matrix `[batch * tokens, width]`: one 2-D matmul per layer
 //!   instead of a broadcast batched one.
 //! - Attention itself is burn's `attention` op, which the CUDA backend implements as a fused
-//!   kernel and the CPU backends as matmul + softmax.
+//!   kernel and the CPU backends as matmul + softmax; CPU training differentiates it as one
+//!   op (`attention.rs`).
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use super::attention::attention;
 use super::config::Activation;
 
 /// Configuration of one residual attention block.
@@ -145,7 +146,7 @@ impl<B: Backend> SelfAttention<B> {
             is_causal: causal,
         };
         // scale defaults to 1/sqrt(head_dim), as in CLIP.
-        let context = attention(q, k, v, None, None, options);
+        let context = attention(q, k, v, options);
         // [batch, heads, tokens, head_dim] -> [batch, tokens, heads, head_dim] -> [n, width]
         let context = context.swap_dims(1, 2).reshape([n, width]);
         linear(context, &self.out_proj)

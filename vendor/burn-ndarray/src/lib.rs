@@ -33,4 +33,8 @@ pub use ops::matmul_kernel::{
     set_f32_matmul_kernel,
 };
 
+/// [mvfa patch 10] Attention with its probabilities, and its gradients from them, for an
+/// autodiff op (`ops/attention_grad.rs`).
+pub use ops::attention_grad::{attention_backward, attention_with_probs};
+
 extern crate alloc;

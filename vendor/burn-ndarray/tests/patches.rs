@@ -128,6 +128,79 @@ fn attention_matches_upstream_fallback() {
     }
 }
 
+/// [patch 10] Attention's forward with its probabilities gives `attention`'s output bit for
+/// bit, and its closed-form backward the gradients that autodiff derives from the composed
+/// fallback, computed in f64 (within f32 rounding of the largest gradient).
+#[test]
+fn attention_backward_matches_autodiff_of_the_fallback_in_f64() {
+    use burn_tensor::{DType, TensorPrimitive};
+    type B64 = burn_ndarray::NdArray<f64>;
+    type AD64 = Autodiff<B64>;
+    let device = Default::default();
+    for (batch, heads, tokens, causal) in [(1, 4, 290, false), (2, 3, 37, true)] {
+        let draw = || {
+            Tensor::<B, 4>::random(
+                [batch, heads, tokens, 16],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            )
+        };
+        let (q, k, v, grad) = (draw(), draw(), draw(), draw());
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        let prim = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();
+        let (out, probs) =
+            burn_ndarray::attention_with_probs(prim(&q), prim(&k), prim(&v), options);
+        let out = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out));
+        assert_same(
+            out,
+            attention(q.clone(), k.clone(), v.clone(), None, None, options),
+        );
+        let got = burn_ndarray::attention_backward(
+            prim(&q),
+            prim(&k),
+            prim(&v),
+            probs,
+            prim(&grad),
+            options,
+        );
+
+        let to64 = |t: &Tensor<B, 4>| {
+            Tensor::<AD64, 4>::from_data(t.to_data().convert::<f64>(), (&device, DType::F64))
+                .require_grad()
+        };
+        let (q64, k64, v64) = (to64(&q), to64(&k), to64(&v));
+        let out64 = attention_fallback(q64.clone(), k64.clone(), v64.clone(), None, None, options);
+        let grad64 =
+            Tensor::<AD64, 4>::from_data(grad.to_data().convert::<f64>(), (&device, DType::F64));
+        let grads = (out64 * grad64).sum().backward();
+        for (name, got, want) in [
+            ("query", got[0].clone(), q64.grad(&grads).unwrap()),
+            ("key", got[1].clone(), k64.grad(&grads).unwrap()),
+            ("value", got[2].clone(), v64.grad(&grads).unwrap()),
+        ] {
+            let got = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(got))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let want = want.into_data().to_vec::<f64>().unwrap();
+            let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&g, &w)| (g as f64 - w).abs())
+                .fold(0.0f64, f64::max);
+            assert!(
+                worst <= 1e-5 * scale,
+                "{name} gradient (causal {causal}): off by {worst:e}, largest {scale:e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn transposed_matmul_and_linear_backward_match_contiguous_copies() {
     let x = input([29, 48]);

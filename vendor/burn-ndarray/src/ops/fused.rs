@@ -422,3 +422,47 @@ pub(crate) fn max_dim<E: FloatNdArrayElement>(
     };
     out.insert_axis(Axis(dim)).into_shared()
 }
+
+/// [mvfa patch 10] Softmax backward of attention, scaled: `scale * p * (g - sum(g * p))` per
+/// row, with `p` the probabilities and `g` their gradient (`[..., seq_q, seq_k]`, same
+/// shape). One whole row per task and the row sum in order, so the result does not depend on
+/// the thread count. Works in place on `grad` when it is not shared.
+pub(crate) fn attention_softmax_backward<E: FloatNdArrayElement>(
+    probs: SharedArray<E>,
+    grad: SharedArray<E>,
+    scale: E,
+) -> SharedArray<E> {
+    assert_eq!(
+        probs.shape(),
+        grad.shape(),
+        "attention softmax backward: shapes differ"
+    );
+    let probs = standard(probs);
+    let seq_k = probs.shape().last().copied().unwrap_or(0);
+    let probs = probs.as_slice().expect("standard layout");
+    let mut grad = standard(grad).into_owned();
+    let out = grad.as_slice_mut().expect("standard layout");
+    let row_op = |(g, p): (&mut [E], &[E])| {
+        let mut dot = <E as num_traits::Zero>::zero();
+        for (&gv, &pv) in g.iter().zip(p) {
+            dot = dot + gv * pv;
+        }
+        for (gv, &pv) in g.iter_mut().zip(p) {
+            *gv = scale * (pv * (*gv - dot));
+        }
+    };
+    if seq_k > 0 {
+        #[cfg(feature = "multi-threads")]
+        {
+            use rayon::prelude::*;
+            let rows_per_task = (CHUNK / seq_k).max(1);
+            out.par_chunks_mut(seq_k)
+                .zip(probs.par_chunks(seq_k))
+                .with_min_len(rows_per_task)
+                .for_each(row_op);
+        }
+        #[cfg(not(feature = "multi-threads"))]
+        out.chunks_mut(seq_k).zip(probs.chunks(seq_k)).for_each(row_op);
+    }
+    grad.into_shared()
+}

@@ -10,6 +10,7 @@ mod tensor;
 mod transaction;
 
 pub(crate) mod adaptive_avgpool;
+pub(crate) mod attention_grad;
 pub(crate) mod avgpool;
 pub(crate) mod conv;
 pub(crate) mod deform_conv;

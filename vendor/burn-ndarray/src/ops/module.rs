@@ -12,16 +12,17 @@ use super::{
 use crate::ops::simd::{
     avgpool::try_avg_pool2d_simd, conv::try_conv2d_simd, maxpool::try_max_pool2d_simd,
 };
+use crate::ops::attention_grad::attention_probs;
 use crate::{
-    NdArray, SharedArray, element::FloatNdArrayElement, execute_with_float_dtype,
-    execute_with_int_dtype, ops::fused, ops::matmul::matmul, tensor::NdArrayTensor,
+    NdArray, SharedArray, element::FloatNdArrayElement, execute_with_int_dtype,
+    ops::matmul::matmul, tensor::NdArrayTensor,
 };
 use crate::{
     element::{IntNdArrayElement, QuantElement},
     ops::interpolate::nearest_interpolate_backward,
 };
 use burn_backend::{
-    ElementConversion, Scalar, TensorMetadata,
+    ElementConversion, TensorMetadata,
     ops::{attention::attention_fallback, *},
     tensor::FloatTensor,
 };
@@ -412,26 +413,9 @@ where
                 .collect();
             return Self::float_cat(outputs, 0);
         }
-        let head_dim = *query.shape().dims::<4>().last().unwrap();
-        let scale = options
-            .scale
-            .unwrap_or_else(|| 1.0 / (head_dim as f64).sqrt());
-        let dtype = query.dtype();
-        let finfo = dtype.finfo().expect("float tensor");
-        let scores = Self::float_matmul(query, Self::float_transpose(key));
-        let probs =
-            execute_with_float_dtype!(scores, FloatElem, |array: SharedArray<FloatElem>| {
-                let scale: Scalar = scale.into();
-                let min: Scalar = finfo.min.into();
-                let min_positive: Scalar = finfo.min_positive.into();
-                fused::attention_softmax::<FloatElem>(
-                    array,
-                    scale.elem(),
-                    options.is_causal,
-                    min.elem(),
-                    min_positive.elem(),
-                )
-            });
+        // [mvfa patch 10] The probabilities come from the function the autodiff op's forward
+        // also uses, so training and scoring compute the same attention.
+        let probs = attention_probs(query, key, options);
         Self::float_matmul(probs, value)
     }
 
