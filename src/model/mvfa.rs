@@ -10,4 +10,5 @@ pub mod adapter;
 pub mod calibration;
 pub mod detector;
 pub mod losses;
+pub mod nearest;
 pub mod scoring;

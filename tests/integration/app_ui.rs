@@ -43,7 +43,10 @@ fn shows_backend_device_and_weights_status() {
         state.backend.short_device.clone(),
         state.backend.device.clone(),
     );
-    assert!(short_device.len() < device.len(), "{short_device:?} / {device:?}");
+    assert!(
+        short_device.len() < device.len(),
+        "{short_device:?} / {device:?}"
+    );
     let mut actions = Vec::new();
     let mut textures = Textures::default();
     let mut harness = Harness::new_ui_state(

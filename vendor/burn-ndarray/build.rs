@@ -2,7 +2,7 @@ fn main() {
     // [mvfa patch set] Tells the crates that depend on this one directly (through the `links`
     // key in Cargo.toml: `DEP_BURN_NDARRAY_MVFA_PATCHES_PATCH_SET`) that they build against the
     // patched copy, which has `f32_matmul_kernel`; the crates.io release publishes nothing.
-    println!("cargo:patch_set=1-10");
+    println!("cargo:patch_set=1-11");
 
     // https://github.com/rust-ndarray/ndarray/issues/1197
     if cfg!(feature = "blas-accelerate") {

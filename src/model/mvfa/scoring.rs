@@ -20,8 +20,13 @@
 //! interpolation matrices built once on the host (`out = Ry X Rx^T`), which is exact for
 //! separable bilinear interpolation.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
+
+use super::nearest::{self, Bf16Rows};
 
 /// Scoring configuration (spec 4).
 #[derive(Config, Debug)]
@@ -261,6 +266,9 @@ pub fn resize_map_to_original<B: Backend>(
 pub struct MemoryBank<B: Backend> {
     /// `[rows, bottleneck]` per level, each row divided by max(||v||, 1e-8).
     levels: Vec<Tensor<B, 2>>,
+    /// The same rows in bf16 per level, for the search's pre-filter ([`nearest`]), where it
+    /// runs: the CPU backend on a CPU with AVX512-BF16.
+    filters: Option<Arc<Vec<Bf16Rows>>>,
 }
 
 /// Divides each row (last dim) by max(||v||, eps).
@@ -282,8 +290,9 @@ impl<B: Backend> MemoryBank<B> {
                     .collect();
                 normalize_rows(Tensor::cat(rows, 0), 1e-8)
             })
-            .collect();
-        Self { levels }
+            .collect::<Vec<_>>();
+        let filters = bf16_filters(&levels);
+        Self { levels, filters }
     }
 
     /// Builds the bank from one batch of support token sets (`[n, tokens, bottleneck]` per
@@ -305,6 +314,11 @@ impl<B: Backend> MemoryBank<B> {
     /// The normalised rows of one level, `[rows, bottleneck]`.
     pub fn level(&self, level: usize) -> &Tensor<B, 2> {
         &self.levels[level]
+    }
+
+    /// The bf16 pre-filter of one level, where it runs.
+    fn filter(&self, level: usize) -> Option<&Bf16Rows> {
+        self.filters.as_ref().map(|f| &f[level])
     }
 
     /// This bank without rows `start..start + len` (a leave-one-out bank). `None` when no row
@@ -329,8 +343,29 @@ impl<B: Backend> MemoryBank<B> {
                 Tensor::cat(kept, 0)
             })
             .collect();
-        Some(Self { levels })
+        let filters = self
+            .filters
+            .as_ref()
+            .map(|filters| Arc::new(filters.iter().map(|f| f.without_rows(start, len)).collect()));
+        Some(Self { levels, filters })
     }
+}
+
+/// The bf16 copies of the levels for the pre-filter, on the CPU backend where the CPU runs it.
+fn bf16_filters<B: Backend>(levels: &[Tensor<B, 2>]) -> Option<Arc<Vec<Bf16Rows>>> {
+    let device = levels.first()?.device();
+    if !nearest::enabled() || !B::name(&device).contains("ndarray") {
+        return None;
+    }
+    levels
+        .iter()
+        .map(|level| {
+            let dim = level.dims()[1];
+            let data = level.to_data().convert::<f32>();
+            Some(Bf16Rows::new(data.as_slice::<f32>().ok()?, dim))
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(Arc::new)
 }
 
 /// Scores adapted tokens against the text features and memory banks.
@@ -457,11 +492,45 @@ impl<B: Backend> Scorer<B> {
     }
 
     /// Few-shot distance grid of one level: for each patch token, min over bank rows of
-    /// (1 - cosine), `[batch, g, g]`. The bank is compared in chunks of `bank_chunk_rows`.
-    pub fn few_shot_level_grid(&self, tokens: Tensor<B, 3>, bank: &Tensor<B, 2>) -> Tensor<B, 3> {
+    /// (1 - cosine), `[batch, g, g]`.
+    ///
+    /// Where the bank has a bf16 pre-filter, only the rows it keeps are compared in f32
+    /// ([`nearest`] proves that they hold every query's nearest row); each row's similarity
+    /// is the same f32 product either way, so the grid is the same.
+    pub fn few_shot_level_grid(
+        &self,
+        tokens: Tensor<B, 3>,
+        bank: &MemoryBank<B>,
+        level: usize,
+    ) -> Tensor<B, 3> {
         let q = normalize_rows(self.patches(tokens), 1e-8);
         let [b, n, e] = q.dims();
-        let q_t = q.reshape([b * n, e]).transpose(); // [E, b*n]
+        let q = q.reshape([b * n, e]);
+        let rows = bank.level(level);
+        let kept = bank.filter(level).and_then(|filter| {
+            let data = q.to_data().convert::<f32>();
+            let queries = data.as_slice::<f32>().ok()?;
+            // Past a third of the bank the filter saves less than it costs.
+            nearest::candidate_rows(filter, queries, b * n, filter.rows() / 3)
+        });
+        let best = match kept {
+            Some(kept) => {
+                let len = kept.len();
+                let kept: Vec<i64> = kept.into_iter().map(|j| j as i64).collect();
+                let index =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(kept, [len]), &q.device());
+                self.max_similarity(rows.clone().select(0, index), q.transpose())
+            }
+            None => self.max_similarity(rows.clone(), q.transpose()),
+        };
+        let g = self.cfg.grid_size;
+        // min(1 - cos) = 1 - max(cos): x -> 1 - x is monotone, also after f32 rounding.
+        best.neg().add_scalar(1.0).reshape([b, g, g])
+    }
+
+    /// Largest similarity of each query over `bank [rows, E]`: `[1, queries]` from the
+    /// transposed queries `q_t [E, queries]`, comparing `bank_chunk_rows` rows per product.
+    fn max_similarity(&self, bank: Tensor<B, 2>, q_t: Tensor<B, 2>) -> Tensor<B, 2> {
         let rows = bank.dims()[0];
         let chunk = self.cfg.bank_chunk_rows.max(1);
         let mut best: Option<Tensor<B, 2>> = None;
@@ -472,22 +541,24 @@ impl<B: Backend> Scorer<B> {
                 .clone()
                 .narrow(0, start, len)
                 .matmul(q_t.clone())
-                .max_dim(0); // [1, b*n]
+                .max_dim(0); // [1, queries]
             best = Some(match best {
                 Some(prev) => prev.max_pair(sim),
                 None => sim,
             });
             start += len;
         }
-        let g = self.cfg.grid_size;
-        // min(1 - cos) = 1 - max(cos): x -> 1 - x is monotone, also after f32 rounding.
-        let best = best.expect("memory bank has no rows");
-        best.neg().add_scalar(1.0).reshape([b, g, g])
+        best.expect("memory bank has no rows")
     }
 
     /// Few-shot map of one level, upsampled with align_corners = true, `[batch, S, S]`.
-    pub fn few_shot_level_map(&self, tokens: Tensor<B, 3>, bank: &Tensor<B, 2>) -> Tensor<B, 3> {
-        self.upsample_grid(self.few_shot_level_grid(tokens, bank))
+    pub fn few_shot_level_map(
+        &self,
+        tokens: Tensor<B, 3>,
+        bank: &MemoryBank<B>,
+        level: usize,
+    ) -> Tensor<B, 3> {
+        self.upsample_grid(self.few_shot_level_grid(tokens, bank, level))
     }
 
     /// Upsamples `[batch, g, g]` grids to the map size (bilinear, align_corners = true), the
@@ -509,7 +580,7 @@ impl<B: Backend> Scorer<B> {
             levels
                 .iter()
                 .enumerate()
-                .map(|(l, t)| self.few_shot_level_map(t.clone(), bank.level(l)))
+                .map(|(l, t)| self.few_shot_level_map(t.clone(), bank, l))
                 .collect(),
         )
     }
@@ -621,6 +692,48 @@ mod tests {
         }
     }
 
+    /// The bf16 pre-filter changes nothing: over seeds, banks with near-duplicate rows
+    /// (augmented copies) give the grid of the full f32 comparison bit for bit.
+    #[test]
+    fn filtered_search_equals_the_full_search_bit_for_bit() {
+        use burn::tensor::Distribution;
+        let device = Default::default();
+        let scorer = Scorer::<B>::new(
+            ScoringConfig::new()
+                .with_grid_size(4)
+                .with_image_size(8)
+                .with_bank_chunk_rows(23),
+            Tensor::random([48, 2], Distribution::Default, &device),
+        );
+        for seed in 0..5u64 {
+            B::seed(&device, seed);
+            let source =
+                Tensor::<B, 3>::random([3, 17, 48], Distribution::Normal(0.0, 1.0), &device);
+            // 4 noisy copies of each support image, as augmentation gives.
+            let copies: Vec<Tensor<B, 3>> = (0..4)
+                .map(|_| {
+                    source.clone()
+                        + Tensor::random([3, 17, 48], Distribution::Normal(0.0, 0.05), &device)
+                })
+                .collect();
+            let bank = MemoryBank::new(vec![Tensor::cat(copies, 0)]);
+            assert!(bank.filters.is_some());
+            let queries = source.slice(s![0..2]).clone()
+                + Tensor::random([2, 17, 48], Distribution::Normal(0.0, 0.1), &device);
+            let filtered = scorer.few_shot_level_grid(queries.clone(), &bank, 0);
+            let q = normalize_rows(scorer.patches(queries), 1e-8).reshape([2 * 16, 48]);
+            let full = scorer
+                .max_similarity(bank.level(0).clone(), q.transpose())
+                .neg()
+                .add_scalar(1.0)
+                .reshape([2, 4, 4]);
+            assert_eq!(to_vec(filtered), to_vec(full), "seed {seed}");
+            // A leave-one-out bank keeps a filter of its own rows.
+            let smaller = bank.without_rows(17, 17).unwrap();
+            assert_eq!(smaller.filter(0).unwrap().rows(), smaller.rows());
+        }
+    }
+
     fn small_scorer(device: &burn::backend::ndarray::NdArrayDevice) -> Scorer<B> {
         let text = Tensor::<B, 2>::from_floats([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], device);
         Scorer::new(
@@ -684,7 +797,7 @@ mod tests {
             ]],
             &device,
         );
-        let d = to_vec(scorer.few_shot_level_grid(q, bank.level(0)));
+        let d = to_vec(scorer.few_shot_level_grid(q, &bank, 0));
         let n = |v: [f64; 3]| {
             let l = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
             [v[0] / l, v[1] / l, v[2] / l]

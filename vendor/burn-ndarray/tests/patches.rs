@@ -201,6 +201,33 @@ fn attention_backward_matches_autodiff_of_the_fallback_in_f64() {
     }
 }
 
+/// [patch 11] Reading back a shared array (a clone is alive) copies a standard-layout array
+/// whole: the same values in the same order as element by element, for plain, sliced (an
+/// offset) and transposed (element by element still) tensors.
+#[test]
+fn reading_back_shared_tensors_keeps_values_and_order() {
+    let device = Default::default();
+    let values: Vec<f32> = (0..2 * 5 * 7).map(|i| i as f32).collect();
+    let x = Tensor::<B, 3>::from_data(TensorData::new(values.clone(), [2, 5, 7]), &device);
+    let _alive = x.clone();
+    assert_eq!(x.to_data().to_vec::<f32>().unwrap(), values);
+    let sliced = x.clone().slice([0..1, 1..5, 0..7]);
+    let want: Vec<f32> = values[7..35].to_vec();
+    let _alive = sliced.clone();
+    assert_eq!(sliced.into_data().to_vec::<f32>().unwrap(), want);
+    let transposed = x.clone().swap_dims(1, 2);
+    let _alive = transposed.clone();
+    let mut want = Vec::new();
+    for b in 0..2 {
+        for c in 0..7 {
+            for r in 0..5 {
+                want.push(values[b * 35 + r * 7 + c]);
+            }
+        }
+    }
+    assert_eq!(transposed.into_data().to_vec::<f32>().unwrap(), want);
+}
+
 #[test]
 fn transposed_matmul_and_linear_backward_match_contiguous_copies() {
     let x = input([29, 48]);
