@@ -145,12 +145,33 @@ fn candidates(
     if n == 0 || bank.rows == 0 || queries.len() != n * bank.dim {
         return None;
     }
-    // Scores `rows x stride`, query `q` of row `j` at `j * stride + q`.
-    let (scores, stride) = if simd {
-        kernel::scores(bank, queries, n)
+    if simd {
+        SCORES.with_borrow_mut(|buffer| {
+            let stride = kernel::scores(bank, queries, n, buffer);
+            kept_rows(&buffer[..bank.rows * stride], stride, n, bank.dim, max_rows)
+        })
     } else {
-        (portable_scores(bank, queries, n), n)
-    };
+        let scores = portable_scores(bank, queries, n);
+        kept_rows(&scores, n, n, bank.dim, max_rows)
+    }
+}
+
+thread_local! {
+    /// The bf16 scores of this thread's last search, kept for its next: at k = 4 they are
+    /// 15.5 MB per level, whose fresh allocation and first-touch page faults cost about as
+    /// much as the threshold passes.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The rows within [`margin`] of a query's best score, from `scores` (`rows x stride`, query
+/// `q` of row `j` at `j * stride + q`, lanes past `n` padding).
+fn kept_rows(
+    scores: &[f32],
+    stride: usize,
+    n: usize,
+    dim: usize,
+    max_rows: usize,
+) -> Option<Vec<usize>> {
     // Each query's best score, by blocks of rows in parallel; a NaN anywhere (a broken token
     // or bank row) leaves the search to the full comparison, whose NaN rules are its own.
     let block_maxima: Vec<(Vec<f32>, bool)> = scores
@@ -176,7 +197,7 @@ fn candidates(
             *b = b.max(s);
         }
     }
-    let margin = margin(bank.dim);
+    let margin = margin(dim);
     // Padding lanes (queries past `n`) never keep a row.
     let threshold: Vec<f32> = (0..stride)
         .map(|q| {
@@ -347,13 +368,17 @@ mod kernel {
         }
     }
 
-    /// bf16 scores of every bank row against the queries, `rows x (vectors x 16)` (queries
-    /// padded to whole vectors), and that row length.
-    pub fn scores(bank: &Bf16Rows, queries: &[f32], n: usize) -> (Vec<f32>, usize) {
+    /// bf16 scores of every bank row against the queries into `out`, `rows x (vectors x 16)`
+    /// (queries padded to whole vectors; `out` grown as needed), and that row length.
+    pub fn scores(bank: &Bf16Rows, queries: &[f32], n: usize, out: &mut Vec<f32>) -> usize {
         let (packed, vectors) = pack_queries(queries, n, bank.dim);
         let stride = vectors * 16;
-        let mut scores = vec![0f32; bank.rows * stride];
-        scores
+        let len = bank.rows * stride;
+        if out.len() < len {
+            out.resize(len, 0.0);
+        }
+        // Every element of `out[..len]` is written: each tile stores all its lanes.
+        out[..len]
             .par_chunks_mut(TASK_ROWS * stride)
             .enumerate()
             .for_each(|(task, out)| {
@@ -361,7 +386,7 @@ mod kernel {
                 let end = (start + TASK_ROWS).min(bank.rows);
                 score_rows(bank, start..end, &packed, vectors, out);
             });
-        (scores, stride)
+        stride
     }
 }
 
@@ -373,7 +398,7 @@ mod kernel {
         false
     }
 
-    pub fn scores(_: &Bf16Rows, _: &[f32], _: usize) -> (Vec<f32>, usize) {
+    pub fn scores(_: &Bf16Rows, _: &[f32], _: usize, _: &mut Vec<f32>) -> usize {
         unreachable!("no SIMD bf16 kernel on this architecture")
     }
 }
@@ -483,7 +508,8 @@ mod tests {
         let (rows, n, dim) = (31, 21, 64);
         let (bank_values, queries) = draw(9, rows, n, dim);
         let bank = Bf16Rows::new(&bank_values, dim);
-        let (simd, stride) = kernel::scores(&bank, &queries, n);
+        let mut simd = Vec::new();
+        let stride = kernel::scores(&bank, &queries, n, &mut simd);
         let portable = portable_scores(&bank, &queries, n);
         for j in 0..rows {
             for q in 0..n {
