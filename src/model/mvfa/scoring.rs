@@ -506,23 +506,23 @@ impl<B: Backend> Scorer<B> {
         let q = normalize_rows(self.patches(tokens), 1e-8);
         let [b, n, e] = q.dims();
         let q = q.reshape([b * n, e]);
-        let rows = bank.level(level);
         let kept = bank.filter(level).and_then(|filter| {
             let data = q.to_data().convert::<f32>();
             let queries = data.as_slice::<f32>().ok()?;
             // Past a third of the bank the filter saves less than it costs.
             nearest::candidate_rows(filter, queries, b * n, filter.rows() / 3)
         });
-        let best = match kept {
+        let rows = match kept {
             Some(kept) => {
                 let len = kept.len();
                 let kept: Vec<i64> = kept.into_iter().map(|j| j as i64).collect();
                 let index =
                     Tensor::<B, 1, Int>::from_data(TensorData::new(kept, [len]), &q.device());
-                self.max_similarity(rows.clone().select(0, index), q.transpose())
+                bank.level(level).clone().select(0, index)
             }
-            None => self.max_similarity(rows.clone(), q.transpose()),
+            None => bank.level(level).clone(),
         };
+        let best = self.max_similarity(rows, q.transpose());
         let g = self.cfg.grid_size;
         // min(1 - cos) = 1 - max(cos): x -> 1 - x is monotone, also after f32 rounding.
         best.neg().add_scalar(1.0).reshape([b, g, g])

@@ -23,8 +23,7 @@ use crate::{NdArray, NdArrayTensor, SharedArray, execute_with_float_dtype, ops::
 type B = NdArray;
 
 /// The scale of the scores: `options.scale`, else `1 / sqrt(head_dim)`.
-fn scale_of(query: &NdArrayTensor, options: &AttentionModuleOptions) -> f64
-{
+fn scale_of(query: &NdArrayTensor, options: &AttentionModuleOptions) -> f64 {
     let head_dim = *query.shape().dims::<4>().last().expect("4-d query");
     options
         .scale
@@ -37,8 +36,7 @@ pub(crate) fn attention_probs(
     query: NdArrayTensor,
     key: NdArrayTensor,
     options: AttentionModuleOptions,
-) -> NdArrayTensor
-{
+) -> NdArrayTensor {
     let scale = scale_of(&query, &options);
     let finfo = query.dtype().finfo().expect("float tensor");
     let scores = B::float_matmul(query, B::float_transpose(key));
@@ -69,8 +67,7 @@ pub fn attention_with_probs(
     key: NdArrayTensor,
     value: NdArrayTensor,
     options: AttentionModuleOptions,
-) -> (NdArrayTensor, NdArrayTensor)
-{
+) -> (NdArrayTensor, NdArrayTensor) {
     assert!(
         options.softcap.is_none(),
         "attention_with_probs: softcap is not supported"
@@ -96,25 +93,21 @@ pub fn attention_backward(
     probs: NdArrayTensor,
     output_grad: NdArrayTensor,
     options: AttentionModuleOptions,
-) -> [NdArrayTensor; 3]
-{
+) -> [NdArrayTensor; 3] {
     let scale = scale_of(&query, &options);
-    let value_grad = B::float_matmul(
-        B::float_transpose(probs.clone()),
-        output_grad.clone(),
-    );
-    let probs_grad =
-        B::float_matmul(output_grad, B::float_transpose(value));
-    let scores_grad: NdArrayTensor = execute_with_float_dtype!(
-        (probs, probs_grad),
-        FloatElem,
-        |probs: SharedArray<FloatElem>, grad: SharedArray<FloatElem>| {
+    let value_grad = B::float_matmul(B::float_transpose(probs.clone()), output_grad.clone());
+    let probs_grad = B::float_matmul(output_grad, B::float_transpose(value));
+    let scores_grad: NdArrayTensor =
+        execute_with_float_dtype!((probs, probs_grad), FloatElem, |probs: SharedArray<
+            FloatElem,
+        >,
+                                                                   grad: SharedArray<
+            FloatElem,
+        >| {
             let scale: Scalar = scale.into();
             fused::attention_softmax_backward::<FloatElem>(probs, grad, scale.elem())
-        }
-    );
+        });
     let query_grad = B::float_matmul(scores_grad.clone(), key);
-    let key_grad =
-        B::float_matmul(B::float_transpose(scores_grad), query);
+    let key_grad = B::float_matmul(B::float_transpose(scores_grad), query);
     [query_grad, key_grad, value_grad]
 }

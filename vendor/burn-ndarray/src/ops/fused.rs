@@ -462,7 +462,9 @@ pub(crate) fn attention_softmax_backward<E: FloatNdArrayElement>(
                 .for_each(row_op);
         }
         #[cfg(not(feature = "multi-threads"))]
-        out.chunks_mut(seq_k).zip(probs.chunks(seq_k)).for_each(row_op);
+        out.chunks_mut(seq_k)
+            .zip(probs.chunks(seq_k))
+            .for_each(row_op);
     }
     grad.into_shared()
 }
